@@ -1,0 +1,321 @@
+//! The `bigtransfer` command: `bigtransfer server` and `bigtransfer client`.
+//!
+//! This file is the user-facing shell around `bigtransfer-core`: argument
+//! parsing, the interactive prompts of the original Python client, progress
+//! display, signal handling and exit codes. The protocol lives in the core.
+
+mod parse;
+mod prompt;
+
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bigtransfer_core::{
+    send_file, Control, ErrorKind, Progress, SendOptions, Server, ServerConfig, StopHandle,
+};
+use clap::{Parser, Subcommand};
+
+/// Exit codes of `bigtransfer client` (documented in the README).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const CONNECTION_LOST: u8 = 4;
+    pub const CRC_MISMATCH: u8 = 5;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "bigtransfer",
+    version,
+    about = "Resumable, CRC-32-verified uploads of very large files over TCP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Receive uploads into a storage directory until stopped (Ctrl-C / SIGTERM).
+    Server(ServerArgs),
+    /// Upload a file; asks for the server and the file when not given.
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// TCP port to listen on (0: pick a free one; the chosen port is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to listen on [default: every interface, IPv6 and IPv4].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Storage directory (created if missing).
+    #[arg(long, default_value = "received")]
+    dir: PathBuf,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+    /// Close a connection idle for this long (e.g. 60, 90s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse::duration)]
+    timeout: Duration,
+    /// Delete held parts untouched for this long (e.g. 7d, 12h; 0: never).
+    #[arg(long, default_value = "7d", value_parser = parse::duration)]
+    expire_partial: Duration,
+    /// Refuse uploads larger than this (e.g. 100G) [default: no limit].
+    #[arg(long, value_parser = parse::size)]
+    max_file_size: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Server host name or IP address (IPv6 with or without brackets).
+    #[arg(long)]
+    host: Option<String>,
+    /// Server port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// File to upload.
+    file: Option<PathBuf>,
+    /// Attempts after a failure before giving up (each reconnect that makes
+    /// progress starts the count afresh).
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Give up a connection on which nothing moves for this long.
+    #[arg(long, default_value = "60s", value_parser = parse::duration)]
+    timeout: Duration,
+    /// Time allowed for each connect.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    connect_timeout: Duration,
+    /// Send at most this many bytes per second (e.g. 10M).
+    #[arg(long, value_parser = parse::size)]
+    limit_rate: Option<u64>,
+    /// Store the file under this name on the server [default: its base name].
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the result as one JSON object on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+static STOP: OnceLock<StopHandle> = OnceLock::new();
+
+extern "C" fn on_stop_signal(_sig: libc::c_int) {
+    // Only async-signal-safe work here: an atomic load and StopHandle::stop.
+    if let Some(h) = STOP.get() {
+        h.stop();
+    }
+}
+
+fn install_stop_signals(h: StopHandle) {
+    let _ = STOP.set(h);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing a handler that only does async-signal-safe work.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn run_server(a: ServerArgs) -> ExitCode {
+    let mut cfg = ServerConfig::new(a.dir);
+    cfg.bind = a.bind;
+    cfg.port = a.port;
+    cfg.max_connections = a.max_connections;
+    cfg.idle_timeout = a.timeout;
+    cfg.expire_partial = (!a.expire_partial.is_zero()).then_some(a.expire_partial);
+    cfg.max_file_size = a.max_file_size;
+    let dir = cfg.dir.clone();
+    let server = match Server::bind(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let addr = match server.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    install_stop_signals(server.stop_handle());
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    eprintln!("storing into {}", dir.display());
+    match server.serve() {
+        Ok(()) => {
+            let s = server.stats();
+            eprintln!(
+                "stopped: {} connections, {} uploads verified, {} CRC errors, {} failed",
+                s.connections, s.completed, s.crc_errors, s.failed
+            );
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::OTHER)
+        }
+    }
+}
+
+fn exit_code_for(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InvalidInput | ErrorKind::SourceFile => exit::USAGE,
+        ErrorKind::Unreachable => exit::UNREACHABLE,
+        ErrorKind::ConnectionLost | ErrorKind::TimedOut | ErrorKind::Refused => {
+            exit::CONNECTION_LOST
+        }
+        ErrorKind::CrcMismatch => exit::CRC_MISMATCH,
+        ErrorKind::Cancelled => exit::INTERRUPTED,
+        _ => exit::OTHER,
+    }
+}
+
+fn run_client(a: ClientArgs) -> ExitCode {
+    let lang = prompt::Lang::from_env();
+    let interactive = a.host.is_none() || a.port.is_none() || a.file.is_none();
+    let mut input = prompt::Input::stdin();
+    let answers =
+        match prompt::ask_missing(&mut input, lang, a.host.clone(), a.port, a.file.clone()) {
+            Ok(x) => x,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
+    let mut opts = SendOptions::new(answers.host.clone(), answers.port);
+    opts.retries = a.retries;
+    opts.io_timeout = a.timeout;
+    opts.connect_timeout = a.connect_timeout;
+    opts.limit_rate = a.limit_rate;
+    opts.remote_name = a.name.clone();
+
+    let show_bar = !a.quiet && std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        if show_bar {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg:10} [{bar:30}] {bytes}/{total_bytes} {percent}% {binary_bytes_per_sec} ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+
+    let declined = std::cell::Cell::new(false);
+    let mut cb = |p: &Progress| -> Control {
+        match p {
+            Progress::Hashing { done, total } => {
+                bar.set_message(lang.hashing());
+                bar.set_length(*total);
+                bar.set_position(*done);
+            }
+            Progress::Connected {
+                offset,
+                total,
+                addr,
+            } => {
+                bar.set_message(lang.sending());
+                bar.set_length(*total);
+                bar.reset_eta();
+                bar.set_position(*offset);
+                if *offset > 0 && !a.quiet {
+                    bar.suspend(|| eprintln!("{}", lang.resuming(*addr, *offset, *total)));
+                }
+            }
+            Progress::Sending { done, .. } => bar.set_position(*done),
+            Progress::Verifying => bar.set_message(lang.verifying()),
+            Progress::Retrying {
+                delay,
+                error,
+                attempt,
+            } => {
+                if interactive && error.kind() == ErrorKind::Unreachable {
+                    let again = bar.suspend(|| {
+                        eprintln!("{error}");
+                        prompt::ask_yes_no(&mut prompt::Input::stdin(), lang, lang.try_again())
+                    });
+                    if !again {
+                        declined.set(true);
+                        return Control::Cancel;
+                    }
+                } else if !a.quiet {
+                    bar.suspend(|| eprintln!("{}", lang.retrying(error, *delay, *attempt)));
+                }
+            }
+            _ => {}
+        }
+        Control::Continue
+    };
+    loop {
+        let res = send_file(&answers.path, &opts, &mut cb);
+        match res {
+            Ok(o) => {
+                bar.finish_and_clear();
+                let secs = o.elapsed.as_secs_f64().max(1e-9);
+                if a.json {
+                    println!(
+                        "{{\"result\": \"CRC32_OK\", \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"attempts\": {}, \"seconds\": {:.3}}}",
+                        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.attempts, secs
+                    );
+                } else {
+                    println!(
+                        "CRC32_OK: {}, {} bytes, crc32 {:08x}, resumed from {}, sent {} bytes, {} attempt(s), {:.1} MB/s",
+                        o.filename, o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.attempts,
+                        o.filesize as f64 / secs / 1e6
+                    );
+                }
+                return ExitCode::from(exit::OK);
+            }
+            Err(e) => {
+                bar.abandon();
+                if declined.get() {
+                    eprintln!(
+                        "error: server {}:{} is unreachable",
+                        answers.host, answers.port
+                    );
+                    return ExitCode::from(exit::UNREACHABLE);
+                }
+                if interactive && e.kind() == ErrorKind::Unreachable {
+                    eprintln!("{e}");
+                    if prompt::ask_yes_no(&mut prompt::Input::stdin(), lang, lang.try_again()) {
+                        continue;
+                    }
+                }
+                if e.kind() == ErrorKind::CrcMismatch {
+                    println!("CRC32_ERROR");
+                }
+                eprintln!("error: {e}");
+                return ExitCode::from(exit_code_for(e.kind()));
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Server(a) => run_server(a),
+        Cmd::Client(a) => run_client(a),
+    }
+}

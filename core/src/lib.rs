@@ -1,0 +1,35 @@
+//! `bigtransfer-core`: the blocking, resumable upload engine of bigtransfer.
+//!
+//! This crate speaks the bigtransfer wire protocol (see `docs/PROTOCOL.md`):
+//! a client sends a file's name, size and CRC-32; the server answers how
+//! many bytes it already holds; the client sends the rest; the server checks
+//! the CRC-32 of the whole file and answers `CRC32_OK` or `CRC32_ERROR`.
+//!
+//! It is built on `std::net` and threads only (no async runtime). The pure
+//! protocol logic ([`proto`], [`name`]) is kept apart from the socket and file
+//! work ([`client`], [`server`], [`store`]) so it can be tested and fuzzed on
+//! bytes alone.
+//!
+//! It is not a CLI: argument parsing, prompts and progress bars live in the
+//! `bigtransfer` binary.
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod crc;
+mod error;
+mod json;
+pub mod name;
+pub mod proto;
+pub mod server;
+pub mod store;
+mod sys;
+
+pub use client::{send_file, Control, Outcome, Progress, SendOptions};
+pub use crc::crc32_file;
+pub use error::{Error, ErrorKind, Result};
+pub use name::SafeName;
+pub use server::{Server, ServerConfig, StopHandle};
+
+/// The version of this library, from its Cargo manifest.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

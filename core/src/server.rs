@@ -1,0 +1,652 @@
+//! The receiving side: a blocking TCP server, one thread per connection.
+//!
+//! It accepts connections, reads the header, tells the client how much it
+//! already holds, receives the rest into a [`HeldPart`](crate::store::HeldPart)
+//! while computing the CRC-32 in the same pass, and answers the verdict. It
+//! never stops because one connection misbehaved: every per-connection error
+//! is logged with the peer address and ends that connection only.
+//!
+//! Not for: storage layout and durability (see [`crate::store`]) or byte
+//! parsing (see [`crate::proto`]).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::name::SafeName;
+use crate::proto::{self, Verdict};
+use crate::store::{key_of, Fresh, Identity, Store};
+use crate::{Error, ErrorKind, Result};
+
+/// Size of the buffer each connection receives into.
+pub const RECV_BUFFER: usize = 1 << 20;
+
+/// A function that receives the server's log lines.
+pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How a [`Server`] is set up. `ServerConfig::new(dir)` gives the defaults.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. `None`: every interface, IPv6 and IPv4 where the
+    /// system allows (falls back to IPv4 only).
+    pub bind: Option<IpAddr>,
+    /// TCP port; 0 picks a free one (see [`Server::local_addr`]).
+    pub port: u16,
+    /// The storage directory (created if missing).
+    pub dir: PathBuf,
+    /// Connections served at once; more are closed at once and logged.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (its held
+    /// part checkpointed).
+    pub idle_timeout: Duration,
+    /// Held parts not touched for this long are deleted. `None`: never.
+    pub expire_partial: Option<Duration>,
+    /// Uploads larger than this are refused. `None`: no limit beyond free
+    /// disk space.
+    pub max_file_size: Option<u64>,
+    /// Where log lines go. `None`: standard error, with a timestamp.
+    pub logger: Option<Logger>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("dir", &self.dir)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("expire_partial", &self.expire_partial)
+            .field("max_file_size", &self.max_file_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// The defaults: all interfaces, port 8080, 64 connections, 60 s idle
+    /// timeout, held parts expire after 7 days, storing into `dir`.
+    ///
+    /// ```
+    /// let c = bigtransfer_core::ServerConfig::new("received");
+    /// assert_eq!(c.port, 8080);
+    /// assert_eq!(c.max_connections, 64);
+    /// ```
+    pub fn new(dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            bind: None,
+            port: 8080,
+            dir: dir.into(),
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(60),
+            expire_partial: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_file_size: None,
+            logger: None,
+        }
+    }
+}
+
+/// Stops a running [`Server`] from any thread, or from a signal handler.
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug)]
+struct StopInner {
+    stopped: AtomicBool,
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+}
+
+impl StopHandle {
+    fn new() -> Result<StopHandle> {
+        let (r, w) = crate::sys::pipe().map_err(|e| {
+            Error::io(
+                ErrorKind::Storage,
+                "cannot create the server's wake-up pipe",
+                e,
+            )
+        })?;
+        Ok(StopHandle {
+            inner: Arc::new(StopInner {
+                stopped: AtomicBool::new(false),
+                wake_read: r,
+                wake_write: w,
+            }),
+        })
+    }
+
+    /// Asks the server to stop: it stops accepting, checkpoints running
+    /// uploads and returns from [`Server::serve`]. Async-signal-safe (an
+    /// atomic store and one `write(2)`), so a signal handler may call it.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        crate::sys::wake(self.inner.wake_write.as_raw_fd());
+    }
+
+    /// Whether [`StopHandle::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The raw write end of the wake-up pipe: writing a byte to it after
+    /// setting nothing else also wakes the server, which then checks
+    /// [`StopHandle::is_stopped`]. For signal handlers that cannot reach a
+    /// `StopHandle` value; prefer [`StopHandle::stop`].
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.inner.wake_write.as_raw_fd()
+    }
+}
+
+/// Counters of what a server did since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Uploads that ended with `CRC32_OK`.
+    pub completed: u64,
+    /// Uploads that ended with `CRC32_ERROR`.
+    pub crc_errors: u64,
+    /// Connections refused or ended early (bad header, timeout, disconnect...).
+    pub failed: u64,
+    /// File bytes received.
+    pub bytes_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    completed: AtomicU64,
+    crc_errors: AtomicU64,
+    failed: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    store: Store,
+    stop: StopHandle,
+    logger: Logger,
+    live: AtomicUsize,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    claims: Mutex<HashMap<SafeName, Claimant>>,
+    claims_cv: Condvar,
+    next_id: AtomicU64,
+    counters: Counters,
+}
+
+struct Claimant {
+    conn_id: u64,
+    stream: TcpStream,
+}
+
+fn default_logger() -> Logger {
+    Arc::new(|line: &str| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!("[{}.{:03}] {line}", now.as_secs(), now.subsec_millis());
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking connection thread must not take the whole server down.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Server {
+    /// Opens the storage directory and binds the listening socket.
+    pub fn bind(cfg: ServerConfig) -> Result<Server> {
+        if cfg.max_connections == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "max_connections must be at least 1",
+            ));
+        }
+        let store = Store::open(&cfg.dir)?;
+        let listener = match cfg.bind {
+            Some(ip) => TcpListener::bind(SocketAddr::new(ip, cfg.port)),
+            // Linux's default (bindv6only=0) makes [::] accept IPv4 too.
+            None => TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port))
+                .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port)))),
+        }
+        .map_err(|e| {
+            let at = match cfg.bind {
+                Some(ip) => SocketAddr::new(ip, cfg.port).to_string(),
+                None => format!("port {}", cfg.port),
+            };
+            Error::io(ErrorKind::InvalidInput, format!("cannot listen on {at}"), e)
+        })?;
+        listener.set_nonblocking(true).map_err(|e| {
+            Error::io(
+                ErrorKind::InvalidInput,
+                "cannot configure the listening socket",
+                e,
+            )
+        })?;
+        let logger = cfg.logger.clone().unwrap_or_else(default_logger);
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                stop: StopHandle::new()?,
+                logger,
+                live: AtomicUsize::new(0),
+                conns: Mutex::new(HashMap::new()),
+                claims: Mutex::new(HashMap::new()),
+                claims_cv: Condvar::new(),
+                next_id: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The address actually listened on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|e| {
+            Error::io(
+                ErrorKind::InvalidInput,
+                "cannot read the listening address",
+                e,
+            )
+        })
+    }
+
+    /// A handle that stops [`Server::serve`] from another thread or a signal.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.shared.stop.clone()
+    }
+
+    /// What the server did so far.
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        ServerStats {
+            connections: c.connections.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            crc_errors: c.crc_errors.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Serves until [`StopHandle::stop`] is called, then ends every running
+    /// upload at a checkpoint (resumable), waits for the connection threads,
+    /// and returns. Only a failure of the listening socket itself is an error.
+    pub fn serve(&self) -> Result<()> {
+        let sh = &self.shared;
+        let wake = sh.stop.inner.wake_read.as_raw_fd();
+        let lfd = self.listener.as_raw_fd();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let sweep_every = sh
+            .cfg
+            .expire_partial
+            .map(|a| (a / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)));
+        let mut next_sweep = Instant::now();
+        while !sh.stop.is_stopped() {
+            if let Some(every) = sweep_every {
+                if Instant::now() >= next_sweep {
+                    self.sweep();
+                    next_sweep = Instant::now() + every;
+                }
+            }
+            let timeout = sweep_every.map(|_| next_sweep.saturating_duration_since(Instant::now()));
+            let ready = crate::sys::poll_readable(&[lfd, wake], timeout).map_err(|e| {
+                Error::io(ErrorKind::Storage, "poll on the listening socket failed", e)
+            })?;
+            if ready[1] {
+                crate::sys::drain(wake);
+            }
+            if !ready[0] {
+                continue;
+            }
+            // Accept everything pending: never block on one client.
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => {
+                        threads.retain(|t| !t.is_finished());
+                        if let Some(t) = self.spawn(stream, peer) {
+                            threads.push(t);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // EMFILE and friends: log, back off briefly, keep serving.
+                        (sh.logger)(&format!("accept failed: {e}"));
+                        let _ =
+                            crate::sys::poll_readable(&[wake], Some(Duration::from_millis(100)));
+                        break;
+                    }
+                }
+            }
+        }
+        (sh.logger)("stopping: checkpointing running uploads");
+        for s in lock(&sh.conns).values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    fn sweep(&self) {
+        let sh = &self.shared;
+        let Some(age) = sh.cfg.expire_partial else {
+            return;
+        };
+        let active: HashSet<String> = lock(&sh.claims).keys().map(key_of).collect();
+        match sh.store.expire(age, &active) {
+            Ok(keys) => {
+                for k in keys {
+                    (sh.logger)(&format!(
+                        "expired held part {k} (untouched for over {}s)",
+                        age.as_secs()
+                    ));
+                }
+            }
+            Err(e) => (sh.logger)(&format!("expiry sweep failed: {e}")),
+        }
+    }
+
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr) -> Option<JoinHandle<()>> {
+        let sh = Arc::clone(&self.shared);
+        sh.counters.connections.fetch_add(1, Ordering::Relaxed);
+        if sh.live.load(Ordering::SeqCst) >= sh.cfg.max_connections {
+            (sh.logger)(&format!(
+                "{peer}: refused: {} connections already open (--max-connections)",
+                sh.cfg.max_connections
+            ));
+            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        match stream.try_clone() {
+            Ok(c) => {
+                lock(&sh.conns).insert(id, c);
+            }
+            Err(e) => {
+                (sh.logger)(&format!("{peer}: refused: cannot track connection: {e}"));
+                return None;
+            }
+        }
+        sh.live.fetch_add(1, Ordering::SeqCst);
+        let builder = std::thread::Builder::new().name(format!("bt-conn-{id}"));
+        let sh2 = Arc::clone(&sh);
+        let spawned = builder.spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle_connection(&sh2, id, stream, peer)
+            }));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    (sh2.logger)(&format!("{peer}: {e}"));
+                }
+                Err(_) => {
+                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    (sh2.logger)(&format!(
+                        "{peer}: internal error (panic) in connection handler"
+                    ));
+                }
+            }
+            lock(&sh2.conns).remove(&id);
+            sh2.live.fetch_sub(1, Ordering::SeqCst);
+        });
+        match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                lock(&sh.conns).remove(&id);
+                sh.live.fetch_sub(1, Ordering::SeqCst);
+                (sh.logger)(&format!("{peer}: refused: cannot start a thread: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Owns the right to write one name's held part; released on drop.
+struct Claim<'a> {
+    sh: &'a Shared,
+    name: SafeName,
+    conn_id: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claims = lock(&self.sh.claims);
+        if claims
+            .get(&self.name)
+            .is_some_and(|c| c.conn_id == self.conn_id)
+        {
+            claims.remove(&self.name);
+        }
+        self.sh.claims_cv.notify_all();
+    }
+}
+
+/// Takes over `name`: a connection already uploading it is ended (it
+/// checkpoints on the way out) and we wait until it has let go. The usual
+/// cause is a client that reconnected while its old connection still looks
+/// open to us, so the newcomer wins; a stale claim can never block a resume.
+fn claim<'a>(
+    sh: &'a Shared,
+    name: &SafeName,
+    conn_id: u64,
+    stream: &TcpStream,
+    peer: SocketAddr,
+) -> Result<Claim<'a>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut claims = lock(&sh.claims);
+    let mut announced = false;
+    while let Some(old) = claims.get(name) {
+        if !announced {
+            (sh.logger)(&format!(
+                "{peer}: {name}: taking over from an older connection for the same name"
+            ));
+            let _ = old.stream.shutdown(Shutdown::Both);
+            announced = true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("{name}: older connection did not let go within 30 s"),
+            ));
+        }
+        claims = sh
+            .claims_cv
+            .wait_timeout(claims, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+    let s = stream
+        .try_clone()
+        .map_err(|e| Error::io(ErrorKind::Storage, "cannot track connection", e))?;
+    claims.insert(name.clone(), Claimant { conn_id, stream: s });
+    Ok(Claim {
+        sh,
+        name: name.clone(),
+        conn_id,
+    })
+}
+
+fn net_err(e: io::Error, during: &str) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            Error::new(ErrorKind::TimedOut, format!("idle timeout while {during}"))
+        }
+        io::ErrorKind::UnexpectedEof => Error::new(
+            ErrorKind::ConnectionLost,
+            format!("client disconnected while {during}"),
+        ),
+        _ => Error::io(
+            ErrorKind::ConnectionLost,
+            format!("connection failed while {during}"),
+            e,
+        ),
+    }
+}
+
+fn handle_connection(
+    sh: &Shared,
+    conn_id: u64,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(sh.cfg.idle_timeout))
+        .and_then(|_| stream.set_write_timeout(Some(sh.cfg.idle_timeout)))
+        .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
+
+    let mut prefix = [0u8; 4];
+    stream
+        .read_exact(&mut prefix)
+        .map_err(|e| net_err(e, "reading the header length"))?;
+    let len = proto::parse_header_len(prefix).map_err(refusal)?;
+    let mut json = vec![0u8; len];
+    stream
+        .read_exact(&mut json)
+        .map_err(|e| net_err(e, "reading the header"))?;
+    let header = proto::parse_header(&json).map_err(refusal)?;
+    let name = SafeName::from_wire(&header.filename).map_err(refusal)?;
+    if let Some(max) = sh.cfg.max_file_size {
+        if header.filesize > max {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "refused {name}: {} bytes is over the limit of {max} (--max-file-size)",
+                    header.filesize
+                ),
+            ));
+        }
+    }
+
+    let _claim = claim(sh, &name, conn_id, &stream, peer)?;
+    let id = Identity {
+        name: name.clone(),
+        filesize: header.filesize,
+        crc32: header.crc32,
+    };
+    let (mut held, fresh) = sh.store.begin(id)?;
+    if let Some(Fresh::OtherSource) = fresh {
+        (sh.logger)(&format!("{peer}: {name}: held part was of another source (size or CRC-32 differ); starting over"));
+    } else if let Some(Fresh::Damaged(why)) = &fresh {
+        (sh.logger)(&format!(
+            "{peer}: {name}: held part not resumable ({why}); starting over"
+        ));
+    }
+    let offset = held.offset();
+    let needed = header.filesize - offset;
+    let avail = sh.store.available_space()?;
+    if needed > avail {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "refused {name}: needs {needed} more bytes, only {avail} free in {}",
+                sh.store.dir().display()
+            ),
+        ));
+    }
+    (sh.logger)(&format!(
+        "{peer}: receiving {name} ({} bytes) from offset {offset}",
+        header.filesize
+    ));
+    stream
+        .write_all(&proto::encode_offset(offset))
+        .map_err(|e| net_err(e, "sending the offset"))?;
+
+    let mut buf = vec![0u8; RECV_BUFFER];
+    while held.offset() < header.filesize {
+        let want = ((header.filesize - held.offset()) as usize).min(buf.len());
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => {
+                held.checkpoint()?;
+                return Err(Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!(
+                        "{name}: client disconnected at byte {} of {}; held part kept for resume",
+                        held.offset(),
+                        header.filesize
+                    ),
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let at = held.offset();
+                held.checkpoint()?;
+                let e = net_err(e, "receiving data");
+                return Err(Error::new(
+                    e.kind(),
+                    format!(
+                        "{name}: {e} at byte {at} of {}; held part kept for resume",
+                        header.filesize
+                    ),
+                ));
+            }
+        };
+        if let Err(e) = held.write(&buf[..n]) {
+            let at = held.offset();
+            let cp = held.checkpoint();
+            let kept = match cp {
+                Ok(()) => format!("held part kept at byte {at} for resume"),
+                Err(c) => format!(
+                    "checkpoint also failed ({c}); resume from byte {}",
+                    held.durable().offset
+                ),
+            };
+            return Err(Error::new(e.kind(), format!("{name}: {e}; {kept}")));
+        }
+        sh.counters
+            .bytes_received
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    let verdict = held.finish()?;
+    match verdict {
+        Verdict::Ok => {
+            sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+            (sh.logger)(&format!(
+                "{peer}: {name}: CRC32_OK ({} bytes, stored)",
+                header.filesize
+            ));
+        }
+        Verdict::Mismatch => {
+            sh.counters.crc_errors.fetch_add(1, Ordering::Relaxed);
+            let why = held
+                .prefix_problem()
+                .unwrap_or("CRC-32 of the received file differs from the header's");
+            (sh.logger)(&format!(
+                "{peer}: {name}: CRC32_ERROR: {why}; received bytes discarded"
+            ));
+        }
+    }
+    stream
+        .write_all(verdict.as_bytes())
+        .map_err(|e| net_err(e, "sending the verdict"))?;
+    let _ = stream.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+fn refusal(e: Error) -> Error {
+    if e.kind() == ErrorKind::Protocol || e.kind() == ErrorKind::Refused {
+        Error::new(ErrorKind::Refused, format!("refused: {e}"))
+    } else {
+        e
+    }
+}

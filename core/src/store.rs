@@ -1,0 +1,688 @@
+//! The server's storage directory: finished files and held parts.
+//!
+//! Layout of a storage directory `DIR`:
+//!
+//! - `DIR/NAME`: a finished upload. It appears only after its CRC-32 matched,
+//!   by an atomic rename, and is durable (file and directory fsynced) before
+//!   the server answers `CRC32_OK`.
+//! - `DIR/.bigtransfer/`: the server's own state, never visible as a file a
+//!   client could name (the name is reserved):
+//!   - `lock`: held (flock) by the one server using `DIR`;
+//!   - `KEY.part`: the bytes received so far of an interrupted upload;
+//!   - `KEY.meta`: its checkpoint record (see [`Checkpoint`]);
+//!
+//!   where `KEY` is a 128-bit FNV-1a hash of the name in hex, so that names
+//!   of up to 255 bytes still fit the file system's name limit.
+//!
+//! Durability: data is written to `KEY.part` and, every
+//! [`CHECKPOINT_INTERVAL`] bytes and whenever a connection ends, the part is
+//! `fdatasync`ed and only then is a checkpoint (offset and the CRC-32 of the
+//! bytes up to that offset) written to `KEY.meta` and `fdatasync`ed. After a
+//! crash the server resumes from the last checkpoint: every byte it announces
+//! was received and is on disk, and no byte needs to be re-read to recompute
+//! the CRC. A crash costs at most one checkpoint interval of received data.
+//!
+//! Not for: the network. This module knows nothing of sockets or the wire.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::name::{SafeName, RESERVED_NAME};
+use crate::proto::Verdict;
+use crate::{Error, ErrorKind, Result};
+
+/// Received bytes between two checkpoints: the most a server crash can cost.
+pub const CHECKPOINT_INTERVAL: u64 = 32 << 20;
+
+const META_MAGIC: &[u8; 8] = b"BTHELD01";
+/// Fixed part of the record: magic, filesize, crc32, name length, name, crc.
+const META_HEAD_LEN: usize = 8 + 8 + 4 + 2 + 255 + 4;
+const SLOT_LEN: usize = 8 + 8 + 4 + 8 + 8 + 4 + 4;
+const META_LEN: usize = META_HEAD_LEN + 2 * SLOT_LEN;
+
+/// The durable state of a held part: how many bytes are safely on disk and
+/// the CRC-32 of exactly those bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Bytes of the file that are on disk and were received.
+    pub offset: u64,
+    /// CRC-32 of bytes `[0, offset)`.
+    pub crc32: u32,
+}
+
+/// What the held part belongs to: an upload is resumed only onto a held part
+/// of the same name, size and whole-file CRC-32, so a changed source file is
+/// never appended to stale bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The sanitised file name.
+    pub name: SafeName,
+    /// The whole file's size, as the client announced it.
+    pub filesize: u64,
+    /// The whole file's CRC-32, as the client announced it.
+    pub crc32: u32,
+}
+
+/// Encodes the checkpoint record file: a checksummed head naming the upload
+/// and two checksummed slots written alternately, so that a torn write of one
+/// slot leaves the other intact.
+pub fn encode_meta_head(id: &Identity) -> Vec<u8> {
+    let mut v = Vec::with_capacity(META_LEN);
+    v.extend_from_slice(META_MAGIC);
+    v.extend_from_slice(&id.filesize.to_be_bytes());
+    v.extend_from_slice(&id.crc32.to_be_bytes());
+    let name = id.name.as_str().as_bytes();
+    v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    let mut padded = [0u8; 255];
+    padded[..name.len()].copy_from_slice(name);
+    v.extend_from_slice(&padded);
+    let crc = crc32fast::hash(&v);
+    v.extend_from_slice(&crc.to_be_bytes());
+    v
+}
+
+/// The part file's identity on disk when a checkpoint was taken: if it is
+/// unchanged at resume, nothing but this server touched the part since, and
+/// the recorded CRC-32 state can be trusted without re-reading the part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartStamp {
+    /// Inode number.
+    pub ino: u64,
+    /// Status-change time, seconds.
+    pub ctime: i64,
+    /// Status-change time, nanoseconds.
+    pub ctime_nsec: u32,
+}
+
+impl PartStamp {
+    fn of(m: &fs::Metadata) -> PartStamp {
+        use std::os::unix::fs::MetadataExt;
+        PartStamp {
+            ino: m.ino(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec() as u32,
+        }
+    }
+}
+
+/// Encodes one checkpoint slot (sequence number, checkpoint, part stamp).
+pub fn encode_slot(seq: u64, cp: Checkpoint, stamp: PartStamp) -> [u8; SLOT_LEN] {
+    let mut s = [0u8; SLOT_LEN];
+    s[0..8].copy_from_slice(&seq.to_be_bytes());
+    s[8..16].copy_from_slice(&cp.offset.to_be_bytes());
+    s[16..20].copy_from_slice(&cp.crc32.to_be_bytes());
+    s[20..28].copy_from_slice(&stamp.ino.to_be_bytes());
+    s[28..36].copy_from_slice(&stamp.ctime.to_be_bytes());
+    s[36..40].copy_from_slice(&stamp.ctime_nsec.to_be_bytes());
+    let crc = crc32fast::hash(&s[..40]);
+    s[40..44].copy_from_slice(&crc.to_be_bytes());
+    s
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+
+/// A decoded checkpoint record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRecord {
+    /// What the held part belongs to.
+    pub identity: Identity,
+    /// Sequence number of the newest valid slot.
+    pub seq: u64,
+    /// The newest valid checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The part file's stamp when that checkpoint was taken.
+    pub stamp: PartStamp,
+}
+
+/// Decodes a checkpoint record: the identity it belongs to and its newest
+/// valid slot. A plain function over bytes, so a damaged or hostile record
+/// can be tested (and fuzzed) without a disk.
+pub fn decode_meta(bytes: &[u8]) -> std::result::Result<MetaRecord, String> {
+    if bytes.len() < META_LEN {
+        return Err(format!(
+            "record is {} bytes, expected {META_LEN}",
+            bytes.len()
+        ));
+    }
+    let head = &bytes[..META_HEAD_LEN];
+    if &head[..8] != META_MAGIC {
+        return Err("bad magic".into());
+    }
+    let body = META_HEAD_LEN - 4;
+    if crc32fast::hash(&head[..body]) != be_u32(&head[body..]) {
+        return Err("head checksum mismatch".into());
+    }
+    let filesize = be_u64(&head[8..16]);
+    let file_crc = be_u32(&head[16..20]);
+    let name_len = u16::from_be_bytes([head[20], head[21]]) as usize;
+    if name_len == 0 || name_len > 255 {
+        return Err("bad name length".into());
+    }
+    let name = std::str::from_utf8(&head[22..22 + name_len]).map_err(|_| "name is not UTF-8")?;
+    let name = SafeName::from_wire(name).map_err(|e| format!("bad name: {e}"))?;
+    let mut best: Option<(u64, Checkpoint, PartStamp)> = None;
+    for i in 0..2 {
+        let s = &bytes[META_HEAD_LEN + i * SLOT_LEN..META_HEAD_LEN + (i + 1) * SLOT_LEN];
+        if crc32fast::hash(&s[..40]) != be_u32(&s[40..]) {
+            continue;
+        }
+        let seq = be_u64(&s[0..8]);
+        let cp = Checkpoint {
+            offset: be_u64(&s[8..16]),
+            crc32: be_u32(&s[16..20]),
+        };
+        let stamp = PartStamp {
+            ino: be_u64(&s[20..28]),
+            ctime: be_u64(&s[28..36]) as i64,
+            ctime_nsec: be_u32(&s[36..40]),
+        };
+        if cp.offset > filesize {
+            continue;
+        }
+        if best.is_none_or(|(bs, _, _)| seq > bs) {
+            best = Some((seq, cp, stamp));
+        }
+    }
+    let (seq, checkpoint, stamp) = best.ok_or("no valid checkpoint slot")?;
+    Ok(MetaRecord {
+        identity: Identity {
+            name,
+            filesize,
+            crc32: file_crc,
+        },
+        seq,
+        checkpoint,
+        stamp,
+    })
+}
+
+/// The state-directory key of a name: FNV-1a, 128 bits, in hex.
+pub fn key_of(name: &SafeName) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in name.as_str().bytes() {
+        h ^= b as u128;
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    format!("{h:032x}")
+}
+
+/// A storage directory, opened and locked by one server.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    state: PathBuf,
+    _lock: File,
+}
+
+/// Why a held part could not be resumed and was started over (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fresh {
+    /// There was nothing held for this name.
+    Nothing,
+    /// Something was held but for another file (size or CRC-32 differ).
+    OtherSource,
+    /// The checkpoint record or the part was damaged or missing; the reason.
+    Damaged(String),
+}
+
+impl Store {
+    /// Opens (creating if missing) the storage directory `dir` and takes its
+    /// lock, so two servers never share one directory.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let serr = |what: String, e: io::Error| Error::io(ErrorKind::Storage, what, e);
+        fs::create_dir_all(dir).map_err(|e| {
+            serr(
+                format!("cannot create storage directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let state = dir.join(RESERVED_NAME);
+        match fs::symlink_metadata(&state) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::Storage,
+                    format!(
+                        "{} exists and is not a directory; move it away",
+                        state.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&state)
+                    .map_err(|e| serr(format!("cannot create {}", state.display()), e))?;
+            }
+            Err(e) => return Err(serr(format!("cannot inspect {}", state.display()), e)),
+        }
+        let lock_path = state.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|e| serr(format!("cannot open {}", lock_path.display()), e))?;
+        crate::sys::try_lock_exclusive(&lock).map_err(|e| {
+            serr(
+                format!(
+                    "storage directory {} is in use by another server",
+                    dir.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            state,
+            _lock: lock,
+        })
+    }
+
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes free for new data on the storage directory's file system.
+    pub fn available_space(&self) -> Result<u64> {
+        crate::sys::available_space(&self.dir)
+            .map_err(|e| Error::io(ErrorKind::Storage, "cannot read free space", e))
+    }
+
+    fn part_path(&self, key: &str) -> PathBuf {
+        self.state.join(format!("{key}.part"))
+    }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.state.join(format!("{key}.meta"))
+    }
+
+    /// Opens the held part for `id`: resumes it when a valid checkpoint of
+    /// the same identity exists, else starts it over from zero. Returns the
+    /// part and, when it starts from zero, why.
+    pub fn begin(&self, id: Identity) -> Result<(HeldPart, Option<Fresh>)> {
+        let key = key_of(&id.name);
+        let part_path = self.part_path(&key);
+        let meta_path = self.meta_path(&key);
+        let serr = |what: &str, p: &Path, e: io::Error| {
+            Error::io(
+                ErrorKind::Storage,
+                format!("cannot {what} {}", p.display()),
+                e,
+            )
+        };
+        let mut fresh = Some(Fresh::Nothing);
+        let mut resume: Option<(MetaRecord, File, File)> = None;
+        match open_rw(&meta_path, false) {
+            Ok(mut meta) => {
+                let mut bytes = Vec::with_capacity(META_LEN);
+                meta.read_to_end(&mut bytes)
+                    .map_err(|e| serr("read", &meta_path, e))?;
+                match decode_meta(&bytes) {
+                    Ok(rec) if rec.identity == id => match open_rw(&part_path, false) {
+                        Ok(part) => {
+                            let len = part
+                                .metadata()
+                                .map_err(|e| serr("inspect", &part_path, e))?
+                                .len();
+                            if len >= rec.checkpoint.offset {
+                                resume = Some((rec, part, meta));
+                                fresh = None;
+                            } else {
+                                fresh = Some(Fresh::Damaged(format!(
+                                    "part holds {len} bytes but its checkpoint claims {}",
+                                    rec.checkpoint.offset
+                                )));
+                            }
+                        }
+                        Err(e) => fresh = Some(Fresh::Damaged(format!("part missing: {e}"))),
+                    },
+                    Ok(_) => fresh = Some(Fresh::OtherSource),
+                    Err(why) => fresh = Some(Fresh::Damaged(format!("checkpoint record: {why}"))),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(serr("open", &meta_path, e)),
+        }
+        let mut prefix_check = None;
+        let (seq, cp, part, meta) = match resume {
+            Some((rec, part, meta)) => {
+                let cp = rec.checkpoint;
+                let m = part
+                    .metadata()
+                    .map_err(|e| serr("inspect", &part_path, e))?;
+                if m.len() != cp.offset || PartStamp::of(&m) != rec.stamp {
+                    // The part changed after its last checkpoint: the server
+                    // crashed mid-write, or something else wrote to it. Drop
+                    // the unrecorded tail, and have the recorded prefix
+                    // re-read (alongside the transfer) before any verdict.
+                    if m.len() != cp.offset {
+                        part.set_len(cp.offset)
+                            .map_err(|e| serr("truncate", &part_path, e))?;
+                    }
+                    prefix_check = Some(spawn_prefix_check(&part_path, cp));
+                }
+                (rec.seq, cp, part, meta)
+            }
+            None => {
+                let part = open_rw(&part_path, true).map_err(|e| serr("create", &part_path, e))?;
+                part.set_len(0)
+                    .map_err(|e| serr("truncate", &part_path, e))?;
+                let meta = open_rw(&meta_path, true).map_err(|e| serr("create", &meta_path, e))?;
+                let cp = Checkpoint {
+                    offset: 0,
+                    crc32: 0,
+                };
+                let stamp = part
+                    .metadata()
+                    .map(|m| PartStamp::of(&m))
+                    .unwrap_or_default();
+                let mut rec = encode_meta_head(&id);
+                rec.extend_from_slice(&encode_slot(0, cp, stamp));
+                rec.extend_from_slice(&[0u8; SLOT_LEN]);
+                meta.set_len(0)
+                    .map_err(|e| serr("truncate", &meta_path, e))?;
+                meta.write_all_at(&rec, 0)
+                    .map_err(|e| serr("write", &meta_path, e))?;
+                meta.sync_all().map_err(|e| serr("sync", &meta_path, e))?;
+                sync_dir(&self.state)?;
+                (0, cp, part, meta)
+            }
+        };
+        let mut part = part;
+        part.seek(SeekFrom::Start(cp.offset))
+            .map_err(|e| serr("seek", &part_path, e))?;
+        let held = HeldPart {
+            hasher: crc32fast::Hasher::new_with_initial_len(cp.crc32, cp.offset),
+            offset: cp.offset,
+            durable: cp,
+            seq,
+            part,
+            meta,
+            part_path,
+            meta_path,
+            final_path: self.dir.join(id.name.as_str()),
+            dir: self.dir.clone(),
+            id,
+            done: false,
+            prefix_check,
+            prefix_problem: None,
+        };
+        Ok((held, fresh))
+    }
+
+    /// Removes held parts whose last checkpoint is older than `max_age`,
+    /// except those whose key is in `active`. Returns the names removed.
+    pub fn expire(&self, max_age: Duration, active: &HashSet<String>) -> Result<Vec<String>> {
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        let entries = fs::read_dir(&self.state)
+            .map_err(|e| Error::io(ErrorKind::Storage, "cannot list the state directory", e))?;
+        for entry in entries.flatten() {
+            let fname = entry.file_name();
+            let Some(key) = fname.to_str().and_then(|s| s.strip_suffix(".meta")) else {
+                continue;
+            };
+            if active.contains(key) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok());
+            if age.is_some_and(|a| a > max_age) {
+                let _ = fs::remove_file(self.part_path(key));
+                let _ = fs::remove_file(self.meta_path(key));
+                removed.push(key.to_string());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Re-reads `[0, cp.offset)` of the part on its own thread and says whether
+/// its CRC-32 is the recorded one.
+fn spawn_prefix_check(
+    path: &Path,
+    cp: Checkpoint,
+) -> std::thread::JoinHandle<std::result::Result<(), String>> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let f = File::open(&path).map_err(|e| format!("cannot re-read held part: {e}"))?;
+        crate::sys::advise_sequential(&f);
+        let mut r = f.take(cp.offset);
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+        let mut n_total = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("cannot re-read held part: {e}")),
+            };
+            h.update(&buf[..n]);
+            n_total += n as u64;
+        }
+        if n_total != cp.offset {
+            return Err(format!(
+                "held part shrank to {n_total} bytes (checkpoint: {})",
+                cp.offset
+            ));
+        }
+        if h.finalize() != cp.crc32 {
+            return Err(
+                "held part does not match its checkpoint (modified outside the server?)".into(),
+            );
+        }
+        Ok(())
+    })
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+        Error::io(
+            ErrorKind::Storage,
+            format!("cannot sync directory {}", dir.display()),
+            e,
+        )
+    })
+}
+
+/// An upload in progress on the server: the part file, the running CRC-32
+/// and the last durable checkpoint. Dropping it without [`HeldPart::finish`]
+/// checkpoints what was received, so the upload stays resumable.
+#[derive(Debug)]
+pub struct HeldPart {
+    id: Identity,
+    hasher: crc32fast::Hasher,
+    offset: u64,
+    durable: Checkpoint,
+    seq: u64,
+    part: File,
+    meta: File,
+    part_path: PathBuf,
+    meta_path: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+    done: bool,
+    prefix_check: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
+    prefix_problem: Option<String>,
+}
+
+impl HeldPart {
+    /// Bytes held so far (received, maybe not yet durable).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The last durable checkpoint.
+    pub fn durable(&self) -> Checkpoint {
+        self.durable
+    }
+
+    /// Why the resumed prefix was rejected by [`HeldPart::finish`], if it was.
+    pub fn prefix_problem(&self) -> Option<&str> {
+        self.prefix_problem.as_deref()
+    }
+
+    /// What this part belongs to.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    /// Appends received bytes, checkpointing every [`CHECKPOINT_INTERVAL`].
+    /// On error nothing past the last good write is counted, and the part
+    /// stays resumable from its last checkpoint.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let room = self.id.filesize - self.offset;
+        if data.len() as u64 > room {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "more bytes than the announced file size",
+            ));
+        }
+        if let Err(e) = self.part.write_all(data) {
+            // Part of `data` may be on disk: realign the file position with
+            // what we count, so a later checkpoint never covers torn bytes.
+            let _ = self.part.seek(SeekFrom::Start(self.offset));
+            return Err(Error::io(
+                ErrorKind::Storage,
+                format!("cannot write {}", self.part_path.display()),
+                e,
+            ));
+        }
+        self.hasher.update(data);
+        self.offset += data.len() as u64;
+        if self.offset - self.durable.offset >= CHECKPOINT_INTERVAL {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything received so far durable and records it.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.offset == self.durable.offset {
+            return Ok(());
+        }
+        crate::sys::fdatasync(&self.part).map_err(|e| {
+            Error::io(
+                ErrorKind::Storage,
+                format!("cannot sync {}", self.part_path.display()),
+                e,
+            )
+        })?;
+        let cp = Checkpoint {
+            offset: self.offset,
+            crc32: self.hasher.clone().finalize(),
+        };
+        let stamp = self
+            .part
+            .metadata()
+            .map(|m| PartStamp::of(&m))
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::Storage,
+                    format!("cannot inspect {}", self.part_path.display()),
+                    e,
+                )
+            })?;
+        let seq = self.seq + 1;
+        let slot = (seq % 2) as usize;
+        let pos = (META_HEAD_LEN + slot * SLOT_LEN) as u64;
+        self.meta
+            .write_all_at(&encode_slot(seq, cp, stamp), pos)
+            .and_then(|_| crate::sys::fdatasync(&self.meta))
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::Storage,
+                    format!("cannot write {}", self.meta_path.display()),
+                    e,
+                )
+            })?;
+        self.seq = seq;
+        self.durable = cp;
+        Ok(())
+    }
+
+    /// Ends a complete upload: compares the CRC-32 of all received bytes with
+    /// the announced one. On a match the file is made durable and renamed to
+    /// its final name before this returns [`Verdict::Ok`]; on a mismatch the
+    /// held part is discarded so the client's retry starts from zero.
+    pub fn finish(&mut self) -> Result<Verdict> {
+        if self.offset != self.id.filesize {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "upload incomplete: {} of {} bytes",
+                    self.offset, self.id.filesize
+                ),
+            ));
+        }
+        let crc = self.hasher.clone().finalize();
+        self.done = true;
+        let prefix_ok = match self.prefix_check.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(why))) => {
+                self.prefix_problem = Some(why);
+                false
+            }
+            Some(Err(_)) => {
+                self.prefix_problem = Some("held part check failed".into());
+                false
+            }
+        };
+        if crc != self.id.crc32 || !prefix_ok {
+            let _ = fs::remove_file(&self.part_path);
+            let _ = fs::remove_file(&self.meta_path);
+            return Ok(Verdict::Mismatch);
+        }
+        let storage = |what: String, e: io::Error| Error::io(ErrorKind::Storage, what, e);
+        self.part
+            .sync_all()
+            .map_err(|e| storage(format!("cannot sync {}", self.part_path.display()), e))?;
+        if let Err(e) = fs::rename(&self.part_path, &self.final_path) {
+            self.done = false;
+            return Err(storage(
+                format!("cannot rename into {}", self.final_path.display()),
+                e,
+            ));
+        }
+        sync_dir(&self.dir)?;
+        let _ = fs::remove_file(&self.meta_path);
+        Ok(Verdict::Ok)
+    }
+}
+
+impl Drop for HeldPart {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.checkpoint();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Thin wrappers over the few OS calls that `std` does not offer.
+//!
+//! Each function here is one system call (or a portable fallback for it) with
+//! its error turned into `io::Error`; policy lives in the callers. Not for
+//! anything that `std` already does well.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Flushes a file's data (not necessarily its metadata) to stable storage.
+pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: the fd is owned by `file` and open for the whole call.
+        cvt(unsafe { libc::fdatasync(file.as_raw_fd()) }).map(|_| ())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        file.sync_data()
+    }
+}
+
+/// Tells the kernel the file will be read sequentially (bigger read-ahead).
+pub(crate) fn advise_sequential(file: &File) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    // SAFETY: plain advisory call on an fd owned by `file`; failure is harmless.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = file;
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `path`.
+pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: statvfs writes into the zeroed struct; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Takes an exclusive advisory lock on `file`, failing at once if it is held.
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock on an fd owned by `file`.
+    cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
+}
+
+/// Sends up to `count` bytes of `file` starting at `offset` to `socket`,
+/// without copying them through user space where the OS allows.
+/// Returns the number of bytes sent (0 only at end of file).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn send_file_range(
+    socket: &impl AsRawFd,
+    file: &File,
+    offset: u64,
+    count: usize,
+    _scratch: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    loop {
+        // SAFETY: both fds are open for the call; `off` is a valid pointer.
+        let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Portable fallback: a plain read and write through a buffer.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn send_file_range(
+    socket: &impl AsRawFd,
+    file: &File,
+    offset: u64,
+    count: usize,
+    scratch: &mut Vec<u8>,
+) -> io::Result<usize> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    scratch.resize(count.min(1 << 20), 0);
+    let n = file.read_at(scratch, offset)?;
+    // SAFETY: the fd stays owned by the caller; ManuallyDrop keeps us from closing it.
+    let mut sock = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(socket.as_raw_fd()) });
+    sock.write_all(&scratch[..n])?;
+    Ok(n)
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe writes two fds into the array.
+    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [r.as_raw_fd(), w.as_raw_fd()] {
+        // SAFETY: fcntl on fds we own.
+        unsafe {
+            let fl = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+            cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK))?;
+            let fdfl = cvt(libc::fcntl(fd, libc::F_GETFD))?;
+            cvt(libc::fcntl(fd, libc::F_SETFD, fdfl | libc::FD_CLOEXEC))?;
+        }
+    }
+    Ok((r, w))
+}
+
+/// Writes one byte to `fd`, ignoring every error. Async-signal-safe: it is
+/// how a signal handler wakes the server's accept loop.
+pub(crate) fn wake(fd: RawFd) {
+    let b = 1u8;
+    // SAFETY: write(2) is async-signal-safe; a full pipe already means "woken".
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// Reads and discards everything pending in the non-blocking `fd`.
+pub(crate) fn drain(fd: RawFd) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a stack buffer of the given length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (None: forever).
+/// Returns, for each fd, whether it is readable.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if r >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}

@@ -1,0 +1,328 @@
+//! Test harness: starts the real `bigtransfer` binary as a server or client,
+//! reads its output with deadlines, and makes and compares test files.
+//! Every wait here is bounded; every process is stopped by its PID.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bigtransfer");
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `size` pseudo-random bytes (seeded) to `path`; returns the CRC-32.
+pub fn write_random(path: &Path, size: u64, seed: u64) -> u32 {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        for chunk in buf[..n].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    h.finalize()
+}
+
+pub fn crc_of(path: &Path) -> u32 {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.finalize();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Asserts two files have the same bytes (size first, then block by block).
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let (ma, mb) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+    assert_eq!(
+        ma.len(),
+        mb.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut pos = 0u64;
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            panic!(
+                "{} and {} differ at byte {}",
+                a.display(),
+                b.display(),
+                pos + i as u64
+            );
+        }
+        pos += n as u64;
+    }
+}
+
+/// Size of the largest held part in a Rust server's storage directory.
+pub fn held_part_len(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join(".bigtransfer"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+pub fn held_parts(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join(".bigtransfer"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Lines a child process printed on one stream, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn spawn_reader(r: impl Read + Send + 'static, tx: Option<mpsc::Sender<String>>) -> Lines {
+        let lines = Lines::default();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if let Some(tx) = &tx {
+                    let _ = tx.send(line.clone());
+                }
+                l2.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line containing `needle` appears.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
+    }
+}
+
+/// A running `bigtransfer server` on 127.0.0.1 with a free port.
+pub struct ServerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub log: Lines,
+}
+
+impl ServerProc {
+    pub fn start(dir: &Path, extra: &[&str]) -> ServerProc {
+        Self::start_at("127.0.0.1", dir, extra)
+    }
+
+    pub fn start_at(bind: &str, dir: &Path, extra: &[&str]) -> ServerProc {
+        let mut child = Command::new(BIN)
+            .args(["server", "--port", "0", "--bind", bind, "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let (tx, rx) = mpsc::channel();
+        let _out = Lines::spawn_reader(child.stdout.take().unwrap(), Some(tx));
+        let log = Lines::spawn_reader(child.stderr.take().unwrap(), None);
+        let line = rx.recv_timeout(LONG).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "server printed no 'listening on' line; log:\n{}",
+                log.text()
+            )
+        });
+        let addr: SocketAddr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        ServerProc {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        wait_child(&mut self.child, LONG).expect("server did not exit after SIGTERM")
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = wait_child(&mut self.child, LONG);
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// Runs `bigtransfer client ARGS` with `stdin` fed in, bounded in time.
+pub fn client(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("client").args(args);
+    for k in ["LANG", "LC_ALL", "LC_MESSAGES"] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start client");
+    let mut si = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = si.write_all(&data);
+    });
+    let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let (out, err) = (Lines::spawn_reader(o, None), Lines::spawn_reader(e, None));
+    let status = wait_child(&mut child, Duration::from_secs(180)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("client did not finish; stderr:\n{}", err.text())
+    });
+    // Readers end at EOF once the child has exited.
+    wait_until(Duration::from_secs(5), || {
+        Arc::strong_count(&out.0) == 1 && Arc::strong_count(&err.0) == 1
+    });
+    Output {
+        status,
+        stdout: out.text().into_bytes(),
+        stderr: err.text().into_bytes(),
+    }
+}
+
+/// `client --host 127.0.0.1 --port P --json --quiet FILE EXTRA...`.
+pub fn send(server: &ServerProc, file: &Path, extra: &[&str]) -> Output {
+    let port = server.port();
+    let f = file.to_str().unwrap();
+    let mut args = vec!["--host", "127.0.0.1", "--port", &port, "--json", "--quiet"];
+    args.extend_from_slice(extra);
+    args.push(f);
+    client(&args, b"", &[])
+}
+
+/// A numeric field of the client's `--json` line.
+pub fn field(out: &Output, key: &str) -> u64 {
+    let s = String::from_utf8_lossy(&out.stdout);
+    let pat = format!("\"{key}\": ");
+    let i = s.find(&pat).unwrap_or_else(|| {
+        panic!(
+            "no {key} in {s:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    s[i + pat.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client failed; stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+    assert!(stdout(out).contains("CRC32_OK"), "{}", stdout(out));
+}

@@ -1,0 +1,330 @@
+//! Hostile and broken clients: each is refused or cut off, logged with the
+//! peer address and reason, nothing outside the storage directory is
+//! touched, and the server goes on serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::*;
+
+pub fn send_header(s: &mut TcpStream, name: &str, size: u64, crc: u32) {
+    let mut json = String::from("{\"filename\": ");
+    // Enough JSON escaping for the names used here.
+    json.push('"');
+    for c in name.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            c if (c as u32) < 0x20 => json.push_str(&format!("\\u{:04x}", c as u32)),
+            c => json.push(c),
+        }
+    }
+    json.push_str(&format!("\", \"filesize\": {size}, \"crc32\": {crc}}}"));
+    send_raw_header(s, json.as_bytes());
+}
+
+fn send_raw_header(s: &mut TcpStream, json: &[u8]) {
+    s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(json).unwrap();
+}
+
+/// Reads until EOF (bounded): what the server sent before closing.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    v
+}
+
+/// Lists every path under `root` (to prove nothing appeared outside).
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn upload_raw(srv: &ServerProc, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, name, data.len() as u64, crc32fast::hash(data));
+    let mut off = [0u8; 8];
+    s.read_exact(&mut off).unwrap();
+    assert_eq!(u64::from_be_bytes(off), 0);
+    s.write_all(data).unwrap();
+    read_to_close(&mut s)
+}
+
+#[test]
+fn hostile_names_stay_inside_the_storage_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("sub/store");
+    let srv = ServerProc::start(&store, &[]);
+    let before = tree(t.path());
+    // Reduced to their base name and stored inside.
+    for (name, stored) in [
+        ("../x", "x"),
+        ("/etc/passwd", "passwd"),
+        ("a\\b", "b"),
+        ("../../sub/y", "y"),
+    ] {
+        let data = format!("content of {name}");
+        assert_eq!(
+            upload_raw(&srv, name, data.as_bytes()),
+            b"CRC32_OK",
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::read(store.join(stored)).unwrap(),
+            data.as_bytes(),
+            "{name}"
+        );
+    }
+    // Refused outright: the connection closes with no offset.
+    let long = "n".repeat(300);
+    for name in [
+        "x\0y",
+        "",
+        ".",
+        "..",
+        "dir/",
+        "tab\tname",
+        long.as_str(),
+        ".bigtransfer",
+        ".BIGTRANSFER",
+    ] {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        send_header(&mut s, name, 3, 0);
+        assert_eq!(
+            read_to_close(&mut s),
+            b"",
+            "name {name:?} should be refused"
+        );
+    }
+    assert!(srv.log.wait_for("refused file name", LONG));
+    assert!(
+        srv.log.text().contains("127.0.0.1:"),
+        "log lines carry the peer address"
+    );
+    let after = tree(t.path());
+    let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+    for p in &new {
+        assert!(
+            p.starts_with("sub/store/"),
+            "created outside the storage directory: {p}"
+        );
+    }
+    assert!(!Path::new("/etc/passwd.part").exists());
+    // Still serving.
+    assert_eq!(upload_raw(&srv, "after.bin", b"still here"), b"CRC32_OK");
+}
+
+#[test]
+fn malformed_headers_are_refused_and_logged() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not json", b"hello".to_vec()),
+        ("array", b"[1, 2]".to_vec()),
+        (
+            "missing key",
+            br#"{"filename": "a", "filesize": 1}"#.to_vec(),
+        ),
+        (
+            "negative size",
+            br#"{"filename": "a", "filesize": -1, "crc32": 0}"#.to_vec(),
+        ),
+        (
+            "float size",
+            br#"{"filename": "a", "filesize": 1.5, "crc32": 0}"#.to_vec(),
+        ),
+        (
+            "absurd size",
+            br#"{"filename": "a", "filesize": 99999999999999999999, "crc32": 0}"#.to_vec(),
+        ),
+        (
+            "crc too big",
+            br#"{"filename": "a", "filesize": 1, "crc32": 4294967296}"#.to_vec(),
+        ),
+        (
+            "string size",
+            br#"{"filename": "a", "filesize": "1", "crc32": 0}"#.to_vec(),
+        ),
+        (
+            "bad utf8",
+            b"{\"filename\": \"\xff\", \"filesize\": 1, \"crc32\": 0}".to_vec(),
+        ),
+        (
+            "deep nesting",
+            [b"{\"x\": ".to_vec(), vec![b'['; 10000]].concat(),
+        ),
+    ];
+    for (what, json) in &cases {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        send_raw_header(&mut s, json);
+        assert_eq!(
+            read_to_close(&mut s),
+            b"",
+            "{what}: expected the connection to close with no reply"
+        );
+    }
+    // Header length 0 and over 64 KiB.
+    for len in [0u32, 64 * 1024 + 1, u32::MAX] {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.write_all(&len.to_be_bytes()).unwrap();
+        assert_eq!(read_to_close(&mut s), b"", "header length {len}");
+    }
+    assert!(
+        srv.log.wait_for("is over the limit", LONG) || srv.log.wait_for("header length", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert!(srv.log.wait_for("absurd", LONG), "{}", srv.log.text());
+    // A size larger than the free space is refused before any byte is stored.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, "huge.bin", i64::MAX as u64, 0);
+    assert_eq!(read_to_close(&mut s), b"");
+    assert!(srv.log.wait_for("free in", LONG), "{}", srv.log.text());
+    assert!(!store.join("huge.bin").exists() && !store.join("a").exists());
+    assert_eq!(upload_raw(&srv, "fine.bin", b"fine"), b"CRC32_OK");
+}
+
+#[test]
+fn max_file_size_is_enforced() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--max-file-size", "1K"]);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, "big.bin", 1025, 0);
+    assert_eq!(read_to_close(&mut s), b"");
+    assert!(
+        srv.log.wait_for("over the limit of 1024", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(upload_raw(&srv, "small.bin", &[1u8; 1024]), b"CRC32_OK");
+}
+
+#[test]
+fn stalled_client_is_cut_off_by_the_idle_timeout() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--timeout", "1s"]);
+    // Silent from the start.
+    let mut silent = TcpStream::connect(srv.addr).unwrap();
+    // Stalls in the middle of the data.
+    let mut mid = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut mid, "stall.bin", 1000, 0);
+    let mut off = [0u8; 8];
+    mid.read_exact(&mut off).unwrap();
+    mid.write_all(&[1u8; 10]).unwrap();
+    assert_eq!(read_to_close(&mut silent), b"");
+    assert_eq!(read_to_close(&mut mid), b"");
+    assert!(srv.log.wait_for("idle timeout", LONG), "{}", srv.log.text());
+    // The stalled upload is resumable from what arrived.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, "stall.bin", 1000, 0);
+    s.read_exact(&mut off).unwrap();
+    assert_eq!(u64::from_be_bytes(off), 10);
+}
+
+#[test]
+fn disconnect_at_every_stage_leaves_the_server_serving() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let data = vec![5u8; 5000];
+    let crc = crc32fast::hash(&data);
+    let header = {
+        let json = format!("{{\"filename\": \"cut.bin\", \"filesize\": 5000, \"crc32\": {crc}}}");
+        [
+            (json.len() as u32).to_be_bytes().to_vec(),
+            json.into_bytes(),
+        ]
+        .concat()
+    };
+    // Cut inside the length, inside the JSON, right after it, inside the data.
+    for cut in [1, 3, 4, 10, header.len()] {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.write_all(&header[..cut]).unwrap();
+        drop(s);
+    }
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&header).unwrap();
+    let mut off = [0u8; 8];
+    s.read_exact(&mut off).unwrap();
+    s.write_all(&data[..1234]).unwrap();
+    drop(s);
+    assert!(
+        srv.log.wait_for("client disconnected at byte 1234", LONG),
+        "{}",
+        srv.log.text()
+    );
+    // Resume exactly where it broke.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&header).unwrap();
+    s.read_exact(&mut off).unwrap();
+    assert_eq!(u64::from_be_bytes(off), 1234);
+    s.write_all(&data[1234..]).unwrap();
+    assert_eq!(read_to_close(&mut s), b"CRC32_OK");
+    assert_eq!(std::fs::read(srv.dir.join("cut.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_new_connection_for_the_same_name_takes_over_a_stale_one() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    let crc = crc32fast::hash(&data);
+    // A connection that looks alive but sends nothing more (a dead client
+    // whose FIN never arrived).
+    let mut stale = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut stale, "same.bin", data.len() as u64, crc);
+    let mut off = [0u8; 8];
+    stale.read_exact(&mut off).unwrap();
+    stale.write_all(&data[..50_000]).unwrap();
+    assert!(wait_until(LONG, || held_part_len(&srv.dir) == 50_000));
+    // The reconnecting client takes over and resumes where the stale one was.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, "same.bin", data.len() as u64, crc);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.read_exact(&mut off).unwrap();
+    assert_eq!(u64::from_be_bytes(off), 50_000);
+    s.write_all(&data[50_000..]).unwrap();
+    assert_eq!(read_to_close(&mut s), b"CRC32_OK");
+    assert_eq!(std::fs::read(srv.dir.join("same.bin")).unwrap(), data);
+    assert!(srv.log.text().contains("taking over"));
+    // The stale connection was ended.
+    assert_eq!(read_to_close(&mut stale), b"");
+}
+
+#[test]
+fn connection_cap_refuses_extra_connections_and_recovers() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--max-connections", "2"]);
+    let a = TcpStream::connect(srv.addr).unwrap();
+    let b = TcpStream::connect(srv.addr).unwrap();
+    let mut c = TcpStream::connect(srv.addr).unwrap();
+    assert_eq!(read_to_close(&mut c), b"");
+    assert!(srv.log.wait_for("connections already open", LONG));
+    drop((a, b));
+    // Once the idle pair is gone, uploads are served again.
+    assert!(wait_until(LONG, || {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        send_header(&mut s, "cap.bin", 3, crc32fast::hash(b"abc"));
+        let mut off = [0u8; 8];
+        if s.read_exact(&mut off).is_err() {
+            return false;
+        }
+        s.write_all(b"abc").unwrap();
+        read_to_close(&mut s) == b"CRC32_OK"
+    }));
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `bigtransfer` binary over loopback: uploads of
+//! every shape, interruptions and resumes, hostile input, the interactive
+//! prompts, and wire compatibility with the stdlib Python scripts.
+
+mod compat;
+mod harness;
+mod hostile;
+mod interactive;
+mod upload;
