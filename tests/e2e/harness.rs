@@ -172,10 +172,14 @@ impl ServerProc {
     }
 
     pub fn start_at(bind: &str, dir: &Path, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(BIN)
-            .args(["server", "--port", "0", "--bind", bind, "--dir"])
-            .arg(dir)
-            .args(extra)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--port", "0", "--bind", bind, "--dir"]).arg(dir).args(extra);
+        Self::spawn(&mut cmd, dir)
+    }
+
+    /// Starts `cmd`, which must run a server that prints its address first.
+    pub fn spawn(cmd: &mut Command, dir: &Path) -> ServerProc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -3,6 +3,7 @@
 //! prompts, and wire compatibility with the stdlib Python scripts.
 
 mod compat;
+mod diskfull;
 mod harness;
 mod hostile;
 mod interactive;

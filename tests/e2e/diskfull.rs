@@ -1,0 +1,67 @@
+//! A full disk: the storage directory on a small tmpfs mounted in a private
+//! mount namespace (needs root and `unshare`; skipped with a message
+//! otherwise). The upload fails cleanly, the held part stays resumable, and
+//! once space is freed the resume completes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+
+fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1M tmpfs /mnt"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn disk_full_keeps_the_held_part_resumable() {
+    if !can_unshare() {
+        eprintln!("skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=24M tmpfs '{}' && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}'",
+        store.display(),
+        BIN,
+        store.display()
+    );
+    let srv = ServerProc::spawn(Command::new("unshare").args(["-m", "sh", "-c", &script]), &store);
+    // The test sees the server's tmpfs through its /proc root.
+    let view = Path::new("/proc").join(srv.child.id().to_string()).join("root").join(store.strip_prefix("/").unwrap());
+    let src = t.path().join("full.bin");
+    let size = 16 * 1024 * 1024 + 5;
+    write_random(&src, size, 50);
+    let mut slow = Command::new(BIN)
+        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--retries", "1", "--limit-rate", "8M"])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(LONG, || held_part_len(&view) >= 2 << 20), "no progress");
+    // Fill the file system behind the server's back.
+    let filler = view.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 24 << 20]);
+    let status = wait_child(&mut slow, LONG).expect("client hung on a full disk");
+    assert_eq!(status.code(), Some(4), "a full disk ends the upload as a lost connection");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut slow.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("error:"), "{err}");
+    assert!(srv.log.wait_for("No space left on device", LONG), "{}", srv.log.text());
+    assert!(!view.join("full.bin").exists());
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = send(&srv, &src, &[]);
+    assert_ok(&out);
+    let from = field(&out, "resumed_from");
+    assert!(from >= 2 << 20, "held part not kept: resumed from {from}");
+    assert_eq!(field(&out, "bytes_sent"), size - from);
+    assert_same_file(&src, &view.join("full.bin"));
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: Rust (unit, doc, property
+# and end-to-end over loopback), the C API test (plus valgrind), and the Python
+# tests (stdlib scripts, the pyo3 module, and every Rust/Python combination).
+# Installs what it needs itself (Python venv with maturin and pytest in .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== Rust: unit, doc, property and end-to-end tests"
+cargo build --release -p bigtransfer-cli
+cargo test --workspace --exclude bigtransfer-python
+
+echo "== C: the C API test"
+bash tests/c/run.sh
+
+echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
+bash tests/python/run.sh
