@@ -686,3 +686,189 @@ impl Drop for HeldPart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, filesize: u64, crc32: u32) -> Identity {
+        Identity {
+            name: SafeName::from_wire(name).unwrap(),
+            filesize,
+            crc32,
+        }
+    }
+
+    fn record(i: &Identity, slots: &[(u64, Checkpoint)]) -> Vec<u8> {
+        let mut v = encode_meta_head(i);
+        let mut s = [[0u8; SLOT_LEN]; 2];
+        for &(seq, cp) in slots {
+            s[(seq % 2) as usize] = encode_slot(seq, cp, PartStamp::default());
+        }
+        v.extend_from_slice(&s[0]);
+        v.extend_from_slice(&s[1]);
+        v
+    }
+
+    #[test]
+    fn record_round_trip_takes_the_newest_valid_slot() {
+        let i = id("a.bin", 1000, 7);
+        let old = Checkpoint {
+            offset: 100,
+            crc32: 1,
+        };
+        let new = Checkpoint {
+            offset: 200,
+            crc32: 2,
+        };
+        let rec = record(&i, &[(4, old), (5, new)]);
+        assert_eq!(rec.len(), META_LEN);
+        let d = decode_meta(&rec).unwrap();
+        assert_eq!((d.identity, d.seq, d.checkpoint), (i.clone(), 5, new));
+        // A torn newest slot falls back to the previous checkpoint.
+        let mut torn = rec.clone();
+        torn[META_HEAD_LEN + SLOT_LEN + 9] ^= 1;
+        let d = decode_meta(&torn).unwrap();
+        assert_eq!((d.seq, d.checkpoint), (4, old));
+    }
+
+    #[test]
+    fn damaged_records_are_rejected_not_trusted() {
+        let i = id("a.bin", 1000, 7);
+        let rec = record(
+            &i,
+            &[(
+                1,
+                Checkpoint {
+                    offset: 10,
+                    crc32: 3,
+                },
+            )],
+        );
+        assert!(decode_meta(&rec[..rec.len() - 1]).is_err(), "truncated");
+        let mut bad = rec.clone();
+        bad[30] ^= 1;
+        assert!(decode_meta(&bad).unwrap_err().contains("head checksum"));
+        let mut bad = rec.clone();
+        bad[0] = b'X';
+        assert!(decode_meta(&bad).is_err());
+        // Both slots broken.
+        let mut bad = rec.clone();
+        for b in &mut bad[META_HEAD_LEN..] {
+            *b ^= 0xff;
+        }
+        assert!(decode_meta(&bad)
+            .unwrap_err()
+            .contains("no valid checkpoint"));
+        // An offset past the file size is never believed.
+        let rec = record(
+            &i,
+            &[(
+                1,
+                Checkpoint {
+                    offset: 1001,
+                    crc32: 3,
+                },
+            )],
+        );
+        assert!(decode_meta(&rec).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode_meta(&bytes);
+        }
+    }
+
+    #[test]
+    fn resume_continues_the_crc_without_rereading() {
+        let dir = tempdir();
+        let store = Store::open(&dir).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let ident = id("r.bin", data.len() as u64, crc32fast::hash(&data));
+        let (mut held, fresh) = store.begin(ident.clone()).unwrap();
+        assert_eq!(fresh, Some(Fresh::Nothing));
+        held.write(&data[..40_000]).unwrap();
+        drop(held); // checkpoints
+        let (mut held, fresh) = store.begin(ident.clone()).unwrap();
+        assert_eq!(fresh, None);
+        assert_eq!(held.offset(), 40_000);
+        assert!(
+            held.prefix_check.is_none(),
+            "clean resume must not re-read the part"
+        );
+        held.write(&data[40_000..]).unwrap();
+        assert_eq!(held.finish().unwrap(), Verdict::Ok);
+        assert_eq!(fs::read(dir.join("r.bin")).unwrap(), data);
+        assert!(fs::read_dir(dir.join(RESERVED_NAME))
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() == "lock"));
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn another_source_or_a_tampered_part_is_never_resumed_blindly() {
+        let dir = tempdir();
+        let store = Store::open(&dir).unwrap();
+        let data = vec![9u8; 50_000];
+        let ident = id("t.bin", data.len() as u64, crc32fast::hash(&data));
+        let (mut held, _) = store.begin(ident.clone()).unwrap();
+        held.write(&data[..20_000]).unwrap();
+        drop(held);
+        // Same name, other size: starts over.
+        let (held, fresh) = store.begin(id("t.bin", 60_000, 1)).unwrap();
+        assert_eq!(fresh, Some(Fresh::OtherSource));
+        assert_eq!(held.offset(), 0);
+        drop(held);
+        // Rebuild the original held part, then flip a byte in it.
+        let (mut held, _) = store.begin(ident.clone()).unwrap();
+        held.write(&data[..20_000]).unwrap();
+        drop(held);
+        let part = dir
+            .join(RESERVED_NAME)
+            .join(format!("{}.part", key_of(&ident.name)));
+        let f = OpenOptions::new().write(true).open(&part).unwrap();
+        f.write_all_at(b"X", 5).unwrap();
+        drop(f);
+        let (mut held, fresh) = store.begin(ident.clone()).unwrap();
+        assert_eq!(fresh, None);
+        assert!(
+            held.prefix_check.is_some(),
+            "a modified part must be re-verified"
+        );
+        held.write(&data[20_000..]).unwrap();
+        assert_eq!(held.finish().unwrap(), Verdict::Mismatch);
+        assert!(held
+            .prefix_problem()
+            .unwrap()
+            .contains("does not match its checkpoint"));
+        assert!(!dir.join("t.bin").exists());
+        drop(held);
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_server_per_directory() {
+        let dir = tempdir();
+        let _a = Store::open(&dir).unwrap();
+        let e = Store::open(&dir).unwrap_err();
+        assert!(e.to_string().contains("in use by another server"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bt-store-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
