@@ -1,0 +1,663 @@
+#!/usr/bin/env python3
+"""Receive files over TCP with the bigtransfer legacy protocol (version 1).
+
+    python3 server.py [--port P] [--bind ADDR] [--dir DIR] [--timeout SECONDS]
+                      [--max-connections N] [--pure]
+
+One upload is one TCP connection (see LEGACY-PROTOCOL.md):
+
+    client -> u32 header length ("!I"), then that many bytes of UTF-8 JSON
+              {"filename": str, "filesize": int, "crc32": int}
+    server -> u64 offset ("!Q"): how many bytes of this file it already holds
+    client -> the file's bytes [offset, filesize)
+    server -> b"CRC32_OK" or b"CRC32_ERROR", then closes
+
+Before accepting, the server prints exactly one line ``listening on HOST:PORT``
+to stdout (IPv6 as ``[HOST]:PORT``); everything else (one line per event, with
+the peer's address) goes to stderr. It serves connections concurrently, one
+thread each, at most --max-connections at a time (more are closed at once and
+logged), and runs until SIGINT or SIGTERM, then exits 0.
+
+On-disk layout, under --dir (default ./received):
+
+    NAME                          a completed upload, renamed into place only
+                                  after its CRC-32 matched
+    .bigtransfer-py/HASH.part     the bytes held of an unfinished upload
+    .bigtransfer-py/HASH.json     its sidecar: {"version", "filename",
+                                  "filesize", "crc32", "offset", "offset_crc32"}
+
+HASH is the SHA-256 of the UTF-8 name in hex, so that any allowed name fits.
+The sidecar records the header the part belongs to and the durable offset,
+i.e. how many bytes of the part are known to be on disk (fsynced), with the
+CRC-32 of those bytes. It is rewritten atomically (temp file, fsync, rename)
+every 32 MiB and whenever a connection ends early. A new upload of the same
+name resumes from that offset only when its header's filesize and crc32 equal
+the sidecar's (the same source file); otherwise the held part is discarded.
+On resume the held bytes are read back to seed the CRC-32, so a part that was
+changed on disk since its checkpoint yields CRC32_ERROR, never a bad file.
+(``.bigtransfer/`` belongs to the Rust server, whose format differs.)
+
+When the Rust extension module ``bigtransfer`` is importable, the "serve"
+piece runs ``bigtransfer.Server`` instead and the "crc" piece uses
+``bigtransfer.crc32_file``. ``--pure`` or ``BIGTRANSFER_PURE=1`` forces pure
+Python everywhere; ``BIGTRANSFER_ENGINE=crc,serve`` lists the pieces that may
+use the module (default: all that it provides).
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import unicodedata
+import zlib
+from typing import Dict, List, Optional, Tuple
+
+try:
+    import bigtransfer
+except ImportError:
+    bigtransfer = None
+
+MAX_HEADER_LEN = 64 * 1024
+MAX_NAME_BYTES = 255
+MAX_FILESIZE = 2 ** 63 - 1  # what a file offset can address
+MAX_CRC32 = 0xFFFFFFFF
+CHECKPOINT_BYTES = 32 * 1024 * 1024
+IO_BLOCK = 1024 * 1024
+STATE_DIR_NAME = ".bigtransfer-py"
+# Names that would collide with our own or the Rust server's bookkeeping.
+RESERVED_NAMES = (".bigtransfer", STATE_DIR_NAME)
+SIDECAR_VERSION = 1
+RESULT_OK = b"CRC32_OK"
+RESULT_ERROR = b"CRC32_ERROR"
+STOP_GRACE_SECONDS = 5.0
+
+ENGINE_PIECES = {"crc": "crc32_file", "serve": "Server"}
+
+log = logging.getLogger("bigtransfer.server")
+
+
+# --------------------------------------------------------------------------
+# Engine selection: the Rust module, piece by piece, when present and allowed
+
+
+def engine(piece, pure=False):
+    """Return the ``bigtransfer`` module if ``piece`` should use it, else None."""
+    if bigtransfer is None or pure:
+        return None
+    if os.environ.get("BIGTRANSFER_PURE", "").strip() not in ("", "0"):
+        return None
+    selection = os.environ.get("BIGTRANSFER_ENGINE")
+    if selection is not None:
+        pieces = {p.strip().lower() for p in selection.split(",")}
+        if piece not in pieces and "all" not in pieces:
+            return None
+    if not hasattr(bigtransfer, ENGINE_PIECES[piece]):
+        return None
+    return bigtransfer
+
+
+def file_crc32(path, pure=False):
+    """CRC-32 (zlib) of a whole file."""
+    mod = engine("crc", pure)
+    if mod is not None:
+        return mod.crc32_file(path) & MAX_CRC32
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(IO_BLOCK), b""):
+            crc = zlib.crc32(block, crc)
+    return crc & MAX_CRC32
+
+
+# --------------------------------------------------------------------------
+# Header validation
+
+
+class Refused(Exception):
+    """A request the server will not serve; the message says why."""
+
+
+def sanitize_name(filename):
+    """Return the storable base name of ``filename`` or raise Refused."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    if not name:
+        raise Refused("empty file name")
+    if set(name) == {"."}:
+        raise Refused("file name %r is only dots" % name)
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise Refused("file name %r contains a control character" % name)
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused("file name %r is not valid Unicode" % name) from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise Refused("file name is %d bytes long (at most %d)" % (len(encoded), MAX_NAME_BYTES))
+    if name.lower() in RESERVED_NAMES:
+        raise Refused("file name %r is reserved" % name)
+    return name
+
+
+def parse_header(raw):
+    """Parse the JSON header; return (filename, filesize, crc32) or raise Refused."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused("header is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise Refused("header is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise Refused("header is not a JSON object")
+    filename = meta.get("filename")
+    filesize = meta.get("filesize")
+    crc = meta.get("crc32")
+    if not isinstance(filename, str):
+        raise Refused("header: 'filename' missing or not a string")
+    if not isinstance(filesize, int) or isinstance(filesize, bool) or filesize < 0:
+        raise Refused("header: 'filesize' missing or not an integer >= 0")
+    if filesize > MAX_FILESIZE:
+        raise Refused("header: 'filesize' %d is too large" % filesize)
+    if not isinstance(crc, int) or isinstance(crc, bool) or not 0 <= crc <= MAX_CRC32:
+        raise Refused("header: 'crc32' missing or not an integer in 0..4294967295")
+    return filename, filesize, crc
+
+
+# --------------------------------------------------------------------------
+# Storage
+
+
+def fsync_dir(path):
+    """Make a rename or unlink inside ``path`` durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_if_present(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+class PartStore:
+    """The storage directory: final files plus held parts under .bigtransfer-py/."""
+
+    def __init__(self, root, pure=False):
+        self.root = os.path.abspath(root)
+        self.state_dir = os.path.join(self.root, STATE_DIR_NAME)
+        self.pure = pure
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._guard = threading.Lock()
+        self._claims: Dict[str, List] = {}  # name -> [lock, number of users]
+
+    def final_path(self, name):
+        return os.path.join(self.root, name)
+
+    def held_paths(self, name):
+        """(part, sidecar) paths for ``name``."""
+        key = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        base = os.path.join(self.state_dir, key)
+        return base + ".part", base + ".json"
+
+    @contextlib.contextmanager
+    def claim(self, name, timeout):
+        """Hold ``name`` exclusively; yields False if it stayed busy for ``timeout``."""
+        with self._guard:
+            entry = self._claims.setdefault(name, [threading.Lock(), 0])
+            entry[1] += 1
+        acquired = entry[0].acquire(timeout=timeout)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._claims[name]
+
+
+class Upload:
+    """One upload into a held part: resume point, incremental CRC-32, checkpoints."""
+
+    def __init__(self, store, name, filesize, crc32):
+        self.store = store
+        self.name = name
+        self.filesize = filesize
+        self.expected_crc = crc32
+        self.part_path, self.sidecar_path = store.held_paths(name)
+        self.file = None
+        self.size = 0      # bytes in the part now
+        self.crc = 0       # CRC-32 of those bytes
+        self.durable: Optional[Tuple[int, int]] = None  # (size, crc) in the sidecar
+
+    def open(self):
+        """Open the part, resuming a matching held one; return the offset to announce."""
+        held = self._matching_sidecar()
+        if held is None:
+            self._discard()
+            self.file = open(self.part_path, "w+b", buffering=0)
+            return 0
+        offset, recorded_crc = held
+        self.file = open(self.part_path, "r+b", buffering=0)
+        self.file.truncate(offset)  # drop bytes written after the last checkpoint
+        self.crc = file_crc32(self.part_path, self.store.pure)
+        self.size = offset
+        self.durable = (offset, recorded_crc)
+        if self.crc != recorded_crc:
+            log.warning("held part of %r changed on disk since its checkpoint "
+                        "(CRC-32 %08x, recorded %08x); this upload will fail its check",
+                        self.name, self.crc, recorded_crc)
+        self.file.seek(offset)
+        return offset
+
+    def _matching_sidecar(self):
+        """(offset, crc) of a held part of the same source file, or None."""
+        try:
+            with open(self.sidecar_path, encoding="utf-8") as f:
+                side = json.load(f)
+            part_size = os.path.getsize(self.part_path)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(side, dict) or side.get("version") != SIDECAR_VERSION:
+            return None
+        offset = side.get("offset")
+        offset_crc = side.get("offset_crc32")
+        if (side.get("filename") != self.name
+                or side.get("filesize") != self.filesize
+                or side.get("crc32") != self.expected_crc
+                or not isinstance(offset, int) or not isinstance(offset_crc, int)
+                or not 0 <= offset <= min(self.filesize, part_size)):
+            return None
+        return offset, offset_crc
+
+    def _discard(self):
+        remove_if_present(self.sidecar_path)  # first: a part without sidecar is never resumed
+        remove_if_present(self.part_path)
+
+    def write(self, data):
+        """Append ``data`` (a memoryview) to the part; checkpoint every 32 MiB."""
+        view = data
+        while view:
+            written = self.file.write(view)
+            view = view[written:]
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        durable_size = self.durable[0] if self.durable else 0
+        if self.size - durable_size >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self):
+        """Make the bytes held so far durable and record them in the sidecar."""
+        os.fsync(self.file.fileno())
+        write_json_atomic(self.sidecar_path, {
+            "version": SIDECAR_VERSION,
+            "filename": self.name,
+            "filesize": self.filesize,
+            "crc32": self.expected_crc,
+            "offset": self.size,
+            "offset_crc32": self.crc,
+        })
+        self.durable = (self.size, self.crc)
+
+    def suspend(self):
+        """The connection ended early: keep what we hold, resumable."""
+        try:
+            if self.durable != (self.size, self.crc):
+                self.checkpoint()
+        finally:
+            self.file.close()
+
+    def finish(self):
+        """All bytes are in: store the file if its CRC-32 matches. Returns the match."""
+        matched = self.size == self.filesize and self.crc == self.expected_crc
+        if not matched:
+            self.file.close()
+            self._discard()
+            return False
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.part_path, self.store.final_path(self.name))
+        fsync_dir(self.store.root)
+        remove_if_present(self.sidecar_path)
+        return True
+
+
+# --------------------------------------------------------------------------
+# Connections
+
+
+class ConnectionLost(Exception):
+    """The peer went away or stayed idle for too long."""
+
+
+def recv_into(conn, view):
+    """recv_into that turns EOF, timeouts and socket errors into ConnectionLost."""
+    try:
+        n = conn.recv_into(view)
+    except socket.timeout:
+        raise ConnectionLost("idle timeout") from None
+    except OSError as exc:
+        raise ConnectionLost(str(exc)) from None
+    if n == 0:
+        raise ConnectionLost("closed by peer")
+    return n
+
+
+def recv_exact(conn, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        got += recv_into(conn, view[got:])
+    return bytes(buf)
+
+
+def format_address(host, port):
+    """``host:port``, IPv6 in brackets; IPv4-mapped IPv6 shown as IPv4."""
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    if ":" in host:
+        return "[%s]:%d" % (host, port)
+    return "%s:%d" % (host, port)
+
+
+class Server:
+    """The pure-Python server: an accept loop and a thread per connection."""
+
+    def __init__(self, directory, port=8080, bind=None, max_connections=64,
+                 timeout=60.0, pure=False):
+        self.store = PartStore(directory, pure)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.listener = make_listener(bind, port, backlog=max(128, max_connections))
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._active: Dict[threading.Thread, socket.socket] = {}
+        self._active_lock = threading.Lock()
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    @property
+    def address(self):
+        host, port = self.listener.getsockname()[:2]
+        return host, port
+
+    def stop(self):
+        """Ask serve_forever to return. Safe to call from a signal handler."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def serve_forever(self):
+        self.listener.setblocking(False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in sel.select():
+                    if key.fileobj is self.listener and not self._stopping:
+                        self._accept()
+        self.listener.close()
+        self._finish_connections()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _accept(self):
+        try:
+            conn, addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:  # e.g. EMFILE: log and keep serving
+            log.error("accept failed: %s", exc)
+            return
+        peer = format_address(addr[0], addr[1])
+        if not self._slots.acquire(blocking=False):
+            log.warning("[%s] refused: already %d connections", peer, self.max_connections)
+            conn.close()
+            return
+        thread = threading.Thread(target=self._run_connection, args=(conn, peer),
+                                  name="conn " + peer, daemon=True)
+        with self._active_lock:
+            self._active[thread] = conn
+        thread.start()
+
+    def _run_connection(self, conn, peer):
+        try:
+            with conn:
+                self.handle(conn, peer)
+        except Exception:  # one connection must never stop the server
+            log.exception("[%s] unexpected error", peer)
+        finally:
+            with self._active_lock:
+                self._active.pop(threading.current_thread(), None)
+            self._slots.release()
+
+    def _finish_connections(self):
+        """Stop reading from every connection (their parts are checkpointed), then wait a bit."""
+        with self._active_lock:
+            active = dict(self._active)
+        for conn in active.values():
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for thread in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        still = [t.name for t in active if t.is_alive()]
+        if still:
+            log.warning("leaving %d connection(s) behind: %s", len(still), ", ".join(still))
+
+    def handle(self, conn, peer):
+        """Serve one upload on ``conn``."""
+        conn.settimeout(self.timeout)
+        log.info("[%s] connected", peer)
+        try:
+            (length,) = struct.unpack("!I", recv_exact(conn, 4))
+            if length == 0 or length > MAX_HEADER_LEN:
+                raise Refused("header length %d not in 1..%d" % (length, MAX_HEADER_LEN))
+            filename, filesize, crc = parse_header(recv_exact(conn, length))
+            name = sanitize_name(filename)
+            if os.path.isdir(self.store.final_path(name)):
+                raise Refused("%r is a directory on the server" % name)
+        except Refused as exc:
+            log.warning("[%s] refused: %s", peer, exc)
+            return
+        except ConnectionLost as exc:
+            log.info("[%s] no header: %s", peer, exc)
+            return
+
+        with self.store.claim(name, self.timeout) as claimed:
+            if not claimed:
+                log.warning("[%s] refused: another upload of %r is still running", peer, name)
+                return
+            self._receive(conn, peer, Upload(self.store, name, filesize, crc))
+
+    def _receive(self, conn, peer, upload):
+        offset = upload.open()
+        name, filesize = upload.name, upload.filesize
+        log.info("[%s] %r: %d bytes, crc32 %08x, resuming at %d",
+                 peer, name, filesize, upload.expected_crc, offset)
+        buf = bytearray(min(IO_BLOCK, max(1, filesize - offset)))
+        view = memoryview(buf)
+        try:
+            try:
+                conn.sendall(struct.pack("!Q", offset))
+            except OSError as exc:
+                raise ConnectionLost(str(exc)) from None
+            while upload.size < filesize:
+                n = recv_into(conn, view[:min(len(buf), filesize - upload.size)])
+                upload.write(view[:n])
+        except ConnectionLost as exc:
+            reason = "server stopping" if self._stopping else str(exc)
+            upload.suspend()
+            log.warning("[%s] %r interrupted at %d of %d bytes (%s); part kept",
+                        peer, name, upload.size, filesize, reason)
+            return
+        except BaseException:
+            upload.suspend()
+            raise
+
+        matched = upload.finish()
+        result = RESULT_OK if matched else RESULT_ERROR
+        if matched:
+            log.info("[%s] %r stored, %d bytes, received %d",
+                     peer, name, filesize, filesize - offset)
+        else:
+            log.warning("[%s] %r CRC-32 mismatch (got %08x, expected %08x); discarded",
+                        peer, name, upload.crc, upload.expected_crc)
+        try:
+            conn.sendall(result)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            log.warning("[%s] could not send %s: %s", peer, result.decode(), exc)
+
+
+def make_listener(bind, port, backlog=128):
+    """A listening TCP socket; ``bind`` None means all interfaces (dual-stack if possible)."""
+    if bind is None or bind in ("", "::"):
+        if socket.has_dualstack_ipv6():
+            try:
+                return socket.create_server(("::", port), family=socket.AF_INET6,
+                                            dualstack_ipv6=True, backlog=backlog)
+            except OSError:
+                if bind == "::":
+                    raise
+        if bind == "::":
+            return socket.create_server(("::", port), family=socket.AF_INET6, backlog=backlog)
+        return socket.create_server(("0.0.0.0", port), backlog=backlog)
+    host = bind[1:-1] if bind.startswith("[") and bind.endswith("]") else bind
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return socket.create_server(sockaddr, family=family, backlog=backlog)
+
+
+def default_bind():
+    return "::" if socket.has_dualstack_ipv6() else "0.0.0.0"
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Receive files uploaded with client.py (bigtransfer legacy protocol).")
+    parser.add_argument("--port", type=int, default=8080,
+                        help="TCP port to listen on, 0 for any free port (default 8080)")
+    parser.add_argument("--bind", default=None, metavar="ADDR",
+                        help="address to listen on (default: all interfaces, "
+                             "IPv4 and IPv6 when the system allows)")
+    parser.add_argument("--dir", default="received",
+                        help="where received files go (default ./received, created if missing)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="idle timeout per connection (default 60)")
+    parser.add_argument("--max-connections", type=int, default=64, metavar="N",
+                        help="connections served at once (default 64)")
+    parser.add_argument("--pure", action="store_true",
+                        help="use pure Python even when the bigtransfer module is available")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be in 0..65535")
+    if not args.timeout > 0:
+        parser.error("--timeout must be > 0")
+    if args.max_connections < 1:
+        parser.error("--max-connections must be >= 1")
+    return args
+
+
+def announce(host, port):
+    print("listening on " + format_address(host, port), flush=True)
+
+
+def install_stop_handlers(stop):
+    def handler(signum, frame):
+        stop()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM turned into something to block on (signal-handler safe)."""
+
+    def __init__(self):
+        self._wake_r, self._wake_w = socket.socketpair()
+        install_stop_handlers(self.set)
+
+    def set(self):
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def wait(self):
+        self._wake_r.recv(1)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def serve_with_module(mod, args):
+    """The "serve" piece from the Rust module; returns when a signal asks to stop."""
+    stop = StopSignal()
+    bind = args.bind if args.bind is not None else default_bind()
+    with mod.Server(args.dir, port=args.port, bind=bind,
+                    max_connections=args.max_connections, timeout=args.timeout) as srv:
+        host, port = srv.address
+        announce(host, port)
+        log.info("serving %s with the bigtransfer module", os.path.abspath(args.dir))
+        srv.start()
+        stop.wait()
+        log.info("stopping")
+        srv.stop()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        os.makedirs(args.dir, exist_ok=True)
+        mod = engine("serve", args.pure)
+        if mod is not None:
+            try:
+                serve_with_module(mod, args)
+            except getattr(mod, "BigTransferError", OSError) as exc:
+                print("server: %s" % exc, file=sys.stderr)
+                return 1
+            return 0
+        server = Server(args.dir, port=args.port, bind=args.bind,
+                        max_connections=args.max_connections, timeout=args.timeout,
+                        pure=args.pure)
+    except OSError as exc:
+        print("server: %s" % exc, file=sys.stderr)
+        return 1
+    install_stop_handlers(server.stop)
+    host, port = server.address
+    announce(host, port)
+    log.info("serving %s", server.store.root)
+    server.serve_forever()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
