@@ -66,6 +66,9 @@ struct ServerArgs {
     /// Close a connection idle for this long (e.g. 60, 90s, 5m).
     #[arg(long, default_value = "60s", value_parser = parse::duration)]
     timeout: Duration,
+    /// Close a connection that has not sent its complete header within this time.
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
+    header_timeout: Duration,
     /// Delete held parts untouched for this long (e.g. 7d, 12h; 0: never).
     #[arg(long, default_value = "7d", value_parser = parse::duration)]
     expire_partial: Duration,
@@ -137,6 +140,7 @@ fn run_server(a: ServerArgs) -> ExitCode {
     cfg.port = a.port;
     cfg.max_connections = a.max_connections;
     cfg.idle_timeout = a.timeout;
+    cfg.header_timeout = a.header_timeout;
     cfg.expire_partial = (!a.expire_partial.is_zero()).then_some(a.expire_partial);
     cfg.max_file_size = a.max_file_size;
     let dir = cfg.dir.clone();

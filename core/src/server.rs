@@ -40,11 +40,16 @@ pub struct ServerConfig {
     pub port: u16,
     /// The storage directory (created if missing).
     pub dir: PathBuf,
-    /// Connections served at once; more are closed at once and logged.
+    /// Connections served at once. When full, the oldest connection still
+    /// waiting for its header is evicted to make room; if every connection
+    /// is a running upload, the newcomer is closed and logged.
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed (its held
     /// part checkpointed).
     pub idle_timeout: Duration,
+    /// A connection must send its complete header within this time (bounded
+    /// by `idle_timeout`), so idle sockets cannot hold slots for long.
+    pub header_timeout: Duration,
     /// Held parts not touched for this long are deleted. `None`: never.
     pub expire_partial: Option<Duration>,
     /// Uploads larger than this are refused. `None`: no limit beyond free
@@ -62,6 +67,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("dir", &self.dir)
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("header_timeout", &self.header_timeout)
             .field("expire_partial", &self.expire_partial)
             .field("max_file_size", &self.max_file_size)
             .finish_non_exhaustive()
@@ -70,7 +76,8 @@ impl std::fmt::Debug for ServerConfig {
 
 impl ServerConfig {
     /// The defaults: all interfaces, port 8080, 64 connections, 60 s idle
-    /// timeout, held parts expire after 7 days, storing into `dir`.
+    /// timeout, 10 s to send the header, held parts expire after 7 days,
+    /// storing into `dir`.
     ///
     /// ```
     /// let c = bigtransfer_core::ServerConfig::new("received");
@@ -84,6 +91,7 @@ impl ServerConfig {
             dir: dir.into(),
             max_connections: 64,
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
             expire_partial: Some(Duration::from_secs(7 * 24 * 3600)),
             max_file_size: None,
             logger: None,
@@ -180,11 +188,20 @@ struct Shared {
     stop: StopHandle,
     logger: Logger,
     live: AtomicUsize,
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     claims: Mutex<HashMap<SafeName, Claimant>>,
     claims_cv: Condvar,
     next_id: AtomicU64,
     counters: Counters,
+}
+
+/// A live connection, as the accept loop sees it.
+struct Conn {
+    stream: TcpStream,
+    accepted: Instant,
+    /// Still waiting for a complete header: the first to be evicted when the
+    /// server is full, so uploads in progress are never the victims.
+    awaiting_header: Arc<AtomicBool>,
 }
 
 struct Claimant {
@@ -334,8 +351,8 @@ impl Server {
             }
         }
         (sh.logger)("stopping: checkpointing running uploads");
-        for s in lock(&sh.conns).values() {
-            let _ = s.shutdown(Shutdown::Both);
+        for c in lock(&sh.conns).values() {
+            let _ = c.stream.shutdown(Shutdown::Both);
         }
         for t in threads {
             let _ = t.join();
@@ -365,18 +382,26 @@ impl Server {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr) -> Option<JoinHandle<()>> {
         let sh = Arc::clone(&self.shared);
         sh.counters.connections.fetch_add(1, Ordering::Relaxed);
-        if sh.live.load(Ordering::SeqCst) >= sh.cfg.max_connections {
+        if sh.live.load(Ordering::SeqCst) >= sh.cfg.max_connections
+            && !evict_oldest_waiting(&sh, peer)
+        {
             (sh.logger)(&format!(
-                "{peer}: refused: {} connections already open (--max-connections)",
+                "{peer}: refused: {} uploads already running (--max-connections)",
                 sh.cfg.max_connections
             ));
             sh.counters.failed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let awaiting_header = Arc::new(AtomicBool::new(true));
         match stream.try_clone() {
             Ok(c) => {
-                lock(&sh.conns).insert(id, c);
+                let conn = Conn {
+                    stream: c,
+                    accepted: Instant::now(),
+                    awaiting_header: Arc::clone(&awaiting_header),
+                };
+                lock(&sh.conns).insert(id, conn);
             }
             Err(e) => {
                 (sh.logger)(&format!("{peer}: refused: cannot track connection: {e}"));
@@ -388,7 +413,7 @@ impl Server {
         let sh2 = Arc::clone(&sh);
         let spawned = builder.spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handle_connection(&sh2, id, stream, peer)
+                handle_connection(&sh2, id, stream, peer, &awaiting_header)
             }));
             match outcome {
                 Ok(Ok(())) => {}
@@ -415,6 +440,34 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Makes room for a newcomer when the server is full by ending the oldest
+/// connection that has still not sent a complete header (as OpenSSH's
+/// MaxStartups drops unauthenticated connections first): idle or slow
+/// connections can then never lock real clients out. Returns false when
+/// every connection is a running upload.
+fn evict_oldest_waiting(sh: &Shared, newcomer: SocketAddr) -> bool {
+    let conns = lock(&sh.conns);
+    let victim = conns
+        .values()
+        .filter(|c| c.awaiting_header.load(Ordering::SeqCst))
+        .min_by_key(|c| c.accepted);
+    match victim {
+        Some(c) => {
+            // Only once: an evicted connection is no longer a candidate.
+            c.awaiting_header.store(false, Ordering::SeqCst);
+            let _ = c.stream.shutdown(Shutdown::Both);
+            let who = c
+                .stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            (sh.logger)(&format!("{who}: evicted: server full and no header after {:.1}s, making room for {newcomer}", c.accepted.elapsed().as_secs_f64()));
+            true
+        }
+        None => false,
     }
 }
 
@@ -506,10 +559,11 @@ fn handle_connection(
     conn_id: u64,
     mut stream: TcpStream,
     peer: SocketAddr,
+    awaiting_header: &AtomicBool,
 ) -> Result<()> {
     let _ = stream.set_nodelay(true);
     stream
-        .set_read_timeout(Some(sh.cfg.idle_timeout))
+        .set_read_timeout(Some(sh.cfg.header_timeout.min(sh.cfg.idle_timeout)))
         .and_then(|_| stream.set_write_timeout(Some(sh.cfg.idle_timeout)))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
 
@@ -523,6 +577,15 @@ fn handle_connection(
         .read_exact(&mut json)
         .map_err(|e| net_err(e, "reading the header"))?;
     let header = proto::parse_header(&json).map_err(refusal)?;
+    if !awaiting_header.swap(false, Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            "evicted before its header was complete",
+        ));
+    }
+    stream
+        .set_read_timeout(Some(sh.cfg.idle_timeout))
+        .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
     let name = SafeName::from_wire(&header.filename).map_err(refusal)?;
     if let Some(max) = sh.cfg.max_file_size {
         if header.filesize > max {

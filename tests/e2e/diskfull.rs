@@ -20,7 +20,9 @@ fn can_unshare() -> bool {
 #[test]
 fn disk_full_keeps_the_held_part_resumable() {
     if !can_unshare() {
-        eprintln!("skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)");
+        eprintln!(
+            "skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)"
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -32,29 +34,57 @@ fn disk_full_keeps_the_held_part_resumable() {
         BIN,
         store.display()
     );
-    let srv = ServerProc::spawn(Command::new("unshare").args(["-m", "sh", "-c", &script]), &store);
+    let srv = ServerProc::spawn(
+        Command::new("unshare").args(["-m", "sh", "-c", &script]),
+        &store,
+    );
     // The test sees the server's tmpfs through its /proc root.
-    let view = Path::new("/proc").join(srv.child.id().to_string()).join("root").join(store.strip_prefix("/").unwrap());
+    let view = Path::new("/proc")
+        .join(srv.child.id().to_string())
+        .join("root")
+        .join(store.strip_prefix("/").unwrap());
     let src = t.path().join("full.bin");
     let size = 16 * 1024 * 1024 + 5;
     write_random(&src, size, 50);
     let mut slow = Command::new(BIN)
-        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--retries", "1", "--limit-rate", "8M"])
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--retries",
+            "1",
+            "--limit-rate",
+            "8M",
+        ])
         .arg(&src)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_until(LONG, || held_part_len(&view) >= 2 << 20), "no progress");
+    assert!(
+        wait_until(LONG, || held_part_len(&view) >= 2 << 20),
+        "no progress"
+    );
     // Fill the file system behind the server's back.
     let filler = view.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 24 << 20]);
     let status = wait_child(&mut slow, LONG).expect("client hung on a full disk");
-    assert_eq!(status.code(), Some(4), "a full disk ends the upload as a lost connection");
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "a full disk ends the upload as a lost connection"
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(&mut slow.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("error:"), "{err}");
-    assert!(srv.log.wait_for("No space left on device", LONG), "{}", srv.log.text());
+    assert!(
+        srv.log.wait_for("No space left on device", LONG),
+        "{}",
+        srv.log.text()
+    );
     assert!(!view.join("full.bin").exists());
 
     std::fs::remove_file(&filler).unwrap();

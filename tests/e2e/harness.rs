@@ -173,7 +173,9 @@ impl ServerProc {
 
     pub fn start_at(bind: &str, dir: &Path, extra: &[&str]) -> ServerProc {
         let mut cmd = Command::new(BIN);
-        cmd.args(["server", "--port", "0", "--bind", bind, "--dir"]).arg(dir).args(extra);
+        cmd.args(["server", "--port", "0", "--bind", bind, "--dir"])
+            .arg(dir)
+            .args(extra);
         Self::spawn(&mut cmd, dir)
     }
 

@@ -307,24 +307,69 @@ fn a_new_connection_for_the_same_name_takes_over_a_stale_one() {
 }
 
 #[test]
-fn connection_cap_refuses_extra_connections_and_recovers() {
+fn when_full_idle_connections_are_evicted_but_uploads_are_not() {
     let t = tempfile::tempdir().unwrap();
     let srv = ServerProc::start(&t.path().join("store"), &["--max-connections", "2"]);
-    let a = TcpStream::connect(srv.addr).unwrap();
-    let b = TcpStream::connect(srv.addr).unwrap();
-    let mut c = TcpStream::connect(srv.addr).unwrap();
-    assert_eq!(read_to_close(&mut c), b"");
-    assert!(srv.log.wait_for("connections already open", LONG));
-    drop((a, b));
-    // Once the idle pair is gone, uploads are served again.
-    assert!(wait_until(LONG, || {
+    // Two connections that never send a header fill the server...
+    let mut idle1 = TcpStream::connect(srv.addr).unwrap();
+    let _idle2 = TcpStream::connect(srv.addr).unwrap();
+    // ...yet a real client is served at once: the oldest idle one makes room.
+    assert_eq!(upload_raw(&srv, "cap.bin", b"abc"), b"CRC32_OK");
+    assert!(
+        srv.log.wait_for("evicted: server full", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(
+        read_to_close(&mut idle1),
+        b"",
+        "the oldest idle connection was evicted"
+    );
+
+    // Two uploads in progress are never evicted: a third client is refused.
+    let mut ups = Vec::new();
+    for name in ["u1.bin", "u2.bin"] {
         let mut s = TcpStream::connect(srv.addr).unwrap();
-        send_header(&mut s, "cap.bin", 3, crc32fast::hash(b"abc"));
+        send_header(&mut s, name, 100, 0);
         let mut off = [0u8; 8];
-        if s.read_exact(&mut off).is_err() {
-            return false;
-        }
-        s.write_all(b"abc").unwrap();
-        read_to_close(&mut s) == b"CRC32_OK"
-    }));
+        s.read_exact(&mut off).unwrap();
+        s.write_all(&[1u8; 10]).unwrap();
+        ups.push(s);
+    }
+    let mut third = TcpStream::connect(srv.addr).unwrap();
+    assert_eq!(read_to_close(&mut third), b"");
+    assert!(
+        srv.log.wait_for("uploads already running", LONG),
+        "{}",
+        srv.log.text()
+    );
+    for s in &mut ups {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(s.read(&mut b), Err(_)),
+            "a running upload was cut off"
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_lock_out_a_real_client() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(srv.addr).ok())
+        .collect();
+    assert!(
+        flood.len() >= 200,
+        "could open only {} connections",
+        flood.len()
+    );
+    let src = t.path().join("real.bin");
+    write_random(&src, 2 << 20, 60);
+    let out = send(&srv, &src, &["--retries", "0"]);
+    assert_ok(&out);
+    assert_same_file(&src, &t.path().join("store/real.bin"));
+    drop(flood);
 }
