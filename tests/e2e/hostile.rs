@@ -347,10 +347,7 @@ fn when_full_idle_connections_are_evicted_but_uploads_are_not() {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut b = [0u8; 1];
-        assert!(
-            matches!(s.read(&mut b), Err(_)),
-            "a running upload was cut off"
-        );
+        assert!(s.read(&mut b).is_err(), "a running upload was cut off");
     }
 }
 
