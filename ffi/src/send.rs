@@ -1,0 +1,336 @@
+//! Sending a file from C: the `bt_send_options` handle, the progress
+//! callback and `bt_send_file` with its `bt_send_result`.
+//!
+//! This is a thin translation onto `bigtransfer_core::send_file`: the
+//! resuming, retrying and verifying all happen in the core. Not for: the
+//! server side (see `server.rs`) or anything that keeps state between sends.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use bigtransfer_core::{send_file, Control, Progress, SendOptions};
+
+use crate::status::{arg_mut, arg_path, arg_ref, arg_utf8, bt_status, guard, guard_ptr, Failure};
+
+/// Options of an upload (retries, timeouts, backoff, rate limit, remote
+/// name): an opaque handle made by `bt_send_options_new`, changed with the
+/// `bt_send_options_set_*` functions, released by `bt_send_options_free`.
+///
+/// One handle may be used for any number of sends, one at a time or from
+/// several threads at once as long as no setter runs at the same time.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct bt_send_options {
+    inner: SendOptions,
+}
+
+/// The outcome of a successful `bt_send_file`. On failure every field is 0.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct bt_send_result {
+    /// Size of the file in bytes.
+    pub filesize: u64,
+    /// CRC-32 (zlib / ISO-HDLC) of the whole file, confirmed by the server.
+    pub crc32: u32,
+    /// Bytes the server already held when the first connection was made
+    /// (0 for a fresh upload; more when an earlier upload was resumed).
+    pub resumed_from: u64,
+    /// File bytes sent over the network, all attempts together.
+    pub bytes_sent: u64,
+    /// Connections made (1 when nothing went wrong).
+    pub attempts: u32,
+}
+
+/// Progress callback of `bt_send_file`: `done` of `total` bytes of the file
+/// are with the server. Return 0 to go on, non-zero to cancel: the send then
+/// returns `BT_CANCELLED` and the part the server received stays resumable
+/// (the next send of the same file to the same server resumes from it).
+///
+/// It is called on the thread that called `bt_send_file`: with `done` = 0
+/// while the file's CRC-32 is being computed (before connecting), then when
+/// connected (with the offset the server resumes from), then after each block
+/// sent, and before each retry. Within one connection `done` never
+/// decreases; after a retry it restarts from what the server holds, which
+/// may be less than the last figure. The last call of a successful send has
+/// `done == total`.
+#[allow(non_camel_case_types)]
+pub type bt_progress_fn =
+    Option<unsafe extern "C" fn(done: u64, total: u64, user: *mut c_void) -> c_int>;
+
+/// A new set of send options with the defaults: 5 retries, 10 s connect
+/// timeout, 60 s I/O timeout, backoff from 500 ms doubling up to 15 s, no
+/// rate limit, the remote name taken from the file's base name.
+///
+/// Returns NULL only on an internal error (see `bt_last_error_message`).
+/// Release it with `bt_send_options_free`.
+#[no_mangle]
+pub extern "C" fn bt_send_options_new() -> *mut bt_send_options {
+    guard_ptr("bt_send_options_new", || {
+        Box::into_raw(Box::new(bt_send_options {
+            inner: SendOptions::new("", 0),
+        }))
+    })
+}
+
+/// Releases options made by `bt_send_options_new`. NULL is allowed (does
+/// nothing).
+///
+/// # Safety
+/// `options` must be NULL or a handle from `bt_send_options_new` not yet
+/// freed, and no other call may be using it.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_free(options: *mut bt_send_options) {
+    if options.is_null() {
+        return;
+    }
+    let _ = guard("bt_send_options_free", || {
+        // SAFETY: a live handle from bt_send_options_new, by the contract.
+        drop(unsafe { Box::from_raw(options) });
+        Ok(())
+    });
+}
+
+/// Runs `change` on the options behind `options` inside the guard.
+///
+/// # Safety
+/// `options` must be NULL or a live handle not used by another call.
+unsafe fn set(
+    func: &str,
+    options: *mut bt_send_options,
+    change: impl FnOnce(&mut SendOptions) -> Result<(), Failure>,
+) -> bt_status {
+    guard(func, || {
+        // SAFETY: forwarded contract.
+        let o = unsafe { arg_mut(options, "options") }?;
+        change(&mut o.inner)
+    })
+}
+
+/// Sets how many extra attempts follow a failed one (unreachable, connection
+/// lost, CRC mismatch). An attempt that moved the upload forward does not use
+/// up this budget. 0: a single attempt.
+///
+/// # Safety
+/// `options` must be NULL (gives `BT_NULL_POINTER`) or a live handle not used
+/// by another call at the same time.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_retries(
+    options: *mut bt_send_options,
+    retries: u32,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_retries", options, |o| {
+            o.retries = retries;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the time allowed for each TCP connect, in milliseconds (at least 1;
+/// 0 gives `BT_INVALID_INPUT`).
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_connect_timeout_ms(
+    options: *mut bt_send_options,
+    timeout_ms: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_connect_timeout_ms", options, |o| {
+            o.connect_timeout = nonzero_ms(timeout_ms, "the connect timeout")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the I/O timeout in milliseconds: a connection on which nothing moves
+/// for this long is given up (and retried). At least 1; 0 gives
+/// `BT_INVALID_INPUT`.
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_io_timeout_ms(
+    options: *mut bt_send_options,
+    timeout_ms: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_io_timeout_ms", options, |o| {
+            o.io_timeout = nonzero_ms(timeout_ms, "the I/O timeout")?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the pause between attempts, in milliseconds: `initial_ms` before the
+/// first retry, doubling each time up to `max_ms` (which is raised to
+/// `initial_ms` if smaller). 0 retries at once.
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_backoff_ms(
+    options: *mut bt_send_options,
+    initial_ms: u64,
+    max_ms: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_backoff_ms", options, |o| {
+            o.backoff_initial = Duration::from_millis(initial_ms);
+            o.backoff_max = Duration::from_millis(max_ms.max(initial_ms));
+            Ok(())
+        })
+    }
+}
+
+/// Limits the sending rate to `bytes_per_second`; 0 removes the limit.
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_limit_rate(
+    options: *mut bt_send_options,
+    bytes_per_second: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_limit_rate", options, |o| {
+            o.limit_rate = (bytes_per_second > 0).then_some(bytes_per_second);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the name the file gets on the server (UTF-8, NUL-terminated; the
+/// server keeps only its last path component). NULL goes back to the
+/// default: the local file's base name (a non-UTF-8 base name is sent with
+/// U+FFFD in place of its invalid bytes). An empty name gives
+/// `BT_INVALID_INPUT`, a non-UTF-8 one `BT_UTF8`.
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `name` NULL or a
+/// NUL-terminated string (copied; it need not outlive the call).
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_remote_name(
+    options: *mut bt_send_options,
+    name: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_remote_name", options, |o| {
+            if name.is_null() {
+                o.remote_name = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let n = arg_utf8(name, "name")?;
+            if n.is_empty() {
+                return Err(Failure::invalid("the remote name is empty"));
+            }
+            o.remote_name = Some(n.to_owned());
+            Ok(())
+        })
+    }
+}
+
+fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
+    if ms == 0 {
+        return Err(Failure::invalid(format!("{what} must be at least 1 ms")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Uploads the file at `path` to the server at `host`:`port`, resuming what
+/// the server already holds of it, retrying as `options` allow, and returns
+/// only when the server confirmed the CRC-32 (or on error). Blocks the
+/// calling thread; any number of sends may run at once on different threads.
+///
+/// - `host`: host name, IPv4 or IPv6 address (no brackets); UTF-8,
+///   NUL-terminated (`BT_UTF8` otherwise).
+/// - `port`: the server's TCP port (not 0).
+/// - `path`: the local file. On Unix a path is raw bytes, NUL-terminated, in
+///   whatever encoding the file system uses: non-UTF-8 file names work.
+/// - `options`: from `bt_send_options_new`, or NULL for the defaults.
+/// - `progress`: called as described at `bt_progress_fn`, or NULL for none;
+///   `user` is passed to it unchanged (may be NULL).
+/// - `result`: receives the outcome; zeroed on failure. Must not be NULL.
+///
+/// Returns `BT_OK`, or `BT_SOURCE_FILE`, `BT_UNREACHABLE`,
+/// `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_CANCELLED`,
+/// `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`, ... with the reason in
+/// `bt_last_error_message()`.
+///
+/// # Safety
+/// `host` and `path` must be NULL or NUL-terminated strings; `options` NULL
+/// or a live handle (not being changed during the call); `result` NULL or
+/// writable; `progress`, if not NULL, a function safe to call with `user`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_file(
+    host: *const c_char,
+    port: u16,
+    path: *const c_char,
+    options: *const bt_send_options,
+    progress: bt_progress_fn,
+    user: *mut c_void,
+    result: *mut bt_send_result,
+) -> bt_status {
+    guard("bt_send_file", || {
+        // SAFETY (all four): forwarded contract; NULL is checked.
+        let out = unsafe { arg_mut(result, "result") }?;
+        *out = bt_send_result::default();
+        let host = unsafe { arg_utf8(host, "host") }?;
+        let path = unsafe { arg_path(path, "path") }?;
+        let opts = if options.is_null() {
+            SendOptions::new(host, port)
+        } else {
+            let o = unsafe { arg_ref(options, "options") }?;
+            SendOptions {
+                host: host.to_owned(),
+                port,
+                ..o.inner.clone()
+            }
+        };
+        if host.is_empty() {
+            return Err(Failure::invalid("host is empty"));
+        }
+        if port == 0 {
+            return Err(Failure::invalid("port 0 is not a server's port"));
+        }
+        // (done, total) of the last report, repeated before a retry.
+        let mut last = (0u64, 0u64);
+        let mut on_progress = |p: &Progress| -> Control {
+            let Some(f) = progress else {
+                return Control::Continue;
+            };
+            let (done, total) = match *p {
+                Progress::Hashing { total, .. } => (0, total),
+                Progress::Connected { offset, total, .. } => (offset, total),
+                Progress::Sending { done, total } => (done, total),
+                Progress::Retrying { .. } => last,
+                _ => return Control::Continue,
+            };
+            last = (done, total);
+            // SAFETY: the caller promised `progress` is safe to call with `user`.
+            if unsafe { f(done, total, user) } != 0 {
+                Control::Cancel
+            } else {
+                Control::Continue
+            }
+        };
+        let outcome = send_file(path, &opts, &mut on_progress)?;
+        *out = bt_send_result {
+            filesize: outcome.filesize,
+            crc32: outcome.crc32,
+            resumed_from: outcome.resumed_from,
+            bytes_sent: outcome.bytes_sent,
+            attempts: outcome.attempts,
+        };
+        Ok(())
+    })
+}

@@ -1,0 +1,465 @@
+//! Running a server from C: the `bt_server_config` and `bt_server` handles,
+//! serving in the calling thread, and the async-signal-safe stop.
+//!
+//! A translation onto `bigtransfer_core::Server`; the accepting, receiving,
+//! checkpointing and verifying all happen in the core. Not for: sending (see
+//! `send.rs`) or daemonising, signal installation or logging to files, which
+//! stay with the C program.
+
+use std::ffi::{c_char, c_void, CString};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigtransfer_core::{Server, ServerConfig, StopHandle};
+
+use crate::status::{arg_mut, arg_path, arg_ref, arg_utf8, bt_status, guard, guard_ptr, Failure};
+
+/// How a server is set up: an opaque handle made by `bt_server_config_new`,
+/// changed with the `bt_server_config_set_*` functions, released by
+/// `bt_server_config_free`. `bt_server_new` copies it, so it may be freed
+/// or reused right after.
+#[allow(non_camel_case_types)]
+pub struct bt_server_config {
+    inner: ServerConfig,
+    dir_set: bool,
+}
+
+/// A bound server: an opaque handle made by `bt_server_new`, run with
+/// `bt_server_serve`, stopped with `bt_server_stop`, released by
+/// `bt_server_free`.
+#[allow(non_camel_case_types)]
+pub struct bt_server {
+    server: Server,
+    stop: StopHandle,
+}
+
+/// Receives each log line of a server (UTF-8, NUL-terminated, no newline;
+/// valid only during the call) with the `user` pointer given to
+/// `bt_server_config_set_log_callback`. It is called from the server's
+/// threads, possibly from several at the same time, so it must be
+/// thread-safe.
+#[allow(non_camel_case_types)]
+pub type bt_log_fn = Option<unsafe extern "C" fn(line: *const c_char, user: *mut c_void)>;
+
+/// A C log callback and its user pointer, made callable from any thread.
+struct LogSink {
+    f: unsafe extern "C" fn(*const c_char, *mut c_void),
+    user: *mut c_void,
+}
+
+// SAFETY: the C caller promised (see bt_log_fn) that the callback and its
+// user pointer may be used from any thread, at the same time.
+unsafe impl Send for LogSink {}
+// SAFETY: as above.
+unsafe impl Sync for LogSink {}
+
+impl LogSink {
+    fn log(&self, line: &str) {
+        let text = if line.contains('\0') {
+            line.replace('\0', "\u{FFFD}")
+        } else {
+            line.to_owned()
+        };
+        let c = CString::new(text).unwrap_or_default();
+        // SAFETY: by the contract of bt_server_config_set_log_callback.
+        unsafe { (self.f)(c.as_ptr(), self.user) }
+    }
+}
+
+/// A new server configuration with the defaults: all interfaces, port 8080,
+/// 64 connections at once, 60 s idle timeout, held parts expire after 7 days,
+/// no file size limit, log lines to standard error. The storage directory has
+/// no default: set it with `bt_server_config_set_dir`.
+///
+/// Returns NULL only on an internal error (see `bt_last_error_message`).
+/// Release it with `bt_server_config_free`.
+#[no_mangle]
+pub extern "C" fn bt_server_config_new() -> *mut bt_server_config {
+    guard_ptr("bt_server_config_new", || {
+        Box::into_raw(Box::new(bt_server_config {
+            inner: ServerConfig::new(PathBuf::new()),
+            dir_set: false,
+        }))
+    })
+}
+
+/// Releases a configuration made by `bt_server_config_new`. NULL is allowed
+/// (does nothing).
+///
+/// # Safety
+/// `config` must be NULL or a handle from `bt_server_config_new` not yet
+/// freed, and no other call may be using it.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_free(config: *mut bt_server_config) {
+    if config.is_null() {
+        return;
+    }
+    let _ = guard("bt_server_config_free", || {
+        // SAFETY: a live handle from bt_server_config_new, by the contract.
+        drop(unsafe { Box::from_raw(config) });
+        Ok(())
+    });
+}
+
+/// Runs `change` on the configuration behind `config` inside the guard.
+///
+/// # Safety
+/// `config` must be NULL or a live handle not used by another call.
+unsafe fn set(
+    func: &str,
+    config: *mut bt_server_config,
+    change: impl FnOnce(&mut bt_server_config) -> Result<(), Failure>,
+) -> bt_status {
+    guard(func, || {
+        // SAFETY: forwarded contract.
+        let c = unsafe { arg_mut(config, "config") }?;
+        change(c)
+    })
+}
+
+/// Sets the storage directory (created if missing). On Unix a path is raw
+/// bytes, NUL-terminated: non-UTF-8 names work. Required before
+/// `bt_server_new`.
+///
+/// # Safety
+/// `config` must be NULL (gives `BT_NULL_POINTER`) or a live handle not used
+/// by another call at the same time; `dir` NULL or a NUL-terminated string
+/// (copied).
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_dir(
+    config: *mut bt_server_config,
+    dir: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_dir", config, |c| {
+            // SAFETY: forwarded contract.
+            let d = arg_path(dir, "dir")?;
+            if d.as_os_str().is_empty() {
+                return Err(Failure::invalid("dir is empty"));
+            }
+            c.inner.dir = d.to_path_buf();
+            c.dir_set = true;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the address to listen on: an IPv4 or IPv6 address (UTF-8, e.g.
+/// `"127.0.0.1"` or `"::1"`; brackets allowed). NULL goes back to the
+/// default: every interface, IPv6 and IPv4. Not an address:
+/// `BT_INVALID_INPUT`.
+///
+/// # Safety
+/// As `bt_server_config_set_dir`, with `address` for `dir`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_bind_address(
+    config: *mut bt_server_config,
+    address: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_bind_address", config, |c| {
+            if address.is_null() {
+                c.inner.bind = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL, NUL-terminated by the contract.
+            let a = arg_utf8(address, "address")?;
+            let bare = a
+                .strip_prefix('[')
+                .and_then(|x| x.strip_suffix(']'))
+                .unwrap_or(a);
+            let ip: IpAddr = bare
+                .parse()
+                .map_err(|_| Failure::invalid(format!("{a:?} is not an IPv4 or IPv6 address")))?;
+            c.inner.bind = Some(ip);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the TCP port to listen on; 0 picks a free port (read it with
+/// `bt_server_port` after `bt_server_new`).
+///
+/// # Safety
+/// `config` must be NULL (gives `BT_NULL_POINTER`) or a live handle not used
+/// by another call at the same time.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_port(
+    config: *mut bt_server_config,
+    port: u16,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_port", config, |c| {
+            c.inner.port = port;
+            Ok(())
+        })
+    }
+}
+
+/// Sets how many connections are served at once (at least 1; 0 gives
+/// `BT_INVALID_INPUT`); more are closed at once and logged.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_max_connections(
+    config: *mut bt_server_config,
+    max_connections: u32,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_max_connections", config, |c| {
+            if max_connections == 0 {
+                return Err(Failure::invalid("max_connections must be at least 1"));
+            }
+            c.inner.max_connections = usize::try_from(max_connections).unwrap_or(usize::MAX);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the idle timeout in milliseconds: a connection that sends nothing
+/// for this long is closed, its held part kept for resuming. At least 1; 0
+/// gives `BT_INVALID_INPUT`.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_idle_timeout_ms(
+    config: *mut bt_server_config,
+    timeout_ms: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_idle_timeout_ms", config, |c| {
+            if timeout_ms == 0 {
+                return Err(Failure::invalid("the idle timeout must be at least 1 ms"));
+            }
+            c.inner.idle_timeout = Duration::from_millis(timeout_ms);
+            Ok(())
+        })
+    }
+}
+
+/// Refuses uploads larger than `max_bytes`; 0 removes the limit (the default:
+/// only free disk space limits).
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_max_file_size(
+    config: *mut bt_server_config,
+    max_bytes: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_max_file_size", config, |c| {
+            c.inner.max_file_size = (max_bytes > 0).then_some(max_bytes);
+            Ok(())
+        })
+    }
+}
+
+/// Deletes held parts (interrupted uploads) not touched for `seconds`; 0
+/// keeps them forever. The default is 7 days.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_expire_partial_secs(
+    config: *mut bt_server_config,
+    seconds: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_expire_partial_secs", config, |c| {
+            c.inner.expire_partial = (seconds > 0).then(|| Duration::from_secs(seconds));
+            Ok(())
+        })
+    }
+}
+
+/// Sends the server's log lines to `callback` (see `bt_log_fn`) with `user`;
+/// NULL `callback` goes back to the default, standard error with a
+/// timestamp. To silence the server, pass a callback that does nothing.
+///
+/// # Safety
+/// `config` as `bt_server_config_set_port`; `callback`, if not NULL, must be
+/// safe to call with `user` from any thread, at the same time, for as long as
+/// a server made from this configuration exists.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_log_callback(
+    config: *mut bt_server_config,
+    callback: bt_log_fn,
+    user: *mut c_void,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_log_callback", config, |c| {
+            c.inner.logger = callback.map(|f| {
+                let sink = LogSink { f, user };
+                Arc::new(move |line: &str| sink.log(line)) as bigtransfer_core::server::Logger
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Makes a server from `config`: opens (or creates) and locks the storage
+/// directory and binds the listening socket, without serving yet. On success
+/// `*server` is the new handle; on failure it is NULL and the status says why
+/// (`BT_INVALID_INPUT` for no directory set or a port that cannot be bound,
+/// `BT_STORAGE` for a directory that cannot be used, ...).
+///
+/// # Safety
+/// `config` must be NULL or a live handle not being changed during the call;
+/// `server` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_new(
+    config: *const bt_server_config,
+    server: *mut *mut bt_server,
+) -> bt_status {
+    guard("bt_server_new", || {
+        // SAFETY (both): forwarded contract; NULL is checked.
+        let out = unsafe { arg_mut(server, "server") }?;
+        *out = std::ptr::null_mut();
+        let c = unsafe { arg_ref(config, "config") }?;
+        if !c.dir_set {
+            return Err(Failure::invalid(
+                "no storage directory set (bt_server_config_set_dir)",
+            ));
+        }
+        let s = Server::bind(c.inner.clone())?;
+        let stop = s.stop_handle();
+        *out = Box::into_raw(Box::new(bt_server { server: s, stop }));
+        Ok(())
+    })
+}
+
+/// Writes the TCP port the server listens on to `*port` (the real one when
+/// port 0 was asked for).
+///
+/// # Safety
+/// `server` must be NULL or a live handle; `port` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_port(server: *const bt_server, port: *mut u16) -> bt_status {
+    guard("bt_server_port", || {
+        // SAFETY (both): forwarded contract; NULL is checked.
+        let out = unsafe { arg_mut(port, "port") }?;
+        let s = unsafe { arg_ref(server, "server") }?;
+        *out = s.server.local_addr()?.port();
+        Ok(())
+    })
+}
+
+/// Serves in the calling thread until `bt_server_stop` is called (from
+/// another thread or a signal handler), then ends every running upload at a
+/// checkpoint (resumable), waits for the connection threads and returns
+/// `BT_OK`. Only a failure of the listening socket itself is an error; one
+/// misbehaving connection never stops the server. Once stopped, a server
+/// stays stopped: calling this again returns at once.
+///
+/// # Safety
+/// `server` must be NULL or a live handle, and must not be freed before this
+/// returns.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_serve(server: *const bt_server) -> bt_status {
+    guard("bt_server_serve", || {
+        // SAFETY: forwarded contract; NULL is checked.
+        let s = unsafe { arg_ref(server, "server") }?;
+        s.server.serve()?;
+        Ok(())
+    })
+}
+
+/// Asks the server to stop: `bt_server_serve` then returns soon after (see
+/// there). Callable from any thread, any number of times, before, during or
+/// after `bt_server_serve`.
+///
+/// Async-signal-safe: it only stores an atomic flag and writes one byte to a
+/// pipe, so a signal handler (SIGINT, SIGTERM) may call it. For that reason
+/// it is the one function that leaves `bt_last_error_message` untouched;
+/// NULL gives `BT_NULL_POINTER` without a message.
+///
+/// # Safety
+/// `server` must be NULL or a live handle (a signal handler must not see a
+/// handle that `bt_server_free` already released).
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_stop(server: *const bt_server) -> bt_status {
+    // No guard: it would write the thread-local message, which a signal
+    // handler must not. Nothing below can panic, allocate or lock.
+    // SAFETY: NULL or a live handle, by the contract.
+    match unsafe { server.as_ref() } {
+        None => bt_status::BT_NULL_POINTER,
+        Some(s) => {
+            // A signal handler must leave errno as it found it; the wake-up
+            // write(2) sets it when the pipe is full (EAGAIN).
+            let saved = errno::get();
+            s.stop.stop();
+            errno::set(saved);
+            bt_status::BT_OK
+        }
+    }
+}
+
+mod errno {
+    //! Reading and restoring the calling thread's `errno`, async-signal-safely,
+    //! for `bt_server_stop`. Not for reporting errors: those go through
+    //! `std::io::Error`.
+
+    use std::ffi::c_int;
+
+    #[cfg(any(target_os = "android", target_os = "netbsd", target_os = "openbsd"))]
+    use libc::__errno as location;
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "emscripten",
+        target_os = "fuchsia",
+        target_os = "redox"
+    ))]
+    use libc::__errno_location as location;
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "dragonfly"
+    ))]
+    use libc::__error as location;
+
+    /// The current `errno`.
+    pub(super) fn get() -> c_int {
+        // SAFETY: the libc function returns this thread's errno slot.
+        unsafe { *location() }
+    }
+
+    /// Sets `errno` to `value`.
+    pub(super) fn set(value: c_int) {
+        // SAFETY: as in get.
+        unsafe { *location() = value }
+    }
+}
+
+/// Releases a server made by `bt_server_new`: closes the listening socket and
+/// unlocks the storage directory. NULL is allowed (does nothing). Call it only
+/// after `bt_server_serve` returned (or if it was never called).
+///
+/// # Safety
+/// `server` must be NULL or a handle from `bt_server_new` not yet freed, not
+/// in use by any other call (in particular not serving), and no signal
+/// handler may use it afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_free(server: *mut bt_server) {
+    if server.is_null() {
+        return;
+    }
+    let _ = guard("bt_server_free", || {
+        // SAFETY: a live handle from bt_server_new, by the contract.
+        drop(unsafe { Box::from_raw(server) });
+        Ok(())
+    });
+}

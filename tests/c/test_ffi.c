@@ -1,0 +1,540 @@
+/*
+ * test_ffi.c: end-to-end test of the bigtransfer C API, compiled against
+ * include/bigtransfer.h and linked with libbigtransfer (static or shared).
+ *
+ * It runs a server through the C API in a thread on 127.0.0.1 (port 0) in a
+ * temporary directory, uploads generated files to it through the C API and
+ * checks results, progress figures, cancel-and-resume, CRC-32s, the stored
+ * bytes, and the error paths; then stops the server from the main thread.
+ * Every wait is bounded (socket timeouts, a timed join, and an alarm as a
+ * last resort). Its last line is "N passed, N failed"; it exits non-zero on
+ * any failure.
+ *
+ * Not for: testing the engine's protocol corner cases (the Rust tests of
+ * bigtransfer-core do that).
+ */
+#define _GNU_SOURCE
+#include "bigtransfer.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int passed;
+static int failed;
+
+#define CHECK(cond, what) check_at((cond) != 0, (what), __LINE__)
+
+static void check_at(int ok, const char *what, int line) {
+    if (ok) {
+        passed++;
+        printf("ok   %s\n", what);
+    } else {
+        failed++;
+        printf("FAIL %s (test_ffi.c:%d; last error: \"%s\")\n", what, line,
+               bt_last_error_message());
+    }
+    fflush(stdout);
+}
+
+/* ---- files ------------------------------------------------------------ */
+
+/* Writes `size` pseudo-random bytes (xorshift64 from `seed`) to `path`. */
+static int write_file(const char *path, size_t size, uint64_t seed) {
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        return -1;
+    }
+    unsigned char buf[65536];
+    uint64_t x = seed | 1;
+    size_t left = size;
+    while (left > 0) {
+        size_t n = left < sizeof buf ? left : sizeof buf;
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf[i] = (unsigned char)(x >> 24);
+        }
+        if (fwrite(buf, 1, n, f) != n) {
+            fclose(f);
+            return -1;
+        }
+        left -= n;
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* 1 if the two files exist and hold the same bytes. */
+static int same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb");
+    FILE *fb = fopen(b, "rb");
+    int same = fa != NULL && fb != NULL;
+    static unsigned char ba[65536], bb[65536];
+    while (same) {
+        size_t na = fread(ba, 1, sizeof ba, fa);
+        size_t nb = fread(bb, 1, sizeof bb, fb);
+        if (na != nb || memcmp(ba, bb, na) != 0) {
+            same = 0;
+        } else if (na == 0) {
+            break;
+        }
+    }
+    if (fa != NULL) {
+        fclose(fa);
+    }
+    if (fb != NULL) {
+        fclose(fb);
+    }
+    return same;
+}
+
+/* An independent, bitwise CRC-32 (zlib polynomial) of a file, to check the
+ * library's. Sets *ok to 0 if the file cannot be read. */
+static uint32_t crc32_reference(const char *path, int *ok) {
+    FILE *f = fopen(path, "rb");
+    uint32_t crc = 0xFFFFFFFFu;
+    *ok = f != NULL;
+    if (f == NULL) {
+        return 0;
+    }
+    static unsigned char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            crc ^= buf[i];
+            for (int k = 0; k < 8; k++) {
+                crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+            }
+        }
+    }
+    fclose(f);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+struct progress {
+    unsigned long calls;
+    uint64_t last_done;
+    uint64_t total;
+    int monotonic;          /* done never went down, never above total */
+    int total_constant;     /* total the same in every call */
+    uint64_t cancel_at;     /* cancel once done >= this (0: never) */
+    int cancel_first;       /* cancel at the very first call */
+    uint64_t cancelled_at;  /* done when it cancelled */
+};
+
+static void progress_init(struct progress *p) {
+    memset(p, 0, sizeof *p);
+    p->monotonic = 1;
+    p->total_constant = 1;
+}
+
+static int on_progress(uint64_t done, uint64_t total, void *user) {
+    struct progress *p = user;
+    if (p->calls > 0 && total != p->total) {
+        p->total_constant = 0;
+    }
+    if (done < p->last_done || done > total) {
+        p->monotonic = 0;
+    }
+    p->calls++;
+    p->last_done = done;
+    p->total = total;
+    if (p->cancel_first || (p->cancel_at > 0 && done >= p->cancel_at)) {
+        p->cancelled_at = done;
+        return 1;
+    }
+    return 0;
+}
+
+static unsigned long log_lines; /* updated atomically from server threads */
+
+static void on_log(const char *line, void *user) {
+    (void)user;
+    __atomic_fetch_add(&log_lines, 1, __ATOMIC_SEQ_CST);
+    if (getenv("BT_TEST_VERBOSE") != NULL) {
+        fprintf(stderr, "server: %s\n", line);
+    }
+}
+
+/* ---- the server thread -------------------------------------------------- */
+
+struct serving {
+    bt_server *server;
+    bt_status status;
+};
+
+static void *serve_main(void *arg) {
+    struct serving *s = arg;
+    s->status = bt_server_serve(s->server);
+    return NULL;
+}
+
+/* The server a SIGUSR1 handler stops. */
+static bt_server *volatile signal_server;
+
+static void on_sigusr1(int sig) {
+    (void)sig;
+    bt_server_stop(signal_server);
+}
+
+/* A TCP port on 127.0.0.1 that nothing listens on (bound, then closed). */
+static uint16_t closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    uint16_t port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0) {
+        port = ntohs(a.sin_port);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return port;
+}
+
+static int message_set(void) {
+    const char *m = bt_last_error_message();
+    return m != NULL && m[0] != '\0';
+}
+
+static int result_zero(const bt_send_result *r) {
+    return r->filesize == 0 && r->crc32 == 0 && r->resumed_from == 0 && r->bytes_sent == 0 &&
+           r->attempts == 0;
+}
+
+int main(void) {
+    /* Last-resort bound on the whole run (valgrind included): SIGALRM kills. */
+    alarm(300);
+
+    const char *tmpdir = getenv("TMPDIR");
+    char root[4096];
+    snprintf(root, sizeof root, "%s/bt-ffi-test-XXXXXX",
+             tmpdir != NULL && tmpdir[0] != '\0' ? tmpdir : "/tmp");
+    if (mkdtemp(root) == NULL) {
+        perror("mkdtemp");
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    char src_dir[4200], store_dir[4200];
+    snprintf(src_dir, sizeof src_dir, "%s/src", root);
+    snprintf(store_dir, sizeof store_dir, "%s/store", root);
+    mkdir(src_dir, 0700);
+
+    /* -- version and names ------------------------------------------------ */
+    const char *version = bt_version();
+    CHECK(version != NULL && version[0] != '\0', "bt_version is a non-empty string");
+    CHECK(strcmp(bt_status_name(BT_CANCELLED), "cancelled") == 0, "bt_status_name(BT_CANCELLED)");
+    CHECK(strcmp(bt_status_name(12345), "unknown") == 0, "bt_status_name of a non-code");
+
+    /* -- the server ------------------------------------------------------- */
+    bt_server_config *config = bt_server_config_new();
+    CHECK(config != NULL, "bt_server_config_new");
+    bt_server *server = NULL;
+    CHECK(bt_server_new(config, &server) == BT_INVALID_INPUT && server == NULL && message_set(),
+          "bt_server_new without a directory is BT_INVALID_INPUT");
+    CHECK(bt_server_config_set_bind_address(config, "not-an-ip") == BT_INVALID_INPUT &&
+              message_set(),
+          "a bad bind address is BT_INVALID_INPUT");
+    CHECK(bt_server_config_set_max_connections(config, 0) == BT_INVALID_INPUT,
+          "max_connections 0 is BT_INVALID_INPUT");
+    CHECK(bt_server_config_set_dir(config, store_dir) == BT_OK, "set_dir");
+    CHECK(bt_server_config_set_bind_address(config, "127.0.0.1") == BT_OK, "set_bind_address");
+    CHECK(bt_server_config_set_port(config, 0) == BT_OK, "set_port 0");
+    CHECK(bt_server_config_set_max_connections(config, 8) == BT_OK, "set_max_connections");
+    CHECK(bt_server_config_set_idle_timeout_ms(config, 20000) == BT_OK, "set_idle_timeout_ms");
+    CHECK(bt_server_config_set_log_callback(config, on_log, NULL) == BT_OK, "set_log_callback");
+    CHECK(bt_server_new(config, &server) == BT_OK && server != NULL, "bt_server_new");
+    CHECK(bt_last_error_message()[0] == '\0', "the message is empty after a success");
+    if (server == NULL) {
+        printf("%d passed, %d failed\n", passed, failed + 1);
+        return 1;
+    }
+    uint16_t port = 0;
+    CHECK(bt_server_port(server, &port) == BT_OK && port != 0, "bt_server_port gives the bound port");
+
+    bt_server *second = NULL;
+    CHECK(bt_server_new(config, &second) != BT_OK && second == NULL && message_set(),
+          "a second server on the same directory is refused");
+
+    struct serving serving = {server, BT_PANIC};
+    pthread_t thread;
+    int started = pthread_create(&thread, NULL, serve_main, &serving) == 0;
+    CHECK(started, "server thread started");
+
+    bt_send_options *options = bt_send_options_new();
+    CHECK(options != NULL, "bt_send_options_new");
+    CHECK(bt_send_options_set_retries(options, 2) == BT_OK, "set_retries");
+    CHECK(bt_send_options_set_connect_timeout_ms(options, 3000) == BT_OK, "set_connect_timeout_ms");
+    CHECK(bt_send_options_set_io_timeout_ms(options, 20000) == BT_OK, "set_io_timeout_ms");
+    CHECK(bt_send_options_set_backoff_ms(options, 50, 200) == BT_OK, "set_backoff_ms");
+    CHECK(bt_send_options_set_connect_timeout_ms(options, 0) == BT_INVALID_INPUT && message_set(),
+          "a zero connect timeout is BT_INVALID_INPUT");
+    CHECK(bt_send_options_set_remote_name(options, "") == BT_INVALID_INPUT,
+          "an empty remote name is BT_INVALID_INPUT");
+
+    /* -- a whole upload --------------------------------------------------- */
+    const size_t size_a = 3 * 1024 * 1024 + 12345; /* no multiple of any buffer */
+    char path_a[4300], stored_a[4300];
+    snprintf(path_a, sizeof path_a, "%s/a.bin", src_dir);
+    snprintf(stored_a, sizeof stored_a, "%s/a.bin", store_dir);
+    CHECK(write_file(path_a, size_a, 0x1234) == 0, "generated a.bin");
+
+    uint32_t crc_src = 0;
+    int ref_ok = 0;
+    uint32_t crc_ref = crc32_reference(path_a, &ref_ok);
+    CHECK(bt_crc32_file(path_a, &crc_src) == BT_OK, "bt_crc32_file of the source");
+    CHECK(ref_ok && crc_src == crc_ref, "bt_crc32_file agrees with a reference CRC-32");
+
+    struct progress prog;
+    progress_init(&prog);
+    bt_send_result r;
+    memset(&r, 0xAB, sizeof r);
+    bt_status st = bt_send_file("127.0.0.1", port, path_a, options, on_progress, &prog, &r);
+    CHECK(st == BT_OK, "bt_send_file of a.bin");
+    CHECK(r.filesize == size_a, "result.filesize == size");
+    CHECK(r.bytes_sent == size_a, "result.bytes_sent == size");
+    CHECK(r.resumed_from == 0, "result.resumed_from == 0");
+    CHECK(r.attempts == 1, "result.attempts == 1");
+    CHECK(r.crc32 == crc_src, "result.crc32 == CRC-32 of the source");
+    uint32_t crc_stored = 0;
+    CHECK(bt_crc32_file(stored_a, &crc_stored) == BT_OK && crc_stored == r.crc32,
+          "result.crc32 == CRC-32 of the stored file");
+    CHECK(same_file(path_a, stored_a), "the stored file is byte-identical");
+    CHECK(prog.calls > 0, "the progress callback was called");
+    CHECK(prog.monotonic, "progress figures are monotonic and within total");
+    CHECK(prog.total_constant && prog.total == size_a, "progress total == size");
+    CHECK(prog.last_done == prog.total, "the last progress call has done == total");
+
+    /* -- cancel from the callback, then resume ----------------------------- */
+    const size_t size_b = 4 * 1024 * 1024 + 777;
+    char path_b[4300], stored_b[4300];
+    snprintf(path_b, sizeof path_b, "%s/b.bin", src_dir);
+    snprintf(stored_b, sizeof stored_b, "%s/b.bin", store_dir);
+    CHECK(write_file(path_b, size_b, 0xBEEF) == 0, "generated b.bin");
+    bt_send_options *slow = bt_send_options_new();
+    CHECK(slow != NULL, "bt_send_options_new (rate-limited)");
+    /* Small blocks so that the callback runs several times mid-file. */
+    CHECK(bt_send_options_set_limit_rate(slow, 8 * 1024 * 1024) == BT_OK, "set_limit_rate");
+    CHECK(bt_send_options_set_retries(slow, 0) == BT_OK, "set_retries 0");
+    CHECK(bt_send_options_set_io_timeout_ms(slow, 20000) == BT_OK, "set_io_timeout_ms (slow)");
+    progress_init(&prog);
+    prog.cancel_at = size_b / 3;
+    st = bt_send_file("127.0.0.1", port, path_b, slow, on_progress, &prog, &r);
+    CHECK(st == BT_CANCELLED, "a non-zero return from the callback gives BT_CANCELLED");
+    CHECK(message_set(), "a cancelled send leaves a message");
+    CHECK(result_zero(&r), "the result is zeroed on failure");
+    CHECK(prog.cancelled_at >= size_b / 3 && prog.cancelled_at < size_b,
+          "it cancelled in the middle of the file");
+    CHECK(!exists(stored_b), "a cancelled upload is not visible under its name");
+    const uint64_t cancelled_at = prog.cancelled_at;
+
+    /* Let the server's connection notice the close and checkpoint (bounded). */
+    struct timespec pause = {0, 200 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+
+    progress_init(&prog);
+    st = bt_send_file("127.0.0.1", port, path_b, options, on_progress, &prog, &r);
+    CHECK(st == BT_OK, "the second send of b.bin succeeds");
+    printf("     (resumed from %llu of %llu bytes; cancelled at %llu)\n",
+           (unsigned long long)r.resumed_from, (unsigned long long)size_b,
+           (unsigned long long)cancelled_at);
+    CHECK(r.resumed_from > 0, "the second send resumed (resumed_from > 0)");
+    CHECK(r.resumed_from <= cancelled_at, "resumed_from <= what was sent before the cancel");
+    CHECK(r.bytes_sent == size_b - r.resumed_from, "bytes_sent == size - resumed_from");
+    CHECK(r.filesize == size_b, "result.filesize == size (resumed)");
+    uint32_t crc_b = 0;
+    CHECK(bt_crc32_file(path_b, &crc_b) == BT_OK && crc_b == r.crc32,
+          "result.crc32 == CRC-32 of the source (resumed)");
+    CHECK(bt_crc32_file(stored_b, &crc_stored) == BT_OK && crc_stored == r.crc32,
+          "result.crc32 == CRC-32 of the stored file (resumed)");
+    CHECK(same_file(path_b, stored_b), "the resumed file is byte-identical");
+    CHECK(prog.monotonic && prog.last_done == size_b, "resumed progress is monotonic, ends at total");
+
+    /* -- cancel while hashing ---------------------------------------------- */
+    progress_init(&prog);
+    prog.cancel_first = 1;
+    st = bt_send_file("127.0.0.1", port, path_a, options, on_progress, &prog, &r);
+    CHECK(st == BT_CANCELLED && prog.calls == 1 && prog.cancelled_at == 0,
+          "cancelling at the first call (while hashing) gives BT_CANCELLED");
+
+    /* -- a non-UTF-8 path --------------------------------------------------- */
+    char path_c[4300];
+    snprintf(path_c, sizeof path_c, "%s/caf\xe9.bin", src_dir);
+    CHECK(write_file(path_c, 100003, 7) == 0, "generated a file with a non-UTF-8 name");
+    uint32_t crc_c = 0;
+    uint32_t crc_c_ref = crc32_reference(path_c, &ref_ok);
+    CHECK(bt_crc32_file(path_c, &crc_c) == BT_OK && ref_ok && crc_c == crc_c_ref,
+          "bt_crc32_file takes a non-UTF-8 path as raw bytes");
+    bt_send_options *named = bt_send_options_new();
+    CHECK(bt_send_options_set_remote_name(named, "cafe.bin") == BT_OK, "set_remote_name");
+    CHECK(bt_send_options_set_remote_name(named, "caf\xe9") == BT_UTF8,
+          "a non-UTF-8 remote name is BT_UTF8");
+    st = bt_send_file("127.0.0.1", port, path_c, named, NULL, NULL, &r);
+    char stored_c[4300];
+    snprintf(stored_c, sizeof stored_c, "%s/cafe.bin", store_dir);
+    CHECK(st == BT_OK && r.crc32 == crc_c && same_file(path_c, stored_c),
+          "bt_send_file sends a non-UTF-8 path under a remote name");
+
+    /* -- error paths -------------------------------------------------------- */
+    CHECK(bt_send_file(NULL, port, path_a, options, NULL, NULL, &r) == BT_NULL_POINTER &&
+              message_set(),
+          "bt_send_file(host NULL) is BT_NULL_POINTER with a message");
+    CHECK(bt_send_file("127.0.0.1", port, NULL, options, NULL, NULL, &r) == BT_NULL_POINTER &&
+              message_set(),
+          "bt_send_file(path NULL) is BT_NULL_POINTER with a message");
+    CHECK(bt_send_file("127.0.0.1", port, path_a, options, NULL, NULL, NULL) == BT_NULL_POINTER &&
+              message_set(),
+          "bt_send_file(result NULL) is BT_NULL_POINTER with a message");
+    CHECK(bt_send_file("caf\xe9", port, path_a, options, NULL, NULL, &r) == BT_UTF8 && message_set(),
+          "a non-UTF-8 host is BT_UTF8");
+    CHECK(bt_crc32_file(NULL, &crc_c) == BT_NULL_POINTER && message_set(),
+          "bt_crc32_file(path NULL) is BT_NULL_POINTER with a message");
+    CHECK(bt_crc32_file(path_a, NULL) == BT_NULL_POINTER && message_set(),
+          "bt_crc32_file(out NULL) is BT_NULL_POINTER with a message");
+    CHECK(bt_send_options_set_retries(NULL, 1) == BT_NULL_POINTER && message_set(),
+          "a setter on NULL options is BT_NULL_POINTER");
+    CHECK(bt_server_config_set_dir(NULL, store_dir) == BT_NULL_POINTER && message_set(),
+          "a setter on a NULL config is BT_NULL_POINTER");
+    CHECK(bt_server_config_set_dir(config, NULL) == BT_NULL_POINTER && message_set(),
+          "set_dir(NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_new(NULL, &second) == BT_NULL_POINTER && second == NULL && message_set(),
+          "bt_server_new(config NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_new(config, NULL) == BT_NULL_POINTER && message_set(),
+          "bt_server_new(out NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_port(NULL, &port) == BT_NULL_POINTER && message_set(),
+          "bt_server_port(server NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_port(server, NULL) == BT_NULL_POINTER && message_set(),
+          "bt_server_port(out NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_serve(NULL) == BT_NULL_POINTER && message_set(),
+          "bt_server_serve(NULL) is BT_NULL_POINTER");
+    CHECK(bt_server_stop(NULL) == BT_NULL_POINTER, "bt_server_stop(NULL) is BT_NULL_POINTER");
+    bt_send_options_free(NULL);
+    bt_server_config_free(NULL);
+    bt_server_free(NULL);
+    CHECK(1, "the free functions accept NULL");
+
+    uint16_t nobody = closed_port();
+    bt_send_options *quick = bt_send_options_new();
+    CHECK(bt_send_options_set_retries(quick, 0) == BT_OK &&
+              bt_send_options_set_connect_timeout_ms(quick, 2000) == BT_OK,
+          "options for the unreachable test");
+    CHECK(nobody != 0 &&
+              bt_send_file("127.0.0.1", nobody, path_a, quick, NULL, NULL, &r) == BT_UNREACHABLE &&
+              message_set() && result_zero(&r),
+          "a server nobody runs is BT_UNREACHABLE");
+    char missing[4300];
+    snprintf(missing, sizeof missing, "%s/does-not-exist.bin", src_dir);
+    CHECK(bt_send_file("127.0.0.1", port, missing, quick, NULL, NULL, &r) == BT_SOURCE_FILE &&
+              message_set() && result_zero(&r),
+          "a missing file is BT_SOURCE_FILE");
+    CHECK(bt_crc32_file(missing, &crc_c) == BT_SOURCE_FILE && message_set(),
+          "bt_crc32_file of a missing file is BT_SOURCE_FILE");
+    CHECK(bt_send_file("127.0.0.1", 0, path_a, quick, NULL, NULL, &r) == BT_INVALID_INPUT,
+          "port 0 is BT_INVALID_INPUT");
+
+    /* -- a second server, stopped by a signal handler ---------------------- */
+    char store2[4300];
+    snprintf(store2, sizeof store2, "%s/store2", root);
+    bt_server_config *config2 = bt_server_config_new();
+    bt_server *server2 = NULL;
+    CHECK(bt_server_config_set_dir(config2, store2) == BT_OK &&
+              bt_server_config_set_bind_address(config2, "127.0.0.1") == BT_OK &&
+              bt_server_config_set_port(config2, 0) == BT_OK &&
+              bt_server_config_set_log_callback(config2, on_log, NULL) == BT_OK &&
+              bt_server_new(config2, &server2) == BT_OK && server2 != NULL,
+          "a second server on another directory");
+    if (server2 != NULL) {
+        signal_server = server2;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_sigusr1;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGUSR1, &sa, NULL);
+        struct serving serving2 = {server2, BT_PANIC};
+        pthread_t thread2;
+        if (pthread_create(&thread2, NULL, serve_main, &serving2) == 0) {
+            nanosleep(&pause, NULL); /* most likely inside poll(2) by now */
+            CHECK(pthread_kill(thread2, SIGUSR1) == 0, "SIGUSR1 sent to the serving thread");
+            struct timespec deadline;
+            clock_gettime(CLOCK_REALTIME, &deadline);
+            deadline.tv_sec += 30;
+            int joined = pthread_timedjoin_np(thread2, NULL, &deadline);
+            CHECK(joined == 0 && serving2.status == BT_OK,
+                  "bt_server_stop from a signal handler ends bt_server_serve with BT_OK");
+            if (joined != 0) {
+                printf("%d passed, %d failed\n", passed, failed);
+                _exit(1); /* the thread still uses the server: do not free it */
+            }
+        }
+        /* A stopped server's wake-up pipe fills up; stop must keep errno. */
+        errno = EDOM;
+        for (int i = 0; i < 70000; i++) {
+            bt_server_stop(server2);
+        }
+        CHECK(errno == EDOM, "bt_server_stop leaves errno unchanged");
+        signal(SIGUSR1, SIG_DFL);
+        signal_server = NULL;
+        bt_server_free(server2);
+    }
+    bt_server_config_free(config2);
+
+    /* -- stop ------------------------------------------------------------- */
+    CHECK(bt_server_stop(server) == BT_OK, "bt_server_stop from the main thread");
+    if (started) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 30;
+        int joined = pthread_timedjoin_np(thread, NULL, &deadline);
+        CHECK(joined == 0, "the server thread ended within 30 s of bt_server_stop");
+        if (joined != 0) {
+            printf("%d passed, %d failed\n", passed, failed);
+            _exit(1); /* the thread still uses the server: do not free it */
+        }
+        CHECK(serving.status == BT_OK, "bt_server_serve returned BT_OK");
+    }
+    CHECK(__atomic_load_n(&log_lines, __ATOMIC_SEQ_CST) > 0, "the log callback received lines");
+    CHECK(bt_server_stop(server) == BT_OK, "bt_server_stop again is harmless");
+    CHECK(bt_server_serve(server) == BT_OK, "bt_server_serve on a stopped server returns at once");
+
+    bt_server_free(server);
+    bt_server_config_free(config);
+    bt_send_options_free(options);
+    bt_send_options_free(slow);
+    bt_send_options_free(named);
+    bt_send_options_free(quick);
+
+    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    CHECK(!exists(root), "temporary directory removed");
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
