@@ -1,0 +1,172 @@
+"""Type stubs of the ``bigtransfer`` extension module (Rust, built by maturin).
+
+Resumable, CRC-32-verified uploads of very large files over TCP.
+"""
+
+import os
+from types import TracebackType
+from typing import Callable, Dict, Optional, Tuple, Type, Union, final
+
+__version__: str
+__all__ = [
+    "__version__",
+    "send_file",
+    "crc32_file",
+    "Server",
+    "Result",
+    "BigTransferError",
+    "InvalidInputError",
+    "SourceFileError",
+    "SourceFileNotFoundError",
+    "UnreachableError",
+    "ConnectionLostError",
+    "ProtocolError",
+    "RefusedError",
+    "CrcMismatchError",
+    "StorageError",
+    "CancelledError",
+    "TimedOutError",
+]
+
+_Path = Union[str, "os.PathLike[str]"]
+
+def crc32_file(path: _Path) -> int:
+    """Return the CRC-32 of the whole file at ``path``, as ``zlib.crc32``
+    computes it. Releases the GIL; Ctrl-C interrupts it. Raises
+    ``SourceFileError`` (``SourceFileNotFoundError`` for a missing file)."""
+    ...
+
+def send_file(
+    host: str,
+    port: int,
+    path: _Path,
+    *,
+    retries: int = 5,
+    timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    limit_rate: Optional[int] = None,
+    name: Optional[str] = None,
+    progress: Optional[Callable[[int, int], object]] = None,
+) -> Result:
+    """Upload ``path`` to the server at ``host:port``, resuming and
+    retrying, and return once the server confirmed the CRC-32.
+
+    ``progress(done, total)`` is called on this thread at most about 20
+    times a second, plus once with ``(total, total)`` at the end; returning
+    exactly ``False`` cancels with ``CancelledError``, raising cancels and
+    propagates. The GIL is released during the upload; Ctrl-C cancels it.
+    """
+    ...
+
+@final
+class Result:
+    """The result of a successful ``send_file`` (frozen)."""
+
+    @property
+    def filename(self) -> str:
+        """Name the file was stored under on the server."""
+    @property
+    def filesize(self) -> int:
+        """File size in bytes."""
+    @property
+    def crc32(self) -> int:
+        """CRC-32 (zlib) of the whole file, confirmed by the server."""
+    @property
+    def resumed_from(self) -> int:
+        """Bytes the server already held when the upload started."""
+    @property
+    def bytes_sent(self) -> int:
+        """File bytes sent over the network, all attempts together."""
+    @property
+    def bytes_hashed(self) -> int:
+        """File bytes read to compute the CRC-32."""
+    @property
+    def attempts(self) -> int:
+        """Connections made (1 when nothing went wrong)."""
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole upload in seconds, hashing included."""
+
+@final
+class Server:
+    """A bigtransfer server receiving uploads into a storage directory.
+
+    Binds in the constructor; ``serve_forever()`` blocks until ``stop()`` or
+    Ctrl-C, ``start()`` serves in the background; as a context manager it
+    starts on entry and stops on exit. A stopped server cannot serve again.
+    """
+
+    def __new__(
+        cls,
+        dir: _Path,
+        port: int = 8080,
+        bind: Optional[str] = None,
+        max_connections: int = 64,
+        timeout: float = 60.0,
+        expire_partial: Optional[float] = 604800.0,
+        max_file_size: Optional[int] = None,
+    ) -> "Server": ...
+    @property
+    def address(self) -> Tuple[str, int]:
+        """``(host, port)`` actually listened on."""
+    @property
+    def dir(self) -> _Path:
+        """The storage directory, as given to the constructor."""
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving now."""
+    @property
+    def stats(self) -> Dict[str, int]:
+        """Counters: connections, completed, crc_errors, failed, bytes_received."""
+    def serve_forever(self) -> None:
+        """Serve until ``stop()`` (from another thread) or Ctrl-C."""
+    def start(self) -> None:
+        """Serve on a background thread (no-op if already serving)."""
+    def stop(self) -> None:
+        """Stop serving and wait until stopped; idempotent, any thread."""
+    def __enter__(self) -> "Server": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
+class BigTransferError(Exception):
+    """Base class of every error the bigtransfer engine raises."""
+
+    kind: Optional[str]
+    """The engine's short error name (e.g. ``"unreachable"``), or None."""
+
+class InvalidInputError(BigTransferError, ValueError):
+    """An argument is invalid: a bad option value, port or address."""
+
+class SourceFileError(BigTransferError, OSError):
+    """The local file to send (or hash) cannot be opened or read."""
+
+class SourceFileNotFoundError(SourceFileError, FileNotFoundError):
+    """The local file to send (or hash) does not exist."""
+
+class UnreachableError(BigTransferError, ConnectionError):
+    """No connection to the server could be made (after all retries)."""
+
+class ConnectionLostError(BigTransferError, ConnectionError):
+    """A connection broke before the transfer finished (after all retries)."""
+
+class ProtocolError(BigTransferError):
+    """The peer broke the wire protocol."""
+
+class RefusedError(BigTransferError):
+    """The server refused the upload (bad name, too large, no space, ...)."""
+
+class CrcMismatchError(BigTransferError):
+    """The server kept answering CRC32_ERROR (after all retries)."""
+
+class StorageError(BigTransferError, OSError):
+    """The server's storage directory, or a file in it, cannot be used."""
+
+class CancelledError(BigTransferError):
+    """The transfer was cancelled; what the server received stays resumable."""
+
+class TimedOutError(BigTransferError, TimeoutError):
+    """The peer sent nothing within the idle timeout."""

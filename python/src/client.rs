@@ -1,0 +1,311 @@
+//! The sending side for Python: `send_file`, its `Result`, and `crc32_file`.
+//!
+//! Argument checking and conversion, the progress callback (called on the
+//! caller's thread with the GIL, throttled by [`crate::wait::TICK`]) and
+//! cancellation; the upload itself is the engine's
+//! [`bigtransfer_core::send_file`], run on a worker thread without the GIL.
+//! Not for: protocol, retry or resume logic (all in the engine).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bigtransfer_core::{Control, ErrorKind, Outcome, Progress, SendOptions};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyString};
+
+use crate::errors::{new_err, to_py};
+use crate::wait::{Step, Worker};
+
+/// The result of a successful `send_file`: the server answered CRC32_OK.
+#[pyclass(name = "Result", module = "bigtransfer", frozen)]
+pub struct SendResult {
+    /// Name the file was stored under on the server.
+    #[pyo3(get)]
+    filename: String,
+    /// File size in bytes.
+    #[pyo3(get)]
+    filesize: u64,
+    /// CRC-32 (zlib) of the whole file, confirmed by the server.
+    #[pyo3(get)]
+    crc32: u32,
+    /// Bytes the server already held when the upload started (resumed from).
+    #[pyo3(get)]
+    resumed_from: u64,
+    /// File bytes sent over the network, all attempts together.
+    #[pyo3(get)]
+    bytes_sent: u64,
+    /// File bytes read to compute the CRC-32.
+    #[pyo3(get)]
+    bytes_hashed: u64,
+    /// Connections made (1 when nothing went wrong).
+    #[pyo3(get)]
+    attempts: u32,
+    /// Wall time of the whole upload in seconds, hashing included.
+    #[pyo3(get)]
+    seconds: f64,
+}
+
+impl From<Outcome> for SendResult {
+    fn from(o: Outcome) -> SendResult {
+        SendResult {
+            filename: o.filename,
+            filesize: o.filesize,
+            crc32: o.crc32,
+            resumed_from: o.resumed_from,
+            bytes_sent: o.bytes_sent,
+            bytes_hashed: o.bytes_hashed,
+            attempts: o.attempts,
+            seconds: o.elapsed.as_secs_f64(),
+        }
+    }
+}
+
+#[pymethods]
+impl SendResult {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let name = PyString::new(py, &self.filename).repr()?;
+        Ok(format!(
+            "Result(filename={name}, filesize={}, crc32=0x{:08x}, resumed_from={}, bytes_sent={}, \
+             bytes_hashed={}, attempts={}, seconds={:.3})",
+            self.filesize,
+            self.crc32,
+            self.resumed_from,
+            self.bytes_sent,
+            self.bytes_hashed,
+            self.attempts,
+            self.seconds
+        ))
+    }
+}
+
+/// An integer argument, checked to lie in `min..=max`.
+pub(crate) fn int_arg(
+    py: Python<'_>,
+    name: &str,
+    value: i128,
+    min: i128,
+    max: i128,
+) -> PyResult<i128> {
+    if value < min || value > max {
+        return Err(new_err(
+            py,
+            ErrorKind::InvalidInput,
+            format!("{name} must be in {min}..={max}, not {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A duration argument in seconds: a finite number above zero.
+pub(crate) fn seconds_arg(py: Python<'_>, name: &str, value: f64) -> PyResult<Duration> {
+    if value.is_nan() || value <= 0.0 {
+        return Err(new_err(
+            py,
+            ErrorKind::InvalidInput,
+            format!("{name} must be a positive number of seconds, not {value}"),
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        new_err(
+            py,
+            ErrorKind::InvalidInput,
+            format!("{name} is out of range: {value}"),
+        )
+    })
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// The path a caller passed (str or os.PathLike).
+pub(crate) fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    value.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "path must be str or os.PathLike, not {}",
+            type_name(value)
+        ))
+    })
+}
+
+/// Return the CRC-32 of the whole file at ``path`` (str or os.PathLike), as
+/// ``zlib.crc32`` computes it (an int in 0..2**32).
+///
+/// Reads the file in large blocks without holding the GIL, so other Python
+/// threads run meanwhile; Ctrl-C interrupts it. Raises SourceFileError (a
+/// FileNotFoundError for a missing file) when the file cannot be read.
+#[pyfunction]
+pub fn crc32_file(py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let p = path_arg(path)?;
+    let worker = Worker::spawn("bt-crc32", move |cancel: &AtomicBool| {
+        let mut file = File::open(&p).map_err(|e| {
+            bigtransfer_core::Error::io(
+                ErrorKind::SourceFile,
+                format!("cannot open {}", p.display()),
+                e,
+            )
+        })?;
+        bigtransfer_core::crc::crc32_of(&mut file, &p, &mut |_| !cancel.load(Ordering::Relaxed))
+    })?;
+    match worker.run(py, |_| Ok(Step::Continue))? {
+        Some(Ok(crc)) => Ok(crc),
+        Some(Err(e)) => Err(to_py(py, &e, Some(path))),
+        None => Err(new_err(
+            py,
+            ErrorKind::Cancelled,
+            "cancelled while computing the CRC-32",
+        )),
+    }
+}
+
+/// The latest progress the worker saw and the caller has not reported yet.
+type Pending = Arc<Mutex<Option<(u64, u64)>>>;
+
+fn take_pending(p: &Pending) -> Option<(u64, u64)> {
+    p.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Calls the progress callback with `(done, total)`; whether it asked to
+/// cancel (returned exactly ``False``).
+fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyResult<bool> {
+    let ret = cb.call1((done, total))?;
+    Ok(ret.is(PyBool::new(py, false).as_any()))
+}
+
+/// Upload the file at ``path`` to the bigtransfer server at ``host:port``
+/// and return a ``Result`` once the server confirmed its CRC-32.
+///
+/// The upload resumes where an earlier, interrupted one of the same file
+/// stopped, and retries after failures: up to ``retries`` times in a row
+/// without progress (an attempt that moved data resets the count).
+/// ``timeout`` is the number of seconds a connection may stall before it is
+/// given up (and retried); ``connect_timeout`` bounds each connect.
+/// ``limit_rate`` caps the sending rate in bytes per second. ``name`` is the
+/// name to store the file under (default: the file's base name).
+///
+/// ``progress(done, total)``, if given, is called on this thread at most
+/// about 20 times a second while data moves (not while the file is first
+/// hashed), and once more with ``(total, total)`` at the end; ``done``
+/// counts the bytes of the file the server holds (it starts at the resume
+/// offset and only goes back if the server discarded a damaged upload).
+/// Return exactly ``False`` to cancel: ``CancelledError`` is raised and what
+/// the server received stays resumable. If it raises, the upload is
+/// cancelled the same way and the exception propagates. The final call's
+/// return value is ignored, and an upload that completed before a cancel
+/// took effect returns its ``Result``.
+///
+/// The GIL is released while the upload runs, so other Python threads go
+/// on; Ctrl-C cancels it (``KeyboardInterrupt``).
+///
+/// Raises ``InvalidInputError`` (bad argument), ``SourceFileError`` /
+/// ``SourceFileNotFoundError`` (cannot read the file), ``UnreachableError``,
+/// ``ConnectionLostError``, ``CrcMismatchError``, ``ProtocolError``,
+/// ``CancelledError``; all are ``BigTransferError``.
+#[pyfunction]
+#[pyo3(signature = (host, port, path, *, retries = 5, timeout = 60.0, connect_timeout = 10.0,
+                    limit_rate = None, name = None, progress = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn send_file(
+    py: Python<'_>,
+    host: &str,
+    port: i128,
+    path: &Bound<'_, PyAny>,
+    retries: i128,
+    timeout: f64,
+    connect_timeout: f64,
+    limit_rate: Option<i128>,
+    name: Option<String>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<SendResult> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(new_err(
+            py,
+            ErrorKind::InvalidInput,
+            "host must not be empty",
+        ));
+    }
+    let mut opts = SendOptions::new(host, int_arg(py, "port", port, 1, 65535)? as u16);
+    opts.retries = int_arg(py, "retries", retries, 0, u32::MAX.into())? as u32;
+    opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
+    opts.connect_timeout = seconds_arg(py, "connect_timeout", connect_timeout)?;
+    opts.limit_rate = match limit_rate {
+        Some(r) => Some(int_arg(py, "limit_rate", r, 1, u64::MAX.into())? as u64),
+        None => None,
+    };
+    opts.remote_name = name;
+    if let Some(cb) = &progress {
+        if !cb.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "progress must be callable, not {}",
+                type_name(cb)
+            )));
+        }
+    }
+    let p = path_arg(path)?;
+
+    let pending: Pending = Arc::new(Mutex::new(None));
+    let pending_w = Arc::clone(&pending);
+    let worker = Worker::spawn("bt-send", move |cancel: &AtomicBool| {
+        bigtransfer_core::send_file(&p, &opts, &mut |ev: &Progress| {
+            let at = match *ev {
+                Progress::Connected { offset, total, .. } => Some((offset, total)),
+                Progress::Sending { done, total } => Some((done, total)),
+                _ => None,
+            };
+            if let Some(at) = at {
+                *pending_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                Control::Cancel
+            } else {
+                Control::Continue
+            }
+        })
+    })?;
+
+    let mut last: Option<(u64, u64)> = None;
+    let mut cancelled = false;
+    let finished = worker.run(py, |py| {
+        let (Some(cb), Some(at)) = (&progress, take_pending(&pending)) else {
+            return Ok(Step::Continue);
+        };
+        last = Some(at);
+        cancelled = report(py, cb, at.0, at.1)?;
+        Ok(if cancelled {
+            Step::Cancel
+        } else {
+            Step::Continue
+        })
+    })?;
+    match finished {
+        // Done (possibly just before a cancel request arrived: the file is
+        // stored, so that is what we report).
+        Some(Ok(outcome)) => {
+            let total = outcome.filesize;
+            if let (Some(cb), false) = (&progress, cancelled) {
+                if last != Some((total, total)) {
+                    report(py, cb, total, total)?;
+                }
+            }
+            Ok(outcome.into())
+        }
+        Some(Err(e)) => Err(to_py(py, &e, Some(path))),
+        None => Err(new_err(
+            py,
+            ErrorKind::Cancelled,
+            "cancelled by the progress callback",
+        )),
+    }
+}
