@@ -27,6 +27,7 @@ mod exit {
     pub const UNREACHABLE: u8 = 3;
     pub const CONNECTION_LOST: u8 = 4;
     pub const CRC_MISMATCH: u8 = 5;
+    pub const REFUSED: u8 = 6;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -103,6 +104,16 @@ struct ClientArgs {
     /// Store the file under this name on the server [default: its base name].
     #[arg(long)]
     name: Option<String>,
+    /// Speak only the legacy protocol (version 1), as the original client did.
+    #[arg(long)]
+    legacy: bool,
+    /// Do not read or write the cache of block checksums.
+    #[arg(long)]
+    no_cache: bool,
+    /// Cache directory for block checksums [default: $BIGTRANSFER_CACHE_DIR,
+    /// $XDG_CACHE_HOME/bigtransfer or ~/.cache/bigtransfer].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// No progress display.
     #[arg(long, short)]
     quiet: bool,
@@ -182,9 +193,8 @@ fn exit_code_for(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::InvalidInput | ErrorKind::SourceFile => exit::USAGE,
         ErrorKind::Unreachable => exit::UNREACHABLE,
-        ErrorKind::ConnectionLost | ErrorKind::TimedOut | ErrorKind::Refused => {
-            exit::CONNECTION_LOST
-        }
+        ErrorKind::ConnectionLost | ErrorKind::TimedOut => exit::CONNECTION_LOST,
+        ErrorKind::Refused => exit::REFUSED,
         ErrorKind::CrcMismatch => exit::CRC_MISMATCH,
         ErrorKind::Cancelled => exit::INTERRUPTED,
         _ => exit::OTHER,
@@ -209,6 +219,15 @@ fn run_client(a: ClientArgs) -> ExitCode {
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
     opts.remote_name = a.name.clone();
+    if a.legacy {
+        opts.protocol = bigtransfer_core::Protocol::Legacy;
+    }
+    if let Some(d) = &a.cache_dir {
+        opts.cache_dir = Some(d.clone());
+    }
+    if a.no_cache {
+        opts.cache_dir = None;
+    }
 
     let show_bar = !a.quiet && std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::with_draw_target(
@@ -279,13 +298,13 @@ fn run_client(a: ClientArgs) -> ExitCode {
                 let secs = o.elapsed.as_secs_f64().max(1e-9);
                 if a.json {
                     println!(
-                        "{{\"result\": \"CRC32_OK\", \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"attempts\": {}, \"seconds\": {:.3}}}",
-                        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.attempts, secs
+                        "{{\"result\": \"CRC32_OK\", \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}}}",
+                        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.attempts, o.time_to_first_byte.as_secs_f64(), secs
                     );
                 } else {
                     println!(
-                        "CRC32_OK: {}, {} bytes, crc32 {:08x}, resumed from {}, sent {} bytes, {} attempt(s), {:.1} MB/s",
-                        o.filename, o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.attempts,
+                        "CRC32_OK: {}, {} bytes, crc32 {:08x}, resumed from {}, sent {} bytes, {} attempt(s), protocol {}, {} block(s) resent, {:.1} MB/s",
+                        o.filename, o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.attempts, o.protocol, o.blocks_resent,
                         o.filesize as f64 / secs / 1e6
                     );
                 }

@@ -1,20 +1,35 @@
 //! The sending side: upload one file, resuming and retrying until the server
 //! answers `CRC32_OK` or the retry budget is spent.
 //!
-//! One attempt is one TCP connection of the legacy exchange: header, offset,
-//! the bytes from that offset (with `sendfile` where the OS has it), verdict.
-//! Between attempts it backs off exponentially. Not for prompts, progress
-//! bars or exit codes: those belong to the caller (the CLI, C, Python).
+//! One attempt is one TCP connection. It offers protocol version 2 (see
+//! [`crate::v2`]); a new server takes it (block-verified resume, repair,
+//! errors in words) and a legacy one ignores it, and then the exchange is
+//! version 1 exactly: header, offset, the bytes from that offset (with
+//! `sendfile` where the OS has it), verdict. Between attempts it backs off
+//! exponentially. Not for prompts, progress bars or exit codes: those belong
+//! to the caller (the CLI, C, Python).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::cache::{SourceStamp, SumCache, Sums};
 use crate::proto::{self, Header, Verdict};
+use crate::v2;
 use crate::{Error, ErrorKind, Result};
+
+/// Which protocol [`send_file`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Offer version 2 and fall back to version 1 with a legacy server.
+    Auto,
+    /// Speak version 1 only, exactly as the original client did.
+    Legacy,
+}
 
 /// Bytes handed to the kernel per `sendfile` call; progress is reported and
 /// cancellation checked between calls.
@@ -46,6 +61,12 @@ pub struct SendOptions {
     pub limit_rate: Option<u64>,
     /// Name to give the file on the server (`None`: the file's base name).
     pub remote_name: Option<String>,
+    /// Which protocol to speak.
+    pub protocol: Protocol,
+    /// Where to cache block checksums of sent files, so a resumed upload
+    /// does not re-read what it already hashed (`None`: no cache). The
+    /// default is [`SumCache::default_dir`].
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl SendOptions {
@@ -67,6 +88,8 @@ impl SendOptions {
             backoff_max: Duration::from_secs(15),
             limit_rate: None,
             remote_name: None,
+            protocol: Protocol::Auto,
+            cache_dir: SumCache::default_dir(),
         }
     }
 }
@@ -135,75 +158,93 @@ pub struct Outcome {
     pub resumed_from: u64,
     /// File bytes sent over the network in all attempts together.
     pub bytes_sent: u64,
-    /// File bytes read to compute the CRC-32.
+    /// File bytes read only to compute checksums (not sent).
     pub bytes_hashed: u64,
+    /// File bytes read in all (for checksums and for sending).
+    pub bytes_read: u64,
+    /// Blocks sent again because the server's copy differed or arrived
+    /// damaged (version 2).
+    pub blocks_resent: u64,
+    /// Rounds of block repair the server asked for (version 2).
+    pub repairs: u32,
+    /// The protocol version spoken on the last connection (1 or 2).
+    pub protocol: u8,
+    /// From the call to the first file byte sent.
+    pub time_to_first_byte: Duration,
     /// Connections made (1 when nothing went wrong).
     pub attempts: u32,
     /// Wall time of the whole upload, hashing included.
     pub elapsed: Duration,
 }
 
+/// The source file as opened for one upload, with what is known of its
+/// checksums.
 struct Source {
     file: File,
-    size: u64,
-    mtime: (i64, i64),
-    ino: u64,
-    crc32: u32,
+    stamp: SourceStamp,
+    /// CRC-32 of the whole file, once known (hashed, cached, or combined
+    /// from all block CRC-32s).
+    whole: Option<u32>,
+    /// Block size and CRC-32s of the first blocks (version 2).
+    block: u64,
+    blocks: Vec<u32>,
 }
 
-fn stat_key(m: &std::fs::Metadata) -> (u64, (i64, i64), u64) {
-    (m.len(), (m.mtime(), m.mtime_nsec()), m.ino())
-}
-
-fn open_source(
-    path: &Path,
-    hashed: &mut u64,
-    cb: &mut dyn FnMut(&Progress) -> Control,
-) -> Result<Source> {
-    let src_err = |what: &str, e: io::Error| {
-        Error::io(
-            ErrorKind::SourceFile,
-            format!("cannot {what} {}", path.display()),
-            e,
-        )
-    };
-    let mut file = File::open(path).map_err(|e| src_err("open", e))?;
-    let meta = file.metadata().map_err(|e| src_err("inspect", e))?;
-    if !meta.is_file() {
-        return Err(Error::new(
-            ErrorKind::SourceFile,
-            format!("{} is not a regular file", path.display()),
-        ));
+impl Source {
+    fn open(path: &Path, cache: Option<&SumCache>) -> Result<Source> {
+        let src_err = |what: &str, e: io::Error| {
+            Error::io(
+                ErrorKind::SourceFile,
+                format!("cannot {what} {}", path.display()),
+                e,
+            )
+        };
+        let file = File::open(path).map_err(|e| src_err("open", e))?;
+        let meta = file.metadata().map_err(|e| src_err("inspect", e))?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::SourceFile,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let stamp = SourceStamp::of(&meta);
+        let block = v2::block_size_for(stamp.size);
+        let mut src = Source {
+            file,
+            stamp,
+            whole: None,
+            block,
+            blocks: Vec::new(),
+        };
+        if let Some(s) = cache.and_then(|c| c.load(path, stamp)) {
+            src.whole = s.whole;
+            if s.block == block {
+                src.blocks = s.blocks;
+            }
+        }
+        Ok(src)
     }
-    let (size, mtime, ino) = stat_key(&meta);
-    let mut last = 0u64;
-    let crc32 = crate::crc::crc32_of(&mut file, path, &mut |done| {
-        *hashed += done - last;
-        last = done;
-        cb(&Progress::Hashing { done, total: size }) == Control::Continue
-    })?;
-    if last != size {
-        return Err(Error::new(
-            ErrorKind::SourceFile,
-            format!(
-                "{} changed size while being read ({size} then {last} bytes)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(Source {
-        file,
-        size,
-        mtime,
-        ino,
-        crc32,
-    })
-}
 
-fn unchanged(path: &Path, src: &Source) -> bool {
-    match std::fs::metadata(path) {
-        Ok(m) => stat_key(&m) == (src.size, src.mtime, src.ino),
-        Err(_) => false,
+    fn size(&self) -> u64 {
+        self.stamp.size
+    }
+
+    fn unchanged(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| SourceStamp::of(&m) == self.stamp)
+    }
+
+    fn remember(&self, path: &Path, cache: Option<&SumCache>) {
+        if let Some(c) = cache {
+            c.store(
+                path,
+                self.stamp,
+                &Sums {
+                    block: self.block,
+                    blocks: self.blocks.clone(),
+                    whole: self.whole,
+                },
+            );
+        }
     }
 }
 
@@ -222,9 +263,28 @@ fn wire_name(path: &Path, opts: &SendOptions) -> Result<String> {
         })
 }
 
+/// Counters of one upload, across attempts.
+struct Tally {
+    started: Instant,
+    attempts: u32,
+    sent: u64,
+    hashed: u64,
+    read: u64,
+    resumed_from: Option<u64>,
+    blocks_resent: u64,
+    repairs: u32,
+    first_byte: Option<Duration>,
+    protocol: u8,
+}
+
 /// Uploads the file at `path` to the server in `opts`, resuming where an
 /// earlier attempt stopped, and retrying as `opts` allows. Returns only when
 /// the server answered `CRC32_OK`.
+///
+/// With a version-2 server (see [`crate::v2`]) the held part is compared
+/// block by block before anything is sent, only differing or missing blocks
+/// travel, and damaged blocks are repaired instead of restarting. With a
+/// legacy server it speaks version 1 exactly.
 ///
 /// `progress` is called often (after each block hashed or sent); returning
 /// [`Control::Cancel`] stops the upload cleanly.
@@ -233,6 +293,7 @@ fn wire_name(path: &Path, opts: &SendOptions) -> Result<String> {
 /// [`ErrorKind::Unreachable`] (never connected), [`ErrorKind::ConnectionLost`]
 /// (connected, then lost it and ran out of retries),
 /// [`ErrorKind::CrcMismatch`] (the server kept answering `CRC32_ERROR`),
+/// [`ErrorKind::Refused`] (a version-2 server said no, and why),
 /// [`ErrorKind::Protocol`], [`ErrorKind::Cancelled`].
 pub fn send_file(
     path: &Path,
@@ -241,69 +302,98 @@ pub fn send_file(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let filename = wire_name(path, opts)?;
-    let mut hashed = 0u64;
-    let mut src = open_source(path, &mut hashed, progress)?;
-    let mut attempts = 0u32;
+    let cache = opts.cache_dir.as_ref().map(SumCache::new);
+    let cache = cache.as_ref();
+    let mut src = Source::open(path, cache)?;
+    let mut t = Tally {
+        started,
+        attempts: 0,
+        sent: 0,
+        hashed: 0,
+        read: 0,
+        resumed_from: None,
+        blocks_resent: 0,
+        repairs: 0,
+        first_byte: None,
+        protocol: 0,
+    };
+    let mut legacy_server = opts.protocol == Protocol::Legacy;
     let mut failures = 0u32;
-    let mut sent_total = 0u64;
-    let mut resumed_from: Option<u64> = None;
     let mut ever_connected = false;
     let mut delay = opts.backoff_initial;
     loop {
-        if !unchanged(path, &src) {
-            // The file changed since we hashed it: hash again so the header
-            // describes what we will actually send.
-            src = open_source(path, &mut hashed, progress)?;
+        if !src.unchanged(path) {
+            src = Source::open(path, cache)?;
         }
-        attempts += 1;
-        let header = Header {
-            filename: filename.clone(),
-            filesize: src.size,
-            crc32: src.crc32,
-        };
+        if legacy_server && src.whole.is_none() {
+            // Version 1 needs the whole file's CRC-32 before the first byte.
+            src.whole = Some(hash_whole(&mut src, path, &mut t, progress)?);
+            src.remember(path, cache);
+        }
+        t.attempts += 1;
         let mut moved = false;
         let res = attempt(
-            &header,
-            &src,
+            path,
+            &filename,
+            &mut src,
             opts,
+            cache,
             progress,
-            &mut |offset| {
-                resumed_from.get_or_insert(offset);
-            },
-            &mut sent_total,
+            &mut t,
             &mut moved,
             &mut ever_connected,
+            legacy_server,
         );
         let err = match res {
-            Ok(Verdict::Ok) => {
+            Ok(Reply::Stored) => {
                 return Ok(Outcome {
                     filename,
-                    filesize: src.size,
-                    crc32: src.crc32,
-                    resumed_from: resumed_from.unwrap_or(0),
-                    bytes_sent: sent_total,
-                    bytes_hashed: hashed,
-                    attempts,
+                    filesize: src.size(),
+                    crc32: src.whole.unwrap_or(0),
+                    resumed_from: t.resumed_from.unwrap_or(0),
+                    bytes_sent: t.sent,
+                    bytes_hashed: t.hashed,
+                    bytes_read: t.read,
+                    blocks_resent: t.blocks_resent,
+                    repairs: t.repairs,
+                    protocol: t.protocol,
+                    time_to_first_byte: t.first_byte.unwrap_or_default(),
+                    attempts: t.attempts,
                     elapsed: started.elapsed(),
                 })
             }
-            Ok(Verdict::Mismatch) => {
+            Ok(Reply::LegacyServer) => {
+                // Found out the server is legacy without knowing the CRC-32:
+                // nothing was sent; hash and go again at once.
+                legacy_server = true;
+                t.attempts -= 1;
+                continue;
+            }
+            Ok(Reply::Mismatch(why)) => {
                 failures += 1;
-                let changed = !unchanged(path, &src);
+                let changed = !src.unchanged(path);
+                // Whatever we believed about the file may be wrong now.
+                src.whole = None;
+                src.blocks.clear();
+                let why = if changed {
+                    format!("the file changed during the upload ({why})")
+                } else {
+                    why
+                };
                 Error::new(
                     ErrorKind::CrcMismatch,
-                    if changed {
-                        format!("server answered CRC32_ERROR for {filename}: the file changed during the upload")
-                    } else {
-                        format!("server answered CRC32_ERROR for {filename}: data was damaged in transit or on the server")
-                    },
+                    format!("server answered CRC32_ERROR for {filename}: {why}"),
                 )
             }
             Err(e) => {
                 if matches!(
                     e.kind(),
-                    ErrorKind::Cancelled | ErrorKind::SourceFile | ErrorKind::InvalidInput
+                    ErrorKind::Cancelled
+                        | ErrorKind::SourceFile
+                        | ErrorKind::InvalidInput
+                        | ErrorKind::Refused
                 ) {
+                    src.remember(path, cache);
                     return Err(e);
                 }
                 if !moved {
@@ -315,11 +405,12 @@ pub fn send_file(
                 e
             }
         };
+        src.remember(path, cache);
         if failures > opts.retries {
-            let attempts_txt = if attempts == 1 {
+            let attempts_txt = if t.attempts == 1 {
                 "1 attempt".to_string()
             } else {
-                format!("{attempts} attempts")
+                format!("{} attempts", t.attempts)
             };
             let kind = match err.kind() {
                 ErrorKind::Unreachable if ever_connected => ErrorKind::ConnectionLost,
@@ -331,7 +422,7 @@ pub fn send_file(
             ));
         }
         if progress(&Progress::Retrying {
-            attempt: attempts + 1,
+            attempt: t.attempts + 1,
             delay,
             error: &err,
         }) == Control::Cancel
@@ -341,6 +432,40 @@ pub fn send_file(
         std::thread::sleep(delay);
         delay = (delay * 2).min(opts.backoff_max);
     }
+}
+
+/// Reads the whole source for its CRC-32 (version 1 needs it up front).
+fn hash_whole(
+    src: &mut Source,
+    path: &Path,
+    t: &mut Tally,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<u32> {
+    let size = src.size();
+    let mut last = 0u64;
+    src.file.seek(SeekFrom::Start(0)).map_err(|e| {
+        Error::io(
+            ErrorKind::SourceFile,
+            format!("cannot read {}", path.display()),
+            e,
+        )
+    })?;
+    let crc = crate::crc::crc32_of(&mut src.file, path, &mut |done| {
+        t.hashed += done - last;
+        t.read += done - last;
+        last = done;
+        progress(&Progress::Hashing { done, total: size }) == Control::Continue
+    })?;
+    if last != size {
+        return Err(Error::new(
+            ErrorKind::SourceFile,
+            format!(
+                "{} changed size while being read ({size} then {last} bytes)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(crc)
 }
 
 fn connect(opts: &SendOptions) -> Result<(TcpStream, SocketAddr)> {
@@ -377,9 +502,10 @@ fn connect(opts: &SendOptions) -> Result<(TcpStream, SocketAddr)> {
 
 fn lost(e: io::Error, during: &str) -> Error {
     match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::new(ErrorKind::ConnectionLost, format!("connection stalled while {during} (no progress within the I/O timeout)"))
-        }
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::new(
+            ErrorKind::ConnectionLost,
+            format!("connection stalled while {during} (no progress within the I/O timeout)"),
+        ),
         io::ErrorKind::UnexpectedEof => Error::new(
             ErrorKind::ConnectionLost,
             format!("server closed the connection while {during} (it may have refused the upload: see the server's log)"),
@@ -388,17 +514,29 @@ fn lost(e: io::Error, during: &str) -> Error {
     }
 }
 
+/// How one attempt ended, short of an error.
+enum Reply {
+    /// `CRC32_OK`.
+    Stored,
+    /// `CRC32_ERROR`, with what is known of why.
+    Mismatch(String),
+    /// The server turned out to be legacy and we lacked the CRC-32 for it.
+    LegacyServer,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attempt(
-    header: &Header,
-    src: &Source,
+    path: &Path,
+    filename: &str,
+    src: &mut Source,
     opts: &SendOptions,
+    cache: Option<&SumCache>,
     progress: &mut dyn FnMut(&Progress) -> Control,
-    first_offset: &mut dyn FnMut(u64),
-    sent_total: &mut u64,
+    t: &mut Tally,
     moved: &mut bool,
     ever_connected: &mut bool,
-) -> Result<Verdict> {
+    legacy: bool,
+) -> Result<Reply> {
     let (mut stream, addr) = connect(opts)?;
     *ever_connected = true;
     let _ = stream.set_nodelay(true);
@@ -406,15 +544,48 @@ fn attempt(
         .set_read_timeout(Some(opts.io_timeout))
         .and_then(|_| stream.set_write_timeout(Some(opts.io_timeout)))
         .map_err(|e| lost(e, "configuring the socket"))?;
-    let frame = proto::encode_header(header)?;
+    let header = Header {
+        filename: filename.to_string(),
+        filesize: src.size(),
+        crc32: src.whole.unwrap_or(0),
+    };
+    let frame = if legacy {
+        proto::encode_header(&header)?
+    } else {
+        v2::encode_header(
+            &header,
+            v2::Offer {
+                version: v2::VERSION,
+                block_size: src.block,
+            },
+        )?
+    };
     stream
         .write_all(&frame)
         .map_err(|e| lost(e, "sending the header"))?;
-    let mut off = [0u8; 8];
+    let mut first = [0u8; 8];
     stream
-        .read_exact(&mut off)
+        .read_exact(&mut first)
         .map_err(|e| lost(e, "waiting for the resume offset"))?;
-    let offset = proto::parse_offset(off);
+    if first == v2::MAGIC {
+        t.protocol = 2;
+        return session_v2(
+            &mut stream,
+            addr,
+            path,
+            src,
+            progress,
+            t,
+            moved,
+            cache,
+            opts.limit_rate,
+        );
+    }
+    if src.whole.is_none() {
+        return Ok(Reply::LegacyServer);
+    }
+    t.protocol = 1;
+    let offset = proto::parse_offset(first);
     if offset > header.filesize {
         return Err(Error::new(
             ErrorKind::Protocol,
@@ -424,7 +595,7 @@ fn attempt(
             ),
         ));
     }
-    first_offset(offset);
+    t.resumed_from.get_or_insert(offset);
     if progress(&Progress::Connected {
         addr,
         offset,
@@ -436,11 +607,7 @@ fn attempt(
     let mut pos = offset;
     let mut scratch = Vec::new();
     let started = Instant::now();
-    let chunk = match opts.limit_rate {
-        // Small chunks keep a rate-limited stream smooth.
-        Some(r) => ((r / 20).max(4096) as usize).min(SEND_CHUNK),
-        None => SEND_CHUNK,
-    };
+    let chunk = chunk_for(opts);
     while pos < header.filesize {
         let want = ((header.filesize - pos) as usize).min(chunk);
         let n = match crate::sys::send_file_range(&stream, &src.file, pos, want, &mut scratch) {
@@ -457,8 +624,10 @@ fn attempt(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(lost(e, "sending data")),
         };
+        t.first_byte.get_or_insert_with(|| t.started.elapsed());
         pos += n as u64;
-        *sent_total += n as u64;
+        t.sent += n as u64;
+        t.read += n as u64;
         *moved = true;
         if progress(&Progress::Sending {
             done: pos,
@@ -471,12 +640,7 @@ fn attempt(
                 format!("cancelled at byte {pos}; the server keeps what it received"),
             ));
         }
-        if let Some(rate) = opts.limit_rate {
-            let due = Duration::from_secs_f64((pos - offset) as f64 / rate.max(1) as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
+        pace(opts, pos - offset, started);
     }
     if progress(&Progress::Verifying) == Control::Cancel {
         return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
@@ -492,5 +656,270 @@ fn attempt(
             "server closed the connection without a verdict (it may be out of space: see the server's log)",
         ));
     }
-    proto::parse_verdict(&reply)
+    Ok(match proto::parse_verdict(&reply)? {
+        Verdict::Ok => Reply::Stored,
+        Verdict::Mismatch => Reply::Mismatch("data was damaged in transit or on the server".into()),
+    })
+}
+
+fn chunk_for(opts: &SendOptions) -> usize {
+    match opts.limit_rate {
+        // Small chunks keep a rate-limited stream smooth.
+        Some(r) => ((r / 20).max(4096) as usize).min(SEND_CHUNK),
+        None => SEND_CHUNK,
+    }
+}
+
+/// Sleeps as needed to keep to `opts.limit_rate`.
+fn pace(opts: &SendOptions, sent: u64, started: Instant) {
+    if let Some(rate) = opts.limit_rate {
+        let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+fn read_server_msg(stream: &mut TcpStream, during: &str) -> Result<v2::ServerMsg> {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).map_err(|e| lost(e, during))?;
+    let (tag, len) = v2::parse_server_head(head)?;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .map_err(|e| lost(e, during))?;
+    v2::parse_server_msg(tag, &payload)
+}
+
+fn server_said(msg: String) -> Error {
+    Error::new(ErrorKind::Refused, format!("server: {msg}"))
+}
+
+/// If the server has spoken while we send (it only does to report an
+/// error), reads what it said.
+fn check_for_server_error(stream: &mut TcpStream) -> Result<()> {
+    let ready =
+        crate::sys::poll_readable(&[stream.as_raw_fd()], Some(Duration::ZERO)).unwrap_or_default();
+    if ready.first().copied().unwrap_or(false) {
+        return match read_server_msg(stream, "reading the server's message") {
+            Ok(v2::ServerMsg::Error(m)) => Err(server_said(m)),
+            Ok(other) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("unexpected message from the server: {other:?}"),
+            )),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(())
+}
+
+/// Reads block `idx` of the source and returns its CRC-32, sending it as a
+/// data frame if `stream` is given.
+fn read_block(
+    src: &Source,
+    idx: u64,
+    buf: &mut [u8],
+    mut stream: Option<&mut TcpStream>,
+    t: &mut Tally,
+) -> Result<u32> {
+    let (off, len) = v2::block_range(src.size(), src.block, idx);
+    if let Some(s) = stream.as_deref_mut() {
+        s.write_all(&v2::encode_data_head(off, len as u32))
+            .map_err(|e| lost(e, "sending data"))?;
+    }
+    let mut h = crc32fast::Hasher::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.len());
+        src.file
+            .read_exact_at(&mut buf[..n], off + pos)
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::SourceFile,
+                    format!("cannot read the source at byte {}", off + pos),
+                    e,
+                )
+            })?;
+        h.update(&buf[..n]);
+        t.read += n as u64;
+        if let Some(s) = stream.as_deref_mut() {
+            s.write_all(&buf[..n])
+                .map_err(|e| lost(e, "sending data"))?;
+            t.sent += n as u64;
+        } else {
+            t.hashed += n as u64;
+        }
+        pos += n as u64;
+    }
+    let crc = h.finalize();
+    if let Some(s) = stream {
+        s.write_all(&crc.to_be_bytes())
+            .map_err(|e| lost(e, "sending data"))?;
+    }
+    Ok(crc)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn session_v2(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &Path,
+    src: &mut Source,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+    t: &mut Tally,
+    moved: &mut bool,
+    cache: Option<&SumCache>,
+    rate: Option<u64>,
+) -> Result<Reply> {
+    let size = src.size();
+    let (held, block, server_crcs) =
+        match read_server_msg(stream, "waiting for the server's block list")? {
+            v2::ServerMsg::Held {
+                held,
+                block_size,
+                crcs,
+            } => (held, block_size, crcs),
+            v2::ServerMsg::Error(m) => return Err(server_said(m)),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("unexpected first message: {other:?}"),
+                ))
+            }
+        };
+    let nblocks = v2::block_count(size, src.block);
+    if block != src.block || held > size || server_crcs.len() as u64 > nblocks {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "server's block list does not fit this file",
+        ));
+    }
+    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    // Our CRC-32s for the blocks the server holds: cached, else read now.
+    let known = src.blocks.len();
+    for idx in known as u64..server_crcs.len() as u64 {
+        let c = read_block(src, idx, &mut buf, None, t)?;
+        src.blocks.push(c);
+        if progress(&Progress::Hashing {
+            done: (idx + 1) * block,
+            total: held,
+        }) == Control::Cancel
+        {
+            return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+        }
+    }
+    let todo = v2::plan(nblocks, &server_crcs, &src.blocks);
+    let differing = todo
+        .iter()
+        .filter(|&&i| (i as usize) < server_crcs.len())
+        .count() as u64;
+    t.blocks_resent += differing;
+    let kept: u64 = (0..server_crcs.len() as u64)
+        .filter(|i| !todo.contains(i))
+        .map(|i| v2::block_range(size, block, i).1)
+        .sum();
+    t.resumed_from.get_or_insert(kept);
+    if progress(&Progress::Connected {
+        addr,
+        offset: kept,
+        total: size,
+    }) == Control::Cancel
+    {
+        return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+    }
+    let mut done = kept;
+    let started = Instant::now();
+    let sent_before = t.sent;
+    let mut since_save = 0u32;
+    let mut send =
+        |idx: u64, src: &mut Source, t: &mut Tally, stream: &mut TcpStream| -> Result<u32> {
+            check_for_server_error(stream)?;
+            let c = read_block(src, idx, &mut buf, Some(stream), t)?;
+            t.first_byte.get_or_insert_with(|| t.started.elapsed());
+            Ok(c)
+        };
+    for &idx in &todo {
+        let c = send(idx, src, t, stream)?;
+        *moved = true;
+        let i = idx as usize;
+        if i < src.blocks.len() {
+            src.blocks[i] = c;
+        } else if i == src.blocks.len() {
+            src.blocks.push(c);
+        }
+        done += v2::block_range(size, block, idx).1;
+        since_save += 1;
+        if since_save >= 32 {
+            src.remember(path, cache);
+            since_save = 0;
+        }
+        if progress(&Progress::Sending { done, total: size }) == Control::Cancel {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "cancelled; the server keeps the blocks it received",
+            ));
+        }
+        pace_v2(t.sent - sent_before, started, rate);
+    }
+    loop {
+        if src.blocks.len() as u64 != nblocks {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "internal: block list incomplete after sending",
+            ));
+        }
+        let whole = v2::combine(&src.blocks, size, block);
+        src.whole = Some(whole);
+        if progress(&Progress::Verifying) == Control::Cancel {
+            return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+        }
+        stream
+            .write_all(&v2::encode_end(whole))
+            .map_err(|e| lost(e, "sending the end of the file"))?;
+        match read_server_msg(stream, "waiting for the verdict")? {
+            v2::ServerMsg::Verdict(v2::Verdict::Ok) => return Ok(Reply::Stored),
+            v2::ServerMsg::Verdict(v2::Verdict::Failed(m)) => return Ok(Reply::Mismatch(m)),
+            v2::ServerMsg::Error(m) => return Err(server_said(m)),
+            v2::ServerMsg::Verdict(v2::Verdict::Repair(list)) => {
+                t.repairs += 1;
+                t.blocks_resent += list.len() as u64;
+                let mut unstable = Vec::new();
+                for idx in list {
+                    if idx >= nblocks {
+                        return Err(Error::new(
+                            ErrorKind::Protocol,
+                            format!("server asked for block {idx} of {nblocks}"),
+                        ));
+                    }
+                    let c = send(idx, src, t, stream)?;
+                    if src.blocks[idx as usize] != c {
+                        unstable.push(idx);
+                        src.blocks[idx as usize] = c;
+                    }
+                }
+                if !unstable.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::SourceFile,
+                        format!(
+                            "the source is unstable: re-reading block(s) {unstable:?} of {} gave different data",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+            v2::ServerMsg::Held { .. } => {
+                return Err(Error::new(ErrorKind::Protocol, "unexpected block list"))
+            }
+        }
+    }
+}
+
+fn pace_v2(sent: u64, started: Instant, rate: Option<u64>) {
+    if let Some(rate) = rate {
+        let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
 }

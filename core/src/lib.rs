@@ -15,6 +15,8 @@
 
 #![deny(missing_docs)]
 
+pub mod blocks;
+pub mod cache;
 pub mod client;
 pub mod crc;
 mod error;
@@ -24,8 +26,9 @@ pub mod proto;
 pub mod server;
 pub mod store;
 mod sys;
+pub mod v2;
 
-pub use client::{send_file, Control, Outcome, Progress, SendOptions};
+pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};
 pub use crc::crc32_file;
 pub use error::{Error, ErrorKind, Result};
 pub use name::SafeName;

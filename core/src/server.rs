@@ -19,9 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::blocks::{BlockPart, Recovery};
 use crate::name::SafeName;
 use crate::proto::{self, Verdict};
 use crate::store::{key_of, Fresh, Identity, Store};
+use crate::v2;
 use crate::{Error, ErrorKind, Result};
 
 /// Size of the buffer each connection receives into.
@@ -576,29 +578,30 @@ fn handle_connection(
     stream
         .read_exact(&mut json)
         .map_err(|e| net_err(e, "reading the header"))?;
-    let header = proto::parse_header(&json).map_err(refusal)?;
-    if !awaiting_header.swap(false, Ordering::SeqCst) {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            "evicted before its header was complete",
-        ));
-    }
+    let speaks_v2 = v2::parse_offer(&json, 0).is_ok_and(|o| o.is_some()) || json_mentions_v2(&json);
+    let admitted = admit(sh, &json, awaiting_header);
+    let (header, name, offer) = match admitted {
+        Ok(x) => x,
+        Err(e) => {
+            if speaks_v2 {
+                say_error(&mut stream, &e.to_string(), true);
+            }
+            return Err(e);
+        }
+    };
     stream
         .set_read_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
-    let name = SafeName::from_wire(&header.filename).map_err(refusal)?;
-    if let Some(max) = sh.cfg.max_file_size {
-        if header.filesize > max {
-            return Err(Error::new(
-                ErrorKind::Refused,
-                format!(
-                    "refused {name}: {} bytes is over the limit of {max} (--max-file-size)",
-                    header.filesize
-                ),
-            ));
-        }
+    if let Some(offer) = offer {
+        let claim = claim(sh, &name, conn_id, &stream, peer);
+        return match claim {
+            Ok(_claim) => serve_v2(sh, &mut stream, peer, &header, &name, offer),
+            Err(e) => {
+                say_error(&mut stream, &e.to_string(), true);
+                Err(e)
+            }
+        };
     }
-
     let _claim = claim(sh, &name, conn_id, &stream, peer)?;
     let id = Identity {
         name: name.clone(),
@@ -704,6 +707,284 @@ fn handle_connection(
         .map_err(|e| net_err(e, "sending the verdict"))?;
     let _ = stream.shutdown(Shutdown::Write);
     Ok(())
+}
+
+/// Whether a header that failed to parse still shows a version-2 client
+/// (so the refusal can be put in words for it).
+fn json_mentions_v2(json: &[u8]) -> bool {
+    json.windows(4).any(|w| w == b"\"bt\"")
+}
+
+/// Checks a header: its format, the name, the size limit. Returns the
+/// header, the sanitised name and the version-2 offer, if any.
+fn admit(
+    sh: &Shared,
+    json: &[u8],
+    awaiting_header: &AtomicBool,
+) -> Result<(proto::Header, SafeName, Option<v2::Offer>)> {
+    let header = proto::parse_header(json).map_err(refusal)?;
+    if !awaiting_header.swap(false, Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            "evicted before its header was complete",
+        ));
+    }
+    let offer = v2::parse_offer(json, header.filesize).map_err(refusal)?;
+    let name = SafeName::from_wire(&header.filename).map_err(refusal)?;
+    if let Some(max) = sh.cfg.max_file_size {
+        if header.filesize > max {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "refused {name}: {} bytes is over the limit of {max} (--max-file-size)",
+                    header.filesize
+                ),
+            ));
+        }
+    }
+    Ok((header, name, offer))
+}
+
+/// Sends a version-2 client the reason it is refused or failed (after the
+/// magic when nothing was sent yet), then lets it drain: the client may
+/// still be sending, and closing with unread data would reset the
+/// connection and lose the message.
+fn say_error(stream: &mut TcpStream, msg: &str, before_offer: bool) {
+    let mut out = Vec::new();
+    if before_offer {
+        out.extend_from_slice(&v2::MAGIC);
+    }
+    out.extend_from_slice(&v2::encode_server_msg(&v2::ServerMsg::Error(
+        msg.to_string(),
+    )));
+    if stream.write_all(&out).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut sink = [0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Most rounds of block repair before an upload is declared failed.
+pub const MAX_REPAIR_ROUNDS: u32 = 5;
+
+/// One version-2 upload, after the header was admitted and the name claimed.
+fn serve_v2(
+    sh: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    header: &proto::Header,
+    name: &SafeName,
+    offer: v2::Offer,
+) -> Result<()> {
+    let filesize = header.filesize;
+    let block = offer.block_size;
+    let (mut bp, recovery) = match BlockPart::begin(&sh.store, name, filesize, block) {
+        Ok(x) => x,
+        Err(e) => {
+            say_error(stream, &format!("server storage error: {e}"), true);
+            return Err(e);
+        }
+    };
+    match &recovery {
+        Recovery::Reread(why) => (sh.logger)(&format!(
+            "{peer}: {name}: {why}: re-read its blocks to verify them"
+        )),
+        Recovery::Discarded(why) => (sh.logger)(&format!(
+            "{peer}: {name}: held part not usable ({why}); starting over"
+        )),
+        _ => {}
+    }
+    let held = bp.held();
+    let needed = filesize - held;
+    let avail = sh.store.available_space()?;
+    if needed > avail {
+        let e = Error::new(
+            ErrorKind::Refused,
+            format!("refused {name}: needs {needed} more bytes, only {avail} free on the server"),
+        );
+        say_error(stream, &e.to_string(), true);
+        return Err(e);
+    }
+    (sh.logger)(&format!(
+        "{peer}: receiving {name} ({filesize} bytes, protocol 2, blocks of {block}); holds {held} bytes in {} verified blocks",
+        bp.held_crcs().len()
+    ));
+    let mut hello = v2::MAGIC.to_vec();
+    hello.extend_from_slice(&v2::encode_server_msg(&v2::ServerMsg::Held {
+        held,
+        block_size: block,
+        crcs: bp.held_crcs().to_vec(),
+    }));
+    stream
+        .write_all(&hello)
+        .map_err(|e| net_err(e, "sending the held block list"))?;
+
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut rounds = 0u32;
+    loop {
+        let mut tag = [0u8; 1];
+        if let Err(e) = stream.read_exact(&mut tag) {
+            let _ = bp.checkpoint();
+            let e = net_err(e, "waiting for the next block");
+            return Err(Error::new(
+                e.kind(),
+                format!(
+                    "{name}: {e}; held part kept: {} bytes for resume",
+                    bp.held()
+                ),
+            ));
+        }
+        let mut rest = [0u8; 12];
+        let rest =
+            &mut rest[..v2::client_head_len(tag[0]).map_err(|e| fail_v2(stream, &mut bp, e))?];
+        stream
+            .read_exact(rest)
+            .map_err(|e| net_err(e, "reading a frame head"))?;
+        let (frame, idx) = v2::parse_client_head(tag[0], rest, filesize, block)
+            .map_err(|e| fail_v2(stream, &mut bp, e))?;
+        match frame {
+            v2::ClientFrame::Data { offset, len } => {
+                let mut h = crc32fast::Hasher::new();
+                let mut pos = 0u64;
+                while pos < len {
+                    let want = ((len - pos) as usize).min(buf.len());
+                    let n = match stream.read(&mut buf[..want]) {
+                        Ok(0) => {
+                            let _ = bp.checkpoint();
+                            return Err(Error::new(
+                                ErrorKind::ConnectionLost,
+                                format!("{name}: client disconnected inside block {idx}; held part kept: {} bytes for resume", bp.held()),
+                            ));
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = bp.checkpoint();
+                            return Err(net_err(e, "receiving data"));
+                        }
+                    };
+                    h.update(&buf[..n]);
+                    if let Err(e) = bp.write_at(offset + pos, &buf[..n]) {
+                        // The block is incomplete: it stays missing.
+                        let _ = bp.record_block(idx, 0, false);
+                        let cp = bp.checkpoint();
+                        let msg = format!(
+                            "server cannot store {name}: {e}; {} bytes held for resume{}",
+                            bp.held(),
+                            cp.err()
+                                .map(|c| format!(" (checkpoint failed too: {c})"))
+                                .unwrap_or_default()
+                        );
+                        say_error(stream, &msg, false);
+                        return Err(Error::new(ErrorKind::Storage, msg));
+                    }
+                    pos += n as u64;
+                    sh.counters
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let mut trailer = [0u8; 4];
+                stream
+                    .read_exact(&mut trailer)
+                    .map_err(|e| net_err(e, "reading a block checksum"))?;
+                let got = h.finalize();
+                let good = got == u32::from_be_bytes(trailer);
+                if !good {
+                    (sh.logger)(&format!(
+                        "{peer}: {name}: block {idx} arrived damaged; will ask for it again"
+                    ));
+                }
+                bp.record_block(idx, got, good)?;
+            }
+            v2::ClientFrame::End { crc32 } => {
+                let missing = bp.missing();
+                if !missing.is_empty() {
+                    rounds += 1;
+                    if rounds > MAX_REPAIR_ROUNDS {
+                        let msg = format!(
+                            "CRC32_ERROR: {} block(s) still damaged after {MAX_REPAIR_ROUNDS} repair rounds (first: block {}); the link keeps corrupting data or the source keeps changing",
+                            missing.len(), missing[0]);
+                        return Err(finish_failed(sh, stream, &mut bp, peer, msg));
+                    }
+                    bp.checkpoint()?;
+                    (sh.logger)(&format!(
+                        "{peer}: {name}: asking again for {} block(s), round {rounds}",
+                        missing.len()
+                    ));
+                    let f = v2::encode_server_msg(&v2::ServerMsg::Verdict(v2::Verdict::Repair(
+                        missing,
+                    )));
+                    stream
+                        .write_all(&f)
+                        .map_err(|e| net_err(e, "asking for a repair"))?;
+                    continue;
+                }
+                if bp.whole_crc() != crc32 {
+                    let msg = format!(
+                        "CRC32_ERROR: every block matched its checksum but the whole-file CRC-32 is {:08x}, the client says {crc32:08x}; the client's block list is inconsistent",
+                        bp.whole_crc());
+                    return Err(finish_failed(sh, stream, &mut bp, peer, msg));
+                }
+                if let Err(e) = bp.finish() {
+                    say_error(stream, &format!("server cannot store {name}: {e}"), false);
+                    return Err(e);
+                }
+                sh.counters.completed.fetch_add(1, Ordering::Relaxed);
+                (sh.logger)(&format!(
+                    "{peer}: {name}: CRC32_OK ({filesize} bytes, protocol 2, stored)"
+                ));
+                let f = v2::encode_server_msg(&v2::ServerMsg::Verdict(v2::Verdict::Ok));
+                stream
+                    .write_all(&f)
+                    .map_err(|e| net_err(e, "sending the verdict"))?;
+                let _ = stream.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A protocol violation in the data phase: keep what is good, say why.
+fn fail_v2(stream: &mut TcpStream, bp: &mut BlockPart, e: Error) -> Error {
+    let _ = bp.checkpoint();
+    say_error(stream, &format!("protocol error: {e}"), false);
+    e
+}
+
+fn finish_failed(
+    sh: &Shared,
+    stream: &mut TcpStream,
+    bp: &mut BlockPart,
+    peer: SocketAddr,
+    msg: String,
+) -> Error {
+    sh.counters.crc_errors.fetch_add(1, Ordering::Relaxed);
+    (sh.logger)(&format!(
+        "{peer}: {}: {msg}; received bytes discarded",
+        bp.name()
+    ));
+    bp.discard();
+    let f = v2::encode_server_msg(&v2::ServerMsg::Verdict(v2::Verdict::Failed(msg.clone())));
+    let _ = stream.write_all(&f);
+    Error::new(ErrorKind::CrcMismatch, msg)
 }
 
 fn refusal(e: Error) -> Error {

@@ -39,10 +39,14 @@ use crate::{Error, ErrorKind, Result};
 pub const CHECKPOINT_INTERVAL: u64 = 32 << 20;
 
 const META_MAGIC: &[u8; 8] = b"BTHELD01";
+/// Same record layout, for a version-2 (block-verified) upload; its `crc32`
+/// field holds the block size's log2, since the whole-file CRC-32 is only
+/// known at the end.
+pub(crate) const META_MAGIC_V2: &[u8; 8] = b"BTHELD02";
 /// Fixed part of the record: magic, filesize, crc32, name length, name, crc.
-const META_HEAD_LEN: usize = 8 + 8 + 4 + 2 + 255 + 4;
-const SLOT_LEN: usize = 8 + 8 + 4 + 8 + 8 + 4 + 4;
-const META_LEN: usize = META_HEAD_LEN + 2 * SLOT_LEN;
+pub(crate) const META_HEAD_LEN: usize = 8 + 8 + 4 + 2 + 255 + 4;
+pub(crate) const SLOT_LEN: usize = 8 + 8 + 4 + 8 + 8 + 4 + 4;
+pub(crate) const META_LEN: usize = META_HEAD_LEN + 2 * SLOT_LEN;
 
 /// The durable state of a held part: how many bytes are safely on disk and
 /// the CRC-32 of exactly those bytes.
@@ -71,8 +75,12 @@ pub struct Identity {
 /// and two checksummed slots written alternately, so that a torn write of one
 /// slot leaves the other intact.
 pub fn encode_meta_head(id: &Identity) -> Vec<u8> {
+    encode_meta_head_as(id, META_MAGIC)
+}
+
+pub(crate) fn encode_meta_head_as(id: &Identity, magic: &[u8; 8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(META_LEN);
-    v.extend_from_slice(META_MAGIC);
+    v.extend_from_slice(magic);
     v.extend_from_slice(&id.filesize.to_be_bytes());
     v.extend_from_slice(&id.crc32.to_be_bytes());
     let name = id.name.as_str().as_bytes();
@@ -99,7 +107,7 @@ pub struct PartStamp {
 }
 
 impl PartStamp {
-    fn of(m: &fs::Metadata) -> PartStamp {
+    pub(crate) fn of(m: &fs::Metadata) -> PartStamp {
         use std::os::unix::fs::MetadataExt;
         PartStamp {
             ino: m.ino(),
@@ -146,6 +154,8 @@ pub struct MetaRecord {
     pub checkpoint: Checkpoint,
     /// The part file's stamp when that checkpoint was taken.
     pub stamp: PartStamp,
+    /// 1: a legacy upload; 2: a block-verified one (see [`crate::v2`]).
+    pub version: u8,
 }
 
 /// Decodes a checkpoint record: the identity it belongs to and its newest
@@ -159,9 +169,11 @@ pub fn decode_meta(bytes: &[u8]) -> std::result::Result<MetaRecord, String> {
         ));
     }
     let head = &bytes[..META_HEAD_LEN];
-    if &head[..8] != META_MAGIC {
-        return Err("bad magic".into());
-    }
+    let version = match &head[..8] {
+        m if m == META_MAGIC => 1,
+        m if m == META_MAGIC_V2 => 2,
+        _ => return Err("bad magic".into()),
+    };
     let body = META_HEAD_LEN - 4;
     if crc32fast::hash(&head[..body]) != be_u32(&head[body..]) {
         return Err("head checksum mismatch".into());
@@ -207,6 +219,7 @@ pub fn decode_meta(bytes: &[u8]) -> std::result::Result<MetaRecord, String> {
         seq,
         checkpoint,
         stamp,
+        version,
     })
 }
 
@@ -303,11 +316,11 @@ impl Store {
             .map_err(|e| Error::io(ErrorKind::Storage, "cannot read free space", e))
     }
 
-    fn part_path(&self, key: &str) -> PathBuf {
+    pub(crate) fn part_path(&self, key: &str) -> PathBuf {
         self.state.join(format!("{key}.part"))
     }
 
-    fn meta_path(&self, key: &str) -> PathBuf {
+    pub(crate) fn meta_path(&self, key: &str) -> PathBuf {
         self.state.join(format!("{key}.meta"))
     }
 
@@ -333,24 +346,26 @@ impl Store {
                 meta.read_to_end(&mut bytes)
                     .map_err(|e| serr("read", &meta_path, e))?;
                 match decode_meta(&bytes) {
-                    Ok(rec) if rec.identity == id => match open_rw(&part_path, false) {
-                        Ok(part) => {
-                            let len = part
-                                .metadata()
-                                .map_err(|e| serr("inspect", &part_path, e))?
-                                .len();
-                            if len >= rec.checkpoint.offset {
-                                resume = Some((rec, part, meta));
-                                fresh = None;
-                            } else {
-                                fresh = Some(Fresh::Damaged(format!(
-                                    "part holds {len} bytes but its checkpoint claims {}",
-                                    rec.checkpoint.offset
-                                )));
+                    Ok(rec) if rec.identity == id && rec.version == 1 => {
+                        match open_rw(&part_path, false) {
+                            Ok(part) => {
+                                let len = part
+                                    .metadata()
+                                    .map_err(|e| serr("inspect", &part_path, e))?
+                                    .len();
+                                if len >= rec.checkpoint.offset {
+                                    resume = Some((rec, part, meta));
+                                    fresh = None;
+                                } else {
+                                    fresh = Some(Fresh::Damaged(format!(
+                                        "part holds {len} bytes but its checkpoint claims {}",
+                                        rec.checkpoint.offset
+                                    )));
+                                }
                             }
+                            Err(e) => fresh = Some(Fresh::Damaged(format!("part missing: {e}"))),
                         }
-                        Err(e) => fresh = Some(Fresh::Damaged(format!("part missing: {e}"))),
-                    },
+                    }
                     Ok(_) => fresh = Some(Fresh::OtherSource),
                     Err(why) => fresh = Some(Fresh::Damaged(format!("checkpoint record: {why}"))),
                 }
@@ -379,6 +394,7 @@ impl Store {
                 (rec.seq, cp, part, meta)
             }
             None => {
+                let _ = fs::remove_file(self.state.join(format!("{key}.blk")));
                 let part = open_rw(&part_path, true).map_err(|e| serr("create", &part_path, e))?;
                 part.set_len(0)
                     .map_err(|e| serr("truncate", &part_path, e))?;
@@ -425,6 +441,10 @@ impl Store {
         Ok((held, fresh))
     }
 
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     /// Removes held parts whose last checkpoint is older than `max_age`,
     /// except those whose key is in `active`. Returns the names removed.
     pub fn expire(&self, max_age: Duration, active: &HashSet<String>) -> Result<Vec<String>> {
@@ -447,6 +467,7 @@ impl Store {
                 .and_then(|m| now.duration_since(m).ok());
             if age.is_some_and(|a| a > max_age) {
                 let _ = fs::remove_file(self.part_path(key));
+                let _ = fs::remove_file(self.state.join(format!("{key}.blk")));
                 let _ = fs::remove_file(self.meta_path(key));
                 removed.push(key.to_string());
             }
@@ -494,7 +515,7 @@ fn spawn_prefix_check(
     })
 }
 
-fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+pub(crate) fn open_rw(path: &Path, create: bool) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -504,7 +525,7 @@ fn open_rw(path: &Path, create: bool) -> io::Result<File> {
         .open(path)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
         Error::io(
             ErrorKind::Storage,

@@ -177,6 +177,11 @@ fn rust_client_to_python_server() {
             &[],
         );
         assert_ok(&out);
+        assert_eq!(
+            field(&out, "protocol"),
+            1,
+            "a legacy server gets protocol 1"
+        );
         assert_same_file(&src, &store.join(format!("rs2py{i}.bin")));
     }
 

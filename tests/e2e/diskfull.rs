@@ -18,7 +18,16 @@ fn can_unshare() -> bool {
 }
 
 #[test]
-fn disk_full_keeps_the_held_part_resumable() {
+fn disk_full_keeps_the_held_part_resumable_and_says_so() {
+    disk_full(false);
+}
+
+#[test]
+fn disk_full_with_a_legacy_client_keeps_the_held_part_resumable() {
+    disk_full(true);
+}
+
+fn disk_full(legacy: bool) {
     if !can_unshare() {
         eprintln!(
             "skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)"
@@ -59,6 +68,7 @@ fn disk_full_keeps_the_held_part_resumable() {
             "--limit-rate",
             "8M",
         ])
+        .args(legacy.then_some("--legacy"))
         .arg(&src)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -72,14 +82,19 @@ fn disk_full_keeps_the_held_part_resumable() {
     let filler = view.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 24 << 20]);
     let status = wait_child(&mut slow, LONG).expect("client hung on a full disk");
-    assert_eq!(
-        status.code(),
-        Some(4),
-        "a full disk ends the upload as a lost connection"
-    );
     let mut err = String::new();
     std::io::Read::read_to_string(&mut slow.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("error:"), "{err}");
+    if legacy {
+        // Protocol 1 has no words for it: the connection just ends.
+        assert_eq!(status.code(), Some(4), "{err}");
+    } else {
+        assert_eq!(status.code(), Some(6), "{err}");
+        assert!(
+            err.contains("server: server cannot store full.bin")
+                && err.contains("No space left on device"),
+            "{err}"
+        );
+    }
     assert!(
         srv.log.wait_for("No space left on device", LONG),
         "{}",
@@ -88,7 +103,7 @@ fn disk_full_keeps_the_held_part_resumable() {
     assert!(!view.join("full.bin").exists());
 
     std::fs::remove_file(&filler).unwrap();
-    let out = send(&srv, &src, &[]);
+    let out = send(&srv, &src, if legacy { &["--legacy"] } else { &[] });
     assert_ok(&out);
     let from = field(&out, "resumed_from");
     assert!(from >= 2 << 20, "held part not kept: resumed from {from}");

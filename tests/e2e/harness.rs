@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_bigtransfer");
 pub const LONG: Duration = Duration::from_secs(60);
 
+/// Points every client this test process starts at a private checksum
+/// cache, so tests never share one with each other or with the user.
+pub fn isolate_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir().join(format!("bt-e2e-cache-{}", std::process::id()));
+        std::env::set_var("BIGTRANSFER_CACHE_DIR", dir);
+    });
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -172,6 +182,7 @@ impl ServerProc {
     }
 
     pub fn start_at(bind: &str, dir: &Path, extra: &[&str]) -> ServerProc {
+        isolate_cache();
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--port", "0", "--bind", bind, "--dir"])
             .arg(dir)

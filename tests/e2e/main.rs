@@ -8,3 +8,4 @@ mod harness;
 mod hostile;
 mod interactive;
 mod upload;
+mod verified;

@@ -163,6 +163,8 @@ fn server_killed_with_sigkill_then_restarted_resumes_from_durable_offset() {
     assert_same_file(&src, &store.join("crash.bin"));
 }
 
+/// Protocol 1 can only detect a damaged held part at the end (CRC32_ERROR)
+/// and start over; protocol 2 is tested in `verified.rs`.
 #[test]
 fn tampered_held_part_is_detected_and_recovered() {
     let t = tempfile::tempdir().unwrap();
@@ -179,6 +181,7 @@ fn tampered_held_part_is_detected_and_recovered() {
             "--port",
             &srv.port(),
             "--quiet",
+            "--legacy",
             "--limit-rate",
             "40M",
         ])
@@ -206,10 +209,11 @@ fn tampered_held_part_is_detected_and_recovered() {
     f.write_all_at(&[b[0] ^ 0x40], 1000).unwrap();
     drop(f);
 
-    let out = send(&srv, &src, &[]);
+    let out = send(&srv, &src, &["--legacy"]);
     assert_ok(&out);
     let from = field(&out, "resumed_from");
     assert!(from > 1000);
+    assert_eq!(field(&out, "protocol"), 1);
     assert_eq!(field(&out, "attempts"), 2, "CRC32_ERROR then a full retry");
     assert_eq!(field(&out, "bytes_sent"), (size - from) + size);
     assert!(srv.log.text().contains("CRC32_ERROR"));

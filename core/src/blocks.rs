@@ -1,0 +1,466 @@
+//! The server's held part for a version-2 (block-verified) upload.
+//!
+//! Like [`crate::store::HeldPart`] it lives in `DIR/.bigtransfer/KEY.part`
+//! with a checkpoint record `KEY.meta`, plus `KEY.blk`: the CRC-32 of every
+//! held block, so that the held part can be compared with the client's file
+//! block by block without re-reading it. Blocks may be written out of order
+//! (a repaired block in the middle), so the durable state is "the first N
+//! blocks are good", N being the first block that is missing or damaged.
+//!
+//! Not for the wire (see [`crate::v2`]) or for sockets (see the server).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::store::{
+    decode_meta, encode_meta_head_as, encode_slot, key_of, open_rw, sync_dir, Checkpoint, Identity,
+    PartStamp, Store, CHECKPOINT_INTERVAL, META_HEAD_LEN, META_LEN, META_MAGIC_V2, SLOT_LEN,
+};
+use crate::v2::{block_count, block_range, combine};
+use crate::{Error, ErrorKind, Result};
+
+const BLK_MAGIC: &[u8; 8] = b"BTBLK001";
+const BLK_HEAD: u64 = 24;
+
+/// Why a block part starts from less than the record says (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Resumed from the record, nothing re-read.
+    Trusted,
+    /// Nothing was held.
+    Fresh,
+    /// The part was modified since its last checkpoint (a crash, or another
+    /// writer), or came from a legacy upload: its blocks were re-read.
+    Reread(String),
+    /// The record was unusable; started over. The reason.
+    Discarded(String),
+}
+
+/// A version-2 upload in progress on the server.
+#[derive(Debug)]
+pub struct BlockPart {
+    name: crate::SafeName,
+    filesize: u64,
+    block: u64,
+    crcs: Vec<u32>,
+    valid: Vec<bool>,
+    durable_blocks: u64,
+    written_since: u64,
+    seq: u64,
+    part: File,
+    meta: File,
+    blk: File,
+    part_path: PathBuf,
+    meta_path: PathBuf,
+    blk_path: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+    done: bool,
+}
+
+fn serr(what: &str, p: &std::path::Path, e: io::Error) -> Error {
+    Error::io(
+        ErrorKind::Storage,
+        format!("cannot {what} {}", p.display()),
+        e,
+    )
+}
+
+fn block_log2(block: u64) -> u32 {
+    block.trailing_zeros()
+}
+
+impl BlockPart {
+    /// Opens the held part of `name` for a file of `filesize` bytes in
+    /// blocks of `block` bytes, resuming what can be vouched for.
+    pub fn begin(
+        store: &Store,
+        name: &crate::SafeName,
+        filesize: u64,
+        block: u64,
+    ) -> Result<(BlockPart, Recovery)> {
+        let key = key_of(name);
+        let part_path = store.part_path(&key);
+        let meta_path = store.meta_path(&key);
+        let blk_path = store.state_dir().join(format!("{key}.blk"));
+        let n = block_count(filesize, block) as usize;
+        let id = Identity {
+            name: name.clone(),
+            filesize,
+            crc32: block_log2(block),
+        };
+
+        // What the record says, if it is for this file.
+        let mut held: Option<(u64, Option<Vec<u32>>, u64, String)> = None; // (held blocks, trusted crcs, seq, why not trusted)
+        let mut recovery = Recovery::Fresh;
+        if let Ok(mut meta) = open_rw(&meta_path, false) {
+            let mut bytes = Vec::new();
+            let rec = meta
+                .read_to_end(&mut bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|_| decode_meta(&bytes));
+            match rec {
+                Ok(r) if r.identity.name == *name && r.identity.filesize == filesize => {
+                    let cp = r.checkpoint;
+                    let hb = if cp.offset == filesize {
+                        n as u64
+                    } else {
+                        cp.offset / block
+                    };
+                    let same_blocks = r.version == 2 && r.identity.crc32 == block_log2(block);
+                    let stamp_ok = fs::metadata(&part_path)
+                        .ok()
+                        .filter(|m| m.len() == cp.offset.min(filesize) || same_blocks)
+                        .is_some_and(|m| PartStamp::of(&m) == r.stamp);
+                    let crcs = if same_blocks && stamp_ok {
+                        read_blk(&blk_path, block, hb as usize)
+                    } else {
+                        None
+                    };
+                    let why = if r.version == 1 {
+                        "held part of a legacy upload".to_string()
+                    } else if !same_blocks {
+                        "held part used another block size".to_string()
+                    } else if !stamp_ok {
+                        "part changed since its last checkpoint".to_string()
+                    } else {
+                        "block list missing or damaged".to_string()
+                    };
+                    held = Some((hb, crcs, r.seq, why));
+                }
+                Ok(_) => recovery = Recovery::Discarded("held part of another file".into()),
+                Err(why) => recovery = Recovery::Discarded(format!("checkpoint record: {why}")),
+            }
+        }
+        let (held_blocks, crcs_held, seq) = match held {
+            Some((hb, Some(c), seq, _)) => {
+                recovery = Recovery::Trusted;
+                (hb, c, seq)
+            }
+            Some((hb, None, seq, why)) => match reread(&part_path, filesize, block, hb) {
+                Ok(c) => {
+                    recovery = Recovery::Reread(why);
+                    (c.len() as u64, c, seq)
+                }
+                Err(e) => {
+                    recovery = Recovery::Discarded(format!("{why}; re-reading it failed: {e}"));
+                    (0, Vec::new(), 0)
+                }
+            },
+            None => (0, Vec::new(), 0),
+        };
+
+        let part = open_rw(&part_path, true).map_err(|e| serr("open", &part_path, e))?;
+        let meta = open_rw(&meta_path, true).map_err(|e| serr("open", &meta_path, e))?;
+        let blk = open_rw(&blk_path, true).map_err(|e| serr("open", &blk_path, e))?;
+        let held_bytes = block_range(filesize, block, held_blocks).0;
+        if held_blocks == 0 {
+            part.set_len(0)
+                .map_err(|e| serr("truncate", &part_path, e))?;
+        }
+        let mut crcs = vec![0u32; n];
+        let mut valid = vec![false; n];
+        crcs[..held_blocks as usize].copy_from_slice(&crcs_held);
+        valid[..held_blocks as usize].fill(true);
+        let mut bp = BlockPart {
+            name: name.clone(),
+            filesize,
+            block,
+            crcs,
+            valid,
+            durable_blocks: held_blocks,
+            written_since: 0,
+            seq,
+            part,
+            meta,
+            blk,
+            part_path,
+            meta_path,
+            blk_path,
+            final_path: store.dir().join(name.as_str()),
+            dir: store.dir().to_path_buf(),
+            done: false,
+        };
+        if !matches!(recovery, Recovery::Trusted) {
+            // Write a fresh record for what we now vouch for.
+            let mut rec = encode_meta_head_as(&id, META_MAGIC_V2);
+            rec.resize(META_LEN, 0);
+            bp.meta
+                .set_len(0)
+                .map_err(|e| serr("truncate", &bp.meta_path, e))?;
+            bp.meta
+                .write_all_at(&rec, 0)
+                .map_err(|e| serr("write", &bp.meta_path, e))?;
+            let mut head = BLK_MAGIC.to_vec();
+            head.extend_from_slice(&block.to_be_bytes());
+            head.extend_from_slice(&(n as u64).to_be_bytes());
+            bp.blk
+                .set_len(0)
+                .map_err(|e| serr("truncate", &bp.blk_path, e))?;
+            bp.blk
+                .write_all_at(&head, 0)
+                .map_err(|e| serr("write", &bp.blk_path, e))?;
+            bp.seq = 0;
+            bp.write_record(held_bytes)?;
+            sync_dir(store.state_dir())?;
+        }
+        Ok((bp, recovery))
+    }
+
+    /// Bytes held: the good blocks from the start.
+    pub fn held(&self) -> u64 {
+        block_range(self.filesize, self.block, self.good_prefix()).0
+    }
+
+    /// CRC-32s of the held blocks.
+    pub fn held_crcs(&self) -> &[u32] {
+        &self.crcs[..self.good_prefix() as usize]
+    }
+
+    /// The block size in force.
+    pub fn block_size(&self) -> u64 {
+        self.block
+    }
+
+    fn good_prefix(&self) -> u64 {
+        self.valid
+            .iter()
+            .position(|v| !v)
+            .unwrap_or(self.valid.len()) as u64
+    }
+
+    /// Writes `data` at file offset `offset` (part of a block being received).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.part
+            .write_all_at(data, offset)
+            .map_err(|e| serr("write", &self.part_path, e))?;
+        self.written_since += data.len() as u64;
+        Ok(())
+    }
+
+    /// Records the outcome of block `idx`: its CRC-32 as received, and
+    /// whether that matched the CRC-32 the client sent with it. A damaged
+    /// block is marked missing, to be asked for again.
+    pub fn record_block(&mut self, idx: u64, crc: u32, good: bool) -> Result<()> {
+        let i = idx as usize;
+        self.crcs[i] = crc;
+        self.valid[i] = good;
+        if self.written_since >= CHECKPOINT_INTERVAL {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Blocks still missing or damaged.
+    pub fn missing(&self) -> Vec<u64> {
+        self.valid
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !**v)
+            .map(|(i, _)| i as u64)
+            .collect()
+    }
+
+    /// CRC-32 of the whole file as held (meaningful when nothing is missing).
+    pub fn whole_crc(&self) -> u32 {
+        combine(&self.crcs, self.filesize, self.block)
+    }
+
+    /// Makes the good prefix durable and records it.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let good = self.good_prefix();
+        if self.written_since == 0 && good == self.durable_blocks {
+            return Ok(());
+        }
+        crate::sys::fdatasync(&self.part).map_err(|e| serr("sync", &self.part_path, e))?;
+        self.written_since = 0;
+        let bytes = block_range(self.filesize, self.block, good).0;
+        self.write_record(bytes)?;
+        self.durable_blocks = good;
+        Ok(())
+    }
+
+    fn write_record(&mut self, held_bytes: u64) -> Result<()> {
+        let good = self.good_prefix() as usize;
+        let mut list = Vec::with_capacity(4 * good);
+        for c in &self.crcs[..good] {
+            list.extend_from_slice(&c.to_be_bytes());
+        }
+        self.blk
+            .write_all_at(&list, BLK_HEAD)
+            .and_then(|_| crate::sys::fdatasync(&self.blk))
+            .map_err(|e| serr("write", &self.blk_path, e))?;
+        let stamp = self
+            .part
+            .metadata()
+            .map(|m| PartStamp::of(&m))
+            .map_err(|e| serr("inspect", &self.part_path, e))?;
+        let cp = Checkpoint {
+            offset: held_bytes,
+            crc32: combine(&self.crcs[..good], self.filesize, self.block),
+        };
+        let seq = self.seq + 1;
+        let pos = (META_HEAD_LEN + (seq % 2) as usize * SLOT_LEN) as u64;
+        self.meta
+            .write_all_at(&encode_slot(seq, cp, stamp), pos)
+            .and_then(|_| crate::sys::fdatasync(&self.meta))
+            .map_err(|e| serr("write", &self.meta_path, e))?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Stores the complete, verified file under its final name (durably).
+    pub fn finish(&mut self) -> Result<()> {
+        self.part
+            .set_len(self.filesize)
+            .map_err(|e| serr("truncate", &self.part_path, e))?;
+        self.part
+            .sync_all()
+            .map_err(|e| serr("sync", &self.part_path, e))?;
+        fs::rename(&self.part_path, &self.final_path)
+            .map_err(|e| serr("rename into", &self.final_path, e))?;
+        self.done = true;
+        sync_dir(&self.dir)?;
+        let _ = fs::remove_file(&self.meta_path);
+        let _ = fs::remove_file(&self.blk_path);
+        Ok(())
+    }
+
+    /// Throws the held part away (after a failed verification).
+    pub fn discard(&mut self) {
+        self.done = true;
+        for p in [&self.part_path, &self.meta_path, &self.blk_path] {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &crate::SafeName {
+        &self.name
+    }
+}
+
+impl Drop for BlockPart {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.checkpoint();
+        }
+    }
+}
+
+fn read_blk(path: &std::path::Path, block: u64, count: usize) -> Option<Vec<u32>> {
+    let f = File::open(path).ok()?;
+    let mut head = [0u8; BLK_HEAD as usize];
+    f.read_exact_at(&mut head, 0).ok()?;
+    if &head[..8] != BLK_MAGIC || u64::from_be_bytes(head[8..16].try_into().ok()?) != block {
+        return None;
+    }
+    let mut list = vec![0u8; 4 * count];
+    f.read_exact_at(&mut list, BLK_HEAD).ok()?;
+    Some(
+        list.chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// Re-reads the first `blocks` blocks of the part and returns their CRC-32s
+/// (fewer if the part is shorter: only whole blocks that are there count).
+fn reread(path: &std::path::Path, filesize: u64, block: u64, blocks: u64) -> io::Result<Vec<u32>> {
+    let f = File::open(path)?;
+    crate::sys::advise_sequential(&f);
+    let len = f.metadata()?.len();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    for idx in 0..blocks {
+        let (off, blen) = block_range(filesize, block, idx);
+        if off + blen > len {
+            break;
+        }
+        let mut h = crc32fast::Hasher::new();
+        let mut pos = off;
+        while pos < off + blen {
+            let n = ((off + blen - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        out.push(h.finalize());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (PathBuf, Store) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bt-blocks-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        let s = Store::open(&d).unwrap();
+        (d, s)
+    }
+
+    fn put(bp: &mut BlockPart, data: &[u8], idx: u64) {
+        let (off, len) = block_range(data.len() as u64, bp.block, idx);
+        let chunk = &data[off as usize..(off + len) as usize];
+        bp.write_at(off, chunk).unwrap();
+        bp.record_block(idx, crc32fast::hash(chunk), true).unwrap();
+    }
+
+    #[test]
+    fn resume_trusts_the_record_and_rereads_a_modified_part() {
+        let (d, store) = setup();
+        let name = crate::SafeName::from_wire("b.bin").unwrap();
+        let block = 65536u64;
+        let data: Vec<u8> = (0..(5 * block + 100)).map(|i| (i % 253) as u8).collect();
+        let (mut bp, rec) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        assert_eq!(rec, Recovery::Fresh);
+        for i in 0..3 {
+            put(&mut bp, &data, i);
+        }
+        drop(bp);
+        let (bp, rec) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        assert_eq!(rec, Recovery::Trusted);
+        assert_eq!(bp.held(), 3 * block);
+        let expect: Vec<u32> = data
+            .chunks(block as usize)
+            .take(3)
+            .map(crc32fast::hash)
+            .collect();
+        assert_eq!(bp.held_crcs(), &expect[..]);
+        drop(bp);
+        // Damage block 1 on disk: the part is re-read and block 1 shows it.
+        let part = d
+            .join(".bigtransfer")
+            .join(format!("{}.part", key_of(&name)));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .unwrap()
+            .write_all_at(b"zz", block + 7)
+            .unwrap();
+        let (mut bp, rec) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        assert!(matches!(rec, Recovery::Reread(_)), "{rec:?}");
+        assert_eq!(bp.held_crcs()[0], expect[0]);
+        assert_ne!(bp.held_crcs()[1], expect[1]);
+        assert_eq!(bp.held_crcs()[2], expect[2]);
+        for i in [1, 3, 4, 5] {
+            put(&mut bp, &data, i);
+        }
+        assert!(bp.missing().is_empty());
+        assert_eq!(bp.whole_crc(), crc32fast::hash(&data));
+        bp.finish().unwrap();
+        assert_eq!(fs::read(d.join("b.bin")).unwrap(), data);
+        drop(store);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

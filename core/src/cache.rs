@@ -1,0 +1,230 @@
+//! The client's cache of block checksums, so a resumed upload does not read
+//! again what it already hashed.
+//!
+//! One small file per source file under the cache directory, keyed by the
+//! file's canonical path and valid only while its size, modification time
+//! and inode are unchanged. Writes are atomic (temporary file + rename) and
+//! every read is checked, so a damaged or stale entry is ignored, never
+//! trusted. Not for anything the server keeps.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"BTSUMS01";
+
+/// What is known of a source file's checksums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sums {
+    /// Block size of `blocks`.
+    pub block: u64,
+    /// CRC-32 of the first `blocks.len()` blocks.
+    pub blocks: Vec<u32>,
+    /// CRC-32 of the whole file, once known.
+    pub whole: Option<u32>,
+}
+
+/// Identity of a source file version: size, mtime (ns) and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: i64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl SourceStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &fs::Metadata) -> SourceStamp {
+        SourceStamp {
+            size: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// A cache directory.
+#[derive(Debug, Clone)]
+pub struct SumCache {
+    dir: PathBuf,
+}
+
+impl SumCache {
+    /// The default location: `$BIGTRANSFER_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/bigtransfer`, else `~/.cache/bigtransfer`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("BIGTRANSFER_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("bigtransfer")))
+            .or_else(|| env("HOME").map(|h| h.join(".cache").join("bigtransfer")))
+    }
+
+    /// A cache in `dir` (created when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> SumCache {
+        SumCache { dir: dir.into() }
+    }
+
+    fn entry_path(&self, canonical: &Path) -> PathBuf {
+        let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+        for b in canonical.as_os_str().as_bytes() {
+            h ^= *b as u128;
+            h = h.wrapping_mul(0x0000000001000000000000000000013B);
+        }
+        self.dir.join(format!("{h:032x}.sums"))
+    }
+
+    /// The cached checksums of `path` if they belong to this exact version
+    /// of it.
+    pub fn load(&self, path: &Path, stamp: SourceStamp) -> Option<Sums> {
+        let canonical = fs::canonicalize(path).ok()?;
+        let bytes = fs::read(self.entry_path(&canonical)).ok()?;
+        decode(&bytes, canonical.as_os_str().as_bytes(), stamp)
+    }
+
+    /// Records the checksums of `path` (best effort: a cache that cannot be
+    /// written only costs time later).
+    pub fn store(&self, path: &Path, stamp: SourceStamp, sums: &Sums) {
+        let Ok(canonical) = fs::canonicalize(path) else {
+            return;
+        };
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        let target = self.entry_path(&canonical);
+        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+        let bytes = encode(canonical.as_os_str().as_bytes(), stamp, sums);
+        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &target).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Encodes a cache entry (plain function over bytes, for tests).
+pub fn encode(path: &[u8], st: SourceStamp, s: &Sums) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&(path.len() as u32).to_be_bytes());
+    v.extend_from_slice(path);
+    for x in [
+        st.size,
+        st.mtime as u64,
+        st.mtime_nsec as u64,
+        st.ino,
+        s.block,
+        s.blocks.len() as u64,
+    ] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    for c in &s.blocks {
+        v.extend_from_slice(&c.to_be_bytes());
+    }
+    v.push(u8::from(s.whole.is_some()));
+    v.extend_from_slice(&s.whole.unwrap_or(0).to_be_bytes());
+    let crc = crc32fast::hash(&v);
+    v.extend_from_slice(&crc.to_be_bytes());
+    v
+}
+
+/// Decodes a cache entry, returning it only if it is intact and for this
+/// path and stamp.
+pub fn decode(bytes: &[u8], path: &[u8], st: SourceStamp) -> Option<Sums> {
+    let body = bytes.len().checked_sub(4)?;
+    if crc32fast::hash(&bytes[..body]) != u32::from_be_bytes(bytes[body..].try_into().ok()?) {
+        return None;
+    }
+    let mut r = &bytes[..body];
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if r.len() < n {
+            return None;
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Some(a)
+    };
+    if take(8)? != MAGIC {
+        return None;
+    }
+    let plen = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    if take(plen)? != path {
+        return None;
+    }
+    let mut u = || -> Option<u64> { Some(u64::from_be_bytes(take(8)?.try_into().ok()?)) };
+    let (size, mtime, nsec, ino, block, count) = (u()?, u()? as i64, u()? as i64, u()?, u()?, u()?);
+    if (SourceStamp {
+        size,
+        mtime,
+        mtime_nsec: nsec,
+        ino,
+    }) != st
+        || block == 0
+        || count > size.div_ceil(block)
+    {
+        return None;
+    }
+    let mut blocks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        blocks.push(u32::from_be_bytes(take(4)?.try_into().ok()?));
+    }
+    let known = take(1)?[0] == 1;
+    let whole = u32::from_be_bytes(take(4)?.try_into().ok()?);
+    Some(Sums {
+        block,
+        blocks,
+        whole: known.then_some(whole),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_reject_staleness_and_damage() {
+        let st = SourceStamp {
+            size: 10 << 20,
+            mtime: 5,
+            mtime_nsec: 6,
+            ino: 7,
+        };
+        let s = Sums {
+            block: 1 << 20,
+            blocks: vec![1, 2, 3],
+            whole: Some(9),
+        };
+        let e = encode(b"/a/b", st, &s);
+        assert_eq!(decode(&e, b"/a/b", st), Some(s.clone()));
+        assert_eq!(decode(&e, b"/a/c", st), None);
+        assert_eq!(
+            decode(
+                &e,
+                b"/a/b",
+                SourceStamp {
+                    mtime_nsec: 0,
+                    ..st
+                }
+            ),
+            None
+        );
+        let mut bad = e.clone();
+        bad[20] ^= 1;
+        assert_eq!(decode(&bad, b"/a/b", st), None);
+        assert_eq!(decode(&e[..e.len() - 1], b"/a/b", st), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(&b, b"/x", SourceStamp { size: 1, mtime: 0, mtime_nsec: 0, ino: 0 });
+        }
+    }
+}

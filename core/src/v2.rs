@@ -1,0 +1,570 @@
+//! Protocol version 2, as pure functions over bytes: block-verified resume,
+//! block-level repair and errors in words, negotiated so that version 1
+//! (`proto`) is untouched whenever either side is a legacy peer.
+//!
+//! Negotiation: the client adds `"bt": {"v": 2, "block": B}` to the legacy
+//! header (a legacy server ignores unknown keys). A version-2 server answers
+//! with [`MAGIC`] in place of the 8-byte offset: read as an offset it is
+//! larger than any legal file size, so a new client tells the two replies
+//! apart, and a legacy client never sees it because it never asks.
+//!
+//! Not for I/O: reading frames off a socket, files and retries belong to
+//! `client` and `server`. See `docs/PROTOCOL.md` for the exchange.
+
+use crate::json::{self, Number, Value};
+use crate::proto::{Header, MAX_HEADER_LEN};
+use crate::{Error, ErrorKind, Result};
+
+/// What a version-2 server sends instead of the legacy offset. As a u64 it
+/// is above `i64::MAX`, which no legal offset is.
+pub const MAGIC: [u8; 8] = [0xFF, b'B', b'T', b'v', b'2', 0, 0, 0];
+
+/// The protocol version this module implements.
+pub const VERSION: u64 = 2;
+
+/// Smallest and largest block size either side accepts.
+pub const MIN_BLOCK: u64 = 64 * 1024;
+/// See [`MIN_BLOCK`].
+pub const MAX_BLOCK: u64 = 256 << 20;
+
+/// Largest server frame payload (a block list of 4 M blocks).
+pub const MAX_SERVER_FRAME: usize = 16 << 20;
+
+/// How many blocks a file may have at most (the list stays under 64 KiB of
+/// CRCs for any file up to 16 TiB at the largest block size).
+const TARGET_BLOCKS: u64 = 16384;
+
+/// The block size for a file: 1 MiB up to 1 GiB (fine-grained repair), then
+/// 4 MiB, doubling past 64 GiB so the block list never exceeds 16384 entries
+/// (64 MiB blocks for a 1 TB file).
+///
+/// ```
+/// use bigtransfer_core::v2::block_size_for;
+/// assert_eq!(block_size_for(10), 1 << 20);
+/// assert_eq!(block_size_for(1 << 30), 1 << 20);
+/// assert_eq!(block_size_for(2 << 30), 4 << 20);
+/// assert_eq!(block_size_for(1_000_000_000_000), 64 << 20);
+/// ```
+pub fn block_size_for(filesize: u64) -> u64 {
+    if filesize <= 1 << 30 {
+        return 1 << 20;
+    }
+    let per = filesize.div_ceil(TARGET_BLOCKS);
+    per.next_power_of_two().clamp(4 << 20, MAX_BLOCK)
+}
+
+/// Number of blocks of a file (0 for an empty file).
+pub fn block_count(filesize: u64, block: u64) -> u64 {
+    filesize.div_ceil(block)
+}
+
+/// Byte range `(offset, len)` of block `idx`.
+pub fn block_range(filesize: u64, block: u64, idx: u64) -> (u64, u64) {
+    let off = idx.saturating_mul(block).min(filesize);
+    (off, block.min(filesize - off))
+}
+
+/// The CRC-32 of a whole file from the CRC-32s of its blocks, in order
+/// (no byte is read again).
+///
+/// ```
+/// use bigtransfer_core::v2::combine;
+/// let data = b"hello, world: a file of several blocks";
+/// let crcs: Vec<u32> = data.chunks(8).map(crc32fast::hash).collect();
+/// assert_eq!(combine(&crcs, data.len() as u64, 8), crc32fast::hash(data));
+/// ```
+pub fn combine(crcs: &[u32], filesize: u64, block: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (i, &c) in crcs.iter().enumerate() {
+        let (_, len) = block_range(filesize, block, i as u64);
+        h.combine(&crc32fast::Hasher::new_with_initial_len(c, len));
+    }
+    h.finalize()
+}
+
+/// The version-2 part of a client's header (the `"bt"` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The protocol version the client speaks.
+    pub version: u64,
+    /// The block size the client proposes.
+    pub block_size: u64,
+}
+
+/// Reads the `"bt"` key of a header already accepted by
+/// [`crate::proto::parse_header`]. `Ok(None)`: a legacy client. A `"bt"` key
+/// of the wrong shape is an error, since only a new client sends one.
+pub fn parse_offer(json_bytes: &[u8], filesize: u64) -> Result<Option<Offer>> {
+    let value = json::parse(json_bytes)?;
+    let Some(bt) = value.get("bt") else {
+        return Ok(None);
+    };
+    let num = |k: &str| {
+        bt.get(k).and_then(|v| {
+            if let Value::Number(n) = v {
+                n.as_u64()
+            } else {
+                None
+            }
+        })
+    };
+    let version =
+        num("v").ok_or_else(|| protocol("\"bt\".\"v\" must be a non-negative integer"))?;
+    if version < VERSION {
+        return Ok(None);
+    }
+    let block_size =
+        num("block").ok_or_else(|| protocol("\"bt\".\"block\" must be a non-negative integer"))?;
+    if !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(protocol(format!(
+            "block size {block_size} must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}"
+        )));
+    }
+    if block_count(filesize, block_size) > (MAX_SERVER_FRAME as u64 - 24) / 4 {
+        return Err(protocol(format!(
+            "block size {block_size} gives too many blocks for {filesize} bytes"
+        )));
+    }
+    Ok(Some(Offer {
+        version: VERSION,
+        block_size,
+    }))
+}
+
+/// Encodes a header frame with the version-2 offer: the legacy header (in
+/// the legacy key order) plus `"bt"`.
+///
+/// ```
+/// use bigtransfer_core::proto::{parse_header, Header};
+/// use bigtransfer_core::v2::{encode_header, parse_offer, Offer};
+/// let h = Header { filename: "a.bin".into(), filesize: 5, crc32: 0 };
+/// let frame = encode_header(&h, Offer { version: 2, block_size: 1 << 20 })?;
+/// assert_eq!(parse_header(&frame[4..])?, h);
+/// assert_eq!(parse_offer(&frame[4..], 5)?, Some(Offer { version: 2, block_size: 1 << 20 }));
+/// # Ok::<(), bigtransfer_core::Error>(())
+/// ```
+pub fn encode_header(h: &Header, offer: Offer) -> Result<Vec<u8>> {
+    let json = Value::Object(vec![
+        ("filename".to_owned(), Value::String(h.filename.clone())),
+        (
+            "filesize".to_owned(),
+            Value::Number(Number::from(h.filesize)),
+        ),
+        (
+            "crc32".to_owned(),
+            Value::Number(Number::from(u64::from(h.crc32))),
+        ),
+        (
+            "bt".to_owned(),
+            Value::Object(vec![
+                ("v".to_owned(), Value::Number(Number::from(offer.version))),
+                (
+                    "block".to_owned(),
+                    Value::Number(Number::from(offer.block_size)),
+                ),
+            ]),
+        ),
+    ])
+    .to_json();
+    if json.len() > MAX_HEADER_LEN {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the header would be over 64 KiB (file name too long?)",
+        ));
+    }
+    let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(json.as_bytes());
+    Ok(frame)
+}
+
+fn protocol(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Protocol, msg)
+}
+
+/// A message from a version-2 server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// What the server holds: the first `held` bytes, as blocks of
+    /// `block_size` with these CRC-32s (the last may be short).
+    Held {
+        /// Bytes held (a multiple of `block_size`, or the file size).
+        held: u64,
+        /// Block size in force.
+        block_size: u64,
+        /// CRC-32 of each held block, in order.
+        crcs: Vec<u32>,
+    },
+    /// The server refuses or has failed, and says why; it closes next.
+    Error(String),
+    /// The result after the client's end frame.
+    Verdict(Verdict),
+}
+
+/// The server's answer to an end frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every block verified and the file stored durably (`CRC32_OK`).
+    Ok,
+    /// These blocks arrived damaged or are missing: send them again.
+    Repair(Vec<u64>),
+    /// The upload failed (`CRC32_ERROR`), with the reason; the server has
+    /// discarded what it held.
+    Failed(String),
+}
+
+const TAG_HELD: u8 = b'H';
+const TAG_ERROR: u8 = b'X';
+const TAG_VERDICT: u8 = b'V';
+
+/// Encodes a server message as a frame: tag byte, u32 payload length, payload.
+pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
+    let (tag, mut payload) = match msg {
+        ServerMsg::Held {
+            held,
+            block_size,
+            crcs,
+        } => {
+            let mut p = Vec::with_capacity(20 + 4 * crcs.len());
+            p.extend_from_slice(&held.to_be_bytes());
+            p.extend_from_slice(&block_size.to_be_bytes());
+            p.extend_from_slice(&(crcs.len() as u32).to_be_bytes());
+            for c in crcs {
+                p.extend_from_slice(&c.to_be_bytes());
+            }
+            (TAG_HELD, p)
+        }
+        ServerMsg::Error(m) => (TAG_ERROR, m.as_bytes().to_vec()),
+        ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
+        ServerMsg::Verdict(Verdict::Repair(idx)) => {
+            let mut p = vec![1];
+            p.extend_from_slice(&(idx.len() as u32).to_be_bytes());
+            for i in idx {
+                p.extend_from_slice(&i.to_be_bytes());
+            }
+            (TAG_VERDICT, p)
+        }
+        ServerMsg::Verdict(Verdict::Failed(m)) => {
+            let mut p = vec![2];
+            p.extend_from_slice(m.as_bytes());
+            (TAG_VERDICT, p)
+        }
+    };
+    payload.truncate(MAX_SERVER_FRAME);
+    let mut f = vec![tag];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.append(&mut payload);
+    f
+}
+
+/// Decodes a server frame head (tag, payload length), checking both.
+pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT].contains(&head[0]) {
+        return Err(protocol(format!(
+            "unknown server frame type 0x{:02x}",
+            head[0]
+        )));
+    }
+    if len > MAX_SERVER_FRAME {
+        return Err(protocol(format!(
+            "server frame of {len} bytes is over the limit"
+        )));
+    }
+    Ok((head[0], len))
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Decodes a server frame's payload, given its tag.
+pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match tag {
+        TAG_HELD => {
+            if p.len() < 20 {
+                return Err(protocol("short held frame"));
+            }
+            let (held, block_size, n) = (
+                be_u64(&p[0..8]),
+                be_u64(&p[8..16]),
+                be_u32(&p[16..20]) as usize,
+            );
+            if p.len() != 20 + 4 * n {
+                return Err(protocol("held frame length does not match its block count"));
+            }
+            let crcs = p[20..].chunks_exact(4).map(be_u32).collect();
+            Ok(ServerMsg::Held {
+                held,
+                block_size,
+                crcs,
+            })
+        }
+        TAG_ERROR => Ok(ServerMsg::Error(text(p))),
+        TAG_VERDICT => match p.first() {
+            Some(0) if p.len() == 1 => Ok(ServerMsg::Verdict(Verdict::Ok)),
+            Some(1) if p.len() >= 5 => {
+                let n = be_u32(&p[1..5]) as usize;
+                if p.len() != 5 + 8 * n {
+                    return Err(protocol("repair frame length does not match its count"));
+                }
+                Ok(ServerMsg::Verdict(Verdict::Repair(
+                    p[5..].chunks_exact(8).map(be_u64).collect(),
+                )))
+            }
+            Some(2) => Ok(ServerMsg::Verdict(Verdict::Failed(text(&p[1..])))),
+            _ => Err(protocol("malformed verdict frame")),
+        },
+        t => Err(protocol(format!("unknown server frame type 0x{t:02x}"))),
+    }
+}
+
+/// A client frame, as announced by its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// `len` bytes of data for file offset `offset` follow, then their CRC-32.
+    Data {
+        /// Where the bytes go in the file (a block boundary).
+        offset: u64,
+        /// How many bytes follow (exactly one block).
+        len: u64,
+    },
+    /// The client is done; the whole file's CRC-32 as the client computed it.
+    End {
+        /// CRC-32 of the whole source file.
+        crc32: u32,
+    },
+}
+
+const TAG_DATA: u8 = b'D';
+const TAG_END: u8 = b'E';
+
+/// Length of the rest of a client frame head after its tag byte.
+pub fn client_head_len(tag: u8) -> Result<usize> {
+    match tag {
+        TAG_DATA => Ok(12),
+        TAG_END => Ok(4),
+        t => Err(protocol(format!("unknown client frame type 0x{t:02x}"))),
+    }
+}
+
+/// Encodes the head of a data frame (the data and its CRC-32 follow).
+pub fn encode_data_head(offset: u64, len: u32) -> [u8; 13] {
+    let mut h = [0u8; 13];
+    h[0] = TAG_DATA;
+    h[1..9].copy_from_slice(&offset.to_be_bytes());
+    h[9..13].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// Encodes the end frame.
+pub fn encode_end(crc32: u32) -> [u8; 5] {
+    let mut h = [TAG_END, 0, 0, 0, 0];
+    h[1..5].copy_from_slice(&crc32.to_be_bytes());
+    h
+}
+
+/// Decodes a client frame head and checks it against the file: a data
+/// frame must cover exactly one whole block. Returns the frame and, for
+/// data, the block index.
+pub fn parse_client_head(
+    tag: u8,
+    rest: &[u8],
+    filesize: u64,
+    block: u64,
+) -> Result<(ClientFrame, u64)> {
+    if rest.len() != client_head_len(tag)? {
+        return Err(protocol("short client frame head"));
+    }
+    match tag {
+        TAG_DATA => {
+            let offset = be_u64(&rest[0..8]);
+            let len = u64::from(be_u32(&rest[8..12]));
+            if offset % block != 0 || offset >= filesize {
+                return Err(protocol(format!(
+                    "data frame at offset {offset} is not a block of this file"
+                )));
+            }
+            let idx = offset / block;
+            if len != block_range(filesize, block, idx).1 {
+                return Err(protocol(format!(
+                    "data frame for block {idx} has {len} bytes, not one block"
+                )));
+            }
+            Ok((ClientFrame::Data { offset, len }, idx))
+        }
+        _ => Ok((
+            ClientFrame::End {
+                crc32: be_u32(rest),
+            },
+            0,
+        )),
+    }
+}
+
+/// Which blocks the client must send: those of the held part whose CRC-32
+/// differs from the source's (`source` has at least as many entries as
+/// `held_crcs`), then every block from the end of the held part on.
+///
+/// ```
+/// use bigtransfer_core::v2::plan;
+/// // 5 blocks, the server holds 3 and its block 1 differs.
+/// assert_eq!(plan(5, &[10, 99, 30], &[10, 20, 30]), vec![1, 3, 4]);
+/// ```
+pub fn plan(total_blocks: u64, held_crcs: &[u32], source: &[u32]) -> Vec<u64> {
+    let mut out: Vec<u64> = held_crcs
+        .iter()
+        .zip(source)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i as u64)
+        .collect();
+    out.extend(held_crcs.len() as u64..total_blocks);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn magic_is_never_a_legal_offset() {
+        assert!(u64::from_be_bytes(MAGIC) > i64::MAX as u64);
+    }
+
+    #[test]
+    fn block_sizes_keep_lists_small() {
+        for size in [
+            0u64,
+            1,
+            1 << 20,
+            (1 << 30) - 1,
+            1 << 30,
+            5 << 30,
+            1 << 40,
+            1 << 44,
+        ] {
+            let b = block_size_for(size);
+            assert!(b.is_power_of_two() && (MIN_BLOCK..=MAX_BLOCK).contains(&b));
+            let limit = if size <= 1 << 42 {
+                TARGET_BLOCKS
+            } else {
+                (MAX_SERVER_FRAME as u64 - 24) / 4
+            };
+            assert!(block_count(size, b) <= limit, "{size}");
+            if size < 1 << 30 {
+                assert!(b <= 4 << 20);
+            }
+        }
+    }
+
+    #[test]
+    fn offer_parsing() {
+        let h = br#"{"filename": "a", "filesize": 10, "crc32": 0}"#;
+        assert_eq!(parse_offer(h, 10).unwrap(), None);
+        let h = br#"{"filename": "a", "filesize": 10, "crc32": 0, "bt": {"v": 1}}"#;
+        assert_eq!(parse_offer(h, 10).unwrap(), None);
+        let h = br#"{"filename": "a", "filesize": 10, "crc32": 0, "bt": {"v": 3, "block": 65536}}"#;
+        assert_eq!(
+            parse_offer(h, 10).unwrap(),
+            Some(Offer {
+                version: 2,
+                block_size: 65536
+            })
+        );
+        for bad in [
+            &br#"{"filename": "a", "filesize": 10, "crc32": 0, "bt": {"v": 2, "block": 1000}}"#[..],
+            br#"{"filename": "a", "filesize": 10, "crc32": 0, "bt": {"v": 2}}"#,
+            br#"{"filename": "a", "filesize": 10, "crc32": 0, "bt": {"v": "2", "block": 65536}}"#,
+        ] {
+            assert!(parse_offer(bad, 10).is_err());
+        }
+    }
+
+    #[test]
+    fn data_frames_must_be_whole_blocks() {
+        let (fs, b) = (2 * 65536 + 5, 65536);
+        let h = encode_data_head(65536, 65536);
+        assert_eq!(
+            parse_client_head(h[0], &h[1..], fs, b).unwrap(),
+            (
+                ClientFrame::Data {
+                    offset: 65536,
+                    len: 65536
+                },
+                1
+            )
+        );
+        let h = encode_data_head(2 * 65536, 5);
+        assert_eq!(parse_client_head(h[0], &h[1..], fs, b).unwrap().1, 2);
+        for (off, len) in [(1, 65536), (65536, 65535), (3 * 65536, 5), (2 * 65536, 6)] {
+            let h = encode_data_head(off, len);
+            assert!(
+                parse_client_head(h[0], &h[1..], fs, b).is_err(),
+                "{off} {len}"
+            );
+        }
+        let e = encode_end(77);
+        assert_eq!(
+            parse_client_head(e[0], &e[1..], fs, b).unwrap().0,
+            ClientFrame::End { crc32: 77 }
+        );
+        assert!(client_head_len(b'Z').is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn server_messages_round_trip(held in any::<u64>(), bs in any::<u64>(), crcs in proptest::collection::vec(any::<u32>(), 0..50),
+                                      idx in proptest::collection::vec(any::<u64>(), 0..50), msg in ".{0,40}") {
+            for m in [
+                ServerMsg::Held { held, block_size: bs, crcs: crcs.clone() },
+                ServerMsg::Error(msg.clone()),
+                ServerMsg::Verdict(Verdict::Ok),
+                ServerMsg::Verdict(Verdict::Repair(idx.clone())),
+                ServerMsg::Verdict(Verdict::Failed(msg.clone())),
+            ] {
+                let f = encode_server_msg(&m);
+                let (tag, len) = parse_server_head([f[0], f[1], f[2], f[3], f[4]]).unwrap();
+                prop_assert_eq!(len, f.len() - 5);
+                prop_assert_eq!(parse_server_msg(tag, &f[5..]).unwrap(), m);
+            }
+        }
+
+        #[test]
+        fn parsers_never_panic(tag in any::<u8>(), bytes in proptest::collection::vec(any::<u8>(), 0..64), fs in any::<u64>()) {
+            let _ = parse_server_msg(tag, &bytes);
+            if bytes.len() >= 5 {
+                let _ = parse_server_head([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]);
+            }
+            let _ = parse_client_head(tag, &bytes, fs, 65536);
+            let _ = parse_offer(&bytes, fs);
+        }
+
+        #[test]
+        fn combine_matches_one_pass(data in proptest::collection::vec(any::<u8>(), 0..2000), bexp in 0u32..8) {
+            let b = 1u64 << bexp;
+            let crcs: Vec<u32> = data.chunks(b as usize).map(crc32fast::hash).collect();
+            prop_assert_eq!(combine(&crcs, data.len() as u64, b), crc32fast::hash(&data));
+        }
+
+        #[test]
+        fn plan_sends_exactly_what_differs_or_is_missing(n in 0u64..40, held_n in 0usize..40, seed in any::<u64>()) {
+            let held_n = held_n.min(n as usize);
+            let source: Vec<u32> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761)).collect();
+            let held: Vec<u32> = source[..held_n].iter().enumerate()
+                .map(|(i, &c)| if (seed >> (i % 64)) & 1 == 1 { c ^ 1 } else { c }).collect();
+            let p = plan(n, &held, &source);
+            for i in 0..n {
+                let must = (i as usize) >= held_n || held[i as usize] != source[i as usize];
+                prop_assert_eq!(p.contains(&i), must);
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Protocol 2 between new peers: block-verified resume, block repair,
+//! errors in words, the checksum cache; and protocol 1 for comparison.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Starts a client in the background, rate-limited, and kills it once the
+/// server holds at least `at` bytes.
+fn interrupted_upload(srv: &ServerProc, src: &std::path::Path, at: u64, extra: &[&str]) {
+    let mut c = Command::new(BIN)
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--limit-rate",
+            "30M",
+        ])
+        .args(extra)
+        .arg(src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || held_part_len(&srv.dir) >= at),
+        "no progress"
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+    wait_child(&mut c, LONG).unwrap();
+    assert!(
+        srv.log.wait_for("held part kept", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn new_peers_speak_protocol_2_and_legacy_mode_speaks_1() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("p.bin");
+    write_random(&src, 3 * MIB + 11, 70);
+    let out = send(&srv, &src, &["--no-cache"]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "protocol"), 2);
+    assert_eq!(field(&out, "bytes_sent"), 3 * MIB + 11);
+    assert_eq!(
+        field(&out, "bytes_hashed"),
+        0,
+        "protocol 2 needs no hashing pass before sending"
+    );
+    let out = send(&srv, &src, &["--legacy", "--no-cache"]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "protocol"), 1);
+    assert_eq!(field(&out, "bytes_hashed"), 3 * MIB + 11);
+    assert_same_file(&src, &t.path().join("store/p.bin"));
+}
+
+#[test]
+fn a_changed_source_resends_only_the_changed_block() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("changed.bin");
+    let size = 40 * MIB + 5;
+    write_random(&src, size, 71);
+    interrupted_upload(&srv, &src, 12 * MIB, &[]);
+    let held = held_part_len(&srv.dir);
+    // Same size, one byte changed in the middle of what the server holds.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(b"!", 5 * MIB + 123).unwrap();
+    drop(f);
+    let out = send(&srv, &src, &[]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "blocks_resent"), 1);
+    assert_eq!(field(&out, "resumed_from"), held - MIB);
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        MIB + (size - held),
+        "only the changed block and the missing part travel"
+    );
+    assert_same_file(&src, &t.path().join("store/changed.bin"));
+}
+
+#[test]
+fn a_corrupted_held_block_is_resent_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("rot.bin");
+    let size = 40 * MIB + 77;
+    write_random(&src, size, 72);
+    interrupted_upload(&srv, &src, 12 * MIB, &[]);
+    let held = held_part_len(&srv.dir);
+    let part = held_parts(&srv.dir).pop().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&part)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 3 * MIB + 999).unwrap();
+    f.write_all_at(&[b[0] ^ 1], 3 * MIB + 999).unwrap();
+    drop(f);
+    let out = send(&srv, &src, &[]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "blocks_resent"), 1);
+    assert_eq!(field(&out, "bytes_sent"), MIB + (size - held));
+    assert_eq!(field(&out, "attempts"), 1);
+    assert!(
+        srv.log.text().contains("re-read its blocks"),
+        "{}",
+        srv.log.text()
+    );
+    assert_same_file(&src, &t.path().join("store/rot.bin"));
+}
+
+/// A loopback proxy that flips one bit at byte `at` of the client-to-server
+/// stream of its first connection. Serves at most `max` connections within
+/// a minute, then stops by itself.
+fn flip_proxy(target: SocketAddr, at: u64, max: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    let flipped = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut served = 0;
+        while served < max && Instant::now() < end {
+            let Ok((client, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            served += 1;
+            client.set_nonblocking(false).unwrap();
+            let server = TcpStream::connect(target).unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+            let flipped = Arc::clone(&flipped);
+            std::thread::spawn(move || {
+                let (mut client, mut server) = (client, server);
+                let mut pos = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if pos <= at && at < pos + n as u64 && !flipped.swap(true, Ordering::SeqCst) {
+                        buf[(at - pos) as usize] ^= 0x10;
+                    }
+                    pos += n as u64;
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_bit_flipped_on_the_wire_is_repaired_not_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("flip.bin");
+    let size = 8 * MIB + 3;
+    write_random(&src, size, 73);
+    for legacy in [false, true] {
+        let proxy = flip_proxy(srv.addr, 5 * MIB + MIB / 2, 4);
+        let port = proxy.port().to_string();
+        let mut args = vec![
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--json",
+            "--quiet",
+            "--no-cache",
+        ];
+        if legacy {
+            args.push("--legacy");
+        }
+        args.push(src.to_str().unwrap());
+        let out = client(&args, b"", &[]);
+        assert_ok(&out);
+        if legacy {
+            assert_eq!(field(&out, "attempts"), 2, "protocol 1 can only start over");
+            assert_eq!(field(&out, "bytes_sent"), 2 * size);
+        } else {
+            assert_eq!(field(&out, "attempts"), 1);
+            assert_eq!(field(&out, "repairs"), 1);
+            assert_eq!(field(&out, "blocks_resent"), 1);
+            assert_eq!(
+                field(&out, "bytes_sent"),
+                size + MIB,
+                "only the damaged block is sent again"
+            );
+        }
+        assert_same_file(&src, &t.path().join("store/flip.bin"));
+    }
+    assert!(
+        srv.log.text().contains("arrived damaged"),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn the_cache_spares_rehashing_on_resume_in_both_modes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let cache = t.path().join("cache");
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let src = t.path().join("cached.bin");
+    let size = 64 * MIB + 9;
+    write_random(&src, size, 74);
+    for legacy in [false, true] {
+        let srv = ServerProc::start(&store, &[]);
+        let port = srv.port();
+        let mut args = vec![
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--quiet",
+            "--retries",
+            "0",
+        ];
+        args.extend(["--limit-rate", "40M", "--cache-dir", &cache_arg]);
+        if legacy {
+            args.push("--legacy");
+        }
+        let mut c = Command::new(BIN)
+            .args(&args)
+            .arg(&src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Past the first 32 MiB checkpoint, so the restarted server holds something.
+        assert!(
+            wait_until(LONG, || held_part_len(&store) >= 40 * MIB),
+            "no progress"
+        );
+        // The server dies; the client notices, records its checksums, exits 4.
+        srv.kill9();
+        assert_eq!(wait_child(&mut c, LONG).and_then(|s| s.code()), Some(4));
+        let srv = ServerProc::start(&store, &[]);
+        let mut args = vec!["--cache-dir", cache_arg.as_str()];
+        if legacy {
+            args.push("--legacy");
+        }
+        let out = send(&srv, &src, &args);
+        assert_ok(&out);
+        assert_eq!(
+            field(&out, "bytes_hashed"),
+            0,
+            "the second run must not hash again (legacy: {legacy})"
+        );
+        assert_eq!(
+            field(&out, "bytes_read"),
+            field(&out, "bytes_sent"),
+            "reads only what it sends"
+        );
+        assert!(field(&out, "resumed_from") > 0);
+        assert_same_file(&src, &store.join("cached.bin"));
+        std::fs::remove_file(store.join("cached.bin")).unwrap();
+        drop(srv);
+    }
+}
+
+#[test]
+fn refusals_come_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--max-file-size", "1M"]);
+    let src = t.path().join("toobig.bin");
+    write_random(&src, 2 * MIB, 75);
+    let out = send(&srv, &src, &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("server: refused toobig.bin: 2097152 bytes is over the limit of 1048576"),
+        "{}",
+        stderr(&out)
+    );
+    // A legacy client gets only a closed connection, as the contract says.
+    let out = send(&srv, &src, &["--legacy", "--retries", "0"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    // A refused name, in words.
+    let out = send(&srv, &src, &["--name", "..", "--retries", "0"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused file name"),
+        "{}",
+        stderr(&out)
+    );
+}
