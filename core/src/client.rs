@@ -834,7 +834,18 @@ fn session_v2(
     let mut send =
         |idx: u64, src: &mut Source, t: &mut Tally, stream: &mut TcpStream| -> Result<u32> {
             check_for_server_error(stream)?;
-            let c = read_block(src, idx, &mut buf, Some(stream), t)?;
+            let c = match read_block(src, idx, &mut buf, Some(stream), t) {
+                Ok(c) => c,
+                // The server may have said why it cut us off: prefer its words.
+                Err(e) if e.kind() == ErrorKind::ConnectionLost => {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                    return Err(match read_server_msg(stream, "reading the server's message") {
+                        Ok(v2::ServerMsg::Error(m)) => server_said(m),
+                        _ => e,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             t.first_byte.get_or_insert_with(|| t.started.elapsed());
             Ok(c)
         };

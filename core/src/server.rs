@@ -209,6 +209,9 @@ struct Conn {
 struct Claimant {
     conn_id: u64,
     stream: TcpStream,
+    /// Set once this connection's protocol-2 exchange has begun, so a
+    /// takeover can tell it why it is being ended (in a frame it parses).
+    in_v2: Arc<AtomicBool>,
 }
 
 fn default_logger() -> Logger {
@@ -478,6 +481,7 @@ struct Claim<'a> {
     sh: &'a Shared,
     name: SafeName,
     conn_id: u64,
+    in_v2: Arc<AtomicBool>,
 }
 
 impl Drop for Claim<'_> {
@@ -512,6 +516,11 @@ fn claim<'a>(
             (sh.logger)(&format!(
                 "{peer}: {name}: taking over from an older connection for the same name"
             ));
+            if old.in_v2.load(Ordering::SeqCst) {
+                let msg =
+                    format!("another connection (from {peer}) took over the upload of {name}");
+                let _ = (&old.stream).write_all(&v2::encode_server_msg(&v2::ServerMsg::Error(msg)));
+            }
             let _ = old.stream.shutdown(Shutdown::Both);
             announced = true;
         }
@@ -531,11 +540,20 @@ fn claim<'a>(
     let s = stream
         .try_clone()
         .map_err(|e| Error::io(ErrorKind::Storage, "cannot track connection", e))?;
-    claims.insert(name.clone(), Claimant { conn_id, stream: s });
+    let in_v2 = Arc::new(AtomicBool::new(false));
+    claims.insert(
+        name.clone(),
+        Claimant {
+            conn_id,
+            stream: s,
+            in_v2: Arc::clone(&in_v2),
+        },
+    );
     Ok(Claim {
         sh,
         name: name.clone(),
         conn_id,
+        in_v2,
     })
 }
 
@@ -595,7 +613,7 @@ fn handle_connection(
     if let Some(offer) = offer {
         let claim = claim(sh, &name, conn_id, &stream, peer);
         return match claim {
-            Ok(_claim) => serve_v2(sh, &mut stream, peer, &header, &name, offer),
+            Ok(claim) => serve_v2(sh, &mut stream, peer, &header, &name, offer, &claim.in_v2),
             Err(e) => {
                 say_error(&mut stream, &e.to_string(), true);
                 Err(e)
@@ -793,6 +811,7 @@ fn serve_v2(
     header: &proto::Header,
     name: &SafeName,
     offer: v2::Offer,
+    in_v2: &AtomicBool,
 ) -> Result<()> {
     let filesize = header.filesize;
     let block = offer.block_size;
@@ -836,6 +855,7 @@ fn serve_v2(
     stream
         .write_all(&hello)
         .map_err(|e| net_err(e, "sending the held block list"))?;
+    in_v2.store(true, Ordering::SeqCst);
 
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut rounds = 0u32;

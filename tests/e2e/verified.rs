@@ -313,3 +313,49 @@ fn refusals_come_in_words() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_takeover_is_explained_to_the_older_client() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("twice.bin");
+    let size = 32 * MIB;
+    write_random(&src, size, 76);
+    let mut older = Command::new(BIN)
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--no-cache",
+        ])
+        .args(["--limit-rate", "10M"])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB),
+        "no progress"
+    );
+    let out = send(&srv, &src, &["--no-cache"]);
+    assert_ok(&out);
+    assert!(
+        field(&out, "resumed_from") >= 2 * MIB,
+        "the newcomer resumes what the older one sent"
+    );
+    let status = wait_child(&mut older, LONG).expect("older client hung");
+    let mut err = String::new();
+    older
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(err.contains("took over the upload of twice.bin"), "{err}");
+    assert_same_file(&src, &t.path().join("store/twice.bin"));
+}
