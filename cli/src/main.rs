@@ -76,6 +76,46 @@ struct ServerArgs {
     /// Refuse uploads larger than this (e.g. 100G) [default: no limit].
     #[arg(long, value_parser = parse::size)]
     max_file_size: Option<u64>,
+    /// Refuse uploads that would leave less free space than this (e.g. 10G).
+    #[arg(long, value_parser = parse::size, default_value = "0")]
+    min_free: u64,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// With a token: also admit legacy clients, which cannot authenticate.
+    #[arg(long)]
+    allow_legacy: bool,
+}
+
+/// The shared token, from a file, the environment, or (visible in `ps`)
+/// the command line.
+#[derive(clap::Args)]
+struct AuthArgs {
+    /// Read the shared token from this file (preferred: it stays out of `ps`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The shared token itself (visible to other users in `ps`; prefer
+    /// --token-file or the BIGTRANSFER_TOKEN environment variable).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl AuthArgs {
+    fn load(&self) -> Result<Option<bigtransfer_core::auth::Token>, bigtransfer_core::Error> {
+        use bigtransfer_core::auth::Token;
+        if let Some(f) = &self.token_file {
+            return Token::from_file(f).map(Some);
+        }
+        if let Some(t) = &self.token {
+            return Token::new(t.clone().into_bytes()).map(Some);
+        }
+        match std::env::var_os("BIGTRANSFER_TOKEN") {
+            Some(t) if !t.is_empty() => {
+                use std::os::unix::ffi::OsStringExt;
+                Token::new(t.into_vec()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -104,6 +144,8 @@ struct ClientArgs {
     /// Store the file under this name on the server [default: its base name].
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Speak only the legacy protocol (version 1), as the original client did.
     #[arg(long)]
     legacy: bool,
@@ -154,7 +196,17 @@ fn run_server(a: ServerArgs) -> ExitCode {
     cfg.header_timeout = a.header_timeout;
     cfg.expire_partial = (!a.expire_partial.is_zero()).then_some(a.expire_partial);
     cfg.max_file_size = a.max_file_size;
+    cfg.min_free = a.min_free;
+    cfg.allow_legacy = a.allow_legacy;
+    cfg.token = match a.auth.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let dir = cfg.dir.clone();
+    let (auth_on, allow_legacy) = (cfg.token.is_some(), cfg.allow_legacy);
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -173,6 +225,16 @@ fn run_server(a: ServerArgs) -> ExitCode {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     eprintln!("storing into {}", dir.display());
+    if auth_on {
+        eprintln!(
+            "authentication: token required; legacy clients {}",
+            if allow_legacy {
+                "admitted without authentication (--allow-legacy)"
+            } else {
+                "refused"
+            }
+        );
+    }
     match server.serve() {
         Ok(()) => {
             let s = server.stats();
@@ -214,6 +276,13 @@ fn run_client(a: ClientArgs) -> ExitCode {
             }
         };
     let mut opts = SendOptions::new(answers.host.clone(), answers.port);
+    opts.token = match a.auth.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     opts.retries = a.retries;
     opts.io_timeout = a.timeout;
     opts.connect_timeout = a.connect_timeout;

@@ -63,6 +63,8 @@ pub struct SendOptions {
     pub remote_name: Option<String>,
     /// Which protocol to speak.
     pub protocol: Protocol,
+    /// The shared token for servers that require authentication.
+    pub token: Option<crate::auth::Token>,
     /// Where to cache block checksums of sent files, so a resumed upload
     /// does not re-read what it already hashed (`None`: no cache). The
     /// default is [`SumCache::default_dir`].
@@ -89,6 +91,7 @@ impl SendOptions {
             limit_rate: None,
             remote_name: None,
             protocol: Protocol::Auto,
+            token: None,
             cache_dir: SumCache::default_dir(),
         }
     }
@@ -569,8 +572,23 @@ fn attempt(
         .map_err(|e| lost(e, "waiting for the resume offset"))?;
     if first == v2::MAGIC {
         t.protocol = 2;
+        let mut msg = read_server_msg(&mut stream, "waiting for the server's block list")?;
+        if let v2::ServerMsg::Challenge(nonce) = msg {
+            let Some(token) = &opts.token else {
+                return Err(Error::new(
+                    ErrorKind::Refused,
+                    "the server requires a token: give it with --token-file or BIGTRANSFER_TOKEN",
+                ));
+            };
+            let answer = token.answer(&nonce, &frame[4..]);
+            stream
+                .write_all(&v2::encode_answer(&answer))
+                .map_err(|e| lost(e, "answering the challenge"))?;
+            msg = read_server_msg(&mut stream, "waiting for the server's block list")?;
+        }
         return session_v2(
             &mut stream,
+            msg,
             addr,
             path,
             src,
@@ -762,6 +780,7 @@ fn read_block(
 #[allow(clippy::too_many_arguments)]
 fn session_v2(
     stream: &mut TcpStream,
+    first: v2::ServerMsg,
     addr: SocketAddr,
     path: &Path,
     src: &mut Source,
@@ -772,21 +791,20 @@ fn session_v2(
     rate: Option<u64>,
 ) -> Result<Reply> {
     let size = src.size();
-    let (held, block, server_crcs) =
-        match read_server_msg(stream, "waiting for the server's block list")? {
-            v2::ServerMsg::Held {
-                held,
-                block_size,
-                crcs,
-            } => (held, block_size, crcs),
-            v2::ServerMsg::Error(m) => return Err(server_said(m)),
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("unexpected first message: {other:?}"),
-                ))
-            }
-        };
+    let (held, block, server_crcs) = match first {
+        v2::ServerMsg::Held {
+            held,
+            block_size,
+            crcs,
+        } => (held, block_size, crcs),
+        v2::ServerMsg::Error(m) => return Err(server_said(m)),
+        other => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("unexpected first message: {other:?}"),
+            ))
+        }
+    };
     let nblocks = v2::block_count(size, src.block);
     if block != src.block || held > size || server_crcs.len() as u64 > nblocks {
         return Err(Error::new(
@@ -839,10 +857,12 @@ fn session_v2(
                 // The server may have said why it cut us off: prefer its words.
                 Err(e) if e.kind() == ErrorKind::ConnectionLost => {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    return Err(match read_server_msg(stream, "reading the server's message") {
-                        Ok(v2::ServerMsg::Error(m)) => server_said(m),
-                        _ => e,
-                    });
+                    return Err(
+                        match read_server_msg(stream, "reading the server's message") {
+                            Ok(v2::ServerMsg::Error(m)) => server_said(m),
+                            _ => e,
+                        },
+                    );
                 }
                 Err(e) => return Err(e),
             };
@@ -919,7 +939,7 @@ fn session_v2(
                     ));
                 }
             }
-            v2::ServerMsg::Held { .. } => {
+            v2::ServerMsg::Held { .. } | v2::ServerMsg::Challenge(_) => {
                 return Err(Error::new(ErrorKind::Protocol, "unexpected block list"))
             }
         }

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod blocks;
 pub mod cache;
 pub mod client;

@@ -59,6 +59,13 @@ pub struct ServerConfig {
     pub max_file_size: Option<u64>,
     /// Where log lines go. `None`: standard error, with a timestamp.
     pub logger: Option<Logger>,
+    /// When set, only clients proving knowledge of this token (protocol 2
+    /// challenge-response) may upload.
+    pub token: Option<crate::auth::Token>,
+    /// With a token: also admit legacy clients, which cannot authenticate.
+    pub allow_legacy: bool,
+    /// Refuse an upload that would leave less than this many bytes free.
+    pub min_free: u64,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -72,6 +79,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("header_timeout", &self.header_timeout)
             .field("expire_partial", &self.expire_partial)
             .field("max_file_size", &self.max_file_size)
+            .field("token", &self.token)
+            .field("allow_legacy", &self.allow_legacy)
+            .field("min_free", &self.min_free)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +107,9 @@ impl ServerConfig {
             expire_partial: Some(Duration::from_secs(7 * 24 * 3600)),
             max_file_size: None,
             logger: None,
+            token: None,
+            allow_legacy: false,
+            min_free: 0,
         }
     }
 }
@@ -610,12 +623,33 @@ fn handle_connection(
     stream
         .set_read_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
+    let mut magic_sent = false;
+    if let Some(token) = &sh.cfg.token {
+        if offer.is_none() && !sh.cfg.allow_legacy {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                "refused a legacy (unauthenticated) client: this server requires a token (--allow-legacy admits legacy clients)",
+            ));
+        }
+        if offer.is_some() {
+            authenticate(sh, &mut stream, token, &json)?;
+            magic_sent = true;
+        }
+    }
     if let Some(offer) = offer {
         let claim = claim(sh, &name, conn_id, &stream, peer);
         return match claim {
-            Ok(claim) => serve_v2(sh, &mut stream, peer, &header, &name, offer, &claim.in_v2),
+            Ok(claim) => serve_v2(
+                sh,
+                &mut stream,
+                peer,
+                header.filesize,
+                offer,
+                &claim,
+                magic_sent,
+            ),
             Err(e) => {
-                say_error(&mut stream, &e.to_string(), true);
+                say_error(&mut stream, &e.to_string(), !magic_sent);
                 Err(e)
             }
         };
@@ -635,17 +669,7 @@ fn handle_connection(
         ));
     }
     let offset = held.offset();
-    let needed = header.filesize - offset;
-    let avail = sh.store.available_space()?;
-    if needed > avail {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            format!(
-                "refused {name}: needs {needed} more bytes, only {avail} free in {}",
-                sh.store.dir().display()
-            ),
-        ));
-    }
+    check_space(sh, &name, header.filesize - offset)?;
     (sh.logger)(&format!(
         "{peer}: receiving {name} ({} bytes) from offset {offset}",
         header.filesize
@@ -800,6 +824,69 @@ fn say_error(stream: &mut TcpStream, msg: &str, before_offer: bool) {
     }
 }
 
+/// Refuses an upload that needs more than the free space, or would leave
+/// less than `--min-free`, before a byte of it is stored.
+fn check_space(sh: &Shared, name: &SafeName, needed: u64) -> Result<()> {
+    let avail = sh.store.available_space()?;
+    if needed > avail {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("refused {name}: needs {needed} more bytes, only {avail} free on the server"),
+        ));
+    }
+    if avail - needed < sh.cfg.min_free {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "refused {name}: it would leave {} bytes free, under the server's minimum of {} (--min-free)",
+                avail - needed,
+                sh.cfg.min_free
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Challenges a protocol-2 client to prove it knows the token, before
+/// anything is claimed or stored. Every refusal is logged with the peer.
+fn authenticate(
+    sh: &Shared,
+    stream: &mut TcpStream,
+    token: &crate::auth::Token,
+    header: &[u8],
+) -> Result<()> {
+    let nonce = crate::auth::nonce()?;
+    let mut out = v2::MAGIC.to_vec();
+    out.extend_from_slice(&v2::encode_server_msg(&v2::ServerMsg::Challenge(nonce)));
+    stream
+        .write_all(&out)
+        .map_err(|e| net_err(e, "sending the challenge"))?;
+    let _ = stream.set_read_timeout(Some(sh.cfg.header_timeout.min(sh.cfg.idle_timeout)));
+    let mut tag = [0u8; 1];
+    stream
+        .read_exact(&mut tag)
+        .map_err(|e| net_err(e, "waiting for the answer to the challenge"))?;
+    let mut answer = [0u8; crate::auth::ANSWER_LEN];
+    if tag[0] != b'A' {
+        let e = Error::new(
+            ErrorKind::Refused,
+            "authentication failed: the client did not answer the challenge",
+        );
+        say_error(stream, &e.to_string(), false);
+        return Err(e);
+    }
+    stream
+        .read_exact(&mut answer)
+        .map_err(|e| net_err(e, "reading the answer to the challenge"))?;
+    let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
+    if !token.check(&nonce, header, &answer) {
+        let e = Error::new(ErrorKind::Refused, "authentication failed: wrong token");
+        say_error(stream, &e.to_string(), false);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Most rounds of block repair before an upload is declared failed.
 pub const MAX_REPAIR_ROUNDS: u32 = 5;
 
@@ -808,17 +895,17 @@ fn serve_v2(
     sh: &Shared,
     stream: &mut TcpStream,
     peer: SocketAddr,
-    header: &proto::Header,
-    name: &SafeName,
+    filesize: u64,
     offer: v2::Offer,
-    in_v2: &AtomicBool,
+    claim: &Claim,
+    magic_sent: bool,
 ) -> Result<()> {
-    let filesize = header.filesize;
+    let (name, in_v2) = (&claim.name, &claim.in_v2);
     let block = offer.block_size;
     let (mut bp, recovery) = match BlockPart::begin(&sh.store, name, filesize, block) {
         Ok(x) => x,
         Err(e) => {
-            say_error(stream, &format!("server storage error: {e}"), true);
+            say_error(stream, &format!("server storage error: {e}"), !magic_sent);
             return Err(e);
         }
     };
@@ -832,21 +919,19 @@ fn serve_v2(
         _ => {}
     }
     let held = bp.held();
-    let needed = filesize - held;
-    let avail = sh.store.available_space()?;
-    if needed > avail {
-        let e = Error::new(
-            ErrorKind::Refused,
-            format!("refused {name}: needs {needed} more bytes, only {avail} free on the server"),
-        );
-        say_error(stream, &e.to_string(), true);
+    if let Err(e) = check_space(sh, name, filesize - held) {
+        say_error(stream, &e.to_string(), !magic_sent);
         return Err(e);
     }
     (sh.logger)(&format!(
         "{peer}: receiving {name} ({filesize} bytes, protocol 2, blocks of {block}); holds {held} bytes in {} verified blocks",
         bp.held_crcs().len()
     ));
-    let mut hello = v2::MAGIC.to_vec();
+    let mut hello = if magic_sent {
+        Vec::new()
+    } else {
+        v2::MAGIC.to_vec()
+    };
     hello.extend_from_slice(&v2::encode_server_msg(&v2::ServerMsg::Held {
         held,
         block_size: block,
@@ -933,6 +1018,13 @@ fn serve_v2(
                     ));
                 }
                 bp.record_block(idx, got, good)?;
+            }
+            v2::ClientFrame::Answer(_) => {
+                return Err(fail_v2(
+                    stream,
+                    &mut bp,
+                    Error::new(ErrorKind::Protocol, "unexpected answer frame"),
+                ));
             }
             v2::ClientFrame::End { crc32 } => {
                 let missing = bp.missing();

@@ -196,6 +196,9 @@ pub enum ServerMsg {
     },
     /// The server refuses or has failed, and says why; it closes next.
     Error(String),
+    /// The server requires authentication: answer this nonce (see
+    /// [`crate::auth`]).
+    Challenge([u8; crate::auth::NONCE_LEN]),
     /// The result after the client's end frame.
     Verdict(Verdict),
 }
@@ -215,6 +218,7 @@ pub enum Verdict {
 const TAG_HELD: u8 = b'H';
 const TAG_ERROR: u8 = b'X';
 const TAG_VERDICT: u8 = b'V';
+const TAG_CHALLENGE: u8 = b'C';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -234,6 +238,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             (TAG_HELD, p)
         }
         ServerMsg::Error(m) => (TAG_ERROR, m.as_bytes().to_vec()),
+        ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
         ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
         ServerMsg::Verdict(Verdict::Repair(idx)) => {
             let mut p = vec![1];
@@ -259,7 +264,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
 /// Decodes a server frame head (tag, payload length), checking both.
 pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT].contains(&head[0]) {
+    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT, TAG_CHALLENGE].contains(&head[0]) {
         return Err(protocol(format!(
             "unknown server frame type 0x{:02x}",
             head[0]
@@ -307,6 +312,10 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
             })
         }
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
+        TAG_CHALLENGE => p
+            .try_into()
+            .map(ServerMsg::Challenge)
+            .map_err(|_| protocol("a challenge must be 32 bytes")),
         TAG_VERDICT => match p.first() {
             Some(0) if p.len() == 1 => Ok(ServerMsg::Verdict(Verdict::Ok)),
             Some(1) if p.len() >= 5 => {
@@ -340,16 +349,20 @@ pub enum ClientFrame {
         /// CRC-32 of the whole source file.
         crc32: u32,
     },
+    /// The answer to the server's challenge.
+    Answer([u8; crate::auth::ANSWER_LEN]),
 }
 
 const TAG_DATA: u8 = b'D';
 const TAG_END: u8 = b'E';
+const TAG_ANSWER: u8 = b'A';
 
 /// Length of the rest of a client frame head after its tag byte.
 pub fn client_head_len(tag: u8) -> Result<usize> {
     match tag {
         TAG_DATA => Ok(12),
         TAG_END => Ok(4),
+        TAG_ANSWER => Ok(crate::auth::ANSWER_LEN),
         t => Err(protocol(format!("unknown client frame type 0x{t:02x}"))),
     }
 }
@@ -368,6 +381,13 @@ pub fn encode_end(crc32: u32) -> [u8; 5] {
     let mut h = [TAG_END, 0, 0, 0, 0];
     h[1..5].copy_from_slice(&crc32.to_be_bytes());
     h
+}
+
+/// Encodes the answer frame.
+pub fn encode_answer(answer: &[u8; crate::auth::ANSWER_LEN]) -> Vec<u8> {
+    let mut f = vec![TAG_ANSWER];
+    f.extend_from_slice(answer);
+    f
 }
 
 /// Decodes a client frame head and checks it against the file: a data
@@ -529,6 +549,7 @@ mod tests {
                 ServerMsg::Verdict(Verdict::Ok),
                 ServerMsg::Verdict(Verdict::Repair(idx.clone())),
                 ServerMsg::Verdict(Verdict::Failed(msg.clone())),
+                ServerMsg::Challenge([held as u8; 32]),
             ] {
                 let f = encode_server_msg(&m);
                 let (tag, len) = parse_server_head([f[0], f[1], f[2], f[3], f[4]]).unwrap();

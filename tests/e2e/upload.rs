@@ -368,5 +368,9 @@ fn abandoned_partial_uploads_expire() {
         wait_until(Duration::from_secs(30), || held_parts(&store).is_empty()),
         "held part never expired"
     );
-    assert!(srv.log.text().contains("expired held part"));
+    assert!(
+        srv.log.wait_for("expired held part", LONG),
+        "{}",
+        srv.log.text()
+    );
 }

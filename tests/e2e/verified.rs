@@ -359,3 +359,16 @@ fn a_takeover_is_explained_to_the_older_client() {
     assert!(err.contains("took over the upload of twice.bin"), "{err}");
     assert_same_file(&src, &t.path().join("store/twice.bin"));
 }
+
+#[test]
+fn min_free_refuses_uploads_that_would_fill_the_disk() {
+    let t = tempfile::tempdir().unwrap();
+    // More than any test machine has free: every upload would go under it.
+    let srv = ServerProc::start(&t.path().join("store"), &["--min-free", "1000000T"]);
+    let src = t.path().join("small.bin");
+    write_random(&src, 1000, 77);
+    let out = send(&srv, &src, &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(--min-free)"), "{}", stderr(&out));
+    assert!(!t.path().join("store/small.bin").exists());
+}
