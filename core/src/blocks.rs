@@ -9,13 +9,12 @@
 //!
 //! Not for the wire (see [`crate::v2`]) or for sockets (see the server).
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
 use crate::store::{
-    decode_meta, encode_meta_head_as, encode_slot, key_of, open_rw, sync_dir, Checkpoint, Identity,
+    decode_meta, encode_meta_head_as, encode_slot, key_of, At, Checkpoint, Dir, Identity,
     PartStamp, Store, CHECKPOINT_INTERVAL, META_HEAD_LEN, META_LEN, META_MAGIC_V2, SLOT_LEN,
 };
 use crate::v2::{block_count, block_range, combine};
@@ -52,15 +51,15 @@ pub struct BlockPart {
     part: File,
     meta: File,
     blk: File,
-    part_path: PathBuf,
-    meta_path: PathBuf,
-    blk_path: PathBuf,
-    final_path: PathBuf,
-    dir: PathBuf,
+    part_path: At,
+    meta_path: At,
+    blk_path: At,
+    final_path: At,
+    dir: Dir,
     done: bool,
 }
 
-fn serr(what: &str, p: &std::path::Path, e: io::Error) -> Error {
+fn serr(what: &str, p: &At, e: io::Error) -> Error {
     Error::io(
         ErrorKind::Storage,
         format!("cannot {what} {}", p.display()),
@@ -84,7 +83,7 @@ impl BlockPart {
         let key = key_of(name);
         let part_path = store.part_path(&key);
         let meta_path = store.meta_path(&key);
-        let blk_path = store.state_dir().join(format!("{key}.blk"));
+        let blk_path = store.state().at(&format!("{key}.blk"));
         let n = block_count(filesize, block) as usize;
         let id = Identity {
             name: name.clone(),
@@ -95,7 +94,7 @@ impl BlockPart {
         // What the record says, if it is for this file.
         let mut held: Option<(u64, Option<Vec<u32>>, u64, String)> = None; // (held blocks, trusted crcs, seq, why not trusted)
         let mut recovery = Recovery::Fresh;
-        if let Ok(mut meta) = open_rw(&meta_path, false) {
+        if let Ok(mut meta) = meta_path.open(false) {
             let mut bytes = Vec::new();
             let rec = meta
                 .read_to_end(&mut bytes)
@@ -110,7 +109,9 @@ impl BlockPart {
                         cp.offset / block
                     };
                     let same_blocks = r.version == 2 && r.identity.crc32 == block_log2(block);
-                    let stamp_ok = fs::metadata(&part_path)
+                    let stamp_ok = part_path
+                        .open_read()
+                        .and_then(|f| f.metadata())
                         .ok()
                         .filter(|m| m.len() == cp.offset.min(filesize) || same_blocks)
                         .is_some_and(|m| PartStamp::of(&m) == r.stamp);
@@ -152,9 +153,15 @@ impl BlockPart {
             None => (0, Vec::new(), 0),
         };
 
-        let part = open_rw(&part_path, true).map_err(|e| serr("open", &part_path, e))?;
-        let meta = open_rw(&meta_path, true).map_err(|e| serr("open", &meta_path, e))?;
-        let blk = open_rw(&blk_path, true).map_err(|e| serr("open", &blk_path, e))?;
+        let part = part_path
+            .open(true)
+            .map_err(|e| serr("open", &part_path, e))?;
+        let meta = meta_path
+            .open(true)
+            .map_err(|e| serr("open", &meta_path, e))?;
+        let blk = blk_path
+            .open(true)
+            .map_err(|e| serr("open", &blk_path, e))?;
         let held_bytes = block_range(filesize, block, held_blocks).0;
         if held_blocks == 0 {
             part.set_len(0)
@@ -179,8 +186,8 @@ impl BlockPart {
             part_path,
             meta_path,
             blk_path,
-            final_path: store.dir().join(name.as_str()),
-            dir: store.dir().to_path_buf(),
+            final_path: store.final_at(name),
+            dir: store.dir_handle().clone(),
             done: false,
         };
         if !matches!(recovery, Recovery::Trusted) {
@@ -204,7 +211,7 @@ impl BlockPart {
                 .map_err(|e| serr("write", &bp.blk_path, e))?;
             bp.seq = 0;
             bp.write_record(held_bytes)?;
-            sync_dir(store.state_dir())?;
+            store.state().sync()?;
         }
         Ok((bp, recovery))
     }
@@ -319,12 +326,13 @@ impl BlockPart {
         self.part
             .sync_all()
             .map_err(|e| serr("sync", &self.part_path, e))?;
-        fs::rename(&self.part_path, &self.final_path)
+        self.part_path
+            .rename_to(&self.final_path)
             .map_err(|e| serr("rename into", &self.final_path, e))?;
         self.done = true;
-        sync_dir(&self.dir)?;
-        let _ = fs::remove_file(&self.meta_path);
-        let _ = fs::remove_file(&self.blk_path);
+        self.dir.sync()?;
+        let _ = self.meta_path.remove();
+        let _ = self.blk_path.remove();
         Ok(())
     }
 
@@ -332,7 +340,7 @@ impl BlockPart {
     pub fn discard(&mut self) {
         self.done = true;
         for p in [&self.part_path, &self.meta_path, &self.blk_path] {
-            let _ = fs::remove_file(p);
+            let _ = p.remove();
         }
     }
 
@@ -350,8 +358,8 @@ impl Drop for BlockPart {
     }
 }
 
-fn read_blk(path: &std::path::Path, block: u64, count: usize) -> Option<Vec<u32>> {
-    let f = File::open(path).ok()?;
+fn read_blk(path: &At, block: u64, count: usize) -> Option<Vec<u32>> {
+    let f = path.open_read().ok()?;
     let mut head = [0u8; BLK_HEAD as usize];
     f.read_exact_at(&mut head, 0).ok()?;
     if &head[..8] != BLK_MAGIC || u64::from_be_bytes(head[8..16].try_into().ok()?) != block {
@@ -368,8 +376,8 @@ fn read_blk(path: &std::path::Path, block: u64, count: usize) -> Option<Vec<u32>
 
 /// Re-reads the first `blocks` blocks of the part and returns their CRC-32s
 /// (fewer if the part is shorter: only whole blocks that are there count).
-fn reread(path: &std::path::Path, filesize: u64, block: u64, blocks: u64) -> io::Result<Vec<u32>> {
-    let f = File::open(path)?;
+fn reread(path: &At, filesize: u64, block: u64, blocks: u64) -> io::Result<Vec<u32>> {
+    let f = path.open_read()?;
     crate::sys::advise_sequential(&f);
     let len = f.metadata()?.len();
     let mut out = Vec::new();

@@ -25,10 +25,11 @@
 //! Not for: the network. This module knows nothing of sockets or the wire.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::name::{SafeName, RESERVED_NAME};
@@ -223,6 +224,82 @@ pub fn decode_meta(bytes: &[u8]) -> std::result::Result<MetaRecord, String> {
     })
 }
 
+/// A file inside one of the store's directories, reached through the
+/// directory's open descriptor (`openat`), never through a path: if a
+/// directory is swapped for a symlink while the server runs, every open,
+/// rename and unlink still happens in the directory the server opened.
+#[derive(Debug, Clone)]
+pub(crate) struct At {
+    dir: Arc<File>,
+    name: String,
+    shown: PathBuf,
+}
+
+impl At {
+    /// Opens read-write (creating if asked). A symlink in its place is
+    /// removed, never followed: nothing but the server puts files here.
+    pub(crate) fn open(&self, create: bool) -> io::Result<File> {
+        match crate::sys::open_at(&self.dir, &self.name, create) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                crate::sys::unlink_at(&self.dir, &self.name)?;
+                if create {
+                    crate::sys::open_at(&self.dir, &self.name, true)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "a symlink was in its place (removed)",
+                    ))
+                }
+            }
+            r => r,
+        }
+    }
+
+    pub(crate) fn open_read(&self) -> io::Result<File> {
+        crate::sys::open_read_at(&self.dir, &self.name)
+    }
+
+    pub(crate) fn remove(&self) -> io::Result<()> {
+        crate::sys::unlink_at(&self.dir, &self.name)
+    }
+
+    pub(crate) fn rename_to(&self, to: &At) -> io::Result<()> {
+        crate::sys::rename_at(&self.dir, &self.name, &to.dir, &to.name)
+    }
+
+    /// The path, for messages only.
+    pub(crate) fn display(&self) -> std::path::Display<'_> {
+        self.shown.display()
+    }
+}
+
+/// An open directory of the store.
+#[derive(Debug, Clone)]
+pub(crate) struct Dir {
+    fd: Arc<File>,
+    path: PathBuf,
+}
+
+impl Dir {
+    pub(crate) fn at(&self, name: &str) -> At {
+        At {
+            dir: Arc::clone(&self.fd),
+            name: name.to_string(),
+            shown: self.path.join(name),
+        }
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.fd.sync_all().map_err(|e| {
+            Error::io(
+                ErrorKind::Storage,
+                format!("cannot sync directory {}", self.path.display()),
+                e,
+            )
+        })
+    }
+}
+
 /// The state-directory key of a name: FNV-1a, 128 bits, in hex.
 pub fn key_of(name: &SafeName) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
@@ -236,8 +313,8 @@ pub fn key_of(name: &SafeName) -> String {
 /// A storage directory, opened and locked by one server.
 #[derive(Debug)]
 pub struct Store {
-    dir: PathBuf,
-    state: PathBuf,
+    dir: Dir,
+    state: Dir,
     _lock: File,
 }
 
@@ -281,25 +358,44 @@ impl Store {
             }
             Err(e) => return Err(serr(format!("cannot inspect {}", state.display()), e)),
         }
-        let lock_path = state.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(|e| serr(format!("cannot open {}", lock_path.display()), e))?;
+        let dir_fd = crate::sys::open_dir(dir).map_err(|e| {
+            serr(
+                format!("cannot open storage directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let state_fd = crate::sys::open_dir_at(&dir_fd, RESERVED_NAME).map_err(|e| {
+            serr(
+                format!(
+                    "cannot open {} (it must be a directory, not a symlink)",
+                    state.display()
+                ),
+                e,
+            )
+        })?;
+        let dir = Dir {
+            fd: Arc::new(dir_fd),
+            path: dir.to_path_buf(),
+        };
+        let state = Dir {
+            fd: Arc::new(state_fd),
+            path: state,
+        };
+        let lock = state
+            .at("lock")
+            .open(true)
+            .map_err(|e| serr(format!("cannot open {}", state.at("lock").display()), e))?;
         crate::sys::try_lock_exclusive(&lock).map_err(|e| {
             serr(
                 format!(
                     "storage directory {} is in use by another server",
-                    dir.display()
+                    dir.path.display()
                 ),
                 e,
             )
         })?;
         Ok(Store {
-            dir: dir.to_path_buf(),
+            dir,
             state,
             _lock: lock,
         })
@@ -307,21 +403,21 @@ impl Store {
 
     /// The storage directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.dir.path
     }
 
     /// Bytes free for new data on the storage directory's file system.
     pub fn available_space(&self) -> Result<u64> {
-        crate::sys::available_space(&self.dir)
+        crate::sys::available_space(&self.dir.path)
             .map_err(|e| Error::io(ErrorKind::Storage, "cannot read free space", e))
     }
 
-    pub(crate) fn part_path(&self, key: &str) -> PathBuf {
-        self.state.join(format!("{key}.part"))
+    pub(crate) fn part_path(&self, key: &str) -> At {
+        self.state.at(&format!("{key}.part"))
     }
 
-    pub(crate) fn meta_path(&self, key: &str) -> PathBuf {
-        self.state.join(format!("{key}.meta"))
+    pub(crate) fn meta_path(&self, key: &str) -> At {
+        self.state.at(&format!("{key}.meta"))
     }
 
     /// Opens the held part for `id`: resumes it when a valid checkpoint of
@@ -331,7 +427,7 @@ impl Store {
         let key = key_of(&id.name);
         let part_path = self.part_path(&key);
         let meta_path = self.meta_path(&key);
-        let serr = |what: &str, p: &Path, e: io::Error| {
+        let serr = |what: &str, p: &At, e: io::Error| {
             Error::io(
                 ErrorKind::Storage,
                 format!("cannot {what} {}", p.display()),
@@ -340,14 +436,14 @@ impl Store {
         };
         let mut fresh = Some(Fresh::Nothing);
         let mut resume: Option<(MetaRecord, File, File)> = None;
-        match open_rw(&meta_path, false) {
+        match meta_path.open(false) {
             Ok(mut meta) => {
                 let mut bytes = Vec::with_capacity(META_LEN);
                 meta.read_to_end(&mut bytes)
                     .map_err(|e| serr("read", &meta_path, e))?;
                 match decode_meta(&bytes) {
                     Ok(rec) if rec.identity == id && rec.version == 1 => {
-                        match open_rw(&part_path, false) {
+                        match part_path.open(false) {
                             Ok(part) => {
                                 let len = part
                                     .metadata()
@@ -389,16 +485,20 @@ impl Store {
                         part.set_len(cp.offset)
                             .map_err(|e| serr("truncate", &part_path, e))?;
                     }
-                    prefix_check = Some(spawn_prefix_check(&part_path, cp));
+                    prefix_check = Some(spawn_prefix_check(part_path.open_read(), cp));
                 }
                 (rec.seq, cp, part, meta)
             }
             None => {
-                let _ = fs::remove_file(self.state.join(format!("{key}.blk")));
-                let part = open_rw(&part_path, true).map_err(|e| serr("create", &part_path, e))?;
+                let _ = self.state.at(&format!("{key}.blk")).remove();
+                let part = part_path
+                    .open(true)
+                    .map_err(|e| serr("create", &part_path, e))?;
                 part.set_len(0)
                     .map_err(|e| serr("truncate", &part_path, e))?;
-                let meta = open_rw(&meta_path, true).map_err(|e| serr("create", &meta_path, e))?;
+                let meta = meta_path
+                    .open(true)
+                    .map_err(|e| serr("create", &meta_path, e))?;
                 let cp = Checkpoint {
                     offset: 0,
                     crc32: 0,
@@ -415,7 +515,7 @@ impl Store {
                 meta.write_all_at(&rec, 0)
                     .map_err(|e| serr("write", &meta_path, e))?;
                 meta.sync_all().map_err(|e| serr("sync", &meta_path, e))?;
-                sync_dir(&self.state)?;
+                self.state.sync()?;
                 (0, cp, part, meta)
             }
         };
@@ -431,7 +531,7 @@ impl Store {
             meta,
             part_path,
             meta_path,
-            final_path: self.dir.join(id.name.as_str()),
+            final_path: self.final_at(&id.name),
             dir: self.dir.clone(),
             id,
             done: false,
@@ -441,8 +541,16 @@ impl Store {
         Ok((held, fresh))
     }
 
-    pub(crate) fn state_dir(&self) -> &Path {
+    pub(crate) fn state(&self) -> &Dir {
         &self.state
+    }
+
+    pub(crate) fn final_at(&self, name: &SafeName) -> At {
+        self.dir.at(name.as_str())
+    }
+
+    pub(crate) fn dir_handle(&self) -> &Dir {
+        &self.dir
     }
 
     /// Removes held parts whose last checkpoint is older than `max_age`,
@@ -450,7 +558,7 @@ impl Store {
     pub fn expire(&self, max_age: Duration, active: &HashSet<String>) -> Result<Vec<String>> {
         let now = SystemTime::now();
         let mut removed = Vec::new();
-        let entries = fs::read_dir(&self.state)
+        let entries = fs::read_dir(&self.state.path)
             .map_err(|e| Error::io(ErrorKind::Storage, "cannot list the state directory", e))?;
         for entry in entries.flatten() {
             let fname = entry.file_name();
@@ -466,9 +574,9 @@ impl Store {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok());
             if age.is_some_and(|a| a > max_age) {
-                let _ = fs::remove_file(self.part_path(key));
-                let _ = fs::remove_file(self.state.join(format!("{key}.blk")));
-                let _ = fs::remove_file(self.meta_path(key));
+                let _ = self.part_path(key).remove();
+                let _ = self.state.at(&format!("{key}.blk")).remove();
+                let _ = self.meta_path(key).remove();
                 removed.push(key.to_string());
             }
         }
@@ -479,12 +587,11 @@ impl Store {
 /// Re-reads `[0, cp.offset)` of the part on its own thread and says whether
 /// its CRC-32 is the recorded one.
 fn spawn_prefix_check(
-    path: &Path,
+    part: io::Result<File>,
     cp: Checkpoint,
 ) -> std::thread::JoinHandle<std::result::Result<(), String>> {
-    let path = path.to_path_buf();
     std::thread::spawn(move || {
-        let f = File::open(&path).map_err(|e| format!("cannot re-read held part: {e}"))?;
+        let f = part.map_err(|e| format!("cannot re-read held part: {e}"))?;
         crate::sys::advise_sequential(&f);
         let mut r = f.take(cp.offset);
         let mut h = crc32fast::Hasher::new();
@@ -515,26 +622,6 @@ fn spawn_prefix_check(
     })
 }
 
-pub(crate) fn open_rw(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-        Error::io(
-            ErrorKind::Storage,
-            format!("cannot sync directory {}", dir.display()),
-            e,
-        )
-    })
-}
-
 /// An upload in progress on the server: the part file, the running CRC-32
 /// and the last durable checkpoint. Dropping it without [`HeldPart::finish`]
 /// checkpoints what was received, so the upload stays resumable.
@@ -547,10 +634,10 @@ pub struct HeldPart {
     seq: u64,
     part: File,
     meta: File,
-    part_path: PathBuf,
-    meta_path: PathBuf,
-    final_path: PathBuf,
-    dir: PathBuf,
+    part_path: At,
+    meta_path: At,
+    final_path: At,
+    dir: Dir,
     done: bool,
     prefix_check: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
     prefix_problem: Option<String>,
@@ -679,23 +766,23 @@ impl HeldPart {
             }
         };
         if crc != self.id.crc32 || !prefix_ok {
-            let _ = fs::remove_file(&self.part_path);
-            let _ = fs::remove_file(&self.meta_path);
+            let _ = self.part_path.remove();
+            let _ = self.meta_path.remove();
             return Ok(Verdict::Mismatch);
         }
         let storage = |what: String, e: io::Error| Error::io(ErrorKind::Storage, what, e);
         self.part
             .sync_all()
             .map_err(|e| storage(format!("cannot sync {}", self.part_path.display()), e))?;
-        if let Err(e) = fs::rename(&self.part_path, &self.final_path) {
+        if let Err(e) = self.part_path.rename_to(&self.final_path) {
             self.done = false;
             return Err(storage(
                 format!("cannot rename into {}", self.final_path.display()),
                 e,
             ));
         }
-        sync_dir(&self.dir)?;
-        let _ = fs::remove_file(&self.meta_path);
+        self.dir.sync()?;
+        let _ = self.meta_path.remove();
         Ok(Verdict::Ok)
     }
 }

@@ -174,3 +174,97 @@ pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
     }
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
+
+fn c_name(name: &str) -> io::Result<std::ffi::CString> {
+    if name.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a name inside a directory cannot contain '/'",
+        ));
+    }
+    std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
+}
+
+fn fd_file(fd: libc::c_int) -> io::Result<File> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens a directory (following symlinks in `path`: it is the operator's).
+pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: a NUL-terminated path; the result is checked.
+    fd_file(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// Opens the directory `name` inside `dir`, refusing a symlink.
+pub(crate) fn open_dir_at(dir: &File, name: &str) -> io::Result<File> {
+    let c = c_name(name)?;
+    // SAFETY: as above, relative to an open directory fd.
+    fd_file(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// Opens `name` inside `dir` read-write (creating it if asked), never
+/// through a symlink (`ELOOP` if it is one).
+pub(crate) fn open_at(dir: &File, name: &str, create: bool) -> io::Result<File> {
+    let c = c_name(name)?;
+    let mut flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if create {
+        flags |= libc::O_CREAT;
+    }
+    // SAFETY: as above; mode applies only when creating.
+    fd_file(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, 0o644 as libc::c_uint) })
+}
+
+/// Opens `name` inside `dir` read-only, never through a symlink.
+pub(crate) fn open_read_at(dir: &File, name: &str) -> io::Result<File> {
+    let c = c_name(name)?;
+    // SAFETY: as above.
+    fd_file(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir` (replacing `to`, even a
+/// symlink, rather than following it).
+pub(crate) fn rename_at(from_dir: &File, from: &str, to_dir: &File, to: &str) -> io::Result<()> {
+    let (f, t) = (c_name(from)?, c_name(to)?);
+    // SAFETY: two NUL-terminated names relative to open directory fds.
+    cvt(unsafe {
+        libc::renameat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// Removes `name` from `dir` (a symlink itself, never its target).
+pub(crate) fn unlink_at(dir: &File, name: &str) -> io::Result<()> {
+    let c = c_name(name)?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+}

@@ -374,3 +374,106 @@ fn a_flood_of_idle_connections_does_not_lock_out_a_real_client() {
     assert_same_file(&src, &t.path().join("store/real.bin"));
     drop(flood);
 }
+
+#[test]
+fn symlinks_planted_in_the_storage_directory_are_never_followed() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let victim = outside.join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let srv = ServerProc::start(&store, &[]);
+
+    // 1. The final name is a symlink to a file outside: it is replaced, the
+    //    target untouched.
+    std::os::unix::fs::symlink(&victim, store.join("a.bin")).unwrap();
+    assert_eq!(upload_raw(&srv, "a.bin", b"new content"), b"CRC32_OK");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!std::fs::symlink_metadata(store.join("a.bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(store.join("a.bin")).unwrap(), b"new content");
+
+    // 2. A held part replaced by a symlink to a file outside: removed, never
+    //    written through; the upload starts over and completes.
+    let data = vec![3u8; 10_000];
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(&mut s, "b.bin", data.len() as u64, crc32fast::hash(&data));
+    let mut off = [0u8; 8];
+    s.read_exact(&mut off).unwrap();
+    s.write_all(&data[..4000]).unwrap();
+    drop(s);
+    assert!(srv.log.wait_for("held part kept", LONG));
+    let part = held_parts(&store).pop().unwrap();
+    std::fs::remove_file(&part).unwrap();
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    assert_eq!(upload_raw(&srv, "b.bin", &data), b"CRC32_OK");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(store.join("b.bin")).unwrap(), data);
+
+    // 3. The state directory swapped for a symlink to a directory outside
+    //    while the server runs: the server keeps using the directory it opened.
+    std::fs::rename(store.join(".bigtransfer"), store.join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&outside, store.join(".bigtransfer")).unwrap();
+    assert_eq!(upload_raw(&srv, "c.bin", b"third"), b"CRC32_OK");
+    assert_eq!(std::fs::read(store.join("c.bin")).unwrap(), b"third");
+    let mut names: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("victim.txt")],
+        "nothing written outside"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+#[test]
+fn a_damaged_checkpoint_record_is_never_trusted() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let data = vec![9u8; 50_000];
+    let crc = crc32fast::hash(&data);
+    for (damage, legacy) in [("truncate", true), ("flip", true), ("truncate", false)] {
+        let srv = ServerProc::start(&store, &[]);
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        send_header(&mut s, "d.bin", data.len() as u64, crc);
+        let mut off = [0u8; 8];
+        s.read_exact(&mut off).unwrap();
+        s.write_all(&data[..20_000]).unwrap();
+        drop(s);
+        assert!(srv.log.wait_for("held part kept", LONG));
+        assert_eq!(srv.terminate().code(), Some(0));
+        let meta = std::fs::read_dir(store.join(".bigtransfer"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "meta"))
+            .unwrap();
+        let mut bytes = std::fs::read(&meta).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(100),
+            _ => bytes[40] ^= 0xff,
+        }
+        std::fs::write(&meta, &bytes).unwrap();
+        // The server starts, says so, and resumes nothing it cannot vouch for.
+        let srv = ServerProc::start(&store, &[]);
+        let src = t.path().join("d.bin");
+        std::fs::write(&src, &data).unwrap();
+        let out = send(&srv, &src, if legacy { &["--legacy"] } else { &[] });
+        assert_ok(&out);
+        assert_eq!(field(&out, "resumed_from"), 0, "{damage}");
+        assert!(
+            srv.log.wait_for("checkpoint record", LONG),
+            "{}",
+            srv.log.text()
+        );
+        assert_eq!(std::fs::read(store.join("d.bin")).unwrap(), data);
+        std::fs::remove_file(store.join("d.bin")).unwrap();
+    }
+}
