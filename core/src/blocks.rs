@@ -403,6 +403,8 @@ fn reread(path: &At, filesize: u64, block: u64, blocks: u64) -> io::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::PathBuf;
 
     fn setup() -> (PathBuf, Store) {
         use std::sync::atomic::{AtomicU32, Ordering};
