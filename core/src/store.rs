@@ -938,7 +938,7 @@ mod tests {
         let part = dir
             .join(RESERVED_NAME)
             .join(format!("{}.part", key_of(&ident.name)));
-        let f = OpenOptions::new().write(true).open(&part).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
         f.write_all_at(b"X", 5).unwrap();
         drop(f);
         let (mut held, fresh) = store.begin(ident.clone()).unwrap();
