@@ -15,3 +15,7 @@ bash tests/c/run.sh
 
 echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
 bash tests/python/run.sh
+
+echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
+python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M
+python3 tests/soak/flood.py --conns 1000
