@@ -79,7 +79,16 @@ class Result:
         """File bytes sent over the network, all attempts together."""
     @property
     def bytes_hashed(self) -> int:
-        """File bytes read to compute the CRC-32."""
+        """File bytes read only to compute checksums (not sent)."""
+    @property
+    def bytes_read(self) -> int:
+        """File bytes read in all (for checksums and for sending)."""
+    @property
+    def blocks_resent(self) -> int:
+        """Blocks sent again because the server's copy differed or arrived damaged."""
+    @property
+    def protocol(self) -> int:
+        """The protocol version spoken: 1 (legacy) or 2."""
     @property
     def attempts(self) -> int:
         """Connections made (1 when nothing went wrong)."""

@@ -38,13 +38,14 @@ Exit codes:
 
 When the Rust extension module ``bigtransfer`` is importable, the "crc" piece
 uses ``bigtransfer.crc32_file`` and the "send" piece ``bigtransfer.send_file``
-(except with --limit-rate, which only the pure-Python sender has). ``--pure``
+(--limit-rate is passed on to it as ``limit_rate``). ``--pure``
 or ``BIGTRANSFER_PURE=1`` forces pure Python everywhere;
 ``BIGTRANSFER_ENGINE=crc,send`` lists the pieces that may use the module
 (default: all that it provides).
 """
 
 import argparse
+import inspect
 import json
 import os
 import socket
@@ -374,13 +375,26 @@ def send_pure(host, port, path, retries=5, timeout=60.0, limit_rate=None, pure=F
         outcome.filesize, outcome.crc32 = source.size, source.crc
 
 
-def send_with_module(mod, host, port, path, retries, timeout, progress=None):
+def accepts_keyword(func, name):
+    """Whether ``func`` takes the keyword argument ``name`` (True when unknowable)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def send_with_module(mod, host, port, path, retries, timeout, progress=None,
+                     limit_rate=None):
     """The "send" piece from the Rust module, its errors mapped to ours."""
     def error_class(name, fallback=None):
         return getattr(mod, name, None) or fallback or type("Never" + name, (Exception,), {})
 
     try:
-        r = mod.send_file(host, port, path, retries=retries, timeout=timeout, progress=progress)
+        options = {"retries": retries, "timeout": timeout, "progress": progress}
+        if limit_rate:
+            options["limit_rate"] = limit_rate
+        r = mod.send_file(host, port, path, **options)
     except error_class("CancelledError") as exc:  # Ctrl-C while the engine ran
         raise KeyboardInterrupt() from exc
     except error_class("UnreachableError") as exc:
@@ -573,7 +587,7 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="connect and idle timeout in seconds (default 60)")
     parser.add_argument("--limit-rate", type=parse_rate, metavar="BYTES_PER_SEC",
-                        help="send at most this many bytes per second (pure-Python sender)")
+                        help="send at most this many bytes per second")
     parser.add_argument("--pure", action="store_true",
                         help="use pure Python even when the bigtransfer module is available")
     args = parser.parse_args(argv)
@@ -589,7 +603,9 @@ def parse_args(argv):
 def transfer(args, host, port, path, interactive, ui):
     """Run the upload with the Rust sender when allowed, else the pure one."""
     progress = ProgressLine()
-    mod = None if args.limit_rate else engine("send", args.pure)
+    mod = engine("send", args.pure)
+    if mod is not None and args.limit_rate and not accepts_keyword(mod.send_file, "limit_rate"):
+        mod = None  # a module too old to pace: the pure sender can
 
     def on_retry(kind, error, delay, n, total):
         progress.end()
@@ -601,7 +617,8 @@ def transfer(args, host, port, path, interactive, ui):
     try:
         if mod is not None:
             return send_with_module(mod, host, port, path, args.retries, args.timeout,
-                                    progress if progress.enabled else None)
+                                    progress if progress.enabled else None,
+                                    limit_rate=args.limit_rate)
         return send_pure(host, port, path, retries=args.retries, timeout=args.timeout,
                          limit_rate=args.limit_rate, pure=args.pure,
                          retry_unreachable=not interactive,

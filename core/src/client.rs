@@ -552,24 +552,31 @@ fn attempt(
         filesize: src.size(),
         crc32: src.whole.unwrap_or(0),
     };
-    let frame = if legacy {
-        proto::encode_header(&header)?
-    } else {
-        v2::encode_header(
-            &header,
-            v2::Offer {
-                version: v2::VERSION,
-                block_size: src.block,
-            },
-        )?
+    let offer = v2::Offer {
+        version: v2::VERSION,
+        block_size: src.block,
+    };
+    let frame = match (legacy, src.whole) {
+        (true, _) => proto::encode_header(&header)?,
+        (false, Some(_)) => v2::encode_header(&header, offer)?,
+        (false, None) => v2::encode_header_unknown_crc(&header, offer)?,
     };
     stream
         .write_all(&frame)
         .map_err(|e| lost(e, "sending the header"))?;
     let mut first = [0u8; 8];
-    stream
-        .read_exact(&mut first)
-        .map_err(|e| lost(e, "waiting for the resume offset"))?;
+    if let Err(e) = stream.read_exact(&mut first) {
+        let refused = matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        );
+        if !legacy && src.whole.is_none() && refused {
+            // A legacy server refuses a null CRC-32 by closing, without
+            // touching what it holds: hash the file and speak version 1.
+            return Ok(Reply::LegacyServer);
+        }
+        return Err(lost(e, "waiting for the resume offset"));
+    }
     if first == v2::MAGIC {
         t.protocol = 2;
         let mut msg = read_server_msg(&mut stream, "waiting for the server's block list")?;
@@ -600,7 +607,7 @@ fn attempt(
         );
     }
     if src.whole.is_none() {
-        return Ok(Reply::LegacyServer);
+        return Err(Error::new(ErrorKind::Protocol, "the server answered a header it should have refused"));
     }
     t.protocol = 1;
     let offset = proto::parse_offset(first);

@@ -85,14 +85,21 @@ pub fn parse_header_len(prefix: [u8; 4]) -> Result<usize> {
 /// # Ok::<(), bigtransfer_core::Error>(())
 /// ```
 pub fn parse_header(json: &[u8]) -> Result<Header> {
-    let value = json::parse(json)?;
+    parse_header_value(&json::parse(json)?, false)
+}
+
+/// [`parse_header`] on an already parsed value. With `crc_may_be_null`, a
+/// `"crc32": null` reads as 0: a protocol-2 client that does not know the
+/// CRC-32 yet sends null, which a legacy server refuses without touching
+/// what it holds (see `docs/PROTOCOL.md`).
+pub(crate) fn parse_header_value(value: &Value, crc_may_be_null: bool) -> Result<Header> {
     if !matches!(value, Value::Object(_)) {
         return Err(protocol(format!(
             "header must be a JSON object, got {}",
             value.type_name()
         )));
     }
-    let filename = match required(&value, "filename")? {
+    let filename = match required(value, "filename")? {
         Value::String(s) => s.clone(),
         other => {
             return Err(protocol(format!(
@@ -101,8 +108,11 @@ pub fn parse_header(json: &[u8]) -> Result<Header> {
             )))
         }
     };
-    let filesize = parse_filesize(required(&value, "filesize")?)?;
-    let crc32 = parse_crc32(required(&value, "crc32")?)?;
+    let filesize = parse_filesize(required(value, "filesize")?)?;
+    let crc32 = match required(value, "crc32")? {
+        Value::Null if crc_may_be_null => 0,
+        v => parse_crc32(v)?,
+    };
     Ok(Header {
         filename,
         filesize,

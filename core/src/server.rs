@@ -764,14 +764,13 @@ fn admit(
     json: &[u8],
     awaiting_header: &AtomicBool,
 ) -> Result<(proto::Header, SafeName, Option<v2::Offer>)> {
-    let header = proto::parse_header(json).map_err(refusal)?;
+    let (header, offer) = v2::parse_header(json).map_err(refusal)?;
     if !awaiting_header.swap(false, Ordering::SeqCst) {
         return Err(Error::new(
             ErrorKind::Refused,
             "evicted before its header was complete",
         ));
     }
-    let offer = v2::parse_offer(json, header.filesize).map_err(refusal)?;
     let name = SafeName::from_wire(&header.filename).map_err(refusal)?;
     if let Some(max) = sh.cfg.max_file_size {
         if header.filesize > max {

@@ -91,11 +91,32 @@ pub struct Offer {
     pub block_size: u64,
 }
 
-/// Reads the `"bt"` key of a header already accepted by
-/// [`crate::proto::parse_header`]. `Ok(None)`: a legacy client. A `"bt"` key
-/// of the wrong shape is an error, since only a new client sends one.
-pub fn parse_offer(json_bytes: &[u8], filesize: u64) -> Result<Option<Offer>> {
+/// Parses a header of either version: the legacy keys and, from a new
+/// client, its offer (the `"bt"` key). `crc32` may be `null` only with an
+/// offer (the client does not know it yet; it reads as 0).
+///
+/// ```
+/// use bigtransfer_core::v2::parse_header;
+/// let (h, offer) = parse_header(br#"{"filename": "a", "filesize": 5, "crc32": null, "bt": {"v": 2, "block": 65536}}"#)?;
+/// assert_eq!((h.crc32, offer.unwrap().block_size), (0, 65536));
+/// assert!(parse_header(br#"{"filename": "a", "filesize": 5, "crc32": null}"#).is_err());
+/// # Ok::<(), bigtransfer_core::Error>(())
+/// ```
+pub fn parse_header(json_bytes: &[u8]) -> Result<(Header, Option<Offer>)> {
     let value = json::parse(json_bytes)?;
+    let offered = value.get("bt").is_some();
+    let header = crate::proto::parse_header_value(&value, offered)?;
+    let offer = offer_of(&value, header.filesize)?;
+    Ok((header, offer))
+}
+
+/// Reads the `"bt"` key of a header. `Ok(None)`: a legacy client. A `"bt"`
+/// key of the wrong shape is an error, since only a new client sends one.
+pub fn parse_offer(json_bytes: &[u8], filesize: u64) -> Result<Option<Offer>> {
+    offer_of(&json::parse(json_bytes)?, filesize)
+}
+
+fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
     let Some(bt) = value.get("bt") else {
         return Ok(None);
     };
@@ -132,7 +153,9 @@ pub fn parse_offer(json_bytes: &[u8], filesize: u64) -> Result<Option<Offer>> {
 }
 
 /// Encodes a header frame with the version-2 offer: the legacy header (in
-/// the legacy key order) plus `"bt"`.
+/// the legacy key order) plus `"bt"`. See
+/// [`encode_header_unknown_crc`] for a client that does not know the CRC-32
+/// yet.
 ///
 /// ```
 /// use bigtransfer_core::proto::{parse_header, Header};
@@ -144,16 +167,30 @@ pub fn parse_offer(json_bytes: &[u8], filesize: u64) -> Result<Option<Offer>> {
 /// # Ok::<(), bigtransfer_core::Error>(())
 /// ```
 pub fn encode_header(h: &Header, offer: Offer) -> Result<Vec<u8>> {
+    encode(h, Some(h.crc32), offer)
+}
+
+/// Encodes a version-2 header whose `crc32` is `null`: the client does not
+/// know the CRC-32 yet. A version-2 server does not need it; a legacy server
+/// refuses the header (wrong type) by closing, without touching what it
+/// holds, which is how the client learns it must hash the file and speak
+/// version 1.
+pub fn encode_header_unknown_crc(h: &Header, offer: Offer) -> Result<Vec<u8>> {
+    encode(h, None, offer)
+}
+
+fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
+    let crc = match crc {
+        Some(c) => Value::Number(Number::from(u64::from(c))),
+        None => Value::Null,
+    };
     let json = Value::Object(vec![
         ("filename".to_owned(), Value::String(h.filename.clone())),
         (
             "filesize".to_owned(),
             Value::Number(Number::from(h.filesize)),
         ),
-        (
-            "crc32".to_owned(),
-            Value::Number(Number::from(u64::from(h.crc32))),
-        ),
+        ("crc32".to_owned(), crc),
         (
             "bt".to_owned(),
             Value::Object(vec![

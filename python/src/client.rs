@@ -38,9 +38,19 @@ pub struct SendResult {
     /// File bytes sent over the network, all attempts together.
     #[pyo3(get)]
     bytes_sent: u64,
-    /// File bytes read to compute the CRC-32.
+    /// File bytes read only to compute checksums (not sent).
     #[pyo3(get)]
     bytes_hashed: u64,
+    /// File bytes read in all (for checksums and for sending).
+    #[pyo3(get)]
+    bytes_read: u64,
+    /// Blocks sent again because the server's copy differed or arrived
+    /// damaged (protocol 2).
+    #[pyo3(get)]
+    blocks_resent: u64,
+    /// The protocol version spoken (1: legacy server or ``legacy=True``; 2).
+    #[pyo3(get)]
+    protocol: u8,
     /// Connections made (1 when nothing went wrong).
     #[pyo3(get)]
     attempts: u32,
@@ -58,6 +68,9 @@ impl From<Outcome> for SendResult {
             resumed_from: o.resumed_from,
             bytes_sent: o.bytes_sent,
             bytes_hashed: o.bytes_hashed,
+            bytes_read: o.bytes_read,
+            blocks_resent: o.blocks_resent,
+            protocol: o.protocol,
             attempts: o.attempts,
             seconds: o.elapsed.as_secs_f64(),
         }
@@ -70,12 +83,13 @@ impl SendResult {
         let name = PyString::new(py, &self.filename).repr()?;
         Ok(format!(
             "Result(filename={name}, filesize={}, crc32=0x{:08x}, resumed_from={}, bytes_sent={}, \
-             bytes_hashed={}, attempts={}, seconds={:.3})",
+             bytes_hashed={}, protocol={}, attempts={}, seconds={:.3})",
             self.filesize,
             self.crc32,
             self.resumed_from,
             self.bytes_sent,
             self.bytes_hashed,
+            self.protocol,
             self.attempts,
             self.seconds
         ))
