@@ -375,9 +375,14 @@ pub fn send_file(
             Ok(Reply::Mismatch(why)) => {
                 failures += 1;
                 let changed = !src.unchanged(path);
-                // Whatever we believed about the file may be wrong now.
-                src.whole = None;
-                src.blocks.clear();
+                // A file whose stamp is unchanged almost surely still has
+                // the checksums we know (the damage was in transit or on
+                // the server): keep them once, so a retry costs no extra
+                // read; after a second mismatch trust nothing.
+                if changed || failures >= 2 {
+                    src.whole = None;
+                    src.blocks.clear();
+                }
                 let why = if changed {
                     format!("the file changed during the upload ({why})")
                 } else {
@@ -607,7 +612,10 @@ fn attempt(
         );
     }
     if src.whole.is_none() {
-        return Err(Error::new(ErrorKind::Protocol, "the server answered a header it should have refused"));
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "the server answered a header it should have refused",
+        ));
     }
     t.protocol = 1;
     let offset = proto::parse_offset(first);

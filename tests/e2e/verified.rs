@@ -203,6 +203,11 @@ fn a_bit_flipped_on_the_wire_is_repaired_not_restarted() {
         if legacy {
             assert_eq!(field(&out, "attempts"), 2, "protocol 1 can only start over");
             assert_eq!(field(&out, "bytes_sent"), 2 * size);
+            assert_eq!(
+                field(&out, "bytes_hashed"),
+                size,
+                "the retry reuses the CRC-32 of the unchanged file"
+            );
         } else {
             assert_eq!(field(&out, "attempts"), 1);
             assert_eq!(field(&out, "repairs"), 1);
