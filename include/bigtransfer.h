@@ -31,6 +31,7 @@
  * Regenerate with: BIGTRANSFER_BLESS=1 cargo test -p bigtransfer-ffi --test header
  */
 
+#include <stddef.h>
 #include <stdint.h>
 
 /**
@@ -114,8 +115,9 @@ typedef enum bt_status {
 
 /**
  * Options of an upload (retries, timeouts, backoff, rate limit, remote
- * name): an opaque handle made by `bt_send_options_new`, changed with the
- * `bt_send_options_set_*` functions, released by `bt_send_options_free`.
+ * name, token, protocol, checksum cache): an opaque handle made by
+ * `bt_send_options_new`, changed with the `bt_send_options_set_*`
+ * functions, released by `bt_send_options_free`.
  *
  * One handle may be used for any number of sends, one at a time or from
  * several threads at once as long as no setter runs at the same time.
@@ -178,6 +180,25 @@ typedef struct bt_send_result {
      * Connections made (1 when nothing went wrong).
      */
     uint32_t attempts;
+    /**
+     * The protocol version spoken on the last connection: 2 between a new
+     * client and a new server, 1 with a legacy server or after
+     * `bt_send_options_set_legacy`.
+     */
+    uint32_t protocol;
+    /**
+     * File bytes read only to compute checksums (not sent).
+     */
+    uint64_t bytes_hashed;
+    /**
+     * File bytes read in all (for checksums and for sending).
+     */
+    uint64_t bytes_read;
+    /**
+     * Blocks sent again because the server's copy differed or arrived
+     * damaged (protocol 2).
+     */
+    uint64_t blocks_resent;
 } bt_send_result;
 
 /**
@@ -230,7 +251,11 @@ const char *bt_status_name(int code);
 /**
  * A new set of send options with the defaults: 5 retries, 10 s connect
  * timeout, 60 s I/O timeout, backoff from 500 ms doubling up to 15 s, no
- * rate limit, the remote name taken from the file's base name.
+ * rate limit, the remote name taken from the file's base name, no token,
+ * protocol 2 offered (falling back to 1 with a legacy server), and the
+ * checksum cache in `$BIGTRANSFER_CACHE_DIR`, else
+ * `$XDG_CACHE_HOME/bigtransfer`, else `~/.cache/bigtransfer` (read when the
+ * options are made).
  *
  * Returns NULL only on an internal error (see `bt_last_error_message`).
  * Release it with `bt_send_options_free`.
@@ -314,6 +339,52 @@ enum bt_status bt_send_options_set_limit_rate(struct bt_send_options *options,
 enum bt_status bt_send_options_set_remote_name(struct bt_send_options *options, const char *name);
 
 /**
+ * Sets the shared token for a server that requires one: the `len` bytes at
+ * `token` (any bytes, at least 16; copied). With it the client answers the
+ * server's challenge (HMAC-SHA256, the token never crosses the wire); a
+ * server without a token never asks. NULL `token` or `len` 0 removes the
+ * token (the default). Fewer than 16 bytes gives `BT_INVALID_INPUT` and
+ * leaves the options unchanged.
+ *
+ * A send to a server that requires a token fails with `BT_REFUSED`: without
+ * a token ("the server requires a token ...") or with a wrong one
+ * ("server: authentication failed: wrong token").
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `token` NULL or pointing to
+ * `len` readable bytes.
+ */
+enum bt_status bt_send_options_set_token(struct bt_send_options *options,
+                                         const uint8_t *token,
+                                         size_t len);
+
+/**
+ * Non-zero `legacy`: speak protocol 1 only, exactly as the original
+ * `client.py` did (no block-verified resume, no repair, no token: a server
+ * that requires a token admits such a client only if it allows legacy
+ * clients). 0 (the default): offer protocol 2 and fall back to 1 with a
+ * legacy server.
+ *
+ * # Safety
+ * As `bt_send_options_set_retries`.
+ */
+enum bt_status bt_send_options_set_legacy(struct bt_send_options *options, int legacy);
+
+/**
+ * Sets the directory where block checksums of sent files are cached, so
+ * that a resumed upload does not read again what it already hashed
+ * (created when first written). On Unix a path is raw bytes,
+ * NUL-terminated: non-UTF-8 names work. NULL: no cache at all (neither
+ * read nor written). An empty path gives `BT_INVALID_INPUT`. The default
+ * is described at `bt_send_options_new`.
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `dir` NULL or a
+ * NUL-terminated string (copied).
+ */
+enum bt_status bt_send_options_set_cache_dir(struct bt_send_options *options, const char *dir);
+
+/**
  * Uploads the file at `path` to the server at `host`:`port`, resuming what
  * the server already holds of it, retrying as `options` allow, and returns
  * only when the server confirmed the CRC-32 (or on error). Blocks the
@@ -330,9 +401,10 @@ enum bt_status bt_send_options_set_remote_name(struct bt_send_options *options, 
  * - `result`: receives the outcome; zeroed on failure. Must not be NULL.
  *
  * Returns `BT_OK`, or `BT_SOURCE_FILE`, `BT_UNREACHABLE`,
- * `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_CANCELLED`,
- * `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`, ... with the reason in
- * `bt_last_error_message()`.
+ * `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_REFUSED` (the
+ * server said no: a bad name, too large, no space, a missing or wrong
+ * token), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
+ * ... with the reason in `bt_last_error_message()`.
  *
  * # Safety
  * `host` and `path` must be NULL or NUL-terminated strings; `options` NULL
@@ -349,9 +421,10 @@ enum bt_status bt_send_file(const char *host,
 
 /**
  * A new server configuration with the defaults: all interfaces, port 8080,
- * 64 connections at once, 60 s idle timeout, held parts expire after 7 days,
- * no file size limit, log lines to standard error. The storage directory has
- * no default: set it with `bt_server_config_set_dir`.
+ * 64 connections at once, 60 s idle timeout, 10 s to send the header, held
+ * parts expire after 7 days, no file size limit, no free-space reserve, no
+ * token (anyone may upload), log lines to standard error. The storage
+ * directory has no default: set it with `bt_server_config_set_dir`.
  *
  * Returns NULL only on an internal error (see `bt_last_error_message`).
  * Release it with `bt_server_config_free`.
@@ -442,6 +515,58 @@ enum bt_status bt_server_config_set_max_file_size(struct bt_server_config *confi
  */
 enum bt_status bt_server_config_set_expire_partial_secs(struct bt_server_config *config,
                                                         uint64_t seconds);
+
+/**
+ * Sets the header timeout in milliseconds: a connection must send its
+ * complete header (and, with a token, its answer to the challenge) within
+ * this time (bounded by the idle timeout), so idle sockets cannot hold
+ * connection slots for long. At least 1; 0 gives `BT_INVALID_INPUT`. The
+ * default is 10 s.
+ *
+ * # Safety
+ * As `bt_server_config_set_port`.
+ */
+enum bt_status bt_server_config_set_header_timeout_ms(struct bt_server_config *config,
+                                                      uint64_t timeout_ms);
+
+/**
+ * Refuses an upload that would leave less than `min_free` bytes free on
+ * the storage file system; 0 (the default) keeps no reserve.
+ *
+ * # Safety
+ * As `bt_server_config_set_port`.
+ */
+enum bt_status bt_server_config_set_min_free(struct bt_server_config *config, uint64_t min_free);
+
+/**
+ * Requires clients to prove knowledge of a shared token: the `len` bytes at
+ * `token` (any bytes, at least 16; copied). Each protocol-2 client gets a
+ * fresh challenge and must answer it (HMAC-SHA256; the token never crosses
+ * the wire) before it may claim a name or store a byte; a wrong answer is
+ * refused with "authentication failed: wrong token" and logged. Legacy
+ * (protocol 1) clients cannot answer and are refused, unless
+ * `bt_server_config_set_allow_legacy` admits them. NULL `token` or `len` 0
+ * removes the token (the default: anyone may upload). Fewer than 16 bytes
+ * gives `BT_INVALID_INPUT` and leaves the configuration unchanged.
+ *
+ * # Safety
+ * `config` as `bt_server_config_set_port`; `token` NULL or pointing to
+ * `len` readable bytes.
+ */
+enum bt_status bt_server_config_set_token(struct bt_server_config *config,
+                                          const uint8_t *token,
+                                          size_t len);
+
+/**
+ * Non-zero `allow_legacy`: with a token set, still admit legacy clients
+ * (protocol 1), which cannot authenticate. 0 (the default): a server with
+ * a token refuses them. Without a token it changes nothing (everyone is
+ * admitted).
+ *
+ * # Safety
+ * As `bt_server_config_set_port`.
+ */
+enum bt_status bt_server_config_set_allow_legacy(struct bt_server_config *config, int allow_legacy);
 
 /**
  * Sends the server's log lines to `callback` (see `bt_log_fn`) with `user`;

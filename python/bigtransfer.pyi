@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _Path = Union[str, "os.PathLike[str]"]
+_Token = Union[bytes, bytearray, str]
 
 def crc32_file(path: _Path) -> int:
     """Return the CRC-32 of the whole file at ``path``, as ``zlib.crc32``
@@ -47,6 +48,9 @@ def send_file(
     limit_rate: Optional[int] = None,
     name: Optional[str] = None,
     progress: Optional[Callable[[int, int], object]] = None,
+    token: Optional[_Token] = None,
+    legacy: bool = False,
+    cache_dir: Optional[_Path] = ...,
 ) -> Result:
     """Upload ``path`` to the server at ``host:port``, resuming and
     retrying, and return once the server confirmed the CRC-32.
@@ -55,6 +59,21 @@ def send_file(
     times a second, plus once with ``(total, total)`` at the end; returning
     exactly ``False`` cancels with ``CancelledError``, raising cancels and
     propagates. The GIL is released during the upload; Ctrl-C cancels it.
+
+    ``token`` (bytes, or str sent as UTF-8; at least 16 bytes, else
+    ``InvalidInputError``) answers the challenge of a server that requires
+    one; the token itself never crosses the wire. A server that requires a
+    token refuses an upload without one, or with a wrong one
+    ("authentication failed"), with ``RefusedError``.
+
+    ``legacy=True`` speaks protocol 1 only, exactly as the original
+    ``client.py`` did (no block-verified resume, no authentication);
+    ``Result.protocol`` is then 1.
+
+    ``cache_dir`` is where block checksums of sent files are kept so a
+    resumed upload does not read them again. Not given: the engine's default
+    (``$BIGTRANSFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigtransfer``, else
+    ``~/.cache/bigtransfer``); ``None``: no cache at all.
     """
     ...
 
@@ -114,7 +133,27 @@ class Server:
         timeout: float = 60.0,
         expire_partial: Optional[float] = 604800.0,
         max_file_size: Optional[int] = None,
-    ) -> "Server": ...
+        token: Optional[_Token] = None,
+        allow_legacy: bool = False,
+        min_free: int = 0,
+    ) -> "Server":
+        """Create ``dir`` if missing and bind at once (``port=0`` picks a free
+        port, see ``address``).
+
+        ``bind``: the address to listen on (default every interface).
+        ``max_connections``: uploads served at once. ``timeout``: seconds a
+        connection may stay idle. ``expire_partial``: seconds after which
+        untouched partial uploads are deleted (None: never).
+        ``max_file_size``: larger uploads are refused (None: no limit).
+        ``min_free``: uploads that would leave fewer free bytes on the disk
+        are refused (0: no reserve).
+
+        ``token`` (bytes, or str taken as UTF-8; at least 16 bytes, else
+        ``InvalidInputError``): only clients proving they know it may upload
+        (challenge-response, the token never crosses the wire); the others
+        are refused ("authentication failed"). Legacy (protocol 1) clients
+        cannot prove it and are refused too unless ``allow_legacy`` is true.
+        """
     @property
     def address(self) -> Tuple[str, int]:
         """``(host, port)`` actually listened on."""
@@ -166,7 +205,8 @@ class ProtocolError(BigTransferError):
     """The peer broke the wire protocol."""
 
 class RefusedError(BigTransferError):
-    """The server refused the upload (bad name, too large, no space, ...)."""
+    """The server refused the upload (bad name, too large, no space, a missing
+    or wrong token, ...)."""
 
 class CrcMismatchError(BigTransferError):
     """The server kept answering CRC32_ERROR (after all retries)."""

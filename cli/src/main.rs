@@ -398,6 +398,9 @@ fn run_client(a: ClientArgs) -> ExitCode {
                     println!("CRC32_ERROR");
                 }
                 eprintln!("error: {e}");
+                if e.to_string().contains("requires a token") {
+                    eprintln!("hint: give the token with --token-file FILE or the BIGTRANSFER_TOKEN environment variable");
+                }
                 return ExitCode::from(exit_code_for(e.kind()));
             }
         }

@@ -349,6 +349,7 @@ pub fn send_file(
         );
         let err = match res {
             Ok(Reply::Stored) => {
+                src.remember(path, cache);
                 return Ok(Outcome {
                     filename,
                     filesize: src.size(),
@@ -363,7 +364,7 @@ pub fn send_file(
                     time_to_first_byte: t.first_byte.unwrap_or_default(),
                     attempts: t.attempts,
                     elapsed: started.elapsed(),
-                })
+                });
             }
             Ok(Reply::LegacyServer) => {
                 // Found out the server is legacy without knowing the CRC-32:
@@ -589,7 +590,7 @@ fn attempt(
             let Some(token) = &opts.token else {
                 return Err(Error::new(
                     ErrorKind::Refused,
-                    "the server requires a token: give it with --token-file or BIGTRANSFER_TOKEN",
+                    "the server requires a token and none was given",
                 ));
             };
             let answer = token.answer(&nonce, &frame[4..]);

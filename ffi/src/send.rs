@@ -8,13 +8,16 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
-use bigtransfer_core::{send_file, Control, Progress, SendOptions};
+use bigtransfer_core::{send_file, Control, Progress, Protocol, SendOptions};
 
-use crate::status::{arg_mut, arg_path, arg_ref, arg_utf8, bt_status, guard, guard_ptr, Failure};
+use crate::status::{
+    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_ptr, Failure,
+};
 
 /// Options of an upload (retries, timeouts, backoff, rate limit, remote
-/// name): an opaque handle made by `bt_send_options_new`, changed with the
-/// `bt_send_options_set_*` functions, released by `bt_send_options_free`.
+/// name, token, protocol, checksum cache): an opaque handle made by
+/// `bt_send_options_new`, changed with the `bt_send_options_set_*`
+/// functions, released by `bt_send_options_free`.
 ///
 /// One handle may be used for any number of sends, one at a time or from
 /// several threads at once as long as no setter runs at the same time.
@@ -40,6 +43,17 @@ pub struct bt_send_result {
     pub bytes_sent: u64,
     /// Connections made (1 when nothing went wrong).
     pub attempts: u32,
+    /// The protocol version spoken on the last connection: 2 between a new
+    /// client and a new server, 1 with a legacy server or after
+    /// `bt_send_options_set_legacy`.
+    pub protocol: u32,
+    /// File bytes read only to compute checksums (not sent).
+    pub bytes_hashed: u64,
+    /// File bytes read in all (for checksums and for sending).
+    pub bytes_read: u64,
+    /// Blocks sent again because the server's copy differed or arrived
+    /// damaged (protocol 2).
+    pub blocks_resent: u64,
 }
 
 /// Progress callback of `bt_send_file`: `done` of `total` bytes of the file
@@ -60,7 +74,11 @@ pub type bt_progress_fn =
 
 /// A new set of send options with the defaults: 5 retries, 10 s connect
 /// timeout, 60 s I/O timeout, backoff from 500 ms doubling up to 15 s, no
-/// rate limit, the remote name taken from the file's base name.
+/// rate limit, the remote name taken from the file's base name, no token,
+/// protocol 2 offered (falling back to 1 with a legacy server), and the
+/// checksum cache in `$BIGTRANSFER_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/bigtransfer`, else `~/.cache/bigtransfer` (read when the
+/// options are made).
 ///
 /// Returns NULL only on an internal error (see `bt_last_error_message`).
 /// Release it with `bt_send_options_free`.
@@ -239,6 +257,95 @@ pub unsafe extern "C" fn bt_send_options_set_remote_name(
     }
 }
 
+/// Sets the shared token for a server that requires one: the `len` bytes at
+/// `token` (any bytes, at least 16; copied). With it the client answers the
+/// server's challenge (HMAC-SHA256, the token never crosses the wire); a
+/// server without a token never asks. NULL `token` or `len` 0 removes the
+/// token (the default). Fewer than 16 bytes gives `BT_INVALID_INPUT` and
+/// leaves the options unchanged.
+///
+/// A send to a server that requires a token fails with `BT_REFUSED`: without
+/// a token ("the server requires a token ...") or with a wrong one
+/// ("server: authentication failed: wrong token").
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `token` NULL or pointing to
+/// `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_token(
+    options: *mut bt_send_options,
+    token: *const u8,
+    len: usize,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_token", options, |o| {
+            // SAFETY: forwarded contract.
+            o.token = arg_token(token, len)?;
+            Ok(())
+        })
+    }
+}
+
+/// Non-zero `legacy`: speak protocol 1 only, exactly as the original
+/// `client.py` did (no block-verified resume, no repair, no token: a server
+/// that requires a token admits such a client only if it allows legacy
+/// clients). 0 (the default): offer protocol 2 and fall back to 1 with a
+/// legacy server.
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_legacy(
+    options: *mut bt_send_options,
+    legacy: c_int,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_legacy", options, |o| {
+            o.protocol = if legacy != 0 {
+                Protocol::Legacy
+            } else {
+                Protocol::Auto
+            };
+            Ok(())
+        })
+    }
+}
+
+/// Sets the directory where block checksums of sent files are cached, so
+/// that a resumed upload does not read again what it already hashed
+/// (created when first written). On Unix a path is raw bytes,
+/// NUL-terminated: non-UTF-8 names work. NULL: no cache at all (neither
+/// read nor written). An empty path gives `BT_INVALID_INPUT`. The default
+/// is described at `bt_send_options_new`.
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `dir` NULL or a
+/// NUL-terminated string (copied).
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_cache_dir(
+    options: *mut bt_send_options,
+    dir: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_cache_dir", options, |o| {
+            if dir.is_null() {
+                o.cache_dir = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let d = arg_path(dir, "dir")?;
+            if d.as_os_str().is_empty() {
+                return Err(Failure::invalid("dir is empty"));
+            }
+            o.cache_dir = Some(d.to_path_buf());
+            Ok(())
+        })
+    }
+}
+
 fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
     if ms == 0 {
         return Err(Failure::invalid(format!("{what} must be at least 1 ms")));
@@ -262,9 +369,10 @@ fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
 /// - `result`: receives the outcome; zeroed on failure. Must not be NULL.
 ///
 /// Returns `BT_OK`, or `BT_SOURCE_FILE`, `BT_UNREACHABLE`,
-/// `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_CANCELLED`,
-/// `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`, ... with the reason in
-/// `bt_last_error_message()`.
+/// `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_REFUSED` (the
+/// server said no: a bad name, too large, no space, a missing or wrong
+/// token), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
+/// ... with the reason in `bt_last_error_message()`.
 ///
 /// # Safety
 /// `host` and `path` must be NULL or NUL-terminated strings; `options` NULL
@@ -330,6 +438,10 @@ pub unsafe extern "C" fn bt_send_file(
             resumed_from: outcome.resumed_from,
             bytes_sent: outcome.bytes_sent,
             attempts: outcome.attempts,
+            protocol: u32::from(outcome.protocol),
+            bytes_hashed: outcome.bytes_hashed,
+            bytes_read: outcome.bytes_read,
+            blocks_resent: outcome.blocks_resent,
         };
         Ok(())
     })

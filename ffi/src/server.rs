@@ -6,7 +6,7 @@
 //! `send.rs`) or daemonising, signal installation or logging to files, which
 //! stay with the C program.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bigtransfer_core::{Server, ServerConfig, StopHandle};
 
-use crate::status::{arg_mut, arg_path, arg_ref, arg_utf8, bt_status, guard, guard_ptr, Failure};
+use crate::status::{
+    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_ptr, Failure,
+};
 
 /// How a server is set up: an opaque handle made by `bt_server_config_new`,
 /// changed with the `bt_server_config_set_*` functions, released by
@@ -69,9 +71,10 @@ impl LogSink {
 }
 
 /// A new server configuration with the defaults: all interfaces, port 8080,
-/// 64 connections at once, 60 s idle timeout, held parts expire after 7 days,
-/// no file size limit, log lines to standard error. The storage directory has
-/// no default: set it with `bt_server_config_set_dir`.
+/// 64 connections at once, 60 s idle timeout, 10 s to send the header, held
+/// parts expire after 7 days, no file size limit, no free-space reserve, no
+/// token (anyone may upload), log lines to standard error. The storage
+/// directory has no default: set it with `bt_server_config_set_dir`.
 ///
 /// Returns NULL only on an internal error (see `bt_last_error_message`).
 /// Release it with `bt_server_config_free`.
@@ -279,6 +282,100 @@ pub unsafe extern "C" fn bt_server_config_set_expire_partial_secs(
     unsafe {
         set("bt_server_config_set_expire_partial_secs", config, |c| {
             c.inner.expire_partial = (seconds > 0).then(|| Duration::from_secs(seconds));
+            Ok(())
+        })
+    }
+}
+
+/// Sets the header timeout in milliseconds: a connection must send its
+/// complete header (and, with a token, its answer to the challenge) within
+/// this time (bounded by the idle timeout), so idle sockets cannot hold
+/// connection slots for long. At least 1; 0 gives `BT_INVALID_INPUT`. The
+/// default is 10 s.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_header_timeout_ms(
+    config: *mut bt_server_config,
+    timeout_ms: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_header_timeout_ms", config, |c| {
+            if timeout_ms == 0 {
+                return Err(Failure::invalid("the header timeout must be at least 1 ms"));
+            }
+            c.inner.header_timeout = Duration::from_millis(timeout_ms);
+            Ok(())
+        })
+    }
+}
+
+/// Refuses an upload that would leave less than `min_free` bytes free on
+/// the storage file system; 0 (the default) keeps no reserve.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_min_free(
+    config: *mut bt_server_config,
+    min_free: u64,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_min_free", config, |c| {
+            c.inner.min_free = min_free;
+            Ok(())
+        })
+    }
+}
+
+/// Requires clients to prove knowledge of a shared token: the `len` bytes at
+/// `token` (any bytes, at least 16; copied). Each protocol-2 client gets a
+/// fresh challenge and must answer it (HMAC-SHA256; the token never crosses
+/// the wire) before it may claim a name or store a byte; a wrong answer is
+/// refused with "authentication failed: wrong token" and logged. Legacy
+/// (protocol 1) clients cannot answer and are refused, unless
+/// `bt_server_config_set_allow_legacy` admits them. NULL `token` or `len` 0
+/// removes the token (the default: anyone may upload). Fewer than 16 bytes
+/// gives `BT_INVALID_INPUT` and leaves the configuration unchanged.
+///
+/// # Safety
+/// `config` as `bt_server_config_set_port`; `token` NULL or pointing to
+/// `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_token(
+    config: *mut bt_server_config,
+    token: *const u8,
+    len: usize,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_token", config, |c| {
+            // SAFETY: forwarded contract.
+            c.inner.token = arg_token(token, len)?;
+            Ok(())
+        })
+    }
+}
+
+/// Non-zero `allow_legacy`: with a token set, still admit legacy clients
+/// (protocol 1), which cannot authenticate. 0 (the default): a server with
+/// a token refuses them. Without a token it changes nothing (everyone is
+/// admitted).
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_allow_legacy(
+    config: *mut bt_server_config,
+    allow_legacy: c_int,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_allow_legacy", config, |c| {
+            c.inner.allow_legacy = allow_legacy != 0;
             Ok(())
         })
     }

@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use bigtransfer_core::auth::Token;
 use bigtransfer_core::{Error, ErrorKind};
 
 /// The result of every fallible function of the C API.
@@ -317,6 +318,25 @@ pub(crate) unsafe fn arg_path<'a>(p: *const c_char, what: &str) -> Result<&'a Pa
     Ok(Path::new(OsStr::from_bytes(c.to_bytes())))
 }
 
+/// The token of `len` bytes at `p`: `None` when `p` is NULL or `len` is 0
+/// (no token), else the engine's [`Token`] (fewer than 16 bytes is the
+/// engine's `BT_INVALID_INPUT`). The bytes are copied.
+///
+/// # Safety
+/// `p` must be NULL or point to `len` readable bytes.
+pub(crate) unsafe fn arg_token(p: *const u8, len: usize) -> Result<Option<Token>, Failure> {
+    if p.is_null() || len == 0 {
+        return Ok(None);
+    }
+    if len > isize::MAX as usize {
+        return Err(Failure::invalid(format!("token length {len} is too large")));
+    }
+    // SAFETY: non-NULL, `len` readable bytes by the caller's contract, and
+    // `len` fits a slice.
+    let bytes = unsafe { std::slice::from_raw_parts(p, len) };
+    Ok(Some(Token::new(bytes.to_vec())?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +408,23 @@ mod tests {
                     .ok(),
                 Some(b"caf\xe9".to_vec())
             );
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_by_the_engine() {
+        // SAFETY: NULL, and pointers to live arrays of the given lengths.
+        unsafe {
+            assert!(matches!(arg_token(std::ptr::null(), 20), Ok(None)));
+            assert!(matches!(arg_token(b"x".as_ptr(), 0), Ok(None)));
+            let short = arg_token(b"short".as_ptr(), 5).err();
+            assert_eq!(
+                short.as_ref().map(|f| f.code),
+                Some(bt_status::BT_INVALID_INPUT)
+            );
+            assert!(short.is_some_and(|f| !f.own && f.message.contains("16 bytes")));
+            let long = b"0123456789abcdef\0with a NUL";
+            assert!(matches!(arg_token(long.as_ptr(), long.len()), Ok(Some(_))));
         }
     }
 

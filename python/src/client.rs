@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bigtransfer_core::{Control, ErrorKind, Outcome, Progress, SendOptions};
+use bigtransfer_core::auth::Token;
+use bigtransfer_core::{Control, ErrorKind, Outcome, Progress, Protocol, SendOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyString};
 
 use crate::errors::{new_err, to_py};
 use crate::wait::{Step, Worker};
@@ -150,6 +151,78 @@ pub(crate) fn path_arg(value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     })
 }
 
+/// A token argument: bytes (or bytearray) as they are, str as its UTF-8
+/// bytes, None for no token. The engine checks the length (at least 16
+/// bytes, else `InvalidInputError`).
+pub(crate) fn token_arg(
+    py: Python<'_>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Token>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let bytes = if let Ok(b) = v.cast::<PyBytes>() {
+        b.as_bytes().to_vec()
+    } else if let Ok(b) = v.cast::<PyByteArray>() {
+        b.to_vec()
+    } else if let Ok(s) = v.cast::<PyString>() {
+        s.to_cow()
+            .map_err(|_| {
+                new_err(
+                    py,
+                    ErrorKind::InvalidInput,
+                    "token is a str that cannot be encoded as UTF-8",
+                )
+            })?
+            .as_bytes()
+            .to_vec()
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "token must be bytes, str or None, not {}",
+            type_name(v)
+        )));
+    };
+    Token::new(bytes).map(Some).map_err(|e| to_py(py, &e, None))
+}
+
+/// The ``cache_dir`` argument of `send_file`.
+pub enum CacheDir {
+    /// Not given (or ``...``): the engine's default directory.
+    EngineDefault,
+    /// ``None``: no cache at all.
+    Off,
+    /// A directory (str or os.PathLike).
+    Dir(PathBuf),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for CacheDir {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<CacheDir> {
+        let py = obj.py();
+        if obj.is_none() {
+            return Ok(CacheDir::Off);
+        }
+        if obj.is(py.Ellipsis()) {
+            return Ok(CacheDir::EngineDefault);
+        }
+        let dir: PathBuf = obj.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "cache_dir must be str, os.PathLike or None, not {}",
+                type_name(&obj)
+            ))
+        })?;
+        if dir.as_os_str().is_empty() {
+            return Err(new_err(
+                py,
+                ErrorKind::InvalidInput,
+                "cache_dir must not be empty (None disables the cache)",
+            ));
+        }
+        Ok(CacheDir::Dir(dir))
+    }
+}
+
 /// Return the CRC-32 of the whole file at ``path`` (str or os.PathLike), as
 /// ``zlib.crc32`` computes it (an int in 0..2**32).
 ///
@@ -205,6 +278,15 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// ``limit_rate`` caps the sending rate in bytes per second. ``name`` is the
 /// name to store the file under (default: the file's base name).
 ///
+/// ``token`` (bytes, or str sent as UTF-8; at least 16 bytes) is the shared
+/// secret for a server that requires one: the client answers the server's
+/// challenge with it (it never crosses the wire). ``legacy=True`` speaks
+/// protocol 1 only, exactly as the original ``client.py`` (no block-verified
+/// resume, no token). ``cache_dir`` is where block checksums of sent files
+/// are kept so a resume does not read them again: not given, the engine's
+/// default (``$BIGTRANSFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigtransfer``,
+/// else ``~/.cache/bigtransfer``); None, no cache.
+///
 /// ``progress(done, total)``, if given, is called on this thread at most
 /// about 20 times a second while data moves (not while the file is first
 /// hashed), and once more with ``(total, total)`` at the end; ``done``
@@ -219,13 +301,19 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// The GIL is released while the upload runs, so other Python threads go
 /// on; Ctrl-C cancels it (``KeyboardInterrupt``).
 ///
-/// Raises ``InvalidInputError`` (bad argument), ``SourceFileError`` /
-/// ``SourceFileNotFoundError`` (cannot read the file), ``UnreachableError``,
-/// ``ConnectionLostError``, ``CrcMismatchError``, ``ProtocolError``,
-/// ``CancelledError``; all are ``BigTransferError``.
+/// Raises ``InvalidInputError`` (bad argument, a token under 16 bytes),
+/// ``SourceFileError`` / ``SourceFileNotFoundError`` (cannot read the file),
+/// ``UnreachableError``, ``ConnectionLostError``, ``CrcMismatchError``,
+/// ``ProtocolError``, ``RefusedError`` (the server said no: too large, no
+/// space, a missing or wrong token, ...), ``CancelledError``; all are
+/// ``BigTransferError``.
 #[pyfunction]
 #[pyo3(signature = (host, port, path, *, retries = 5, timeout = 60.0, connect_timeout = 10.0,
-                    limit_rate = None, name = None, progress = None))]
+                    limit_rate = None, name = None, progress = None, token = None,
+                    legacy = false, cache_dir = CacheDir::EngineDefault),
+       text_signature = "(host, port, path, *, retries=5, timeout=60.0, connect_timeout=10.0, \
+                         limit_rate=None, name=None, progress=None, token=None, legacy=False, \
+                         cache_dir=...)")]
 #[allow(clippy::too_many_arguments)]
 pub fn send_file(
     py: Python<'_>,
@@ -238,6 +326,9 @@ pub fn send_file(
     limit_rate: Option<i128>,
     name: Option<String>,
     progress: Option<Bound<'_, PyAny>>,
+    token: Option<Bound<'_, PyAny>>,
+    legacy: bool,
+    cache_dir: CacheDir,
 ) -> PyResult<SendResult> {
     let host = host
         .strip_prefix('[')
@@ -259,6 +350,17 @@ pub fn send_file(
         None => None,
     };
     opts.remote_name = name;
+    opts.token = token_arg(py, token.as_ref())?;
+    opts.protocol = if legacy {
+        Protocol::Legacy
+    } else {
+        Protocol::Auto
+    };
+    match cache_dir {
+        CacheDir::EngineDefault => {}
+        CacheDir::Off => opts.cache_dir = None,
+        CacheDir::Dir(d) => opts.cache_dir = Some(d),
+    }
     if let Some(cb) = &progress {
         if !cb.is_callable() {
             return Err(PyTypeError::new_err(format!(

@@ -49,7 +49,8 @@ class ProtocolError(BigTransferError):
 
 
 class RefusedError(BigTransferError):
-    """The server refused the upload (bad name, too large, no space, ...)."""
+    """The server refused the upload (bad name, too large, no space, a missing
+    or wrong token, ...)."""
 
 
 class CrcMismatchError(BigTransferError):

@@ -17,7 +17,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::client::{int_arg, path_arg, seconds_arg};
+use crate::client::{int_arg, path_arg, seconds_arg, token_arg};
 use crate::errors::{new_err, to_py};
 use crate::wait::{wait_detached, Slot, TICK};
 
@@ -40,15 +40,23 @@ enum RunState {
 /// A bigtransfer server: receives uploads into a storage directory.
 ///
 /// ``Server(dir, port=8080, bind=None, max_connections=64, timeout=60.0,
-/// expire_partial=604800.0, max_file_size=None)`` creates ``dir`` if
-/// missing and binds at once, so ``address`` holds the real port even when
-/// ``port`` is 0. ``bind`` is the address to listen on (default: every
-/// interface, IPv6 and IPv4 where the system allows). At most
-/// ``max_connections`` uploads are served at once; a connection idle for
-/// ``timeout`` seconds is closed (its data kept for resume); partial uploads
-/// untouched for ``expire_partial`` seconds are deleted (None: never);
-/// uploads larger than ``max_file_size`` bytes are refused (None: no
-/// limit). Log lines go to standard error.
+/// expire_partial=604800.0, max_file_size=None, token=None,
+/// allow_legacy=False, min_free=0)`` creates ``dir`` if missing and binds
+/// at once, so ``address`` holds the real port even when ``port`` is 0.
+/// ``bind`` is the address to listen on (default: every interface, IPv6 and
+/// IPv4 where the system allows). At most ``max_connections`` uploads are
+/// served at once; a connection idle for ``timeout`` seconds is closed (its
+/// data kept for resume); partial uploads untouched for ``expire_partial``
+/// seconds are deleted (None: never); uploads larger than
+/// ``max_file_size`` bytes are refused (None: no limit), and so are uploads
+/// that would leave fewer than ``min_free`` bytes free on the disk.
+///
+/// With ``token`` (bytes, or str taken as UTF-8; at least 16 bytes) only
+/// clients proving they know it (a challenge-response; the token never
+/// crosses the wire) may upload; the others get ``RefusedError``
+/// ("authentication failed"). Legacy (protocol 1) clients cannot prove it
+/// and are refused unless ``allow_legacy`` is true. Log lines go to
+/// standard error.
 ///
 /// Serve with ``serve_forever()`` (blocks until ``stop()`` or Ctrl-C) or
 /// ``start()`` (in the background); ``stop()`` ends either. As a context
@@ -160,9 +168,11 @@ impl PyServer {
 impl PyServer {
     #[new]
     #[pyo3(signature = (dir, port = 8080, bind = None, max_connections = 64, timeout = 60.0,
-                        expire_partial = Some(604800.0), max_file_size = None),
+                        expire_partial = Some(604800.0), max_file_size = None, token = None,
+                        allow_legacy = false, min_free = 0),
            text_signature = "(dir, port=8080, bind=None, max_connections=64, timeout=60.0, \
-                             expire_partial=604800.0, max_file_size=None)")]
+                             expire_partial=604800.0, max_file_size=None, token=None, \
+                             allow_legacy=False, min_free=0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -173,6 +183,9 @@ impl PyServer {
         timeout: f64,
         expire_partial: Option<f64>,
         max_file_size: Option<i128>,
+        token: Option<Bound<'_, PyAny>>,
+        allow_legacy: bool,
+        min_free: i128,
     ) -> PyResult<PyServer> {
         let dir_arg = dir.clone().unbind();
         let dir = path_arg(dir)?;
@@ -192,6 +205,9 @@ impl PyServer {
             Some(m) => Some(int_arg(py, "max_file_size", m, 0, u64::MAX.into())? as u64),
             None => None,
         };
+        cfg.token = token_arg(py, token.as_ref())?;
+        cfg.allow_legacy = allow_legacy;
+        cfg.min_free = int_arg(py, "min_free", min_free, 0, u64::MAX.into())? as u64;
         let core = py
             .detach(|| bigtransfer_core::Server::bind(cfg))
             .map_err(|e| to_py(py, &e, None))?;

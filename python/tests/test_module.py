@@ -442,6 +442,165 @@ def test_keyboard_interrupt_cancels_send(server, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# Authentication, legacy clients, free-space reserve and the checksum cache
+
+TOKEN = b"a shared secret of the python tests"
+WRONG_TOKEN = b"not the shared secret, but long enough"
+
+
+@pytest.fixture
+def token_server(tmp_path):
+    """A Server requiring TOKEN (legacy clients refused), in the background."""
+    with bigtransfer.Server(tmp_path / "auth", port=0, bind=HOST, token=TOKEN) as srv:
+        yield srv
+
+
+def test_token_right_wrong_and_missing(token_server, tmp_path):
+    port = token_server.address[1]
+    src = tmp_path / "secret.bin"
+    data = make_file(src, 500_000, seed=11)
+
+    with pytest.raises(bigtransfer.RefusedError) as info:
+        bigtransfer.send_file(HOST, port, src, name="no-token.bin", retries=0)
+    assert info.value.kind == "refused"
+    assert "token" in str(info.value)
+
+    with pytest.raises(bigtransfer.RefusedError) as info:
+        bigtransfer.send_file(HOST, port, src, name="wrong.bin", retries=0, token=WRONG_TOKEN)
+    assert "authentication failed" in str(info.value)
+    assert isinstance(info.value, bigtransfer.BigTransferError)
+
+    result = bigtransfer.send_file(HOST, port, src, token=TOKEN)
+    assert result.protocol == 2
+    assert result.filesize == len(data) and result.crc32 == zlib.crc32(data)
+    assert stored(token_server, "secret.bin").read_bytes() == data
+    # The same secret given as str is sent as its UTF-8 bytes; bytearray works too.
+    result = bigtransfer.send_file(HOST, port, src, name="as-str.bin", token=TOKEN.decode())
+    assert result.protocol == 2 and stored(token_server, "as-str.bin").read_bytes() == data
+    bigtransfer.send_file(HOST, port, src, name="as-bytearray.bin", token=bytearray(TOKEN))
+    assert stored(token_server, "as-bytearray.bin").read_bytes() == data
+
+    assert not stored(token_server, "no-token.bin").exists()
+    assert not stored(token_server, "wrong.bin").exists()
+    assert token_server.stats["completed"] == 3
+
+
+def test_a_token_is_harmless_without_one_on_the_server(server, tmp_path):
+    src = tmp_path / "extra.bin"
+    data = make_file(src, 10_000, seed=12)
+    result = bigtransfer.send_file(HOST, server.address[1], src, token=TOKEN)
+    assert result.protocol == 2 and stored(server, "extra.bin").read_bytes() == data
+
+
+def test_legacy_client_and_allow_legacy(tmp_path):
+    src = tmp_path / "old.bin"
+    data = make_file(src, 300_000, seed=13)
+    with bigtransfer.Server(tmp_path / "legacy-ok", port=0, bind=HOST, token=TOKEN.decode(),
+                            allow_legacy=True) as srv:
+        result = bigtransfer.send_file(HOST, srv.address[1], src, legacy=True, retries=0)
+        assert result.protocol == 1
+        assert result.crc32 == zlib.crc32(data)
+        assert stored(srv, "old.bin").read_bytes() == data
+        # allow_legacy does not let protocol-2 clients skip the token.
+        with pytest.raises(bigtransfer.RefusedError):
+            bigtransfer.send_file(HOST, srv.address[1], src, name="new.bin", retries=0)
+        assert bigtransfer.send_file(HOST, srv.address[1], src, name="new.bin",
+                                     token=TOKEN).protocol == 2
+
+    # Without allow_legacy, a server with a token turns legacy clients away
+    # (protocol 1 has no words for it: the client sees the connection close).
+    with bigtransfer.Server(tmp_path / "legacy-no", port=0, bind=HOST, token=TOKEN) as srv:
+        with pytest.raises(bigtransfer.BigTransferError):
+            bigtransfer.send_file(HOST, srv.address[1], src, legacy=True, retries=0,
+                                  timeout=10.0)
+        assert not stored(srv, "old.bin").exists()
+
+    # Against a server without a token, legacy=True still speaks protocol 1.
+    with bigtransfer.Server(tmp_path / "plain", port=0, bind=HOST) as srv:
+        assert bigtransfer.send_file(HOST, srv.address[1], src, legacy=True).protocol == 1
+        assert bigtransfer.send_file(HOST, srv.address[1], src, name="v2.bin").protocol == 2
+
+
+def test_min_free_refuses_uploads(tmp_path):
+    src = tmp_path / "m.bin"
+    make_file(src, 1000, seed=14)
+    with bigtransfer.Server(tmp_path / "full", port=0, bind=HOST, min_free=2**64 - 1) as srv:
+        with pytest.raises(bigtransfer.RefusedError) as info:
+            bigtransfer.send_file(HOST, srv.address[1], src, retries=0)
+        assert "min-free" in str(info.value)
+        assert not stored(srv, "m.bin").exists()
+
+
+def test_auth_and_cache_arguments(tmp_path):
+    src = tmp_path / "a.bin"
+    make_file(src, 10)
+    for short in (b"short", "fifteen chars!!", b"", bytearray(b"x" * 15)):
+        with pytest.raises(bigtransfer.InvalidInputError) as info:
+            bigtransfer.send_file(HOST, 1, src, token=short)
+        assert isinstance(info.value, ValueError)
+        assert "at least 16 bytes" in str(info.value)
+        with pytest.raises(bigtransfer.InvalidInputError):
+            bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, token=short)
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.send_file(HOST, 1, src, token="\udc80" * 20)
+    with pytest.raises(TypeError):
+        bigtransfer.send_file(HOST, 1, src, token=42)
+    with pytest.raises(TypeError):
+        bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, token=["x" * 20])
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, min_free=-1)
+    with pytest.raises(TypeError):
+        bigtransfer.send_file(HOST, 1, src, cache_dir=42)
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.send_file(HOST, 1, src, cache_dir="")
+    assert "cache_dir=..." in bigtransfer.send_file.__text_signature__
+    assert "token=None" in bigtransfer.Server.__text_signature__
+
+
+def _cancel_then_resume(port, src, **kwargs):
+    """Cancel an upload of ``src`` a quarter in, then finish it; the Result."""
+    with pytest.raises(bigtransfer.CancelledError):
+        bigtransfer.send_file(HOST, port, src, limit_rate=8 * 1024 * 1024,
+                              progress=lambda d, t: False if d >= t // 4 else None, **kwargs)
+    return bigtransfer.send_file(HOST, port, src, **kwargs)
+
+
+def test_cache_dir(server, tmp_path, monkeypatch):
+    port = server.address[1]
+    size = 8 * 1024 * 1024
+
+    # A directory: the resume takes the held part's checksums from it.
+    cache = tmp_path / "cache"
+    src = tmp_path / "cached.bin"
+    data = make_file(src, size, seed=15)
+    result = _cancel_then_resume(port, src, cache_dir=cache)
+    assert result.resumed_from > 0 and result.bytes_hashed == 0
+    assert any(cache.iterdir()), "nothing written to cache_dir"
+    assert stored(server, "cached.bin").read_bytes() == data
+
+    # None: no cache, so the resume reads the held part again to compare it.
+    src = tmp_path / "uncached.bin"
+    data = make_file(src, size, seed=16)
+    before = sorted(cache.iterdir())
+    result = _cancel_then_resume(port, src, cache_dir=None)
+    assert result.resumed_from > 0 and result.bytes_hashed >= result.resumed_from
+    assert sorted(cache.iterdir()) == before
+    assert stored(server, "uncached.bin").read_bytes() == data
+
+    # Not given (or ...): the engine's default, here $BIGTRANSFER_CACHE_DIR.
+    env_cache = tmp_path / "env-cache"
+    monkeypatch.setenv("BIGTRANSFER_CACHE_DIR", str(env_cache))
+    src = tmp_path / "default.bin"
+    make_file(src, size, seed=17)
+    result = _cancel_then_resume(port, src)
+    assert result.bytes_hashed == 0 and any(env_cache.iterdir())
+    src = tmp_path / "ellipsis.bin"
+    make_file(src, size, seed=18)
+    result = _cancel_then_resume(port, src, cache_dir=...)
+    assert result.bytes_hashed == 0 and len(list(env_cache.iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------
 # Interoperation with the bigtransfer binary
 
 

@@ -5,7 +5,10 @@
  * It runs a server through the C API in a thread on 127.0.0.1 (port 0) in a
  * temporary directory, uploads generated files to it through the C API and
  * checks results, progress figures, cancel-and-resume, CRC-32s, the stored
- * bytes, and the error paths; then stops the server from the main thread.
+ * bytes, and the error paths; then authentication (servers with a token,
+ * right / wrong / missing tokens, a legacy client admitted by allow_legacy)
+ * and a free-space reserve on servers of their own; then stops the server
+ * from the main thread.
  * Every wait is bounded (socket timeouts, a timed join, and an alarm as a
  * last resort). Its last line is "N passed, N failed"; it exits non-zero on
  * any failure.
@@ -226,9 +229,50 @@ static int message_set(void) {
     return m != NULL && m[0] != '\0';
 }
 
+static int message_has(const char *part) {
+    const char *m = bt_last_error_message();
+    return m != NULL && strstr(m, part) != NULL;
+}
+
 static int result_zero(const bt_send_result *r) {
     return r->filesize == 0 && r->crc32 == 0 && r->resumed_from == 0 && r->bytes_sent == 0 &&
-           r->attempts == 0;
+           r->attempts == 0 && r->protocol == 0 && r->bytes_hashed == 0 && r->bytes_read == 0 &&
+           r->blocks_resent == 0;
+}
+
+/* Makes a server from `config` and serves it on a new thread; NULL if either
+ * fails (then nothing is left running). */
+static bt_server *start_server(const bt_server_config *config, struct serving *serving,
+                               pthread_t *thread, uint16_t *port) {
+    bt_server *server = NULL;
+    *port = 0;
+    if (bt_server_new(config, &server) != BT_OK) {
+        return NULL;
+    }
+    serving->server = server;
+    serving->status = BT_PANIC;
+    if (bt_server_port(server, port) != BT_OK ||
+        pthread_create(thread, NULL, serve_main, serving) != 0) {
+        bt_server_free(server);
+        return NULL;
+    }
+    return server;
+}
+
+/* Stops a server from start_server, joins its thread (30 s at most) and
+ * frees it. 1 if it stopped and bt_server_serve returned BT_OK. */
+static int stop_server(bt_server *server, struct serving *serving, pthread_t thread) {
+    bt_server_stop(server);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 30;
+    if (pthread_timedjoin_np(thread, NULL, &deadline) != 0) {
+        printf("%d passed, %d failed\n", passed, failed + 1);
+        _exit(1); /* the thread still uses the server: do not free it */
+    }
+    int ok = serving->status == BT_OK;
+    bt_server_free(server);
+    return ok;
 }
 
 int main(void) {
@@ -300,6 +344,12 @@ int main(void) {
           "a zero connect timeout is BT_INVALID_INPUT");
     CHECK(bt_send_options_set_remote_name(options, "") == BT_INVALID_INPUT,
           "an empty remote name is BT_INVALID_INPUT");
+    /* The checksum cache inside the temporary directory, not in $HOME. */
+    char cache_dir[4200];
+    snprintf(cache_dir, sizeof cache_dir, "%s/cache", root);
+    CHECK(bt_send_options_set_cache_dir(options, cache_dir) == BT_OK, "set_cache_dir");
+    CHECK(bt_send_options_set_cache_dir(options, "") == BT_INVALID_INPUT && message_set(),
+          "an empty cache directory is BT_INVALID_INPUT");
 
     /* -- a whole upload --------------------------------------------------- */
     const size_t size_a = 3 * 1024 * 1024 + 12345; /* no multiple of any buffer */
@@ -333,6 +383,10 @@ int main(void) {
     CHECK(prog.monotonic, "progress figures are monotonic and within total");
     CHECK(prog.total_constant && prog.total == size_a, "progress total == size");
     CHECK(prog.last_done == prog.total, "the last progress call has done == total");
+    CHECK(r.protocol == 2, "result.protocol == 2 between the library's client and server");
+    CHECK(r.bytes_read >= size_a && r.bytes_hashed <= r.bytes_read,
+          "result.bytes_read covers the file, bytes_hashed is part of it");
+    CHECK(r.blocks_resent == 0, "result.blocks_resent == 0 when nothing was damaged");
 
     /* -- cancel from the callback, then resume ----------------------------- */
     const size_t size_b = 4 * 1024 * 1024 + 777;
@@ -344,6 +398,7 @@ int main(void) {
     CHECK(slow != NULL, "bt_send_options_new (rate-limited)");
     /* Small blocks so that the callback runs several times mid-file. */
     CHECK(bt_send_options_set_limit_rate(slow, 8 * 1024 * 1024) == BT_OK, "set_limit_rate");
+    CHECK(bt_send_options_set_cache_dir(slow, cache_dir) == BT_OK, "set_cache_dir (slow)");
     CHECK(bt_send_options_set_retries(slow, 0) == BT_OK, "set_retries 0");
     CHECK(bt_send_options_set_io_timeout_ms(slow, 20000) == BT_OK, "set_io_timeout_ms (slow)");
     progress_init(&prog);
@@ -355,6 +410,7 @@ int main(void) {
     CHECK(prog.cancelled_at >= size_b / 3 && prog.cancelled_at < size_b,
           "it cancelled in the middle of the file");
     CHECK(!exists(stored_b), "a cancelled upload is not visible under its name");
+    CHECK(exists(cache_dir), "the cancelled send kept its checksums in the set_cache_dir directory");
     const uint64_t cancelled_at = prog.cancelled_at;
 
     /* Let the server's connection notice the close and checkpoint (bounded). */
@@ -395,7 +451,9 @@ int main(void) {
     CHECK(bt_crc32_file(path_c, &crc_c) == BT_OK && ref_ok && crc_c == crc_c_ref,
           "bt_crc32_file takes a non-UTF-8 path as raw bytes");
     bt_send_options *named = bt_send_options_new();
-    CHECK(bt_send_options_set_remote_name(named, "cafe.bin") == BT_OK, "set_remote_name");
+    CHECK(bt_send_options_set_remote_name(named, "cafe.bin") == BT_OK &&
+              bt_send_options_set_cache_dir(named, cache_dir) == BT_OK,
+          "set_remote_name, set_cache_dir");
     CHECK(bt_send_options_set_remote_name(named, "caf\xe9") == BT_UTF8,
           "a non-UTF-8 remote name is BT_UTF8");
     st = bt_send_file("127.0.0.1", port, path_c, named, NULL, NULL, &r);
@@ -445,7 +503,8 @@ int main(void) {
     uint16_t nobody = closed_port();
     bt_send_options *quick = bt_send_options_new();
     CHECK(bt_send_options_set_retries(quick, 0) == BT_OK &&
-              bt_send_options_set_connect_timeout_ms(quick, 2000) == BT_OK,
+              bt_send_options_set_connect_timeout_ms(quick, 2000) == BT_OK &&
+              bt_send_options_set_cache_dir(quick, cache_dir) == BT_OK,
           "options for the unreachable test");
     CHECK(nobody != 0 &&
               bt_send_file("127.0.0.1", nobody, path_a, quick, NULL, NULL, &r) == BT_UNREACHABLE &&
@@ -460,6 +519,141 @@ int main(void) {
           "bt_crc32_file of a missing file is BT_SOURCE_FILE");
     CHECK(bt_send_file("127.0.0.1", 0, path_a, quick, NULL, NULL, &r) == BT_INVALID_INPUT,
           "port 0 is BT_INVALID_INPUT");
+
+    /* -- authentication: a server with a token ------------------------------ */
+    /* Tokens are bytes of a given length, NULs included: these two differ
+     * only after the NUL, so a library that stopped there would accept both. */
+    static const char token[] = "a shared\0secret of the C test";
+    static const char wrong_token[] = "a shared\0SECRET of the C test";
+    const size_t token_len = sizeof token - 1;
+    char store3[4200];
+    snprintf(store3, sizeof store3, "%s/store3", root);
+    bt_server_config *config3 = bt_server_config_new();
+    CHECK(config3 != NULL, "bt_server_config_new (with a token)");
+    CHECK(bt_server_config_set_token(config3, (const uint8_t *)"short", 5) == BT_INVALID_INPUT &&
+              message_has("at least 16 bytes"),
+          "a server token under 16 bytes is BT_INVALID_INPUT with the engine's message");
+    CHECK(bt_server_config_set_token(NULL, (const uint8_t *)token, token_len) ==
+                  BT_NULL_POINTER &&
+              message_set(),
+          "set_token on a NULL config is BT_NULL_POINTER");
+    CHECK(bt_server_config_set_header_timeout_ms(config3, 0) == BT_INVALID_INPUT && message_set(),
+          "a zero header timeout is BT_INVALID_INPUT");
+    CHECK(bt_server_config_set_dir(config3, store3) == BT_OK &&
+              bt_server_config_set_bind_address(config3, "127.0.0.1") == BT_OK &&
+              bt_server_config_set_port(config3, 0) == BT_OK &&
+              bt_server_config_set_log_callback(config3, on_log, NULL) == BT_OK,
+          "configured the token server");
+    CHECK(bt_server_config_set_token(config3, (const uint8_t *)token, token_len) == BT_OK,
+          "bt_server_config_set_token");
+    CHECK(bt_server_config_set_allow_legacy(config3, 1) == BT_OK, "bt_server_config_set_allow_legacy");
+    CHECK(bt_server_config_set_header_timeout_ms(config3, 5000) == BT_OK,
+          "bt_server_config_set_header_timeout_ms");
+    CHECK(bt_server_config_set_min_free(config3, 0) == BT_OK, "bt_server_config_set_min_free 0");
+    struct serving serving3;
+    pthread_t thread3;
+    uint16_t port3 = 0;
+    bt_server *server3 = start_server(config3, &serving3, &thread3, &port3);
+    CHECK(server3 != NULL && port3 != 0, "a server with a token serves");
+
+    char path_t[4300], stored_t[4300];
+    snprintf(path_t, sizeof path_t, "%s/t.bin", src_dir);
+    snprintf(stored_t, sizeof stored_t, "%s/t.bin", store3);
+    CHECK(write_file(path_t, 200001, 0x70CE) == 0, "generated t.bin");
+    bt_send_options *authed = bt_send_options_new();
+    CHECK(authed != NULL && bt_send_options_set_retries(authed, 0) == BT_OK &&
+              bt_send_options_set_backoff_ms(authed, 10, 10) == BT_OK &&
+              bt_send_options_set_cache_dir(authed, NULL) == BT_OK,
+          "options for the token tests (no retries, no cache)");
+    CHECK(bt_send_options_set_token(authed, (const uint8_t *)"0123456789abcde", 15) ==
+                  BT_INVALID_INPUT &&
+              message_has("the token must be at least 16 bytes long"),
+          "a client token of 15 bytes is BT_INVALID_INPUT with the engine's message");
+    CHECK(bt_send_options_set_token(NULL, (const uint8_t *)token, token_len) ==
+              BT_NULL_POINTER,
+          "set_token on NULL options is BT_NULL_POINTER");
+
+    /* No token: refused. */
+    if (server3 != NULL) {
+        st = bt_send_file("127.0.0.1", port3, path_t, authed, NULL, NULL, &r);
+        CHECK(st == BT_REFUSED && message_has("requires a token") && result_zero(&r),
+              "a send without a token to a server with one is BT_REFUSED");
+        CHECK(!exists(stored_t), "nothing stored for a client without a token");
+
+        /* A wrong token: refused by the server, in words. */
+        CHECK(bt_send_options_set_token(authed, (const uint8_t *)wrong_token,
+                                        token_len) == BT_OK,
+              "bt_send_options_set_token (wrong token)");
+        st = bt_send_file("127.0.0.1", port3, path_t, authed, NULL, NULL, &r);
+        CHECK(st == BT_REFUSED && message_has("authentication failed") && result_zero(&r),
+              "a send with a wrong token is BT_REFUSED, \"authentication failed\"");
+        CHECK(!exists(stored_t), "nothing stored for a client with a wrong token");
+
+        /* Clearing the token (NULL, or length 0) is refused again. */
+        CHECK(bt_send_options_set_token(authed, NULL, 0) == BT_OK, "set_token(NULL, 0) clears it");
+        st = bt_send_file("127.0.0.1", port3, path_t, authed, NULL, NULL, &r);
+        CHECK(st == BT_REFUSED && message_has("requires a token"),
+              "after clearing the token the send is refused as without one");
+        CHECK(bt_send_options_set_token(authed, (const uint8_t *)token, 0) == BT_OK,
+              "set_token with length 0 clears it");
+
+        /* The right token. */
+        CHECK(bt_send_options_set_token(authed, (const uint8_t *)token, token_len) == BT_OK,
+              "bt_send_options_set_token (right token)");
+        st = bt_send_file("127.0.0.1", port3, path_t, authed, NULL, NULL, &r);
+        CHECK(st == BT_OK, "a send with the right token succeeds");
+        CHECK(r.protocol == 2, "it spoke protocol 2");
+        CHECK(r.filesize == 200001 && same_file(path_t, stored_t),
+              "the authenticated upload is stored byte-identical");
+
+        /* A legacy client, admitted by allow_legacy without authenticating. */
+        bt_send_options *legacy = bt_send_options_new();
+        CHECK(legacy != NULL && bt_send_options_set_retries(legacy, 0) == BT_OK &&
+                  bt_send_options_set_cache_dir(legacy, NULL) == BT_OK &&
+                  bt_send_options_set_remote_name(legacy, "legacy.bin") == BT_OK,
+              "options for the legacy send");
+        CHECK(bt_send_options_set_legacy(legacy, 1) == BT_OK, "bt_send_options_set_legacy(1)");
+        CHECK(bt_send_options_set_legacy(NULL, 1) == BT_NULL_POINTER,
+              "set_legacy on NULL options is BT_NULL_POINTER");
+        char stored_l[4300];
+        snprintf(stored_l, sizeof stored_l, "%s/legacy.bin", store3);
+        st = bt_send_file("127.0.0.1", port3, path_t, legacy, NULL, NULL, &r);
+        CHECK(st == BT_OK && r.protocol == 1,
+              "a legacy send to a server with allow_legacy succeeds with protocol 1");
+        CHECK(r.bytes_sent == 200001 && same_file(path_t, stored_l),
+              "the legacy upload is stored byte-identical");
+        CHECK(bt_send_options_set_legacy(legacy, 0) == BT_OK, "bt_send_options_set_legacy(0)");
+        CHECK(bt_send_options_set_remote_name(legacy, "auto.bin") == BT_OK, "set_remote_name");
+        st = bt_send_file("127.0.0.1", port3, path_t, legacy, NULL, NULL, &r);
+        CHECK(st == BT_REFUSED, "set_legacy(0) speaks protocol 2 again (refused without a token)");
+        bt_send_options_free(legacy);
+        CHECK(stop_server(server3, &serving3, thread3), "the token server stopped with BT_OK");
+    }
+    bt_send_options_free(authed);
+    bt_server_config_free(config3);
+
+    /* -- a server that keeps more free space than there is ----------------- */
+    char store4[4200];
+    snprintf(store4, sizeof store4, "%s/store4", root);
+    bt_server_config *config4 = bt_server_config_new();
+    CHECK(config4 != NULL && bt_server_config_set_dir(config4, store4) == BT_OK &&
+              bt_server_config_set_bind_address(config4, "127.0.0.1") == BT_OK &&
+              bt_server_config_set_port(config4, 0) == BT_OK &&
+              bt_server_config_set_log_callback(config4, on_log, NULL) == BT_OK &&
+              bt_server_config_set_min_free(config4, UINT64_MAX) == BT_OK,
+          "bt_server_config_set_min_free(UINT64_MAX)");
+    struct serving serving4;
+    pthread_t thread4;
+    uint16_t port4 = 0;
+    bt_server *server4 = start_server(config4, &serving4, &thread4, &port4);
+    CHECK(server4 != NULL, "the min_free server serves");
+    if (server4 != NULL) {
+        st = bt_send_file("127.0.0.1", port4, path_t, quick, NULL, NULL, &r);
+        CHECK(st == BT_REFUSED && message_has("min-free"),
+              "an upload that would leave less than min_free is BT_REFUSED");
+        CHECK(stop_server(server4, &serving4, thread4), "the min_free server stopped with BT_OK");
+    }
+    bt_server_config_free(config4);
 
     /* -- a second server, stopped by a signal handler ---------------------- */
     char store2[4300];
