@@ -47,6 +47,7 @@ pub struct BlockPart {
     valid: Vec<bool>,
     durable_blocks: u64,
     written_since: u64,
+    unflushed: u64,
     seq: u64,
     part: File,
     meta: File,
@@ -179,6 +180,7 @@ impl BlockPart {
             valid,
             durable_blocks: held_blocks,
             written_since: 0,
+            unflushed: 0,
             seq,
             part,
             meta,
@@ -244,6 +246,15 @@ impl BlockPart {
             .write_all_at(data, offset)
             .map_err(|e| serr("write", &self.part_path, e))?;
         self.written_since += data.len() as u64;
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= crate::store::WRITEBACK_STEP {
+            // Data arrives in ascending order within a run of blocks: start
+            // writeback of what precedes this point.
+            let end = offset + data.len() as u64;
+            let start = end.saturating_sub(self.unflushed);
+            crate::sys::start_writeback(&self.part, start, end - start);
+            self.unflushed = 0;
+        }
         Ok(())
     }
 

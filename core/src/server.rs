@@ -945,23 +945,15 @@ fn serve_v2(
     let mut rounds = 0u32;
     loop {
         let mut tag = [0u8; 1];
-        if let Err(e) = stream.read_exact(&mut tag) {
-            let _ = bp.checkpoint();
-            let e = net_err(e, "waiting for the next block");
-            return Err(Error::new(
-                e.kind(),
-                format!(
-                    "{name}: {e}; held part kept: {} bytes for resume",
-                    bp.held()
-                ),
-            ));
-        }
+        stream
+            .read_exact(&mut tag)
+            .map_err(|e| cut_off(&mut bp, e, "waiting for the next block"))?;
         let mut rest = [0u8; 12];
         let rest =
             &mut rest[..v2::client_head_len(tag[0]).map_err(|e| fail_v2(stream, &mut bp, e))?];
         stream
             .read_exact(rest)
-            .map_err(|e| net_err(e, "reading a frame head"))?;
+            .map_err(|e| cut_off(&mut bp, e, "reading a frame head"))?;
         let (frame, idx) = v2::parse_client_head(tag[0], rest, filesize, block)
             .map_err(|e| fail_v2(stream, &mut bp, e))?;
         match frame {
@@ -980,10 +972,7 @@ fn serve_v2(
                         }
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let _ = bp.checkpoint();
-                            return Err(net_err(e, "receiving data"));
-                        }
+                        Err(e) => return Err(cut_off(&mut bp, e, "receiving data")),
                     };
                     h.update(&buf[..n]);
                     if let Err(e) = bp.write_at(offset + pos, &buf[..n]) {
@@ -1008,7 +997,7 @@ fn serve_v2(
                 let mut trailer = [0u8; 4];
                 stream
                     .read_exact(&mut trailer)
-                    .map_err(|e| net_err(e, "reading a block checksum"))?;
+                    .map_err(|e| cut_off(&mut bp, e, "reading a block checksum"))?;
                 let got = h.finalize();
                 let good = got == u32::from_be_bytes(trailer);
                 if !good {
@@ -1071,6 +1060,21 @@ fn serve_v2(
             }
         }
     }
+}
+
+/// The connection broke in the data phase: checkpoint the good blocks and
+/// say what is kept.
+fn cut_off(bp: &mut BlockPart, e: io::Error, during: &str) -> Error {
+    let _ = bp.checkpoint();
+    let e = net_err(e, during);
+    Error::new(
+        e.kind(),
+        format!(
+            "{}: {e}; held part kept: {} bytes for resume",
+            bp.name(),
+            bp.held()
+        ),
+    )
 }
 
 /// A protocol violation in the data phase: keep what is good, say why.

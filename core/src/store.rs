@@ -39,6 +39,11 @@ use crate::{Error, ErrorKind, Result};
 /// Received bytes between two checkpoints: the most a server crash can cost.
 pub const CHECKPOINT_INTERVAL: u64 = 32 << 20;
 
+/// Writeback of received data is started every this many bytes, so the disk
+/// works in parallel with the network and a checkpoint's `fdatasync` finds
+/// little left to write.
+pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
+
 const META_MAGIC: &[u8; 8] = b"BTHELD01";
 /// Same record layout, for a version-2 (block-verified) upload; its `crc32`
 /// field holds the block size's log2, since the whole-file CRC-32 is only
@@ -537,6 +542,7 @@ impl Store {
             done: false,
             prefix_check,
             prefix_problem: None,
+            written_back: cp.offset,
         };
         Ok((held, fresh))
     }
@@ -641,6 +647,7 @@ pub struct HeldPart {
     done: bool,
     prefix_check: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
     prefix_problem: Option<String>,
+    written_back: u64,
 }
 
 impl HeldPart {
@@ -687,6 +694,14 @@ impl HeldPart {
         }
         self.hasher.update(data);
         self.offset += data.len() as u64;
+        if self.offset - self.written_back >= WRITEBACK_STEP {
+            crate::sys::start_writeback(
+                &self.part,
+                self.written_back,
+                self.offset - self.written_back,
+            );
+            self.written_back = self.offset;
+        }
         if self.offset - self.durable.offset >= CHECKPOINT_INTERVAL {
             self.checkpoint()?;
         }
