@@ -392,7 +392,7 @@ fn reread(path: &At, filesize: u64, block: u64, blocks: u64) -> io::Result<Vec<u
     crate::sys::advise_sequential(&f);
     let len = f.metadata()?.len();
     let mut out = Vec::new();
-    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
     for idx in 0..blocks {
         let (off, blen) = block_range(filesize, block, idx);
         if off + blen > len {

@@ -828,7 +828,7 @@ fn session_v2(
             "server's block list does not fit this file",
         ));
     }
-    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
     // Our CRC-32s for the blocks the server holds: cached, else read now.
     let known = src.blocks.len();
     for idx in known as u64..server_crcs.len() as u64 {

@@ -46,7 +46,7 @@ pub fn crc32_of(
 ) -> Result<u32> {
     crate::sys::advise_sequential(file);
     let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; READ_BLOCK];
+    let mut buf = crate::sys::PageBuf::new(READ_BLOCK);
     let mut done = 0u64;
     loop {
         let n = match file.read(&mut buf) {

@@ -678,36 +678,11 @@ fn handle_connection(
         .write_all(&proto::encode_offset(offset))
         .map_err(|e| net_err(e, "sending the offset"))?;
 
-    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut buf = crate::sys::PageBuf::new(RECV_BUFFER);
     while held.offset() < header.filesize {
         let want = ((header.filesize - held.offset()) as usize).min(buf.len());
-        let n = match stream.read(&mut buf[..want]) {
-            Ok(0) => {
-                held.checkpoint()?;
-                return Err(Error::new(
-                    ErrorKind::ConnectionLost,
-                    format!(
-                        "{name}: client disconnected at byte {} of {}; held part kept for resume",
-                        held.offset(),
-                        header.filesize
-                    ),
-                ));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let at = held.offset();
-                held.checkpoint()?;
-                let e = net_err(e, "receiving data");
-                return Err(Error::new(
-                    e.kind(),
-                    format!(
-                        "{name}: {e} at byte {at} of {}; held part kept for resume",
-                        header.filesize
-                    ),
-                ));
-            }
-        };
+        let (n, stop) = fill(&mut stream, &mut buf[..want]);
+        // What arrived before a failure was received: keep it too.
         if let Err(e) = held.write(&buf[..n]) {
             let at = held.offset();
             let cp = held.checkpoint();
@@ -723,6 +698,20 @@ fn handle_connection(
         sh.counters
             .bytes_received
             .fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(e) = stop {
+            held.checkpoint()?;
+            let (at, size) = (held.offset(), header.filesize);
+            let e = net_err(e, "receiving data");
+            let what = if e.kind() == ErrorKind::ConnectionLost && e.io_error().is_none() {
+                "client disconnected".to_string()
+            } else {
+                e.to_string()
+            };
+            return Err(Error::new(
+                e.kind(),
+                format!("{name}: {what} at byte {at} of {size}; held part kept for resume"),
+            ));
+        }
     }
 
     let verdict = held.finish()?;
@@ -941,7 +930,7 @@ fn serve_v2(
         .map_err(|e| net_err(e, "sending the held block list"))?;
     in_v2.store(true, Ordering::SeqCst);
 
-    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut buf = crate::sys::PageBuf::new(RECV_BUFFER);
     let mut rounds = 0u32;
     loop {
         let mut tag = [0u8; 1];
@@ -962,18 +951,11 @@ fn serve_v2(
                 let mut pos = 0u64;
                 while pos < len {
                     let want = ((len - pos) as usize).min(buf.len());
-                    let n = match stream.read(&mut buf[..want]) {
-                        Ok(0) => {
-                            let _ = bp.checkpoint();
-                            return Err(Error::new(
-                                ErrorKind::ConnectionLost,
-                                format!("{name}: client disconnected inside block {idx}; held part kept: {} bytes for resume", bp.held()),
-                            ));
-                        }
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(cut_off(&mut bp, e, "receiving data")),
-                    };
+                    let (n, stop) = fill(stream, &mut buf[..want]);
+                    if let Some(e) = stop {
+                        // An incomplete block is worth nothing: it stays missing.
+                        return Err(cut_off(&mut bp, e, &format!("receiving block {idx}")));
+                    }
                     h.update(&buf[..n]);
                     if let Err(e) = bp.write_at(offset + pos, &buf[..n]) {
                         // The block is incomplete: it stays missing.
@@ -1060,6 +1042,22 @@ fn serve_v2(
             }
         }
     }
+}
+
+/// Reads until `buf` is full, so that the disk sees large writes whatever
+/// sizes the socket delivers. Returns the bytes read and, if it stopped
+/// early, why (end of stream as `UnexpectedEof`).
+fn fill(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return (filled, Some(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
 }
 
 /// The connection broke in the data phase: checkpoint the good blocks and

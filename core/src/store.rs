@@ -601,7 +601,7 @@ fn spawn_prefix_check(
         crate::sys::advise_sequential(&f);
         let mut r = f.take(cp.offset);
         let mut h = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+        let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
         let mut n_total = 0u64;
         loop {
             let n = match r.read(&mut buf) {
