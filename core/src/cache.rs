@@ -166,8 +166,11 @@ pub fn decode(bytes: &[u8], path: &[u8], st: SourceStamp) -> Option<Sums> {
         mtime_nsec: nsec,
         ino,
     }) != st
-        || block == 0
+        || !block.is_power_of_two()
+        || !(crate::v2::MIN_BLOCK..=crate::v2::MAX_BLOCK).contains(&block)
         || count > size.div_ceil(block)
+        // Never allocate for more entries than the bytes could hold.
+        || count.checked_mul(4).is_none_or(|n| n > bytes.len() as u64)
     {
         return None;
     }
@@ -219,6 +222,37 @@ mod tests {
         bad[20] ^= 1;
         assert_eq!(decode(&bad, b"/a/b", st), None);
         assert_eq!(decode(&e[..e.len() - 1], b"/a/b", st), None);
+    }
+
+    #[test]
+    fn a_hostile_count_allocates_nothing() {
+        // Found by fuzzing: a checksummed entry claiming 2^36 blocks of one
+        // byte made the client allocate 256 GiB and abort.
+        let st = SourceStamp {
+            size: 1 << 36,
+            mtime: 0,
+            mtime_nsec: 0,
+            ino: 0,
+        };
+        for (block, count) in [(1u64, 1u64 << 36), (1 << 20, 1 << 16), (u64::MAX, 1)] {
+            let mut e = encode(
+                b"/p",
+                st,
+                &Sums {
+                    block: 1 << 20,
+                    blocks: vec![],
+                    whole: None,
+                },
+            );
+            // Rewrite block and count, then fix up the checksum.
+            let at = 8 + 4 + 2 + 8 * 4;
+            e[at..at + 8].copy_from_slice(&block.to_be_bytes());
+            e[at + 8..at + 16].copy_from_slice(&count.to_be_bytes());
+            let body = e.len() - 4;
+            let crc = crc32fast::hash(&e[..body]);
+            e[body..].copy_from_slice(&crc.to_be_bytes());
+            assert_eq!(decode(&e, b"/p", st), None, "block {block} count {count}");
+        }
     }
 
     proptest::proptest! {

@@ -937,7 +937,7 @@ fn serve_v2(
         stream
             .read_exact(&mut tag)
             .map_err(|e| cut_off(&mut bp, e, "waiting for the next block"))?;
-        let mut rest = [0u8; 12];
+        let mut rest = [0u8; v2::MAX_CLIENT_HEAD];
         let rest =
             &mut rest[..v2::client_head_len(tag[0]).map_err(|e| fail_v2(stream, &mut bp, e))?];
         stream

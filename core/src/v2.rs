@@ -394,7 +394,11 @@ const TAG_DATA: u8 = b'D';
 const TAG_END: u8 = b'E';
 const TAG_ANSWER: u8 = b'A';
 
-/// Length of the rest of a client frame head after its tag byte.
+/// The longest client frame head after its tag byte (an answer).
+pub const MAX_CLIENT_HEAD: usize = crate::auth::ANSWER_LEN;
+
+/// Length of the rest of a client frame head after its tag byte (at most
+/// [`MAX_CLIENT_HEAD`]).
 pub fn client_head_len(tag: u8) -> Result<usize> {
     match tag {
         TAG_DATA => Ok(12),
@@ -455,6 +459,11 @@ pub fn parse_client_head(
                 )));
             }
             Ok((ClientFrame::Data { offset, len }, idx))
+        }
+        TAG_ANSWER => {
+            let mut a = [0u8; crate::auth::ANSWER_LEN];
+            a.copy_from_slice(rest);
+            Ok((ClientFrame::Answer(a), 0))
         }
         _ => Ok((
             ClientFrame::End {
@@ -568,6 +577,11 @@ mod tests {
                 "{off} {len}"
             );
         }
+        let a = encode_answer(&[0xA5; 32]);
+        assert_eq!(
+            parse_client_head(a[0], &a[1..], fs, b).unwrap().0,
+            ClientFrame::Answer([0xA5; 32])
+        );
         let e = encode_end(77);
         assert_eq!(
             parse_client_head(e[0], &e[1..], fs, b).unwrap().0,

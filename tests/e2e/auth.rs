@@ -164,3 +164,29 @@ fn a_recorded_answer_cannot_be_replayed() {
     assert!(srv.log.wait_for("authentication failed", LONG));
     assert!(!t.path().join("store/replay.bin").exists());
 }
+
+#[test]
+fn an_answer_frame_in_the_data_phase_is_a_protocol_error_in_words() {
+    // Found by fuzzing: the server sized its frame-head buffer for data
+    // frames only, and an answer frame there panicked the connection.
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let frame = header("odd.bin");
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&frame).unwrap();
+    assert!(matches!(
+        server_frame(&mut s, true),
+        v2::ServerMsg::Held { .. }
+    ));
+    s.write_all(&v2::encode_answer(&[0xA5; 32])).unwrap();
+    match server_frame(&mut s, false) {
+        v2::ServerMsg::Error(m) => assert!(m.contains("protocol error"), "{m}"),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert!(
+        srv.log.wait_for("unexpected answer frame", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert!(!srv.log.text().contains("panic"));
+}
