@@ -643,6 +643,8 @@ fn attempt(
     let started = Instant::now();
     let chunk = chunk_for(opts);
     while pos < header.filesize {
+        // The moment the first file byte is handed to the socket.
+        t.first_byte.get_or_insert_with(|| t.started.elapsed());
         let want = ((header.filesize - pos) as usize).min(chunk);
         let n = match crate::sys::send_file_range(&stream, &src.file, pos, want, &mut scratch) {
             Ok(0) => {
@@ -658,7 +660,6 @@ fn attempt(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(lost(e, "sending data")),
         };
-        t.first_byte.get_or_insert_with(|| t.started.elapsed());
         pos += n as u64;
         t.sent += n as u64;
         t.read += n as u64;
@@ -868,6 +869,8 @@ fn session_v2(
     let mut send =
         |idx: u64, src: &mut Source, t: &mut Tally, stream: &mut TcpStream| -> Result<u32> {
             check_for_server_error(stream)?;
+            // The moment the first file byte is handed to the socket.
+            t.first_byte.get_or_insert_with(|| t.started.elapsed());
             let c = match read_block(src, idx, &mut buf, Some(stream), t) {
                 Ok(c) => c,
                 // The server may have said why it cut us off: prefer its words.
@@ -882,7 +885,6 @@ fn session_v2(
                 }
                 Err(e) => return Err(e),
             };
-            t.first_byte.get_or_insert_with(|| t.started.elapsed());
             Ok(c)
         };
     for &idx in &todo {
