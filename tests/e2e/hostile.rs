@@ -479,3 +479,45 @@ fn a_damaged_checkpoint_record_is_never_trusted() {
         std::fs::remove_file(store.join("d.bin")).unwrap();
     }
 }
+
+#[test]
+fn a_held_part_deleted_under_the_server_is_started_over_not_trusted() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(
+        &mut s,
+        "gone.bin",
+        data.len() as u64,
+        crc32fast::hash(&data),
+    );
+    let mut off = [0u8; 8];
+    s.read_exact(&mut off).unwrap();
+    s.write_all(&data[..12_000]).unwrap();
+    drop(s);
+    assert!(srv.log.wait_for("held part kept", LONG));
+    for p in held_parts(&store) {
+        std::fs::remove_file(p).unwrap();
+    }
+    // The checkpoint record still claims 12000 bytes; the server must not
+    // believe it without the bytes.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    send_header(
+        &mut s,
+        "gone.bin",
+        data.len() as u64,
+        crc32fast::hash(&data),
+    );
+    s.read_exact(&mut off).unwrap();
+    assert_eq!(u64::from_be_bytes(off), 0);
+    s.write_all(&data).unwrap();
+    assert_eq!(read_to_close(&mut s), b"CRC32_OK");
+    assert_eq!(std::fs::read(store.join("gone.bin")).unwrap(), data);
+    assert!(
+        srv.log.text().contains("part missing"),
+        "{}",
+        srv.log.text()
+    );
+}
