@@ -76,12 +76,8 @@ impl SumCache {
     }
 
     fn entry_path(&self, canonical: &Path) -> PathBuf {
-        let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-        for b in canonical.as_os_str().as_bytes() {
-            h ^= *b as u128;
-            h = h.wrapping_mul(0x0000000001000000000000000000013B);
-        }
-        self.dir.join(format!("{h:032x}.sums"))
+        let key = crate::store::fnv128_hex(canonical.as_os_str().as_bytes());
+        self.dir.join(format!("{key}.sums"))
     }
 
     /// The cached checksums of `path` if they belong to this exact version

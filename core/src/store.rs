@@ -307,9 +307,15 @@ impl Dir {
 
 /// The state-directory key of a name: FNV-1a, 128 bits, in hex.
 pub fn key_of(name: &SafeName) -> String {
+    fnv128_hex(name.as_str().as_bytes())
+}
+
+/// FNV-1a, 128 bits, in hex: a stable file name for arbitrary bytes (not a
+/// security measure: what it names is checked against the stored original).
+pub(crate) fn fnv128_hex(bytes: &[u8]) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for b in name.as_str().bytes() {
-        h ^= b as u128;
+    for b in bytes {
+        h ^= *b as u128;
         h = h.wrapping_mul(0x0000000001000000000000000000013B);
     }
     format!("{h:032x}")
