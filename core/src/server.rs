@@ -525,6 +525,15 @@ fn claim<'a>(
     let mut claims = lock(&sh.claims);
     let mut announced = false;
     while let Some(old) = claims.get(name) {
+        if old.conn_id > conn_id {
+            // Connections are numbered as accepted: the one holding the name
+            // arrived after us, so we are the stale one, merely slower to get
+            // here. The newest connection always wins.
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("{name}: a newer connection is uploading it"),
+            ));
+        }
         if !announced {
             (sh.logger)(&format!(
                 "{peer}: {name}: taking over from an older connection for the same name"
