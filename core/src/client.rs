@@ -549,6 +549,7 @@ fn attempt(
     let (mut stream, addr) = connect(opts)?;
     *ever_connected = true;
     let _ = stream.set_nodelay(true);
+    crate::sys::widen_send_buffer(&stream);
     stream
         .set_read_timeout(Some(opts.io_timeout))
         .and_then(|_| stream.set_write_timeout(Some(opts.io_timeout)))
