@@ -12,10 +12,11 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use crate::store::{
-    decode_meta, encode_meta_head_as, encode_slot, key_of, At, Checkpoint, Dir, Identity,
-    PartStamp, Store, CHECKPOINT_INTERVAL, META_HEAD_LEN, META_LEN, META_MAGIC_V2, SLOT_LEN,
+    decode_meta, encode_meta_head_as, key_of, write_slot, At, Checkpoint, Dir, Identity, PartStamp,
+    Store, SyncJob, Syncer, CHECKPOINT_STEP, META_LEN, META_MAGIC_V2,
 };
 use crate::v2::{block_count, block_range, combine};
 use crate::{Error, ErrorKind, Result};
@@ -50,14 +51,20 @@ pub struct BlockPart {
     unflushed: u64,
     seq: u64,
     part: File,
-    meta: File,
-    blk: File,
+    meta: Arc<File>,
+    blk: Arc<File>,
     part_path: At,
     meta_path: At,
     blk_path: At,
     final_path: At,
     dir: Dir,
     done: bool,
+    /// Background checkpoints (see [`Syncer`]): a second handle on the part
+    /// for its `fdatasync`, and the sequence number and good prefix of the
+    /// one in flight.
+    syncer: Syncer,
+    synced_part: Option<Arc<File>>,
+    requested: Option<(u64, u64)>,
 }
 
 fn serr(what: &str, p: &At, e: io::Error) -> Error {
@@ -182,9 +189,12 @@ impl BlockPart {
             written_since: 0,
             unflushed: 0,
             seq,
+            synced_part: part.try_clone().ok().map(Arc::new),
             part,
-            meta,
-            blk,
+            meta: Arc::new(meta),
+            blk: Arc::new(blk),
+            syncer: Syncer::default(),
+            requested: None,
             part_path,
             meta_path,
             blk_path,
@@ -212,7 +222,9 @@ impl BlockPart {
                 .write_all_at(&head, 0)
                 .map_err(|e| serr("write", &bp.blk_path, e))?;
             bp.seq = 0;
-            bp.write_record(held_bytes)?;
+            debug_assert_eq!(block_range(filesize, block, bp.good_prefix()).0, held_bytes);
+            (bp.record_job()?)()?;
+            bp.seq = 1;
             store.state().sync()?;
         }
         Ok((bp, recovery))
@@ -258,6 +270,26 @@ impl BlockPart {
         Ok(())
     }
 
+    /// Called before the first byte of block `idx` is written: a block being
+    /// received is not held. If the durable record lists it (the source
+    /// changed, so a held block is being replaced), a checkpoint without it
+    /// is made first: otherwise a crash mid-write could leave a record that
+    /// vouches for the old block's CRC-32 over new bytes.
+    pub fn begin_block(&mut self, idx: u64) -> Result<()> {
+        let i = idx as usize;
+        if i >= self.valid.len() || !self.valid[i] {
+            return Ok(());
+        }
+        self.valid[i] = false;
+        let recorded = self.requested.map_or(self.durable_blocks, |(_, good)| {
+            good.max(self.durable_blocks)
+        });
+        if idx < recorded {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
     /// Records the outcome of block `idx`: its CRC-32 as received, and
     /// whether that matched the CRC-32 the client sent with it. A damaged
     /// block is marked missing, to be asked for again.
@@ -265,8 +297,8 @@ impl BlockPart {
         let i = idx as usize;
         self.crcs[i] = crc;
         self.valid[i] = good;
-        if self.written_since >= CHECKPOINT_INTERVAL {
-            self.checkpoint()?;
+        if self.written_since >= CHECKPOINT_STEP {
+            self.checkpoint_in_background()?;
         }
         Ok(())
     }
@@ -286,51 +318,94 @@ impl BlockPart {
         combine(&self.crcs, self.filesize, self.block)
     }
 
-    /// Makes the good prefix durable and records it.
+    /// Records a finished background checkpoint as the durable one.
+    fn settle(&mut self) -> Result<()> {
+        let r = self.syncer.settle();
+        let requested = self.requested.take();
+        r?;
+        if let Some((seq, good)) = requested {
+            self.seq = seq;
+            self.durable_blocks = good;
+        }
+        Ok(())
+    }
+
+    /// Makes the good prefix durable and records it, on this thread (after
+    /// any background checkpoint in flight).
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.settle()?;
         let good = self.good_prefix();
         if self.written_since == 0 && good == self.durable_blocks {
             return Ok(());
         }
         crate::sys::fdatasync(&self.part).map_err(|e| serr("sync", &self.part_path, e))?;
         self.written_since = 0;
-        let bytes = block_range(self.filesize, self.block, good).0;
-        self.write_record(bytes)?;
+        let job = self.record_job()?;
+        job()?;
+        self.seq += 1;
         self.durable_blocks = good;
         Ok(())
     }
 
-    fn write_record(&mut self, held_bytes: u64) -> Result<()> {
+    /// Has the helper thread make the good prefix durable and record it,
+    /// while this thread goes on receiving (after waiting for the previous
+    /// one). Falls back to [`BlockPart::checkpoint`] if the part could not
+    /// be opened twice.
+    fn checkpoint_in_background(&mut self) -> Result<()> {
+        self.settle()?;
+        let Some(part) = self.synced_part.clone() else {
+            return self.checkpoint();
+        };
+        let good = self.good_prefix();
+        let record = self.record_job()?;
+        let part_path = self.part_path.clone();
+        self.syncer.submit(Box::new(move || {
+            // Every block of the good prefix was written before this job was
+            // made, so this covers them all.
+            crate::sys::fdatasync(&part).map_err(|e| serr("sync", &part_path, e))?;
+            record()
+        }))?;
+        self.written_since = 0;
+        self.requested = Some((self.seq + 1, good));
+        Ok(())
+    }
+
+    /// The disk work of recording the good prefix as it is now, as checkpoint
+    /// `seq + 1`: the block list, then the record slot, each synced. The
+    /// part's stamp is taken here, while the record is exactly true: any
+    /// later write changes it, so a crash after one makes the next start
+    /// re-read the part instead of trusting the record.
+    fn record_job(&self) -> Result<SyncJob> {
         let good = self.good_prefix() as usize;
         let mut list = Vec::with_capacity(4 * good);
         for c in &self.crcs[..good] {
             list.extend_from_slice(&c.to_be_bytes());
         }
-        self.blk
-            .write_all_at(&list, BLK_HEAD)
-            .and_then(|_| crate::sys::fdatasync(&self.blk))
-            .map_err(|e| serr("write", &self.blk_path, e))?;
         let stamp = self
             .part
             .metadata()
             .map(|m| PartStamp::of(&m))
             .map_err(|e| serr("inspect", &self.part_path, e))?;
         let cp = Checkpoint {
-            offset: held_bytes,
+            offset: block_range(self.filesize, self.block, good as u64).0,
             crc32: combine(&self.crcs[..good], self.filesize, self.block),
         };
         let seq = self.seq + 1;
-        let pos = (META_HEAD_LEN + (seq % 2) as usize * SLOT_LEN) as u64;
-        self.meta
-            .write_all_at(&encode_slot(seq, cp, stamp), pos)
-            .and_then(|_| crate::sys::fdatasync(&self.meta))
-            .map_err(|e| serr("write", &self.meta_path, e))?;
-        self.seq = seq;
-        Ok(())
+        let (blk, blk_path) = (Arc::clone(&self.blk), self.blk_path.clone());
+        let (meta, meta_path) = (Arc::clone(&self.meta), self.meta_path.clone());
+        Ok(Box::new(move || {
+            blk.write_all_at(&list, BLK_HEAD)
+                .and_then(|_| crate::sys::fdatasync(&blk))
+                .map_err(|e| serr("write", &blk_path, e))?;
+            write_slot(&meta, &meta_path, seq, cp, stamp)
+        }))
     }
 
     /// Stores the complete, verified file under its final name (durably).
     pub fn finish(&mut self) -> Result<()> {
+        // A background fdatasync that failed may have lost data that a later
+        // one would not report again: it fails the upload.
+        self.settle()?;
         self.part
             .set_len(self.filesize)
             .map_err(|e| serr("truncate", &self.part_path, e))?;
@@ -435,6 +510,63 @@ mod tests {
         let chunk = &data[off as usize..(off + len) as usize];
         bp.write_at(off, chunk).unwrap();
         bp.record_block(idx, crc32fast::hash(chunk), true).unwrap();
+    }
+
+    #[test]
+    fn a_held_block_being_replaced_is_not_vouched_for() {
+        let (d, store) = setup();
+        let name = crate::SafeName::from_wire("r.bin").unwrap();
+        let block = 65536u64;
+        let data: Vec<u8> = (0..(4 * block)).map(|i| (i % 251) as u8).collect();
+        let (mut bp, _) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        for i in 0..3 {
+            put(&mut bp, &data, i);
+        }
+        drop(bp);
+        // The source changed: block 1 is being replaced when the link drops.
+        let (mut bp, rec) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        assert_eq!(rec, Recovery::Trusted);
+        bp.begin_block(1).unwrap();
+        bp.write_at(block, &[0xEE; 1000]).unwrap();
+        drop(bp); // the cut-off checkpoint
+        let (bp, rec) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        assert_eq!(rec, Recovery::Trusted);
+        // Only block 0 is vouched for; block 1's old CRC-32 over the new
+        // bytes would let a source changed back be "verified" wrongly.
+        assert_eq!(bp.held(), block);
+        assert_eq!(bp.held_crcs(), &[crc32fast::hash(&data[..block as usize])]);
+        drop(bp);
+        drop(store);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn background_checkpoints_survive_a_crash() {
+        let (d, store) = setup();
+        let name = crate::SafeName::from_wire("bg.bin").unwrap();
+        let block = 1u64 << 20;
+        let steps = CHECKPOINT_STEP / block;
+        let data: Vec<u8> = (0..((2 * steps + 3) * block))
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let (mut bp, _) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        // Two steps and a block: the second step's checkpoint waited for the
+        // first, so the first is on disk whatever the helper is doing now.
+        for i in 0..=2 * steps {
+            put(&mut bp, &data, i);
+        }
+        std::mem::forget(bp); // a crash: no final checkpoint
+        let (bp, _) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
+        let held = bp.held();
+        assert!(
+            (steps * block..=(2 * steps + 1) * block).contains(&held),
+            "held {held}"
+        );
+        let expect: Vec<u32> = data.chunks(block as usize).map(crc32fast::hash).collect();
+        assert_eq!(bp.held_crcs(), &expect[..(held / block) as usize]);
+        drop(bp);
+        drop(store);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl Source {
                 format!("{} is not a regular file", path.display()),
             ));
         }
+        crate::sys::advise_sequential(&file);
         let stamp = SourceStamp::of(&meta);
         let block = v2::block_size_for(stamp.size);
         let mut src = Source {

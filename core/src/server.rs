@@ -956,6 +956,11 @@ fn serve_v2(
             .map_err(|e| fail_v2(stream, &mut bp, e))?;
         match frame {
             v2::ClientFrame::Data { offset, len } => {
+                if let Err(e) = bp.begin_block(idx) {
+                    let msg = format!("server cannot store {name}: {e}");
+                    say_error(stream, &msg, false);
+                    return Err(Error::new(ErrorKind::Storage, msg));
+                }
                 let mut h = crc32fast::Hasher::new();
                 let mut pos = 0u64;
                 while pos < len {
