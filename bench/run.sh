@@ -76,7 +76,7 @@ export BENCH_LOG=$LOGDIR/harness.log
 
 SUMMARY=$OUT/summary.md
 ROWS=$OUT/results.tsv
-printf 'section\trun\tpeer\tbytes\twall_ns\tfsync_ns\tcli_cpu_ns\tsrv_cpu_ns\tcli_rss_kb\tsrv_rss_kb\tidentical\trc\thash_ns\trecv_ns\tnote\n' >"$ROWS"
+printf 'section\trun\tpeer\tbytes\twall_ns\tfsync_ns\tcli_cpu_ns\tsrv_cpu_ns\tcli_rss_kb\tsrv_rss_kb\tidentical\trc\thash_ns\trecv_ns\tnote\tmachine_cpu_ns\n' >"$ROWS"
 FAILS=0
 say() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
 warn() { printf 'bench: %s\n' "$*" >&2; printf -- '- note: %s\n' "$*" >>"$SUMMARY"; }
@@ -204,6 +204,15 @@ rotate() {
   for i in $(seq 0 $((n - 1))); do printf '%s ' "${items[$(( (i + run - 1) % n ))]}"; done
 }
 
+# machine_busy_ns: CPU time the whole machine spent busy since boot (all CPUs;
+# /proc/stat user+nice+system+irq+softirq+steal, in ns). The difference over a
+# copy and its sync counts what the cgroups cannot: kernel writeback threads,
+# journal commits and the final sync, which do the disk work for tools that
+# leave it to the kernel (socat, rsync, scp) and partly for bigtransfer too.
+machine_busy_ns() {
+  awk '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / '"$(getconf CLK_TCK)"'; exit }' /proc/stat
+}
+
 port=$BASE_PORT
 # one_copy SECTION RUN PEER SRC : one timed transfer, appends a row to $ROWS
 one_copy() {
@@ -215,8 +224,10 @@ one_copy() {
   BENCH_LOG=$LOGDIR/$label.log; : >"$BENCH_LOG"
   # every copy is a first send: an empty client checksum cache (protocol 2 caches block sums)
   rm -rf "$BENCH_WORK/sumcache"; export BIGTRANSFER_CACHE_DIR=$BENCH_WORK/sumcache
+  local m0 m1
   bt_lenient
   bench_reset
+  m0=$(machine_busy_ns)
   bt_rss_start "$BENCH_WORK/rss.$label"
   "peer_$p" "$src" "$dst" "$port"; prc=$?
   bt_rss_stop "$BENCH_WORK/rss.$label"
@@ -227,6 +238,7 @@ one_copy() {
   size=$(stat -c %s "$src")
   if [ -n "$BENCH_OUT" ] && [ "$BENCH_OUT" != - ]; then
     if [ "$FSYNC" = 1 ] && [ -f "$BENCH_OUT" ]; then t=$(bench_now); sync "$BENCH_OUT"; fs_ns=$(( $(bench_now) - t )); fi
+    m1=$(machine_busy_ns)
     if cmp -s "$src" "$BENCH_OUT"; then ident=yes; else ident=NO; fi
   fi
   rc=$prc; [ "$BENCH_CLI_RC" != 0 ] && rc=$BENCH_CLI_RC
@@ -235,9 +247,9 @@ one_copy() {
     [ -n "$tr" ] && hash_ns=$((tr - BENCH_T0))
     [ -n "$tr" ] && [ -n "$tok" ] && recv_ns=$((tok - tr))
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$run" "$p" "$size" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$run" "$p" "$size" \
     "$((BENCH_T1 - BENCH_T0))" "$fs_ns" "$BENCH_CLI_NS" "$(( ${BENCH_SRV_NS:-0} - ${BENCH_SRV_NS0:-0} ))" \
-    "$BT_CLI_KB" "$BT_SRV_KB" "$ident" "$rc" "$hash_ns" "$recv_ns" "$BENCH_NOTE" >>"$ROWS"
+    "$BT_CLI_KB" "$BT_SRV_KB" "$ident" "$rc" "$hash_ns" "$recv_ns" "$BENCH_NOTE" "$(( ${m1:-$m0} - m0 ))" >>"$ROWS"
   printf 'bench: %-10s run %s %-22s %7ss %8s MB/s  sync %5ss  cpu %5s+%5ss  rss %6s/%6s MiB  identical=%s rc=%s %s\n' \
     "$section" "$run" "$p" "$(bt_s $((BENCH_T1 - BENCH_T0)))" "$(bt_mbps "$size" $((BENCH_T1 - BENCH_T0)))" \
     "$( [ "$fs_ns" = - ] && echo - || bt_s "$fs_ns")" "$(bt_s "$BENCH_CLI_NS")" "$(bt_s $(( ${BENCH_SRV_NS:-0} - ${BENCH_SRV_NS0:-0} )))" \
@@ -257,16 +269,17 @@ summary() {
     W[k] = W[k] " " $5; F[k] = F[k] " " ($6 == "-" ? 0 : $6); D[k] = D[k] " " ($5 + ($6 == "-" ? 0 : $6))
     C[k] = C[k] " " $7; S[k] = S[k] " " $8; T[k] = T[k] " " ($7 + $8); KC[k] = KC[k] " " $9; KS[k] = KS[k] " " $10
     if ($11 != "yes") BAD[k] = BAD[k] " " $11 "(rc " $12 ")"; else if ($12 != 0) BAD[k] = BAD[k] " rc " $12
-    if ($13 != "-") H[k] = H[k] " " $13; if ($14 != "-") R[k] = R[k] " " $14 }
+    if ($13 != "-") H[k] = H[k] " " $13; if ($14 != "-") R[k] = R[k] " " $14; M[k] = M[k] " " ($16 == "" ? 0 : $16) }
   END {
     if (!np) exit
-    printf "| peer | runs | MB/s durable (copy+sync) | MB/s copy only | copy s | sync s | CPU s client+server | peak RSS client / server MiB | durable vs %s | copy-only vs %s | identical |\n", ref, ref
-    printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    printf "| peer | runs | MB/s durable (copy+sync) | MB/s copy only | copy s | sync s | CPU s client+server | CPU s whole machine, copy+sync | peak RSS client / server MiB | durable vs %s | copy-only vs %s | machine CPU vs %s | identical |\n", ref, ref, ref
+    printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     if (ref in N) { rd = B[ref] / (med(D[ref]) / 1e9) / 1e6; rw = B[ref] / (med(W[ref]) / 1e9) / 1e6 }
     for (i = 1; i <= np; i++) { k = O[i]; d = B[k] / (med(D[k]) / 1e9) / 1e6; w = B[k] / (med(W[k]) / 1e9) / 1e6
-      printf "| %s | %d | %.0f | %.0f | %.2f | %.2f | %.2f + %.2f = %.2f | %.1f / %.1f | %s | %s | %s |\n", k, N[k], d, w,
-        med(W[k]) / 1e9, med(F[k]) / 1e9, med(C[k]) / 1e9, med(S[k]) / 1e9, med(T[k]) / 1e9, mx(KC[k]) / 1024, mx(KS[k]) / 1024,
-        (ref in N) ? sprintf("%.2f", d / rd) : "-", (ref in N) ? sprintf("%.2f", w / rw) : "-", (BAD[k] == "") ? "yes" : "NO:" BAD[k] }
+      printf "| %s | %d | %.0f | %.0f | %.2f | %.2f | %.2f + %.2f = %.2f | %.2f | %.1f / %.1f | %s | %s | %s | %s |\n", k, N[k], d, w,
+        med(W[k]) / 1e9, med(F[k]) / 1e9, med(C[k]) / 1e9, med(S[k]) / 1e9, med(T[k]) / 1e9, med(M[k]) / 1e9, mx(KC[k]) / 1024, mx(KS[k]) / 1024,
+        (ref in N) ? sprintf("%.2f", d / rd) : "-", (ref in N) ? sprintf("%.2f", w / rw) : "-",
+        (ref in N && med(M[ref]) > 0) ? sprintf("%.2f", med(M[k]) / med(M[ref])) : "-", (BAD[k] == "") ? "yes" : "NO:" BAD[k] }
     for (i = 1; i <= np; i++) { k = O[i]; if (H[k] != "")
       printf "\n%s phases (median): client CRC-32 pass before connecting %.2f s, server receive+write+fsync+verdict %.2f s (from the server log)\n", k, med(H[k]) / 1e9, (R[k] != "" ? med(R[k]) / 1e9 : 0) }
   }' "$ROWS"
