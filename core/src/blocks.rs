@@ -254,9 +254,13 @@ impl BlockPart {
 
     /// Writes `data` at file offset `offset` (part of a block being received).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.part
-            .write_all_at(data, offset)
-            .map_err(|e| serr("write", &self.part_path, e))?;
+        let mut at = offset;
+        for piece in data.chunks(crate::store::WRITE_PIECE) {
+            self.part
+                .write_all_at(piece, at)
+                .map_err(|e| serr("write", &self.part_path, e))?;
+            at += piece.len() as u64;
+        }
         self.written_since += data.len() as u64;
         self.unflushed += data.len() as u64;
         if self.unflushed >= crate::store::WRITEBACK_STEP {

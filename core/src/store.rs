@@ -52,6 +52,13 @@ pub const CHECKPOINT_STEP: u64 = CHECKPOINT_INTERVAL / 2;
 /// little left to write.
 pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
 
+/// Received data goes to the page cache in writes of at most this size.
+/// Linux sizes a file's page-cache folios after the write that creates them,
+/// and on the measured machine (kernel 6.18, ext4) 1 MiB writes, which make
+/// 1 MiB folios, were 4 to 10 times slower than 256 KiB ones: 2 GiB took
+/// 2.9 to 8.5 s with `dd bs=1M` and 0.7 s with `bs=256K`.
+pub(crate) const WRITE_PIECE: usize = 256 << 10;
+
 const META_MAGIC: &[u8; 8] = b"BTHELD01";
 /// Same record layout, for a version-2 (block-verified) upload; its `crc32`
 /// field holds the block size's log2, since the whole-file CRC-32 is only
@@ -794,7 +801,10 @@ impl HeldPart {
                 "more bytes than the announced file size",
             ));
         }
-        if let Err(e) = self.part.write_all(data) {
+        if let Err(e) = data
+            .chunks(WRITE_PIECE)
+            .try_for_each(|piece| self.part.write_all(piece))
+        {
             // Part of `data` may be on disk: realign the file position with
             // what we count, so a later checkpoint never covers torn bytes.
             let _ = self.part.seek(SeekFrom::Start(self.offset));

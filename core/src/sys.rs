@@ -420,4 +420,47 @@ mod tests {
         // A huge wmem_max is capped.
         assert_eq!(send_buffer_request(1 << 30, 4 << 20), Some(32 << 20));
     }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn widening_sets_what_it_says_on_a_real_socket() {
+        use std::os::fd::AsRawFd;
+        let read = |p: &str, i: usize| -> Option<usize> {
+            std::fs::read_to_string(p)
+                .ok()?
+                .split_whitespace()
+                .nth(i)?
+                .parse()
+                .ok()
+        };
+        let expect = match (
+            read("/proc/sys/net/core/wmem_max", 0),
+            read("/proc/sys/net/ipv4/tcp_wmem", 2),
+        ) {
+            (Some(core), Some(auto)) => send_buffer_request(core, auto).map(|w| 2 * w),
+            _ => None,
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let size = || {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` outlive the call and describe `v`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v as usize
+        };
+        let before = size();
+        let got = super::widen_send_buffer(&s);
+        assert_eq!(got, expect);
+        assert_eq!(size(), got.unwrap_or(before));
+    }
 }

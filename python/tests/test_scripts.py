@@ -646,3 +646,35 @@ def test_sanitize_name():
                 ".bigtransfer", ".BIGTRANSFER", "\ud800"):
         with pytest.raises(srv.Refused):
             srv.sanitize_name(bad)
+
+
+def load_client_module():
+    spec = importlib.util.spec_from_file_location("legacy_client", str(CLIENT))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def proc_int(path, field):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[field])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_send_buffer_is_widened_only_past_autotuning():
+    cli = load_client_module()
+    core_max = proc_int("/proc/sys/net/core/wmem_max", 0)
+    auto_max = proc_int("/proc/sys/net/ipv4/tcp_wmem", 2)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        before = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        got = cli.widen_send_buffer(s)
+        after = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    if core_max is None or auto_max is None or min(core_max, 32 << 20) * 2 <= auto_max:
+        # Autotuning reaches at least as far: the buffer is left alone.
+        assert got is None
+        assert after == before
+    else:
+        assert got == min(core_max, 32 << 20)
+        assert after == 2 * got  # Linux doubles the request for its bookkeeping
