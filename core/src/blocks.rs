@@ -59,12 +59,11 @@ pub struct BlockPart {
     final_path: At,
     dir: Dir,
     done: bool,
-    /// Background checkpoints (see [`Syncer`]): a second handle on the part
-    /// for its `fdatasync`, and the sequence number and good prefix of the
-    /// one in flight.
-    syncer: Syncer,
+    /// Background checkpoints (see [`Syncer`]), each noted with its sequence
+    /// number and the good prefix it records, and a second handle on the
+    /// part for their `fdatasync`.
+    syncer: Syncer<(u64, u64)>,
     synced_part: Option<Arc<File>>,
-    requested: Option<(u64, u64)>,
 }
 
 fn serr(what: &str, p: &At, e: io::Error) -> Error {
@@ -193,8 +192,7 @@ impl BlockPart {
             part,
             meta: Arc::new(meta),
             blk: Arc::new(blk),
-            syncer: Syncer::default(),
-            requested: None,
+            syncer: Syncer::new(),
             part_path,
             meta_path,
             blk_path,
@@ -285,9 +283,12 @@ impl BlockPart {
             return Ok(());
         }
         self.valid[i] = false;
-        let recorded = self.requested.map_or(self.durable_blocks, |(_, good)| {
-            good.max(self.durable_blocks)
-        });
+        let recorded = self
+            .syncer
+            .in_flight()
+            .map_or(self.durable_blocks, |&(_, good)| {
+                good.max(self.durable_blocks)
+            });
         if idx < recorded {
             self.checkpoint()?;
         }
@@ -324,10 +325,7 @@ impl BlockPart {
 
     /// Records a finished background checkpoint as the durable one.
     fn settle(&mut self) -> Result<()> {
-        let r = self.syncer.settle();
-        let requested = self.requested.take();
-        r?;
-        if let Some((seq, good)) = requested {
+        if let Some((seq, good)) = self.syncer.settle()? {
             self.seq = seq;
             self.durable_blocks = good;
         }
@@ -363,14 +361,16 @@ impl BlockPart {
         let good = self.good_prefix();
         let record = self.record_job()?;
         let part_path = self.part_path.clone();
-        self.syncer.submit(Box::new(move || {
-            // Every block of the good prefix was written before this job was
-            // made, so this covers them all.
-            crate::sys::fdatasync(&part).map_err(|e| serr("sync", &part_path, e))?;
-            record()
-        }))?;
+        self.syncer.submit(
+            Box::new(move || {
+                // Every block of the good prefix was written before this job
+                // was made, so this covers them all.
+                crate::sys::fdatasync(&part).map_err(|e| serr("sync", &part_path, e))?;
+                record()
+            }),
+            (self.seq + 1, good),
+        )?;
         self.written_since = 0;
-        self.requested = Some((self.seq + 1, good));
         Ok(())
     }
 

@@ -562,8 +562,7 @@ impl Store {
             dir: self.dir.clone(),
             id,
             done: false,
-            syncer: Syncer::default(),
-            requested: None,
+            syncer: Syncer::new(),
             prefix_check,
             prefix_problem: None,
             written_back: cp.offset,
@@ -660,16 +659,17 @@ pub(crate) type SyncJob = Box<dyn FnOnce() -> Result<()> + Send>;
 /// `fdatasync`s the part, then writes and syncs the record; on this class of
 /// machine that blocked the receive loop for 5-10 ms every step.
 ///
-/// At most one job is in flight: [`Syncer::submit`] first waits for the
-/// previous one, which bounds both the memory and the data a crash can cost.
-/// A job's error (a failed `fdatasync` means data may be lost) is returned by
-/// the next `submit` or [`Syncer::settle`], never dropped.
+/// At most one job is in flight, with a note of what it records (`T`): the
+/// caller settles the previous job (taking back its note to apply it) before
+/// submitting the next, which bounds both the memory and the data a crash
+/// can cost. A job's error (a failed `fdatasync` means data may be lost) is
+/// returned by [`Syncer::settle`], never dropped.
 ///
 /// Not for anything but checkpoints: jobs must not touch the socket.
-#[derive(Debug, Default)]
-pub(crate) struct Syncer {
+#[derive(Debug)]
+pub(crate) struct Syncer<T> {
     worker: Option<SyncWorker>,
-    pending: bool,
+    in_flight: Option<T>,
 }
 
 #[derive(Debug)]
@@ -679,25 +679,49 @@ struct SyncWorker {
     thread: std::thread::JoinHandle<()>,
 }
 
-impl Syncer {
-    /// Waits for the job in flight, if any, and returns its outcome.
-    pub(crate) fn settle(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.pending) {
-            return Ok(());
-        }
-        match self.worker.as_ref().map(|w| w.results.recv()) {
-            Some(Ok(r)) => r,
-            _ => Err(Error::new(
-                ErrorKind::Storage,
-                "the checkpoint thread stopped unexpectedly",
-            )),
+fn checkpoint_thread_gone() -> Error {
+    Error::new(
+        ErrorKind::Storage,
+        "the checkpoint thread stopped unexpectedly",
+    )
+}
+
+impl<T> Syncer<T> {
+    /// A syncer with no thread yet: the thread starts with the first job,
+    /// so short uploads never start one.
+    pub(crate) fn new() -> Syncer<T> {
+        Syncer {
+            worker: None,
+            in_flight: None,
         }
     }
 
-    /// Waits for the previous job, then starts `job`. If the previous job
-    /// failed, `job` is not started and that error is returned.
-    pub(crate) fn submit(&mut self, job: SyncJob) -> Result<()> {
-        self.settle()?;
+    /// The note of the job in flight, if any.
+    pub(crate) fn in_flight(&self) -> Option<&T> {
+        self.in_flight.as_ref()
+    }
+
+    /// Waits for the job in flight, if any: its note once it succeeded,
+    /// `None` if nothing was in flight, or its error.
+    pub(crate) fn settle(&mut self) -> Result<Option<T>> {
+        let Some(note) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        match self.worker.as_ref().map(|w| w.results.recv()) {
+            Some(Ok(r)) => r.map(|()| Some(note)),
+            _ => Err(checkpoint_thread_gone()),
+        }
+    }
+
+    /// Starts `job`, noted as `note`. The previous job must have been
+    /// settled.
+    pub(crate) fn submit(&mut self, job: SyncJob, note: T) -> Result<()> {
+        if self.in_flight.is_some() {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                "internal: a checkpoint is already in flight",
+            ));
+        }
         if self.worker.is_none() {
             let (jobs, job_rx) = std::sync::mpsc::sync_channel::<SyncJob>(1);
             let (res_tx, results) = std::sync::mpsc::sync_channel(1);
@@ -721,18 +745,15 @@ impl Syncer {
         }
         match self.worker.as_ref().map(|w| w.jobs.send(job)) {
             Some(Ok(())) => {
-                self.pending = true;
+                self.in_flight = Some(note);
                 Ok(())
             }
-            _ => Err(Error::new(
-                ErrorKind::Storage,
-                "the checkpoint thread stopped unexpectedly",
-            )),
+            _ => Err(checkpoint_thread_gone()),
         }
     }
 }
 
-impl Drop for Syncer {
+impl<T> Drop for Syncer<T> {
     fn drop(&mut self) {
         if let Some(w) = self.worker.take() {
             // Closing the job channel ends the thread after its current job.
@@ -759,11 +780,11 @@ pub struct HeldPart {
     final_path: At,
     dir: Dir,
     done: bool,
-    /// Background checkpoints; `synced_part` is a second handle on the part
-    /// for its `fdatasync`, `requested` the offset of the newest one asked for.
-    syncer: Syncer,
+    /// Background checkpoints, each noted with its sequence number and what
+    /// it records; `synced_part` is a second handle on the part for their
+    /// `fdatasync`.
+    syncer: Syncer<(u64, Checkpoint)>,
     synced_part: Option<Arc<File>>,
-    requested: Option<(u64, Checkpoint)>,
     prefix_check: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
     prefix_problem: Option<String>,
     written_back: u64,
@@ -825,7 +846,8 @@ impl HeldPart {
             self.written_back = self.offset;
         }
         let since = self
-            .requested
+            .syncer
+            .in_flight()
             .map_or(self.durable.offset, |(_, cp)| cp.offset);
         if self.offset - since >= CHECKPOINT_STEP {
             self.checkpoint_in_background()?;
@@ -835,10 +857,7 @@ impl HeldPart {
 
     /// Records a finished background checkpoint as the durable one.
     fn settle(&mut self) -> Result<()> {
-        let r = self.syncer.settle();
-        let requested = self.requested.take();
-        r?;
-        if let Some((seq, cp)) = requested {
+        if let Some((seq, cp)) = self.syncer.settle()? {
             self.seq = seq;
             self.durable = cp;
         }
@@ -864,18 +883,19 @@ impl HeldPart {
         let seq = self.seq + 1;
         let meta = Arc::clone(&self.meta);
         let (part_path, meta_path) = (self.part_path.clone(), self.meta_path.clone());
-        self.syncer.submit(Box::new(move || {
-            crate::sys::fdatasync(&part).map_err(|e| {
-                Error::io(
-                    ErrorKind::Storage,
-                    format!("cannot sync {}", part_path.display()),
-                    e,
-                )
-            })?;
-            write_slot(&meta, &meta_path, seq, cp, stamp)
-        }))?;
-        self.requested = Some((seq, cp));
-        Ok(())
+        self.syncer.submit(
+            Box::new(move || {
+                crate::sys::fdatasync(&part).map_err(|e| {
+                    Error::io(
+                        ErrorKind::Storage,
+                        format!("cannot sync {}", part_path.display()),
+                        e,
+                    )
+                })?;
+                write_slot(&meta, &meta_path, seq, cp, stamp)
+            }),
+            (seq, cp),
+        )
     }
 
     fn stamp(&self) -> Result<PartStamp> {
@@ -1106,7 +1126,7 @@ mod tests {
         // second (which waited for the first) is in flight.
         assert_eq!(held.seq, 1);
         assert_eq!(
-            held.requested.map(|(seq, cp)| (seq, cp.offset)),
+            held.syncer.in_flight().map(|&(seq, cp)| (seq, cp.offset)),
             Some((2, 2 * step as u64))
         );
         std::mem::forget(held); // a crash: no final checkpoint
