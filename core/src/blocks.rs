@@ -60,9 +60,9 @@ pub struct BlockPart {
     dir: Dir,
     done: bool,
     /// Background checkpoints (see [`Syncer`]), each noted with its sequence
-    /// number and the good prefix it records, and a second handle on the
-    /// part for their `fdatasync`.
-    syncer: Syncer<(u64, u64)>,
+    /// number, the good prefix it records and the bytes written since the
+    /// previous one, and a second handle on the part for their `fdatasync`.
+    syncer: Syncer<(u64, u64, u64)>,
     synced_part: Option<Arc<File>>,
 }
 
@@ -252,6 +252,14 @@ impl BlockPart {
 
     /// Writes `data` at file offset `offset` (part of a block being received).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        // Never hold a whole interval beyond what is known durable: before
+        // that, wait for the checkpoint in flight.
+        if let Some(&(_, _, covered)) = self.syncer.in_flight() {
+            if covered + self.written_since + data.len() as u64 >= crate::store::CHECKPOINT_INTERVAL
+            {
+                self.settle()?;
+            }
+        }
         let mut at = offset;
         for piece in data.chunks(crate::store::WRITE_PIECE) {
             self.part
@@ -286,7 +294,7 @@ impl BlockPart {
         let recorded = self
             .syncer
             .in_flight()
-            .map_or(self.durable_blocks, |&(_, good)| {
+            .map_or(self.durable_blocks, |&(_, good, _)| {
                 good.max(self.durable_blocks)
             });
         if idx < recorded {
@@ -325,7 +333,7 @@ impl BlockPart {
 
     /// Records a finished background checkpoint as the durable one.
     fn settle(&mut self) -> Result<()> {
-        if let Some((seq, good)) = self.syncer.settle()? {
+        if let Some((seq, good, _)) = self.syncer.settle()? {
             self.seq = seq;
             self.durable_blocks = good;
         }
@@ -368,7 +376,7 @@ impl BlockPart {
                 crate::sys::fdatasync(&part).map_err(|e| serr("sync", &part_path, e))?;
                 record()
             }),
-            (self.seq + 1, good),
+            (self.seq + 1, good, self.written_since),
         )?;
         self.written_since = 0;
         Ok(())
@@ -558,6 +566,8 @@ mod tests {
         // first, so the first is on disk whatever the helper is doing now.
         for i in 0..=2 * steps {
             put(&mut bp, &data, i);
+            // What is known durable is never a whole interval behind.
+            assert!((i + 1 - bp.durable_blocks) * block < crate::store::CHECKPOINT_INTERVAL);
         }
         std::mem::forget(bp); // a crash: no final checkpoint
         let (bp, _) = BlockPart::begin(&store, &name, data.len() as u64, block).unwrap();
