@@ -4,8 +4,7 @@
 //! One attempt is one TCP connection. It offers protocol version 2 (see
 //! [`crate::v2`]); a new server takes it (block-verified resume, repair,
 //! errors in words) and a legacy one ignores it, and then the exchange is
-//! version 1 exactly: header, offset, the bytes from that offset (with
-//! `sendfile` where the OS has it), verdict. Between attempts it backs off
+//! version 1 exactly: header, offset, the bytes from that offset, verdict. Between attempts it backs off
 //! exponentially. Not for prompts, progress bars or exit codes: those belong
 //! to the caller (the CLI, C, Python).
 
@@ -31,8 +30,8 @@ pub enum Protocol {
     Legacy,
 }
 
-/// Bytes handed to the kernel per `sendfile` call; progress is reported and
-/// cancellation checked between calls.
+/// Protocol 1 reports progress, checks for cancellation and paces a rate
+/// limit after every this many bytes.
 pub const SEND_CHUNK: usize = 8 << 20;
 
 /// How [`send_file`] connects and retries. `SendOptions::new(host, port)`
@@ -641,27 +640,30 @@ fn attempt(
         return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
     }
     let mut pos = offset;
-    let mut scratch = Vec::new();
+    let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
     let started = Instant::now();
     let chunk = chunk_for(opts);
     while pos < header.filesize {
         // The moment the first file byte is handed to the socket.
         t.first_byte.get_or_insert_with(|| t.started.elapsed());
         let want = ((header.filesize - pos) as usize).min(chunk);
-        let n = match crate::sys::send_file_range(&stream, &src.file, pos, want, &mut scratch) {
-            Ok(0) => {
-                return Err(Error::new(
-                    ErrorKind::SourceFile,
-                    format!(
-                        "{} became shorter while being sent (at byte {pos})",
-                        header.filename
-                    ),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(lost(e, "sending data")),
-        };
+        let n = send_range(&mut stream, &src.file, pos, want, &mut buf).map_err(|e| match e {
+            SendError::Source(e) => Error::io(
+                ErrorKind::SourceFile,
+                format!("cannot read {} at byte {pos}", header.filename),
+                e,
+            ),
+            SendError::Socket(e) => lost(e, "sending data"),
+        })?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::SourceFile,
+                format!(
+                    "{} became shorter while being sent (at byte {pos})",
+                    header.filename
+                ),
+            ));
+        }
         pos += n as u64;
         t.sent += n as u64;
         t.read += n as u64;
@@ -697,6 +699,44 @@ fn attempt(
         Verdict::Ok => Reply::Stored,
         Verdict::Mismatch => Reply::Mismatch("data was damaged in transit or on the server".into()),
     })
+}
+
+/// Why [`send_range`] stopped: the source or the socket failed.
+enum SendError {
+    Source(io::Error),
+    Socket(io::Error),
+}
+
+/// Sends up to `count` bytes of `file` from `offset` through `buf`: the
+/// bytes sent, fewer only where the file ends early (0: it ends at
+/// `offset`).
+///
+/// A plain `pread` and `write`, not `sendfile`: over loopback, 2 GiB in 8
+/// alternated runs took 1.50 s this way against 1.70 s with `sendfile`, with
+/// less CPU for the whole machine (2.75 against 2.95 s), because the
+/// receiver copies out of page-cache fragments more slowly than out of the
+/// socket's own buffers. Protocol 2 sends the same way (it must see the
+/// bytes to hash them).
+fn send_range(
+    stream: &mut TcpStream,
+    file: &File,
+    offset: u64,
+    count: usize,
+    buf: &mut [u8],
+) -> std::result::Result<usize, SendError> {
+    let mut done = 0;
+    while done < count {
+        let want = (count - done).min(buf.len());
+        let n = match file.read_at(&mut buf[..want], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SendError::Source(e)),
+        };
+        stream.write_all(&buf[..n]).map_err(SendError::Socket)?;
+        done += n;
+    }
+    Ok(done)
 }
 
 fn chunk_for(opts: &SendOptions) -> usize {
@@ -972,5 +1012,108 @@ fn pace_v2(sent: u64, started: Instant, rate: Option<u64>) {
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(wait);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bt-client-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn send_range_sends_exactly_the_range_and_stops_at_the_end_of_the_file() {
+        let dir = tempdir("range");
+        let data = pattern(3 * (1 << 20) + 5);
+        let path = dir.join("src");
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut rx, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        // A small buffer, so one call loops over several reads.
+        let mut buf = vec![0u8; 64 << 10];
+        let n = match send_range(&mut tx, &file, 7, 2 << 20, &mut buf) {
+            Ok(n) => n,
+            Err(_) => panic!("send_range failed"),
+        };
+        assert_eq!(n, 2 << 20);
+        // Asking past the end sends what there is...
+        let rest = match send_range(&mut tx, &file, 7 + n as u64, 8 << 20, &mut buf) {
+            Ok(n) => n,
+            Err(_) => panic!("send_range failed"),
+        };
+        assert_eq!(rest, data.len() - 7 - (2 << 20));
+        // ...and at the end, nothing.
+        assert!(matches!(
+            send_range(&mut tx, &file, data.len() as u64, 1, &mut buf),
+            Ok(0)
+        ));
+        drop(tx);
+        assert_eq!(reader.join().unwrap(), &data[7..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_source_cut_short_during_a_protocol_1_send_is_a_source_error() {
+        let dir = tempdir("shrink");
+        let store = dir.join("store");
+        let mut cfg = crate::ServerConfig::new(&store);
+        cfg.bind = Some("127.0.0.1".parse().unwrap());
+        cfg.port = 0;
+        cfg.logger = Some(std::sync::Arc::new(|_: &str| {}));
+        let server = crate::Server::bind(cfg).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let stop = server.stop_handle();
+        let serving = std::thread::spawn(move || server.serve());
+
+        let path = dir.join("shrinking.bin");
+        std::fs::write(&path, pattern(3 * SEND_CHUNK)).unwrap();
+        let mut opts = SendOptions::new("127.0.0.1", port);
+        opts.protocol = Protocol::Legacy;
+        opts.cache_dir = None;
+        opts.retries = 0;
+        let cut = SEND_CHUNK as u64 + 12345;
+        let mut cut_done = false;
+        let res = send_file(&path, &opts, &mut |p| {
+            if let Progress::Sending { .. } = p {
+                if !cut_done {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(cut))
+                        .unwrap();
+                    cut_done = true;
+                }
+            }
+            Control::Continue
+        });
+        stop.stop();
+        serving.join().unwrap().unwrap();
+        let e = res.expect_err("a shrunk source must not be reported as sent");
+        assert_eq!(e.kind(), ErrorKind::SourceFile, "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("became shorter while being sent (at byte {cut})")),
+            "{e}"
+        );
+        // Nothing was stored under the final name.
+        assert!(!store.join("shrinking.bin").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -60,51 +60,6 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<()> {
     cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
 }
 
-/// Sends up to `count` bytes of `file` starting at `offset` to `socket`,
-/// without copying them through user space where the OS allows.
-/// Returns the number of bytes sent (0 only at end of file).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub(crate) fn send_file_range(
-    socket: &impl AsRawFd,
-    file: &File,
-    offset: u64,
-    count: usize,
-    _scratch: &mut Vec<u8>,
-) -> io::Result<usize> {
-    let mut off = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-    loop {
-        // SAFETY: both fds are open for the call; `off` is a valid pointer.
-        let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Portable fallback: a plain read and write through a buffer.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(crate) fn send_file_range(
-    socket: &impl AsRawFd,
-    file: &File,
-    offset: u64,
-    count: usize,
-    scratch: &mut Vec<u8>,
-) -> io::Result<usize> {
-    use std::io::Write;
-    use std::os::unix::fs::FileExt;
-    scratch.resize(count.min(1 << 20), 0);
-    let n = file.read_at(scratch, offset)?;
-    // SAFETY: the fd stays owned by the caller; ManuallyDrop keeps us from closing it.
-    let mut sock = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(socket.as_raw_fd()) });
-    sock.write_all(&scratch[..n])?;
-    Ok(n)
-}
-
 /// A non-blocking, close-on-exec pipe: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
