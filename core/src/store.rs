@@ -53,11 +53,17 @@ pub const CHECKPOINT_STEP: u64 = CHECKPOINT_INTERVAL / 2;
 pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Received data goes to the page cache in writes of at most this size.
-/// Linux sizes a file's page-cache folios after the write that creates them,
-/// and on the measured machine (kernel 6.18, ext4) 1 MiB writes, which make
-/// 1 MiB folios, were 4 to 10 times slower than 256 KiB ones: 2 GiB took
-/// 2.9 to 8.5 s with `dd bs=1M` and 0.7 s with `bs=256K`.
-pub(crate) const WRITE_PIECE: usize = 256 << 10;
+/// Linux sizes a file's page-cache folios after the write that creates them:
+/// 32 KiB writes at 32 KiB offsets make 32 KiB (order-3) folios, the largest
+/// the page allocator serves from its per-CPU lists of recently freed pages.
+/// Larger folios come from the free lists of big blocks, and in a VM that
+/// hands freed memory back to its host (free page reporting), filling those
+/// can cost the host a fault per page: on the measured machine (kernel 6.18,
+/// ext4, Firecracker) the server's copy into the page cache then took most
+/// of its time. 2 GiB uploads, alternated, in such a minute: 1.6 to 2.7 s
+/// with 32 KiB pieces, 1.8 to 5.3 s with 256 KiB, 2.3 to 7.4 s with 64 KiB,
+/// 2.1 to 7.0 s with 16 KiB; 1 MiB was slower still.
+pub(crate) const WRITE_PIECE: usize = 32 << 10;
 
 const META_MAGIC: &[u8; 8] = b"BTHELD01";
 /// Same record layout, for a version-2 (block-verified) upload; its `crc32`
