@@ -64,6 +64,8 @@ pub struct BlockPart {
     /// previous one, and a second handle on the part for their `fdatasync`.
     syncer: Syncer<(u64, u64, u64)>,
     synced_part: Option<Arc<File>>,
+    /// The size of the page-cache writes, chosen by how fast they go.
+    pieces: crate::pieces::PieceChooser,
 }
 
 fn serr(what: &str, p: &At, e: io::Error) -> Error {
@@ -193,6 +195,7 @@ impl BlockPart {
             meta: Arc::new(meta),
             blk: Arc::new(blk),
             syncer: Syncer::new(),
+            pieces: crate::pieces::PieceChooser::default(),
             part_path,
             meta_path,
             blk_path,
@@ -261,12 +264,14 @@ impl BlockPart {
             }
         }
         let mut at = offset;
-        for piece in data.chunks(crate::store::WRITE_PIECE) {
+        let started = std::time::Instant::now();
+        for piece in data.chunks(self.pieces.piece()) {
             self.part
                 .write_all_at(piece, at)
                 .map_err(|e| serr("write", &self.part_path, e))?;
             at += piece.len() as u64;
         }
+        self.pieces.record(data.len(), started.elapsed());
         self.written_since += data.len() as u64;
         self.unflushed += data.len() as u64;
         if self.unflushed >= crate::store::WRITEBACK_STEP {

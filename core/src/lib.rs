@@ -23,6 +23,7 @@ pub mod crc;
 mod error;
 mod json;
 pub mod name;
+mod pieces;
 pub mod proto;
 pub mod server;
 pub mod store;

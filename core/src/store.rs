@@ -52,19 +52,6 @@ pub const CHECKPOINT_STEP: u64 = CHECKPOINT_INTERVAL / 2;
 /// little left to write.
 pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
 
-/// Received data goes to the page cache in writes of at most this size.
-/// Linux sizes a file's page-cache folios after the write that creates them:
-/// 32 KiB writes at 32 KiB offsets make 32 KiB (order-3) folios, the largest
-/// the page allocator serves from its per-CPU lists of recently freed pages.
-/// Larger folios come from the free lists of big blocks, and in a VM that
-/// hands freed memory back to its host (free page reporting), filling those
-/// can cost the host a fault per page: on the measured machine (kernel 6.18,
-/// ext4, Firecracker) the server's copy into the page cache then took most
-/// of its time. 2 GiB uploads, alternated, in such a minute: 1.6 to 2.7 s
-/// with 32 KiB pieces, 1.8 to 5.3 s with 256 KiB, 2.3 to 7.4 s with 64 KiB,
-/// 2.1 to 7.0 s with 16 KiB; 1 MiB was slower still.
-pub(crate) const WRITE_PIECE: usize = 32 << 10;
-
 const META_MAGIC: &[u8; 8] = b"BTHELD01";
 /// Same record layout, for a version-2 (block-verified) upload; its `crc32`
 /// field holds the block size's log2, since the whole-file CRC-32 is only
@@ -572,6 +559,7 @@ impl Store {
             prefix_check,
             prefix_problem: None,
             written_back: cp.offset,
+            pieces: crate::pieces::PieceChooser::default(),
         };
         Ok((held, fresh))
     }
@@ -794,6 +782,8 @@ pub struct HeldPart {
     prefix_check: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
     prefix_problem: Option<String>,
     written_back: u64,
+    /// The size of the page-cache writes, chosen by how fast they go.
+    pieces: crate::pieces::PieceChooser,
 }
 
 impl HeldPart {
@@ -835,10 +825,12 @@ impl HeldPart {
         {
             self.settle()?;
         }
-        if let Err(e) = data
-            .chunks(WRITE_PIECE)
-            .try_for_each(|piece| self.part.write_all(piece))
-        {
+        let started = std::time::Instant::now();
+        let written = data
+            .chunks(self.pieces.piece())
+            .try_for_each(|piece| self.part.write_all(piece));
+        self.pieces.record(data.len(), started.elapsed());
+        if let Err(e) = written {
             // Part of `data` may be on disk: realign the file position with
             // what we count, so a later checkpoint never covers torn bytes.
             let _ = self.part.seek(SeekFrom::Start(self.offset));
