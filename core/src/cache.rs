@@ -76,7 +76,7 @@ impl SumCache {
     }
 
     fn entry_path(&self, canonical: &Path) -> PathBuf {
-        let key = crate::store::fnv128_hex(canonical.as_os_str().as_bytes());
+        let key = crate::store::sha256_hex(canonical.as_os_str().as_bytes());
         self.dir.join(format!("{key}.sums"))
     }
 

@@ -562,6 +562,7 @@ fn attempt(
     let offer = v2::Offer {
         version: v2::VERSION,
         block_size: src.block,
+        rev: v2::REVISION,
     };
     let frame = match (legacy, src.whole) {
         (true, _) => proto::encode_header(&header)?,
@@ -779,7 +780,7 @@ fn check_for_server_error(stream: &mut TcpStream) -> Result<()> {
         crate::sys::poll_readable(&[stream.as_raw_fd()], Some(Duration::ZERO)).unwrap_or_default();
     if ready.first().copied().unwrap_or(false) {
         return match read_server_msg(stream, "reading the server's message") {
-            Ok(v2::ServerMsg::Error(m)) => Err(server_said(m)),
+            Ok(v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m)) => Err(server_said(m)),
             Ok(other) => Err(Error::new(
                 ErrorKind::Protocol,
                 format!("unexpected message from the server: {other:?}"),
@@ -856,7 +857,7 @@ fn session_v2(
             block_size,
             crcs,
         } => (held, block_size, crcs),
-        v2::ServerMsg::Error(m) => return Err(server_said(m)),
+        v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m) => return Err(server_said(m)),
         other => {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -920,7 +921,9 @@ fn session_v2(
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                     return Err(
                         match read_server_msg(stream, "reading the server's message") {
-                            Ok(v2::ServerMsg::Error(m)) => server_said(m),
+                            Ok(v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m)) => {
+                                server_said(m)
+                            }
                             _ => e,
                         },
                     );
@@ -971,7 +974,7 @@ fn session_v2(
         match read_server_msg(stream, "waiting for the verdict")? {
             v2::ServerMsg::Verdict(v2::Verdict::Ok) => return Ok(Reply::Stored),
             v2::ServerMsg::Verdict(v2::Verdict::Failed(m)) => return Ok(Reply::Mismatch(m)),
-            v2::ServerMsg::Error(m) => return Err(server_said(m)),
+            v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m) => return Err(server_said(m)),
             v2::ServerMsg::Verdict(v2::Verdict::Repair(list)) => {
                 t.repairs += 1;
                 t.blocks_resent += list.len() as u64;

@@ -28,6 +28,7 @@ pub mod proto;
 pub mod server;
 pub mod store;
 mod sys;
+pub mod text;
 pub mod v2;
 
 pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};

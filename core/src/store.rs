@@ -11,7 +11,7 @@
 //!   - `KEY.part`: the bytes received so far of an interrupted upload;
 //!   - `KEY.meta`: its checkpoint record (see [`Checkpoint`]);
 //!
-//!   where `KEY` is a 128-bit FNV-1a hash of the name in hex, so that names
+//!   where `KEY` is the SHA-256 of the name in hex, so that names
 //!   of up to 255 bytes still fit the file system's name limit.
 //!
 //! Durability: data is written to `KEY.part`; for a checkpoint the part is
@@ -313,20 +313,25 @@ impl Dir {
     }
 }
 
-/// The state-directory key of a name: FNV-1a, 128 bits, in hex.
+/// The state-directory key of a name: SHA-256 of its UTF-8 bytes, in hex
+/// (64 characters, so names of up to 255 bytes still fit the file system's
+/// name limit). A cryptographic hash, because two names sharing a key would
+/// share a held part: with the linear FNV used before, an attacker could
+/// compute a twin of a victim's name and overwrite its held bytes.
 pub fn key_of(name: &SafeName) -> String {
-    fnv128_hex(name.as_str().as_bytes())
+    sha256_hex(name.as_str().as_bytes())
 }
 
-/// FNV-1a, 128 bits, in hex: a stable file name for arbitrary bytes (not a
-/// security measure: what it names is checked against the stored original).
-pub(crate) fn fnv128_hex(bytes: &[u8]) -> String {
-    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for b in bytes {
-        h ^= *b as u128;
-        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+/// SHA-256 in lowercase hex: a stable, collision-resistant file name for
+/// arbitrary bytes (state keys, cache entry names).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
     }
-    format!("{h:032x}")
+    out
 }
 
 /// A storage directory, opened and locked by one server.

@@ -89,6 +89,108 @@ pub struct Offer {
     pub version: u64,
     /// The block size the client proposes.
     pub block_size: u64,
+    /// The revision of version 2 the client speaks: 1 for the first
+    /// clients (errors as bare text), [`REVISION`] for clients that read
+    /// [`ServerMsg::Fault`] frames (an error code plus words). A missing
+    /// `"rev"` key is revision 1.
+    pub rev: u64,
+}
+
+/// The revision of version 2 this module speaks (see [`Offer::rev`]).
+pub const REVISION: u64 = 2;
+
+/// Why a version-2 server refused or stopped an upload, as a number a
+/// client acts on (the words travel beside it). Carried by
+/// [`ServerMsg::Fault`] to clients of revision 2 and later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultCode {
+    /// The client broke the protocol (malformed frame or header). For good.
+    BadRequest,
+    /// The file name is not acceptable. For good.
+    NameRefused,
+    /// Over the server's `--max-file-size`. For good.
+    TooLarge,
+    /// Not enough free space (or under `--min-free`), or the disk filled
+    /// up. For good, until someone frees space.
+    NoSpace,
+    /// The server requires a token and the client sent none. For good.
+    AuthRequired,
+    /// The client's proof of the token was wrong. For good.
+    AuthFailed,
+    /// A newer connection for the same source took this upload over
+    /// (usually this client's own reconnection). Retry.
+    TakenOver,
+    /// The name is being uploaded from another source, or the server is
+    /// full or still releasing an older connection. Retry later.
+    Busy,
+    /// The server could not read or write its storage; what it holds is
+    /// kept. Retry.
+    Storage,
+    /// The server is shutting down; what it holds is kept. Retry.
+    ShuttingDown,
+    /// The connection was too slow (a phase missed its deadline or the
+    /// data rate fell under the server's minimum). Retry.
+    TooSlow,
+    /// Something went wrong inside the server. Retry.
+    Internal,
+    /// A code this client does not know (from a newer server). Treated as
+    /// for good, so an unknown failure can never loop.
+    Unknown(u16),
+}
+
+impl FaultCode {
+    /// The code's number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            FaultCode::BadRequest => 1,
+            FaultCode::NameRefused => 2,
+            FaultCode::TooLarge => 3,
+            FaultCode::NoSpace => 4,
+            FaultCode::AuthRequired => 5,
+            FaultCode::AuthFailed => 6,
+            FaultCode::TakenOver => 7,
+            FaultCode::Busy => 8,
+            FaultCode::Storage => 9,
+            FaultCode::ShuttingDown => 10,
+            FaultCode::TooSlow => 11,
+            FaultCode::Internal => 12,
+            FaultCode::Unknown(n) => n,
+        }
+    }
+
+    /// The code for a number read off the wire.
+    pub fn from_u16(n: u16) -> FaultCode {
+        match n {
+            1 => FaultCode::BadRequest,
+            2 => FaultCode::NameRefused,
+            3 => FaultCode::TooLarge,
+            4 => FaultCode::NoSpace,
+            5 => FaultCode::AuthRequired,
+            6 => FaultCode::AuthFailed,
+            7 => FaultCode::TakenOver,
+            8 => FaultCode::Busy,
+            9 => FaultCode::Storage,
+            10 => FaultCode::ShuttingDown,
+            11 => FaultCode::TooSlow,
+            12 => FaultCode::Internal,
+            n => FaultCode::Unknown(n),
+        }
+    }
+
+    /// Whether a client should retry (after a pause) rather than give up:
+    /// the cause is on the server's side or in time, not in the request.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            FaultCode::TakenOver
+                | FaultCode::Busy
+                | FaultCode::Storage
+                | FaultCode::ShuttingDown
+                | FaultCode::TooSlow
+                | FaultCode::Internal
+        )
+    }
 }
 
 /// Parses a header of either version: the legacy keys and, from a new
@@ -146,9 +248,18 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
             "block size {block_size} gives too many blocks for {filesize} bytes"
         )));
     }
+    // A client of the first revision sends no "rev"; a newer one says
+    // which it reads. Anything but a small integer is a malformed offer.
+    let rev = match bt.get("rev") {
+        None => 1,
+        Some(_) => {
+            num("rev").ok_or_else(|| protocol("\"bt\".\"rev\" must be a non-negative integer"))?
+        }
+    };
     Ok(Some(Offer {
         version: VERSION,
         block_size,
+        rev,
     }))
 }
 
@@ -161,9 +272,10 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
 /// use bigtransfer_core::proto::{parse_header, Header};
 /// use bigtransfer_core::v2::{encode_header, parse_offer, Offer};
 /// let h = Header { filename: "a.bin".into(), filesize: 5, crc32: 0 };
-/// let frame = encode_header(&h, Offer { version: 2, block_size: 1 << 20 })?;
+/// let offer = Offer { version: 2, block_size: 1 << 20, rev: 2 };
+/// let frame = encode_header(&h, offer)?;
 /// assert_eq!(parse_header(&frame[4..])?, h);
-/// assert_eq!(parse_offer(&frame[4..], 5)?, Some(Offer { version: 2, block_size: 1 << 20 }));
+/// assert_eq!(parse_offer(&frame[4..], 5)?, Some(offer));
 /// # Ok::<(), bigtransfer_core::Error>(())
 /// ```
 pub fn encode_header(h: &Header, offer: Offer) -> Result<Vec<u8>> {
@@ -199,6 +311,7 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
                     "block".to_owned(),
                     Value::Number(Number::from(offer.block_size)),
                 ),
+                ("rev".to_owned(), Value::Number(Number::from(offer.rev))),
             ]),
         ),
     ])
@@ -232,7 +345,11 @@ pub enum ServerMsg {
         crcs: Vec<u32>,
     },
     /// The server refuses or has failed, and says why; it closes next.
+    /// Sent to revision-1 clients; newer ones get [`ServerMsg::Fault`].
     Error(String),
+    /// The server refuses or has failed: a code to act on and the words
+    /// for a person; it closes next.
+    Fault(FaultCode, String),
     /// The server requires authentication: answer this nonce (see
     /// [`crate::auth`]).
     Challenge([u8; crate::auth::NONCE_LEN]),
@@ -256,6 +373,7 @@ const TAG_HELD: u8 = b'H';
 const TAG_ERROR: u8 = b'X';
 const TAG_VERDICT: u8 = b'V';
 const TAG_CHALLENGE: u8 = b'C';
+const TAG_FAULT: u8 = b'F';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -275,6 +393,11 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             (TAG_HELD, p)
         }
         ServerMsg::Error(m) => (TAG_ERROR, m.as_bytes().to_vec()),
+        ServerMsg::Fault(code, m) => {
+            let mut p = code.to_u16().to_be_bytes().to_vec();
+            p.extend_from_slice(m.as_bytes());
+            (TAG_FAULT, p)
+        }
         ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
         ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
         ServerMsg::Verdict(Verdict::Repair(idx)) => {
@@ -301,7 +424,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
 /// Decodes a server frame head (tag, payload length), checking both.
 pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT, TAG_CHALLENGE].contains(&head[0]) {
+    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT, TAG_CHALLENGE, TAG_FAULT].contains(&head[0]) {
         return Err(protocol(format!(
             "unknown server frame type 0x{:02x}",
             head[0]
@@ -349,6 +472,13 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
             })
         }
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
+        TAG_FAULT => {
+            if p.len() < 2 {
+                return Err(protocol("short fault frame"));
+            }
+            let code = FaultCode::from_u16(u16::from_be_bytes([p[0], p[1]]));
+            Ok(ServerMsg::Fault(code, text(&p[2..])))
+        }
         TAG_CHALLENGE => p
             .try_into()
             .map(ServerMsg::Challenge)
@@ -542,7 +672,8 @@ mod tests {
             parse_offer(h, 10).unwrap(),
             Some(Offer {
                 version: 2,
-                block_size: 65536
+                block_size: 65536,
+                rev: 1,
             })
         );
         for bad in [

@@ -109,6 +109,7 @@ fn header(name: &str) -> Vec<u8> {
         v2::Offer {
             version: 2,
             block_size: 1 << 20,
+            rev: 1,
         },
     )
     .unwrap()

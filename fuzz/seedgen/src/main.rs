@@ -72,6 +72,7 @@ fn legacy_header(out: &mut BTreeMap<String, Vec<u8>>) {
         let offer = Offer {
             version: v2::VERSION,
             block_size: block,
+            rev: v2::REVISION,
         };
         add(n, v2::encode_header(&h, offer).unwrap());
     }
