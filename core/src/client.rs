@@ -563,6 +563,7 @@ fn attempt(
         version: v2::VERSION,
         block_size: src.block,
         rev: v2::REVISION,
+        source: None,
     };
     let frame = match (legacy, src.whole) {
         (true, _) => proto::encode_header(&header)?,

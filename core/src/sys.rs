@@ -19,15 +19,19 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Flushes a file's data (not necessarily its metadata) to stable storage.
+/// Retried when a signal interrupts it: an `EINTR` says nothing about the
+/// data, and reporting it as a failure would fail an upload for no reason.
 pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
+    loop {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         // SAFETY: the fd is owned by `file` and open for the whole call.
-        cvt(unsafe { libc::fdatasync(file.as_raw_fd()) }).map(|_| ())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        file.sync_data()
+        let res = cvt(unsafe { libc::fdatasync(file.as_raw_fd()) }).map(|_| ());
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let res = file.sync_data();
+        match res {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 
@@ -60,22 +64,15 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<()> {
     cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
 }
 
-/// A non-blocking, close-on-exec pipe: (read end, write end).
+/// A non-blocking, close-on-exec pipe: (read end, write end). Both flags
+/// are set atomically by `pipe2`, so a `fork`+`exec` in another thread (the
+/// C API's host program may do that) can never inherit the pipe.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe writes two fds into the array.
-    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    // SAFETY: pipe2 writes two fds into the array.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     // SAFETY: both fds were just created and are owned by nobody else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    for fd in [r.as_raw_fd(), w.as_raw_fd()] {
-        // SAFETY: fcntl on fds we own.
-        unsafe {
-            let fl = cvt(libc::fcntl(fd, libc::F_GETFL))?;
-            cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK))?;
-            let fdfl = cvt(libc::fcntl(fd, libc::F_GETFD))?;
-            cvt(libc::fcntl(fd, libc::F_SETFD, fdfl | libc::FD_CLOEXEC))?;
-        }
-    }
     Ok((r, w))
 }
 

@@ -34,6 +34,18 @@ pub const MAX_SERVER_FRAME: usize = 16 << 20;
 /// CRCs for any file up to 16 TiB at the largest block size).
 const TARGET_BLOCKS: u64 = 16384;
 
+/// The most blocks an offer may declare: 2^17, which [`block_size_for`]
+/// never exceeds below 32 TiB. It bounds what a connection can make the
+/// server hold: 5 bytes per block (CRC-32 and state), 640 KiB, and a
+/// repair list of at most 1 MiB, well inside [`MAX_SERVER_FRAME`].
+/// (Before this bound, 64 unauthenticated connections declaring 4 M blocks
+/// each took a server to 3.27 GB.)
+pub const MAX_BLOCKS: u64 = 1 << 17;
+
+/// The longest text an error or verdict frame carries; longer words are
+/// cut at a character boundary, never mid-frame.
+pub const MAX_TEXT: usize = 4096;
+
 /// The block size for a file: 1 MiB up to 1 GiB (fine-grained repair), then
 /// 4 MiB, doubling past 64 GiB so the block list never exceeds 16384 entries
 /// (64 MiB blocks for a 1 TB file).
@@ -94,6 +106,11 @@ pub struct Offer {
     /// [`ServerMsg::Fault`] frames (an error code plus words). A missing
     /// `"rev"` key is revision 1.
     pub rev: u64,
+    /// An identifier of the source file, the same on every attempt of one
+    /// upload (`"sid"`, 32 hex digits; revision 2 clients). The server
+    /// lets a newcomer take over a live upload only when it is the same
+    /// source, so nobody else can kick a running upload off its name.
+    pub source: Option<[u8; 16]>,
 }
 
 /// The revision of version 2 this module speaks (see [`Offer::rev`]).
@@ -206,9 +223,15 @@ impl FaultCode {
 /// ```
 pub fn parse_header(json_bytes: &[u8]) -> Result<(Header, Option<Offer>)> {
     let value = json::parse(json_bytes)?;
-    let offered = value.get("bt").is_some();
-    let header = crate::proto::parse_header_value(&value, offered)?;
-    let offer = offer_of(&value, header.filesize)?;
+    // The size is needed to check the offer, and the offer decides whether
+    // a null CRC-32 is acceptable: parse the legacy keys leniently first,
+    // then strictly once the offer is known. A "bt" key that is not a valid
+    // version-2 offer (say {"v": 1}) makes the client a version-1 client,
+    // which must send a real CRC-32: otherwise the upload could only end in
+    // CRC32_ERROR after the whole file had travelled.
+    let lenient = crate::proto::parse_header_value(&value, true)?;
+    let offer = offer_of(&value, lenient.filesize)?;
+    let header = crate::proto::parse_header_value(&value, offer.is_some())?;
     Ok((header, offer))
 }
 
@@ -243,7 +266,7 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
             "block size {block_size} must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}"
         )));
     }
-    if block_count(filesize, block_size) > (MAX_SERVER_FRAME as u64 - 24) / 4 {
+    if block_count(filesize, block_size) > MAX_BLOCKS {
         return Err(protocol(format!(
             "block size {block_size} gives too many blocks for {filesize} bytes"
         )));
@@ -256,10 +279,19 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
             num("rev").ok_or_else(|| protocol("\"bt\".\"rev\" must be a non-negative integer"))?
         }
     };
+    let source = match bt.get("sid") {
+        None => None,
+        Some(Value::String(hex)) => Some(
+            parse_sid(hex)
+                .ok_or_else(|| protocol("\"bt\".\"sid\" must be 32 hexadecimal digits"))?,
+        ),
+        Some(_) => return Err(protocol("\"bt\".\"sid\" must be a string")),
+    };
     Ok(Some(Offer {
         version: VERSION,
         block_size,
         rev,
+        source,
     }))
 }
 
@@ -272,7 +304,7 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
 /// use bigtransfer_core::proto::{parse_header, Header};
 /// use bigtransfer_core::v2::{encode_header, parse_offer, Offer};
 /// let h = Header { filename: "a.bin".into(), filesize: 5, crc32: 0 };
-/// let offer = Offer { version: 2, block_size: 1 << 20, rev: 2 };
+/// let offer = Offer { version: 2, block_size: 1 << 20, rev: 2, source: Some([7; 16]) };
 /// let frame = encode_header(&h, offer)?;
 /// assert_eq!(parse_header(&frame[4..])?, h);
 /// assert_eq!(parse_offer(&frame[4..], 5)?, Some(offer));
@@ -305,14 +337,23 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
         ("crc32".to_owned(), crc),
         (
             "bt".to_owned(),
-            Value::Object(vec![
-                ("v".to_owned(), Value::Number(Number::from(offer.version))),
-                (
-                    "block".to_owned(),
-                    Value::Number(Number::from(offer.block_size)),
-                ),
-                ("rev".to_owned(), Value::Number(Number::from(offer.rev))),
-            ]),
+            Value::Object(
+                vec![
+                    ("v".to_owned(), Value::Number(Number::from(offer.version))),
+                    (
+                        "block".to_owned(),
+                        Value::Number(Number::from(offer.block_size)),
+                    ),
+                    ("rev".to_owned(), Value::Number(Number::from(offer.rev))),
+                ]
+                .into_iter()
+                .chain(
+                    offer
+                        .source
+                        .map(|sid| ("sid".to_owned(), Value::String(sid_hex(&sid)))),
+                )
+                .collect(),
+            ),
         ),
     ])
     .to_json();
@@ -325,6 +366,21 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
     let mut frame = (json.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(json.as_bytes());
     Ok(frame)
+}
+
+fn parse_sid(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn sid_hex(sid: &[u8; 16]) -> String {
+    sid.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn protocol(msg: impl Into<String>) -> Error {
@@ -392,10 +448,10 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             }
             (TAG_HELD, p)
         }
-        ServerMsg::Error(m) => (TAG_ERROR, m.as_bytes().to_vec()),
+        ServerMsg::Error(m) => (TAG_ERROR, capped(m).as_bytes().to_vec()),
         ServerMsg::Fault(code, m) => {
             let mut p = code.to_u16().to_be_bytes().to_vec();
-            p.extend_from_slice(m.as_bytes());
+            p.extend_from_slice(capped(m).as_bytes());
             (TAG_FAULT, p)
         }
         ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
@@ -410,15 +466,30 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
         }
         ServerMsg::Verdict(Verdict::Failed(m)) => {
             let mut p = vec![2];
-            p.extend_from_slice(m.as_bytes());
+            p.extend_from_slice(capped(m).as_bytes());
             (TAG_VERDICT, p)
         }
     };
-    payload.truncate(MAX_SERVER_FRAME);
+    // Every list is bounded by MAX_BLOCKS and every text by MAX_TEXT, so a
+    // frame always fits: a frame cut short here would carry a count that
+    // disagrees with its length.
+    debug_assert!(payload.len() <= MAX_SERVER_FRAME);
     let mut f = vec![tag];
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     f.append(&mut payload);
     f
+}
+
+/// `text` cut to at most [`MAX_TEXT`] bytes at a character boundary.
+fn capped(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Decodes a server frame head (tag, payload length), checking both.
@@ -662,6 +733,88 @@ mod tests {
     }
 
     #[test]
+    fn a_null_crc_without_a_valid_offer_is_refused_before_any_byte() {
+        // Accepted before as a version-1 upload with CRC 0, which could only
+        // end in CRC32_ERROR after the whole file had been sent.
+        for json in [
+            &br#"{"filename": "a", "filesize": 5, "crc32": null, "bt": {"v": 1}}"#[..],
+            br#"{"filename": "a", "filesize": 5, "crc32": null, "bt": {"v": 0, "block": 65536}}"#,
+            br#"{"filename": "a", "filesize": 5, "crc32": null}"#,
+        ] {
+            assert!(
+                parse_header(json).is_err(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+        let ok =
+            br#"{"filename": "a", "filesize": 5, "crc32": null, "bt": {"v": 2, "block": 65536}}"#;
+        assert!(parse_header(ok).unwrap().1.is_some());
+        // A legacy-shaped "bt" with a real CRC-32 is a version-1 client.
+        let v1 = br#"{"filename": "a", "filesize": 5, "crc32": 7, "bt": {"v": 1}}"#;
+        assert_eq!(parse_header(v1).unwrap().0.crc32, 7);
+    }
+
+    #[test]
+    fn an_offer_over_the_block_bound_is_refused() {
+        let too_many = (MAX_BLOCKS + 1) * MIN_BLOCK;
+        let json = format!(
+            r#"{{"filename": "a", "filesize": {too_many}, "crc32": null, "bt": {{"v": 2, "block": {MIN_BLOCK}}}}}"#
+        );
+        let e = parse_header(json.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("too many blocks"), "{e}");
+        let fits = MAX_BLOCKS * MIN_BLOCK;
+        let json = format!(
+            r#"{{"filename": "a", "filesize": {fits}, "crc32": null, "bt": {{"v": 2, "block": {MIN_BLOCK}}}}}"#
+        );
+        assert!(parse_header(json.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn frames_are_never_cut_inconsistently() {
+        // The largest repair list a legal offer allows round-trips whole.
+        let all: Vec<u64> = (0..MAX_BLOCKS).collect();
+        let f = encode_server_msg(&ServerMsg::Verdict(Verdict::Repair(all.clone())));
+        let (tag, len) = parse_server_head(f[..5].try_into().unwrap()).unwrap();
+        assert_eq!(len, f.len() - 5);
+        assert_eq!(
+            parse_server_msg(tag, &f[5..]).unwrap(),
+            ServerMsg::Verdict(Verdict::Repair(all))
+        );
+        // Long words are cut at a character boundary, and the frame agrees.
+        let words = "é".repeat(MAX_TEXT);
+        let f = encode_server_msg(&ServerMsg::Fault(FaultCode::Storage, words));
+        let (tag, len) = parse_server_head(f[..5].try_into().unwrap()).unwrap();
+        assert_eq!(len, f.len() - 5);
+        match parse_server_msg(tag, &f[5..]).unwrap() {
+            ServerMsg::Fault(FaultCode::Storage, t) => {
+                assert!(
+                    t.len() <= MAX_TEXT && t.chars().all(|c| c == 'é'),
+                    "{}",
+                    t.len()
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fault_codes_round_trip_and_unknown_ones_are_for_good() {
+        for n in 0..40u16 {
+            let c = FaultCode::from_u16(n);
+            assert_eq!(c.to_u16(), n);
+            let f = encode_server_msg(&ServerMsg::Fault(c, "why".into()));
+            let (tag, _) = parse_server_head(f[..5].try_into().unwrap()).unwrap();
+            assert_eq!(
+                parse_server_msg(tag, &f[5..]).unwrap(),
+                ServerMsg::Fault(c, "why".into())
+            );
+        }
+        assert!(FaultCode::TakenOver.is_transient() && FaultCode::Busy.is_transient());
+        assert!(!FaultCode::NoSpace.is_transient() && !FaultCode::Unknown(999).is_transient());
+    }
+
+    #[test]
     fn offer_parsing() {
         let h = br#"{"filename": "a", "filesize": 10, "crc32": 0}"#;
         assert_eq!(parse_offer(h, 10).unwrap(), None);
@@ -674,6 +827,7 @@ mod tests {
                 version: 2,
                 block_size: 65536,
                 rev: 1,
+                source: None,
             })
         );
         for bad in [

@@ -110,6 +110,7 @@ fn header(name: &str) -> Vec<u8> {
             version: 2,
             block_size: 1 << 20,
             rev: 1,
+            source: None,
         },
     )
     .unwrap()

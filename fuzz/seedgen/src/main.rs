@@ -73,6 +73,7 @@ fn legacy_header(out: &mut BTreeMap<String, Vec<u8>>) {
             version: v2::VERSION,
             block_size: block,
             rev: v2::REVISION,
+            source: Some([0x5a; 16]),
         };
         add(n, v2::encode_header(&h, offer).unwrap());
     }
