@@ -79,6 +79,10 @@ struct ServerArgs {
     /// Refuse uploads that would leave less free space than this (e.g. 10G).
     #[arg(long, value_parser = parse::size, default_value = "0")]
     min_free: u64,
+    /// Close a connection whose data arrives slower than this many bytes per
+    /// second, measured over windows of the idle timeout (at most 60 s); 0: no minimum.
+    #[arg(long, value_parser = parse::size, default_value = "1K")]
+    min_rate: u64,
     #[command(flatten)]
     auth: AuthArgs,
     /// With a token: also admit legacy clients, which cannot authenticate.
@@ -197,6 +201,7 @@ fn run_server(a: ServerArgs) -> ExitCode {
     cfg.expire_partial = (!a.expire_partial.is_zero()).then_some(a.expire_partial);
     cfg.max_file_size = a.max_file_size;
     cfg.min_free = a.min_free;
+    cfg.min_rate = a.min_rate;
     cfg.allow_legacy = a.allow_legacy;
     cfg.token = match a.auth.load() {
         Ok(t) => t,

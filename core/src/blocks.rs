@@ -66,6 +66,10 @@ pub struct BlockPart {
     synced_part: Option<Arc<File>>,
     /// The size of the page-cache writes, chosen by how fast they go.
     pieces: crate::pieces::PieceChooser,
+    /// The part's stamp after our last write (see [`BlockPart::recheck_on_disk`]).
+    witness: Option<PartStamp>,
+    /// Whether a foreign write was seen before one of ours.
+    tampered: bool,
 }
 
 fn serr(what: &str, p: &At, e: io::Error) -> Error {
@@ -180,7 +184,10 @@ impl BlockPart {
         let mut valid = vec![false; n];
         crcs[..held_blocks as usize].copy_from_slice(&crcs_held);
         valid[..held_blocks as usize].fill(true);
+        let witness = part.metadata().ok().map(|m| PartStamp::of(&m));
         let mut bp = BlockPart {
+            witness,
+            tampered: false,
             name: name.clone(),
             filesize,
             block,
@@ -241,6 +248,11 @@ impl BlockPart {
         &self.crcs[..self.good_prefix() as usize]
     }
 
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.filesize
+    }
+
     /// The block size in force.
     pub fn block_size(&self) -> u64 {
         self.block
@@ -263,6 +275,9 @@ impl BlockPart {
                 self.settle()?;
             }
         }
+        if let (Some(w), Ok(m)) = (self.witness, self.part.metadata()) {
+            self.tampered |= w != PartStamp::of(&m);
+        }
         let mut at = offset;
         let started = std::time::Instant::now();
         for piece in data.chunks(self.pieces.piece()) {
@@ -272,6 +287,7 @@ impl BlockPart {
             at += piece.len() as u64;
         }
         self.pieces.record(data.len(), started.elapsed());
+        self.witness = self.part.metadata().ok().map(|m| PartStamp::of(&m));
         self.written_since += data.len() as u64;
         self.unflushed += data.len() as u64;
         if self.unflushed >= crate::store::WRITEBACK_STEP {
@@ -329,6 +345,70 @@ impl BlockPart {
             .filter(|(_, v)| !**v)
             .map(|(i, _)| i as u64)
             .collect()
+    }
+
+    /// Makes sure the verdict is taken over the bytes on disk: when the
+    /// part's stamp is not the one our last write left (something else
+    /// wrote to it) or its name no longer leads to our file, every held
+    /// block is read back, and those that no longer match their CRC-32
+    /// become missing (to be repaired) and are returned.
+    pub fn recheck_on_disk(&mut self) -> Result<Vec<u64>> {
+        let now = self
+            .part
+            .metadata()
+            .map(|m| PartStamp::of(&m))
+            .map_err(|e| serr("inspect", &self.part_path, e))?;
+        let same_file = self
+            .part_path
+            .open_read()
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == now.ino);
+        if !same_file {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "{} was replaced behind the server's back",
+                    self.part_path.display()
+                ),
+            ));
+        }
+        if !self.tampered && self.witness.is_none_or(|w| w == now) {
+            return Ok(Vec::new());
+        }
+        let mut bad = Vec::new();
+        let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
+        for idx in 0..self.valid.len() as u64 {
+            if !self.valid[idx as usize] {
+                continue;
+            }
+            let crc = self.crc_on_disk(idx, &mut buf)?;
+            if crc != self.crcs[idx as usize] {
+                self.valid[idx as usize] = false;
+                bad.push(idx);
+            }
+        }
+        self.witness = Some(now);
+        self.tampered = false;
+        Ok(bad)
+    }
+
+    fn crc_on_disk(&self, idx: u64, buf: &mut [u8]) -> Result<u32> {
+        let (off, len) = block_range(self.filesize, self.block, idx);
+        let mut h = crc32fast::Hasher::new();
+        let mut at = 0u64;
+        while at < len {
+            let want = ((len - at) as usize).min(buf.len());
+            let n = self
+                .part
+                .read_at(&mut buf[..want], off + at)
+                .map_err(|e| serr("re-read", &self.part_path, e))?;
+            if n == 0 {
+                break; // Short: the CRC will not match.
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(h.finalize())
     }
 
     /// CRC-32 of the whole file as held (meaningful when nothing is missing).

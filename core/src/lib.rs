@@ -29,6 +29,7 @@ pub mod server;
 pub mod store;
 mod sys;
 pub mod text;
+pub mod throttle;
 pub mod v2;
 
 pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};

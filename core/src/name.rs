@@ -146,9 +146,13 @@ fn refused(raw: &str, reason: &str) -> Error {
     )
 }
 
+/// Shows the name for a person (logs, messages): characters that could
+/// fool a terminal or forge a log line (bidi overrides, line separators)
+/// are escaped by [`crate::text::printable`]. The name itself is
+/// [`SafeName::as_str`].
 impl fmt::Display for SafeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&crate::text::printable(&self.0))
     }
 }
 

@@ -27,7 +27,6 @@
 //!
 //! Not for: the network. This module knows nothing of sockets or the wire.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -274,6 +273,11 @@ impl At {
 
     pub(crate) fn remove(&self) -> io::Result<()> {
         crate::sys::unlink_at(&self.dir, &self.name)
+    }
+
+    /// Whether something (a file, or anything else) is at this name.
+    pub(crate) fn exists(&self) -> bool {
+        std::fs::symlink_metadata(&self.shown).is_ok()
     }
 
     pub(crate) fn rename_to(&self, to: &At) -> io::Result<()> {
@@ -546,7 +550,10 @@ impl Store {
         let mut part = part;
         part.seek(SeekFrom::Start(cp.offset))
             .map_err(|e| serr("seek", &part_path, e))?;
+        let witness = part.metadata().ok().map(|m| PartStamp::of(&m));
         let held = HeldPart {
+            witness,
+            tampered: false,
             hasher: crc32fast::Hasher::new_with_initial_len(cp.crc32, cp.offset),
             offset: cp.offset,
             durable: cp,
@@ -581,34 +588,80 @@ impl Store {
         &self.dir
     }
 
-    /// Removes held parts whose last checkpoint is older than `max_age`,
-    /// except those whose key is in `active`. Returns the names removed.
-    pub fn expire(&self, max_age: Duration, active: &HashSet<String>) -> Result<Vec<String>> {
-        let now = SystemTime::now();
-        let mut removed = Vec::new();
+    /// How many bytes of an upload of `name` with `filesize` bytes the
+    /// record says are held, read without touching anything: the space an
+    /// upload needs is checked with it before its held part is opened, so a
+    /// refused header never changes what is held.
+    pub fn held_hint(&self, name: &SafeName, filesize: u64) -> u64 {
+        let meta_path = self.meta_path(&key_of(name));
+        let Ok(mut meta) = meta_path.open_read() else {
+            return 0;
+        };
+        let mut bytes = Vec::with_capacity(META_LEN);
+        if meta.read_to_end(&mut bytes).is_err() {
+            return 0;
+        }
+        match decode_meta(&bytes) {
+            Ok(rec) if rec.identity.name == *name && rec.identity.filesize == filesize => {
+                rec.checkpoint.offset.min(filesize)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Keys of held parts untouched for longer than `max_age`: those whose
+    /// record is that old, and orphans (a `.part` or `.blk` without a
+    /// record, left by a crash between creating the files) that old. Only
+    /// candidates: [`Store::remove_if_expired`] checks again.
+    pub fn expired(&self, max_age: Duration) -> Result<Vec<String>> {
         let entries = fs::read_dir(&self.state.path)
             .map_err(|e| Error::io(ErrorKind::Storage, "cannot list the state directory", e))?;
+        let mut keys = Vec::new();
         for entry in entries.flatten() {
             let fname = entry.file_name();
-            let Some(key) = fname.to_str().and_then(|s| s.strip_suffix(".meta")) else {
+            let Some(name) = fname.to_str() else { continue };
+            let Some((key, ext)) = name.rsplit_once('.') else {
                 continue;
             };
-            if active.contains(key) {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok());
-            if age.is_some_and(|a| a > max_age) {
-                let _ = self.part_path(key).remove();
-                let _ = self.state.at(&format!("{key}.blk")).remove();
-                let _ = self.meta_path(key).remove();
-                removed.push(key.to_string());
+            let orphan = matches!(ext, "part" | "blk") && !self.meta_path(key).exists();
+            if (ext == "meta" || orphan)
+                && self.is_older(name, max_age)
+                && !keys.iter().any(|k| k == key)
+            {
+                keys.push(key.to_string());
             }
         }
-        Ok(removed)
+        Ok(keys)
+    }
+
+    fn is_older(&self, file: &str, max_age: Duration) -> bool {
+        let age = fs::symlink_metadata(self.state.path.join(file))
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
+        age.is_some_and(|a| a > max_age)
+    }
+
+    /// Deletes the held part `key` if it is still untouched for longer than
+    /// `max_age` (its record, or for an orphan its part). The caller holds
+    /// the claims lock and has checked that no upload claims the key, so a
+    /// starting upload can never lose its part to the sweep.
+    pub fn remove_if_expired(&self, key: &str, max_age: Duration) -> bool {
+        let record = format!("{key}.meta");
+        let still = if self.meta_path(key).exists() {
+            self.is_older(&record, max_age)
+        } else {
+            ["part", "blk"].iter().all(|ext| {
+                !self.state.at(&format!("{key}.{ext}")).exists()
+                    || self.is_older(&format!("{key}.{ext}"), max_age)
+            })
+        };
+        if still {
+            let _ = self.part_path(key).remove();
+            let _ = self.state.at(&format!("{key}.blk")).remove();
+            let _ = self.meta_path(key).remove();
+        }
+        still
     }
 }
 
@@ -789,6 +842,13 @@ pub struct HeldPart {
     written_back: u64,
     /// The size of the page-cache writes, chosen by how fast they go.
     pieces: crate::pieces::PieceChooser,
+    /// The part's stamp after our last write: if it differs before our
+    /// next write or at the end, something else wrote to the part, and the
+    /// verdict is taken over the bytes on disk, re-read, not over what
+    /// arrived on the network.
+    witness: Option<PartStamp>,
+    /// Whether a foreign write was seen.
+    tampered: bool,
 }
 
 impl HeldPart {
@@ -830,6 +890,7 @@ impl HeldPart {
         {
             self.settle()?;
         }
+        self.note_foreign_writes();
         let started = std::time::Instant::now();
         let written = data
             .chunks(self.pieces.piece())
@@ -847,6 +908,7 @@ impl HeldPart {
         }
         self.hasher.update(data);
         self.offset += data.len() as u64;
+        self.witness = self.stamp().ok();
         if self.offset - self.written_back >= WRITEBACK_STEP {
             crate::sys::start_writeback(
                 &self.part,
@@ -977,7 +1039,12 @@ impl HeldPart {
                 false
             }
         };
-        if crc != self.id.crc32 || !prefix_ok {
+        if prefix_ok && crc == self.id.crc32 {
+            if let Err(why) = self.check_on_disk(crc) {
+                self.prefix_problem = Some(why);
+            }
+        }
+        if crc != self.id.crc32 || self.prefix_problem.is_some() {
             let _ = self.part_path.remove();
             let _ = self.meta_path.remove();
             return Ok(Verdict::Mismatch);
@@ -997,6 +1064,54 @@ impl HeldPart {
         let _ = self.meta_path.remove();
         Ok(Verdict::Ok)
     }
+}
+
+impl HeldPart {
+    /// Notes whether the part changed since our last write (its stamp is
+    /// not the one that write left): someone else wrote to it.
+    fn note_foreign_writes(&mut self) {
+        if let (Some(w), Ok(now)) = (self.witness, self.stamp()) {
+            self.tampered |= w != now;
+        }
+    }
+
+    /// Confirms that the part on disk holds the bytes whose CRC-32 is `crc`:
+    /// when its stamp is the one our last write left and the name still
+    /// leads to our file, nothing else wrote to it; otherwise the whole part
+    /// is read back and its CRC-32 must be `crc`.
+    fn check_on_disk(&self, crc: u32) -> std::result::Result<(), String> {
+        let now = self.stamp().map_err(|e| e.to_string())?;
+        let same_file = self
+            .part_path
+            .open_read()
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == now.ino);
+        if same_file && !self.tampered && self.witness.is_none_or(|w| w == now) {
+            return Ok(());
+        }
+        let reread = crc_of_file(&self.part, self.id.filesize)
+            .map_err(|e| format!("cannot re-read the held part: {e}"))?;
+        if !same_file || reread != crc {
+            return Err(
+                "the held part changed on disk behind the server's back (its bytes are not the ones received)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// CRC-32 of the first `len` bytes of `file`, read in large blocks.
+pub(crate) fn crc_of_file(file: &File, len: u64) -> io::Result<u32> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = crate::sys::PageBuf::new(crate::crc::READ_BLOCK);
+    let mut at = 0u64;
+    while at < len {
+        let want = ((len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..want], at)?;
+        h.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(h.finalize())
 }
 
 /// Writes checkpoint `seq` into its slot of the record and syncs it.
@@ -1235,6 +1350,100 @@ mod tests {
         let e = Store::open(&dir).unwrap_err();
         assert!(e.to_string().contains("in use by another server"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn expired_and_orphaned_parts_are_swept_but_fresh_ones_stay() {
+        let dir = tempdir();
+        let store = Store::open(&dir).unwrap();
+        let day = Duration::from_secs(86400);
+        // An old held part with its record, an old orphan part (a crash
+        // between creating the files; it never expired before), and a
+        // fresh held part.
+        let old = id("old.bin", 10, 1);
+        let fresh = id("fresh.bin", 10, 1);
+        for i in [&old, &fresh] {
+            let (mut h, _) = store.begin(i.clone()).unwrap();
+            h.write(b"12345").unwrap();
+            h.checkpoint().unwrap();
+        }
+        let st = dir.join(RESERVED_NAME);
+        let old_key = key_of(&old.name);
+        age(&st.join(format!("{old_key}.meta")), 2 * 86400);
+        let orphan = "f".repeat(64);
+        fs::write(st.join(format!("{orphan}.part")), b"x").unwrap();
+        age(&st.join(format!("{orphan}.part")), 2 * 86400);
+        let mut keys = store.expired(day).unwrap();
+        keys.sort();
+        let mut want = vec![old_key.clone(), orphan.clone()];
+        want.sort();
+        assert_eq!(keys, want);
+        for k in &keys {
+            assert!(store.remove_if_expired(k, day));
+        }
+        assert!(!st.join(format!("{old_key}.part")).exists());
+        assert!(!st.join(format!("{orphan}.part")).exists());
+        let fresh_key = key_of(&fresh.name);
+        assert!(st.join(format!("{fresh_key}.part")).exists());
+        // A candidate touched since it was listed is not removed.
+        age(&st.join(format!("{fresh_key}.meta")), 2 * 86400);
+        let keys = store.expired(day).unwrap();
+        assert_eq!(keys, vec![fresh_key.clone()]);
+        let (mut h, _) = store.begin(fresh.clone()).unwrap();
+        h.write(b"6").unwrap();
+        h.checkpoint().unwrap();
+        assert!(!store.remove_if_expired(&fresh_key, day));
+        assert!(st.join(format!("{fresh_key}.part")).exists());
+        drop(h);
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_held_hint_reads_without_creating_or_changing_anything() {
+        let dir = tempdir();
+        let store = Store::open(&dir).unwrap();
+        let i = id("hint.bin", 100, 5);
+        assert_eq!(store.held_hint(&i.name, 100), 0);
+        let listing = || {
+            let mut v: Vec<_> = fs::read_dir(dir.join(RESERVED_NAME))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(listing().len(), 1, "only the lock");
+        let (mut h, _) = store.begin(i.clone()).unwrap();
+        h.write(&[1; 40]).unwrap();
+        h.checkpoint().unwrap();
+        drop(h);
+        let before = listing();
+        assert_eq!(store.held_hint(&i.name, 100), 40);
+        assert_eq!(
+            store.held_hint(&i.name, 99),
+            0,
+            "another size holds nothing"
+        );
+        assert_eq!(listing(), before);
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_keys_are_sha256_of_the_name() {
+        let n = SafeName::from_wire("abc").unwrap();
+        assert_eq!(
+            key_of(&n),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     fn tempdir() -> PathBuf {

@@ -35,6 +35,30 @@ pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (a server needs
+/// several descriptors per connection) and returns the soft limit now in
+/// force.
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) }).is_ok() {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    Ok(lim.rlim_cur as u64)
+}
+
 /// Tells the kernel the file will be read sequentially (bigger read-ahead).
 pub(crate) fn advise_sequential(file: &File) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -359,6 +383,23 @@ unsafe impl Send for PageBuf {}
 #[cfg(test)]
 mod tests {
     use super::send_buffer_request;
+
+    #[test]
+    fn the_wake_pipe_is_close_on_exec_and_non_blocking_from_birth() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = super::pipe().unwrap();
+        for fd in [r.as_raw_fd(), w.as_raw_fd()] {
+            // SAFETY: fcntl queries on fds we own.
+            let (fl, fdfl) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                )
+            };
+            assert!(fl & libc::O_NONBLOCK != 0);
+            assert!(fdfl & libc::FD_CLOEXEC != 0);
+        }
+    }
 
     #[test]
     fn send_buffer_is_widened_only_past_autotuning() {

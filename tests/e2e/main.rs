@@ -2,6 +2,7 @@
 //! every shape, interruptions and resumes, hostile input, the interactive
 //! prompts, and wire compatibility with the stdlib Python scripts.
 
+mod attacker;
 mod auth;
 mod compat;
 mod diskfull;
