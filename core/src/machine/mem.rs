@@ -50,6 +50,15 @@ impl MemStorage {
         lock(&self.inner).files.get(name).cloned()
     }
 
+    /// The blocks of `name` a checkpoint vouches for (what a restarted
+    /// server would offer), if it has a version-2 held part.
+    pub fn durable_blocks(&self, name: &str) -> Option<HeldSet> {
+        let inner = lock(&self.inner);
+        let mut s = inner.parts.get(name)?.set.clone()?;
+        s.keep_durable();
+        Some(s)
+    }
+
     /// Whether a held part of `name` exists.
     pub fn has_part(&self, name: &str) -> bool {
         lock(&self.inner).parts.contains_key(name)

@@ -305,6 +305,15 @@ impl Sender {
 
     /// The next bytes to send to the server.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let State::Repair { round, list } = &mut self.state {
+            let (round, queue) = (*round, std::mem::take(list).into());
+            self.state = State::SendBlocks {
+                queue,
+                round,
+                current: None,
+            };
+            self.next_block();
+        }
         if let Some(b) = self.out.pop_front() {
             return Some(b);
         }
@@ -343,17 +352,9 @@ impl Sender {
 
     /// The next work on the source (answer it with [`Sender::handle_event`]).
     pub fn poll_action(&mut self) -> Option<SendAction> {
-        if self.awaiting {
+        // A block's head must be on the wire before its payload.
+        if self.awaiting || !self.out.is_empty() {
             return None;
-        }
-        if let State::Repair { round, list } = &mut self.state {
-            let (round, queue) = (*round, std::mem::take(list).into());
-            self.state = State::SendBlocks {
-                queue,
-                round,
-                current: None,
-            };
-            self.next_block();
         }
         let a = self.pending.take()?;
         self.awaiting = true;
