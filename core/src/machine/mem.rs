@@ -233,7 +233,10 @@ impl HeldPart for MemPart {
             .ok_or_else(|| Fault::new(FaultCode::Storage, "held part is gone"))?;
         if crc32fast::hash(&p.bytes) != whole_crc {
             inner.parts.insert(self.name.clone(), p);
-            return Err(Fault::new(FaultCode::Internal, "commit of bytes that do not match"));
+            return Err(Fault::new(
+                FaultCode::Internal,
+                "commit of bytes that do not match",
+            ));
         }
         inner.files.insert(self.name.clone(), p.bytes);
         Ok(())

@@ -157,10 +157,7 @@ pub struct Deadline {
 impl Deadline {
     /// The deadline `d` after `now`.
     pub fn after(now: Instant, d: Duration, timer: Timer) -> Deadline {
-        Deadline {
-            at: now + d,
-            timer,
-        }
+        Deadline { at: now + d, timer }
     }
 
     /// Whether it has passed at `now`.
@@ -547,7 +544,10 @@ impl ClientDecoder {
     }
 
     /// Decodes from `input`: bytes used and the item completed, if any.
-    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<ClientItem<'a>>), Fault> {
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<ClientItem<'a>>), Fault> {
         let mut used = 0;
         while used < input.len() {
             if let ClientAt::Payload { left } = &mut self.at {
@@ -705,13 +705,19 @@ mod tests {
         assert_eq!((h.count(), h.prefix(), h.whole_crc()), (4, 0, None));
         h.mark(0, 10);
         h.mark(2, 30);
-        assert_eq!((h.prefix(), h.prefix_bytes(), h.missing()), (1, 65536, vec![1, 3]));
+        assert_eq!(
+            (h.prefix(), h.prefix_bytes(), h.missing()),
+            (1, 65536, vec![1, 3])
+        );
         h.make_durable();
         h.mark(1, 20);
         assert_eq!(h.slot(1), Some(Slot::Written(20)));
         assert_eq!(h.prefix_crcs(), vec![10, 20, 30]);
         h.keep_durable();
-        assert_eq!((h.slot(1), h.slot(2)), (Some(Slot::Missing), Some(Slot::Durable(30))));
+        assert_eq!(
+            (h.slot(1), h.slot(2)),
+            (Some(Slot::Missing), Some(Slot::Durable(30)))
+        );
         assert_eq!(h.forget(2), Slot::Durable(30));
         assert!(HeldSet::new(u64::MAX / 2, 65536).is_err());
     }
@@ -753,7 +759,10 @@ mod tests {
                 pos += u;
                 got = got.or(m);
             }
-            assert_eq!(got, Some(ServerMsg::Verdict(v2::Verdict::Repair(vec![1, 2]))));
+            assert_eq!(
+                got,
+                Some(ServerMsg::Verdict(v2::Verdict::Repair(vec![1, 2])))
+            );
         }
         assert!(ServerDecoder::new(4).decode(&f).is_err());
     }

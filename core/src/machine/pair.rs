@@ -80,6 +80,9 @@ struct Pair {
     payload_sent: u64,
     hashed: u64,
     dead: bool,
+    /// When the connection breaks, the server crashes with it: nothing
+    /// more is checkpointed.
+    crash_on_cut: bool,
 }
 
 impl Pair {
@@ -110,11 +113,17 @@ impl Pair {
             payload_sent: 0,
             hashed: 0,
             dead: false,
+            crash_on_cut: false,
         }
     }
 
     fn plain(storage: &MemStorage, src: &[u8]) -> Pair {
-        Pair::new(storage, ReceiverConfig::default(), tx_cfg(src), src.to_vec())
+        Pair::new(
+            storage,
+            ReceiverConfig::default(),
+            tx_cfg(src),
+            src.to_vec(),
+        )
     }
 
     fn note(&mut self) {
@@ -252,6 +261,10 @@ impl Pair {
             }
             if !self.dead && (self.c2s.len() > self.c2s_cut || self.s2c.len() > self.s2c_cut) {
                 self.dead = true;
+                if self.crash_on_cut {
+                    self.storage.crash();
+                    self.part = None;
+                }
                 self.rx.handle_eof(self.now);
                 self.tx.handle_eof(self.now);
             } else if rxd {
@@ -291,7 +304,14 @@ impl Pair {
 /// An upload cut at `c2s`/`s2c` bytes, then resumed by a fresh pair over
 /// the same storage: the stored file must be the source, and the resume
 /// must send exactly what was not durably held.
-fn cut_then_resume(src: &[u8], tc: &SenderConfig, rc: &ReceiverConfig, c2s: usize, s2c: usize, chunk: usize) {
+fn cut_then_resume(
+    src: &[u8],
+    tc: &SenderConfig,
+    rc: &ReceiverConfig,
+    c2s: usize,
+    s2c: usize,
+    chunk: usize,
+) {
     let storage = MemStorage::new();
     let mut a = Pair::new(&storage, rc.clone(), tc.clone(), src.to_vec());
     (a.c2s_cut, a.s2c_cut, a.chunk) = (c2s, s2c, chunk);
@@ -299,7 +319,6 @@ fn cut_then_resume(src: &[u8], tc: &SenderConfig, rc: &ReceiverConfig, c2s: usiz
     let first = a.outcome();
     let held = storage.durable_blocks(NAME).map_or(0, |h| h.prefix_bytes());
     let mut b = Pair::new(&storage, rc.clone(), tc.clone(), src.to_vec());
-    b.chunk = chunk;
     b.run();
     let ctx = format!("cut c2s {c2s} s2c {s2c}: first {first:?}");
     assert_eq!(b.outcome(), Outcome::Stored, "{ctx}");
@@ -396,8 +415,22 @@ fn a_fresh_upload_visits_the_version_2_states() {
     p.run();
     assert_eq!((p.outcome(), p.ending()), (Outcome::Stored, Ending::Stored));
     assert_eq!(storage.file(NAME), Some(src.clone()));
-    assert_eq!((p.payload_sent, p.hashed, p.tx.protocol()), (src.len() as u64, 0, 2));
-    for s in ["ReadLen", "ReadHeader", "Admit", "Claim", "OpenHeld", "SendHeld", "DataFrames", "Verify", "SendVerdict", "Done"] {
+    assert_eq!(
+        (p.payload_sent, p.hashed, p.tx.protocol()),
+        (src.len() as u64, 0, 2)
+    );
+    for s in [
+        "ReadLen",
+        "ReadHeader",
+        "Admit",
+        "Claim",
+        "OpenHeld",
+        "SendHeld",
+        "DataFrames",
+        "Verify",
+        "SendVerdict",
+        "Done",
+    ] {
         assert!(p.rx_seen.contains(s), "{s}: {:?}", p.rx_seen);
     }
     // The server speaks MAGIC right after the header, the held list later.
@@ -438,21 +471,8 @@ fn a_block_damaged_every_time_fails_after_the_last_round_and_is_discarded() {
 fn a_source_changed_between_attempts_resends_only_the_changed_and_missing_blocks() {
     let storage = MemStorage::new();
     let old = source(3 * B as usize + 100, 8);
-    let header = v2::encode_header_unknown_crc(
-        &proto::Header {
-            filename: NAME.into(),
-            filesize: old.len() as u64,
-            crc32: 0,
-        },
-        v2::Offer {
-            version: 2,
-            block_size: B,
-            rev: v2::REVISION,
-        },
-    )
-    .unwrap();
     let mut a = Pair::plain(&storage, &old);
-    a.c2s_cut = header.len() + 2 * (13 + B as usize + 4) + 3;
+    a.c2s_cut = v2_header_len(old.len() as u64) + 2 * (13 + B as usize + 4) + 3;
     a.run();
     assert!(matches!(a.outcome(), Outcome::Failed(Failure::Lost(_))));
     assert_eq!(storage.durable_blocks(NAME).unwrap().prefix(), 2);
@@ -485,6 +505,21 @@ fn known_block_crcs_skip_hashing_on_resume() {
     assert_eq!(storage.file(NAME), Some(src));
 }
 
+/// Bytes of the header frame a [`tx_cfg`] sender sends.
+fn v2_header_len(filesize: u64) -> usize {
+    let h = proto::Header {
+        filename: NAME.into(),
+        filesize,
+        crc32: 0,
+    };
+    let offer = v2::Offer {
+        version: 2,
+        block_size: B,
+        rev: v2::REVISION,
+    };
+    v2::encode_header_unknown_crc(&h, offer).unwrap().len()
+}
+
 fn auth_pair(server: Option<&str>, client: Option<&str>, legacy: bool, allow: bool) -> Pair {
     let src = source(1000, 10);
     let rc = ReceiverConfig {
@@ -492,7 +527,11 @@ fn auth_pair(server: Option<&str>, client: Option<&str>, legacy: bool, allow: bo
         allow_legacy: allow,
         ..ReceiverConfig::default()
     };
-    let base = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+    let base = if legacy {
+        legacy_cfg(&src)
+    } else {
+        tx_cfg(&src)
+    };
     let tc = SenderConfig {
         token: client.map(token),
         ..base
@@ -505,7 +544,10 @@ fn auth_pair(server: Option<&str>, client: Option<&str>, legacy: bool, allow: bo
 #[test]
 fn authentication_right_wrong_missing_and_legacy() {
     let ok = auth_pair(Some("a"), Some("a"), false, false);
-    assert_eq!((ok.outcome(), ok.ending()), (Outcome::Stored, Ending::Stored));
+    assert_eq!(
+        (ok.outcome(), ok.ending()),
+        (Outcome::Stored, Ending::Stored)
+    );
     for s in ["Challenge", "AwaitAnswer"] {
         assert!(ok.rx_seen.contains(s), "{s}");
     }
@@ -513,15 +555,39 @@ fn authentication_right_wrong_missing_and_legacy() {
         assert!(ok.tx_seen.contains(s), "{s}");
     }
     let wrong = auth_pair(Some("a"), Some("b"), false, false);
-    assert!(matches!(wrong.outcome(), Outcome::Fault { code: Some(FaultCode::AuthFailed), .. }));
-    assert!(matches!(wrong.ending(), Ending::Refused(Fault { code: FaultCode::AuthFailed, .. })));
+    assert!(matches!(
+        wrong.outcome(),
+        Outcome::Fault {
+            code: Some(FaultCode::AuthFailed),
+            ..
+        }
+    ));
+    assert!(matches!(
+        wrong.ending(),
+        Ending::Refused(Fault {
+            code: FaultCode::AuthFailed,
+            ..
+        })
+    ));
     assert!(wrong.storage.file(NAME).is_none() && !wrong.storage.has_part(NAME));
     let missing = auth_pair(Some("a"), None, false, false);
     assert_eq!(missing.outcome(), Outcome::Failed(Failure::TokenRequired));
     let legacy = auth_pair(Some("a"), None, true, false);
-    assert_eq!(legacy.outcome(), Outcome::Failed(Failure::Lost("AwaitReply")));
-    assert!(matches!(legacy.ending(), Ending::Refused(Fault { code: FaultCode::AuthRequired, .. })));
-    assert!(legacy.s2c.is_empty(), "a legacy client is refused in silence");
+    assert_eq!(
+        legacy.outcome(),
+        Outcome::Failed(Failure::Lost("AwaitReply"))
+    );
+    assert!(matches!(
+        legacy.ending(),
+        Ending::Refused(Fault {
+            code: FaultCode::AuthRequired,
+            ..
+        })
+    ));
+    assert!(
+        legacy.s2c.is_empty(),
+        "a legacy client is refused in silence"
+    );
     let allowed = auth_pair(Some("a"), None, true, true);
     assert_eq!(allowed.outcome(), Outcome::Stored);
     assert!(allowed.rx_seen.contains("Receiving") && allowed.tx_seen.contains("SendBytes"));
@@ -531,10 +597,20 @@ fn authentication_right_wrong_missing_and_legacy() {
 fn a_legacy_client_resumes_from_the_durable_offset() {
     let storage = MemStorage::new();
     let src = source(5000, 11);
-    let mut a = Pair::new(&storage, ReceiverConfig::default(), legacy_cfg(&src), src.clone());
+    let mut a = Pair::new(
+        &storage,
+        ReceiverConfig::default(),
+        legacy_cfg(&src),
+        src.clone(),
+    );
     a.c2s_cut = 80 + 3000;
     a.run();
-    let mut b = Pair::new(&storage, ReceiverConfig::default(), legacy_cfg(&src), src.clone());
+    let mut b = Pair::new(
+        &storage,
+        ReceiverConfig::default(),
+        legacy_cfg(&src),
+        src.clone(),
+    );
     b.run();
     assert_eq!(b.outcome(), Outcome::Stored);
     assert!(b.payload_sent < 5000 - 2000, "{}", b.payload_sent);
@@ -573,14 +649,20 @@ fn a_legacy_server_refusing_a_null_crc_or_taking_version_1() {
     let src = source(100, 13);
     let (mut tx, now, _) = hand_sender(tx_cfg(&src));
     tx.handle_eof(now);
-    assert_eq!(tx.outcome(), Some(&Outcome::Failed(Failure::LegacyNeedsCrc)));
+    assert_eq!(
+        tx.outcome(),
+        Some(&Outcome::Failed(Failure::LegacyNeedsCrc))
+    );
 
     let cfg = SenderConfig {
         whole_crc: Some(crc32fast::hash(&src)),
         ..tx_cfg(&src)
     };
     let (mut tx, now, header) = hand_sender(cfg);
-    assert!(proto::parse_header(&header[4..]).is_ok(), "a legacy server accepts it");
+    assert!(
+        proto::parse_header(&header[4..]).is_ok(),
+        "a legacy server accepts it"
+    );
     assert_eq!(tx.handle_input(now, &proto::encode_offset(40)), 8);
     assert_eq!(tx.poll_action(), Some(SendAction::SendBytes { from: 40 }));
     tx.handle_event(now, SendEvent::BytesSent(Ok(())));
@@ -602,17 +684,31 @@ fn a_server_that_is_not_bigtransfer_is_named() {
 
 #[test]
 fn the_sender_checks_repair_lists() {
-    for (list, what) in [(vec![0, 0], "twice"), (vec![1], "block 1 of 1"), (vec![], "no blocks")] {
+    for (list, what) in [
+        (vec![0, 0], "twice"),
+        (vec![1], "block 1 of 1"),
+        (vec![], "no blocks"),
+    ] {
         let src = source(10, 15);
         let (mut tx, now, _) = hand_sender(tx_cfg(&src));
         let mut s2c = v2::MAGIC.to_vec();
-        s2c.extend(v2::encode_server_msg(&v2::ServerMsg::Held { held: 0, block_size: B, crcs: vec![] }));
+        s2c.extend(v2::encode_server_msg(&v2::ServerMsg::Held {
+            held: 0,
+            block_size: B,
+            crcs: vec![],
+        }));
         assert_eq!(tx.handle_input(now, &s2c), 8);
         assert_eq!(tx.handle_input(now, &s2c[8..]), s2c.len() - 8);
         assert_eq!(tx.poll_transmit(now).map(|h| h[0]), Some(b'D'));
-        assert!(matches!(tx.poll_action(), Some(SendAction::SendBlock { idx: 0, .. })));
+        assert!(matches!(
+            tx.poll_action(),
+            Some(SendAction::SendBlock { idx: 0, .. })
+        ));
         tx.handle_event(now, SendEvent::BlockSent(Ok(crc32fast::hash(&src))));
-        assert_eq!(tx.poll_transmit(now), Some(crc32fast::hash(&src).to_be_bytes().to_vec()));
+        assert_eq!(
+            tx.poll_transmit(now),
+            Some(crc32fast::hash(&src).to_be_bytes().to_vec())
+        );
         assert_eq!(tx.poll_transmit(now).map(|e| e[0]), Some(b'E'));
         let f = v2::encode_server_msg(&v2::ServerMsg::Verdict(v2::Verdict::Repair(list)));
         tx.handle_input(now, &f);
@@ -627,20 +723,38 @@ fn the_sender_checks_repair_lists() {
 fn faults_from_policy_and_storage_reach_the_sender_with_their_codes() {
     let src = source(3 * B as usize, 16);
     for (admit, claim, code) in [
-        (Some(Fault::new(FaultCode::NoSpace, "refused: needs 3 more bytes")), None, FaultCode::NoSpace),
-        (None, Some(Fault::new(FaultCode::Busy, "a newer connection")), FaultCode::Busy),
+        (
+            Some(Fault::new(
+                FaultCode::NoSpace,
+                "refused: needs 3 more bytes",
+            )),
+            None,
+            FaultCode::NoSpace,
+        ),
+        (
+            None,
+            Some(Fault::new(FaultCode::Busy, "a newer connection")),
+            FaultCode::Busy,
+        ),
     ] {
         let storage = MemStorage::new();
         let mut p = Pair::plain(&storage, &src);
         p.policy = Policy { admit, claim };
         p.run();
-        let Outcome::Fault { code: Some(c), words } = p.outcome() else {
+        let Outcome::Fault {
+            code: Some(c),
+            words,
+        } = p.outcome()
+        else {
             panic!("{:?}", p.outcome())
         };
         assert_eq!(c, code, "{words}");
         assert_eq!(c.is_transient(), code == FaultCode::Busy);
         assert!(p.rx_seen.contains("Closing"));
-        assert!(!storage.has_part(NAME), "refused before anything was stored");
+        assert!(
+            !storage.has_part(NAME),
+            "refused before anything was stored"
+        );
     }
     // The disk fills up in the middle of block 1: the sender hears why,
     // block 0 is kept, and the resume sends the rest.
@@ -648,7 +762,17 @@ fn faults_from_policy_and_storage_reach_the_sender_with_their_codes() {
     storage.fail_writes_after(B + 10);
     let mut a = Pair::plain(&storage, &src);
     a.run();
-    assert!(matches!(a.outcome(), Outcome::Fault { code: Some(FaultCode::NoSpace), .. }), "{:?}", a.outcome());
+    assert!(
+        matches!(
+            a.outcome(),
+            Outcome::Fault {
+                code: Some(FaultCode::NoSpace),
+                ..
+            }
+        ),
+        "{:?}",
+        a.outcome()
+    );
     assert_eq!(storage.durable_blocks(NAME).map(|h| h.prefix()), Some(1));
     storage.fail_writes_after(u64::MAX);
     let mut b = Pair::plain(&storage, &src);
@@ -684,7 +808,10 @@ fn a_revision_1_client_gets_words_and_a_revision_2_client_a_code() {
         assert_eq!(rx.handle_input(now, &h).used, 4);
         assert_eq!(rx.handle_input(now, &h[4..]).used, h.len() - 4);
         assert!(matches!(rx.poll_action(), Some(Action::Admit { .. })));
-        rx.handle_event(now, Event::Admitted(Err(Fault::new(FaultCode::TooLarge, "too big"))));
+        rx.handle_event(
+            now,
+            Event::Admitted(Err(Fault::new(FaultCode::TooLarge, "too big"))),
+        );
         let out = transmit_all(&mut rx, now);
         assert_eq!(&out[..8], &v2::MAGIC);
         assert_eq!(out[8], tag);
@@ -706,10 +833,15 @@ fn a_null_crc_without_a_valid_offer_is_refused_before_any_action() {
     rx.handle_input(now, &f[..4]);
     rx.handle_input(now, &f[4..]);
     assert_eq!(rx.poll_action(), None);
-    assert!(matches!(rx.ending().or(Some(&Ending::Stored)), Some(_)));
+    assert!(rx.is_closing());
     let out = transmit_all(&mut rx, now);
     assert_eq!(&out[..8], &v2::MAGIC, "it mentions \"bt\": told in words");
     assert!(String::from_utf8_lossy(&out).contains("crc32"), "{out:?}");
+    rx.handle_eof(now);
+    let Some(Ending::Refused(f)) = rx.ending() else {
+        panic!("{:?}", rx.ending())
+    };
+    assert_eq!(f.code, FaultCode::BadRequest);
 }
 
 #[test]
@@ -741,8 +873,15 @@ fn a_malformed_data_frame_is_a_bad_request() {
     rx.handle_input(now, &bad);
     let out = transmit_all(&mut rx, now);
     assert_eq!(out[0], b'F');
-    assert_eq!(u16::from_be_bytes([out[5], out[6]]), FaultCode::BadRequest.to_u16());
-    assert_eq!(rx.poll_action(), Some(Action::Checkpoint), "what is held is kept");
+    assert_eq!(
+        u16::from_be_bytes([out[5], out[6]]),
+        FaultCode::BadRequest.to_u16()
+    );
+    assert_eq!(
+        rx.poll_action(),
+        Some(Action::Checkpoint),
+        "what is held is kept"
+    );
 }
 
 #[test]
@@ -764,7 +903,10 @@ fn a_slowloris_header_is_closed_at_the_header_deadline() {
     }
     assert_eq!(rx.ending(), Some(&Ending::TimedOut(Timer::Header)));
     assert!(now <= t0 + cfg.header_timeout + Duration::from_millis(700));
-    assert!(transmit_all(&mut rx, now).is_empty(), "before MAGIC: closed in silence");
+    assert!(
+        transmit_all(&mut rx, now).is_empty(),
+        "before MAGIC: closed in silence"
+    );
 }
 
 #[test]
@@ -787,7 +929,10 @@ fn an_unanswered_challenge_is_closed_at_the_answer_deadline() {
     assert_eq!(at, t0 + Duration::from_secs(10));
     rx.handle_timeout(at);
     let out = transmit_all(&mut rx, at);
-    assert_eq!(u16::from_be_bytes([out[5], out[6]]), FaultCode::TooSlow.to_u16());
+    assert_eq!(
+        u16::from_be_bytes([out[5], out[6]]),
+        FaultCode::TooSlow.to_u16()
+    );
     let drain = rx.poll_timeout().unwrap();
     rx.handle_timeout(drain);
     assert_eq!(rx.ending(), Some(&Ending::TimedOut(Timer::Answer)));
@@ -824,7 +969,10 @@ fn idle_and_slow_blocks_time_out_and_keep_what_is_held() {
             _ => assert!(waited < Duration::from_secs(80), "{waited:?}"),
         }
         assert_eq!(storage.durable_blocks(NAME).map(|h| h.prefix()), Some(1));
-        assert!(p.s2c.windows(2).any(|w| w == [0, FaultCode::TooSlow.to_u16() as u8]));
+        assert!(p
+            .s2c
+            .windows(2)
+            .any(|w| w == [0, FaultCode::TooSlow.to_u16() as u8]));
     }
 }
 
@@ -837,7 +985,10 @@ fn a_silent_server_times_the_sender_out() {
     tx.handle_timeout(at - Duration::from_millis(1));
     assert!(tx.outcome().is_none());
     tx.handle_timeout(at);
-    assert_eq!(tx.outcome(), Some(&Outcome::Failed(Failure::TimedOut("AwaitReply"))));
+    assert_eq!(
+        tx.outcome(),
+        Some(&Outcome::Failed(Failure::TimedOut("AwaitReply")))
+    );
 }
 
 #[test]
@@ -863,14 +1014,113 @@ fn every_state_of_both_machines_is_visited() {
     add(&auth_pair(Some("a"), Some("b"), false, false));
     add(&auth_pair(Some("a"), None, true, true));
     let all_rx = [
-        "ReadLen", "ReadHeader", "Admit", "Challenge", "AwaitAnswer", "Claim", "OpenHeld",
-        "SendOffset", "Receiving", "SendHeld", "DataFrames", "Repair", "Verify", "SendVerdict",
-        "Closing", "Done",
+        "ReadLen",
+        "ReadHeader",
+        "Admit",
+        "Challenge",
+        "AwaitAnswer",
+        "Claim",
+        "OpenHeld",
+        "SendOffset",
+        "Receiving",
+        "SendHeld",
+        "DataFrames",
+        "Repair",
+        "Verify",
+        "SendVerdict",
+        "Closing",
+        "Done",
     ];
     let all_tx = [
-        "SendHeader", "AwaitReply", "AwaitChallenge", "SendAnswer", "AwaitHeld", "Plan",
-        "SendBlocks", "SendEnd", "AwaitVerdict", "Repair", "SendBytes", "AwaitVerdict1", "Done",
+        "SendHeader",
+        "AwaitReply",
+        "AwaitChallenge",
+        "SendAnswer",
+        "AwaitHeld",
+        "Plan",
+        "SendBlocks",
+        "SendEnd",
+        "AwaitVerdict",
+        "Repair",
+        "SendBytes",
+        "AwaitVerdict1",
+        "Done",
     ];
     assert_eq!(rx, all_rx.into_iter().collect(), "receiver");
     assert_eq!(tx, all_tx.into_iter().collect(), "sender");
+}
+
+#[test]
+fn a_crash_keeps_only_checkpointed_blocks_and_a_hole_is_sent_again() {
+    let storage = MemStorage::new();
+    let src = source(3 * B as usize, 20);
+    let mut a = Pair::plain(&storage, &src);
+    a.corrupt = vec![1];
+    // The server crashes right after asking for block 1 again: the
+    // checkpoint before the repair list made blocks 0 and 2 durable.
+    a.c2s_cut = v2_header_len(src.len() as u64) + 3 * (13 + B as usize + 4) + 5;
+    a.crash_on_cut = true;
+    a.run();
+    assert!(
+        matches!(a.outcome(), Outcome::Failed(Failure::Lost(_))),
+        "{:?}",
+        a.outcome()
+    );
+    let held = storage.durable_blocks(NAME).unwrap();
+    assert_eq!(held.missing(), vec![1], "a hole in the middle");
+    assert_eq!(held.prefix(), 1);
+    let mut b = Pair::plain(&storage, &src);
+    b.run();
+    assert_eq!(b.outcome(), Outcome::Stored);
+    // Today's wire names only the first N bytes: block 2 goes again too.
+    assert_eq!(b.payload_sent, 2 * B);
+    assert_eq!(storage.file(NAME), Some(src));
+}
+
+#[test]
+fn a_crash_without_any_checkpoint_starts_over_and_still_stores_the_source() {
+    let storage = MemStorage::new();
+    let src = source(2 * B as usize + 7, 21);
+    let mut a = Pair::plain(&storage, &src);
+    a.c2s_cut = 100_000;
+    a.crash_on_cut = true;
+    a.run();
+    assert_eq!(storage.durable_blocks(NAME).map(|h| h.prefix()), Some(0));
+    let mut b = Pair::plain(&storage, &src);
+    b.run();
+    assert_eq!(
+        (b.outcome(), b.payload_sent),
+        (Outcome::Stored, src.len() as u64)
+    );
+    assert_eq!(storage.file(NAME), Some(src));
+}
+
+#[test]
+fn a_takeover_stops_the_older_connection_with_a_transient_code_and_keeps_its_blocks() {
+    let storage = MemStorage::new();
+    let src = source(3 * B as usize, 22);
+    let mut a = Pair::plain(&storage, &src);
+    a.chunk = 1024;
+    while a.storage.durable_blocks(NAME).is_none() || a.c2s_pos < 150_000 {
+        assert!(a.step(), "stalled in {}", a.rx.state_name());
+    }
+    a.rx.handle_abort(
+        a.now,
+        Fault::new(FaultCode::TakenOver, "another connection took over"),
+    );
+    a.run();
+    let Outcome::Fault {
+        code: Some(code),
+        words,
+    } = a.outcome()
+    else {
+        panic!("{:?}", a.outcome())
+    };
+    assert_eq!(code, FaultCode::TakenOver, "{words}");
+    assert!(code.is_transient());
+    assert_eq!(storage.durable_blocks(NAME).map(|h| h.prefix()), Some(2));
+    let mut b = Pair::plain(&storage, &src);
+    b.run();
+    assert_eq!((b.outcome(), b.payload_sent), (Outcome::Stored, B));
+    assert_eq!(storage.file(NAME), Some(src));
 }

@@ -93,25 +93,50 @@ struct InBlock {
 
 #[derive(Debug)]
 enum State {
-    ReadLen { got: [u8; 4], n: usize },
-    ReadHeader { len: usize, buf: Vec<u8> },
+    ReadLen {
+        got: [u8; 4],
+        n: usize,
+    },
+    ReadHeader {
+        len: usize,
+        buf: Vec<u8>,
+    },
     Admit,
     Challenge,
-    AwaitAnswer { dec: ClientDecoder },
+    AwaitAnswer {
+        dec: ClientDecoder,
+    },
     Claim,
     OpenHeld,
-    SendOffset { offset: u64, crc: u32 },
-    Receiving { pos: u64, hasher: Hasher },
+    SendOffset {
+        offset: u64,
+        crc: u32,
+    },
+    Receiving {
+        pos: u64,
+        hasher: Hasher,
+    },
     SendHeld,
     DataFrames {
         dec: ClientDecoder,
         block: Option<InBlock>,
         round: u32,
     },
-    Repair { round: u32, list: Vec<u64> },
-    Verify { ok: bool, words: String },
-    SendVerdict { bytes: Vec<u8>, ending: Ending },
-    Closing { ending: Ending },
+    Repair {
+        round: u32,
+        list: Vec<u64>,
+    },
+    Verify {
+        ok: bool,
+        words: String,
+    },
+    SendVerdict {
+        bytes: Vec<u8>,
+        ending: Ending,
+    },
+    Closing {
+        ending: Ending,
+    },
     Done(Ending),
 }
 
@@ -159,10 +184,7 @@ impl Receiver {
         Receiver {
             cfg,
             nonce,
-            state: State::ReadLen {
-                got: [0; 4],
-                n: 0,
-            },
+            state: State::ReadLen { got: [0; 4], n: 0 },
             req: None,
             held: None,
             out: VecDeque::new(),
@@ -325,6 +347,14 @@ impl Receiver {
                 self.fail(now, Why::Lost(during));
             }
         }
+    }
+
+    /// Stops the upload from outside the protocol: another connection took
+    /// it over, or the server is shutting down. A version-2 client is told
+    /// `fault` (its code says whether to retry); what is held is kept.
+    pub fn handle_abort(&mut self, now: Instant, fault: Fault) {
+        self.awaiting = None;
+        self.fail(now, Why::Refuse(fault));
     }
 
     /// Bytes from the client. Call again with the rest until it uses
@@ -655,10 +685,7 @@ impl Receiver {
             None => {}
             Some(ClientItem::DataHead { idx, offset, len }) => self.on_head(now, idx, offset, len),
             Some(ClientItem::Payload(bytes)) => {
-                let State::DataFrames {
-                    block: Some(b), ..
-                } = &mut self.state
-                else {
+                let State::DataFrames { block: Some(b), .. } = &mut self.state else {
                     self.fail(now, internal("payload outside a block"));
                     return Fed::used(used);
                 };
@@ -792,9 +819,7 @@ impl Receiver {
             (false, true) => proto::Verdict::Ok.as_bytes().to_vec(),
             (false, false) => proto::Verdict::Mismatch.as_bytes().to_vec(),
             (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Ok)),
-            (true, false) => {
-                v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words)))
-            }
+            (true, false) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words))),
         };
         State::SendVerdict { bytes, ending }
     }

@@ -125,22 +125,40 @@ pub enum Failure {
 
 #[derive(Debug)]
 enum State {
-    SendHeader { frame: Vec<u8> },
-    AwaitReply { got: [u8; 8], n: usize },
+    SendHeader {
+        frame: Vec<u8>,
+    },
+    AwaitReply {
+        got: [u8; 8],
+        n: usize,
+    },
     AwaitChallenge,
-    SendAnswer { nonce: [u8; NONCE_LEN] },
+    SendAnswer {
+        nonce: [u8; NONCE_LEN],
+    },
     AwaitHeld,
-    Plan { server: Vec<u32> },
+    Plan {
+        server: Vec<u32>,
+    },
     SendBlocks {
         queue: VecDeque<u64>,
         round: u32,
         current: Option<u64>,
     },
-    SendEnd { round: u32 },
-    AwaitVerdict { round: u32 },
-    Repair { round: u32, list: Vec<u64> },
+    SendEnd {
+        round: u32,
+    },
+    AwaitVerdict {
+        round: u32,
+    },
+    Repair {
+        round: u32,
+        list: Vec<u64>,
+    },
     SendBytes,
-    AwaitVerdict1 { buf: Vec<u8> },
+    AwaitVerdict1 {
+        buf: Vec<u8>,
+    },
     Done(Outcome),
 }
 
@@ -319,15 +337,14 @@ impl Sender {
         }
         let bytes = match std::mem::replace(&mut self.state, State::AwaitHeld) {
             State::SendHeader { frame } => {
-                self.state = State::AwaitReply {
-                    got: [0; 8],
-                    n: 0,
-                };
+                self.state = State::AwaitReply { got: [0; 8], n: 0 };
                 frame
             }
             State::SendAnswer { nonce } => {
                 let token = self.cfg.token.as_ref();
-                let answer = token.map(|t| t.answer(&nonce, &self.json)).unwrap_or_default();
+                let answer = token
+                    .map(|t| t.answer(&nonce, &self.json))
+                    .unwrap_or_default();
                 v2::encode_answer(&answer)
             }
             State::SendEnd { round } => {
@@ -554,7 +571,11 @@ impl Sender {
         let State::Plan { server } = &self.state else {
             return;
         };
-        let ours: Vec<u32> = self.crcs[..server.len()].iter().flatten().copied().collect();
+        let ours: Vec<u32> = self.crcs[..server.len()]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         let todo = v2::plan(self.crcs.len() as u64, server, &ours);
         self.state = State::SendBlocks {
             queue: todo.into(),
