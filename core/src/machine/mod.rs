@@ -70,6 +70,8 @@
 //! so a download is the same states with the roles swapped once the setup
 //! states are done.
 
+#![forbid(unsafe_code)]
+
 pub mod mem;
 pub mod recv;
 pub mod send;

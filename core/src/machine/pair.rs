@@ -1124,3 +1124,33 @@ fn a_takeover_stops_the_older_connection_with_a_transient_code_and_keeps_its_blo
     assert_eq!((b.outcome(), b.payload_sent), (Outcome::Stored, B));
     assert_eq!(storage.file(NAME), Some(src));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+
+    /// Any cut in either direction, any delivery size, a damaged block or
+    /// not, either protocol: the resume stores exactly the source.
+    #[test]
+    fn random_cuts_chunks_and_damage_always_end_in_the_source(
+        len in 0usize..(2 * B as usize + 50),
+        chunk in 1usize..9000,
+        c2s in 0.0f64..1.1,
+        s2c in 0usize..80,
+        corrupt in proptest::option::of(0u64..3),
+        legacy in proptest::prelude::any::<bool>(),
+    ) {
+        let storage = MemStorage::new();
+        let src = source(len, len as u32);
+        let tc = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+        let mut a = Pair::new(&storage, ReceiverConfig::default(), tc.clone(), src.clone());
+        a.chunk = chunk;
+        a.c2s_cut = (c2s * (len + 200) as f64) as usize;
+        a.s2c_cut = s2c;
+        a.corrupt = corrupt.into_iter().collect();
+        a.run();
+        let mut b = Pair::new(&storage, ReceiverConfig::default(), tc, src.clone());
+        b.run();
+        proptest::prop_assert_eq!(b.outcome(), Outcome::Stored);
+        proptest::prop_assert!(storage.file(NAME) == Some(src));
+    }
+}
