@@ -75,6 +75,7 @@
 pub mod mem;
 pub mod recv;
 pub mod send;
+pub mod transfer;
 
 #[cfg(test)]
 mod pair;

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crc32fast::Hasher;
 
+use super::transfer::{Intake, Took};
 use super::{
-    earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, HeldSet,
-    Layout, PartId, Timer, WriteAt, MAX_BLOCKS, MAX_REPAIR_ROUNDS,
+    earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
+    Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
@@ -85,58 +86,22 @@ struct Request {
 }
 
 #[derive(Debug)]
-struct InBlock {
-    idx: u64,
-    pos: u64,
-    hasher: Hasher,
-}
-
-#[derive(Debug)]
 enum State {
-    ReadLen {
-        got: [u8; 4],
-        n: usize,
-    },
-    ReadHeader {
-        len: usize,
-        buf: Vec<u8>,
-    },
+    ReadLen { got: [u8; 4], n: usize },
+    ReadHeader { len: usize, buf: Vec<u8> },
     Admit,
     Challenge,
-    AwaitAnswer {
-        dec: ClientDecoder,
-    },
+    AwaitAnswer { dec: ClientDecoder },
     Claim,
     OpenHeld,
-    SendOffset {
-        offset: u64,
-        crc: u32,
-    },
-    Receiving {
-        pos: u64,
-        hasher: Hasher,
-    },
+    SendOffset { offset: u64, crc: u32 },
+    Receiving { pos: u64, hasher: Hasher },
     SendHeld,
-    DataFrames {
-        dec: ClientDecoder,
-        block: Option<InBlock>,
-        round: u32,
-    },
-    Repair {
-        round: u32,
-        list: Vec<u64>,
-    },
-    Verify {
-        ok: bool,
-        words: String,
-    },
-    SendVerdict {
-        bytes: Vec<u8>,
-        ending: Ending,
-    },
-    Closing {
-        ending: Ending,
-    },
+    DataFrames,
+    Repair { list: Vec<u64> },
+    Verify { ok: bool, words: String },
+    SendVerdict { bytes: Vec<u8>, ending: Ending },
+    Closing { ending: Ending },
     Done(Ending),
 }
 
@@ -161,7 +126,7 @@ pub struct Receiver {
     nonce: [u8; NONCE_LEN],
     state: State,
     req: Option<Request>,
-    held: Option<HeldSet>,
+    intake: Option<Intake>,
     out: VecDeque<Vec<u8>>,
     pending: Option<Action>,
     awaiting: Option<Expect>,
@@ -186,7 +151,7 @@ impl Receiver {
             nonce,
             state: State::ReadLen { got: [0; 4], n: 0 },
             req: None,
-            held: None,
+            intake: None,
             out: VecDeque::new(),
             pending: None,
             awaiting: None,
@@ -211,7 +176,7 @@ impl Receiver {
             State::SendOffset { .. } => "SendOffset",
             State::Receiving { .. } => "Receiving",
             State::SendHeld => "SendHeld",
-            State::DataFrames { .. } => "DataFrames",
+            State::DataFrames => "DataFrames",
             State::Repair { .. } => "Repair",
             State::Verify { .. } => "Verify",
             State::SendVerdict { .. } => "SendVerdict",
@@ -287,11 +252,11 @@ impl Receiver {
                 Some(proto::encode_offset(offset).to_vec())
             }
             State::SendHeld => {
-                let Some(msg) = self.held.as_ref().map(HeldSet::held_msg) else {
+                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg()) else {
                     self.fail(now, internal("no held set"));
                     return self.out.pop_front();
                 };
-                self.enter_frames(now, 0);
+                self.enter_frames(now);
                 Some(v2::encode_server_msg(&msg))
             }
             State::SendVerdict { bytes, ending } => {
@@ -368,7 +333,7 @@ impl Receiver {
             State::ReadHeader { .. } => self.read_header(now, input),
             State::AwaitAnswer { .. } => self.read_answer(now, input),
             State::Receiving { .. } => self.receive_v1(now, input),
-            State::DataFrames { .. } => self.receive_frames(now, input),
+            State::DataFrames => self.receive_frames(now, input),
             State::Closing { .. } => Fed::used(input.len()),
             _ => Fed::used(0),
         }
@@ -601,7 +566,7 @@ impl Receiver {
                 self.state = State::SendOffset { offset, crc: crc32 };
             }
             (Some(_), Held::Blocks(set)) if set.block_size() == block && set.filesize() == fs => {
-                self.held = Some(set);
+                self.intake = Some(Intake::new(set));
                 self.state = State::SendHeld;
             }
             _ => self.fail(now, internal("the storage opened a part of another shape")),
@@ -659,21 +624,16 @@ impl Receiver {
         }
     }
 
-    fn enter_frames(&mut self, now: Instant, round: u32) {
-        let (fs, block) = self.geometry();
+    fn enter_frames(&mut self, now: Instant) {
         self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
-        self.state = State::DataFrames {
-            dec: ClientDecoder::new(fs, block),
-            block: None,
-            round,
-        };
+        self.state = State::DataFrames;
     }
 
     fn receive_frames<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
-        let State::DataFrames { dec, .. } = &mut self.state else {
+        let Some(intake) = &mut self.intake else {
             return Fed::used(0);
         };
-        let (used, item) = match dec.decode(input) {
+        let (used, took) = match intake.take(input) {
             Ok(x) => x,
             Err(f) => {
                 self.fail(now, Why::Refuse(f));
@@ -681,101 +641,45 @@ impl Receiver {
             }
         };
         self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
-        match item {
-            None => {}
-            Some(ClientItem::DataHead { idx, offset, len }) => self.on_head(now, idx, offset, len),
-            Some(ClientItem::Payload(bytes)) => {
-                let State::DataFrames { block: Some(b), .. } = &mut self.state else {
-                    self.fail(now, internal("payload outside a block"));
-                    return Fed::used(used);
-                };
-                let offset = b.pos;
-                b.pos += bytes.len() as u64;
-                b.hasher.update(bytes);
-                self.awaiting = Some(Expect::Applied);
-                let write = Some(WriteAt { offset, bytes });
-                return Fed { used, write };
+        match took {
+            Took::More => {}
+            Took::Begin { idx, len } => {
+                self.phase = self.cfg.min_rate.map(|rate| {
+                    let secs = Duration::from_secs_f64(len as f64 / rate.max(1) as f64);
+                    Deadline::after(now, self.cfg.block_grace + secs, Timer::Block)
+                });
+                self.pending = Some(Action::BeginBlock { idx });
             }
-            Some(ClientItem::Trailer(crc)) => self.on_trailer(now, crc),
-            Some(ClientItem::End(crc)) => self.on_end(crc),
-            Some(ClientItem::Answer(_)) => {
-                self.fail(now, Why::Refuse(Fault::bad("unexpected answer frame")))
+            Took::Write(w) => {
+                self.awaiting = Some(Expect::Applied);
+                return Fed {
+                    used,
+                    write: Some(w),
+                };
+            }
+            Took::Record { idx, crc, good } => {
+                self.phase = None;
+                self.pending = Some(Action::RecordBlock { idx, crc, good });
+            }
+            Took::Repair(list) => {
+                self.idle = None;
+                self.pending = Some(Action::Checkpoint);
+                self.state = State::Repair { list };
+            }
+            Took::Commit(whole_crc) => {
+                self.idle = None;
+                self.pending = Some(Action::Commit { whole_crc });
+                self.state = State::Verify {
+                    ok: true,
+                    words: String::new(),
+                };
+            }
+            Took::Discard(words) => {
+                self.idle = None;
+                self.discard(words);
             }
         }
         Fed::used(used)
-    }
-
-    fn on_head(&mut self, now: Instant, idx: u64, offset: u64, len: u64) {
-        if let State::DataFrames { block, .. } = &mut self.state {
-            *block = Some(InBlock {
-                idx,
-                pos: offset,
-                hasher: Hasher::new(),
-            });
-        }
-        if let Some(h) = &mut self.held {
-            h.forget(idx);
-        }
-        self.phase = self.cfg.min_rate.map(|rate| {
-            let secs = Duration::from_secs_f64(len as f64 / rate.max(1) as f64);
-            Deadline::after(now, self.cfg.block_grace + secs, Timer::Block)
-        });
-        self.pending = Some(Action::BeginBlock { idx });
-    }
-
-    fn on_trailer(&mut self, now: Instant, crc: u32) {
-        let State::DataFrames { block, .. } = &mut self.state else {
-            return;
-        };
-        let Some(b) = block.take() else {
-            return self.fail(now, internal("trailer outside a block"));
-        };
-        let got = b.hasher.finalize();
-        let good = got == crc;
-        if let (true, Some(h)) = (good, &mut self.held) {
-            h.mark(b.idx, got);
-        }
-        self.phase = None;
-        self.pending = Some(Action::RecordBlock {
-            idx: b.idx,
-            crc: got,
-            good,
-        });
-    }
-
-    fn on_end(&mut self, crc: u32) {
-        let round = match self.state {
-            State::DataFrames { round, .. } => round,
-            _ => 0,
-        };
-        let Some(held) = &self.held else { return };
-        let missing = held.missing();
-        let whole = held.whole_crc();
-        self.idle = None;
-        if let Some(&first) = missing.first() {
-            if round >= MAX_REPAIR_ROUNDS {
-                return self.discard(format!(
-                    "CRC32_ERROR: {} block(s) still damaged after {MAX_REPAIR_ROUNDS} repair rounds (first: block {first}); the link keeps corrupting data or the source keeps changing",
-                    missing.len()
-                ));
-            }
-            self.pending = Some(Action::Checkpoint);
-            self.state = State::Repair {
-                round: round + 1,
-                list: missing,
-            };
-        } else if whole == Some(crc) {
-            self.pending = Some(Action::Commit { whole_crc: crc });
-            self.state = State::Verify {
-                ok: true,
-                words: String::new(),
-            };
-        } else {
-            self.discard(format!(
-                "CRC32_ERROR: every block matched its checksum but the whole-file CRC-32 is {:08x}, the client says {crc:08x}",
-                whole.unwrap_or(0)
-            ));
-        }
     }
 
     fn discard(&mut self, words: String) {
@@ -796,10 +700,10 @@ impl Receiver {
                     self.state = State::Receiving { pos, hasher };
                 }
             }
-            State::Repair { round, list } => {
+            State::Repair { list } => {
                 let f = v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Repair(list)));
                 self.out.push_back(f);
-                self.enter_frames(now, round);
+                self.enter_frames(now);
             }
             State::Verify { ok, words } => {
                 self.part_open = false;

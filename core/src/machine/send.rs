@@ -12,7 +12,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{shown, Deadline, ServerDecoder, Timer, MAX_REPAIR_ROUNDS};
+use super::transfer::{Next, Outlet};
+use super::{shown, Deadline, ServerDecoder, Timer};
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
@@ -125,40 +126,18 @@ pub enum Failure {
 
 #[derive(Debug)]
 enum State {
-    SendHeader {
-        frame: Vec<u8>,
-    },
-    AwaitReply {
-        got: [u8; 8],
-        n: usize,
-    },
+    SendHeader { frame: Vec<u8> },
+    AwaitReply { got: [u8; 8], n: usize },
     AwaitChallenge,
-    SendAnswer {
-        nonce: [u8; NONCE_LEN],
-    },
+    SendAnswer { nonce: [u8; NONCE_LEN] },
     AwaitHeld,
-    Plan {
-        server: Vec<u32>,
-    },
-    SendBlocks {
-        queue: VecDeque<u64>,
-        round: u32,
-        current: Option<u64>,
-    },
-    SendEnd {
-        round: u32,
-    },
-    AwaitVerdict {
-        round: u32,
-    },
-    Repair {
-        round: u32,
-        list: Vec<u64>,
-    },
+    Plan,
+    SendBlocks,
+    SendEnd { frame: [u8; 5] },
+    AwaitVerdict,
+    Repair,
     SendBytes,
-    AwaitVerdict1 {
-        buf: Vec<u8>,
-    },
+    AwaitVerdict1 { buf: Vec<u8> },
     Done(Outcome),
 }
 
@@ -169,8 +148,7 @@ pub struct Sender {
     state: State,
     json: Vec<u8>,
     dec: ServerDecoder,
-    crcs: Vec<Option<u32>>,
-    unstable: Vec<u64>,
+    outlet: Outlet,
     out: VecDeque<Vec<u8>>,
     pending: Option<SendAction>,
     awaiting: bool,
@@ -207,8 +185,7 @@ impl Sender {
     /// One attempt, starting at `now`.
     pub fn new(cfg: SenderConfig, now: Instant) -> Sender {
         let nblocks = v2::block_count(cfg.filesize, cfg.block.max(1));
-        let mut crcs: Vec<Option<u32>> = cfg.known.iter().map(|&c| Some(c)).collect();
-        crcs.resize(nblocks.min(super::MAX_BLOCKS) as usize, None);
+        let outlet = Outlet::new(cfg.filesize, cfg.block, &cfg.known);
         let max = (24 + 8 * nblocks.min(super::MAX_BLOCKS) as usize).max(64 << 10);
         let (state, json) = match header_frame(&cfg) {
             Ok(frame) => (
@@ -224,8 +201,7 @@ impl Sender {
             state,
             json,
             dec: ServerDecoder::new(max),
-            crcs,
-            unstable: Vec::new(),
+            outlet,
             out: VecDeque::new(),
             pending: None,
             awaiting: false,
@@ -245,11 +221,11 @@ impl Sender {
             State::AwaitChallenge => "AwaitChallenge",
             State::SendAnswer { .. } => "SendAnswer",
             State::AwaitHeld => "AwaitHeld",
-            State::Plan { .. } => "Plan",
-            State::SendBlocks { .. } => "SendBlocks",
+            State::Plan => "Plan",
+            State::SendBlocks => "SendBlocks",
             State::SendEnd { .. } => "SendEnd",
-            State::AwaitVerdict { .. } => "AwaitVerdict",
-            State::Repair { .. } => "Repair",
+            State::AwaitVerdict => "AwaitVerdict",
+            State::Repair => "Repair",
             State::SendBytes => "SendBytes",
             State::AwaitVerdict1 { .. } => "AwaitVerdict1",
             State::Done(_) => "Done",
@@ -272,7 +248,7 @@ impl Sender {
     /// The CRC-32s of the source's blocks learnt in this attempt (for the
     /// shell's cache): `None` where unknown.
     pub fn block_crcs(&self) -> &[Option<u32>] {
-        &self.crcs
+        self.outlet.crcs()
     }
 
     /// When [`Sender::handle_timeout`] must be called next.
@@ -305,7 +281,7 @@ impl Sender {
             State::AwaitReply { .. }
                 | State::AwaitChallenge
                 | State::AwaitHeld
-                | State::AwaitVerdict { .. }
+                | State::AwaitVerdict
                 | State::AwaitVerdict1 { .. }
         )
     }
@@ -323,13 +299,7 @@ impl Sender {
 
     /// The next bytes to send to the server.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if let State::Repair { round, list } = &mut self.state {
-            let (round, queue) = (*round, std::mem::take(list).into());
-            self.state = State::SendBlocks {
-                queue,
-                round,
-                current: None,
-            };
+        if let State::Repair = self.state {
             self.next_block();
         }
         if let Some(b) = self.out.pop_front() {
@@ -347,16 +317,9 @@ impl Sender {
                     .unwrap_or_default();
                 v2::encode_answer(&answer)
             }
-            State::SendEnd { round } => {
-                let all: Option<Vec<u32>> = self.crcs.iter().copied().collect();
-                let Some(all) = all else {
-                    self.state = State::Done(Outcome::Failed(Failure::Protocol(
-                        "internal: a block's CRC-32 is unknown at the end".into(),
-                    )));
-                    return None;
-                };
-                self.state = State::AwaitVerdict { round };
-                v2::encode_end(v2::combine(&all, self.cfg.filesize, self.cfg.block)).to_vec()
+            State::SendEnd { frame } => {
+                self.state = State::AwaitVerdict;
+                frame.to_vec()
             }
             other => {
                 self.state = other;
@@ -523,7 +486,7 @@ impl Sender {
                     crcs,
                 },
             ) => self.on_held(held, block_size, crcs),
-            (&State::AwaitVerdict { round }, ServerMsg::Verdict(v)) => self.on_verdict(round, v),
+            (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
             (_, other) => {
                 let words = format!(
                     "unexpected {} frame from the server in state {}",
@@ -536,134 +499,71 @@ impl Sender {
     }
 
     fn on_held(&mut self, held: u64, block: u64, server: Vec<u32>) {
-        let (fs, n) = (self.cfg.filesize, self.crcs.len() as u64);
-        let count = server.len() as u64;
-        if block != self.cfg.block || count > n || held != v2::block_range(fs, block, count).0 {
-            return self.fail_protocol("the server's block list does not fit this file");
-        }
-        let known = self.crcs.iter().take_while(|c| c.is_some()).count() as u64;
-        self.state = State::Plan { server };
-        if known < count {
-            self.pending = Some(SendAction::HashBlocks {
-                from: known,
-                to: count,
-            });
-        } else {
-            self.plan();
+        match self.outlet.accept_held(held, block, server) {
+            Err(e) => self.fail_protocol(e),
+            Ok(Some((from, to))) => {
+                self.pending = Some(SendAction::HashBlocks { from, to });
+                self.state = State::Plan;
+            }
+            Ok(None) => {
+                self.state = State::Plan;
+                self.plan();
+            }
         }
     }
 
     fn on_hashed(&mut self, v: Vec<u32>) {
-        let State::Plan { server } = &self.state else {
+        if !matches!(self.state, State::Plan) {
             return self.fail_protocol("internal: hashes out of turn");
-        };
-        let known = self.crcs.iter().take_while(|c| c.is_some()).count();
-        if known + v.len() != server.len() {
-            return self.fail_protocol("internal: wrong number of block hashes");
         }
-        for (i, c) in v.into_iter().enumerate() {
-            self.crcs[known + i] = Some(c);
+        match self.outlet.add_hashes(v) {
+            Ok(()) => self.plan(),
+            Err(e) => self.fail_protocol(e),
         }
-        self.plan();
     }
 
     fn plan(&mut self) {
-        let State::Plan { server } = &self.state else {
-            return;
-        };
-        let ours: Vec<u32> = self.crcs[..server.len()]
-            .iter()
-            .flatten()
-            .copied()
-            .collect();
-        let todo = v2::plan(self.crcs.len() as u64, server, &ours);
-        self.state = State::SendBlocks {
-            queue: todo.into(),
-            round: 0,
-            current: None,
-        };
+        self.outlet.plan();
         self.next_block();
     }
 
     fn next_block(&mut self) {
-        let State::SendBlocks {
-            queue,
-            round,
-            current,
-        } = &mut self.state
-        else {
-            return;
-        };
-        let Some(idx) = queue.pop_front() else {
-            let round = *round;
-            if !self.unstable.is_empty() {
-                let list = std::mem::take(&mut self.unstable);
-                return self.finish(Outcome::Failed(Failure::SourceUnstable(list)));
+        match self.outlet.next_to_send() {
+            Next::Block { head, action } => {
+                self.out.push_back(head.to_vec());
+                self.pending = Some(action);
+                self.state = State::SendBlocks;
             }
-            self.state = State::SendEnd { round };
-            return;
-        };
-        *current = Some(idx);
-        let (offset, len) = v2::block_range(self.cfg.filesize, self.cfg.block, idx);
-        // A block is at most 256 MiB, so its length fits the u32 field.
-        self.out
-            .push_back(v2::encode_data_head(offset, len as u32).to_vec());
-        self.pending = Some(SendAction::SendBlock { idx, offset, len });
+            Next::End(frame) => self.state = State::SendEnd { frame },
+            Next::Unstable(list) => self.finish(Outcome::Failed(Failure::SourceUnstable(list))),
+            Next::Broken(why) => self.fail_protocol(why),
+        }
     }
 
     fn on_block_sent(&mut self, crc: u32) {
-        let State::SendBlocks { round, current, .. } = &mut self.state else {
+        if !matches!(self.state, State::SendBlocks) {
             return self.fail_protocol("internal: block sent out of turn");
-        };
-        let Some(idx) = current.take() else {
-            return self.fail_protocol("internal: no block in flight");
-        };
-        self.out.push_back(crc.to_be_bytes().to_vec());
-        let slot = &mut self.crcs[idx as usize];
-        if *round > 0 && slot.is_some_and(|c| c != crc) {
-            self.unstable.push(idx);
         }
-        *slot = Some(crc);
-        self.next_block();
+        match self.outlet.sent(crc) {
+            Ok(trailer) => {
+                self.out.push_back(trailer.to_vec());
+                self.next_block();
+            }
+            Err(why) => self.fail_protocol(why),
+        }
     }
 
-    fn on_verdict(&mut self, round: u32, v: v2::Verdict) {
+    fn on_verdict(&mut self, v: v2::Verdict) {
         match v {
             v2::Verdict::Ok => self.finish(Outcome::Stored),
             v2::Verdict::Failed(m) => self.finish(Outcome::Mismatch(m)),
-            v2::Verdict::Repair(list) => {
-                if round >= MAX_REPAIR_ROUNDS {
-                    return self.fail_protocol(format!(
-                        "the server asked for more than {MAX_REPAIR_ROUNDS} repair rounds"
-                    ));
-                }
-                if let Err(e) = check_repair(&list, self.crcs.len() as u64) {
-                    return self.fail_protocol(e);
-                }
-                self.state = State::Repair {
-                    round: round + 1,
-                    list,
-                };
-            }
+            // The first block goes out at the next `poll_transmit`.
+            v2::Verdict::Repair(list) => match self.outlet.repair(list) {
+                Ok(()) => self.state = State::Repair,
+                Err(e) => self.fail_protocol(e),
+            },
         }
     }
-}
-
-/// A repair list is valid when it names each block at most once, every
-/// one within the file, and is not empty.
-fn check_repair(list: &[u64], nblocks: u64) -> Result<(), String> {
-    if list.is_empty() {
-        return Err("the server asked for a repair of no blocks".into());
-    }
-    let mut seen = vec![false; nblocks as usize];
-    for &i in list {
-        match seen.get_mut(i as usize) {
-            None => return Err(format!("the server asked for block {i} of {nblocks}")),
-            Some(true) => return Err(format!("the server asked for block {i} twice")),
-            Some(s) => *s = true,
-        }
-    }
-    Ok(())
 }
 
 fn msg_name(m: &ServerMsg) -> &'static str {
