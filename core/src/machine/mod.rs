@@ -64,11 +64,29 @@
 //!  Fault/Error frame in any v2 state ──> Done(Fault{code, words})
 //! ```
 //!
+//! # Deadlines (absolute instants; `poll_timeout` gives the earliest)
+//! | side | states | deadline |
+//! |---|---|---|
+//! | Receiver | ReadLen, ReadHeader | [`Timer::Header`]: the whole header within `header_timeout` of the accept |
+//! | Receiver | AwaitAnswer | [`Timer::Answer`]: `answer_timeout` after the challenge went out |
+//! | Receiver | Receiving, DataFrames | [`Timer::Idle`] since the last byte; with `min_rate`, [`Timer::Block`] per block |
+//! | Receiver | Closing | [`Timer::Drain`] |
+//! | Receiver | Admit, Claim, OpenHeld, Repair, Verify | none: the shell bounds its own work |
+//! | Sender | AwaitReply, AwaitChallenge, AwaitHeld, AwaitVerdict, AwaitVerdict1 | [`Timer::Reply`] since entering or the last byte |
+//! | Sender | SendBlocks, SendBytes, Plan | none: the shell's write timeout |
+//!
+//! A passed deadline ends the connection: a version-2 client is told
+//! [`FaultCode::TooSlow`] (transient), a legacy one is closed in silence.
+//!
+//! # Setup and transfer
 //! Protocol 1 is the same Receiver with one "block" that grows (a held
-//! prefix with its running CRC-32). The data-transfer states (SendHeld …
-//! Verify, Plan … AwaitVerdict) never look at who opened the connection,
-//! so a download is the same states with the roles swapped once the setup
-//! states are done.
+//! prefix with its running CRC-32). The version-2 data transfer lives in
+//! [`transfer`]: an [`transfer::Intake`] (held set, frame decoding, repair
+//! or verdict) inside the Receiver's DataFrames state and an
+//! [`transfer::Outlet`] (plan, framing, repair lists) inside the Sender's
+//! Plan … AwaitVerdict states. Neither knows who opened the connection, so
+//! a download is the same two with the roles swapped after a setup of its
+//! own, and parallel streams are several of them over one held set.
 
 #![forbid(unsafe_code)]
 

@@ -845,6 +845,27 @@ fn a_null_crc_without_a_valid_offer_is_refused_before_any_action() {
 }
 
 #[test]
+fn the_block_count_is_bounded_before_anything_is_admitted() {
+    let now = Instant::now();
+    let cfg = ReceiverConfig {
+        max_blocks: 1,
+        ..ReceiverConfig::default()
+    };
+    let mut rx = Receiver::new(cfg, [0; 32], now);
+    let json = br#"{"filename": "f.bin", "filesize": 65537, "crc32": null, "bt": {"v": 2, "block": 65536, "rev": 2}}"#;
+    let mut f = (json.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(json);
+    rx.handle_input(now, &f[..4]);
+    rx.handle_input(now, &f[4..]);
+    assert_eq!(rx.poll_action(), None);
+    let out = transmit_all(&mut rx, now);
+    assert_eq!(
+        u16::from_be_bytes([out[13], out[14]]),
+        FaultCode::TooLarge.to_u16()
+    );
+}
+
+#[test]
 fn a_malformed_data_frame_is_a_bad_request() {
     let now = Instant::now();
     let mut rx = Receiver::new(ReceiverConfig::default(), [0; 32], now);
