@@ -96,6 +96,8 @@ pub mod send;
 pub mod transfer;
 
 #[cfg(test)]
+mod compat;
+#[cfg(test)]
 mod pair;
 
 use std::time::{Duration, Instant};
