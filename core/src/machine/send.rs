@@ -100,6 +100,25 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl Outcome {
+    /// Whether another attempt may succeed without a person acting: a
+    /// lost connection or a stall, a transient fault code, a failed
+    /// verification (the server discarded its part; start over), or a
+    /// legacy server that needs the CRC-32 first. A fault without a code
+    /// (a revision-1 server's words) is for good, as today.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Outcome::Stored => false,
+            Outcome::Mismatch(_) => true,
+            Outcome::Fault { code, .. } => code.is_some_and(FaultCode::is_transient),
+            Outcome::Failed(f) => matches!(
+                f,
+                Failure::Lost(_) | Failure::TimedOut(_) | Failure::LegacyNeedsCrc
+            ),
+        }
+    }
+}
+
 /// Why an attempt failed on the client's side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
