@@ -193,10 +193,14 @@ impl Receiver {
         }
     }
 
-    /// Whether the shell should close the connection now (after draining
-    /// `poll_transmit` and `poll_action`).
+    /// Whether the shell should close the connection now: the connection
+    /// has ended and nothing is left to transmit or to do (a last
+    /// checkpoint is an action like any other).
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done(_))
+            && self.out.is_empty()
+            && self.pending.is_none()
+            && self.awaiting.is_none()
     }
 
     /// Whether the shell should shut down its write side and drain input
@@ -318,7 +322,6 @@ impl Receiver {
     /// it over, or the server is shutting down. A version-2 client is told
     /// `fault` (its code says whether to retry); what is held is kept.
     pub fn handle_abort(&mut self, now: Instant, fault: Fault) {
-        self.awaiting = None;
         self.fail(now, Why::Refuse(fault));
     }
 
