@@ -1177,3 +1177,121 @@ proptest::proptest! {
         proptest::prop_assert!(storage.file(NAME) == Some(src));
     }
 }
+
+#[test]
+fn a_server_silent_after_magic_or_before_the_verdict_times_the_sender_out() {
+    let src = source(10, 23);
+    let (mut tx, now, _) = hand_sender(tx_cfg(&src));
+    let later = now + Duration::from_secs(20);
+    assert_eq!(tx.handle_input(later, &v2::MAGIC), 8);
+    assert_eq!(tx.state_name(), "AwaitChallenge");
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(later + Duration::from_secs(30)),
+        "re-armed on progress"
+    );
+    tx.handle_timeout(later + Duration::from_secs(30));
+    assert_eq!(
+        tx.outcome(),
+        Some(&Outcome::Failed(Failure::TimedOut("AwaitChallenge")))
+    );
+
+    let (mut tx, now, _) = hand_sender(tx_cfg(&[]));
+    let mut s2c = v2::MAGIC.to_vec();
+    s2c.extend(v2::encode_server_msg(&v2::ServerMsg::Held {
+        held: 0,
+        block_size: B,
+        crcs: vec![],
+    }));
+    let mut pos = 0;
+    while pos < s2c.len() {
+        pos += tx.handle_input(now, &s2c[pos..]);
+    }
+    assert_eq!(
+        tx.poll_transmit(now),
+        Some(v2::encode_end(0).to_vec()),
+        "an empty file is just E"
+    );
+    assert_eq!(tx.state_name(), "AwaitVerdict");
+    tx.handle_timeout(now + Duration::from_secs(30));
+    assert_eq!(
+        tx.outcome(),
+        Some(&Outcome::Failed(Failure::TimedOut("AwaitVerdict")))
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Hostile bytes after a good header: the receiver never panics, takes
+    /// every byte or stops, and ends refused or still waiting.
+    #[test]
+    fn hostile_client_bytes_never_panic_the_receiver(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), tag in 0usize..4) {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; 32], now);
+        let mut input = v2_header(Some(2), "");
+        input.extend([b'D', b'E', b'A', b'Z'][tag..=tag].iter());
+        input.extend(junk);
+        let storage = MemStorage::new();
+        let mut part = None;
+        let mut pos = 0;
+        for _ in 0..10_000 {
+            while rx.poll_transmit(now).is_some() {}
+            if let Some(a) = rx.poll_action() {
+                let ev = match &a {
+                    Action::Admit { .. } => Event::Admitted(Ok(())),
+                    Action::Claim { .. } => Event::Claimed(Ok(())),
+                    Action::OpenHeld(id) => Event::Opened(storage.open(id).map(|(p, h)| { part = Some(p); h })),
+                    other => apply(part.as_mut().unwrap(), other).unwrap(),
+                };
+                rx.handle_event(now, ev);
+                continue;
+            }
+            let fed = rx.handle_input(now, &input[pos..]);
+            if let Some(w) = fed.write {
+                let r = part.as_mut().unwrap().write_at(w.offset, w.bytes);
+                rx.handle_event(now, Event::Applied(r));
+            }
+            if fed.used == 0 {
+                break;
+            }
+            pos += fed.used;
+        }
+        rx.handle_eof(now);
+        while rx.poll_transmit(now).is_some() {}
+        if let Some(a) = rx.poll_action() {
+            proptest::prop_assert_eq!(a, Action::Checkpoint);
+        }
+        proptest::prop_assert!(!matches!(rx.ending(), Some(Ending::Stored)));
+    }
+
+    /// Hostile bytes from a server: the sender never panics and ends.
+    #[test]
+    fn hostile_server_bytes_never_panic_the_sender(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), magic in proptest::prelude::any::<bool>()) {
+        let src = source(100, 24);
+        let (mut tx, now, _) = hand_sender(tx_cfg(&src));
+        let mut input = if magic { v2::MAGIC.to_vec() } else { Vec::new() };
+        input.extend(junk);
+        let mut pos = 0;
+        for _ in 0..10_000 {
+            while tx.poll_transmit(now).is_some() {}
+            if let Some(a) = tx.poll_action() {
+                let ev = match a {
+                    SendAction::HashBlocks { from, to } => SendEvent::Hashed(Ok((from..to).map(|_| 0).collect())),
+                    SendAction::SendBlock { .. } => SendEvent::BlockSent(Ok(7)),
+                    SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
+                };
+                tx.handle_event(now, ev);
+                continue;
+            }
+            let used = tx.handle_input(now, &input[pos..]);
+            if used == 0 {
+                break;
+            }
+            pos += used;
+        }
+        tx.handle_eof(now);
+        proptest::prop_assert!(tx.outcome().is_some());
+        proptest::prop_assert_ne!(tx.outcome(), Some(&Outcome::Stored));
+    }
+}
