@@ -314,3 +314,104 @@ impl Outlet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = 65536;
+
+    fn frame(src: &[u8], idx: u64, damage: bool) -> Vec<u8> {
+        let (o, l) = v2::block_range(src.len() as u64, B, idx);
+        let bytes = &src[o as usize..(o + l) as usize];
+        let mut f = v2::encode_data_head(o, l as u32).to_vec();
+        f.extend_from_slice(bytes);
+        if damage {
+            f[13] ^= 1;
+        }
+        f.extend_from_slice(&crc32fast::hash(bytes).to_be_bytes());
+        f
+    }
+
+    fn take_all(i: &mut Intake, mut input: &[u8]) -> Vec<String> {
+        let mut seen = Vec::new();
+        while !input.is_empty() {
+            let (used, took) = i.take(input).unwrap();
+            if !matches!(took, Took::More | Took::Write(_)) {
+                seen.push(format!("{took:?}"));
+            }
+            input = &input[used..];
+        }
+        seen
+    }
+
+    #[test]
+    fn the_outlet_plans_frames_and_ends_with_the_whole_crc() {
+        let src: Vec<u8> = (0..(2 * B + 9) as u32).map(|i| (i >> 7) as u8).collect();
+        let c0 = crc32fast::hash(&src[..B as usize]);
+        let mut o = Outlet::new(src.len() as u64, B, &[]);
+        assert_eq!(o.accept_held(B, B, vec![c0 ^ 1]), Ok(Some((0, 1))));
+        o.add_hashes(vec![c0]).unwrap();
+        o.plan();
+        let mut sent = Vec::new();
+        while let Next::Block { head, action } = o.next_to_send() {
+            let SendAction::SendBlock { idx, offset, len } = action else {
+                panic!("{action:?}")
+            };
+            assert_eq!(head, v2::encode_data_head(offset, len as u32));
+            let crc = crc32fast::hash(&src[offset as usize..(offset + len) as usize]);
+            assert_eq!(o.sent(crc), Ok(crc.to_be_bytes()));
+            sent.push(idx);
+        }
+        assert_eq!(sent, vec![0, 1, 2], "block 0 differs from the held one");
+        o.queue.clear();
+        assert_eq!(
+            o.next_to_send(),
+            Next::End(v2::encode_end(crc32fast::hash(&src)))
+        );
+        assert!(
+            o.accept_held(1, B, vec![]).is_err(),
+            "held bytes must match the list"
+        );
+        assert!(o.repair(vec![3]).is_err() && o.repair(vec![1, 1]).is_err());
+        o.repair(vec![1]).unwrap();
+        assert!(matches!(o.next_to_send(), Next::Block { .. }));
+        o.sent(0xDEAD).unwrap();
+        assert_eq!(o.next_to_send(), Next::Unstable(vec![1]));
+    }
+
+    #[test]
+    fn the_intake_asks_again_for_damaged_blocks_then_gives_up() {
+        let src: Vec<u8> = (0..(2 * B) as u32).map(|i| (i >> 5) as u8).collect();
+        let whole = crc32fast::hash(&src);
+        let mut i = Intake::new(HeldSet::new(src.len() as u64, B).unwrap());
+        let mut wire = frame(&src, 0, false);
+        wire.extend(frame(&src, 1, true));
+        wire.extend(v2::encode_end(whole));
+        let seen = take_all(&mut i, &wire);
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("Repair([1])"),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|s| s.contains("good: false")));
+        for _ in 1..MAX_REPAIR_ROUNDS {
+            let mut w = frame(&src, 1, true);
+            w.extend(v2::encode_end(whole));
+            assert_eq!(
+                take_all(&mut i, &w).last().map(String::as_str),
+                Some("Repair([1])")
+            );
+        }
+        let mut w = frame(&src, 1, true);
+        w.extend(v2::encode_end(whole));
+        assert!(take_all(&mut i, &w).last().unwrap().starts_with("Discard"));
+        let mut w = frame(&src, 1, false);
+        w.extend(v2::encode_end(whole));
+        assert_eq!(
+            take_all(&mut i, &w).last().unwrap(),
+            &format!("Commit({whole})")
+        );
+        assert_eq!(i.held().whole_crc(), Some(whole));
+    }
+}
