@@ -22,6 +22,7 @@ pub mod client;
 pub mod crc;
 mod error;
 mod json;
+pub mod machine;
 pub mod name;
 mod pieces;
 pub mod proto;

@@ -1,0 +1,733 @@
+//! The [`Receiver`]: the server side of one upload connection, as a state
+//! machine (diagram in the [module docs](super)). Bytes from the client go
+//! in through [`Receiver::handle_input`]; bytes for the client come out of
+//! [`Receiver::poll_transmit`]; storage and policy work comes out of
+//! [`Receiver::poll_action`] and its result goes back in through
+//! [`Receiver::handle_event`].
+//!
+//! Not for I/O, logging, counters or the claims registry: those are the
+//! shell's, driven by the actions.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crc32fast::Hasher;
+
+use super::transfer::{Intake, Took};
+use super::{
+    earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
+    Timer, WriteAt, MAX_BLOCKS,
+};
+use crate::auth::{Token, NONCE_LEN};
+use crate::proto::{self, Header};
+use crate::v2::{self, FaultCode, Offer, ServerMsg};
+use crate::SafeName;
+
+/// The receiver's limits and policy.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Version-2 clients must prove this token.
+    pub token: Option<Token>,
+    /// With a token: admit legacy clients without authentication.
+    pub allow_legacy: bool,
+    /// The whole header must arrive within this of the connection's start.
+    pub header_timeout: Duration,
+    /// The answer to a challenge must arrive within this.
+    pub answer_timeout: Duration,
+    /// Longest silence in the data phase.
+    pub idle_timeout: Duration,
+    /// Slowest acceptable data rate within a block, in bytes per second.
+    pub min_rate: Option<u64>,
+    /// Time allowed for a block on top of what `min_rate` gives.
+    pub block_grace: Duration,
+    /// How long a refused connection is drained so the refusal is read.
+    pub drain: Duration,
+    /// Most blocks per upload (bounds the memory of a connection).
+    pub max_blocks: u64,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> ReceiverConfig {
+        ReceiverConfig {
+            token: None,
+            allow_legacy: false,
+            header_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            min_rate: None,
+            block_grace: Duration::from_secs(10),
+            drain: Duration::from_secs(3),
+            max_blocks: MAX_BLOCKS,
+        }
+    }
+}
+
+/// How a connection ended, for the shell's log and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The file is stored (`CRC32_OK` / `V(ok)` sent).
+    Stored,
+    /// Verification failed; what was held is discarded.
+    Mismatch(String),
+    /// Refused or stopped for this reason (told to a version-2 client).
+    Refused(Fault),
+    /// The client went away in this state.
+    Lost(&'static str),
+    /// A deadline passed.
+    TimedOut(Timer),
+}
+
+#[derive(Debug)]
+struct Request {
+    json: Vec<u8>,
+    header: Header,
+    name: SafeName,
+    offer: Option<Offer>,
+}
+
+#[derive(Debug)]
+enum State {
+    ReadLen { got: [u8; 4], n: usize },
+    ReadHeader { len: usize, buf: Vec<u8> },
+    Admit,
+    Challenge,
+    AwaitAnswer { dec: ClientDecoder },
+    Claim,
+    OpenHeld,
+    SendOffset { offset: u64, crc: u32 },
+    Receiving { pos: u64, hasher: Hasher },
+    SendHeld,
+    DataFrames,
+    Repair { list: Vec<u64> },
+    Verify { ok: bool, words: String },
+    SendVerdict { bytes: Vec<u8>, ending: Ending },
+    Closing { ending: Ending },
+    Done(Ending),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Admit,
+    Claim,
+    Open,
+    Applied,
+}
+
+enum Why {
+    Refuse(Fault),
+    Lost(&'static str),
+    Slow(Timer),
+}
+
+/// The server side of one connection. See the [module docs](super).
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    nonce: [u8; NONCE_LEN],
+    state: State,
+    req: Option<Request>,
+    intake: Option<Intake>,
+    out: VecDeque<Vec<u8>>,
+    pending: Option<Action>,
+    awaiting: Option<Expect>,
+    phase: Option<Deadline>,
+    idle: Option<Deadline>,
+    magic_sent: bool,
+    part_open: bool,
+    rev: u64,
+}
+
+fn internal(words: impl Into<String>) -> Why {
+    Why::Refuse(Fault::new(FaultCode::Internal, words))
+}
+
+impl Receiver {
+    /// A connection accepted at `now`; `nonce` is this connection's fresh
+    /// challenge (random bytes from the shell, used only with a token).
+    pub fn new(cfg: ReceiverConfig, nonce: [u8; NONCE_LEN], now: Instant) -> Receiver {
+        let phase = Some(Deadline::after(now, cfg.header_timeout, Timer::Header));
+        Receiver {
+            cfg,
+            nonce,
+            state: State::ReadLen { got: [0; 4], n: 0 },
+            req: None,
+            intake: None,
+            out: VecDeque::new(),
+            pending: None,
+            awaiting: None,
+            phase,
+            idle: None,
+            magic_sent: false,
+            part_open: false,
+            rev: 1,
+        }
+    }
+
+    /// The current state's name (for logs and tests).
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::ReadLen { .. } => "ReadLen",
+            State::ReadHeader { .. } => "ReadHeader",
+            State::Admit => "Admit",
+            State::Challenge => "Challenge",
+            State::AwaitAnswer { .. } => "AwaitAnswer",
+            State::Claim => "Claim",
+            State::OpenHeld => "OpenHeld",
+            State::SendOffset { .. } => "SendOffset",
+            State::Receiving { .. } => "Receiving",
+            State::SendHeld => "SendHeld",
+            State::DataFrames => "DataFrames",
+            State::Repair { .. } => "Repair",
+            State::Verify { .. } => "Verify",
+            State::SendVerdict { .. } => "SendVerdict",
+            State::Closing { .. } => "Closing",
+            State::Done(_) => "Done",
+        }
+    }
+
+    /// How the connection ended, once it has.
+    pub fn ending(&self) -> Option<&Ending> {
+        match &self.state {
+            State::Done(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the shell should close the connection now: the connection
+    /// has ended and nothing is left to transmit or to do (a last
+    /// checkpoint is an action like any other).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done(_))
+            && self.out.is_empty()
+            && self.pending.is_none()
+            && self.awaiting.is_none()
+    }
+
+    /// Whether the shell should shut down its write side and drain input
+    /// (a refusal was sent and must not be lost to a reset).
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. })
+    }
+
+    /// The sanitised name of the upload, once the header was read.
+    pub fn name(&self) -> Option<&SafeName> {
+        self.req.as_ref().map(|r| &r.name)
+    }
+
+    /// When [`Receiver::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.awaiting.is_some() || self.pending.is_some() {
+            return None;
+        }
+        earliest(self.phase, self.idle).map(|d| d.at)
+    }
+
+    /// Time has come to `now`: a passed deadline ends the connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.awaiting.is_some() || self.pending.is_some() {
+            return;
+        }
+        let Some(d) = earliest(self.phase, self.idle).filter(|d| d.passed(now)) else {
+            return;
+        };
+        if let State::Closing { ending } = &self.state {
+            self.state = State::Done(ending.clone());
+        } else {
+            self.fail(now, Why::Slow(d.timer));
+        }
+    }
+
+    /// The next bytes to send to the client.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let Some(b) = self.out.pop_front() {
+            return Some(b);
+        }
+        match std::mem::replace(&mut self.state, State::Admit) {
+            State::Challenge => {
+                self.phase = Some(Deadline::after(now, self.cfg.answer_timeout, Timer::Answer));
+                let (fs, block) = self.geometry();
+                self.state = State::AwaitAnswer {
+                    dec: ClientDecoder::new(fs, block),
+                };
+                Some(v2::encode_server_msg(&ServerMsg::Challenge(self.nonce)))
+            }
+            State::SendOffset { offset, crc } => {
+                self.start_receiving(now, offset, crc);
+                Some(proto::encode_offset(offset).to_vec())
+            }
+            State::SendHeld => {
+                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg()) else {
+                    self.fail(now, internal("no held set"));
+                    return self.out.pop_front();
+                };
+                self.enter_frames(now);
+                Some(v2::encode_server_msg(&msg))
+            }
+            State::SendVerdict { bytes, ending } => {
+                self.state = State::Done(ending);
+                Some(bytes)
+            }
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// The next action for the shell (answer it with [`Receiver::handle_event`]).
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.awaiting.is_some() {
+            return None;
+        }
+        let a = self.pending.take()?;
+        self.awaiting = Some(match a {
+            Action::Admit { .. } => Expect::Admit,
+            Action::Claim { .. } => Expect::Claim,
+            Action::OpenHeld(_) => Expect::Open,
+            _ => Expect::Applied,
+        });
+        Some(a)
+    }
+
+    /// The result of the last action or write.
+    pub fn handle_event(&mut self, now: Instant, ev: Event) {
+        let expect = self.awaiting.take();
+        if matches!(self.state, State::Done(_) | State::Closing { .. }) {
+            return;
+        }
+        match (expect, ev) {
+            (Some(Expect::Admit), Event::Admitted(r)) => self.on_admitted(now, r),
+            (Some(Expect::Claim), Event::Claimed(r)) => self.on_claimed(now, r),
+            (Some(Expect::Open), Event::Opened(r)) => self.on_opened(now, r),
+            (Some(Expect::Applied), Event::Applied(r)) => self.on_applied(now, r),
+            (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
+        }
+    }
+
+    /// The client closed the connection or it broke.
+    pub fn handle_eof(&mut self, now: Instant) {
+        match &self.state {
+            State::ReadLen { n: 0, .. } => self.state = State::Done(Ending::Lost("ReadLen")),
+            State::Closing { ending } => self.state = State::Done(ending.clone()),
+            // The verdict goes out (or fails to) whatever the client does.
+            State::Done(_) | State::Verify { .. } | State::SendVerdict { .. } => {}
+            _ => {
+                let during = self.state_name();
+                self.fail(now, Why::Lost(during));
+            }
+        }
+    }
+
+    /// Stops the upload from outside the protocol: another connection took
+    /// it over, or the server is shutting down. A version-2 client is told
+    /// `fault` (its code says whether to retry); what is held is kept.
+    pub fn handle_abort(&mut self, now: Instant, fault: Fault) {
+        self.fail(now, Why::Refuse(fault));
+    }
+
+    /// Bytes from the client. Call again with the rest until it uses
+    /// nothing; answer a [`WriteAt`] with [`Event::Applied`].
+    pub fn handle_input<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        if input.is_empty() || self.awaiting.is_some() || self.pending.is_some() {
+            return Fed::used(0);
+        }
+        match self.state {
+            State::ReadLen { .. } => self.read_len(now, input),
+            State::ReadHeader { .. } => self.read_header(now, input),
+            State::AwaitAnswer { .. } => self.read_answer(now, input),
+            State::Receiving { .. } => self.receive_v1(now, input),
+            State::DataFrames => self.receive_frames(now, input),
+            State::Closing { .. } => Fed::used(input.len()),
+            _ => Fed::used(0),
+        }
+    }
+
+    fn geometry(&self) -> (u64, u64) {
+        let fs = self.req.as_ref().map_or(0, |r| r.header.filesize);
+        let block = self.offer().map_or(v2::MIN_BLOCK, |o| o.block_size);
+        (fs, block)
+    }
+
+    fn offer(&self) -> Option<Offer> {
+        self.req.as_ref().and_then(|r| r.offer)
+    }
+
+    fn fail(&mut self, now: Instant, why: Why) {
+        if matches!(self.state, State::Done(_) | State::Closing { .. }) {
+            return;
+        }
+        let (ending, told) = match why {
+            Why::Refuse(f) => (Ending::Refused(f.clone()), Some(f)),
+            Why::Lost(during) => (Ending::Lost(during), None),
+            Why::Slow(t) => (
+                Ending::TimedOut(t),
+                Some(Fault::new(
+                    FaultCode::TooSlow,
+                    format!("too slow: the {t:?} deadline passed"),
+                )),
+            ),
+        };
+        self.idle = None;
+        self.phase = None;
+        if self.part_open {
+            // Keep every verified byte for the resume.
+            self.pending = Some(Action::Checkpoint);
+            self.part_open = false;
+        }
+        match told {
+            Some(f) if self.magic_sent => {
+                self.out.push_back(f.frame(self.rev));
+                self.phase = Some(Deadline::after(now, self.cfg.drain, Timer::Drain));
+                self.state = State::Closing { ending };
+            }
+            _ => self.state = State::Done(ending),
+        }
+    }
+
+    fn read_len<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        let State::ReadLen { got, n } = &mut self.state else {
+            return Fed::used(0);
+        };
+        let take = (4 - *n).min(input.len());
+        got[*n..*n + take].copy_from_slice(&input[..take]);
+        *n += take;
+        if *n == 4 {
+            match proto::parse_header_len(*got) {
+                Ok(len) => {
+                    self.state = State::ReadHeader {
+                        len,
+                        buf: Vec::with_capacity(len),
+                    }
+                }
+                Err(e) => self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+            }
+        }
+        Fed::used(take)
+    }
+
+    fn read_header<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        let State::ReadHeader { len, buf } = &mut self.state else {
+            return Fed::used(0);
+        };
+        let take = (*len - buf.len()).min(input.len());
+        buf.extend_from_slice(&input[..take]);
+        if buf.len() == *len {
+            let json = std::mem::take(buf);
+            self.on_header(now, json);
+        }
+        Fed::used(take)
+    }
+
+    fn say_magic(&mut self) {
+        if !self.magic_sent {
+            self.out.push_back(v2::MAGIC.to_vec());
+            self.magic_sent = true;
+        }
+    }
+
+    fn on_header(&mut self, now: Instant, json: Vec<u8>) {
+        let mentions_v2 = json.windows(4).any(|w| w == b"\"bt\"");
+        // A null CRC-32 is only for a client that offers version 2: without
+        // a valid offer the header must pass the strict legacy parser.
+        let parsed = v2::parse_header(&json).and_then(|(h, o)| match o {
+            None => proto::parse_header(&json).map(|_| (h, o)),
+            Some(_) => Ok((h, o)),
+        });
+        let (header, offer) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                if mentions_v2 {
+                    self.say_magic();
+                }
+                return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));
+            }
+        };
+        self.phase = None;
+        if let Some(o) = offer {
+            self.say_magic();
+            self.rev = o.rev;
+            let n = v2::block_count(header.filesize, o.block_size);
+            if n > self.cfg.max_blocks {
+                let words = format!("refused: {n} blocks are over this server's limit");
+                return self.fail(now, Why::Refuse(Fault::new(FaultCode::TooLarge, words)));
+            }
+        }
+        let name = match SafeName::from_wire(&header.filename) {
+            Ok(n) => n,
+            Err(e) => {
+                let f = Fault::new(FaultCode::NameRefused, format!("refused: {e}"));
+                return self.fail(now, Why::Refuse(f));
+            }
+        };
+        if offer.is_none() && self.cfg.token.is_some() && !self.cfg.allow_legacy {
+            let f = Fault::new(
+                FaultCode::AuthRequired,
+                "refused a legacy (unauthenticated) client: this server requires a token",
+            );
+            return self.fail(now, Why::Refuse(f));
+        }
+        self.pending = Some(Action::Admit {
+            name: name.clone(),
+            filesize: header.filesize,
+        });
+        self.req = Some(Request {
+            json,
+            header,
+            name,
+            offer,
+        });
+        self.state = State::Admit;
+    }
+
+    fn on_admitted(&mut self, now: Instant, r: Result<(), Fault>) {
+        if let Err(f) = r {
+            return self.fail(now, Why::Refuse(f));
+        }
+        if self.offer().is_some() && self.cfg.token.is_some() {
+            self.state = State::Challenge;
+        } else {
+            self.start_claim(false);
+        }
+    }
+
+    fn start_claim(&mut self, authenticated: bool) {
+        if let Some(r) = &self.req {
+            self.pending = Some(Action::Claim {
+                name: r.name.clone(),
+                authenticated,
+            });
+        }
+        self.state = State::Claim;
+    }
+
+    fn read_answer<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        let State::AwaitAnswer { dec } = &mut self.state else {
+            return Fed::used(0);
+        };
+        let (used, item) = match dec.decode(input) {
+            Ok(x) => x,
+            Err(_) => (input.len(), Some(ClientItem::End(0))),
+        };
+        let answer = match item {
+            None => return Fed::used(used),
+            Some(ClientItem::Answer(a)) => a,
+            Some(_) => {
+                let f = Fault::new(
+                    FaultCode::AuthFailed,
+                    "authentication failed: the client did not answer the challenge",
+                );
+                self.fail(now, Why::Refuse(f));
+                return Fed::used(used);
+            }
+        };
+        let right = match (&self.cfg.token, &self.req) {
+            (Some(t), Some(r)) => t.check(&self.nonce, &r.json, &answer),
+            _ => false,
+        };
+        if right {
+            self.phase = None;
+            self.start_claim(true);
+        } else {
+            let f = Fault::new(FaultCode::AuthFailed, "authentication failed: wrong token");
+            self.fail(now, Why::Refuse(f));
+        }
+        Fed::used(used)
+    }
+
+    fn on_claimed(&mut self, now: Instant, r: Result<(), Fault>) {
+        if let Err(f) = r {
+            return self.fail(now, Why::Refuse(f));
+        }
+        let Some(req) = &self.req else {
+            return self.fail(now, internal("claimed without a header"));
+        };
+        let layout = match req.offer {
+            Some(o) => Layout::Blocks {
+                block: o.block_size,
+            },
+            None => Layout::Prefix {
+                crc32: req.header.crc32,
+            },
+        };
+        self.pending = Some(Action::OpenHeld(PartId {
+            name: req.name.as_str().to_owned(),
+            filesize: req.header.filesize,
+            layout,
+        }));
+        self.state = State::OpenHeld;
+    }
+
+    fn on_opened(&mut self, now: Instant, r: Result<Held, Fault>) {
+        let held = match r {
+            Ok(h) => h,
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        };
+        self.part_open = true;
+        let (fs, block) = self.geometry();
+        match (self.offer(), held) {
+            (None, Held::Prefix { offset, crc32 }) if offset <= fs => {
+                self.state = State::SendOffset { offset, crc: crc32 };
+            }
+            (Some(_), Held::Blocks(set)) if set.block_size() == block && set.filesize() == fs => {
+                self.intake = Some(Intake::new(set));
+                self.state = State::SendHeld;
+            }
+            _ => self.fail(now, internal("the storage opened a part of another shape")),
+        }
+    }
+
+    fn start_receiving(&mut self, now: Instant, offset: u64, crc: u32) {
+        let (fs, _) = self.geometry();
+        if offset == fs {
+            return self.verify_v1(crc);
+        }
+        self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
+        self.state = State::Receiving {
+            pos: offset,
+            hasher: Hasher::new_with_initial_len(crc, offset),
+        };
+    }
+
+    fn receive_v1<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        let (fs, _) = self.geometry();
+        let State::Receiving { pos, hasher } = &mut self.state else {
+            return Fed::used(0);
+        };
+        let n = (fs - *pos).min(input.len() as u64) as usize;
+        if n == 0 {
+            return Fed::used(0);
+        }
+        let bytes = &input[..n];
+        hasher.update(bytes);
+        let offset = *pos;
+        *pos += n as u64;
+        self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
+        self.awaiting = Some(Expect::Applied);
+        Fed {
+            used: n,
+            write: Some(WriteAt { offset, bytes }),
+        }
+    }
+
+    fn verify_v1(&mut self, crc: u32) {
+        let want = self.req.as_ref().map_or(0, |r| r.header.crc32);
+        self.idle = None;
+        if crc == want {
+            self.pending = Some(Action::Commit { whole_crc: crc });
+            self.state = State::Verify {
+                ok: true,
+                words: String::new(),
+            };
+        } else {
+            self.pending = Some(Action::Discard);
+            self.state = State::Verify {
+                ok: false,
+                words: "CRC-32 of the received file differs from the header's".into(),
+            };
+        }
+    }
+
+    fn enter_frames(&mut self, now: Instant) {
+        self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
+        self.state = State::DataFrames;
+    }
+
+    fn receive_frames<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
+        let Some(intake) = &mut self.intake else {
+            return Fed::used(0);
+        };
+        let (used, took) = match intake.take(input) {
+            Ok(x) => x,
+            Err(f) => {
+                self.fail(now, Why::Refuse(f));
+                return Fed::used(input.len());
+            }
+        };
+        self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
+        match took {
+            Took::More => {}
+            Took::Begin { idx, len } => {
+                self.phase = self.cfg.min_rate.map(|rate| {
+                    let secs = Duration::from_secs_f64(len as f64 / rate.max(1) as f64);
+                    Deadline::after(now, self.cfg.block_grace + secs, Timer::Block)
+                });
+                self.pending = Some(Action::BeginBlock { idx });
+            }
+            Took::Write(w) => {
+                self.awaiting = Some(Expect::Applied);
+                return Fed {
+                    used,
+                    write: Some(w),
+                };
+            }
+            Took::Record { idx, crc, good } => {
+                self.phase = None;
+                self.pending = Some(Action::RecordBlock { idx, crc, good });
+            }
+            Took::Repair(list) => {
+                self.idle = None;
+                self.pending = Some(Action::Checkpoint);
+                self.state = State::Repair { list };
+            }
+            Took::Commit(whole_crc) => {
+                self.idle = None;
+                self.pending = Some(Action::Commit { whole_crc });
+                self.state = State::Verify {
+                    ok: true,
+                    words: String::new(),
+                };
+            }
+            Took::Discard(words) => {
+                self.idle = None;
+                self.discard(words);
+            }
+        }
+        Fed::used(used)
+    }
+
+    fn discard(&mut self, words: String) {
+        self.pending = Some(Action::Discard);
+        self.state = State::Verify { ok: false, words };
+    }
+
+    fn on_applied(&mut self, now: Instant, r: Result<(), Fault>) {
+        let discarding = matches!(self.state, State::Verify { ok: false, .. });
+        if let (Err(f), false) = (r, discarding) {
+            return self.fail(now, Why::Refuse(f));
+        }
+        match std::mem::replace(&mut self.state, State::Admit) {
+            State::Receiving { pos, hasher } => {
+                if pos == self.geometry().0 {
+                    self.verify_v1(hasher.finalize());
+                } else {
+                    self.state = State::Receiving { pos, hasher };
+                }
+            }
+            State::Repair { list } => {
+                let f = v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Repair(list)));
+                self.out.push_back(f);
+                self.enter_frames(now);
+            }
+            State::Verify { ok, words } => {
+                self.part_open = false;
+                self.state = self.verdict(ok, words);
+            }
+            other => self.state = other,
+        }
+    }
+
+    fn verdict(&self, ok: bool, words: String) -> State {
+        let ending = if ok {
+            Ending::Stored
+        } else {
+            Ending::Mismatch(words.clone())
+        };
+        let bytes = match (self.offer().is_some(), ok) {
+            (false, true) => proto::Verdict::Ok.as_bytes().to_vec(),
+            (false, false) => proto::Verdict::Mismatch.as_bytes().to_vec(),
+            (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Ok)),
+            (true, false) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words))),
+        };
+        State::SendVerdict { bytes, ending }
+    }
+}

@@ -1,0 +1,596 @@
+//! The [`Sender`]: the client side of one upload attempt, as a state
+//! machine (diagram in the [module docs](super)). Bytes from the server go
+//! in through [`Sender::handle_input`]; protocol bytes for the server come
+//! out of [`Sender::poll_transmit`]; work on the source file comes out of
+//! [`Sender::poll_action`] (hash these blocks, stream this block, stream
+//! from this offset) and its result goes back through
+//! [`Sender::handle_event`].
+//!
+//! Not for I/O, retries, backoff, progress or the checksum cache: one
+//! machine is one attempt; the shell decides whether to make another.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::transfer::{Next, Outlet};
+use super::{shown, Deadline, ServerDecoder, Timer};
+use crate::auth::{Token, NONCE_LEN};
+use crate::proto::{self, Header};
+use crate::v2::{self, FaultCode, Offer, ServerMsg};
+
+/// What the sender knows about its source and how to speak.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// The name to send.
+    pub filename: String,
+    /// The source's size.
+    pub filesize: u64,
+    /// The whole source's CRC-32, if known (required for version 1).
+    pub whole_crc: Option<u32>,
+    /// The block size to offer (see [`v2::block_size_for`]).
+    pub block: u64,
+    /// Speak version 1 only (no offer).
+    pub legacy: bool,
+    /// The token, for a server that challenges.
+    pub token: Option<Token>,
+    /// Longest wait for any reply from the server.
+    pub reply_timeout: Duration,
+    /// CRC-32s of the source's first blocks, if known (a checksum cache).
+    pub known: Vec<u32>,
+}
+
+/// Work on the source file the sender asks of its shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendAction {
+    /// Read blocks `from..to` and answer their CRC-32s with
+    /// [`SendEvent::Hashed`].
+    HashBlocks {
+        /// First block.
+        from: u64,
+        /// One past the last block.
+        to: u64,
+    },
+    /// Stream the source's bytes `offset .. offset + len` (the frame head
+    /// was already transmitted) and answer their CRC-32 with
+    /// [`SendEvent::BlockSent`]; the machine then transmits the trailer.
+    SendBlock {
+        /// Block index.
+        idx: u64,
+        /// File offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Version 1: stream the source from `from` to its end, then answer
+    /// [`SendEvent::BytesSent`].
+    SendBytes {
+        /// First byte.
+        from: u64,
+    },
+}
+
+/// The result of a [`SendAction`]. An `Err` is a problem with the source
+/// (its words); a broken connection is [`Sender::handle_eof`] instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendEvent {
+    /// CRC-32s of the blocks asked for, in order.
+    Hashed(Result<Vec<u32>, String>),
+    /// CRC-32 of the block streamed.
+    BlockSent(Result<u32, String>),
+    /// The version-1 bytes were streamed.
+    BytesSent(Result<(), String>),
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server stored the file (`CRC32_OK`).
+    Stored,
+    /// The server's verification failed and it discarded what it held.
+    Mismatch(String),
+    /// The server refused or stopped, with a code (revision 2) or only
+    /// words (revision 1).
+    Fault {
+        /// What to do; see [`FaultCode::is_transient`].
+        code: Option<FaultCode>,
+        /// Why, for a person.
+        words: String,
+    },
+    /// The attempt failed on this side.
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// Whether another attempt may succeed without a person acting: a
+    /// lost connection or a stall, a transient fault code, a failed
+    /// verification (the server discarded its part; start over), or a
+    /// legacy server that needs the CRC-32 first. A fault without a code
+    /// (a revision-1 server's words) is for good, as today.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Outcome::Stored => false,
+            Outcome::Mismatch(_) => true,
+            Outcome::Fault { code, .. } => code.is_some_and(FaultCode::is_transient),
+            Outcome::Failed(f) => matches!(
+                f,
+                Failure::Lost(_) | Failure::TimedOut(_) | Failure::LegacyNeedsCrc
+            ),
+        }
+    }
+}
+
+/// Why an attempt failed on the client's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer does not speak bigtransfer (what it said).
+    NotBigtransfer(String),
+    /// The server broke the protocol.
+    Protocol(String),
+    /// The connection broke in this state.
+    Lost(&'static str),
+    /// No reply in time in this state.
+    TimedOut(&'static str),
+    /// The server requires a token and none was given.
+    TokenRequired,
+    /// A legacy server refused the header whose CRC-32 was unknown: hash
+    /// the file and try again in version 1 (not counted as a failure).
+    LegacyNeedsCrc,
+    /// The source could not be read.
+    Source(String),
+    /// Re-reading these blocks gave different data.
+    SourceUnstable(Vec<u64>),
+    /// The request itself cannot be made (e.g. a name over 64 KiB).
+    Invalid(String),
+}
+
+#[derive(Debug)]
+enum State {
+    SendHeader { frame: Vec<u8> },
+    AwaitReply { got: [u8; 8], n: usize },
+    AwaitChallenge,
+    SendAnswer { nonce: [u8; NONCE_LEN] },
+    AwaitHeld,
+    Plan,
+    SendBlocks,
+    SendEnd { frame: [u8; 5] },
+    AwaitVerdict,
+    Repair,
+    SendBytes,
+    AwaitVerdict1 { buf: Vec<u8> },
+    Done(Outcome),
+}
+
+/// The client side of one attempt. See the [module docs](super).
+#[derive(Debug)]
+pub struct Sender {
+    cfg: SenderConfig,
+    state: State,
+    json: Vec<u8>,
+    dec: ServerDecoder,
+    outlet: Outlet,
+    out: VecDeque<Vec<u8>>,
+    pending: Option<SendAction>,
+    awaiting: bool,
+    deadline: Option<Deadline>,
+    armed_for: &'static str,
+    protocol: u8,
+}
+
+fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
+    let header = Header {
+        filename: cfg.filename.clone(),
+        filesize: cfg.filesize,
+        crc32: cfg.whole_crc.unwrap_or(0),
+    };
+    let offer = Offer {
+        version: v2::VERSION,
+        block_size: cfg.block,
+        rev: v2::REVISION,
+    };
+    let r = match (cfg.legacy, cfg.whole_crc) {
+        (true, None) => {
+            return Err(Failure::Invalid(
+                "version 1 needs the whole file's CRC-32".into(),
+            ))
+        }
+        (true, Some(_)) => proto::encode_header(&header),
+        (false, Some(_)) => v2::encode_header(&header, offer),
+        (false, None) => v2::encode_header_unknown_crc(&header, offer),
+    };
+    r.map_err(|e| Failure::Invalid(e.to_string()))
+}
+
+impl Sender {
+    /// One attempt, starting at `now`.
+    pub fn new(cfg: SenderConfig, now: Instant) -> Sender {
+        let nblocks = v2::block_count(cfg.filesize, cfg.block.max(1));
+        let outlet = Outlet::new(cfg.filesize, cfg.block, &cfg.known);
+        let max = (24 + 8 * nblocks.min(super::MAX_BLOCKS) as usize).max(64 << 10);
+        let (state, json) = match header_frame(&cfg) {
+            Ok(frame) => (
+                State::SendHeader {
+                    frame: frame.clone(),
+                },
+                frame[4..].to_vec(),
+            ),
+            Err(f) => (State::Done(Outcome::Failed(f)), Vec::new()),
+        };
+        let mut s = Sender {
+            cfg,
+            state,
+            json,
+            dec: ServerDecoder::new(max),
+            outlet,
+            out: VecDeque::new(),
+            pending: None,
+            awaiting: false,
+            deadline: None,
+            armed_for: "",
+            protocol: 0,
+        };
+        s.rearm(now, false);
+        s
+    }
+
+    /// The current state's name (for logs and tests).
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::SendHeader { .. } => "SendHeader",
+            State::AwaitReply { .. } => "AwaitReply",
+            State::AwaitChallenge => "AwaitChallenge",
+            State::SendAnswer { .. } => "SendAnswer",
+            State::AwaitHeld => "AwaitHeld",
+            State::Plan => "Plan",
+            State::SendBlocks => "SendBlocks",
+            State::SendEnd { .. } => "SendEnd",
+            State::AwaitVerdict => "AwaitVerdict",
+            State::Repair => "Repair",
+            State::SendBytes => "SendBytes",
+            State::AwaitVerdict1 { .. } => "AwaitVerdict1",
+            State::Done(_) => "Done",
+        }
+    }
+
+    /// How the attempt ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.state {
+            State::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The protocol version in use (0 until the server replied).
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// The CRC-32s of the source's blocks learnt in this attempt (for the
+    /// shell's cache): `None` where unknown.
+    pub fn block_crcs(&self) -> &[Option<u32>] {
+        self.outlet.crcs()
+    }
+
+    /// When [`Sender::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline.map(|d| d.at)
+    }
+
+    /// Time has come to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| d.passed(now)) {
+            let during = self.state_name();
+            self.finish(Outcome::Failed(Failure::TimedOut(during)));
+        }
+    }
+
+    fn finish(&mut self, o: Outcome) {
+        if !matches!(self.state, State::Done(_)) {
+            self.state = State::Done(o);
+            self.deadline = None;
+        }
+    }
+
+    fn fail_protocol(&mut self, words: impl Into<String>) {
+        self.finish(Outcome::Failed(Failure::Protocol(words.into())));
+    }
+
+    fn waits(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitReply { .. }
+                | State::AwaitChallenge
+                | State::AwaitHeld
+                | State::AwaitVerdict
+                | State::AwaitVerdict1 { .. }
+        )
+    }
+
+    /// Sets the reply deadline on entering a waiting state or on progress.
+    fn rearm(&mut self, now: Instant, progress: bool) {
+        let name = self.state_name();
+        if progress || name != self.armed_for {
+            self.armed_for = name;
+            self.deadline = self
+                .waits()
+                .then(|| Deadline::after(now, self.cfg.reply_timeout, Timer::Reply));
+        }
+    }
+
+    /// The next bytes to send to the server.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let State::Repair = self.state {
+            self.next_block();
+        }
+        if let Some(b) = self.out.pop_front() {
+            return Some(b);
+        }
+        let bytes = match std::mem::replace(&mut self.state, State::AwaitHeld) {
+            State::SendHeader { frame } => {
+                self.state = State::AwaitReply { got: [0; 8], n: 0 };
+                frame
+            }
+            State::SendAnswer { nonce } => {
+                let token = self.cfg.token.as_ref();
+                let answer = token
+                    .map(|t| t.answer(&nonce, &self.json))
+                    .unwrap_or_default();
+                v2::encode_answer(&answer)
+            }
+            State::SendEnd { frame } => {
+                self.state = State::AwaitVerdict;
+                frame.to_vec()
+            }
+            other => {
+                self.state = other;
+                return None;
+            }
+        };
+        self.rearm(now, false);
+        Some(bytes)
+    }
+
+    /// The next work on the source (answer it with [`Sender::handle_event`]).
+    pub fn poll_action(&mut self) -> Option<SendAction> {
+        // A block's head must be on the wire before its payload.
+        if self.awaiting || !self.out.is_empty() {
+            return None;
+        }
+        let a = self.pending.take()?;
+        self.awaiting = true;
+        Some(a)
+    }
+
+    /// The result of the last action.
+    pub fn handle_event(&mut self, now: Instant, ev: SendEvent) {
+        let was = std::mem::replace(&mut self.awaiting, false);
+        if matches!(self.state, State::Done(_)) {
+            return;
+        }
+        if !was {
+            return self.fail_protocol("internal: an event nobody asked for");
+        }
+        match ev {
+            SendEvent::Hashed(Ok(v)) => self.on_hashed(v),
+            SendEvent::BlockSent(Ok(crc)) => self.on_block_sent(crc),
+            SendEvent::BytesSent(Ok(())) if matches!(self.state, State::SendBytes) => {
+                self.state = State::AwaitVerdict1 { buf: Vec::new() };
+            }
+            SendEvent::Hashed(Err(e))
+            | SendEvent::BlockSent(Err(e))
+            | SendEvent::BytesSent(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
+            SendEvent::BytesSent(Ok(())) => self.fail_protocol("internal: bytes sent out of turn"),
+        }
+        self.rearm(now, false);
+    }
+
+    /// The server closed the connection or it broke.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        let o = match &self.state {
+            State::Done(_) => return,
+            State::AwaitReply { n: 0, .. } if !self.cfg.legacy && self.cfg.whole_crc.is_none() => {
+                Outcome::Failed(Failure::LegacyNeedsCrc)
+            }
+            State::AwaitVerdict1 { buf } if buf.is_empty() => {
+                Outcome::Failed(Failure::Lost("AwaitVerdict1"))
+            }
+            State::AwaitVerdict1 { buf } => match proto::parse_verdict(buf) {
+                Ok(proto::Verdict::Ok) => Outcome::Stored,
+                Ok(proto::Verdict::Mismatch) => {
+                    Outcome::Mismatch("data was damaged in transit or on the server".into())
+                }
+                Err(e) => Outcome::Failed(Failure::Protocol(e.to_string())),
+            },
+            _ => Outcome::Failed(Failure::Lost(self.state_name())),
+        };
+        self.finish(o);
+    }
+
+    /// Bytes from the server; returns how many were used (call again with
+    /// the rest until it uses nothing).
+    pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> usize {
+        if input.is_empty() {
+            return 0;
+        }
+        let used = match self.state {
+            State::Done(_) | State::SendHeader { .. } | State::SendBytes => 0,
+            State::AwaitReply { .. } => self.read_reply(input),
+            State::AwaitVerdict1 { .. } => self.read_verdict1(input),
+            _ => self.read_frames(input),
+        };
+        self.rearm(now, used > 0);
+        used
+    }
+
+    fn read_reply(&mut self, input: &[u8]) -> usize {
+        let State::AwaitReply { got, n } = &mut self.state else {
+            return 0;
+        };
+        let take = (8 - *n).min(input.len());
+        got[*n..*n + take].copy_from_slice(&input[..take]);
+        *n += take;
+        if *n == 8 {
+            let got = *got;
+            self.on_reply(got);
+        }
+        take
+    }
+
+    fn on_reply(&mut self, got: [u8; 8]) {
+        if got == v2::MAGIC {
+            if self.cfg.legacy {
+                return self.fail_protocol("a version-2 reply to a version-1 header");
+            }
+            self.protocol = 2;
+            self.state = State::AwaitChallenge;
+            return;
+        }
+        let offset = proto::parse_offset(got);
+        if offset > self.cfg.filesize {
+            let words = format!(
+                "the server answered \"{}\", neither a resume offset nor a bigtransfer greeting: is this a bigtransfer server?",
+                shown(&got)
+            );
+            return self.finish(Outcome::Failed(Failure::NotBigtransfer(words)));
+        }
+        if self.cfg.whole_crc.is_none() {
+            return self.fail_protocol("the server answered a header it should have refused");
+        }
+        self.protocol = 1;
+        self.pending = Some(SendAction::SendBytes { from: offset });
+        self.state = State::SendBytes;
+    }
+
+    fn read_verdict1(&mut self, input: &[u8]) -> usize {
+        let State::AwaitVerdict1 { buf } = &mut self.state else {
+            return 0;
+        };
+        buf.extend_from_slice(input);
+        if buf.len() > 64 {
+            let e = proto::parse_verdict(buf).err().map(|e| e.to_string());
+            self.fail_protocol(e.unwrap_or_default());
+        }
+        input.len()
+    }
+
+    fn read_frames(&mut self, input: &[u8]) -> usize {
+        match self.dec.decode(input) {
+            Ok((used, Some(msg))) => {
+                self.on_msg(msg);
+                used
+            }
+            Ok((used, None)) => used,
+            Err(e) => {
+                self.fail_protocol(e);
+                input.len()
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: ServerMsg) {
+        match (&self.state, msg) {
+            (_, ServerMsg::Error(words)) => self.finish(Outcome::Fault { code: None, words }),
+            (_, ServerMsg::Fault(c, words)) => self.finish(Outcome::Fault {
+                code: Some(c),
+                words,
+            }),
+            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => match self.cfg.token {
+                Some(_) => self.state = State::SendAnswer { nonce },
+                None => self.finish(Outcome::Failed(Failure::TokenRequired)),
+            },
+            (
+                State::AwaitChallenge | State::AwaitHeld,
+                ServerMsg::Held {
+                    held,
+                    block_size,
+                    crcs,
+                },
+            ) => self.on_held(held, block_size, crcs),
+            (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
+            (_, other) => {
+                let words = format!(
+                    "unexpected {} frame from the server in state {}",
+                    msg_name(&other),
+                    self.state_name()
+                );
+                self.fail_protocol(words)
+            }
+        }
+    }
+
+    fn on_held(&mut self, held: u64, block: u64, server: Vec<u32>) {
+        match self.outlet.accept_held(held, block, server) {
+            Err(e) => self.fail_protocol(e),
+            Ok(Some((from, to))) => {
+                self.pending = Some(SendAction::HashBlocks { from, to });
+                self.state = State::Plan;
+            }
+            Ok(None) => {
+                self.state = State::Plan;
+                self.plan();
+            }
+        }
+    }
+
+    fn on_hashed(&mut self, v: Vec<u32>) {
+        if !matches!(self.state, State::Plan) {
+            return self.fail_protocol("internal: hashes out of turn");
+        }
+        match self.outlet.add_hashes(v) {
+            Ok(()) => self.plan(),
+            Err(e) => self.fail_protocol(e),
+        }
+    }
+
+    fn plan(&mut self) {
+        self.outlet.plan();
+        self.next_block();
+    }
+
+    fn next_block(&mut self) {
+        match self.outlet.next_to_send() {
+            Next::Block { head, action } => {
+                self.out.push_back(head.to_vec());
+                self.pending = Some(action);
+                self.state = State::SendBlocks;
+            }
+            Next::End(frame) => self.state = State::SendEnd { frame },
+            Next::Unstable(list) => self.finish(Outcome::Failed(Failure::SourceUnstable(list))),
+            Next::Broken(why) => self.fail_protocol(why),
+        }
+    }
+
+    fn on_block_sent(&mut self, crc: u32) {
+        if !matches!(self.state, State::SendBlocks) {
+            return self.fail_protocol("internal: block sent out of turn");
+        }
+        match self.outlet.sent(crc) {
+            Ok(trailer) => {
+                self.out.push_back(trailer.to_vec());
+                self.next_block();
+            }
+            Err(why) => self.fail_protocol(why),
+        }
+    }
+
+    fn on_verdict(&mut self, v: v2::Verdict) {
+        match v {
+            v2::Verdict::Ok => self.finish(Outcome::Stored),
+            v2::Verdict::Failed(m) => self.finish(Outcome::Mismatch(m)),
+            // The first block goes out at the next `poll_transmit`.
+            v2::Verdict::Repair(list) => match self.outlet.repair(list) {
+                Ok(()) => self.state = State::Repair,
+                Err(e) => self.fail_protocol(e),
+            },
+        }
+    }
+}
+
+fn msg_name(m: &ServerMsg) -> &'static str {
+    match m {
+        ServerMsg::Held { .. } => "held-list",
+        ServerMsg::Error(_) => "error",
+        ServerMsg::Fault(..) => "fault",
+        ServerMsg::Challenge(_) => "challenge",
+        ServerMsg::Verdict(_) => "verdict",
+    }
+}

@@ -1,0 +1,417 @@
+//! The data-transfer half of version 2, apart from connection setup: an
+//! [`Intake`] takes data and end frames into a [`HeldSet`] and decides
+//! repair, commit or discard; an [`Outlet`] plans which blocks to send
+//! against a held list, frames them and checks repair lists.
+//!
+//! Neither knows which side opened the connection, who authenticated or
+//! what storage is behind: the [`Receiver`](super::Receiver) and
+//! [`Sender`](super::Sender) wrap them with setup, deadlines and faults. A
+//! download runs the same two with the roles swapped; parallel streams can
+//! run several over one held set. Not for deadlines, the wire's fault
+//! frames or storage calls.
+
+use std::collections::VecDeque;
+
+use crc32fast::Hasher;
+
+use super::{ClientDecoder, ClientItem, Fault, HeldSet, SendAction, WriteAt, MAX_REPAIR_ROUNDS};
+use crate::v2;
+
+#[derive(Debug)]
+struct InBlock {
+    idx: u64,
+    pos: u64,
+    hasher: Hasher,
+}
+
+/// What the intake made of some input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Took<'a> {
+    /// Nothing complete yet.
+    More,
+    /// Block `idx` of `len` bytes begins: it no longer counts as held.
+    Begin {
+        /// Block index.
+        idx: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Payload bytes to write.
+    Write(WriteAt<'a>),
+    /// A block ended: its CRC-32 as received and whether it matched.
+    Record {
+        /// Block index.
+        idx: u64,
+        /// CRC-32 of the bytes received.
+        crc: u32,
+        /// Whether the sender's CRC-32 agreed.
+        good: bool,
+    },
+    /// The end frame came and these blocks are missing: ask again.
+    Repair(Vec<u64>),
+    /// The end frame came, every block is held and the whole CRC-32 agrees.
+    Commit(u32),
+    /// The end frame came and the upload cannot succeed (why).
+    Discard(String),
+}
+
+/// The receiving half of a block transfer.
+#[derive(Debug)]
+pub struct Intake {
+    held: HeldSet,
+    dec: ClientDecoder,
+    block: Option<InBlock>,
+    round: u32,
+}
+
+impl Intake {
+    /// Takes blocks into `held` (what is held already).
+    pub fn new(held: HeldSet) -> Intake {
+        let dec = ClientDecoder::new(held.filesize(), held.block_size());
+        Intake {
+            held,
+            dec,
+            block: None,
+            round: 0,
+        }
+    }
+
+    /// The blocks held.
+    pub fn held(&self) -> &HeldSet {
+        &self.held
+    }
+
+    /// Repair rounds asked for so far.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Takes from `input`: bytes used and what came of them.
+    pub fn take<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Took<'a>), Fault> {
+        let (used, item) = self.dec.decode(input)?;
+        let took = match item {
+            None => Took::More,
+            Some(ClientItem::DataHead { idx, offset, len }) => {
+                self.block = Some(InBlock {
+                    idx,
+                    pos: offset,
+                    hasher: Hasher::new(),
+                });
+                self.held.forget(idx);
+                Took::Begin { idx, len }
+            }
+            Some(ClientItem::Payload(bytes)) => {
+                let b = self
+                    .block
+                    .as_mut()
+                    .ok_or_else(|| Fault::bad("payload outside a block"))?;
+                let offset = b.pos;
+                b.pos += bytes.len() as u64;
+                b.hasher.update(bytes);
+                Took::Write(WriteAt { offset, bytes })
+            }
+            Some(ClientItem::Trailer(sent)) => {
+                let b = self
+                    .block
+                    .take()
+                    .ok_or_else(|| Fault::bad("trailer outside a block"))?;
+                let crc = b.hasher.finalize();
+                let good = crc == sent;
+                if good {
+                    self.held.mark(b.idx, crc);
+                }
+                Took::Record {
+                    idx: b.idx,
+                    crc,
+                    good,
+                }
+            }
+            Some(ClientItem::End(crc)) => self.end(crc),
+            Some(ClientItem::Answer(_)) => return Err(Fault::bad("unexpected answer frame")),
+        };
+        Ok((used, took))
+    }
+
+    fn end(&mut self, crc: u32) -> Took<'static> {
+        let missing = self.held.missing();
+        if let Some(&first) = missing.first() {
+            if self.round >= MAX_REPAIR_ROUNDS {
+                return Took::Discard(format!(
+                    "CRC32_ERROR: {} block(s) still damaged after {MAX_REPAIR_ROUNDS} repair rounds (first: block {first}); the link keeps corrupting data or the source keeps changing",
+                    missing.len()
+                ));
+            }
+            self.round += 1;
+            return Took::Repair(missing);
+        }
+        match self.held.whole_crc() {
+            Some(whole) if whole == crc => Took::Commit(crc),
+            whole => Took::Discard(format!(
+                "CRC32_ERROR: every block matched its checksum but the whole-file CRC-32 is {:08x}, the client says {crc:08x}",
+                whole.unwrap_or(0)
+            )),
+        }
+    }
+}
+
+/// What the outlet sends next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Transmit `head`, then have the shell stream the block (`action`).
+    Block {
+        /// The data frame's head.
+        head: [u8; 13],
+        /// The [`SendAction::SendBlock`] for the payload.
+        action: SendAction,
+    },
+    /// Every planned block is sent: transmit this end frame.
+    End([u8; 5]),
+    /// Re-reading these blocks for a repair gave different data.
+    Unstable(Vec<u64>),
+    /// A block's CRC-32 is unknown (a bug in the caller).
+    Broken(&'static str),
+}
+
+/// The sending half of a block transfer.
+#[derive(Debug)]
+pub struct Outlet {
+    filesize: u64,
+    block: u64,
+    crcs: Vec<Option<u32>>,
+    server: Vec<u32>,
+    queue: VecDeque<u64>,
+    current: Option<u64>,
+    round: u32,
+    unstable: Vec<u64>,
+}
+
+impl Outlet {
+    /// Sends a file of `filesize` bytes in blocks of `block`, knowing the
+    /// CRC-32s of its first blocks (`known`, from a cache).
+    pub fn new(filesize: u64, block: u64, known: &[u32]) -> Outlet {
+        let n = v2::block_count(filesize, block.max(1)).min(super::MAX_BLOCKS) as usize;
+        let mut crcs: Vec<Option<u32>> = known.iter().take(n).map(|&c| Some(c)).collect();
+        crcs.resize(n, None);
+        Outlet {
+            filesize,
+            block,
+            crcs,
+            server: Vec::new(),
+            queue: VecDeque::new(),
+            current: None,
+            round: 0,
+            unstable: Vec::new(),
+        }
+    }
+
+    /// The source's block CRC-32s known so far.
+    pub fn crcs(&self) -> &[Option<u32>] {
+        &self.crcs
+    }
+
+    /// Repair rounds so far.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    fn known(&self) -> u64 {
+        self.crcs.iter().take_while(|c| c.is_some()).count() as u64
+    }
+
+    /// Checks the receiver's held list against the file; returns the
+    /// blocks whose CRC-32 must be computed before planning, if any.
+    pub fn accept_held(
+        &mut self,
+        held: u64,
+        block: u64,
+        server: Vec<u32>,
+    ) -> Result<Option<(u64, u64)>, String> {
+        let count = server.len() as u64;
+        let fits = block == self.block
+            && count <= self.crcs.len() as u64
+            && held == v2::block_range(self.filesize, block, count).0;
+        if !fits {
+            return Err("the server's block list does not fit this file".into());
+        }
+        self.server = server;
+        let known = self.known();
+        Ok((known < count).then_some((known, count)))
+    }
+
+    /// The CRC-32s of the blocks asked for by [`Outlet::accept_held`].
+    pub fn add_hashes(&mut self, v: Vec<u32>) -> Result<(), String> {
+        let known = self.known() as usize;
+        if known + v.len() != self.server.len() {
+            return Err("internal: wrong number of block hashes".into());
+        }
+        for (i, c) in v.into_iter().enumerate() {
+            self.crcs[known + i] = Some(c);
+        }
+        Ok(())
+    }
+
+    /// Plans the blocks to send: held blocks that differ, then the rest.
+    pub fn plan(&mut self) {
+        let n = self.server.len();
+        let ours: Vec<u32> = self.crcs[..n].iter().flatten().copied().collect();
+        self.queue = v2::plan(self.crcs.len() as u64, &self.server, &ours).into();
+    }
+
+    /// What to send next.
+    pub fn next_to_send(&mut self) -> Next {
+        let Some(idx) = self.queue.pop_front() else {
+            if !self.unstable.is_empty() {
+                return Next::Unstable(std::mem::take(&mut self.unstable));
+            }
+            let all: Option<Vec<u32>> = self.crcs.iter().copied().collect();
+            let Some(all) = all else {
+                return Next::Broken("internal: a block's CRC-32 is unknown at the end");
+            };
+            return Next::End(v2::encode_end(v2::combine(&all, self.filesize, self.block)));
+        };
+        self.current = Some(idx);
+        let (offset, len) = v2::block_range(self.filesize, self.block, idx);
+        Next::Block {
+            // A block is at most 256 MiB, so its length fits the u32 field.
+            head: v2::encode_data_head(offset, len as u32),
+            action: SendAction::SendBlock { idx, offset, len },
+        }
+    }
+
+    /// The block in flight was streamed with CRC-32 `crc`: its trailer.
+    pub fn sent(&mut self, crc: u32) -> Result<[u8; 4], &'static str> {
+        let idx = self.current.take().ok_or("internal: no block in flight")?;
+        let slot = &mut self.crcs[idx as usize];
+        if self.round > 0 && slot.is_some_and(|c| c != crc) {
+            self.unstable.push(idx);
+        }
+        *slot = Some(crc);
+        Ok(crc.to_be_bytes())
+    }
+
+    /// A repair list: valid when it names each block at most once, each
+    /// within the file, is not empty, and the rounds are not exhausted.
+    pub fn repair(&mut self, list: Vec<u64>) -> Result<(), String> {
+        if self.round >= MAX_REPAIR_ROUNDS {
+            return Err(format!(
+                "the server asked for more than {MAX_REPAIR_ROUNDS} repair rounds"
+            ));
+        }
+        if list.is_empty() {
+            return Err("the server asked for a repair of no blocks".into());
+        }
+        let n = self.crcs.len() as u64;
+        let mut seen = vec![false; self.crcs.len()];
+        for &i in &list {
+            match seen.get_mut(i as usize) {
+                None => return Err(format!("the server asked for block {i} of {n}")),
+                Some(true) => return Err(format!("the server asked for block {i} twice")),
+                Some(s) => *s = true,
+            }
+        }
+        self.round += 1;
+        self.queue = list.into();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = 65536;
+
+    fn frame(src: &[u8], idx: u64, damage: bool) -> Vec<u8> {
+        let (o, l) = v2::block_range(src.len() as u64, B, idx);
+        let bytes = &src[o as usize..(o + l) as usize];
+        let mut f = v2::encode_data_head(o, l as u32).to_vec();
+        f.extend_from_slice(bytes);
+        if damage {
+            f[13] ^= 1;
+        }
+        f.extend_from_slice(&crc32fast::hash(bytes).to_be_bytes());
+        f
+    }
+
+    fn take_all(i: &mut Intake, mut input: &[u8]) -> Vec<String> {
+        let mut seen = Vec::new();
+        while !input.is_empty() {
+            let (used, took) = i.take(input).unwrap();
+            if !matches!(took, Took::More | Took::Write(_)) {
+                seen.push(format!("{took:?}"));
+            }
+            input = &input[used..];
+        }
+        seen
+    }
+
+    #[test]
+    fn the_outlet_plans_frames_and_ends_with_the_whole_crc() {
+        let src: Vec<u8> = (0..(2 * B + 9) as u32).map(|i| (i >> 7) as u8).collect();
+        let c0 = crc32fast::hash(&src[..B as usize]);
+        let mut o = Outlet::new(src.len() as u64, B, &[]);
+        assert_eq!(o.accept_held(B, B, vec![c0 ^ 1]), Ok(Some((0, 1))));
+        o.add_hashes(vec![c0]).unwrap();
+        o.plan();
+        let mut sent = Vec::new();
+        while let Next::Block { head, action } = o.next_to_send() {
+            let SendAction::SendBlock { idx, offset, len } = action else {
+                panic!("{action:?}")
+            };
+            assert_eq!(head, v2::encode_data_head(offset, len as u32));
+            let crc = crc32fast::hash(&src[offset as usize..(offset + len) as usize]);
+            assert_eq!(o.sent(crc), Ok(crc.to_be_bytes()));
+            sent.push(idx);
+        }
+        assert_eq!(sent, vec![0, 1, 2], "block 0 differs from the held one");
+        o.queue.clear();
+        assert_eq!(
+            o.next_to_send(),
+            Next::End(v2::encode_end(crc32fast::hash(&src)))
+        );
+        assert!(
+            o.accept_held(1, B, vec![]).is_err(),
+            "held bytes must match the list"
+        );
+        assert!(o.repair(vec![3]).is_err() && o.repair(vec![1, 1]).is_err());
+        o.repair(vec![1]).unwrap();
+        assert!(matches!(o.next_to_send(), Next::Block { .. }));
+        o.sent(0xDEAD).unwrap();
+        assert_eq!(o.next_to_send(), Next::Unstable(vec![1]));
+    }
+
+    #[test]
+    fn the_intake_asks_again_for_damaged_blocks_then_gives_up() {
+        let src: Vec<u8> = (0..(2 * B) as u32).map(|i| (i >> 5) as u8).collect();
+        let whole = crc32fast::hash(&src);
+        let mut i = Intake::new(HeldSet::new(src.len() as u64, B).unwrap());
+        let mut wire = frame(&src, 0, false);
+        wire.extend(frame(&src, 1, true));
+        wire.extend(v2::encode_end(whole));
+        let seen = take_all(&mut i, &wire);
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("Repair([1])"),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|s| s.contains("good: false")));
+        for _ in 1..MAX_REPAIR_ROUNDS {
+            let mut w = frame(&src, 1, true);
+            w.extend(v2::encode_end(whole));
+            assert_eq!(
+                take_all(&mut i, &w).last().map(String::as_str),
+                Some("Repair([1])")
+            );
+        }
+        let mut w = frame(&src, 1, true);
+        w.extend(v2::encode_end(whole));
+        assert!(take_all(&mut i, &w).last().unwrap().starts_with("Discard"));
+        let mut w = frame(&src, 1, false);
+        w.extend(v2::encode_end(whole));
+        assert_eq!(
+            take_all(&mut i, &w).last().unwrap(),
+            &format!("Commit({whole})")
+        );
+        assert_eq!(i.held().whole_crc(), Some(whole));
+    }
+}
