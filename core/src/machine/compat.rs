@@ -182,6 +182,7 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         token: tok.then(token),
         reply_timeout: Duration::from_secs(10),
         known: Vec::new(),
+        source: Some([9; 16]),
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);

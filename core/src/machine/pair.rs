@@ -36,6 +36,7 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         token: None,
         reply_timeout: Duration::from_secs(30),
         known: Vec::new(),
+        source: Some([7; 16]),
     }
 }
 
@@ -516,6 +517,7 @@ fn v2_header_len(filesize: u64) -> usize {
         version: 2,
         block_size: B,
         rev: v2::REVISION,
+        source: Some([7; 16]),
     };
     v2::encode_header_unknown_crc(&h, offer).unwrap().len()
 }

@@ -37,6 +37,10 @@ pub struct SenderConfig {
     pub reply_timeout: Duration,
     /// CRC-32s of the source's first blocks, if known (a checksum cache).
     pub known: Vec<u32>,
+    /// The source id sent in the offer (`bt.sid`), the same on every
+    /// attempt of this upload, so the server lets this client take over
+    /// its own stale connection and nobody else's.
+    pub source: Option<[u8; 16]>,
 }
 
 /// Work on the source file the sender asks of its shell.
@@ -186,6 +190,7 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
         version: v2::VERSION,
         block_size: cfg.block,
         rev: v2::REVISION,
+        source: cfg.source,
     };
     let r = match (cfg.legacy, cfg.whole_crc) {
         (true, None) => {
