@@ -113,7 +113,7 @@ pub const MAX_REPAIR_ROUNDS: u32 = 5;
 
 /// Most blocks one upload may have (the same bound as the version-2 offer
 /// check), so that a connection's memory is bounded.
-pub const MAX_BLOCKS: u64 = (v2::MAX_SERVER_FRAME as u64 - 24) / 4;
+pub const MAX_BLOCKS: u64 = v2::MAX_BLOCKS;
 
 /// Why an upload was refused or stopped: a code to act on and words for a
 /// person. What a version-2 server sends in a Fault frame.
