@@ -368,6 +368,33 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
     Ok(frame)
 }
 
+/// The source id (`bt.sid`) of a file: the first 16 bytes of a SHA-256
+/// over what identifies the file on the client (its canonical path and its
+/// stamp: size, mtime, inode, ctime), each part length-prefixed. The same
+/// on every attempt while the file is unchanged, whichever process makes
+/// it, so a killed and restarted client can take over its own stale
+/// connection; unknowable to another client, which therefore cannot kick
+/// a running upload off its name.
+///
+/// ```
+/// use bigtransfer_core::v2::source_id;
+/// let a = source_id(&[b"/data/x.img", &5u64.to_be_bytes()]);
+/// assert_eq!(a, source_id(&[b"/data/x.img", &5u64.to_be_bytes()]));
+/// assert_ne!(a, source_id(&[b"/data/x.im", &[b'g'], &5u64.to_be_bytes()]));
+/// ```
+pub fn source_id(parts: &[&[u8]]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"bigtransfer source id v1\0");
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
 fn parse_sid(hex: &str) -> Option<[u8; 16]> {
     if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;

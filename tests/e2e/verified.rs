@@ -320,23 +320,17 @@ fn refusals_come_in_words() {
 }
 
 #[test]
-fn a_takeover_is_explained_to_the_older_client() {
+fn a_running_upload_is_never_taken_over_and_the_newcomer_waits_its_turn() {
+    // Before, any header for the name took the upload over: the running
+    // client was told "took over" and gave up (exit 6).
     let t = tempfile::tempdir().unwrap();
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     let src = t.path().join("twice.bin");
     let size = 32 * MIB;
     write_random(&src, size, 76);
     let mut older = Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(["--limit-rate", "10M"])
+        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--no-cache"])
+        .args(["--limit-rate", "4M"])
         .arg(&src)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -346,23 +340,61 @@ fn a_takeover_is_explained_to_the_older_client() {
         wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB),
         "no progress"
     );
+    // The same file from another process: refused as busy while the older
+    // one is receiving, retried, and stored once the older one is done.
+    let out = send(&srv, &src, &["--no-cache", "--retries", "20"]);
+    assert_ok(&out);
+    let status = wait_child(&mut older, LONG).expect("older client hung");
+    let mut err = String::new();
+    older.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("took over"), "{err}");
+    assert!(
+        srv.log.text().contains("being uploaded right now by another connection"),
+        "{}",
+        srv.log.text()
+    );
+    assert_same_file(&src, &t.path().join("store/twice.bin"));
+}
+
+#[test]
+fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_retries() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("stale.bin");
+    let size = 32 * MIB;
+    write_random(&src, size, 77);
+    let mut older = Command::new(BIN)
+        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--no-cache"])
+        .args(["--limit-rate", "4M", "--retries", "20"])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB),
+        "no progress"
+    );
+    // The older client freezes (as behind a dead link): its connection
+    // goes silent, and the same source reconnecting takes it over.
+    let pid = older.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let out = send(&srv, &src, &["--no-cache"]);
     assert_ok(&out);
     assert!(
         field(&out, "resumed_from") >= 2 * MIB,
         "the newcomer resumes what the older one sent"
     );
+    assert!(srv.log.text().contains("taking over"), "{}", srv.log.text());
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Told "taken over" (a transient fault), the older client retries and
+    // ends with the file stored.
     let status = wait_child(&mut older, LONG).expect("older client hung");
     let mut err = String::new();
-    older
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(6), "{err}");
-    assert!(err.contains("took over the upload of twice.bin"), "{err}");
-    assert_same_file(&src, &t.path().join("store/twice.bin"));
+    older.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_same_file(&src, &t.path().join("store/stale.bin"));
 }
 
 #[test]
