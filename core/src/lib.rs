@@ -32,6 +32,7 @@ pub mod sparse;
 pub mod store;
 mod sys;
 pub mod text;
+pub mod tree;
 pub mod v2;
 
 pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};
