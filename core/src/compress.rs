@@ -27,7 +27,9 @@ pub const AUTO_LEVEL: i32 = 1;
 /// The largest compressed size that is worth sending for a raw block of
 /// `raw_len` bytes.
 pub fn max_worthwhile_len(raw_len: usize) -> usize {
-    raw_len - raw_len.div_ceil(100) * MIN_SAVING_PERCENT
+    // In u128 so that no length overflows; the saving is at most raw_len.
+    let saving = (raw_len as u128 * MIN_SAVING_PERCENT as u128).div_ceil(100);
+    raw_len - saving as usize
 }
 
 /// A reusable zstd compressor for blocks (the context is kept between
@@ -315,7 +317,20 @@ mod tests {
         assert_eq!(compress_block(&[], 1), None);
         // 100 bytes can lose at most 97 to be worthwhile.
         assert_eq!(max_worthwhile_len(100), 97);
-        assert_eq!(max_worthwhile_len(MIB), MIB - MIB.div_ceil(100) * 3);
+        assert_eq!(max_worthwhile_len(MIB), MIB - (3 * MIB).div_ceil(100));
+        // Tiny blocks (found by fuzzing: this once underflowed).
+        let small: Vec<usize> = [0, 1, 2, 33, 34, 35].map(max_worthwhile_len).to_vec();
+        assert_eq!(small, [0, 0, 1, 32, 32, 33]);
+        let huge = max_worthwhile_len(usize::MAX);
+        assert!(huge > usize::MAX / 100 * 96 && huge < usize::MAX / 100 * 98);
+        for n in 0..300 {
+            let raw = vec![0u8; n];
+            if let Some(frame) = compress_block(&raw, 1) {
+                assert!(frame.len() <= max_worthwhile_len(n));
+                assert_eq!(decompress_block(&frame, n).unwrap(), raw);
+            }
+        }
+        assert!(compress_block(&[0u8; 299], 1).is_some());
         // Half random, half zeros: shrinks by about half, so it is sent.
         let mut half = random(MIB / 2);
         half.resize(MIB, 0);
