@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    assert_eq!(encode_page(&entries).expect("a decoded page fits a page"), page);
+    assert_eq!(
+        encode_page(&entries).expect("a decoded page fits a page"),
+        page
+    );
     let config = ValidatorConfig {
         case_insensitive: flags & 1 != 0,
         ..ValidatorConfig::default()
