@@ -11,6 +11,19 @@
 //!
 //! It is not the transport (the caller frames pages on the wire) and it
 //! touches no file system.
+//!
+//! A page, all integers big-endian:
+//!
+//! ```text
+//! page    = "BTMF" version:u8(=1) reserved:u8(=0) count:u32 body_len:u32 entry*count
+//! entry   = kind:u8 path_len:u16 path:UTF-8 (a RelPath) then, by kind:
+//!   1 file    size:u64 mode:u32 mtime_ns:i64 flags:u8 (bit 0: sparse; others 0)
+//!   2 dir     mode:u32 mtime_ns:i64
+//!   3 symlink target_len:u16 target:UTF-8
+//! ```
+//!
+//! `body_len` is the length of the entries, so a page is self-delimiting
+//! and its end is checked; modes carry only the bits of [`MODE_BITS`].
 
 use super::path::{fold, shown, RelPath};
 use crate::{Error, ErrorKind, Result};

@@ -3,7 +3,7 @@
 //! sorted in.
 //!
 //! Every component passes the same rules as a single uploaded file name
-//! ([`SafeName`](crate::SafeName)), checked by that very code; the path as a
+//! ([`SafeName`]), checked by that very code; the path as a
 //! whole is relative, has no empty component and is bounded in depth and
 //! length. It is not for resolving paths on disk (no symlink is looked at)
 //! nor for symlink targets (see [`symlink_stays_inside`](super::manifest::symlink_stays_inside)).

