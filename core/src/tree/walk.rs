@@ -95,6 +95,35 @@ impl Walker {
         })
     }
 
+    /// Walks of several roots (`client PATH...`), in the order their base
+    /// names take in a manifest, so that chaining them yields one sorted
+    /// manifest. Refuses ([`ErrorKind::InvalidInput`]) two roots with the
+    /// same base name (`a/x` and `b/x`), which would collide on the peer.
+    pub fn for_roots(roots: &[PathBuf]) -> Result<Vec<Walker>> {
+        let mut walkers = roots
+            .iter()
+            .map(|r| Walker::new(r))
+            .collect::<Result<Vec<_>>>()?;
+        walkers.sort_by(|a, b| a.base().cmp(&b.base()));
+        for pair in walkers.windows(2) {
+            if pair[0].base() == pair[1].base() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "two of the paths given would both be stored as \"{}\"; rename one or send them separately",
+                        pair[0].base().map_or("", RelPath::as_str)
+                    ),
+                ));
+            }
+        }
+        Ok(walkers)
+    }
+
+    /// The name the root is listed under (`None` once the walk started).
+    fn base(&self) -> Option<&RelPath> {
+        self.root.as_ref().map(|(_, rel)| rel)
+    }
+
     /// Directories currently open: the walk's memory is their names.
     pub fn open_levels(&self) -> usize {
         self.stack.len()

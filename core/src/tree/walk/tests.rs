@@ -263,3 +263,42 @@ fn unreadable_directory_is_skipped_with_the_reason() {
         "{skipped:?}"
     );
 }
+
+#[test]
+fn several_roots_in_manifest_order() {
+    let t = tree();
+    let roots = [
+        t.root.join("a b"),
+        t.root.join("a/x/f.txt"),
+        t.root.join("a"),
+    ];
+    let entries: Vec<Entry> = Walker::for_roots(&roots)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| match w {
+            Walked::Entry { entry, .. } => Some(entry),
+            Walked::Skipped { .. } => None,
+        })
+        .collect();
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["a", "a/in", "a/x", "a/x/f.txt", "a/x y", "a b", "f.txt"]
+    );
+    // "a b/up" -> "../a" leaves its own tree "a b" (that "a" is sent too
+    // does not matter: each root is a tree of its own), so it is skipped.
+    // The chained walks form one manifest the receiver accepts.
+    let mut v = ManifestValidator::new(ValidatorConfig::default());
+    for e in entries {
+        v.check(e).unwrap();
+    }
+    let other = t._tmp.path().join("f.txt");
+    fs::write(&other, b"other").unwrap();
+    let e = Walker::for_roots(&[t.root.join("a/x/f.txt"), other]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        e.to_string(),
+        "two of the paths given would both be stored as \"f.txt\"; rename one or send them separately"
+    );
+}
