@@ -25,6 +25,8 @@ mod json;
 pub mod name;
 mod pieces;
 pub mod proto;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod server;
 pub mod store;
 mod sys;
