@@ -169,6 +169,10 @@ impl Client {
         &self.cfg
     }
 
+    fn page(&self) -> String {
+        self.cfg.page_size.clamp(1, 1000).to_string()
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{}", self.cfg.prefix, name)
     }
@@ -262,7 +266,7 @@ impl Client {
         let mut marker = String::from("0");
         loop {
             let req = Request::new(op.clone(), Method::Get, Some(self.key(name)))
-                .query("max-parts", "1000")
+                .query("max-parts", self.page())
                 .query("part-number-marker", marker.clone())
                 .query("uploadId", upload_id);
             let a = self.call_read(&req)?;
@@ -387,6 +391,7 @@ impl Client {
         loop {
             let mut req = Request::new(op.clone(), Method::Get, None)
                 .query("list-type", "2")
+                .query("max-keys", self.page())
                 .query("prefix", self.key(prefix));
             if let Some(t) = &token {
                 req = req.query("continuation-token", t.clone());

@@ -116,14 +116,18 @@ pub struct Config {
     pub credentials: Credentials,
     /// Retries of transient failures.
     pub retry: Retry,
-    /// Timeout to connect, and to wait for any answer or body bytes.
+    /// Timeout to connect, and to wait for the head of an answer. (No
+    /// timeout on a body in transit, which may be large on a slow link.)
     pub timeout: Duration,
+    /// Entries per page of `ListParts` and `ListObjectsV2` (1 to 1000,
+    /// S3's maximum; smaller only to test paging).
+    pub page_size: u16,
 }
 
 impl Config {
     /// A configuration with credentials from the environment
-    /// ([`Credentials::from_env`]), path-style addressing, default retries
-    /// and a 30 s timeout.
+    /// ([`Credentials::from_env`]), path-style addressing, default retries,
+    /// a 30 s timeout and pages of 1000.
     pub fn from_env(
         endpoint: &str,
         region: &str,
@@ -139,6 +143,7 @@ impl Config {
             credentials: Credentials::from_env()?,
             retry: Retry::default(),
             timeout: Duration::from_secs(30),
+            page_size: 1000,
         })
     }
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the S3 client's integration tests against a real store: starts
+# SeaweedFS (tests/s3/start.sh, with a second gateway), runs
+# `cargo test -p bigtransfer-core --features s3 --test s3`, and stops the
+# store by PID whatever happens (trap). Extra arguments go to the test binary.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+
+trap 'bash tests/s3/stop.sh' EXIT
+if ! env_lines="$(bash tests/s3/start.sh --second)"; then
+    echo "s3/run.sh: the S3 store could not start (reason above); S3 tests not run" >&2
+    exit 1
+fi
+eval "$env_lines"
+cargo test -p bigtransfer-core --features s3 --test s3 -- "$@"
