@@ -84,7 +84,10 @@ fn upload_parts(c: &Client, name: &str, id: &str, parts: &[&[u8]]) -> Vec<Part> 
 
 fn expect_err<T: std::fmt::Debug>(r: Result<T, S3Error>, kind: S3ErrorKind) -> S3Error {
     match r {
-        Err(e) if e.kind == kind => e,
+        Err(e) if e.kind == kind => {
+            eprintln!("refused as expected: {e}");
+            e
+        }
         other => panic!("expected {kind:?}, got {other:?}"),
     }
 }
@@ -160,6 +163,7 @@ fn a_wrong_full_object_crc_is_refused_at_completion() {
     let e = c
         .complete_multipart("w.bin", &id, &parts, crc32fast::hash(&all) ^ 0x8000_0000)
         .expect_err("a wrong whole-object CRC must be refused");
+    eprintln!("refused as expected: {e}");
     assert_eq!(e.kind, S3ErrorKind::BadDigest, "{e}");
     expect_err(c.head_object("w.bin"), S3ErrorKind::NotFound);
     // Nothing stored is lost: the right CRC still completes the upload.
@@ -489,5 +493,25 @@ fn slow_down_and_5xx_are_retried_4xx_are_not() {
         );
         assert_eq!((e.code.as_str(), e.status), (code, Some(status)));
         assert_eq!(e.message, format!("said \"{code}\""));
+    }
+}
+
+#[test]
+fn bad_endpoints_are_refused_in_words_before_any_request() {
+    let retry = fast_retry(1, Duration::from_secs(1));
+    let e = Client::new(config_for("ftp://127.0.0.1:1".into(), retry))
+        .err()
+        .expect("ftp");
+    assert!(e.to_string().contains("use http or https"), "{e}");
+    let e = Client::new(config_for("not a url".into(), retry))
+        .err()
+        .expect("junk");
+    assert!(e.to_string().contains("is not a URL"), "{e}");
+    let https = Client::new(config_for("https://127.0.0.1:1".into(), retry));
+    if cfg!(feature = "s3-https") {
+        assert!(https.is_ok());
+    } else {
+        let e = https.err().expect("https without the feature");
+        assert!(e.to_string().contains("`s3-https` feature"), "{e}");
     }
 }

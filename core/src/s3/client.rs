@@ -467,7 +467,7 @@ impl Client {
         };
         let resp = sent
             .map_err(|e| S3Error::other(req.op.clone(), format!("building the request: {e}")))?
-            .map_err(|e| transport_err(&req.op, e))?;
+            .map_err(|e| transport_err(&req.op, &self.cfg.endpoint, e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -552,12 +552,12 @@ fn unreachable_err(op: &str, message: String) -> S3Error {
     }
 }
 
-fn transport_err(op: &str, e: ureq::Error) -> S3Error {
+fn transport_err(op: &str, endpoint: &str, e: ureq::Error) -> S3Error {
     match e {
         ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::RequireHttpsOnly(_) => {
             S3Error::other(op, e.to_string())
         }
-        e => unreachable_err(op, e.to_string()),
+        e => unreachable_err(op, format!("{e} at {endpoint}")),
     }
 }
 

@@ -131,6 +131,11 @@ pub(crate) fn classify(status: u16, code: &str) -> S3ErrorKind {
 
 impl fmt::Display for S3Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == S3ErrorKind::Other && self.status.is_none() {
+            // Made here (bad configuration, unreadable answer): the store
+            // refused nothing, so say only what is wrong.
+            return write!(f, "{}: {}", self.op, self.message);
+        }
         write!(f, "{}: {}", self.op, self.kind.words())?;
         if !self.code.is_empty() {
             write!(f, ": {}", self.code)?;
@@ -189,6 +194,12 @@ mod tests {
         assert_eq!(classify(400, "InvalidPart"), S3ErrorKind::Other);
         assert!(S3ErrorKind::Server.is_transient());
         assert!(!S3ErrorKind::Credentials.is_transient());
+    }
+
+    #[test]
+    fn display_of_a_local_error_blames_no_store() {
+        let e = S3Error::other("configuration", "endpoint \"x\" is not a URL");
+        assert_eq!(e.to_string(), "configuration: endpoint \"x\" is not a URL");
     }
 
     #[test]
