@@ -157,6 +157,10 @@ impl Client {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(0)
+                // Parts go out from several threads at once: keep their
+                // connections for reuse rather than reconnecting.
+                .max_idle_connections(32)
+                .max_idle_connections_per_host(32)
                 .timeout_connect(Some(cfg.timeout))
                 .timeout_recv_response(Some(cfg.timeout))
                 .build(),
@@ -221,6 +225,11 @@ impl Client {
     /// Completes an upload from its parts (in order), giving the whole
     /// object's CRC-32 so that the store checks it against the CRC it
     /// combines from the parts (a mismatch is refused); returns the ETag.
+    ///
+    /// Retried on transient failures like every request, so an attempt
+    /// whose answer was lost may have completed the upload: a `NotFound`
+    /// (`NoSuchUpload`) after more than one attempt calls for a
+    /// [`Client::head_object`] to see whether the object is there.
     pub fn complete_multipart(
         &self,
         name: &str,
@@ -358,6 +367,10 @@ impl Client {
     /// Writes a small object from memory, with its CRC-32 checked by the
     /// store, under `cond`; returns the new ETag. A lost condition is
     /// [`S3ErrorKind::PreconditionFailed`]: the base of a lease.
+    ///
+    /// A `PreconditionFailed` after more than one attempt
+    /// ([`S3Error::attempts`]) may be our own earlier attempt having won
+    /// with its answer lost: read the object back to tell.
     pub fn put_small(&self, name: &str, data: &[u8], cond: &Condition) -> Result<String, S3Error> {
         let op = format!("PutObject {name}");
         let mut req = Request::new(op.clone(), Method::Put, Some(self.key(name)))
