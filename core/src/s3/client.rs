@@ -623,3 +623,27 @@ fn next_page(body: &str, tag: &str) -> Option<String> {
         .flatten()
         .filter(|m| !m.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let d = Duration::from_millis(100);
+        let waits: Vec<Duration> = (0..200).map(|_| jitter(d)).collect();
+        assert!(waits.iter().all(|w| *w >= d / 2 && *w <= d));
+        // Not all the same: retries of many clients spread out.
+        assert!(waits.iter().any(|w| *w != waits[0]));
+    }
+
+    #[test]
+    fn next_page_only_when_truncated() {
+        let t =
+            "<R><IsTruncated>true</IsTruncated><NextPartNumberMarker>7</NextPartNumberMarker></R>";
+        assert_eq!(next_page(t, "NextPartNumberMarker").as_deref(), Some("7"));
+        let f =
+            "<R><IsTruncated>false</IsTruncated><NextPartNumberMarker>7</NextPartNumberMarker></R>";
+        assert_eq!(next_page(f, "NextPartNumberMarker"), None);
+    }
+}
