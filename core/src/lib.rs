@@ -28,6 +28,8 @@ pub mod machine;
 pub mod name;
 mod pieces;
 pub mod proto;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod server;
 pub mod sparse;
 pub mod store;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the S3 client's integration tests against a real store: starts
+# SeaweedFS (tests/s3/start.sh, with a second gateway), runs
+# `cargo test -p bigtransfer-core --features s3 --test s3`, and stops the
+# store by PID whatever happens (trap). Extra arguments go to the test binary.
+# If the store cannot start, it says why and fails, unless BT_S3_OPTIONAL=1
+# (then it only says so and exits 0).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+
+trap 'bash tests/s3/stop.sh' EXIT
+if ! env_lines="$(bash tests/s3/start.sh --second)"; then
+    echo "s3/run.sh: the S3 store could not start (reason above); S3 tests not run" >&2
+    [ "${BT_S3_OPTIONAL:-0}" = 1 ] && exit 0
+    exit 1
+fi
+eval "$env_lines"
+cargo test -p bigtransfer-core --features s3 --test s3 -- "$@"
