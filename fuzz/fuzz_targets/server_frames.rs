@@ -65,7 +65,23 @@ fn check_msg(tag: u8, payload: &[u8]) {
         ServerMsg::Verdict(Verdict::Repair(idx)) => assert_eq!(payload.len(), 5 + 8 * idx.len()),
         ServerMsg::Verdict(Verdict::Ok) => assert_eq!(payload, [0]),
         ServerMsg::Challenge(nonce) => assert_eq!(&nonce[..], payload),
-        ServerMsg::Error(_) | ServerMsg::Verdict(Verdict::Failed(_)) => {}
+        ServerMsg::Error(_) | ServerMsg::Fault(..) | ServerMsg::Verdict(Verdict::Failed(_)) => {}
+    }
+    // Texts are encoded at most MAX_TEXT bytes long (cut at a character
+    // boundary, never mid-frame): the round trip holds for those.
+    let long_text = match &msg {
+        ServerMsg::Error(t) | ServerMsg::Fault(_, t) | ServerMsg::Verdict(Verdict::Failed(t)) => {
+            t.len() > v2::MAX_TEXT
+        }
+        _ => false,
+    };
+    if long_text {
+        let frame = v2::encode_server_msg(&msg);
+        assert!(frame.len() <= 5 + 3 + v2::MAX_TEXT);
+        let (tag2, len2) = v2::parse_server_head([frame[0], frame[1], frame[2], frame[3], frame[4]])
+            .expect("an encoded head must parse");
+        assert_eq!((tag2, len2), (tag, frame.len() - 5));
+        return;
     }
     let frame = v2::encode_server_msg(&msg);
     let (tag2, len2) = v2::parse_server_head([frame[0], frame[1], frame[2], frame[3], frame[4]])
@@ -76,6 +92,7 @@ fn check_msg(tag: u8, payload: &[u8]) {
     assert_eq!(back, msg);
     let text = match &msg {
         ServerMsg::Error(_) => Some(payload),
+        ServerMsg::Fault(..) => Some(&payload[2..]),
         ServerMsg::Verdict(Verdict::Failed(_)) => Some(&payload[1..]),
         _ => None,
     };
