@@ -22,13 +22,17 @@ pub mod client;
 pub mod crc;
 mod error;
 mod json;
+pub mod known_hosts;
 pub mod name;
 mod pieces;
 pub mod proto;
 pub mod server;
+pub mod sniff;
 pub mod store;
 mod sys;
 pub mod text;
+pub mod tls;
+pub mod transport;
 pub mod v2;
 
 pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};
