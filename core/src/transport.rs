@@ -710,6 +710,66 @@ mod tests {
     }
 
     #[test]
+    fn a_relayed_token_proof_fails_on_the_other_connection() {
+        use crate::auth::{nonce, Token, ANSWER_LEN, NONCE_LEN};
+        let token = Token::generate().unwrap();
+        let (real, mitm) = (
+            ServerKey::generate().unwrap(),
+            ServerKey::generate().unwrap(),
+        );
+        // client <-A-> man in the middle <-B-> server, both first contacts.
+        let (client, mitm_srv) = tls_pair(&mitm, PinPolicy::TrustOnFirstUse);
+        let (mitm_cli, server) = tls_pair(&real, PinPolicy::TrustOnFirstUse);
+        let (mut client, mut mitm_srv) = (client.unwrap(), mitm_srv.unwrap());
+        let (mut mitm_cli, mut server) = (mitm_cli.unwrap(), server.unwrap());
+        let (bind_a, bind_b) = (
+            client.channel_binding().unwrap(),
+            server.channel_binding().unwrap(),
+        );
+        assert_ne!(bind_a, bind_b);
+        let header = b"{\"name\":\"f\"}";
+        // The server sends its nonce and proof; the man relays them.
+        let n = nonce().unwrap();
+        server.write_all(&n).unwrap();
+        server
+            .write_all(&token.server_proof(&n, &bind_b, header))
+            .unwrap();
+        server.flush().unwrap();
+        let mut relay = [0u8; NONCE_LEN + ANSWER_LEN];
+        mitm_cli.read_exact(&mut relay).unwrap();
+        mitm_srv.write_all(&relay).unwrap();
+        mitm_srv.flush().unwrap();
+        let mut got = [0u8; NONCE_LEN + ANSWER_LEN];
+        client.read_exact(&mut got).unwrap();
+        let (gn, proof) = got.split_at(NONCE_LEN);
+        let gn: [u8; NONCE_LEN] = gn.try_into().unwrap();
+        assert!(
+            !token.check_server_proof(&gn, &bind_a, header, proof),
+            "client refuses"
+        );
+        // Even a client that answered would not get the man in: its answer
+        // is bound to connection A, the server checks it against B.
+        let answer = token.client_answer(&gn, &bind_a, header);
+        client.write_all(&answer).unwrap();
+        client.flush().unwrap();
+        let mut relay = [0u8; ANSWER_LEN];
+        mitm_srv.read_exact(&mut relay).unwrap();
+        mitm_cli.write_all(&relay).unwrap();
+        mitm_cli.flush().unwrap();
+        let mut at_server = [0u8; ANSWER_LEN];
+        server.read_exact(&mut at_server).unwrap();
+        assert_eq!(at_server, answer, "the bytes did arrive unchanged");
+        assert!(!token.check_client_answer(&n, &bind_b, header, &at_server));
+        // Without the man, the same exchange succeeds.
+        assert!(token.check_client_answer(
+            &n,
+            &bind_b,
+            header,
+            &token.client_answer(&n, &bind_b, header)
+        ));
+    }
+
+    #[test]
     fn plain_transport_has_no_binding() {
         let (c, s) = pair();
         let mut c = TcpTransport::new(c).unwrap();
