@@ -49,9 +49,18 @@ pub const ALPN: &[u8] = b"bigtransfer/2";
 /// label so it can never collide with another protocol's binding).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-bigtransfer-token-binding";
 
-/// The crypto provider of every configuration here: ring, explicitly.
+/// The crypto provider of every configuration here: ring, explicitly, with
+/// AES-128-GCM preferred (ring's order puts AES-256 first; 128 is ample
+/// and takes 10 AES rounds instead of 14 on every byte of a 50 GB file).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 /// The SHA-256 of a key's SubjectPublicKeyInfo DER, shown as ssh shows

@@ -370,6 +370,12 @@ impl TlsTransport {
         &self.peer_spki
     }
 
+    /// The negotiated cipher suite, for logs (e.g. `TLS13_AES_128_GCM_SHA256`).
+    pub fn cipher_suite(&self) -> String {
+        let suite = either!(&self.stream, s => s.conn.negotiated_cipher_suite());
+        suite.map_or_else(|| "none".into(), |c| format!("{:?}", c.suite()))
+    }
+
     /// The fingerprint of the server's key, to report and store after a
     /// first contact (client side).
     pub fn peer_fingerprint(&self) -> Fingerprint {
@@ -536,6 +542,7 @@ mod tests {
         let (c, s) = (c.unwrap(), s.unwrap());
         assert!(c.is_encrypted() && s.is_encrypted());
         assert_eq!(c.peer_fingerprint(), key.fingerprint());
+        assert_eq!(c.cipher_suite(), "TLS13_AES_128_GCM_SHA256");
         let b = c.channel_binding().unwrap();
         assert_eq!(Some(b), s.channel_binding());
         let (c2, s2) = tls_pair(&key, PinPolicy::Expect(key.fingerprint()));
