@@ -154,8 +154,10 @@ pub struct KnownHosts {
 }
 
 impl KnownHosts {
-    /// Reads `path`; a missing file is an empty one.
+    /// Reads `path`; a missing file is an empty one. A file other users
+    /// may write is refused: they could swap a pin for their own key.
     pub fn load(path: &Path) -> Result<KnownHosts> {
+        check_not_shared(path)?;
         let text = match fs::read(path) {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -289,6 +291,28 @@ impl KnownHosts {
     }
 }
 
+fn check_not_shared(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = match fs::metadata(path) {
+        Ok(m) => m.mode(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(kh_io("cannot inspect the known-hosts file", path, e)),
+    };
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "the known-hosts file {} is writable by other users (mode {:04o}), so its pins \
+             prove nothing; check its lines, then run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ),
+    ))
+}
+
 /// `host:port` with a non-empty host, a numeric port, and no spaces.
 fn valid_host_field(h: &str) -> bool {
     let Some((host, port)) = h.rsplit_once(':') else {
@@ -336,6 +360,12 @@ mod tests {
         let d = std::env::temp_dir().join(format!("bt-kh-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
+    }
+
+    /// Writes a test file private to us, whatever the umask.
+    fn write(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     fn fp(seed: &[u8]) -> Fingerprint {
@@ -394,7 +424,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("known_hosts");
         let before = format!("# my servers\n\nalpha:9 {}\nbroken line here", fp(b"x"));
-        fs::write(&path, &before).unwrap();
+        write(&path, before.as_bytes());
         let mut kh = KnownHosts::load(&path).unwrap();
         kh.add("beta:9", &fp(b"y")).unwrap();
         let after = fs::read_to_string(&path).unwrap();
@@ -414,7 +444,7 @@ mod tests {
             "ok:1 {good}\nbad:2 SHA256:nope\nno-port {good}\n\u{0}\u{ff}garbage\n\
              three:3 {good} extra\n[::1:4 {good}\nbad:2x {good}\n"
         );
-        fs::write(&path, text.as_bytes()).unwrap();
+        write(&path, text.as_bytes());
         let kh = KnownHosts::load(&path).unwrap();
         let lines: Vec<usize> = kh.damaged().iter().map(|d| d.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 5, 6, 7]);
@@ -425,6 +455,24 @@ mod tests {
             "{e}"
         );
         assert!(kh.damaged()[0].why.contains("fingerprint"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_others_can_write_is_refused() {
+        let dir = scratch("shared");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("known_hosts");
+        write(&path, format!("a:1 {}\n", fp(b"a")).as_bytes());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = KnownHosts::load(&path).unwrap_err().to_string();
+        assert!(e.contains("writable by other users (mode 0666)"), "{e}");
+        assert!(e.contains("chmod 600"), "{e}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            KnownHosts::load(&path).unwrap().lookup("a:1"),
+            Lookup::Known(fp(b"a"), 1)
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
