@@ -1,6 +1,8 @@
 //! Loopback throughput of the transports: the same bytes through plain TCP
 //! and through TLS 1.3 (TlsTransport), with the CPU time of each side.
-//! A measurement to read, not a test: nothing is asserted.
+//! A measurement to read, not a test: nothing is asserted. Runs with the
+//! line-aligned allocator the binaries should install
+//! ([`bigtransfer_core::alloc`]); BT_SYSTEM_ALLOC=1 compares without it.
 //!
 //! cargo run --release -p bigtransfer-core --example tls_throughput [MiB [tls|plain]]
 
@@ -8,10 +10,45 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bigtransfer_core::alloc::LineAligned;
 use bigtransfer_core::tls::{client_config, server_config, PinPolicy, ServerKey};
 use bigtransfer_core::transport::{TcpTransport, TlsTransport, Transport};
 
 const CHUNK: usize = 1024 * 1024;
+
+/// The line-aligned allocator, or the system's when BT_SYSTEM_ALLOC is set
+/// (decided once, before the first large block).
+struct Switch;
+
+static SYSTEM: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: forwards every call to one of two allocators; which one never
+// changes after main's first line, before any block crosses over.
+unsafe impl GlobalAlloc for Switch {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        unsafe { pick().alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { pick().dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        unsafe { pick().realloc(p, l, n) }
+    }
+}
+
+fn pick() -> &'static dyn GlobalAlloc {
+    if SYSTEM.load(Ordering::Relaxed) {
+        &System
+    } else {
+        &LineAligned
+    }
+}
+
+#[global_allocator]
+static A: Switch = Switch;
 
 /// CPU seconds (user + system) used so far by the calling thread.
 fn thread_cpu() -> f64 {
@@ -95,6 +132,9 @@ fn run(tls: bool, total: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("BT_SYSTEM_ALLOC").is_some() {
+        SYSTEM.store(true, Ordering::Relaxed);
+    }
     let mib: u64 = std::env::args().nth(1).map_or(Ok(1024), |a| a.parse())?;
     let modes: &[bool] = match std::env::args().nth(2).as_deref() {
         Some("tls") => &[true],

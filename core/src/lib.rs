@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod auth;
 pub mod blocks;
 pub mod cache;
