@@ -776,6 +776,72 @@ mod tests {
         ));
     }
 
+    /// Forwards client->server bytes and records them; the other direction
+    /// is forwarded unrecorded. Returns (client socket, server socket,
+    /// recording).
+    fn recording_relay() -> (TcpStream, TcpStream, thread::JoinHandle<Vec<u8>>) {
+        let (client, relay_in) = pair();
+        let (relay_out, server) = pair();
+        let (mut in2, mut out2) = (
+            relay_in.try_clone().unwrap(),
+            relay_out.try_clone().unwrap(),
+        );
+        thread::spawn(move || io::copy(&mut out2, &mut in2));
+        let rec = thread::spawn(move || {
+            let (mut from, mut to, mut seen) = (relay_in, relay_out, Vec::new());
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(net::Shutdown::Write);
+            seen
+        });
+        (client, server, rec)
+    }
+
+    #[test]
+    fn big_writes_become_full_records_and_no_plaintext_is_on_the_wire() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s, rec) = recording_relay();
+        let server = serve(s, server_config(&key).unwrap());
+        let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+        let mut c = TlsTransport::connect(c, cfg, T).unwrap();
+        let mut s = server.join().unwrap().unwrap();
+        let marker = b"MARKER-bigtransfer-plaintext-".repeat(36_160); // ~1 MiB
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got)
+        });
+        c.write_all(&marker).unwrap();
+        c.close_write().unwrap();
+        assert!(reader.join().unwrap().unwrap() == marker);
+        let wire = rec.join().unwrap();
+        assert!(
+            !wire.windows(29).any(|w| w == &marker[..29]),
+            "plaintext leaked"
+        );
+        // Walk the TLS records: type, version, u16 length.
+        let (mut at, mut full, mut small) = (0, 0, 0);
+        while at + 5 <= wire.len() {
+            let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+            if wire[at] == 0x17 {
+                if len >= 16 * 1024 {
+                    full += 1
+                } else {
+                    small += 1
+                }
+            }
+            at += 5 + len;
+        }
+        assert_eq!(at, wire.len(), "the capture is whole records");
+        assert_eq!(full, marker.len() / (16 * 1024), "full 16 KiB records");
+        // Finished, the tail of the data, close_notify.
+        assert!(small <= 3, "{small} short records");
+    }
+
     #[test]
     fn plain_transport_has_no_binding() {
         let (c, s) = pair();
