@@ -134,6 +134,18 @@ impl std::str::FromStr for Fingerprint {
     }
 }
 
+/// Where a server keeps its key when no `--key FILE` is given: the file
+/// `key` in the `.bigtransfer` folder of its storage directory `dir`.
+///
+/// ```
+/// use std::path::Path;
+/// let p = bigtransfer_core::tls::state_key_path(Path::new("/srv/in"));
+/// assert_eq!(p, Path::new("/srv/in/.bigtransfer/key"));
+/// ```
+pub fn state_key_path(dir: &Path) -> PathBuf {
+    dir.join(crate::name::RESERVED_NAME).join("key")
+}
+
 /// The server's Ed25519 key, ready for rustls. `Debug` never shows the
 /// private half.
 #[derive(Clone)]
@@ -573,7 +585,7 @@ mod tests {
     #[test]
     fn key_file_is_private_reloads_and_a_shared_one_is_refused() {
         let dir = scratch("key");
-        let path = dir.join(".bigtransfer").join("key");
+        let path = state_key_path(&dir);
         let (k, created) = ServerKey::load_or_create(&path).unwrap();
         assert!(created);
         let meta = fs::metadata(&path).unwrap();
