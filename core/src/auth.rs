@@ -7,6 +7,15 @@
 //! nonce, and binding the header means an answer cannot be reused for
 //! another file. Not for secrecy of the data: there is no encryption here
 //! (see SECURITY.md).
+//!
+//! Inside TLS both proofs also cover the connection's channel binding (the
+//! TLS exporter value, see [`crate::transport::Transport::channel_binding`]),
+//! and the server speaks first: [`Token::server_proof`] shows the client
+//! that the server knows the token, then [`Token::client_answer`] shows the
+//! server the same. A man in the middle who terminates TLS on both sides
+//! has two different bindings, so nothing he relays is valid on the other
+//! connection. Both use their own labels, distinct from the plaintext
+//! answer's, so no proof can be replayed as another kind.
 
 use std::fmt;
 use std::path::Path;
@@ -23,6 +32,18 @@ pub const ANSWER_LEN: usize = 32;
 
 /// Domain separation: an answer is only ever valid for this use.
 const CONTEXT: &[u8] = b"bigtransfer auth v1\0";
+/// Label of the server's proof inside TLS.
+const SERVER_PROOF: &[u8] = b"bigtransfer auth v2 server proof\0";
+/// Label of the client's answer inside TLS.
+const CLIENT_ANSWER: &[u8] = b"bigtransfer auth v2 client answer\0";
+
+/// Bytes of a TLS channel binding.
+pub const BINDING_LEN: usize = 32;
+
+/// Estimated entropy a token must have, in bits (see [`Token::strength_bits`]).
+pub const MIN_TOKEN_BITS: u32 = 128;
+/// Distinct byte values a token must have (stops `aaaa…`, `abab…`).
+pub const MIN_DISTINCT_BYTES: usize = 8;
 
 /// A shared secret. Its `Debug` output never shows it.
 #[derive(Clone)]
@@ -69,13 +90,156 @@ impl Token {
     }
 
     fn mac(&self, nonce: &[u8; NONCE_LEN], header: &[u8]) -> Hmac<Sha256> {
-        // new_from_slice accepts keys of any length for HMAC.
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_mac());
+        let mut m = self.keyed();
         m.update(CONTEXT);
         m.update(nonce);
         m.update(header);
         m
+    }
+
+    fn keyed(&self) -> Hmac<Sha256> {
+        // new_from_slice accepts keys of any length for HMAC.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_mac())
+    }
+
+    /// label || nonce || binding || header: fixed-size fields first and the
+    /// header last, so no two inputs share an encoding.
+    fn bound_mac(
+        &self,
+        label: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; BINDING_LEN],
+        header: &[u8],
+    ) -> Hmac<Sha256> {
+        let mut m = self.keyed();
+        m.update(label);
+        m.update(nonce);
+        m.update(binding);
+        m.update(header);
+        m
+    }
+
+    /// Inside TLS, sent by the server with its nonce: proves to the client
+    /// that this server (on this very connection) knows the token.
+    pub fn server_proof(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; BINDING_LEN],
+        header: &[u8],
+    ) -> [u8; ANSWER_LEN] {
+        let m = self.bound_mac(SERVER_PROOF, nonce, binding, header);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The client's check of [`Token::server_proof`], in constant time.
+    pub fn check_server_proof(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; BINDING_LEN],
+        header: &[u8],
+        proof: &[u8],
+    ) -> bool {
+        let m = self.bound_mac(SERVER_PROOF, nonce, binding, header);
+        m.verify_slice(proof).is_ok()
+    }
+
+    /// Inside TLS, the client's answer (sent only after the server's proof
+    /// checked out).
+    pub fn client_answer(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; BINDING_LEN],
+        header: &[u8],
+    ) -> [u8; ANSWER_LEN] {
+        let m = self.bound_mac(CLIENT_ANSWER, nonce, binding, header);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The server's check of [`Token::client_answer`], in constant time.
+    pub fn check_client_answer(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: &[u8; BINDING_LEN],
+        header: &[u8],
+        answer: &[u8],
+    ) -> bool {
+        let m = self.bound_mac(CLIENT_ANSWER, nonce, binding, header);
+        m.verify_slice(answer).is_ok()
+    }
+
+    /// A new random token: 256 bits from the OS, as 64 lowercase hex
+    /// characters (the token is that text, as typed into files and flags).
+    /// Print it with [`Token::reveal`].
+    pub fn generate() -> Result<Token> {
+        let raw = nonce()?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        Token::new(hex.into_bytes())
+    }
+
+    /// The secret itself, for printing a token just made. Never log it.
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
+    /// A conservative estimate of the token's entropy in bits: its length
+    /// times the bits per character of the smallest usual alphabet holding
+    /// all its bytes (hex 4, base64/base64url 6, printable ASCII 6.5, any
+    /// byte 8), trailing `=` padding not counted. A token with fewer than
+    /// [`MIN_DISTINCT_BYTES`] different bytes counts as 0. This is a floor
+    /// against careless tokens ("password123…"), not a proof of randomness:
+    /// a long English sentence still passes, so prefer `bigtransfer token`.
+    pub fn strength_bits(&self) -> u32 {
+        let body: &[u8] = {
+            let mut b = &self.0[..];
+            while let [rest @ .., b'='] = b {
+                b = rest;
+            }
+            b
+        };
+        let mut seen = [false; 256];
+        body.iter().for_each(|b| seen[*b as usize] = true);
+        if seen.iter().filter(|s| **s).count() < MIN_DISTINCT_BYTES {
+            return 0;
+        }
+        let tenths_per_char: u64 = if body.iter().all(u8::is_ascii_hexdigit) {
+            40
+        } else if body
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/-_".contains(b))
+        {
+            60
+        } else if body.iter().all(|b| (0x20..0x7f).contains(b)) {
+            65
+        } else {
+            80
+        };
+        u32::try_from(body.len() as u64 * tenths_per_char / 10).unwrap_or(u32::MAX)
+    }
+
+    /// Refuses a token that could be guessed offline: any recorded
+    /// exchange (or, inside TLS, the server's proof, which anyone who
+    /// connects receives) lets an attacker test guesses at full speed.
+    ///
+    /// ```
+    /// use bigtransfer_core::auth::Token;
+    /// let weak = Token::new(b"correcthorse1234".to_vec()).unwrap();
+    /// assert!(weak.check_strength().is_err());
+    /// assert!(Token::generate().unwrap().check_strength().is_ok());
+    /// ```
+    pub fn check_strength(&self) -> Result<()> {
+        let bits = self.strength_bits();
+        if bits >= MIN_TOKEN_BITS {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the token is too weak: about {bits} bits of entropy estimated, \
+                 {MIN_TOKEN_BITS} needed (e.g. 32 hex or 22 base64 random characters); \
+                 anyone who records one exchange can guess a weak token offline. \
+                 Make a strong one with `bigtransfer token`"
+            ),
+        ))
     }
 
     /// The answer to `nonce` for the header JSON bytes `header`.
@@ -142,6 +306,88 @@ mod tests {
         assert!(!t.check(&n1, b"{x}", &a), "answer for another header");
         assert!(!t.check(&n1, b"{h}", &a[..31]), "truncated");
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    fn bound_setup() -> (Token, [u8; NONCE_LEN], [u8; BINDING_LEN], [u8; BINDING_LEN]) {
+        let t = Token::generate().unwrap();
+        (t, nonce().unwrap(), nonce().unwrap(), nonce().unwrap())
+    }
+
+    #[test]
+    fn bound_proofs_depend_on_everything_and_differ_by_role() {
+        let (t, n, b1, b2) = bound_setup();
+        let other = Token::generate().unwrap();
+        let p = t.server_proof(&n, &b1, b"{h}");
+        let a = t.client_answer(&n, &b1, b"{h}");
+        assert_ne!(p, a, "roles have distinct labels");
+        assert_ne!(
+            a,
+            t.answer(&n, b"{h}"),
+            "distinct from the plaintext answer"
+        );
+        assert!(t.check_server_proof(&n, &b1, b"{h}", &p));
+        assert!(t.check_client_answer(&n, &b1, b"{h}", &a));
+        assert!(
+            !t.check_client_answer(&n, &b1, b"{h}", &p),
+            "a proof is no answer"
+        );
+        assert!(
+            !t.check_server_proof(&n, &b1, b"{h}", &a),
+            "an answer is no proof"
+        );
+        assert!(
+            !other.check_client_answer(&n, &b1, b"{h}", &a),
+            "wrong token"
+        );
+        assert!(
+            !t.check_client_answer(&n, &b2, b"{h}", &a),
+            "other connection"
+        );
+        assert!(
+            !t.check_server_proof(&n, &b2, b"{h}", &p),
+            "other connection"
+        );
+        assert!(!t.check_client_answer(&b2, &b1, b"{h}", &a), "other nonce");
+        assert!(!t.check_client_answer(&n, &b1, b"{x}", &a), "other header");
+        assert!(
+            !t.check_client_answer(&n, &b1, b"{h}", &a[..31]),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn generated_tokens_are_strong_hex_and_unique() {
+        let t = Token::generate().unwrap();
+        let text = t.reveal();
+        assert_eq!(text.len(), 64);
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(t.strength_bits(), 256);
+        assert_ne!(Token::generate().unwrap().reveal(), text);
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn strength_rule() {
+        let bits = |s: &[u8]| Token::new(s.to_vec()).unwrap().strength_bits();
+        assert_eq!(bits(b"0123456789abcdef0123456789abcdef"), 128, "32 hex");
+        assert_eq!(bits(b"0123456789abcdef0123456789abcde"), 124, "31 hex");
+        assert_eq!(bits(b"ABCDEFGHIJKLMNOPQRSTUv=="), 132, "22 base64");
+        assert_eq!(
+            bits(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            0,
+            "one letter"
+        );
+        assert_eq!(bits(b"abababababababababababababababab"), 0, "two letters");
+        assert_eq!(bits(b"correct horse battery staple!"), 188, "29 printable");
+        let weak = Token::new(b"password12345678".to_vec()).unwrap();
+        let e = weak.check_strength().unwrap_err().to_string();
+        assert!(
+            e.contains("too weak") && e.contains("bigtransfer token"),
+            "{e}"
+        );
+        assert!(e.contains("about 96 bits"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod auth;
 pub mod blocks;
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod congestion;
 pub mod crc;
 mod error;
 mod json;
+pub mod known_hosts;
 pub mod machine;
 pub mod name;
 mod pieces;
@@ -31,11 +33,14 @@ pub mod proto;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod server;
+pub mod sniff;
 pub mod sparse;
 pub mod store;
 mod sys;
 pub mod text;
 pub mod throttle;
+pub mod tls;
+pub mod transport;
 pub mod tree;
 pub mod v2;
 
