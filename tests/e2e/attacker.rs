@@ -599,3 +599,20 @@ fn min_free_holds_across_concurrent_uploads() {
         .join(store.strip_prefix("/").unwrap());
     assert!(held_parts(&view).is_empty(), "{:?}", held_parts(&view));
 }
+
+#[test]
+fn a_guessable_token_is_refused_at_start() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("tok");
+    std::fs::write(&tok, "aaaaaaaaaaaaaaaa\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["server", "--port", "0", "--bind", "127.0.0.1", "--token-file"])
+        .arg(&tok)
+        .arg("--dir")
+        .arg(t.path().join("store"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the token is too weak"), "{err}");
+}

@@ -296,6 +296,11 @@ impl Server {
                 "max_connections must be at least 1",
             ));
         }
+        if let Some(token) = &cfg.token {
+            // A guessable token can be brute-forced offline from one
+            // recorded exchange: refuse it (16 x "a" used to be accepted).
+            token.check_strength()?;
+        }
         check_fd_limit(cfg.max_connections)?;
         let store = Store::open(&cfg.dir)?;
         let listener = match cfg.bind {
