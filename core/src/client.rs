@@ -682,7 +682,7 @@ fn classify_greeting(
     limit: Duration,
 ) -> Result<Greeting> {
     if let Ok(b) = <[u8; 8]>::try_from(got) {
-        if legacy || b == v2::MAGIC || proto::parse_offset(b) <= filesize {
+        if b == v2::MAGIC || proto::parse_offset(b) <= filesize {
             return Ok(Greeting::Reply(b));
         }
     }

@@ -431,23 +431,27 @@ fn permanent_faults_are_not_retried() {
 
 #[test]
 fn an_http_server_is_named_as_such_at_once() {
-    let fake = Fake::start(|mut c, _| {
-        let _ = read_header(&mut c);
-        let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-        let _ = c.shutdown(std::net::Shutdown::Write);
-        drain(&mut c);
-    });
-    let dir = tempdir("http");
-    let path = source(&dir, 1000);
-    let e = go(&path, &options(fake.port, 3)).expect_err("not our server");
-    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
-    let want = format!(
-        "127.0.0.1:{} is not a bigtransfer server (it answered like an HTTP server)",
-        fake.port
-    );
-    assert!(e.to_string().contains(&want), "{e}");
-    // Not retried: no retry can make it one.
-    assert_eq!(fake.connections(), 1);
+    for protocol in [Protocol::Auto, Protocol::Legacy] {
+        let fake = Fake::start(|mut c, _| {
+            let _ = read_header(&mut c);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = c.shutdown(std::net::Shutdown::Write);
+            drain(&mut c);
+        });
+        let dir = tempdir("http");
+        let path = source(&dir, 1000);
+        let mut o = options(fake.port, 3);
+        o.protocol = protocol;
+        let e = go(&path, &o).expect_err("not our server");
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        let want = format!(
+            "127.0.0.1:{} is not a bigtransfer server (it answered like an HTTP server)",
+            fake.port
+        );
+        assert!(e.to_string().contains(&want), "{protocol:?}: {e}");
+        // Not retried: no retry can make it one.
+        assert_eq!(fake.connections(), 1, "{protocol:?}");
+    }
 }
 
 #[test]
