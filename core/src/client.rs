@@ -301,6 +301,57 @@ struct Tally {
 }
 
 impl Tally {
+    fn new(started: Instant) -> Tally {
+        Tally {
+            started,
+            attempts: 0,
+            sent: 0,
+            hashed: 0,
+            read: 0,
+            resumed_from: None,
+            blocks_resent: 0,
+            repairs: 0,
+            first_byte: None,
+            protocol: 0,
+            confirmed: None,
+        }
+    }
+
+    fn outcome(&self, filename: String, src: &Source) -> Outcome {
+        Outcome {
+            filename,
+            filesize: src.size(),
+            crc32: src.whole.unwrap_or(0),
+            resumed_from: self.resumed_from.unwrap_or(0),
+            bytes_sent: self.sent,
+            bytes_hashed: self.hashed,
+            bytes_read: self.read,
+            blocks_resent: self.blocks_resent,
+            repairs: self.repairs,
+            protocol: self.protocol,
+            time_to_first_byte: self.first_byte.unwrap_or_default(),
+            attempts: self.attempts,
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// The error that ends the upload once the retries are spent.
+    fn gave_up(&self, err: Error, ever_connected: bool) -> Error {
+        let attempts_txt = if self.attempts == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{} attempts", self.attempts)
+        };
+        let kind = match err.kind() {
+            ErrorKind::Unreachable if ever_connected => ErrorKind::ConnectionLost,
+            k => k,
+        };
+        Error::new(
+            kind,
+            format!("{err} (gave up after {attempts_txt}: retries exhausted)"),
+        )
+    }
+
     fn confirm(&mut self, held: u64) {
         self.confirmed = Some(self.confirmed.map_or(held, |c| c.max(held)));
     }
@@ -334,19 +385,7 @@ pub fn send_file(
     let cache = opts.cache_dir.as_ref().map(SumCache::new);
     let cache = cache.as_ref();
     let mut src = Source::open(path, cache)?;
-    let mut t = Tally {
-        started,
-        attempts: 0,
-        sent: 0,
-        hashed: 0,
-        read: 0,
-        resumed_from: None,
-        blocks_resent: 0,
-        repairs: 0,
-        first_byte: None,
-        protocol: 0,
-        confirmed: None,
-    };
+    let mut t = Tally::new(started);
     let mut legacy_server = opts.protocol == Protocol::Legacy;
     let mut failures = 0u32;
     let mut ever_connected = false;
@@ -381,21 +420,7 @@ pub fn send_file(
         let err = match res {
             Ok(Reply::Stored) => {
                 src.remember(path, cache);
-                return Ok(Outcome {
-                    filename,
-                    filesize: src.size(),
-                    crc32: src.whole.unwrap_or(0),
-                    resumed_from: t.resumed_from.unwrap_or(0),
-                    bytes_sent: t.sent,
-                    bytes_hashed: t.hashed,
-                    bytes_read: t.read,
-                    blocks_resent: t.blocks_resent,
-                    repairs: t.repairs,
-                    protocol: t.protocol,
-                    time_to_first_byte: t.first_byte.unwrap_or_default(),
-                    attempts: t.attempts,
-                    elapsed: started.elapsed(),
-                });
+                return Ok(t.outcome(filename, &src));
             }
             Ok(Reply::LegacyServer) => {
                 // Found out the server is legacy without knowing the CRC-32:
@@ -422,24 +447,7 @@ pub fn send_file(
             }
             Ok(Reply::Mismatch(why)) => {
                 failures += 1;
-                let changed = !src.unchanged(path);
-                // A file whose stamp is unchanged almost surely still has
-                // the checksums we know (the damage was in transit or on
-                // the server): keep them once, so a retry costs no extra
-                // read; after a second mismatch trust nothing.
-                if changed || failures >= 2 {
-                    src.whole = None;
-                    src.blocks.clear();
-                }
-                let why = if changed {
-                    format!("the file changed during the upload ({why})")
-                } else {
-                    why
-                };
-                Error::new(
-                    ErrorKind::CrcMismatch,
-                    format!("server answered CRC32_ERROR for {filename}: {why}"),
-                )
+                mismatch(&mut src, path, &filename, why, failures)
             }
             Err(e) => {
                 if matches!(
@@ -463,19 +471,7 @@ pub fn send_file(
         };
         src.remember(path, cache);
         if failures > opts.retries {
-            let attempts_txt = if t.attempts == 1 {
-                "1 attempt".to_string()
-            } else {
-                format!("{} attempts", t.attempts)
-            };
-            let kind = match err.kind() {
-                ErrorKind::Unreachable if ever_connected => ErrorKind::ConnectionLost,
-                k => k,
-            };
-            return Err(Error::new(
-                kind,
-                format!("{err} (gave up after {attempts_txt}: retries exhausted)"),
-            ));
+            return Err(t.gave_up(err, ever_connected));
         }
         if progress(&Progress::Retrying {
             attempt: t.attempts + 1,
@@ -488,6 +484,28 @@ pub fn send_file(
         std::thread::sleep(delay);
         delay = (delay * 2).min(opts.backoff_max);
     }
+}
+
+/// The error for a `CRC32_ERROR`, forgetting the checksums that may be
+/// stale. A file whose stamp is unchanged almost surely still has the
+/// checksums we know (the damage was in transit or on the server): keep
+/// them once, so a retry costs no extra read; after a second mismatch in a
+/// row trust nothing.
+fn mismatch(src: &mut Source, path: &Path, filename: &str, why: String, failures: u32) -> Error {
+    let changed = !src.unchanged(path);
+    if changed || failures >= 2 {
+        src.whole = None;
+        src.blocks.clear();
+    }
+    let why = if changed {
+        format!("the file changed during the upload ({why})")
+    } else {
+        why
+    };
+    Error::new(
+        ErrorKind::CrcMismatch,
+        format!("server answered CRC32_ERROR for {filename}: {why}"),
+    )
 }
 
 /// Reads the whole source for its CRC-32 (version 1 needs it up front).
