@@ -132,8 +132,8 @@ struct ClientArgs {
     port: Option<u16>,
     /// File to upload.
     file: Option<PathBuf>,
-    /// Attempts after a failure before giving up (each reconnect that makes
-    /// progress starts the count afresh).
+    /// Attempts after a failure before giving up (each reconnect on which
+    /// the server confirms it holds more starts the count afresh).
     #[arg(long, default_value_t = 5)]
     retries: u32,
     /// Give up a connection on which nothing moves for this long.

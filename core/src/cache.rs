@@ -2,8 +2,11 @@
 //! again what it already hashed.
 //!
 //! One small file per source file under the cache directory, keyed by the
-//! file's canonical path and valid only while its size, modification time
-//! and inode are unchanged. Writes are atomic (temporary file + rename) and
+//! file's canonical path and valid only while its size, modification time,
+//! status-change time (ctime) and inode are unchanged. The ctime matters:
+//! a file edited in place whose mtime is then restored (`touch -r`,
+//! `cp -p`, tar) keeps size, mtime and inode, but no user call can set its
+//! ctime back. Writes are atomic (temporary file + rename) and
 //! every read is checked, so a damaged or stale entry is ignored, never
 //! trusted. Not for anything the server keeps.
 
@@ -12,7 +15,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"BTSUMS01";
+/// Format 02 added the ctime to the stamp; entries of format 01 are
+/// ignored (their stamp cannot prove the file unchanged).
+const MAGIC: &[u8; 8] = b"BTSUMS02";
 
 /// What is known of a source file's checksums.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +30,7 @@ pub struct Sums {
     pub whole: Option<u32>,
 }
 
-/// Identity of a source file version: size, mtime (ns) and inode.
+/// Identity of a source file version: size, mtime and ctime (ns) and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceStamp {
     /// Size in bytes.
@@ -36,6 +41,12 @@ pub struct SourceStamp {
     pub mtime_nsec: i64,
     /// Inode number.
     pub ino: u64,
+    /// Status-change time, seconds: moves on every write or metadata
+    /// change, and cannot be set back, so an edit whose mtime was restored
+    /// still shows.
+    pub ctime: i64,
+    /// Status-change time, nanoseconds.
+    pub ctime_nsec: i64,
 }
 
 impl SourceStamp {
@@ -46,6 +57,8 @@ impl SourceStamp {
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
             ino: m.ino(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
         }
     }
 }
@@ -116,6 +129,8 @@ pub fn encode(path: &[u8], st: SourceStamp, s: &Sums) -> Vec<u8> {
         st.mtime as u64,
         st.mtime_nsec as u64,
         st.ino,
+        st.ctime as u64,
+        st.ctime_nsec as u64,
         s.block,
         s.blocks.len() as u64,
     ] {
@@ -155,12 +170,15 @@ pub fn decode(bytes: &[u8], path: &[u8], st: SourceStamp) -> Option<Sums> {
         return None;
     }
     let mut u = || -> Option<u64> { Some(u64::from_be_bytes(take(8)?.try_into().ok()?)) };
-    let (size, mtime, nsec, ino, block, count) = (u()?, u()? as i64, u()? as i64, u()?, u()?, u()?);
+    let (size, mtime, nsec, ino) = (u()?, u()? as i64, u()? as i64, u()?);
+    let (ctime, ctime_nsec, block, count) = (u()? as i64, u()? as i64, u()?, u()?);
     if (SourceStamp {
         size,
         mtime,
         mtime_nsec: nsec,
         ino,
+        ctime,
+        ctime_nsec,
     }) != st
         || !block.is_power_of_two()
         || !(crate::v2::MIN_BLOCK..=crate::v2::MAX_BLOCK).contains(&block)
@@ -194,6 +212,8 @@ mod tests {
             mtime: 5,
             mtime_nsec: 6,
             ino: 7,
+            ctime: 8,
+            ctime_nsec: 9,
         };
         let s = Sums {
             block: 1 << 20,
@@ -214,6 +234,23 @@ mod tests {
             ),
             None
         );
+        // An edit whose mtime was put back still moves the ctime.
+        for other in [
+            SourceStamp { ctime: 80, ..st },
+            SourceStamp {
+                ctime_nsec: 90,
+                ..st
+            },
+        ] {
+            assert_eq!(decode(&e, b"/a/b", other), None);
+        }
+        // An entry of the format before ctime (BTSUMS01) is ignored.
+        let mut old = e.clone();
+        old[..8].copy_from_slice(b"BTSUMS01");
+        let body = old.len() - 4;
+        let crc = crc32fast::hash(&old[..body]);
+        old[body..].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode(&old, b"/a/b", st), None);
         let mut bad = e.clone();
         bad[20] ^= 1;
         assert_eq!(decode(&bad, b"/a/b", st), None);
@@ -229,6 +266,8 @@ mod tests {
             mtime: 0,
             mtime_nsec: 0,
             ino: 0,
+            ctime: 0,
+            ctime_nsec: 0,
         };
         for (block, count) in [(1u64, 1u64 << 36), (1 << 20, 1 << 16), (u64::MAX, 1)] {
             let mut e = encode(
@@ -241,7 +280,7 @@ mod tests {
                 },
             );
             // Rewrite block and count, then fix up the checksum.
-            let at = 8 + 4 + 2 + 8 * 4;
+            let at = 8 + 4 + 2 + 8 * 6;
             e[at..at + 8].copy_from_slice(&block.to_be_bytes());
             e[at + 8..at + 16].copy_from_slice(&count.to_be_bytes());
             let body = e.len() - 4;
@@ -254,7 +293,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            let _ = decode(&b, b"/x", SourceStamp { size: 1, mtime: 0, mtime_nsec: 0, ino: 0 });
+            let _ = decode(&b, b"/x", SourceStamp { size: 1, mtime: 0, mtime_nsec: 0, ino: 0, ctime: 0, ctime_nsec: 0 });
         }
     }
 }

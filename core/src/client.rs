@@ -43,9 +43,12 @@ pub struct SendOptions {
     /// Server TCP port.
     pub port: u16,
     /// Extra attempts after a failure (unreachable, connection lost, CRC
-    /// mismatch). An attempt that moved the upload forward does not use up
-    /// the budget, so a long upload survives any number of cable pulls as
-    /// long as each reconnection makes progress.
+    /// mismatch, a fault the server calls temporary). An attempt on which
+    /// the server confirmed it holds more than ever before (the resume
+    /// offset, or the verified blocks it lists) does not use up the budget,
+    /// so a long upload survives any number of cable pulls as long as the
+    /// server keeps checkpointing; bytes merely sent are no progress, so a
+    /// server that takes them and never keeps them runs the budget out.
     pub retries: u32,
     /// Time allowed for each TCP connect.
     pub connect_timeout: Duration,
@@ -68,11 +71,24 @@ pub struct SendOptions {
     /// does not re-read what it already hashed (`None`: no cache). The
     /// default is [`SumCache::default_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Time allowed for the server's first 8 bytes after our header when
+    /// offering version 2. A bigtransfer server sends them at once (before
+    /// any slow storage work), so silence or another protocol's greeting
+    /// within this time names the peer as not a bigtransfer server instead
+    /// of waiting out `io_timeout`. Speaking version 1 only, `io_timeout`
+    /// applies (an old server may do slow work first).
+    pub handshake_timeout: Duration,
 }
 
+/// Most rounds of block repair the client answers on one connection. The
+/// server gives up after 5 (`server::MAX_REPAIR_ROUNDS`); the margin leaves
+/// room for a server tuned a little higher. A server asking for more is
+/// broken or lying, and answering it would send the same blocks for ever.
+pub const MAX_REPAIR_ROUNDS: u32 = 8;
+
 impl SendOptions {
-    /// Defaults: 5 retries, 10 s connect timeout, 60 s I/O timeout, backoff
-    /// from 0.5 s to 15 s, no rate limit.
+    /// Defaults: 5 retries, 10 s connect timeout, 10 s handshake timeout,
+    /// 60 s I/O timeout, backoff from 0.5 s to 15 s, no rate limit.
     ///
     /// ```
     /// let o = bigtransfer_core::SendOptions::new("127.0.0.1", 8080);
@@ -92,6 +108,7 @@ impl SendOptions {
             protocol: Protocol::Auto,
             token: None,
             cache_dir: SumCache::default_dir(),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -278,6 +295,66 @@ struct Tally {
     repairs: u32,
     first_byte: Option<Duration>,
     protocol: u8,
+    /// The most the server ever confirmed holding of this file (v1 resume
+    /// offset, v2 bytes of verified blocks that match ours).
+    confirmed: Option<u64>,
+}
+
+impl Tally {
+    fn new(started: Instant) -> Tally {
+        Tally {
+            started,
+            attempts: 0,
+            sent: 0,
+            hashed: 0,
+            read: 0,
+            resumed_from: None,
+            blocks_resent: 0,
+            repairs: 0,
+            first_byte: None,
+            protocol: 0,
+            confirmed: None,
+        }
+    }
+
+    fn outcome(&self, filename: String, src: &Source) -> Outcome {
+        Outcome {
+            filename,
+            filesize: src.size(),
+            crc32: src.whole.unwrap_or(0),
+            resumed_from: self.resumed_from.unwrap_or(0),
+            bytes_sent: self.sent,
+            bytes_hashed: self.hashed,
+            bytes_read: self.read,
+            blocks_resent: self.blocks_resent,
+            repairs: self.repairs,
+            protocol: self.protocol,
+            time_to_first_byte: self.first_byte.unwrap_or_default(),
+            attempts: self.attempts,
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// The error that ends the upload once the retries are spent.
+    fn gave_up(&self, err: Error, ever_connected: bool) -> Error {
+        let attempts_txt = if self.attempts == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{} attempts", self.attempts)
+        };
+        let kind = match err.kind() {
+            ErrorKind::Unreachable if ever_connected => ErrorKind::ConnectionLost,
+            k => k,
+        };
+        Error::new(
+            kind,
+            format!("{err} (gave up after {attempts_txt}: retries exhausted)"),
+        )
+    }
+
+    fn confirm(&mut self, held: u64) {
+        self.confirmed = Some(self.confirmed.map_or(held, |c| c.max(held)));
+    }
 }
 
 /// Uploads the file at `path` to the server in `opts`, resuming where an
@@ -308,18 +385,7 @@ pub fn send_file(
     let cache = opts.cache_dir.as_ref().map(SumCache::new);
     let cache = cache.as_ref();
     let mut src = Source::open(path, cache)?;
-    let mut t = Tally {
-        started,
-        attempts: 0,
-        sent: 0,
-        hashed: 0,
-        read: 0,
-        resumed_from: None,
-        blocks_resent: 0,
-        repairs: 0,
-        first_byte: None,
-        protocol: 0,
-    };
+    let mut t = Tally::new(started);
     let mut legacy_server = opts.protocol == Protocol::Legacy;
     let mut failures = 0u32;
     let mut ever_connected = false;
@@ -334,7 +400,7 @@ pub fn send_file(
             src.remember(path, cache);
         }
         t.attempts += 1;
-        let mut moved = false;
+        let confirmed_before = t.confirmed;
         let res = attempt(
             path,
             &filename,
@@ -343,28 +409,18 @@ pub fn send_file(
             cache,
             progress,
             &mut t,
-            &mut moved,
             &mut ever_connected,
             legacy_server,
         );
+        // Progress is what the server confirmed it holds, never what we
+        // sent: a server that takes bytes and keeps none must not reset
+        // the budget (it held clients for ever and had them re-send the
+        // whole file on every reconnection).
+        let progressed = matches!((confirmed_before, t.confirmed), (Some(b), Some(n)) if n > b);
         let err = match res {
             Ok(Reply::Stored) => {
                 src.remember(path, cache);
-                return Ok(Outcome {
-                    filename,
-                    filesize: src.size(),
-                    crc32: src.whole.unwrap_or(0),
-                    resumed_from: t.resumed_from.unwrap_or(0),
-                    bytes_sent: t.sent,
-                    bytes_hashed: t.hashed,
-                    bytes_read: t.read,
-                    blocks_resent: t.blocks_resent,
-                    repairs: t.repairs,
-                    protocol: t.protocol,
-                    time_to_first_byte: t.first_byte.unwrap_or_default(),
-                    attempts: t.attempts,
-                    elapsed: started.elapsed(),
-                });
+                return Ok(t.outcome(filename, &src));
             }
             Ok(Reply::LegacyServer) => {
                 // Found out the server is legacy without knowing the CRC-32:
@@ -373,26 +429,25 @@ pub fn send_file(
                 t.attempts -= 1;
                 continue;
             }
+            Ok(Reply::GiveUp(e)) => {
+                src.remember(path, cache);
+                return Err(e);
+            }
+            Ok(Reply::SourceChanged) => {
+                failures += 1;
+                src.whole = None;
+                src.blocks.clear();
+                Error::new(
+                    ErrorKind::SourceFile,
+                    format!(
+                        "{} changed during the upload; starting over with its new content",
+                        path.display()
+                    ),
+                )
+            }
             Ok(Reply::Mismatch(why)) => {
                 failures += 1;
-                let changed = !src.unchanged(path);
-                // A file whose stamp is unchanged almost surely still has
-                // the checksums we know (the damage was in transit or on
-                // the server): keep them once, so a retry costs no extra
-                // read; after a second mismatch trust nothing.
-                if changed || failures >= 2 {
-                    src.whole = None;
-                    src.blocks.clear();
-                }
-                let why = if changed {
-                    format!("the file changed during the upload ({why})")
-                } else {
-                    why
-                };
-                Error::new(
-                    ErrorKind::CrcMismatch,
-                    format!("server answered CRC32_ERROR for {filename}: {why}"),
-                )
+                mismatch(&mut src, path, &filename, why, failures)
             }
             Err(e) => {
                 if matches!(
@@ -405,7 +460,7 @@ pub fn send_file(
                     src.remember(path, cache);
                     return Err(e);
                 }
-                if !moved {
+                if !progressed {
                     failures += 1;
                 } else {
                     failures = 0;
@@ -416,19 +471,7 @@ pub fn send_file(
         };
         src.remember(path, cache);
         if failures > opts.retries {
-            let attempts_txt = if t.attempts == 1 {
-                "1 attempt".to_string()
-            } else {
-                format!("{} attempts", t.attempts)
-            };
-            let kind = match err.kind() {
-                ErrorKind::Unreachable if ever_connected => ErrorKind::ConnectionLost,
-                k => k,
-            };
-            return Err(Error::new(
-                kind,
-                format!("{err} (gave up after {attempts_txt})"),
-            ));
+            return Err(t.gave_up(err, ever_connected));
         }
         if progress(&Progress::Retrying {
             attempt: t.attempts + 1,
@@ -441,6 +484,28 @@ pub fn send_file(
         std::thread::sleep(delay);
         delay = (delay * 2).min(opts.backoff_max);
     }
+}
+
+/// The error for a `CRC32_ERROR`, forgetting the checksums that may be
+/// stale. A file whose stamp is unchanged almost surely still has the
+/// checksums we know (the damage was in transit or on the server): keep
+/// them once, so a retry costs no extra read; after a second mismatch in a
+/// row trust nothing.
+fn mismatch(src: &mut Source, path: &Path, filename: &str, why: String, failures: u32) -> Error {
+    let changed = !src.unchanged(path);
+    if changed || failures >= 2 {
+        src.whole = None;
+        src.blocks.clear();
+    }
+    let why = if changed {
+        format!("the file changed during the upload ({why})")
+    } else {
+        why
+    };
+    Error::new(
+        ErrorKind::CrcMismatch,
+        format!("server answered CRC32_ERROR for {filename}: {why}"),
+    )
 }
 
 /// Reads the whole source for its CRC-32 (version 1 needs it up front).
@@ -523,6 +588,165 @@ fn lost(e: io::Error, during: &str) -> Error {
     }
 }
 
+/// What the server's first 8 bytes turned out to be.
+enum Greeting {
+    /// 8 bytes that are a version-2 greeting or a version-1 offset.
+    Reply([u8; 8]),
+    /// Closed (or reset) before sending anything.
+    Closed(io::Error),
+    /// Not a bigtransfer server: the error that says so.
+    Foreign(Error),
+}
+
+/// Greetings of other protocols a wrong port commonly reaches. None of them
+/// can be a resume offset: each starts with a byte of 0x15 or more, an
+/// offset of over 1.5 EB, and only an offset past the file's size is
+/// matched against them.
+const FOREIGN: &[(&[u8], &str)] = &[
+    (b"HTTP/", "an HTTP server"),
+    (b"SSH-", "an SSH server"),
+    (b"220 ", "an FTP or SMTP server"),
+    (b"220-", "an FTP or SMTP server"),
+    (b"+OK", "a POP3 server"),
+    (b"* OK", "an IMAP server"),
+    (b"RFB ", "a VNC server"),
+    (b"\x15\x03", "a TLS server"),
+    (b"\x16\x03", "a TLS server"),
+];
+
+/// `host:port` as the user would type it (brackets around an IPv6 address).
+fn target_name(opts: &SendOptions) -> String {
+    if opts.host.contains(':') {
+        format!("[{}]:{}", opts.host, opts.port)
+    } else {
+        format!("{}:{}", opts.host, opts.port)
+    }
+}
+
+fn not_ours(opts: &SendOptions, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!(
+            "{} is not a bigtransfer server ({why}): check the host and port",
+            target_name(opts)
+        ),
+    )
+}
+
+/// Seconds as a person writes them: 10, 0.3.
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_millis() as f64 / 1000.0)
+}
+
+/// Reads the server's first 8 bytes: the version-2 greeting or the version-1
+/// resume offset. Offering version 2 they must come within
+/// `opts.handshake_timeout` (a bigtransfer server sends them at once);
+/// another protocol's greeting, or silence, names the peer as not a
+/// bigtransfer server. Speaking version 1 only, `io_timeout` applies.
+fn read_greeting(
+    stream: &mut TcpStream,
+    opts: &SendOptions,
+    legacy: bool,
+    filesize: u64,
+) -> Result<Greeting> {
+    let limit = if legacy {
+        opts.io_timeout
+    } else {
+        opts.handshake_timeout
+    };
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 8];
+    let mut n = 0;
+    let mut timed_out = false;
+    while n < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| lost(e, "configuring the socket"))?;
+        match stream.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                timed_out = true;
+                break;
+            }
+            Err(e) if n == 0 => return Ok(Greeting::Closed(e)),
+            Err(e) => return Err(lost(e, "waiting for the resume offset")),
+        }
+    }
+    stream
+        .set_read_timeout(Some(opts.io_timeout))
+        .map_err(|e| lost(e, "configuring the socket"))?;
+    classify_greeting(opts, legacy, filesize, &buf[..n], timed_out, limit)
+}
+
+/// What the first bytes (`got`, all that came) say about the peer.
+fn classify_greeting(
+    opts: &SendOptions,
+    legacy: bool,
+    filesize: u64,
+    got: &[u8],
+    timed_out: bool,
+    limit: Duration,
+) -> Result<Greeting> {
+    if let Ok(b) = <[u8; 8]>::try_from(got) {
+        if b == v2::MAGIC || proto::parse_offset(b) <= filesize {
+            return Ok(Greeting::Reply(b));
+        }
+    }
+    if let Some((_, what)) = FOREIGN.iter().find(|(p, _)| got.starts_with(p)) {
+        return Ok(Greeting::Foreign(not_ours(
+            opts,
+            &format!("it answered like {what}"),
+        )));
+    }
+    if got.len() == 8 {
+        let shown: String = got
+            .iter()
+            .flat_map(|&b| std::ascii::escape_default(b))
+            .map(char::from)
+            .collect();
+        return Ok(Greeting::Foreign(not_ours(
+            opts,
+            &format!(
+                "its first reply \"{shown}\" is neither a bigtransfer greeting nor a resume offset"
+            ),
+        )));
+    }
+    match (timed_out, got.len()) {
+        (true, _) if legacy => Err(lost(
+            io::ErrorKind::TimedOut.into(),
+            "waiting for the resume offset",
+        )),
+        (true, 0) => Ok(Greeting::Foreign(not_ours(
+            opts,
+            &format!("it sent nothing within {} s of our header", secs(limit)),
+        ))),
+        (true, k) => Ok(Greeting::Foreign(not_ours(
+            opts,
+            &format!(
+                "it sent only {k} bytes within {} s of our header",
+                secs(limit)
+            ),
+        ))),
+        (false, 0) => Ok(Greeting::Closed(io::ErrorKind::UnexpectedEof.into())),
+        (false, _) => Err(lost(
+            io::ErrorKind::UnexpectedEof.into(),
+            "waiting for the resume offset",
+        )),
+    }
+}
+
 /// How one attempt ended, short of an error.
 enum Reply {
     /// `CRC32_OK`.
@@ -531,6 +755,11 @@ enum Reply {
     Mismatch(String),
     /// The server turned out to be legacy and we lacked the CRC-32 for it.
     LegacyServer,
+    /// The source changed (its stamp moved) before the final CRC-32 was
+    /// combined: start again from what it holds now.
+    SourceChanged,
+    /// A failure no retry can cure (the peer is not a bigtransfer server).
+    GiveUp(Error),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -542,7 +771,6 @@ fn attempt(
     cache: Option<&SumCache>,
     progress: &mut dyn FnMut(&Progress) -> Control,
     t: &mut Tally,
-    moved: &mut bool,
     ever_connected: &mut bool,
     legacy: bool,
 ) -> Result<Reply> {
@@ -573,19 +801,14 @@ fn attempt(
     stream
         .write_all(&frame)
         .map_err(|e| lost(e, "sending the header"))?;
-    let mut first = [0u8; 8];
-    if let Err(e) = stream.read_exact(&mut first) {
-        let refused = matches!(
-            e.kind(),
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-        );
-        if !legacy && src.whole.is_none() && refused {
-            // A legacy server refuses a null CRC-32 by closing, without
-            // touching what it holds: hash the file and speak version 1.
-            return Ok(Reply::LegacyServer);
-        }
-        return Err(lost(e, "waiting for the resume offset"));
-    }
+    let first = match read_greeting(&mut stream, opts, legacy, src.size())? {
+        Greeting::Reply(b) => b,
+        Greeting::Foreign(e) => return Ok(Reply::GiveUp(e)),
+        // A legacy server refuses a null CRC-32 by closing, without
+        // touching what it holds: hash the file and speak version 1.
+        Greeting::Closed(_) if !legacy && src.whole.is_none() => return Ok(Reply::LegacyServer),
+        Greeting::Closed(e) => return Err(lost(e, "waiting for the resume offset")),
+    };
     if first == v2::MAGIC {
         t.protocol = 2;
         let mut msg = read_server_msg(&mut stream, "waiting for the server's block list")?;
@@ -610,7 +833,6 @@ fn attempt(
             src,
             progress,
             t,
-            moved,
             cache,
             opts.limit_rate,
         );
@@ -633,6 +855,7 @@ fn attempt(
         ));
     }
     t.resumed_from.get_or_insert(offset);
+    t.confirm(offset);
     if progress(&Progress::Connected {
         addr,
         offset,
@@ -669,7 +892,6 @@ fn attempt(
         pos += n as u64;
         t.sent += n as u64;
         t.read += n as u64;
-        *moved = true;
         if progress(&Progress::Sending {
             done: pos,
             total: header.filesize,
@@ -770,8 +992,64 @@ fn read_server_msg(stream: &mut TcpStream, during: &str) -> Result<v2::ServerMsg
     v2::parse_server_msg(tag, &payload)
 }
 
-fn server_said(msg: String) -> Error {
-    Error::new(ErrorKind::Refused, format!("server: {msg}"))
+/// The error for a server's error frame, its words escaped: a fault the
+/// server calls temporary is retried like a lost connection; a permanent
+/// one, or bare text from a revision-1 server, is a refusal.
+fn server_fault(code: Option<v2::FaultCode>, text: &str) -> Error {
+    let words = crate::text::printable(text);
+    match code {
+        Some(c) if c.is_transient() => Error::new(
+            ErrorKind::ConnectionLost,
+            format!("server: {words} (a temporary fault)"),
+        ),
+        _ => Error::new(ErrorKind::Refused, format!("server: {words}")),
+    }
+}
+
+/// The error for a server message that is not the one expected `during`
+/// a phase: the server's own error if it is one.
+fn unexpected(msg: v2::ServerMsg, during: &str) -> Error {
+    let what = match msg {
+        v2::ServerMsg::Error(m) => return server_fault(None, &m),
+        v2::ServerMsg::Fault(c, m) => return server_fault(Some(c), &m),
+        v2::ServerMsg::Held { .. } => "a block list",
+        v2::ServerMsg::Challenge(_) => "a challenge",
+        v2::ServerMsg::Verdict(_) => "a verdict",
+    };
+    Error::new(
+        ErrorKind::Protocol,
+        format!("the server sent {what} while {during}"),
+    )
+}
+
+/// Checks a repair list before anything of it is sent: each block at most
+/// once and within the file. A list that breaks this is a lying or broken
+/// server; obeying it sent block 0 two million times (12 GB in 15 s).
+fn check_repair_list(list: &[u64], nblocks: u64) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::new(
+            ErrorKind::Protocol,
+            format!("the server's repair list {why}; nothing of it was sent"),
+        ))
+    };
+    if list.is_empty() {
+        return bad("names no block".into());
+    }
+    if list.len() as u64 > nblocks {
+        return bad(format!(
+            "names {} blocks of a {nblocks}-block file",
+            list.len()
+        ));
+    }
+    let mut sorted = list.to_vec();
+    sorted.sort_unstable();
+    if let Some(&last) = sorted.last().filter(|&&l| l >= nblocks) {
+        return bad(format!("names block {last} of a {nblocks}-block file"));
+    }
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return bad(format!("names block {} more than once", w[0]));
+    }
+    Ok(())
 }
 
 /// If the server has spoken while we send (it only does to report an
@@ -781,11 +1059,7 @@ fn check_for_server_error(stream: &mut TcpStream) -> Result<()> {
         crate::sys::poll_readable(&[stream.as_raw_fd()], Some(Duration::ZERO)).unwrap_or_default();
     if ready.first().copied().unwrap_or(false) {
         return match read_server_msg(stream, "reading the server's message") {
-            Ok(v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m)) => Err(server_said(m)),
-            Ok(other) => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("unexpected message from the server: {other:?}"),
-            )),
+            Ok(msg) => Err(unexpected(msg, "we were sending")),
             Err(e) => Err(e),
         };
     }
@@ -847,7 +1121,6 @@ fn session_v2(
     src: &mut Source,
     progress: &mut dyn FnMut(&Progress) -> Control,
     t: &mut Tally,
-    moved: &mut bool,
     cache: Option<&SumCache>,
     rate: Option<u64>,
 ) -> Result<Reply> {
@@ -858,13 +1131,7 @@ fn session_v2(
             block_size,
             crcs,
         } => (held, block_size, crcs),
-        v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m) => return Err(server_said(m)),
-        other => {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("unexpected first message: {other:?}"),
-            ))
-        }
+        other => return Err(unexpected(other, "we waited for its block list")),
     };
     let nblocks = v2::block_count(size, src.block);
     if block != src.block || held > size || server_crcs.len() as u64 > nblocks {
@@ -898,6 +1165,7 @@ fn session_v2(
         .map(|i| v2::block_range(size, block, i).1)
         .sum();
     t.resumed_from.get_or_insert(kept);
+    t.confirm(kept);
     if progress(&Progress::Connected {
         addr,
         offset: kept,
@@ -922,8 +1190,8 @@ fn session_v2(
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                     return Err(
                         match read_server_msg(stream, "reading the server's message") {
-                            Ok(v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m)) => {
-                                server_said(m)
+                            Ok(msg @ (v2::ServerMsg::Error(_) | v2::ServerMsg::Fault(..))) => {
+                                unexpected(msg, "we were sending")
                             }
                             _ => e,
                         },
@@ -935,7 +1203,6 @@ fn session_v2(
         };
     for &idx in &todo {
         let c = send(idx, src, t, stream)?;
-        *moved = true;
         let i = idx as usize;
         if i < src.blocks.len() {
             src.blocks[i] = c;
@@ -957,7 +1224,14 @@ fn session_v2(
         }
         pace_v2(t.sent - sent_before, started, rate);
     }
+    let mut rounds = 0u32;
     loop {
+        // The final CRC-32 may combine checksums read before this
+        // connection (from the cache or an earlier attempt): only while
+        // the stamp (ctime included) proves the file unchanged.
+        if !src.unchanged(path) {
+            return Ok(Reply::SourceChanged);
+        }
         if src.blocks.len() as u64 != nblocks {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -974,19 +1248,22 @@ fn session_v2(
             .map_err(|e| lost(e, "sending the end of the file"))?;
         match read_server_msg(stream, "waiting for the verdict")? {
             v2::ServerMsg::Verdict(v2::Verdict::Ok) => return Ok(Reply::Stored),
-            v2::ServerMsg::Verdict(v2::Verdict::Failed(m)) => return Ok(Reply::Mismatch(m)),
-            v2::ServerMsg::Error(m) | v2::ServerMsg::Fault(_, m) => return Err(server_said(m)),
+            v2::ServerMsg::Verdict(v2::Verdict::Failed(m)) => {
+                return Ok(Reply::Mismatch(crate::text::printable(&m).into_owned()))
+            }
             v2::ServerMsg::Verdict(v2::Verdict::Repair(list)) => {
+                rounds += 1;
+                if rounds > MAX_REPAIR_ROUNDS {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("the server asked for more than {MAX_REPAIR_ROUNDS} rounds of repair; nothing more was sent"),
+                    ));
+                }
+                check_repair_list(&list, nblocks)?;
                 t.repairs += 1;
                 t.blocks_resent += list.len() as u64;
                 let mut unstable = Vec::new();
                 for idx in list {
-                    if idx >= nblocks {
-                        return Err(Error::new(
-                            ErrorKind::Protocol,
-                            format!("server asked for block {idx} of {nblocks}"),
-                        ));
-                    }
                     let c = send(idx, src, t, stream)?;
                     if src.blocks[idx as usize] != c {
                         unstable.push(idx);
@@ -1003,9 +1280,7 @@ fn session_v2(
                     ));
                 }
             }
-            v2::ServerMsg::Held { .. } | v2::ServerMsg::Challenge(_) => {
-                return Err(Error::new(ErrorKind::Protocol, "unexpected block list"))
-            }
+            other => return Err(unexpected(other, "we waited for the verdict")),
         }
     }
 }

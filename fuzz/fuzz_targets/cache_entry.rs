@@ -23,6 +23,8 @@ const STAMP: SourceStamp = SourceStamp {
     mtime: 1_700_000_000,
     mtime_nsec: 123_456_789,
     ino: 4242,
+    ctime: 1_700_000_001,
+    ctime_nsec: 987_654_321,
 };
 
 /// The path and stamp an entry claims to be for, read leniently.
@@ -41,6 +43,8 @@ fn claimed(e: &[u8]) -> (&[u8], SourceStamp) {
         mtime: u(1) as i64,
         mtime_nsec: u(2) as i64,
         ino: u(3),
+        ctime: u(4) as i64,
+        ctime_nsec: u(5) as i64,
     };
     (path, st)
 }

@@ -9,5 +9,6 @@ mod diskfull;
 mod harness;
 mod hostile;
 mod interactive;
+mod peers;
 mod upload;
 mod verified;

@@ -455,6 +455,8 @@ fn cache_entry(out: &mut BTreeMap<String, Vec<u8>>) {
         mtime: 1_700_000_000,
         mtime_nsec: 123_456_789,
         ino: 4242,
+        ctime: 1_700_000_001,
+        ctime_nsec: 987_654_321,
     };
     let mut add = |n: &str, flags: u8, e: Vec<u8>| {
         let mut v = vec![flags];
@@ -495,6 +497,8 @@ fn cache_entry(out: &mut BTreeMap<String, Vec<u8>>) {
         mtime: -1,
         mtime_nsec: 999_999_999,
         ino: u64::MAX,
+        ctime: -1,
+        ctime_nsec: 0,
     };
     add(
         "own-stamp",
@@ -537,7 +541,7 @@ fn cache_entry(out: &mut BTreeMap<String, Vec<u8>>) {
     add("tiny", 0, b"BTSU".to_vec());
     // Fields the encoder never writes, with the CRC-32 fixed by the harness.
     let mut zero_block = cache::encode(path, st, &sums(1 << 20, vec![], None));
-    let at = 8 + 4 + path.len() + 32;
+    let at = 8 + 4 + path.len() + 48;
     zero_block[at..at + 8].copy_from_slice(&0u64.to_be_bytes());
     add("fix-zero-block", 2, zero_block);
     let mut too_many = cache::encode(path, st, &sums(1 << 20, vec![], None));
