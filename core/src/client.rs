@@ -210,6 +210,24 @@ struct Source {
 }
 
 impl Source {
+    /// The source id sent in the offer (`bt.sid`): the same for every
+    /// attempt, by any process, while the file is unchanged, so a restarted
+    /// client may take over its own stale connection (see
+    /// [`v2::source_id`]).
+    fn source_id(&self, path: &Path) -> [u8; 16] {
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let st = &self.stamp;
+        v2::source_id(&[
+            canonical.as_os_str().as_encoded_bytes(),
+            &st.size.to_be_bytes(),
+            &st.mtime.to_be_bytes(),
+            &st.mtime_nsec.to_be_bytes(),
+            &st.ino.to_be_bytes(),
+            &st.ctime.to_be_bytes(),
+            &st.ctime_nsec.to_be_bytes(),
+        ])
+    }
+
     fn open(path: &Path, cache: Option<&SumCache>) -> Result<Source> {
         let src_err = |what: &str, e: io::Error| {
             Error::io(
@@ -791,7 +809,7 @@ fn attempt(
         version: v2::VERSION,
         block_size: src.block,
         rev: v2::REVISION,
-        source: None,
+        source: Some(src.source_id(path)),
     };
     let frame = match (legacy, src.whole) {
         (true, _) => proto::encode_header(&header)?,

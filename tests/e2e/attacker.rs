@@ -606,7 +606,14 @@ fn a_guessable_token_is_refused_at_start() {
     let tok = t.path().join("tok");
     std::fs::write(&tok, "aaaaaaaaaaaaaaaa\n").unwrap();
     let out = Command::new(BIN)
-        .args(["server", "--port", "0", "--bind", "127.0.0.1", "--token-file"])
+        .args([
+            "server",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--token-file",
+        ])
         .arg(&tok)
         .arg("--dir")
         .arg(t.path().join("store"))

@@ -329,7 +329,15 @@ fn a_running_upload_is_never_taken_over_and_the_newcomer_waits_its_turn() {
     let size = 32 * MIB;
     write_random(&src, size, 76);
     let mut older = Command::new(BIN)
-        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--no-cache"])
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--no-cache",
+        ])
         .args(["--limit-rate", "4M"])
         .arg(&src)
         .stdout(Stdio::null())
@@ -346,11 +354,18 @@ fn a_running_upload_is_never_taken_over_and_the_newcomer_waits_its_turn() {
     assert_ok(&out);
     let status = wait_child(&mut older, LONG).expect("older client hung");
     let mut err = String::new();
-    older.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    older
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(!err.contains("took over"), "{err}");
     assert!(
-        srv.log.text().contains("being uploaded right now by another connection"),
+        srv.log
+            .text()
+            .contains("being uploaded right now by another connection"),
         "{}",
         srv.log.text()
     );
@@ -365,7 +380,15 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
     let size = 32 * MIB;
     write_random(&src, size, 77);
     let mut older = Command::new(BIN)
-        .args(["client", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--no-cache"])
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--no-cache",
+        ])
         .args(["--limit-rate", "4M", "--retries", "20"])
         .arg(&src)
         .stdout(Stdio::null())
@@ -379,7 +402,11 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
     // The older client freezes (as behind a dead link): its connection
     // goes silent, and the same source reconnecting takes it over.
     let pid = older.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let out = send(&srv, &src, &["--no-cache"]);
     assert_ok(&out);
     assert!(
@@ -387,12 +414,21 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
         "the newcomer resumes what the older one sent"
     );
     assert!(srv.log.text().contains("taking over"), "{}", srv.log.text());
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
     // Told "taken over" (a transient fault), the older client retries and
     // ends with the file stored.
     let status = wait_child(&mut older, LONG).expect("older client hung");
     let mut err = String::new();
-    older.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    older
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert_same_file(&src, &t.path().join("store/stale.bin"));
 }
