@@ -125,6 +125,15 @@ expect_exit() { # expect_exit CODE COMMAND...
 step "send without arguments exits 2 (usage)" expect_exit 2 "$WORK/bin/send"
 step "send with a bad port exits 2" expect_exit 2 "$WORK/bin/send" 127.0.0.1 notaport /dev/null
 step "send of a missing file exits 1" expect_exit 1 "$WORK/bin/send_shared" 127.0.0.1 9 "$WORK/missing"
+expect_message() { # expect_message TEXT COMMAND...: fails unless stderr has TEXT
+    local want="$1"
+    shift
+    timeout 60 "$@" 2>"$WORK/send.err" || true
+    cat "$WORK/send.err"
+    grep -qF -- "$want" "$WORK/send.err"
+}
+step "send of a missing file prints the reason" \
+    expect_message "send: source-file: cannot open $WORK/missing" "$WORK/bin/send" 127.0.0.1 9 "$WORK/missing"
 
 # -- run the test ----------------------------------------------------------------
 export TMPDIR="$WORK/tmp"
