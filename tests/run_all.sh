@@ -10,6 +10,9 @@ echo "== Rust: unit, doc, property and end-to-end tests"
 cargo build --release -p bigtransfer-cli
 cargo test --workspace --exclude bigtransfer-python
 
+echo "== systemd unit: dist/bigtransfer.service"
+bash tests/dist/check_unit.sh target/release/bigtransfer
+
 echo "== C: the C API test"
 bash tests/c/run.sh
 

@@ -4,23 +4,23 @@
 //! parsing, the interactive prompts of the original Python client, progress
 //! display, signal handling and exit codes. The protocol lives in the core.
 
+mod config;
+mod metrics;
 mod parse;
 mod prompt;
+mod serve;
 
-use std::io::{IsTerminal, Write};
-use std::net::IpAddr;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bigtransfer_core::{
-    send_file, Control, ErrorKind, Progress, SendOptions, Server, ServerConfig, StopHandle,
-};
+use bigtransfer_core::{send_file, Control, ErrorKind, Progress, SendOptions, StopHandle};
 use clap::{Parser, Subcommand};
 
 /// Exit codes of `bigtransfer client` (documented in the README).
-mod exit {
+pub(crate) mod exit {
     pub const OK: u8 = 0;
     pub const OTHER: u8 = 1;
     pub const USAGE: u8 = 2;
@@ -45,62 +45,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Receive uploads into a storage directory until stopped (Ctrl-C / SIGTERM).
-    Server(ServerArgs),
+    Server(serve::ServerArgs),
     /// Upload a file; asks for the server and the file when not given.
     Client(ClientArgs),
-}
-
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// TCP port to listen on (0: pick a free one; the chosen port is printed).
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    /// Address to listen on [default: every interface, IPv6 and IPv4].
-    #[arg(long)]
-    bind: Option<IpAddr>,
-    /// Storage directory (created if missing).
-    #[arg(long, default_value = "received")]
-    dir: PathBuf,
-    /// Most connections served at once.
-    #[arg(long, default_value_t = 64)]
-    max_connections: usize,
-    /// Close a connection idle for this long (e.g. 60, 90s, 5m).
-    #[arg(long, default_value = "60s", value_parser = parse::duration)]
-    timeout: Duration,
-    /// Close a connection that has not sent its complete header within this time.
-    #[arg(long, default_value = "10s", value_parser = parse::duration)]
-    header_timeout: Duration,
-    /// Delete held parts untouched for this long (e.g. 7d, 12h; 0: never).
-    #[arg(long, default_value = "7d", value_parser = parse::duration)]
-    expire_partial: Duration,
-    /// Refuse uploads larger than this (e.g. 100G) [default: no limit].
-    #[arg(long, value_parser = parse::size)]
-    max_file_size: Option<u64>,
-    /// Refuse uploads that would leave less free space than this (e.g. 10G).
-    #[arg(long, value_parser = parse::size, default_value = "0")]
-    min_free: u64,
-    #[command(flatten)]
-    auth: AuthArgs,
-    /// With a token: also admit legacy clients, which cannot authenticate.
-    #[arg(long)]
-    allow_legacy: bool,
 }
 
 /// The shared token, from a file, the environment, or (visible in `ps`)
 /// the command line.
 #[derive(clap::Args)]
-struct AuthArgs {
+pub(crate) struct AuthArgs {
     /// Read the shared token from this file (preferred: it stays out of `ps`).
     #[arg(long)]
-    token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// The shared token itself (visible to other users in `ps`; prefer
     /// --token-file or the BIGTRANSFER_TOKEN environment variable).
     #[arg(long)]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 impl AuthArgs {
-    fn load(&self) -> Result<Option<bigtransfer_core::auth::Token>, bigtransfer_core::Error> {
+    pub fn load(&self) -> Result<Option<bigtransfer_core::auth::Token>, bigtransfer_core::Error> {
         use bigtransfer_core::auth::Token;
         if let Some(f) = &self.token_file {
             return Token::from_file(f).map(Some);
@@ -173,7 +137,7 @@ extern "C" fn on_stop_signal(_sig: libc::c_int) {
     }
 }
 
-fn install_stop_signals(h: StopHandle) {
+pub(crate) fn install_stop_signals(h: StopHandle) {
     let _ = STOP.set(h);
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: installing a handler that only does async-signal-safe work.
@@ -183,70 +147,6 @@ fn install_stop_signals(h: StopHandle) {
             sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-fn run_server(a: ServerArgs) -> ExitCode {
-    let mut cfg = ServerConfig::new(a.dir);
-    cfg.bind = a.bind;
-    cfg.port = a.port;
-    cfg.max_connections = a.max_connections;
-    cfg.idle_timeout = a.timeout;
-    cfg.header_timeout = a.header_timeout;
-    cfg.expire_partial = (!a.expire_partial.is_zero()).then_some(a.expire_partial);
-    cfg.max_file_size = a.max_file_size;
-    cfg.min_free = a.min_free;
-    cfg.allow_legacy = a.allow_legacy;
-    cfg.token = match a.auth.load() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let dir = cfg.dir.clone();
-    let (auth_on, allow_legacy) = (cfg.token.is_some(), cfg.allow_legacy);
-    let server = match Server::bind(cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(exit::OTHER);
-        }
-    };
-    let addr = match server.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(exit::OTHER);
-        }
-    };
-    install_stop_signals(server.stop_handle());
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
-    eprintln!("storing into {}", dir.display());
-    if auth_on {
-        eprintln!(
-            "authentication: token required; legacy clients {}",
-            if allow_legacy {
-                "admitted without authentication (--allow-legacy)"
-            } else {
-                "refused"
-            }
-        );
-    }
-    match server.serve() {
-        Ok(()) => {
-            let s = server.stats();
-            eprintln!(
-                "stopped: {} connections, {} uploads verified, {} CRC errors, {} failed",
-                s.connections, s.completed, s.crc_errors, s.failed
-            );
-            ExitCode::from(exit::OK)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(exit::OTHER)
         }
     }
 }
@@ -410,7 +310,7 @@ fn run_client(a: ClientArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Server(a) => run_server(a),
+        Cmd::Server(a) => serve::run(a),
         Cmd::Client(a) => run_client(a),
     }
 }

@@ -8,5 +8,6 @@ mod diskfull;
 mod harness;
 mod hostile;
 mod interactive;
+mod service;
 mod upload;
 mod verified;
