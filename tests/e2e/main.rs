@@ -5,9 +5,11 @@
 mod auth;
 mod compat;
 mod diskfull;
+mod docs;
 mod harness;
 mod hostile;
 mod interactive;
+mod messages;
 mod service;
 mod upload;
 mod verified;
