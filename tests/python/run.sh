@@ -35,13 +35,24 @@ if ! "$vpy" -c 'import maturin, pytest' >/dev/null 2>&1; then
     "$vpy" -m pip install --disable-pip-version-check -q "maturin>=1.5,<2" "pytest>=7"
 fi
 
+# The maturin command: the venv's own, else one on the PATH (a system-wide
+# maturin's Python package, seen through --system-site-packages, cannot find
+# its binary from inside the venv), else the module.
+if [ -x "$venv/bin/maturin" ]; then
+    maturin=("$venv/bin/maturin")
+elif command -v maturin >/dev/null 2>&1 && maturin --version >/dev/null 2>&1; then
+    maturin=("$(command -v maturin)")
+else
+    maturin=("$vpy" -m maturin)
+fi
+
 # maturin develop installs into the venv it finds in VIRTUAL_ENV.
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"
 unset CONDA_PREFIX
 step="${BT_PY_STEP:-all}"
 if [ "$step" != test ]; then
-    "$vpy" -m maturin develop --release -m python/Cargo.toml
+    "${maturin[@]}" develop --release -m python/Cargo.toml
 fi
 [ "$step" = build ] && exit 0
 
