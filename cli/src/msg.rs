@@ -45,8 +45,8 @@ table! {
     RESUMING: "{0}: server already holds {1} of {2} bytes; resuming",
         "{0}: на сервере уже есть {1} из {2} байт; продолжаем";
     RETRYING: "{0}; retrying in {1} s, {2} of {3}", "{0}; повтор через {1} с, {2} из {3}";
-    REFUSED_CONN: "connection to {0} refused: nothing listens on that port (wrong port, or the server is not running)",
-        "{0} отказал в соединении: на этом порту никто не слушает (неверный порт или сервер не запущен)";
+    REFUSED_CONN: "server {0} is unreachable: connection refused, nothing listens on that port (wrong port, or the server is not running)",
+        "сервер {0} недоступен: соединение отклонено, на этом порту никто не слушает (неверный порт или сервер не запущен)";
     UNREACHABLE_GAVE_UP: "server {0} is unreachable", "сервер {0} недоступен";
     RESUME_HINT: "the server keeps what it received; to resume, run: {0}",
         "сервер сохранил полученное; чтобы продолжить, выполните: {0}";
@@ -219,8 +219,8 @@ mod tests {
             "server 127.0.0.1:9 is unreachable",
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         );
-        assert!(Lang::En
-            .describe(&refused, "127.0.0.1:9")
-            .starts_with("connection to 127.0.0.1:9 refused: nothing listens on that port"));
+        assert!(Lang::En.describe(&refused, "127.0.0.1:9").starts_with(
+            "server 127.0.0.1:9 is unreachable: connection refused, nothing listens on that port"
+        ));
     }
 }

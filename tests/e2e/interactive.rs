@@ -57,7 +57,9 @@ fn unreachable_offers_to_try_again_then_exits_3() {
     let ask = "Try again? [Y/n, or a new address HOST:PORT or :PORT]: ";
     assert_eq!(stdout(&out).matches(ask).count(), 2, "{}", stdout(&out));
     let se = stderr(&out);
-    let refused = format!("connection to 127.0.0.1:{port} refused: nothing listens on that port");
+    let refused = format!(
+        "server 127.0.0.1:{port} is unreachable: connection refused, nothing listens on that port"
+    );
     assert_eq!(se.matches(&refused).count(), 2, "{se}");
     assert!(
         se.ends_with(&format!("error: server 127.0.0.1:{port} is unreachable")),

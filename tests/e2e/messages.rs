@@ -70,7 +70,9 @@ fn refused_connection_is_named_at_once_and_each_retry_counted() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let se = stderr(&out);
-    let refused = format!("connection to 127.0.0.1:{port} refused: nothing listens on that port");
+    let refused = format!(
+        "server 127.0.0.1:{port} is unreachable: connection refused, nothing listens on that port"
+    );
     assert!(
         se.contains(&format!(
             "{refused} (wrong port, or the server is not running); retrying in 0.5 s, 1 of 2"
@@ -81,7 +83,7 @@ fn refused_connection_is_named_at_once_and_each_retry_counted() {
     assert!(!se.contains("to resume"), "nothing was held: {se}");
     // --json: a result object on failure too.
     let so = stdout(&out);
-    assert!(so.starts_with("{\"result\": \"ERROR\", \"exit_code\": 3, \"reason\": \"unreachable\", \"message\": \"connection to"), "{so}");
+    assert!(so.starts_with("{\"result\": \"ERROR\", \"exit_code\": 3, \"reason\": \"unreachable\", \"message\": \"server 127.0.0.1:"), "{so}");
     assert!(so.trim_end().ends_with("\"resume_command\": null}"), "{so}");
 }
 
@@ -107,7 +109,7 @@ fn russian_locale_gives_russian_errors() {
     assert_eq!(out.status.code(), Some(3));
     let se = stderr(&out);
     let want =
-        format!("ошибка: 127.0.0.1:{port} отказал в соединении: на этом порту никто не слушает");
+        format!("ошибка: сервер 127.0.0.1:{port} недоступен: соединение отклонено, на этом порту никто не слушает");
     assert!(se.contains(&want), "{se}");
     let out = client(
         &["--host", "127.0.0.1", "--port", &port, "/no/such/file"],
@@ -141,7 +143,9 @@ fn interactive_retry_can_change_the_port_and_pasted_paths_work() {
         "{so}"
     );
     assert!(
-        stderr(&out).contains(&format!("connection to 127.0.0.1:{wrong} refused")),
+        stderr(&out).contains(&format!(
+            "server 127.0.0.1:{wrong} is unreachable: connection refused"
+        )),
         "{}",
         stderr(&out)
     );
