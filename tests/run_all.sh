@@ -8,7 +8,7 @@
 # (the C test and the Python tests use them), one debug build of the tests;
 # the Python extension builds alongside the debug tests. Then two lanes run
 # side by side, each into its own log, shown when both are done:
-#   Rust tests -> systemd unit -> C test    |    Python tests -> soak
+#   Rust unit/doc tests -> systemd unit -> C    |    e2e -> Python -> soak
 # Python: a .venv with --system-site-packages reuses a system-wide maturin
 # and pytest (no network); only if they are missing does pip fetch them.
 # Writes nothing outside the clone and one temporary directory, removed at
@@ -39,8 +39,9 @@ if ! wait "$py_build"; then
 fi
 
 rust_lane() {
-    echo "== Rust: unit, doc, property and end-to-end tests"
-    cargo test --workspace --exclude bigtransfer-python
+    echo "== Rust: unit, doc and property tests (core, ffi, cli)"
+    cargo test -p bigtransfer-core -p bigtransfer-ffi
+    cargo test -p bigtransfer-cli --bin bigtransfer
     echo "== systemd unit: dist/bigtransfer.service"
     bash tests/dist/check_unit.sh target/release/bigtransfer
     echo "== C: the C API test"
@@ -48,6 +49,8 @@ rust_lane() {
 }
 
 python_lane() {
+    echo "== Rust: end-to-end tests of the binary over loopback"
+    cargo test -p bigtransfer-cli --test e2e
     echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
     BT_PY_STEP=test bash tests/python/run.sh
     echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
@@ -66,7 +69,7 @@ os.execvp(sys.argv[1], sys.argv[1:])' \
         bash -euo pipefail -c "$(declare -f "$1"); $1"
 }
 
-stage "run: Rust + unit + C lane and Python + soak lane, side by side"
+stage "run: two lanes side by side (Rust unit/doc + unit file + C | e2e + Python + soak)"
 run_lane python_lane >"$WORK/logs/python.log" 2>&1 &
 py_lane=$!
 rust_rc=0
@@ -77,6 +80,6 @@ wait "$py_lane" || py_rc=$?
 cat "$WORK/logs/rust.log"
 cat "$WORK/logs/python.log"
 stage "done"
-[[ $rust_rc -eq 0 ]] || echo "FAIL: the Rust / systemd unit / C lane (exit $rust_rc)"
-[[ $py_rc -eq 0 ]] || echo "FAIL: the Python / soak lane (exit $py_rc)"
+[[ $rust_rc -eq 0 ]] || echo "FAIL: the Rust unit/doc / systemd unit / C lane (exit $rust_rc)"
+[[ $py_rc -eq 0 ]] || echo "FAIL: the e2e / Python / soak lane (exit $py_rc)"
 [[ $rust_rc -eq 0 && $py_rc -eq 0 ]]
