@@ -147,3 +147,28 @@ def test_the_two_servers_lock_each_other_out(tmp_path, rust_bin):
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1
         assert "is in use by another server" in proc.stderr, proc.stderr
+
+
+def test_python_server_json_log_lines(tmp_path):
+    """server.py --log-format json: one object per line, as the Rust server's."""
+    directory = tmp_path / "received"
+    log_path = tmp_path / "py.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [PYTHON, str(CLIENT.parent / "server.py"), "--port", "0", "--bind", HOST,
+             "--dir", str(directory), "--pure", "--log-format", "json"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    try:
+        assert read_line(proc.stdout, 30).startswith("listening on 127.0.0.1:")
+        wait_for(lambda: log_path.read_text(), 30, "a log line")
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        proc.stdout.close()
+    lines = log_path.read_text().splitlines()
+    assert len(lines) >= 2, lines
+    for line in lines:
+        obj = json.loads(line)
+        assert list(obj) == ["time", "msg"], line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", obj["time"]), line
+    assert any(json.loads(l)["msg"].startswith("serving ") for l in lines), lines
