@@ -39,6 +39,11 @@ if grep -q 'bigtransfer.service' <<<"$out"; then
     fail "systemd-analyze verify warns: $out"
 fi
 echo "ok   systemd-analyze verify accepts dist/bigtransfer.service"
+# The check can fail: a misspelt directive in a copy must be reported.
+sed 's/^NoNewPrivileges=yes$/NoNewPrivilegez=yes/' "$WORK/bigtransfer.service" >"$WORK/broken.service"
+out="$(cd "$WORK" && timeout 60 systemd-analyze verify "$WORK/broken.service" 2>&1)" || true
+grep -q "Unknown key 'NoNewPrivilegez'" <<<"$out" || fail "a misspelt directive went unreported: $out"
+echo "ok   a misspelt directive is reported (the check can fail)"
 
 if [[ -x "$BIN" ]]; then
     # The flags of ExecStart, checked by the binary itself (--check-config
