@@ -334,9 +334,10 @@ fn send_loop(
     mut opts: SendOptions,
 ) -> ExitCode {
     let start = RunStart(Arc::new(Mutex::new((0, Instant::now()))));
-    let bar = make_bar(!a.quiet && std::io::stderr().is_terminal(), &start);
     let seen = Seen::default();
     loop {
+        // A fresh bar per try: a finished one draws no more.
+        let bar = make_bar(!a.quiet && std::io::stderr().is_terminal(), &start);
         let target = format!("{}:{}", opts.host, opts.port);
         let mut cb = |p: &Progress| {
             on_progress(p, a, lang, interactive, &opts, &target, &bar, &start, &seen)
@@ -399,20 +400,22 @@ fn on_progress(
 ) -> Control {
     match p {
         Progress::Hashing { done, total } => {
-            bar.set_message(lang.s(&msg::HASHING));
+            if *done == 0 {
+                start.set(0);
+            }
             bar.set_length(*total);
             bar.set_position(*done);
-            start.set(0);
+            bar.set_message(lang.s(&msg::HASHING));
         }
         Progress::Connected {
             offset,
             total,
             addr,
         } => {
-            bar.set_message(lang.s(&msg::SENDING));
+            start.set(*offset);
             bar.set_length(*total);
             bar.set_position(*offset);
-            start.set(*offset);
+            bar.set_message(lang.s(&msg::SENDING));
             seen.attempt_start.set(*offset);
             seen.moved.set(false);
             seen.held.set(seen.held.get().max(*offset));
