@@ -33,7 +33,8 @@ other holds:
                                its own CRC-32, written alternately
 
 KEY is the SHA-256 of the UTF-8 name in hex, so that any allowed name fits.
-A checkpoint is taken every 32 MiB and whenever a connection ends early: the
+Parts an older server.py held in .bigtransfer-py/ (JSON sidecars) are moved
+into this layout at start. A checkpoint is taken every 32 MiB and whenever a connection ends early: the
 part is fsynced, then the next slot is written and fsynced. A new upload of
 the same name resumes from the newest valid slot only when the head's size
 and CRC-32 equal its header's (the same source file); otherwise the held
@@ -81,7 +82,8 @@ IO_BLOCK = 1024 * 1024
 STATE_DIR_NAME = ".bigtransfer"
 # Names that would collide with the state directory (and the one used
 # before the two servers shared a layout).
-RESERVED_NAMES = (STATE_DIR_NAME, ".bigtransfer-py")
+OLD_STATE_DIR_NAME = ".bigtransfer-py"
+RESERVED_NAMES = (STATE_DIR_NAME, OLD_STATE_DIR_NAME)
 META_MAGIC = b"BTHELD01"
 # The Rust server's record of a block-verified (protocol 2) upload: same
 # layout, but its crc32 field holds the block size's log2.
@@ -265,6 +267,10 @@ class PartStore:
         self.pure = pure
         os.makedirs(self.state_dir, exist_ok=True)
         self._lock_file = lock_state_dir(self.state_dir, self.root)
+        moved = migrate_old_parts(self)
+        if moved:
+            log.info("kept %d held part(s) from %s/ (now in %s/)",
+                     moved, OLD_STATE_DIR_NAME, STATE_DIR_NAME)
         self._guard = threading.Lock()
         self._claims: Dict[str, List] = {}  # name -> [lock, number of users]
 
@@ -293,6 +299,59 @@ class PartStore:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._claims[name]
+
+
+def migrate_old_parts(store):
+    """Move the parts an older server.py held in .bigtransfer-py/ (with JSON
+    sidecars) into the shared layout, so that their progress is kept by
+    either server. Returns how many were moved."""
+    old = os.path.join(store.root, OLD_STATE_DIR_NAME)
+    if not os.path.isdir(old):
+        return 0
+    moved = 0
+    for entry in sorted(os.listdir(old)):
+        if entry.endswith(".json") and migrate_one(store, old, entry[:-len(".json")]):
+            moved += 1
+    for leftover in os.listdir(old):  # stray temp files, parts without a sidecar
+        remove_if_present(os.path.join(old, leftover))
+    with contextlib.suppress(OSError):
+        os.rmdir(old)
+    fsync_dir(store.root)
+    return moved
+
+
+def migrate_one(store, old, key):
+    """Move one old held part (KEY.part + KEY.json) if its sidecar is sound."""
+    sidecar, part = os.path.join(old, key + ".json"), os.path.join(old, key + ".part")
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            side = json.load(f)
+        size = os.path.getsize(part)
+    except (OSError, ValueError):
+        return False
+    ints = [side.get(k) for k in ("filesize", "crc32", "offset", "offset_crc32")] \
+        if isinstance(side, dict) else [None]
+    name = side.get("filename") if isinstance(side, dict) else None
+    if (not isinstance(name, str) or not all(isinstance(v, int) for v in ints)
+            or hashlib.sha256(name.encode("utf-8")).hexdigest() != key
+            or not 0 <= ints[2] <= min(ints[0], size)):
+        return False
+    new_part, new_meta = store.held_paths(name)
+    if os.path.exists(new_meta):
+        return False  # the shared layout holds this name already: newer
+    filesize, crc32, offset, offset_crc = ints
+    os.replace(part, new_part)
+    with open(new_part, "r+b", buffering=0) as f:
+        f.truncate(offset)
+        os.fsync(f.fileno())
+        slot = encode_slot(1, offset, offset_crc, part_stamp(f.fileno()))
+    with open(new_meta, "wb") as f:
+        f.write(encode_meta_head(name, filesize, crc32) + slot + bytes(SLOT_LEN))
+        f.flush()
+        os.fsync(f.fileno())
+    remove_if_present(sidecar)
+    fsync_dir(store.state_dir)
+    return True
 
 
 def lock_state_dir(state_dir, root):

@@ -172,3 +172,30 @@ def test_python_server_json_log_lines(tmp_path):
         assert list(obj) == ["time", "msg"], line
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", obj["time"]), line
     assert any(json.loads(l)["msg"].startswith("serving ") for l in lines), lines
+
+
+def test_parts_of_the_old_python_layout_are_kept(tmp_path):
+    """A part held in .bigtransfer-py/ (JSON sidecar) by an older server.py is
+    moved into the shared layout at start and resumed from its offset."""
+    directory = tmp_path / "received"
+    source = make_file(tmp_path, "old.bin", 3 * MiB)
+    data = source.read_bytes()
+    held = MiB + 123
+    old = directory / ".bigtransfer-py"
+    old.mkdir(parents=True)
+    key = hashlib.sha256(source.name.encode("utf-8")).hexdigest()
+    (old / (key + ".part")).write_bytes(data[:held] + b"unrecorded tail")
+    (old / (key + ".json")).write_text(json.dumps({
+        "version": 1, "filename": source.name, "filesize": len(data),
+        "crc32": zlib.crc32(data), "offset": held, "offset_crc32": zlib.crc32(data[:held])}))
+    (old / "junk.json.tmp").write_text("x")
+    log_path = tmp_path / "py.log"
+    with running_server(directory, log_path) as py:
+        assert not old.exists()
+        part, meta = py.held_paths(source.name)
+        assert part.stat().st_size == held and held_offset(meta) == held
+        result = ok_result(upload(py, source))
+        assert result["offset"] == held
+        assert result["sent"] == len(data) - held
+    assert (directory / source.name).read_bytes() == data
+    assert "kept 1 held part(s) from .bigtransfer-py/" in log_path.read_text()
