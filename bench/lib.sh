@@ -163,9 +163,13 @@ bt_wait_log() {
   return 1
 }
 
-# bt_srv_stamp LOG REGEX : the server's "[secs.ms]" stamps of the matching lines, in ns, one a line
+# bt_srv_stamp LOG REGEX : the server's "[2026-11-30T06:56:32.581Z]" (RFC 3339) stamps
+# of the matching lines, in ns since the epoch, one a line (older logs' "[secs.ms]" too)
 bt_srv_stamp() {
+  local t
   sed -n "s/^\[\([0-9]*\)\.\([0-9]*\)\] .*$2.*/\1\2000000/p" "$1" 2>/dev/null || true
+  sed -n "s/^\[\([0-9][0-9-]*T[0-9:.]*Z\)\] .*$2.*/\1/p" "$1" 2>/dev/null |
+    while read -r t; do date -u -d "$t" +%s%N; done || true
 }
 
 # bt_json_field FILE KEY : a number or string value from the client's --json line

@@ -234,10 +234,16 @@ const char *bt_version(void);
 /**
  * The message of the last failed call on the calling thread (UTF-8,
  * NUL-terminated), or an empty string if the last call succeeded or none
- * was made. Never NULL. Each call of the API that returns a `bt_status`
- * (except `bt_server_stop`) replaces it, so the pointer is valid only until
- * the next such call on this thread: copy the text to keep it. Do not free
- * it.
+ * was made. Never NULL. Do not free it.
+ *
+ * When it is valid: each call on this thread of a function that returns a
+ * `bt_status` or a new handle (`bt_*_new`) replaces the message, so the
+ * pointer and the text are valid only until the next such call on this
+ * thread: read or copy it first. The functions that leave it untouched are
+ * `bt_server_stop`, `bt_send_options_free`, `bt_server_config_free`,
+ * `bt_server_free`, `bt_version`, `bt_status_name` and this one, so a
+ * caller may free its handles and then print the message. Other threads
+ * have their own message and never change this one.
  */
 const char *bt_last_error_message(void);
 
@@ -264,7 +270,7 @@ struct bt_send_options *bt_send_options_new(void);
 
 /**
  * Releases options made by `bt_send_options_new`. NULL is allowed (does
- * nothing).
+ * nothing). Leaves `bt_last_error_message()` as it was.
  *
  * # Safety
  * `options` must be NULL or a handle from `bt_send_options_new` not yet
@@ -433,7 +439,7 @@ struct bt_server_config *bt_server_config_new(void);
 
 /**
  * Releases a configuration made by `bt_server_config_new`. NULL is allowed
- * (does nothing).
+ * (does nothing). Leaves `bt_last_error_message()` as it was.
  *
  * # Safety
  * `config` must be NULL or a handle from `bt_server_config_new` not yet
@@ -637,7 +643,8 @@ enum bt_status bt_server_stop(const struct bt_server *server);
 /**
  * Releases a server made by `bt_server_new`: closes the listening socket and
  * unlocks the storage directory. NULL is allowed (does nothing). Call it only
- * after `bt_server_serve` returned (or if it was never called).
+ * after `bt_server_serve` returned (or if it was never called). Leaves
+ * `bt_last_error_message()` as it was.
  *
  * # Safety
  * `server` must be NULL or a handle from `bt_server_new` not yet freed, not

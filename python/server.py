@@ -18,24 +18,30 @@ the peer's address) goes to stderr. It serves connections concurrently, one
 thread each, at most --max-connections at a time (more are closed at once and
 logged), and runs until SIGINT or SIGTERM, then exits 0.
 
-On-disk layout, under --dir (default ./received):
+On-disk layout, under --dir (default ./received): exactly the Rust server's
+(core/src/store.rs, docs/PROTOCOL.md), so either server resumes what the
+other holds:
 
-    NAME                          a completed upload, renamed into place only
-                                  after its CRC-32 matched
-    .bigtransfer-py/HASH.part     the bytes held of an unfinished upload
-    .bigtransfer-py/HASH.json     its sidecar: {"version", "filename",
-                                  "filesize", "crc32", "offset", "offset_crc32"}
+    NAME                       a completed upload, renamed into place only
+                               after its CRC-32 matched
+    .bigtransfer/lock          flock()ed by the one server using the directory
+    .bigtransfer/KEY.part      the bytes held of an unfinished upload
+    .bigtransfer/KEY.meta      its checkpoint record ("BTHELD01"): a head
+                               naming the upload (size, CRC-32, name) and two
+                               slots (sequence, offset, CRC-32 of the bytes up
+                               to it, the part's inode and ctime), each with
+                               its own CRC-32, written alternately
 
-HASH is the SHA-256 of the UTF-8 name in hex, so that any allowed name fits.
-The sidecar records the header the part belongs to and the durable offset,
-i.e. how many bytes of the part are known to be on disk (fsynced), with the
-CRC-32 of those bytes. It is rewritten atomically (temp file, fsync, rename)
-every 32 MiB and whenever a connection ends early. A new upload of the same
-name resumes from that offset only when its header's filesize and crc32 equal
-the sidecar's (the same source file); otherwise the held part is discarded.
-On resume the held bytes are read back to seed the CRC-32, so a part that was
-changed on disk since its checkpoint yields CRC32_ERROR, never a bad file.
-(``.bigtransfer/`` belongs to the Rust server, whose format differs.)
+KEY is the SHA-256 of the UTF-8 name in hex, so that any allowed name fits.
+Parts an older server.py held in .bigtransfer-py/ (JSON sidecars) are moved
+into this layout at start. A checkpoint is taken every 32 MiB and whenever a connection ends early: the
+part is fsynced, then the next slot is written and fsynced. A new upload of
+the same name resumes from the newest valid slot only when the head's size
+and CRC-32 equal its header's (the same source file); otherwise the held
+part is discarded. On resume the held bytes are read back to seed the
+CRC-32, so a part changed on disk since its checkpoint yields CRC32_ERROR,
+never a bad file. Log lines are ``[RFC 3339 UTC time] message`` (or JSON
+with --log-format json), as the Rust server writes them.
 
 When the Rust extension module ``bigtransfer`` is importable, the "serve"
 piece runs ``bigtransfer.Server`` instead and the "crc" piece uses
@@ -46,6 +52,7 @@ use the module (default: all that it provides).
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -72,10 +79,20 @@ MAX_FILESIZE = 2 ** 63 - 1  # what a file offset can address
 MAX_CRC32 = 0xFFFFFFFF
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 IO_BLOCK = 1024 * 1024
-STATE_DIR_NAME = ".bigtransfer-py"
-# Names that would collide with our own or the Rust server's bookkeeping.
-RESERVED_NAMES = (".bigtransfer", STATE_DIR_NAME)
-SIDECAR_VERSION = 1
+STATE_DIR_NAME = ".bigtransfer"
+# Names that would collide with the state directory (and the one used
+# before the two servers shared a layout).
+OLD_STATE_DIR_NAME = ".bigtransfer-py"
+RESERVED_NAMES = (STATE_DIR_NAME, OLD_STATE_DIR_NAME)
+META_MAGIC = b"BTHELD01"
+# The Rust server's record of a block-verified (protocol 2) upload: same
+# layout, but its crc32 field holds the block size's log2.
+META_MAGIC_V2 = b"BTHELD02"
+META_HEAD = struct.Struct(">8sQIH255s")   # magic, filesize, crc32, name length, name
+META_HEAD_LEN = META_HEAD.size + 4        # + CRC-32 of the above
+SLOT = struct.Struct(">QQIQqI")           # seq, offset, crc32, inode, ctime s, ctime ns
+SLOT_LEN = SLOT.size + 4                  # + CRC-32 of the above
+META_LEN = META_HEAD_LEN + 2 * SLOT_LEN
 RESULT_OK = b"CRC32_OK"
 RESULT_ERROR = b"CRC32_ERROR"
 STOP_GRACE_SECONDS = 5.0
@@ -192,24 +209,68 @@ def remove_if_present(path):
         os.remove(path)
 
 
-def write_json_atomic(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
+def encode_meta_head(name, filesize, crc32):
+    """The head of a checkpoint record (core/src/store.rs: encode_meta_head)."""
+    raw = name.encode("utf-8")
+    head = META_HEAD.pack(META_MAGIC, filesize, crc32, len(raw), raw)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def encode_slot(seq, offset, crc32, stamp):
+    """One checkpoint slot (core/src/store.rs: encode_slot)."""
+    ino, ctime, ctime_nsec = stamp
+    body = SLOT.pack(seq, offset, crc32, ino, ctime, ctime_nsec)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def part_stamp(fd):
+    """(inode, ctime seconds, ctime nanoseconds) of an open part file."""
+    st = os.fstat(fd)
+    return st.st_ino, st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9
+
+
+def decode_meta(data):
+    """(name, filesize, crc32, seq, offset, offset_crc32, version) of a
+    checkpoint record, or None if it is damaged. Version 2 is the Rust
+    server's block-verified upload, whose crc32 is no file CRC-32."""
+    if len(data) < META_LEN:
+        return None
+    head = data[:META_HEAD_LEN]
+    if struct.unpack(">I", head[-4:])[0] != zlib.crc32(head[:-4]):
+        return None
+    magic, filesize, crc32, name_len, raw = META_HEAD.unpack(head[:-4])
+    if magic not in (META_MAGIC, META_MAGIC_V2) or not 0 < name_len <= MAX_NAME_BYTES:
+        return None
+    try:
+        name = raw[:name_len].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    best = None
+    for i in range(2):
+        slot = data[META_HEAD_LEN + i * SLOT_LEN:META_HEAD_LEN + (i + 1) * SLOT_LEN]
+        if struct.unpack(">I", slot[-4:])[0] != zlib.crc32(slot[:-4]):
+            continue
+        seq, offset, offset_crc, _, _, _ = SLOT.unpack(slot[:-4])
+        if offset <= filesize and (best is None or seq > best[0]):
+            best = (seq, offset, offset_crc)
+    if best is None:
+        return None
+    return (name, filesize, crc32) + best + (1 if magic == META_MAGIC else 2,)
 
 
 class PartStore:
-    """The storage directory: final files plus held parts under .bigtransfer-py/."""
+    """The storage directory: final files plus held parts under .bigtransfer/."""
 
     def __init__(self, root, pure=False):
         self.root = os.path.abspath(root)
         self.state_dir = os.path.join(self.root, STATE_DIR_NAME)
         self.pure = pure
         os.makedirs(self.state_dir, exist_ok=True)
+        self._lock_file = lock_state_dir(self.state_dir, self.root)
+        moved = migrate_old_parts(self)
+        if moved:
+            log.info("kept %d held part(s) from %s/ (now in %s/)",
+                     moved, OLD_STATE_DIR_NAME, STATE_DIR_NAME)
         self._guard = threading.Lock()
         self._claims: Dict[str, List] = {}  # name -> [lock, number of users]
 
@@ -217,10 +278,10 @@ class PartStore:
         return os.path.join(self.root, name)
 
     def held_paths(self, name):
-        """(part, sidecar) paths for ``name``."""
+        """(part, checkpoint record) paths for ``name``."""
         key = hashlib.sha256(name.encode("utf-8")).hexdigest()
         base = os.path.join(self.state_dir, key)
-        return base + ".part", base + ".json"
+        return base + ".part", base + ".meta"
 
     @contextlib.contextmanager
     def claim(self, name, timeout):
@@ -240,6 +301,70 @@ class PartStore:
                     del self._claims[name]
 
 
+def migrate_old_parts(store):
+    """Move the parts an older server.py held in .bigtransfer-py/ (with JSON
+    sidecars) into the shared layout, so that their progress is kept by
+    either server. Returns how many were moved."""
+    old = os.path.join(store.root, OLD_STATE_DIR_NAME)
+    if not os.path.isdir(old):
+        return 0
+    moved = 0
+    for entry in sorted(os.listdir(old)):
+        if entry.endswith(".json") and migrate_one(store, old, entry[:-len(".json")]):
+            moved += 1
+    for leftover in os.listdir(old):  # stray temp files, parts without a sidecar
+        remove_if_present(os.path.join(old, leftover))
+    with contextlib.suppress(OSError):
+        os.rmdir(old)
+    fsync_dir(store.root)
+    return moved
+
+
+def migrate_one(store, old, key):
+    """Move one old held part (KEY.part + KEY.json) if its sidecar is sound."""
+    sidecar, part = os.path.join(old, key + ".json"), os.path.join(old, key + ".part")
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            side = json.load(f)
+        size = os.path.getsize(part)
+    except (OSError, ValueError):
+        return False
+    ints = [side.get(k) for k in ("filesize", "crc32", "offset", "offset_crc32")] \
+        if isinstance(side, dict) else [None]
+    name = side.get("filename") if isinstance(side, dict) else None
+    if (not isinstance(name, str) or not all(isinstance(v, int) for v in ints)
+            or hashlib.sha256(name.encode("utf-8")).hexdigest() != key
+            or not 0 <= ints[2] <= min(ints[0], size)):
+        return False
+    new_part, new_meta = store.held_paths(name)
+    if os.path.exists(new_meta):
+        return False  # the shared layout holds this name already: newer
+    filesize, crc32, offset, offset_crc = ints
+    os.replace(part, new_part)
+    with open(new_part, "r+b", buffering=0) as f:
+        f.truncate(offset)
+        os.fsync(f.fileno())
+        slot = encode_slot(1, offset, offset_crc, part_stamp(f.fileno()))
+    with open(new_meta, "wb") as f:
+        f.write(encode_meta_head(name, filesize, crc32) + slot + bytes(SLOT_LEN))
+        f.flush()
+        os.fsync(f.fileno())
+    remove_if_present(sidecar)
+    fsync_dir(store.state_dir)
+    return True
+
+
+def lock_state_dir(state_dir, root):
+    """flock ``state_dir``/lock as the Rust server does: one server per directory."""
+    f = open(os.path.join(state_dir, "lock"), "a+b")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise OSError("storage directory %s is in use by another server" % root) from None
+    return f
+
+
 class Upload:
     """One upload into a held part: resume point, incremental CRC-32, checkpoints."""
 
@@ -248,25 +373,33 @@ class Upload:
         self.name = name
         self.filesize = filesize
         self.expected_crc = crc32
-        self.part_path, self.sidecar_path = store.held_paths(name)
+        self.part_path, self.meta_path = store.held_paths(name)
         self.file = None
         self.size = 0      # bytes in the part now
         self.crc = 0       # CRC-32 of those bytes
-        self.durable: Optional[Tuple[int, int]] = None  # (size, crc) in the sidecar
+        self.seq = 0       # sequence number of the newest slot written
+        self.durable: Optional[Tuple[int, int]] = None  # (size, crc) recorded
 
     def open(self):
         """Open the part, resuming a matching held one; return the offset to announce."""
-        held = self._matching_sidecar()
+        held = self._matching_record()
         if held is None:
             self._discard()
             self.file = open(self.part_path, "w+b", buffering=0)
+            self._write_record(0, 0, 0, fresh=True)
             return 0
-        offset, recorded_crc = held
+        self.seq, offset, recorded_crc, version = held
         self.file = open(self.part_path, "r+b", buffering=0)
         self.file.truncate(offset)  # drop bytes written after the last checkpoint
         self.crc = file_crc32(self.part_path, self.store.pure)
         self.size = offset
         self.durable = (offset, recorded_crc)
+        if version == 2:
+            # Held by the Rust server for a protocol-2 upload: record it as
+            # the legacy upload it now is (its block list no longer applies).
+            remove_if_present(self.part_path[:-len(".part")] + ".blk")
+            self.seq += 1
+            self._write_record(self.seq, offset, self.crc, fresh=True)
         if self.crc != recorded_crc:
             log.warning("held part of %r changed on disk since its checkpoint "
                         "(CRC-32 %08x, recorded %08x); this upload will fail its check",
@@ -274,29 +407,45 @@ class Upload:
         self.file.seek(offset)
         return offset
 
-    def _matching_sidecar(self):
-        """(offset, crc) of a held part of the same source file, or None."""
+    def _matching_record(self):
+        """(seq, offset, crc) of a held part of the same source file, or None."""
         try:
-            with open(self.sidecar_path, encoding="utf-8") as f:
-                side = json.load(f)
+            with open(self.meta_path, "rb") as f:
+                rec = decode_meta(f.read(META_LEN))
             part_size = os.path.getsize(self.part_path)
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if not isinstance(side, dict) or side.get("version") != SIDECAR_VERSION:
+        if rec is None:
             return None
-        offset = side.get("offset")
-        offset_crc = side.get("offset_crc32")
-        if (side.get("filename") != self.name
-                or side.get("filesize") != self.filesize
-                or side.get("crc32") != self.expected_crc
-                or not isinstance(offset, int) or not isinstance(offset_crc, int)
-                or not 0 <= offset <= min(self.filesize, part_size)):
+        name, filesize, crc32, seq, offset, offset_crc, version = rec
+        # A protocol-2 record names no file CRC-32: the same name and size
+        # are taken as the same file, and the final CRC-32 check catches a
+        # different one (the bytes are then discarded and sent again).
+        same_crc = version == 2 or crc32 == self.expected_crc
+        if name != self.name or filesize != self.filesize or not same_crc or offset > part_size:
             return None
-        return offset, offset_crc
+        return seq, offset, offset_crc, version
 
     def _discard(self):
-        remove_if_present(self.sidecar_path)  # first: a part without sidecar is never resumed
+        remove_if_present(self.meta_path)  # first: a part without a record is never resumed
         remove_if_present(self.part_path)
+
+    def _write_record(self, seq, offset, crc, fresh=False):
+        """Write checkpoint ``seq`` into its slot (a whole new record if ``fresh``)."""
+        slot = encode_slot(seq, offset, crc, part_stamp(self.file.fileno()))
+        fd = os.open(self.meta_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fresh:
+                os.ftruncate(fd, 0)
+                head = encode_meta_head(self.name, self.filesize, self.expected_crc)
+                os.pwrite(fd, head + slot + bytes(SLOT_LEN), 0)
+            else:
+                os.pwrite(fd, slot, META_HEAD_LEN + (seq % 2) * SLOT_LEN)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if fresh:
+            fsync_dir(self.store.state_dir)
 
     def write(self, data):
         """Append ``data`` (a memoryview) to the part; checkpoint every 32 MiB."""
@@ -311,16 +460,10 @@ class Upload:
             self.checkpoint()
 
     def checkpoint(self):
-        """Make the bytes held so far durable and record them in the sidecar."""
+        """Make the bytes held so far durable, then record them in the next slot."""
         os.fsync(self.file.fileno())
-        write_json_atomic(self.sidecar_path, {
-            "version": SIDECAR_VERSION,
-            "filename": self.name,
-            "filesize": self.filesize,
-            "crc32": self.expected_crc,
-            "offset": self.size,
-            "offset_crc32": self.crc,
-        })
+        self.seq += 1
+        self._write_record(self.seq, self.size, self.crc)
         self.durable = (self.size, self.crc)
 
     def suspend(self):
@@ -342,7 +485,7 @@ class Upload:
         self.file.close()
         os.replace(self.part_path, self.store.final_path(self.name))
         fsync_dir(self.store.root)
-        remove_if_present(self.sidecar_path)
+        remove_if_present(self.meta_path)
         return True
 
 
@@ -435,7 +578,7 @@ class Server:
             return
         peer = format_address(addr[0], addr[1])
         if not self._slots.acquire(blocking=False):
-            log.warning("[%s] refused: already %d connections", peer, self.max_connections)
+            log.warning("%s: refused: already %d connections", peer, self.max_connections)
             conn.close()
             return
         thread = threading.Thread(target=self._run_connection, args=(conn, peer),
@@ -449,7 +592,7 @@ class Server:
             with conn:
                 self.handle(conn, peer)
         except Exception:  # one connection must never stop the server
-            log.exception("[%s] unexpected error", peer)
+            log.exception("%s: unexpected error", peer)
         finally:
             with self._active_lock:
                 self._active.pop(threading.current_thread(), None)
@@ -472,7 +615,7 @@ class Server:
     def handle(self, conn, peer):
         """Serve one upload on ``conn``."""
         conn.settimeout(self.timeout)
-        log.info("[%s] connected", peer)
+        log.info("%s: connected", peer)
         try:
             (length,) = struct.unpack("!I", recv_exact(conn, 4))
             if length == 0 or length > MAX_HEADER_LEN:
@@ -482,22 +625,22 @@ class Server:
             if os.path.isdir(self.store.final_path(name)):
                 raise Refused("%r is a directory on the server" % name)
         except Refused as exc:
-            log.warning("[%s] refused: %s", peer, exc)
+            log.warning("%s: refused: %s", peer, exc)
             return
         except ConnectionLost as exc:
-            log.info("[%s] no header: %s", peer, exc)
+            log.info("%s: no header: %s", peer, exc)
             return
 
         with self.store.claim(name, self.timeout) as claimed:
             if not claimed:
-                log.warning("[%s] refused: another upload of %r is still running", peer, name)
+                log.warning("%s: refused: another upload of %r is still running", peer, name)
                 return
             self._receive(conn, peer, Upload(self.store, name, filesize, crc))
 
     def _receive(self, conn, peer, upload):
         offset = upload.open()
         name, filesize = upload.name, upload.filesize
-        log.info("[%s] %r: %d bytes, crc32 %08x, resuming at %d",
+        log.info("%s: %r: %d bytes, crc32 %08x, resuming at %d",
                  peer, name, filesize, upload.expected_crc, offset)
         buf = bytearray(min(IO_BLOCK, max(1, filesize - offset)))
         view = memoryview(buf)
@@ -512,7 +655,7 @@ class Server:
         except ConnectionLost as exc:
             reason = "server stopping" if self._stopping else str(exc)
             upload.suspend()
-            log.warning("[%s] %r interrupted at %d of %d bytes (%s); part kept",
+            log.warning("%s: %r interrupted at %d of %d bytes (%s); part kept",
                         peer, name, upload.size, filesize, reason)
             return
         except BaseException:
@@ -522,16 +665,16 @@ class Server:
         matched = upload.finish()
         result = RESULT_OK if matched else RESULT_ERROR
         if matched:
-            log.info("[%s] %r stored, %d bytes, received %d",
+            log.info("%s: %r stored, %d bytes, received %d",
                      peer, name, filesize, filesize - offset)
         else:
-            log.warning("[%s] %r CRC-32 mismatch (got %08x, expected %08x); discarded",
+            log.warning("%s: %r CRC-32 mismatch (got %08x, expected %08x); discarded",
                         peer, name, upload.crc, upload.expected_crc)
         try:
             conn.sendall(result)
             conn.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            log.warning("[%s] could not send %s: %s", peer, result.decode(), exc)
+            log.warning("%s: could not send %s: %s", peer, result.decode(), exc)
 
 
 def make_listener(bind, port, backlog=128):
@@ -575,6 +718,9 @@ def parse_args(argv):
                         help="idle timeout per connection (default 60)")
     parser.add_argument("--max-connections", type=int, default=64, metavar="N",
                         help="connections served at once (default 64)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as '[RFC 3339 time] message' (default) or one "
+                             "JSON object per line, as the Rust server writes them")
     parser.add_argument("--pure", action="store_true",
                         help="use pure Python even when the bigtransfer module is available")
     args = parser.parse_args(argv)
@@ -585,6 +731,31 @@ def parse_args(argv):
     if args.max_connections < 1:
         parser.error("--max-connections must be >= 1")
     return args
+
+
+def rfc3339(created):
+    """``2026-11-30T06:56:32.581Z``: the Rust server's timestamp (UTC, ms)."""
+    millis = int(round(created * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + (
+        ".%03dZ" % (millis % 1000))
+
+
+class LogFormatter(logging.Formatter):
+    """The Rust server's two line shapes: ``[TIME] message`` or
+    ``{"time": "TIME", "msg": "message"}``."""
+
+    def __init__(self, kind="text"):
+        super().__init__()
+        self.kind = kind
+
+    def format(self, record):
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += ": " + " ".join(self.formatException(record.exc_info).split())
+        ts = rfc3339(record.created)
+        if self.kind == "json":
+            return '{"time": "%s", "msg": %s}' % (ts, json.dumps(msg, ensure_ascii=False))
+        return "[%s] %s" % (ts, msg)
 
 
 def announce(host, port):
@@ -632,8 +803,9 @@ def serve_with_module(mod, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(args.log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         os.makedirs(args.dir, exist_ok=True)
         mod = engine("serve", args.pure)

@@ -1,21 +1,85 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: Rust (unit, doc, property
-# and end-to-end over loopback), the C API test (plus valgrind), and the Python
-# tests (stdlib scripts, the pyo3 module, and every Rust/Python combination).
-# Installs what it needs itself (Python venv with maturin and pytest in .venv).
+# and end-to-end over loopback), the systemd unit check, the C API test (plus
+# valgrind), the Python tests (stdlib scripts, the pyo3 module, every
+# Rust/Python combination, the server swap) and the fault injection soak.
+#
+# Builds once and reuses: one release build of the binary and the C library
+# (the C test and the Python tests use them), one debug build of the tests;
+# the Python extension builds alongside the debug tests. Then two lanes run
+# side by side, each into its own log, shown when both are done:
+#   Rust unit/doc tests -> systemd unit -> C    |    e2e -> Python -> soak
+# Python: a .venv with --system-site-packages reuses a system-wide maturin
+# and pytest (no network); only if they are missing does pip fetch them.
+# Writes nothing outside the clone and one temporary directory, removed at
+# the end: TMPDIR, XDG_CACHE_HOME and BIGTRANSFER_CACHE_DIR point into it.
+# Exits non-zero if any step failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== Rust: unit, doc, property and end-to-end tests"
-cargo build --release -p bigtransfer-cli
-cargo test --workspace --exclude bigtransfer-python
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/bt-run-all.XXXXXX")"
+trap 'rm -rf -- "$WORK"' EXIT
+mkdir -p "$WORK/tmp" "$WORK/cache/bigtransfer" "$WORK/logs"
+export TMPDIR="$WORK/tmp" XDG_CACHE_HOME="$WORK/cache" BIGTRANSFER_CACHE_DIR="$WORK/cache/bigtransfer"
+export PIP_CACHE_DIR="$WORK/cache/pip" PYTHONDONTWRITEBYTECODE=1
+START=$SECONDS
+stage() { echo "== $* (at $((SECONDS - START)) s)"; }
 
-echo "== C: the C API test"
-bash tests/c/run.sh
+stage "build: release binary and C library"
+cargo build --release -p bigtransfer-cli -p bigtransfer-ffi
 
-echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
-bash tests/python/run.sh
+stage "build: Rust tests (debug), and the Python extension alongside"
+BT_PY_STEP=build bash tests/python/run.sh >"$WORK/logs/python-build.log" 2>&1 &
+py_build=$!
+cargo test --workspace --exclude bigtransfer-python --no-run
+if ! wait "$py_build"; then
+    cat "$WORK/logs/python-build.log"
+    echo "FAIL: building the Python extension"
+    exit 1
+fi
 
-echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
-python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M
-python3 tests/soak/flood.py --conns 1000
+rust_lane() {
+    echo "== Rust: unit, doc and property tests (core, ffi, cli)"
+    cargo test -p bigtransfer-core -p bigtransfer-ffi
+    cargo test -p bigtransfer-cli --bin bigtransfer
+    echo "== systemd unit: dist/bigtransfer.service"
+    bash tests/dist/check_unit.sh target/release/bigtransfer
+    echo "== C: the C API test"
+    bash tests/c/run.sh
+}
+
+python_lane() {
+    echo "== Rust: end-to-end tests of the binary over loopback"
+    cargo test -p bigtransfer-cli --test e2e
+    echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
+    BT_PY_STEP=test bash tests/python/run.sh
+    echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
+    python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M
+    python3 tests/soak/flood.py --conns 1000
+}
+
+# run_lane NAME: runs the function NAME in a fresh bash (so that set -e holds
+# there whatever the caller does with its status) with SIGINT at its default:
+# a shell without job control starts background jobs with SIGINT ignored,
+# and the tests of Ctrl-C (KeyboardInterrupt, exit 130) need it delivered.
+run_lane() {
+    python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' \
+        bash -euo pipefail -c "$(declare -f "$1"); $1"
+}
+
+stage "run: two lanes side by side (Rust unit/doc + unit file + C | e2e + Python + soak)"
+run_lane python_lane >"$WORK/logs/python.log" 2>&1 &
+py_lane=$!
+rust_rc=0
+run_lane rust_lane >"$WORK/logs/rust.log" 2>&1 || rust_rc=$?
+py_rc=0
+wait "$py_lane" || py_rc=$?
+
+cat "$WORK/logs/rust.log"
+cat "$WORK/logs/python.log"
+stage "done"
+[[ $rust_rc -eq 0 ]] || echo "FAIL: the Rust unit/doc / systemd unit / C lane (exit $rust_rc)"
+[[ $py_rc -eq 0 ]] || echo "FAIL: the e2e / Python / soak lane (exit $py_rc)"
+[[ $rust_rc -eq 0 && $py_rc -eq 0 ]]

@@ -74,15 +74,18 @@ int main(int argc, char **argv) {
     bt_status status = bt_send_file(argv[1], (uint16_t)port, argv[3], options, on_progress,
                                     &last_percent, &result);
     fputc('\n', stderr);
-    bt_send_options_free(options);
 
     if (status != BT_OK) {
+        /* Read the message before any other call of the API: the next call
+         * that returns a status replaces it (see bt_last_error_message). */
         fprintf(stderr, "send: %s: %s\n", bt_status_name(status), bt_last_error_message());
-        if (status == BT_CANCELLED) {
+        bt_send_options_free(options);
+        if (status == BT_CANCELLED || status == BT_CONNECTION_LOST || status == BT_TIMED_OUT) {
             fprintf(stderr, "send: run the same command again to resume\n");
         }
         return 1;
     }
+    bt_send_options_free(options);
     printf("sent %s: %llu bytes, CRC-32 %08x, resumed from %llu, %llu bytes over the network, "
            "%u attempt(s)\n",
            argv[3], (unsigned long long)result.filesize, (unsigned)result.crc32,

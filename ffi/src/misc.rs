@@ -38,10 +38,16 @@ pub extern "C" fn bt_version() -> *const c_char {
 
 /// The message of the last failed call on the calling thread (UTF-8,
 /// NUL-terminated), or an empty string if the last call succeeded or none
-/// was made. Never NULL. Each call of the API that returns a `bt_status`
-/// (except `bt_server_stop`) replaces it, so the pointer is valid only until
-/// the next such call on this thread: copy the text to keep it. Do not free
-/// it.
+/// was made. Never NULL. Do not free it.
+///
+/// When it is valid: each call on this thread of a function that returns a
+/// `bt_status` or a new handle (`bt_*_new`) replaces the message, so the
+/// pointer and the text are valid only until the next such call on this
+/// thread: read or copy it first. The functions that leave it untouched are
+/// `bt_server_stop`, `bt_send_options_free`, `bt_server_config_free`,
+/// `bt_server_free`, `bt_version`, `bt_status_name` and this one, so a
+/// caller may free its handles and then print the message. Other threads
+/// have their own message and never change this one.
 #[no_mangle]
 pub extern "C" fn bt_last_error_message() -> *const c_char {
     last_error_ptr()

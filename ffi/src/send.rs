@@ -11,7 +11,8 @@ use std::time::Duration;
 use bigtransfer_core::{send_file, Control, Progress, Protocol, SendOptions};
 
 use crate::status::{
-    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_ptr, Failure,
+    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_free, guard_ptr,
+    Failure,
 };
 
 /// Options of an upload (retries, timeouts, backoff, rate limit, remote
@@ -92,7 +93,7 @@ pub extern "C" fn bt_send_options_new() -> *mut bt_send_options {
 }
 
 /// Releases options made by `bt_send_options_new`. NULL is allowed (does
-/// nothing).
+/// nothing). Leaves `bt_last_error_message()` as it was.
 ///
 /// # Safety
 /// `options` must be NULL or a handle from `bt_send_options_new` not yet
@@ -102,10 +103,9 @@ pub unsafe extern "C" fn bt_send_options_free(options: *mut bt_send_options) {
     if options.is_null() {
         return;
     }
-    let _ = guard("bt_send_options_free", || {
+    guard_free(|| {
         // SAFETY: a live handle from bt_send_options_new, by the contract.
         drop(unsafe { Box::from_raw(options) });
-        Ok(())
     });
 }
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 use bigtransfer_core::{Server, ServerConfig, StopHandle};
 
 use crate::status::{
-    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_ptr, Failure,
+    arg_mut, arg_path, arg_ref, arg_token, arg_utf8, bt_status, guard, guard_free, guard_ptr,
+    Failure,
 };
 
 /// How a server is set up: an opaque handle made by `bt_server_config_new`,
@@ -89,7 +90,7 @@ pub extern "C" fn bt_server_config_new() -> *mut bt_server_config {
 }
 
 /// Releases a configuration made by `bt_server_config_new`. NULL is allowed
-/// (does nothing).
+/// (does nothing). Leaves `bt_last_error_message()` as it was.
 ///
 /// # Safety
 /// `config` must be NULL or a handle from `bt_server_config_new` not yet
@@ -99,10 +100,9 @@ pub unsafe extern "C" fn bt_server_config_free(config: *mut bt_server_config) {
     if config.is_null() {
         return;
     }
-    let _ = guard("bt_server_config_free", || {
+    guard_free(|| {
         // SAFETY: a live handle from bt_server_config_new, by the contract.
         drop(unsafe { Box::from_raw(config) });
-        Ok(())
     });
 }
 
@@ -543,7 +543,8 @@ mod errno {
 
 /// Releases a server made by `bt_server_new`: closes the listening socket and
 /// unlocks the storage directory. NULL is allowed (does nothing). Call it only
-/// after `bt_server_serve` returned (or if it was never called).
+/// after `bt_server_serve` returned (or if it was never called). Leaves
+/// `bt_last_error_message()` as it was.
 ///
 /// # Safety
 /// `server` must be NULL or a handle from `bt_server_new` not yet freed, not
@@ -554,9 +555,8 @@ pub unsafe extern "C" fn bt_server_free(server: *mut bt_server) {
     if server.is_null() {
         return;
     }
-    let _ = guard("bt_server_free", || {
+    guard_free(|| {
         // SAFETY: a live handle from bt_server_new, by the contract.
         drop(unsafe { Box::from_raw(server) });
-        Ok(())
     });
 }

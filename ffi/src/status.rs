@@ -242,6 +242,13 @@ pub(crate) fn guard(func: &str, body: impl FnOnce() -> Result<(), Failure>) -> b
     }
 }
 
+/// Runs the body of a `bt_*_free` function: catches a panic (it must not
+/// unwind into C) but leaves the thread's last error message untouched, so
+/// that a caller may free its handles before reading why a call failed.
+pub(crate) fn guard_free(body: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(body));
+}
+
 /// Like [`guard`] for a constructor that returns a pointer: NULL on panic.
 pub(crate) fn guard_ptr<T>(func: &str, body: impl FnOnce() -> *mut T) -> *mut T {
     match catch_unwind(AssertUnwindSafe(body)) {

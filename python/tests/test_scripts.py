@@ -56,6 +56,23 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.02)
 
 
+def held_offset(meta_path):
+    """The offset of the newest checkpoint in a held part's record (0 if none)."""
+    try:
+        data = meta_path.read_bytes()
+    except OSError:
+        return 0
+    rec = load_server_module().decode_meta(data)
+    return rec[4] if rec else 0
+
+
+def load_server_module():
+    spec = importlib.util.spec_from_file_location("bt_server_script", SERVER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def read_line(pipe, timeout):
     """One line from a subprocess pipe, or AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -85,8 +102,8 @@ class RunningServer:
 
     def held_paths(self, name):
         key = hashlib.sha256(name.encode("utf-8")).hexdigest()
-        state = self.dir / ".bigtransfer-py"
-        return state / (key + ".part"), state / (key + ".json")
+        state = self.dir / ".bigtransfer"
+        return state / (key + ".part"), state / (key + ".meta")
 
 
 @contextlib.contextmanager
@@ -176,8 +193,8 @@ def kill_midway(server, path, at_least=MiB):
     finally:
         client.kill()
         client.wait(timeout=20)
-    wait_for(sidecar.exists, 30, "the sidecar after the client was killed")
-    held = json.loads(sidecar.read_text())["offset"]
+    held = wait_for(lambda: held_offset(sidecar) >= at_least and held_offset(sidecar), 30,
+                    "the checkpoint after the client was killed")
     assert at_least <= held < path.stat().st_size
     return held
 
@@ -475,7 +492,7 @@ def test_server_stop_keeps_part_and_restart_resumes(tmp_path):
         finally:
             client.kill()
             client.wait(timeout=20)
-        held = json.loads(sidecar.read_text())["offset"]
+        held = held_offset(sidecar)
         assert held >= MiB and part.stat().st_size == held
     with running_server(directory, log) as srv:
         result = ok_result(upload(srv, source))
@@ -495,7 +512,8 @@ REFUSED = [
     ("only dots", header("a/...", b"x")),
     ("empty last component", header("dir/", b"x")),
     ("reserved", header(".BigTransfer", b"x")),
-    ("own state dir", header(".bigtransfer-py", b"x")),
+    ("own state dir", header(".bigtransfer", b"x")),
+    ("old state dir", header(".bigtransfer-py", b"x")),
     ("filesize bool", header("f", b"x", filesize=True)),
     ("filesize negative", header("f", b"x", filesize=-1)),
     ("filesize string", header("f", b"x", filesize="1")),
@@ -513,8 +531,8 @@ def test_hostile_headers_are_refused(server, tmp_path):
     for what, raw in REFUSED:
         assert raw_upload(server.port, raw) is None, what
     assert raw_upload(server.port, b"\x00\x00", half_close=True) is None  # EOF mid-length
-    assert sorted(p.name for p in server.dir.iterdir()) == [".bigtransfer-py"]
-    assert list((server.dir / ".bigtransfer-py").iterdir()) == []
+    assert sorted(p.name for p in server.dir.iterdir()) == [".bigtransfer"]
+    assert [p.name for p in (server.dir / ".bigtransfer").iterdir()] == ["lock"]
     log = server.log()
     assert log.count("refused:") == len(REFUSED)
     assert "contains a control character" in log and "300 bytes long" in log
@@ -537,8 +555,8 @@ def test_wrong_crc_is_discarded(server):
     body = b"some bytes"
     reply = raw_upload(server.port, header("bad.bin", body, crc32=zlib.crc32(body) ^ 1), body)
     assert reply == (0, b"CRC32_ERROR")
-    assert sorted(p.name for p in server.dir.iterdir()) == [".bigtransfer-py"]
-    assert list((server.dir / ".bigtransfer-py").iterdir()) == []
+    assert sorted(p.name for p in server.dir.iterdir()) == [".bigtransfer"]
+    assert [p.name for p in (server.dir / ".bigtransfer").iterdir()] == ["lock"]
 
 
 # --------------------------------------------------------------------------

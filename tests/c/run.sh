@@ -7,7 +7,7 @@
 # installed, else a build with AddressSanitizer; it says which it used.
 #
 # Everything it makes is under a fresh temporary directory, removed at the
-# end (only cargo's build cache goes to TARGET/c-api); the test talks to
+# end (only cargo's build cache goes to TARGET); the test talks to
 # 127.0.0.1 only; every step has a time limit.
 # Usage: bash tests/c/run.sh [--debug]   (default: a release build)
 # BT_FORCE_ASAN=1 uses AddressSanitizer even where valgrind is installed.
@@ -50,10 +50,10 @@ finish() {
 
 # -- build the library -------------------------------------------------------
 echo "== building bigtransfer-ffi ($PROFILE)"
-# A target directory of its own: the python crate's cdylib has the same file
-# name (libbigtransfer.so), so a workspace build in the shared target
-# directory can leave the wrong library where cargo would hand us ours.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/c-api"
+# The workspace's target directory, so that the core built for the release
+# binary is reused (the Python crate's cdylib is libbigtransfer_python.so:
+# no clash with libbigtransfer.so). The paths come from cargo's own output.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 cargo_args=(build -p bigtransfer-ffi --lib --manifest-path "$ROOT/Cargo.toml" --message-format=json-render-diagnostics)
 [[ $PROFILE == release ]] && cargo_args+=(--release)
 if ! timeout 1200 cargo "${cargo_args[@]}" >"$WORK/cargo.json"; then
@@ -125,6 +125,15 @@ expect_exit() { # expect_exit CODE COMMAND...
 step "send without arguments exits 2 (usage)" expect_exit 2 "$WORK/bin/send"
 step "send with a bad port exits 2" expect_exit 2 "$WORK/bin/send" 127.0.0.1 notaport /dev/null
 step "send of a missing file exits 1" expect_exit 1 "$WORK/bin/send_shared" 127.0.0.1 9 "$WORK/missing"
+expect_message() { # expect_message TEXT COMMAND...: fails unless stderr has TEXT
+    local want="$1"
+    shift
+    timeout 60 "$@" 2>"$WORK/send.err" || true
+    cat "$WORK/send.err"
+    grep -qF -- "$want" "$WORK/send.err"
+}
+step "send of a missing file prints the reason" \
+    expect_message "send: source-file: cannot open $WORK/missing" "$WORK/bin/send" 127.0.0.1 9 "$WORK/missing"
 
 # -- run the test ----------------------------------------------------------------
 export TMPDIR="$WORK/tmp"

@@ -508,12 +508,21 @@ int main(void) {
           "options for the unreachable test");
     CHECK(nobody != 0 &&
               bt_send_file("127.0.0.1", nobody, path_a, quick, NULL, NULL, &r) == BT_UNREACHABLE &&
-              message_set() && result_zero(&r),
-          "a server nobody runs is BT_UNREACHABLE");
+              message_has("is unreachable") && message_has("127.0.0.1") && result_zero(&r),
+          "a server nobody runs is BT_UNREACHABLE, and the message names the server");
+    /* The free functions leave the message alone: a caller (like
+     * examples/send.c) may free its handles before printing it. */
+    bt_send_options *scratch = bt_send_options_new();
+    CHECK(scratch != NULL, "bt_send_options_new for the message test");
+    CHECK(bt_send_options_set_connect_timeout_ms(scratch, 0) == BT_INVALID_INPUT,
+          "a zero connect timeout fails (to leave a message)");
+    bt_send_options_free(scratch);
+    CHECK(message_has("bt_send_options_set_connect_timeout_ms") && message_has("timeout"),
+          "bt_send_options_free leaves the last error message as it was");
     char missing[4300];
     snprintf(missing, sizeof missing, "%s/does-not-exist.bin", src_dir);
     CHECK(bt_send_file("127.0.0.1", port, missing, quick, NULL, NULL, &r) == BT_SOURCE_FILE &&
-              message_set() && result_zero(&r),
+              message_has("cannot open") && message_has("does-not-exist.bin") && result_zero(&r),
           "a missing file is BT_SOURCE_FILE");
     CHECK(bt_crc32_file(missing, &crc_c) == BT_SOURCE_FILE && message_set(),
           "bt_crc32_file of a missing file is BT_SOURCE_FILE");

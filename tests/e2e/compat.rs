@@ -206,7 +206,7 @@ fn rust_client_to_python_server() {
         .spawn()
         .unwrap();
     let py_parts = |d: &Path| -> u64 {
-        std::fs::read_dir(d.join(".bigtransfer-py"))
+        std::fs::read_dir(d.join(".bigtransfer"))
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.metadata().ok())

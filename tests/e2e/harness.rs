@@ -174,6 +174,8 @@ pub struct ServerProc {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub log: Lines,
+    /// Standard output (the first line is `listening on ADDR`).
+    pub out: Lines,
 }
 
 impl ServerProc {
@@ -199,7 +201,7 @@ impl ServerProc {
             .spawn()
             .expect("start server");
         let (tx, rx) = mpsc::channel();
-        let _out = Lines::spawn_reader(child.stdout.take().unwrap(), Some(tx));
+        let out = Lines::spawn_reader(child.stdout.take().unwrap(), Some(tx));
         let log = Lines::spawn_reader(child.stderr.take().unwrap(), None);
         let line = rx.recv_timeout(LONG).unwrap_or_else(|_| {
             let _ = child.kill();
@@ -217,6 +219,7 @@ impl ServerProc {
             addr,
             dir: dir.to_path_buf(),
             log,
+            out,
         }
     }
 

@@ -210,6 +210,39 @@ pub struct ServerStats {
     pub failed: u64,
     /// File bytes received.
     pub bytes_received: u64,
+    /// Connections closed at once because the server was full (or could
+    /// not start a thread for them).
+    pub refused: u64,
+    /// Connections open now.
+    pub live_connections: u64,
+    /// Uploads running now (names being received).
+    pub uploads_running: u64,
+    /// `failed` split by the error's kind, indexed like [`FAILURE_REASONS`].
+    pub failed_by_reason: [u64; FAILURE_REASONS.len()],
+}
+
+/// The names (`ErrorKind::as_str`) of the failure reasons counted in
+/// [`ServerStats::failed_by_reason`]; the last, "other", counts panics and
+/// kinds added later.
+pub const FAILURE_REASONS: [&str; 11] = [
+    "invalid-input",
+    "source-file",
+    "unreachable",
+    "connection-lost",
+    "protocol",
+    "refused",
+    "crc-mismatch",
+    "storage",
+    "cancelled",
+    "timed-out",
+    "other",
+];
+
+fn reason_index(kind: ErrorKind) -> usize {
+    FAILURE_REASONS
+        .iter()
+        .position(|r| *r == kind.as_str())
+        .unwrap_or(FAILURE_REASONS.len() - 1)
 }
 
 #[derive(Default)]
@@ -219,6 +252,8 @@ struct Counters {
     crc_errors: AtomicU64,
     failed: AtomicU64,
     bytes_received: AtomicU64,
+    refused: AtomicU64,
+    failed_by_reason: [AtomicU64; FAILURE_REASONS.len()],
 }
 
 /// A bound, not yet serving, server.
@@ -369,7 +404,18 @@ impl Server {
             crc_errors: c.crc_errors.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            live_connections: self.shared.live.load(Ordering::Relaxed) as u64,
+            uploads_running: lock(&self.shared.claims).len() as u64,
+            failed_by_reason: std::array::from_fn(|i| {
+                c.failed_by_reason[i].load(Ordering::Relaxed)
+            }),
         }
+    }
+
+    /// Free bytes on the storage directory's file system (for status pages).
+    pub fn available_space(&self) -> Result<u64> {
+        self.shared.store.available_space()
     }
 
     /// Serves until [`StopHandle::stop`] is called, then ends every running
@@ -490,6 +536,7 @@ impl Server {
                 sh.cfg.max_connections
             ));
             sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            sh.counters.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
@@ -506,6 +553,7 @@ impl Server {
             }
             Err(e) => {
                 (sh.logger)(&format!("{peer}: refused: cannot track connection: {e}"));
+                sh.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         }
@@ -526,12 +574,16 @@ impl Server {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    sh2.counters.failed_by_reason[reason_index(e.kind())]
+                        .fetch_add(1, Ordering::Relaxed);
                     if e.to_string() != QUIET {
                         (sh2.logger)(&format!("{peer}: {e}"));
                     }
                 }
                 Err(_) => {
                     sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    sh2.counters.failed_by_reason[FAILURE_REASONS.len() - 1]
+                        .fetch_add(1, Ordering::Relaxed);
                     (sh2.logger)(&format!(
                         "{peer}: internal error (panic) in connection handler"
                     ));
@@ -546,6 +598,7 @@ impl Server {
                 lock(&sh.conns).remove(&id);
                 sh.live.fetch_sub(1, Ordering::SeqCst);
                 (sh.logger)(&format!("{peer}: refused: cannot start a thread: {e}"));
+                sh.counters.refused.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
