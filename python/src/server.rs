@@ -208,7 +208,7 @@ impl PyServer {
         cfg.token = token_arg(py, token.as_ref())?;
         cfg.allow_legacy = allow_legacy;
         cfg.min_free = int_arg(py, "min_free", min_free, 0, u64::MAX.into())? as u64;
-        cfg.logger = Some(rfc3339_logger());
+        cfg.logger = Some(bigtransfer_core::server::default_logger());
         let core = py
             .detach(|| bigtransfer_core::Server::bind(cfg))
             .map_err(|e| to_py(py, &e, None))?;
@@ -369,16 +369,4 @@ impl Drop for PyServer {
         // keep its port: ask the thread to stop (it ends on its own).
         self.stop.stop();
     }
-}
-
-/// Log lines on standard error as `[RFC 3339 UTC time] message`, the shape
-/// of `bigtransfer server` and python/server.py, so that swapping one server
-/// for another keeps one log format.
-fn rfc3339_logger() -> bigtransfer_core::server::Logger {
-    std::sync::Arc::new(|line: &str| {
-        eprintln!(
-            "[{}] {line}",
-            humantime::format_rfc3339_millis(std::time::SystemTime::now())
-        )
-    })
 }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::name::SafeName;
 use crate::store::{key_of, Store};
@@ -308,12 +308,15 @@ struct ConnInfo {
     unadmitted: Arc<AtomicBool>,
 }
 
-fn default_logger() -> Logger {
+/// Log lines on standard error as `[RFC 3339 UTC time] message`: the shape
+/// of `bigtransfer server` and `python/server.py`, so swapping one server
+/// for another (or serving from C or Python) keeps one log format.
+pub fn default_logger() -> Logger {
     Arc::new(|line: &str| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        eprintln!("[{}.{:03}] {line}", now.as_secs(), now.subsec_millis());
+        eprintln!(
+            "[{}] {line}",
+            humantime::format_rfc3339_millis(SystemTime::now())
+        );
     })
 }
 
