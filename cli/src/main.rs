@@ -67,6 +67,9 @@ impl AuthArgs {
     pub fn load(&self) -> Result<Option<bigtransfer_core::auth::Token>, bigtransfer_core::Error> {
         use bigtransfer_core::auth::Token;
         if let Some(f) = &self.token_file {
+            if let Some(warning) = Token::file_exposure(f) {
+                eprintln!("{warning}");
+            }
             return Token::from_file(f).map(Some);
         }
         if let Some(t) = &self.token {

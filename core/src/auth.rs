@@ -89,6 +89,22 @@ impl Token {
         Token::new(b)
     }
 
+    /// A warning when the token file at `path` can be read by other users
+    /// (group or world read bits): anyone who reads it can upload, and can
+    /// impersonate the server to clients inside TLS.
+    pub fn file_exposure(path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "warning: the token file {} is readable by other users (mode {:03o}); make it private: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )
+        })
+    }
+
     fn mac(&self, nonce: &[u8; NONCE_LEN], header: &[u8]) -> Hmac<Sha256> {
         let mut m = self.keyed();
         m.update(CONTEXT);

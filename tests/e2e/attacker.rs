@@ -623,3 +623,38 @@ fn a_guessable_token_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the token is too weak"), "{err}");
 }
+
+#[test]
+fn a_token_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("tok");
+    std::fs::write(&tok, "a-strong-enough-token-for-this-test-77\n").unwrap();
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let srv = ServerProc::start(
+        &t.path().join("store"),
+        &["--token-file", tok.to_str().unwrap()],
+    );
+    assert!(
+        srv.log
+            .wait_for("is readable by other users (mode 644)", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert!(srv.log.text().contains("chmod 600"));
+    drop(srv);
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = ServerProc::start(
+        &t.path().join("store2"),
+        &["--token-file", tok.to_str().unwrap()],
+    );
+    let src = t.path().join("f.bin");
+    write_random(&src, 1000, 5);
+    let out = send(&srv, &src, &["--token-file", tok.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(
+        !srv.log.text().contains("readable by other users"),
+        "{}",
+        srv.log.text()
+    );
+}
