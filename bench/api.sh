@@ -37,8 +37,18 @@ venv=$root/.venv
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -c 'import maturin' 2>/dev/null ||
   "$venv/bin/python" -m pip install --disable-pip-version-check -q "maturin>=1.5,<2"
+# The maturin command: the venv's own, else one on the PATH (a system-wide
+# maturin's Python package, seen through a --system-site-packages venv,
+# cannot find its own binary), as tests/python/run.sh does.
+if [ -x "$venv/bin/maturin" ]; then
+  maturin=("$venv/bin/maturin")
+elif command -v maturin >/dev/null 2>&1 && maturin --version >/dev/null 2>&1; then
+  maturin=("$(command -v maturin)")
+else
+  maturin=("$venv/bin/python" -m maturin)
+fi
 (export VIRTUAL_ENV=$venv PATH=$venv/bin:$PATH; unset CONDA_PREFIX
- "$venv/bin/python" -m maturin develop -q --release -m python/Cargo.toml >"$H/maturin.log" 2>&1) ||
+ "${maturin[@]}" develop -q --release -m python/Cargo.toml >"$H/maturin.log" 2>&1) ||
   { echo "bench/api.sh: building the Python module failed, see $H/maturin.log" >&2; exit 1; }
 PY=$venv/bin/python
 
