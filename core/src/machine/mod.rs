@@ -27,10 +27,11 @@
 //! ```text
 //!  ReadLen ──> ReadHeader ──(whole header before the header deadline)──┐
 //!                 │ v2 offer: MAGIC sent now                          │
-//!                 ├── v2 and a token ──> Challenge ──> AwaitAnswer (deadline)
-//!                 │ otherwise                              │ right answer │
-//!                 v                                        v              │
-//!               Admit ──[action Admit: size, space]── (never before the token is proven)
+//!                 v                                                   │
+//!               Admit ──[action Admit: size, space]──┐                │
+//!                 │ v2 and a token                   │ otherwise      │
+//!                 v                                  │                │
+//!             Challenge ──> AwaitAnswer (deadline) ──┤                │
 //!                                                    v                │
 //!                                Claim ──[action Claim]──> OpenHeld ──[action OpenHeld: Held]
 //!                                                              │

@@ -87,50 +87,21 @@ struct Request {
 
 #[derive(Debug)]
 enum State {
-    ReadLen {
-        got: [u8; 4],
-        n: usize,
-    },
-    ReadHeader {
-        len: usize,
-        buf: Vec<u8>,
-    },
-    /// The shell checks size and space. A client that had to prove the
-    /// token comes here only after it did, so an unauthenticated
-    /// connection can never reserve space.
-    Admit {
-        authenticated: bool,
-    },
+    ReadLen { got: [u8; 4], n: usize },
+    ReadHeader { len: usize, buf: Vec<u8> },
+    Admit,
     Challenge,
-    AwaitAnswer {
-        dec: ClientDecoder,
-    },
+    AwaitAnswer { dec: ClientDecoder },
     Claim,
     OpenHeld,
-    SendOffset {
-        offset: u64,
-        crc: u32,
-    },
-    Receiving {
-        pos: u64,
-        hasher: Hasher,
-    },
+    SendOffset { offset: u64, crc: u32 },
+    Receiving { pos: u64, hasher: Hasher },
     SendHeld,
     DataFrames,
-    Repair {
-        list: Vec<u64>,
-    },
-    Verify {
-        ok: bool,
-        words: String,
-    },
-    SendVerdict {
-        bytes: Vec<u8>,
-        ending: Ending,
-    },
-    Closing {
-        ending: Ending,
-    },
+    Repair { list: Vec<u64> },
+    Verify { ok: bool, words: String },
+    SendVerdict { bytes: Vec<u8>, ending: Ending },
+    Closing { ending: Ending },
     Done(Ending),
 }
 
@@ -197,7 +168,7 @@ impl Receiver {
         match self.state {
             State::ReadLen { .. } => "ReadLen",
             State::ReadHeader { .. } => "ReadHeader",
-            State::Admit { .. } => "Admit",
+            State::Admit => "Admit",
             State::Challenge => "Challenge",
             State::AwaitAnswer { .. } => "AwaitAnswer",
             State::Claim => "Claim",
@@ -271,12 +242,7 @@ impl Receiver {
         if let Some(b) = self.out.pop_front() {
             return Some(b);
         }
-        match std::mem::replace(
-            &mut self.state,
-            State::Admit {
-                authenticated: false,
-            },
-        ) {
+        match std::mem::replace(&mut self.state, State::Admit) {
             State::Challenge => {
                 self.phase = Some(Deadline::after(now, self.cfg.answer_timeout, Timer::Answer));
                 let (fs, block) = self.geometry();
@@ -500,40 +466,28 @@ impl Receiver {
             );
             return self.fail(now, Why::Refuse(f));
         }
+        self.pending = Some(Action::Admit {
+            name: name.clone(),
+            filesize: header.filesize,
+        });
         self.req = Some(Request {
             json,
             header,
             name,
             offer,
         });
-        if offer.is_some() && self.cfg.token.is_some() {
-            self.state = State::Challenge;
-        } else {
-            self.start_admit(false);
-        }
-    }
-
-    fn start_admit(&mut self, authenticated: bool) {
-        if let Some(r) = &self.req {
-            self.pending = Some(Action::Admit {
-                name: r.name.clone(),
-                filesize: r.header.filesize,
-            });
-        }
-        self.state = State::Admit { authenticated };
+        self.state = State::Admit;
     }
 
     fn on_admitted(&mut self, now: Instant, r: Result<(), Fault>) {
         if let Err(f) = r {
             return self.fail(now, Why::Refuse(f));
         }
-        let authenticated = matches!(
-            self.state,
-            State::Admit {
-                authenticated: true
-            }
-        );
-        self.start_claim(authenticated);
+        if self.offer().is_some() && self.cfg.token.is_some() {
+            self.state = State::Challenge;
+        } else {
+            self.start_claim(false);
+        }
     }
 
     fn start_claim(&mut self, authenticated: bool) {
@@ -572,7 +526,7 @@ impl Receiver {
         };
         if right {
             self.phase = None;
-            self.start_admit(true);
+            self.start_claim(true);
         } else {
             let f = Fault::new(FaultCode::AuthFailed, "authentication failed: wrong token");
             self.fail(now, Why::Refuse(f));
@@ -741,12 +695,7 @@ impl Receiver {
         if let (Err(f), false) = (r, discarding) {
             return self.fail(now, Why::Refuse(f));
         }
-        match std::mem::replace(
-            &mut self.state,
-            State::Admit {
-                authenticated: false,
-            },
-        ) {
+        match std::mem::replace(&mut self.state, State::Admit) {
             State::Receiving { pos, hasher } => {
                 if pos == self.geometry().0 {
                     self.verify_v1(hasher.finalize());
