@@ -16,7 +16,7 @@ use crc32fast::Hasher;
 use super::transfer::{Intake, Took};
 use super::{
     earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
-    Timer, WriteAt, MAX_BLOCKS,
+    Recheck, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
@@ -99,6 +99,7 @@ enum State {
     SendHeld,
     DataFrames,
     Repair { list: Vec<u64> },
+    Recheck { crc: u32 },
     Verify { ok: bool, words: String },
     SendVerdict { bytes: Vec<u8>, ending: Ending },
     Closing { ending: Ending },
@@ -110,6 +111,7 @@ enum Expect {
     Admit,
     Claim,
     Open,
+    Recheck,
     Applied,
 }
 
@@ -178,6 +180,7 @@ impl Receiver {
             State::SendHeld => "SendHeld",
             State::DataFrames => "DataFrames",
             State::Repair { .. } => "Repair",
+            State::Recheck { .. } => "Recheck",
             State::Verify { .. } => "Verify",
             State::SendVerdict { .. } => "SendVerdict",
             State::Closing { .. } => "Closing",
@@ -212,6 +215,40 @@ impl Receiver {
     /// The sanitised name of the upload, once the header was read.
     pub fn name(&self) -> Option<&SafeName> {
         self.req.as_ref().map(|r| &r.name)
+    }
+
+    /// The client's header, once it was read and accepted.
+    pub fn header(&self) -> Option<&Header> {
+        self.req.as_ref().map(|r| &r.header)
+    }
+
+    /// The client's version-2 offer (`None` for a legacy client or before
+    /// the header).
+    pub fn offer(&self) -> Option<Offer> {
+        self.req.as_ref().and_then(|r| r.offer)
+    }
+
+    /// Bytes of file payload the machine takes next without any protocol
+    /// decision in between (the rest of the version-1 file, or of the
+    /// current data frame), so that a shell can read that many before it
+    /// feeds them and the disk sees large writes.
+    pub fn payload_left(&self) -> Option<u64> {
+        if self.awaiting.is_some() || self.pending.is_some() {
+            return None;
+        }
+        match &self.state {
+            State::Receiving { pos, .. } => Some(self.geometry().0 - pos).filter(|&n| n > 0),
+            State::DataFrames => self.intake.as_ref().and_then(Intake::payload_left),
+            _ => None,
+        }
+    }
+
+    /// While asking for a repair: the round (from 1) and how many blocks.
+    pub fn repairing(&self) -> Option<(u32, usize)> {
+        match &self.state {
+            State::Repair { list } => Some((self.intake.as_ref().map_or(0, Intake::round), list.len())),
+            _ => None,
+        }
     }
 
     /// When [`Receiver::handle_timeout`] must be called next.
@@ -284,6 +321,7 @@ impl Receiver {
             Action::Admit { .. } => Expect::Admit,
             Action::Claim { .. } => Expect::Claim,
             Action::OpenHeld(_) => Expect::Open,
+            Action::Recheck => Expect::Recheck,
             _ => Expect::Applied,
         });
         Some(a)
@@ -300,6 +338,7 @@ impl Receiver {
             (Some(Expect::Claim), Event::Claimed(r)) => self.on_claimed(now, r),
             (Some(Expect::Open), Event::Opened(r)) => self.on_opened(now, r),
             (Some(Expect::Applied), Event::Applied(r)) => self.on_applied(now, r),
+            (Some(Expect::Recheck), Event::Rechecked(r)) => self.on_rechecked(now, r),
             (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
         }
     }
@@ -346,10 +385,6 @@ impl Receiver {
         let fs = self.req.as_ref().map_or(0, |r| r.header.filesize);
         let block = self.offer().map_or(v2::MIN_BLOCK, |o| o.block_size);
         (fs, block)
-    }
-
-    fn offer(&self) -> Option<Offer> {
-        self.req.as_ref().and_then(|r| r.offer)
     }
 
     fn fail(&mut self, now: Instant, why: Why) {
@@ -613,11 +648,8 @@ impl Receiver {
         let want = self.req.as_ref().map_or(0, |r| r.header.crc32);
         self.idle = None;
         if crc == want {
-            self.pending = Some(Action::Commit { whole_crc: crc });
-            self.state = State::Verify {
-                ok: true,
-                words: String::new(),
-            };
+            self.pending = Some(Action::Recheck);
+            self.state = State::Recheck { crc };
         } else {
             self.pending = Some(Action::Discard);
             self.state = State::Verify {
@@ -638,7 +670,10 @@ impl Receiver {
         };
         let (used, took) = match intake.take(input) {
             Ok(x) => x,
-            Err(f) => {
+            Err(mut f) => {
+                if f.code == FaultCode::BadRequest {
+                    f.words = format!("protocol error: {}", f.words);
+                }
                 self.fail(now, Why::Refuse(f));
                 return Fed::used(input.len());
             }
@@ -664,25 +699,62 @@ impl Receiver {
                 self.phase = None;
                 self.pending = Some(Action::RecordBlock { idx, crc, good });
             }
-            Took::Repair(list) => {
+            Took::End(crc) => {
                 self.idle = None;
-                self.pending = Some(Action::Checkpoint);
-                self.state = State::Repair { list };
+                self.phase = None;
+                self.pending = Some(Action::Recheck);
+                self.state = State::Recheck { crc };
             }
-            Took::Commit(whole_crc) => {
+            other => {
                 self.idle = None;
-                self.pending = Some(Action::Commit { whole_crc });
-                self.state = State::Verify {
-                    ok: true,
-                    words: String::new(),
-                };
-            }
-            Took::Discard(words) => {
-                self.idle = None;
-                self.discard(words);
+                self.decide(other);
             }
         }
         Fed::used(used)
+    }
+
+    /// Acts on the intake's decision after the end frame.
+    fn decide(&mut self, took: Took<'_>) {
+        match took {
+            Took::Repair(list) => {
+                self.pending = Some(Action::Checkpoint);
+                self.state = State::Repair { list };
+            }
+            Took::Commit(whole_crc) => self.commit(whole_crc),
+            Took::Discard(words) => self.discard(words),
+            _ => {}
+        }
+    }
+
+    fn commit(&mut self, whole_crc: u32) {
+        self.pending = Some(Action::Commit { whole_crc });
+        self.state = State::Verify {
+            ok: true,
+            words: String::new(),
+        };
+    }
+
+    /// The storage's word on what it holds, before the verdict.
+    fn on_rechecked(&mut self, now: Instant, r: Result<Recheck, Fault>) {
+        let State::Recheck { crc } = self.state else {
+            return self.fail(now, internal("recheck outside its state"));
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        };
+        match (self.intake.as_mut(), r) {
+            (_, Recheck::Wrong(words)) => self.discard(words),
+            (Some(intake), Recheck::Changed(list)) => {
+                let took = intake.end(crc, &list);
+                self.decide(took);
+            }
+            (Some(intake), Recheck::Same) => {
+                let took = intake.end(crc, &[]);
+                self.decide(took);
+            }
+            (None, _) => self.commit(crc),
+        }
     }
 
     fn discard(&mut self, words: String) {

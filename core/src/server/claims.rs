@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fault::Fault;
+use super::local::storage_fault;
 use super::{lock, Shared};
 use crate::name::SafeName;
 use crate::proto::Header;
 use crate::v2::{FaultCode, Offer};
+use crate::machine::Fault;
 use crate::ErrorKind;
 
 /// How long a running upload must have been silent before a newcomer of
@@ -185,11 +186,8 @@ pub(super) fn claim<'a>(sh: &'a Shared, req: Request<'_>) -> Result<Claim<'a>, F
             .unwrap_or_else(|p| p.into_inner().0);
     }
     let stream = req.stream.try_clone().map_err(|e| {
-        Fault::storage(crate::Error::io(
-            ErrorKind::Storage,
-            "cannot track connection",
-            e,
-        ))
+        let e = crate::Error::io(ErrorKind::Storage, "cannot track connection", e);
+        storage_fault(&e, e.to_string())
     })?;
     let activity = Arc::new(Activity::default());
     activity.last_rx_ms.store(sh.now_ms(), Ordering::Relaxed);
@@ -227,7 +225,6 @@ fn may_take_over(sh: &Shared, old: &Claimant, req: &Request<'_>) -> Result<(), F
     if old.authenticated && !req.authenticated {
         return Err(Fault::new(
             FaultCode::AuthRequired,
-            ErrorKind::Refused,
             format!("{name} is being uploaded by an authenticated client; only an authenticated client may take it over"),
         ));
     }
@@ -243,5 +240,5 @@ fn may_take_over(sh: &Shared, old: &Claimant, req: &Request<'_>) -> Result<(), F
 }
 
 fn busy(msg: String) -> Fault {
-    Fault::new(FaultCode::Busy, ErrorKind::Refused, msg)
+    Fault::new(FaultCode::Busy, msg)
 }

@@ -7,19 +7,22 @@
 //! is logged with the peer address and ends that connection only.
 //!
 //! This file holds the server's setup, the accept loop and the expiry
-//! sweep; a connection's life is in `conn` (header, admission,
-//! authentication), `claims` (who may write a name), `recv` (receiving
-//! both protocol versions) and `fault` (refusing in words).
+//! sweep. A connection's protocol is the sans-IO [`crate::machine::Receiver`];
+//! `conn` is its blocking shell (the only code touching the socket),
+//! `policy` answers its actions (admission, space, claims, storage),
+//! `claims` decides who may write a name, `local` is the local-disk
+//! storage behind it, and `report` turns its ending into log lines.
 //!
 //! Not for: storage layout and durability (see [`crate::store`]) or byte
 //! parsing (see [`crate::proto`]).
 
 mod claims;
 mod conn;
-mod fault;
-mod recv;
+mod local;
+mod policy;
+mod report;
 
-pub use recv::MAX_REPAIR_ROUNDS;
+pub use crate::machine::MAX_REPAIR_ROUNDS;
 
 use std::collections::HashMap;
 use std::io;
