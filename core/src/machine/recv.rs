@@ -139,6 +139,18 @@ pub struct Receiver {
     rev: u64,
 }
 
+/// The revision a header that did not parse says it reads, so that its
+/// refusal comes in a form it understands.
+fn guess_rev(json: &[u8]) -> u64 {
+    crate::json::parse(json)
+        .ok()
+        .and_then(|v| match v.get("bt").and_then(|bt| bt.get("rev")) {
+            Some(crate::json::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
 fn internal(words: impl Into<String>) -> Why {
     Why::Refuse(Fault::new(FaultCode::Internal, words))
 }
@@ -188,10 +200,11 @@ impl Receiver {
         }
     }
 
-    /// How the connection ended, once it has.
+    /// How the connection ended, once it has (also while a refusal is
+    /// being drained: the shell may act on it before it goes out).
     pub fn ending(&self) -> Option<&Ending> {
         match &self.state {
-            State::Done(e) => Some(e),
+            State::Done(e) | State::Closing { ending: e } => Some(e),
             _ => None,
         }
     }
@@ -472,6 +485,7 @@ impl Receiver {
             Ok(x) => x,
             Err(e) => {
                 if mentions_v2 {
+                    self.rev = guess_rev(&json);
                     self.say_magic();
                 }
                 return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));

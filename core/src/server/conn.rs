@@ -44,6 +44,10 @@ pub(super) struct Shell<'a> {
     pub(super) reservation: Option<Reservation<'a>>,
     /// The refusal is counted elsewhere (token throttling), not logged.
     pub(super) quiet: bool,
+    /// A wrong answer to the challenge, counted as soon as it was seen
+    /// (before the refusal goes out, so the client's next try sees it):
+    /// what to log.
+    pub(super) auth_failure: Option<Error>,
     buf: crate::sys::PageBuf,
     have: Range<usize>,
     stall: Option<Stall>,
@@ -67,6 +71,7 @@ pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, stream: TcpStream)
         claim: None,
         reservation: None,
         quiet: false,
+        auth_failure: None,
         buf: crate::sys::PageBuf::new(RECV_BUFFER),
         have: 0..0,
         stall: None,
@@ -98,6 +103,7 @@ impl Shell<'_> {
     fn run(&mut self) {
         while !self.rx.is_done() {
             let now = Instant::now();
+            self.count_auth_failure();
             self.transmit(now);
             if let Some(a) = self.rx.poll_action() {
                 let ev = self.execute(a);

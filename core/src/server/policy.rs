@@ -75,7 +75,8 @@ impl Shell<'_> {
         if let Some(note) = &part.note {
             (self.sh.logger)(&format!("{peer}: {note}"));
         }
-        let (name, size) = (&id.name, id.filesize);
+        let name = self.rx.name().map(|n| n.to_string()).unwrap_or_default();
+        let size = id.filesize;
         (self.sh.logger)(&match &held {
             Held::Prefix { offset, .. } => {
                 format!("{peer}: receiving {name} ({size} bytes) from offset {offset}")

@@ -16,12 +16,13 @@ impl Shell<'_> {
     /// Logs and counts how the connection ended; an error (logged by the
     /// caller with the peer's address) unless the upload reached a verdict.
     pub(super) fn report(&mut self) -> Result<()> {
+        self.count_auth_failure();
         let ending = self.rx.ending().cloned().unwrap_or(Ending::Lost("?"));
         let (kind, what) = match ending {
             Ending::Stored => return self.stored(),
             Ending::Mismatch(words) => return self.mismatch(&words),
-            Ending::Refused(f) if f.code == FaultCode::AuthFailed => {
-                return Err(self.auth_failed(f.words))
+            Ending::Refused(_) if self.auth_failure.is_some() => {
+                return Err(self.auth_failure.take().unwrap_or_else(|| Error::new(ErrorKind::Refused, QUIET)))
             }
             Ending::Refused(f) => (ErrorKind::Refused, f.words),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
@@ -62,22 +63,28 @@ impl Shell<'_> {
         Ok(())
     }
 
-    /// A wrong or missing answer to the challenge: counted per address;
-    /// only the first few are logged.
-    fn auth_failed(&self, words: String) -> Error {
-        if self.quiet || !words.starts_with("authentication failed") {
-            let msg = if self.quiet { QUIET.to_string() } else { words };
-            return Error::new(ErrorKind::Refused, msg);
+    /// A wrong or missing answer to the challenge: counted per address
+    /// once the machine refused it; only the first few are logged.
+    pub(super) fn count_auth_failure(&mut self) {
+        if self.auth_failure.is_some() || self.quiet {
+            return;
+        }
+        let words = match self.rx.ending() {
+            Some(Ending::Refused(f)) if f.code == FaultCode::AuthFailed => f.words.clone(),
+            _ => return,
+        };
+        if !words.starts_with("authentication failed") {
+            return;
         }
         let note = lock(&self.sh.throttle).failed(self.conn.peer.ip(), Instant::now());
-        match note {
+        self.auth_failure = Some(match note {
             Note::Log => Error::new(ErrorKind::Refused, words),
             Note::LogLast => Error::new(
                 ErrorKind::Refused,
                 format!("{words} (further failures from this address are counted, and summarised once a minute)"),
             ),
             Note::Quiet => Error::new(ErrorKind::Refused, QUIET),
-        }
+        });
     }
 
     fn lost(&self, during: &str) -> String {
