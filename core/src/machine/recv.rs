@@ -259,7 +259,9 @@ impl Receiver {
     /// While asking for a repair: the round (from 1) and how many blocks.
     pub fn repairing(&self) -> Option<(u32, usize)> {
         match &self.state {
-            State::Repair { list } => Some((self.intake.as_ref().map_or(0, Intake::round), list.len())),
+            State::Repair { list } => {
+                Some((self.intake.as_ref().map_or(0, Intake::round), list.len()))
+            }
             _ => None,
         }
     }

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use super::local::storage_fault;
 use super::{lock, Shared};
+use crate::machine::Fault;
 use crate::name::SafeName;
 use crate::proto::Header;
 use crate::v2::{FaultCode, Offer};
-use crate::machine::Fault;
 use crate::ErrorKind;
 
 /// How long a running upload must have been silent before a newcomer of
@@ -185,6 +185,15 @@ pub(super) fn claim<'a>(sh: &'a Shared, req: Request<'_>) -> Result<Claim<'a>, F
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0);
     }
+    register(sh, &mut claims, req)
+}
+
+/// Records the newcomer as the holder of its name (the claims lock held).
+fn register<'a>(
+    sh: &'a Shared,
+    claims: &mut std::collections::HashMap<SafeName, Claimant>,
+    req: Request<'_>,
+) -> Result<Claim<'a>, Fault> {
     let stream = req.stream.try_clone().map_err(|e| {
         let e = crate::Error::io(ErrorKind::Storage, "cannot track connection", e);
         storage_fault(&e, e.to_string())

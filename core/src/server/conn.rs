@@ -167,7 +167,11 @@ impl Shell<'_> {
     /// result back to the machine. Returns whether input was used.
     fn feed(&mut self, now: Instant) -> bool {
         let Shell {
-            rx, buf, have, part, ..
+            rx,
+            buf,
+            have,
+            part,
+            ..
         } = self;
         let fed = rx.handle_input(now, &buf[have.clone()]);
         let used = fed.used;
@@ -209,7 +213,8 @@ impl Shell<'_> {
                     "another connection of the same source took over the upload of {}",
                     name.unwrap_or_default()
                 );
-                self.rx.handle_abort(now, Fault::new(FaultCode::TakenOver, words));
+                self.rx
+                    .handle_abort(now, Fault::new(FaultCode::TakenOver, words));
             }
             Stall::Eof => self.rx.handle_eof(now),
             Stall::Timeout => {
@@ -217,7 +222,9 @@ impl Shell<'_> {
                     self.rx.handle_timeout(now);
                 }
             }
-            Stall::Slow(words) => self.rx.handle_abort(now, Fault::new(FaultCode::TooSlow, words)),
+            Stall::Slow(words) => self
+                .rx
+                .handle_abort(now, Fault::new(FaultCode::TooSlow, words)),
         }
     }
 
@@ -252,7 +259,12 @@ impl Shell<'_> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Some(Stall::Timeout)
                 }
                 Err(_) => return Some(Stall::Eof),

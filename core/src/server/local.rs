@@ -36,10 +36,7 @@ enum Engine {
 /// A storage error as a fault a client acts on: out of space (or quota)
 /// is for good until someone frees space, anything else worth a retry.
 pub(super) fn storage_fault(e: &Error, words: String) -> Fault {
-    let full = matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSPC) | Some(libc::EDQUOT)
-    );
+    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
     let code = if full {
         FaultCode::NoSpace
     } else {
@@ -130,7 +127,9 @@ impl LocalStorage<'_> {
     ) -> crate::Result<(LocalPart, Held)> {
         let (bp, recovery) = BlockPart::begin(self.store, name, filesize, block)?;
         let note = match recovery {
-            Recovery::Reread(why) => Some(format!("{name}: {why}: re-read its blocks to verify them")),
+            Recovery::Reread(why) => {
+                Some(format!("{name}: {why}: re-read its blocks to verify them"))
+            }
             Recovery::Discarded(why) => Some(format!(
                 "{name}: held part not usable ({why}); starting over"
             )),

@@ -511,30 +511,13 @@ impl Server {
         let builder = std::thread::Builder::new().name(format!("bt-conn-{id}"));
         let sh2 = Arc::clone(&sh);
         let spawned = builder.spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let info = ConnInfo {
-                    id,
-                    peer,
-                    accepted,
-                    unadmitted,
-                };
-                conn::handle_connection(&sh2, &info, stream)
-            }));
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    if e.to_string() != QUIET {
-                        (sh2.logger)(&format!("{peer}: {e}"));
-                    }
-                }
-                Err(_) => {
-                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    (sh2.logger)(&format!(
-                        "{peer}: internal error (panic) in connection handler"
-                    ));
-                }
-            }
+            let info = ConnInfo {
+                id,
+                peer,
+                accepted,
+                unadmitted,
+            };
+            serve_one(&sh2, &info, stream);
             lock(&sh2.conns).remove(&id);
             sh2.live.fetch_sub(1, Ordering::SeqCst);
         });
@@ -546,6 +529,30 @@ impl Server {
                 (sh.logger)(&format!("{peer}: refused: cannot start a thread: {e}"));
                 None
             }
+        }
+    }
+}
+
+/// Serves one connection on its own thread: its errors end it alone and
+/// are logged with the peer's address; a panic is contained.
+fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
+    let peer = info.peer;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn::handle_connection(sh, info, stream)
+    }));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            if e.to_string() != QUIET {
+                (sh.logger)(&format!("{peer}: {e}"));
+            }
+        }
+        Err(_) => {
+            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            (sh.logger)(&format!(
+                "{peer}: internal error (panic) in connection handler"
+            ));
         }
     }
 }

@@ -26,7 +26,9 @@ impl Shell<'_> {
         if let Some(max) = sh.cfg.max_file_size.filter(|&m| filesize > m) {
             return Err(Fault::new(
                 FaultCode::TooLarge,
-                format!("refused {name}: {filesize} bytes is over the limit of {max} (--max-file-size)"),
+                format!(
+                    "refused {name}: {filesize} bytes is over the limit of {max} (--max-file-size)"
+                ),
             ));
         }
         let challenged = sh.cfg.token.is_some() && self.rx.offer().is_some();
@@ -47,7 +49,10 @@ impl Shell<'_> {
     /// evicted) and becomes the one writing `name`.
     pub(super) fn claim(&mut self, name: &SafeName, authenticated: bool) -> Result<(), Fault> {
         if !self.conn.unadmitted.swap(false, Ordering::SeqCst) {
-            return Err(Fault::new(FaultCode::Busy, "evicted before it was admitted"));
+            return Err(Fault::new(
+                FaultCode::Busy,
+                "evicted before it was admitted",
+            ));
         }
         let header = self
             .rx

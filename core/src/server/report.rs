@@ -22,7 +22,10 @@ impl Shell<'_> {
             Ending::Stored => return self.stored(),
             Ending::Mismatch(words) => return self.mismatch(&words),
             Ending::Refused(_) if self.auth_failure.is_some() => {
-                return Err(self.auth_failure.take().unwrap_or_else(|| Error::new(ErrorKind::Refused, QUIET)))
+                return Err(self
+                    .auth_failure
+                    .take()
+                    .unwrap_or_else(|| Error::new(ErrorKind::Refused, QUIET)))
             }
             Ending::Refused(f) => (ErrorKind::Refused, f.words),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
