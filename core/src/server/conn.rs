@@ -22,6 +22,11 @@ use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
 use crate::v2::FaultCode;
 use crate::{Error, ErrorKind, Result};
 
+/// Most bytes read when the machine expects no file payload next: a
+/// frame head or a header, and little of what follows (which would have
+/// to be moved to the buffer's start before the payload's large read).
+const SMALL_READ: usize = 4096;
+
 /// Why reading stopped before the machine's wish was met.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stall {
@@ -53,6 +58,8 @@ pub(super) struct Shell<'a> {
     stall: Option<Stall>,
     floor: Option<RateFloor>,
     shut: bool,
+    /// The socket's read timeout in force.
+    read_timeout: Option<Duration>,
 }
 
 /// Serves one connection to its end.
@@ -77,6 +84,7 @@ pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, stream: TcpStream)
         stall: None,
         floor: None,
         shut: false,
+        read_timeout: None,
     };
     shell.run();
     shell.report()
@@ -231,23 +239,20 @@ impl Shell<'_> {
     /// Reads until the machine's wish is buffered (see [`Shell::ready`]),
     /// each read bounded by the machine's next deadline.
     fn read_more(&mut self) -> Option<Stall> {
-        if self.have.start > 0 {
-            self.buf.copy_within(self.have.clone(), 0);
-            self.have = 0..self.have.len();
-        }
-        if self.have.end == self.buf.len() {
-            return Some(Stall::Eof); // The machine takes nothing of a full buffer.
-        }
         self.start_floor();
         loop {
+            let end = self.read_end();
+            if end <= self.have.end {
+                return Some(Stall::Eof); // The machine takes nothing of a full buffer.
+            }
             let now = Instant::now();
             let wait = match self.rx.poll_timeout() {
                 Some(t) if t <= now => return Some(Stall::Timeout),
                 Some(t) => Some((t - now).max(Duration::from_millis(1))),
                 None => None,
             };
-            let _ = self.stream.set_read_timeout(wait);
-            match self.stream.read(&mut self.buf[self.have.end..]) {
+            self.bound_reads(wait);
+            match self.stream.read(&mut self.buf[self.have.end..end]) {
                 Ok(0) => return Some(Stall::Eof),
                 Ok(n) => {
                     self.have.end += n;
@@ -270,6 +275,40 @@ impl Shell<'_> {
                 Err(_) => return Some(Stall::Eof),
             }
         }
+    }
+
+    /// Makes the socket's reads wait no longer than `wait` (the time left
+    /// until the machine's next deadline). The call is skipped while the
+    /// timeout in force is within an eighth of it: a fill of many reads
+    /// then costs one system call, and a read overshoots a deadline by at
+    /// most an eighth of what was left.
+    fn bound_reads(&mut self, wait: Option<Duration>) {
+        let close = match (wait, self.read_timeout) {
+            (Some(w), Some(set)) => set >= w && set - w <= w / 8,
+            (None, None) => true,
+            _ => false,
+        };
+        if !close && self.stream.set_read_timeout(wait).is_ok() {
+            self.read_timeout = wait;
+        }
+    }
+
+    /// Where the next read may fill up to: the end of the payload the
+    /// machine expects (so a large payload lands alone in the buffer, from
+    /// its start, and needs no copying), else a small read for frame heads
+    /// and the header. Moves what is left to the start when it must.
+    fn read_end(&mut self) -> usize {
+        let cap = self.buf.len();
+        let want = match self.rx.payload_left() {
+            Some(n) => n.min(cap as u64) as usize,
+            None => self.have.len() + SMALL_READ,
+        }
+        .min(cap);
+        if self.have.start + want > cap {
+            self.buf.copy_within(self.have.clone(), 0);
+            self.have = 0..self.have.len();
+        }
+        self.have.start + want
     }
 
     /// `n` bytes were read: the upload is alive; is it fast enough?
