@@ -819,3 +819,98 @@ impl Receiver {
         State::SendVerdict { bytes, ending }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::mem::MemStorage;
+    use super::super::{apply, HeldPart, Storage};
+    use super::*;
+
+    /// Drives `rx` through its setup actions with `storage`, returning the
+    /// bytes it transmitted and the open part.
+    fn set_up(
+        rx: &mut Receiver,
+        storage: &MemStorage,
+        now: Instant,
+    ) -> (Vec<u8>, super::super::mem::MemPart) {
+        let mut part = None;
+        let mut out = Vec::new();
+        loop {
+            while let Some(b) = rx.poll_transmit(now) {
+                out.extend(b);
+            }
+            let Some(a) = rx.poll_action() else { break };
+            let ev = match a {
+                Action::Admit { .. } => Event::Admitted(Ok(())),
+                Action::Claim { .. } => Event::Claimed(Ok(())),
+                Action::OpenHeld(id) => Event::Opened(storage.open(&id).map(|(p, h)| {
+                    part = Some(p);
+                    h
+                })),
+                other => panic!("{other:?}"),
+            };
+            rx.handle_event(now, ev);
+        }
+        (out, part.expect("opened"))
+    }
+
+    #[test]
+    fn payload_left_is_the_rest_of_the_v1_file_then_nothing() {
+        let now = Instant::now();
+        let data = b"0123456789".to_vec();
+        let h = Header {
+            filename: "p.bin".into(),
+            filesize: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+        };
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let wire = proto::encode_header(&h).unwrap();
+        assert_eq!(rx.payload_left(), None);
+        assert_eq!(rx.handle_input(now, &wire).used, 4);
+        assert_eq!(rx.handle_input(now, &wire[4..]).used, wire.len() - 4);
+        let storage = MemStorage::new();
+        let (out, mut part) = set_up(&mut rx, &storage, now);
+        assert_eq!(out, proto::encode_offset(0));
+        assert_eq!(rx.payload_left(), Some(10));
+        let fed = rx.handle_input(now, &data[..4]);
+        let w = fed.write.unwrap();
+        assert_eq!((w.offset, w.bytes), (0, &data[..4]));
+        assert_eq!(rx.payload_left(), None, "a write is outstanding");
+        let r = part.write_at(w.offset, w.bytes);
+        rx.handle_event(now, Event::Applied(r));
+        assert_eq!(rx.payload_left(), Some(6));
+    }
+
+    #[test]
+    fn a_v1_part_the_storage_disowns_ends_in_a_mismatch_with_its_words() {
+        let now = Instant::now();
+        let data = b"abc".to_vec();
+        let h = Header {
+            filename: "w.bin".into(),
+            filesize: 3,
+            crc32: crc32fast::hash(&data),
+        };
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let wire = proto::encode_header(&h).unwrap();
+        let mut at = 0;
+        while at < wire.len() {
+            at += rx.handle_input(now, &wire[at..]).used;
+        }
+        let storage = MemStorage::new();
+        let (_, mut part) = set_up(&mut rx, &storage, now);
+        let w = rx.handle_input(now, &data).write.unwrap();
+        let r = part.write_at(w.offset, w.bytes);
+        rx.handle_event(now, Event::Applied(r));
+        assert_eq!(rx.poll_action(), Some(Action::Recheck));
+        rx.handle_event(now, Event::Rechecked(Ok(Recheck::Wrong("changed".into()))));
+        let a = rx.poll_action().unwrap();
+        assert_eq!(a, Action::Discard);
+        let ev = apply(&mut part, &a).unwrap();
+        rx.handle_event(now, ev);
+        assert_eq!(
+            rx.poll_transmit(now),
+            Some(proto::Verdict::Mismatch.as_bytes().to_vec())
+        );
+        assert_eq!(rx.ending(), Some(&Ending::Mismatch("changed".into())));
+    }
+}

@@ -230,3 +230,108 @@ impl HeldPart for LocalPart {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::store::key_of;
+
+    const B: u64 = 65536;
+
+    fn store(tag: &str) -> (std::path::PathBuf, Store) {
+        let d = std::env::temp_dir().join(format!("bt-local-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = Store::open(&d).unwrap();
+        (d, s)
+    }
+
+    fn tamper(store: &Store, name: &str, offset: u64) {
+        let key = key_of(&SafeName::from_wire(name).unwrap());
+        let f = store.part_path(&key).open(false).unwrap();
+        f.write_all_at(&[0xEE; 16], offset).unwrap();
+    }
+
+    #[test]
+    fn full_disks_are_told_apart_from_other_storage_failures() {
+        let e = |code| {
+            Error::io(
+                crate::ErrorKind::Storage,
+                "w",
+                std::io::Error::from_raw_os_error(code),
+            )
+        };
+        assert_eq!(
+            storage_fault(&e(libc::ENOSPC), "x".into()).code,
+            FaultCode::NoSpace
+        );
+        assert_eq!(
+            storage_fault(&e(libc::EDQUOT), "x".into()).code,
+            FaultCode::NoSpace
+        );
+        assert_eq!(
+            storage_fault(&e(libc::EIO), "x".into()).code,
+            FaultCode::Storage
+        );
+    }
+
+    #[test]
+    fn a_v2_block_changed_on_disk_is_missing_again_before_the_verdict() {
+        let (dir, st) = store("v2");
+        let ls = LocalStorage { store: &st };
+        let id = PartId {
+            name: "b.bin".into(),
+            filesize: 2 * B,
+            layout: Layout::Blocks { block: B },
+        };
+        let (mut part, held) = ls.open(&id).unwrap();
+        assert!(matches!(held, Held::Blocks(ref s) if s.prefix() == 0));
+        let data = vec![7u8; B as usize];
+        for idx in 0..2 {
+            part.begin_block(idx).unwrap();
+            part.write_at(idx * B, &data).unwrap();
+            part.record_block(idx, crc32fast::hash(&data), true)
+                .unwrap();
+        }
+        assert_eq!(part.recheck(), Ok(Recheck::Same));
+        tamper(&st, "b.bin", B + 10);
+        assert_eq!(part.recheck(), Ok(Recheck::Changed(vec![1])));
+        part.discard().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_v1_part_changed_on_disk_is_disowned_and_a_clean_one_is_stored() {
+        let (dir, st) = store("v1");
+        let ls = LocalStorage { store: &st };
+        let data = b"hello, world".to_vec();
+        let id = |name: &str| PartId {
+            name: name.into(),
+            filesize: data.len() as u64,
+            layout: Layout::Prefix {
+                crc32: crc32fast::hash(&data),
+            },
+        };
+        let (mut part, held) = ls.open(&id("a.bin")).unwrap();
+        assert_eq!(
+            held,
+            Held::Prefix {
+                offset: 0,
+                crc32: 0
+            }
+        );
+        part.write_at(0, &data).unwrap();
+        tamper(&st, "a.bin", 0);
+        assert!(
+            matches!(part.recheck(), Ok(Recheck::Wrong(w)) if w.contains("behind the server's back"))
+        );
+        part.discard().unwrap();
+        let (mut part, _) = ls.open(&id("c.bin")).unwrap();
+        part.write_at(0, &data).unwrap();
+        assert_eq!(part.recheck(), Ok(Recheck::Same));
+        part.commit(crc32fast::hash(&data)).unwrap();
+        assert_eq!(std::fs::read(dir.join("c.bin")).unwrap(), data);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
