@@ -1,6 +1,6 @@
 //! The server's answers to the machine's actions: admission (size limit,
-//! token throttling, free space reserved for the connection's life), the
-//! claim on a name (taking over by the rules in `claims`), opening the
+//! token throttling), the claim on a name (free space reserved for the
+//! connection's life, taking over by the rules in `claims`), opening the
 //! held part on the local disk, and the storage actions with the log lines
 //! they deserve.
 //!
@@ -20,7 +20,9 @@ use crate::name::SafeName;
 use crate::v2::FaultCode;
 
 impl Shell<'_> {
-    /// [`Action::Admit`]: the size limit, token throttling, free space.
+    /// [`Action::Admit`]: the size limit and token throttling (before the
+    /// challenge; free space is reserved only once the client proved the
+    /// token, see [`Shell::claim`]).
     pub(super) fn admit(&mut self, name: &SafeName, filesize: u64) -> Result<(), Fault> {
         let sh = self.sh;
         if let Some(max) = sh.cfg.max_file_size.filter(|&m| filesize > m) {
@@ -40,13 +42,13 @@ impl Shell<'_> {
                 "authentication refused: too many wrong tokens from your address; wait a minute",
             ));
         }
-        let held = sh.store.held_hint(name, filesize);
-        self.reservation = Some(reserve_space(sh, name, filesize.saturating_sub(held))?);
         Ok(())
     }
 
     /// [`Action::Claim`]: the connection is admitted (it may no longer be
-    /// evicted) and becomes the one writing `name`.
+    /// evicted), the space it still needs is reserved for its life (after
+    /// authentication, so a client without the token cannot hold space),
+    /// and it becomes the one writing `name`.
     pub(super) fn claim(&mut self, name: &SafeName, authenticated: bool) -> Result<(), Fault> {
         if !self.conn.unadmitted.swap(false, Ordering::SeqCst) {
             return Err(Fault::new(
@@ -58,6 +60,9 @@ impl Shell<'_> {
             .rx
             .header()
             .ok_or_else(|| Fault::new(FaultCode::Internal, "claim before the header"))?;
+        let held = self.sh.store.held_hint(name, header.filesize);
+        let needed = header.filesize.saturating_sub(held);
+        self.reservation = Some(reserve_space(self.sh, name, needed)?);
         let request = claims::Request {
             name,
             conn_id: self.conn.id,
