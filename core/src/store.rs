@@ -911,9 +911,11 @@ impl HeldPart {
                 e,
             ));
         }
+        // The witness is taken at once: hashing first would leave a window
+        // in which another writer's change is mistaken for ours.
+        self.witness = self.stamp().ok();
         self.hasher.update(data);
         self.offset += data.len() as u64;
-        self.witness = self.stamp().ok();
         if self.offset - self.written_back >= WRITEBACK_STEP {
             crate::sys::start_writeback(
                 &self.part,
