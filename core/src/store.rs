@@ -857,6 +857,11 @@ impl HeldPart {
         self.offset
     }
 
+    /// CRC-32 of the bytes held so far.
+    pub fn crc32(&self) -> u32 {
+        self.hasher.clone().finalize()
+    }
+
     /// The last durable checkpoint.
     pub fn durable(&self) -> Checkpoint {
         self.durable
@@ -906,9 +911,11 @@ impl HeldPart {
                 e,
             ));
         }
+        // The witness is taken at once: hashing first would leave a window
+        // in which another writer's change is mistaken for ours.
+        self.witness = self.stamp().ok();
         self.hasher.update(data);
         self.offset += data.len() as u64;
-        self.witness = self.stamp().ok();
         if self.offset - self.written_back >= WRITEBACK_STEP {
             crate::sys::start_writeback(
                 &self.part,
@@ -1023,30 +1030,10 @@ impl HeldPart {
                 ),
             ));
         }
-        // A background fdatasync that failed may have lost data that a later
-        // one would not report again: it fails the upload.
-        self.settle()?;
-        let crc = self.hasher.clone().finalize();
+        let problem = self.verify()?;
         self.done = true;
-        let prefix_ok = match self.prefix_check.take().map(|t| t.join()) {
-            None | Some(Ok(Ok(()))) => true,
-            Some(Ok(Err(why))) => {
-                self.prefix_problem = Some(why);
-                false
-            }
-            Some(Err(_)) => {
-                self.prefix_problem = Some("held part check failed".into());
-                false
-            }
-        };
-        if prefix_ok && crc == self.id.crc32 {
-            if let Err(why) = self.check_on_disk(crc) {
-                self.prefix_problem = Some(why);
-            }
-        }
-        if crc != self.id.crc32 || self.prefix_problem.is_some() {
-            let _ = self.part_path.remove();
-            let _ = self.meta_path.remove();
+        if self.hasher.clone().finalize() != self.id.crc32 || problem.is_some() {
+            self.discard();
             return Ok(Verdict::Mismatch);
         }
         let storage = |what: String, e: io::Error| Error::io(ErrorKind::Storage, what, e);
@@ -1067,6 +1054,36 @@ impl HeldPart {
 }
 
 impl HeldPart {
+    /// Whether the held part holds exactly the bytes received, to be asked
+    /// before the verdict: the resumed prefix (re-read in the background)
+    /// matched its record, and nothing else wrote to the part since. The
+    /// reason when it does not (also kept as [`HeldPart::prefix_problem`]).
+    pub fn verify(&mut self) -> Result<Option<String>> {
+        // A background fdatasync that failed may have lost data that a later
+        // one would not report again: it fails the upload.
+        self.settle()?;
+        match self.prefix_check.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(why))) => self.prefix_problem = Some(why),
+            Some(Err(_)) => self.prefix_problem = Some("held part check failed".into()),
+        }
+        if self.prefix_problem.is_none() {
+            let crc = self.hasher.clone().finalize();
+            if let Err(why) = self.check_on_disk(crc) {
+                self.prefix_problem = Some(why);
+            }
+        }
+        Ok(self.prefix_problem.clone())
+    }
+
+    /// Throws the held part away (after a failed verification), so the
+    /// client's retry starts from zero.
+    pub fn discard(&mut self) {
+        self.done = true;
+        let _ = self.part_path.remove();
+        let _ = self.meta_path.remove();
+    }
+
     /// Notes whether the part changed since our last write (its stamp is
     /// not the one that write left): someone else wrote to it.
     fn note_foreign_writes(&mut self) {

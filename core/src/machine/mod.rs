@@ -37,7 +37,7 @@
 //!                                                              │
 //!                  ┌──────────── v1: Held::Prefix ─────────────┴───── v2: Held::Blocks ───┐
 //!                  v                                                                      v
-//!             SendOffset ──> Receiving (WriteAt) ──> Verify            SendHeld ──> DataFrames
+//!             SendOffset ──> Receiving (WriteAt) ──> [Recheck] Verify  SendHeld ──> DataFrames
 //!                                                  [Commit|Discard]       head: [BeginBlock]
 //!                                                       │                 payload: WriteAt
 //!                                                  SendVerdict            trailer: [RecordBlock]
@@ -71,7 +71,7 @@
 //! | Receiver | AwaitAnswer | [`Timer::Answer`]: `answer_timeout` after the challenge went out |
 //! | Receiver | Receiving, DataFrames | [`Timer::Idle`] since the last byte; with `min_rate`, [`Timer::Block`] per block |
 //! | Receiver | Closing | [`Timer::Drain`] |
-//! | Receiver | Admit, Claim, OpenHeld, Repair, Verify | none: the shell bounds its own work |
+//! | Receiver | Admit, Claim, OpenHeld, Recheck, Repair, Verify | none: the shell bounds its own work |
 //! | Sender | AwaitReply, AwaitChallenge, AwaitHeld, AwaitVerdict, AwaitVerdict1 | [`Timer::Reply`] since entering or the last byte |
 //! | Sender | SendBlocks, SendBytes, Plan | none: the shell's write timeout |
 //!
@@ -402,10 +402,31 @@ pub trait HeldPart {
     fn record_block(&mut self, idx: u64, crc: u32, good: bool) -> Result<(), Fault>;
     /// Makes everything verified so far durable.
     fn checkpoint(&mut self) -> Result<(), Fault>;
+    /// Before the verdict: confirms that what is held on disk is what was
+    /// received (another process may have written to the part). The
+    /// default trusts the storage (memory cannot change behind our back).
+    fn recheck(&mut self) -> Result<Recheck, Fault> {
+        Ok(Recheck::Same)
+    }
     /// Stores the complete file under its name, durably.
     fn commit(&mut self, whole_crc: u32) -> Result<(), Fault>;
     /// Throws the held part away.
     fn discard(&mut self) -> Result<(), Fault>;
+}
+
+/// What [`HeldPart::recheck`] found: the hook that lets a storage which
+/// can change behind the server's back (a local disk) decide the verdict
+/// over the bytes it holds, not over those that arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// The held bytes are the ones received.
+    Same,
+    /// Version 2: these held blocks changed; they are missing again (and
+    /// asked for in a repair round).
+    Changed(Vec<u64>),
+    /// Version 1 (one block that grows, so nothing to repair): the held
+    /// part cannot be vouched for, why; the upload fails and is discarded.
+    Wrong(String),
 }
 
 /// What the [`Receiver`] asks its shell to do; each is answered with one
@@ -447,6 +468,10 @@ pub enum Action {
     },
     /// See [`HeldPart::checkpoint`]. Answer: [`Event::Applied`].
     Checkpoint,
+    /// See [`HeldPart::recheck`]: asked once the last byte (version 1) or
+    /// the end frame (version 2) arrived, before the verdict. Answer:
+    /// [`Event::Rechecked`].
+    Recheck,
     /// See [`HeldPart::commit`]. Answer: [`Event::Applied`].
     Commit {
         /// The verified whole-file CRC-32.
@@ -467,12 +492,15 @@ pub enum Event {
     Opened(Result<Held, Fault>),
     /// Result of a storage action or a write.
     Applied(Result<(), Fault>),
+    /// Result of [`Action::Recheck`].
+    Rechecked(Result<Recheck, Fault>),
 }
 
 /// Executes a storage action on `part`; `None` for the actions that are
 /// the shell's policy (admit, claim, open).
 pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
     let r = match *action {
+        Action::Recheck => return Some(Event::Rechecked(part.recheck())),
         Action::BeginBlock { idx } => part.begin_block(idx),
         Action::RecordBlock { idx, crc, good } => part.record_block(idx, crc, good),
         Action::Checkpoint => part.checkpoint(),
@@ -563,6 +591,15 @@ impl ClientDecoder {
             filesize,
             block,
             at: ClientAt::Tag,
+        }
+    }
+
+    /// Payload bytes of the current data frame still to come, if one is
+    /// being received.
+    pub fn payload_left(&self) -> Option<u64> {
+        match self.at {
+            ClientAt::Payload { left } => Some(left),
+            _ => None,
         }
     }
 

@@ -1051,6 +1051,7 @@ fn every_state_of_both_machines_is_visited() {
         "SendHeld",
         "DataFrames",
         "Repair",
+        "Recheck",
         "Verify",
         "SendVerdict",
         "Closing",

@@ -16,7 +16,7 @@ use crc32fast::Hasher;
 use super::transfer::{Intake, Took};
 use super::{
     earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
-    Timer, WriteAt, MAX_BLOCKS,
+    Recheck, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
@@ -99,6 +99,7 @@ enum State {
     SendHeld,
     DataFrames,
     Repair { list: Vec<u64> },
+    Recheck { crc: u32 },
     Verify { ok: bool, words: String },
     SendVerdict { bytes: Vec<u8>, ending: Ending },
     Closing { ending: Ending },
@@ -110,6 +111,7 @@ enum Expect {
     Admit,
     Claim,
     Open,
+    Recheck,
     Applied,
 }
 
@@ -135,6 +137,18 @@ pub struct Receiver {
     magic_sent: bool,
     part_open: bool,
     rev: u64,
+}
+
+/// The revision a header that did not parse says it reads, so that its
+/// refusal comes in a form it understands.
+fn guess_rev(json: &[u8]) -> u64 {
+    crate::json::parse(json)
+        .ok()
+        .and_then(|v| match v.get("bt").and_then(|bt| bt.get("rev")) {
+            Some(crate::json::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        })
+        .unwrap_or(1)
 }
 
 fn internal(words: impl Into<String>) -> Why {
@@ -178,6 +192,7 @@ impl Receiver {
             State::SendHeld => "SendHeld",
             State::DataFrames => "DataFrames",
             State::Repair { .. } => "Repair",
+            State::Recheck { .. } => "Recheck",
             State::Verify { .. } => "Verify",
             State::SendVerdict { .. } => "SendVerdict",
             State::Closing { .. } => "Closing",
@@ -185,10 +200,11 @@ impl Receiver {
         }
     }
 
-    /// How the connection ended, once it has.
+    /// How the connection ended, once it has (also while a refusal is
+    /// being drained: the shell may act on it before it goes out).
     pub fn ending(&self) -> Option<&Ending> {
         match &self.state {
-            State::Done(e) => Some(e),
+            State::Done(e) | State::Closing { ending: e } => Some(e),
             _ => None,
         }
     }
@@ -212,6 +228,42 @@ impl Receiver {
     /// The sanitised name of the upload, once the header was read.
     pub fn name(&self) -> Option<&SafeName> {
         self.req.as_ref().map(|r| &r.name)
+    }
+
+    /// The client's header, once it was read and accepted.
+    pub fn header(&self) -> Option<&Header> {
+        self.req.as_ref().map(|r| &r.header)
+    }
+
+    /// The client's version-2 offer (`None` for a legacy client or before
+    /// the header).
+    pub fn offer(&self) -> Option<Offer> {
+        self.req.as_ref().and_then(|r| r.offer)
+    }
+
+    /// Bytes of file payload the machine takes next without any protocol
+    /// decision in between (the rest of the version-1 file, or of the
+    /// current data frame), so that a shell can read that many before it
+    /// feeds them and the disk sees large writes.
+    pub fn payload_left(&self) -> Option<u64> {
+        if self.awaiting.is_some() || self.pending.is_some() {
+            return None;
+        }
+        match &self.state {
+            State::Receiving { pos, .. } => Some(self.geometry().0 - pos).filter(|&n| n > 0),
+            State::DataFrames => self.intake.as_ref().and_then(Intake::payload_left),
+            _ => None,
+        }
+    }
+
+    /// While asking for a repair: the round (from 1) and how many blocks.
+    pub fn repairing(&self) -> Option<(u32, usize)> {
+        match &self.state {
+            State::Repair { list } => {
+                Some((self.intake.as_ref().map_or(0, Intake::round), list.len()))
+            }
+            _ => None,
+        }
     }
 
     /// When [`Receiver::handle_timeout`] must be called next.
@@ -284,6 +336,7 @@ impl Receiver {
             Action::Admit { .. } => Expect::Admit,
             Action::Claim { .. } => Expect::Claim,
             Action::OpenHeld(_) => Expect::Open,
+            Action::Recheck => Expect::Recheck,
             _ => Expect::Applied,
         });
         Some(a)
@@ -300,6 +353,7 @@ impl Receiver {
             (Some(Expect::Claim), Event::Claimed(r)) => self.on_claimed(now, r),
             (Some(Expect::Open), Event::Opened(r)) => self.on_opened(now, r),
             (Some(Expect::Applied), Event::Applied(r)) => self.on_applied(now, r),
+            (Some(Expect::Recheck), Event::Rechecked(r)) => self.on_rechecked(now, r),
             (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
         }
     }
@@ -346,10 +400,6 @@ impl Receiver {
         let fs = self.req.as_ref().map_or(0, |r| r.header.filesize);
         let block = self.offer().map_or(v2::MIN_BLOCK, |o| o.block_size);
         (fs, block)
-    }
-
-    fn offer(&self) -> Option<Offer> {
-        self.req.as_ref().and_then(|r| r.offer)
     }
 
     fn fail(&mut self, now: Instant, why: Why) {
@@ -437,6 +487,7 @@ impl Receiver {
             Ok(x) => x,
             Err(e) => {
                 if mentions_v2 {
+                    self.rev = guess_rev(&json);
                     self.say_magic();
                 }
                 return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));
@@ -613,11 +664,8 @@ impl Receiver {
         let want = self.req.as_ref().map_or(0, |r| r.header.crc32);
         self.idle = None;
         if crc == want {
-            self.pending = Some(Action::Commit { whole_crc: crc });
-            self.state = State::Verify {
-                ok: true,
-                words: String::new(),
-            };
+            self.pending = Some(Action::Recheck);
+            self.state = State::Recheck { crc };
         } else {
             self.pending = Some(Action::Discard);
             self.state = State::Verify {
@@ -638,7 +686,10 @@ impl Receiver {
         };
         let (used, took) = match intake.take(input) {
             Ok(x) => x,
-            Err(f) => {
+            Err(mut f) => {
+                if f.code == FaultCode::BadRequest {
+                    f.words = format!("protocol error: {}", f.words);
+                }
                 self.fail(now, Why::Refuse(f));
                 return Fed::used(input.len());
             }
@@ -664,25 +715,62 @@ impl Receiver {
                 self.phase = None;
                 self.pending = Some(Action::RecordBlock { idx, crc, good });
             }
-            Took::Repair(list) => {
+            Took::End(crc) => {
                 self.idle = None;
-                self.pending = Some(Action::Checkpoint);
-                self.state = State::Repair { list };
+                self.phase = None;
+                self.pending = Some(Action::Recheck);
+                self.state = State::Recheck { crc };
             }
-            Took::Commit(whole_crc) => {
+            other => {
                 self.idle = None;
-                self.pending = Some(Action::Commit { whole_crc });
-                self.state = State::Verify {
-                    ok: true,
-                    words: String::new(),
-                };
-            }
-            Took::Discard(words) => {
-                self.idle = None;
-                self.discard(words);
+                self.decide(other);
             }
         }
         Fed::used(used)
+    }
+
+    /// Acts on the intake's decision after the end frame.
+    fn decide(&mut self, took: Took<'_>) {
+        match took {
+            Took::Repair(list) => {
+                self.pending = Some(Action::Checkpoint);
+                self.state = State::Repair { list };
+            }
+            Took::Commit(whole_crc) => self.commit(whole_crc),
+            Took::Discard(words) => self.discard(words),
+            _ => {}
+        }
+    }
+
+    fn commit(&mut self, whole_crc: u32) {
+        self.pending = Some(Action::Commit { whole_crc });
+        self.state = State::Verify {
+            ok: true,
+            words: String::new(),
+        };
+    }
+
+    /// The storage's word on what it holds, before the verdict.
+    fn on_rechecked(&mut self, now: Instant, r: Result<Recheck, Fault>) {
+        let State::Recheck { crc } = self.state else {
+            return self.fail(now, internal("recheck outside its state"));
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        };
+        match (self.intake.as_mut(), r) {
+            (_, Recheck::Wrong(words)) => self.discard(words),
+            (Some(intake), Recheck::Changed(list)) => {
+                let took = intake.end(crc, &list);
+                self.decide(took);
+            }
+            (Some(intake), Recheck::Same) => {
+                let took = intake.end(crc, &[]);
+                self.decide(took);
+            }
+            (None, _) => self.commit(crc),
+        }
     }
 
     fn discard(&mut self, words: String) {
@@ -729,5 +817,100 @@ impl Receiver {
             (true, false) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words))),
         };
         State::SendVerdict { bytes, ending }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mem::MemStorage;
+    use super::super::{apply, HeldPart, Storage};
+    use super::*;
+
+    /// Drives `rx` through its setup actions with `storage`, returning the
+    /// bytes it transmitted and the open part.
+    fn set_up(
+        rx: &mut Receiver,
+        storage: &MemStorage,
+        now: Instant,
+    ) -> (Vec<u8>, super::super::mem::MemPart) {
+        let mut part = None;
+        let mut out = Vec::new();
+        loop {
+            while let Some(b) = rx.poll_transmit(now) {
+                out.extend(b);
+            }
+            let Some(a) = rx.poll_action() else { break };
+            let ev = match a {
+                Action::Admit { .. } => Event::Admitted(Ok(())),
+                Action::Claim { .. } => Event::Claimed(Ok(())),
+                Action::OpenHeld(id) => Event::Opened(storage.open(&id).map(|(p, h)| {
+                    part = Some(p);
+                    h
+                })),
+                other => panic!("{other:?}"),
+            };
+            rx.handle_event(now, ev);
+        }
+        (out, part.expect("opened"))
+    }
+
+    #[test]
+    fn payload_left_is_the_rest_of_the_v1_file_then_nothing() {
+        let now = Instant::now();
+        let data = b"0123456789".to_vec();
+        let h = Header {
+            filename: "p.bin".into(),
+            filesize: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+        };
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let wire = proto::encode_header(&h).unwrap();
+        assert_eq!(rx.payload_left(), None);
+        assert_eq!(rx.handle_input(now, &wire).used, 4);
+        assert_eq!(rx.handle_input(now, &wire[4..]).used, wire.len() - 4);
+        let storage = MemStorage::new();
+        let (out, mut part) = set_up(&mut rx, &storage, now);
+        assert_eq!(out, proto::encode_offset(0));
+        assert_eq!(rx.payload_left(), Some(10));
+        let fed = rx.handle_input(now, &data[..4]);
+        let w = fed.write.unwrap();
+        assert_eq!((w.offset, w.bytes), (0, &data[..4]));
+        assert_eq!(rx.payload_left(), None, "a write is outstanding");
+        let r = part.write_at(w.offset, w.bytes);
+        rx.handle_event(now, Event::Applied(r));
+        assert_eq!(rx.payload_left(), Some(6));
+    }
+
+    #[test]
+    fn a_v1_part_the_storage_disowns_ends_in_a_mismatch_with_its_words() {
+        let now = Instant::now();
+        let data = b"abc".to_vec();
+        let h = Header {
+            filename: "w.bin".into(),
+            filesize: 3,
+            crc32: crc32fast::hash(&data),
+        };
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let wire = proto::encode_header(&h).unwrap();
+        let mut at = 0;
+        while at < wire.len() {
+            at += rx.handle_input(now, &wire[at..]).used;
+        }
+        let storage = MemStorage::new();
+        let (_, mut part) = set_up(&mut rx, &storage, now);
+        let w = rx.handle_input(now, &data).write.unwrap();
+        let r = part.write_at(w.offset, w.bytes);
+        rx.handle_event(now, Event::Applied(r));
+        assert_eq!(rx.poll_action(), Some(Action::Recheck));
+        rx.handle_event(now, Event::Rechecked(Ok(Recheck::Wrong("changed".into()))));
+        let a = rx.poll_action().unwrap();
+        assert_eq!(a, Action::Discard);
+        let ev = apply(&mut part, &a).unwrap();
+        rx.handle_event(now, ev);
+        assert_eq!(
+            rx.poll_transmit(now),
+            Some(proto::Verdict::Mismatch.as_bytes().to_vec())
+        );
+        assert_eq!(rx.ending(), Some(&Ending::Mismatch("changed".into())));
     }
 }

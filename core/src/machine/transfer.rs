@@ -47,6 +47,9 @@ pub enum Took<'a> {
         /// Whether the sender's CRC-32 agreed.
         good: bool,
     },
+    /// The end frame came with the whole file's CRC-32: the receiver
+    /// rechecks its storage, then decides with [`Intake::end`].
+    End(u32),
     /// The end frame came and these blocks are missing: ask again.
     Repair(Vec<u64>),
     /// The end frame came, every block is held and the whole CRC-32 agrees.
@@ -84,6 +87,11 @@ impl Intake {
     /// Repair rounds asked for so far.
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// Payload bytes of the current data frame still to come.
+    pub fn payload_left(&self) -> Option<u64> {
+        self.dec.payload_left()
     }
 
     /// Takes from `input`: bytes used and what came of them.
@@ -126,13 +134,19 @@ impl Intake {
                     good,
                 }
             }
-            Some(ClientItem::End(crc)) => self.end(crc),
+            Some(ClientItem::End(crc)) => Took::End(crc),
             Some(ClientItem::Answer(_)) => return Err(Fault::bad("unexpected answer frame")),
         };
         Ok((used, took))
     }
 
-    fn end(&mut self, crc: u32) -> Took<'static> {
+    /// Decides after the end frame (whole CRC-32 `crc`): repair, commit or
+    /// discard. `changed` are held blocks the storage found changed on
+    /// disk since they were verified: they count as missing.
+    pub fn end(&mut self, crc: u32, changed: &[u64]) -> Took<'static> {
+        for &idx in changed {
+            self.held.forget(idx);
+        }
         let missing = self.held.missing();
         if let Some(&first) = missing.first() {
             if self.round >= MAX_REPAIR_ROUNDS {
@@ -336,7 +350,10 @@ mod tests {
     fn take_all(i: &mut Intake, mut input: &[u8]) -> Vec<String> {
         let mut seen = Vec::new();
         while !input.is_empty() {
-            let (used, took) = i.take(input).unwrap();
+            let (used, mut took) = i.take(input).unwrap();
+            if let Took::End(crc) = took {
+                took = i.end(crc, &[]);
+            }
             if !matches!(took, Took::More | Took::Write(_)) {
                 seen.push(format!("{took:?}"));
             }

@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fault::Fault;
+use super::local::storage_fault;
 use super::{lock, Shared};
+use crate::machine::Fault;
 use crate::name::SafeName;
 use crate::proto::Header;
 use crate::v2::{FaultCode, Offer};
@@ -184,12 +185,18 @@ pub(super) fn claim<'a>(sh: &'a Shared, req: Request<'_>) -> Result<Claim<'a>, F
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0);
     }
+    register(sh, &mut claims, req)
+}
+
+/// Records the newcomer as the holder of its name (the claims lock held).
+fn register<'a>(
+    sh: &'a Shared,
+    claims: &mut std::collections::HashMap<SafeName, Claimant>,
+    req: Request<'_>,
+) -> Result<Claim<'a>, Fault> {
     let stream = req.stream.try_clone().map_err(|e| {
-        Fault::storage(crate::Error::io(
-            ErrorKind::Storage,
-            "cannot track connection",
-            e,
-        ))
+        let e = crate::Error::io(ErrorKind::Storage, "cannot track connection", e);
+        storage_fault(&e, e.to_string())
     })?;
     let activity = Arc::new(Activity::default());
     activity.last_rx_ms.store(sh.now_ms(), Ordering::Relaxed);
@@ -227,7 +234,6 @@ fn may_take_over(sh: &Shared, old: &Claimant, req: &Request<'_>) -> Result<(), F
     if old.authenticated && !req.authenticated {
         return Err(Fault::new(
             FaultCode::AuthRequired,
-            ErrorKind::Refused,
             format!("{name} is being uploaded by an authenticated client; only an authenticated client may take it over"),
         ));
     }
@@ -243,5 +249,5 @@ fn may_take_over(sh: &Shared, old: &Claimant, req: &Request<'_>) -> Result<(), F
 }
 
 fn busy(msg: String) -> Fault {
-    Fault::new(FaultCode::Busy, ErrorKind::Refused, msg)
+    Fault::new(FaultCode::Busy, msg)
 }

@@ -1,380 +1,372 @@
-//! One connection, from its first byte until it is admitted and holds its
-//! name: the header (whole, within the header deadline), the checks that
-//! must pass before anything stored is touched (format, name, size, token,
-//! space), then the claim. Receiving is `recv`'s.
+//! The blocking shell around one connection's [`Receiver`]: the only code
+//! that touches its socket. It follows the machine's four rules (see
+//! [`crate::machine`]): transmit what the machine gives, execute each
+//! action once (policy in `policy`, storage in `local`), feed input until
+//! nothing is used, and let the machine's `poll_timeout` bound every read.
 //!
-//! Order matters: nothing touches a held part before the upload is
-//! admitted, so a refused header never changes or creates a stored file.
+//! File payload is read in whole buffers before it is fed (the machine
+//! says how much comes without a protocol decision in between), so the
+//! disk sees large writes. Not for protocol decisions (the machine's),
+//! admission policy (`policy`) or the log lines of an ending (`report`).
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::Ordering;
+use std::net::{Shutdown, TcpStream};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::claims::{self, Request, SourceId};
-use super::fault::{Fault, Voice};
-use super::{lock, recv, ConnInfo, Shared};
-use crate::name::SafeName;
-use crate::proto;
-use crate::v2::{self, FaultCode};
+use super::claims::Claim;
+use super::local::LocalPart;
+use super::policy::Reservation;
+use super::{ConnInfo, Shared, RATE_WINDOW, RECV_BUFFER};
+use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
+use crate::v2::FaultCode;
 use crate::{Error, ErrorKind, Result};
 
+/// Most bytes read when the machine expects no file payload next: a
+/// frame head or a header, and little of what follows (which would have
+/// to be moved to the buffer's start before the payload's large read).
+const SMALL_READ: usize = 4096;
+
+/// Why reading stopped before the machine's wish was met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stall {
+    /// End of stream or a broken connection.
+    Eof,
+    /// The machine's next deadline came.
+    Timeout,
+    /// The data rate fell under the floor (why).
+    Slow(String),
+}
+
+/// One connection being served.
+pub(super) struct Shell<'a> {
+    pub(super) sh: &'a Shared,
+    pub(super) conn: &'a ConnInfo,
+    pub(super) stream: TcpStream,
+    pub(super) rx: Receiver,
+    pub(super) part: Option<LocalPart>,
+    pub(super) claim: Option<Claim<'a>>,
+    pub(super) reservation: Option<Reservation<'a>>,
+    /// The refusal is counted elsewhere (token throttling), not logged.
+    pub(super) quiet: bool,
+    /// A wrong answer to the challenge, counted as soon as it was seen
+    /// (before the refusal goes out, so the client's next try sees it):
+    /// what to log.
+    pub(super) auth_failure: Option<Error>,
+    buf: crate::sys::PageBuf,
+    have: Range<usize>,
+    stall: Option<Stall>,
+    floor: Option<RateFloor>,
+    shut: bool,
+    /// The socket's read timeout in force.
+    read_timeout: Option<Duration>,
+}
+
 /// Serves one connection to its end.
-pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, mut stream: TcpStream) -> Result<()> {
+pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, stream: TcpStream) -> Result<()> {
     let _ = stream.set_nodelay(true);
     stream
         .set_write_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
-    // One deadline for the whole header and the answer to a challenge: a
-    // client dripping a byte at a time cannot hold a slot past it.
-    let deadline = conn.accepted + sh.cfg.header_timeout.min(sh.cfg.idle_timeout);
-    let json = read_header(&mut stream, deadline)?;
-    let guess = guess_voice(&json);
-    let (header, name, offer) = admit(sh, &json).map_err(|f| guess.refuse(&mut stream, f))?;
-    let mut voice = match offer {
-        Some(o) => Voice::V2Unopened { rev: o.rev },
-        None => Voice::Legacy,
-    };
-    // The magic goes out at once, so a client learns within its handshake
-    // timeout that it reached a bigtransfer server, whatever comes next.
-    voice
-        .open(&mut stream)
-        .map_err(|e| net_err(e, "sending the protocol reply"))?;
-    let authenticated = authorize(
+    let nonce = crate::auth::nonce()?;
+    let mut shell = Shell {
         sh,
-        &mut stream,
         conn,
-        voice,
-        offer.is_some(),
-        &json,
-        deadline,
-    )?;
-    if !conn.unadmitted.swap(false, Ordering::SeqCst) {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            "evicted before it was admitted",
-        ));
-    }
-    let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
-    let held = sh.store.held_hint(&name, header.filesize);
-    let reservation = reserve_space(sh, &name, header.filesize - held)
-        .map_err(|f| voice.refuse(&mut stream, f))?;
-    let request = Request {
-        name: &name,
-        conn_id: conn.id,
-        stream: &stream,
-        peer: conn.peer,
-        source: SourceId::of(&header, offer.as_ref()),
-        authenticated,
-    };
-    let claim = claims::claim(sh, request).map_err(|f| voice.refuse(&mut stream, f))?;
-    let mut rx = recv::Receive {
-        sh,
-        stream: &mut stream,
-        peer: conn.peer,
-        claim: &claim,
-        reservation: &reservation,
-        voice,
-    };
-    match offer {
-        Some(o) => rx.serve_v2(header.filesize, o),
-        None => rx.serve_v1(&header),
-    }
-}
-
-/// Reads the length prefix and the header, both before `deadline`.
-fn read_header(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>> {
-    let mut prefix = [0u8; 4];
-    read_exact_by(stream, &mut prefix, deadline, "reading the header length")?;
-    let len = proto::parse_header_len(prefix).map_err(refusal)?;
-    let mut json = vec![0u8; len];
-    read_exact_by(stream, &mut json, deadline, "reading the header")?;
-    Ok(json)
-}
-
-/// Fills `buf` from the stream unless `deadline` passes first: each read
-/// waits at most until the deadline, so a trickle cannot stretch it.
-pub(super) fn read_exact_by(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    during: &str,
-) -> Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::new(
-                ErrorKind::TimedOut,
-                format!(
-                    "deadline passed while {during} ({filled} of {} bytes arrived)",
-                    buf.len()
-                ),
-            ));
-        }
-        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => return Err(net_err(io::ErrorKind::UnexpectedEof.into(), during)),
-            Ok(n) => filled += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(net_err(e, during)),
-        }
-    }
-    Ok(())
-}
-
-/// How to refuse a header that may not parse: a version-2 client (one
-/// that mentions "bt") gets words, in the revision it says it reads.
-fn guess_voice(json: &[u8]) -> Voice {
-    if !json.windows(4).any(|w| w == b"\"bt\"") {
-        return Voice::Legacy;
-    }
-    let rev = crate::json::parse(json)
-        .ok()
-        .and_then(|v| match v.get("bt").and_then(|bt| bt.get("rev")) {
-            Some(crate::json::Value::Number(n)) => n.as_u64(),
-            _ => None,
-        })
-        .unwrap_or(1);
-    Voice::V2Unopened { rev }
-}
-
-/// Checks a header: its format, the name, the size limit. Returns the
-/// header, the sanitised name and the version-2 offer, if any.
-fn admit(
-    sh: &Shared,
-    json: &[u8],
-) -> std::result::Result<(proto::Header, SafeName, Option<v2::Offer>), Fault> {
-    let bad = |e: Error| {
-        Fault::new(
-            FaultCode::BadRequest,
-            ErrorKind::Refused,
-            format!("refused: {e}"),
-        )
-    };
-    let (header, offer) = v2::parse_header(json).map_err(bad)?;
-    let name = SafeName::from_wire(&header.filename).map_err(|e| {
-        Fault::new(
-            FaultCode::NameRefused,
-            ErrorKind::Refused,
-            format!("refused: {e}"),
-        )
-    })?;
-    if let Some(max) = sh.cfg.max_file_size {
-        if header.filesize > max {
-            return Err(Fault::new(
-                FaultCode::TooLarge,
-                ErrorKind::Refused,
-                format!(
-                    "refused {name}: {} bytes is over the limit of {max} (--max-file-size)",
-                    header.filesize
-                ),
-            ));
-        }
-    }
-    Ok((header, name, offer))
-}
-
-/// Checks the client's right to upload: a token holder proves it by the
-/// challenge (version 2); a legacy client cannot, and is admitted only
-/// with `--allow-legacy`. Returns whether the client authenticated.
-fn authorize(
-    sh: &Shared,
-    stream: &mut TcpStream,
-    conn: &ConnInfo,
-    voice: Voice,
-    speaks_v2: bool,
-    json: &[u8],
-    deadline: Instant,
-) -> Result<bool> {
-    let Some(token) = &sh.cfg.token else {
-        return Ok(false);
-    };
-    if !speaks_v2 {
-        if sh.cfg.allow_legacy {
-            return Ok(false);
-        }
-        return Err(Error::new(
-            ErrorKind::Refused,
-            "refused a legacy (unauthenticated) client: this server requires a token (--allow-legacy admits legacy clients)",
-        ));
-    }
-    let ip = conn.peer.ip();
-    if !lock(&sh.throttle).allows(ip, Instant::now()) {
-        let f = Fault::new(
-            FaultCode::AuthFailed,
-            ErrorKind::Refused,
-            "authentication refused: too many wrong tokens from your address; wait a minute",
-        );
-        // Counted for the summary, not logged one by one.
-        let _ = voice.refuse(stream, f);
-        return Err(Error::new(ErrorKind::Refused, crate::server::QUIET));
-    }
-    match challenge(stream, token, json, deadline) {
-        Ok(()) => Ok(true),
-        Err(Challenged::Lost(e)) => Err(e),
-        Err(Challenged::Wrong(f)) => {
-            let note = lock(&sh.throttle).failed(ip, Instant::now());
-            let e = voice.refuse(stream, f);
-            Err(match note {
-                crate::throttle::Note::Log => e,
-                crate::throttle::Note::LogLast => Error::new(
-                    e.kind(),
-                    format!("{e} (further failures from this address are counted, and summarised once a minute)"),
-                ),
-                crate::throttle::Note::Quiet => Error::new(ErrorKind::Refused, crate::server::QUIET),
-            })
-        }
-    }
-}
-
-enum Challenged {
-    /// The connection broke or the deadline passed.
-    Lost(Error),
-    /// The answer was wrong or missing.
-    Wrong(Fault),
-}
-
-/// Sends the challenge and checks the answer, within `deadline`.
-fn challenge(
-    stream: &mut TcpStream,
-    token: &crate::auth::Token,
-    json: &[u8],
-    deadline: Instant,
-) -> std::result::Result<(), Challenged> {
-    let nonce = crate::auth::nonce().map_err(Challenged::Lost)?;
-    let frame = v2::encode_server_msg(&v2::ServerMsg::Challenge(nonce));
-    stream
-        .write_all(&frame)
-        .map_err(|e| Challenged::Lost(net_err(e, "sending the challenge")))?;
-    let mut tag = [0u8; 1];
-    read_exact_by(
         stream,
-        &mut tag,
-        deadline,
-        "waiting for the answer to the challenge",
-    )
-    .map_err(Challenged::Lost)?;
-    let wrong = |msg: &str| Fault::new(FaultCode::AuthFailed, ErrorKind::Refused, msg.to_string());
-    if tag[0] != b'A' {
-        return Err(Challenged::Wrong(wrong(
-            "authentication failed: the client did not answer the challenge",
-        )));
-    }
-    let mut answer = [0u8; crate::auth::ANSWER_LEN];
-    read_exact_by(
-        stream,
-        &mut answer,
-        deadline,
-        "reading the answer to the challenge",
-    )
-    .map_err(Challenged::Lost)?;
-    if !token.check(&nonce, json, &answer) {
-        return Err(Challenged::Wrong(wrong(
-            "authentication failed: wrong token",
-        )));
-    }
-    Ok(())
+        rx: Receiver::new(receiver_config(sh), nonce, conn.accepted),
+        part: None,
+        claim: None,
+        reservation: None,
+        quiet: false,
+        auth_failure: None,
+        buf: crate::sys::PageBuf::new(RECV_BUFFER),
+        have: 0..0,
+        stall: None,
+        floor: None,
+        shut: false,
+        read_timeout: None,
+    };
+    shell.run();
+    shell.report()
 }
 
-/// Space kept for an upload in progress: what is still to arrive of it
-/// counts against the free space that other uploads see. Released as
-/// bytes arrive (they then use real space) and when the upload ends.
-pub(super) struct Reservation<'a> {
-    sh: &'a Shared,
-    left: std::sync::atomic::AtomicU64,
+/// The machine's limits from the server's: the header and the answer to
+/// a challenge each within the header timeout (bounded by the idle one).
+/// The rate floor is the shell's (windows of bytes, not blocks).
+fn receiver_config(sh: &Shared) -> ReceiverConfig {
+    let setup = sh.cfg.header_timeout.min(sh.cfg.idle_timeout);
+    ReceiverConfig {
+        token: sh.cfg.token.clone(),
+        allow_legacy: sh.cfg.allow_legacy,
+        header_timeout: setup,
+        answer_timeout: setup,
+        idle_timeout: sh.cfg.idle_timeout,
+        min_rate: None,
+        ..ReceiverConfig::default()
+    }
 }
 
-impl Reservation<'_> {
-    /// `n` bytes arrived and now take real space.
-    pub(super) fn arrived(&self, n: u64) {
-        let mut cur = self.left.load(Ordering::Relaxed);
-        loop {
-            let take = cur.min(n);
-            match self
-                .left
-                .compare_exchange(cur, cur - take, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    let mut total = lock(&self.sh.reserved);
-                    *total = total.saturating_sub(take);
-                    return;
-                }
-                Err(now) => cur = now,
+impl Shell<'_> {
+    /// Drives the machine until it is done.
+    fn run(&mut self) {
+        while !self.rx.is_done() {
+            let now = Instant::now();
+            self.count_auth_failure();
+            self.transmit(now);
+            if let Some(a) = self.rx.poll_action() {
+                let ev = self.execute(a);
+                self.rx.handle_event(Instant::now(), ev);
+                continue;
+            }
+            if self.rx.is_done() {
+                break;
+            }
+            if self.rx.is_closing() && !self.shut {
+                // Let the client read the refusal: shut our side, drain theirs.
+                let _ = self.stream.shutdown(Shutdown::Write);
+                self.shut = true;
+            }
+            if !self.have.is_empty() && (self.ready() || self.stall.is_some()) && self.feed(now) {
+                continue;
+            }
+            match self.stall.take() {
+                Some(s) => self.on_stall(s),
+                None => self.stall = self.read_more(),
+            }
+        }
+        if let Some(c) = &self.claim {
+            c.ending();
+        }
+    }
+
+    /// Rule 1: everything the machine has to say goes out first.
+    fn transmit(&mut self, now: Instant) {
+        while let Some(bytes) = self.rx.poll_transmit(now) {
+            if self.stream.write_all(&bytes).is_err() {
+                self.rx.handle_eof(now);
             }
         }
     }
-}
 
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let left = self.left.swap(0, Ordering::Relaxed);
-        let mut total = lock(&self.sh.reserved);
-        *total = total.saturating_sub(left);
-    }
-}
-
-/// Refuses an upload that needs more than the free space left once every
-/// upload in progress has what it still needs, or that would leave less
-/// than `--min-free`; otherwise reserves its space. Checked and reserved
-/// under one lock, so concurrent uploads cannot all pass on the same free
-/// space (three 20 MiB uploads onto 64 MiB with `--min-free 32M` all
-/// passed before).
-fn reserve_space<'a>(
-    sh: &'a Shared,
-    name: &SafeName,
-    needed: u64,
-) -> std::result::Result<Reservation<'a>, Fault> {
-    let mut reserved = lock(&sh.reserved);
-    let avail = sh.store.available_space().map_err(Fault::storage)?;
-    let avail = avail.saturating_sub(*reserved);
-    let no_space = |msg: String| Fault::new(FaultCode::NoSpace, ErrorKind::Refused, msg);
-    if needed > avail {
-        return Err(no_space(format!(
-            "refused {name}: needs {needed} more bytes, only {avail} free on the server (counting uploads in progress)"
-        )));
-    }
-    if avail - needed < sh.cfg.min_free {
-        return Err(no_space(format!(
-            "refused {name}: it would leave {} bytes free, under the server's minimum of {} (--min-free)",
-            avail - needed,
-            sh.cfg.min_free
-        )));
-    }
-    *reserved += needed;
-    Ok(Reservation {
-        sh,
-        left: std::sync::atomic::AtomicU64::new(needed),
-    })
-}
-
-pub(super) fn net_err(e: io::Error, during: &str) -> Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::new(ErrorKind::TimedOut, format!("idle timeout while {during}"))
+    /// Executes an action: policy here, storage on the held part.
+    fn execute(&mut self, a: machine::Action) -> Event {
+        use machine::Action;
+        match a {
+            Action::Admit { name, filesize } => Event::Admitted(self.admit(&name, filesize)),
+            Action::Claim {
+                name,
+                authenticated,
+            } => Event::Claimed(self.claim(&name, authenticated)),
+            Action::OpenHeld(id) => Event::Opened(self.open(&id)),
+            other => self.apply(&other),
         }
-        io::ErrorKind::UnexpectedEof => Error::new(
-            ErrorKind::ConnectionLost,
-            format!("client disconnected while {during}"),
-        ),
-        _ => Error::io(
-            ErrorKind::ConnectionLost,
-            format!("connection failed while {during}"),
-            e,
-        ),
+    }
+
+    /// Whether enough input is buffered to feed: the whole payload the
+    /// machine expects next (up to the buffer), or anything otherwise.
+    fn ready(&self) -> bool {
+        match self.rx.payload_left() {
+            Some(n) => self.have.len() as u64 >= n.min(self.buf.len() as u64),
+            None => true,
+        }
+    }
+
+    /// Rule 3: feeds buffered input; a write goes to the held part and its
+    /// result back to the machine. Returns whether input was used.
+    fn feed(&mut self, now: Instant) -> bool {
+        let Shell {
+            rx,
+            buf,
+            have,
+            part,
+            ..
+        } = self;
+        let fed = rx.handle_input(now, &buf[have.clone()]);
+        let used = fed.used;
+        let mut wrote = 0;
+        if let Some(w) = fed.write {
+            let r = match part.as_mut() {
+                Some(p) => p.write_at(w.offset, w.bytes),
+                None => Err(Fault::new(FaultCode::Internal, "no held part to write")),
+            };
+            wrote = if r.is_ok() { w.bytes.len() } else { 0 };
+            rx.handle_event(now, Event::Applied(r));
+        }
+        have.start += used;
+        if have.start >= have.end {
+            *have = 0..0;
+        }
+        self.arrived(wrote as u64);
+        used > 0
+    }
+
+    fn arrived(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let c = &self.sh.counters.bytes_received;
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = &self.reservation {
+            r.arrived(n);
+        }
+    }
+
+    /// Rule 4: the peer went away, a deadline came, or the rate floor cut in.
+    fn on_stall(&mut self, s: Stall) {
+        let now = Instant::now();
+        match s {
+            Stall::Eof if self.claim.as_ref().is_some_and(|c| c.taken_over()) => {
+                let name = self.claim.as_ref().map(|c| c.name.to_string());
+                let words = format!(
+                    "another connection of the same source took over the upload of {}",
+                    name.unwrap_or_default()
+                );
+                self.rx
+                    .handle_abort(now, Fault::new(FaultCode::TakenOver, words));
+            }
+            Stall::Eof => self.rx.handle_eof(now),
+            Stall::Timeout => {
+                if self.rx.poll_timeout().is_some_and(|t| t <= now) {
+                    self.rx.handle_timeout(now);
+                }
+            }
+            Stall::Slow(words) => self
+                .rx
+                .handle_abort(now, Fault::new(FaultCode::TooSlow, words)),
+        }
+    }
+
+    /// Reads until the machine's wish is buffered (see [`Shell::ready`]),
+    /// each read bounded by the machine's next deadline.
+    fn read_more(&mut self) -> Option<Stall> {
+        self.start_floor();
+        loop {
+            let end = self.read_end();
+            if end <= self.have.end {
+                return Some(Stall::Eof); // The machine takes nothing of a full buffer.
+            }
+            let now = Instant::now();
+            let wait = match self.rx.poll_timeout() {
+                Some(t) if t <= now => return Some(Stall::Timeout),
+                Some(t) => Some((t - now).max(Duration::from_millis(1))),
+                None => None,
+            };
+            self.bound_reads(wait);
+            match self.stream.read(&mut self.buf[self.have.end..end]) {
+                Ok(0) => return Some(Stall::Eof),
+                Ok(n) => {
+                    self.have.end += n;
+                    if let Some(s) = self.got(n) {
+                        return Some(s);
+                    }
+                    if self.ready() {
+                        return None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Some(Stall::Timeout)
+                }
+                Err(_) => return Some(Stall::Eof),
+            }
+        }
+    }
+
+    /// Makes the socket's reads wait no longer than `wait` (the time left
+    /// until the machine's next deadline). The call is skipped while the
+    /// timeout in force is within an eighth of it: a fill of many reads
+    /// then costs one system call, and a read overshoots a deadline by at
+    /// most an eighth of what was left.
+    fn bound_reads(&mut self, wait: Option<Duration>) {
+        let close = match (wait, self.read_timeout) {
+            (Some(w), Some(set)) => set >= w && set - w <= w / 8,
+            (None, None) => true,
+            _ => false,
+        };
+        if !close && self.stream.set_read_timeout(wait).is_ok() {
+            self.read_timeout = wait;
+        }
+    }
+
+    /// Where the next read may fill up to: the end of the payload the
+    /// machine expects (so a large payload lands alone in the buffer, from
+    /// its start, and needs no copying), else a small read for frame heads
+    /// and the header. Moves what is left to the start when it must.
+    fn read_end(&mut self) -> usize {
+        let cap = self.buf.len();
+        let want = match self.rx.payload_left() {
+            Some(n) => n.min(cap as u64) as usize,
+            None => self.have.len() + SMALL_READ,
+        }
+        .min(cap);
+        if self.have.start + want > cap {
+            self.buf.copy_within(self.have.clone(), 0);
+            self.have = 0..self.have.len();
+        }
+        self.have.start + want
+    }
+
+    /// `n` bytes were read: the upload is alive; is it fast enough?
+    fn got(&mut self, n: usize) -> Option<Stall> {
+        if let Some(c) = &self.claim {
+            c.received();
+        }
+        let floor = self.floor.as_mut()?;
+        floor.count(n).err().map(Stall::Slow)
+    }
+
+    /// The rate floor starts with the data phase.
+    fn start_floor(&mut self) {
+        let data = matches!(self.rx.state_name(), "Receiving" | "DataFrames");
+        if self.floor.is_none() && data && self.sh.cfg.min_rate > 0 {
+            self.floor = Some(RateFloor::new(self.sh));
+        }
     }
 }
 
-fn refusal(e: Error) -> Error {
-    if e.kind() == ErrorKind::Protocol || e.kind() == ErrorKind::Refused {
-        Error::new(ErrorKind::Refused, format!("refused: {e}"))
-    } else {
-        e
+/// The minimum data rate, checked window by window.
+struct RateFloor {
+    min: u64,
+    window: Duration,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateFloor {
+    /// A floor of `min` bytes/s over windows of the idle timeout, at most
+    /// [`RATE_WINDOW`] (so a test with a short timeout sees it act soon).
+    fn new(sh: &Shared) -> RateFloor {
+        RateFloor {
+            min: sh.cfg.min_rate,
+            window: sh.cfg.idle_timeout.min(RATE_WINDOW),
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes; why, when a whole window passed below the floor.
+    fn count(&mut self, n: usize) -> std::result::Result<(), String> {
+        self.bytes += n as u64;
+        let elapsed = self.start.elapsed();
+        if elapsed < self.window {
+            return Ok(());
+        }
+        let need = (self.min as f64 * elapsed.as_secs_f64()) as u64;
+        if self.bytes < need {
+            return Err(format!(
+                "too slow: {} bytes in {} s, under the server's minimum of {} bytes/s",
+                self.bytes,
+                elapsed.as_secs(),
+                self.min
+            ));
+        }
+        self.start = Instant::now();
+        self.bytes = 0;
+        Ok(())
     }
 }

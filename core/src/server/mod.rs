@@ -7,19 +7,22 @@
 //! is logged with the peer address and ends that connection only.
 //!
 //! This file holds the server's setup, the accept loop and the expiry
-//! sweep; a connection's life is in `conn` (header, admission,
-//! authentication), `claims` (who may write a name), `recv` (receiving
-//! both protocol versions) and `fault` (refusing in words).
+//! sweep. A connection's protocol is the sans-IO [`crate::machine::Receiver`];
+//! `conn` is its blocking shell (the only code touching the socket),
+//! `policy` answers its actions (admission, space, claims, storage),
+//! `claims` decides who may write a name, `local` is the local-disk
+//! storage behind it, and `report` turns its ending into log lines.
 //!
 //! Not for: storage layout and durability (see [`crate::store`]) or byte
 //! parsing (see [`crate::proto`]).
 
 mod claims;
 mod conn;
-mod fault;
-mod recv;
+mod local;
+mod policy;
+mod report;
 
-pub use recv::MAX_REPAIR_ROUNDS;
+pub use crate::machine::MAX_REPAIR_ROUNDS;
 
 use std::collections::HashMap;
 use std::io;
@@ -564,34 +567,13 @@ impl Server {
         let builder = std::thread::Builder::new().name(format!("bt-conn-{id}"));
         let sh2 = Arc::clone(&sh);
         let spawned = builder.spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let info = ConnInfo {
-                    id,
-                    peer,
-                    accepted,
-                    unadmitted,
-                };
-                conn::handle_connection(&sh2, &info, stream)
-            }));
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    sh2.counters.failed_by_reason[reason_index(e.kind())]
-                        .fetch_add(1, Ordering::Relaxed);
-                    if e.to_string() != QUIET {
-                        (sh2.logger)(&format!("{peer}: {e}"));
-                    }
-                }
-                Err(_) => {
-                    sh2.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    sh2.counters.failed_by_reason[FAILURE_REASONS.len() - 1]
-                        .fetch_add(1, Ordering::Relaxed);
-                    (sh2.logger)(&format!(
-                        "{peer}: internal error (panic) in connection handler"
-                    ));
-                }
-            }
+            let info = ConnInfo {
+                id,
+                peer,
+                accepted,
+                unadmitted,
+            };
+            serve_one(&sh2, &info, stream);
             lock(&sh2.conns).remove(&id);
             sh2.live.fetch_sub(1, Ordering::SeqCst);
         });
@@ -604,6 +586,32 @@ impl Server {
                 sh.counters.refused.fetch_add(1, Ordering::Relaxed);
                 None
             }
+        }
+    }
+}
+
+/// Serves one connection on its own thread: its errors end it alone and
+/// are logged with the peer's address; a panic is contained.
+fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
+    let peer = info.peer;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn::handle_connection(sh, info, stream)
+    }));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            sh.counters.failed_by_reason[reason_index(e.kind())].fetch_add(1, Ordering::Relaxed);
+            if e.to_string() != QUIET {
+                (sh.logger)(&format!("{peer}: {e}"));
+            }
+        }
+        Err(_) => {
+            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
+            sh.counters.failed_by_reason[FAILURE_REASONS.len() - 1].fetch_add(1, Ordering::Relaxed);
+            (sh.logger)(&format!(
+                "{peer}: internal error (panic) in connection handler"
+            ));
         }
     }
 }
