@@ -48,6 +48,11 @@ enum Cmd {
     Server(serve::ServerArgs),
     /// Upload a file; asks for the server and the file when not given.
     Client(send::ClientArgs),
+    /// Print a new random token (256 bits, 64 hex digits) for --token-file.
+    ///
+    /// Save it with `bigtransfer token > token && chmod 600 token` and give
+    /// the same file to the server and its clients.
+    Token,
 }
 
 /// The shared token, from a file, the environment, or (visible in `ps`)
@@ -85,6 +90,21 @@ impl AuthArgs {
     }
 }
 
+/// `bigtransfer token`: a fresh token from the operating system's random
+/// source, on standard output alone (so it can be redirected to a file).
+fn print_new_token() -> ExitCode {
+    match bigtransfer_core::auth::Token::generate() {
+        Ok(t) => {
+            println!("{}", t.reveal());
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::OTHER)
+        }
+    }
+}
+
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {
@@ -113,5 +133,6 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Server(a) => serve::run(a),
         Cmd::Client(a) => send::run(a),
+        Cmd::Token => print_new_token(),
     }
 }

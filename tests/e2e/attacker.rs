@@ -658,3 +658,26 @@ fn a_token_file_others_can_read_is_warned_about() {
         srv.log.text()
     );
 }
+
+#[test]
+fn bigtransfer_token_prints_a_strong_fresh_token_the_server_accepts() {
+    let a = Command::new(BIN).arg("token").output().unwrap();
+    let b = Command::new(BIN).arg("token").output().unwrap();
+    assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
+    let (ta, tb) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    let ta = ta.trim_end();
+    assert_eq!(ta.len(), 64, "{ta}");
+    assert!(ta.bytes().all(|c| c.is_ascii_hexdigit()), "{ta}");
+    assert_ne!(ta, tb.trim_end(), "every token is new");
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("tok");
+    std::fs::write(&tok, &a.stdout).unwrap();
+    let tok = tok.to_str().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--token-file", tok]);
+    let src = t.path().join("f.bin");
+    write_random(&src, 3000, 6);
+    assert_ok(&send(&srv, &src, &["--token-file", tok]));
+}
