@@ -122,7 +122,11 @@ def test_rust_server_part_is_resumed_by_the_python_server(tmp_path, rust_bin):
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env)
         try:
-            wait_for(lambda: part.exists() and part.stat().st_size >= MiB, 30, "the part")
+            # Two blocks written: the first block's checksum trailer has
+            # surely arrived (it comes before the second block's bytes), so
+            # the checkpoint taken at the disconnect holds at least it.
+            # (Waiting for one block raced the trailer under load.)
+            wait_for(lambda: part.exists() and part.stat().st_size >= 2 * MiB, 30, "the part")
         finally:
             client.kill()
             client.wait(timeout=20)
