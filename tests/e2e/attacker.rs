@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bigtransfer_core::{proto, v2};
@@ -38,22 +38,6 @@ fn v2_header(name: &str, size: u64) -> Vec<u8> {
         source: Some([0x33; 16]),
     };
     v2::encode_header_unknown_crc(&h, offer).unwrap()
-}
-
-/// Reads one server frame (after the magic when `magic`).
-fn frame(s: &mut TcpStream, magic: bool) -> v2::ServerMsg {
-    s.set_read_timeout(Some(LONG)).unwrap();
-    if magic {
-        let mut m = [0u8; 8];
-        s.read_exact(&mut m).unwrap();
-        assert_eq!(m, v2::MAGIC);
-    }
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).unwrap();
-    let (tag, len) = v2::parse_server_head(head).unwrap();
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).unwrap();
-    v2::parse_server_msg(tag, &p).unwrap()
 }
 
 fn the_part(dir: &Path) -> PathBuf {
@@ -111,29 +95,14 @@ fn a_block_changed_on_disk_is_repaired_before_protocol_2_says_ok() {
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     let src = t.path().join("v2victim.bin");
     write_random(&src, 12 * MIB, 91);
-    let mut c = Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(["--limit-rate", "4M"])
-        .arg(&src)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let c = spawn_client(&srv, &src, &["--limit-rate", "4M"]);
     assert!(wait_until(LONG, || held_part_len(&srv.dir) >= 3 * MIB));
     let part = the_part(&srv.dir);
     let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 4096], 100).unwrap();
     drop(f);
-    let status = wait_child(&mut c, LONG).expect("client hung");
-    assert_eq!(status.code(), Some(0));
+    let (code, err) = finish_client(c);
+    assert_eq!(code, Some(0), "{err}");
     assert_same_file(&src, &srv.dir.join("v2victim.bin"));
     assert!(
         srv.log
@@ -150,27 +119,12 @@ fn a_header_for_another_source_cannot_kick_or_wipe_a_running_upload() {
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     let src = t.path().join("running.bin");
     write_random(&src, 30 * MIB, 92);
-    let mut victim = Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(["--limit-rate", "1M"])
-        .arg(&src)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let victim = spawn_client(&srv, &src, &["--limit-rate", "1M"]);
     assert!(wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB));
     // A version-2 header of another size: refused in words, not obeyed.
     let mut a = TcpStream::connect(srv.addr).unwrap();
     a.write_all(&v2_header("running.bin", 5)).unwrap();
-    match frame(&mut a, true) {
+    match server_frame(&mut a, true) {
         v2::ServerMsg::Fault(v2::FaultCode::Busy, m) => {
             assert!(m.contains("from another source"), "{m}")
         }
@@ -185,15 +139,8 @@ fn a_header_for_another_source_cannot_kick_or_wipe_a_running_upload() {
         assert_eq!(read_to_close(&mut l), b"", "no offset for another source");
         assert!(held_part_len(&srv.dir) >= before, "the held part shrank");
     }
-    let status = wait_child(&mut victim, LONG).expect("victim hung");
-    let mut err = String::new();
-    victim
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
+    let (code, err) = finish_client(victim);
+    assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("took over"), "{err}");
     assert_same_file(&src, &srv.dir.join("running.bin"));
 }
@@ -221,7 +168,10 @@ fn connections_that_have_not_authenticated_are_evicted_and_held_to_one_deadline(
     for _ in 0..2 {
         let mut s = TcpStream::connect(srv.addr).unwrap();
         s.write_all(&v2_header("sq.bin", 10)).unwrap();
-        assert!(matches!(frame(&mut s, true), v2::ServerMsg::Challenge(_)));
+        assert!(matches!(
+            server_frame(&mut s, true),
+            v2::ServerMsg::Challenge(_)
+        ));
         squatters.push(s);
     }
     let src = t.path().join("real.bin");
@@ -233,7 +183,7 @@ fn connections_that_have_not_authenticated_are_evicted_and_held_to_one_deadline(
     let mut drip = TcpStream::connect(srv.addr).unwrap();
     drip.write_all(&v2_header("drip.bin", 10)).unwrap();
     assert!(matches!(
-        frame(&mut drip, true),
+        server_frame(&mut drip, true),
         v2::ServerMsg::Challenge(_)
     ));
     let started = Instant::now();
@@ -352,7 +302,7 @@ fn a_refused_header_changes_no_held_data_and_leaves_no_files() {
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(&v2_header("keep.bin", 1 << 40)).unwrap();
     assert!(matches!(
-        frame(&mut s, true),
+        server_frame(&mut s, true),
         v2::ServerMsg::Fault(v2::FaultCode::TooLarge, _)
     ));
     // A refused new name leaves no state files.
@@ -392,7 +342,7 @@ fn an_offer_of_millions_of_blocks_is_refused_before_any_memory_is_spent() {
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(&v2::encode_header_unknown_crc(&h, offer).unwrap())
         .unwrap();
-    match frame(&mut s, true) {
+    match server_frame(&mut s, true) {
         v2::ServerMsg::Fault(v2::FaultCode::BadRequest, m) => {
             assert!(m.contains("too many blocks"), "{m}")
         }
@@ -440,10 +390,10 @@ fn token_guessing_is_throttled_and_not_logged_line_by_line() {
     for _ in 0..(bigtransfer_core::throttle::MAX_FAILURES + 5) {
         let mut s = TcpStream::connect(srv.addr).unwrap();
         s.write_all(&v2_header("guess.bin", 10)).unwrap();
-        match frame(&mut s, true) {
+        match server_frame(&mut s, true) {
             v2::ServerMsg::Challenge(_) => {
                 s.write_all(&v2::encode_answer(&[0x55; 32])).unwrap();
-                match frame(&mut s, false) {
+                match server_frame(&mut s, false) {
                     v2::ServerMsg::Fault(v2::FaultCode::AuthFailed, m) => {
                         assert!(m.contains("wrong token"), "{m}")
                     }
@@ -499,13 +449,16 @@ fn an_authenticated_upload_cannot_be_taken_over_by_a_legacy_client() {
     let frame_bytes = v2_header("mine.bin", 4 * MIB);
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(&frame_bytes).unwrap();
-    let v2::ServerMsg::Challenge(n) = frame(&mut s, true) else {
+    let v2::ServerMsg::Challenge(n) = server_frame(&mut s, true) else {
         panic!("no challenge")
     };
     let t_ = bigtransfer_core::auth::Token::new(token.as_bytes().to_vec()).unwrap();
     s.write_all(&v2::encode_answer(&t_.answer(&n, &frame_bytes[4..])))
         .unwrap();
-    assert!(matches!(frame(&mut s, false), v2::ServerMsg::Held { .. }));
+    assert!(matches!(
+        server_frame(&mut s, false),
+        v2::ServerMsg::Held { .. }
+    ));
     std::thread::sleep(Duration::from_secs(4));
     // A legacy client for the same name: refused, the upload kept.
     let mut l = TcpStream::connect(srv.addr).unwrap();
@@ -523,15 +476,6 @@ fn an_authenticated_upload_cannot_be_taken_over_by_a_legacy_client() {
         s.read(&mut [0u8; 1]).is_err(),
         "the authenticated upload was cut"
     );
-}
-
-fn can_unshare() -> bool {
-    Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1M tmpfs /mnt"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]
@@ -559,32 +503,17 @@ fn min_free_holds_across_concurrent_uploads() {
     for i in 0..3 {
         let src = t.path().join(format!("c{i}.bin"));
         write_random(&src, 20 * MIB, 100 + i);
-        kids.push(
-            Command::new(BIN)
-                .args([
-                    "client",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &srv.port(),
-                    "--quiet",
-                    "--no-cache",
-                ])
-                .args(["--limit-rate", "8M", "--retries", "0"])
-                .arg(&src)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        kids.push(spawn_client(
+            &srv,
+            &src,
+            &["--limit-rate", "8M", "--retries", "0"],
+        ));
     }
     let mut refused = 0;
     let mut ok = 0;
-    for mut k in kids {
-        let status = wait_child(&mut k, LONG).expect("client hung");
-        let mut err = String::new();
-        k.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        match status.code() {
+    for k in kids {
+        let (code, err) = finish_client(k);
+        match code {
             Some(0) => ok += 1,
             Some(6) if err.contains("(--min-free)") => refused += 1,
             other => panic!("{other:?}: {err}"),

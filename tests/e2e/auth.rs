@@ -1,7 +1,7 @@
 //! Authentication: only clients that prove knowledge of the token upload;
 //! the token never crosses the wire and a recorded answer cannot be replayed.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use bigtransfer_core::auth::Token;
@@ -114,21 +114,6 @@ fn header(name: &str) -> Vec<u8> {
         },
     )
     .unwrap()
-}
-
-/// Reads the magic and one server frame.
-fn server_frame(s: &mut TcpStream, expect_magic: bool) -> v2::ServerMsg {
-    if expect_magic {
-        let mut m = [0u8; 8];
-        s.read_exact(&mut m).unwrap();
-        assert_eq!(m, v2::MAGIC);
-    }
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).unwrap();
-    let (tag, len) = v2::parse_server_head(head).unwrap();
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).unwrap();
-    v2::parse_server_msg(tag, &p).unwrap()
 }
 
 #[test]

@@ -8,15 +8,6 @@ use std::process::{Command, Stdio};
 
 use crate::harness::*;
 
-fn can_unshare() -> bool {
-    Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1M tmpfs /mnt"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn disk_full_keeps_the_held_part_resumable_and_says_so() {
     disk_full(false);

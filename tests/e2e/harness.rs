@@ -346,3 +346,63 @@ pub fn assert_ok(out: &Output) {
     );
     assert!(stdout(out).contains("CRC32_OK"), "{}", stdout(out));
 }
+
+/// Starts `bigtransfer client --quiet --no-cache` against `srv` in the
+/// background with `extra` flags, for `file`, stderr piped (stdout
+/// discarded): for tests that act while an upload runs.
+pub fn spawn_client(srv: &ServerProc, file: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args([
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+            "--no-cache",
+        ])
+        .args(extra)
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a background client; returns its exit code and stderr.
+pub fn finish_client(mut c: Child) -> (Option<i32>, String) {
+    let status = wait_child(&mut c, LONG).expect("client hung");
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code(), err)
+}
+
+/// Whether this process may mount a tmpfs in a private mount namespace
+/// (root and `unshare`): the full-disk tests need it and say so otherwise.
+pub fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1M tmpfs /mnt"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Reads one version-2 server frame (after the magic when `magic`).
+pub fn server_frame(s: &mut std::net::TcpStream, magic: bool) -> bigtransfer_core::v2::ServerMsg {
+    use bigtransfer_core::v2;
+    s.set_read_timeout(Some(LONG)).unwrap();
+    if magic {
+        let mut m = [0u8; 8];
+        s.read_exact(&mut m).unwrap();
+        assert_eq!(m, v2::MAGIC);
+    }
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let (tag, len) = v2::parse_server_head(head).unwrap();
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    v2::parse_server_msg(tag, &p).unwrap()
+}

@@ -328,22 +328,7 @@ fn a_running_upload_is_never_taken_over_and_the_newcomer_waits_its_turn() {
     let src = t.path().join("twice.bin");
     let size = 32 * MIB;
     write_random(&src, size, 76);
-    let mut older = Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(["--limit-rate", "4M"])
-        .arg(&src)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let older = spawn_client(&srv, &src, &["--limit-rate", "4M"]);
     assert!(
         wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB),
         "no progress"
@@ -352,15 +337,8 @@ fn a_running_upload_is_never_taken_over_and_the_newcomer_waits_its_turn() {
     // one is receiving, retried, and stored once the older one is done.
     let out = send(&srv, &src, &["--no-cache", "--retries", "20"]);
     assert_ok(&out);
-    let status = wait_child(&mut older, LONG).expect("older client hung");
-    let mut err = String::new();
-    older
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
+    let (code, err) = finish_client(older);
+    assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("took over"), "{err}");
     assert!(
         srv.log
@@ -379,22 +357,7 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
     let src = t.path().join("stale.bin");
     let size = 32 * MIB;
     write_random(&src, size, 77);
-    let mut older = Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(["--limit-rate", "4M", "--retries", "20"])
-        .arg(&src)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let older = spawn_client(&srv, &src, &["--limit-rate", "4M", "--retries", "20"]);
     assert!(
         wait_until(LONG, || held_part_len(&srv.dir) >= 2 * MIB),
         "no progress"
@@ -421,15 +384,8 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
         .success());
     // Told "taken over" (a transient fault), the older client retries and
     // ends with the file stored.
-    let status = wait_child(&mut older, LONG).expect("older client hung");
-    let mut err = String::new();
-    older
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
+    let (code, err) = finish_client(older);
+    assert_eq!(code, Some(0), "{err}");
     assert_same_file(&src, &t.path().join("store/stale.bin"));
 }
 
