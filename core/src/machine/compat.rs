@@ -67,6 +67,7 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                     let _ = stream.write_all(&src[from as usize..]);
                     SendEvent::BytesSent(Ok(()))
                 }
+                SendAction::Recheck => SendEvent::Rechecked(Ok(())),
             };
             tx.handle_event(now, ev);
             continue;
@@ -183,6 +184,9 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         reply_timeout: Duration::from_secs(10),
         known: Vec::new(),
         source: Some([9; 16]),
+        greeting_timeout: None,
+        max_repair_rounds: MAX_REPAIR_ROUNDS,
+        recheck: true,
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);

@@ -37,6 +37,9 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         reply_timeout: Duration::from_secs(30),
         known: Vec::new(),
         source: Some([7; 16]),
+        greeting_timeout: None,
+        max_repair_rounds: MAX_REPAIR_ROUNDS,
+        recheck: false,
     }
 }
 
@@ -164,6 +167,7 @@ impl Pair {
                 self.c2s_marks.push(self.c2s.len());
                 SendEvent::BytesSent(Ok(()))
             }
+            SendAction::Recheck => SendEvent::Rechecked(Ok(())),
         }
     }
 
@@ -1283,6 +1287,7 @@ proptest::proptest! {
                     SendAction::HashBlocks { from, to } => SendEvent::Hashed(Ok((from..to).map(|_| 0).collect())),
                     SendAction::SendBlock { .. } => SendEvent::BlockSent(Ok(7)),
                     SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
+                    SendAction::Recheck => SendEvent::Rechecked(Ok(())),
                 };
                 tx.handle_event(now, ev);
                 continue;
