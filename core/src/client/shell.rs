@@ -155,6 +155,10 @@ impl Shell<'_, '_> {
             if let Some(a) = self.tx.poll_action() {
                 if let Some(ev) = self.execute(&a)? {
                     self.tx.handle_event(Instant::now(), ev);
+                    // The trailer goes out before progress is reported
+                    // (and a cancel or kill may follow it): the server
+                    // then holds every block the caller was told of.
+                    self.transmit();
                     self.after(&a)?;
                 }
                 continue;
