@@ -3,7 +3,7 @@
 //! today's [`crate::Server`], and today's [`crate::send_file`] uploads to
 //! the [`Receiver`] (in a minimal blocking test shell over a
 //! [`MemStorage`]), in both protocols and with a token. Tests only; the
-//! server's real shell is `server::conn` (the client's is still to come).
+//! server's real shell is `server::conn`, the client's `client::shell`.
 
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
