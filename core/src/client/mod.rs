@@ -4,9 +4,14 @@
 //! One attempt is one TCP connection. It offers protocol version 2 (see
 //! [`crate::v2`]); a new server takes it (block-verified resume, repair,
 //! errors in words) and a legacy one ignores it, and then the exchange is
-//! version 1 exactly: header, offset, the bytes from that offset, verdict. Between attempts it backs off
-//! exponentially. Not for prompts, progress bars or exit codes: those belong
-//! to the caller (the CLI, C, Python).
+//! version 1 exactly: header, offset, the bytes from that offset, verdict.
+//! Between attempts it backs off exponentially.
+//!
+//! Here: the options, the source and its checksums, the counters, and the
+//! retry loop ([`send_file`]). One attempt is `shell`, a blocking shell
+//! over [`crate::machine::Sender`] (which sequences the protocol); what its
+//! ending means as an error is `peer`. Not for prompts, progress bars or
+//! exit codes: those belong to the caller (the CLI, C, Python).
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};

@@ -313,7 +313,8 @@ impl Shell<'_, '_> {
         let SendAction::SendBlock { len, .. } = *a else {
             return Ok(());
         };
-        self.done += len;
+        // Repaired blocks were counted once already.
+        self.done = (self.done + len).min(self.src.size());
         self.since_save += 1;
         if self.since_save >= 32 {
             self.take_crcs();
