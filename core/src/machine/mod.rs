@@ -81,7 +81,7 @@
 //! | Receiver | Receiving, DataFrames | [`Timer::Idle`] since the last byte; with `min_rate`, [`Timer::Block`] per block |
 //! | Receiver | Closing | [`Timer::Drain`] |
 //! | Receiver | Admit, Claim, OpenHeld, Recheck, Repair, Verify | none: the shell bounds its own work |
-//! | Sender | AwaitReply | [`Timer::Reply`]: `greeting_timeout` (else `reply_timeout`) since the header, or the last byte |
+//! | Sender | AwaitReply | [`Timer::Reply`]: `greeting_timeout` (else `reply_timeout`) since the header, not moved by its bytes |
 //! | Sender | AwaitChallenge, AwaitHeld, AwaitVerdict, AwaitVerdict1 | [`Timer::Reply`] since entering or the last byte |
 //! | Sender | SendBlocks, SendBytes, Plan, Recheck | none: the shell's write timeout |
 //!

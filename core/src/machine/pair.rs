@@ -1362,7 +1362,11 @@ fn the_greeting_has_its_own_deadline_and_the_repair_cap_is_configurable() {
         max_repair_rounds: 1,
         ..tx_cfg(&src)
     };
-    let (tx, now, _) = hand_sender(cfg.clone());
+    let (mut tx, now, _) = hand_sender(cfg.clone());
+    assert_eq!(tx.poll_timeout(), Some(now + Duration::from_millis(300)));
+    // A dribbling peer does not move the greeting's deadline.
+    let later = now + Duration::from_millis(200);
+    assert_eq!(tx.handle_input(later, b"HTTP"), 4);
     assert_eq!(tx.poll_timeout(), Some(now + Duration::from_millis(300)));
     let (mut tx, now) = one_block_sent(cfg, &src);
     assert_eq!(

@@ -351,9 +351,13 @@ impl Sender {
     }
 
     /// Sets the reply deadline on entering a waiting state or on progress.
+    /// The greeting's deadline is not moved by its bytes: all 8 must come
+    /// within `greeting_timeout` of the header, so a peer dribbling bytes
+    /// is named as foreign as soon as a silent one.
     fn rearm(&mut self, now: Instant, progress: bool) {
         let name = self.state_name();
-        if progress || name != self.armed_for {
+        let greeting = matches!(self.state, State::AwaitReply { .. });
+        if (progress && !greeting) || name != self.armed_for {
             self.armed_for = name;
             let limit = match self.state {
                 State::AwaitReply { .. } => self.cfg.greeting_timeout,
