@@ -520,3 +520,32 @@ fn handshake_timeout_defaults_to_ten_seconds() {
         Duration::from_secs(10)
     );
 }
+
+#[test]
+fn a_dribbling_peer_is_named_within_the_handshake_timeout_too() {
+    // One byte every 100 ms, 7 in all: each byte must not buy more time.
+    let fake = Fake::start(|mut c, _| {
+        let _ = read_header(&mut c);
+        for _ in 0..7 {
+            if c.write_all(&[0]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drain(&mut c);
+    });
+    let dir = tempdir("dribble");
+    let path = source(&dir, 1000);
+    let mut o = options(fake.port, 0);
+    o.handshake_timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = go(&path, &o).expect_err("not our server");
+    let took = started.elapsed();
+    // Re-armed by each byte it would end 300 ms after the 7th, at 900 ms.
+    assert!(took < Duration::from_millis(800), "took {took:?}: {e}");
+    assert!(
+        e.to_string().contains("bytes within 0.3 s of our header"),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+}

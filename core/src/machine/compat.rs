@@ -3,7 +3,7 @@
 //! today's [`crate::Server`], and today's [`crate::send_file`] uploads to
 //! the [`Receiver`] (in a minimal blocking test shell over a
 //! [`MemStorage`]), in both protocols and with a token. Tests only; the
-//! server's real shell is `server::conn` (the client's is still to come).
+//! server's real shell is `server::conn`, the client's `client::shell`.
 
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -67,6 +67,7 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                     let _ = stream.write_all(&src[from as usize..]);
                     SendEvent::BytesSent(Ok(()))
                 }
+                SendAction::Recheck => SendEvent::Rechecked(Ok(())),
             };
             tx.handle_event(now, ev);
             continue;
@@ -183,6 +184,9 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         reply_timeout: Duration::from_secs(10),
         known: Vec::new(),
         source: Some([9; 16]),
+        greeting_timeout: None,
+        max_repair_rounds: MAX_REPAIR_ROUNDS,
+        recheck: true,
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);

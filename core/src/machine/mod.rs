@@ -21,7 +21,11 @@
 //!    payload comes back as [`WriteAt`] borrowing the shell's own buffer
 //!    (never copied into the machine); answer it with [`Event::Applied`].
 //! 4. Call `handle_timeout(now)` when `poll_timeout()` has passed, and
-//!    `handle_eof` when the peer closed or the connection broke.
+//!    `handle_eof` when the peer closed or the connection broke. A shell
+//!    whose write broke may first feed what the peer still sent (a
+//!    Sender takes a Fault or Error frame while it streams, so the
+//!    server's reason wins over "connection lost"); the action in flight
+//!    is then void.
 //!
 //! # Receiver (server side)
 //! ```text
@@ -56,13 +60,18 @@
 //!                   ├─ MAGIC ──> AwaitChallenge ─┬─ C ──> SendAnswer ──> AwaitHeld ──┐
 //!                   │                            └─ H ───────────────────────────────┤
 //!                   │                                                                v
-//!                   │              Plan [action HashBlocks{range}] ──> SendBlocks [SendBlock{idx}]* ──> SendEnd
-//!                   │                                                       ^                             │
+//!                   │              Plan [action HashBlocks{range}] ──> SendBlocks [SendBlock{idx}]* ──> Recheck ──> SendEnd
+//!                   │                                                       ^                         [Recheck]      │
 //!                   │                                                       └── Repair (list checked) <── AwaitVerdict ──> Done
 //!                   ├─ EOF after a null-CRC offer ──> Done(LegacyNeedsCrc)
 //!                   └─ anything else ("HTTP/1.1 …") ──> Done(NotBigtransfer)
 //!  Fault/Error frame in any v2 state ──> Done(Fault{code, words})
+//!  Recheck (only with `recheck`): the source changed ──> Done(SourceChanged)
 //! ```
+//! Repair lists are checked (each block once, within the file, not empty)
+//! and at most `max_repair_rounds` are answered. The shell is
+//! `client::shell`; `kept`, `resent` and `repairs` give it the counters
+//! it reports.
 //!
 //! # Deadlines (absolute instants; `poll_timeout` gives the earliest)
 //! | side | states | deadline |
@@ -72,8 +81,9 @@
 //! | Receiver | Receiving, DataFrames | [`Timer::Idle`] since the last byte; with `min_rate`, [`Timer::Block`] per block |
 //! | Receiver | Closing | [`Timer::Drain`] |
 //! | Receiver | Admit, Claim, OpenHeld, Recheck, Repair, Verify | none: the shell bounds its own work |
-//! | Sender | AwaitReply, AwaitChallenge, AwaitHeld, AwaitVerdict, AwaitVerdict1 | [`Timer::Reply`] since entering or the last byte |
-//! | Sender | SendBlocks, SendBytes, Plan | none: the shell's write timeout |
+//! | Sender | AwaitReply | [`Timer::Reply`]: `greeting_timeout` (else `reply_timeout`) since the header, not moved by its bytes |
+//! | Sender | AwaitChallenge, AwaitHeld, AwaitVerdict, AwaitVerdict1 | [`Timer::Reply`] since entering or the last byte |
+//! | Sender | SendBlocks, SendBytes, Plan, Recheck | none: the shell's write timeout |
 //!
 //! A passed deadline ends the connection: a version-2 client is told
 //! [`FaultCode::TooSlow`] (transient), a legacy one is closed in silence.

@@ -37,6 +37,9 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         reply_timeout: Duration::from_secs(30),
         known: Vec::new(),
         source: Some([7; 16]),
+        greeting_timeout: None,
+        max_repair_rounds: MAX_REPAIR_ROUNDS,
+        recheck: false,
     }
 }
 
@@ -164,6 +167,7 @@ impl Pair {
                 self.c2s_marks.push(self.c2s.len());
                 SendEvent::BytesSent(Ok(()))
             }
+            SendAction::Recheck => SendEvent::Rechecked(Ok(())),
         }
     }
 
@@ -1283,6 +1287,7 @@ proptest::proptest! {
                     SendAction::HashBlocks { from, to } => SendEvent::Hashed(Ok((from..to).map(|_| 0).collect())),
                     SendAction::SendBlock { .. } => SendEvent::BlockSent(Ok(7)),
                     SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
+                    SendAction::Recheck => SendEvent::Rechecked(Ok(())),
                 };
                 tx.handle_event(now, ev);
                 continue;
@@ -1297,4 +1302,96 @@ proptest::proptest! {
         proptest::prop_assert!(tx.outcome().is_some());
         proptest::prop_assert_ne!(tx.outcome(), Some(&Outcome::Stored));
     }
+}
+
+/// A sender that has sent its only block to a server holding nothing,
+/// with the trailer drained.
+fn one_block_sent(cfg: SenderConfig, src: &[u8]) -> (Sender, Instant) {
+    let (mut tx, now, _) = hand_sender(cfg);
+    let mut s2c = v2::MAGIC.to_vec();
+    s2c.extend(v2::encode_server_msg(&v2::ServerMsg::Held {
+        held: 0,
+        block_size: B,
+        crcs: vec![],
+    }));
+    let used = tx.handle_input(now, &s2c);
+    assert_eq!(tx.handle_input(now, &s2c[used..]), s2c.len() - used);
+    assert_eq!(tx.poll_transmit(now).map(|h| h[0]), Some(b'D'));
+    assert!(matches!(
+        tx.poll_action(),
+        Some(SendAction::SendBlock { .. })
+    ));
+    let crc = crc32fast::hash(src);
+    tx.handle_event(now, SendEvent::BlockSent(Ok(crc)));
+    assert_eq!(tx.poll_transmit(now), Some(crc.to_be_bytes().to_vec()));
+    (tx, now)
+}
+
+#[test]
+fn a_sender_with_recheck_asks_before_the_end_frame_and_stops_on_a_change() {
+    let src = source(10, 21);
+    let cfg = SenderConfig {
+        recheck: true,
+        ..tx_cfg(&src)
+    };
+    // Unchanged: the End frame follows the answer, with the whole CRC-32.
+    let (mut tx, now) = one_block_sent(cfg.clone(), &src);
+    assert_eq!(tx.poll_transmit(now), None, "no End before the recheck");
+    assert_eq!(tx.state_name(), "Recheck");
+    assert_eq!(tx.poll_action(), Some(SendAction::Recheck));
+    tx.handle_event(now, SendEvent::Rechecked(Ok(())));
+    let end = v2::encode_end(crc32fast::hash(&src)).to_vec();
+    assert_eq!(tx.poll_transmit(now), Some(end));
+    assert_eq!((tx.kept(), tx.resent(), tx.repairs()), (Some(0), 0, 0));
+    // Changed: no End frame, the attempt ends for a fresh start.
+    let (mut tx, now) = one_block_sent(cfg, &src);
+    assert_eq!(tx.poll_action(), Some(SendAction::Recheck));
+    tx.handle_event(now, SendEvent::Rechecked(Err("touched".into())));
+    assert_eq!(tx.poll_transmit(now), None);
+    assert_eq!(
+        tx.outcome(),
+        Some(&Outcome::Failed(Failure::SourceChanged("touched".into())))
+    );
+}
+
+#[test]
+fn the_greeting_has_its_own_deadline_and_the_repair_cap_is_configurable() {
+    let src = source(10, 22);
+    let cfg = SenderConfig {
+        greeting_timeout: Some(Duration::from_millis(300)),
+        max_repair_rounds: 1,
+        ..tx_cfg(&src)
+    };
+    let (mut tx, now, _) = hand_sender(cfg.clone());
+    assert_eq!(tx.poll_timeout(), Some(now + Duration::from_millis(300)));
+    // A dribbling peer does not move the greeting's deadline.
+    let later = now + Duration::from_millis(200);
+    assert_eq!(tx.handle_input(later, b"HTTP"), 4);
+    assert_eq!(tx.poll_timeout(), Some(now + Duration::from_millis(300)));
+    let (mut tx, now) = one_block_sent(cfg, &src);
+    assert_eq!(
+        tx.poll_timeout(),
+        None,
+        "sending: no reply deadline until End"
+    );
+    assert_eq!(tx.poll_transmit(now).map(|e| e[0]), Some(b'E'));
+    assert_eq!(tx.poll_timeout(), Some(now + Duration::from_secs(30)));
+    let repair = |tx: &mut Sender| {
+        let f = v2::encode_server_msg(&v2::ServerMsg::Verdict(v2::Verdict::Repair(vec![0])));
+        tx.handle_input(now, &f);
+    };
+    repair(&mut tx);
+    assert_eq!(tx.poll_transmit(now).map(|h| h[0]), Some(b'D'));
+    assert!(matches!(
+        tx.poll_action(),
+        Some(SendAction::SendBlock { idx: 0, .. })
+    ));
+    tx.handle_event(now, SendEvent::BlockSent(Ok(crc32fast::hash(&src))));
+    while tx.poll_transmit(now).is_some() {}
+    assert_eq!((tx.repairs(), tx.resent()), (1, 1));
+    repair(&mut tx);
+    let Some(Outcome::Failed(Failure::Protocol(w))) = tx.outcome() else {
+        panic!("{:?}", tx.outcome())
+    };
+    assert!(w.contains("more than 1 rounds of repair"), "{w}");
 }

@@ -41,6 +41,17 @@ pub struct SenderConfig {
     /// attempt of this upload, so the server lets this client take over
     /// its own stale connection and nobody else's.
     pub source: Option<[u8; 16]>,
+    /// Longest wait for the server's first 8 bytes (`None`: the
+    /// `reply_timeout`). A bigtransfer server sends them at once, so a
+    /// client offering version 2 may name a silent peer as foreign sooner.
+    pub greeting_timeout: Option<Duration>,
+    /// Most repair rounds answered on this connection (a server asking for
+    /// more is broken or lying).
+    pub max_repair_rounds: u32,
+    /// Ask the shell, with [`SendAction::Recheck`], to confirm the source
+    /// unchanged before the End frame, whose CRC-32 combines block CRC-32s
+    /// taken earlier (from a cache or another attempt).
+    pub recheck: bool,
 }
 
 /// Work on the source file the sender asks of its shell.
@@ -71,6 +82,10 @@ pub enum SendAction {
         /// First byte.
         from: u64,
     },
+    /// Before the End frame (only with [`SenderConfig::recheck`]): confirm
+    /// the source is unchanged since its CRC-32s were taken and answer
+    /// [`SendEvent::Rechecked`].
+    Recheck,
 }
 
 /// The result of a [`SendAction`]. An `Err` is a problem with the source
@@ -83,6 +98,8 @@ pub enum SendEvent {
     BlockSent(Result<u32, String>),
     /// The version-1 bytes were streamed.
     BytesSent(Result<(), String>),
+    /// The source is unchanged (`Ok`) or changed, and how.
+    Rechecked(Result<(), String>),
 }
 
 /// How an attempt ended.
@@ -143,6 +160,9 @@ pub enum Failure {
     Source(String),
     /// Re-reading these blocks gave different data.
     SourceUnstable(Vec<u64>),
+    /// The source changed before the End frame ([`SendAction::Recheck`]):
+    /// start again from what it holds now.
+    SourceChanged(String),
     /// The request itself cannot be made (e.g. a name over 64 KiB).
     Invalid(String),
 }
@@ -156,6 +176,7 @@ enum State {
     AwaitHeld,
     Plan,
     SendBlocks,
+    Recheck { frame: [u8; 5] },
     SendEnd { frame: [u8; 5] },
     AwaitVerdict,
     Repair,
@@ -209,7 +230,8 @@ impl Sender {
     /// One attempt, starting at `now`.
     pub fn new(cfg: SenderConfig, now: Instant) -> Sender {
         let nblocks = v2::block_count(cfg.filesize, cfg.block.max(1));
-        let outlet = Outlet::new(cfg.filesize, cfg.block, &cfg.known);
+        let mut outlet = Outlet::new(cfg.filesize, cfg.block, &cfg.known);
+        outlet.set_max_rounds(cfg.max_repair_rounds);
         let max = (24 + 8 * nblocks.min(super::MAX_BLOCKS) as usize).max(64 << 10);
         let (state, json) = match header_frame(&cfg) {
             Ok(frame) => (
@@ -247,6 +269,7 @@ impl Sender {
             State::AwaitHeld => "AwaitHeld",
             State::Plan => "Plan",
             State::SendBlocks => "SendBlocks",
+            State::Recheck { .. } => "Recheck",
             State::SendEnd { .. } => "SendEnd",
             State::AwaitVerdict => "AwaitVerdict",
             State::Repair => "Repair",
@@ -273,6 +296,23 @@ impl Sender {
     /// shell's cache): `None` where unknown.
     pub fn block_crcs(&self) -> &[Option<u32>] {
         self.outlet.crcs()
+    }
+
+    /// Repair rounds the server asked for on this connection.
+    pub fn repairs(&self) -> u32 {
+        self.outlet.round()
+    }
+
+    /// Blocks sent again on this connection: held blocks that differed
+    /// from ours, and blocks named in repair lists.
+    pub fn resent(&self) -> u64 {
+        self.outlet.resent()
+    }
+
+    /// Bytes of the server's held blocks that match ours, once planned
+    /// (where this connection resumes).
+    pub fn kept(&self) -> Option<u64> {
+        self.outlet.kept()
     }
 
     /// When [`Sender::handle_timeout`] must be called next.
@@ -311,13 +351,22 @@ impl Sender {
     }
 
     /// Sets the reply deadline on entering a waiting state or on progress.
+    /// The greeting's deadline is not moved by its bytes: all 8 must come
+    /// within `greeting_timeout` of the header, so a peer dribbling bytes
+    /// is named as foreign as soon as a silent one.
     fn rearm(&mut self, now: Instant, progress: bool) {
         let name = self.state_name();
-        if progress || name != self.armed_for {
+        let greeting = matches!(self.state, State::AwaitReply { .. });
+        if (progress && !greeting) || name != self.armed_for {
             self.armed_for = name;
+            let limit = match self.state {
+                State::AwaitReply { .. } => self.cfg.greeting_timeout,
+                _ => None,
+            };
+            let limit = limit.unwrap_or(self.cfg.reply_timeout);
             self.deadline = self
                 .waits()
-                .then(|| Deadline::after(now, self.cfg.reply_timeout, Timer::Reply));
+                .then(|| Deadline::after(now, limit, Timer::Reply));
         }
     }
 
@@ -380,6 +429,11 @@ impl Sender {
             SendEvent::BytesSent(Ok(())) if matches!(self.state, State::SendBytes) => {
                 self.state = State::AwaitVerdict1 { buf: Vec::new() };
             }
+            SendEvent::Rechecked(Ok(())) => match self.state {
+                State::Recheck { frame } => self.state = State::SendEnd { frame },
+                _ => self.fail_protocol("internal: recheck out of turn"),
+            },
+            SendEvent::Rechecked(Err(e)) => self.finish(Outcome::Failed(Failure::SourceChanged(e))),
             SendEvent::Hashed(Err(e))
             | SendEvent::BlockSent(Err(e))
             | SendEvent::BytesSent(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
@@ -557,6 +611,10 @@ impl Sender {
                 self.out.push_back(head.to_vec());
                 self.pending = Some(action);
                 self.state = State::SendBlocks;
+            }
+            Next::End(frame) if self.cfg.recheck => {
+                self.pending = Some(SendAction::Recheck);
+                self.state = State::Recheck { frame };
             }
             Next::End(frame) => self.state = State::SendEnd { frame },
             Next::Unstable(list) => self.finish(Outcome::Failed(Failure::SourceUnstable(list))),

@@ -196,6 +196,9 @@ pub struct Outlet {
     queue: VecDeque<u64>,
     current: Option<u64>,
     round: u32,
+    max_rounds: u32,
+    resent: u64,
+    kept: Option<u64>,
     unstable: Vec<u64>,
 }
 
@@ -214,8 +217,26 @@ impl Outlet {
             queue: VecDeque::new(),
             current: None,
             round: 0,
+            max_rounds: MAX_REPAIR_ROUNDS,
+            resent: 0,
+            kept: None,
             unstable: Vec::new(),
         }
+    }
+
+    /// Answers at most `n` repair rounds (default [`MAX_REPAIR_ROUNDS`]).
+    pub fn set_max_rounds(&mut self, n: u32) {
+        self.max_rounds = n;
+    }
+
+    /// Blocks sent again: held ones that differed, and repaired ones.
+    pub fn resent(&self) -> u64 {
+        self.resent
+    }
+
+    /// Bytes of held blocks that match ours, once planned.
+    pub fn kept(&self) -> Option<u64> {
+        self.kept
     }
 
     /// The source's block CRC-32s known so far.
@@ -269,6 +290,11 @@ impl Outlet {
         let n = self.server.len();
         let ours: Vec<u32> = self.crcs[..n].iter().flatten().copied().collect();
         self.queue = v2::plan(self.crcs.len() as u64, &self.server, &ours).into();
+        let redo = |i: u64| self.queue.contains(&i);
+        let kept = (0..n as u64).filter(|&i| !redo(i));
+        let kept = kept.map(|i| v2::block_range(self.filesize, self.block, i).1);
+        self.kept = Some(kept.sum());
+        self.resent += (0..n as u64).filter(|&i| redo(i)).count() as u64;
     }
 
     /// What to send next.
@@ -306,24 +332,31 @@ impl Outlet {
     /// A repair list: valid when it names each block at most once, each
     /// within the file, is not empty, and the rounds are not exhausted.
     pub fn repair(&mut self, list: Vec<u64>) -> Result<(), String> {
-        if self.round >= MAX_REPAIR_ROUNDS {
+        if self.round >= self.max_rounds {
             return Err(format!(
-                "the server asked for more than {MAX_REPAIR_ROUNDS} repair rounds"
+                "the server asked for more than {} rounds of repair; nothing more was sent",
+                self.max_rounds
             ));
         }
-        if list.is_empty() {
-            return Err("the server asked for a repair of no blocks".into());
-        }
         let n = self.crcs.len() as u64;
+        let bad = |why: String| {
+            Err(format!(
+                "the server's repair list {why}; nothing of it was sent"
+            ))
+        };
+        if list.is_empty() {
+            return bad("names no blocks".into());
+        }
         let mut seen = vec![false; self.crcs.len()];
         for &i in &list {
             match seen.get_mut(i as usize) {
-                None => return Err(format!("the server asked for block {i} of {n}")),
-                Some(true) => return Err(format!("the server asked for block {i} twice")),
+                None => return bad(format!("names block {i} of {n} (numbered from 0)")),
+                Some(true) => return bad(format!("names block {i} twice")),
                 Some(s) => *s = true,
             }
         }
         self.round += 1;
+        self.resent += list.len() as u64;
         self.queue = list.into();
         Ok(())
     }
