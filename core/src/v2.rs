@@ -36,10 +36,10 @@ const TARGET_BLOCKS: u64 = 16384;
 
 /// The most blocks an offer may declare: 2^17, which [`block_size_for`]
 /// never exceeds below 32 TiB. It bounds what a connection can make the
-/// server hold: 5 bytes per block (CRC-32 and state), 640 KiB, and a
-/// repair list of at most 1 MiB, well inside [`MAX_SERVER_FRAME`].
-/// (Before this bound, 64 unauthenticated connections declaring 4 M blocks
-/// each took a server to 3.27 GB.)
+/// server hold (SECURITY.md gives the formula: 29 bytes per block at most,
+/// 3.6 MiB at the bound) and keeps a repair list at most 1 MiB, well
+/// inside [`MAX_SERVER_FRAME`]. (Before this bound, 64 unauthenticated
+/// connections declaring 4 M blocks each took a server to 3.27 GB.)
 pub const MAX_BLOCKS: u64 = 1 << 17;
 
 /// The longest text an error or verdict frame carries; longer words are
