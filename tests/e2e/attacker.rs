@@ -74,10 +74,7 @@ fn a_part_changed_behind_the_servers_back_never_ends_crc32_ok() {
     s.write_all(&data[..MIB as usize]).unwrap();
     assert!(wait_until(LONG, || held_part_len(&srv.dir) >= MIB));
     // Someone else writes into the held part.
-    let part = the_part(&srv.dir);
-    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 4096], 1000).unwrap();
-    drop(f);
+    scribble_on_held_part(&srv.dir, 1000, &[0xEE; 4096]);
     s.write_all(&data[MIB as usize..]).unwrap();
     assert_eq!(read_to_close(&mut s), b"CRC32_ERROR");
     assert!(!srv.dir.join("victim.bin").exists());
@@ -97,10 +94,7 @@ fn a_block_changed_on_disk_is_repaired_before_protocol_2_says_ok() {
     write_random(&src, 12 * MIB, 91);
     let c = spawn_client(&srv, &src, &["--limit-rate", "4M"]);
     assert!(wait_until(LONG, || held_part_len(&srv.dir) >= 3 * MIB));
-    let part = the_part(&srv.dir);
-    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 4096], 100).unwrap();
-    drop(f);
+    scribble_on_held_part(&srv.dir, 100, &[0xEE; 4096]);
     let (code, err) = finish_client(c);
     assert_eq!(code, Some(0), "{err}");
     assert_same_file(&src, &srv.dir.join("v2victim.bin"));
@@ -480,25 +474,11 @@ fn an_authenticated_upload_cannot_be_taken_over_by_a_legacy_client() {
 
 #[test]
 fn min_free_holds_across_concurrent_uploads() {
-    if !can_unshare() {
-        eprintln!(
-            "skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)"
-        );
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    std::fs::create_dir(&store).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=64M tmpfs '{}' && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}' --min-free 32M",
-        store.display(),
-        BIN,
-        store.display()
-    );
-    let srv = ServerProc::spawn(
-        Command::new("unshare").args(["-m", "sh", "-c", &script]),
-        &store,
-    );
+    let Some((srv, view)) = server_on_tmpfs(&store, "64M", &["--min-free", "32M"]) else {
+        return;
+    };
     let mut kids = Vec::new();
     for i in 0..3 {
         let src = t.path().join(format!("c{i}.bin"));
@@ -522,10 +502,6 @@ fn min_free_holds_across_concurrent_uploads() {
     // 64 MiB with 32 MiB kept free fits one 20 MiB upload, not two.
     assert_eq!((ok, refused), (1, 2), "{}", srv.log.text());
     // The refused uploads left no state behind.
-    let view = Path::new("/proc")
-        .join(srv.child.id().to_string())
-        .join("root")
-        .join(store.strip_prefix("/").unwrap());
     assert!(held_parts(&view).is_empty(), "{:?}", held_parts(&view));
 }
 

@@ -3,7 +3,6 @@
 //! otherwise). The upload fails cleanly, the held part stays resumable, and
 //! once space is freed the resume completes.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::harness::*;
@@ -19,30 +18,11 @@ fn disk_full_with_a_legacy_client_keeps_the_held_part_resumable() {
 }
 
 fn disk_full(legacy: bool) {
-    if !can_unshare() {
-        eprintln!(
-            "skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)"
-        );
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    std::fs::create_dir(&store).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=24M tmpfs '{}' && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}'",
-        store.display(),
-        BIN,
-        store.display()
-    );
-    let srv = ServerProc::spawn(
-        Command::new("unshare").args(["-m", "sh", "-c", &script]),
-        &store,
-    );
-    // The test sees the server's tmpfs through its /proc root.
-    let view = Path::new("/proc")
-        .join(srv.child.id().to_string())
-        .join("root")
-        .join(store.strip_prefix("/").unwrap());
+    let Some((srv, view)) = server_on_tmpfs(&store, "24M", &[]) else {
+        return;
+    };
     let src = t.path().join("full.bin");
     let size = 16 * 1024 * 1024 + 5;
     write_random(&src, size, 50);

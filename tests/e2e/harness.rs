@@ -406,3 +406,45 @@ pub fn server_frame(s: &mut std::net::TcpStream, magic: bool) -> bigtransfer_cor
     s.read_exact(&mut p).unwrap();
     v2::parse_server_msg(tag, &p).unwrap()
 }
+
+/// A server whose storage directory `store` is a tmpfs of `size` (`24M`)
+/// mounted in a private mount namespace, and the path under which the test
+/// sees that tmpfs (through the server's `/proc/PID/root`). `None` (with a
+/// message) where this process may not mount one (needs root and unshare).
+pub fn server_on_tmpfs(store: &Path, size: &str, extra: &[&str]) -> Option<(ServerProc, PathBuf)> {
+    if !can_unshare() {
+        eprintln!(
+            "skipping: cannot mount a tmpfs in a private mount namespace (needs root and unshare)"
+        );
+        return None;
+    }
+    std::fs::create_dir_all(store).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={size} tmpfs '{}' && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}' {}",
+        store.display(),
+        BIN,
+        store.display(),
+        extra.join(" ")
+    );
+    let srv = ServerProc::spawn(
+        Command::new("unshare").args(["-m", "sh", "-c", &script]),
+        store,
+    );
+    let view = Path::new("/proc")
+        .join(srv.child.id().to_string())
+        .join("root")
+        .join(store.strip_prefix("/").unwrap());
+    Some((srv, view))
+}
+
+/// Writes `bytes` at `offset` into the one held part in `dir` behind the
+/// server's back (as another process with access to the disk could).
+pub fn scribble_on_held_part(dir: &Path, offset: u64, bytes: &[u8]) {
+    let parts = held_parts(dir);
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&parts[0])
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, offset).unwrap();
+}
