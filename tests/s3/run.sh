@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the S3 client's integration tests against a real store: starts
 # SeaweedFS (tests/s3/start.sh, with a second gateway), runs
-# `cargo test -p bigtransfer-core --features s3 --test s3`, and stops the
+# `cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage`, and stops the
 # store by PID whatever happens (trap). Extra arguments go to the test binary.
 # If the store cannot start, it says why and fails, unless BT_S3_OPTIONAL=1
 # (then it only says so and exits 0).
@@ -16,4 +16,4 @@ if ! env_lines="$(bash tests/s3/start.sh --second)"; then
     exit 1
 fi
 eval "$env_lines"
-cargo test -p bigtransfer-core --features s3 --test s3 -- "$@"
+cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage -- "$@"

@@ -14,15 +14,19 @@
 //! writer; small objects (state, listings, errors) are read whole with a
 //! bound.
 //!
-//! Not for: the storage seam of the server (that maps blocks onto parts
-//! and keeps upload state), bucket administration, or other checksums.
+//! The storage seam of the server over it ([`S3Storage`]: blocks onto
+//! parts, upload state and leases in a state object) is in `storage`.
+//!
+//! Not for: bucket administration, or other checksums.
 
 mod client;
 mod error;
+mod storage;
 mod xml;
 
 pub use client::{Client, Condition, ObjectEntry, ObjectInfo, Part, PartInfo};
 pub use error::{S3Error, S3ErrorKind};
+pub use storage::{blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MIN_PART, STATE_DIR};
 
 use std::fmt;
 use std::time::Duration;

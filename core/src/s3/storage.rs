@@ -1,0 +1,628 @@
+//! The object-store [`Storage`] of the protocol machine (feature `s3`): an
+//! upload's held part is an S3 multipart upload, so any server node over
+//! the same bucket can resume what another node started.
+//!
+//! - One S3 part = a run of consecutive protocol blocks (at least
+//!   [`MIN_PART`], at most [`MAX_PARTS`] parts, the last may be short),
+//!   uploaded once all its blocks are verified, with its CRC-32 combined
+//!   from the block CRCs (nothing re-read); the store checks it.
+//! - The multipart upload is created with `CRC32` / `FULL_OBJECT`, and
+//!   completion carries the verified whole-file CRC-32: a wrong byte
+//!   anywhere is refused by the store itself, and no object appears.
+//! - The upload's state (upload id, layout, each uploaded part's ETag and
+//!   block CRCs) lives in a small state object beside it
+//!   (`PREFIX.bigtransfer-uploads/NAME`), written with conditional puts.
+//!   The same object is the lease: it names the node holding the upload
+//!   and when it last wrote; another node takes the upload over only when
+//!   no holder is named or the holder has been silent for the lease's
+//!   stale time, and only with `If-Match` on the ETag it read, so two
+//!   nodes never both win. A holder whose conditional write loses stops
+//!   with "taken over". On resume the parts are confirmed with `ListParts`.
+//!
+//! Memory: the parts being filled are buffered whole (usually one; a part
+//! waiting for a repaired block stays until the repair round), at most
+//! [`MAX_BUFFERED`] parts per upload; more is a transient storage fault.
+//!
+//! Not for: protocol 1 (a growing prefix; refused with words), claims
+//! within one node (the server's), downloads or listings.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{combine, Client, Part, S3Error, S3ErrorKind};
+use crate::machine::{Fault, Held, HeldPart, HeldSet, Layout, PartId, Recheck, Storage};
+use crate::v2::{block_count, block_range, FaultCode};
+
+/// The smallest part (S3's own minimum is 5 MiB; the last part may be short).
+pub const MIN_PART: u64 = 8 << 20;
+/// The most parts of one upload (S3's limit).
+pub const MAX_PARTS: u64 = 10_000;
+/// The most parts of one upload buffered in memory at once.
+pub const MAX_BUFFERED: usize = 8;
+/// Where the state objects live, under the bucket prefix. A name the
+/// server stores can hold no '/', so no upload's object is ever under it.
+pub const STATE_DIR: &str = ".bigtransfer-uploads";
+/// The most bytes of a state object read.
+const STATE_LIMIT: u64 = 64 << 20;
+/// A holder writes its state at most this often while parts go out (a
+/// heartbeat; checkpoints and the end always write).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Uploads kept in an S3 bucket, shared by every connection of a node.
+pub struct S3Storage {
+    client: Arc<Client>,
+    node: String,
+    lease_stale: Duration,
+    next: AtomicU64,
+}
+
+impl S3Storage {
+    /// A storage over `client`'s bucket and prefix. `node` names this
+    /// server node in leases (unique per process); a lease whose holder
+    /// wrote nothing for `lease_stale` may be taken over by another node.
+    pub fn new(client: Client, node: impl Into<String>, lease_stale: Duration) -> S3Storage {
+        S3Storage {
+            client: Arc::new(client),
+            node: node.into(),
+            lease_stale,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The client (for reading objects back).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A node name unique to this process: host-less, from the process id
+    /// and the start time.
+    pub fn default_node() -> String {
+        format!("pid{}-{}", std::process::id(), unix_ms(SystemTime::now()))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Blocks per part for a file: parts of at least [`MIN_PART`], at most
+/// [`MAX_PARTS`] of them.
+pub fn blocks_per_part(filesize: u64, block: u64) -> u64 {
+    let mut per = MIN_PART.div_ceil(block).max(1);
+    while block_count(filesize, block).div_ceil(per) > MAX_PARTS {
+        per *= 2;
+    }
+    per
+}
+
+/// An uploaded part, as the state object records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DonePart {
+    etag: String,
+    crcs: Vec<u32>,
+}
+
+/// The state object's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    size: u64,
+    block: u64,
+    per: u64,
+    upload: String,
+    holder: String,
+    beat: u64,
+    parts: BTreeMap<u16, DonePart>,
+}
+
+const MAGIC: &str = "bigtransfer-s3-upload 1";
+
+impl State {
+    fn encode(&self) -> String {
+        let mut s = format!(
+            "{MAGIC}\nsize {}\nblock {}\nper {}\nupload {}\nholder {}\nbeat {}\n",
+            self.size, self.block, self.per, self.upload, self.holder, self.beat
+        );
+        for (n, p) in &self.parts {
+            let crcs: Vec<String> = p.crcs.iter().map(|c| format!("{c:08x}")).collect();
+            s.push_str(&format!("part {n} {} {}\n", p.etag, crcs.join(",")));
+        }
+        s
+    }
+
+    fn decode(text: &str) -> Option<State> {
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let mut kv = BTreeMap::new();
+        let mut parts = BTreeMap::new();
+        for line in lines {
+            let mut w = line.split(' ');
+            match (w.next()?, w.next()?) {
+                ("part", n) => {
+                    let etag = w.next()?.to_string();
+                    let crcs = w.next()?.split(',').filter(|c| !c.is_empty());
+                    let crcs: Option<Vec<u32>> =
+                        crcs.map(|c| u32::from_str_radix(c, 16).ok()).collect();
+                    parts.insert(n.parse().ok()?, DonePart { etag, crcs: crcs? });
+                }
+                (k, v) => {
+                    kv.insert(k, v.to_string());
+                }
+            }
+        }
+        let num = |k: &str| kv.get(k)?.parse::<u64>().ok();
+        Some(State {
+            size: num("size")?,
+            block: num("block")?,
+            per: num("per")?,
+            upload: kv.get("upload")?.clone(),
+            holder: kv.get("holder")?.clone(),
+            beat: num("beat")?,
+            parts,
+        })
+    }
+}
+
+/// A part being filled: its bytes and its blocks' CRCs as they arrive.
+struct PartBuf {
+    data: Vec<u8>,
+    crcs: Vec<Option<u32>>,
+}
+
+/// One upload's held part in the store.
+pub struct S3Part {
+    client: Arc<Client>,
+    name: String,
+    state_key: String,
+    holder: String,
+    state: State,
+    /// The state object's ETag as we last wrote it: our lease.
+    etag: String,
+    last_write: Instant,
+    filesize: u64,
+    bufs: BTreeMap<u16, PartBuf>,
+    /// Committed or discarded: nothing to release.
+    ended: bool,
+}
+
+/// An S3 error as a fault a client acts on.
+fn fault(e: &S3Error, what: &str) -> Fault {
+    let code = match e.kind {
+        S3ErrorKind::PreconditionFailed => FaultCode::TakenOver,
+        _ => FaultCode::Storage,
+    };
+    Fault::new(code, format!("server cannot {what}: {e}"))
+}
+
+fn busy(words: String) -> Fault {
+    Fault::new(FaultCode::Busy, words)
+}
+
+impl Storage for S3Storage {
+    type Part = S3Part;
+
+    fn open(&self, id: &PartId) -> Result<(S3Part, Held), Fault> {
+        let Layout::Blocks { block } = id.layout else {
+            return Err(Fault::new(
+                FaultCode::BadRequest,
+                "this server stores into an object store, which needs protocol 2 (a bigtransfer client, not the legacy one)",
+            ));
+        };
+        if id.name == STATE_DIR || id.name.contains('/') {
+            return Err(Fault::new(
+                FaultCode::NameRefused,
+                format!("refused file name {:?}: reserved for the server", id.name),
+            ));
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut part = S3Part {
+            client: Arc::clone(&self.client),
+            name: id.name.clone(),
+            state_key: format!("{STATE_DIR}/{}", id.name),
+            holder: format!("{}-{n}", self.node),
+            state: State {
+                size: id.filesize,
+                block,
+                per: blocks_per_part(id.filesize, block),
+                upload: String::new(),
+                holder: String::new(),
+                beat: 0,
+                parts: BTreeMap::new(),
+            },
+            etag: String::new(),
+            last_write: Instant::now(),
+            filesize: id.filesize,
+            bufs: BTreeMap::new(),
+            ended: false,
+        };
+        part.acquire(self.lease_stale)?;
+        let held = part.held()?;
+        Ok((part, Held::Blocks(held)))
+    }
+}
+
+impl S3Part {
+    /// Takes the lease: resumes the recorded upload of the same layout, or
+    /// starts a new one; refuses while another node holds it.
+    fn acquire(&mut self, stale: Duration) -> Result<(), Fault> {
+        let found = match self.client.get_small(&self.state_key, STATE_LIMIT) {
+            Ok((bytes, etag)) => Some((String::from_utf8_lossy(&bytes).into_owned(), etag)),
+            Err(e) if e.kind == S3ErrorKind::NotFound => None,
+            Err(e) => return Err(fault(&e, &format!("read the state of {}", self.name))),
+        };
+        let Some((text, etag)) = found else {
+            return self.start(None);
+        };
+        let old = State::decode(&text);
+        if let Some(old) = &old {
+            let silent = unix_ms(SystemTime::now()).saturating_sub(old.beat);
+            if old.holder != "-" && silent < stale.as_millis() as u64 {
+                return Err(busy(format!(
+                    "{} is being uploaded through another server node (last heard of {:.1} s ago); try again later",
+                    self.name,
+                    silent as f64 / 1000.0
+                )));
+            }
+        }
+        match old {
+            Some(o)
+                if (o.size, o.block, o.per)
+                    == (self.filesize, self.state.block, self.state.per) =>
+            {
+                self.resume(o, etag)
+            }
+            other => {
+                if let Some(o) = other {
+                    // Another layout (or size): its parts cannot be used.
+                    let _ = self.client.abort_multipart(&self.name, &o.upload);
+                }
+                self.start(Some(etag))
+            }
+        }
+    }
+
+    /// Starts a new multipart upload and records it (the lease won only if
+    /// the state object is still as read: absent, or at `etag`).
+    fn start(&mut self, etag: Option<String>) -> Result<(), Fault> {
+        let upload = self
+            .client
+            .create_multipart(&self.name)
+            .map_err(|e| fault(&e, &format!("start storing {}", self.name)))?;
+        self.state.upload = upload;
+        self.state.parts.clear();
+        self.etag = etag.unwrap_or_default();
+        if let Err(f) = self.write_state(true) {
+            let _ = self.client.abort_multipart(&self.name, &self.state.upload);
+            return Err(f);
+        }
+        Ok(())
+    }
+
+    /// Resumes `old`: keeps the parts the store still lists with the ETag
+    /// recorded, then takes the lease.
+    fn resume(&mut self, old: State, etag: String) -> Result<(), Fault> {
+        let listed = match self.client.list_parts(&self.name, &old.upload) {
+            Ok(l) => l,
+            // Aborted or expired behind our back: start over.
+            Err(e) if e.kind == S3ErrorKind::NotFound => return self.start(Some(etag)),
+            Err(e) => return Err(fault(&e, &format!("list the parts of {}", self.name))),
+        };
+        self.state = State {
+            parts: BTreeMap::new(),
+            ..old.clone()
+        };
+        for p in listed {
+            let kept = old.parts.get(&p.number).filter(|d| d.etag == p.etag);
+            if let Some(d) = kept.filter(|d| d.crcs.len() as u64 == self.part_blocks(p.number)) {
+                self.state.parts.insert(p.number, d.clone());
+            }
+        }
+        self.etag = etag;
+        self.write_state(true)
+    }
+
+    /// Writes the state object under our lease (`If-Match` the ETag we
+    /// hold, or `If-None-Match` when there was none), now as the holder.
+    fn write_state(&mut self, holding: bool) -> Result<(), Fault> {
+        use super::Condition;
+        self.state.holder = if holding {
+            self.holder.clone()
+        } else {
+            "-".into()
+        };
+        self.state.beat = unix_ms(SystemTime::now());
+        let cond = if self.etag.is_empty() {
+            Condition::Absent
+        } else {
+            Condition::Matches(self.etag.clone())
+        };
+        let body = self.state.encode();
+        match self
+            .client
+            .put_small(&self.state_key, body.as_bytes(), &cond)
+        {
+            Ok(etag) => {
+                self.etag = etag;
+                self.last_write = Instant::now();
+                Ok(())
+            }
+            Err(e) if e.kind == S3ErrorKind::PreconditionFailed => Err(Fault::new(
+                FaultCode::TakenOver,
+                format!(
+                    "{}: another server node took over this upload (or started it first)",
+                    self.name
+                ),
+            )),
+            Err(e) => Err(fault(&e, &format!("record the state of {}", self.name))),
+        }
+    }
+
+    /// Blocks in part `number` (1-based).
+    fn part_blocks(&self, number: u16) -> u64 {
+        let n = block_count(self.filesize, self.state.block);
+        let first = (number as u64 - 1) * self.state.per;
+        n.saturating_sub(first).min(self.state.per)
+    }
+
+    /// Part number and index within it of block `idx`.
+    fn locate(&self, idx: u64) -> (u16, usize) {
+        (
+            (idx / self.state.per + 1) as u16,
+            (idx % self.state.per) as usize,
+        )
+    }
+
+    /// Offset and length of part `number` in the file.
+    fn part_range(&self, number: u16) -> (u64, u64) {
+        let first = (number as u64 - 1) * self.state.per;
+        let (off, _) = block_range(self.filesize, self.state.block, first);
+        let last = first + self.part_blocks(number) - 1;
+        let (loff, llen) = block_range(self.filesize, self.state.block, last);
+        (off, loff + llen - off)
+    }
+
+    /// The held set: every block of every uploaded part, durable.
+    fn held(&self) -> Result<HeldSet, Fault> {
+        let mut set = HeldSet::new(self.filesize, self.state.block)?;
+        for (&n, p) in &self.state.parts {
+            let first = (n as u64 - 1) * self.state.per;
+            for (i, &c) in p.crcs.iter().enumerate() {
+                set.mark(first + i as u64, c);
+            }
+        }
+        set.make_durable();
+        Ok(set)
+    }
+
+    /// The buffer of part `number`, made if missing (a part already
+    /// uploaded is being replaced: it no longer counts).
+    fn buf(&mut self, number: u16) -> Result<&mut PartBuf, Fault> {
+        if !self.bufs.contains_key(&number) {
+            if self.bufs.len() >= MAX_BUFFERED {
+                return Err(Fault::new(
+                    FaultCode::Storage,
+                    format!(
+                        "{}: over {MAX_BUFFERED} parts of it wait for damaged blocks; retry to resume",
+                        self.name
+                    ),
+                ));
+            }
+            self.state.parts.remove(&number);
+            let (_, len) = self.part_range(number);
+            let blocks = self.part_blocks(number) as usize;
+            let buf = PartBuf {
+                data: vec![0; len as usize],
+                crcs: vec![None; blocks],
+            };
+            self.bufs.insert(number, buf);
+        }
+        self.bufs
+            .get_mut(&number)
+            .ok_or_else(|| Fault::new(FaultCode::Internal, "part buffer vanished"))
+    }
+
+    /// Uploads part `number` if all its blocks arrived verified.
+    fn flush(&mut self, number: u16) -> Result<(), Fault> {
+        let Some(buf) = self.bufs.get(&number) else {
+            return Ok(());
+        };
+        let Some(crcs) = buf.crcs.iter().copied().collect::<Option<Vec<u32>>>() else {
+            return Ok(());
+        };
+        let first = (number as u64 - 1) * self.state.per;
+        let pieces = crcs.iter().enumerate().map(|(i, &c)| {
+            let len = block_range(self.filesize, self.state.block, first + i as u64).1;
+            (c, len)
+        });
+        let crc = combine(pieces);
+        let what = format!("store part {number} of {}", self.name);
+        let etag = self
+            .client
+            .upload_part(&self.name, &self.state.upload, number, &buf.data, crc)
+            .map_err(|e| fault(&e, &what))?;
+        self.bufs.remove(&number);
+        self.state.parts.insert(number, DonePart { etag, crcs });
+        if self.last_write.elapsed() >= BEAT_EVERY {
+            self.write_state(true)?;
+        }
+        Ok(())
+    }
+
+    /// The parts to name at completion, with their CRC-32s.
+    fn completion(&self) -> Vec<Part> {
+        self.state
+            .parts
+            .iter()
+            .map(|(&number, p)| {
+                let first = (number as u64 - 1) * self.state.per;
+                let crc = combine(p.crcs.iter().enumerate().map(|(i, &c)| {
+                    (
+                        c,
+                        block_range(self.filesize, self.state.block, first + i as u64).1,
+                    )
+                }));
+                Part {
+                    number,
+                    etag: p.etag.clone(),
+                    crc,
+                }
+            })
+            .collect()
+    }
+
+    /// Drops the upload and its state (a failed completion, a discard).
+    fn drop_upload(&mut self) {
+        let _ = self.client.abort_multipart(&self.name, &self.state.upload);
+        let _ = self.client.delete_object(&self.state_key);
+        self.ended = true;
+    }
+}
+
+impl HeldPart for S3Part {
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
+        let (number, _) = self.locate(offset / self.state.block);
+        let (start, len) = self.part_range(number);
+        let at = (offset - start) as usize;
+        if offset + bytes.len() as u64 > start + len {
+            return Err(Fault::new(FaultCode::Internal, "write across parts"));
+        }
+        let buf = self.buf(number)?;
+        buf.data[at..at + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn begin_block(&mut self, idx: u64) -> Result<(), Fault> {
+        let (number, i) = self.locate(idx);
+        self.buf(number)?.crcs[i] = None;
+        Ok(())
+    }
+
+    fn record_block(&mut self, idx: u64, crc: u32, good: bool) -> Result<(), Fault> {
+        let (number, i) = self.locate(idx);
+        self.buf(number)?.crcs[i] = good.then_some(crc);
+        self.flush(number)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), Fault> {
+        self.write_state(true)
+    }
+
+    /// Blocks of a part being replaced that were not sent again in this
+    /// run are no longer in the store: asked for again.
+    fn recheck(&mut self) -> Result<Recheck, Fault> {
+        let mut gone = Vec::new();
+        for (&n, b) in &self.bufs {
+            let first = (n as u64 - 1) * self.state.per;
+            let missing = b.crcs.iter().enumerate().filter(|(_, c)| c.is_none());
+            gone.extend(missing.map(|(i, _)| first + i as u64));
+        }
+        Ok(if gone.is_empty() {
+            Recheck::Same
+        } else {
+            Recheck::Changed(gone)
+        })
+    }
+
+    fn commit(&mut self, whole_crc: u32) -> Result<(), Fault> {
+        // Still ours? (A node that lost the lease must not complete.)
+        self.write_state(true)?;
+        let parts = self.completion();
+        let r = if parts.is_empty() {
+            let _ = self.client.abort_multipart(&self.name, &self.state.upload);
+            self.client
+                .put_small(&self.name, &[], &super::Condition::None)
+                .map(drop)
+        } else {
+            self.complete(&parts, whole_crc)
+        };
+        match r {
+            Ok(()) => {
+                let _ = self.client.delete_object(&self.state_key);
+                self.ended = true;
+                Ok(())
+            }
+            Err(e) if matches!(e.kind, S3ErrorKind::BadDigest | S3ErrorKind::Other) => {
+                // The store refused what we hold: never half a file; the
+                // client's retry starts over.
+                self.drop_upload();
+                Err(fault(&e, &format!("store {} (starting over)", self.name)))
+            }
+            Err(e) => Err(fault(&e, &format!("store {}", self.name))),
+        }
+    }
+
+    fn discard(&mut self) -> Result<(), Fault> {
+        self.drop_upload();
+        Ok(())
+    }
+}
+
+impl S3Part {
+    /// CompleteMultipartUpload; an answer lost on the way (NotFound after
+    /// a retry) is success if the object is there with our CRC-32.
+    fn complete(&self, parts: &[Part], whole_crc: u32) -> Result<(), S3Error> {
+        match self
+            .client
+            .complete_multipart(&self.name, &self.state.upload, parts, whole_crc)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == S3ErrorKind::NotFound && e.attempts > 1 => {
+                match self.client.head_object(&self.name) {
+                    Ok(info) if info.crc32 == Some(whole_crc) => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for S3Part {
+    /// Lets go of the lease, so another node may resume at once.
+    fn drop(&mut self) {
+        if !self.ended && !self.etag.is_empty() {
+            let _ = self.write_state(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            3,
+            DonePart {
+                etag: "\"abc\"".into(),
+                crcs: vec![1, 0xdead_beef],
+            },
+        );
+        let s = State {
+            size: 99,
+            block: 1 << 20,
+            per: 8,
+            upload: "u-1".into(),
+            holder: "-".into(),
+            beat: 42,
+            parts,
+        };
+        assert_eq!(State::decode(&s.encode()), Some(s));
+        assert_eq!(State::decode("other\n"), None);
+    }
+
+    #[test]
+    fn parts_are_big_enough_and_few_enough() {
+        assert_eq!(blocks_per_part(100 << 20, 1 << 20), 8);
+        assert_eq!(blocks_per_part(100 << 20, 64 << 20), 1);
+        let per = blocks_per_part(1 << 40, 1 << 20);
+        assert!(block_count(1 << 40, 1 << 20).div_ceil(per) <= MAX_PARTS);
+    }
+}

@@ -1,0 +1,234 @@
+//! Integration tests of the object-store storage seam (`S3Storage`, feature
+//! `s3`) against a real store: SeaweedFS started by `tests/s3/run.sh`
+//! (BT_S3_* and AWS_* variables; without them each test prints "skipped:
+//! no store" and passes). Held parts driven as the server's machine drives
+//! them: begin, write in pieces, record, checkpoint, commit.
+#![cfg(feature = "s3")]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bigtransfer_core::machine::{Held, HeldPart, Layout, PartId, Storage};
+use bigtransfer_core::s3::{Client, Config, Retry, S3ErrorKind, S3Part, S3Storage};
+use bigtransfer_core::v2::FaultCode;
+
+const MIB: u64 = 1 << 20;
+
+fn config(test: &str, endpoint_var: &str) -> Option<Config> {
+    let Ok(endpoint) = std::env::var(endpoint_var) else {
+        eprintln!("{test}: skipped: no store (run tests/s3/run.sh)");
+        return None;
+    };
+    let bucket = std::env::var("BT_S3_BUCKET").unwrap_or_else(|_| "bt-test".into());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let prefix = format!("test/{test}-{}-{nanos}/", std::process::id());
+    let mut cfg = Config::from_env(&endpoint, "us-east-1", &bucket, &prefix)
+        .expect("BT_S3_ENDPOINT is set, so AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY must be");
+    cfg.retry = Retry {
+        attempts: 3,
+        base: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        max_total: Duration::from_secs(5),
+    };
+    Some(cfg)
+}
+
+/// Two nodes over one bucket and prefix: the second through the second
+/// gateway when there is one.
+fn nodes(test: &str, stale: Duration) -> Option<(S3Storage, S3Storage)> {
+    let a = config(test, "BT_S3_ENDPOINT")?;
+    let mut b = a.clone();
+    if let Ok(e) = std::env::var("BT_S3_ENDPOINT2") {
+        b.endpoint = e;
+    }
+    let mk = |c: Config, n: &str| S3Storage::new(Client::new(c).expect("client"), n, stale);
+    Some((mk(a, "nodeA"), mk(b, "nodeB")))
+}
+
+fn data(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn id(name: &str, size: u64) -> PartId {
+    PartId {
+        name: name.into(),
+        filesize: size,
+        layout: Layout::Blocks { block: MIB },
+    }
+}
+
+/// Sends block `idx` of `all` as the machine does: head, payload in two
+/// pieces, trailer.
+fn send_block(p: &mut S3Part, all: &[u8], idx: u64, crc: Option<u32>) -> Result<(), String> {
+    let off = idx * MIB;
+    let end = (off + MIB).min(all.len() as u64);
+    let bytes = &all[off as usize..end as usize];
+    let crc = crc.unwrap_or_else(|| crc32fast::hash(bytes));
+    let half = bytes.len() / 2;
+    p.begin_block(idx).map_err(|f| f.words.clone())?;
+    p.write_at(off, &bytes[..half])
+        .map_err(|f| f.words.clone())?;
+    p.write_at(off + half as u64, &bytes[half..])
+        .map_err(|f| f.words.clone())?;
+    p.record_block(idx, crc, true).map_err(|f| f.words)
+}
+
+fn read_back(s: &S3Storage, name: &str, len: u64) -> Vec<u8> {
+    let mut got = Vec::new();
+    s.client()
+        .get_range(name, 0, len, &mut got)
+        .expect("read back");
+    got
+}
+
+fn held_blocks(h: &Held) -> Vec<u64> {
+    match h {
+        Held::Blocks(set) => (0..set.count()).filter(|&i| set.crc(i).is_some()).collect(),
+        other => panic!("expected blocks, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_upload_lands_as_the_object_byte_identical() {
+    let Some((a, _)) = nodes("lands", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(20 * MIB + 12345, 7);
+    let (mut p, held) = a.open(&id("f.bin", all.len() as u64)).expect("open");
+    assert!(held_blocks(&held).is_empty());
+    for idx in 0..21 {
+        send_block(&mut p, &all, idx, None).expect("block");
+    }
+    p.checkpoint().expect("checkpoint");
+    p.commit(crc32fast::hash(&all)).expect("commit");
+    let info = a.client().head_object("f.bin").expect("head");
+    assert_eq!(info.crc32, Some(crc32fast::hash(&all)));
+    assert_eq!(read_back(&a, "f.bin", all.len() as u64), all);
+    // No state left behind: only the object is listed.
+    let names: Vec<String> = a
+        .client()
+        .list_objects("")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["f.bin".to_string()]);
+}
+
+#[test]
+fn an_upload_interrupted_on_one_node_resumes_on_another_with_the_rest() {
+    let Some((a, b)) = nodes("resume", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(19 * MIB + 7, 11);
+    let pid = id("r.bin", all.len() as u64);
+    {
+        let (mut p, _) = a.open(&pid).expect("open on A");
+        for idx in 0..11 {
+            send_block(&mut p, &all, idx, None).expect("block");
+        }
+        p.checkpoint().expect("checkpoint");
+    } // A's connection ends: the lease is let go.
+    let (mut p, held) = b.open(&pid).expect("open on B");
+    // Part 1 (blocks 0-7) is in the store; blocks 8-10 were only buffered.
+    assert_eq!(held_blocks(&held), (0..8).collect::<Vec<_>>());
+    if let Held::Blocks(set) = &held {
+        assert_eq!(set.crc(3), Some(crc32fast::hash(&all[3 << 20..4 << 20])));
+    }
+    for idx in 8..20 {
+        send_block(&mut p, &all, idx, None).expect("block on B");
+    }
+    p.commit(crc32fast::hash(&all)).expect("commit on B");
+    assert_eq!(read_back(&b, "r.bin", all.len() as u64), all);
+}
+
+#[test]
+fn two_nodes_never_hold_one_upload_and_a_silent_holder_is_taken_over() {
+    let stale = Duration::from_millis(1500);
+    let Some((a, b)) = nodes("lease", stale) else {
+        return;
+    };
+    let all = data(9 * MIB, 3);
+    let pid = id("l.bin", all.len() as u64);
+    let (mut pa, _) = a.open(&pid).expect("A takes the lease");
+    let refused = b
+        .open(&pid)
+        .err()
+        .expect("B must be refused while A holds it");
+    assert_eq!(refused.code, FaultCode::Busy, "{}", refused.words);
+    assert!(
+        refused.words.contains("another server node"),
+        "{}",
+        refused.words
+    );
+    // A goes silent: B may take over once the lease is stale (polled).
+    let t0 = Instant::now();
+    let (mut pb, _) = loop {
+        match b.open(&pid) {
+            Ok(x) => break x,
+            Err(f) if f.code == FaultCode::Busy && t0.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(f) => panic!("B never took over: {}", f.words),
+        }
+    };
+    assert!(t0.elapsed() + Duration::from_millis(200) >= stale);
+    let lost = pa.checkpoint().expect_err("A lost the lease");
+    assert_eq!(lost.code, FaultCode::TakenOver, "{}", lost.words);
+    drop(pa);
+    for idx in 0..9 {
+        send_block(&mut pb, &all, idx, None).expect("block on B");
+    }
+    pb.commit(crc32fast::hash(&all)).expect("commit on B");
+    assert_eq!(read_back(&b, "l.bin", all.len() as u64), all);
+}
+
+#[test]
+fn a_crc_mismatch_never_produces_a_visible_object() {
+    let Some((a, _)) = nodes("mismatch", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(10 * MIB, 5);
+    // A block whose recorded CRC is not its bytes': the store refuses the part.
+    let (mut p, _) = a.open(&id("bad.bin", all.len() as u64)).expect("open");
+    let mut err = None;
+    for idx in 0..8 {
+        let crc = (idx == 5).then_some(0x1234_5678);
+        if let Err(e) = send_block(&mut p, &all, idx, crc) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the store must refuse the part");
+    assert!(
+        err.contains("BadDigest") || err.contains("checksum"),
+        "{err}"
+    );
+    drop(p);
+    // A wrong whole-file CRC: the store refuses completion.
+    let (mut p, _) = a.open(&id("bad2.bin", all.len() as u64)).expect("open");
+    for idx in 0..10 {
+        send_block(&mut p, &all, idx, None).expect("block");
+    }
+    let f = p
+        .commit(crc32fast::hash(&all) ^ 1)
+        .expect_err("completion refused");
+    assert_eq!(f.code, FaultCode::Storage, "{}", f.words);
+    for name in ["bad.bin", "bad2.bin"] {
+        let e = a.client().head_object(name).expect_err("no object");
+        assert_eq!(e.kind, S3ErrorKind::NotFound, "{name}: {e}");
+    }
+    // After the refused completion, a new upload of the name starts over.
+    let (_, held) = a.open(&id("bad2.bin", all.len() as u64)).expect("reopen");
+    assert!(held_blocks(&held).is_empty());
+}
