@@ -41,6 +41,13 @@ pub struct FileConfig {
     #[serde(alias = "log-format")]
     pub log_format: Option<Spanned<String>>,
     pub metrics: Option<Spanned<toml::Value>>,
+    pub store: Option<Spanned<String>>,
+    #[serde(alias = "s3-endpoint")]
+    pub s3_endpoint: Option<Spanned<String>>,
+    #[serde(alias = "s3-region")]
+    pub s3_region: Option<Spanned<String>>,
+    #[serde(alias = "s3-lease-stale")]
+    pub s3_lease_stale: Option<Spanned<toml::Value>>,
 }
 
 /// A parsed config file with its text, so that values can be checked later

@@ -70,6 +70,23 @@ pub struct ServerArgs {
     /// 127.0.0.1:PORT (e.g. 9180, 0.0.0.0:9180, [::1]:9180).
     #[arg(long)]
     metrics: Option<String>,
+    /// Keep uploads in an S3-compatible object store instead of --dir:
+    /// s3://BUCKET[/PREFIX] (protocol-2 clients only). Several servers
+    /// over one bucket resume each other's uploads. Credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
+    #[arg(long)]
+    store: Option<String>,
+    /// The object store's endpoint, e.g. http://127.0.0.1:8333 (path-style
+    /// addressing) [default: https://s3.REGION.amazonaws.com].
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// The object store's signing region [default: us-east-1].
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Another server may take over an upload whose server wrote nothing
+    /// to the store for this long [default: 30s].
+    #[arg(long, value_parser = parse::duration)]
+    s3_lease_stale: Option<Duration>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +175,7 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
             }
         },
     };
+    store_settings(a, c, f, &mut cfg)?;
     let metrics_text = match &a.metrics {
         Some(m) => Some(m.clone()),
         None => f.map_or(Ok(None), |l| l.metrics())?,
@@ -170,6 +188,58 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
         log_format,
         metrics,
     })
+}
+
+/// `--store` and the `--s3-*` flags (or their config keys) into `cfg`.
+#[cfg(feature = "s3")]
+fn store_settings(
+    a: &ServerArgs,
+    c: &config::FileConfig,
+    f: Option<&Loaded>,
+    cfg: &mut ServerConfig,
+) -> Result<(), String> {
+    let Some(url) = pick(a.store.clone(), val(&c.store)) else {
+        return Ok(());
+    };
+    let u = crate::store::parse(&url)?;
+    let region = pick(a.s3_region.clone(), val(&c.s3_region))
+        .or(u.region)
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = pick(a.s3_endpoint.clone(), val(&c.s3_endpoint))
+        .or(u.endpoint)
+        .unwrap_or_else(|| crate::store::default_endpoint(&region));
+    let s3 = bigtransfer_core::s3::Config::from_env(&endpoint, &region, &u.bucket, &u.prefix)
+        .map_err(|e| format!("--store {url}: {e}"))?;
+    cfg.s3 = Some(s3);
+    let stale = f.map_or(Ok(None), |l| l.duration(&c.s3_lease_stale))?;
+    if let Some(d) = pick(a.s3_lease_stale, stale) {
+        cfg.s3_lease_stale = d;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "s3"))]
+fn store_settings(
+    a: &ServerArgs,
+    c: &config::FileConfig,
+    _: Option<&Loaded>,
+    _: &mut ServerConfig,
+) -> Result<(), String> {
+    match pick(a.store.clone(), val(&c.store)) {
+        Some(url) => Err(format!(
+            "--store {url}: this bigtransfer was built without object-store support (cargo feature `s3`)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where uploads go, for the log and `--check-config`.
+fn store_words(c: &ServerConfig) -> String {
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &c.s3 {
+        return format!("s3://{}/{} at {}", s3.bucket, s3.prefix, s3.endpoint);
+    }
+    c.dir.display().to_string()
 }
 
 /// The token: from the flags, else the environment, else the config file.
@@ -221,6 +291,7 @@ fn print_settings(s: &Settings) {
     );
     println!("port = {}", c.port);
     println!("dir = {}", c.dir.display());
+    println!("store = {}", store_words(c));
     println!("max_connections = {}", c.max_connections);
     println!("timeout = {:?}", c.idle_timeout);
     println!("header_timeout = {:?}", c.header_timeout);
@@ -268,6 +339,7 @@ pub fn run(a: ServerArgs) -> ExitCode {
     };
     let (dir, auth_on, allow_legacy) =
         (s.cfg.dir.clone(), s.cfg.token.is_some(), s.cfg.allow_legacy);
+    let stored_in = store_words(&s.cfg);
     let server = match Server::bind(s.cfg) {
         Ok(x) => Arc::new(x),
         Err(e) => return fail(e.to_string()),
@@ -286,7 +358,7 @@ pub fn run(a: ServerArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     announce(addr, metrics);
-    log(&format!("storing into {}", dir.display()));
+    log(&format!("storing into {stored_in}"));
     if auth_on {
         let legacy = if allow_legacy {
             "admitted without authentication (--allow-legacy)"

@@ -483,6 +483,18 @@ impl S3Part {
     }
 }
 
+impl S3Part {
+    /// Bytes in the store for this upload (its uploaded parts).
+    pub fn held_bytes(&self) -> u64 {
+        self.state.parts.keys().map(|&n| self.part_range(n).1).sum()
+    }
+
+    /// Verified blocks in the store for this upload.
+    pub fn held_blocks(&self) -> usize {
+        self.state.parts.values().map(|p| p.crcs.len()).sum()
+    }
+}
+
 impl HeldPart for S3Part {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
         let (number, _) = self.locate(offset / self.state.block);

@@ -14,8 +14,8 @@ use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use super::backend::ServerPart;
 use super::claims::Claim;
-use super::local::LocalPart;
 use super::policy::Reservation;
 use super::{ConnInfo, Shared, RATE_WINDOW, RECV_BUFFER};
 use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
@@ -44,7 +44,7 @@ pub(super) struct Shell<'a> {
     pub(super) conn: &'a ConnInfo,
     pub(super) stream: TcpStream,
     pub(super) rx: Receiver,
-    pub(super) part: Option<LocalPart>,
+    pub(super) part: Option<ServerPart>,
     pub(super) claim: Option<Claim<'a>>,
     pub(super) reservation: Option<Reservation<'a>>,
     /// The refusal is counted elsewhere (token throttling), not logged.

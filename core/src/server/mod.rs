@@ -16,6 +16,7 @@
 //! Not for: storage layout and durability (see [`crate::store`]) or byte
 //! parsing (see [`crate::proto`]).
 
+mod backend;
 mod claims;
 mod conn;
 mod local;
@@ -84,6 +85,15 @@ pub struct ServerConfig {
     /// its data phase began; a slower one is closed (its held part
     /// checkpointed), so a trickle cannot hold a slot for ever. 0: no minimum.
     pub min_rate: u64,
+    /// Store uploads in this S3 bucket (and prefix) instead of `dir`
+    /// (which then keeps nothing): any server node over the same bucket
+    /// can resume an upload another node started. Protocol 2 only.
+    #[cfg(feature = "s3")]
+    pub s3: Option<crate::s3::Config>,
+    /// With `s3`: an upload whose node wrote nothing for this long may be
+    /// taken over by another node (its lease is stale).
+    #[cfg(feature = "s3")]
+    pub s3_lease_stale: Duration,
 }
 
 /// The window over which [`ServerConfig::min_rate`] is measured.
@@ -143,6 +153,10 @@ impl ServerConfig {
             allow_legacy: false,
             min_free: 0,
             min_rate: 1024,
+            #[cfg(feature = "s3")]
+            s3: None,
+            #[cfg(feature = "s3")]
+            s3_lease_stale: Duration::from_secs(30),
         }
     }
 }
@@ -268,6 +282,9 @@ pub struct Server {
 struct Shared {
     cfg: ServerConfig,
     store: Store,
+    /// The object store, when uploads go there instead of `store`.
+    #[cfg(feature = "s3")]
+    s3: Option<crate::s3::S3Storage>,
     stop: StopHandle,
     logger: Logger,
     live: AtomicUsize,
@@ -286,6 +303,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether uploads go to an object store rather than the directory.
+    fn remote_storage(&self) -> bool {
+        #[cfg(feature = "s3")]
+        if self.s3.is_some() {
+            return true;
+        }
+        false
+    }
+
     /// Milliseconds since the server started (for atomics).
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -344,6 +370,8 @@ impl Server {
         }
         check_fd_limit(cfg.max_connections)?;
         let store = Store::open(&cfg.dir)?;
+        #[cfg(feature = "s3")]
+        let s3 = open_s3(&cfg)?;
         let listener = match cfg.bind {
             Some(ip) => TcpListener::bind(SocketAddr::new(ip, cfg.port)),
             // Linux's default (bindv6only=0) makes [::] accept IPv4 too.
@@ -370,6 +398,8 @@ impl Server {
             shared: Arc::new(Shared {
                 cfg,
                 store,
+                #[cfg(feature = "s3")]
+                s3,
                 stop: StopHandle::new()?,
                 logger,
                 live: AtomicUsize::new(0),
@@ -638,6 +668,24 @@ fn sweep(sh: &Shared, age: Duration) {
         }
         drop(claims);
     }
+}
+
+/// The object store of `cfg`, checked once at start-up (a listing of the
+/// state objects), so wrong credentials or a missing bucket stop the
+/// server with the store's words instead of failing every upload.
+#[cfg(feature = "s3")]
+fn open_s3(cfg: &ServerConfig) -> Result<Option<crate::s3::S3Storage>> {
+    let Some(c) = cfg.s3.clone() else {
+        return Ok(None);
+    };
+    let client = crate::s3::Client::new(c)?;
+    client.list_objects(&format!("{}/", crate::s3::STATE_DIR))?;
+    let node = crate::s3::S3Storage::default_node();
+    Ok(Some(crate::s3::S3Storage::new(
+        client,
+        node,
+        cfg.s3_lease_stale,
+    )))
 }
 
 /// Makes sure the process may open enough files for `max_connections`

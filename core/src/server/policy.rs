@@ -1,7 +1,7 @@
 //! The server's answers to the machine's actions: admission (size limit,
 //! token throttling), the claim on a name (free space reserved for the
 //! connection's life, taking over by the rules in `claims`), opening the
-//! held part on the local disk, and the storage actions with the log lines
+//! held part on the local disk or in the object store, and the storage actions with the log lines
 //! they deserve.
 //!
 //! Order matters, and is the machine's: nothing touches a held part before
@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::backend::ServerPart;
 use super::claims::{self, SourceId};
 use super::conn::Shell;
 use super::local::{storage_fault, LocalStorage};
@@ -60,9 +61,12 @@ impl Shell<'_> {
             .rx
             .header()
             .ok_or_else(|| Fault::new(FaultCode::Internal, "claim before the header"))?;
-        let held = self.sh.store.held_hint(name, header.filesize);
-        let needed = header.filesize.saturating_sub(held);
-        self.reservation = Some(reserve_space(self.sh, name, needed)?);
+        if !self.sh.remote_storage() {
+            // An object store has no free space to count.
+            let held = self.sh.store.held_hint(name, header.filesize);
+            let needed = header.filesize.saturating_sub(held);
+            self.reservation = Some(reserve_space(self.sh, name, needed)?);
+        }
         let request = claims::Request {
             name,
             conn_id: self.conn.id,
@@ -77,12 +81,9 @@ impl Shell<'_> {
 
     /// [`Action::OpenHeld`]: opens the held part and says what it holds.
     pub(super) fn open(&mut self, id: &PartId) -> Result<Held, Fault> {
-        let storage = LocalStorage {
-            store: &self.sh.store,
-        };
-        let (part, held) = storage.open(id)?;
+        let (part, held) = self.open_part(id)?;
         let peer = self.conn.peer;
-        if let Some(note) = &part.note {
+        if let Some(note) = part.note() {
             (self.sh.logger)(&format!("{peer}: {note}"));
         }
         let name = self.rx.name().map(|n| n.to_string()).unwrap_or_default();
@@ -100,6 +101,20 @@ impl Shell<'_> {
         });
         self.part = Some(part);
         Ok(held)
+    }
+
+    /// Opens the held part in the server's storage.
+    fn open_part(&self, id: &PartId) -> Result<(ServerPart, Held), Fault> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.sh.s3 {
+            let (p, held) = s3.open(id)?;
+            return Ok((ServerPart::S3(p), held));
+        }
+        let storage = LocalStorage {
+            store: &self.sh.store,
+        };
+        let (p, held) = storage.open(id)?;
+        Ok((ServerPart::Local(p), held))
     }
 
     /// A storage action on the held part, with its log line.
