@@ -38,9 +38,11 @@ pub fn parse(url: &str) -> Result<StoreUrl, String> {
         match kv.split_once('=') {
             Some(("endpoint", v)) => endpoint = Some(v.to_string()),
             Some(("region", v)) => region = Some(v.to_string()),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "--store {url:?}: unknown setting {kv:?} (endpoint=URL and region=NAME are known)"
-            )),
+            ))
+            }
         }
     }
     Ok(StoreUrl {

@@ -12,6 +12,8 @@ mod hostile;
 mod interactive;
 mod messages;
 mod peers;
+#[cfg(feature = "s3")]
+mod s3;
 mod service;
 mod upload;
 mod verified;

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs the S3 client's integration tests against a real store: starts
-# SeaweedFS (tests/s3/start.sh, with a second gateway), runs
-# `cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage`, and stops the
-# store by PID whatever happens (trap). Extra arguments go to the test binary.
+# Runs the S3 tests against a real store: starts SeaweedFS
+# (tests/s3/start.sh, with a second gateway), runs the client's and the
+# storage seam's integration tests
+# (`cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage`)
+# and the servers-over-S3 end-to-end tests (`--test e2e s3::`: two server
+# processes over one bucket), and stops the store by PID whatever happens
+# (trap). Extra arguments go to the test binaries.
 # If the store cannot start, it says why and fails, unless BT_S3_OPTIONAL=1
 # (then it only says so and exits 0).
 set -euo pipefail
@@ -17,3 +20,4 @@ if ! env_lines="$(bash tests/s3/start.sh --second)"; then
 fi
 eval "$env_lines"
 cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage -- "$@"
+cargo test -p bigtransfer-cli --test e2e s3:: -- "$@"

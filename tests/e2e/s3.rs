@@ -1,0 +1,260 @@
+//! Servers over an S3 object store (`--store s3://...`): two server
+//! processes over one bucket act as two stateless nodes. Needs a real
+//! store, started by `tests/s3/run.sh` (BT_S3_* and AWS_* variables);
+//! without one each test prints "skipped: no store" and passes.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use bigtransfer_core::s3::{Client, Config, STATE_DIR};
+
+use crate::harness::*;
+
+/// The store's endpoints (the second gateway if there is one), the bucket
+/// and a prefix of this test's own; `None` without a store.
+struct Store {
+    endpoints: [String; 2],
+    bucket: String,
+    prefix: String,
+}
+
+impl Store {
+    fn get(test: &str) -> Option<Store> {
+        let Ok(e1) = std::env::var("BT_S3_ENDPOINT") else {
+            eprintln!("{test}: skipped: no store (run tests/s3/run.sh)");
+            return None;
+        };
+        let e2 = std::env::var("BT_S3_ENDPOINT2").unwrap_or_else(|_| e1.clone());
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Some(Store {
+            endpoints: [e1, e2],
+            bucket: std::env::var("BT_S3_BUCKET").unwrap_or_else(|_| "bt-test".into()),
+            prefix: format!("e2e/{test}-{}-{nanos}", std::process::id()),
+        })
+    }
+
+    /// A server (node 0 or 1) storing into the bucket.
+    fn server(&self, node: usize, dir: &Path, extra: &[&str]) -> ServerProc {
+        let url = format!("s3://{}/{}", self.bucket, self.prefix);
+        let mut args = vec!["--store", &url, "--s3-endpoint", &self.endpoints[node]];
+        args.extend_from_slice(extra);
+        ServerProc::start(&dir.join(format!("node{node}")), &args)
+    }
+
+    fn client(&self) -> Client {
+        let cfg = Config::from_env(
+            &self.endpoints[0],
+            "us-east-1",
+            &self.bucket,
+            &format!("{}/", self.prefix),
+        )
+        .expect("credentials in the environment");
+        Client::new(cfg).expect("client")
+    }
+
+    /// Parts recorded in the upload's state object (0 if none).
+    fn parts_recorded(&self, name: &str) -> usize {
+        match self
+            .client()
+            .get_small(&format!("{STATE_DIR}/{name}"), 1 << 20)
+        {
+            Ok((b, _)) => String::from_utf8_lossy(&b)
+                .lines()
+                .filter(|l| l.starts_with("part "))
+                .count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// The stored object, read back whole, and its stored CRC-32.
+    fn object(&self, name: &str) -> (Vec<u8>, Option<u32>) {
+        let c = self.client();
+        let info = c.head_object(name).expect("the object exists");
+        let mut got = Vec::new();
+        c.get_range(name, 0, info.size, &mut got)
+            .expect("read back");
+        (got, info.crc32)
+    }
+}
+
+fn assert_object_is(store: &Store, name: &str, src: &Path) {
+    let want = std::fs::read(src).unwrap();
+    let (got, crc) = store.object(name);
+    assert_eq!(got.len(), want.len(), "object size");
+    assert!(got == want, "object bytes differ from the source");
+    assert_eq!(
+        crc,
+        Some(crc32fast::hash(&want)),
+        "stored FULL_OBJECT CRC-32"
+    );
+}
+
+fn slow_client(srv: &ServerProc, file: &Path, rate: &str) -> std::process::Child {
+    spawn_client(srv, file, &["--limit-rate", rate])
+}
+
+#[test]
+fn an_upload_through_the_server_lands_as_the_object() {
+    let Some(store) = Store::get("lands") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("land.bin");
+    write_random(&src, 21 * 1024 * 1024 + 77, 31);
+    let srv = store.server(0, t.path(), &[]);
+    assert_ok(&send(&srv, &src, &[]));
+    assert_object_is(&store, "land.bin", &src);
+    assert_eq!(
+        store.parts_recorded("land.bin"),
+        0,
+        "state object left behind"
+    );
+    assert!(
+        srv.log.text().contains("storing into s3://"),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn an_upload_killed_on_node_a_resumes_on_node_b_sending_only_the_rest() {
+    let Some(store) = Store::get("resume") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("resume.bin");
+    let size = 64 * 1024 * 1024 + 333;
+    write_random(&src, size, 2);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let mut slow = slow_client(&a, &src, "20M");
+    assert!(
+        wait_until(LONG, || store.parts_recorded("resume.bin") >= 2),
+        "no parts recorded; A's log:\n{}",
+        a.log.text()
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(slow.id() as libc::pid_t, libc::SIGKILL) };
+    wait_child(&mut slow, LONG).unwrap();
+    assert!(a.log.wait_for("held part kept", LONG), "{}", a.log.text());
+    let recorded = store.parts_recorded("resume.bin") as u64;
+
+    let out = send(&b, &src, &[]);
+    assert_ok(&out);
+    let from = field(&out, "resumed_from");
+    // Whole parts of 8 MiB are what the store holds.
+    assert!(
+        from >= recorded * (8 << 20) && from % (8 << 20) == 0 && from > 0,
+        "resumed from {from}, {recorded} parts recorded"
+    );
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        size - from,
+        "only the rest is sent"
+    );
+    assert!(b.log.text().contains("holds"), "{}", b.log.text());
+    assert_object_is(&store, "resume.bin", &src);
+}
+
+#[test]
+fn a_node_killed_mid_upload_is_taken_over_once_its_lease_is_stale() {
+    let Some(store) = Store::get("stale") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("stale.bin");
+    let size = 40 * 1024 * 1024;
+    write_random(&src, size, 5);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &["--s3-lease-stale", "2s"]);
+    let mut slow = slow_client(&a, &src, "20M");
+    assert!(
+        wait_until(LONG, || store.parts_recorded("stale.bin") >= 1),
+        "no parts recorded; A's log:\n{}",
+        a.log.text()
+    );
+    a.kill9();
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(slow.id() as libc::pid_t, libc::SIGKILL) };
+    wait_child(&mut slow, LONG).unwrap();
+    // B refuses while A's lease is fresh, then takes over; the client retries.
+    let out = send(&b, &src, &[]);
+    assert_ok(&out);
+    assert!(field(&out, "resumed_from") >= 8 << 20, "{}", stdout(&out));
+    assert!(
+        b.log.text().contains("another server node"),
+        "B never refused while A's lease was fresh:\n{}",
+        b.log.text()
+    );
+    assert_object_is(&store, "stale.bin", &src);
+}
+
+#[test]
+fn two_clients_racing_on_one_name_across_two_nodes_never_mix() {
+    let Some(store) = Store::get("race") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    std::fs::create_dir_all(&x).unwrap();
+    std::fs::create_dir_all(&y).unwrap();
+    let (fx, fy) = (x.join("same.bin"), y.join("same.bin"));
+    let size = 24 * 1024 * 1024;
+    write_random(&fx, size, 7);
+    write_random(&fy, size, 8);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let cx = slow_client(&a, &fx, "8M");
+    assert!(
+        a.log.wait_for("receiving same.bin", LONG),
+        "{}",
+        a.log.text()
+    );
+    let cy = slow_client(&b, &fy, "8M");
+    let (code_x, err_x) = finish_client(cx);
+    let (code_y, err_y) = finish_client(cy);
+    assert_eq!(code_x, Some(0), "{err_x}");
+    assert_eq!(code_y, Some(0), "{err_y}");
+    assert!(
+        b.log
+            .text()
+            .contains("being uploaded through another server node"),
+        "B never refused the racing upload:\n{}",
+        b.log.text()
+    );
+    // Y waited for X's lease, so Y's upload was the last: its bytes alone.
+    assert_object_is(&store, "same.bin", &fy);
+}
+
+#[test]
+fn wrong_credentials_stop_the_server_with_the_stores_words() {
+    let Some(store) = Store::get("creds") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let mut srv = std::process::Command::new(BIN)
+        .args(["server", "--port", "0", "--bind", "127.0.0.1", "--dir"])
+        .arg(t.path().join("d"))
+        .args(["--store", &format!("s3://{}/x", store.bucket)])
+        .args(["--s3-endpoint", &store.endpoints[0]])
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut srv, LONG);
+    if status.is_none() {
+        let _ = srv.kill();
+        let _ = srv.wait();
+    }
+    let mut err = String::new();
+    if let Some(mut e) = srv.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let status = status.expect("the server must refuse to start, not serve");
+    assert_ne!(status.code(), Some(0));
+    assert!(err.contains("refused the credentials"), "{err}");
+}
