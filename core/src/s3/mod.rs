@@ -26,7 +26,9 @@ mod xml;
 
 pub use client::{Client, Condition, ObjectEntry, ObjectInfo, Part, PartInfo};
 pub use error::{S3Error, S3ErrorKind};
-pub use storage::{blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MIN_PART, STATE_DIR};
+pub use storage::{
+    blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MAX_INFLIGHT, MIN_PART, STATE_DIR,
+};
 
 use std::fmt;
 use std::time::Duration;
