@@ -3,6 +3,8 @@
 # the `s3` module's multipart path (core/examples/s3_upload.rs: CRC-32 per
 # part and FULL_OBJECT, checked by the store) against `aws s3 cp` (awscli
 # from PyPI) with the same part size and concurrency, same store, same run.
+# A third row: a `bigtransfer server --store s3://` fed by the bigtransfer
+# client over loopback (the whole path: client, protocol, server, store).
 # Prints MB/s and peak RSS of each. Not run in CI (minutes, and noisy on a
 # shared machine); not a timed test.
 #
@@ -20,7 +22,9 @@ mkdir -p "$home"
 
 echo "== building the uploader (release)" >&2
 cargo build -q --release -p bigtransfer-core --features s3 --example s3_upload
+cargo build -q --release -p bigtransfer-cli
 ours="$root/target/release/examples/s3_upload"
+bt="$root/target/release/bigtransfer"
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 if [ ! -x "$venv/bin/aws" ]; then
@@ -64,24 +68,53 @@ run() {
         'BEGIN { printf "%-34s %8.1f MB/s  %6.2f s  peak RSS %6.1f MiB\n", l, b/1e6/s, s, r/1024 }'
 }
 
-echo "== $size, parts of $part MiB, $threads at a time, $rounds round(s); source crc32 $crc"
-for r in $(seq 1 "$rounds"); do
-    cat "$src" >/dev/null # both start from a warm page cache
-    order="ours aws"; [ $((r % 2)) = 0 ] && order="aws ours"
-    for who in $order; do
-        if [ $who = ours ]; then
-            run "bigtransfer s3 module (round $r)" "$ours" "$src" "ours-$r.bin" "$part" "$threads"
-            got=$("$venv/bin/python" - "$venv/bin/aws" "$BT_S3_ENDPOINT" "$BT_S3_BUCKET" "ours-$r.bin" <<'EOF' || true
+# stored_crc KEY: the FULL_OBJECT CRC-32 the store keeps for KEY (hex).
+stored_crc() {
+    "$venv/bin/python" - "$venv/bin/aws" "$BT_S3_ENDPOINT" "$BT_S3_BUCKET" "$1" <<'EOF' || true
 import sys, subprocess, json, base64
 out = subprocess.run([sys.argv[1], "s3api", "head-object", "--endpoint-url", sys.argv[2], "--bucket", sys.argv[3],
                       "--key", sys.argv[4], "--checksum-mode", "ENABLED"], capture_output=True, text=True, check=True)
 print("%08x" % int.from_bytes(base64.b64decode(json.loads(out.stdout)["ChecksumCRC32"]), "big"))
 EOF
-            )
-            [ "$got" = "$crc" ] || { echo "bench/s3.sh: stored crc32 '$got' != source $crc" >&2; exit 1; }
-        else
+}
+check_crc() { # KEY
+    local got; got=$(stored_crc "$1")
+    [ "$got" = "$crc" ] || { echo "bench/s3.sh: stored crc32 of $1 '$got' != source $crc" >&2; exit 1; }
+}
+
+# The third row: a bigtransfer server storing into the same bucket
+# (--store s3://), fed by the bigtransfer client over loopback. Its part
+# size is fixed (8 MiB, 4 in flight); its peak RSS is the server's.
+"$bt" server --port 0 --bind 127.0.0.1 --dir "$home/srv-dir" \
+    --store "s3://$BT_S3_BUCKET/srv" --s3-endpoint "$BT_S3_ENDPOINT" \
+    >"$home/srv.out" 2>"$home/srv.log" &
+srv_pid=$!
+trap 'kill "$srv_pid" 2>/dev/null; bash tests/s3/stop.sh' EXIT
+deadline=$((SECONDS + 30))
+until grep -q '^listening on' "$home/srv.out" 2>/dev/null; do
+    kill -0 "$srv_pid" 2>/dev/null || { cat "$home/srv.log" >&2; exit 1; }
+    [ $SECONDS -lt $deadline ] || { echo "bench/s3.sh: server not ready" >&2; exit 1; }
+    sleep 0.1
+done
+srv_port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$home/srv.out" | head -1)
+
+echo "== $size, parts of $part MiB, $threads at a time, $rounds round(s); source crc32 $crc"
+for r in $(seq 1 "$rounds"); do
+    cat "$src" >/dev/null # all start from a warm page cache
+    order="ours aws server"; [ $((r % 2)) = 0 ] && order="server aws ours"
+    for who in $order; do
+        case $who in
+        ours)
+            run "bigtransfer s3 module (round $r)" "$ours" "$src" "ours-$r.bin" "$part" "$threads"
+            check_crc "ours-$r.bin" ;;
+        aws)
             run "aws s3 cp (round $r)" "$venv/bin/aws" s3 cp --only-show-errors \
-                --endpoint-url "$BT_S3_ENDPOINT" "$src" "s3://$BT_S3_BUCKET/aws-$r.bin"
-        fi
+                --endpoint-url "$BT_S3_ENDPOINT" "$src" "s3://$BT_S3_BUCKET/aws-$r.bin" ;;
+        server)
+            run "bigtransfer server --store (round $r)" "$bt" client --host 127.0.0.1 \
+                --port "$srv_port" --quiet --no-cache "$src"
+            echo "   (server peak RSS $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$srv_pid/status"))"
+            check_crc "srv/$(basename "$src")" ;;
+        esac
     done
 done

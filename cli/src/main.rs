@@ -11,6 +11,7 @@ mod parse;
 mod prompt;
 mod send;
 mod serve;
+#[cfg(feature = "s3")]
 mod store;
 
 use std::path::PathBuf;

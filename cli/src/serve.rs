@@ -225,12 +225,21 @@ fn store_settings(
     _: Option<&Loaded>,
     _: &mut ServerConfig,
 ) -> Result<(), String> {
-    match pick(a.store.clone(), val(&c.store)) {
-        Some(url) => Err(format!(
-            "--store {url}: this bigtransfer was built without object-store support (cargo feature `s3`)"
-        )),
-        None => Ok(()),
+    let asked = a.store.is_some()
+        || a.s3_endpoint.is_some()
+        || a.s3_region.is_some()
+        || a.s3_lease_stale.is_some()
+        || c.store.is_some()
+        || c.s3_endpoint.is_some()
+        || c.s3_region.is_some()
+        || c.s3_lease_stale.is_some();
+    if asked {
+        return Err(
+            "--store and --s3-*: this bigtransfer was built without object-store support (cargo feature `s3`)"
+                .into(),
+        );
     }
+    Ok(())
 }
 
 /// Where uploads go, for the log and `--check-config`.

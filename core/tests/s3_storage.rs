@@ -235,3 +235,33 @@ fn a_crc_mismatch_never_produces_a_visible_object() {
     let (_, held) = a.open(&id("bad2.bin", all.len() as u64)).expect("reopen");
     assert!(held_blocks(&held).is_empty());
 }
+
+#[test]
+fn abandoned_uploads_expire_and_fresh_ones_stay() {
+    let Some((a, _)) = nodes("expire", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(9 * MIB, 9);
+    let pid = id("old.bin", all.len() as u64);
+    {
+        let (mut p, _) = a.open(&pid).expect("open");
+        for idx in 0..8 {
+            send_block(&mut p, &all, idx, None).expect("block");
+        }
+        p.checkpoint().expect("checkpoint");
+    }
+    assert!(a
+        .expire(Duration::from_secs(3600))
+        .expect("sweep")
+        .is_empty());
+    assert_eq!(
+        a.expire(Duration::ZERO).expect("sweep"),
+        vec!["old.bin".to_string()]
+    );
+    assert!(
+        a.client().list_objects("").expect("list").is_empty(),
+        "state left"
+    );
+    let (_, held) = a.open(&pid).expect("reopen");
+    assert!(held_blocks(&held).is_empty(), "expired parts still held");
+}

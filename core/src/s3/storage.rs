@@ -82,6 +82,38 @@ impl S3Storage {
         &self.client
     }
 
+    /// Aborts the uploads nobody wrote to for `age` (their parts and
+    /// state objects go); returns their names. Errors stop the sweep with
+    /// the store's words; the next sweep tries again.
+    pub fn expire(&self, age: Duration) -> Result<Vec<String>, S3Error> {
+        let now = unix_ms(SystemTime::now());
+        let mut gone = Vec::new();
+        for e in self.client.list_objects(&format!("{STATE_DIR}/"))? {
+            let Some(name) = e.name.strip_prefix(&format!("{STATE_DIR}/")) else {
+                continue;
+            };
+            let text = match self.client.get_small(&e.name, STATE_LIMIT) {
+                Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) if e.kind == S3ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(st) = State::decode(&text) else {
+                continue;
+            };
+            if now.saturating_sub(st.beat) < age.as_millis() as u64 {
+                continue;
+            }
+            match self.client.abort_multipart(name, &st.upload) {
+                Ok(()) => {}
+                Err(e) if e.kind == S3ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.client.delete_object(&e.name)?;
+            gone.push(name.to_string());
+        }
+        Ok(gone)
+    }
+
     /// A node name unique to this process: host-less, from the process id
     /// and the start time.
     pub fn default_node() -> String {

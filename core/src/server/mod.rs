@@ -651,6 +651,10 @@ fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
 /// it: a new upload claims its name before it opens its part, so the sweep
 /// can never unlink a part under an upload that is just starting.
 fn sweep(sh: &Shared, age: Duration) {
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &sh.s3 {
+        return sweep_s3(sh, s3, age);
+    }
     let keys = match sh.store.expired(age) {
         Ok(k) => k,
         Err(e) => return (sh.logger)(&format!("expiry sweep failed: {e}")),
@@ -686,6 +690,23 @@ fn open_s3(cfg: &ServerConfig) -> Result<Option<crate::s3::S3Storage>> {
         node,
         cfg.s3_lease_stale,
     )))
+}
+
+/// The expiry sweep of an object store: uploads whose state nobody wrote
+/// for `age` are aborted (their parts deleted by the store).
+#[cfg(feature = "s3")]
+fn sweep_s3(sh: &Shared, s3: &crate::s3::S3Storage, age: Duration) {
+    match s3.expire(age) {
+        Ok(names) => {
+            for n in names {
+                (sh.logger)(&format!(
+                    "expired held upload {n} in the object store (untouched for over {}s)",
+                    age.as_secs()
+                ));
+            }
+        }
+        Err(e) => (sh.logger)(&format!("expiry sweep of the object store failed: {e}")),
+    }
 }
 
 /// Makes sure the process may open enough files for `max_connections`
