@@ -460,6 +460,28 @@ void bt_server_config_free(struct bt_server_config *config);
 enum bt_status bt_server_config_set_dir(struct bt_server_config *config, const char *dir);
 
 /**
+ * Keeps uploads in an S3-compatible object store instead of the storage
+ * directory: `url` is `s3://BUCKET[/PREFIX]` (UTF-8; `?endpoint=URL` and
+ * `&region=NAME` may follow), `endpoint` and `region` (NULL: from the URL,
+ * else AWS S3 in `us-east-1`) override the URL's. Credentials come from
+ * the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
+ * `AWS_SESSION_TOKEN`), read now. Several servers over one bucket resume
+ * each other's uploads; protocol-2 clients only. `bt_server_new` checks
+ * that the store answers (wrong credentials fail there, in the store's
+ * words). The directory is still required and holds nothing. NULL `url`
+ * goes back to the directory. A bad URL or missing credentials:
+ * `BT_INVALID_INPUT`, configuration unchanged.
+ *
+ * # Safety
+ * As `bt_server_config_set_dir`; `url`, `endpoint` and `region` NULL or
+ * NUL-terminated strings (copied).
+ */
+enum bt_status bt_server_config_set_store(struct bt_server_config *config,
+                                          const char *url,
+                                          const char *endpoint,
+                                          const char *region);
+
+/**
  * Sets the address to listen on: an IPv4 or IPv6 address (UTF-8, e.g.
  * `"127.0.0.1"` or `"::1"`; brackets allowed). NULL goes back to the
  * default: every interface, IPv6 and IPv4. Not an address:

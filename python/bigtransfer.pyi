@@ -136,6 +136,9 @@ class Server:
         token: Optional[_Token] = None,
         allow_legacy: bool = False,
         min_free: int = 0,
+        store: Optional[str] = None,
+        s3_endpoint: Optional[str] = None,
+        s3_region: Optional[str] = None,
     ) -> "Server":
         """Create ``dir`` if missing and bind at once (``port=0`` picks a free
         port, see ``address``).
@@ -153,6 +156,15 @@ class Server:
         (challenge-response, the token never crosses the wire); the others
         are refused ("authentication failed"). Legacy (protocol 1) clients
         cannot prove it and are refused too unless ``allow_legacy`` is true.
+
+        ``store="s3://BUCKET[/PREFIX]"``: keep uploads in an S3-compatible
+        object store instead of ``dir`` (protocol-2 clients only; several
+        servers over one bucket resume each other's uploads).
+        ``s3_endpoint``/``s3_region`` override the URL's (defaults: AWS S3,
+        ``us-east-1``); credentials from ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``. Checked at once:
+        a bad URL raises ``InvalidInputError``, refused credentials
+        ``RefusedError``.
         """
     @property
     def address(self) -> Tuple[str, int]:

@@ -11,8 +11,6 @@ mod parse;
 mod prompt;
 mod send;
 mod serve;
-#[cfg(feature = "s3")]
-mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -201,15 +201,10 @@ fn store_settings(
     let Some(url) = pick(a.store.clone(), val(&c.store)) else {
         return Ok(());
     };
-    let u = crate::store::parse(&url)?;
-    let region = pick(a.s3_region.clone(), val(&c.s3_region))
-        .or(u.region)
-        .unwrap_or_else(|| "us-east-1".into());
-    let endpoint = pick(a.s3_endpoint.clone(), val(&c.s3_endpoint))
-        .or(u.endpoint)
-        .unwrap_or_else(|| crate::store::default_endpoint(&region));
-    let s3 = bigtransfer_core::s3::Config::from_env(&endpoint, &region, &u.bucket, &u.prefix)
-        .map_err(|e| format!("--store {url}: {e}"))?;
+    let endpoint = pick(a.s3_endpoint.clone(), val(&c.s3_endpoint));
+    let region = pick(a.s3_region.clone(), val(&c.s3_region));
+    let s3 = bigtransfer_core::s3::store_config(&url, endpoint.as_deref(), region.as_deref())
+        .map_err(|e| format!("--store {url}: {}", e.message))?;
     cfg.s3 = Some(s3);
     let stale = f.map_or(Ok(None), |l| l.duration(&c.s3_lease_stale))?;
     if let Some(d) = pick(a.s3_lease_stale, stale) {

@@ -150,6 +150,79 @@ pub unsafe extern "C" fn bt_server_config_set_dir(
     }
 }
 
+/// Keeps uploads in an S3-compatible object store instead of the storage
+/// directory: `url` is `s3://BUCKET[/PREFIX]` (UTF-8; `?endpoint=URL` and
+/// `&region=NAME` may follow), `endpoint` and `region` (NULL: from the URL,
+/// else AWS S3 in `us-east-1`) override the URL's. Credentials come from
+/// the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
+/// `AWS_SESSION_TOKEN`), read now. Several servers over one bucket resume
+/// each other's uploads; protocol-2 clients only. `bt_server_new` checks
+/// that the store answers (wrong credentials fail there, in the store's
+/// words). The directory is still required and holds nothing. NULL `url`
+/// goes back to the directory. A bad URL or missing credentials:
+/// `BT_INVALID_INPUT`, configuration unchanged.
+///
+/// # Safety
+/// As `bt_server_config_set_dir`; `url`, `endpoint` and `region` NULL or
+/// NUL-terminated strings (copied).
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_store(
+    config: *mut bt_server_config,
+    url: *const c_char,
+    endpoint: *const c_char,
+    region: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_store", config, |c| {
+            if url.is_null() {
+                return set_store(c, None);
+            }
+            // SAFETY: each non-NULL and NUL-terminated by the contract.
+            let opt = |p: *const c_char, what| -> Result<Option<&str>, Failure> {
+                if p.is_null() {
+                    return Ok(None);
+                }
+                arg_utf8(p, what).map(Some)
+            };
+            // SAFETY: non-NULL, NUL-terminated by the contract.
+            let url = arg_utf8(url, "url")?;
+            set_store(
+                c,
+                Some((url, opt(endpoint, "endpoint")?, opt(region, "region")?)),
+            )
+        })
+    }
+}
+
+#[cfg(feature = "s3")]
+fn set_store(
+    c: &mut bt_server_config,
+    store: Option<(&str, Option<&str>, Option<&str>)>,
+) -> Result<(), Failure> {
+    c.inner.s3 = match store {
+        None => None,
+        Some((url, endpoint, region)) => Some(
+            bigtransfer_core::s3::store_config(url, endpoint, region)
+                .map_err(|e| Failure::invalid(e.message))?,
+        ),
+    };
+    Ok(())
+}
+
+#[cfg(not(feature = "s3"))]
+fn set_store(
+    _: &mut bt_server_config,
+    store: Option<(&str, Option<&str>, Option<&str>)>,
+) -> Result<(), Failure> {
+    match store {
+        None => Ok(()),
+        Some(_) => Err(Failure::invalid(
+            "this library was built without object-store support (cargo feature `s3`)",
+        )),
+    }
+}
+
 /// Sets the address to listen on: an IPv4 or IPv6 address (UTF-8, e.g.
 /// `"127.0.0.1"` or `"::1"`; brackets allowed). NULL goes back to the
 /// default: every interface, IPv6 and IPv4. Not an address:

@@ -41,7 +41,8 @@ enum RunState {
 ///
 /// ``Server(dir, port=8080, bind=None, max_connections=64, timeout=60.0,
 /// expire_partial=604800.0, max_file_size=None, token=None,
-/// allow_legacy=False, min_free=0)`` creates ``dir`` if missing and binds
+/// allow_legacy=False, min_free=0, store=None, s3_endpoint=None,
+/// s3_region=None)`` creates ``dir`` if missing and binds
 /// at once, so ``address`` holds the real port even when ``port`` is 0.
 /// ``bind`` is the address to listen on (default: every interface, IPv6 and
 /// IPv4 where the system allows). At most ``max_connections`` uploads are
@@ -57,6 +58,15 @@ enum RunState {
 /// ("authentication failed"). Legacy (protocol 1) clients cannot prove it
 /// and are refused unless ``allow_legacy`` is true. Log lines go to
 /// standard error.
+///
+/// With ``store="s3://BUCKET[/PREFIX]"`` uploads go to an S3-compatible
+/// object store instead of ``dir`` (which then holds nothing): several
+/// servers over one bucket resume each other's uploads (protocol-2 clients
+/// only). ``s3_endpoint`` (e.g. ``"http://127.0.0.1:8333"``, path-style)
+/// and ``s3_region`` override the URL's ``?endpoint=``/``&region=``
+/// (defaults: AWS S3, ``us-east-1``); credentials come from
+/// ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``.
+/// The store is checked at once (wrong credentials raise here).
 ///
 /// Serve with ``serve_forever()`` (blocks until ``stop()`` or Ctrl-C) or
 /// ``start()`` (in the background); ``stop()`` ends either. As a context
@@ -169,10 +179,12 @@ impl PyServer {
     #[new]
     #[pyo3(signature = (dir, port = 8080, bind = None, max_connections = 64, timeout = 60.0,
                         expire_partial = Some(604800.0), max_file_size = None, token = None,
-                        allow_legacy = false, min_free = 0),
+                        allow_legacy = false, min_free = 0, store = None, s3_endpoint = None,
+                        s3_region = None),
            text_signature = "(dir, port=8080, bind=None, max_connections=64, timeout=60.0, \
                              expire_partial=604800.0, max_file_size=None, token=None, \
-                             allow_legacy=False, min_free=0)")]
+                             allow_legacy=False, min_free=0, store=None, s3_endpoint=None, \
+                             s3_region=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -186,6 +198,9 @@ impl PyServer {
         token: Option<Bound<'_, PyAny>>,
         allow_legacy: bool,
         min_free: i128,
+        store: Option<&str>,
+        s3_endpoint: Option<&str>,
+        s3_region: Option<&str>,
     ) -> PyResult<PyServer> {
         let dir_arg = dir.clone().unbind();
         let dir = path_arg(dir)?;
@@ -208,6 +223,11 @@ impl PyServer {
         cfg.token = token_arg(py, token.as_ref())?;
         cfg.allow_legacy = allow_legacy;
         cfg.min_free = int_arg(py, "min_free", min_free, 0, u64::MAX.into())? as u64;
+        if let Some(url) = store {
+            let s3 = bigtransfer_core::s3::store_config(url, s3_endpoint, s3_region)
+                .map_err(|e| to_py(py, &bigtransfer_core::Error::from(e), None))?;
+            cfg.s3 = Some(s3);
+        }
         cfg.logger = Some(bigtransfer_core::server::default_logger());
         let core = py
             .detach(|| bigtransfer_core::Server::bind(cfg))

@@ -637,3 +637,23 @@ def test_module_client_resumes_on_cli_server(cli_server, tmp_path):
     assert result.resumed_from > 0
     assert result.bytes_sent == len(data) - result.resumed_from
     assert (store / "cli-resume.bin").read_bytes() == data
+
+
+def test_store_url_is_checked_at_once(tmp_path, monkeypatch):
+    with pytest.raises(bigtransfer.InvalidInputError) as info:
+        bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, store="/srv/not-a-url")
+    assert "s3://" in str(info.value)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    with pytest.raises(bigtransfer.InvalidInputError) as info:
+        bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, store="s3://bucket/p")
+    assert "AWS_ACCESS_KEY_ID" in str(info.value)
+    # Credentials the store refuses stop the server before it serves
+    # (only with a store, from tests/s3/run.sh).
+    endpoint = os.environ.get("BT_S3_ENDPOINT")
+    if endpoint:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "btaccesskey")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(bigtransfer.RefusedError) as info:
+            bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, store="s3://bt-test/py",
+                               s3_endpoint=endpoint)
+        assert "refused the credentials" in str(info.value)

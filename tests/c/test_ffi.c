@@ -310,6 +310,11 @@ int main(void) {
           "a bad bind address is BT_INVALID_INPUT");
     CHECK(bt_server_config_set_max_connections(config, 0) == BT_INVALID_INPUT,
           "max_connections 0 is BT_INVALID_INPUT");
+    CHECK(bt_server_config_set_store(config, "/not/a/url", NULL, NULL) == BT_INVALID_INPUT &&
+              message_set() && strstr(bt_last_error_message(), "s3://") != NULL,
+          "a store that is not s3:// is BT_INVALID_INPUT, in words");
+    CHECK(bt_server_config_set_store(config, NULL, NULL, NULL) == BT_OK,
+          "set_store NULL: back to the directory");
     CHECK(bt_server_config_set_dir(config, store_dir) == BT_OK, "set_dir");
     CHECK(bt_server_config_set_bind_address(config, "127.0.0.1") == BT_OK, "set_bind_address");
     CHECK(bt_server_config_set_port(config, 0) == BT_OK, "set_port 0");

@@ -22,6 +22,7 @@
 mod client;
 mod error;
 mod storage;
+mod url;
 mod xml;
 
 pub use client::{Client, Condition, ObjectEntry, ObjectInfo, Part, PartInfo};
@@ -29,6 +30,7 @@ pub use error::{S3Error, S3ErrorKind};
 pub use storage::{
     blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MAX_INFLIGHT, MIN_PART, STATE_DIR,
 };
+pub use url::{store_config, StoreUrl};
 
 use std::fmt;
 use std::time::Duration;
