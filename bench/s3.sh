@@ -65,7 +65,7 @@ run() {
     /usr/bin/time -f "%e %M" -o "$t" "$@" >/dev/null
     read -r secs rss <"$t"; rm -f "$t"
     awk -v l="$label" -v b="$want_bytes" -v s="$secs" -v r="$rss" \
-        'BEGIN { printf "%-34s %8.1f MB/s  %6.2f s  peak RSS %6.1f MiB\n", l, b/1e6/s, s, r/1024 }'
+        'BEGIN { printf "%-38s %8.1f MB/s  %6.2f s  peak RSS %6.1f MiB\n", l, b/1e6/s, s, r/1024 }'
 }
 
 # stored_crc KEY: the FULL_OBJECT CRC-32 the store keeps for KEY (hex).
