@@ -265,3 +265,37 @@ fn abandoned_uploads_expire_and_fresh_ones_stay() {
     let (_, held) = a.open(&pid).expect("reopen");
     assert!(held_blocks(&held).is_empty(), "expired parts still held");
 }
+
+#[test]
+fn a_block_damaged_in_flight_holds_back_its_part_until_repaired() {
+    let Some((a, b)) = nodes("repair", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(17 * MIB + 1, 13);
+    let pid = id("fix.bin", all.len() as u64);
+    let (mut p, _) = a.open(&pid).expect("open");
+    for idx in 0..18 {
+        send_block(&mut p, &all, idx, None).expect("block");
+        if idx == 3 {
+            // Its trailer did not match: the machine records it as bad.
+            p.record_block(3, 0xbad, false).expect("record bad");
+        }
+    }
+    // The repair round starts with a checkpoint: part 1 is not stored.
+    p.checkpoint().expect("checkpoint");
+    let (done_bytes, done_blocks) = (p.held_bytes(), p.held_blocks());
+    assert_eq!(
+        (done_bytes, done_blocks),
+        (9 * MIB + 1, 10),
+        "parts 2 and 3 only"
+    );
+    send_block(&mut p, &all, 3, None).expect("repaired block");
+    p.checkpoint().expect("checkpoint");
+    assert_eq!(p.held_blocks(), 18);
+    drop(p);
+    // Resumed elsewhere: everything is held; completing gives the file.
+    let (mut p, held) = b.open(&pid).expect("open on B");
+    assert_eq!(held_blocks(&held).len(), 18);
+    p.commit(crc32fast::hash(&all)).expect("commit");
+    assert_eq!(read_back(&b, "fix.bin", all.len() as u64), all);
+}

@@ -44,6 +44,10 @@ pub const MIN_PART: u64 = 8 << 20;
 pub const MAX_PARTS: u64 = 10_000;
 /// The most parts of one upload buffered in memory at once.
 pub const MAX_BUFFERED: usize = 8;
+/// While bytes arrive, the holder writes its state at least this often,
+/// even when no part was completed (a slow client), so its lease stays
+/// fresh: well under the default stale time of 30 s.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The most part uploads of one upload in flight at once (their threads
 /// hold their parts' memory).
 pub const MAX_INFLIGHT: usize = 4;
@@ -615,6 +619,10 @@ impl HeldPart for S3Part {
         }
         let buf = self.buf(number)?;
         buf.data[at..at + bytes.len()].copy_from_slice(bytes);
+        if self.last_write.elapsed() >= HEARTBEAT {
+            // A slow upload fills no part for a while: say we are alive.
+            self.write_state(true)?;
+        }
         Ok(())
     }
 
