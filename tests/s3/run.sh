@@ -2,7 +2,7 @@
 # Runs the S3 tests against a real store: starts SeaweedFS
 # (tests/s3/start.sh, with a second gateway), runs the client's and the
 # storage seam's integration tests
-# (`cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage`)
+# (`cargo test -p bigtransfer-core --features s3,s3-https --test s3 --test s3_storage`)
 # and the servers-over-S3 end-to-end tests (`--test e2e s3::`: two server
 # processes over one bucket), and stops the store by PID whatever happens
 # (trap). Extra arguments go to the test binaries.
@@ -19,5 +19,6 @@ if ! env_lines="$(bash tests/s3/start.sh --second)"; then
     exit 1
 fi
 eval "$env_lines"
-cargo test -p bigtransfer-core --features s3 --test s3 --test s3_storage -- "$@"
+# The features the CLI builds the core with, so nothing is built twice.
+cargo test -p bigtransfer-core --features s3,s3-https --test s3 --test s3_storage -- "$@"
 cargo test -p bigtransfer-cli --test e2e s3:: -- "$@"
