@@ -158,7 +158,7 @@ class Server:
         cannot prove it and are refused too unless ``allow_legacy`` is true.
 
         ``store="s3://BUCKET[/PREFIX]"``: keep uploads in an S3-compatible
-        object store instead of ``dir`` (protocol-2 clients only; several
+        object store instead of ``dir`` (legacy clients too; several
         servers over one bucket resume each other's uploads).
         ``s3_endpoint``/``s3_region`` override the URL's (defaults: AWS S3,
         ``us-east-1``); credentials from ``AWS_ACCESS_KEY_ID``,

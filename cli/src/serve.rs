@@ -71,7 +71,7 @@ pub struct ServerArgs {
     #[arg(long)]
     metrics: Option<String>,
     /// Keep uploads in an S3-compatible object store instead of --dir:
-    /// s3://BUCKET[/PREFIX] (protocol-2 clients only). Several servers
+    /// s3://BUCKET[/PREFIX]. Several servers
     /// over one bucket resume each other's uploads. Credentials from
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
     #[arg(long)]

@@ -156,7 +156,7 @@ pub unsafe extern "C" fn bt_server_config_set_dir(
 /// else AWS S3 in `us-east-1`) override the URL's. Credentials come from
 /// the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
 /// `AWS_SESSION_TOKEN`), read now. Several servers over one bucket resume
-/// each other's uploads; protocol-2 clients only. `bt_server_new` checks
+/// each other's uploads. `bt_server_new` checks
 /// that the store answers (wrong credentials fail there, in the store's
 /// words). The directory is still required and holds nothing. NULL `url`
 /// goes back to the directory. A bad URL or missing credentials:

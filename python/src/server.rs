@@ -61,8 +61,7 @@ enum RunState {
 ///
 /// With ``store="s3://BUCKET[/PREFIX]"`` uploads go to an S3-compatible
 /// object store instead of ``dir`` (which then holds nothing): several
-/// servers over one bucket resume each other's uploads (protocol-2 clients
-/// only). ``s3_endpoint`` (e.g. ``"http://127.0.0.1:8333"``, path-style)
+/// servers over one bucket resume each other's uploads. ``s3_endpoint`` (e.g. ``"http://127.0.0.1:8333"``, path-style)
 /// and ``s3_region`` override the URL's ``?endpoint=``/``&region=``
 /// (defaults: AWS S3, ``us-east-1``); credentials come from
 /// ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``.

@@ -258,3 +258,41 @@ fn wrong_credentials_stop_the_server_with_the_stores_words() {
     assert_ne!(status.code(), Some(0));
     assert!(err.contains("refused the credentials"), "{err}");
 }
+
+#[test]
+fn a_legacy_upload_killed_on_node_a_resumes_on_node_b_from_whole_parts() {
+    let Some(store) = Store::get("legacy") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("old.bin");
+    let size = 40 * 1024 * 1024 + 5;
+    write_random(&src, size, 21);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let mut slow = spawn_client(&a, &src, &["--legacy", "--limit-rate", "20M"]);
+    assert!(
+        wait_until(LONG, || store.parts_recorded("old.bin") >= 2),
+        "no parts recorded; A's log:\n{}",
+        a.log.text()
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(slow.id() as libc::pid_t, libc::SIGKILL) };
+    wait_child(&mut slow, LONG).unwrap();
+    assert!(a.log.wait_for("held part kept", LONG), "{}", a.log.text());
+
+    let out = send(&b, &src, &["--legacy"]);
+    assert_ok(&out);
+    let from = field(&out, "resumed_from");
+    assert!(
+        from >= 16 << 20 && from % (8 << 20) == 0,
+        "resumed from {from}"
+    );
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        size - from,
+        "only the rest is sent"
+    );
+    assert_eq!(field(&out, "protocol"), 1);
+    assert_object_is(&store, "old.bin", &src);
+}

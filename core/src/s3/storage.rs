@@ -26,8 +26,11 @@
 //! own while the next ones arrive: with 8 MiB parts, 40 MiB per upload in
 //! the usual case, 96 MiB at most.
 //!
-//! Not for: protocol 1 (a growing prefix; refused with words), claims
-//! within one node (the server's), downloads or listings.
+//! Protocol 1 (a growing prefix) is the same with one part per "block"
+//! (8 MiB or more), its CRC-32 computed here from the bytes as they fill
+//! it; the resume offset is the uploaded parts from the start.
+//!
+//! Not for: claims within one node (the server's), downloads or listings.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +134,13 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Protocol 1's part size for a file: [`MIN_PART`], or more (whole MiB)
+/// so that there are at most [`MAX_PARTS`] parts.
+pub fn v1_part_size(filesize: u64) -> u64 {
+    let mib = 1 << 20;
+    MIN_PART.max(filesize.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+}
+
 /// Blocks per part for a file: parts of at least [`MIN_PART`], at most
 /// [`MAX_PARTS`] of them.
 pub fn blocks_per_part(filesize: u64, block: u64) -> u64 {
@@ -152,6 +162,9 @@ struct DonePart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct State {
     size: u64,
+    /// Protocol 1: the whole file's CRC-32 from the header (part of the
+    /// upload's identity); 0 for protocol 2.
+    crc: u32,
     block: u64,
     per: u64,
     upload: String,
@@ -165,8 +178,8 @@ const MAGIC: &str = "bigtransfer-s3-upload 1";
 impl State {
     fn encode(&self) -> String {
         let mut s = format!(
-            "{MAGIC}\nsize {}\nblock {}\nper {}\nupload {}\nholder {}\nbeat {}\n",
-            self.size, self.block, self.per, self.upload, self.holder, self.beat
+            "{MAGIC}\nsize {}\ncrc {:08x}\nblock {}\nper {}\nupload {}\nholder {}\nbeat {}\n",
+            self.size, self.crc, self.block, self.per, self.upload, self.holder, self.beat
         );
         for (n, p) in &self.parts {
             let crcs: Vec<String> = p.crcs.iter().map(|c| format!("{c:08x}")).collect();
@@ -200,6 +213,7 @@ impl State {
         let num = |k: &str| kv.get(k)?.parse::<u64>().ok();
         Some(State {
             size: num("size")?,
+            crc: u32::from_str_radix(kv.get("crc")?, 16).ok()?,
             block: num("block")?,
             per: num("per")?,
             upload: kv.get("upload")?.clone(),
@@ -234,6 +248,9 @@ pub struct S3Part {
     etag: String,
     last_write: Instant,
     filesize: u64,
+    /// Protocol 1: one growing prefix, cut into parts of one "block"
+    /// each, whose CRC-32s are computed here.
+    v1: bool,
     bufs: BTreeMap<u16, PartBuf>,
     /// Parts on their way to the store, oldest first.
     inflight: std::collections::VecDeque<Inflight>,
@@ -258,11 +275,9 @@ impl Storage for S3Storage {
     type Part = S3Part;
 
     fn open(&self, id: &PartId) -> Result<(S3Part, Held), Fault> {
-        let Layout::Blocks { block } = id.layout else {
-            return Err(Fault::new(
-                FaultCode::BadRequest,
-                "this server stores into an object store, which needs protocol 2 (a bigtransfer client, not the legacy one)",
-            ));
+        let (block, per, crc) = match id.layout {
+            Layout::Blocks { block } => (block, blocks_per_part(id.filesize, block), None),
+            Layout::Prefix { crc32 } => (v1_part_size(id.filesize), 1, Some(crc32)),
         };
         if id.name == STATE_DIR || id.name.contains('/') {
             return Err(Fault::new(
@@ -270,16 +285,20 @@ impl Storage for S3Storage {
                 format!("refused file name {:?}: reserved for the server", id.name),
             ));
         }
+        // Refused before anything is written to the store.
+        let empty = HeldSet::new(id.filesize, block)?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut part = S3Part {
             client: Arc::clone(&self.client),
             name: id.name.clone(),
             state_key: format!("{STATE_DIR}/{}", id.name),
             holder: format!("{}-{n}", self.node),
+            v1: crc.is_some(),
             state: State {
                 size: id.filesize,
+                crc: crc.unwrap_or(0),
                 block,
-                per: blocks_per_part(id.filesize, block),
+                per,
                 upload: String::new(),
                 holder: String::new(),
                 beat: 0,
@@ -293,8 +312,12 @@ impl Storage for S3Storage {
             ended: false,
         };
         part.acquire(self.lease_stale)?;
-        let held = part.held()?;
-        Ok((part, Held::Blocks(held)))
+        let held = if part.v1 {
+            part.held_prefix()
+        } else {
+            Held::Blocks(part.held(empty))
+        };
+        Ok((part, held))
     }
 }
 
@@ -323,8 +346,13 @@ impl S3Part {
         }
         match old {
             Some(o)
-                if (o.size, o.block, o.per)
-                    == (self.filesize, self.state.block, self.state.per) =>
+                if (o.size, o.crc, o.block, o.per)
+                    == (
+                        self.filesize,
+                        self.state.crc,
+                        self.state.block,
+                        self.state.per,
+                    ) =>
             {
                 self.resume(o, etag)
             }
@@ -438,9 +466,27 @@ impl S3Part {
         (off, loff + llen - off)
     }
 
+    /// Protocol 1: the uploaded parts from the start without a gap, as
+    /// one prefix with its CRC-32.
+    fn held_prefix(&self) -> Held {
+        let mut pieces = Vec::new();
+        let mut offset = 0;
+        for n in 1.. {
+            let Some(p) = self.state.parts.get(&n) else {
+                break;
+            };
+            let (_, len) = self.part_range(n);
+            pieces.push((p.crcs.first().copied().unwrap_or(0), len));
+            offset += len;
+        }
+        Held::Prefix {
+            offset,
+            crc32: combine(pieces),
+        }
+    }
+
     /// The held set: every block of every uploaded part, durable.
-    fn held(&self) -> Result<HeldSet, Fault> {
-        let mut set = HeldSet::new(self.filesize, self.state.block)?;
+    fn held(&self, mut set: HeldSet) -> HeldSet {
         for (&n, p) in &self.state.parts {
             let first = (n as u64 - 1) * self.state.per;
             for (i, &c) in p.crcs.iter().enumerate() {
@@ -448,7 +494,7 @@ impl S3Part {
             }
         }
         set.make_durable();
-        Ok(set)
+        set
     }
 
     /// The buffer of part `number`, made if missing (a part already
@@ -481,6 +527,14 @@ impl S3Part {
         self.bufs
             .get_mut(&number)
             .ok_or_else(|| Fault::new(FaultCode::Internal, "part buffer vanished"))
+    }
+
+    /// Protocol 1: part `number` is full; its CRC-32 from its bytes.
+    fn seal(&mut self, number: u16) -> Result<(), Fault> {
+        if let Some(b) = self.bufs.get_mut(&number) {
+            b.crcs = vec![Some(crc32fast::hash(&b.data))];
+        }
+        self.flush(number)
     }
 
     /// Sends part `number` to the store in the background once all its
@@ -610,15 +664,24 @@ impl S3Part {
 }
 
 impl HeldPart for S3Part {
-    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
-        let (number, _) = self.locate(offset / self.state.block);
-        let (start, len) = self.part_range(number);
-        let at = (offset - start) as usize;
-        if offset + bytes.len() as u64 > start + len {
-            return Err(Fault::new(FaultCode::Internal, "write across parts"));
+    fn write_at(&mut self, mut offset: u64, mut bytes: &[u8]) -> Result<(), Fault> {
+        // A protocol-1 write may cross parts (a protocol-2 one never
+        // crosses its block).
+        while !bytes.is_empty() {
+            if offset >= self.filesize {
+                return Err(Fault::new(FaultCode::Internal, "write past the end"));
+            }
+            let (number, _) = self.locate(offset / self.state.block);
+            let (start, len) = self.part_range(number);
+            let n = ((start + len - offset) as usize).min(bytes.len());
+            let at = (offset - start) as usize;
+            self.buf(number)?.data[at..at + n].copy_from_slice(&bytes[..n]);
+            if self.v1 && offset + n as u64 == start + len {
+                self.seal(number)?;
+            }
+            offset += n as u64;
+            bytes = &bytes[n..];
         }
-        let buf = self.buf(number)?;
-        buf.data[at..at + bytes.len()].copy_from_slice(bytes);
         if self.last_write.elapsed() >= HEARTBEAT {
             // A slow upload fills no part for a while: say we are alive.
             self.write_state(true)?;
@@ -654,10 +717,14 @@ impl HeldPart for S3Part {
             let missing = b.crcs.iter().enumerate().filter(|(_, c)| c.is_none());
             gone.extend(missing.map(|(i, _)| first + i as u64));
         }
-        Ok(if gone.is_empty() {
-            Recheck::Same
-        } else {
-            Recheck::Changed(gone)
+        Ok(match (gone.is_empty(), self.v1) {
+            (true, _) => Recheck::Same,
+            (false, false) => Recheck::Changed(gone),
+            (false, true) => Recheck::Wrong(format!(
+                "{}: {} byte range(s) never reached the object store",
+                self.name,
+                self.bufs.len()
+            )),
         })
     }
 
@@ -742,6 +809,7 @@ mod tests {
         );
         let s = State {
             size: 99,
+            crc: 0xfeed_f00d,
             block: 1 << 20,
             per: 8,
             upload: "u-1".into(),
@@ -751,6 +819,9 @@ mod tests {
         };
         assert_eq!(State::decode(&s.encode()), Some(s));
         assert_eq!(State::decode("other\n"), None);
+        assert_eq!(v1_part_size(1 << 30), MIN_PART);
+        assert_eq!(v1_part_size(1 << 40) % (1 << 20), 0);
+        assert!((1u64 << 40).div_ceil(v1_part_size(1 << 40)) <= MAX_PARTS);
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub struct ServerConfig {
     pub min_rate: u64,
     /// Store uploads in this S3 bucket (and prefix) instead of `dir`
     /// (which then keeps nothing): any server node over the same bucket
-    /// can resume an upload another node started. Protocol 2 only.
+    /// can resume an upload another node started.
     #[cfg(feature = "s3")]
     pub s3: Option<crate::s3::Config>,
     /// With `s3`: an upload whose node wrote nothing for this long may be
