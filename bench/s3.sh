@@ -85,6 +85,7 @@ check_crc() { # KEY
 # The third row: a bigtransfer server storing into the same bucket
 # (--store s3://), fed by the bigtransfer client over loopback. Its part
 # size is fixed (8 MiB, 4 in flight); its peak RSS is the server's.
+rm -f "$home/srv.out" # (an old run's would pass the readiness check)
 "$bt" server --port 0 --bind 127.0.0.1 --dir "$home/srv-dir" \
     --store "s3://$BT_S3_BUCKET/srv" --s3-endpoint "$BT_S3_ENDPOINT" \
     >"$home/srv.out" 2>"$home/srv.log" &
