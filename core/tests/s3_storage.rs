@@ -299,3 +299,41 @@ fn a_block_damaged_in_flight_holds_back_its_part_until_repaired() {
     p.commit(crc32fast::hash(&all)).expect("commit");
     assert_eq!(read_back(&b, "fix.bin", all.len() as u64), all);
 }
+
+#[test]
+fn an_unreachable_store_is_a_transient_fault_in_words() {
+    // Needs no store: a closed loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let cfg = Config {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        bucket: "b".into(),
+        prefix: String::new(),
+        path_style: true,
+        credentials: bigtransfer_core::s3::Credentials {
+            key: "k".into(),
+            secret: "s".into(),
+            token: None,
+        },
+        retry: Retry {
+            attempts: 2,
+            base: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+            max_total: Duration::from_secs(2),
+        },
+        timeout: Duration::from_secs(2),
+        page_size: 1000,
+    };
+    let s = S3Storage::new(
+        Client::new(cfg).expect("client"),
+        "n",
+        Duration::from_secs(30),
+    );
+    let f = s.open(&id("u.bin", 5)).err().expect("no store, no upload");
+    assert_eq!(f.code, FaultCode::Storage, "{}", f.words);
+    assert!(f.code.is_transient());
+    assert!(f.words.contains("unreachable"), "{}", f.words);
+}
