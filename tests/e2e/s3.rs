@@ -296,3 +296,48 @@ fn a_legacy_upload_killed_on_node_a_resumes_on_node_b_from_whole_parts() {
     assert_eq!(field(&out, "protocol"), 1);
     assert_object_is(&store, "old.bin", &src);
 }
+
+#[test]
+fn a_bit_flipped_on_the_wire_never_reaches_the_object() {
+    let Some(store) = Store::get("flip") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("flip.bin");
+    let mib = 1024 * 1024;
+    let size = 20 * mib + 3;
+    write_random(&src, size, 74);
+    let srv = store.server(0, t.path(), &[]);
+    for legacy in [false, true] {
+        // Each round must store the object itself.
+        let _ = store.client().delete_object("flip.bin");
+        let proxy = crate::verified::flip_proxy(srv.addr, 5 * mib + mib / 2, 4);
+        let port = proxy.port().to_string();
+        let mut args = vec!["--host", "127.0.0.1", "--port", &port, "--json", "--quiet"];
+        args.push("--no-cache");
+        if legacy {
+            args.push("--legacy");
+        }
+        args.push(src.to_str().unwrap());
+        let out = client(&args, b"", &[]);
+        assert_ok(&out);
+        if legacy {
+            // Protocol 1 can only start over; the store never saw a
+            // completion of the damaged stream.
+            assert_eq!(field(&out, "attempts"), 2, "{}", stdout(&out));
+        } else {
+            assert_eq!(field(&out, "repairs"), 1, "{}", stdout(&out));
+            assert_eq!(
+                field(&out, "bytes_sent"),
+                size + mib,
+                "only the block again"
+            );
+        }
+        assert_object_is(&store, "flip.bin", &src);
+    }
+    assert!(
+        srv.log.text().contains("arrived damaged"),
+        "{}",
+        srv.log.text()
+    );
+}

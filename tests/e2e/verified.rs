@@ -129,7 +129,7 @@ fn a_corrupted_held_block_is_resent_alone() {
 /// A loopback proxy that flips one bit at byte `at` of the client-to-server
 /// stream of its first connection. Serves at most `max` connections within
 /// a minute, then stops by itself.
-fn flip_proxy(target: SocketAddr, at: u64, max: usize) -> SocketAddr {
+pub(crate) fn flip_proxy(target: SocketAddr, at: u64, max: usize) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     l.set_nonblocking(true).unwrap();
