@@ -341,3 +341,97 @@ fn a_bit_flipped_on_the_wire_never_reaches_the_object() {
         srv.log.text()
     );
 }
+
+/// A store of a test's own (tests/s3/start.sh on ports from
+/// BT_S3_RESTART_BASE, default 18380, state in `dir`), stopped by PID on
+/// drop.
+struct PrivateStore {
+    dir: std::path::PathBuf,
+    base: String,
+    endpoint: String,
+}
+
+impl PrivateStore {
+    fn script(name: &str) -> String {
+        format!("{}/../tests/s3/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn run(&self, script: &str, arg: &str) -> std::process::Output {
+        std::process::Command::new("bash")
+            .arg(Self::script(script))
+            .arg(arg)
+            .env("BT_S3_DIR", &self.dir)
+            .env("BT_S3_BASE", &self.base)
+            .output()
+            .expect("bash")
+    }
+
+    /// Starts it, or says why not (ports in use) and gives `None`.
+    fn start(dir: &Path) -> Option<PrivateStore> {
+        let base = std::env::var("BT_S3_RESTART_BASE").unwrap_or_else(|_| "18380".into());
+        let mut s = PrivateStore {
+            dir: dir.to_path_buf(),
+            base,
+            endpoint: String::new(),
+        };
+        let out = s.run("start.sh", "");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some(e) = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("BT_S3_ENDPOINT="))
+        else {
+            eprintln!(
+                "skipped: a private store could not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        };
+        s.endpoint = e.to_string();
+        Some(s)
+    }
+}
+
+impl Drop for PrivateStore {
+    fn drop(&mut self) {
+        let _ = self.run("stop.sh", "");
+    }
+}
+
+#[test]
+fn the_store_stopped_mid_upload_and_restarted_the_upload_goes_on() {
+    let Some(shared) = Store::get("restart") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let Some(private) = PrivateStore::start(&t.path().join("store")) else {
+        return;
+    };
+    let store = Store {
+        endpoints: [private.endpoint.clone(), private.endpoint.clone()],
+        bucket: shared.bucket.clone(),
+        prefix: shared.prefix.clone(),
+    };
+    let src = t.path().join("survive.bin");
+    write_random(&src, 48 * 1024 * 1024, 41);
+    let srv = store.server(0, t.path(), &[]);
+    let slow = spawn_client(&srv, &src, &["--limit-rate", "10M", "--retries", "20"]);
+    assert!(
+        wait_until(LONG, || store.parts_recorded("survive.bin") >= 1),
+        "no parts recorded; log:\n{}",
+        srv.log.text()
+    );
+    let stopped = private.run("stop.sh", "--keep");
+    assert!(stopped.status.success(), "{stopped:?}");
+    let restarted = private.run("start.sh", "--keep-data");
+    assert!(restarted.status.success(), "{restarted:?}");
+    let (code, err) = finish_client(slow);
+    assert_eq!(code, Some(0), "{err}\nserver log:\n{}", srv.log.text());
+    // (Usually a part upload ran out of retries while the store was down:
+    // the connection ended with "unreachable", the held part kept, and the
+    // client's retry resumed from the parts stored.)
+    let log = srv.log.text();
+    if log.contains("unreachable") {
+        assert!(log.contains("held part kept"), "{log}");
+    }
+    assert_object_is(&store, "survive.bin", &src);
+}

