@@ -405,6 +405,15 @@ pub trait Storage {
 pub trait HeldPart {
     /// Writes `bytes` at file offset `offset`.
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault>;
+    /// Protocol 1's write: like [`HeldPart::write_at`], with `crc_after`,
+    /// the CRC-32 of the whole prefix after these bytes, which the
+    /// [`Receiver`] computed already ([`Receiver::prefix_crc`]); a storage
+    /// that records a running CRC-32 uses it instead of computing it a
+    /// second time. The default ignores it.
+    fn write_grown(&mut self, offset: u64, bytes: &[u8], crc_after: u32) -> Result<(), Fault> {
+        let _ = crc_after;
+        self.write_at(offset, bytes)
+    }
     /// Block `idx` is about to be overwritten: it stops counting as held
     /// (durably, if a checkpoint vouched for it).
     fn begin_block(&mut self, idx: u64) -> Result<(), Fault>;

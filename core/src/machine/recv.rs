@@ -241,6 +241,16 @@ impl Receiver {
         self.req.as_ref().and_then(|r| r.offer)
     }
 
+    /// Protocol 1 while receiving: the CRC-32 of every byte received so far
+    /// (those of the last [`WriteAt`] included), for
+    /// [`HeldPart::write_grown`](super::HeldPart::write_grown).
+    pub fn prefix_crc(&self) -> Option<u32> {
+        match &self.state {
+            State::Receiving { hasher, .. } => Some(hasher.clone().finalize()),
+            _ => None,
+        }
+    }
+
     /// Bytes of file payload the machine takes next without any protocol
     /// decision in between (the rest of the version-1 file, or of the
     /// current data frame), so that a shell can read that many before it

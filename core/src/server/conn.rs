@@ -185,9 +185,11 @@ impl Shell<'_> {
         let used = fed.used;
         let mut wrote = 0;
         if let Some(w) = fed.write {
-            let r = match part.as_mut() {
-                Some(p) => p.write_at(w.offset, w.bytes),
-                None => Err(Fault::new(FaultCode::Internal, "no held part to write")),
+            // Protocol 1: the machine's running CRC-32 is the part's too.
+            let r = match (part.as_mut(), rx.prefix_crc()) {
+                (Some(p), Some(crc)) => p.write_grown(w.offset, w.bytes, crc),
+                (Some(p), None) => p.write_at(w.offset, w.bytes),
+                (None, _) => Err(Fault::new(FaultCode::Internal, "no held part to write")),
             };
             wrote = if r.is_ok() { w.bytes.len() } else { 0 };
             rx.handle_event(now, Event::Applied(r));

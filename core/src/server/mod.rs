@@ -1,7 +1,7 @@
 //! The receiving side: a blocking TCP server, one thread per connection.
 //!
 //! It accepts connections, reads the header, tells the client how much it
-//! already holds, receives the rest into a [`HeldPart`](crate::store::HeldPart)
+//! already holds, receives the rest into a [`DiskPart`](crate::part::DiskPart)
 //! while computing the CRC-32 in the same pass, and answers the verdict. It
 //! never stops because one connection misbehaved: every per-connection error
 //! is logged with the peer address and ends that connection only.
@@ -13,7 +13,7 @@
 //! `claims` decides who may write a name, `local` is the local-disk
 //! storage behind it, and `report` turns its ending into log lines.
 //!
-//! Not for: storage layout and durability (see [`crate::store`]) or byte
+//! Not for: storage layout and durability (see [`crate::store`] and [`crate::part`]) or byte
 //! parsing (see [`crate::proto`]).
 
 mod claims;
