@@ -340,13 +340,41 @@ impl HeldSet {
         Some(v2::combine(&crcs?, self.filesize, self.block))
     }
 
-    /// The version-2 held list (today's wire says only "the first N
-    /// bytes": blocks after a hole are sent again).
+    /// The version-2 held list as the first revisions read it: "the first
+    /// N bytes" (blocks after a hole are sent again).
     pub fn held_msg(&self) -> ServerMsg {
         ServerMsg::Held {
             held: self.prefix_bytes(),
             block_size: self.block,
             crcs: self.prefix_crcs(),
+        }
+    }
+
+    /// Runs of held blocks: (first block, how many), ascending.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for i in (0..self.count()).filter(|&i| self.crc(i).is_some()) {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == i => *n += 1,
+                _ => runs.push((i, 1)),
+            }
+        }
+        runs
+    }
+
+    /// The held list for a client of revision `rev`: with holes
+    /// ([`ServerMsg::HeldSet`]) when it reads them and a block is held
+    /// after a hole, else [`HeldSet::held_msg`].
+    pub fn held_msg_for(&self, rev: u64) -> ServerMsg {
+        let runs = self.runs();
+        let holes = runs.len() > 1 || runs.first().is_some_and(|&(first, _)| first > 0);
+        if rev < v2::REV_HOLES || !holes {
+            return self.held_msg();
+        }
+        ServerMsg::HeldSet {
+            block_size: self.block,
+            crcs: (0..self.count()).filter_map(|i| self.crc(i)).collect(),
+            runs,
         }
     }
 }

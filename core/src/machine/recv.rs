@@ -318,7 +318,8 @@ impl Receiver {
                 Some(proto::encode_offset(offset).to_vec())
             }
             State::SendHeld => {
-                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg()) else {
+                let rev = self.offer().map_or(0, |o| o.rev);
+                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg_for(rev)) else {
                     self.fail(now, internal("no held set"));
                     return self.out.pop_front();
                 };
