@@ -89,9 +89,22 @@ pub struct ServerConfig {
 /// The window over which [`ServerConfig::min_rate`] is measured.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
-/// The message of an error that ends a connection without a log line of
-/// its own (throttled token guessing is summarised instead).
-pub(crate) const QUIET: &str = "(counted, not logged)";
+/// How a connection that reached no verdict ended, for the counters and
+/// the log.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Counted and logged with the peer's address.
+    Logged(Error),
+    /// Counted, not logged: throttled token guessing is summarised
+    /// instead, so a guesser cannot flood the log.
+    Quiet(ErrorKind),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Logged(e)
+    }
+}
 
 /// File descriptors a connection may need at once (its socket and clones
 /// of it, the part, its record, its block list and a second handle for
@@ -599,10 +612,14 @@ fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
     }));
     match outcome {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+        Ok(Err(failed)) => {
+            let kind = match &failed {
+                Failed::Logged(e) => e.kind(),
+                Failed::Quiet(kind) => *kind,
+            };
             sh.counters.failed.fetch_add(1, Ordering::Relaxed);
-            sh.counters.failed_by_reason[reason_index(e.kind())].fetch_add(1, Ordering::Relaxed);
-            if e.to_string() != QUIET {
+            sh.counters.failed_by_reason[reason_index(kind)].fetch_add(1, Ordering::Relaxed);
+            if let Failed::Logged(e) = failed {
                 (sh.logger)(&format!("{peer}: {e}"));
             }
         }
