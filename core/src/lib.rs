@@ -14,6 +14,9 @@
 //! `bigtransfer` binary.
 
 #![deny(missing_docs)]
+// Unsafe code lives in `sys` (system calls `rustix` lacks, the page-aligned
+// buffer) and `alloc` (the global allocator) only, each of which allows it.
+#![deny(unsafe_code)]
 
 pub mod alloc;
 pub mod auth;

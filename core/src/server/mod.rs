@@ -27,7 +27,7 @@ pub use crate::machine::MAX_REPAIR_ROUNDS;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -196,7 +196,7 @@ impl StopHandle {
     /// atomic store and one `write(2)`), so a signal handler may call it.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        crate::sys::wake(self.inner.wake_write.as_raw_fd());
+        crate::sys::wake(self.inner.wake_write.as_fd());
     }
 
     /// Whether [`StopHandle::stop`] was called.
@@ -442,8 +442,8 @@ impl Server {
     /// and returns. Only a failure of the listening socket itself is an error.
     pub fn serve(&self) -> Result<()> {
         let sh = &self.shared;
-        let wake = sh.stop.inner.wake_read.as_raw_fd();
-        let lfd = self.listener.as_raw_fd();
+        let wake = sh.stop.inner.wake_read.as_fd();
+        let lfd = self.listener.as_fd();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let sweeper = self.spawn_sweeper();
         let result = loop {
@@ -500,7 +500,7 @@ impl Server {
                 Err(e) => {
                     // EMFILE and friends: log, back off briefly, keep serving.
                     (sh.logger)(&format!("accept failed: {e}"));
-                    let wake = sh.stop.inner.wake_read.as_raw_fd();
+                    let wake = sh.stop.inner.wake_read.as_fd();
                     let _ = crate::sys::poll_readable(&[wake], Some(Duration::from_millis(100)));
                     break;
                 }
