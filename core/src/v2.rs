@@ -11,7 +11,7 @@
 //! Not for I/O: reading frames off a socket, files and retries belong to
 //! `client` and `server`. See `docs/PROTOCOL.md` for the exchange.
 
-use crate::json::{self, Number, Value};
+use crate::json::{self, Field, Value};
 use crate::proto::{Header, MAX_HEADER_LEN};
 use crate::{Error, ErrorKind, Result};
 
@@ -330,39 +330,22 @@ pub fn encode_header_unknown_crc(h: &Header, offer: Offer) -> Result<Vec<u8>> {
 }
 
 fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
-    let crc = match crc {
-        Some(c) => Value::Number(Number::from(u64::from(c))),
-        None => Value::Null,
-    };
-    let json = Value::Object(vec![
-        ("filename".to_owned(), Value::String(h.filename.clone())),
-        (
-            "filesize".to_owned(),
-            Value::Number(Number::from(h.filesize)),
-        ),
-        ("crc32".to_owned(), crc),
-        (
-            "bt".to_owned(),
-            Value::Object(
-                vec![
-                    ("v".to_owned(), Value::Number(Number::from(offer.version))),
-                    (
-                        "block".to_owned(),
-                        Value::Number(Number::from(offer.block_size)),
-                    ),
-                    ("rev".to_owned(), Value::Number(Number::from(offer.rev))),
-                ]
-                .into_iter()
-                .chain(
-                    offer
-                        .source
-                        .map(|sid| ("sid".to_owned(), Value::String(sid_hex(&sid)))),
-                )
-                .collect(),
-            ),
-        ),
-    ])
-    .to_json();
+    let crc = crc.map_or(Field::Null, |c| Field::Int(u64::from(c)));
+    let sid = offer.source.map(|sid| sid_hex(&sid));
+    let mut bt = vec![
+        ("v", Field::Int(offer.version)),
+        ("block", Field::Int(offer.block_size)),
+        ("rev", Field::Int(offer.rev)),
+    ];
+    if let Some(sid) = &sid {
+        bt.push(("sid", Field::Str(sid)));
+    }
+    let json = json::write_object(&[
+        ("filename", Field::Str(&h.filename)),
+        ("filesize", Field::Int(h.filesize)),
+        ("crc32", crc),
+        ("bt", Field::Object(bt)),
+    ]);
     if json.len() > MAX_HEADER_LEN {
         return Err(Error::new(
             ErrorKind::InvalidInput,
