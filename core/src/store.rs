@@ -152,6 +152,24 @@ pub struct MetaRecord {
     pub version: u8,
 }
 
+/// One checkpoint slot, if its checksum holds: sequence number,
+/// checkpoint, part stamp.
+fn decode_slot(s: &[u8]) -> Option<(u64, Checkpoint, PartStamp)> {
+    if crc32fast::hash(&s[..40]) != be_u32(&s[40..]) {
+        return None;
+    }
+    let cp = Checkpoint {
+        offset: be_u64(&s[8..16]),
+        crc32: be_u32(&s[16..20]),
+    };
+    let stamp = PartStamp {
+        ino: be_u64(&s[20..28]),
+        ctime: be_u64(&s[28..36]) as i64,
+        ctime_nsec: be_u32(&s[36..40]),
+    };
+    Some((be_u64(&s[0..8]), cp, stamp))
+}
+
 /// Decodes a checkpoint record: the identity it belongs to and its newest
 /// valid slot. A plain function over bytes, so a damaged or hostile record
 /// can be tested (and fuzzed) without a disk.
@@ -180,29 +198,11 @@ pub fn decode_meta(bytes: &[u8]) -> std::result::Result<MetaRecord, String> {
     }
     let name = std::str::from_utf8(&head[22..22 + name_len]).map_err(|_| "name is not UTF-8")?;
     let name = SafeName::from_wire(name).map_err(|e| format!("bad name: {e}"))?;
-    let mut best: Option<(u64, Checkpoint, PartStamp)> = None;
-    for i in 0..2 {
-        let s = &bytes[META_HEAD_LEN + i * SLOT_LEN..META_HEAD_LEN + (i + 1) * SLOT_LEN];
-        if crc32fast::hash(&s[..40]) != be_u32(&s[40..]) {
-            continue;
-        }
-        let seq = be_u64(&s[0..8]);
-        let cp = Checkpoint {
-            offset: be_u64(&s[8..16]),
-            crc32: be_u32(&s[16..20]),
-        };
-        let stamp = PartStamp {
-            ino: be_u64(&s[20..28]),
-            ctime: be_u64(&s[28..36]) as i64,
-            ctime_nsec: be_u32(&s[36..40]),
-        };
-        if cp.offset > filesize {
-            continue;
-        }
-        if best.is_none_or(|(bs, _, _)| seq > bs) {
-            best = Some((seq, cp, stamp));
-        }
-    }
+    let best = (0..2)
+        .filter_map(|i| decode_slot(&bytes[META_HEAD_LEN + i * SLOT_LEN..][..SLOT_LEN]))
+        .filter(|(_, cp, _)| cp.offset <= filesize)
+        // The newer slot; on a tie the first, as always.
+        .reduce(|a, b| if b.0 > a.0 { b } else { a });
     let (seq, checkpoint, stamp) = best.ok_or("no valid checkpoint slot")?;
     Ok(MetaRecord {
         identity: Identity {
