@@ -187,11 +187,14 @@ impl Ledger {
         }
     }
 
-    /// Bytes held from the start without a hole.
+    /// Bytes held (protocol 2: in every held block, holes or not).
     pub(crate) fn held_bytes(&self) -> u64 {
         match self {
             Ledger::Growing(g) => g.offset,
-            Ledger::Blocks(b) => block_range(b.filesize, b.block, b.prefix()).0,
+            Ledger::Blocks(b) => (0..b.valid.len())
+                .filter(|&i| b.valid[i])
+                .map(|i| block_range(b.filesize, b.block, i as u64).1)
+                .sum(),
         }
     }
 

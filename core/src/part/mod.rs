@@ -111,7 +111,7 @@ impl DiskPart {
         self.ledger.held()
     }
 
-    /// Bytes held from the start without a hole (for logs).
+    /// Bytes held (protocol 2: in every held block, holes or not; for logs).
     pub fn held_bytes(&self) -> u64 {
         self.ledger.held_bytes()
     }

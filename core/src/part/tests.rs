@@ -189,7 +189,7 @@ fn v2_a_held_block_being_replaced_is_not_vouched_for() {
         ))
     };
     assert_eq!(held_crcs(&p), vec![c(0), None, c(2), None]);
-    assert_eq!(p.held_bytes(), block);
+    assert_eq!((p.held_bytes(), p.held_blocks()), (2 * block, 2));
     drop(p);
     drop(store);
     fs::remove_dir_all(&d).unwrap();
@@ -211,7 +211,7 @@ fn v2_background_checkpoints_survive_a_crash() {
     }
     std::mem::forget(p); // a crash: no final checkpoint
     let (p, _) = v2(&store, "bg.bin", data.len() as u64, block);
-    let held = p.held_bytes();
+    let held = p.held_blocks() as u64 * block;
     assert!(
         (steps * block..=(2 * steps + 1) * block).contains(&held),
         "held {held}"

@@ -37,7 +37,7 @@ pub(super) fn storage_fault(e: &Error, words: String) -> Fault {
 }
 
 impl LocalPart {
-    /// Bytes held from the start for a resume.
+    /// Bytes held for a resume (version 2: in every held block).
     pub(super) fn held_bytes(&self) -> u64 {
         self.part.held_bytes()
     }
