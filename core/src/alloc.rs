@@ -16,6 +16,8 @@
 //! Not a general-purpose allocator and not a pool: every call goes to the
 //! system allocator.
 
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// The cache-line size the large blocks are aligned to.

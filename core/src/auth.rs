@@ -282,24 +282,21 @@ pub fn nonce() -> Result<[u8; NONCE_LEN]> {
     let mut filled = 0;
     while filled < NONCE_LEN {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        // SAFETY: getrandom writes at most the given length into the buffer.
-        let r = unsafe { libc::getrandom(n[filled..].as_mut_ptr().cast(), NONCE_LEN - filled, 0) };
+        let r = rustix::rand::getrandom(&mut n[filled..], rustix::rand::GetRandomFlags::empty())
+            .map_err(std::io::Error::from);
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let r: isize = {
+        let r = {
             use std::io::Read;
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read(&mut n[filled..]))
-                .map(|x| x as isize)
-                .unwrap_or(-1)
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read(&mut n[filled..]))
         };
-        if r > 0 {
-            filled += r as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::io(
-                ErrorKind::Storage,
-                "cannot get random bytes",
-                std::io::Error::last_os_error(),
-            ));
+        match r {
+            Ok(got) if got > 0 => filled += got,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no random bytes");
+                return Err(Error::io(ErrorKind::Storage, "cannot get random bytes", e));
+            }
+            Err(e) => return Err(Error::io(ErrorKind::Storage, "cannot get random bytes", e)),
         }
     }
     Ok(n)

@@ -1,4 +1,6 @@
-//! A small, strict JSON (RFC 8259) parser and writer for the wire header.
+//! A small, strict JSON (RFC 8259) parser for the wire header, and a
+//! writer of just the header's shape (an object of strings, integers,
+//! `null` and one nested object).
 //!
 //! The core may depend only on `crc32fast` and `libc`, so it cannot use
 //! serde; the header is a tiny JSON object, and this module is just enough
@@ -85,22 +87,6 @@ impl Number {
     }
 }
 
-impl From<u64> for Number {
-    fn from(n: u64) -> Number {
-        Number {
-            text: n.to_string(),
-        }
-    }
-}
-
-impl From<i64> for Number {
-    fn from(n: i64) -> Number {
-        Number {
-            text: n.to_string(),
-        }
-    }
-}
-
 impl Value {
     /// The value of `key` if `self` is an object that has it.
     ///
@@ -125,47 +111,50 @@ impl Value {
             Value::Object(_) => "object",
         }
     }
+}
 
-    /// Compact JSON text for the value, as Python's `json.dumps` writes it
-    /// with its default settings: separators `", "` and `": "`, strings
-    /// ASCII-only (see [`write_string`]), object members in order.
-    pub(crate) fn to_json(&self) -> String {
-        let mut out = String::new();
-        self.write_json(&mut out);
-        out
-    }
+/// A member value of what the wire writes: the header's strings,
+/// integers and `null`, and the one nested object of the version-2 offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Field<'a> {
+    /// A string.
+    Str(&'a str),
+    /// A non-negative integer.
+    Int(u64),
+    /// `null`.
+    Null,
+    /// An object of these members, in order.
+    Object(Vec<(&'a str, Field<'a>)>),
+}
 
-    fn write_json(&self, out: &mut String) {
-        match self {
-            Value::Null => out.push_str("null"),
-            Value::Bool(true) => out.push_str("true"),
-            Value::Bool(false) => out.push_str("false"),
-            Value::Number(n) => out.push_str(n.as_str()),
-            Value::String(s) => write_string(out, s),
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    item.write_json(out);
-                }
-                out.push(']');
-            }
-            Value::Object(members) => {
-                out.push('{');
-                for (i, (key, value)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    write_string(out, key);
-                    out.push_str(": ");
-                    value.write_json(out);
-                }
-                out.push('}');
-            }
+/// The JSON text of an object of `members`, in order, as Python's
+/// `json.dumps` writes it with its default settings: separators `", "`
+/// and `": "`, strings ASCII-only (see [`write_string`]). The only shapes
+/// written are the headers' (see `proto` and `v2`); the reader takes any
+/// JSON.
+pub(crate) fn write_object(members: &[(&str, Field<'_>)]) -> String {
+    let mut out = String::new();
+    write_members(&mut out, members);
+    out
+}
+
+fn write_members(out: &mut String, members: &[(&str, Field<'_>)]) {
+    out.push('{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_string(out, key);
+        out.push_str(": ");
+        match value {
+            Field::Str(s) => write_string(out, s),
+            // Writing to a String cannot fail.
+            Field::Int(n) => drop(write!(out, "{n}")),
+            Field::Null => out.push_str("null"),
+            Field::Object(inner) => write_members(out, inner),
         }
     }
+    out.push('}');
 }
 
 /// Appends `s` to `out` as a JSON string literal, exactly as Python's
@@ -710,10 +699,8 @@ mod tests {
     }
 
     #[test]
-    fn number_from_integers() {
-        assert_eq!(Number::from(u64::MAX).as_str(), "18446744073709551615");
-        assert_eq!(Number::from(i64::MIN).as_str(), "-9223372036854775808");
-        assert!(Number::from(7u64).is_integer());
+    fn number_kinds() {
+        assert!(num("7").is_integer());
         assert!(!num("7.0").is_integer());
     }
 
@@ -837,15 +824,65 @@ mod tests {
     }
 
     #[test]
-    fn to_json_uses_python_separators() {
-        let v = parse(br#"[1,{"a":[],"b":{}},null,true,false,"x",-1.5e3]"#).unwrap();
+    fn the_header_shapes_are_written_as_python_does() {
+        let offer = Field::Object(vec![("v", Field::Int(2)), ("sid", Field::Str("\u{e9}"))]);
+        let members = [
+            ("filename", Field::Str("a\"b")),
+            ("filesize", Field::Int(u64::MAX)),
+            ("crc32", Field::Null),
+            ("bt", offer),
+        ];
+        let text = write_object(&members);
         assert_eq!(
-            v.to_json(),
+            text,
+            r#"{"filename": "a\"b", "filesize": 18446744073709551615, "crc32": null, "bt": {"v": 2, "sid": "\u00e9"}}"#
+        );
+        assert_eq!(parse(text.as_bytes()).unwrap().type_name(), "object");
+        assert_eq!(write_object(&[]), "{}");
+    }
+
+    /// Any value as Python's `json.dumps` writes it: the reader's round
+    /// trip needs a writer of every shape, which the wire does not.
+    fn to_json(v: &Value, out: &mut String) {
+        let list = |out: &mut String, n: usize, each: &mut dyn FnMut(&mut String, usize)| {
+            for i in 0..n {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                each(out, i);
+            }
+        };
+        match v {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => out.push_str(n.as_str()),
+            Value::String(s) => write_string(out, s),
+            Value::Array(items) => {
+                out.push('[');
+                list(out, items.len(), &mut |out, i| to_json(&items[i], out));
+                out.push(']');
+            }
+            Value::Object(members) => {
+                out.push('{');
+                list(out, members.len(), &mut |out, i| {
+                    write_string(out, &members[i].0);
+                    out.push_str(": ");
+                    to_json(&members[i].1, out);
+                });
+                out.push('}');
+            }
+        }
+    }
+
+    #[test]
+    fn the_test_writer_uses_python_separators() {
+        let v = parse(br#"[1,{"a":[],"b":{}},null,true,false,"x",-1.5e3]"#).unwrap();
+        let mut out = String::new();
+        to_json(&v, &mut out);
+        assert_eq!(
+            out,
             r#"[1, {"a": [], "b": {}}, null, true, false, "x", -1.5e3]"#
         );
-        assert_eq!(Value::Object(vec![]).to_json(), "{}");
-        let dup = parse(br#"{"a":1,"a":2}"#).unwrap();
-        assert_eq!(dup.to_json(), r#"{"a": 1, "a": 2}"#);
     }
 
     #[test]
@@ -884,7 +921,8 @@ mod tests {
     proptest! {
         #[test]
         fn prop_round_trip(v in arb_value()) {
-            let text = v.to_json();
+            let mut text = String::new();
+            to_json(&v, &mut text);
             prop_assert!(text.is_ascii());
             prop_assert_eq!(parse(text.as_bytes()).unwrap(), v);
         }

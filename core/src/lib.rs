@@ -7,17 +7,19 @@
 //!
 //! It is built on `std::net` and threads only (no async runtime). The pure
 //! protocol logic ([`proto`], [`name`]) is kept apart from the socket and file
-//! work ([`client`], [`server`], [`store`]) so it can be tested and fuzzed on
+//! work ([`client`], [`server`], [`store`], [`part`]) so it can be tested and fuzzed on
 //! bytes alone.
 //!
 //! It is not a CLI: argument parsing, prompts and progress bars live in the
 //! `bigtransfer` binary.
 
 #![deny(missing_docs)]
+// Unsafe code lives in `sys` (system calls `rustix` lacks, the page-aligned
+// buffer) and `alloc` (the global allocator) only, each of which allows it.
+#![deny(unsafe_code)]
 
 pub mod alloc;
 pub mod auth;
-pub mod blocks;
 pub mod cache;
 pub mod client;
 pub mod compress;
@@ -28,6 +30,7 @@ mod json;
 pub mod known_hosts;
 pub mod machine;
 pub mod name;
+pub mod part;
 mod pieces;
 pub mod proto;
 #[cfg(feature = "s3")]

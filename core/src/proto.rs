@@ -12,7 +12,7 @@
 //! [`crate::name`] for sanitising it) and whether the server has room for
 //! `filesize` bytes is the server's call.
 
-use crate::json::{self, Number, Value};
+use crate::json::{self, Field, Number, Value};
 use crate::{Error, ErrorKind, Result};
 
 /// The largest header, in bytes of JSON, that either side accepts.
@@ -227,18 +227,11 @@ fn parse_crc32(value: &Value) -> Result<u32> {
 /// # Ok::<(), bigtransfer_core::Error>(())
 /// ```
 pub fn encode_header(h: &Header) -> Result<Vec<u8>> {
-    let json = Value::Object(vec![
-        ("filename".to_owned(), Value::String(h.filename.clone())),
-        (
-            "filesize".to_owned(),
-            Value::Number(Number::from(h.filesize)),
-        ),
-        (
-            "crc32".to_owned(),
-            Value::Number(Number::from(u64::from(h.crc32))),
-        ),
-    ])
-    .to_json();
+    let json = json::write_object(&[
+        ("filename", Field::Str(&h.filename)),
+        ("filesize", Field::Int(h.filesize)),
+        ("crc32", Field::Int(u64::from(h.crc32))),
+    ]);
     let len = match u32::try_from(json.len()) {
         Ok(len) if json.len() <= MAX_HEADER_LEN => len,
         _ => {

@@ -1,22 +1,20 @@
-//! Thin wrappers over the few OS calls that `std` does not offer.
+//! The few OS calls that `std` does not offer, over `rustix` (safe
+//! bindings to the system calls), and the crate's only `unsafe`: one call
+//! `rustix` lacks (`sync_file_range`) and the page-aligned buffer.
 //!
-//! Each function here is one system call (or a portable fallback for it) with
-//! its error turned into `io::Error`; policy lives in the callers. Not for
-//! anything that `std` already does well.
+//! Each function here is one system call (or a portable fallback for it)
+//! with its error turned into `io::Error`; policy lives in the callers. Not
+//! for anything that `std` already does well.
+
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Flushes a file's data (not necessarily its metadata) to stable storage.
 /// Retried when a signal interrupts it: an `EINTR` says nothing about the
@@ -24,8 +22,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
     loop {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        // SAFETY: the fd is owned by `file` and open for the whole call.
-        let res = cvt(unsafe { libc::fdatasync(file.as_raw_fd()) }).map(|_| ());
+        let res = rustix::fs::fdatasync(file).map_err(io::Error::from);
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         let res = file.sync_data();
         match res {
@@ -37,228 +34,173 @@ pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
 
 /// Raises the soft limit on open files to the hard limit (a server needs
 /// several descriptors per connection) and returns the soft limit now in
-/// force.
+/// force (`u64::MAX`: unlimited).
 pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let raise = match (lim.current, lim.maximum) {
+        (Some(cur), Some(max)) => cur < max,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit writes into the struct we pass.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    if raise {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: setrlimit reads the struct we pass.
-        if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) }).is_ok() {
-            lim.rlim_cur = lim.rlim_max;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Ok(lim.maximum.unwrap_or(u64::MAX));
         }
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.current.unwrap_or(u64::MAX))
 }
 
 /// Tells the kernel the file will be read sequentially (bigger read-ahead).
 pub(crate) fn advise_sequential(file: &File) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    // SAFETY: plain advisory call on an fd owned by `file`; failure is harmless.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-    }
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = file;
 }
 
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
 pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: statvfs writes into the zeroed struct; `c` is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Takes an exclusive advisory lock on `file`, failing at once if it is held.
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<()> {
-    // SAFETY: flock on an fd owned by `file`.
-    cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
+    use rustix::fs::{flock, FlockOperation};
+    Ok(flock(file, FlockOperation::NonBlockingLockExclusive)?)
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end). Both flags
 /// are set atomically by `pipe2`, so a `fork`+`exec` in another thread (the
 /// C API's host program may do that) can never inherit the pipe.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok((r, w))
+    use rustix::pipe::{pipe_with, PipeFlags};
+    Ok(pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?)
 }
 
-/// Writes one byte to `fd`, ignoring every error. Async-signal-safe: it is
-/// how a signal handler wakes the server's accept loop.
-pub(crate) fn wake(fd: RawFd) {
-    let b = 1u8;
-    // SAFETY: write(2) is async-signal-safe; a full pipe already means "woken".
-    unsafe {
-        libc::write(fd, (&b as *const u8).cast(), 1);
-    }
+/// Writes one byte to `fd`, ignoring every error. Async-signal-safe (one
+/// `write(2)`, no allocation): it is how a signal handler wakes the
+/// server's accept loop.
+pub(crate) fn wake(fd: BorrowedFd<'_>) {
+    // A full pipe already means "woken".
+    let _ = rustix::io::write(fd, &[1]);
 }
 
 /// Reads and discards everything pending in the non-blocking `fd`.
-pub(crate) fn drain(fd: RawFd) {
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 64];
-    loop {
-        // SAFETY: reading into a stack buffer of the given length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-    }
+    while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes (None: forever).
 /// Returns, for each fd, whether it is readable.
-pub(crate) fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(d) => d.as_millis().min(i32::MAX as u128) as libc::c_int,
-    };
+    let ts = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    });
     loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if r >= 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match poll(&mut pfds, ts.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+    Ok(pfds.iter().map(|p| !p.revents().is_empty()).collect())
 }
 
-fn c_name(name: &str) -> io::Result<std::ffi::CString> {
+/// `name` as a single path component.
+fn component(name: &str) -> io::Result<&str> {
     if name.contains('/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "a name inside a directory cannot contain '/'",
         ));
     }
-    std::ffi::CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
-}
-
-fn fd_file(fd: libc::c_int) -> io::Result<File> {
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    Ok(name)
 }
 
 /// Opens a directory (following symlinks in `path`: it is the operator's).
 pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: a NUL-terminated path; the result is checked.
-    fd_file(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?.into())
 }
 
 /// Opens the directory `name` inside `dir`, refusing a symlink.
 pub(crate) fn open_dir_at(dir: &File, name: &str) -> io::Result<File> {
-    let c = c_name(name)?;
-    // SAFETY: as above, relative to an open directory fd.
-    fd_file(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, component(name)?, flags, Mode::empty())?.into())
 }
 
 /// Opens `name` inside `dir` read-write (creating it if asked), never
 /// through a symlink (`ELOOP` if it is one).
 pub(crate) fn open_at(dir: &File, name: &str, create: bool) -> io::Result<File> {
-    let c = c_name(name)?;
-    let mut flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if create {
-        flags |= libc::O_CREAT;
+        flags |= OFlags::CREATE;
     }
-    // SAFETY: as above; mode applies only when creating.
-    fd_file(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, 0o644 as libc::c_uint) })
+    let mode = Mode::from_raw_mode(0o644);
+    Ok(rustix::fs::openat(dir, component(name)?, flags, mode)?.into())
 }
 
 /// Opens `name` inside `dir` read-only, never through a symlink.
 pub(crate) fn open_read_at(dir: &File, name: &str) -> io::Result<File> {
-    let c = c_name(name)?;
-    // SAFETY: as above.
-    fd_file(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, component(name)?, flags, Mode::empty())?.into())
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir` (replacing `to`, even a
 /// symlink, rather than following it).
 pub(crate) fn rename_at(from_dir: &File, from: &str, to_dir: &File, to: &str) -> io::Result<()> {
-    let (f, t) = (c_name(from)?, c_name(to)?);
-    // SAFETY: two NUL-terminated names relative to open directory fds.
-    cvt(unsafe {
-        libc::renameat(
-            from_dir.as_raw_fd(),
-            f.as_ptr(),
-            to_dir.as_raw_fd(),
-            t.as_ptr(),
-        )
-    })
-    .map(|_| ())
+    Ok(rustix::fs::renameat(
+        from_dir,
+        component(from)?,
+        to_dir,
+        component(to)?,
+    )?)
 }
 
 /// Removes `name` from `dir` (a symlink itself, never its target).
 pub(crate) fn unlink_at(dir: &File, name: &str) -> io::Result<()> {
-    let c = c_name(name)?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+    Ok(rustix::fs::unlinkat(
+        dir,
+        component(name)?,
+        AtFlags::empty(),
+    )?)
 }
 
 /// Starts writing back `[offset, offset + len)` of `file` without waiting,
 /// so that the next `fdatasync` has little left to do and the disk works
 /// while the network keeps delivering. A hint: errors are ignored (the
-/// checkpoint's `fdatasync` reports real ones).
+/// checkpoint's `fdatasync` reports real ones). `rustix` has no
+/// `sync_file_range`, so this is the one call made through `libc`.
 pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
-    // SAFETY: an advisory call on an fd owned by `file`.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an advisory call on an fd owned by `file`, open for the
+        // whole call; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
@@ -279,7 +221,7 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
 ///
 /// Returns the new size in bytes, or `None` if the buffer was left to
 /// autotuning (not Linux, limits unreadable, or nothing to gain).
-pub(crate) fn widen_send_buffer(sock: &impl AsRawFd) -> Option<usize> {
+pub(crate) fn widen_send_buffer(sock: &impl AsFd) -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
         let read = |p: &str| std::fs::read_to_string(p).ok();
@@ -290,18 +232,8 @@ pub(crate) fn widen_send_buffer(sock: &impl AsRawFd) -> Option<usize> {
             .parse()
             .ok()?;
         let want = send_buffer_request(core_max, auto_max)?;
-        let v = libc::c_int::try_from(want).ok()?;
-        // SAFETY: `v` outlives the call and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        (rc == 0).then_some(want.saturating_mul(2))
+        rustix::net::sockopt::set_socket_send_buffer_size(sock, want).ok()?;
+        Some(want.saturating_mul(2))
     }
     #[cfg(not(target_os = "linux"))]
     {

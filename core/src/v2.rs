@@ -11,7 +11,7 @@
 //! Not for I/O: reading frames off a socket, files and retries belong to
 //! `client` and `server`. See `docs/PROTOCOL.md` for the exchange.
 
-use crate::json::{self, Number, Value};
+use crate::json::{self, Field, Value};
 use crate::proto::{Header, MAX_HEADER_LEN};
 use crate::{Error, ErrorKind, Result};
 
@@ -113,8 +113,14 @@ pub struct Offer {
     pub source: Option<[u8; 16]>,
 }
 
-/// The revision of version 2 this module speaks (see [`Offer::rev`]).
+/// The revision of version 2 from which a client reads
+/// [`ServerMsg::Fault`] frames (see [`Offer::rev`]).
 pub const REVISION: u64 = 2;
+
+/// The revision of version 2 from which a client reads
+/// [`ServerMsg::HeldSet`] (a held list with holes); what this module's
+/// client advertises. A server sends it only to such clients.
+pub const REV_HOLES: u64 = 3;
 
 /// Why a version-2 server refused or stopped an upload, as a number a
 /// client acts on (the words travel beside it). Carried by
@@ -324,39 +330,22 @@ pub fn encode_header_unknown_crc(h: &Header, offer: Offer) -> Result<Vec<u8>> {
 }
 
 fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
-    let crc = match crc {
-        Some(c) => Value::Number(Number::from(u64::from(c))),
-        None => Value::Null,
-    };
-    let json = Value::Object(vec![
-        ("filename".to_owned(), Value::String(h.filename.clone())),
-        (
-            "filesize".to_owned(),
-            Value::Number(Number::from(h.filesize)),
-        ),
-        ("crc32".to_owned(), crc),
-        (
-            "bt".to_owned(),
-            Value::Object(
-                vec![
-                    ("v".to_owned(), Value::Number(Number::from(offer.version))),
-                    (
-                        "block".to_owned(),
-                        Value::Number(Number::from(offer.block_size)),
-                    ),
-                    ("rev".to_owned(), Value::Number(Number::from(offer.rev))),
-                ]
-                .into_iter()
-                .chain(
-                    offer
-                        .source
-                        .map(|sid| ("sid".to_owned(), Value::String(sid_hex(&sid)))),
-                )
-                .collect(),
-            ),
-        ),
-    ])
-    .to_json();
+    let crc = crc.map_or(Field::Null, |c| Field::Int(u64::from(c)));
+    let sid = offer.source.map(|sid| sid_hex(&sid));
+    let mut bt = vec![
+        ("v", Field::Int(offer.version)),
+        ("block", Field::Int(offer.block_size)),
+        ("rev", Field::Int(offer.rev)),
+    ];
+    if let Some(sid) = &sid {
+        bt.push(("sid", Field::Str(sid)));
+    }
+    let json = json::write_object(&[
+        ("filename", Field::Str(&h.filename)),
+        ("filesize", Field::Int(h.filesize)),
+        ("crc32", crc),
+        ("bt", Field::Object(bt)),
+    ]);
     if json.len() > MAX_HEADER_LEN {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -427,6 +416,18 @@ pub enum ServerMsg {
         /// CRC-32 of each held block, in order.
         crcs: Vec<u32>,
     },
+    /// What the server holds, with holes (to clients of revision
+    /// [`REV_HOLES`] and later): runs of held blocks and the CRC-32 of each
+    /// held block, in order.
+    HeldSet {
+        /// Block size in force.
+        block_size: u64,
+        /// Runs of held blocks: (first block, how many), ascending, not
+        /// empty, not touching each other.
+        runs: Vec<(u64, u64)>,
+        /// CRC-32 of each held block, run after run.
+        crcs: Vec<u32>,
+    },
     /// The server refuses or has failed, and says why; it closes next.
     /// Sent to revision-1 clients; newer ones get [`ServerMsg::Fault`].
     Error(String),
@@ -453,6 +454,7 @@ pub enum Verdict {
 }
 
 const TAG_HELD: u8 = b'H';
+const TAG_HELD_SET: u8 = b'S';
 const TAG_ERROR: u8 = b'X';
 const TAG_VERDICT: u8 = b'V';
 const TAG_CHALLENGE: u8 = b'C';
@@ -475,6 +477,11 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             }
             (TAG_HELD, p)
         }
+        ServerMsg::HeldSet {
+            block_size,
+            runs,
+            crcs,
+        } => (TAG_HELD_SET, held_set_payload(*block_size, runs, crcs)),
         ServerMsg::Error(m) => (TAG_ERROR, capped(m).as_bytes().to_vec()),
         ServerMsg::Fault(code, m) => {
             let mut p = code.to_u16().to_be_bytes().to_vec();
@@ -507,6 +514,57 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
     f
 }
 
+fn held_set_payload(block_size: u64, runs: &[(u64, u64)], crcs: &[u32]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + 16 * runs.len() + 4 * crcs.len());
+    p.extend_from_slice(&block_size.to_be_bytes());
+    p.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+    for (first, count) in runs {
+        p.extend_from_slice(&first.to_be_bytes());
+        p.extend_from_slice(&count.to_be_bytes());
+    }
+    for c in crcs {
+        p.extend_from_slice(&c.to_be_bytes());
+    }
+    p
+}
+
+/// Decodes a held set: runs ascending, not empty, not touching, within
+/// [`MAX_BLOCKS`], and exactly one CRC-32 per held block.
+fn parse_held_set(p: &[u8]) -> Result<ServerMsg> {
+    if p.len() < 12 {
+        return Err(protocol("short held-set frame"));
+    }
+    let (block_size, n) = (be_u64(&p[0..8]), be_u32(&p[8..12]) as usize);
+    let crc_at = n
+        .checked_mul(16)
+        .and_then(|r| r.checked_add(12))
+        .filter(|&e| e <= p.len())
+        .ok_or_else(|| protocol("held-set frame shorter than its runs"))?;
+    let mut runs = Vec::with_capacity(n);
+    let (mut next, mut total) = (0u64, 0u64);
+    for r in p[12..crc_at].chunks_exact(16) {
+        let (first, count) = (be_u64(&r[..8]), be_u64(&r[8..]));
+        let end = first.checked_add(count).filter(|&e| e <= MAX_BLOCKS);
+        if count == 0 || first < next || (next > 0 && first == next) || end.is_none() {
+            return Err(protocol(
+                "held-set runs must be ascending, apart and not empty",
+            ));
+        }
+        next = end.unwrap_or(0);
+        total += count;
+        runs.push((first, count));
+    }
+    if (p.len() - crc_at) as u64 != 4 * total {
+        return Err(protocol("held-set frame length does not match its runs"));
+    }
+    let crcs = p[crc_at..].chunks_exact(4).map(be_u32).collect();
+    Ok(ServerMsg::HeldSet {
+        block_size,
+        runs,
+        crcs,
+    })
+}
+
 /// `text` cut to at most [`MAX_TEXT`] bytes at a character boundary.
 fn capped(text: &str) -> &str {
     if text.len() <= MAX_TEXT {
@@ -522,7 +580,15 @@ fn capped(text: &str) -> &str {
 /// Decodes a server frame head (tag, payload length), checking both.
 pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if ![TAG_HELD, TAG_ERROR, TAG_VERDICT, TAG_CHALLENGE, TAG_FAULT].contains(&head[0]) {
+    let tags = [
+        TAG_HELD,
+        TAG_HELD_SET,
+        TAG_ERROR,
+        TAG_VERDICT,
+        TAG_CHALLENGE,
+        TAG_FAULT,
+    ];
+    if !tags.contains(&head[0]) {
         return Err(protocol(format!(
             "unknown server frame type 0x{:02x}",
             head[0]
@@ -569,6 +635,7 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
                 crcs,
             })
         }
+        TAG_HELD_SET => parse_held_set(p),
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
         TAG_FAULT => {
             if p.len() < 2 {
@@ -727,6 +794,33 @@ pub fn plan(total_blocks: u64, held_crcs: &[u32], source: &[u32]) -> Vec<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_held_set_round_trips_and_malformed_ones_are_refused() {
+        let m = ServerMsg::HeldSet {
+            block_size: 65536,
+            runs: vec![(0, 2), (3, 1), (7, 2)],
+            crcs: vec![1, 2, 4, 8, 9],
+        };
+        let f = encode_server_msg(&m);
+        assert_eq!(f[0], b'S');
+        let (tag, len) = parse_server_head([f[0], f[1], f[2], f[3], f[4]]).unwrap();
+        assert_eq!(len, f.len() - 5);
+        assert_eq!(parse_server_msg(tag, &f[5..]).unwrap(), m);
+        let bad = |runs: Vec<(u64, u64)>, crcs: usize| {
+            let p = held_set_payload(65536, &runs, &vec![0; crcs]);
+            parse_server_msg(b'S', &p).unwrap_err().to_string()
+        };
+        assert!(bad(vec![(0, 2), (2, 1)], 3).contains("apart"), "touching");
+        assert!(bad(vec![(3, 1), (0, 1)], 2).contains("ascending"));
+        assert!(bad(vec![(0, 0)], 0).contains("not empty"));
+        assert!(bad(vec![(u64::MAX, 2)], 2).contains("runs"), "overflow");
+        assert!(bad(vec![(0, 2)], 3).contains("does not match"));
+        let mut p = held_set_payload(65536, &[(0, 1)], &[0]);
+        p[11] = 200;
+        let e = parse_server_msg(b'S', &p).unwrap_err().to_string();
+        assert!(e.contains("shorter than its runs"), "{e}");
+    }
 
     #[test]
     fn magic_is_never_a_legal_offset() {

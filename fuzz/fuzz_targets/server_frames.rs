@@ -1,5 +1,5 @@
 //! What a version-2 client reads from the server after `MAGIC`: frames of
-//! `tag u8`, `len u32`, `payload[len]` (held list, error, verdict).
+//! `tag u8`, `len u32`, `payload[len]` (held list, held set, error, verdict).
 //!
 //! (`C`, the auth challenge, came later and is fuzzed the same way.)
 //!
@@ -62,6 +62,12 @@ fn check_msg(tag: u8, payload: &[u8]) {
     };
     match &msg {
         ServerMsg::Held { crcs, .. } => assert_eq!(payload.len(), 20 + 4 * crcs.len()),
+        ServerMsg::HeldSet { runs, crcs, .. } => {
+            assert_eq!(payload.len(), 12 + 16 * runs.len() + 4 * crcs.len());
+            let held: u64 = runs.iter().map(|r| r.1).sum();
+            assert_eq!(held, crcs.len() as u64);
+            assert!(runs.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0));
+        }
         ServerMsg::Verdict(Verdict::Repair(idx)) => assert_eq!(payload.len(), 5 + 8 * idx.len()),
         ServerMsg::Verdict(Verdict::Ok) => assert_eq!(payload, [0]),
         ServerMsg::Challenge(nonce) => assert_eq!(&nonce[..], payload),

@@ -16,13 +16,18 @@ const MIB: u64 = 1 << 20;
 /// Starts a client in the background, rate-limited, and kills it once the
 /// server holds at least `at` bytes.
 fn interrupted_upload(srv: &ServerProc, src: &std::path::Path, at: u64, extra: &[&str]) {
+    interrupted_via(srv, &srv.port(), src, at, extra)
+}
+
+/// [`interrupted_upload`] through the server's `port` (a proxy's).
+fn interrupted_via(srv: &ServerProc, port: &str, src: &std::path::Path, at: u64, extra: &[&str]) {
     let mut c = Command::new(BIN)
         .args([
             "client",
             "--host",
             "127.0.0.1",
             "--port",
-            &srv.port(),
+            port,
             "--quiet",
             "--limit-rate",
             "30M",
@@ -225,6 +230,45 @@ fn a_bit_flipped_on_the_wire_is_repaired_not_restarted() {
         "{}",
         srv.log.text()
     );
+}
+
+#[test]
+fn a_hole_in_the_held_part_costs_that_block_alone_on_resume() {
+    // Block 3 arrives damaged (a bit flipped on the wire), the blocks
+    // after it arrive fine, then the client is killed before any repair:
+    // the server holds blocks 0-2 and 4.. with a hole at 3. On resume the
+    // held set names the hole, so block 3 and the blocks never received
+    // travel, not everything from block 3 on.
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("hole.bin");
+    let size = 24 * MIB + 5;
+    write_random(&src, size, 75);
+    let proxy = flip_proxy(srv.addr, 3 * MIB + MIB / 2, 1);
+    let port = proxy.port().to_string();
+    interrupted_via(&srv, &port, &src, 10 * MIB, &["--no-cache"]);
+    assert!(
+        srv.log.text().contains("arrived damaged"),
+        "{}",
+        srv.log.text()
+    );
+    let held = held_part_len(&srv.dir);
+    let out = send(&srv, &src, &[]);
+    assert_ok(&out);
+    let kept = field(&out, "resumed_from");
+    // Everything but the hole and the block in flight at the kill is kept.
+    assert!(
+        kept >= held - 2 * MIB && kept > 3 * MIB,
+        "kept {kept} of {held}"
+    );
+    assert_eq!(field(&out, "blocks_resent"), 1, "the hole");
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        size - kept,
+        "each missing block once"
+    );
+    assert_eq!(field(&out, "repairs"), 0);
+    assert_same_file(&src, &t.path().join("store/hole.bin"));
 }
 
 #[test]

@@ -15,7 +15,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -193,7 +193,7 @@ impl Shell<'_, '_> {
         if self.tx.outcome().is_some() || self.tx.poll_timeout().is_some() {
             return Ok(());
         }
-        let fd = [self.stream.as_raw_fd()];
+        let fd = [self.stream.as_fd()];
         let ready = crate::sys::poll_readable(&fd, Some(Duration::ZERO)).unwrap_or_default();
         if ready.first().copied().unwrap_or(false) {
             self.read_once(LAST_WORDS)?;

@@ -340,13 +340,41 @@ impl HeldSet {
         Some(v2::combine(&crcs?, self.filesize, self.block))
     }
 
-    /// The version-2 held list (today's wire says only "the first N
-    /// bytes": blocks after a hole are sent again).
+    /// The version-2 held list as the first revisions read it: "the first
+    /// N bytes" (blocks after a hole are sent again).
     pub fn held_msg(&self) -> ServerMsg {
         ServerMsg::Held {
             held: self.prefix_bytes(),
             block_size: self.block,
             crcs: self.prefix_crcs(),
+        }
+    }
+
+    /// Runs of held blocks: (first block, how many), ascending.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for i in (0..self.count()).filter(|&i| self.crc(i).is_some()) {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == i => *n += 1,
+                _ => runs.push((i, 1)),
+            }
+        }
+        runs
+    }
+
+    /// The held list for a client of revision `rev`: with holes
+    /// ([`ServerMsg::HeldSet`]) when it reads them and a block is held
+    /// after a hole, else [`HeldSet::held_msg`].
+    pub fn held_msg_for(&self, rev: u64) -> ServerMsg {
+        let runs = self.runs();
+        let holes = runs.len() > 1 || runs.first().is_some_and(|&(first, _)| first > 0);
+        if rev < v2::REV_HOLES || !holes {
+            return self.held_msg();
+        }
+        ServerMsg::HeldSet {
+            block_size: self.block,
+            crcs: (0..self.count()).filter_map(|i| self.crc(i)).collect(),
+            runs,
         }
     }
 }
@@ -405,6 +433,15 @@ pub trait Storage {
 pub trait HeldPart {
     /// Writes `bytes` at file offset `offset`.
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault>;
+    /// Protocol 1's write: like [`HeldPart::write_at`], with `crc_after`,
+    /// the CRC-32 of the whole prefix after these bytes, which the
+    /// [`Receiver`] computed already ([`Receiver::prefix_crc`]); a storage
+    /// that records a running CRC-32 uses it instead of computing it a
+    /// second time. The default ignores it.
+    fn write_grown(&mut self, offset: u64, bytes: &[u8], crc_after: u32) -> Result<(), Fault> {
+        let _ = crc_after;
+        self.write_at(offset, bytes)
+    }
     /// Block `idx` is about to be overwritten: it stops counting as held
     /// (durably, if a checkpoint vouched for it).
     fn begin_block(&mut self, idx: u64) -> Result<(), Fault>;

@@ -87,6 +87,9 @@ struct Pair {
     /// When the connection breaks, the server crashes with it: nothing
     /// more is checkpointed.
     crash_on_cut: bool,
+    /// The client's header says revision 2 (an older client, which reads
+    /// no held set) instead of the revision the sender advertises.
+    as_rev2: bool,
 }
 
 impl Pair {
@@ -118,6 +121,7 @@ impl Pair {
             hashed: 0,
             dead: false,
             crash_on_cut: false,
+            as_rev2: false,
         }
     }
 
@@ -198,9 +202,11 @@ impl Pair {
         let fed = rx.handle_input(*now, &c2s[pos..end]);
         let used = fed.used;
         if let Some(w) = fed.write {
-            let r = match part {
-                Some(p) => p.write_at(w.offset, w.bytes),
-                None => Err(Fault::new(FaultCode::Internal, "write without a part")),
+            // As the server's shell: protocol 1 hands the running CRC-32 on.
+            let r = match (part, rx.prefix_crc()) {
+                (Some(p), Some(crc)) => p.write_grown(w.offset, w.bytes, crc),
+                (Some(p), None) => p.write_at(w.offset, w.bytes),
+                (None, _) => Err(Fault::new(FaultCode::Internal, "write without a part")),
             };
             rx.handle_event(*now, Event::Applied(r));
         }
@@ -221,7 +227,10 @@ impl Pair {
 
     fn step(&mut self) -> bool {
         let mut progress = false;
-        while let Some(b) = self.tx.poll_transmit(self.now) {
+        while let Some(mut b) = self.tx.poll_transmit(self.now) {
+            if self.as_rev2 && self.c2s.is_empty() {
+                b = as_rev2(b);
+            }
             self.c2s.extend_from_slice(&b);
             self.c2s_marks.push(self.c2s.len());
             self.note();
@@ -1102,9 +1111,102 @@ fn a_crash_keeps_only_checkpointed_blocks_and_a_hole_is_sent_again() {
     let mut b = Pair::plain(&storage, &src);
     b.run();
     assert_eq!(b.outcome(), Outcome::Stored);
-    // Today's wire names only the first N bytes: block 2 goes again too.
-    assert_eq!(b.payload_sent, 2 * B);
+    // The held set names the hole: block 1 alone travels.
+    assert_eq!(b.payload_sent, B);
+    assert_eq!((b.tx.kept(), b.tx.resent()), (Some(2 * B), 1));
+    assert!(b.s2c[8..].starts_with(b"S"), "a held-set frame");
     assert_eq!(storage.file(NAME), Some(src));
+}
+
+/// A server holding blocks 0 and 2 of 3 (block 1 arrived damaged, then
+/// the server crashed) and the source.
+fn held_with_a_hole() -> (MemStorage, Vec<u8>) {
+    let storage = MemStorage::new();
+    let src = source(3 * B as usize, 20);
+    let mut a = Pair::plain(&storage, &src);
+    a.corrupt = vec![1];
+    a.c2s_cut = v2_header_len(src.len() as u64) + 3 * (13 + B as usize + 4) + 5;
+    a.crash_on_cut = true;
+    a.run();
+    assert_eq!(
+        storage.durable_blocks(NAME).unwrap().runs(),
+        vec![(0, 1), (2, 1)]
+    );
+    (storage, src)
+}
+
+#[test]
+fn an_older_client_gets_the_held_prefix_and_still_stores_the_source() {
+    let (storage, src) = held_with_a_hole();
+    let mut b = Pair::plain(&storage, &src);
+    b.as_rev2 = true;
+    b.run();
+    assert_eq!(b.outcome(), Outcome::Stored);
+    // "The first N bytes" only: block 2 goes again too.
+    assert_eq!(b.payload_sent, 2 * B);
+    assert!(b.s2c[8..].starts_with(b"H"), "a held-list frame");
+    assert_eq!(storage.file(NAME), Some(src));
+}
+
+#[test]
+fn a_held_set_is_sent_only_when_read_and_only_with_a_hole() {
+    let (storage, _) = held_with_a_hole();
+    let set = storage.durable_blocks(NAME).unwrap();
+    assert!(matches!(
+        set.held_msg_for(2),
+        v2::ServerMsg::Held { held: B, .. }
+    ));
+    match set.held_msg_for(v2::REV_HOLES) {
+        v2::ServerMsg::HeldSet {
+            block_size,
+            runs,
+            crcs,
+        } => {
+            assert_eq!((block_size, runs), (B, vec![(0, 1), (2, 1)]));
+            assert_eq!(crcs, vec![set.crc(0).unwrap(), set.crc(2).unwrap()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut prefix = HeldSet::new(3 * B, B).unwrap();
+    prefix.mark(0, 5);
+    assert!(matches!(
+        prefix.held_msg_for(v2::REV_HOLES),
+        v2::ServerMsg::Held { .. }
+    ));
+    prefix.forget(0);
+    prefix.mark(1, 5);
+    assert!(matches!(
+        prefix.held_msg_for(v2::REV_HOLES),
+        v2::ServerMsg::HeldSet { .. }
+    ));
+}
+
+#[test]
+fn the_sender_checks_a_held_set_against_the_file() {
+    let src = source(3 * B as usize, 22);
+    let mut o = super::transfer::Outlet::new(src.len() as u64, B, &[]);
+    assert!(
+        o.accept_set(B, &[(2, 2)], vec![1, 2]).is_err(),
+        "past the end"
+    );
+    assert!(
+        o.accept_set(2 * B, &[(0, 1)], vec![1]).is_err(),
+        "block size"
+    );
+    assert_eq!(o.accept_set(B, &[(1, 1)], vec![7]), Ok(Some((0, 2))));
+}
+
+/// The sender's header with `"rev":3` made `"rev":2`.
+fn as_rev2(b: Vec<u8>) -> Vec<u8> {
+    let at = b
+        .windows(6)
+        .position(|w| w == b"\"rev\":")
+        .expect("the header has a revision");
+    let mut b = b;
+    let digit = at + 6 + b[at + 6..].iter().take_while(|c| **c == b' ').count();
+    assert_eq!(b[digit], b'3');
+    b[digit] = b'2';
+    b
 }
 
 #[test]

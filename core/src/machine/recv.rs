@@ -241,6 +241,16 @@ impl Receiver {
         self.req.as_ref().and_then(|r| r.offer)
     }
 
+    /// Protocol 1 while receiving: the CRC-32 of every byte received so far
+    /// (those of the last [`WriteAt`] included), for
+    /// [`HeldPart::write_grown`](super::HeldPart::write_grown).
+    pub fn prefix_crc(&self) -> Option<u32> {
+        match &self.state {
+            State::Receiving { hasher, .. } => Some(hasher.clone().finalize()),
+            _ => None,
+        }
+    }
+
     /// Bytes of file payload the machine takes next without any protocol
     /// decision in between (the rest of the version-1 file, or of the
     /// current data frame), so that a shell can read that many before it
@@ -308,7 +318,8 @@ impl Receiver {
                 Some(proto::encode_offset(offset).to_vec())
             }
             State::SendHeld => {
-                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg()) else {
+                let rev = self.offer().map_or(0, |o| o.rev);
+                let Some(msg) = self.intake.as_ref().map(|i| i.held().held_msg_for(rev)) else {
                     self.fail(now, internal("no held set"));
                     return self.out.pop_front();
                 };

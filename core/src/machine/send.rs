@@ -210,7 +210,7 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
     let offer = Offer {
         version: v2::VERSION,
         block_size: cfg.block,
-        rev: v2::REVISION,
+        rev: v2::REV_HOLES,
         source: cfg.source,
     };
     let r = match (cfg.legacy, cfg.whole_crc) {
@@ -563,7 +563,21 @@ impl Sender {
                     block_size,
                     crcs,
                 },
-            ) => self.on_held(held, block_size, crcs),
+            ) => {
+                let r = self.outlet.accept_held(held, block_size, crcs);
+                self.on_held(r)
+            }
+            (
+                State::AwaitChallenge | State::AwaitHeld,
+                ServerMsg::HeldSet {
+                    block_size,
+                    runs,
+                    crcs,
+                },
+            ) => {
+                let r = self.outlet.accept_set(block_size, &runs, crcs);
+                self.on_held(r)
+            }
             (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
             (_, other) => {
                 let words = format!(
@@ -576,8 +590,8 @@ impl Sender {
         }
     }
 
-    fn on_held(&mut self, held: u64, block: u64, server: Vec<u32>) {
-        match self.outlet.accept_held(held, block, server) {
+    fn on_held(&mut self, accepted: Result<Option<(u64, u64)>, String>) {
+        match accepted {
             Err(e) => self.fail_protocol(e),
             Ok(Some((from, to))) => {
                 self.pending = Some(SendAction::HashBlocks { from, to });
@@ -651,6 +665,7 @@ impl Sender {
 fn msg_name(m: &ServerMsg) -> &'static str {
     match m {
         ServerMsg::Held { .. } => "held-list",
+        ServerMsg::HeldSet { .. } => "held-set",
         ServerMsg::Error(_) => "error",
         ServerMsg::Fault(..) => "fault",
         ServerMsg::Challenge(_) => "challenge",

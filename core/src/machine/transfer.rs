@@ -192,7 +192,8 @@ pub struct Outlet {
     filesize: u64,
     block: u64,
     crcs: Vec<Option<u32>>,
-    server: Vec<u32>,
+    /// The receiver's held list, block by block up to its last held one.
+    server: Vec<Option<u32>>,
     queue: VecDeque<u64>,
     current: Option<u64>,
     round: u32,
@@ -253,8 +254,9 @@ impl Outlet {
         self.crcs.iter().take_while(|c| c.is_some()).count() as u64
     }
 
-    /// Checks the receiver's held list against the file; returns the
-    /// blocks whose CRC-32 must be computed before planning, if any.
+    /// Checks the receiver's held list ("the first `held` bytes") against
+    /// the file; returns the blocks whose CRC-32 must be computed before
+    /// planning, if any.
     pub fn accept_held(
         &mut self,
         held: u64,
@@ -268,9 +270,38 @@ impl Outlet {
         if !fits {
             return Err("the server's block list does not fit this file".into());
         }
+        self.server = server.into_iter().map(Some).collect();
+        Ok(self.to_hash())
+    }
+
+    /// Checks the receiver's held set (runs of blocks, with holes, as
+    /// [`v2::ServerMsg::HeldSet`] gives them) against the file, like
+    /// [`Outlet::accept_held`].
+    pub fn accept_set(
+        &mut self,
+        block: u64,
+        runs: &[(u64, u64)],
+        crcs: Vec<u32>,
+    ) -> Result<Option<(u64, u64)>, String> {
+        let end = runs.last().map_or(0, |&(first, n)| first + n);
+        if block != self.block || end > self.crcs.len() as u64 {
+            return Err("the server's block set does not fit this file".into());
+        }
+        let mut server = vec![None; end as usize];
+        let mut crcs = crcs.into_iter();
+        for &(first, n) in runs {
+            for slot in &mut server[first as usize..(first + n) as usize] {
+                *slot = crcs.next();
+            }
+        }
         self.server = server;
-        let known = self.known();
-        Ok((known < count).then_some((known, count)))
+        Ok(self.to_hash())
+    }
+
+    /// Blocks up to the receiver's last held one whose CRC-32 we lack.
+    fn to_hash(&self) -> Option<(u64, u64)> {
+        let (known, count) = (self.known(), self.server.len() as u64);
+        (known < count).then_some((known, count))
     }
 
     /// The CRC-32s of the blocks asked for by [`Outlet::accept_held`].
@@ -285,16 +316,19 @@ impl Outlet {
         Ok(())
     }
 
-    /// Plans the blocks to send: held blocks that differ, then the rest.
+    /// Plans the blocks to send, in order: those the receiver holds with
+    /// another CRC-32 or lacks (counted as sent again up to its last held
+    /// block), then the rest.
     pub fn plan(&mut self) {
         let n = self.server.len();
-        let ours: Vec<u32> = self.crcs[..n].iter().flatten().copied().collect();
-        self.queue = v2::plan(self.crcs.len() as u64, &self.server, &ours).into();
-        let redo = |i: u64| self.queue.contains(&i);
-        let kept = (0..n as u64).filter(|&i| !redo(i));
-        let kept = kept.map(|i| v2::block_range(self.filesize, self.block, i).1);
+        let keep = |i: usize| self.server[i].is_some() && self.server[i] == self.crcs[i];
+        let redo: Vec<u64> = (0..n).filter(|&i| !keep(i)).map(|i| i as u64).collect();
+        let kept = (0..n).filter(|&i| keep(i));
+        let kept = kept.map(|i| v2::block_range(self.filesize, self.block, i as u64).1);
         self.kept = Some(kept.sum());
-        self.resent += (0..n as u64).filter(|&i| redo(i)).count() as u64;
+        self.resent += redo.len() as u64;
+        self.queue = redo.into_iter().collect();
+        self.queue.extend(n as u64..self.crcs.len() as u64);
     }
 
     /// What to send next.

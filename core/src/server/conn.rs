@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use super::backend::ServerPart;
 use super::claims::Claim;
 use super::policy::Reservation;
-use super::{ConnInfo, Shared, RATE_WINDOW, RECV_BUFFER};
+use super::{ConnInfo, Failed, Shared, RATE_WINDOW, RECV_BUFFER};
 use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
 use crate::v2::FaultCode;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind};
 
 /// Most bytes read when the machine expects no file payload next: a
 /// frame head or a header, and little of what follows (which would have
@@ -51,8 +51,8 @@ pub(super) struct Shell<'a> {
     pub(super) quiet: bool,
     /// A wrong answer to the challenge, counted as soon as it was seen
     /// (before the refusal goes out, so the client's next try sees it):
-    /// what to log.
-    pub(super) auth_failure: Option<Error>,
+    /// how it ends.
+    pub(super) auth_failure: Option<Failed>,
     buf: crate::sys::PageBuf,
     have: Range<usize>,
     stall: Option<Stall>,
@@ -63,7 +63,11 @@ pub(super) struct Shell<'a> {
 }
 
 /// Serves one connection to its end.
-pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, stream: TcpStream) -> Result<()> {
+pub(super) fn handle_connection(
+    sh: &Shared,
+    conn: &ConnInfo,
+    stream: TcpStream,
+) -> std::result::Result<(), Failed> {
     let _ = stream.set_nodelay(true);
     stream
         .set_write_timeout(Some(sh.cfg.idle_timeout))
@@ -185,9 +189,11 @@ impl Shell<'_> {
         let used = fed.used;
         let mut wrote = 0;
         if let Some(w) = fed.write {
-            let r = match part.as_mut() {
-                Some(p) => p.write_at(w.offset, w.bytes),
-                None => Err(Fault::new(FaultCode::Internal, "no held part to write")),
+            // Protocol 1: the machine's running CRC-32 is the part's too.
+            let r = match (part.as_mut(), rx.prefix_crc()) {
+                (Some(p), Some(crc)) => p.write_grown(w.offset, w.bytes, crc),
+                (Some(p), None) => p.write_at(w.offset, w.bytes),
+                (None, _) => Err(Fault::new(FaultCode::Internal, "no held part to write")),
             };
             wrote = if r.is_ok() { w.bytes.len() } else { 0 };
             rx.handle_event(now, Event::Applied(r));

@@ -1,17 +1,14 @@
-//! The local-disk [`Storage`] of the protocol machine: an adapter over the
-//! two durability engines, [`store::HeldPart`] for version 1 (a growing
-//! prefix) and [`BlockPart`] for version 2 (verified blocks), mapping
-//! their errors to coded faults. Their checkpoints, background syncs and
-//! on-disk witnesses work as before; [`HeldPart::recheck`] is where each
-//! one's check of the bytes on disk decides the verdict.
+//! The local-disk [`Storage`] of the protocol machine: the held-part
+//! engine [`DiskPart`] behind [`HeldPart`], its errors mapped to coded
+//! faults (out of space is for good, anything else worth a retry).
 //!
-//! Not for policy (admission, claims) or logging: the shell's. Merging the
-//! two engines into one is left for later.
+//! Not for durability, resume or rechecks (the engine's, see
+//! [`crate::part`]) nor for policy (admission, claims) or logging: the
+//! shell's.
 
-use crate::blocks::{BlockPart, Recovery};
-use crate::machine::{Fault, Held, HeldPart, HeldSet, Layout, PartId, Recheck, Storage};
-use crate::proto::Verdict;
-use crate::store::{self, Fresh, Identity, Store};
+use crate::machine::{Fault, Held, HeldPart, PartId, Recheck, Storage};
+use crate::part::{DiskPart, Recovery};
+use crate::store::Store;
 use crate::v2::FaultCode;
 use crate::{Error, SafeName};
 
@@ -22,15 +19,9 @@ pub(super) struct LocalStorage<'a> {
 
 /// One upload's held part on the local disk.
 pub(super) struct LocalPart {
-    name: SafeName,
-    engine: Engine,
+    part: DiskPart,
     /// Why the part did not resume as recorded (for the log), if it did not.
     pub(super) note: Option<String>,
-}
-
-enum Engine {
-    Prefix(store::HeldPart),
-    Blocks(BlockPart),
 }
 
 /// A storage error as a fault a client acts on: out of space (or quota)
@@ -46,28 +37,28 @@ pub(super) fn storage_fault(e: &Error, words: String) -> Fault {
 }
 
 impl LocalPart {
-    /// Bytes held for a resume (version 2: the verified blocks from the start).
+    /// Bytes held for a resume (version 2: in every held block).
     pub(super) fn held_bytes(&self) -> u64 {
-        match &self.engine {
-            Engine::Prefix(p) => p.offset(),
-            Engine::Blocks(b) => b.held(),
-        }
+        self.part.held_bytes()
     }
 
-    /// Verified blocks from the start (version 1: none).
+    /// Verified blocks held (version 1: none).
     pub(super) fn held_blocks(&self) -> usize {
-        match &self.engine {
-            Engine::Prefix(_) => 0,
-            Engine::Blocks(b) => b.held_crcs().len(),
-        }
+        self.part.held_blocks()
     }
 
-    fn fault(&self, e: &Error) -> Fault {
-        storage_fault(e, format!("server cannot store {}: {e}", self.name))
+    fn done<T>(&self, r: crate::Result<T>) -> Result<T, Fault> {
+        r.map_err(|e| storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())))
     }
+}
 
-    fn done(&self, r: crate::Result<()>) -> Result<(), Fault> {
-        r.map_err(|e| self.fault(&e))
+fn note(name: &SafeName, r: Recovery) -> Option<String> {
+    match r {
+        Recovery::Trusted | Recovery::Fresh => None,
+        Recovery::Reread(why) => Some(format!("{name}: {why}: re-read its blocks to verify them")),
+        Recovery::Discarded(why) => Some(format!(
+            "{name}: held part not usable ({why}); starting over"
+        )),
     }
 }
 
@@ -77,156 +68,54 @@ impl Storage for LocalStorage<'_> {
     fn open(&self, id: &PartId) -> Result<(LocalPart, Held), Fault> {
         let name = SafeName::from_wire(&id.name)
             .map_err(|e| Fault::new(FaultCode::NameRefused, format!("refused: {e}")))?;
-        let opened = match id.layout {
-            Layout::Prefix { crc32 } => self.open_prefix(&name, id.filesize, crc32),
-            Layout::Blocks { block } => self.open_blocks(&name, id.filesize, block),
-        };
-        opened.map_err(|e| storage_fault(&e, format!("server storage error: {e}")))
-    }
-}
-
-impl LocalStorage<'_> {
-    fn open_prefix(
-        &self,
-        name: &SafeName,
-        filesize: u64,
-        crc32: u32,
-    ) -> crate::Result<(LocalPart, Held)> {
-        let id = Identity {
-            name: name.clone(),
-            filesize,
-            crc32,
-        };
-        let (part, fresh) = self.store.begin(id)?;
-        let note = match fresh {
-            Some(Fresh::OtherSource) => Some(format!(
-                "{name}: held part was of another source (size or CRC-32 differ); starting over"
-            )),
-            Some(Fresh::Damaged(why)) => Some(format!(
-                "{name}: held part not resumable ({why}); starting over"
-            )),
-            _ => None,
-        };
-        let held = Held::Prefix {
-            offset: part.offset(),
-            crc32: part.crc32(),
-        };
-        let part = LocalPart {
-            name: name.clone(),
-            engine: Engine::Prefix(part),
-            note,
-        };
-        Ok((part, held))
-    }
-
-    fn open_blocks(
-        &self,
-        name: &SafeName,
-        filesize: u64,
-        block: u64,
-    ) -> crate::Result<(LocalPart, Held)> {
-        let (bp, recovery) = BlockPart::begin(self.store, name, filesize, block)?;
-        let note = match recovery {
-            Recovery::Reread(why) => {
-                Some(format!("{name}: {why}: re-read its blocks to verify them"))
-            }
-            Recovery::Discarded(why) => Some(format!(
-                "{name}: held part not usable ({why}); starting over"
-            )),
-            _ => None,
-        };
-        let mut set = HeldSet::new(filesize, block)
-            .map_err(|f| Error::new(crate::ErrorKind::Refused, f.words))?;
-        for (idx, &crc) in bp.held_crcs().iter().enumerate() {
-            set.mark(idx as u64, crc);
-        }
-        set.make_durable();
-        let part = LocalPart {
-            name: name.clone(),
-            engine: Engine::Blocks(bp),
-            note,
-        };
-        Ok((part, Held::Blocks(set)))
+        let (part, recovery) = DiskPart::open(self.store, &name, id.filesize, id.layout)
+            .map_err(|e| storage_fault(&e, format!("server storage error: {e}")))?;
+        let held = part.held()?;
+        let note = note(&name, recovery);
+        Ok((LocalPart { part, note }, held))
     }
 }
 
 impl HeldPart for LocalPart {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(p) if p.offset() != offset => {
-                return Err(Fault::new(FaultCode::Internal, "write out of order"))
-            }
-            Engine::Prefix(p) => p.write(bytes),
-            Engine::Blocks(b) => b.write_at(offset, bytes),
-        };
+        let r = self.part.write_at(offset, bytes, None);
+        self.done(r)
+    }
+
+    fn write_grown(&mut self, offset: u64, bytes: &[u8], crc_after: u32) -> Result<(), Fault> {
+        let r = self.part.write_at(offset, bytes, Some(crc_after));
         self.done(r)
     }
 
     fn begin_block(&mut self, idx: u64) -> Result<(), Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(_) => Ok(()),
-            Engine::Blocks(b) => b.begin_block(idx),
-        };
+        let r = self.part.begin_block(idx);
         self.done(r)
     }
 
     fn record_block(&mut self, idx: u64, crc: u32, good: bool) -> Result<(), Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(_) => Ok(()),
-            Engine::Blocks(b) => b.record_block(idx, crc, good),
-        };
+        let r = self.part.record_block(idx, crc, good);
         self.done(r)
     }
 
     fn checkpoint(&mut self) -> Result<(), Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(p) => p.checkpoint(),
-            Engine::Blocks(b) => b.checkpoint(),
-        };
+        let r = self.part.checkpoint();
         self.done(r)
     }
 
     /// Version 1: the resumed prefix and the part on disk are the bytes
-    /// received ([`store::HeldPart::verify`]); version 2: blocks changed on
-    /// disk are asked for again ([`BlockPart::recheck_on_disk`]).
+    /// received; version 2: blocks changed on disk are asked for again.
     fn recheck(&mut self) -> Result<Recheck, Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(p) => p
-                .verify()
-                .map(|why| why.map_or(Recheck::Same, Recheck::Wrong)),
-            Engine::Blocks(b) => b.recheck_on_disk().map(|bad| {
-                if bad.is_empty() {
-                    Recheck::Same
-                } else {
-                    Recheck::Changed(bad)
-                }
-            }),
-        };
-        r.map_err(|e| self.fault(&e))
+        let r = self.part.recheck();
+        self.done(r)
     }
 
     fn commit(&mut self, _whole_crc: u32) -> Result<(), Fault> {
-        let r = match &mut self.engine {
-            Engine::Prefix(p) => match p.finish() {
-                Ok(Verdict::Ok) => Ok(()),
-                Ok(Verdict::Mismatch) => {
-                    return Err(Fault::new(
-                        FaultCode::Storage,
-                        "the held part changed on disk behind the server's back",
-                    ))
-                }
-                Err(e) => Err(e),
-            },
-            Engine::Blocks(b) => b.finish(),
-        };
+        let r = self.part.finish();
         self.done(r)
     }
 
     fn discard(&mut self) -> Result<(), Fault> {
-        match &mut self.engine {
-            Engine::Prefix(p) => p.discard(),
-            Engine::Blocks(b) => b.discard(),
-        }
+        self.part.discard();
         Ok(())
     }
 }
@@ -236,6 +125,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     use super::*;
+    use crate::machine::Layout;
     use crate::store::key_of;
 
     const B: u64 = 65536;

@@ -1,7 +1,7 @@
 //! The receiving side: a blocking TCP server, one thread per connection.
 //!
 //! It accepts connections, reads the header, tells the client how much it
-//! already holds, receives the rest into a [`HeldPart`](crate::store::HeldPart)
+//! already holds, receives the rest into a [`DiskPart`](crate::part::DiskPart)
 //! while computing the CRC-32 in the same pass, and answers the verdict. It
 //! never stops because one connection misbehaved: every per-connection error
 //! is logged with the peer address and ends that connection only.
@@ -13,7 +13,7 @@
 //! `claims` decides who may write a name, `local` is the local-disk
 //! storage behind it, and `report` turns its ending into log lines.
 //!
-//! Not for: storage layout and durability (see [`crate::store`]) or byte
+//! Not for: storage layout and durability (see [`crate::store`] and [`crate::part`]) or byte
 //! parsing (see [`crate::proto`]).
 
 mod backend;
@@ -28,7 +28,7 @@ pub use crate::machine::MAX_REPAIR_ROUNDS;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -99,9 +99,22 @@ pub struct ServerConfig {
 /// The window over which [`ServerConfig::min_rate`] is measured.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
-/// The message of an error that ends a connection without a log line of
-/// its own (throttled token guessing is summarised instead).
-pub(crate) const QUIET: &str = "(counted, not logged)";
+/// How a connection that reached no verdict ended, for the counters and
+/// the log.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Counted and logged with the peer's address.
+    Logged(Error),
+    /// Counted, not logged: throttled token guessing is summarised
+    /// instead, so a guesser cannot flood the log.
+    Quiet(ErrorKind),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Failed {
+        Failed::Logged(e)
+    }
+}
 
 /// File descriptors a connection may need at once (its socket and clones
 /// of it, the part, its record, its block list and a second handle for
@@ -197,7 +210,7 @@ impl StopHandle {
     /// atomic store and one `write(2)`), so a signal handler may call it.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        crate::sys::wake(self.inner.wake_write.as_raw_fd());
+        crate::sys::wake(self.inner.wake_write.as_fd());
     }
 
     /// Whether [`StopHandle::stop`] was called.
@@ -459,8 +472,8 @@ impl Server {
     /// and returns. Only a failure of the listening socket itself is an error.
     pub fn serve(&self) -> Result<()> {
         let sh = &self.shared;
-        let wake = sh.stop.inner.wake_read.as_raw_fd();
-        let lfd = self.listener.as_raw_fd();
+        let wake = sh.stop.inner.wake_read.as_fd();
+        let lfd = self.listener.as_fd();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let sweeper = self.spawn_sweeper();
         let result = loop {
@@ -517,7 +530,7 @@ impl Server {
                 Err(e) => {
                     // EMFILE and friends: log, back off briefly, keep serving.
                     (sh.logger)(&format!("accept failed: {e}"));
-                    let wake = sh.stop.inner.wake_read.as_raw_fd();
+                    let wake = sh.stop.inner.wake_read.as_fd();
                     let _ = crate::sys::poll_readable(&[wake], Some(Duration::from_millis(100)));
                     break;
                 }
@@ -629,10 +642,14 @@ fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
     }));
     match outcome {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+        Ok(Err(failed)) => {
+            let kind = match &failed {
+                Failed::Logged(e) => e.kind(),
+                Failed::Quiet(kind) => *kind,
+            };
             sh.counters.failed.fetch_add(1, Ordering::Relaxed);
-            sh.counters.failed_by_reason[reason_index(e.kind())].fetch_add(1, Ordering::Relaxed);
-            if e.to_string() != QUIET {
+            sh.counters.failed_by_reason[reason_index(kind)].fetch_add(1, Ordering::Relaxed);
+            if let Failed::Logged(e) = failed {
                 (sh.logger)(&format!("{peer}: {e}"));
             }
         }

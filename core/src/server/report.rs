@@ -6,38 +6,44 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::conn::Shell;
-use super::{lock, QUIET};
+use super::{lock, Failed};
 use crate::machine::{Ending, Timer};
 use crate::throttle::Note;
 use crate::v2::FaultCode;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind};
 
 impl Shell<'_> {
     /// Logs and counts how the connection ended; an error (logged by the
     /// caller with the peer's address) unless the upload reached a verdict.
-    pub(super) fn report(&mut self) -> Result<()> {
+    pub(super) fn report(&mut self) -> std::result::Result<(), Failed> {
         self.count_auth_failure();
         let ending = self.rx.ending().cloned().unwrap_or(Ending::Lost("?"));
         let (kind, what) = match ending {
-            Ending::Stored => return self.stored(),
-            Ending::Mismatch(words) => return self.mismatch(&words),
+            Ending::Stored => {
+                self.stored();
+                return Ok(());
+            }
+            Ending::Mismatch(words) => {
+                self.mismatch(&words);
+                return Ok(());
+            }
             Ending::Refused(_) if self.auth_failure.is_some() => {
                 return Err(self
                     .auth_failure
                     .take()
-                    .unwrap_or_else(|| Error::new(ErrorKind::Refused, QUIET)))
+                    .unwrap_or(Failed::Quiet(ErrorKind::Refused)))
             }
             Ending::Refused(f) => (ErrorKind::Refused, f.words),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
             Ending::TimedOut(t) => (ErrorKind::TimedOut, timed_out(t)),
         };
         if self.quiet {
-            return Err(Error::new(kind, QUIET));
+            return Err(Failed::Quiet(kind));
         }
-        Err(Error::new(kind, self.kept(what)))
+        Err(Failed::Logged(Error::new(kind, self.kept(what))))
     }
 
-    fn stored(&self) -> Result<()> {
+    fn stored(&self) {
         let (size, v2) = self.geometry();
         self.sh.counters.completed.fetch_add(1, Ordering::Relaxed);
         let proto = if v2 { ", protocol 2" } else { "" };
@@ -46,10 +52,9 @@ impl Shell<'_> {
             self.conn.peer,
             self.name()
         ));
-        Ok(())
     }
 
-    fn mismatch(&self, words: &str) -> Result<()> {
+    fn mismatch(&self, words: &str) {
         let c = &self.sh.counters;
         c.crc_errors.fetch_add(1, Ordering::Relaxed);
         let words = if words.starts_with("CRC32_ERROR") {
@@ -63,7 +68,6 @@ impl Shell<'_> {
             self.conn.peer,
             self.name()
         ));
-        Ok(())
     }
 
     /// A wrong or missing answer to the challenge: counted per address
@@ -81,12 +85,12 @@ impl Shell<'_> {
         }
         let note = lock(&self.sh.throttle).failed(self.conn.peer.ip(), Instant::now());
         self.auth_failure = Some(match note {
-            Note::Log => Error::new(ErrorKind::Refused, words),
-            Note::LogLast => Error::new(
+            Note::Log => Failed::Logged(Error::new(ErrorKind::Refused, words)),
+            Note::LogLast => Failed::Logged(Error::new(
                 ErrorKind::Refused,
                 format!("{words} (further failures from this address are counted, and summarised once a minute)"),
-            ),
-            Note::Quiet => Error::new(ErrorKind::Refused, QUIET),
+            )),
+            Note::Quiet => Failed::Quiet(ErrorKind::Refused),
         });
     }
 

@@ -175,6 +175,14 @@ fn server_frames(out: &mut BTreeMap<String, Vec<u8>>) {
             },
         ),
         (
+            "held-set",
+            ServerMsg::HeldSet {
+                block_size: 65536,
+                runs: vec![(0, 2), (5, 1)],
+                crcs: vec![1, 2, 3],
+            },
+        ),
+        (
             "error",
             ServerMsg::Error("not enough free space: 10 bytes needed".into()),
         ),

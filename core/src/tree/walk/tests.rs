@@ -35,9 +35,12 @@ fn tree() -> Tree {
     let sparse = fs::File::create(root.join("sparse.img")).unwrap();
     sparse.set_len(8 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"data", 4 << 20).unwrap();
-    let c = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
-    // SAFETY: mkfifo with a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        root.join("fifo"),
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
     Tree { _tmp: tmp, root }
 }
 
@@ -243,8 +246,7 @@ fn memory_follows_depth() {
 
 #[test]
 fn unreadable_directory_is_skipped_with_the_reason() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         eprintln!("skipped: root reads any directory");
         return;
     }

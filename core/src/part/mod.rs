@@ -1,0 +1,408 @@
+//! The server's one held-part engine on local disk: a [`DiskPart`] is an
+//! upload in progress, a set of verified blocks ([`ledger`]) with a
+//! durable witness. Protocol 2 holds fixed-size blocks, with holes;
+//! protocol 1 is the same engine with one block that grows.
+//!
+//! Files, in the store's state directory (see [`crate::store`]):
+//! `KEY.part` the bytes, `KEY.meta` the checkpoint record (two alternating
+//! checksummed slots: the held prefix, its CRC-32 and the part's stamp),
+//! and for protocol 2 `KEY.blk`, the block list (every block's CRC-32 and
+//! whether it is held). A checkpoint `fdatasync`s the part, then writes
+//! and syncs the block list, then the record slot; while data flows one is
+//! taken every [`CHECKPOINT_STEP`] bytes on a helper thread ([`Syncer`]).
+//! The part's stamp (inode, ctime) taken with each record is the witness:
+//! if it changed at resume, or between our own writes, someone else wrote
+//! to the part and its bytes are re-read before they are vouched for.
+//!
+//! Not for the wire (see [`crate::machine`]) nor for the directory, its
+//! lock and the record's byte format (see [`crate::store`]).
+
+mod ledger;
+mod open;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+pub(crate) use ledger::Ledger;
+pub use open::Recovery;
+pub(crate) use sync::{SyncJob, Syncer};
+
+use crate::machine::{Fault, Held, Recheck};
+use crate::store::{write_slot, At, Dir, PartStamp};
+use crate::{Error, ErrorKind, Result, SafeName};
+
+/// The most received data a server crash can cost.
+pub const CHECKPOINT_INTERVAL: u64 = 32 << 20;
+
+/// Received bytes between two checkpoints. Half the interval: a checkpoint
+/// is made durable on a helper thread while the next step arrives, and the
+/// next one waits for it, so at most two steps are ever unrecorded.
+pub const CHECKPOINT_STEP: u64 = CHECKPOINT_INTERVAL / 2;
+
+/// Writeback of received data is started every this many bytes, so the disk
+/// works in parallel with the network and a checkpoint's `fdatasync` finds
+/// little left to write.
+pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// A held part's files and where they live.
+#[derive(Debug)]
+struct Files {
+    part: File,
+    /// A second handle on the part for background `fdatasync`s.
+    synced: Option<Arc<File>>,
+    meta: Arc<File>,
+    /// Protocol 2's block list.
+    blk: Option<Arc<File>>,
+    part_path: At,
+    meta_path: At,
+    blk_path: At,
+    final_path: At,
+    dir: Dir,
+}
+
+/// A checkpoint in flight: the bytes written in the step it covers.
+#[derive(Debug, Clone, Copy)]
+struct Note {
+    covered: u64,
+}
+
+/// An upload in progress on the server. Dropping it without
+/// [`DiskPart::finish`] or [`DiskPart::discard`] checkpoints what was
+/// received, so the upload stays resumable.
+#[derive(Debug)]
+pub struct DiskPart {
+    name: SafeName,
+    files: Files,
+    ledger: Ledger,
+    /// The sequence number of the newest record written or in flight.
+    seq: u64,
+    syncer: Syncer<Note>,
+    /// Bytes written since the last checkpoint was taken.
+    written_since: u64,
+    /// Whether what is vouched for changed since the last checkpoint.
+    dirty: bool,
+    /// Bytes written since writeback was last started.
+    unflushed: u64,
+    /// The size of the page-cache writes, chosen by how fast they go.
+    pieces: crate::pieces::PieceChooser,
+    /// The part's stamp after our last write: if it differs before our
+    /// next write or at the end, something else wrote to the part.
+    witness: Option<PartStamp>,
+    /// Whether a foreign write was seen.
+    tampered: bool,
+    done: bool,
+}
+
+fn serr(what: &str, p: &At, e: std::io::Error) -> Error {
+    Error::io(
+        ErrorKind::Storage,
+        format!("cannot {what} {}", p.display()),
+        e,
+    )
+}
+
+impl DiskPart {
+    /// What is held, as the protocol machine sees it.
+    pub fn held(&self) -> std::result::Result<Held, Fault> {
+        self.ledger.held()
+    }
+
+    /// Bytes held (protocol 2: in every held block, holes or not; for logs).
+    pub fn held_bytes(&self) -> u64 {
+        self.ledger.held_bytes()
+    }
+
+    /// Blocks held (protocol 1: none; for logs).
+    pub fn held_blocks(&self) -> usize {
+        self.ledger.held_blocks()
+    }
+
+    /// The file name.
+    pub fn name(&self) -> &SafeName {
+        &self.name
+    }
+
+    fn stamp(&self) -> Result<PartStamp> {
+        self.files
+            .part
+            .metadata()
+            .map(|m| PartStamp::of(&m))
+            .map_err(|e| serr("inspect", &self.files.part_path, e))
+    }
+
+    /// Writes `bytes` at file offset `offset`. Protocol 1 writes in order;
+    /// `crc_after`, when given, is the CRC-32 of the whole prefix after
+    /// these bytes (the receiver computed it already, so it is not
+    /// computed twice).
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8], crc_after: Option<u32>) -> Result<()> {
+        self.check_write(offset, bytes.len() as u64)?;
+        // Never hold a whole interval beyond what is known durable: before
+        // that, wait for the checkpoint in flight.
+        if let Some(n) = self.syncer.in_flight() {
+            if n.covered + self.written_since + bytes.len() as u64 >= CHECKPOINT_INTERVAL {
+                self.settle()?;
+            }
+        }
+        if let (Some(w), Ok(now)) = (self.witness, self.stamp()) {
+            self.tampered |= w != now;
+        }
+        let started = std::time::Instant::now();
+        let mut at = offset;
+        for piece in bytes.chunks(self.pieces.piece()) {
+            self.files
+                .part
+                .write_all_at(piece, at)
+                .map_err(|e| serr("write", &self.files.part_path, e))?;
+            at += piece.len() as u64;
+        }
+        self.pieces.record(bytes.len(), started.elapsed());
+        // The witness is taken at once: anything later would leave a
+        // window in which another writer's change is mistaken for ours.
+        self.witness = self.stamp().ok();
+        self.ledger.wrote(offset, bytes, crc_after);
+        self.after_write(at, bytes.len() as u64)
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        let ok = match &self.ledger {
+            Ledger::Growing(g) => offset == g.offset && len <= g.filesize - g.offset,
+            Ledger::Blocks(b) => offset.checked_add(len).is_some_and(|e| e <= b.filesize),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Protocol,
+            format!("a write of {len} bytes at {offset} is outside the file or out of order"),
+        ))
+    }
+
+    /// Starts writeback now and then; protocol 1 checkpoints as it grows
+    /// (its one block is verified as it is written).
+    fn after_write(&mut self, end: u64, len: u64) -> Result<()> {
+        self.written_since += len;
+        self.unflushed += len;
+        self.dirty = true;
+        if self.unflushed >= WRITEBACK_STEP {
+            // Data arrives in ascending order within a run of blocks: start
+            // writeback of what precedes this point.
+            let start = end.saturating_sub(self.unflushed);
+            crate::sys::start_writeback(&self.files.part, start, end - start);
+            self.unflushed = 0;
+        }
+        if matches!(self.ledger, Ledger::Growing(_)) && self.written_since >= CHECKPOINT_STEP {
+            self.checkpoint_in_background()?;
+        }
+        Ok(())
+    }
+
+    /// Called before the first byte of block `idx` is written: a block being
+    /// received is not held. If a record vouches for it (the source
+    /// changed, so a held block is being replaced), a checkpoint without it
+    /// is made first: otherwise a crash mid-write could leave a record that
+    /// vouches for the old block's CRC-32 over new bytes.
+    pub fn begin_block(&mut self, idx: u64) -> Result<()> {
+        let Ledger::Blocks(b) = &mut self.ledger else {
+            return Ok(());
+        };
+        let i = idx as usize;
+        if !b.valid.get(i).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        b.valid[i] = false;
+        self.dirty = true;
+        if b.recorded[i] {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of block `idx`: its CRC-32 as received, and
+    /// whether that matched the sender's. A damaged block stays missing.
+    pub fn record_block(&mut self, idx: u64, crc: u32, good: bool) -> Result<()> {
+        let Ledger::Blocks(b) = &mut self.ledger else {
+            return Ok(());
+        };
+        let i = idx as usize;
+        if i >= b.valid.len() {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("block {idx} is past the end of the file"),
+            ));
+        }
+        b.crcs[i] = crc;
+        b.valid[i] = good;
+        self.dirty = true;
+        if self.written_since >= CHECKPOINT_STEP {
+            self.checkpoint_in_background()?;
+        }
+        Ok(())
+    }
+
+    /// Records a finished background checkpoint.
+    fn settle(&mut self) -> Result<()> {
+        self.syncer.settle().map(|_| ())
+    }
+
+    /// Makes what is vouched for durable and records it, on this thread
+    /// (after any background checkpoint in flight).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.settle()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        crate::sys::fdatasync(&self.files.part)
+            .map_err(|e| serr("sync", &self.files.part_path, e))?;
+        let job = self.record_job()?;
+        job()
+    }
+
+    /// Has the helper thread make what is vouched for durable and record
+    /// it, while this thread goes on receiving (after waiting for the
+    /// previous one). Falls back to [`DiskPart::checkpoint`] if the part
+    /// could not be opened twice.
+    fn checkpoint_in_background(&mut self) -> Result<()> {
+        self.settle()?;
+        let Some(part) = self.files.synced.clone() else {
+            return self.checkpoint();
+        };
+        let covered = self.written_since;
+        let record = self.record_job()?;
+        let part_path = self.files.part_path.clone();
+        let job: SyncJob = Box::new(move || {
+            // Every byte vouched for was written before this job was made.
+            crate::sys::fdatasync(&part).map_err(|e| serr("sync", &part_path, e))?;
+            record()
+        });
+        self.syncer.submit(job, Note { covered })
+    }
+
+    /// The disk work of recording what is vouched for now, as the next
+    /// checkpoint: the block list, then the record slot, each synced. The
+    /// part's stamp is taken here, while the record is exactly true: any
+    /// later write changes it, so a crash after one makes the next start
+    /// re-read the part instead of trusting the record.
+    fn record_job(&mut self) -> Result<SyncJob> {
+        let stamp = self.stamp()?;
+        let entry = self.ledger.entry();
+        self.seq += 1;
+        self.written_since = 0;
+        self.dirty = false;
+        let (seq, cp) = (self.seq, entry.cp);
+        let (meta, meta_path) = (Arc::clone(&self.files.meta), self.files.meta_path.clone());
+        let blk = match (entry.list, &self.files.blk) {
+            (Some(list), Some(f)) => Some((list, Arc::clone(f), self.files.blk_path.clone())),
+            _ => None,
+        };
+        Ok(Box::new(move || {
+            if let Some((list, f, path)) = blk {
+                f.write_all_at(&list, ledger::BLK_HEAD)
+                    .and_then(|_| crate::sys::fdatasync(&f))
+                    .map_err(|e| serr("write", &path, e))?;
+            }
+            write_slot(&meta, &meta_path, seq, cp, stamp)
+        }))
+    }
+
+    /// Before the verdict: confirms that the part on disk holds the bytes
+    /// received. Protocol 2: blocks changed on disk become missing and are
+    /// named; protocol 1: the resumed prefix must have matched its record
+    /// and the whole part its CRC-32.
+    pub fn recheck(&mut self) -> Result<Recheck> {
+        // A background fdatasync that failed may have lost data that a
+        // later one would not report again: it fails the upload.
+        self.settle()?;
+        let now = self.stamp()?;
+        let same_file = self
+            .files
+            .part_path
+            .open_read()
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == now.ino);
+        let untouched = !self.tampered && self.witness.is_none_or(|w| w == now);
+        let r = match &mut self.ledger {
+            Ledger::Blocks(_) if !same_file => Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "{} was replaced behind the server's back",
+                    self.files.part_path.display()
+                ),
+            )),
+            Ledger::Blocks(_) if untouched => Ok(Recheck::Same),
+            Ledger::Blocks(b) => b
+                .reread(&self.files.part, true)
+                .map(|bad| match bad.is_empty() {
+                    true => Recheck::Same,
+                    false => Recheck::Changed(bad),
+                })
+                .map_err(|e| serr("re-read", &self.files.part_path, e)),
+            Ledger::Growing(g) => Ok(open::recheck_growing(
+                g,
+                &self.files.part,
+                same_file,
+                untouched,
+            )),
+        };
+        self.witness = Some(now);
+        self.tampered = false;
+        if matches!(r, Ok(Recheck::Changed(_))) {
+            self.dirty = true;
+        }
+        r
+    }
+
+    /// Stores the complete, verified file under its final name, durably.
+    pub fn finish(&mut self) -> Result<()> {
+        self.settle()?;
+        if let Ledger::Growing(g) = &self.ledger {
+            if g.offset != g.filesize || g.crc != g.want || g.problem.is_some() {
+                self.discard();
+                return Err(Error::new(
+                    ErrorKind::Storage,
+                    "the held part changed on disk behind the server's back",
+                ));
+            }
+        }
+        let f = &self.files;
+        let size = match &self.ledger {
+            Ledger::Growing(g) => g.filesize,
+            Ledger::Blocks(b) => b.filesize,
+        };
+        f.part
+            .set_len(size)
+            .map_err(|e| serr("truncate", &f.part_path, e))?;
+        f.part
+            .sync_all()
+            .map_err(|e| serr("sync", &f.part_path, e))?;
+        f.part_path
+            .rename_to(&f.final_path)
+            .map_err(|e| serr("rename into", &f.final_path, e))?;
+        self.done = true;
+        f.dir.sync()?;
+        let _ = f.meta_path.remove();
+        let _ = f.blk_path.remove();
+        Ok(())
+    }
+
+    /// Throws the held part away (after a failed verification), so the
+    /// client's retry starts from zero.
+    pub fn discard(&mut self) {
+        self.done = true;
+        let f = &self.files;
+        for p in [&f.part_path, &f.meta_path, &f.blk_path] {
+            let _ = p.remove();
+        }
+    }
+}
+
+impl Drop for DiskPart {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.checkpoint();
+        }
+    }
+}
