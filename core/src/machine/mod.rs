@@ -116,7 +116,9 @@ use crate::auth::ANSWER_LEN;
 use crate::v2::{self, block_range, FaultCode, ServerMsg, MAX_CLIENT_HEAD};
 
 pub use recv::{Ending, Receiver, ReceiverConfig};
-pub use send::{Failure, Outcome, SendAction, SendEvent, Sender, SenderConfig};
+pub use send::{
+    Failure, Outcome, PackStats, Packed, SendAction, SendEvent, Sender, SenderConfig,
+};
 
 /// Most rounds of block repair before an upload is declared failed.
 pub const MAX_REPAIR_ROUNDS: u32 = 5;
@@ -521,13 +523,15 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
     Some(Event::Applied(r))
 }
 
-/// Received file bytes to write, borrowed from the shell's input buffer.
+/// Received file bytes to write: borrowed from the shell's input buffer,
+/// or owned when the machine decompressed them (one chunk of a compressed
+/// block, at most [`crate::compress::PACK_CHUNK`] bytes).
 #[derive(Debug, PartialEq, Eq)]
 pub struct WriteAt<'a> {
     /// File offset.
     pub offset: u64,
     /// The bytes.
-    pub bytes: &'a [u8],
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// What one [`Receiver::handle_input`] call did.
@@ -556,6 +560,18 @@ pub enum ClientItem<'a> {
         offset: u64,
         /// Payload length.
         len: u64,
+    },
+    /// A compressed data frame's head: `wire` bytes of packed payload for
+    /// the `len` raw bytes of block `idx` follow.
+    PackedHead {
+        /// Block index.
+        idx: u64,
+        /// File offset.
+        offset: u64,
+        /// Raw length of the block.
+        len: u64,
+        /// Packed payload length.
+        wire: u64,
     },
     /// Some of the payload, by reference.
     Payload(&'a [u8]),
@@ -684,6 +700,16 @@ impl ClientDecoder {
                     ClientAt::Payload { left: len }
                 };
                 ClientItem::DataHead { idx, offset, len }
+            }
+            v2::ClientFrame::Packed { offset, len, wire } => {
+                // `wire` is never 0 (checked with the head).
+                self.at = ClientAt::Payload { left: wire };
+                ClientItem::PackedHead {
+                    idx,
+                    offset,
+                    len,
+                    wire,
+                }
             }
             v2::ClientFrame::End { crc32 } => ClientItem::End(crc32),
             v2::ClientFrame::Answer(a) => ClientItem::Answer(a),
@@ -815,7 +841,7 @@ mod tests {
             assert_eq!(payload, b"xyz");
             assert_eq!(items.len(), 3, "{step}: {items:?}");
         }
-        assert!(ClientDecoder::new(fs, b).decode(b"Z").is_err());
+        assert!(ClientDecoder::new(fs, b).decode(b"Q").is_err());
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Shell<'_> {
         let mut wrote = 0;
         if let Some(w) = fed.write {
             let r = match part.as_mut() {
-                Some(p) => p.write_at(w.offset, w.bytes),
+                Some(p) => p.write_at(w.offset, &w.bytes),
                 None => Err(Fault::new(FaultCode::Internal, "no held part to write")),
             };
             wrote = if r.is_ok() { w.bytes.len() } else { 0 };
