@@ -214,7 +214,8 @@ pub struct Outcome {
     pub attempts: u32,
     /// Wall time of the whole upload, hashing included.
     pub elapsed: Duration,
-    /// The compression asked for (`auto`, `zstd:LEVEL` or `off`).
+    /// The compression asked for (`auto`, `zstd:LEVEL` or `off`; `off`
+    /// with [`Protocol::Legacy`]).
     pub compress: crate::compress::Compress,
     /// Whether the server agreed to compressed frames (last connection).
     pub compress_agreed: bool,
@@ -387,7 +388,10 @@ impl Tally {
             time_to_first_byte: self.first_byte.unwrap_or_default(),
             attempts: self.attempts,
             elapsed: self.started.elapsed(),
-            compress: opts.compress,
+            compress: match opts.protocol {
+                Protocol::Legacy => crate::compress::Compress::Off,
+                Protocol::Auto => opts.compress,
+            },
             compress_agreed: self.packed.agreed,
             compressed_blocks: self.packed.blocks,
             wire_bytes: self.sent - self.packed.raw_bytes + self.packed.wire_bytes,
