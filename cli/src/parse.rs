@@ -34,7 +34,9 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 
 /// `auto`, `off`, `zstd` or `zstd:LEVEL` (see `Compress`'s parser).
 pub fn compress(s: &str) -> Result<bigtransfer_core::compress::Compress, String> {
-    s.trim().parse().map_err(|e: bigtransfer_core::Error| e.to_string())
+    s.trim()
+        .parse()
+        .map_err(|e: bigtransfer_core::Error| e.to_string())
 }
 
 /// `N` bytes, or `N` followed by `K`, `M`, `G` or `T` (powers of 1024;

@@ -241,8 +241,15 @@ pub struct Unpacker {
 
 #[derive(Debug)]
 enum UnpackAt {
-    Prefix { buf: [u8; 4], n: usize },
-    Body { raw: usize, buf: Vec<u8>, want: usize },
+    Prefix {
+        buf: [u8; 4],
+        n: usize,
+    },
+    Body {
+        raw: usize,
+        buf: Vec<u8>,
+        want: usize,
+    },
     Done,
 }
 

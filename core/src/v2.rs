@@ -1065,7 +1065,10 @@ mod tests {
         assert!(offered_codecs(&f[4..]).unwrap().is_empty());
         let f = encode_header_with_codecs(&h, Some(9), offer, &["zstd", "lz4"]).unwrap();
         assert_eq!(offered_codecs(&f[4..]).unwrap(), ["zstd", "lz4"]);
-        assert_eq!(parse_header(&f[4..]).unwrap(), (Header { crc32: 9, ..h }, Some(offer)));
+        assert_eq!(
+            parse_header(&f[4..]).unwrap(),
+            (Header { crc32: 9, ..h }, Some(offer))
+        );
         for bad in [
             r#"{"bt": {"z": "zstd"}}"#.to_string(),
             r#"{"bt": {"z": [1]}}"#.into(),
@@ -1076,7 +1079,10 @@ mod tests {
         }
         let f = encode_server_msg(&ServerMsg::Codec("zstd".into()));
         assert_eq!(f, b"Z\0\0\0\x04zstd");
-        assert_eq!(parse_server_msg(f[0], &f[5..]).unwrap(), ServerMsg::Codec("zstd".into()));
+        assert_eq!(
+            parse_server_msg(f[0], &f[5..]).unwrap(),
+            ServerMsg::Codec("zstd".into())
+        );
         assert!(parse_server_msg(b'Z', &[0xFF]).is_err());
         assert!(parse_server_msg(b'Z', &[b'a'; 33]).is_err());
     }

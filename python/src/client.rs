@@ -354,9 +354,9 @@ pub fn send_file(
         None => None,
     };
     opts.remote_name = name;
-    opts.compress = compress
-        .parse()
-        .map_err(|e: bigtransfer_core::Error| new_err(py, ErrorKind::InvalidInput, e.to_string()))?;
+    opts.compress = compress.parse().map_err(|e: bigtransfer_core::Error| {
+        new_err(py, ErrorKind::InvalidInput, e.to_string())
+    })?;
     opts.token = token_arg(py, token.as_ref())?;
     opts.protocol = if legacy {
         Protocol::Legacy

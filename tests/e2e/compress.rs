@@ -121,7 +121,15 @@ fn random_data_goes_raw_with_auto_and_off_and_legacy_never_compress() {
 #[test]
 fn a_bad_compress_value_is_a_usage_error_with_words() {
     let out = client(
-        &["--host", "127.0.0.1", "--port", "9", "--compress", "gzip", "x"],
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9",
+            "--compress",
+            "gzip",
+            "x",
+        ],
         b"",
         &[],
     );
@@ -150,8 +158,14 @@ fn hostile_client(srv: &ServerProc, name: &str, size: u64) -> TcpStream {
     let frame = v2::encode_header_with_codecs(&h, None, offer, &[CODEC]).unwrap();
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(&frame).unwrap();
-    assert_eq!(server_frame(&mut s, true), v2::ServerMsg::Codec(CODEC.into()));
-    assert!(matches!(server_frame(&mut s, false), v2::ServerMsg::Held { .. }));
+    assert_eq!(
+        server_frame(&mut s, true),
+        v2::ServerMsg::Codec(CODEC.into())
+    );
+    assert!(matches!(
+        server_frame(&mut s, false),
+        v2::ServerMsg::Held { .. }
+    ));
     s
 }
 

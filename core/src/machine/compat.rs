@@ -70,7 +70,9 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                 SendAction::Recheck => SendEvent::Rechecked(Ok(())),
                 SendAction::PackBlock {
                     offset, len, level, ..
-                } => super::pair::packed_event(&src[offset as usize..(offset + len) as usize], level),
+                } => {
+                    super::pair::packed_event(&src[offset as usize..(offset + len) as usize], level)
+                }
             };
             tx.handle_event(now, ev);
             continue;

@@ -116,9 +116,7 @@ use crate::auth::ANSWER_LEN;
 use crate::v2::{self, block_range, FaultCode, ServerMsg, MAX_CLIENT_HEAD};
 
 pub use recv::{Ending, Receiver, ReceiverConfig};
-pub use send::{
-    Failure, Outcome, PackStats, Packed, SendAction, SendEvent, Sender, SenderConfig,
-};
+pub use send::{Failure, Outcome, PackStats, Packed, SendAction, SendEvent, Sender, SenderConfig};
 
 /// Most rounds of block repair before an upload is declared failed.
 pub const MAX_REPAIR_ROUNDS: u32 = 5;

@@ -1458,7 +1458,10 @@ fn compressible_blocks_travel_compressed_and_are_stored_identical() {
         let mut p = Pair::new(&storage, ReceiverConfig::default(), tc, src.clone());
         p.run();
         assert_eq!(p.outcome(), Outcome::Stored, "{mode}");
-        assert!(storage.file(NAME) == Some(src.clone()), "{mode}: stored bytes differ");
+        assert!(
+            storage.file(NAME) == Some(src.clone()),
+            "{mode}: stored bytes differ"
+        );
         let s = p.tx.pack_stats();
         assert!(s.agreed, "{mode}");
         assert_eq!((s.blocks, s.raw_bytes), (6, src.len() as u64), "{mode}");
@@ -1487,7 +1490,11 @@ fn random_blocks_go_raw_and_auto_stops_trying() {
     assert!(storage.file(NAME) == Some(src.clone()));
     let s = p.tx.pack_stats();
     let give_up = crate::compress::AutoConfig::default().give_up_after as u64;
-    assert_eq!((s.agreed, s.blocks, s.declined), (true, 0, give_up), "{s:?}");
+    assert_eq!(
+        (s.agreed, s.blocks, s.declined),
+        (true, 0, give_up),
+        "{s:?}"
+    );
     // Raw frames: the stream is the file plus heads, trailers and header.
     let framing = p.c2s.len() - src.len();
     assert!(framing < 40 * 17 + 300, "{framing}");
@@ -1535,7 +1542,11 @@ fn every_cut_of_a_compressed_upload_resumes_to_the_same_bytes() {
 
 /// A receiver set up for `f.bin` of `filesize` bytes by a client that
 /// offered zstd (`z`), past its held list.
-fn packed_receiver(filesize: u64, z: bool, now: Instant) -> (Receiver, MemPart, Vec<u8>, MemStorage) {
+fn packed_receiver(
+    filesize: u64,
+    z: bool,
+    now: Instant,
+) -> (Receiver, MemPart, Vec<u8>, MemStorage) {
     let mut rx = Receiver::new(ReceiverConfig::default(), [0; 32], now);
     let z = if z { r#", "z": ["zstd"]"# } else { "" };
     let json = format!(

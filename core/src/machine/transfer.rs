@@ -213,7 +213,13 @@ impl Intake {
         Ok((used, took))
     }
 
-    fn begin(&mut self, idx: u64, offset: u64, len: u64, unpack: Option<Unpacker>) -> Took<'static> {
+    fn begin(
+        &mut self,
+        idx: u64,
+        offset: u64,
+        len: u64,
+        unpack: Option<Unpacker>,
+    ) -> Took<'static> {
         self.block = Some(InBlock {
             idx,
             pos: offset,
