@@ -4,6 +4,7 @@
 #
 #   bench/compress.sh                 # 1 GiB each, 2 runs, modes alternated
 #   SIZE=256M RUNS=1 bench/compress.sh
+#   RATE=100mbit SIZE=256M RUNS=1 bench/compress.sh   # a 100 Mbit/s link (needs root)
 #
 # The compressible file is a tar of /usr/share repeated up to SIZE (realistic:
 # text, man pages, images; blocks are compressed independently, so repeating
@@ -11,11 +12,23 @@
 # `bigtransfer client --json --no-cache` to a server on 127.0.0.1 storing on
 # disk (it fsyncs before CRC32_OK); the figure is file bytes / wall time of the
 # client, with its CPU seconds (user + sys) and, from its --json, the wire bytes,
-# the compressed blocks and the congestion control.
+# the compressed blocks and the congestion control. With RATE, everything runs
+# in a private network namespace whose loopback is limited to RATE by a tbf
+# qdisc (no delay: the policy only needs the link to be the bottleneck), so
+# nothing outside the script sees it.
 # Env: SIZE (1G) RUNS (2) MODES ("auto off zstd:3") BIGTRANSFER (binary; default
 # target/release/bigtransfer, built if missing) BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-compress)
 # Loopback only; the server is stopped by its PID.
 set -euo pipefail
+if [ -n "${RATE:-}" ] && [ -z "${BT_IN_NETNS:-}" ]; then
+  exec unshare -n env BT_IN_NETNS=1 bash "$0" "$@"
+fi
+if [ -n "${BT_IN_NETNS:-}" ]; then
+  # An Ethernet-sized MTU: tbf drops every packet larger than its burst.
+  ip link set lo mtu 1500 up
+  tc qdisc add dev lo root tbf rate "$RATE" burst 64k latency 100ms
+  echo "link: loopback in a private namespace, $(tc qdisc show dev lo)"
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE=${SIZE:-1G}; RUNS=${RUNS:-2}; MODES=${MODES:-"auto off zstd:3"}
 BIN=${BIGTRANSFER:-$ROOT/target/release/bigtransfer}
