@@ -17,7 +17,8 @@
 # qdisc (no delay: the policy only needs the link to be the bottleneck), so
 # nothing outside the script sees it.
 # Env: SIZE (1G) RUNS (2) MODES ("auto off zstd:3") BIGTRANSFER (binary; default
-# target/release/bigtransfer, built if missing) BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-compress)
+# target/release/bigtransfer, built if missing) STORE (the server's directory;
+# /dev/shm/... takes the disk out) BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-compress)
 # Loopback only; the server is stopped by its PID.
 set -euo pipefail
 if [ -n "${RATE:-}" ] && [ -z "${BT_IN_NETNS:-}" ]; then
@@ -34,7 +35,8 @@ SIZE=${SIZE:-1G}; RUNS=${RUNS:-2}; MODES=${MODES:-"auto off zstd:3"}
 BIN=${BIGTRANSFER:-$ROOT/target/release/bigtransfer}
 [ -x "$BIN" ] || cargo build --release -p bigtransfer-cli --manifest-path "$ROOT/Cargo.toml"
 H=${BENCH_HOME:-${TMPDIR:-/tmp}/bigtransfer-compress}
-mkdir -p "$H/data" "$H/store"
+ST=${STORE:-$H/store}
+mkdir -p "$H/data" "$ST"
 BYTES=$(numfmt --from=iec "$SIZE")
 
 size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
@@ -54,7 +56,7 @@ if command -v zstd >/dev/null; then
 fi
 
 LOG="$H/server.log"
-"$BIN" server --port 0 --bind 127.0.0.1 --dir "$H/store" > "$LOG" 2>&1 &
+"$BIN" server --port 0 --bind 127.0.0.1 --dir "$ST" > "$LOG" 2>&1 &
 SRV=$!
 trap 'kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null || true' EXIT
 PORT=
@@ -75,8 +77,8 @@ for run in $(seq "$RUNS"); do
       /usr/bin/time -o "$H/cpu" -f '%U %S' timeout 900 "$BIN" client --host 127.0.0.1 --port "$PORT" --json --quiet --no-cache \
         --compress "$m" --name "copy-$f" "$H/data/$f" > "$out"
       end=$(date +%s.%N)
-      cmp -s "$H/data/$f" "$H/store/copy-$f" || { echo "copy of $f differs" >&2; exit 1; }
-      rm -f "$H/store/copy-$f"
+      cmp -s "$H/data/$f" "$ST/copy-$f" || { echo "copy of $f differs" >&2; exit 1; }
+      rm -f "$ST/copy-$f"
       secs=$(echo "$end - $start" | bc)
       rate=$(echo "scale=1; $BYTES / 1048576 / $secs" | bc)
       cpu=$(awk '{print $1 + $2}' "$H/cpu")
