@@ -747,7 +747,11 @@ mod tests {
         let mut p = AutoCompressor::new(AutoConfig::default());
         p.record_compression(MIB, Some(MIB / 3), Duration::from_micros(2621));
         for i in 0..60 {
-            let t = if i % 3 == 2 { ms(250) } else { Duration::from_micros(50) };
+            let t = if i % 3 == 2 {
+                ms(250)
+            } else {
+                Duration::from_micros(50)
+            };
             p.record_send(MIB, t);
         }
         assert!(p.worth_it(), "the link, not the CPU, is the bottleneck");
