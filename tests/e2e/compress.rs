@@ -85,6 +85,28 @@ fn a_compressible_file_travels_compressed_and_is_stored_identical() {
 }
 
 #[test]
+fn auto_compresses_when_the_link_is_the_bottleneck() {
+    // --limit-rate makes the link slow: auto then compresses every block
+    // (the first before anything is measured, the rest because they pay).
+    isolate_cache();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("slow.log");
+    let size = 8 << 20;
+    write_logs(&src, size);
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let out = send(&srv, &src, &["--limit-rate", "4M"]);
+    assert_ok(&out);
+    assert_same_file(&src, &t.path().join("store/slow.log"));
+    assert!(field(&out, "compressed_blocks") >= 7, "{}", stdout(&out));
+    assert!(
+        field(&out, "wire_bytes") * 3 < size as u64,
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
 fn random_data_goes_raw_with_auto_and_off_and_legacy_never_compress() {
     isolate_cache();
     let t = tempfile::tempdir().unwrap();

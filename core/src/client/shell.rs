@@ -202,7 +202,7 @@ impl Shell<'_, '_> {
                 return self.on_cut(e);
             }
             if bytes.len() >= TIMED_WRITE {
-                self.tx.handle_sent(bytes.len(), started.elapsed());
+                self.sent(bytes.len(), started.elapsed());
             }
         }
     }
@@ -415,7 +415,7 @@ impl Shell<'_, '_> {
                 ))
             }
         };
-        self.tx.handle_sent(n as usize, started.elapsed());
+        self.sent(n as usize, started.elapsed());
         self.up.t.sent += n;
         self.up.t.read += n;
         if n < len {
@@ -557,12 +557,24 @@ impl Shell<'_, '_> {
         }
     }
 
-    /// Sleeps as needed to keep to `limit_rate` on this connection.
+    /// Tells the machine how long `bytes` took to go into the socket, for
+    /// the `auto` compression policy. Under `limit_rate` the link is at
+    /// most that fast, whatever the write took (pacing sleeps elsewhere).
+    fn sent(&mut self, bytes: usize, elapsed: Duration) {
+        let floor = self.up.opts.limit_rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(bytes as f64 / r.max(1) as f64)
+        });
+        self.tx.handle_sent(bytes, elapsed.max(floor));
+    }
+
+    /// Sleeps as needed to keep the wire bytes of this connection to
+    /// `limit_rate` (compressed blocks count what they took on the wire).
     fn pace(&self) {
         let (Some(rate), Some((started, base))) = (self.up.opts.limit_rate, self.paced) else {
             return;
         };
-        let sent = self.up.t.sent - base;
+        let p = self.tx.pack_stats();
+        let sent = (self.up.t.sent - base) - p.raw_bytes + p.wire_bytes;
         let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(wait);
