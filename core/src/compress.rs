@@ -6,9 +6,12 @@
 //! parallel streams. CRC-32s are always of the uncompressed bytes; this
 //! module does not compute them.
 //!
-//! It is not the wire format (the caller frames the block and says whether
-//! it is compressed) and it does not measure time itself: [`AutoCompressor`]
-//! is given durations, so it is pure and testable.
+//! The packed payload of a compressed data frame (1 MiB chunks, each a zstd
+//! frame or stored) is made by [`BlockCompressor::pack`] and read by
+//! [`Unpacker`]; the frame around it (head, CRC-32 trailer) and the
+//! negotiation are `v2`'s, the sequencing the protocol machines'. Nothing
+//! here measures time: [`AutoCompressor`] is given durations, so it is pure
+//! and testable.
 
 use crate::{Error, ErrorKind, Result};
 use std::time::Duration;

@@ -69,7 +69,18 @@
 //!  Recheck (only with `recheck`): the source changed ──> Done(SourceChanged)
 //! ```
 //! Repair lists are checked (each block once, within the file, not empty)
-//! and at most `max_repair_rounds` are answered. The shell is
+//! and at most `max_repair_rounds` are answered.
+//!
+//! Compression (negotiated: the offer lists `"z": ["zstd"]` unless
+//! [`SenderConfig::compress`] is off; a `Z` codec frame from the server
+//! before `H` agrees): in SendBlocks a block the policy wants compressed is
+//! [`SendAction::PackBlock`] instead of `SendBlock` (the shell reads, packs
+//! and times it; the machine sends a `Z` frame, or a `D` frame with the raw
+//! bytes when packing did not pay). [`Sender::handle_sent`] passes the
+//! shell's timing of its writes in, so the `auto` policy sees the link
+//! without a clock. The Receiver's intake unpacks `Z` frames one 1 MiB
+//! chunk at a time ([`WriteAt`] then owns the decompressed bytes) and
+//! refuses them when no codec was agreed. The shell is
 //! `client::shell`; `kept`, `resent` and `repairs` give it the counters
 //! it reports.
 //!
