@@ -1180,7 +1180,8 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
 
     /// Any cut in either direction, any delivery size, a damaged block or
-    /// not, either protocol: the resume stores exactly the source.
+    /// not, either protocol, compressed frames or not: the resume stores
+    /// exactly the source.
     #[test]
     fn random_cuts_chunks_and_damage_always_end_in_the_source(
         len in 0usize..(2 * B as usize + 50),
@@ -1189,10 +1190,15 @@ proptest::proptest! {
         s2c in 0usize..80,
         corrupt in proptest::option::of(0u64..3),
         legacy in proptest::prelude::any::<bool>(),
+        packed in proptest::prelude::any::<bool>(),
     ) {
         let storage = MemStorage::new();
         let src = source(len, len as u32);
-        let tc = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+        let mut tc = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+        if packed {
+            // This source shrinks about 28 : 1, so every block goes as Z.
+            tc.compress = Compress::Zstd(1);
+        }
         let mut a = Pair::new(&storage, ReceiverConfig::default(), tc.clone(), src.clone());
         a.chunk = chunk;
         a.c2s_cut = (c2s * (len + 200) as f64) as usize;

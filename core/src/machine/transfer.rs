@@ -153,6 +153,9 @@ impl Intake {
 
     /// Takes from `input`: bytes used and what came of them.
     pub fn take<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Took<'a>), Fault> {
+        if input.is_empty() {
+            return Ok((0, Took::More));
+        }
         if let Some(n) = self.packed_want()? {
             return self.take_packed(&input[..n.min(input.len())]);
         }
