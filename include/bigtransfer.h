@@ -377,6 +377,21 @@ enum bt_status bt_send_options_set_token(struct bt_send_options *options,
 enum bt_status bt_send_options_set_legacy(struct bt_send_options *options, int legacy);
 
 /**
+ * Sets the compression of blocks (protocol 2, when the server accepts it;
+ * CRC-32s are always of the file's bytes): `"auto"` (the default:
+ * compress with zstd only while it pays, i.e. the link rather than the CPU
+ * is the bottleneck and the data shrinks), `"zstd"` or `"zstd:LEVEL"`
+ * (LEVEL 1 to 19; try every block), `"off"` (never offer it). NULL goes
+ * back to `"auto"`. Anything else gives `BT_INVALID_INPUT` and leaves the
+ * options unchanged; a non-UTF-8 string gives `BT_UTF8`.
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `mode` NULL or a
+ * NUL-terminated string.
+ */
+enum bt_status bt_send_options_set_compress(struct bt_send_options *options, const char *mode);
+
+/**
  * Sets the directory where block checksums of sent files are cached, so
  * that a resumed upload does not read again what it already hashed
  * (created when first written). On Unix a path is raw bytes,

@@ -51,6 +51,7 @@ def send_file(
     token: Optional[_Token] = None,
     legacy: bool = False,
     cache_dir: Optional[_Path] = ...,
+    compress: str = "auto",
 ) -> Result:
     """Upload ``path`` to the server at ``host:port``, resuming and
     retrying, and return once the server confirmed the CRC-32.
@@ -74,6 +75,12 @@ def send_file(
     resumed upload does not read them again. Not given: the engine's default
     (``$BIGTRANSFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigtransfer``, else
     ``~/.cache/bigtransfer``); ``None``: no cache at all.
+
+    ``compress`` is ``"auto"`` (zstd only while it pays: the link, not the
+    CPU, is the bottleneck and the data shrinks), ``"zstd"`` or
+    ``"zstd:LEVEL"`` (1 to 19; every block) or ``"off"``; anything else is
+    ``InvalidInputError``. It applies when the server accepts compression
+    (protocol 2); CRC-32s are always of the file's bytes.
     """
     ...
 

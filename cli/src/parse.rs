@@ -1,5 +1,5 @@
-//! Parsers for human-friendly option values: durations (`90s`, `7d`) and
-//! sizes (`10M`, `2G`). Not for anything on the wire.
+//! Parsers for human-friendly option values: durations (`90s`, `7d`),
+//! sizes (`10M`, `2G`) and compression modes (`zstd:3`). Not for anything on the wire.
 
 use std::time::Duration;
 
@@ -30,6 +30,13 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `auto`, `off`, `zstd` or `zstd:LEVEL` (see `Compress`'s parser).
+pub fn compress(s: &str) -> Result<bigtransfer_core::compress::Compress, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: bigtransfer_core::Error| e.to_string())
 }
 
 /// `N` bytes, or `N` followed by `K`, `M`, `G` or `T` (powers of 1024;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bigtransfer_core::compress::Compress;
 use bigtransfer_core::{send_file, Control, Error, ErrorKind, Outcome, Progress, SendOptions};
 
 use crate::msg::{self, Lang};
@@ -52,6 +53,11 @@ pub struct ClientArgs {
     /// Speak only the legacy protocol (version 1), as the original client did.
     #[arg(long)]
     legacy: bool,
+    /// Compress blocks with zstd where the server accepts it: auto (only
+    /// while it pays: the link, not the CPU, is the bottleneck and the data
+    /// shrinks), zstd[:LEVEL] (try every block, LEVEL 1-19, default 3), off.
+    #[arg(long, default_value = "auto", value_parser = parse::compress)]
+    compress: Compress,
     /// Do not read or write the cache of block checksums.
     #[arg(long)]
     no_cache: bool,
@@ -132,6 +138,9 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
     }
     if a.legacy {
         flag("--legacy", None);
+    }
+    if a.compress != Compress::Auto {
+        flag("--compress", Some(a.compress.to_string()));
     }
     if let Some(r) = a.limit_rate {
         flag("--limit-rate", Some(r.to_string()));
@@ -238,8 +247,24 @@ pub fn result_line(lang: Lang, o: &Outcome) -> String {
 
 fn json_ok(o: &Outcome) -> String {
     format!(
-        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}}}",
-        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64()
+        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}, {}}}",
+        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64(), json_wire(o)
+    )
+}
+
+/// The `--json` keys on compression and congestion control: what was
+/// asked, what the server agreed to, and the bytes on the wire.
+fn json_wire(o: &Outcome) -> String {
+    let cc = o
+        .congestion
+        .as_deref()
+        .map_or("null".to_string(), prompt::json_string);
+    format!(
+        "\"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}, \"congestion\": {cc}",
+        prompt::json_string(&o.compress.to_string()),
+        o.compress_agreed,
+        o.compressed_blocks,
+        o.wire_bytes
     )
 }
 
@@ -302,6 +327,7 @@ pub fn run(a: ClientArgs) -> ExitCode {
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
     opts.remote_name = a.name.clone();
+    opts.compress = a.compress;
     if a.legacy {
         opts.protocol = bigtransfer_core::Protocol::Legacy;
     }

@@ -114,7 +114,8 @@ impl Value {
 }
 
 /// A member value of what the wire writes: the header's strings,
-/// integers and `null`, and the one nested object of the version-2 offer.
+/// integers and `null`, the one nested object of the version-2 offer and
+/// its list of codec names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Field<'a> {
     /// A string.
@@ -125,6 +126,8 @@ pub(crate) enum Field<'a> {
     Null,
     /// An object of these members, in order.
     Object(Vec<(&'a str, Field<'a>)>),
+    /// An array of strings (the codecs a version-2 offer names).
+    StrList(&'a [&'a str]),
 }
 
 /// The JSON text of an object of `members`, in order, as Python's
@@ -152,6 +155,16 @@ fn write_members(out: &mut String, members: &[(&str, Field<'_>)]) {
             Field::Int(n) => drop(write!(out, "{n}")),
             Field::Null => out.push_str("null"),
             Field::Object(inner) => write_members(out, inner),
+            Field::StrList(items) => {
+                out.push('[');
+                for (j, item) in items.iter().enumerate() {
+                    if j > 0 {
+                        out.push_str(", ");
+                    }
+                    write_string(out, item);
+                }
+                out.push(']');
+            }
         }
     }
     out.push('}');

@@ -317,7 +317,7 @@ fn offer_of(value: &Value, filesize: u64) -> Result<Option<Offer>> {
 /// # Ok::<(), bigtransfer_core::Error>(())
 /// ```
 pub fn encode_header(h: &Header, offer: Offer) -> Result<Vec<u8>> {
-    encode(h, Some(h.crc32), offer)
+    encode(h, Some(h.crc32), offer, &[])
 }
 
 /// Encodes a version-2 header whose `crc32` is `null`: the client does not
@@ -326,10 +326,63 @@ pub fn encode_header(h: &Header, offer: Offer) -> Result<Vec<u8>> {
 /// holds, which is how the client learns it must hash the file and speak
 /// version 1.
 pub fn encode_header_unknown_crc(h: &Header, offer: Offer) -> Result<Vec<u8>> {
-    encode(h, None, offer)
+    encode(h, None, offer, &[])
 }
 
-fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
+/// Encodes a version-2 header (`crc`: `None` for a `null` CRC-32) that
+/// also offers to send compressed data frames with these codecs
+/// (`"bt"."z"`, e.g. `["zstd"]`; empty: no key, as the other encoders).
+/// A server that takes one says so with [`ServerMsg::Codec`]; an older
+/// version-2 server ignores the key and gets raw frames only.
+///
+/// ```
+/// use bigtransfer_core::proto::Header;
+/// use bigtransfer_core::v2::{encode_header_with_codecs, offered_codecs, Offer};
+/// let h = Header { filename: "a".into(), filesize: 5, crc32: 0 };
+/// let offer = Offer { version: 2, block_size: 1 << 20, rev: 2, source: None };
+/// let frame = encode_header_with_codecs(&h, None, offer, &["zstd"])?;
+/// assert_eq!(offered_codecs(&frame[4..])?, vec!["zstd".to_string()]);
+/// # Ok::<(), bigtransfer_core::Error>(())
+/// ```
+pub fn encode_header_with_codecs(
+    h: &Header,
+    crc: Option<u32>,
+    offer: Offer,
+    codecs: &[&str],
+) -> Result<Vec<u8>> {
+    encode(h, crc, offer, codecs)
+}
+
+/// Most codec names a header may offer, and their longest name: the list
+/// is for a handful of algorithms, not a channel.
+const MAX_CODECS: usize = 8;
+const MAX_CODEC_NAME: usize = 32;
+
+/// The codecs a version-2 header offers for compressed data frames
+/// (`"bt"."z"`; empty without it). A `"z"` that is not a short list of
+/// short strings is a malformed offer.
+pub fn offered_codecs(json_bytes: &[u8]) -> Result<Vec<String>> {
+    let value = json::parse(json_bytes)?;
+    let Some(z) = value.get("bt").and_then(|bt| bt.get("z")) else {
+        return Ok(Vec::new());
+    };
+    let bad = || protocol("\"bt\".\"z\" must be a list of at most 8 codec names");
+    let Value::Array(items) = z else {
+        return Err(bad());
+    };
+    if items.len() > MAX_CODECS {
+        return Err(bad());
+    }
+    items
+        .iter()
+        .map(|v| match v {
+            Value::String(n) if n.len() <= MAX_CODEC_NAME => Ok(n.clone()),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+fn encode(h: &Header, crc: Option<u32>, offer: Offer, codecs: &[&str]) -> Result<Vec<u8>> {
     let crc = crc.map_or(Field::Null, |c| Field::Int(u64::from(c)));
     let sid = offer.source.map(|sid| sid_hex(&sid));
     let mut bt = vec![
@@ -339,6 +392,9 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer) -> Result<Vec<u8>> {
     ];
     if let Some(sid) = &sid {
         bt.push(("sid", Field::Str(sid)));
+    }
+    if !codecs.is_empty() {
+        bt.push(("z", Field::StrList(codecs)));
     }
     let json = json::write_object(&[
         ("filename", Field::Str(&h.filename)),
@@ -439,6 +495,10 @@ pub enum ServerMsg {
     Challenge([u8; crate::auth::NONCE_LEN]),
     /// The result after the client's end frame.
     Verdict(Verdict),
+    /// The server takes compressed data frames with this codec, one the
+    /// client offered (`"bt"."z"`). Sent only to a client that offered
+    /// one, before the held list; without it every data frame is raw.
+    Codec(String),
 }
 
 /// The server's answer to an end frame.
@@ -459,6 +519,7 @@ const TAG_ERROR: u8 = b'X';
 const TAG_VERDICT: u8 = b'V';
 const TAG_CHALLENGE: u8 = b'C';
 const TAG_FAULT: u8 = b'F';
+const TAG_CODEC: u8 = b'Z';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -489,6 +550,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             (TAG_FAULT, p)
         }
         ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
+        ServerMsg::Codec(name) => (TAG_CODEC, capped(name).as_bytes().to_vec()),
         ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
         ServerMsg::Verdict(Verdict::Repair(idx)) => {
             let mut p = vec![1];
@@ -587,6 +649,7 @@ pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
         TAG_VERDICT,
         TAG_CHALLENGE,
         TAG_FAULT,
+        TAG_CODEC,
     ];
     if !tags.contains(&head[0]) {
         return Err(protocol(format!(
@@ -637,6 +700,10 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
         }
         TAG_HELD_SET => parse_held_set(p),
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
+        TAG_CODEC => match std::str::from_utf8(p) {
+            Ok(name) if p.len() <= MAX_CODEC_NAME => Ok(ServerMsg::Codec(name.to_owned())),
+            _ => Err(protocol("a codec frame must be a name of at most 32 bytes")),
+        },
         TAG_FAULT => {
             if p.len() < 2 {
                 return Err(protocol("short fault frame"));
@@ -676,6 +743,18 @@ pub enum ClientFrame {
         /// How many bytes follow (exactly one block).
         len: u64,
     },
+    /// A compressed block (negotiated, see [`ServerMsg::Codec`]): `wire`
+    /// bytes of packed payload for the `len` raw bytes at `offset` follow
+    /// (see [`crate::compress::BlockCompressor::pack`]), then the CRC-32
+    /// of the raw bytes.
+    Packed {
+        /// Where the raw bytes go in the file (a block boundary).
+        offset: u64,
+        /// Raw bytes of the block (exactly one block).
+        len: u64,
+        /// Bytes of packed payload that follow (at most `len`).
+        wire: u64,
+    },
     /// The client is done; the whole file's CRC-32 as the client computed it.
     End {
         /// CRC-32 of the whole source file.
@@ -688,6 +767,7 @@ pub enum ClientFrame {
 const TAG_DATA: u8 = b'D';
 const TAG_END: u8 = b'E';
 const TAG_ANSWER: u8 = b'A';
+const TAG_PACKED: u8 = b'Z';
 
 /// The longest client frame head after its tag byte (an answer).
 pub const MAX_CLIENT_HEAD: usize = crate::auth::ANSWER_LEN;
@@ -697,6 +777,7 @@ pub const MAX_CLIENT_HEAD: usize = crate::auth::ANSWER_LEN;
 pub fn client_head_len(tag: u8) -> Result<usize> {
     match tag {
         TAG_DATA => Ok(12),
+        TAG_PACKED => Ok(16),
         TAG_END => Ok(4),
         TAG_ANSWER => Ok(crate::auth::ANSWER_LEN),
         t => Err(protocol(format!("unknown client frame type 0x{t:02x}"))),
@@ -709,6 +790,18 @@ pub fn encode_data_head(offset: u64, len: u32) -> [u8; 13] {
     h[0] = TAG_DATA;
     h[1..9].copy_from_slice(&offset.to_be_bytes());
     h[9..13].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// Encodes the head of a compressed data frame: `wire` bytes of packed
+/// payload for the `len` raw bytes at `offset` follow, then the CRC-32 of
+/// the raw bytes.
+pub fn encode_packed_head(offset: u64, len: u32, wire: u32) -> [u8; 17] {
+    let mut h = [0u8; 17];
+    h[0] = TAG_PACKED;
+    h[1..9].copy_from_slice(&offset.to_be_bytes());
+    h[9..13].copy_from_slice(&len.to_be_bytes());
+    h[13..17].copy_from_slice(&wire.to_be_bytes());
     h
 }
 
@@ -740,20 +833,20 @@ pub fn parse_client_head(
     }
     match tag {
         TAG_DATA => {
-            let offset = be_u64(&rest[0..8]);
-            let len = u64::from(be_u32(&rest[8..12]));
-            if offset % block != 0 || offset >= filesize {
-                return Err(protocol(format!(
-                    "data frame at offset {offset} is not a block of this file"
-                )));
-            }
-            let idx = offset / block;
-            if len != block_range(filesize, block, idx).1 {
-                return Err(protocol(format!(
-                    "data frame for block {idx} has {len} bytes, not one block"
-                )));
-            }
+            let (offset, len) = (be_u64(&rest[0..8]), u64::from(be_u32(&rest[8..12])));
+            let idx = whole_block(offset, len, filesize, block)?;
             Ok((ClientFrame::Data { offset, len }, idx))
+        }
+        TAG_PACKED => {
+            let (offset, len) = (be_u64(&rest[0..8]), u64::from(be_u32(&rest[8..12])));
+            let idx = whole_block(offset, len, filesize, block)?;
+            let wire = u64::from(be_u32(&rest[12..16]));
+            if wire == 0 || wire > len {
+                return Err(protocol(format!(
+                    "compressed frame for block {idx} has {wire} bytes for {len}: it may not be empty or expand"
+                )));
+            }
+            Ok((ClientFrame::Packed { offset, len, wire }, idx))
         }
         TAG_ANSWER => {
             let mut a = [0u8; crate::auth::ANSWER_LEN];
@@ -767,6 +860,23 @@ pub fn parse_client_head(
             0,
         )),
     }
+}
+
+/// The index of the block a data frame at `offset` of `len` bytes covers,
+/// if it covers exactly one.
+fn whole_block(offset: u64, len: u64, filesize: u64, block: u64) -> Result<u64> {
+    if offset % block != 0 || offset >= filesize {
+        return Err(protocol(format!(
+            "data frame at offset {offset} is not a block of this file"
+        )));
+    }
+    let idx = offset / block;
+    if len != block_range(filesize, block, idx).1 {
+        return Err(protocol(format!(
+            "data frame for block {idx} has {len} bytes, not one block"
+        )));
+    }
+    Ok(idx)
 }
 
 /// Which blocks the client must send: those of the held part whose CRC-32
@@ -993,7 +1103,73 @@ mod tests {
             parse_client_head(e[0], &e[1..], fs, b).unwrap().0,
             ClientFrame::End { crc32: 77 }
         );
-        assert!(client_head_len(b'Z').is_err());
+        assert!(client_head_len(b'Q').is_err());
+    }
+
+    #[test]
+    fn packed_frames_are_whole_blocks_that_never_expand() {
+        let (fs, b) = (2 * 65536 + 5, 65536);
+        let h = encode_packed_head(65536, 65536, 1000);
+        assert_eq!(
+            parse_client_head(h[0], &h[1..], fs, b).unwrap(),
+            (
+                ClientFrame::Packed {
+                    offset: 65536,
+                    len: 65536,
+                    wire: 1000
+                },
+                1
+            )
+        );
+        for (off, len, wire, want) in [
+            (0, 65536, 65537, "may not be empty or expand"),
+            (0, 65536, 0, "may not be empty or expand"),
+            (1, 65536, 10, "not a block"),
+            (0, 65535, 10, "not one block"),
+        ] {
+            let h = encode_packed_head(off, len, wire);
+            let e = parse_client_head(h[0], &h[1..], fs, b).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn codecs_are_offered_in_the_header_and_accepted_by_a_frame() {
+        let h = Header {
+            filename: "a".into(),
+            filesize: 5,
+            crc32: 0,
+        };
+        let offer = Offer {
+            version: 2,
+            block_size: 65536,
+            rev: 2,
+            source: None,
+        };
+        let f = encode_header(&h, offer).unwrap();
+        assert!(offered_codecs(&f[4..]).unwrap().is_empty());
+        let f = encode_header_with_codecs(&h, Some(9), offer, &["zstd", "lz4"]).unwrap();
+        assert_eq!(offered_codecs(&f[4..]).unwrap(), ["zstd", "lz4"]);
+        assert_eq!(
+            parse_header(&f[4..]).unwrap(),
+            (Header { crc32: 9, ..h }, Some(offer))
+        );
+        for bad in [
+            r#"{"bt": {"z": "zstd"}}"#.to_string(),
+            r#"{"bt": {"z": [1]}}"#.into(),
+            format!(r#"{{"bt": {{"z": ["{}"]}}}}"#, "x".repeat(33)),
+            format!(r#"{{"bt": {{"z": [{}"a"]}}}}"#, "\"a\", ".repeat(8)),
+        ] {
+            assert!(offered_codecs(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let f = encode_server_msg(&ServerMsg::Codec("zstd".into()));
+        assert_eq!(f, b"Z\0\0\0\x04zstd");
+        assert_eq!(
+            parse_server_msg(f[0], &f[5..]).unwrap(),
+            ServerMsg::Codec("zstd".into())
+        );
+        assert!(parse_server_msg(b'Z', &[0xFF]).is_err());
+        assert!(parse_server_msg(b'Z', &[b'a'; 33]).is_err());
     }
 
     proptest! {

@@ -313,6 +313,37 @@ pub unsafe extern "C" fn bt_send_options_set_legacy(
     }
 }
 
+/// Sets the compression of blocks (protocol 2, when the server accepts it;
+/// CRC-32s are always of the file's bytes): `"auto"` (the default:
+/// compress with zstd only while it pays, i.e. the link rather than the CPU
+/// is the bottleneck and the data shrinks), `"zstd"` or `"zstd:LEVEL"`
+/// (LEVEL 1 to 19; try every block), `"off"` (never offer it). NULL goes
+/// back to `"auto"`. Anything else gives `BT_INVALID_INPUT` and leaves the
+/// options unchanged; a non-UTF-8 string gives `BT_UTF8`.
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `mode` NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_compress(
+    options: *mut bt_send_options,
+    mode: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_compress", options, |o| {
+            if mode.is_null() {
+                o.compress = bigtransfer_core::compress::Compress::Auto;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let m = arg_utf8(mode, "mode")?;
+            o.compress = m.parse().map_err(|e| Failure::invalid(format!("{e}")))?;
+            Ok(())
+        })
+    }
+}
+
 /// Sets the directory where block checksums of sent files are cached, so
 /// that a resumed upload does not read again what it already hashed
 /// (created when first written). On Unix a path is raw bytes,

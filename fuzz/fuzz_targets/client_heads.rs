@@ -1,6 +1,6 @@
 //! What a version-2 server reads from the client between data: frame heads,
-//! `D offset u64 len u32`, `E crc32 u32` and `A answer[32]` (the auth
-//! answer), checked against the file's size and the negotiated block size.
+//! `D offset u64 len u32`, `Z offset u64 len u32 wire u32` (a compressed
+//! block), `E crc32 u32` and `A answer[32]` (the auth answer), checked against the file's size and the negotiated block size.
 //!
 //! Input: `filesize u64`, a block selector byte, then a stream of frame heads
 //! as on the socket (tag, then `client_head_len(tag)` bytes). Block sizes:
@@ -12,7 +12,8 @@
 //!
 //! Checks: errors are `Protocol` ones; a data frame is a whole block of this
 //! file (block boundary, inside the file, exactly that block's length) and
-//! its head re-encodes byte for byte with `encode_data_head`; an end frame
+//! its head re-encodes byte for byte with `encode_data_head` (a compressed
+//! one: the same, its packed length 1 to `len`, with `encode_packed_head`); an end frame
 //! re-encodes with `encode_end`, an answer with `encode_answer`; each frame
 //! is of the kind its tag names; a short or long head is refused.
 #![no_main]
@@ -87,6 +88,19 @@ fn check(tag: u8, head: &[u8], filesize: u64, block: u64) {
             assert_eq!(v2::block_range(filesize, block, idx), (offset, len));
             let len32 = u32::try_from(len).expect("the length came from a u32");
             assert_eq!(v2::encode_data_head(offset, len32)[..], wire[..]);
+        }
+        ClientFrame::Packed {
+            offset,
+            len,
+            wire: packed,
+        } => {
+            assert_eq!(tag, b'Z', "a compressed frame from tag 0x{tag:02x}");
+            assert_eq!(v2::block_range(filesize, block, idx), (offset, len));
+            assert_eq!(idx, offset / block);
+            assert!(packed >= 1 && packed <= len, "{packed} for {len}");
+            let len32 = u32::try_from(len).expect("the length came from a u32");
+            let p32 = u32::try_from(packed).expect("the length came from a u32");
+            assert_eq!(v2::encode_packed_head(offset, len32, p32)[..], wire[..]);
         }
         ClientFrame::End { crc32 } => {
             assert_eq!(tag, b'E', "an end frame from tag 0x{tag:02x}");

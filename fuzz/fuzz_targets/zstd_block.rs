@@ -1,14 +1,18 @@
-//! A compressed block from a peer: `compress::decompress_block`, and the
-//! round trip of `compress::compress_block`.
+//! A compressed block from a peer: `compress::decompress_block`, the same
+//! bytes as a packed payload through `compress::Unpacker`, and the round
+//! trips of `compress::compress_block` and `BlockCompressor::pack`.
 //!
 //! Input: two bytes (big-endian) of the block length the peer declared,
 //! then the frame. Checks, besides "no panic": a decoded block has exactly
 //! the declared length (a frame never expands past it); refusals are
 //! `Protocol` errors; and the input compressed as a block either goes raw
-//! or is a worthwhile frame that decompresses back to it.
+//! or is a worthwhile frame that decompresses back to it; the unpacker never
+//! gives a chunk over `PACK_CHUNK` nor more bytes than the block's.
 #![no_main]
 
-use bigtransfer_core::compress::{compress_block, decompress_block, max_worthwhile_len};
+use bigtransfer_core::compress::{
+    compress_block, decompress_block, max_worthwhile_len, BlockCompressor, Unpacker, PACK_CHUNK,
+};
 use bigtransfer_core::ErrorKind;
 use libfuzzer_sys::fuzz_target;
 
@@ -25,4 +29,32 @@ fuzz_target!(|data: &[u8]| {
         assert!(z.len() <= max_worthwhile_len(data.len()));
         assert_eq!(decompress_block(&z, data.len()).unwrap(), data);
     }
+    unpack(frame, expected as u64);
+    if let Some(p) = BlockCompressor::new(1).ok().and_then(|mut c| c.pack(data)) {
+        assert!(p.len() <= max_worthwhile_len(data.len()));
+        assert_eq!(unpack(&p, data.len() as u64), Some(data.to_vec()));
+    }
 });
+
+/// The block `payload` unpacks to, if it is a whole valid one.
+fn unpack(payload: &[u8], len: u64) -> Option<Vec<u8>> {
+    let mut u = Unpacker::new(len);
+    let (mut out, mut pos) = (Vec::new(), 0);
+    while pos < payload.len() {
+        let n = u.want().max(1).min(payload.len() - pos);
+        match u.feed(&payload[pos..pos + n]) {
+            Ok(Some(chunk)) => {
+                assert!(chunk.len() <= PACK_CHUNK);
+                out.extend_from_slice(&chunk);
+                assert!(out.len() as u64 <= len);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+                return None;
+            }
+        }
+        pos += n;
+    }
+    u.is_done().then_some(out)
+}

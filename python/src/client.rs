@@ -285,7 +285,10 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// resume, no token). ``cache_dir`` is where block checksums of sent files
 /// are kept so a resume does not read them again: not given, the engine's
 /// default (``$BIGTRANSFER_CACHE_DIR``, else ``$XDG_CACHE_HOME/bigtransfer``,
-/// else ``~/.cache/bigtransfer``); None, no cache.
+/// else ``~/.cache/bigtransfer``); None, no cache. ``compress`` is
+/// ``"auto"`` (zstd only while it pays: the link is the bottleneck and the
+/// data shrinks), ``"zstd"`` / ``"zstd:LEVEL"`` (every block) or ``"off"``;
+/// it applies when the server accepts compression (protocol 2).
 ///
 /// ``progress(done, total)``, if given, is called on this thread at most
 /// about 20 times a second while data moves (not while the file is first
@@ -310,10 +313,10 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 #[pyfunction]
 #[pyo3(signature = (host, port, path, *, retries = 5, timeout = 60.0, connect_timeout = 10.0,
                     limit_rate = None, name = None, progress = None, token = None,
-                    legacy = false, cache_dir = CacheDir::EngineDefault),
+                    legacy = false, cache_dir = CacheDir::EngineDefault, compress = "auto"),
        text_signature = "(host, port, path, *, retries=5, timeout=60.0, connect_timeout=10.0, \
                          limit_rate=None, name=None, progress=None, token=None, legacy=False, \
-                         cache_dir=...)")]
+                         cache_dir=..., compress='auto')")]
 #[allow(clippy::too_many_arguments)]
 pub fn send_file(
     py: Python<'_>,
@@ -329,6 +332,7 @@ pub fn send_file(
     token: Option<Bound<'_, PyAny>>,
     legacy: bool,
     cache_dir: CacheDir,
+    compress: &str,
 ) -> PyResult<SendResult> {
     let host = host
         .strip_prefix('[')
@@ -350,6 +354,9 @@ pub fn send_file(
         None => None,
     };
     opts.remote_name = name;
+    opts.compress = compress.parse().map_err(|e: bigtransfer_core::Error| {
+        new_err(py, ErrorKind::InvalidInput, e.to_string())
+    })?;
     opts.token = token_arg(py, token.as_ref())?;
     opts.protocol = if legacy {
         Protocol::Legacy

@@ -235,6 +235,18 @@ def test_send_file_name_and_pathlike(server, tmp_path):
     assert stored(server, "remote.bin").read_bytes() == data
 
 
+def test_compress_modes_store_the_same_bytes(server, tmp_path):
+    src = tmp_path / "log.txt"
+    lines = "".join(f"GET /item/{i * 7919 % 100000} status={200 + i % 3}\n" for i in range(200_000))
+    src.write_text(lines)
+    for mode in ("auto", "zstd:3", "off"):
+        result = bigtransfer.send_file(
+            HOST, server.address[1], src, name=f"log-{mode}.txt", compress=mode, cache_dir=None
+        )
+        assert result.filesize == len(lines)
+        assert stored(server, f"log-{mode}.txt").read_text() == lines
+
+
 def test_cancel_then_resume(server, tmp_path):
     src = tmp_path / "resume.bin"
     data = make_file(src, 8 * 1024 * 1024, seed=3)
@@ -316,6 +328,8 @@ def test_invalid_arguments(tmp_path):
         bigtransfer.send_file(HOST, 1, src, timeout=0)
     with pytest.raises(TypeError):
         bigtransfer.send_file(HOST, 1, src, progress=42)
+    with pytest.raises(bigtransfer.InvalidInputError, match="expected auto, off, zstd"):
+        bigtransfer.send_file(HOST, 1, src, compress="gzip")
     with pytest.raises(bigtransfer.InvalidInputError):
         bigtransfer.Server(tmp_path / "d", port=-1)
     with pytest.raises(bigtransfer.InvalidInputError):

@@ -349,6 +349,11 @@ int main(void) {
           "a zero connect timeout is BT_INVALID_INPUT");
     CHECK(bt_send_options_set_remote_name(options, "") == BT_INVALID_INPUT,
           "an empty remote name is BT_INVALID_INPUT");
+    CHECK(bt_send_options_set_compress(options, "gzip") == BT_INVALID_INPUT && message_set(),
+          "an unknown compression is BT_INVALID_INPUT");
+    CHECK(bt_send_options_set_compress(options, "zstd:3") == BT_OK &&
+              bt_send_options_set_compress(options, NULL) == BT_OK,
+          "set_compress");
     /* The checksum cache inside the temporary directory, not in $HOME. */
     char cache_dir[4200];
     snprintf(cache_dir, sizeof cache_dir, "%s/cache", root);

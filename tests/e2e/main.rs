@@ -5,6 +5,7 @@
 mod attacker;
 mod auth;
 mod compat;
+mod compress;
 mod diskfull;
 mod docs;
 mod harness;

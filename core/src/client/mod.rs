@@ -85,6 +85,17 @@ pub struct SendOptions {
     /// of waiting out `io_timeout`. Speaking version 1 only, `io_timeout`
     /// applies (an old server may do slow work first).
     pub handshake_timeout: Duration,
+    /// Compressed data frames (version 2, when the server accepts them):
+    /// `Auto` (the default) compresses while the link, not the CPU, is
+    /// the bottleneck and the data shrinks; `Zstd(level)` tries every
+    /// block; `Off` never offers. CRC-32s are of the file's bytes always.
+    pub compress: crate::compress::Compress,
+    /// The TCP congestion control to ask for on each connection (`None`:
+    /// the system default). The default asks for BBR, which keeps its
+    /// pace under loss where CUBIC collapses; the kernel lets an
+    /// unprivileged process have it only where the administrator allowed
+    /// it, else the socket silently keeps the default.
+    pub congestion: Option<String>,
 }
 
 /// Most rounds of block repair the client answers on one connection. The
@@ -116,6 +127,8 @@ impl SendOptions {
             token: None,
             cache_dir: SumCache::default_dir(),
             handshake_timeout: Duration::from_secs(10),
+            compress: crate::compress::Compress::Auto,
+            congestion: Some(crate::congestion::PREFERRED.to_owned()),
         }
     }
 }
@@ -201,6 +214,19 @@ pub struct Outcome {
     pub attempts: u32,
     /// Wall time of the whole upload, hashing included.
     pub elapsed: Duration,
+    /// The compression asked for (`auto`, `zstd:LEVEL` or `off`; `off`
+    /// with [`Protocol::Legacy`]).
+    pub compress: crate::compress::Compress,
+    /// Whether the server agreed to compressed frames (last connection).
+    pub compress_agreed: bool,
+    /// Blocks sent compressed, in all attempts.
+    pub compressed_blocks: u64,
+    /// Payload bytes on the wire in all attempts: `bytes_sent` less what
+    /// compression saved (frame heads and trailers not counted).
+    pub wire_bytes: u64,
+    /// The congestion control of the last connection, as the kernel
+    /// reported it (`None` where the OS does not say).
+    pub congestion: Option<String>,
 }
 
 /// The source file as opened for one upload, with what is known of its
@@ -320,6 +346,9 @@ struct Tally {
     repairs: u32,
     first_byte: Option<Duration>,
     protocol: u8,
+    /// Blocks sent compressed, their raw and their wire bytes.
+    packed: crate::machine::PackStats,
+    congestion: Option<String>,
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
@@ -338,11 +367,13 @@ impl Tally {
             repairs: 0,
             first_byte: None,
             protocol: 0,
+            packed: Default::default(),
+            congestion: None,
             confirmed: None,
         }
     }
 
-    fn outcome(&self, filename: String, src: &Source) -> Outcome {
+    fn outcome(&self, filename: String, src: &Source, opts: &SendOptions) -> Outcome {
         Outcome {
             filename,
             filesize: src.size(),
@@ -357,6 +388,14 @@ impl Tally {
             time_to_first_byte: self.first_byte.unwrap_or_default(),
             attempts: self.attempts,
             elapsed: self.started.elapsed(),
+            compress: match opts.protocol {
+                Protocol::Legacy => crate::compress::Compress::Off,
+                Protocol::Auto => opts.compress,
+            },
+            compress_agreed: self.packed.agreed,
+            compressed_blocks: self.packed.blocks,
+            wire_bytes: self.sent - self.packed.raw_bytes + self.packed.wire_bytes,
+            congestion: self.congestion.clone(),
         }
     }
 
@@ -440,7 +479,7 @@ pub fn send_file(
         let err = match up.judge(res, &mut src, progressed) {
             Next::Done(r) => {
                 src.remember(path, up.cache);
-                return r.map(|()| up.t.outcome(up.filename.clone(), &src));
+                return r.map(|()| up.t.outcome(up.filename.clone(), &src, opts));
             }
             Next::Again => continue,
             Next::Retry(e) => e,

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use super::peer::{self, lost, Reply};
 use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
-use crate::machine::{SendAction, SendEvent, Sender, SenderConfig};
+use crate::compress::{BlockCompressor, Compress};
+use crate::machine::{Packed, SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
 use crate::v2;
 use crate::{Error, ErrorKind, Result};
@@ -54,7 +55,13 @@ struct Shell<'u, 'a> {
     connected: bool,
     done: u64,
     since_save: u32,
+    /// The zstd compressor and its level, made on the first packed block.
+    zstd: Option<(i32, BlockCompressor)>,
 }
+
+/// Writes of at least this many bytes are timed for the `auto`
+/// compression policy (smaller ones say nothing about the link).
+const TIMED_WRITE: usize = 64 << 10;
 
 /// Makes one attempt: connects, runs the machine to its end and says how
 /// it ended. The counters and the block CRC-32s learnt go to `up` and `src`
@@ -63,6 +70,9 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
     let (stream, addr) = connect(up)?;
     up.ever_connected = true;
     configure(&stream, up)?;
+    if let Some(cc) = &up.opts.congestion {
+        up.t.congestion = crate::congestion::request(&stream, cc);
+    }
     let tx = Sender::new(sender_config(up, src), Instant::now());
     let mut sh = Shell {
         up,
@@ -79,6 +89,7 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
         connected: false,
         done: 0,
         since_save: 0,
+        zstd: None,
     };
     let res = sh.run();
     sh.settle();
@@ -101,6 +112,11 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
         greeting_timeout: (!up.legacy).then_some(up.opts.handshake_timeout),
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: true,
+        compress: if up.legacy {
+            Compress::Off
+        } else {
+            up.opts.compress
+        },
     }
 }
 
@@ -181,8 +197,12 @@ impl Shell<'_, '_> {
     fn transmit(&mut self) {
         let now = Instant::now();
         while let Some(bytes) = self.tx.poll_transmit(now) {
+            let started = Instant::now();
             if let Err(e) = self.stream.write_all(&bytes) {
                 return self.on_cut(e);
+            }
+            if bytes.len() >= TIMED_WRITE {
+                self.sent(bytes.len(), started.elapsed());
             }
         }
     }
@@ -302,6 +322,9 @@ impl Shell<'_, '_> {
         match *a {
             SendAction::HashBlocks { from, to } => self.hash_blocks(from, to).map(Some),
             SendAction::SendBlock { offset, len, .. } => self.send_block(offset, len),
+            SendAction::PackBlock {
+                offset, len, level, ..
+            } => self.pack_block(offset, len, level).map(Some),
             SendAction::SendBytes { from } => self.send_bytes(from),
             SendAction::Recheck => self.recheck().map(Some),
         }
@@ -310,7 +333,7 @@ impl Shell<'_, '_> {
     /// After a block went out: progress, cancellation, pacing, and now and
     /// then the CRC-32s learnt saved to the cache.
     fn after(&mut self, a: &SendAction) -> Result<()> {
-        let SendAction::SendBlock { len, .. } = *a else {
+        let (SendAction::SendBlock { len, .. } | SendAction::PackBlock { len, .. }) = *a else {
             return Ok(());
         };
         // Repaired blocks were counted once already.
@@ -370,6 +393,7 @@ impl Shell<'_, '_> {
         self.first_byte();
         let mut h = crc32fast::Hasher::new();
         let (stream, file) = (&mut self.stream, &self.src.file);
+        let started = Instant::now();
         let r = send_range(
             stream,
             file,
@@ -391,12 +415,52 @@ impl Shell<'_, '_> {
                 ))
             }
         };
+        self.sent(n as usize, started.elapsed());
         self.up.t.sent += n;
         self.up.t.read += n;
         if n < len {
             return Err(self.shorter(offset + n));
         }
         Ok(Some(SendEvent::BlockSent(Ok(h.finalize()))))
+    }
+
+    /// Reads one block into memory and packs it at zstd `level`, timing
+    /// the packing for the `auto` policy; the machine frames and sends it.
+    fn pack_block(&mut self, offset: u64, len: u64, level: i32) -> Result<SendEvent> {
+        let kept = self.tx.kept().unwrap_or(0);
+        self.connected(kept)?;
+        self.first_byte();
+        let mut raw = vec![0u8; len as usize];
+        match self.src.file.read_exact_at(&mut raw, offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.shorter(offset)),
+            Err(e) => {
+                let what = format!("cannot read the source at byte {offset}");
+                return Err(source_err(what, e));
+            }
+        }
+        let crc = crc32fast::hash(&raw);
+        let started = Instant::now();
+        let packed = self.compressor(level)?.pack(&raw);
+        let took = started.elapsed();
+        self.up.t.sent += len;
+        self.up.t.read += len;
+        Ok(SendEvent::Packed(Ok(Packed {
+            crc,
+            raw,
+            packed,
+            took,
+        })))
+    }
+
+    fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor> {
+        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
+            self.zstd = Some((level, BlockCompressor::new(level)?));
+        }
+        match &mut self.zstd {
+            Some((_, c)) => Ok(c),
+            None => Err(Error::new(ErrorKind::Protocol, "internal: no compressor")),
+        }
     }
 
     /// Version 1: streams the source from `from` to its end.
@@ -493,12 +557,24 @@ impl Shell<'_, '_> {
         }
     }
 
-    /// Sleeps as needed to keep to `limit_rate` on this connection.
+    /// Tells the machine how long `bytes` took to go into the socket, for
+    /// the `auto` compression policy. Under `limit_rate` the link is at
+    /// most that fast, whatever the write took (pacing sleeps elsewhere).
+    fn sent(&mut self, bytes: usize, elapsed: Duration) {
+        let floor = self.up.opts.limit_rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(bytes as f64 / r.max(1) as f64)
+        });
+        self.tx.handle_sent(bytes, elapsed.max(floor));
+    }
+
+    /// Sleeps as needed to keep the wire bytes of this connection to
+    /// `limit_rate` (compressed blocks count what they took on the wire).
     fn pace(&self) {
         let (Some(rate), Some((started, base))) = (self.up.opts.limit_rate, self.paced) else {
             return;
         };
-        let sent = self.up.t.sent - base;
+        let p = self.tx.pack_stats();
+        let sent = (self.up.t.sent - base) - p.raw_bytes + p.wire_bytes;
         let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(wait);
@@ -530,6 +606,12 @@ impl Shell<'_, '_> {
             t.protocol = self.tx.protocol();
         }
         t.repairs += self.tx.repairs();
+        let p = self.tx.pack_stats();
+        t.packed.agreed = p.agreed;
+        t.packed.blocks += p.blocks;
+        t.packed.raw_bytes += p.raw_bytes;
+        t.packed.wire_bytes += p.wire_bytes;
+        t.packed.declined += p.declined;
         t.blocks_resent += self.tx.resent();
         self.take_crcs();
         let (size, block) = (self.src.size(), self.src.block);

@@ -68,6 +68,11 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                     SendEvent::BytesSent(Ok(()))
                 }
                 SendAction::Recheck => SendEvent::Rechecked(Ok(())),
+                SendAction::PackBlock {
+                    offset, len, level, ..
+                } => {
+                    super::pair::packed_event(&src[offset as usize..(offset + len) as usize], level)
+                }
             };
             tx.handle_event(now, ev);
             continue;
@@ -136,7 +141,7 @@ fn run_receiver(mut stream: TcpStream, rx: &mut Receiver, storage: &MemStorage) 
             let used = fed.used;
             if let Some(w) = fed.write {
                 let r = match &mut part {
-                    Some(p) => p.write_at(w.offset, w.bytes),
+                    Some(p) => p.write_at(w.offset, &w.bytes),
                     None => Err(Fault::new(v2::FaultCode::Internal, "no part")),
                 };
                 rx.handle_event(now, Event::Applied(r));
@@ -187,6 +192,7 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         greeting_timeout: None,
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: true,
+        compress: crate::compress::Compress::Auto,
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);

@@ -69,7 +69,18 @@
 //!  Recheck (only with `recheck`): the source changed ──> Done(SourceChanged)
 //! ```
 //! Repair lists are checked (each block once, within the file, not empty)
-//! and at most `max_repair_rounds` are answered. The shell is
+//! and at most `max_repair_rounds` are answered.
+//!
+//! Compression (negotiated: the offer lists `"z": ["zstd"]` unless
+//! [`SenderConfig::compress`] is off; a `Z` codec frame from the server
+//! before `H` agrees): in SendBlocks a block the policy wants compressed is
+//! [`SendAction::PackBlock`] instead of `SendBlock` (the shell reads, packs
+//! and times it; the machine sends a `Z` frame, or a `D` frame with the raw
+//! bytes when packing did not pay). [`Sender::handle_sent`] passes the
+//! shell's timing of its writes in, so the `auto` policy sees the link
+//! without a clock. The Receiver's intake unpacks `Z` frames one 1 MiB
+//! chunk at a time ([`WriteAt`] then owns the decompressed bytes) and
+//! refuses them when no codec was agreed. The shell is
 //! `client::shell`; `kept`, `resent` and `repairs` give it the counters
 //! it reports.
 //!
@@ -116,7 +127,7 @@ use crate::auth::ANSWER_LEN;
 use crate::v2::{self, block_range, FaultCode, ServerMsg, MAX_CLIENT_HEAD};
 
 pub use recv::{Ending, Receiver, ReceiverConfig};
-pub use send::{Failure, Outcome, SendAction, SendEvent, Sender, SenderConfig};
+pub use send::{Failure, Outcome, PackStats, Packed, SendAction, SendEvent, Sender, SenderConfig};
 
 /// Most rounds of block repair before an upload is declared failed.
 pub const MAX_REPAIR_ROUNDS: u32 = 5;
@@ -558,13 +569,15 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
     Some(Event::Applied(r))
 }
 
-/// Received file bytes to write, borrowed from the shell's input buffer.
+/// Received file bytes to write: borrowed from the shell's input buffer,
+/// or owned when the machine decompressed them (one chunk of a compressed
+/// block, at most [`crate::compress::PACK_CHUNK`] bytes).
 #[derive(Debug, PartialEq, Eq)]
 pub struct WriteAt<'a> {
     /// File offset.
     pub offset: u64,
     /// The bytes.
-    pub bytes: &'a [u8],
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// What one [`Receiver::handle_input`] call did.
@@ -593,6 +606,18 @@ pub enum ClientItem<'a> {
         offset: u64,
         /// Payload length.
         len: u64,
+    },
+    /// A compressed data frame's head: `wire` bytes of packed payload for
+    /// the `len` raw bytes of block `idx` follow.
+    PackedHead {
+        /// Block index.
+        idx: u64,
+        /// File offset.
+        offset: u64,
+        /// Raw length of the block.
+        len: u64,
+        /// Packed payload length.
+        wire: u64,
     },
     /// Some of the payload, by reference.
     Payload(&'a [u8]),
@@ -721,6 +746,16 @@ impl ClientDecoder {
                     ClientAt::Payload { left: len }
                 };
                 ClientItem::DataHead { idx, offset, len }
+            }
+            v2::ClientFrame::Packed { offset, len, wire } => {
+                // `wire` is never 0 (checked with the head).
+                self.at = ClientAt::Payload { left: wire };
+                ClientItem::PackedHead {
+                    idx,
+                    offset,
+                    len,
+                    wire,
+                }
             }
             v2::ClientFrame::End { crc32 } => ClientItem::End(crc32),
             v2::ClientFrame::Answer(a) => ClientItem::Answer(a),
@@ -852,7 +887,7 @@ mod tests {
             assert_eq!(payload, b"xyz");
             assert_eq!(items.len(), 3, "{step}: {items:?}");
         }
-        assert!(ClientDecoder::new(fs, b).decode(b"Z").is_err());
+        assert!(ClientDecoder::new(fs, b).decode(b"Q").is_err());
     }
 
     #[test]

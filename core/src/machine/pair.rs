@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::mem::{MemPart, MemStorage};
 use super::*;
 use crate::auth::Token;
+use crate::compress::Compress;
 use crate::proto;
 use crate::v2::FaultCode;
 
@@ -40,7 +41,21 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         greeting_timeout: None,
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: false,
+        compress: Compress::Off,
     }
+}
+
+/// The shell's answer to a [`SendAction::PackBlock`] of `raw`.
+pub(super) fn packed_event(raw: &[u8], level: i32) -> SendEvent {
+    let packed = crate::compress::BlockCompressor::new(level)
+        .ok()
+        .and_then(|mut c| c.pack(raw));
+    SendEvent::Packed(Ok(Packed {
+        crc: crc32fast::hash(raw),
+        raw: raw.to_vec(),
+        packed,
+        took: Duration::from_millis(1),
+    }))
 }
 
 fn legacy_cfg(src: &[u8]) -> SenderConfig {
@@ -172,6 +187,12 @@ impl Pair {
                 SendEvent::BytesSent(Ok(()))
             }
             SendAction::Recheck => SendEvent::Rechecked(Ok(())),
+            SendAction::PackBlock {
+                offset, len, level, ..
+            } => {
+                self.payload_sent += len;
+                packed_event(&self.src[offset as usize..(offset + len) as usize], level)
+            }
         }
     }
 
@@ -204,8 +225,8 @@ impl Pair {
         if let Some(w) = fed.write {
             // As the server's shell: protocol 1 hands the running CRC-32 on.
             let r = match (part, rx.prefix_crc()) {
-                (Some(p), Some(crc)) => p.write_grown(w.offset, w.bytes, crc),
-                (Some(p), None) => p.write_at(w.offset, w.bytes),
+                (Some(p), Some(crc)) => p.write_grown(w.offset, &w.bytes, crc),
+                (Some(p), None) => p.write_at(w.offset, &w.bytes),
                 (None, _) => Err(Fault::new(FaultCode::Internal, "write without a part")),
             };
             rx.handle_event(*now, Event::Applied(r));
@@ -1261,7 +1282,8 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
 
     /// Any cut in either direction, any delivery size, a damaged block or
-    /// not, either protocol: the resume stores exactly the source.
+    /// not, either protocol, compressed frames or not: the resume stores
+    /// exactly the source.
     #[test]
     fn random_cuts_chunks_and_damage_always_end_in_the_source(
         len in 0usize..(2 * B as usize + 50),
@@ -1270,10 +1292,15 @@ proptest::proptest! {
         s2c in 0usize..80,
         corrupt in proptest::option::of(0u64..3),
         legacy in proptest::prelude::any::<bool>(),
+        packed in proptest::prelude::any::<bool>(),
     ) {
         let storage = MemStorage::new();
         let src = source(len, len as u32);
-        let tc = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+        let mut tc = if legacy { legacy_cfg(&src) } else { tx_cfg(&src) };
+        if packed {
+            // This source shrinks about 28 : 1, so every block goes as Z.
+            tc.compress = Compress::Zstd(1);
+        }
         let mut a = Pair::new(&storage, ReceiverConfig::default(), tc.clone(), src.clone());
         a.chunk = chunk;
         a.c2s_cut = (c2s * (len + 200) as f64) as usize;
@@ -1358,7 +1385,7 @@ proptest::proptest! {
             }
             let fed = rx.handle_input(now, &input[pos..]);
             if let Some(w) = fed.write {
-                let r = part.as_mut().unwrap().write_at(w.offset, w.bytes);
+                let r = part.as_mut().unwrap().write_at(w.offset, &w.bytes);
                 rx.handle_event(now, Event::Applied(r));
             }
             if fed.used == 0 {
@@ -1390,6 +1417,7 @@ proptest::proptest! {
                     SendAction::SendBlock { .. } => SendEvent::BlockSent(Ok(7)),
                     SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
                     SendAction::Recheck => SendEvent::Rechecked(Ok(())),
+                    SendAction::PackBlock { .. } => packed_event(&[7; 100], 1),
                 };
                 tx.handle_event(now, ev);
                 continue;
@@ -1496,4 +1524,296 @@ fn the_greeting_has_its_own_deadline_and_the_repair_cap_is_configurable() {
         panic!("{:?}", tx.outcome())
     };
     assert!(w.contains("more than 1 rounds of repair"), "{w}");
+}
+
+// ---- Compressed data frames (negotiated with "bt"."z") ----
+
+/// Realistic compressible data: log lines with varying numbers.
+fn log_lines(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 100);
+    let mut i = 0u64;
+    while out.len() < len {
+        let x = i.wrapping_mul(6364136223846793005) >> 40;
+        let line = format!(
+            "2026-11-30T10:{:02}:{:02} host{} GET /api/v1/items/{} status={} bytes={}\n",
+            (i / 60) % 60,
+            i % 60,
+            x % 7,
+            x % 100_000,
+            [200, 200, 200, 404, 500][(x % 5) as usize],
+            x % 65_536
+        );
+        out.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn packing(src: &[u8], compress: Compress) -> SenderConfig {
+    SenderConfig {
+        compress,
+        ..tx_cfg(src)
+    }
+}
+
+#[test]
+fn compressible_blocks_travel_compressed_and_are_stored_identical() {
+    let src = log_lines(5 * B as usize + 777);
+    for mode in [Compress::Auto, Compress::Zstd(3)] {
+        let storage = MemStorage::new();
+        let tc = packing(&src, mode);
+        let mut p = Pair::new(&storage, ReceiverConfig::default(), tc, src.clone());
+        p.run();
+        assert_eq!(p.outcome(), Outcome::Stored, "{mode}");
+        assert!(
+            storage.file(NAME) == Some(src.clone()),
+            "{mode}: stored bytes differ"
+        );
+        let s = p.tx.pack_stats();
+        assert!(s.agreed, "{mode}");
+        assert_eq!((s.blocks, s.raw_bytes), (6, src.len() as u64), "{mode}");
+        assert!(s.wire_bytes * 3 < s.raw_bytes, "{mode}: {s:?}");
+        // The whole client stream (header and frames) is far below the file.
+        assert!(p.c2s.len() * 3 < src.len(), "{mode}: {}", p.c2s.len());
+    }
+}
+
+#[test]
+fn random_blocks_go_raw_and_auto_stops_trying() {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let src: Vec<u8> = (0..40 * B)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let storage = MemStorage::new();
+    let tc = packing(&src, Compress::Auto);
+    let mut p = Pair::new(&storage, ReceiverConfig::default(), tc, src.clone());
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(storage.file(NAME) == Some(src.clone()));
+    let s = p.tx.pack_stats();
+    let give_up = crate::compress::AutoConfig::default().give_up_after as u64;
+    assert_eq!(
+        (s.agreed, s.blocks, s.declined),
+        (true, 0, give_up),
+        "{s:?}"
+    );
+    // Raw frames: the stream is the file plus heads, trailers and header.
+    let framing = p.c2s.len() - src.len();
+    assert!(framing < 40 * 17 + 300, "{framing}");
+}
+
+#[test]
+fn no_codec_frame_without_an_offer_or_with_compression_off_at_the_server() {
+    let src = log_lines(3 * B as usize);
+    // An older client (no "z"): the server says nothing of codecs.
+    let mut old = Pair::plain(&MemStorage::new(), &src);
+    old.run();
+    assert_eq!(old.outcome(), Outcome::Stored);
+    assert!(!old.s2c.windows(5).any(|w| w == b"Z\0\0\0\x04"));
+    assert!(!old.c2s.windows(3).any(|w| w == b"\"z\""));
+    assert!(!old.tx.pack_stats().agreed);
+    // A server that does not take compression: everything goes raw.
+    let rc = ReceiverConfig {
+        compression: false,
+        ..ReceiverConfig::default()
+    };
+    let tc = packing(&src, Compress::Zstd(3));
+    let storage = MemStorage::new();
+    let mut p = Pair::new(&storage, rc, tc, src.clone());
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(p.c2s.windows(3).any(|w| w == b"\"z\""), "it offered");
+    assert_eq!(p.tx.pack_stats(), PackStats::default());
+    assert!(storage.file(NAME) == Some(src));
+}
+
+#[test]
+fn every_cut_of_a_compressed_upload_resumes_to_the_same_bytes() {
+    let src = log_lines(3 * B as usize + 5);
+    let tc = packing(&src, Compress::Zstd(1));
+    let rc = ReceiverConfig::default();
+    let (c2s, s2c) = streams(&src, &tc, &rc);
+    let total = *c2s.last().unwrap();
+    for cut in (0..total).step_by(97).chain(c2s.iter().copied()) {
+        cut_then_resume(&src, &tc, &rc, cut, usize::MAX, 1 + cut % 5000);
+    }
+    for &cut in &s2c {
+        cut_then_resume(&src, &tc, &rc, usize::MAX, cut, 4093);
+    }
+}
+
+/// A receiver set up for `f.bin` of `filesize` bytes by a client that
+/// offered zstd (`z`), past its held list.
+fn packed_receiver(
+    filesize: u64,
+    z: bool,
+    now: Instant,
+) -> (Receiver, MemPart, Vec<u8>, MemStorage) {
+    let mut rx = Receiver::new(ReceiverConfig::default(), [0; 32], now);
+    let z = if z { r#", "z": ["zstd"]"# } else { "" };
+    let json = format!(
+        r#"{{"filename": "f.bin", "filesize": {filesize}, "crc32": null, "bt": {{"v": 2, "block": 65536, "rev": 2{z}}}}}"#
+    );
+    let mut h = (json.len() as u32).to_be_bytes().to_vec();
+    h.extend_from_slice(json.as_bytes());
+    let mut fed = 0;
+    while fed < h.len() {
+        fed += rx.handle_input(now, &h[fed..]).used;
+    }
+    let storage = MemStorage::new();
+    let mut part = None;
+    while let Some(a) = rx.poll_action() {
+        let ev = match &a {
+            Action::Admit { .. } => Event::Admitted(Ok(())),
+            Action::Claim { .. } => Event::Claimed(Ok(())),
+            Action::OpenHeld(id) => Event::Opened(storage.open(id).map(|(p, h)| {
+                part = Some(p);
+                h
+            })),
+            _ => unreachable!(),
+        };
+        rx.handle_event(now, ev);
+    }
+    let out = transmit_all(&mut rx, now);
+    (rx, part.expect("opened"), out, storage)
+}
+
+/// Feeds `wire` to `rx`, writing to `part`; the refusal's code and words.
+fn feed_refused(rx: &mut Receiver, part: &mut MemPart, wire: &[u8], now: Instant) -> Fault {
+    let mut pos = 0;
+    while pos < wire.len() && !rx.is_closing() {
+        if let Some(a) = rx.poll_action() {
+            let ev = apply(part, &a).unwrap();
+            rx.handle_event(now, ev);
+            continue;
+        }
+        let fed = rx.handle_input(now, &wire[pos..]);
+        if let Some(w) = fed.write {
+            let r = part.write_at(w.offset, &w.bytes);
+            rx.handle_event(now, Event::Applied(r));
+        }
+        if fed.used == 0 {
+            break;
+        }
+        pos += fed.used;
+    }
+    match rx.ending() {
+        Some(Ending::Refused(f)) => f.clone(),
+        other => panic!("not refused: {other:?} in {}", rx.state_name()),
+    }
+}
+
+fn packed_frame(offset: u64, len: u64, payload: &[u8], crc: u32) -> Vec<u8> {
+    let mut f = v2::encode_packed_head(offset, len as u32, payload.len() as u32).to_vec();
+    f.extend_from_slice(payload);
+    f.extend_from_slice(&crc.to_be_bytes());
+    f
+}
+
+#[test]
+fn the_server_accepts_zstd_only_when_offered_and_says_so_before_the_held_list() {
+    let now = Instant::now();
+    let (_, _, out, _) = packed_receiver(10, true, now);
+    let codec = v2::encode_server_msg(&v2::ServerMsg::Codec("zstd".into()));
+    assert_eq!(&out[8..8 + codec.len()], &codec[..]);
+    assert_eq!(out[8 + codec.len()], b'H');
+    let (_, _, out, _) = packed_receiver(10, false, now);
+    assert_eq!(out[8], b'H');
+}
+
+#[test]
+fn hostile_compressed_frames_are_refused_with_words() {
+    let now = Instant::now();
+    let raw = log_lines(B as usize);
+    let good = crate::compress::BlockCompressor::new(3)
+        .unwrap()
+        .pack(&raw)
+        .unwrap();
+    let other = log_lines(B as usize + 1)[1..].to_vec();
+    // A 64 MiB bomb in one chunk of a 64 KiB block.
+    let bomb = crate::compress::compress_block(&vec![0u8; 64 << 20], 1).unwrap();
+    let mut bomb_payload = (bomb.len() as u32).to_be_bytes().to_vec();
+    bomb_payload.extend_from_slice(&bomb);
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[1, 2, 3]);
+    let cases: Vec<(bool, Vec<u8>, &str)> = vec![
+        (
+            true,
+            packed_frame(0, B, &good, crc32fast::hash(&other)),
+            "decompressed to bytes whose CRC-32",
+        ),
+        (
+            true,
+            packed_frame(0, B, &bomb_payload, crc32fast::hash(&raw)),
+            "the frame declares 67108864 bytes but the block is 65536 bytes",
+        ),
+        (
+            true,
+            packed_frame(0, B, &vec![0x55; B as usize + 1], 0),
+            "it may not be empty or expand",
+        ),
+        (
+            true,
+            packed_frame(0, B, &[0, 1, 0, 1, 9, 9], 0),
+            "chunk 0 says 65537 bytes for 65536 raw bytes",
+        ),
+        (
+            true,
+            packed_frame(0, B, &trailing, crc32fast::hash(&raw)),
+            "3 bytes follow the last chunk",
+        ),
+        (
+            true,
+            packed_frame(0, B, &good[..good.len() / 2], crc32fast::hash(&raw)),
+            "ends before its last chunk",
+        ),
+        (
+            false,
+            packed_frame(0, B, &good, crc32fast::hash(&raw)),
+            "no compression was agreed",
+        ),
+    ];
+    for (z, wire, words) in cases {
+        let (mut rx, mut part, _, storage) = packed_receiver(2 * B, z, now);
+        let f = feed_refused(&mut rx, &mut part, &wire, now);
+        assert_eq!(f.code, FaultCode::BadRequest, "{words}: {f:?}");
+        assert!(f.words.contains(words), "{words}: {}", f.words);
+        // What is held is kept, and block 0 is not vouched for.
+        assert_eq!(rx.poll_action(), Some(Action::Checkpoint), "{words}");
+        part.checkpoint().unwrap();
+        let held = storage.durable_blocks(NAME).unwrap();
+        assert_eq!(held.crc(0), None, "{words}");
+    }
+    // The good frame is taken: block 0 is held with the raw CRC-32.
+    let (mut rx, mut part, _, storage) = packed_receiver(2 * B, true, now);
+    let wire = packed_frame(0, B, &good, crc32fast::hash(&raw));
+    let mut pos = 0;
+    while pos < wire.len() {
+        if let Some(a) = rx.poll_action() {
+            let ev = apply(&mut part, &a).unwrap();
+            rx.handle_event(now, ev);
+            continue;
+        }
+        let fed = rx.handle_input(now, &wire[pos..]);
+        if let Some(w) = fed.write {
+            assert!(w.bytes.len() <= crate::compress::PACK_CHUNK);
+            let r = part.write_at(w.offset, &w.bytes);
+            rx.handle_event(now, Event::Applied(r));
+        }
+        pos += fed.used;
+    }
+    while let Some(a) = rx.poll_action() {
+        let ev = apply(&mut part, &a).unwrap();
+        rx.handle_event(now, ev);
+    }
+    assert!(rx.ending().is_none(), "{:?}", rx.ending());
+    part.checkpoint().unwrap();
+    let held = storage.durable_blocks(NAME).unwrap();
+    assert_eq!(held.crc(0), Some(crc32fast::hash(&raw)));
 }

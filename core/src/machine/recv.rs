@@ -44,6 +44,10 @@ pub struct ReceiverConfig {
     pub drain: Duration,
     /// Most blocks per upload (bounds the memory of a connection).
     pub max_blocks: u64,
+    /// Take compressed data frames from a client that offers zstd (it
+    /// costs at most twice [`crate::compress::PACK_CHUNK`] of memory per
+    /// connection while one is received).
+    pub compression: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -58,6 +62,7 @@ impl Default for ReceiverConfig {
             block_grace: Duration::from_secs(10),
             drain: Duration::from_secs(3),
             max_blocks: MAX_BLOCKS,
+            compression: true,
         }
     }
 }
@@ -83,6 +88,8 @@ struct Request {
     header: Header,
     name: SafeName,
     offer: Option<Offer>,
+    /// The client offered zstd-compressed data frames.
+    zstd: bool,
 }
 
 #[derive(Debug)]
@@ -505,9 +512,14 @@ impl Receiver {
             }
         };
         self.phase = None;
+        let mut zstd = false;
         if let Some(o) = offer {
             self.say_magic();
             self.rev = o.rev;
+            match v2::offered_codecs(&json) {
+                Ok(c) => zstd = c.iter().any(|c| c == crate::compress::CODEC),
+                Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+            }
             let n = v2::block_count(header.filesize, o.block_size);
             if n > self.cfg.max_blocks {
                 let words = format!("refused: {n} blocks are over this server's limit");
@@ -537,6 +549,7 @@ impl Receiver {
             header,
             name,
             offer,
+            zstd,
         });
         self.state = State::Admit;
     }
@@ -631,7 +644,15 @@ impl Receiver {
                 self.state = State::SendOffset { offset, crc: crc32 };
             }
             (Some(_), Held::Blocks(set)) if set.block_size() == block && set.filesize() == fs => {
-                self.intake = Some(Intake::new(set));
+                let mut intake = Intake::new(set);
+                if self.cfg.compression && self.req.as_ref().is_some_and(|r| r.zstd) {
+                    // Said before the held list, so the client knows it
+                    // may compress before it plans.
+                    let codec = ServerMsg::Codec(crate::compress::CODEC.into());
+                    self.out.push_back(v2::encode_server_msg(&codec));
+                    intake.accept_packed();
+                }
+                self.intake = Some(intake);
                 self.state = State::SendHeld;
             }
             _ => self.fail(now, internal("the storage opened a part of another shape")),
@@ -665,6 +686,7 @@ impl Receiver {
         *pos += n as u64;
         self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
         self.awaiting = Some(Expect::Applied);
+        let bytes = std::borrow::Cow::Borrowed(bytes);
         Fed {
             used: n,
             write: Some(WriteAt { offset, bytes }),
@@ -885,9 +907,9 @@ mod tests {
         assert_eq!(rx.payload_left(), Some(10));
         let fed = rx.handle_input(now, &data[..4]);
         let w = fed.write.unwrap();
-        assert_eq!((w.offset, w.bytes), (0, &data[..4]));
+        assert_eq!((w.offset, &*w.bytes), (0, &data[..4]));
         assert_eq!(rx.payload_left(), None, "a write is outstanding");
-        let r = part.write_at(w.offset, w.bytes);
+        let r = part.write_at(w.offset, &w.bytes);
         rx.handle_event(now, Event::Applied(r));
         assert_eq!(rx.payload_left(), Some(6));
     }
@@ -910,7 +932,7 @@ mod tests {
         let storage = MemStorage::new();
         let (_, mut part) = set_up(&mut rx, &storage, now);
         let w = rx.handle_input(now, &data).write.unwrap();
-        let r = part.write_at(w.offset, w.bytes);
+        let r = part.write_at(w.offset, &w.bytes);
         rx.handle_event(now, Event::Applied(r));
         assert_eq!(rx.poll_action(), Some(Action::Recheck));
         rx.handle_event(now, Event::Rechecked(Ok(Recheck::Wrong("changed".into()))));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::transfer::{Next, Outlet};
 use super::{shown, Deadline, ServerDecoder, Timer};
 use crate::auth::{Token, NONCE_LEN};
+use crate::compress::{AutoCompressor, AutoConfig, Compress, AUTO_LEVEL, CODEC};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 
@@ -52,6 +53,9 @@ pub struct SenderConfig {
     /// unchanged before the End frame, whose CRC-32 combines block CRC-32s
     /// taken earlier (from a cache or another attempt).
     pub recheck: bool,
+    /// Whether to offer and use compressed data frames (version 2 only;
+    /// the server must accept, else every block goes raw).
+    pub compress: Compress,
 }
 
 /// Work on the source file the sender asks of its shell.
@@ -82,6 +86,21 @@ pub enum SendAction {
         /// First byte.
         from: u64,
     },
+    /// Compression was agreed and the policy says try: read block `idx`
+    /// (`offset .. offset + len`) into memory, take its CRC-32, pack it at
+    /// zstd `level` ([`crate::compress::BlockCompressor::pack`]), time
+    /// that, and answer [`SendEvent::Packed`]; the machine then transmits
+    /// the frame (compressed, or raw if it did not pay).
+    PackBlock {
+        /// Block index.
+        idx: u64,
+        /// File offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// zstd level.
+        level: i32,
+    },
     /// Before the End frame (only with [`SenderConfig::recheck`]): confirm
     /// the source is unchanged since its CRC-32s were taken and answer
     /// [`SendEvent::Rechecked`].
@@ -100,6 +119,36 @@ pub enum SendEvent {
     BytesSent(Result<(), String>),
     /// The source is unchanged (`Ok`) or changed, and how.
     Rechecked(Result<(), String>),
+    /// The block of a [`SendAction::PackBlock`], read and packed.
+    Packed(Result<Packed, String>),
+}
+
+/// A block read and (maybe) compressed by the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    /// CRC-32 of the raw bytes.
+    pub crc: u32,
+    /// The raw bytes (sent when `packed` is `None`).
+    pub raw: Vec<u8>,
+    /// The packed payload, if it is worth sending.
+    pub packed: Option<Vec<u8>>,
+    /// How long packing took (the `auto` policy's CPU measurement).
+    pub took: Duration,
+}
+
+/// What compression did on one connection (for reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackStats {
+    /// Whether the server agreed to compressed frames.
+    pub agreed: bool,
+    /// Blocks sent compressed.
+    pub blocks: u64,
+    /// Their raw bytes.
+    pub raw_bytes: u64,
+    /// Their packed payload bytes on the wire.
+    pub wire_bytes: u64,
+    /// Blocks that were packed but went raw (they did not shrink).
+    pub declined: u64,
 }
 
 /// How an attempt ended.
@@ -199,6 +248,10 @@ pub struct Sender {
     deadline: Option<Deadline>,
     armed_for: &'static str,
     protocol: u8,
+    auto: AutoCompressor,
+    /// The block being packed: offset, length and its raw frame head.
+    packing: Option<(u64, u64, [u8; 13])>,
+    pack: PackStats,
 }
 
 fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
@@ -220,6 +273,9 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
             ))
         }
         (true, Some(_)) => proto::encode_header(&header),
+        (false, crc) if cfg.compress != Compress::Off => {
+            v2::encode_header_with_codecs(&header, crc, offer, &[CODEC])
+        }
         (false, Some(_)) => v2::encode_header(&header, offer),
         (false, None) => v2::encode_header_unknown_crc(&header, offer),
     };
@@ -254,6 +310,9 @@ impl Sender {
             deadline: None,
             armed_for: "",
             protocol: 0,
+            auto: AutoCompressor::new(AutoConfig::default()),
+            packing: None,
+            pack: PackStats::default(),
         };
         s.rearm(now, false);
         s
@@ -313,6 +372,19 @@ impl Sender {
     /// (where this connection resumes).
     pub fn kept(&self) -> Option<u64> {
         self.outlet.kept()
+    }
+
+    /// What compression did on this connection.
+    pub fn pack_stats(&self) -> PackStats {
+        self.pack
+    }
+
+    /// A measurement of the link: `wire_bytes` went into the socket in
+    /// `elapsed` (time blocked writing, so a full send buffer shows the
+    /// link's pace). Feeds the `auto` compression policy; the machine has
+    /// no clock of its own.
+    pub fn handle_sent(&mut self, wire_bytes: usize, elapsed: Duration) {
+        self.auto.record_send(wire_bytes, elapsed);
     }
 
     /// When [`Sender::handle_timeout`] must be called next.
@@ -434,6 +506,8 @@ impl Sender {
                 _ => self.fail_protocol("internal: recheck out of turn"),
             },
             SendEvent::Rechecked(Err(e)) => self.finish(Outcome::Failed(Failure::SourceChanged(e))),
+            SendEvent::Packed(Ok(p)) => self.on_packed(p),
+            SendEvent::Packed(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
             SendEvent::Hashed(Err(e))
             | SendEvent::BlockSent(Err(e))
             | SendEvent::BytesSent(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
@@ -578,6 +652,13 @@ impl Sender {
                 let r = self.outlet.accept_set(block_size, &runs, crcs);
                 self.on_held(r)
             }
+            (State::AwaitChallenge | State::AwaitHeld, ServerMsg::Codec(name)) => {
+                if name != CODEC || self.cfg.compress == Compress::Off {
+                    let words = format!("the server chose codec {name:?}, which was not offered");
+                    return self.fail_protocol(words);
+                }
+                self.pack.agreed = true;
+            }
             (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
             (_, other) => {
                 let words = format!(
@@ -622,9 +703,21 @@ impl Sender {
     fn next_block(&mut self) {
         match self.outlet.next_to_send() {
             Next::Block { head, action } => {
+                self.state = State::SendBlocks;
+                if let (SendAction::SendBlock { idx, offset, len }, Some(level)) =
+                    (&action, self.pack_level())
+                {
+                    self.packing = Some((*offset, *len, head));
+                    self.pending = Some(SendAction::PackBlock {
+                        idx: *idx,
+                        offset: *offset,
+                        len: *len,
+                        level,
+                    });
+                    return;
+                }
                 self.out.push_back(head.to_vec());
                 self.pending = Some(action);
-                self.state = State::SendBlocks;
             }
             Next::End(frame) if self.cfg.recheck => {
                 self.pending = Some(SendAction::Recheck);
@@ -634,6 +727,50 @@ impl Sender {
             Next::Unstable(list) => self.finish(Outcome::Failed(Failure::SourceUnstable(list))),
             Next::Broken(why) => self.fail_protocol(why),
         }
+    }
+
+    /// The zstd level to pack the next block at, if it is to be tried.
+    fn pack_level(&mut self) -> Option<i32> {
+        if !self.pack.agreed {
+            return None;
+        }
+        match self.cfg.compress {
+            Compress::Off => None,
+            Compress::Zstd(level) => Some(level),
+            Compress::Auto => self.auto.should_compress().then_some(AUTO_LEVEL),
+        }
+    }
+
+    /// A block was packed: its frame (compressed, or raw when that did
+    /// not pay) goes out, then its trailer.
+    fn on_packed(&mut self, p: Packed) {
+        let Some((offset, len, head)) = self.packing.take() else {
+            return self.fail_protocol("internal: packed block out of turn");
+        };
+        if p.raw.len() as u64 != len {
+            let words = format!("the source ended inside the block at byte {offset}");
+            return self.finish(Outcome::Failed(Failure::Source(words)));
+        }
+        let wire = p.packed.as_ref().map(Vec::len);
+        if self.cfg.compress == Compress::Auto {
+            self.auto.record_compression(p.raw.len(), wire, p.took);
+        }
+        match p.packed {
+            Some(w) if (w.len() as u64) < len => {
+                self.out
+                    .push_back(v2::encode_packed_head(offset, len as u32, w.len() as u32).to_vec());
+                self.pack.blocks += 1;
+                self.pack.raw_bytes += len;
+                self.pack.wire_bytes += w.len() as u64;
+                self.out.push_back(w);
+            }
+            _ => {
+                self.pack.declined += 1;
+                self.out.push_back(head.to_vec());
+                self.out.push_back(p.raw);
+            }
+        }
+        self.on_block_sent(p.crc);
     }
 
     fn on_block_sent(&mut self, crc: u32) {
@@ -670,5 +807,6 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::Fault(..) => "fault",
         ServerMsg::Challenge(_) => "challenge",
         ServerMsg::Verdict(_) => "verdict",
+        ServerMsg::Codec(_) => "codec",
     }
 }

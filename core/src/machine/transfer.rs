@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use crc32fast::Hasher;
 
 use super::{ClientDecoder, ClientItem, Fault, HeldSet, SendAction, WriteAt, MAX_REPAIR_ROUNDS};
+use crate::compress::Unpacker;
 use crate::v2;
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ struct InBlock {
     idx: u64,
     pos: u64,
     hasher: Hasher,
+    /// For a compressed frame: its chunks, decompressed one at a time.
+    unpack: Option<Unpacker>,
 }
 
 /// What the intake made of some input.
@@ -65,6 +68,7 @@ pub struct Intake {
     dec: ClientDecoder,
     block: Option<InBlock>,
     round: u32,
+    packed_ok: bool,
 }
 
 impl Intake {
@@ -76,7 +80,60 @@ impl Intake {
             dec,
             block: None,
             round: 0,
+            packed_ok: false,
         }
+    }
+
+    /// Compressed data frames were agreed on this connection: take them
+    /// (until then one is a protocol error).
+    pub fn accept_packed(&mut self) {
+        self.packed_ok = true;
+    }
+
+    /// Payload bytes the current compressed frame takes next, if one is
+    /// being received.
+    fn packed_want(&self) -> Result<Option<usize>, Fault> {
+        let (Some(b), Some(left)) = (&self.block, self.dec.payload_left()) else {
+            return Ok(None);
+        };
+        let Some(u) = &b.unpack else {
+            return Ok(None);
+        };
+        match u.want() as u64 {
+            0 => Err(Fault::bad(format!(
+                "{left} bytes follow the last chunk of compressed block {}",
+                b.idx
+            ))),
+            n => Ok(Some(n.min(left) as usize)),
+        }
+    }
+
+    /// Takes packed payload (at most what [`Intake::packed_want`] said),
+    /// giving a decompressed chunk to write when one is complete.
+    fn take_packed<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Took<'a>), Fault> {
+        let (used, item) = self.dec.decode(input)?;
+        let ended = self.dec.payload_left().is_none();
+        let (Some(ClientItem::Payload(bytes)), Some(b)) = (item, self.block.as_mut()) else {
+            return Err(Fault::bad("compressed payload outside a block"));
+        };
+        let Some(u) = b.unpack.as_mut() else {
+            return Err(Fault::bad("compressed payload outside a block"));
+        };
+        let out = u.feed(bytes).map_err(|e| Fault::bad(e.to_string()))?;
+        if ended && !u.is_done() {
+            return Err(Fault::bad(format!(
+                "the compressed payload of block {} ends before its last chunk",
+                b.idx
+            )));
+        }
+        let Some(raw) = out else {
+            return Ok((used, Took::More));
+        };
+        let offset = b.pos;
+        b.pos += raw.len() as u64;
+        b.hasher.update(&raw);
+        let bytes = std::borrow::Cow::Owned(raw);
+        Ok((used, Took::Write(WriteAt { offset, bytes })))
     }
 
     /// The blocks held.
@@ -96,17 +153,25 @@ impl Intake {
 
     /// Takes from `input`: bytes used and what came of them.
     pub fn take<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Took<'a>), Fault> {
+        if input.is_empty() {
+            return Ok((0, Took::More));
+        }
+        if let Some(n) = self.packed_want()? {
+            return self.take_packed(&input[..n.min(input.len())]);
+        }
         let (used, item) = self.dec.decode(input)?;
         let took = match item {
             None => Took::More,
-            Some(ClientItem::DataHead { idx, offset, len }) => {
-                self.block = Some(InBlock {
-                    idx,
-                    pos: offset,
-                    hasher: Hasher::new(),
-                });
-                self.held.forget(idx);
-                Took::Begin { idx, len }
+            Some(ClientItem::DataHead { idx, offset, len }) => self.begin(idx, offset, len, None),
+            Some(ClientItem::PackedHead {
+                idx, offset, len, ..
+            }) => {
+                if !self.packed_ok {
+                    return Err(Fault::bad(
+                        "a compressed data frame, but no compression was agreed on this connection",
+                    ));
+                }
+                self.begin(idx, offset, len, Some(Unpacker::new(len)))
             }
             Some(ClientItem::Payload(bytes)) => {
                 let b = self
@@ -116,6 +181,7 @@ impl Intake {
                 let offset = b.pos;
                 b.pos += bytes.len() as u64;
                 b.hasher.update(bytes);
+                let bytes = std::borrow::Cow::Borrowed(bytes);
                 Took::Write(WriteAt { offset, bytes })
             }
             Some(ClientItem::Trailer(sent)) => {
@@ -125,6 +191,16 @@ impl Intake {
                     .ok_or_else(|| Fault::bad("trailer outside a block"))?;
                 let crc = b.hasher.finalize();
                 let good = crc == sent;
+                if b.unpack.is_some() && !good {
+                    // Refused, not repaired: zstd turns almost any damage
+                    // in transit into a decoding error, so a whole block
+                    // with another CRC-32 is the peer compressing other
+                    // bytes than it vouches for.
+                    return Err(Fault::bad(format!(
+                        "refused compressed block {}: it decompressed to bytes whose CRC-32 is {crc:08x}, the client says {sent:08x}",
+                        b.idx
+                    )));
+                }
                 if good {
                     self.held.mark(b.idx, crc);
                 }
@@ -138,6 +214,23 @@ impl Intake {
             Some(ClientItem::Answer(_)) => return Err(Fault::bad("unexpected answer frame")),
         };
         Ok((used, took))
+    }
+
+    fn begin(
+        &mut self,
+        idx: u64,
+        offset: u64,
+        len: u64,
+        unpack: Option<Unpacker>,
+    ) -> Took<'static> {
+        self.block = Some(InBlock {
+            idx,
+            pos: offset,
+            hasher: Hasher::new(),
+            unpack,
+        });
+        self.held.forget(idx);
+        Took::Begin { idx, len }
     }
 
     /// Decides after the end frame (whole CRC-32 `crc`): repair, commit or

@@ -191,8 +191,8 @@ impl Shell<'_> {
         if let Some(w) = fed.write {
             // Protocol 1: the machine's running CRC-32 is the part's too.
             let r = match (part.as_mut(), rx.prefix_crc()) {
-                (Some(p), Some(crc)) => p.write_grown(w.offset, w.bytes, crc),
-                (Some(p), None) => p.write_at(w.offset, w.bytes),
+                (Some(p), Some(crc)) => p.write_grown(w.offset, &w.bytes, crc),
+                (Some(p), None) => p.write_at(w.offset, &w.bytes),
                 (None, _) => Err(Fault::new(FaultCode::Internal, "no held part to write")),
             };
             wrote = if r.is_ok() { w.bytes.len() } else { 0 };

@@ -222,7 +222,7 @@ fn server_frames(out: &mut BTreeMap<String, Vec<u8>>) {
     let mut add = |n: &str, b: &[u8]| {
         out.insert(n.to_owned(), b.to_vec());
     };
-    add("unknown-tag", b"Z\0\0\0\x01x");
+    add("unknown-tag", b"Q\0\0\0\x01x");
     add("over-limit", b"H\x01\0\0\x01");
     add(
         "held-count-mismatch",
@@ -321,7 +321,7 @@ fn client_heads(out: &mut BTreeMap<String, Vec<u8>>) {
         cfg(fs, 0, None),
         &[&v2::encode_data_head(131072, 6)],
     );
-    add("unknown-tag", cfg(fs, 0, None), &[b"Z\0\0\0\0"]);
+    add("unknown-tag", cfg(fs, 0, None), &[b"Q\0\0\0\0"]);
     add(
         "answer",
         cfg(fs, 0, None),

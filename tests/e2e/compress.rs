@@ -1,0 +1,240 @@
+//! Compression end to end: `--compress auto|zstd[:LEVEL]|off` against the
+//! real server over loopback, what `--json` reports about it, and a hostile
+//! client's compressed frames (a lie and a bomb) refused by the server.
+//! Not for the policy's arithmetic or the frame parser (core unit tests).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+
+use bigtransfer_core::compress::{compress_block, BlockCompressor, CODEC};
+use bigtransfer_core::{proto, v2};
+
+use crate::harness::*;
+
+/// Realistic compressible data: web-server log lines with varying numbers
+/// (about 6 : 1 with zstd), not zeros.
+fn write_logs(path: &Path, size: usize) {
+    let mut out = Vec::with_capacity(size + 128);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut i = 0u64;
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let line = format!(
+            "2026-11-30T{:02}:{:02}:{:02}Z host{} GET /api/v1/items/{} status={} bytes={} ms={}\n",
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60,
+            x % 7,
+            (x >> 8) % 100_000,
+            [200, 200, 200, 304, 404, 500][((x >> 30) % 6) as usize],
+            (x >> 20) % 65_536,
+            (x >> 40) % 900
+        );
+        out.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    out.truncate(size);
+    std::fs::write(path, out).unwrap();
+}
+
+fn text_field(out: &std::process::Output, key: &str) -> String {
+    let s = stdout(out);
+    let pat = format!("\"{key}\": ");
+    let i = s.find(&pat).unwrap_or_else(|| panic!("no {key} in {s}"));
+    s[i + pat.len()..]
+        .chars()
+        .take_while(|&c| c != ',' && c != '}')
+        .collect()
+}
+
+#[test]
+fn a_compressible_file_travels_compressed_and_is_stored_identical() {
+    isolate_cache();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("app.log");
+    let size = 24 << 20;
+    write_logs(&src, size);
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    // auto: the first blocks are tried before anything is measured, so
+    // some go compressed even where the CPU turns out to be the bottleneck.
+    let out = send(&srv, &src, &["--name", "auto.log"]);
+    assert_ok(&out);
+    assert_same_file(&src, &t.path().join("store/auto.log"));
+    assert_eq!(text_field(&out, "compress"), "\"auto\"");
+    assert_eq!(text_field(&out, "compress_agreed"), "true");
+    assert!(field(&out, "compressed_blocks") >= 1, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < size as u64, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), size as u64);
+    // zstd: every block, and the wire carries a fraction of the file.
+    let out = send(&srv, &src, &["--name", "zstd.log", "--compress", "zstd:3"]);
+    assert_ok(&out);
+    assert_same_file(&src, &t.path().join("store/zstd.log"));
+    assert_eq!(text_field(&out, "compress"), "\"zstd:3\"");
+    assert_eq!(field(&out, "compressed_blocks"), 24);
+    let wire = field(&out, "wire_bytes");
+    assert!(wire * 3 < size as u64, "{wire} of {size}");
+    assert!(
+        srv.log.wait_for("zstd.log: CRC32_OK", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn auto_compresses_when_the_link_is_the_bottleneck() {
+    // --limit-rate makes the link slow: auto then compresses every block
+    // (the first before anything is measured, the rest because they pay).
+    isolate_cache();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("slow.log");
+    let size = 8 << 20;
+    write_logs(&src, size);
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let out = send(&srv, &src, &["--limit-rate", "4M"]);
+    assert_ok(&out);
+    assert_same_file(&src, &t.path().join("store/slow.log"));
+    assert!(field(&out, "compressed_blocks") >= 7, "{}", stdout(&out));
+    assert!(
+        field(&out, "wire_bytes") * 3 < size as u64,
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn random_data_goes_raw_with_auto_and_off_and_legacy_never_compress() {
+    isolate_cache();
+    let t = tempfile::tempdir().unwrap();
+    let rnd = t.path().join("random.bin");
+    let size = 12 << 20;
+    write_random(&rnd, size, 5);
+    let logs = t.path().join("app.log");
+    write_logs(&logs, 4 << 20);
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let out = send(&srv, &rnd, &[]);
+    assert_ok(&out);
+    assert_same_file(&rnd, &t.path().join("store/random.bin"));
+    assert_eq!(field(&out, "compressed_blocks"), 0);
+    assert_eq!(field(&out, "wire_bytes"), size);
+    for (name, flags, proto, agreed) in [
+        ("off.log", &["--compress", "off"][..], 2, "false"),
+        ("legacy.log", &["--legacy"][..], 1, "false"),
+    ] {
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(flags);
+        let out = send(&srv, &logs, &args);
+        assert_ok(&out);
+        assert_same_file(&logs, &t.path().join("store").join(name));
+        assert_eq!(field(&out, "protocol"), proto, "{name}");
+        assert_eq!(text_field(&out, "compress"), "\"off\"", "{name}");
+        assert_eq!(text_field(&out, "compress_agreed"), agreed, "{name}");
+        assert_eq!(field(&out, "wire_bytes"), 4 << 20, "{name}");
+    }
+    // The congestion control is reported as the kernel has it.
+    assert!(!text_field(&out, "congestion").is_empty());
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_bad_compress_value_is_a_usage_error_with_words() {
+    let out = client(
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9",
+            "--compress",
+            "gzip",
+            "x",
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expected auto, off, zstd or zstd:LEVEL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Connects as a client that offers zstd for `size` bytes, and reads the
+/// server's codec and held frames.
+fn hostile_client(srv: &ServerProc, name: &str, size: u64) -> TcpStream {
+    let h = proto::Header {
+        filename: name.into(),
+        filesize: size,
+        crc32: 0,
+    };
+    let offer = v2::Offer {
+        version: 2,
+        block_size: 1 << 20,
+        rev: v2::REVISION,
+        source: None,
+    };
+    let frame = v2::encode_header_with_codecs(&h, None, offer, &[CODEC]).unwrap();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&frame).unwrap();
+    assert_eq!(
+        server_frame(&mut s, true),
+        v2::ServerMsg::Codec(CODEC.into())
+    );
+    assert!(matches!(
+        server_frame(&mut s, false),
+        v2::ServerMsg::Held { .. }
+    ));
+    s
+}
+
+fn packed_frame(len: u64, payload: &[u8], crc: u32) -> Vec<u8> {
+    let mut f = v2::encode_packed_head(0, len as u32, payload.len() as u32).to_vec();
+    f.extend_from_slice(payload);
+    f.extend_from_slice(&crc.to_be_bytes());
+    f
+}
+
+#[test]
+fn the_server_refuses_a_compressed_block_that_lies_or_explodes() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let block = 1u64 << 20;
+    let logs = t.path().join("a.log");
+    write_logs(&logs, block as usize);
+    let raw = std::fs::read(&logs).unwrap();
+    let good = BlockCompressor::new(3).unwrap().pack(&raw).unwrap();
+    // 1 GiB of zeros in one zstd frame of about 40 KiB, for a 1 MiB chunk.
+    let bomb = compress_block(&vec![0u8; 1 << 30], 1).unwrap();
+    let mut bomb_payload = (bomb.len() as u32).to_be_bytes().to_vec();
+    bomb_payload.extend_from_slice(&bomb);
+    let cases = [
+        (
+            packed_frame(block, &good, crc32fast::hash(b"other bytes")),
+            "decompressed to bytes whose CRC-32",
+        ),
+        (
+            packed_frame(block, &bomb_payload, crc32fast::hash(&raw)),
+            "the frame declares 1073741824 bytes but the block is 1048576 bytes",
+        ),
+    ];
+    for (i, (frame, words)) in cases.into_iter().enumerate() {
+        let mut s = hostile_client(&srv, &format!("h{i}.bin"), 2 * block);
+        s.write_all(&frame).unwrap();
+        match server_frame(&mut s, false) {
+            v2::ServerMsg::Fault(v2::FaultCode::BadRequest, m) => {
+                assert!(m.contains(words), "{words}: {m}")
+            }
+            other => panic!("{words}: {other:?}"),
+        }
+    }
+    assert!(
+        srv.log.wait_for("decompressed to bytes whose CRC-32", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
