@@ -96,6 +96,13 @@ impl Shutdown {
     pub fn shutdown(&self) {
         let _ = self.0.shutdown(net::Shutdown::Both);
     }
+
+    /// Shuts only the receiving side: a blocked read there ends (as if
+    /// the peer had gone), while the owner can still write its last words
+    /// (a takeover's fault frame).
+    pub fn shutdown_read(&self) {
+        let _ = self.0.shutdown(net::Shutdown::Read);
+    }
 }
 
 /// Plain TCP, today's wire.

@@ -13,9 +13,9 @@
 //! [`machine::Sender`]: crate::machine::Sender
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use super::peer::{self, lost, Reply};
 use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
 use crate::machine::{SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
+use crate::transport::{TcpTransport, Transport};
 use crate::v2;
 use crate::{Error, ErrorKind, Result};
 
@@ -39,7 +40,10 @@ struct Shell<'u, 'a> {
     up: &'u mut Upload<'a>,
     src: &'u mut Source,
     tx: Sender,
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
+    /// The socket under `stream`, to poll for the server's words while
+    /// sending (valid as long as `stream` lives).
+    fd: RawFd,
     addr: SocketAddr,
     input: Vec<u8>,
     have: Range<usize>,
@@ -60,15 +64,19 @@ struct Shell<'u, 'a> {
 /// it ended. The counters and the block CRC-32s learnt go to `up` and `src`
 /// whatever the ending.
 pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
-    let (stream, addr) = connect(up)?;
+    let (sock, addr) = connect(up)?;
     up.ever_connected = true;
-    configure(&stream, up)?;
+    configure(&sock, up)?;
+    let fd = sock.as_raw_fd();
+    let stream: Box<dyn Transport> =
+        Box::new(TcpTransport::new(sock).map_err(|e| lost(e, "configuring the socket"))?);
     let tx = Sender::new(sender_config(up, src), Instant::now());
     let mut sh = Shell {
         up,
         src,
         tx,
         stream,
+        fd,
         addr,
         input: vec![0; INPUT],
         have: 0..0,
@@ -193,7 +201,7 @@ impl Shell<'_, '_> {
         if self.tx.outcome().is_some() || self.tx.poll_timeout().is_some() {
             return Ok(());
         }
-        let fd = [self.stream.as_raw_fd()];
+        let fd = [self.fd];
         let ready = crate::sys::poll_readable(&fd, Some(Duration::ZERO)).unwrap_or_default();
         if ready.first().copied().unwrap_or(false) {
             self.read_once(LAST_WORDS)?;
@@ -480,7 +488,7 @@ impl Shell<'_, '_> {
             total: self.src.size(),
         };
         if (self.up.progress)(&p) == Control::Cancel {
-            let _ = self.stream.shutdown(Shutdown::Both);
+            self.stream.shutdown_handle().shutdown();
             return Err(Error::new(ErrorKind::Cancelled, cancelled));
         }
         Ok(())
@@ -561,7 +569,7 @@ pub(super) enum SendError {
 /// socket's own buffers. Protocol 2 sends the same way (it must see the
 /// bytes to hash them).
 pub(super) fn send_range(
-    stream: &mut TcpStream,
+    stream: &mut dyn Write,
     file: &std::fs::File,
     offset: u64,
     count: usize,

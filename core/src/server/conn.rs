@@ -10,7 +10,6 @@
 //! admission policy (`policy`) or the log lines of an ending (`report`).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use super::local::LocalPart;
 use super::policy::Reservation;
 use super::{ConnInfo, Shared, RATE_WINDOW, RECV_BUFFER};
 use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
+use crate::transport::Transport;
 use crate::v2::FaultCode;
 use crate::{Error, ErrorKind, Result};
 
@@ -42,7 +42,7 @@ enum Stall {
 pub(super) struct Shell<'a> {
     pub(super) sh: &'a Shared,
     pub(super) conn: &'a ConnInfo,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Box<dyn Transport>,
     pub(super) rx: Receiver,
     pub(super) part: Option<LocalPart>,
     pub(super) claim: Option<Claim<'a>>,
@@ -63,8 +63,11 @@ pub(super) struct Shell<'a> {
 }
 
 /// Serves one connection to its end.
-pub(super) fn handle_connection(sh: &Shared, conn: &ConnInfo, stream: TcpStream) -> Result<()> {
-    let _ = stream.set_nodelay(true);
+pub(super) fn handle_connection(
+    sh: &Shared,
+    conn: &ConnInfo,
+    stream: Box<dyn Transport>,
+) -> Result<()> {
     stream
         .set_write_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
@@ -123,7 +126,7 @@ impl Shell<'_> {
             }
             if self.rx.is_closing() && !self.shut {
                 // Let the client read the refusal: shut our side, drain theirs.
-                let _ = self.stream.shutdown(Shutdown::Write);
+                let _ = self.stream.close_write();
                 self.shut = true;
             }
             if !self.have.is_empty() && (self.ready() || self.stall.is_some()) && self.feed(now) {

@@ -595,7 +595,10 @@ impl Server {
 fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
     let peer = info.peer;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        conn::handle_connection(sh, info, stream)
+        let _ = stream.set_nodelay(true);
+        let t = crate::transport::TcpTransport::new(stream)
+            .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot track connection", e))?;
+        conn::handle_connection(sh, info, Box::new(t))
     }));
     match outcome {
         Ok(Ok(())) => {}

@@ -66,7 +66,7 @@ impl Shell<'_> {
         let request = claims::Request {
             name,
             conn_id: self.conn.id,
-            stream: &self.stream,
+            stream: self.stream.shutdown_handle(),
             peer: self.conn.peer,
             source: SourceId::of(header, self.rx.offer().as_ref()),
             authenticated,
