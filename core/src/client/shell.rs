@@ -109,6 +109,7 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
         greeting_timeout: (!up.legacy).then_some(up.opts.handshake_timeout),
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: true,
+        binding: None,
     }
 }
 

@@ -187,6 +187,7 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         greeting_timeout: None,
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: true,
+        binding: None,
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);

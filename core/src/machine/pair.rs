@@ -40,6 +40,7 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         greeting_timeout: None,
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: false,
+        binding: None,
     }
 }
 
@@ -1332,6 +1333,7 @@ fn a_sender_with_recheck_asks_before_the_end_frame_and_stops_on_a_change() {
     let src = source(10, 21);
     let cfg = SenderConfig {
         recheck: true,
+        binding: None,
         ..tx_cfg(&src)
     };
     // Unchanged: the End frame follows the answer, with the whole CRC-32.
@@ -1394,4 +1396,65 @@ fn the_greeting_has_its_own_deadline_and_the_repair_cap_is_configurable() {
         panic!("{:?}", tx.outcome())
     };
     assert!(w.contains("more than 1 rounds of repair"), "{w}");
+}
+
+/// Inside TLS: each side's channel binding (equal when nobody is in the
+/// middle) and the tokens.
+fn bound_pair(server: (&str, u8), client: (&str, u8)) -> Pair {
+    let src = source(1000, 11);
+    let rc = ReceiverConfig {
+        token: Some(token(server.0)),
+        binding: Some([server.1; 32]),
+        ..ReceiverConfig::default()
+    };
+    let tc = SenderConfig {
+        token: Some(token(client.0)),
+        binding: Some([client.1; 32]),
+        ..tx_cfg(&src)
+    };
+    let mut p = Pair::new(&MemStorage::new(), rc, tc, src);
+    p.run();
+    p
+}
+
+#[test]
+fn inside_tls_the_server_proves_the_token_first_and_both_proofs_are_bound() {
+    let ok = bound_pair(("a", 1), ("a", 1));
+    assert_eq!(
+        (ok.outcome(), ok.ending()),
+        (Outcome::Stored, Ending::Stored)
+    );
+    // A wrong token: the client sees the server's proof fail and never
+    // answers, so nothing it sends could be used to guess the token.
+    let wrong = bound_pair(("a", 1), ("b", 1));
+    assert_eq!(wrong.outcome(), Outcome::Failed(Failure::ServerProof));
+    assert!(wrong.storage.file(NAME).is_none() && !wrong.storage.has_part(NAME));
+    // A man in the middle: two connections, two bindings; the relayed
+    // proof fails at the client.
+    let relayed = bound_pair(("a", 1), ("a", 2));
+    assert_eq!(relayed.outcome(), Outcome::Failed(Failure::ServerProof));
+    assert!(!relayed.storage.has_part(NAME));
+    // A server that sends a bare challenge inside TLS gets no answer.
+    let src = source(100, 12);
+    let rc = ReceiverConfig {
+        token: Some(token("a")),
+        ..ReceiverConfig::default()
+    };
+    let tc = SenderConfig {
+        token: Some(token("a")),
+        binding: Some([1; 32]),
+        ..tx_cfg(&src)
+    };
+    let mut bare = Pair::new(&MemStorage::new(), rc, tc, src);
+    bare.run();
+    assert_eq!(bare.outcome(), Outcome::Failed(Failure::ServerProof));
+    // The wire form round-trips.
+    let m = ServerMsg::BoundChallenge {
+        nonce: [3; 32],
+        proof: [4; 32],
+    };
+    let f = v2::encode_server_msg(&m);
+    assert_eq!(f.len(), 5 + 64);
+    assert_eq!(v2::parse_server_msg(f[0], &f[5..]).unwrap(), m);
+    assert!(v2::parse_server_msg(f[0], &f[5..40]).is_err());
 }

@@ -52,6 +52,10 @@ pub struct SenderConfig {
     /// unchanged before the End frame, whose CRC-32 combines block CRC-32s
     /// taken earlier (from a cache or another attempt).
     pub recheck: bool,
+    /// Inside TLS, the connection's channel binding: the server must then
+    /// prove the token first and the answer covers the binding (see
+    /// [`crate::auth`]). `None` in plaintext.
+    pub binding: Option<[u8; crate::auth::BINDING_LEN]>,
 }
 
 /// Work on the source file the sender asks of its shell.
@@ -153,6 +157,9 @@ pub enum Failure {
     TimedOut(&'static str),
     /// The server requires a token and none was given.
     TokenRequired,
+    /// Inside TLS the server did not prove it knows our token on this
+    /// connection (another token, or a man in the middle relaying it).
+    ServerProof,
     /// A legacy server refused the header whose CRC-32 was unknown: hash
     /// the file and try again in version 1 (not counted as a failure).
     LegacyNeedsCrc,
@@ -385,9 +392,11 @@ impl Sender {
             }
             State::SendAnswer { nonce } => {
                 let token = self.cfg.token.as_ref();
-                let answer = token
-                    .map(|t| t.answer(&nonce, &self.json))
-                    .unwrap_or_default();
+                let answer = match (token, &self.cfg.binding) {
+                    (Some(t), Some(b)) => t.client_answer(&nonce, b, &self.json),
+                    (Some(t), None) => t.answer(&nonce, &self.json),
+                    (None, _) => Default::default(),
+                };
                 v2::encode_answer(&answer)
             }
             State::SendEnd { frame } => {
@@ -552,10 +561,26 @@ impl Sender {
                 code: Some(c),
                 words,
             }),
-            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => match self.cfg.token {
-                Some(_) => self.state = State::SendAnswer { nonce },
-                None => self.finish(Outcome::Failed(Failure::TokenRequired)),
-            },
+            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => {
+                match (&self.cfg.token, self.cfg.binding) {
+                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                    // Inside TLS a server that does not prove the token
+                    // first may be a man in the middle: no answer for it.
+                    (Some(_), Some(_)) => self.finish(Outcome::Failed(Failure::ServerProof)),
+                    (Some(_), None) => self.state = State::SendAnswer { nonce },
+                }
+            }
+            (State::AwaitChallenge, ServerMsg::BoundChallenge { nonce, proof }) => {
+                let proved = match (&self.cfg.token, &self.cfg.binding) {
+                    (Some(t), Some(b)) => t.check_server_proof(&nonce, b, &self.json, &proof),
+                    _ => false,
+                };
+                match (&self.cfg.token, proved) {
+                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                    (Some(_), false) => self.finish(Outcome::Failed(Failure::ServerProof)),
+                    (Some(_), true) => self.state = State::SendAnswer { nonce },
+                }
+            }
             (
                 State::AwaitChallenge | State::AwaitHeld,
                 ServerMsg::Held {
@@ -653,7 +678,7 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::Held { .. } => "held-list",
         ServerMsg::Error(_) => "error",
         ServerMsg::Fault(..) => "fault",
-        ServerMsg::Challenge(_) => "challenge",
+        ServerMsg::Challenge(_) | ServerMsg::BoundChallenge { .. } => "challenge",
         ServerMsg::Verdict(_) => "verdict",
     }
 }
