@@ -41,6 +41,8 @@ pub struct FileConfig {
     #[serde(alias = "log-format")]
     pub log_format: Option<Spanned<String>>,
     pub metrics: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<String>>,
+    pub key: Option<Spanned<PathBuf>>,
 }
 
 /// A parsed config file with its text, so that values can be checked later

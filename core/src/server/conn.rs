@@ -72,11 +72,12 @@ pub(super) fn handle_connection(
         .set_write_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
     let nonce = crate::auth::nonce()?;
+    let binding = stream.channel_binding();
     let mut shell = Shell {
         sh,
         conn,
         stream,
-        rx: Receiver::new(receiver_config(sh), nonce, conn.accepted),
+        rx: Receiver::new(receiver_config(sh, binding), nonce, conn.accepted),
         part: None,
         claim: None,
         reservation: None,
@@ -96,7 +97,8 @@ pub(super) fn handle_connection(
 /// The machine's limits from the server's: the header and the answer to
 /// a challenge each within the header timeout (bounded by the idle one).
 /// The rate floor is the shell's (windows of bytes, not blocks).
-fn receiver_config(sh: &Shared) -> ReceiverConfig {
+/// Inside TLS, `binding` ties the token proofs to this connection.
+fn receiver_config(sh: &Shared, binding: Option<[u8; 32]>) -> ReceiverConfig {
     let setup = sh.cfg.header_timeout.min(sh.cfg.idle_timeout);
     ReceiverConfig {
         token: sh.cfg.token.clone(),
@@ -105,6 +107,7 @@ fn receiver_config(sh: &Shared) -> ReceiverConfig {
         answer_timeout: setup,
         idle_timeout: sh.cfg.idle_timeout,
         min_rate: None,
+        binding,
         ..ReceiverConfig::default()
     }
 }
