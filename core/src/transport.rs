@@ -24,6 +24,7 @@ use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{self, SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,9 @@ pub trait Transport: Read + Write + Send {
     /// Ends our sending side cleanly (TLS: close_notify), after which the
     /// peer reads end-of-file. Reading stays possible.
     fn close_write(&mut self) -> io::Result<()>;
+    /// The socket underneath, to poll whether the peer sent something
+    /// (bytes already buffered above it are not seen that way).
+    fn raw_fd(&self) -> RawFd;
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -77,6 +81,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn close_write(&mut self) -> io::Result<()> {
         (**self).close_write()
+    }
+    fn raw_fd(&self) -> RawFd {
+        (**self).raw_fd()
     }
 }
 
@@ -164,6 +171,9 @@ impl Transport for TcpTransport {
     }
     fn close_write(&mut self) -> io::Result<()> {
         self.sock.shutdown(net::Shutdown::Write)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
     }
 }
 
@@ -499,6 +509,9 @@ impl Transport for TlsTransport {
         either!(&mut self.stream, s => s.conn.send_close_notify());
         self.flush()?;
         self.sock().shutdown(net::Shutdown::Write)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.sock().as_raw_fd()
     }
 }
 

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod peer;
+mod secure;
 mod shell;
 
 use peer::Reply;
@@ -85,6 +86,15 @@ pub struct SendOptions {
     /// of waiting out `io_timeout`. Speaking version 1 only, `io_timeout`
     /// applies (an old server may do slow work first).
     pub handshake_timeout: Duration,
+    /// Demand the server's key to have this fingerprint, even on first
+    /// contact (as `bigtransfer server` prints it).
+    pub fingerprint: Option<crate::tls::Fingerprint>,
+    /// The file of pinned server keys (`host:port SHA256:...` lines);
+    /// `None`: nothing is pinned or stored (every contact is a first one).
+    /// The default is [`crate::known_hosts::default_path`].
+    pub known_hosts: Option<PathBuf>,
+    /// Refuse plaintext even with a server never seen before.
+    pub require_tls: bool,
 }
 
 /// Most rounds of block repair the client answers on one connection. The
@@ -116,6 +126,9 @@ impl SendOptions {
             token: None,
             cache_dir: SumCache::default_dir(),
             handshake_timeout: Duration::from_secs(10),
+            fingerprint: None,
+            known_hosts: crate::known_hosts::default_path().ok(),
+            require_tls: false,
         }
     }
 }
@@ -149,6 +162,23 @@ pub enum Progress<'a> {
     },
     /// All bytes sent; waiting for the server's verdict.
     Verifying,
+    /// First contact over TLS: the server's key was accepted (and pinned
+    /// in `pinned_in`, when there is a known-hosts file). Tell the user,
+    /// with the fingerprint, so they can compare it out of band.
+    FirstContact {
+        /// `host:port` as pinned.
+        server: &'a str,
+        /// The fingerprint of the key the server presented.
+        fingerprint: crate::tls::Fingerprint,
+        /// The known-hosts file it was stored in.
+        pinned_in: Option<&'a Path>,
+    },
+    /// The server closed on our TLS hello (a legacy server, or `--tls
+    /// off`) and nothing pins its key: this upload goes in plaintext.
+    Plaintext {
+        /// `host:port`.
+        server: &'a str,
+    },
     /// The attempt failed with `error`; the next starts after `delay`.
     Retrying {
         /// Number of the attempt about to start (2 for the first retry).
@@ -418,6 +448,7 @@ pub fn send_file(
         legacy: opts.protocol == Protocol::Legacy,
         failures: 0,
         delay: opts.backoff_initial,
+        wire: secure::Wire::default(),
     };
     let mut src = Source::open(path, up.cache)?;
     loop {
@@ -464,6 +495,8 @@ struct Upload<'a> {
     /// Failed attempts since the server last confirmed progress.
     failures: u32,
     delay: Duration,
+    /// TLS or plaintext, once the first connection told.
+    wire: secure::Wire,
 }
 
 /// What [`send_file`] does after an attempt.
@@ -516,6 +549,7 @@ impl Upload<'_> {
                 | ErrorKind::SourceFile
                 | ErrorKind::InvalidInput
                 | ErrorKind::Refused
+                | ErrorKind::HostKey
         ) {
             return Next::Done(Err(e));
         }
@@ -677,6 +711,7 @@ mod tests {
         let mut opts = SendOptions::new("127.0.0.1", port);
         opts.protocol = Protocol::Legacy;
         opts.cache_dir = None;
+        opts.known_hosts = None;
         opts.retries = 0;
         let cut = SEND_CHUNK as u64 + 12345;
         let mut cut_done = false;

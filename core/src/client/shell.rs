@@ -15,7 +15,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use super::peer::{self, lost, Reply};
 use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
 use crate::machine::{SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
-use crate::transport::{TcpTransport, Transport};
+use crate::transport::Transport;
 use crate::v2;
 use crate::{Error, ErrorKind, Result};
 
@@ -66,11 +66,18 @@ struct Shell<'u, 'a> {
 pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
     let (sock, addr) = connect(up)?;
     up.ever_connected = true;
-    configure(&sock, up)?;
-    let fd = sock.as_raw_fd();
-    let stream: Box<dyn Transport> =
-        Box::new(TcpTransport::new(sock).map_err(|e| lost(e, "configuring the socket"))?);
-    let tx = Sender::new(sender_config(up, src), Instant::now());
+    let reconnect = |up: &Upload| -> Result<TcpStream> {
+        let (s, _) = connect(up)?;
+        tune(&s);
+        Ok(s)
+    };
+    tune(&sock);
+    let stream = super::secure::open(up, sock, &reconnect)?;
+    let fd = stream.raw_fd();
+    configure(stream.as_ref(), up)?;
+    let mut cfg = sender_config(up, src);
+    cfg.binding = stream.channel_binding();
+    let tx = Sender::new(cfg, Instant::now());
     let mut sh = Shell {
         up,
         src,
@@ -145,9 +152,13 @@ fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
     })
 }
 
-fn configure(stream: &TcpStream, up: &Upload) -> Result<()> {
-    let _ = stream.set_nodelay(true);
-    crate::sys::widen_send_buffer(stream);
+/// Socket options, before any byte (TLS's hello included) is sent.
+fn tune(sock: &TcpStream) {
+    let _ = sock.set_nodelay(true);
+    crate::sys::widen_send_buffer(sock);
+}
+
+fn configure(stream: &dyn Transport, up: &Upload) -> Result<()> {
     stream
         .set_write_timeout(Some(up.opts.io_timeout))
         .map_err(|e| lost(e, "configuring the socket"))

@@ -217,7 +217,14 @@ fn todays_client_to_machine_receiver(tag: &str, len: usize, legacy: bool, tok: b
         ..ReceiverConfig::default()
     };
     let serving = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
+        // A plaintext peer: a TLS hello is closed on (the client falls back).
+        let stream = loop {
+            let (s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            if !matches!(s.peek(&mut b), Ok(1) if b[0] == 0x16) {
+                break s;
+            }
+        };
         let mut rx = Receiver::new(rc, [9; 32], Instant::now());
         run_receiver(stream, &mut rx, &st);
         rx.ending().cloned()
@@ -228,6 +235,7 @@ fn todays_client_to_machine_receiver(tag: &str, len: usize, legacy: bool, tok: b
     std::fs::write(&path, &src).unwrap();
     let mut opts = crate::SendOptions::new("127.0.0.1", port);
     opts.cache_dir = None;
+    opts.known_hosts = None;
     opts.retries = 0;
     opts.io_timeout = Duration::from_secs(10);
     opts.token = tok.then(token);

@@ -1424,15 +1424,30 @@ fn inside_tls_the_server_proves_the_token_first_and_both_proofs_are_bound() {
         (ok.outcome(), ok.ending()),
         (Outcome::Stored, Ending::Stored)
     );
-    // A wrong token: the client sees the server's proof fail and never
-    // answers, so nothing it sends could be used to guess the token.
+    // A wrong token: the client sees the server's proof fail and answers
+    // zeros (nothing that could help guess the token); the server refuses
+    // in its words.
     let wrong = bound_pair(("a", 1), ("b", 1));
-    assert_eq!(wrong.outcome(), Outcome::Failed(Failure::ServerProof));
+    assert!(wrong.tx_seen.contains("Decline") && wrong.tx_seen.contains("AwaitRefusal"));
+    assert!(matches!(
+        wrong.outcome(),
+        Outcome::Fault {
+            code: Some(FaultCode::AuthFailed),
+            ..
+        }
+    ));
     assert!(wrong.storage.file(NAME).is_none() && !wrong.storage.has_part(NAME));
     // A man in the middle: two connections, two bindings; the relayed
-    // proof fails at the client.
+    // proof fails at the client, and its zeros fail at the server.
     let relayed = bound_pair(("a", 1), ("a", 2));
-    assert_eq!(relayed.outcome(), Outcome::Failed(Failure::ServerProof));
+    assert!(relayed.tx_seen.contains("Decline"));
+    assert!(matches!(
+        relayed.outcome(),
+        Outcome::Fault {
+            code: Some(FaultCode::AuthFailed),
+            ..
+        }
+    ));
     assert!(!relayed.storage.has_part(NAME));
     // A server that sends a bare challenge inside TLS gets no answer.
     let src = source(100, 12);

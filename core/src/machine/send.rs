@@ -176,19 +176,37 @@ pub enum Failure {
 
 #[derive(Debug)]
 enum State {
-    SendHeader { frame: Vec<u8> },
-    AwaitReply { got: [u8; 8], n: usize },
+    SendHeader {
+        frame: Vec<u8>,
+    },
+    AwaitReply {
+        got: [u8; 8],
+        n: usize,
+    },
     AwaitChallenge,
-    SendAnswer { nonce: [u8; NONCE_LEN] },
+    SendAnswer {
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Inside TLS the server's proof failed: answer with zeros (nothing
+    /// about the token), so the server refuses in its words and counts a
+    /// wrong answer.
+    Decline,
+    AwaitRefusal,
     AwaitHeld,
     Plan,
     SendBlocks,
-    Recheck { frame: [u8; 5] },
-    SendEnd { frame: [u8; 5] },
+    Recheck {
+        frame: [u8; 5],
+    },
+    SendEnd {
+        frame: [u8; 5],
+    },
     AwaitVerdict,
     Repair,
     SendBytes,
-    AwaitVerdict1 { buf: Vec<u8> },
+    AwaitVerdict1 {
+        buf: Vec<u8>,
+    },
     Done(Outcome),
 }
 
@@ -273,6 +291,8 @@ impl Sender {
             State::AwaitReply { .. } => "AwaitReply",
             State::AwaitChallenge => "AwaitChallenge",
             State::SendAnswer { .. } => "SendAnswer",
+            State::Decline => "Decline",
+            State::AwaitRefusal => "AwaitRefusal",
             State::AwaitHeld => "AwaitHeld",
             State::Plan => "Plan",
             State::SendBlocks => "SendBlocks",
@@ -351,6 +371,7 @@ impl Sender {
             self.state,
             State::AwaitReply { .. }
                 | State::AwaitChallenge
+                | State::AwaitRefusal
                 | State::AwaitHeld
                 | State::AwaitVerdict
                 | State::AwaitVerdict1 { .. }
@@ -398,6 +419,10 @@ impl Sender {
                     (None, _) => Default::default(),
                 };
                 v2::encode_answer(&answer)
+            }
+            State::Decline => {
+                self.state = State::AwaitRefusal;
+                v2::encode_answer(&[0; crate::auth::ANSWER_LEN])
             }
             State::SendEnd { frame } => {
                 self.state = State::AwaitVerdict;
@@ -468,6 +493,7 @@ impl Sender {
                 }
                 Err(e) => Outcome::Failed(Failure::Protocol(e.to_string())),
             },
+            State::AwaitRefusal => Outcome::Failed(Failure::ServerProof),
             _ => Outcome::Failed(Failure::Lost(self.state_name())),
         };
         self.finish(o);
@@ -577,7 +603,7 @@ impl Sender {
                 };
                 match (&self.cfg.token, proved) {
                     (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
-                    (Some(_), false) => self.finish(Outcome::Failed(Failure::ServerProof)),
+                    (Some(_), false) => self.state = State::Decline,
                     (Some(_), true) => self.state = State::SendAnswer { nonce },
                 }
             }
@@ -590,6 +616,8 @@ impl Sender {
                 },
             ) => self.on_held(held, block_size, crcs),
             (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
+            // A server that takes a zero answer does not know the token.
+            (State::AwaitRefusal, _) => self.finish(Outcome::Failed(Failure::ServerProof)),
             (_, other) => {
                 let words = format!(
                     "unexpected {} frame from the server in state {}",
