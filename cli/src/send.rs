@@ -264,8 +264,8 @@ pub fn result_line(lang: Lang, o: &Outcome) -> String {
 
 fn json_ok(o: &Outcome) -> String {
     format!(
-        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}}}",
-        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64()
+        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"encrypted\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}}}",
+        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.encrypted, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64()
     )
 }
 

@@ -13,5 +13,6 @@ mod interactive;
 mod messages;
 mod peers;
 mod service;
+mod tls;
 mod upload;
 mod verified;

@@ -225,6 +225,9 @@ pub struct Outcome {
     pub repairs: u32,
     /// The protocol version spoken on the last connection (1 or 2).
     pub protocol: u8,
+    /// Whether the last connection was TLS (encrypted, the server's key
+    /// checked).
+    pub encrypted: bool,
     /// From the call to the first file byte sent.
     pub time_to_first_byte: Duration,
     /// Connections made (1 when nothing went wrong).
@@ -350,6 +353,8 @@ struct Tally {
     repairs: u32,
     first_byte: Option<Duration>,
     protocol: u8,
+    /// The last connection was TLS.
+    encrypted: bool,
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
@@ -368,6 +373,7 @@ impl Tally {
             repairs: 0,
             first_byte: None,
             protocol: 0,
+            encrypted: false,
             confirmed: None,
         }
     }
@@ -384,6 +390,7 @@ impl Tally {
             blocks_resent: self.blocks_resent,
             repairs: self.repairs,
             protocol: self.protocol,
+            encrypted: self.encrypted,
             time_to_first_byte: self.first_byte.unwrap_or_default(),
             attempts: self.attempts,
             elapsed: self.started.elapsed(),

@@ -74,6 +74,7 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
     tune(&sock);
     let stream = super::secure::open(up, sock, &reconnect)?;
     let fd = stream.raw_fd();
+    up.t.encrypted = stream.is_encrypted();
     configure(stream.as_ref(), up)?;
     let mut cfg = sender_config(up, src);
     cfg.binding = stream.channel_binding();
