@@ -27,6 +27,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/bt-c-test.XXXXXX")"
 cleanup() { [[ -n "${BT_KEEP_WORK:-}" ]] || rm -rf -- "$WORK"; }
 trap cleanup EXIT
 mkdir -p "$WORK/static" "$WORK/shared" "$WORK/bin" "$WORK/tmp"
+# The client pins server keys (TLS): in a file of this run, not the user's.
+export BIGTRANSFER_KNOWN_HOSTS="$WORK/known_hosts"
 
 passed=0
 failed=0
