@@ -143,7 +143,7 @@ impl Write for TcpTransport {
         self.sock.write(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.sock.write_vectored(bufs)
+        send_vectored(&self.sock, bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()
@@ -175,6 +175,17 @@ impl Transport for TcpTransport {
     fn raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+}
+
+/// `writev` without its SIGPIPE: `writev(2)` on a connection the peer
+/// closed raises SIGPIPE, which kills a C or other host program that did
+/// not ignore it (Rust binaries do; the C API's users need not). `sendmsg`
+/// with `MSG_NOSIGNAL` returns `EPIPE` instead, as std's `write` on a
+/// `TcpStream` (`send` with `MSG_NOSIGNAL`) already does.
+fn send_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut control = rustix::net::SendAncillaryBuffer::default();
+    rustix::net::sendmsg(sock, bufs, &mut control, rustix::net::SendFlags::NOSIGNAL)
+        .map_err(io::Error::from)
 }
 
 /// The socket under rustls: reads through a large buffer, writes straight
@@ -225,7 +236,7 @@ impl Write for BufferedSocket {
         self.sock.write(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.sock.write_vectored(bufs)
+        send_vectored(&self.sock, bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()

@@ -321,12 +321,7 @@ fn the_tls_required_server_refuses_plaintext_unless_legacy_is_allowed() {
     let srv = ServerProc::start(&t.path().join("a"), &["--tls", "required"]);
     let kh = t.path().join("kh");
     assert_ok(&send_via(&srv.port(), &kh, &src, &[]));
-    let out = send_via(
-        &srv.port(),
-        &kh,
-        &src,
-        &["--legacy", "--name", "l.bin"],
-    );
+    let out = send_via(&srv.port(), &kh, &src, &["--legacy", "--name", "l.bin"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         srv.log.wait_for("refused a plaintext connection", LONG),
