@@ -309,7 +309,7 @@ impl std::error::Error for ConnectError {}
 impl From<ConnectError> for Error {
     fn from(e: ConnectError) -> Error {
         match e {
-            ConnectError::HostKey(m) => Error::new(ErrorKind::Refused, m.to_string()),
+            ConnectError::HostKey(m) => Error::new(ErrorKind::HostKey, m.to_string()),
             ConnectError::NotTls(e) | ConnectError::Failed(e) => e,
         }
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bigtransfer_core::server::TlsMode;
 use bigtransfer_core::{ErrorKind, ServerConfig, StopHandle};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -169,10 +170,10 @@ impl PyServer {
     #[new]
     #[pyo3(signature = (dir, port = 8080, bind = None, max_connections = 64, timeout = 60.0,
                         expire_partial = Some(604800.0), max_file_size = None, token = None,
-                        allow_legacy = false, min_free = 0),
+                        allow_legacy = false, min_free = 0, tls = "auto", key = None),
            text_signature = "(dir, port=8080, bind=None, max_connections=64, timeout=60.0, \
                              expire_partial=604800.0, max_file_size=None, token=None, \
-                             allow_legacy=False, min_free=0)")]
+                             allow_legacy=False, min_free=0, tls='auto', key=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -186,6 +187,8 @@ impl PyServer {
         token: Option<Bound<'_, PyAny>>,
         allow_legacy: bool,
         min_free: i128,
+        tls: &str,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyServer> {
         let dir_arg = dir.clone().unbind();
         let dir = path_arg(dir)?;
@@ -208,6 +211,8 @@ impl PyServer {
         cfg.token = token_arg(py, token.as_ref())?;
         cfg.allow_legacy = allow_legacy;
         cfg.min_free = int_arg(py, "min_free", min_free, 0, u64::MAX.into())? as u64;
+        cfg.tls = TlsMode::parse(tls).map_err(|e| to_py(py, &e, None))?;
+        cfg.key_file = key.map(path_arg).transpose()?;
         cfg.logger = Some(bigtransfer_core::server::default_logger());
         let core = py
             .detach(|| bigtransfer_core::Server::bind(cfg))
@@ -234,6 +239,13 @@ impl PyServer {
                 self.addr.port().into_pyobject(py)?.into_any(),
             ],
         )
+    }
+
+    /// The fingerprint of the server's TLS key (``"SHA256:..."``, for clients
+    /// to pin), or None with ``tls="off"``.
+    #[getter]
+    fn fingerprint(&self) -> Option<String> {
+        self.core.fingerprint().map(|f| f.to_string())
     }
 
     /// The storage directory, as given to the constructor.
