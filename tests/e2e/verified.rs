@@ -120,7 +120,15 @@ fn a_corrupted_held_block_is_resent_alone() {
     let out = send(&srv, &src, &[]);
     assert_ok(&out);
     assert_eq!(field(&out, "blocks_resent"), 1);
-    assert_eq!(field(&out, "bytes_sent"), MIB + (size - held));
+    // As in upload.rs: the block the client was killed in may be on disk
+    // without its checksum frame, so it may travel again too (the full
+    // suite under load hit that window once).
+    let sent = field(&out, "bytes_sent");
+    let exact = MIB + (size - held);
+    assert!(
+        (exact..=exact + MIB).contains(&sent),
+        "sent {sent}, held {held}: the changed block and the rest ({exact}), and at most one block in flight"
+    );
     assert_eq!(field(&out, "attempts"), 1);
     assert!(
         srv.log.text().contains("re-read its blocks"),
