@@ -475,3 +475,59 @@ fn a_man_in_the_middle_with_his_own_key_is_refused() {
     ));
     assert_same_file(&src, &store.join("m.bin"));
 }
+
+#[test]
+fn the_tls_mode_and_key_come_from_the_config_file_too() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("server.toml");
+    let key = t.path().join("k.pem");
+    std::fs::write(
+        &cfg,
+        format!("tls = \"required\"\nkey = \"{}\"\n", key.display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("server")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let c = cfg.to_str().unwrap();
+    let out = run(&["--config", c, "--check-config"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "tls = required"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == format!("key = {}", key.display())),
+        "{text}"
+    );
+    let out = run(&["--config", c, "--tls", "off", "--check-config"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tls = off"),
+        "the flag wins"
+    );
+    std::fs::write(&cfg, "tls = \"sometimes\"\n").unwrap();
+    let out = run(&["--config", c, "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1") && err.contains("'sometimes'"),
+        "{err}"
+    );
+    // The key named there is the one the server makes and prints.
+    let srv = ServerProc::start(&t.path().join("s"), &["--key", key.to_str().unwrap()]);
+    let fp = fingerprint_of(&srv);
+    let again = std::process::Command::new(BIN)
+        .args(["fingerprint", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        format!("fingerprint {fp}\n")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the key file is private");
+}
