@@ -61,10 +61,9 @@ pub(super) fn open(
             Ok(Box::new(t))
         }
         Err(ConnectError::HostKey(m)) => Err(changed(&server, m, pin.line)),
-        Err(ConnectError::NotTls(e)) => {
-            let pinned = pin.policy != PinPolicy::TrustOnFirstUse;
-            if pinned || up.opts.require_tls || up.wire == Wire::Tls {
-                return Err(no_tls(&server, pinned, &e));
+        Err(ConnectError::NotTls(_)) => {
+            if let Some(why) = downgrade(up, &pin) {
+                return Err(no_tls(&server, why));
             }
             up.wire = Wire::Plain;
             let _ = (up.progress)(&Progress::Plaintext { server: &server });
@@ -171,13 +170,22 @@ fn changed(server: &str, m: HostKeyMismatch, line: Option<(PathBuf, usize)>) -> 
     Error::new(ErrorKind::HostKey, text)
 }
 
+/// Why plaintext must not be tried with this server, if it must not.
+fn downgrade(up: &Upload, pin: &Pin) -> Option<&'static str> {
+    if pin.policy != PinPolicy::TrustOnFirstUse {
+        return Some("its key is pinned, so plaintext would be a downgrade: someone may be intercepting the connection, or the server now runs with --tls off or an old version");
+    }
+    if up.opts.require_tls {
+        return Some("TLS is required (--require-tls)");
+    }
+    if up.wire == Wire::Tls {
+        return Some("it spoke TLS earlier in this upload, so plaintext now would be a downgrade");
+    }
+    None
+}
+
 /// The server did not speak TLS where it must.
-fn no_tls(server: &str, pinned: bool, _e: &Error) -> Error {
-    let why = if pinned {
-        "its key is pinned, so plaintext would be a downgrade: someone may be intercepting the connection, or the server now runs with --tls off or an old version"
-    } else {
-        "TLS is required (--require-tls)"
-    };
+fn no_tls(server: &str, why: &str) -> Error {
     Error::new(
         ErrorKind::HostKey,
         format!("{server} does not speak TLS (it closed the connection on our TLS hello); refusing plaintext: {why}. Nothing was sent"),
