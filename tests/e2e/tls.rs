@@ -287,6 +287,10 @@ fn a_plaintext_server_gets_a_noticed_fallback_unless_pinned_or_tls_is_required()
     assert!(stdout(&out).contains("\"encrypted\": false"));
     assert!(stderr(&out).contains("does not speak TLS") && stderr(&out).contains("UNENCRYPTED"));
     assert_same_file(&src, &t.path().join("plain/p.bin"));
+    assert!(plain
+        .log
+        .text()
+        .contains("receiving p.bin (2097152 bytes, protocol 2, blocks"));
     assert!(!kh.exists() || std::fs::read_to_string(&kh).unwrap().is_empty());
     // --require-tls refuses it even on first contact.
     let out = send_via(

@@ -87,12 +87,17 @@ impl Shell<'_> {
         }
         let name = self.rx.name().map(|n| n.to_string()).unwrap_or_default();
         let size = id.filesize;
+        let tls = if self.stream.is_encrypted() {
+            " over TLS"
+        } else {
+            ""
+        };
         (self.sh.logger)(&match &held {
             Held::Prefix { offset, .. } => {
-                format!("{peer}: receiving {name} ({size} bytes) from offset {offset}")
+                format!("{peer}: receiving {name} ({size} bytes{tls}) from offset {offset}")
             }
             Held::Blocks(set) => format!(
-                "{peer}: receiving {name} ({size} bytes, protocol 2, blocks of {}); holds {} bytes in {} verified blocks",
+                "{peer}: receiving {name} ({size} bytes, protocol 2{tls}, blocks of {}); holds {} bytes in {} verified blocks",
                 set.block_size(),
                 part.held_bytes(),
                 part.held_blocks()
