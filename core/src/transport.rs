@@ -16,7 +16,8 @@
 //! TLS socket sits behind a 256 KiB read buffer (one syscall then feeds ~16
 //! records). rustls' own 64 KiB buffer limit is left alone: raising it to
 //! 1 MiB made the sender 35 % slower (worse cache use). Writes go through
-//! `write`/`write_vectored` unchanged; rustls cuts them into full 16 KiB
+//! unbuffered (vectored ones as `sendmsg` with `MSG_NOSIGNAL`, never a
+//! SIGPIPE in a host program); rustls cuts them into full 16 KiB
 //! records, so callers should write in large pieces (or vectored) rather
 //! than many small writes, each of which becomes its own record.
 
