@@ -76,9 +76,9 @@ ROWS=$H/rows.tsv; : >"$ROWS"
 one() {  # one LABEL CMD...
   local label=$1 t0 t1; shift
   rm -f "$D/$(basename "$SRC")"
-  rm -rf "$H/cache"; mkdir -p "$H/cache"
+  rm -rf "$H/cache"; mkdir -p "$H/cache"; rm -f "$H/known_hosts"
   t0=$(date +%s%N)
-  BIGTRANSFER_CACHE_DIR=$H/cache "$@" >>"$H/clients.log" 2>&1 ||
+  BIGTRANSFER_CACHE_DIR=$H/cache BIGTRANSFER_KNOWN_HOSTS=$H/known_hosts "$@" >>"$H/clients.log" 2>&1 ||
     { echo "bench/api.sh: $label failed, see $H/clients.log" >&2; exit 1; }
   t1=$(date +%s%N)
   cmp -s "$SRC" "$D/$(basename "$SRC")" || { echo "bench/api.sh: $label: copy differs" >&2; exit 1; }

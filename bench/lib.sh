@@ -110,13 +110,20 @@ bt_rss_stop() {   # bt_rss_stop OUTFILE -> BT_CLI_KB BT_SRV_KB
   rm -f "$1" "$BT_TIME_OUT"; BT_TIME_OUT=""
   return 0
 }
-# wrap the shared bench_client: the timed command runs under /usr/bin/time
+# wrap the shared bench_client: the timed command runs under /usr/bin/time,
+# and a bigtransfer client pins server keys in a known-hosts file of its own
+# (the benchmark's servers come and go on the same ports, each with a new
+# key, which a shared file would refuse as a changed key).
 eval "bt_orig_bench_client() $(declare -f bench_client | tail -n +2)"
+BT_KH_N=0
 bench_client() {
+  BT_KH_N=$((BT_KH_N + 1))
+  local kh=${BENCH_HOME:-${TMPDIR:-/tmp}}/known_hosts.$$.$BT_KH_N
+  rm -f "$kh"
   if [ -n "${BT_TIME_OUT:-}" ] && [ -x /usr/bin/time ]; then
-    bt_orig_bench_client /usr/bin/time -a -o "$BT_TIME_OUT" -f %M "$@"
+    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client /usr/bin/time -a -o "$BT_TIME_OUT" -f %M "$@"
   else
-    bt_orig_bench_client "$@"
+    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client "$@"
   fi
 }
 # wrap the shared bench_stop_servers: one exact VmHWM reading of the servers first

@@ -54,7 +54,9 @@ stop_server() {
   SRV_PID=""
 }
 fresh() { rm -rf "$DST"; mkdir -p "$DST"; sync; cat "$SRC" >/dev/null; }
-client() { timeout -k 5 900 "$@" "$BIGTRANSFER" client --host 127.0.0.1 --port "$PORT" --json --quiet "$SRC"; }
+# Each client pins server keys in a file of its own (every run's server has
+# a new key on the same port).
+client() { BIGTRANSFER_KNOWN_HOSTS=$(mktemp -u "${TMPDIR:-/tmp}/bt-profile-kh.XXXXXX") timeout -k 5 900 "$@" "$BIGTRANSFER" client --host 127.0.0.1 --port "$PORT" --json --quiet "$SRC"; }
 
 if command -v strace >/dev/null; then
   echo "== strace -c -w -f (wall time per system call; strace itself slows the copy)" | tee "$OUT/strace.txt"

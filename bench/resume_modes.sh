@@ -107,6 +107,9 @@ else
 fi
 unset BIGTRANSFER_TOKEN              # an inherited token would change what is measured
 export BIGTRANSFER_CACHE_DIR=$T/cache-default   # never touch ~/.cache
+# Nor ~/.config: each client run pins server keys in a file of its own (the
+# servers here come and go on the same ports, each with a new key).
+kh() { mktemp -u "$T/known_hosts.XXXXXX"; }
 SRC=$T/src.bin
 
 forget_pid() {   # drop $1 from PIDS
@@ -253,7 +256,7 @@ client_args() {
 run_client() {
   local port=$1 out=$2; shift 2
   set +e
-  timeout -k 10 "$CLIENT_LIMIT" "$BIN" client --host 127.0.0.1 --port "$port" "$@" "$SRC" >"$out.json" 2>"$out.err"
+  BIGTRANSFER_KNOWN_HOSTS=$(kh) timeout -k 10 "$CLIENT_LIMIT" "$BIN" client --host 127.0.0.1 --port "$port" "$@" "$SRC" >"$out.json" 2>"$out.err"
   CL_RC=$?
   set -e
   [ "$CL_RC" = 124 ] && log "client timed out after ${CLIENT_LIMIT}s"
@@ -264,7 +267,7 @@ run_client() {
 # reaches HALF; waits for the server's "held part kept"; sets HELD (bytes the server says it kept)
 interrupt() {
   local dir=$1 slog=$2 out=$3 pid part sz end; shift 3
-  "$BIN" client --host 127.0.0.1 --port "$SRV_PORT" --limit-rate "$RATE" "$@" "$SRC" >"$out.json" 2>"$out.err" &
+  BIGTRANSFER_KNOWN_HOSTS=$(kh) "$BIN" client --host 127.0.0.1 --port "$SRV_PORT" --limit-rate "$RATE" "$@" "$SRC" >"$out.json" 2>"$out.err" &
   pid=$!; PIDS+=("$pid")
   end=$((SECONDS + WAIT_LIMIT))
   while :; do

@@ -28,7 +28,9 @@
 # Loopback only; every process is started in its own CPU cgroup and stopped by PID.
 #
 # Env: SIZE (2G) RUNS (3) CACHE (hot|cold) FSYNC (1)
-#      PEERS ("bigtransfer bigtransfer_legacy socat_b1m rsyncd scp"; bigtransfer_legacy = --legacy)
+#      PEERS ("bigtransfer bigtransfer_plain bigtransfer_legacy socat_b1m rsyncd scp";
+#      bigtransfer = TLS 1.3 (the default), bigtransfer_plain = protocol 2 in plaintext
+#      (server --tls off), bigtransfer_legacy = --legacy)
 #      PARTS ("peers nodisk flat concurrent resume") NODISK_PEERS (override the nodisk list)
 #      BIG (0) CLIENTS (8) CONC_SIZE (256M)
 #      FLAT_SIZES ("256M $SIZE") BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-bench: data/,
@@ -56,7 +58,7 @@ if [ "$SMOKE" = 1 ]; then
   BENCH_TIMEOUT=${BENCH_TIMEOUT:-60}
 fi
 SIZE=${SIZE:-2G}; RUNS=${RUNS:-3}; CACHE=${CACHE:-hot}; FSYNC=${FSYNC:-1}
-PEERS=${PEERS:-"bigtransfer bigtransfer_legacy socat_b1m rsyncd scp"}
+PEERS=${PEERS:-"bigtransfer bigtransfer_plain bigtransfer_legacy socat_b1m rsyncd scp"}
 PARTS=${PARTS:-"peers nodisk flat concurrent resume"}
 BIG=${BIG:-0}; CLIENTS=${CLIENTS:-8}; CONC_SIZE=${CONC_SIZE:-256M}
 FLAT_SIZES=${FLAT_SIZES:-"256M $SIZE"}; [ "$BIG" = 1 ] && FLAT_SIZES="$FLAT_SIZES 8G"
@@ -145,6 +147,8 @@ have_peer() {   # have_peer NAME -> 0 if its tools are installed (message otherw
   case $1 in
     bigtransfer_legacy) "$BIGTRANSFER" client --help 2>/dev/null | grep -q -- --legacy && return 0
                         warn "$1 skipped: this bigtransfer has no --legacy" ;;
+    bigtransfer_plain) "$BIGTRANSFER" server --help 2>/dev/null | grep -q -- --tls && return 0
+                       warn "$1 skipped: this bigtransfer has no server --tls" ;;
     bigtransfer*|bt_*) return 0 ;;
     socat*) command -v socat >/dev/null && return 0; warn "$1 skipped: socat not installed" ;;
     rsyncd*) command -v rsync >/dev/null && return 0; warn "$1 skipped: rsync not installed" ;;
@@ -161,6 +165,14 @@ peer_bigtransfer_legacy_tmpfs() { peer_bigtransfer_legacy "$@"; }
 peer_bigtransfer_nosync() {   # server under eatmydata: its fsync/fdatasync become no-ops
   local src=$1 dst=$2 port=$3
   bench_server eatmydata "$BIGTRANSFER" server --port "$port" --bind 127.0.0.1 --dir "$dst"
+  bench_wait_port "$port" || return 1
+  bench_client "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" --quiet "$src"
+  bench_stop_servers
+  BENCH_OUT=$dst/$(basename "$src")
+}
+peer_bigtransfer_plain() {   # protocol 2 in plaintext: the server has TLS off (the client
+  local src=$1 dst=$2 port=$3   # falls back after one refused hello, as a user's would)
+  bench_server "$BIGTRANSFER" server --port "$port" --bind 127.0.0.1 --dir "$dst" --tls off
   bench_wait_port "$port" || return 1
   bench_client "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" --quiet "$src"
   bench_stop_servers
@@ -367,7 +379,8 @@ concurrent() {
   for i in $(seq 1 "$n"); do
     if [ "$tool" = bigtransfer ]; then
       rm -rf "$BENCH_WORK/sumcache$i"
-      ( export BIGTRANSFER_CACHE_DIR=$BENCH_WORK/sumcache$i; bench_in_cg "$CLI_CG" timeout -k 5 "$BENCH_TIMEOUT" "${timep[@]}" "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" \
+      rm -f "$BENCH_WORK/known_hosts$i"
+      ( export BIGTRANSFER_CACHE_DIR=$BENCH_WORK/sumcache$i BIGTRANSFER_KNOWN_HOSTS=$BENCH_WORK/known_hosts$i; bench_in_cg "$CLI_CG" timeout -k 5 "$BENCH_TIMEOUT" "${timep[@]}" "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" \
           --json --quiet --name "c$i.bin" "$src" ) >"$LOGDIR/$label.client$i.out" 2>&1 </dev/null &
     else
       eval "t=\$cport_$i"
@@ -427,7 +440,9 @@ resume_bt() {
   bench_server "$BIGTRANSFER" server --port "$port" --bind 127.0.0.1 --dir "$dst"
   bench_wait_port "$port" || rrc=1
   icg=$(bench_cg_new int)
-  ( bench_in_cg "$icg" "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" --quiet --limit-rate "$rate" "$@" "$SRC" ) \
+  rm -f "$BENCH_WORK/known_hosts.resume"
+  ( export BIGTRANSFER_KNOWN_HOSTS=$BENCH_WORK/known_hosts.resume
+    bench_in_cg "$icg" "$BIGTRANSFER" client --host 127.0.0.1 --port "$port" --quiet --limit-rate "$rate" "$@" "$SRC" ) \
     >>"$BENCH_LOG" 2>&1 </dev/null &
   ipid=$!
   end=$(( $(date +%s) + 60 + 8 * SIZE_B / rate ))

@@ -92,7 +92,8 @@ run_bt() {  # run_bt LABEL [client args...]
   rm -rf "$D"; mkdir -p "$D"
   start_server 7000 "$BT" server --port 7000 --bind "$IP_B" --dir "$D"
   t0=$(now)
-  ip netns exec "$NS_A" timeout -k 5 600 "$BT" client --host "$IP_B" --port 7000 --quiet --no-cache "$@" "$SRC" >>"$H/client.log" 2>&1
+  # A known-hosts file per run: each run's server has a new key on the same address.
+  BIGTRANSFER_KNOWN_HOSTS=$H/known_hosts.$t0 ip netns exec "$NS_A" timeout -k 5 600 "$BT" client --host "$IP_B" --port 7000 --quiet --no-cache "$@" "$SRC" >>"$H/client.log" 2>&1
   t1=$(now)
   stop_server
   local ok=no; cmp -s "$SRC" "$D/$(basename "$SRC")" && ok=yes

@@ -35,6 +35,21 @@
 #include <stdint.h>
 
 /**
+ * `bt_server_config_set_tls`: TLS and plaintext on one port (the default).
+ */
+#define BT_TLS_AUTO 0
+
+/**
+ * `bt_server_config_set_tls`: TLS only.
+ */
+#define BT_TLS_REQUIRED 1
+
+/**
+ * `bt_server_config_set_tls`: plaintext only.
+ */
+#define BT_TLS_OFF 2
+
+/**
  * The result of every fallible function of the C API.
  *
  * `BT_OK` (0) means success; every other value says what went wrong, and
@@ -111,6 +126,14 @@ typedef enum bt_status {
      * engine grew a new kind); the message says what it was.
      */
     BT_OTHER = 14,
+    /**
+     * The server's TLS key is not the pinned one (known-hosts file) or
+     * the one given with `bt_send_options_set_fingerprint`, or a server
+     * whose key is pinned (or with `bt_send_options_set_require_tls`)
+     * offered no TLS. Nothing was sent; not retried. The message shows
+     * both fingerprints and how to fix it.
+     */
+    BT_HOST_KEY = 15,
 } bt_status;
 
 /**
@@ -258,7 +281,9 @@ const char *bt_status_name(int code);
  * A new set of send options with the defaults: 5 retries, 10 s connect
  * timeout, 60 s I/O timeout, backoff from 500 ms doubling up to 15 s, no
  * rate limit, the remote name taken from the file's base name, no token,
- * protocol 2 offered (falling back to 1 with a legacy server), and the
+ * TLS with the server's key pinned on first use in the known-hosts file
+ * (see `bt_send_options_set_known_hosts`), protocol 2 offered (falling
+ * back to 1 with a legacy server), and the
  * checksum cache in `$BIGTRANSFER_CACHE_DIR`, else
  * `$XDG_CACHE_HOME/bigtransfer`, else `~/.cache/bigtransfer` (read when the
  * options are made).
@@ -406,6 +431,44 @@ enum bt_status bt_send_options_set_compress(struct bt_send_options *options, con
 enum bt_status bt_send_options_set_cache_dir(struct bt_send_options *options, const char *dir);
 
 /**
+ * Demands the server's TLS key to have `fingerprint` (`SHA256:` and
+ * base64, as `bigtransfer server` prints it), even on first contact;
+ * another key ends the send with `BT_HOST_KEY` before any byte is sent.
+ * NULL: no demand (the known-hosts pin, or trust on first use). A string
+ * that is not a fingerprint gives `BT_INVALID_INPUT`.
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `fingerprint` NULL or a
+ * NUL-terminated string.
+ */
+enum bt_status bt_send_options_set_fingerprint(struct bt_send_options *options,
+                                               const char *fingerprint);
+
+/**
+ * Sets the file of pinned server keys (`host:port SHA256:...` lines): a
+ * server seen for the first time is pinned there, a pinned one must show
+ * the same key (else `BT_HOST_KEY`). NULL: no file (nothing pinned or
+ * stored; every contact is a first one). The default is
+ * `$BIGTRANSFER_KNOWN_HOSTS`, else `$XDG_CONFIG_HOME/bigtransfer/known_hosts`,
+ * else `~/.config/bigtransfer/known_hosts` (read when the options are made).
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `path` NULL or a
+ * NUL-terminated string (copied).
+ */
+enum bt_status bt_send_options_set_known_hosts(struct bt_send_options *options, const char *path);
+
+/**
+ * Non-zero `require`: refuse plaintext even with a server never seen
+ * before (`BT_HOST_KEY`). 0 (the default): a server that does not speak
+ * TLS and whose key is not pinned is reached in plaintext.
+ *
+ * # Safety
+ * As `bt_send_options_set_retries`.
+ */
+enum bt_status bt_send_options_set_require_tls(struct bt_send_options *options, int require);
+
+/**
  * Uploads the file at `path` to the server at `host`:`port`, resuming what
  * the server already holds of it, retrying as `options` allow, and returns
  * only when the server confirmed the CRC-32 (or on error). Blocks the
@@ -424,7 +487,7 @@ enum bt_status bt_send_options_set_cache_dir(struct bt_send_options *options, co
  * Returns `BT_OK`, or `BT_SOURCE_FILE`, `BT_UNREACHABLE`,
  * `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_REFUSED` (the
  * server said no: a bad name, too large, no space, a missing or wrong
- * token), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
+ * token), `BT_HOST_KEY` (the server's key is not the pinned one), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
  * ... with the reason in `bt_last_error_message()`.
  *
  * # Safety
@@ -612,6 +675,29 @@ enum bt_status bt_server_config_set_token(struct bt_server_config *config,
 enum bt_status bt_server_config_set_allow_legacy(struct bt_server_config *config, int allow_legacy);
 
 /**
+ * TLS on the server's port (`BT_TLS_AUTO`, the default: TLS for new
+ * clients and plaintext for legacy ones, told apart by the first byte;
+ * `BT_TLS_REQUIRED`: TLS only, plaintext clients refused unless legacy
+ * clients are allowed; `BT_TLS_OFF`: plaintext only). Another value gives
+ * `BT_INVALID_INPUT`.
+ *
+ * # Safety
+ * As `bt_server_config_set_port`.
+ */
+enum bt_status bt_server_config_set_tls(struct bt_server_config *config, int mode);
+
+/**
+ * Sets the server's key file (Ed25519, PKCS#8, mode 0600; made there on
+ * first start if missing). NULL (the default): `DIR/.bigtransfer/key` in
+ * the storage directory. On Unix a path is raw bytes, NUL-terminated.
+ *
+ * # Safety
+ * `config` as `bt_server_config_set_port`; `path` NULL or a
+ * NUL-terminated string (copied).
+ */
+enum bt_status bt_server_config_set_key_file(struct bt_server_config *config, const char *path);
+
+/**
  * Sends the server's log lines to `callback` (see `bt_log_fn`) with `user`;
  * NULL `callback` goes back to the default, standard error with a
  * timestamp. To silence the server, pass a callback that does nothing.
@@ -646,6 +732,17 @@ enum bt_status bt_server_new(const struct bt_server_config *config, struct bt_se
  * `server` must be NULL or a live handle; `port` NULL or writable.
  */
 enum bt_status bt_server_port(const struct bt_server *server, uint16_t *port);
+
+/**
+ * Writes the fingerprint of the server's TLS key (`SHA256:` and 43
+ * base64 characters, NUL-terminated: 51 bytes) into `buf` of `len` bytes,
+ * for clients to pin (`bt_send_options_set_fingerprint`). `BT_INVALID_INPUT`
+ * when `len` is too small or the server runs with `BT_TLS_OFF` (no key).
+ *
+ * # Safety
+ * `server` must be NULL or a live handle; `buf` NULL or `len` writable bytes.
+ */
+enum bt_status bt_server_fingerprint(const struct bt_server *server, char *buf, size_t len);
 
 /**
  * Serves in the calling thread until `bt_server_stop` is called (from

@@ -26,6 +26,7 @@ __all__ = [
     "StorageError",
     "CancelledError",
     "TimedOutError",
+    "HostKeyError",
 ]
 
 _Path = Union[str, "os.PathLike[str]"]
@@ -52,6 +53,9 @@ def send_file(
     legacy: bool = False,
     cache_dir: Optional[_Path] = ...,
     compress: str = "auto",
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
 ) -> Result:
     """Upload ``path`` to the server at ``host:port``, resuming and
     retrying, and return once the server confirmed the CRC-32.
@@ -81,6 +85,17 @@ def send_file(
     ``"zstd:LEVEL"`` (1 to 19; every block) or ``"off"``; anything else is
     ``InvalidInputError``. It applies when the server accepts compression
     (protocol 2); CRC-32s are always of the file's bytes.
+
+    The upload goes over TLS 1.3. ``known_hosts`` is the file of pinned
+    server keys: not given, the engine's default (``$BIGTRANSFER_KNOWN_HOSTS``,
+    else ``$XDG_CONFIG_HOME/bigtransfer/known_hosts``, else
+    ``~/.config/bigtransfer/known_hosts``); ``None``: nothing pinned or stored.
+    A server seen for the first time is pinned; a pinned server showing
+    another key raises ``HostKeyError`` before anything is sent.
+    ``fingerprint`` (``"SHA256:..."``, as the server prints it) demands that
+    key even on first contact. A server without TLS is reached in plaintext
+    only when nothing pins its key and ``require_tls`` is false
+    (``Result.encrypted`` says which).
     """
     ...
 
@@ -119,6 +134,9 @@ class Result:
     def attempts(self) -> int:
         """Connections made (1 when nothing went wrong)."""
     @property
+    def encrypted(self) -> bool:
+        """Whether the last connection was TLS (the server's key checked)."""
+    @property
     def seconds(self) -> float:
         """Wall time of the whole upload in seconds, hashing included."""
 
@@ -146,6 +164,8 @@ class Server:
         store: Optional[str] = None,
         s3_endpoint: Optional[str] = None,
         s3_region: Optional[str] = None,
+        tls: str = "auto",
+        key: Optional[_Path] = None,
     ) -> "Server":
         """Create ``dir`` if missing and bind at once (``port=0`` picks a free
         port, see ``address``).
@@ -172,10 +192,20 @@ class Server:
         ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``. Checked at once:
         a bad URL raises ``InvalidInputError``, refused credentials
         ``RefusedError``.
+
+        ``tls``: ``"auto"`` (TLS 1.3 for new clients, plaintext for legacy
+        ones on the same port), ``"required"`` (TLS only; plaintext clients
+        refused unless ``allow_legacy``) or ``"off"`` (plaintext only).
+        ``key``: the server's Ed25519 key file (made if missing; default
+        ``dir/.bigtransfer/key``).
         """
     @property
     def address(self) -> Tuple[str, int]:
         """``(host, port)`` actually listened on."""
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The TLS key's fingerprint (``"SHA256:..."``) for clients to pin;
+        None with ``tls="off"``."""
     @property
     def dir(self) -> _Path:
         """The storage directory, as given to the constructor."""
@@ -238,3 +268,8 @@ class CancelledError(BigTransferError):
 
 class TimedOutError(BigTransferError, TimeoutError):
     """The peer sent nothing within the idle timeout."""
+
+class HostKeyError(BigTransferError, ConnectionError):
+    """The server's TLS key is not the pinned one (or not ``fingerprint``),
+    or a pinned server (or with ``require_tls``) offered no TLS; nothing was
+    sent."""

@@ -15,7 +15,9 @@
 # Python: a .venv with --system-site-packages reuses a system-wide maturin
 # and pytest (no network); only if they are missing does pip fetch them.
 # Writes nothing outside the clone and one temporary directory, removed at
-# the end: TMPDIR, XDG_CACHE_HOME and BIGTRANSFER_CACHE_DIR point into it.
+# the end: TMPDIR, XDG_CACHE_HOME, XDG_CONFIG_HOME (where clients pin server
+# keys, unless a test gives its own known-hosts file) and
+# BIGTRANSFER_CACHE_DIR point into it.
 # Exits non-zero if any step failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/bt-run-all.XXXXXX")"
 trap 'rm -rf -- "$WORK"' EXIT
 mkdir -p "$WORK/tmp" "$WORK/cache/bigtransfer" "$WORK/logs"
 export TMPDIR="$WORK/tmp" XDG_CACHE_HOME="$WORK/cache" BIGTRANSFER_CACHE_DIR="$WORK/cache/bigtransfer"
+export XDG_CONFIG_HOME="$WORK/config"
 export PIP_CACHE_DIR="$WORK/cache/pip" PYTHONDONTWRITEBYTECODE=1
 START=$SECONDS
 stage() { echo "== $* (at $((SECONDS - START)) s)"; }

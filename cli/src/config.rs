@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub s3_region: Option<Spanned<String>>,
     #[serde(alias = "s3-lease-stale")]
     pub s3_lease_stale: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<String>>,
+    pub key: Option<Spanned<PathBuf>>,
 }
 
 /// A parsed config file with its text, so that values can be checked later

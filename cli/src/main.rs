@@ -28,6 +28,9 @@ pub(crate) mod exit {
     pub const CONNECTION_LOST: u8 = 4;
     pub const CRC_MISMATCH: u8 = 5;
     pub const REFUSED: u8 = 6;
+    /// The server's key is not the pinned one (or a pinned server offered
+    /// no TLS, or TLS was required and the server had none).
+    pub const HOST_KEY: u8 = 7;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -53,6 +56,19 @@ enum Cmd {
     /// Save it with `bigtransfer token > token && chmod 600 token` and give
     /// the same file to the server and its clients.
     Token,
+    /// Print the server's key fingerprint (as `bigtransfer server` prints
+    /// it after `listening on`), to give to clients out of band.
+    Fingerprint(FingerprintArgs),
+}
+
+#[derive(clap::Args)]
+struct FingerprintArgs {
+    /// The server's key file (as given to `server --key`).
+    #[arg(long, conflicts_with = "dir")]
+    key: Option<PathBuf>,
+    /// The server's storage directory (its key is DIR/.bigtransfer/key) [default: received].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 /// The shared token, from a file, the environment, or (visible in `ps`)
@@ -105,6 +121,24 @@ fn print_new_token() -> ExitCode {
     }
 }
 
+/// `bigtransfer fingerprint`: the fingerprint of an existing server key
+/// (never makes one: a typo in the path must not print a new key's).
+fn print_fingerprint(a: FingerprintArgs) -> ExitCode {
+    let path = a.key.unwrap_or_else(|| {
+        bigtransfer_core::tls::state_key_path(&a.dir.unwrap_or_else(|| "received".into()))
+    });
+    match bigtransfer_core::tls::ServerKey::load(&path) {
+        Ok(k) => {
+            println!("fingerprint {}", k.fingerprint());
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {
@@ -134,5 +168,6 @@ fn main() -> ExitCode {
         Cmd::Server(a) => serve::run(a),
         Cmd::Client(a) => send::run(a),
         Cmd::Token => print_new_token(),
+        Cmd::Fingerprint(a) => print_fingerprint(a),
     }
 }

@@ -77,6 +77,13 @@ table! {
     K_CANCELLED: "cancelled", "отменено";
     K_TIMED_OUT: "timed out", "истекло время ожидания";
     K_OTHER: "failed", "сбой";
+    K_HOST_KEY: "the server's key is not the expected one", "ключ сервера не тот, что ожидался";
+    FIRST_CONTACT: "first contact with {0}: its key {1} is now pinned in {2}; compare it with the fingerprint the server printed (bigtransfer fingerprint on the server)",
+        "первое соединение с {0}: его ключ {1} теперь закреплён в {2}; сверьте его с отпечатком, который напечатал сервер (bigtransfer fingerprint на сервере)";
+    FIRST_CONTACT_UNSTORED: "first contact with {0}: its key is {1} (not stored: no known-hosts file)",
+        "первое соединение с {0}: его ключ {1} (не сохранён: нет файла known-hosts)";
+    PLAINTEXT: "warning: {0} does not speak TLS (an older server, or --tls off): this upload goes UNENCRYPTED; use --require-tls to refuse that",
+        "внимание: {0} не поддерживает TLS (старый сервер или --tls off): файл передаётся БЕЗ ШИФРОВАНИЯ; --require-tls запрещает это";
 }
 
 impl Lang {
@@ -155,6 +162,7 @@ fn kind_text(k: ErrorKind) -> &'static M {
         ErrorKind::Storage => &K_STORAGE,
         ErrorKind::Cancelled => &K_CANCELLED,
         ErrorKind::TimedOut => &K_TIMED_OUT,
+        ErrorKind::HostKey => &K_HOST_KEY,
         _ => &K_OTHER,
     }
 }

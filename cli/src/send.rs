@@ -50,14 +50,26 @@ pub struct ClientArgs {
     name: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Speak only the legacy protocol (version 1), as the original client did.
-    #[arg(long)]
+    /// Speak only the legacy protocol (version 1) in plaintext, as the
+    /// original client did.
+    #[arg(long, conflicts_with_all = ["require_tls", "fingerprint"])]
     legacy: bool,
     /// Compress blocks with zstd where the server accepts it: auto (only
     /// while it pays: the link, not the CPU, is the bottleneck and the data
     /// shrinks), zstd[:LEVEL] (try every block, LEVEL 1-19, default 3), off.
     #[arg(long, default_value = "auto", value_parser = parse::compress)]
     compress: Compress,
+    /// Demand the server's key to have this fingerprint (SHA256:..., as
+    /// the server prints it), even on first contact.
+    #[arg(long, value_parser = parse_fingerprint)]
+    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
+    /// The file of pinned server keys [default: $BIGTRANSFER_KNOWN_HOSTS,
+    /// $XDG_CONFIG_HOME/bigtransfer/known_hosts or ~/.config/bigtransfer/known_hosts].
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Refuse plaintext even with a server never seen before.
+    #[arg(long)]
+    require_tls: bool,
     /// Do not read or write the cache of block checksums.
     #[arg(long)]
     no_cache: bool,
@@ -102,8 +114,13 @@ pub fn exit_code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Refused => exit::REFUSED,
         ErrorKind::CrcMismatch => exit::CRC_MISMATCH,
         ErrorKind::Cancelled => exit::INTERRUPTED,
+        ErrorKind::HostKey => exit::HOST_KEY,
         _ => exit::OTHER,
     }
+}
+
+fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Fingerprint, String> {
+    bigtransfer_core::tls::Fingerprint::parse(s).map_err(|e| e.to_string())
 }
 
 /// A word safe to paste into a POSIX shell.
@@ -141,6 +158,15 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
     }
     if a.compress != Compress::Auto {
         flag("--compress", Some(a.compress.to_string()));
+    }
+    if let Some(f) = &a.fingerprint {
+        flag("--fingerprint", Some(f.to_string()));
+    }
+    if let Some(k) = &a.known_hosts {
+        flag("--known-hosts", Some(abs(k).display().to_string()));
+    }
+    if a.require_tls {
+        flag("--require-tls", None);
     }
     if let Some(r) = a.limit_rate {
         flag("--limit-rate", Some(r.to_string()));
@@ -247,8 +273,8 @@ pub fn result_line(lang: Lang, o: &Outcome) -> String {
 
 fn json_ok(o: &Outcome) -> String {
     format!(
-        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}, {}}}",
-        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64(), json_wire(o)
+        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"encrypted\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}, {}}}",
+        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.encrypted, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64(), json_wire(o)
     )
 }
 
@@ -330,6 +356,11 @@ pub fn run(a: ClientArgs) -> ExitCode {
     opts.compress = a.compress;
     if a.legacy {
         opts.protocol = bigtransfer_core::Protocol::Legacy;
+    }
+    opts.fingerprint = a.fingerprint;
+    opts.require_tls = a.require_tls;
+    if let Some(k) = &a.known_hosts {
+        opts.known_hosts = Some(k.clone());
     }
     if let Some(d) = &a.cache_dir {
         opts.cache_dir = Some(d.clone());
@@ -458,6 +489,22 @@ fn on_progress(
             }
         }
         Progress::Verifying => bar.set_message(lang.s(&msg::VERIFYING)),
+        // Security notices: shown even with --quiet (as ssh's
+        // "Permanently added"), on standard error.
+        Progress::FirstContact {
+            server,
+            fingerprint,
+            pinned_in,
+        } => bar.suspend(|| {
+            let line = match pinned_in {
+                Some(f) => lang.f(&msg::FIRST_CONTACT, &[server, fingerprint, &f.display()]),
+                None => lang.f(&msg::FIRST_CONTACT_UNSTORED, &[server, fingerprint]),
+            };
+            eprintln!("{line}");
+        }),
+        Progress::Plaintext { server } => {
+            bar.suspend(|| eprintln!("{}", lang.f(&msg::PLAINTEXT, &[server])))
+        }
         Progress::Retrying { delay, error, .. }
             if on_retry(*delay, error, a, lang, interactive, opts, target, bar, seen)
                 == Control::Cancel =>

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bigtransfer_core::server::Logger;
+use bigtransfer_core::server::{Logger, TlsMode};
 use bigtransfer_core::{Server, ServerConfig};
 
 use crate::config::{self, Loaded};
@@ -59,9 +59,17 @@ pub struct ServerArgs {
     min_rate: Option<u64>,
     #[command(flatten)]
     auth: AuthArgs,
-    /// With a token: also admit legacy clients, which cannot authenticate.
+    /// With a token: also admit legacy clients, which cannot authenticate;
+    /// with --tls required: also serve plaintext (legacy) connections.
     #[arg(long)]
     allow_legacy: bool,
+    /// TLS on the port: auto (TLS and plaintext legacy clients, told apart
+    /// by their first byte), required (TLS only) or off (plaintext only) [default: auto].
+    #[arg(long, value_parser = ["auto", "required", "off"])]
+    tls: Option<String>,
+    /// The server's Ed25519 key (PKCS#8, mode 0600; made if missing) [default: DIR/.bigtransfer/key].
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Log lines as text (`[RFC 3339 time] message`) or one JSON object
     /// per line (`{"time": ..., "msg": ...}`) [default: text].
     #[arg(long, value_enum)]
@@ -157,6 +165,20 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
     cfg.min_rate = pick(a.min_rate, size(&c.min_rate)?).unwrap_or(1024);
     cfg.allow_legacy = a.allow_legacy || val(&c.allow_legacy).unwrap_or(false);
     cfg.token = token(a, c)?;
+    cfg.key_file = pick(a.key.clone(), val(&c.key));
+    cfg.tls = match (&a.tls, &c.tls) {
+        (Some(t), _) => TlsMode::parse(t).map_err(|e| e.to_string())?,
+        (None, Some(t)) => TlsMode::parse(t.get_ref()).map_err(|e| {
+            f.map(|l| {
+                l.error_at(
+                    t.span(),
+                    &format!("tls is 'auto', 'required' or 'off', not '{}'", t.get_ref()),
+                )
+            })
+            .unwrap_or_else(|| e.to_string())
+        })?,
+        (None, None) => TlsMode::Auto,
+    };
     let log_format = match (a.log_format, &c.log_format) {
         (Some(x), _) => x,
         (None, None) => LogFormat::Text,
@@ -311,6 +333,16 @@ fn print_settings(s: &Settings) {
     println!("min_rate = {}", c.min_rate);
     println!("token = {}", if c.token.is_some() { "set" } else { "none" });
     println!("allow_legacy = {}", c.allow_legacy);
+    println!("tls = {}", c.tls.as_str());
+    println!(
+        "key = {}",
+        c.key_file.as_ref().map_or_else(
+            || bigtransfer_core::tls::state_key_path(&c.dir)
+                .display()
+                .to_string(),
+            |k| k.display().to_string()
+        )
+    );
     println!("log_format = {:?}", s.log_format);
     println!(
         "metrics = {}",
@@ -341,8 +373,12 @@ pub fn run(a: ServerArgs) -> ExitCode {
         log(&format!("error: {e}"));
         ExitCode::from(exit::OTHER)
     };
-    let (dir, auth_on, allow_legacy) =
-        (s.cfg.dir.clone(), s.cfg.token.is_some(), s.cfg.allow_legacy);
+    let (dir, auth_on, allow_legacy, tls_mode) = (
+        s.cfg.dir.clone(),
+        s.cfg.token.is_some(),
+        s.cfg.allow_legacy,
+        s.cfg.tls,
+    );
     let stored_in = store_words(&s.cfg);
     let server = match Server::bind(s.cfg) {
         Ok(x) => Arc::new(x),
@@ -361,8 +397,9 @@ pub fn run(a: ServerArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    announce(addr, metrics);
+    announce(addr, server.fingerprint(), metrics);
     log(&format!("storing into {stored_in}"));
+    log_tls(&log, &server, tls_mode);
     if auth_on {
         let legacy = if allow_legacy {
             "admitted without authentication (--allow-legacy)"
@@ -388,12 +425,35 @@ pub fn run(a: ServerArgs) -> ExitCode {
     }
 }
 
+/// One log line on what TLS does here, and where the key came from.
+fn log_tls(log: &Logger, server: &Server, mode: TlsMode) {
+    let what = match mode {
+        TlsMode::Auto => "TLS 1.3 for new clients, plaintext for legacy ones (--tls auto)",
+        TlsMode::Required => "TLS 1.3 required (--tls required)",
+        TlsMode::Off => "TLS off: every byte crosses the network in the clear (--tls off)",
+    };
+    log(what);
+    if server.key_created() {
+        if let Some(f) = server.fingerprint() {
+            log(&format!("made a new key, fingerprint {f}: give it to clients out of band (bigtransfer client --fingerprint {f})"));
+        }
+    }
+}
+
 /// The readiness lines on standard output: first `listening on ADDR`
-/// (scripts and tests parse it; keep it first and as it is), then one
+/// (scripts and tests parse it; keep it first and as it is), then
+/// `fingerprint SHA256:...` of the TLS key (unless TLS is off), then one
 /// `reachable at ADDR` per address a client can use, then the metrics URL.
-fn announce(addr: SocketAddr, metrics: Option<SocketAddr>) {
+fn announce(
+    addr: SocketAddr,
+    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
+    metrics: Option<SocketAddr>,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
+    if let Some(f) = fingerprint {
+        let _ = writeln!(out, "fingerprint {f}");
+    }
     for a in reachable_at(addr) {
         let _ = writeln!(out, "reachable at {a}");
     }

@@ -33,6 +33,10 @@ pub enum ErrorKind {
     Cancelled,
     /// The peer did not send anything within the idle timeout.
     TimedOut,
+    /// The server's TLS key is not the pinned (or given) one, or a server
+    /// whose key is pinned, or that had to speak TLS, offered plaintext.
+    /// Never retried: someone may be intercepting the connection.
+    HostKey,
 }
 
 impl ErrorKind {
@@ -53,6 +57,7 @@ impl ErrorKind {
             ErrorKind::Storage => "storage",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::TimedOut => "timed-out",
+            ErrorKind::HostKey => "host-key",
         }
     }
 }

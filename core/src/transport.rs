@@ -16,7 +16,8 @@
 //! TLS socket sits behind a 256 KiB read buffer (one syscall then feeds ~16
 //! records). rustls' own 64 KiB buffer limit is left alone: raising it to
 //! 1 MiB made the sender 35 % slower (worse cache use). Writes go through
-//! `write`/`write_vectored` unchanged; rustls cuts them into full 16 KiB
+//! unbuffered (vectored ones as `sendmsg` with `MSG_NOSIGNAL`, never a
+//! SIGPIPE in a host program); rustls cuts them into full 16 KiB
 //! records, so callers should write in large pieces (or vectored) rather
 //! than many small writes, each of which becomes its own record.
 
@@ -24,6 +25,7 @@ use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{self, SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,9 @@ pub trait Transport: Read + Write + Send {
     /// Ends our sending side cleanly (TLS: close_notify), after which the
     /// peer reads end-of-file. Reading stays possible.
     fn close_write(&mut self) -> io::Result<()>;
+    /// The socket underneath, to poll whether the peer sent something
+    /// (bytes already buffered above it are not seen that way).
+    fn fd(&self) -> BorrowedFd<'_>;
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -78,6 +83,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn close_write(&mut self) -> io::Result<()> {
         (**self).close_write()
     }
+    fn fd(&self) -> BorrowedFd<'_> {
+        (**self).fd()
+    }
 }
 
 /// Closes a connection from another thread: both directions of the socket
@@ -95,6 +103,13 @@ impl Shutdown {
     /// Shuts the connection down; a connection already closed is fine.
     pub fn shutdown(&self) {
         let _ = self.0.shutdown(net::Shutdown::Both);
+    }
+
+    /// Shuts only the receiving side: a blocked read there ends (as if
+    /// the peer had gone), while the owner can still write its last words
+    /// (a takeover's fault frame).
+    pub fn shutdown_read(&self) {
+        let _ = self.0.shutdown(net::Shutdown::Read);
     }
 }
 
@@ -129,7 +144,7 @@ impl Write for TcpTransport {
         self.sock.write(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.sock.write_vectored(bufs)
+        send_vectored(&self.sock, bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()
@@ -158,6 +173,20 @@ impl Transport for TcpTransport {
     fn close_write(&mut self) -> io::Result<()> {
         self.sock.shutdown(net::Shutdown::Write)
     }
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+/// `writev` without its SIGPIPE: `writev(2)` on a connection the peer
+/// closed raises SIGPIPE, which kills a C or other host program that did
+/// not ignore it (Rust binaries do; the C API's users need not). `sendmsg`
+/// with `MSG_NOSIGNAL` returns `EPIPE` instead, as std's `write` on a
+/// `TcpStream` (`send` with `MSG_NOSIGNAL`) already does.
+fn send_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut control = rustix::net::SendAncillaryBuffer::default();
+    rustix::net::sendmsg(sock, bufs, &mut control, rustix::net::SendFlags::NOSIGNAL)
+        .map_err(io::Error::from)
 }
 
 /// The socket under rustls: reads through a large buffer, writes straight
@@ -208,7 +237,7 @@ impl Write for BufferedSocket {
         self.sock.write(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.sock.write_vectored(bufs)
+        send_vectored(&self.sock, bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()
@@ -281,7 +310,7 @@ impl std::error::Error for ConnectError {}
 impl From<ConnectError> for Error {
     fn from(e: ConnectError) -> Error {
         match e {
-            ConnectError::HostKey(m) => Error::new(ErrorKind::Refused, m.to_string()),
+            ConnectError::HostKey(m) => Error::new(ErrorKind::HostKey, m.to_string()),
             ConnectError::NotTls(e) | ConnectError::Failed(e) => e,
         }
     }
@@ -492,6 +521,9 @@ impl Transport for TlsTransport {
         either!(&mut self.stream, s => s.conn.send_close_notify());
         self.flush()?;
         self.sock().shutdown(net::Shutdown::Write)
+    }
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sock().as_fd()
     }
 }
 

@@ -493,6 +493,15 @@ pub enum ServerMsg {
     /// The server requires authentication: answer this nonce (see
     /// [`crate::auth`]).
     Challenge([u8; crate::auth::NONCE_LEN]),
+    /// Inside TLS: the nonce and the server's proof that it knows the
+    /// token on this connection ([`crate::auth::Token::server_proof`]);
+    /// the same tag as [`ServerMsg::Challenge`], 64 bytes of payload.
+    BoundChallenge {
+        /// The nonce to answer.
+        nonce: [u8; crate::auth::NONCE_LEN],
+        /// HMAC over the nonce, the channel binding and the header.
+        proof: [u8; crate::auth::ANSWER_LEN],
+    },
     /// The result after the client's end frame.
     Verdict(Verdict),
     /// The server takes compressed data frames with this codec, one the
@@ -551,6 +560,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
         }
         ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
         ServerMsg::Codec(name) => (TAG_CODEC, capped(name).as_bytes().to_vec()),
+        ServerMsg::BoundChallenge { nonce, proof } => (TAG_CHALLENGE, [&nonce[..], proof].concat()),
         ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
         ServerMsg::Verdict(Verdict::Repair(idx)) => {
             let mut p = vec![1];
@@ -665,6 +675,23 @@ pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
     Ok((head[0], len))
 }
 
+/// A challenge: 32 bytes of nonce, and inside TLS 32 of server proof.
+fn parse_challenge(p: &[u8]) -> Result<ServerMsg> {
+    const N: usize = crate::auth::NONCE_LEN;
+    let (nonce, proof) = p.split_at(p.len().min(N));
+    let nonce: [u8; N] = nonce
+        .try_into()
+        .map_err(|_| protocol("a challenge must be 32 or 64 bytes"))?;
+    match proof.len() {
+        0 => Ok(ServerMsg::Challenge(nonce)),
+        crate::auth::ANSWER_LEN => Ok(ServerMsg::BoundChallenge {
+            nonce,
+            proof: proof.try_into().map_err(|_| protocol("short proof"))?,
+        }),
+        _ => Err(protocol("a challenge must be 32 or 64 bytes")),
+    }
+}
+
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -711,10 +738,7 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
             let code = FaultCode::from_u16(u16::from_be_bytes([p[0], p[1]]));
             Ok(ServerMsg::Fault(code, text(&p[2..])))
         }
-        TAG_CHALLENGE => p
-            .try_into()
-            .map(ServerMsg::Challenge)
-            .map_err(|_| protocol("a challenge must be 32 bytes")),
+        TAG_CHALLENGE => parse_challenge(p),
         TAG_VERDICT => match p.first() {
             Some(0) if p.len() == 1 => Ok(ServerMsg::Verdict(Verdict::Ok)),
             Some(1) if p.len() >= 5 => {

@@ -88,6 +88,12 @@ impl Fake {
                     Ok((c, _)) => {
                         c.set_nonblocking(false).unwrap();
                         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                        // A TLS hello is closed on, uncounted: the fakes
+                        // play plaintext servers (the client falls back).
+                        let mut b = [0u8; 1];
+                        if matches!(c.peek(&mut b), Ok(1) if b[0] == 0x16) {
+                            continue;
+                        }
                         s.connections.fetch_add(1, Ordering::SeqCst);
                         handle(c, &s);
                     }
@@ -179,6 +185,7 @@ fn options(port: u16, retries: u32) -> SendOptions {
     let mut o = SendOptions::new("127.0.0.1", port);
     o.retries = retries;
     o.cache_dir = None;
+    o.known_hosts = None;
     o.backoff_initial = Duration::from_millis(5);
     o.backoff_max = Duration::from_millis(20);
     o.io_timeout = Duration::from_secs(10);

@@ -35,6 +35,7 @@ fn an_edit_with_its_mtime_restored_is_not_resumed_over() {
     std::fs::write(&path, &old).unwrap();
     let mut o = SendOptions::new("127.0.0.1", port);
     o.retries = 0;
+    o.known_hosts = None;
     o.backoff_initial = Duration::from_millis(5);
     o.cache_dir = Some(dir.join("cache"));
     // Send 4 blocks, then stop (as a killed client would, having cached

@@ -8,6 +8,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
+use bigtransfer_core::tls::Fingerprint;
 use bigtransfer_core::{send_file, Control, Progress, Protocol, SendOptions};
 
 use crate::status::{
@@ -76,7 +77,9 @@ pub type bt_progress_fn =
 /// A new set of send options with the defaults: 5 retries, 10 s connect
 /// timeout, 60 s I/O timeout, backoff from 500 ms doubling up to 15 s, no
 /// rate limit, the remote name taken from the file's base name, no token,
-/// protocol 2 offered (falling back to 1 with a legacy server), and the
+/// TLS with the server's key pinned on first use in the known-hosts file
+/// (see `bt_send_options_set_known_hosts`), protocol 2 offered (falling
+/// back to 1 with a legacy server), and the
 /// checksum cache in `$BIGTRANSFER_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/bigtransfer`, else `~/.cache/bigtransfer` (read when the
 /// options are made).
@@ -377,6 +380,88 @@ pub unsafe extern "C" fn bt_send_options_set_cache_dir(
     }
 }
 
+/// Demands the server's TLS key to have `fingerprint` (`SHA256:` and
+/// base64, as `bigtransfer server` prints it), even on first contact;
+/// another key ends the send with `BT_HOST_KEY` before any byte is sent.
+/// NULL: no demand (the known-hosts pin, or trust on first use). A string
+/// that is not a fingerprint gives `BT_INVALID_INPUT`.
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `fingerprint` NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_fingerprint(
+    options: *mut bt_send_options,
+    fingerprint: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_fingerprint", options, |o| {
+            if fingerprint.is_null() {
+                o.fingerprint = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let text = arg_utf8(fingerprint, "fingerprint")?;
+            o.fingerprint = Some(Fingerprint::parse(text)?);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the file of pinned server keys (`host:port SHA256:...` lines): a
+/// server seen for the first time is pinned there, a pinned one must show
+/// the same key (else `BT_HOST_KEY`). NULL: no file (nothing pinned or
+/// stored; every contact is a first one). The default is
+/// `$BIGTRANSFER_KNOWN_HOSTS`, else `$XDG_CONFIG_HOME/bigtransfer/known_hosts`,
+/// else `~/.config/bigtransfer/known_hosts` (read when the options are made).
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `path` NULL or a
+/// NUL-terminated string (copied).
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_known_hosts(
+    options: *mut bt_send_options,
+    path: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_known_hosts", options, |o| {
+            if path.is_null() {
+                o.known_hosts = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let p = arg_path(path, "path")?;
+            if p.as_os_str().is_empty() {
+                return Err(Failure::invalid("path is empty"));
+            }
+            o.known_hosts = Some(p.to_path_buf());
+            Ok(())
+        })
+    }
+}
+
+/// Non-zero `require`: refuse plaintext even with a server never seen
+/// before (`BT_HOST_KEY`). 0 (the default): a server that does not speak
+/// TLS and whose key is not pinned is reached in plaintext.
+///
+/// # Safety
+/// As `bt_send_options_set_retries`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_require_tls(
+    options: *mut bt_send_options,
+    require: c_int,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_require_tls", options, |o| {
+            o.require_tls = require != 0;
+            Ok(())
+        })
+    }
+}
+
 fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
     if ms == 0 {
         return Err(Failure::invalid(format!("{what} must be at least 1 ms")));
@@ -402,7 +487,7 @@ fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
 /// Returns `BT_OK`, or `BT_SOURCE_FILE`, `BT_UNREACHABLE`,
 /// `BT_CONNECTION_LOST`, `BT_CRC_MISMATCH`, `BT_PROTOCOL`, `BT_REFUSED` (the
 /// server said no: a bad name, too large, no space, a missing or wrong
-/// token), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
+/// token), `BT_HOST_KEY` (the server's key is not the pinned one), `BT_CANCELLED`, `BT_INVALID_INPUT`, `BT_NULL_POINTER`, `BT_UTF8`,
 /// ... with the reason in `bt_last_error_message()`.
 ///
 /// # Safety

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bigtransfer_core::server::TlsMode;
 use bigtransfer_core::{Server, ServerConfig, StopHandle};
 
 use crate::status::{
@@ -454,6 +455,70 @@ pub unsafe extern "C" fn bt_server_config_set_allow_legacy(
     }
 }
 
+/// TLS on the server's port (`BT_TLS_AUTO`, the default: TLS for new
+/// clients and plaintext for legacy ones, told apart by the first byte;
+/// `BT_TLS_REQUIRED`: TLS only, plaintext clients refused unless legacy
+/// clients are allowed; `BT_TLS_OFF`: plaintext only). Another value gives
+/// `BT_INVALID_INPUT`.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_tls(
+    config: *mut bt_server_config,
+    mode: c_int,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_tls", config, |c| {
+            c.inner.tls = match mode {
+                BT_TLS_AUTO => TlsMode::Auto,
+                BT_TLS_REQUIRED => TlsMode::Required,
+                BT_TLS_OFF => TlsMode::Off,
+                other => return Err(Failure::invalid(format!("unknown TLS mode {other}"))),
+            };
+            Ok(())
+        })
+    }
+}
+
+/// `bt_server_config_set_tls`: TLS and plaintext on one port (the default).
+pub const BT_TLS_AUTO: c_int = 0;
+/// `bt_server_config_set_tls`: TLS only.
+pub const BT_TLS_REQUIRED: c_int = 1;
+/// `bt_server_config_set_tls`: plaintext only.
+pub const BT_TLS_OFF: c_int = 2;
+
+/// Sets the server's key file (Ed25519, PKCS#8, mode 0600; made there on
+/// first start if missing). NULL (the default): `DIR/.bigtransfer/key` in
+/// the storage directory. On Unix a path is raw bytes, NUL-terminated.
+///
+/// # Safety
+/// `config` as `bt_server_config_set_port`; `path` NULL or a
+/// NUL-terminated string (copied).
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_key_file(
+    config: *mut bt_server_config,
+    path: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_key_file", config, |c| {
+            if path.is_null() {
+                c.inner.key_file = None;
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let p = arg_path(path, "path")?;
+            if p.as_os_str().is_empty() {
+                return Err(Failure::invalid("path is empty"));
+            }
+            c.inner.key_file = Some(p.to_path_buf());
+            Ok(())
+        })
+    }
+}
+
 /// Sends the server's log lines to `callback` (see `bt_log_fn`) with `user`;
 /// NULL `callback` goes back to the default, standard error with a
 /// timestamp. To silence the server, pass a callback that does nothing.
@@ -523,6 +588,44 @@ pub unsafe extern "C" fn bt_server_port(server: *const bt_server, port: *mut u16
         let out = unsafe { arg_mut(port, "port") }?;
         let s = unsafe { arg_ref(server, "server") }?;
         *out = s.server.local_addr()?.port();
+        Ok(())
+    })
+}
+
+/// Writes the fingerprint of the server's TLS key (`SHA256:` and 43
+/// base64 characters, NUL-terminated: 51 bytes) into `buf` of `len` bytes,
+/// for clients to pin (`bt_send_options_set_fingerprint`). `BT_INVALID_INPUT`
+/// when `len` is too small or the server runs with `BT_TLS_OFF` (no key).
+///
+/// # Safety
+/// `server` must be NULL or a live handle; `buf` NULL or `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_fingerprint(
+    server: *const bt_server,
+    buf: *mut c_char,
+    len: usize,
+) -> bt_status {
+    guard("bt_server_fingerprint", || {
+        // SAFETY: forwarded contract; NULL is checked.
+        let s = unsafe { arg_ref(server, "server") }?;
+        if buf.is_null() {
+            return Err(Failure::new(bt_status::BT_NULL_POINTER, "buf is NULL"));
+        }
+        let text = match s.server.fingerprint() {
+            Some(f) => f.to_string(),
+            None => return Err(Failure::invalid("the server has TLS off: no key")),
+        };
+        if text.len() >= len {
+            return Err(Failure::invalid(format!(
+                "buf holds {len} bytes, the fingerprint needs {}",
+                text.len() + 1
+            )));
+        }
+        // SAFETY: `buf` has `len` > text.len() writable bytes by the contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+            *buf.add(text.len()) = 0;
+        }
         Ok(())
     })
 }

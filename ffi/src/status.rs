@@ -64,6 +64,12 @@ pub enum bt_status {
     /// An error of a kind this version of the C API does not know yet (the
     /// engine grew a new kind); the message says what it was.
     BT_OTHER = 14,
+    /// The server's TLS key is not the pinned one (known-hosts file) or
+    /// the one given with `bt_send_options_set_fingerprint`, or a server
+    /// whose key is pinned (or with `bt_send_options_set_require_tls`)
+    /// offered no TLS. Nothing was sent; not retried. The message shows
+    /// both fingerprints and how to fix it.
+    BT_HOST_KEY = 15,
 }
 
 impl bt_status {
@@ -85,12 +91,13 @@ impl bt_status {
             bt_status::BT_PANIC => c"panic",
             bt_status::BT_UTF8 => c"utf8",
             bt_status::BT_OTHER => c"other",
+            bt_status::BT_HOST_KEY => c"host-key",
         }
     }
 
     /// The code whose numeric value is `code`, if there is one.
     pub(crate) fn from_int(code: c_int) -> Option<bt_status> {
-        const ALL: [bt_status; 15] = [
+        const ALL: [bt_status; 16] = [
             bt_status::BT_OK,
             bt_status::BT_INVALID_INPUT,
             bt_status::BT_SOURCE_FILE,
@@ -106,6 +113,7 @@ impl bt_status {
             bt_status::BT_PANIC,
             bt_status::BT_UTF8,
             bt_status::BT_OTHER,
+            bt_status::BT_HOST_KEY,
         ];
         ALL.iter().copied().find(|s| *s as c_int == code)
     }
@@ -124,6 +132,7 @@ impl From<ErrorKind> for bt_status {
             ErrorKind::Storage => bt_status::BT_STORAGE,
             ErrorKind::Cancelled => bt_status::BT_CANCELLED,
             ErrorKind::TimedOut => bt_status::BT_TIMED_OUT,
+            ErrorKind::HostKey => bt_status::BT_HOST_KEY,
             _ => bt_status::BT_OTHER,
         }
     }
@@ -454,10 +463,16 @@ mod tests {
             assert_eq!(code as i32, i as i32 + 1);
             assert_eq!(code.name().to_str().ok(), Some(k.as_str()));
         }
-        for i in 0..15 {
+        for i in 0..16 {
             assert_eq!(bt_status::from_int(i).map(|s| s as i32), Some(i));
         }
-        assert_eq!(bt_status::from_int(15), None);
+        assert_eq!(bt_status::from_int(16), None);
+        let host_key = bt_status::from(ErrorKind::HostKey);
+        assert_eq!(host_key, bt_status::BT_HOST_KEY);
+        assert_eq!(
+            host_key.name().to_str().ok(),
+            Some(ErrorKind::HostKey.as_str())
+        );
         assert_eq!(bt_status::from_int(-1), None);
     }
 }

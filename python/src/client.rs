@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bigtransfer_core::auth::Token;
+use bigtransfer_core::tls::Fingerprint;
 use bigtransfer_core::{Control, ErrorKind, Outcome, Progress, Protocol, SendOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -55,6 +56,10 @@ pub struct SendResult {
     /// Connections made (1 when nothing went wrong).
     #[pyo3(get)]
     attempts: u32,
+    /// Whether the last connection was TLS (encrypted, the server's key
+    /// checked).
+    #[pyo3(get)]
+    encrypted: bool,
     /// Wall time of the whole upload in seconds, hashing included.
     #[pyo3(get)]
     seconds: f64,
@@ -73,6 +78,7 @@ impl From<Outcome> for SendResult {
             blocks_resent: o.blocks_resent,
             protocol: o.protocol,
             attempts: o.attempts,
+            encrypted: o.encrypted,
             seconds: o.elapsed.as_secs_f64(),
         }
     }
@@ -185,30 +191,34 @@ pub(crate) fn token_arg(
     Token::new(bytes).map(Some).map_err(|e| to_py(py, &e, None))
 }
 
-/// The ``cache_dir`` argument of `send_file`.
-pub enum CacheDir {
-    /// Not given (or ``...``): the engine's default directory.
+/// A path argument of `send_file` that may also be ``None`` or left out
+/// (``cache_dir``, ``known_hosts``).
+pub enum OptPath {
+    /// Not given (or ``...``): the engine's default.
     EngineDefault,
-    /// ``None``: no cache at all.
+    /// ``None``: none at all (no cache; no known-hosts file).
     Off,
-    /// A directory (str or os.PathLike).
+    /// A path (str or os.PathLike).
     Dir(PathBuf),
 }
 
-impl<'a, 'py> FromPyObject<'a, 'py> for CacheDir {
+/// The ``cache_dir`` argument (kept by its old name).
+pub type CacheDir = OptPath;
+
+impl<'a, 'py> FromPyObject<'a, 'py> for OptPath {
     type Error = PyErr;
 
-    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<CacheDir> {
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<OptPath> {
         let py = obj.py();
         if obj.is_none() {
-            return Ok(CacheDir::Off);
+            return Ok(OptPath::Off);
         }
         if obj.is(py.Ellipsis()) {
-            return Ok(CacheDir::EngineDefault);
+            return Ok(OptPath::EngineDefault);
         }
         let dir: PathBuf = obj.extract().map_err(|_| {
             PyTypeError::new_err(format!(
-                "cache_dir must be str, os.PathLike or None, not {}",
+                "cache_dir and known_hosts must be str, os.PathLike or None, not {}",
                 type_name(&obj)
             ))
         })?;
@@ -216,10 +226,10 @@ impl<'a, 'py> FromPyObject<'a, 'py> for CacheDir {
             return Err(new_err(
                 py,
                 ErrorKind::InvalidInput,
-                "cache_dir must not be empty (None disables the cache)",
+                "cache_dir and known_hosts must not be empty (None turns them off)",
             ));
         }
-        Ok(CacheDir::Dir(dir))
+        Ok(OptPath::Dir(dir))
     }
 }
 
@@ -290,6 +300,16 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// data shrinks), ``"zstd"`` / ``"zstd:LEVEL"`` (every block) or ``"off"``;
 /// it applies when the server accepts compression (protocol 2).
 ///
+/// The upload goes over TLS. ``known_hosts`` is the file of pinned server
+/// keys: not given, the engine's default (``$BIGTRANSFER_KNOWN_HOSTS``, else
+/// ``$XDG_CONFIG_HOME/bigtransfer/known_hosts``, else
+/// ``~/.config/bigtransfer/known_hosts``); None, nothing is pinned or stored.
+/// A server seen for the first time is pinned there; a pinned server that
+/// shows another key raises ``HostKeyError`` before anything is sent.
+/// ``fingerprint`` (``"SHA256:..."``, as the server prints it) demands that
+/// key even on first contact. A server that does not speak TLS is reached
+/// in plaintext only when nothing pins its key and ``require_tls`` is False.
+///
 /// ``progress(done, total)``, if given, is called on this thread at most
 /// about 20 times a second while data moves (not while the file is first
 /// hashed), and once more with ``(total, total)`` at the end; ``done``
@@ -308,15 +328,19 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// ``SourceFileError`` / ``SourceFileNotFoundError`` (cannot read the file),
 /// ``UnreachableError``, ``ConnectionLostError``, ``CrcMismatchError``,
 /// ``ProtocolError``, ``RefusedError`` (the server said no: too large, no
-/// space, a missing or wrong token, ...), ``CancelledError``; all are
+/// space, a missing or wrong token, ...), ``HostKeyError`` (the server's
+/// key is not the pinned one, or a pinned server offered no TLS),
+/// ``CancelledError``; all are
 /// ``BigTransferError``.
 #[pyfunction]
 #[pyo3(signature = (host, port, path, *, retries = 5, timeout = 60.0, connect_timeout = 10.0,
                     limit_rate = None, name = None, progress = None, token = None,
-                    legacy = false, cache_dir = CacheDir::EngineDefault, compress = "auto"),
+                    legacy = false, cache_dir = CacheDir::EngineDefault, compress = "auto",
+                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false),
        text_signature = "(host, port, path, *, retries=5, timeout=60.0, connect_timeout=10.0, \
                          limit_rate=None, name=None, progress=None, token=None, legacy=False, \
-                         cache_dir=..., compress='auto')")]
+                         cache_dir=..., compress='auto', fingerprint=None, known_hosts=..., \
+                         require_tls=False)")]
 #[allow(clippy::too_many_arguments)]
 pub fn send_file(
     py: Python<'_>,
@@ -333,6 +357,9 @@ pub fn send_file(
     legacy: bool,
     cache_dir: CacheDir,
     compress: &str,
+    fingerprint: Option<String>,
+    known_hosts: OptPath,
+    require_tls: bool,
 ) -> PyResult<SendResult> {
     let host = host
         .strip_prefix('[')
@@ -368,6 +395,16 @@ pub fn send_file(
         CacheDir::Off => opts.cache_dir = None,
         CacheDir::Dir(d) => opts.cache_dir = Some(d),
     }
+    match known_hosts {
+        OptPath::EngineDefault => {}
+        OptPath::Off => opts.known_hosts = None,
+        OptPath::Dir(f) => opts.known_hosts = Some(f),
+    }
+    opts.require_tls = require_tls;
+    opts.fingerprint = match fingerprint {
+        Some(f) => Some(Fingerprint::parse(&f).map_err(|e| to_py(py, &e, None))?),
+        None => None,
+    };
     if let Some(cb) = &progress {
         if !cb.is_callable() {
             return Err(PyTypeError::new_err(format!(

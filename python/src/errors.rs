@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyType};
 
 /// Names of the classes `exceptions.py` defines, in the order of
 /// [`Exceptions`]' fields; all of them are exported by the module.
-pub(crate) const NAMES: [&str; 12] = [
+pub(crate) const NAMES: [&str; 13] = [
     "BigTransferError",
     "InvalidInputError",
     "SourceFileError",
@@ -30,6 +30,7 @@ pub(crate) const NAMES: [&str; 12] = [
     "StorageError",
     "CancelledError",
     "TimedOutError",
+    "HostKeyError",
 ];
 
 /// The exception classes, created once per process.
@@ -46,6 +47,7 @@ pub(crate) struct Exceptions {
     storage: Py<PyType>,
     cancelled: Py<PyType>,
     timed_out: Py<PyType>,
+    host_key: Py<PyType>,
 }
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
@@ -75,6 +77,7 @@ fn create(py: Python<'_>) -> PyResult<Exceptions> {
         storage: get(NAMES[9])?,
         cancelled: get(NAMES[10])?,
         timed_out: get(NAMES[11])?,
+        host_key: get(NAMES[12])?,
     })
 }
 
@@ -99,6 +102,7 @@ pub(crate) fn all(py: Python<'_>) -> PyResult<Vec<(&'static str, Bound<'_, PyTyp
         &e.storage,
         &e.cancelled,
         &e.timed_out,
+        &e.host_key,
     ];
     Ok(NAMES
         .iter()
@@ -129,6 +133,7 @@ impl Exceptions {
             ErrorKind::Storage => &self.storage,
             ErrorKind::Cancelled => &self.cancelled,
             ErrorKind::TimedOut => &self.timed_out,
+            ErrorKind::HostKey => &self.host_key,
             // A kind added to the engine later: still a BigTransferError.
             _ => &self.base,
         }

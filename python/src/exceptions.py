@@ -70,3 +70,10 @@ class CancelledError(BigTransferError):
 
 class TimedOutError(BigTransferError, TimeoutError):
     """The peer sent nothing within the idle timeout."""
+
+
+class HostKeyError(BigTransferError, ConnectionError):
+    """The server's TLS key is not the pinned one (or not the ``fingerprint``
+    given), or a server whose key is pinned (or with ``require_tls``)
+    offered no TLS. Nothing was sent. The message shows both fingerprints
+    and which known-hosts line to delete if the new key is right."""

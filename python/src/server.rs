@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bigtransfer_core::server::TlsMode;
 use bigtransfer_core::{ErrorKind, ServerConfig, StopHandle};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -179,11 +180,11 @@ impl PyServer {
     #[pyo3(signature = (dir, port = 8080, bind = None, max_connections = 64, timeout = 60.0,
                         expire_partial = Some(604800.0), max_file_size = None, token = None,
                         allow_legacy = false, min_free = 0, store = None, s3_endpoint = None,
-                        s3_region = None),
+                        s3_region = None, tls = "auto", key = None),
            text_signature = "(dir, port=8080, bind=None, max_connections=64, timeout=60.0, \
                              expire_partial=604800.0, max_file_size=None, token=None, \
                              allow_legacy=False, min_free=0, store=None, s3_endpoint=None, \
-                             s3_region=None)")]
+                             s3_region=None, tls='auto', key=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -200,6 +201,8 @@ impl PyServer {
         store: Option<&str>,
         s3_endpoint: Option<&str>,
         s3_region: Option<&str>,
+        tls: &str,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyServer> {
         let dir_arg = dir.clone().unbind();
         let dir = path_arg(dir)?;
@@ -227,6 +230,8 @@ impl PyServer {
                 .map_err(|e| to_py(py, &bigtransfer_core::Error::from(e), None))?;
             cfg.s3 = Some(s3);
         }
+        cfg.tls = TlsMode::parse(tls).map_err(|e| to_py(py, &e, None))?;
+        cfg.key_file = key.map(path_arg).transpose()?;
         cfg.logger = Some(bigtransfer_core::server::default_logger());
         let core = py
             .detach(|| bigtransfer_core::Server::bind(cfg))
@@ -253,6 +258,13 @@ impl PyServer {
                 self.addr.port().into_pyobject(py)?.into_any(),
             ],
         )
+    }
+
+    /// The fingerprint of the server's TLS key (``"SHA256:..."``, for clients
+    /// to pin), or None with ``tls="off"``.
+    #[getter]
+    fn fingerprint(&self) -> Option<String> {
+        self.core.fingerprint().map(|f| f.to_string())
     }
 
     /// The storage directory, as given to the constructor.

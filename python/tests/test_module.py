@@ -10,6 +10,7 @@ Run through tests/python/run.sh, which builds the module into .venv first.
 Every wait has a deadline; processes are stopped by PID.
 """
 
+import gc
 import os
 import random
 import selectors
@@ -177,8 +178,12 @@ def test_module_surface():
     for name in ("CrcMismatchError", "ProtocolError", "RefusedError", "CancelledError"):
         assert issubclass(getattr(bigtransfer, name), base)
     assert bigtransfer.CancelledError.__module__ == "bigtransfer"
+    assert issubclass(bigtransfer.HostKeyError, ConnectionError)
+    assert issubclass(bigtransfer.HostKeyError, base)
     stubs = REPO / "python" / "bigtransfer.pyi"
     assert stubs.is_file()
+    for name in bigtransfer.__all__:
+        assert name in stubs.read_text(), "%s is missing from the stubs" % name
 
 
 def test_crc32_file_matches_zlib(tmp_path, big_data):
@@ -225,6 +230,53 @@ def test_send_file_roundtrip(server, big_data):
     assert bigtransfer.crc32_file(dest) == zlib.crc32(data)
     stats = server.stats
     assert stats["completed"] == 1 and stats["bytes_received"] == len(data)
+
+
+def test_tls_pins_the_key_and_a_changed_key_raises_host_key_error(tmp_path):
+    src = tmp_path / "pinned.bin"
+    data = make_file(src, 300_000, seed=7)
+    known = tmp_path / "known_hosts"
+    with bigtransfer.Server(tmp_path / "a", port=0, bind=HOST) as a:
+        fp_a = a.fingerprint
+        assert fp_a.startswith("SHA256:") and len(fp_a) == 50
+        result = bigtransfer.send_file(HOST, a.address[1], src, known_hosts=known)
+        assert result.encrypted and result.protocol == 2
+        assert stored(a, "pinned.bin").read_bytes() == data
+        port = a.address[1]
+    del a  # its listening socket closes with the object
+    gc.collect()
+    assert known.read_text() == "%s:%d %s\n" % (HOST, port, fp_a)
+    # Another server (its own key) on the same address: refused, nothing sent.
+    with bigtransfer.Server(tmp_path / "b", port=port, bind=HOST) as b:
+        assert b.fingerprint != fp_a
+        with pytest.raises(bigtransfer.HostKeyError) as info:
+            bigtransfer.send_file(HOST, port, src, known_hosts=known, retries=3)
+        assert isinstance(info.value, ConnectionError)
+        assert info.value.kind == "host-key"
+        assert fp_a in str(info.value) and b.fingerprint in str(info.value)
+        assert not stored(b, "pinned.bin").exists()
+        # The right fingerprint given out of band, no known-hosts file.
+        result = bigtransfer.send_file(HOST, port, src, known_hosts=None,
+                                       fingerprint=b.fingerprint)
+        assert result.encrypted
+        with pytest.raises(bigtransfer.HostKeyError):
+            bigtransfer.send_file(HOST, port, src, known_hosts=None, fingerprint=fp_a)
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.send_file(HOST, port, src, fingerprint="MD5:00")
+
+
+def test_a_plaintext_server_is_refused_with_require_tls(tmp_path):
+    src = tmp_path / "plain.bin"
+    data = make_file(src, 100_000, seed=8)
+    with bigtransfer.Server(tmp_path / "p", port=0, bind=HOST, tls="off") as p:
+        assert p.fingerprint is None
+        with pytest.raises(bigtransfer.HostKeyError):
+            bigtransfer.send_file(HOST, p.address[1], src, require_tls=True, retries=0)
+        result = bigtransfer.send_file(HOST, p.address[1], src)
+        assert not result.encrypted
+        assert stored(p, "plain.bin").read_bytes() == data
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.Server(tmp_path / "q", port=0, bind=HOST, tls="sometimes")
 
 
 def test_send_file_name_and_pathlike(server, tmp_path):

@@ -27,6 +27,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/bt-c-test.XXXXXX")"
 cleanup() { [[ -n "${BT_KEEP_WORK:-}" ]] || rm -rf -- "$WORK"; }
 trap cleanup EXIT
 mkdir -p "$WORK/static" "$WORK/shared" "$WORK/bin" "$WORK/tmp"
+# The client pins server keys (TLS): in a file of this run, not the user's.
+export BIGTRANSFER_KNOWN_HOSTS="$WORK/known_hosts"
 
 passed=0
 failed=0
@@ -160,6 +162,7 @@ if [[ -z "${BT_FORCE_ASAN:-}" ]] && command -v valgrind >/dev/null 2>&1; then
     for kind in static shared; do
         run_test "test_ffi under valgrind ($kind library)" \
             valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,possible \
+            --suppressions="$(dirname "${BASH_SOURCE[0]}")/valgrind.supp" \
             --log-file="$WORK/valgrind-$kind.log" "$WORK/bin/test_$kind"
         echo "   valgrind ($kind):"
         grep -E 'ERROR SUMMARY|definitely lost|indirectly lost|possibly lost|still reachable|All heap blocks' \

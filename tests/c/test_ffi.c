@@ -674,6 +674,71 @@ int main(void) {
     }
     bt_server_config_free(config4);
 
+    /* -- TLS: the server's key, pinning, a mismatch, a plaintext server --- */
+    char store5[4200], key5[4300], kh5[4300];
+    snprintf(store5, sizeof store5, "%s/store5", root);
+    snprintf(key5, sizeof key5, "%s/server.key", root);
+    snprintf(kh5, sizeof kh5, "%s/known_hosts", root);
+    bt_server_config *config5 = bt_server_config_new();
+    CHECK(config5 != NULL && bt_server_config_set_dir(config5, store5) == BT_OK &&
+              bt_server_config_set_bind_address(config5, "127.0.0.1") == BT_OK &&
+              bt_server_config_set_port(config5, 0) == BT_OK &&
+              bt_server_config_set_log_callback(config5, on_log, NULL) == BT_OK &&
+              bt_server_config_set_key_file(config5, key5) == BT_OK &&
+              bt_server_config_set_tls(config5, BT_TLS_AUTO) == BT_OK,
+          "a TLS server with its key in a file of ours");
+    CHECK(bt_server_config_set_tls(config5, 7) == BT_INVALID_INPUT && message_has("TLS mode"),
+          "an unknown TLS mode is BT_INVALID_INPUT");
+    struct serving serving5;
+    pthread_t thread5;
+    uint16_t port5 = 0;
+    bt_server *server5 = start_server(config5, &serving5, &thread5, &port5);
+    CHECK(server5 != NULL && exists(key5), "the TLS server serves and made its key file");
+    if (server5 != NULL) {
+        char fp[64], small[8];
+        CHECK(bt_server_fingerprint(server5, fp, sizeof fp) == BT_OK &&
+                  strncmp(fp, "SHA256:", 7) == 0 && strlen(fp) == 50,
+              "bt_server_fingerprint writes SHA256:<43 base64>");
+        CHECK(bt_server_fingerprint(server5, small, sizeof small) == BT_INVALID_INPUT,
+              "bt_server_fingerprint into a short buffer is BT_INVALID_INPUT");
+        bt_send_options *tls = bt_send_options_new();
+        CHECK(tls != NULL && bt_send_options_set_retries(tls, 0) == BT_OK &&
+                  bt_send_options_set_cache_dir(tls, NULL) == BT_OK &&
+                  bt_send_options_set_known_hosts(tls, kh5) == BT_OK &&
+                  bt_send_options_set_require_tls(tls, 1) == BT_OK &&
+                  bt_send_options_set_remote_name(tls, "tls.bin") == BT_OK,
+              "options pinning in a known-hosts file of ours, TLS required");
+        CHECK(bt_send_options_set_fingerprint(tls, "MD5:nope") == BT_INVALID_INPUT,
+              "a malformed fingerprint is BT_INVALID_INPUT");
+        st = bt_send_file("127.0.0.1", port5, path_t, tls, NULL, NULL, &r);
+        char stored5[4300];
+        snprintf(stored5, sizeof stored5, "%s/tls.bin", store5);
+        CHECK(st == BT_OK && r.protocol == 2 && same_file(path_t, stored5),
+              "an upload over TLS is stored byte-identical");
+        CHECK(exists(kh5), "the first contact pinned the key in the known-hosts file");
+        /* Another key demanded: refused before anything is sent. */
+        CHECK(bt_send_options_set_fingerprint(
+                  tls, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA") == BT_OK &&
+                  bt_send_options_set_remote_name(tls, "wrong-key.bin") == BT_OK,
+              "bt_send_options_set_fingerprint");
+        st = bt_send_file("127.0.0.1", port5, path_t, tls, NULL, NULL, &r);
+        char stored_w[4300];
+        snprintf(stored_w, sizeof stored_w, "%s/wrong-key.bin", store5);
+        CHECK(st == BT_HOST_KEY && message_has(fp) && !exists(stored_w) && result_zero(&r),
+              "another key than the demanded one is BT_HOST_KEY, naming the real one");
+        CHECK(strcmp(bt_status_name(BT_HOST_KEY), "host-key") == 0, "bt_status_name(BT_HOST_KEY)");
+        CHECK(bt_send_options_set_fingerprint(tls, fp) == BT_OK, "the right fingerprint");
+        st = bt_send_file("127.0.0.1", port5, path_t, tls, NULL, NULL, &r);
+        CHECK(st == BT_OK, "the demanded key is the server's: stored");
+        CHECK(bt_send_options_set_fingerprint(tls, NULL) == BT_OK, "fingerprint cleared");
+        /* Another server (another key) on its own port: a first contact. */
+        st = bt_send_file("127.0.0.1", port, path_t, tls, NULL, NULL, &r);
+        CHECK(st == BT_OK, "the default server speaks TLS too");
+        bt_send_options_free(tls);
+        CHECK(stop_server(server5, &serving5, thread5), "the TLS server stopped with BT_OK");
+    }
+    bt_server_config_free(config5);
+
     /* -- a second server, stopped by a signal handler ---------------------- */
     char store2[4300];
     snprintf(store2, sizeof store2, "%s/store2", root);

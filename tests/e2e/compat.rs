@@ -190,6 +190,10 @@ fn rust_client_to_python_server() {
     let size = 40 * 1024 * 1024;
     write_random(&src, size, 40);
     let mut slow = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",

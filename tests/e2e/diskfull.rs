@@ -27,6 +27,10 @@ fn disk_full(legacy: bool) {
     let size = 16 * 1024 * 1024 + 5;
     write_random(&src, size, 50);
     let mut slow = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",

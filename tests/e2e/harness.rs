@@ -19,6 +19,10 @@ pub fn isolate_cache() {
     ONCE.call_once(|| {
         let dir = std::env::temp_dir().join(format!("bt-e2e-cache-{}", std::process::id()));
         std::env::set_var("BIGTRANSFER_CACHE_DIR", dir);
+        // Clients the harness does not start itself must not pin test
+        // keys in the user's home either (theirs get a fresh file each).
+        let kh = std::env::temp_dir().join(format!("bt-e2e-kh-{}.shared", std::process::id()));
+        std::env::set_var("BIGTRANSFER_KNOWN_HOSTS", kh);
     });
 }
 
@@ -263,10 +267,30 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     status
 }
 
+/// A known-hosts file of its own for one client run (unless the test
+/// chose one), so no test pins keys in the user's home and no two tests
+/// share pins (a port reused by another test's server has another key).
+fn private_known_hosts(cmd: &mut Command, args: &[&str], env: &[(&str, &str)]) {
+    if args.contains(&"--known-hosts") || env.iter().any(|(k, _)| *k == "BIGTRANSFER_KNOWN_HOSTS") {
+        return;
+    }
+    cmd.env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
+}
+
+/// A path for a known-hosts file no other client run uses.
+pub fn fresh_known_hosts() -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("bt-e2e-kh-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("known_hosts.{n}"))
+}
+
 /// Runs `bigtransfer client ARGS` with `stdin` fed in, bounded in time.
 pub fn client(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("client").args(args);
+    private_known_hosts(&mut cmd, args, env);
     for k in ["LANG", "LC_ALL", "LC_MESSAGES"] {
         cmd.env_remove(k);
     }
@@ -351,22 +375,23 @@ pub fn assert_ok(out: &Output) {
 /// background with `extra` flags, for `file`, stderr piped (stdout
 /// discarded): for tests that act while an upload runs.
 pub fn spawn_client(srv: &ServerProc, file: &Path, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args([
-            "client",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &srv.port(),
-            "--quiet",
-            "--no-cache",
-        ])
-        .args(extra)
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut cmd = Command::new(BIN);
+    private_known_hosts(&mut cmd, extra, &[]);
+    cmd.args([
+        "client",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &srv.port(),
+        "--quiet",
+        "--no-cache",
+    ])
+    .args(extra)
+    .arg(file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// Waits for a background client; returns its exit code and stderr.

@@ -16,5 +16,6 @@ mod peers;
 #[cfg(feature = "s3")]
 mod s3;
 mod service;
+mod tls;
 mod upload;
 mod verified;

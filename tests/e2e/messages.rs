@@ -189,6 +189,10 @@ fn an_interrupted_upload_ends_with_the_command_that_resumes_it() {
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     isolate_cache();
     let mut child = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",

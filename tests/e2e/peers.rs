@@ -23,12 +23,24 @@ fn fake(handle: fn(TcpStream)) -> (String, Arc<AtomicU32>) {
     let count = n.clone();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
+            // A TLS hello is closed on, uncounted: these fakes play
+            // plaintext servers, which the client then reaches in plaintext.
+            if is_tls_hello(&c) {
+                continue;
+            }
             count.fetch_add(1, Ordering::SeqCst);
             let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
             handle(c);
         }
     });
     (port, n)
+}
+
+/// Whether the connection opens with a TLS handshake record.
+pub fn is_tls_hello(c: &TcpStream) -> bool {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut b = [0u8; 1];
+    matches!(c.peek(&mut b), Ok(1) if b[0] == 0x16)
 }
 
 fn read_header(c: &mut TcpStream) {

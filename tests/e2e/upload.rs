@@ -65,6 +65,10 @@ fn killed_client_resumes_sending_only_the_rest() {
     write_random(&src, size, 2);
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     let mut slow = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",
@@ -127,6 +131,10 @@ fn server_killed_with_sigkill_then_restarted_resumes_from_durable_offset() {
     let srv = ServerProc::start(&store, &[]);
     let port = srv.port();
     let mut slow = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",
@@ -178,6 +186,10 @@ fn tampered_held_part_is_detected_and_recovered() {
     write_random(&src, size, 4);
     let srv = ServerProc::start(&store, &[]);
     let mut slow = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",

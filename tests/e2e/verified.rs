@@ -22,6 +22,10 @@ fn interrupted_upload(srv: &ServerProc, src: &std::path::Path, at: u64, extra: &
 /// [`interrupted_upload`] through the server's `port` (a proxy's).
 fn interrupted_via(srv: &ServerProc, port: &str, src: &std::path::Path, at: u64, extra: &[&str]) {
     let mut c = Command::new(BIN)
+        .env(
+            "BIGTRANSFER_KNOWN_HOSTS",
+            crate::harness::fresh_known_hosts(),
+        )
         .args([
             "client",
             "--host",
@@ -121,7 +125,15 @@ fn a_corrupted_held_block_is_resent_alone() {
     let out = send(&srv, &src, &[]);
     assert_ok(&out);
     assert_eq!(field(&out, "blocks_resent"), 1);
-    assert_eq!(field(&out, "bytes_sent"), MIB + (size - held));
+    // As in upload.rs: the block the client was killed in may be on disk
+    // without its checksum frame, so it may travel again too (the full
+    // suite under load hit that window once).
+    let sent = field(&out, "bytes_sent");
+    let exact = MIB + (size - held);
+    assert!(
+        (exact..=exact + MIB).contains(&sent),
+        "sent {sent}, held {held}: the changed block and the rest ({exact}), and at most one block in flight"
+    );
     assert_eq!(field(&out, "attempts"), 1);
     assert!(
         srv.log.text().contains("re-read its blocks"),
@@ -183,7 +195,9 @@ pub(crate) fn flip_proxy(target: SocketAddr, at: u64, max: usize) -> SocketAddr 
 #[test]
 fn a_bit_flipped_on_the_wire_is_repaired_not_restarted() {
     let t = tempfile::tempdir().unwrap();
-    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    // Plaintext: inside TLS a flipped bit ends the connection instead
+    // (tls.rs tests that); the client falls back on first contact.
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
     let src = t.path().join("flip.bin");
     let size = 8 * MIB + 3;
     write_random(&src, size, 73);
@@ -298,6 +312,10 @@ fn the_cache_spares_rehashing_on_resume_in_both_modes() {
             args.push("--legacy");
         }
         let mut c = Command::new(BIN)
+            .env(
+                "BIGTRANSFER_KNOWN_HOSTS",
+                crate::harness::fresh_known_hosts(),
+            )
             .args(&args)
             .arg(&src)
             .stdout(Stdio::null())

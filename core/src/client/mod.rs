@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod peer;
+mod secure;
 mod shell;
 
 use peer::Reply;
@@ -96,6 +97,15 @@ pub struct SendOptions {
     /// unprivileged process have it only where the administrator allowed
     /// it, else the socket silently keeps the default.
     pub congestion: Option<String>,
+    /// Demand the server's key to have this fingerprint, even on first
+    /// contact (as `bigtransfer server` prints it).
+    pub fingerprint: Option<crate::tls::Fingerprint>,
+    /// The file of pinned server keys (`host:port SHA256:...` lines);
+    /// `None`: nothing is pinned or stored (every contact is a first one).
+    /// The default is [`crate::known_hosts::default_path`].
+    pub known_hosts: Option<PathBuf>,
+    /// Refuse plaintext even with a server never seen before.
+    pub require_tls: bool,
 }
 
 /// Most rounds of block repair the client answers on one connection. The
@@ -129,6 +139,9 @@ impl SendOptions {
             handshake_timeout: Duration::from_secs(10),
             compress: crate::compress::Compress::Auto,
             congestion: Some(crate::congestion::PREFERRED.to_owned()),
+            fingerprint: None,
+            known_hosts: crate::known_hosts::default_path().ok(),
+            require_tls: false,
         }
     }
 }
@@ -162,6 +175,23 @@ pub enum Progress<'a> {
     },
     /// All bytes sent; waiting for the server's verdict.
     Verifying,
+    /// First contact over TLS: the server's key was accepted (and pinned
+    /// in `pinned_in`, when there is a known-hosts file). Tell the user,
+    /// with the fingerprint, so they can compare it out of band.
+    FirstContact {
+        /// `host:port` as pinned.
+        server: &'a str,
+        /// The fingerprint of the key the server presented.
+        fingerprint: crate::tls::Fingerprint,
+        /// The known-hosts file it was stored in.
+        pinned_in: Option<&'a Path>,
+    },
+    /// The server closed on our TLS hello (a legacy server, or `--tls
+    /// off`) and nothing pins its key: this upload goes in plaintext.
+    Plaintext {
+        /// `host:port`.
+        server: &'a str,
+    },
     /// The attempt failed with `error`; the next starts after `delay`.
     Retrying {
         /// Number of the attempt about to start (2 for the first retry).
@@ -208,6 +238,9 @@ pub struct Outcome {
     pub repairs: u32,
     /// The protocol version spoken on the last connection (1 or 2).
     pub protocol: u8,
+    /// Whether the last connection was TLS (encrypted, the server's key
+    /// checked).
+    pub encrypted: bool,
     /// From the call to the first file byte sent.
     pub time_to_first_byte: Duration,
     /// Connections made (1 when nothing went wrong).
@@ -349,6 +382,8 @@ struct Tally {
     /// Blocks sent compressed, their raw and their wire bytes.
     packed: crate::machine::PackStats,
     congestion: Option<String>,
+    /// The last connection was TLS.
+    encrypted: bool,
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
@@ -369,6 +404,7 @@ impl Tally {
             protocol: 0,
             packed: Default::default(),
             congestion: None,
+            encrypted: false,
             confirmed: None,
         }
     }
@@ -385,6 +421,7 @@ impl Tally {
             blocks_resent: self.blocks_resent,
             repairs: self.repairs,
             protocol: self.protocol,
+            encrypted: self.encrypted,
             time_to_first_byte: self.first_byte.unwrap_or_default(),
             attempts: self.attempts,
             elapsed: self.started.elapsed(),
@@ -457,6 +494,7 @@ pub fn send_file(
         legacy: opts.protocol == Protocol::Legacy,
         failures: 0,
         delay: opts.backoff_initial,
+        wire: secure::Wire::default(),
     };
     let mut src = Source::open(path, up.cache)?;
     loop {
@@ -503,6 +541,8 @@ struct Upload<'a> {
     /// Failed attempts since the server last confirmed progress.
     failures: u32,
     delay: Duration,
+    /// TLS or plaintext, once the first connection told.
+    wire: secure::Wire,
 }
 
 /// What [`send_file`] does after an attempt.
@@ -555,6 +595,7 @@ impl Upload<'_> {
                 | ErrorKind::SourceFile
                 | ErrorKind::InvalidInput
                 | ErrorKind::Refused
+                | ErrorKind::HostKey
         ) {
             return Next::Done(Err(e));
         }
@@ -716,6 +757,7 @@ mod tests {
         let mut opts = SendOptions::new("127.0.0.1", port);
         opts.protocol = Protocol::Legacy;
         opts.cache_dir = None;
+        opts.known_hosts = None;
         opts.retries = 0;
         let cut = SEND_CHUNK as u64 + 12345;
         let mut cut_done = false;

@@ -78,6 +78,10 @@ impl Ending<'_> {
                 ErrorKind::Refused,
                 "the server requires a token and none was given".into(),
             ),
+            Failure::ServerProof => kind_err(
+                ErrorKind::Refused,
+                "the server did not prove it knows the token on this connection: it has another token, or a man in the middle is relaying it (the token was not sent)".into(),
+            ),
             Failure::Protocol(w) => kind_err(ErrorKind::Protocol, w),
             Failure::Source(w) => kind_err(ErrorKind::SourceFile, w),
             Failure::SourceUnstable(list) => kind_err(

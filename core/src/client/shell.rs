@@ -13,9 +13,8 @@
 //! [`machine::Sender`]: crate::machine::Sender
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
 use crate::compress::{BlockCompressor, Compress};
 use crate::machine::{Packed, SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
+use crate::transport::Transport;
 use crate::v2;
 use crate::{Error, ErrorKind, Result};
 
@@ -40,7 +40,7 @@ struct Shell<'u, 'a> {
     up: &'u mut Upload<'a>,
     src: &'u mut Source,
     tx: Sender,
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     addr: SocketAddr,
     input: Vec<u8>,
     have: Range<usize>,
@@ -67,13 +67,23 @@ const TIMED_WRITE: usize = 64 << 10;
 /// it ended. The counters and the block CRC-32s learnt go to `up` and `src`
 /// whatever the ending.
 pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
-    let (stream, addr) = connect(up)?;
+    let (sock, addr) = connect(up)?;
     up.ever_connected = true;
-    configure(&stream, up)?;
+    let reconnect = |up: &Upload| -> Result<TcpStream> {
+        let (s, _) = connect(up)?;
+        tune(&s);
+        Ok(s)
+    };
+    tune(&sock);
     if let Some(cc) = &up.opts.congestion {
-        up.t.congestion = crate::congestion::request(&stream, cc);
+        up.t.congestion = crate::congestion::request(&sock, cc);
     }
-    let tx = Sender::new(sender_config(up, src), Instant::now());
+    let stream = super::secure::open(up, sock, &reconnect)?;
+    up.t.encrypted = stream.is_encrypted();
+    configure(stream.as_ref(), up)?;
+    let mut cfg = sender_config(up, src);
+    cfg.binding = stream.channel_binding();
+    let tx = Sender::new(cfg, Instant::now());
     let mut sh = Shell {
         up,
         src,
@@ -117,6 +127,7 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
         } else {
             up.opts.compress
         },
+        binding: None,
     }
 }
 
@@ -152,9 +163,13 @@ fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
     })
 }
 
-fn configure(stream: &TcpStream, up: &Upload) -> Result<()> {
-    let _ = stream.set_nodelay(true);
-    crate::sys::widen_send_buffer(stream);
+/// Socket options, before any byte (TLS's hello included) is sent.
+fn tune(sock: &TcpStream) {
+    let _ = sock.set_nodelay(true);
+    crate::sys::widen_send_buffer(sock);
+}
+
+fn configure(stream: &dyn Transport, up: &Upload) -> Result<()> {
     stream
         .set_write_timeout(Some(up.opts.io_timeout))
         .map_err(|e| lost(e, "configuring the socket"))
@@ -213,7 +228,7 @@ impl Shell<'_, '_> {
         if self.tx.outcome().is_some() || self.tx.poll_timeout().is_some() {
             return Ok(());
         }
-        let fd = [self.stream.as_fd()];
+        let fd = [self.stream.fd()];
         let ready = crate::sys::poll_readable(&fd, Some(Duration::ZERO)).unwrap_or_default();
         if ready.first().copied().unwrap_or(false) {
             self.read_once(LAST_WORDS)?;
@@ -544,7 +559,7 @@ impl Shell<'_, '_> {
             total: self.src.size(),
         };
         if (self.up.progress)(&p) == Control::Cancel {
-            let _ = self.stream.shutdown(Shutdown::Both);
+            self.stream.shutdown_handle().shutdown();
             return Err(Error::new(ErrorKind::Cancelled, cancelled));
         }
         Ok(())
@@ -643,7 +658,7 @@ pub(super) enum SendError {
 /// socket's own buffers. Protocol 2 sends the same way (it must see the
 /// bytes to hash them).
 pub(super) fn send_range(
-    stream: &mut TcpStream,
+    stream: &mut dyn Write,
     file: &std::fs::File,
     offset: u64,
     count: usize,

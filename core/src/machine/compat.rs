@@ -193,6 +193,7 @@ fn machine_sender_to_todays_server(tag: &str, len: usize, legacy: bool, tok: boo
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: true,
         compress: crate::compress::Compress::Auto,
+        binding: None,
     };
     let mut tx = Sender::new(tc, Instant::now());
     let outcome = run_sender(TcpStream::connect(addr).unwrap(), &mut tx, &src);
@@ -222,7 +223,14 @@ fn todays_client_to_machine_receiver(tag: &str, len: usize, legacy: bool, tok: b
         ..ReceiverConfig::default()
     };
     let serving = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
+        // A plaintext peer: a TLS hello is closed on (the client falls back).
+        let stream = loop {
+            let (s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            if !matches!(s.peek(&mut b), Ok(1) if b[0] == 0x16) {
+                break s;
+            }
+        };
         let mut rx = Receiver::new(rc, [9; 32], Instant::now());
         run_receiver(stream, &mut rx, &st);
         rx.ending().cloned()
@@ -233,6 +241,7 @@ fn todays_client_to_machine_receiver(tag: &str, len: usize, legacy: bool, tok: b
     std::fs::write(&path, &src).unwrap();
     let mut opts = crate::SendOptions::new("127.0.0.1", port);
     opts.cache_dir = None;
+    opts.known_hosts = None;
     opts.retries = 0;
     opts.io_timeout = Duration::from_secs(10);
     opts.token = tok.then(token);

@@ -42,6 +42,7 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
         max_repair_rounds: MAX_REPAIR_ROUNDS,
         recheck: false,
         compress: Compress::Off,
+        binding: None,
     }
 }
 
@@ -1462,6 +1463,7 @@ fn a_sender_with_recheck_asks_before_the_end_frame_and_stops_on_a_change() {
     let src = source(10, 21);
     let cfg = SenderConfig {
         recheck: true,
+        binding: None,
         ..tx_cfg(&src)
     };
     // Unchanged: the End frame follows the answer, with the whole CRC-32.
@@ -1816,4 +1818,80 @@ fn hostile_compressed_frames_are_refused_with_words() {
     part.checkpoint().unwrap();
     let held = storage.durable_blocks(NAME).unwrap();
     assert_eq!(held.crc(0), Some(crc32fast::hash(&raw)));
+}
+
+/// Inside TLS: each side's channel binding (equal when nobody is in the
+/// middle) and the tokens.
+fn bound_pair(server: (&str, u8), client: (&str, u8)) -> Pair {
+    let src = source(1000, 11);
+    let rc = ReceiverConfig {
+        token: Some(token(server.0)),
+        binding: Some([server.1; 32]),
+        ..ReceiverConfig::default()
+    };
+    let tc = SenderConfig {
+        token: Some(token(client.0)),
+        binding: Some([client.1; 32]),
+        ..tx_cfg(&src)
+    };
+    let mut p = Pair::new(&MemStorage::new(), rc, tc, src);
+    p.run();
+    p
+}
+
+#[test]
+fn inside_tls_the_server_proves_the_token_first_and_both_proofs_are_bound() {
+    let ok = bound_pair(("a", 1), ("a", 1));
+    assert_eq!(
+        (ok.outcome(), ok.ending()),
+        (Outcome::Stored, Ending::Stored)
+    );
+    // A wrong token: the client sees the server's proof fail and answers
+    // zeros (nothing that could help guess the token); the server refuses
+    // in its words.
+    let wrong = bound_pair(("a", 1), ("b", 1));
+    assert!(wrong.tx_seen.contains("Decline") && wrong.tx_seen.contains("AwaitRefusal"));
+    assert!(matches!(
+        wrong.outcome(),
+        Outcome::Fault {
+            code: Some(FaultCode::AuthFailed),
+            ..
+        }
+    ));
+    assert!(wrong.storage.file(NAME).is_none() && !wrong.storage.has_part(NAME));
+    // A man in the middle: two connections, two bindings; the relayed
+    // proof fails at the client, and its zeros fail at the server.
+    let relayed = bound_pair(("a", 1), ("a", 2));
+    assert!(relayed.tx_seen.contains("Decline"));
+    assert!(matches!(
+        relayed.outcome(),
+        Outcome::Fault {
+            code: Some(FaultCode::AuthFailed),
+            ..
+        }
+    ));
+    assert!(!relayed.storage.has_part(NAME));
+    // A server that sends a bare challenge inside TLS gets no answer.
+    let src = source(100, 12);
+    let rc = ReceiverConfig {
+        token: Some(token("a")),
+        ..ReceiverConfig::default()
+    };
+    let tc = SenderConfig {
+        token: Some(token("a")),
+        binding: Some([1; 32]),
+        ..tx_cfg(&src)
+    };
+    let mut bare = Pair::new(&MemStorage::new(), rc, tc, src);
+    bare.run();
+    assert_eq!(bare.outcome(), Outcome::Failed(Failure::ServerProof));
+    // The wire form round-trips.
+    let m = ServerMsg::BoundChallenge {
+        nonce: [3; 32],
+        proof: [4; 32],
+    };
+    let f = v2::encode_server_msg(&m);
+    assert_eq!(f.len(), 5 + 64);
+    assert_eq!(v2::parse_server_msg(f[0], &f[5..]).unwrap(), m);
+    assert!(v2::parse_server_msg(f[0], &f[5..40]).is_err());
 }

@@ -48,6 +48,10 @@ pub struct ReceiverConfig {
     /// costs at most twice [`crate::compress::PACK_CHUNK`] of memory per
     /// connection while one is received).
     pub compression: bool,
+    /// Inside TLS, the connection's channel binding: the challenge then
+    /// carries the server's proof and the answer must cover the binding
+    /// (see [`crate::auth`]). `None` in plaintext.
+    pub binding: Option<[u8; crate::auth::BINDING_LEN]>,
 }
 
 impl Default for ReceiverConfig {
@@ -63,6 +67,7 @@ impl Default for ReceiverConfig {
             drain: Duration::from_secs(3),
             max_blocks: MAX_BLOCKS,
             compression: true,
+            binding: None,
         }
     }
 }
@@ -318,7 +323,7 @@ impl Receiver {
                 self.state = State::AwaitAnswer {
                     dec: ClientDecoder::new(fs, block),
                 };
-                Some(v2::encode_server_msg(&ServerMsg::Challenge(self.nonce)))
+                Some(v2::encode_server_msg(&self.challenge()))
             }
             State::SendOffset { offset, crc } => {
                 self.start_receiving(now, offset, crc);
@@ -575,6 +580,18 @@ impl Receiver {
         self.state = State::Claim;
     }
 
+    /// The challenge to send: the bare nonce in plaintext; inside TLS the
+    /// nonce with the server's proof of the token, bound to the connection.
+    fn challenge(&self) -> ServerMsg {
+        match (&self.cfg.token, &self.req, &self.cfg.binding) {
+            (Some(t), Some(r), Some(b)) => ServerMsg::BoundChallenge {
+                nonce: self.nonce,
+                proof: t.server_proof(&self.nonce, b, &r.json),
+            },
+            _ => ServerMsg::Challenge(self.nonce),
+        }
+    }
+
     fn read_answer<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
         let State::AwaitAnswer { dec } = &mut self.state else {
             return Fed::used(0);
@@ -595,8 +612,9 @@ impl Receiver {
                 return Fed::used(used);
             }
         };
-        let right = match (&self.cfg.token, &self.req) {
-            (Some(t), Some(r)) => t.check(&self.nonce, &r.json, &answer),
+        let right = match (&self.cfg.token, &self.req, &self.cfg.binding) {
+            (Some(t), Some(r), None) => t.check(&self.nonce, &r.json, &answer),
+            (Some(t), Some(r), Some(b)) => t.check_client_answer(&self.nonce, b, &r.json, &answer),
             _ => false,
         };
         if right {

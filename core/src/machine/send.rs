@@ -56,6 +56,10 @@ pub struct SenderConfig {
     /// Whether to offer and use compressed data frames (version 2 only;
     /// the server must accept, else every block goes raw).
     pub compress: Compress,
+    /// Inside TLS, the connection's channel binding: the server must then
+    /// prove the token first and the answer covers the binding (see
+    /// [`crate::auth`]). `None` in plaintext.
+    pub binding: Option<[u8; crate::auth::BINDING_LEN]>,
 }
 
 /// Work on the source file the sender asks of its shell.
@@ -202,6 +206,9 @@ pub enum Failure {
     TimedOut(&'static str),
     /// The server requires a token and none was given.
     TokenRequired,
+    /// Inside TLS the server did not prove it knows our token on this
+    /// connection (another token, or a man in the middle relaying it).
+    ServerProof,
     /// A legacy server refused the header whose CRC-32 was unknown: hash
     /// the file and try again in version 1 (not counted as a failure).
     LegacyNeedsCrc,
@@ -218,19 +225,37 @@ pub enum Failure {
 
 #[derive(Debug)]
 enum State {
-    SendHeader { frame: Vec<u8> },
-    AwaitReply { got: [u8; 8], n: usize },
+    SendHeader {
+        frame: Vec<u8>,
+    },
+    AwaitReply {
+        got: [u8; 8],
+        n: usize,
+    },
     AwaitChallenge,
-    SendAnswer { nonce: [u8; NONCE_LEN] },
+    SendAnswer {
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Inside TLS the server's proof failed: answer with zeros (nothing
+    /// about the token), so the server refuses in its words and counts a
+    /// wrong answer.
+    Decline,
+    AwaitRefusal,
     AwaitHeld,
     Plan,
     SendBlocks,
-    Recheck { frame: [u8; 5] },
-    SendEnd { frame: [u8; 5] },
+    Recheck {
+        frame: [u8; 5],
+    },
+    SendEnd {
+        frame: [u8; 5],
+    },
     AwaitVerdict,
     Repair,
     SendBytes,
-    AwaitVerdict1 { buf: Vec<u8> },
+    AwaitVerdict1 {
+        buf: Vec<u8>,
+    },
     Done(Outcome),
 }
 
@@ -325,6 +350,8 @@ impl Sender {
             State::AwaitReply { .. } => "AwaitReply",
             State::AwaitChallenge => "AwaitChallenge",
             State::SendAnswer { .. } => "SendAnswer",
+            State::Decline => "Decline",
+            State::AwaitRefusal => "AwaitRefusal",
             State::AwaitHeld => "AwaitHeld",
             State::Plan => "Plan",
             State::SendBlocks => "SendBlocks",
@@ -416,6 +443,7 @@ impl Sender {
             self.state,
             State::AwaitReply { .. }
                 | State::AwaitChallenge
+                | State::AwaitRefusal
                 | State::AwaitHeld
                 | State::AwaitVerdict
                 | State::AwaitVerdict1 { .. }
@@ -457,10 +485,16 @@ impl Sender {
             }
             State::SendAnswer { nonce } => {
                 let token = self.cfg.token.as_ref();
-                let answer = token
-                    .map(|t| t.answer(&nonce, &self.json))
-                    .unwrap_or_default();
+                let answer = match (token, &self.cfg.binding) {
+                    (Some(t), Some(b)) => t.client_answer(&nonce, b, &self.json),
+                    (Some(t), None) => t.answer(&nonce, &self.json),
+                    (None, _) => Default::default(),
+                };
                 v2::encode_answer(&answer)
+            }
+            State::Decline => {
+                self.state = State::AwaitRefusal;
+                v2::encode_answer(&[0; crate::auth::ANSWER_LEN])
             }
             State::SendEnd { frame } => {
                 self.state = State::AwaitVerdict;
@@ -533,6 +567,7 @@ impl Sender {
                 }
                 Err(e) => Outcome::Failed(Failure::Protocol(e.to_string())),
             },
+            State::AwaitRefusal => Outcome::Failed(Failure::ServerProof),
             _ => Outcome::Failed(Failure::Lost(self.state_name())),
         };
         self.finish(o);
@@ -626,10 +661,26 @@ impl Sender {
                 code: Some(c),
                 words,
             }),
-            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => match self.cfg.token {
-                Some(_) => self.state = State::SendAnswer { nonce },
-                None => self.finish(Outcome::Failed(Failure::TokenRequired)),
-            },
+            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => {
+                match (&self.cfg.token, self.cfg.binding) {
+                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                    // Inside TLS a server that does not prove the token
+                    // first may be a man in the middle: no answer for it.
+                    (Some(_), Some(_)) => self.finish(Outcome::Failed(Failure::ServerProof)),
+                    (Some(_), None) => self.state = State::SendAnswer { nonce },
+                }
+            }
+            (State::AwaitChallenge, ServerMsg::BoundChallenge { nonce, proof }) => {
+                let proved = match (&self.cfg.token, &self.cfg.binding) {
+                    (Some(t), Some(b)) => t.check_server_proof(&nonce, b, &self.json, &proof),
+                    _ => false,
+                };
+                match (&self.cfg.token, proved) {
+                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                    (Some(_), false) => self.state = State::Decline,
+                    (Some(_), true) => self.state = State::SendAnswer { nonce },
+                }
+            }
             (
                 State::AwaitChallenge | State::AwaitHeld,
                 ServerMsg::Held {
@@ -660,6 +711,8 @@ impl Sender {
                 self.pack.agreed = true;
             }
             (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
+            // A server that takes a zero answer does not know the token.
+            (State::AwaitRefusal, _) => self.finish(Outcome::Failed(Failure::ServerProof)),
             (_, other) => {
                 let words = format!(
                     "unexpected {} frame from the server in state {}",
@@ -805,7 +858,7 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::HeldSet { .. } => "held-set",
         ServerMsg::Error(_) => "error",
         ServerMsg::Fault(..) => "fault",
-        ServerMsg::Challenge(_) => "challenge",
+        ServerMsg::Challenge(_) | ServerMsg::BoundChallenge { .. } => "challenge",
         ServerMsg::Verdict(_) => "verdict",
         ServerMsg::Codec(_) => "codec",
     }

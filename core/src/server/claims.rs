@@ -17,18 +17,18 @@
 //! writes on another connection's socket under the lock; the holder's own
 //! thread says "taken over" and checkpoints. Not for: storage.
 
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::local::storage_fault;
 use super::{lock, Shared};
 use crate::machine::Fault;
 use crate::name::SafeName;
 use crate::proto::Header;
+use crate::transport::Shutdown;
 use crate::v2::{FaultCode, Offer};
-use crate::ErrorKind;
 
 /// How long a running upload must have been silent before a newcomer of
 /// the same source may take it over.
@@ -84,7 +84,7 @@ pub(super) struct Activity {
 
 pub(super) struct Claimant {
     conn_id: u64,
-    stream: TcpStream,
+    stream: Shutdown,
     source: SourceId,
     authenticated: bool,
     activity: Arc<Activity>,
@@ -134,7 +134,7 @@ impl Drop for Claim<'_> {
 pub(super) struct Request<'s> {
     pub(super) name: &'s SafeName,
     pub(super) conn_id: u64,
-    pub(super) stream: &'s TcpStream,
+    pub(super) stream: Shutdown,
     pub(super) peer: SocketAddr,
     pub(super) source: SourceId,
     pub(super) authenticated: bool,
@@ -167,7 +167,7 @@ pub(super) fn claim<'a>(sh: &'a Shared, req: Request<'_>) -> Result<Claim<'a>, F
                     req.peer, req.name
                 ));
                 old.activity.taken_over.store(true, Ordering::SeqCst);
-                let _ = old.stream.shutdown(Shutdown::Read);
+                old.stream.shutdown_read();
                 announced = true;
             }
         }
@@ -194,10 +194,7 @@ fn register<'a>(
     claims: &mut std::collections::HashMap<SafeName, Claimant>,
     req: Request<'_>,
 ) -> Result<Claim<'a>, Fault> {
-    let stream = req.stream.try_clone().map_err(|e| {
-        let e = crate::Error::io(ErrorKind::Storage, "cannot track connection", e);
-        storage_fault(&e, e.to_string())
-    })?;
+    let stream = req.stream;
     let activity = Arc::new(Activity::default());
     activity.last_rx_ms.store(sh.now_ms(), Ordering::Relaxed);
     claims.insert(

@@ -10,7 +10,6 @@
 //! admission policy (`policy`) or the log lines of an ending (`report`).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use super::claims::Claim;
 use super::policy::Reservation;
 use super::{ConnInfo, Failed, Shared, RATE_WINDOW, RECV_BUFFER};
 use crate::machine::{self, Event, Fault, HeldPart, Receiver, ReceiverConfig};
+use crate::transport::Transport;
 use crate::v2::FaultCode;
 use crate::{Error, ErrorKind};
 
@@ -42,7 +42,7 @@ enum Stall {
 pub(super) struct Shell<'a> {
     pub(super) sh: &'a Shared,
     pub(super) conn: &'a ConnInfo,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Box<dyn Transport>,
     pub(super) rx: Receiver,
     pub(super) part: Option<ServerPart>,
     pub(super) claim: Option<Claim<'a>>,
@@ -66,18 +66,18 @@ pub(super) struct Shell<'a> {
 pub(super) fn handle_connection(
     sh: &Shared,
     conn: &ConnInfo,
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
 ) -> std::result::Result<(), Failed> {
-    let _ = stream.set_nodelay(true);
     stream
         .set_write_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
     let nonce = crate::auth::nonce()?;
+    let binding = stream.channel_binding();
     let mut shell = Shell {
         sh,
         conn,
         stream,
-        rx: Receiver::new(receiver_config(sh), nonce, conn.accepted),
+        rx: Receiver::new(receiver_config(sh, binding), nonce, conn.accepted),
         part: None,
         claim: None,
         reservation: None,
@@ -97,7 +97,8 @@ pub(super) fn handle_connection(
 /// The machine's limits from the server's: the header and the answer to
 /// a challenge each within the header timeout (bounded by the idle one).
 /// The rate floor is the shell's (windows of bytes, not blocks).
-fn receiver_config(sh: &Shared) -> ReceiverConfig {
+/// Inside TLS, `binding` ties the token proofs to this connection.
+fn receiver_config(sh: &Shared, binding: Option<[u8; 32]>) -> ReceiverConfig {
     let setup = sh.cfg.header_timeout.min(sh.cfg.idle_timeout);
     ReceiverConfig {
         token: sh.cfg.token.clone(),
@@ -106,6 +107,7 @@ fn receiver_config(sh: &Shared) -> ReceiverConfig {
         answer_timeout: setup,
         idle_timeout: sh.cfg.idle_timeout,
         min_rate: None,
+        binding,
         ..ReceiverConfig::default()
     }
 }
@@ -127,7 +129,7 @@ impl Shell<'_> {
             }
             if self.rx.is_closing() && !self.shut {
                 // Let the client read the refusal: shut our side, drain theirs.
-                let _ = self.stream.shutdown(Shutdown::Write);
+                let _ = self.stream.close_write();
                 self.shut = true;
             }
             if !self.have.is_empty() && (self.ready() || self.stall.is_some()) && self.feed(now) {

@@ -20,6 +20,7 @@ mod backend;
 mod claims;
 mod conn;
 mod local;
+mod open;
 mod policy;
 mod report;
 
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::name::SafeName;
 use crate::store::{key_of, Store};
+use crate::tls::{Fingerprint, ServerKey};
 use crate::{Error, ErrorKind, Result};
 
 /// Size of the buffer each connection receives into.
@@ -94,6 +96,58 @@ pub struct ServerConfig {
     /// taken over by another node (its lease is stale).
     #[cfg(feature = "s3")]
     pub s3_lease_stale: Duration,
+    /// Whether connections may, must or must not use TLS (see [`TlsMode`]).
+    pub tls: TlsMode,
+    /// The server's key file; `None`: `DIR/.bigtransfer/key`
+    /// ([`crate::tls::state_key_path`]), made on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Which connections a server serves, by what their first byte says
+/// ([`crate::sniff`]): TLS, plaintext, or both on the one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// TLS (protocol 2 inside) and plaintext (legacy clients) on one port.
+    #[default]
+    Auto,
+    /// TLS only; plaintext connections are refused unless
+    /// [`ServerConfig::allow_legacy`] is set.
+    Required,
+    /// Plaintext only, as before TLS (no key is made or read).
+    Off,
+}
+
+impl TlsMode {
+    /// The mode named `auto`, `required` or `off`.
+    ///
+    /// ```
+    /// use bigtransfer_core::server::TlsMode;
+    /// assert_eq!(TlsMode::parse("required").unwrap(), TlsMode::Required);
+    /// assert!(TlsMode::parse("on").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<TlsMode> {
+        match text {
+            "auto" => Ok(TlsMode::Auto),
+            "required" => Ok(TlsMode::Required),
+            "off" => Ok(TlsMode::Off),
+            other => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "--tls {}: expected auto, required or off",
+                    crate::text::printable(other)
+                ),
+            )),
+        }
+    }
+
+    /// The name [`TlsMode::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Auto => "auto",
+            TlsMode::Required => "required",
+            TlsMode::Off => "off",
+        }
+    }
 }
 
 /// The window over which [`ServerConfig::min_rate`] is measured.
@@ -136,6 +190,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("allow_legacy", &self.allow_legacy)
             .field("min_free", &self.min_free)
             .field("min_rate", &self.min_rate)
+            .field("tls", &self.tls)
+            .field("key_file", &self.key_file)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +226,8 @@ impl ServerConfig {
             s3: None,
             #[cfg(feature = "s3")]
             s3_lease_stale: Duration::from_secs(30),
+            tls: TlsMode::Auto,
+            key_file: None,
         }
     }
 }
@@ -290,10 +348,15 @@ struct Counters {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    /// The TLS key (none with [`TlsMode::Off`]) and whether it was made
+    /// by this start.
+    key: Option<(ServerKey, bool)>,
 }
 
 struct Shared {
     cfg: ServerConfig,
+    /// TLS for connections that open with a ClientHello (none when off).
+    tls: Option<Arc<rustls::ServerConfig>>,
     store: Store,
     /// The object store, when uploads go there instead of `store`.
     #[cfg(feature = "s3")]
@@ -385,6 +448,14 @@ impl Server {
         let store = Store::open(&cfg.dir)?;
         #[cfg(feature = "s3")]
         let s3 = open_s3(&cfg)?;
+        let key = match cfg.tls {
+            TlsMode::Off => None,
+            _ => Some(load_key(&cfg)?),
+        };
+        let tls = match &key {
+            Some((k, _)) => Some(crate::tls::server_config(k)?),
+            None => None,
+        };
         let listener = match cfg.bind {
             Some(ip) => TcpListener::bind(SocketAddr::new(ip, cfg.port)),
             // Linux's default (bindv6only=0) makes [::] accept IPv4 too.
@@ -408,8 +479,10 @@ impl Server {
         let logger = cfg.logger.clone().unwrap_or_else(default_logger);
         Ok(Server {
             listener,
+            key,
             shared: Arc::new(Shared {
                 cfg,
+                tls,
                 store,
                 #[cfg(feature = "s3")]
                 s3,
@@ -437,6 +510,18 @@ impl Server {
                 e,
             )
         })
+    }
+
+    /// The fingerprint of the server's TLS key, for clients to pin (none
+    /// with [`TlsMode::Off`]).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.key.as_ref().map(|(k, _)| k.fingerprint())
+    }
+
+    /// Whether this start made a new key (the first start, or the key
+    /// file was missing).
+    pub fn key_created(&self) -> bool {
+        self.key.as_ref().is_some_and(|(_, new)| *new)
     }
 
     /// A handle that stops [`Server::serve`] from another thread or a signal.
@@ -638,7 +723,8 @@ impl Server {
 fn serve_one(sh: &Shared, info: &ConnInfo, stream: TcpStream) {
     let peer = info.peer;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        conn::handle_connection(sh, info, stream)
+        let t = open::transport(sh, info, stream)?;
+        conn::handle_connection(sh, info, t)
     }));
     match outcome {
         Ok(Ok(())) => {}
@@ -724,6 +810,16 @@ fn sweep_s3(sh: &Shared, s3: &crate::s3::S3Storage, age: Duration) {
         }
         Err(e) => (sh.logger)(&format!("expiry sweep of the object store failed: {e}")),
     }
+}
+
+/// The key at `--key FILE` or in the state directory, made there on
+/// first start.
+fn load_key(cfg: &ServerConfig) -> Result<(ServerKey, bool)> {
+    let path = match &cfg.key_file {
+        Some(p) => p.clone(),
+        None => crate::tls::state_key_path(&cfg.dir),
+    };
+    ServerKey::load_or_create(&path)
 }
 
 /// Makes sure the process may open enough files for `max_connections`

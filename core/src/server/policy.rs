@@ -70,7 +70,7 @@ impl Shell<'_> {
         let request = claims::Request {
             name,
             conn_id: self.conn.id,
-            stream: &self.stream,
+            stream: self.stream.shutdown_handle(),
             peer: self.conn.peer,
             source: SourceId::of(header, self.rx.offer().as_ref()),
             authenticated,
@@ -88,12 +88,17 @@ impl Shell<'_> {
         }
         let name = self.rx.name().map(|n| n.to_string()).unwrap_or_default();
         let size = id.filesize;
+        let tls = if self.stream.is_encrypted() {
+            " over TLS"
+        } else {
+            ""
+        };
         (self.sh.logger)(&match &held {
             Held::Prefix { offset, .. } => {
-                format!("{peer}: receiving {name} ({size} bytes) from offset {offset}")
+                format!("{peer}: receiving {name} ({size} bytes{tls}) from offset {offset}")
             }
             Held::Blocks(set) => format!(
-                "{peer}: receiving {name} ({size} bytes, protocol 2, blocks of {}); holds {} bytes in {} verified blocks",
+                "{peer}: receiving {name} ({size} bytes, protocol 2{tls}, blocks of {}); holds {} bytes in {} verified blocks",
                 set.block_size(),
                 part.held_bytes(),
                 part.held_blocks()

@@ -194,6 +194,13 @@ fn server_frames(out: &mut BTreeMap<String, Vec<u8>>) {
             "challenge",
             ServerMsg::Challenge(*b"0123456789abcdef0123456789ABCDEF"),
         ),
+        (
+            "challenge-bound",
+            ServerMsg::BoundChallenge {
+                nonce: *b"0123456789abcdef0123456789ABCDEF",
+                proof: *b"fedcba9876543210FEDCBA9876543210",
+            },
+        ),
         ("verdict-ok", ServerMsg::Verdict(Verdict::Ok)),
         (
             "verdict-repair",
