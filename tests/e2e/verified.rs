@@ -254,11 +254,13 @@ fn a_hole_in_the_held_part_costs_that_block_alone_on_resume() {
     // held set names the hole, so block 3 and the blocks never received
     // travel, not everything from block 3 on.
     let t = tempfile::tempdir().unwrap();
-    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    // Plaintext: inside TLS a flipped bit ends the connection instead.
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
     let src = t.path().join("hole.bin");
     let size = 24 * MIB + 5;
     write_random(&src, size, 75);
-    let proxy = flip_proxy(srv.addr, 3 * MIB + MIB / 2, 1);
+    // Two connections: the TLS hello the server closes, then plaintext.
+    let proxy = flip_proxy(srv.addr, 3 * MIB + MIB / 2, 2);
     let port = proxy.port().to_string();
     interrupted_via(&srv, &port, &src, 10 * MIB, &["--no-cache"]);
     assert!(

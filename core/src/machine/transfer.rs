@@ -25,6 +25,12 @@ struct InBlock {
     hasher: Hasher,
     /// For a compressed frame: its chunks, decompressed one at a time.
     unpack: Option<Unpacker>,
+    /// Why the compressed payload could not be unpacked: the rest of the
+    /// frame is skipped and the block counts as damaged, to be sent again
+    /// (zstd turns a bit flipped in transit into a decoding error, which
+    /// is a repair like a raw block's wrong CRC-32, not a refusal; a peer
+    /// that keeps lying runs out of repair rounds).
+    damaged: Option<String>,
 }
 
 /// What the intake made of some input.
@@ -92,19 +98,19 @@ impl Intake {
 
     /// Payload bytes the current compressed frame takes next, if one is
     /// being received.
-    fn packed_want(&self) -> Result<Option<usize>, Fault> {
-        let (Some(b), Some(left)) = (&self.block, self.dec.payload_left()) else {
-            return Ok(None);
-        };
-        let Some(u) = &b.unpack else {
-            return Ok(None);
-        };
+    fn packed_want(&mut self) -> Option<usize> {
+        let left = self.dec.payload_left()?;
+        let b = self.block.as_mut()?;
+        let u = b.unpack.as_ref()?;
+        if b.damaged.is_some() {
+            return Some(left.min(usize::MAX as u64) as usize);
+        }
         match u.want() as u64 {
-            0 => Err(Fault::bad(format!(
-                "{left} bytes follow the last chunk of compressed block {}",
-                b.idx
-            ))),
-            n => Ok(Some(n.min(left) as usize)),
+            0 => {
+                b.damaged = Some(format!("{left} bytes follow its last chunk"));
+                Some(left.min(usize::MAX as u64) as usize)
+            }
+            n => Some(n.min(left) as usize),
         }
     }
 
@@ -119,12 +125,18 @@ impl Intake {
         let Some(u) = b.unpack.as_mut() else {
             return Err(Fault::bad("compressed payload outside a block"));
         };
-        let out = u.feed(bytes).map_err(|e| Fault::bad(e.to_string()))?;
+        if b.damaged.is_some() {
+            return Ok((used, Took::More));
+        }
+        let out = match u.feed(bytes) {
+            Ok(out) => out,
+            Err(e) => {
+                b.damaged = Some(e.to_string());
+                return Ok((used, Took::More));
+            }
+        };
         if ended && !u.is_done() {
-            return Err(Fault::bad(format!(
-                "the compressed payload of block {} ends before its last chunk",
-                b.idx
-            )));
+            b.damaged = Some("its payload ends before its last chunk".into());
         }
         let Some(raw) = out else {
             return Ok((used, Took::More));
@@ -156,7 +168,7 @@ impl Intake {
         if input.is_empty() {
             return Ok((0, Took::More));
         }
-        if let Some(n) = self.packed_want()? {
+        if let Some(n) = self.packed_want() {
             return self.take_packed(&input[..n.min(input.len())]);
         }
         let (used, item) = self.dec.decode(input)?;
@@ -190,17 +202,7 @@ impl Intake {
                     .take()
                     .ok_or_else(|| Fault::bad("trailer outside a block"))?;
                 let crc = b.hasher.finalize();
-                let good = crc == sent;
-                if b.unpack.is_some() && !good {
-                    // Refused, not repaired: zstd turns almost any damage
-                    // in transit into a decoding error, so a whole block
-                    // with another CRC-32 is the peer compressing other
-                    // bytes than it vouches for.
-                    return Err(Fault::bad(format!(
-                        "refused compressed block {}: it decompressed to bytes whose CRC-32 is {crc:08x}, the client says {sent:08x}",
-                        b.idx
-                    )));
-                }
+                let good = crc == sent && b.damaged.is_none();
                 if good {
                     self.held.mark(b.idx, crc);
                 }
@@ -228,6 +230,7 @@ impl Intake {
             pos: offset,
             hasher: Hasher::new(),
             unpack,
+            damaged: None,
         });
         self.held.forget(idx);
         Took::Begin { idx, len }
