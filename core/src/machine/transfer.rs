@@ -141,6 +141,21 @@ impl Intake {
         &self.held
     }
 
+    /// Whether no data frame is half received.
+    pub fn between_blocks(&self) -> bool {
+        self.block.is_none() && self.dec.payload_left().is_none()
+    }
+
+    /// Block `idx` (from another stream) no longer counts as held.
+    pub fn forget(&mut self, idx: u64) {
+        self.held.forget(idx);
+    }
+
+    /// Block `idx` (from another stream) is held with CRC-32 `crc`.
+    pub fn mark(&mut self, idx: u64, crc: u32) {
+        self.held.mark(idx, crc);
+    }
+
     /// Repair rounds asked for so far.
     pub fn round(&self) -> u32 {
         self.round
