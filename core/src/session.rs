@@ -308,7 +308,10 @@ mod tests {
         let b = [7u8; 32];
         let j = t.join(Some(&b)).unwrap();
         assert!(t.check(&j, Some(&b)));
-        assert!(!t.check(&j, Some(&[8u8; 32])), "relayed to another connection");
+        assert!(
+            !t.check(&j, Some(&[8u8; 32])),
+            "relayed to another connection"
+        );
         assert!(!t.check(&j, None));
         let other = Ticket::generate().unwrap();
         assert!(!other.check(&j, Some(&b)), "another session's secret");
@@ -327,7 +330,10 @@ mod tests {
         assert_eq!(join_request(json.as_bytes()).unwrap(), Some(j));
         assert!(join_request(br#"{"bt": {"join": {"s": "00"}}}"#).is_err());
         assert_eq!(join_request(br#"{"bt": {}}"#).unwrap(), None);
-        assert_eq!(offered_streams(br#"{"bt": {"streams": 99}}"#).unwrap(), Some(8));
+        assert_eq!(
+            offered_streams(br#"{"bt": {"streams": 99}}"#).unwrap(),
+            Some(8)
+        );
         assert!(offered_streams(br#"{"bt": {"streams": 0}}"#).is_err());
     }
 

@@ -432,7 +432,11 @@ fn encode_ext(
     }
     let join = extra.join.as_ref().map(|j| j.hex());
     if let Some([s, n, p]) = &join {
-        let members = vec![("s", Field::Str(s)), ("n", Field::Str(n)), ("p", Field::Str(p))];
+        let members = vec![
+            ("s", Field::Str(s)),
+            ("n", Field::Str(n)),
+            ("p", Field::Str(p)),
+        ];
         bt.push(("join", Field::Object(members)));
     }
     let json = json::write_object(&[

@@ -573,10 +573,9 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
         Action::Checkpoint => part.checkpoint(),
         Action::Commit { whole_crc } => part.commit(whole_crc),
         Action::Discard => part.discard(),
-        Action::Admit { .. }
-        | Action::Claim { .. }
-        | Action::Join { .. }
-        | Action::OpenHeld(_) => return None,
+        Action::Admit { .. } | Action::Claim { .. } | Action::Join { .. } | Action::OpenHeld(_) => {
+            return None
+        }
     };
     Some(Event::Applied(r))
 }

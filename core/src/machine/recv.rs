@@ -698,7 +698,8 @@ impl Receiver {
                     intake.accept_packed();
                 }
                 if let Some(t) = self.ticket.clone() {
-                    self.out.push_back(v2::encode_server_msg(&ServerMsg::Join(t)));
+                    self.out
+                        .push_back(v2::encode_server_msg(&ServerMsg::Join(t)));
                 }
                 self.intake = Some(intake);
                 self.state = State::SendHeld;

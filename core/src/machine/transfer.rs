@@ -460,6 +460,21 @@ impl Outlet {
         }
     }
 
+    /// Takes the planned blocks out (to send them over several streams).
+    pub fn take_queue(&mut self) -> Vec<u64> {
+        self.queue.drain(..).collect()
+    }
+
+    /// Block `idx` went out (over another stream) with CRC-32 `crc`.
+    pub fn record_sent(&mut self, idx: u64, crc: u32) -> Result<(), String> {
+        let slot = self
+            .crcs
+            .get_mut(idx as usize)
+            .ok_or_else(|| format!("internal: block {idx} is outside the file"))?;
+        *slot = Some(crc);
+        Ok(())
+    }
+
     /// The block in flight was streamed with CRC-32 `crc`: its trailer.
     pub fn sent(&mut self, crc: u32) -> Result<[u8; 4], &'static str> {
         let idx = self.current.take().ok_or("internal: no block in flight")?;

@@ -52,7 +52,10 @@ impl Sink {
             return Err(Fault::new(FaultCode::Internal, "payload outside a block"));
         };
         if offset != *idx * block + buf.len() as u64 {
-            return Err(Fault::new(FaultCode::Internal, "joined payload out of order"));
+            return Err(Fault::new(
+                FaultCode::Internal,
+                "joined payload out of order",
+            ));
         }
         buf.extend_from_slice(bytes);
         Ok(())
@@ -64,7 +67,10 @@ impl Shell<'_> {
     pub(super) fn join(&mut self, j: &Join, authenticated: bool) -> Result<(), Fault> {
         use std::sync::atomic::Ordering;
         if !self.conn.unadmitted.swap(false, Ordering::SeqCst) {
-            return Err(Fault::new(FaultCode::Busy, "evicted before it was admitted"));
+            return Err(Fault::new(
+                FaultCode::Busy,
+                "evicted before it was admitted",
+            ));
         }
         if self.sh.cfg.token.is_some() && !authenticated {
             return Err(refused("join refused: this server requires a token"));

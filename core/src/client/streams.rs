@@ -1,0 +1,552 @@
+//! Parallel streams on the client: one upload's planned blocks sent over
+//! the first connection and joined ones, all pulling from one shared
+//! queue (not fixed ranges), so a slow stream never holds the tail: once
+//! the queue is empty, a block in flight too long on one stream is sent
+//! again by an idle one. `auto` starts with the first connection alone
+//! and adds a stream while the measured throughput keeps rising, up to
+//! [`MAX_STREAMS`].
+//!
+//! Joined connections speak a small fixed exchange (header with the join,
+//! challenge when the server has a token, held list, data frames, end,
+//! verdict) without the machine: they never plan, repair or decide; the
+//! first connection's machine does. Not for retries (the parent's): a
+//! joined stream that fails gives its block back and ends; the first
+//! connection failing ends the attempt.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::shell::{send_range, SendError};
+use crate::auth::Token;
+use crate::machine::ServerDecoder;
+use crate::proto::Header;
+use crate::session::{Ticket, MAX_STREAMS};
+use crate::transport::{Shutdown, TcpTransport, TlsTransport, Transport};
+use crate::v2::{self, ServerMsg};
+
+/// How many connections one upload uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streams {
+    /// Exactly this many (1: one connection, as before streams existed).
+    Fixed(u32),
+    /// Start with one and add streams while throughput keeps rising, up
+    /// to [`MAX_STREAMS`].
+    Auto,
+}
+
+impl Streams {
+    /// Parses `N` (1 ..= 8) or `auto`.
+    pub fn parse(s: &str) -> Result<Streams, String> {
+        if s == "auto" {
+            return Ok(Streams::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_STREAMS).contains(&n) => Ok(Streams::Fixed(n)),
+            _ => Err(format!(
+                "--streams takes a number from 1 to {MAX_STREAMS} or \"auto\", not {s:?}"
+            )),
+        }
+    }
+
+    /// The streams to ask the server for (`None`: one, no session).
+    pub fn ask(self) -> Option<u32> {
+        match self {
+            Streams::Fixed(n) if n > 1 => Some(n.min(MAX_STREAMS)),
+            Streams::Fixed(_) => None,
+            Streams::Auto => Some(MAX_STREAMS),
+        }
+    }
+}
+
+impl std::fmt::Display for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Streams::Fixed(n) => write!(f, "{n}"),
+            Streams::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// A block in flight: since when, and whether an idle stream took it too.
+struct Flight {
+    since: Instant,
+    doubled: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<u64>,
+    flying: HashMap<u64, Flight>,
+    done: HashMap<u64, u32>,
+    /// Time blocks took on the wire, summed, and how many.
+    took: Duration,
+    count: u32,
+}
+
+/// The shared queue of one parallel send.
+struct Work {
+    q: Mutex<Queue>,
+    cv: Condvar,
+    stop: AtomicBool,
+    bytes: AtomicU64,
+    cuts: Mutex<Vec<Shutdown>>,
+    notes: Mutex<Vec<String>>,
+}
+
+/// Least time in flight before a block is sent again by an idle stream.
+const STRAGGLER_MIN: Duration = Duration::from_millis(300);
+
+impl Work {
+    fn new(blocks: Vec<u64>) -> Work {
+        Work {
+            q: Mutex::new(Queue {
+                pending: blocks.into(),
+                ..Queue::default()
+            }),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+            cuts: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The next block for a stream: from the queue, else a straggler's
+    /// (in flight over three times the mean block time), else `None` once
+    /// nothing is left in flight.
+    fn take(&self) -> Option<u64> {
+        let mut q = self.q.lock().ok()?;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(i) = q.pending.pop_front() {
+                let f = Flight {
+                    since: Instant::now(),
+                    doubled: false,
+                };
+                q.flying.insert(i, f);
+                return Some(i);
+            }
+            if q.flying.is_empty() {
+                return None;
+            }
+            let mean = q.took.checked_div(q.count.max(1)).unwrap_or_default();
+            let limit = (mean * 3).max(STRAGGLER_MIN);
+            let late = q
+                .flying
+                .iter_mut()
+                .filter(|(_, f)| !f.doubled && f.since.elapsed() > limit)
+                .min_by_key(|(_, f)| f.since);
+            if let Some((&i, f)) = late {
+                f.doubled = true;
+                return Some(i);
+            }
+            q = self.cv.wait_timeout(q, Duration::from_millis(50)).ok()?.0;
+        }
+    }
+
+    fn done(&self, idx: u64, crc: u32, took: Duration, len: u64) {
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        if let Ok(mut q) = self.q.lock() {
+            q.done.insert(idx, crc);
+            q.flying.remove(&idx);
+            q.took += took;
+            q.count += 1;
+        }
+        self.cv.notify_all();
+    }
+
+    /// A stream failed with `idx` in flight: it goes back to the queue.
+    fn failed(&self, idx: u64) {
+        if let Ok(mut q) = self.q.lock() {
+            if !q.done.contains_key(&idx) && q.flying.remove(&idx).is_some() {
+                q.pending.push_front(idx);
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(c) = self.cuts.lock() {
+            for s in c.iter() {
+                s.shutdown();
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    fn note(&self, words: String) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(words);
+        }
+    }
+}
+
+/// How to open a joined connection like the first one.
+pub(super) struct Dialer {
+    pub(super) addr: SocketAddr,
+    /// TLS pinned to the key the first connection saw; `None`: plaintext.
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(super) connect_timeout: Duration,
+    pub(super) handshake_timeout: Duration,
+    pub(super) io_timeout: Duration,
+    pub(super) congestion: Option<String>,
+    pub(super) filename: String,
+    pub(super) filesize: u64,
+    pub(super) block: u64,
+    pub(super) source: Option<[u8; 16]>,
+    pub(super) token: Option<Token>,
+    pub(super) ticket: Ticket,
+}
+
+/// What a parallel send did.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    /// Each block sent and its CRC-32.
+    pub(super) sent: Vec<(u64, u32)>,
+    /// Most streams open at once (the first included).
+    pub(super) streams: u32,
+    /// File bytes sent over all streams (doubled blocks count twice).
+    pub(super) bytes: u64,
+    /// Why joined streams ended early or were refused.
+    pub(super) notes: Vec<String>,
+}
+
+/// Sends `blocks` over `primary` and joined streams (`mode`), calling
+/// `tick` with the bytes sent so far after each block of the first
+/// connection (an `Err` stops everything). A socket error on the first
+/// connection ends the send.
+pub(super) fn run(
+    primary: &mut dyn Transport,
+    file: &File,
+    blocks: Vec<u64>,
+    mode: super::Streams,
+    dialer: Dialer,
+    tick: &mut dyn FnMut(u64) -> crate::Result<()>,
+) -> Result<Report, SendError> {
+    let work = Arc::new(Work::new(blocks));
+    let dialer = Arc::new(dialer);
+    let mut joins = Vec::new();
+    let mut grow = Grow::new(mode);
+    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    let r = loop {
+        while grow.wants_more(&work) {
+            joins.push(spawn_join(&work, &dialer, file));
+        }
+        let Some(idx) = work.take() else {
+            break Ok(());
+        };
+        if let Err(e) = send_one(primary, file, &work, &dialer, idx, &mut buf) {
+            work.failed(idx);
+            break Err(e);
+        }
+        if let Err(e) = tick(work.bytes.load(Ordering::Relaxed)) {
+            // Interrupted: the caller cancelled (not a source error).
+            let e = std::io::Error::new(std::io::ErrorKind::Interrupted, e.to_string());
+            break Err(SendError::Source(e));
+        }
+    };
+    if r.is_err() {
+        work.halt();
+    }
+    let opened = joins.len() as u32;
+    for j in joins {
+        let _ = j.join();
+    }
+    r?;
+    let q = work.q.lock().map_err(|_| poisoned())?;
+    let mut sent: Vec<(u64, u32)> = q.done.iter().map(|(&i, &c)| (i, c)).collect();
+    sent.sort_unstable();
+    let notes = work.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    Ok(Report {
+        sent,
+        streams: 1 + opened.min(grow.max.saturating_sub(1)),
+        bytes: work.bytes.load(Ordering::Relaxed),
+        notes,
+    })
+}
+
+fn poisoned() -> SendError {
+    SendError::Source(std::io::Error::other(
+        "internal: the block queue was poisoned",
+    ))
+}
+
+/// When to open another stream.
+struct Grow {
+    max: u32,
+    auto: bool,
+    opened: u32,
+    since: Instant,
+    bytes: u64,
+    last_rate: f64,
+}
+
+/// How long `auto` measures a stream count before deciding.
+const MEASURE: Duration = Duration::from_millis(700);
+
+impl Grow {
+    fn new(mode: super::Streams) -> Grow {
+        let (max, auto) = match mode {
+            super::Streams::Fixed(n) => (n.clamp(1, MAX_STREAMS), false),
+            super::Streams::Auto => (MAX_STREAMS, true),
+        };
+        Grow {
+            max,
+            auto,
+            opened: 1,
+            since: Instant::now(),
+            bytes: 0,
+            last_rate: 0.0,
+        }
+    }
+
+    /// Fixed: open every stream at once. Auto: after each measuring
+    /// period, open one more while the rate rose by 10 % or more.
+    fn wants_more(&mut self, work: &Work) -> bool {
+        if self.opened >= self.max {
+            return false;
+        }
+        if !self.auto {
+            self.opened += 1;
+            return true;
+        }
+        let elapsed = self.since.elapsed();
+        if elapsed < MEASURE {
+            return false;
+        }
+        let total = work.bytes.load(Ordering::Relaxed);
+        let rate = (total - self.bytes) as f64 / elapsed.as_secs_f64();
+        (self.since, self.bytes) = (Instant::now(), total);
+        if rate < self.last_rate * 1.1 {
+            self.max = self.opened; // It stopped paying: no more.
+            return false;
+        }
+        self.last_rate = rate;
+        self.opened += 1;
+        true
+    }
+}
+
+/// Sends block `idx` as a data frame.
+fn send_one(
+    s: &mut dyn Transport,
+    file: &File,
+    work: &Work,
+    d: &Dialer,
+    idx: u64,
+    buf: &mut [u8],
+) -> Result<(), SendError> {
+    let (offset, len) = v2::block_range(d.filesize, d.block, idx);
+    let started = Instant::now();
+    s.write_all(&v2::encode_data_head(offset, len as u32))
+        .map_err(SendError::Socket)?;
+    let mut h = crc32fast::Hasher::new();
+    let n = send_range(s, file, offset, len as usize, buf, &mut |b| h.update(b))?;
+    if (n as u64) < len {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the source became shorter while being sent (at byte {})",
+                offset + n as u64
+            ),
+        );
+        return Err(SendError::Source(e));
+    }
+    let crc = h.finalize();
+    s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
+    work.done(idx, crc, started.elapsed(), len);
+    Ok(())
+}
+
+fn spawn_join(work: &Arc<Work>, d: &Arc<Dialer>, file: &File) -> std::thread::JoinHandle<()> {
+    let (work, d) = (Arc::clone(work), Arc::clone(d));
+    let file = file.try_clone();
+    std::thread::spawn(move || {
+        let r = file
+            .map_err(|e| format!("cannot open the source again: {e}"))
+            .and_then(|f| join_stream(&work, &d, &f));
+        if let Err(words) = r {
+            work.note(words);
+        }
+    })
+}
+
+/// One joined stream, from connecting to the server's word that it
+/// handed every block over.
+fn join_stream(work: &Work, d: &Dialer, file: &File) -> Result<(), String> {
+    let mut s = dial(d)?;
+    if let Ok(mut c) = work.cuts.lock() {
+        c.push(s.shutdown_handle());
+    }
+    handshake(s.as_mut(), d)?;
+    let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    while let Some(idx) = work.take() {
+        if let Err(e) = send_one(s.as_mut(), file, work, d, idx, &mut buf) {
+            work.failed(idx);
+            return Err(match e {
+                SendError::Socket(e) => format!("a joined stream broke: {e}"),
+                SendError::Source(e) => format!("a joined stream could not read the source: {e}"),
+            });
+        }
+    }
+    if work.stop.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    s.write_all(&v2::encode_end(0))
+        .map_err(|e| format!("a joined stream broke at its end: {e}"))?;
+    match read_msg(s.as_mut(), d.io_timeout)? {
+        ServerMsg::Verdict(v2::Verdict::Ok) => Ok(()),
+        other => Err(format!("a joined stream ended with {other:?}")),
+    }
+}
+
+fn dial(d: &Dialer) -> Result<Box<dyn Transport>, String> {
+    let sock = TcpStream::connect_timeout(&d.addr, d.connect_timeout)
+        .map_err(|e| format!("cannot open another stream to {}: {e}", d.addr))?;
+    let _ = sock.set_nodelay(true);
+    if let Some(cc) = &d.congestion {
+        let _ = crate::congestion::request(&sock, cc);
+    }
+    let t: Box<dyn Transport> = match &d.tls {
+        Some(cfg) => Box::new(
+            TlsTransport::connect(sock, Arc::clone(cfg), d.handshake_timeout)
+                .map_err(|e| format!("TLS on another stream failed: {e:?}"))?,
+        ),
+        None => Box::new(TcpTransport::new(sock).map_err(|e| e.to_string())?),
+    };
+    t.set_write_timeout(Some(d.io_timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+/// Header with the join, the greeting, the challenge if any, the held
+/// list (ignored: the first connection planned).
+fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<(), String> {
+    let binding = s.channel_binding();
+    let join = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
+    let header = Header {
+        filename: d.filename.clone(),
+        filesize: d.filesize,
+        crc32: 0,
+    };
+    let offer = v2::Offer {
+        version: v2::VERSION,
+        block_size: d.block,
+        rev: v2::REV_HOLES,
+        source: d.source,
+    };
+    let extra = v2::Extra {
+        streams: None,
+        join: Some(join),
+    };
+    let frame =
+        v2::encode_header_ext(&header, None, offer, &[], &extra).map_err(|e| e.to_string())?;
+    s.write_all(&frame).map_err(|e| e.to_string())?;
+    let mut magic = [0u8; 8];
+    s.set_read_timeout(Some(d.handshake_timeout))
+        .map_err(|e| e.to_string())?;
+    s.read_exact(&mut magic)
+        .map_err(|e| format!("no greeting on a joined stream: {e}"))?;
+    if magic != v2::MAGIC {
+        return Err("the server did not greet a joined stream".into());
+    }
+    loop {
+        match read_msg(s, d.io_timeout)? {
+            ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => return Ok(()),
+            ServerMsg::Challenge(nonce) => answer(s, d, &nonce, None, &frame[4..])?,
+            ServerMsg::BoundChallenge { nonce, proof } => {
+                let (Some(t), Some(b)) = (&d.token, &binding) else {
+                    return Err("a joined stream was challenged without a token".into());
+                };
+                if !t.check_server_proof(&nonce, b, &frame[4..], &proof) {
+                    return Err("the server did not prove the token on a joined stream".into());
+                }
+                answer(s, d, &nonce, binding.as_ref(), &frame[4..])?
+            }
+            ServerMsg::Fault(_, w) | ServerMsg::Error(w) => return Err(format!("server: {w}")),
+            other => return Err(format!("unexpected {other:?} on a joined stream")),
+        }
+    }
+}
+
+fn answer(
+    s: &mut dyn Transport,
+    d: &Dialer,
+    nonce: &[u8; crate::auth::NONCE_LEN],
+    binding: Option<&[u8; 32]>,
+    json: &[u8],
+) -> Result<(), String> {
+    let Some(t) = &d.token else {
+        return Err("the server requires a token".into());
+    };
+    let a = match binding {
+        Some(b) => t.client_answer(nonce, b, json),
+        None => t.answer(nonce, json),
+    };
+    s.write_all(&v2::encode_answer(&a))
+        .map_err(|e| e.to_string())
+}
+
+/// Reads one server frame within `wait`.
+fn read_msg(s: &mut dyn Transport, wait: Duration) -> Result<ServerMsg, String> {
+    let mut dec = ServerDecoder::new(1 << 20);
+    s.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+    let mut byte = [0u8; 1];
+    loop {
+        // Frames here are few and small: a byte at a time keeps the
+        // stream's data phase free of read-ahead.
+        s.read_exact(&mut byte)
+            .map_err(|e| format!("a joined stream lost the server: {e}"))?;
+        if let (_, Some(m)) = dec.decode(&byte)? {
+            return Ok(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_hands_out_each_block_then_doubles_a_straggler() {
+        let w = Work::new(vec![0, 1]);
+        assert_eq!(w.take(), Some(0));
+        assert_eq!(w.take(), Some(1));
+        w.done(1, 7, Duration::from_millis(1), 10);
+        // Block 0 is late: an idle stream takes it too, once.
+        let t = Instant::now();
+        assert_eq!(w.take(), Some(0));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        w.failed(5);
+        w.done(0, 9, Duration::from_millis(1), 10);
+        assert_eq!(w.take(), None);
+        assert_eq!(w.q.lock().unwrap().done.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_block_goes_back_to_the_queue() {
+        let w = Work::new(vec![3]);
+        assert_eq!(w.take(), Some(3));
+        w.failed(3);
+        assert_eq!(w.take(), Some(3));
+        w.done(3, 1, Duration::ZERO, 1);
+        assert_eq!(w.take(), None);
+    }
+
+    #[test]
+    fn streams_parse() {
+        assert_eq!(Streams::parse("auto"), Ok(Streams::Auto));
+        assert_eq!(Streams::parse("4"), Ok(Streams::Fixed(4)));
+        assert!(Streams::parse("0").is_err() && Streams::parse("9").is_err());
+        assert_eq!(Streams::Fixed(1).ask(), None);
+        assert_eq!(Streams::Auto.ask(), Some(MAX_STREAMS));
+    }
+}
