@@ -516,6 +516,7 @@ impl Shell<'_, '_> {
             handshake_timeout: opts.handshake_timeout,
             io_timeout: opts.io_timeout,
             congestion: opts.congestion.clone(),
+            limit_rate: opts.limit_rate,
             filename: self.up.filename.clone(),
             filesize: self.src.size(),
             block: self.src.block,

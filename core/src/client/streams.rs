@@ -96,13 +96,16 @@ struct Work {
     bytes: AtomicU64,
     cuts: Mutex<Vec<Shutdown>>,
     notes: Mutex<Vec<String>>,
+    /// `--limit-rate` over all streams together, from `started`.
+    limit: Option<u64>,
+    started: Instant,
 }
 
 /// Least time in flight before a block is sent again by an idle stream.
 const STRAGGLER_MIN: Duration = Duration::from_millis(300);
 
 impl Work {
-    fn new(blocks: Vec<u64>) -> Work {
+    fn new(blocks: Vec<u64>, limit: Option<u64>) -> Work {
         Work {
             q: Mutex::new(Queue {
                 pending: blocks.into(),
@@ -113,6 +116,8 @@ impl Work {
             bytes: AtomicU64::new(0),
             cuts: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
+            limit,
+            started: Instant::now(),
         }
     }
 
@@ -172,6 +177,16 @@ impl Work {
         self.cv.notify_all();
     }
 
+    /// Sleeps as needed to keep all streams together under the limit.
+    fn pace(&self) {
+        let Some(rate) = self.limit else { return };
+        let sent = self.bytes.load(Ordering::Relaxed);
+        let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
     fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Ok(c) = self.cuts.lock() {
@@ -198,6 +213,7 @@ pub(super) struct Dialer {
     pub(super) handshake_timeout: Duration,
     pub(super) io_timeout: Duration,
     pub(super) congestion: Option<String>,
+    pub(super) limit_rate: Option<u64>,
     pub(super) filename: String,
     pub(super) filesize: u64,
     pub(super) block: u64,
@@ -231,7 +247,7 @@ pub(super) fn run(
     dialer: Dialer,
     tick: &mut dyn FnMut(u64) -> crate::Result<()>,
 ) -> Result<Report, SendError> {
-    let work = Arc::new(Work::new(blocks));
+    let work = Arc::new(Work::new(blocks, dialer.limit_rate));
     let dialer = Arc::new(dialer);
     let mut joins = Vec::new();
     let mut grow = Grow::new(mode);
@@ -363,6 +379,7 @@ fn send_one(
     let crc = h.finalize();
     s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
     work.done(idx, crc, started.elapsed(), len);
+    work.pace();
     Ok(())
 }
 
@@ -517,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_queue_hands_out_each_block_then_doubles_a_straggler() {
-        let w = Work::new(vec![0, 1]);
+        let w = Work::new(vec![0, 1], None);
         assert_eq!(w.take(), Some(0));
         assert_eq!(w.take(), Some(1));
         w.done(1, 7, Duration::from_millis(1), 10);
@@ -533,7 +550,7 @@ mod tests {
 
     #[test]
     fn a_failed_block_goes_back_to_the_queue() {
-        let w = Work::new(vec![3]);
+        let w = Work::new(vec![3], None);
         assert_eq!(w.take(), Some(3));
         w.failed(3);
         assert_eq!(w.take(), Some(3));
