@@ -273,6 +273,7 @@ pub(super) fn run(
         work.halt();
     }
     let opened = joins.len() as u32;
+    settle(&work, &joins);
     for j in joins {
         let _ = j.join();
     }
@@ -288,6 +289,29 @@ pub(super) fn run(
         notes,
     })
 }
+
+/// Waits for the joined streams to hand their blocks over; one stuck
+/// longer than a few block times (a dead path whose writes hang until the
+/// write timeout) is cut: the server asks for its blocks again, and the
+/// first connection sends them.
+fn settle(work: &Work, joins: &[std::thread::JoinHandle<()>]) {
+    let mean = work
+        .q
+        .lock()
+        .map(|q| q.took.checked_div(q.count.max(1)).unwrap_or_default())
+        .unwrap_or_default();
+    let until = Instant::now() + (mean * 4).max(SETTLE_MIN);
+    while Instant::now() < until && joins.iter().any(|j| !j.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if joins.iter().any(|j| !j.is_finished()) {
+        work.note("a joined stream did not finish in time and was cut".into());
+        work.halt();
+    }
+}
+
+/// Least wait for joined streams to end after the last block.
+const SETTLE_MIN: Duration = Duration::from_secs(3);
 
 fn poisoned() -> SendError {
     SendError::Source(std::io::Error::other(
