@@ -299,3 +299,20 @@ fn legacy_peers_are_unchanged() {
     assert_eq!(field(&out, "streams"), 1);
     assert_same_file(&src, &store.join("legacy.bin"));
 }
+
+#[test]
+fn with_a_token_every_stream_authenticates() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("token");
+    std::fs::write(&tok, "streams-e2e-token-0123456789abcdef\n").unwrap();
+    let tok = tok.to_str().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--token-file", tok]);
+    let src = t.path().join("auth.bin");
+    write_random(&src, 9 * MIB + 1, 87);
+    let out = send(&srv, &src, &["--streams", "3", "--token-file", tok]);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("auth.bin"));
+    assert_eq!(field(&out, "streams"), 3);
+    assert_eq!(srv.log.text().matches("stream joined").count(), 2);
+    assert!(!srv.log.text().contains("authentication failed"));
+}
