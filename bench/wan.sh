@@ -117,7 +117,8 @@ run_socat() {
 }
 
 bash "$WAN" up "$DELAY" "$LOSS" "$RATE" >/dev/null
-ping=$(ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "$IP_B" | tail -1)
+ping="n/a (no ping installed)"
+command -v ping >/dev/null && ping=$(ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "$IP_B" | tail -1)
 wmax=$(ip netns exec "$NS_A" sysctl -n net.core.wmem_max)
 for r in $(seq 1 "$RUNS"); do
   echo "run $r of $RUNS" >&2

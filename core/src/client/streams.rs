@@ -94,6 +94,8 @@ struct Work {
     cv: Condvar,
     stop: AtomicBool,
     bytes: AtomicU64,
+    /// Joined streams the server admitted.
+    joined: AtomicU64,
     cuts: Mutex<Vec<Shutdown>>,
     notes: Mutex<Vec<String>>,
     /// `--limit-rate` over all streams together, from `started`.
@@ -114,6 +116,7 @@ impl Work {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
             cuts: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
             limit,
@@ -227,7 +230,8 @@ pub(super) struct Dialer {
 pub(super) struct Report {
     /// Each block sent and its CRC-32.
     pub(super) sent: Vec<(u64, u32)>,
-    /// Most streams open at once (the first included).
+    /// Streams that carried blocks: the first and the joins the server
+    /// admitted.
     pub(super) streams: u32,
     /// File bytes sent over all streams (doubled blocks count twice).
     pub(super) bytes: u64,
@@ -272,7 +276,6 @@ pub(super) fn run(
     if r.is_err() {
         work.halt();
     }
-    let opened = joins.len() as u32;
     settle(&work, &joins);
     for j in joins {
         let _ = j.join();
@@ -284,7 +287,7 @@ pub(super) fn run(
     let notes = work.notes.lock().map(|n| n.clone()).unwrap_or_default();
     Ok(Report {
         sent,
-        streams: 1 + opened.min(grow.max.saturating_sub(1)),
+        streams: 1 + work.joined.load(Ordering::SeqCst).min(u64::from(MAX_STREAMS - 1)) as u32,
         bytes: work.bytes.load(Ordering::Relaxed),
         notes,
     })
@@ -428,6 +431,7 @@ fn join_stream(work: &Work, d: &Dialer, file: &File) -> Result<(), String> {
         c.push(s.shutdown_handle());
     }
     handshake(s.as_mut(), d)?;
+    work.joined.fetch_add(1, Ordering::SeqCst);
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
     while let Some(idx) = work.take() {
         if let Err(e) = send_one(s.as_mut(), file, work, d, idx, &mut buf) {
