@@ -287,7 +287,10 @@ pub(super) fn run(
     let notes = work.notes.lock().map(|n| n.clone()).unwrap_or_default();
     Ok(Report {
         sent,
-        streams: 1 + work.joined.load(Ordering::SeqCst).min(u64::from(MAX_STREAMS - 1)) as u32,
+        streams: 1 + work
+            .joined
+            .load(Ordering::SeqCst)
+            .min(u64::from(MAX_STREAMS - 1)) as u32,
         bytes: work.bytes.load(Ordering::Relaxed),
         notes,
     })
