@@ -137,6 +137,15 @@ fn one_stream_cut_mid_way_the_upload_completes_identical() {
         1,
         "the cut stream did not end the attempt"
     );
+    let log = srv.log.text();
+    assert!(
+        log.contains("client disconnected while receiving"),
+        "a joined stream was cut: {log}"
+    );
+    // Blocks the cut stream had in flight come back at most as a repair
+    // on the first connection; nothing else is sent again.
+    assert!(field(&out, "repairs") <= 1, "{}", stdout(&out));
+    assert!(field(&out, "blocks_resent") <= 2, "{}", stdout(&out));
 }
 
 #[test]
