@@ -325,3 +325,29 @@ fn with_a_token_every_stream_authenticates() {
     assert_eq!(srv.log.text().matches("stream joined").count(), 2);
     assert!(!srv.log.text().contains("authentication failed"));
 }
+
+#[test]
+fn compressible_data_is_compressed_on_every_stream() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("text.bin");
+    let line: Vec<u8> = (0..16 * MIB)
+        .map(|i| b"log line 0123456789 abcdefghij\n"[(i % 31) as usize] ^ ((i >> 20) as u8 & 1))
+        .collect();
+    std::fs::write(&src, &line).unwrap();
+    // Paced, so that the joined streams take blocks too.
+    let args = [
+        "--streams",
+        "3",
+        "--compress",
+        "zstd",
+        "--limit-rate",
+        "32M",
+    ];
+    let out = send(&srv, &src, &args);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("text.bin"));
+    assert_eq!(field(&out, "streams"), 3, "{}", stdout(&out));
+    assert_eq!(field(&out, "compressed_blocks"), 16, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < MIB, "{}", stdout(&out));
+}

@@ -491,6 +491,9 @@ impl Shell<'_, '_> {
         (t.sent, t.read) = (t.sent + rep.bytes, t.read + rep.bytes);
         t.streams = t.streams.max(rep.streams);
         t.stream_notes.extend(rep.notes);
+        t.packed.blocks += rep.packed.0;
+        t.packed.raw_bytes += rep.packed.1;
+        t.packed.wire_bytes += rep.packed.2;
         self.done = (base + rep.bytes).min(total);
         Ok(Some(SendEvent::ParallelSent(Ok(rep.sent))))
     }
@@ -517,6 +520,11 @@ impl Shell<'_, '_> {
             io_timeout: opts.io_timeout,
             congestion: opts.congestion.clone(),
             limit_rate: opts.limit_rate,
+            compress: if self.tx.pack_stats().agreed {
+                opts.compress
+            } else {
+                Compress::Off
+            },
             filename: self.up.filename.clone(),
             filesize: self.src.size(),
             block: self.src.block,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
+use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, AUTO_LEVEL, CODEC};
 use crate::machine::ServerDecoder;
 use crate::proto::Header;
 use crate::session::{Ticket, MAX_STREAMS};
@@ -96,6 +97,8 @@ struct Work {
     bytes: AtomicU64,
     /// Joined streams the server admitted.
     joined: AtomicU64,
+    /// Blocks sent compressed, their raw and their wire bytes.
+    packed: [AtomicU64; 3],
     cuts: Mutex<Vec<Shutdown>>,
     notes: Mutex<Vec<String>>,
     /// `--limit-rate` over all streams together, from `started`.
@@ -117,6 +120,7 @@ impl Work {
             stop: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
             joined: AtomicU64::new(0),
+            packed: Default::default(),
             cuts: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
             limit,
@@ -217,6 +221,9 @@ pub(super) struct Dialer {
     pub(super) io_timeout: Duration,
     pub(super) congestion: Option<String>,
     pub(super) limit_rate: Option<u64>,
+    /// The compression asked for, when the first connection agreed it
+    /// with the server (else `Off`): every stream packs blocks the same way.
+    pub(super) compress: Compress,
     pub(super) filename: String,
     pub(super) filesize: u64,
     pub(super) block: u64,
@@ -237,6 +244,8 @@ pub(super) struct Report {
     pub(super) bytes: u64,
     /// Why joined streams ended early or were refused.
     pub(super) notes: Vec<String>,
+    /// Blocks sent compressed, their raw bytes and their wire bytes.
+    pub(super) packed: (u64, u64, u64),
 }
 
 /// Sends `blocks` over `primary` and joined streams (`mode`), calling
@@ -256,6 +265,7 @@ pub(super) fn run(
     let mut joins = Vec::new();
     let mut grow = Grow::new(mode);
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    let mut packer = Packer::new(dialer.compress);
     let r = loop {
         while grow.wants_more(&work) {
             joins.push(spawn_join(&work, &dialer, file));
@@ -263,7 +273,7 @@ pub(super) fn run(
         let Some(idx) = work.take() else {
             break Ok(());
         };
-        if let Err(e) = send_one(primary, file, &work, &dialer, idx, &mut buf) {
+        if let Err(e) = send_one(primary, file, &work, &dialer, idx, &mut buf, &mut packer) {
             work.failed(idx);
             break Err(e);
         }
@@ -293,6 +303,11 @@ pub(super) fn run(
             .min(u64::from(MAX_STREAMS - 1)) as u32,
         bytes: work.bytes.load(Ordering::Relaxed),
         notes,
+        packed: (
+            work.packed[0].load(Ordering::Relaxed),
+            work.packed[1].load(Ordering::Relaxed),
+            work.packed[2].load(Ordering::Relaxed),
+        ),
     })
 }
 
@@ -389,9 +404,16 @@ fn send_one(
     d: &Dialer,
     idx: u64,
     buf: &mut [u8],
+    packer: &mut Packer,
 ) -> Result<(), SendError> {
     let (offset, len) = v2::block_range(d.filesize, d.block, idx);
     let started = Instant::now();
+    if let Some(level) = packer.level() {
+        let crc = packer.send(s, file, work, offset, len, level)?;
+        work.done(idx, crc, started.elapsed(), len);
+        work.pace();
+        return Ok(());
+    }
     s.write_all(&v2::encode_data_head(offset, len as u32))
         .map_err(SendError::Socket)?;
     let mut h = crc32fast::Hasher::new();
@@ -408,6 +430,7 @@ fn send_one(
     }
     let crc = h.finalize();
     s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
+    packer.sent(len as usize, started.elapsed());
     work.done(idx, crc, started.elapsed(), len);
     work.pace();
     Ok(())
@@ -433,11 +456,12 @@ fn join_stream(work: &Work, d: &Dialer, file: &File) -> Result<(), String> {
     if let Ok(mut c) = work.cuts.lock() {
         c.push(s.shutdown_handle());
     }
-    handshake(s.as_mut(), d)?;
+    let agreed = handshake(s.as_mut(), d)?;
     work.joined.fetch_add(1, Ordering::SeqCst);
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
+    let mut packer = Packer::new(if agreed { d.compress } else { Compress::Off });
     while let Some(idx) = work.take() {
-        if let Err(e) = send_one(s.as_mut(), file, work, d, idx, &mut buf) {
+        if let Err(e) = send_one(s.as_mut(), file, work, d, idx, &mut buf, &mut packer) {
             work.failed(idx);
             return Err(match e {
                 SendError::Socket(e) => format!("a joined stream broke: {e}"),
@@ -476,8 +500,9 @@ fn dial(d: &Dialer) -> Result<Box<dyn Transport>, String> {
 }
 
 /// Header with the join, the greeting, the challenge if any, the held
-/// list (ignored: the first connection planned).
-fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<(), String> {
+/// list (ignored: the first connection planned). Whether the server took
+/// compressed frames on this stream.
+fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<bool, String> {
     let binding = s.channel_binding();
     let join = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
     let header = Header {
@@ -495,8 +520,13 @@ fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<(), String> {
         streams: None,
         join: Some(join),
     };
+    let codecs: &[&str] = if d.compress == Compress::Off {
+        &[]
+    } else {
+        &[CODEC]
+    };
     let frame =
-        v2::encode_header_ext(&header, None, offer, &[], &extra).map_err(|e| e.to_string())?;
+        v2::encode_header_ext(&header, None, offer, codecs, &extra).map_err(|e| e.to_string())?;
     s.write_all(&frame).map_err(|e| e.to_string())?;
     let mut magic = [0u8; 8];
     s.set_read_timeout(Some(d.handshake_timeout))
@@ -506,9 +536,11 @@ fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<(), String> {
     if magic != v2::MAGIC {
         return Err("the server did not greet a joined stream".into());
     }
+    let mut agreed = false;
     loop {
         match read_msg(s, d.io_timeout)? {
-            ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => return Ok(()),
+            ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => return Ok(agreed),
+            ServerMsg::Codec(name) if name == CODEC && !codecs.is_empty() => agreed = true,
             ServerMsg::Challenge(nonce) => answer(s, d, &nonce, None, &frame[4..])?,
             ServerMsg::BoundChallenge { nonce, proof } => {
                 let (Some(t), Some(b)) = (&d.token, &binding) else {
@@ -541,6 +573,99 @@ fn answer(
     };
     s.write_all(&v2::encode_answer(&a))
         .map_err(|e| e.to_string())
+}
+
+/// One stream's compression: the policy of the first connection's
+/// machine (`auto` measures packing against this stream's writes), with
+/// the same frames (`Z`, chunks of 1 MiB, the CRC-32 of the raw bytes).
+struct Packer {
+    mode: Compress,
+    auto: AutoCompressor,
+    zstd: Option<(i32, BlockCompressor)>,
+}
+
+impl Packer {
+    fn new(mode: Compress) -> Packer {
+        Packer {
+            mode,
+            auto: AutoCompressor::new(AutoConfig::default()),
+            zstd: None,
+        }
+    }
+
+    /// The level to try the next block at, if any.
+    fn level(&mut self) -> Option<i32> {
+        match self.mode {
+            Compress::Off => None,
+            Compress::Zstd(l) => Some(l),
+            Compress::Auto => self.auto.should_compress().then_some(AUTO_LEVEL),
+        }
+    }
+
+    /// A write of `bytes` took `took` (the link's pace, for `auto`).
+    fn sent(&mut self, bytes: usize, took: Duration) {
+        if self.mode == Compress::Auto && bytes >= 64 << 10 {
+            self.auto.record_send(bytes, took);
+        }
+    }
+
+    /// Reads, packs and sends one block (`Z` frame, or `D` when packing
+    /// did not pay); its CRC-32.
+    fn send(
+        &mut self,
+        s: &mut dyn Transport,
+        file: &File,
+        work: &Work,
+        offset: u64,
+        len: u64,
+        level: i32,
+    ) -> Result<u32, SendError> {
+        use std::os::unix::fs::FileExt;
+        let mut raw = vec![0u8; len as usize];
+        file.read_exact_at(&mut raw, offset)
+            .map_err(SendError::Source)?;
+        let crc = crc32fast::hash(&raw);
+        let packed_at = Instant::now();
+        let packed = self.compressor(level)?.pack(&raw);
+        let took = packed_at.elapsed();
+        if self.mode == Compress::Auto {
+            self.auto
+                .record_compression(raw.len(), packed.as_ref().map(Vec::len), took);
+        }
+        let started = Instant::now();
+        let wire = match &packed {
+            Some(w) if (w.len() as u64) < len => {
+                let head = v2::encode_packed_head(offset, len as u32, w.len() as u32);
+                s.write_all(&head).map_err(SendError::Socket)?;
+                s.write_all(w).map_err(SendError::Socket)?;
+                work.packed[0].fetch_add(1, Ordering::Relaxed);
+                work.packed[1].fetch_add(len, Ordering::Relaxed);
+                work.packed[2].fetch_add(w.len() as u64, Ordering::Relaxed);
+                w.len()
+            }
+            _ => {
+                s.write_all(&v2::encode_data_head(offset, len as u32))
+                    .map_err(SendError::Socket)?;
+                s.write_all(&raw).map_err(SendError::Socket)?;
+                raw.len()
+            }
+        };
+        s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
+        self.sent(wire, started.elapsed());
+        Ok(crc)
+    }
+
+    fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor, SendError> {
+        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
+            let c = BlockCompressor::new(level)
+                .map_err(|e| SendError::Source(std::io::Error::other(e.to_string())))?;
+            self.zstd = Some((level, c));
+        }
+        match self.zstd.as_mut() {
+            Some((_, c)) => Ok(c),
+            None => Err(SendError::Source(std::io::Error::other("no compressor"))),
+        }
+    }
 }
 
 /// Reads one server frame within `wait`.
