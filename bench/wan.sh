@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/wan.sh - one upload over an emulated long fat link, side by side with
-# iperf3 and socat on the same link, in one run.
+# iperf3 (one stream and -P 8) and socat on the same link, in one run;
+# bigtransfer with one stream, --streams auto and --streams 4.
 #
 # Uses the shared harness's wan.sh (two private network namespaces joined by
 # wanwire, a user-space delay/loss/rate relay) and prints a Markdown table:
@@ -116,13 +117,17 @@ run_socat() {
 }
 
 bash "$WAN" up "$DELAY" "$LOSS" "$RATE" >/dev/null
-ping=$(ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "$IP_B" | tail -1)
+ping="n/a (no ping installed)"
+command -v ping >/dev/null && ping=$(ip netns exec "$NS_A" ping -c 3 -i 0.2 -q "$IP_B" | tail -1)
 wmax=$(ip netns exec "$NS_A" sysctl -n net.core.wmem_max)
 for r in $(seq 1 "$RUNS"); do
   echo "run $r of $RUNS" >&2
   run_iperf "iperf3 (default)"
   run_iperf "iperf3 -w $((wmax / 1048576))M (SO_SNDBUF = wmem_max, as bigtransfer)" -w "$wmax"
-  run_bt "bigtransfer (protocol 2)"
+  run_iperf "iperf3 -P 8 (eight streams)" -P 8
+  run_bt "bigtransfer --streams 1 (protocol 2)" --streams 1
+  run_bt "bigtransfer --streams auto" --streams auto
+  run_bt "bigtransfer --streams 4" --streams 4
   run_bt "bigtransfer --legacy (protocol 1)" --legacy
   run_socat
 done

@@ -417,6 +417,21 @@ enum bt_status bt_send_options_set_legacy(struct bt_send_options *options, int l
 enum bt_status bt_send_options_set_compress(struct bt_send_options *options, const char *mode);
 
 /**
+ * Sets how many connections one upload uses (protocol 2): `"1"` (the
+ * default: one connection), `"2"` to `"8"` (that many, joining one
+ * session on the server; blocks pulled from one shared queue), or
+ * `"auto"` (start with one, add streams while the throughput keeps
+ * rising, up to 8). NULL goes back to `"1"`. Anything else gives
+ * `BT_INVALID_INPUT` and leaves the options unchanged; a non-UTF-8
+ * string gives `BT_UTF8`.
+ *
+ * # Safety
+ * `options` as `bt_send_options_set_retries`; `streams` NULL or a
+ * NUL-terminated string.
+ */
+enum bt_status bt_send_options_set_streams(struct bt_send_options *options, const char *streams);
+
+/**
  * Sets the directory where block checksums of sent files are cached, so
  * that a resumed upload does not read again what it already hashed
  * (created when first written). On Unix a path is raw bytes,

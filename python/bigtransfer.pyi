@@ -56,6 +56,7 @@ def send_file(
     fingerprint: Optional[str] = None,
     known_hosts: Optional[_Path] = ...,
     require_tls: bool = False,
+    streams: Union[int, str] = 1,
 ) -> Result:
     """Upload ``path`` to the server at ``host:port``, resuming and
     retrying, and return once the server confirmed the CRC-32.

@@ -59,6 +59,11 @@ pub struct ClientArgs {
     /// shrinks), zstd[:LEVEL] (try every block, LEVEL 1-19, default 3), off.
     #[arg(long, default_value = "auto", value_parser = parse::compress)]
     compress: Compress,
+    /// Connections for one upload: N (1-8) joining one session on the
+    /// server, or auto (start with one, add while throughput rises).
+    /// 1 is a single connection.
+    #[arg(long, default_value = "1", value_parser = bigtransfer_core::client::Streams::parse)]
+    streams: bigtransfer_core::client::Streams,
     /// Demand the server's key to have this fingerprint (SHA256:..., as
     /// the server prints it), even on first contact.
     #[arg(long, value_parser = parse_fingerprint)]
@@ -158,6 +163,9 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
     }
     if a.compress != Compress::Auto {
         flag("--compress", Some(a.compress.to_string()));
+    }
+    if a.streams != bigtransfer_core::client::Streams::Fixed(1) {
+        flag("--streams", Some(a.streams.to_string()));
     }
     if let Some(f) = &a.fingerprint {
         flag("--fingerprint", Some(f.to_string()));
@@ -286,11 +294,12 @@ fn json_wire(o: &Outcome) -> String {
         .as_deref()
         .map_or("null".to_string(), prompt::json_string);
     format!(
-        "\"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}, \"congestion\": {cc}",
+        "\"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}, \"congestion\": {cc}, \"streams\": {}",
         prompt::json_string(&o.compress.to_string()),
         o.compress_agreed,
         o.compressed_blocks,
-        o.wire_bytes
+        o.wire_bytes,
+        o.streams
     )
 }
 
@@ -354,6 +363,7 @@ pub fn run(a: ClientArgs) -> ExitCode {
     opts.limit_rate = a.limit_rate;
     opts.remote_name = a.name.clone();
     opts.compress = a.compress;
+    opts.streams = a.streams;
     if a.legacy {
         opts.protocol = bigtransfer_core::Protocol::Legacy;
     }

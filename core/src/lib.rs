@@ -36,6 +36,7 @@ pub mod proto;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod server;
+pub mod session;
 pub mod sniff;
 pub mod sparse;
 pub mod store;

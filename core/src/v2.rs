@@ -383,6 +383,37 @@ pub fn offered_codecs(json_bytes: &[u8]) -> Result<Vec<String>> {
 }
 
 fn encode(h: &Header, crc: Option<u32>, offer: Offer, codecs: &[&str]) -> Result<Vec<u8>> {
+    encode_ext(h, crc, offer, codecs, &Extra::default())
+}
+
+/// Keys of a version-2 offer beyond the common ones: parallel streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    /// Ask for a session of this many streams (`"bt"."streams"`).
+    pub streams: Option<u32>,
+    /// Join a session (`"bt"."join"`).
+    pub join: Option<crate::session::Join>,
+}
+
+/// Encodes a version-2 header as [`encode_header_with_codecs`] does,
+/// with the parallel-stream keys of `extra`.
+pub fn encode_header_ext(
+    h: &Header,
+    crc: Option<u32>,
+    offer: Offer,
+    codecs: &[&str],
+    extra: &Extra,
+) -> Result<Vec<u8>> {
+    encode_ext(h, crc, offer, codecs, extra)
+}
+
+fn encode_ext(
+    h: &Header,
+    crc: Option<u32>,
+    offer: Offer,
+    codecs: &[&str],
+    extra: &Extra,
+) -> Result<Vec<u8>> {
     let crc = crc.map_or(Field::Null, |c| Field::Int(u64::from(c)));
     let sid = offer.source.map(|sid| sid_hex(&sid));
     let mut bt = vec![
@@ -395,6 +426,18 @@ fn encode(h: &Header, crc: Option<u32>, offer: Offer, codecs: &[&str]) -> Result
     }
     if !codecs.is_empty() {
         bt.push(("z", Field::StrList(codecs)));
+    }
+    if let Some(n) = extra.streams {
+        bt.push(("streams", Field::Int(u64::from(n))));
+    }
+    let join = extra.join.as_ref().map(|j| j.hex());
+    if let Some([s, n, p]) = &join {
+        let members = vec![
+            ("s", Field::Str(s)),
+            ("n", Field::Str(n)),
+            ("p", Field::Str(p)),
+        ];
+        bt.push(("join", Field::Object(members)));
     }
     let json = json::write_object(&[
         ("filename", Field::Str(&h.filename)),
@@ -508,6 +551,10 @@ pub enum ServerMsg {
     /// client offered (`"bt"."z"`). Sent only to a client that offered
     /// one, before the held list; without it every data frame is raw.
     Codec(String),
+    /// The session further connections may join (parallel streams): sent
+    /// only to a client that asked with `"bt"."streams"`, before the held
+    /// list (see [`crate::session`]).
+    Join(crate::session::Ticket),
 }
 
 /// The server's answer to an end frame.
@@ -529,6 +576,7 @@ const TAG_VERDICT: u8 = b'V';
 const TAG_CHALLENGE: u8 = b'C';
 const TAG_FAULT: u8 = b'F';
 const TAG_CODEC: u8 = b'Z';
+const TAG_JOIN: u8 = b'J';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -560,6 +608,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
         }
         ServerMsg::Challenge(n) => (TAG_CHALLENGE, n.to_vec()),
         ServerMsg::Codec(name) => (TAG_CODEC, capped(name).as_bytes().to_vec()),
+        ServerMsg::Join(t) => (TAG_JOIN, t.payload()),
         ServerMsg::BoundChallenge { nonce, proof } => (TAG_CHALLENGE, [&nonce[..], proof].concat()),
         ServerMsg::Verdict(Verdict::Ok) => (TAG_VERDICT, vec![0]),
         ServerMsg::Verdict(Verdict::Repair(idx)) => {
@@ -660,6 +709,7 @@ pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
         TAG_CHALLENGE,
         TAG_FAULT,
         TAG_CODEC,
+        TAG_JOIN,
     ];
     if !tags.contains(&head[0]) {
         return Err(protocol(format!(
@@ -727,6 +777,9 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
         }
         TAG_HELD_SET => parse_held_set(p),
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
+        TAG_JOIN => crate::session::Ticket::from_payload(p)
+            .map(ServerMsg::Join)
+            .ok_or_else(|| protocol("a join frame must be 48 bytes")),
         TAG_CODEC => match std::str::from_utf8(p) {
             Ok(name) if p.len() <= MAX_CODEC_NAME => Ok(ServerMsg::Codec(name.to_owned())),
             _ => Err(protocol("a codec frame must be a name of at most 32 bytes")),

@@ -347,6 +347,37 @@ pub unsafe extern "C" fn bt_send_options_set_compress(
     }
 }
 
+/// Sets how many connections one upload uses (protocol 2): `"1"` (the
+/// default: one connection), `"2"` to `"8"` (that many, joining one
+/// session on the server; blocks pulled from one shared queue), or
+/// `"auto"` (start with one, add streams while the throughput keeps
+/// rising, up to 8). NULL goes back to `"1"`. Anything else gives
+/// `BT_INVALID_INPUT` and leaves the options unchanged; a non-UTF-8
+/// string gives `BT_UTF8`.
+///
+/// # Safety
+/// `options` as `bt_send_options_set_retries`; `streams` NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bt_send_options_set_streams(
+    options: *mut bt_send_options,
+    streams: *const c_char,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_send_options_set_streams", options, |o| {
+            if streams.is_null() {
+                o.streams = bigtransfer_core::client::Streams::Fixed(1);
+                return Ok(());
+            }
+            // SAFETY: non-NULL and NUL-terminated by the contract.
+            let m = arg_utf8(streams, "streams")?;
+            o.streams = bigtransfer_core::client::Streams::parse(m).map_err(Failure::invalid)?;
+            Ok(())
+        })
+    }
+}
+
 /// Sets the directory where block checksums of sent files are cached, so
 /// that a resumed upload does not read again what it already hashed
 /// (created when first written). On Unix a path is raw bytes,

@@ -72,6 +72,7 @@ fn check_msg(tag: u8, payload: &[u8]) {
         ServerMsg::Verdict(Verdict::Ok) => assert_eq!(payload, [0]),
         ServerMsg::Challenge(nonce) => assert_eq!(&nonce[..], payload),
         ServerMsg::Codec(name) => assert_eq!(name.as_bytes(), payload),
+        ServerMsg::Join(t) => assert_eq!(t.payload(), payload),
         ServerMsg::BoundChallenge { nonce, proof } => {
             assert_eq!(payload.len(), 64);
             assert_eq!((&nonce[..], &proof[..]), payload.split_at(32));

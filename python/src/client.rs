@@ -299,6 +299,9 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// ``"auto"`` (zstd only while it pays: the link is the bottleneck and the
 /// data shrinks), ``"zstd"`` / ``"zstd:LEVEL"`` (every block) or ``"off"``;
 /// it applies when the server accepts compression (protocol 2).
+/// ``streams`` is how many connections the upload uses: ``1`` (the
+/// default), ``2`` to ``8`` (joining one session on the server), or
+/// ``"auto"`` (add streams while the throughput keeps rising, up to 8).
 ///
 /// The upload goes over TLS. ``known_hosts`` is the file of pinned server
 /// keys: not given, the engine's default (``$BIGTRANSFER_KNOWN_HOSTS``, else
@@ -336,11 +339,12 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 #[pyo3(signature = (host, port, path, *, retries = 5, timeout = 60.0, connect_timeout = 10.0,
                     limit_rate = None, name = None, progress = None, token = None,
                     legacy = false, cache_dir = CacheDir::EngineDefault, compress = "auto",
-                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false),
+                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false,
+                    streams = None),
        text_signature = "(host, port, path, *, retries=5, timeout=60.0, connect_timeout=10.0, \
                          limit_rate=None, name=None, progress=None, token=None, legacy=False, \
                          cache_dir=..., compress='auto', fingerprint=None, known_hosts=..., \
-                         require_tls=False)")]
+                         require_tls=False, streams=1)")]
 #[allow(clippy::too_many_arguments)]
 pub fn send_file(
     py: Python<'_>,
@@ -360,6 +364,7 @@ pub fn send_file(
     fingerprint: Option<String>,
     known_hosts: OptPath,
     require_tls: bool,
+    streams: Option<Bound<'_, PyAny>>,
 ) -> PyResult<SendResult> {
     let host = host
         .strip_prefix('[')
@@ -385,6 +390,20 @@ pub fn send_file(
         new_err(py, ErrorKind::InvalidInput, e.to_string())
     })?;
     opts.token = token_arg(py, token.as_ref())?;
+    if let Some(s) = streams {
+        let text = match s.extract::<i128>() {
+            Ok(n) => n.to_string(),
+            Err(_) => s.extract::<String>().map_err(|_| {
+                new_err(
+                    py,
+                    ErrorKind::InvalidInput,
+                    "streams must be an int or \"auto\"",
+                )
+            })?,
+        };
+        opts.streams = bigtransfer_core::client::Streams::parse(&text)
+            .map_err(|e| new_err(py, ErrorKind::InvalidInput, e))?;
+    }
     opts.protocol = if legacy {
         Protocol::Legacy
     } else {

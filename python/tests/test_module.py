@@ -186,6 +186,18 @@ def test_module_surface():
         assert name in stubs.read_text(), "%s is missing from the stubs" % name
 
 
+def test_send_file_over_parallel_streams(server, big_data):
+    path, data = big_data
+    result = bigtransfer.send_file(HOST, server.address[1], path, streams=3)
+    assert result.crc32 == zlib.crc32(data)
+    assert result.bytes_sent == len(data)
+    result = bigtransfer.send_file(HOST, server.address[1], path, streams="auto")
+    assert result.crc32 == zlib.crc32(data)
+    for bad in (0, 9, "many"):
+        with pytest.raises(bigtransfer.InvalidInputError, match="streams"):
+            bigtransfer.send_file(HOST, server.address[1], path, streams=bad)
+
+
 def test_crc32_file_matches_zlib(tmp_path, big_data):
     path, data = big_data
     assert bigtransfer.crc32_file(path) == zlib.crc32(data)

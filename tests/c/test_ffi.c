@@ -354,6 +354,12 @@ int main(void) {
     CHECK(bt_send_options_set_compress(options, "zstd:3") == BT_OK &&
               bt_send_options_set_compress(options, NULL) == BT_OK,
           "set_compress");
+    CHECK(bt_send_options_set_streams(options, "9") == BT_INVALID_INPUT && message_set(),
+          "nine streams is BT_INVALID_INPUT");
+    CHECK(bt_send_options_set_streams(options, "auto") == BT_OK &&
+              bt_send_options_set_streams(options, "2") == BT_OK &&
+              bt_send_options_set_streams(options, NULL) == BT_OK,
+          "set_streams");
     /* The checksum cache inside the temporary directory, not in $HOME. */
     char cache_dir[4200];
     snprintf(cache_dir, sizeof cache_dir, "%s/cache", root);

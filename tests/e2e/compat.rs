@@ -14,7 +14,7 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn python() -> Option<&'static str> {
+pub(crate) fn python() -> Option<&'static str> {
     Command::new("python3")
         .arg("--version")
         .output()
@@ -23,13 +23,13 @@ fn python() -> Option<&'static str> {
         .map(|_| "python3")
 }
 
-struct PyServer {
+pub(crate) struct PyServer {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl PyServer {
-    fn start(dir: &Path) -> PyServer {
+    pub(crate) fn start(dir: &Path) -> PyServer {
         let mut child = Command::new("python3")
             .arg(script("server.py"))
             .args(["--port", "0", "--bind", "127.0.0.1", "--dir"])

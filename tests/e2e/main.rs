@@ -16,6 +16,7 @@ mod peers;
 #[cfg(feature = "s3")]
 mod s3;
 mod service;
+mod streams;
 mod tls;
 mod upload;
 mod verified;

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 mod peer;
 mod secure;
 mod shell;
+mod streams;
+
+pub use streams::Streams;
 
 use peer::Reply;
 
@@ -106,6 +109,10 @@ pub struct SendOptions {
     pub known_hosts: Option<PathBuf>,
     /// Refuse plaintext even with a server never seen before.
     pub require_tls: bool,
+    /// Connections for one upload (version 2): `Fixed(1)` (the default)
+    /// is one connection; more, or `Auto`, asks the server for a session
+    /// that further connections join (see [`Streams`]).
+    pub streams: Streams,
 }
 
 /// Most rounds of block repair the client answers on one connection. The
@@ -142,6 +149,7 @@ impl SendOptions {
             fingerprint: None,
             known_hosts: crate::known_hosts::default_path().ok(),
             require_tls: false,
+            streams: Streams::Fixed(1),
         }
     }
 }
@@ -260,6 +268,10 @@ pub struct Outcome {
     /// The congestion control of the last connection, as the kernel
     /// reported it (`None` where the OS does not say).
     pub congestion: Option<String>,
+    /// Most connections used at once by one attempt (1 without streams).
+    pub streams: u32,
+    /// Why joined streams ended early or were refused, if any did.
+    pub stream_notes: Vec<String>,
 }
 
 /// The source file as opened for one upload, with what is known of its
@@ -384,6 +396,8 @@ struct Tally {
     congestion: Option<String>,
     /// The last connection was TLS.
     encrypted: bool,
+    streams: u32,
+    stream_notes: Vec<String>,
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
@@ -405,6 +419,8 @@ impl Tally {
             packed: Default::default(),
             congestion: None,
             encrypted: false,
+            streams: 1,
+            stream_notes: Vec::new(),
             confirmed: None,
         }
     }
@@ -433,6 +449,8 @@ impl Tally {
             compressed_blocks: self.packed.blocks,
             wire_bytes: self.sent - self.packed.raw_bytes + self.packed.wire_bytes,
             congestion: self.congestion.clone(),
+            streams: self.streams,
+            stream_notes: self.stream_notes.clone(),
         }
     }
 
@@ -495,6 +513,7 @@ pub fn send_file(
         failures: 0,
         delay: opts.backoff_initial,
         wire: secure::Wire::default(),
+        peer_key: None,
     };
     let mut src = Source::open(path, up.cache)?;
     loop {
@@ -543,6 +562,8 @@ struct Upload<'a> {
     delay: Duration,
     /// TLS or plaintext, once the first connection told.
     wire: secure::Wire,
+    /// The key the last TLS connection presented (joined streams pin it).
+    peer_key: Option<crate::tls::Fingerprint>,
 }
 
 /// What [`send_file`] does after an attempt.

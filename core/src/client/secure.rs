@@ -58,6 +58,7 @@ pub(super) fn open(
                 remember(up, known, &server, t.peer_fingerprint())?;
             }
             up.wire = Wire::Tls;
+            up.peer_key = Some(t.peer_fingerprint());
             Ok(Box::new(t))
         }
         Err(ConnectError::HostKey(m)) => Err(changed(&server, m, pin.line)),

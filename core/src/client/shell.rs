@@ -83,7 +83,7 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
     configure(stream.as_ref(), up)?;
     let mut cfg = sender_config(up, src);
     cfg.binding = stream.channel_binding();
-    let tx = Sender::new(cfg, Instant::now());
+    let tx = Sender::with_streams(cfg, Instant::now(), up.opts.streams.ask());
     let mut sh = Shell {
         up,
         src,
@@ -342,6 +342,10 @@ impl Shell<'_, '_> {
             } => self.pack_block(offset, len, level).map(Some),
             SendAction::SendBytes { from } => self.send_bytes(from),
             SendAction::Recheck => self.recheck().map(Some),
+            SendAction::SendParallel {
+                ref ticket,
+                ref blocks,
+            } => self.send_parallel(ticket.clone(), blocks.clone()),
         }
     }
 
@@ -437,6 +441,97 @@ impl Shell<'_, '_> {
             return Err(self.shorter(offset + n));
         }
         Ok(Some(SendEvent::BlockSent(Ok(h.finalize()))))
+    }
+
+    /// Sends the planned blocks over this connection and joined ones.
+    fn send_parallel(
+        &mut self,
+        ticket: crate::session::Ticket,
+        blocks: Vec<u64>,
+    ) -> Result<Option<SendEvent>> {
+        let kept = self.tx.kept().unwrap_or(0);
+        self.connected(kept)?;
+        self.first_byte();
+        let dialer = self.dialer(ticket)?;
+        let (base, total) = (self.done, self.src.size());
+        let progress = &mut *self.up.progress;
+        let mut tick = |bytes: u64| -> Result<()> {
+            let done = (base + bytes).min(total);
+            match progress(&Progress::Sending { done, total }) {
+                Control::Continue => Ok(()),
+                Control::Cancel => Err(Error::new(
+                    ErrorKind::Cancelled,
+                    "cancelled; the server keeps the blocks it received",
+                )),
+            }
+        };
+        let mode = self.up.opts.streams;
+        let r = super::streams::run(
+            self.stream.as_mut(),
+            &self.src.file,
+            blocks,
+            mode,
+            dialer,
+            &mut tick,
+        );
+        let rep = match r {
+            Ok(rep) => rep,
+            Err(SendError::Socket(e)) => {
+                self.on_cut(e);
+                return Ok(None);
+            }
+            Err(SendError::Source(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                return Err(Error::new(ErrorKind::Cancelled, e.to_string()))
+            }
+            Err(SendError::Source(e)) => {
+                return Err(source_err("cannot read the source".into(), e));
+            }
+        };
+        let t = &mut self.up.t;
+        (t.sent, t.read) = (t.sent + rep.bytes, t.read + rep.bytes);
+        t.streams = t.streams.max(rep.streams);
+        t.stream_notes.extend(rep.notes);
+        t.packed.blocks += rep.packed.0;
+        t.packed.raw_bytes += rep.packed.1;
+        t.packed.wire_bytes += rep.packed.2;
+        self.done = (base + rep.bytes).min(total);
+        Ok(Some(SendEvent::ParallelSent(Ok(rep.sent))))
+    }
+
+    /// How joined streams connect: to the same address, TLS pinned to the
+    /// key this connection saw (or plaintext, as this one).
+    fn dialer(&self, ticket: crate::session::Ticket) -> Result<super::streams::Dialer> {
+        let opts = self.up.opts;
+        let tls = match (self.stream.is_encrypted(), self.up.peer_key) {
+            (false, _) => None,
+            (true, Some(f)) => Some(crate::tls::client_config(crate::tls::PinPolicy::Expect(f))?),
+            (true, None) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "internal: no server key to pin",
+                ))
+            }
+        };
+        Ok(super::streams::Dialer {
+            addr: self.addr,
+            tls,
+            connect_timeout: opts.connect_timeout,
+            handshake_timeout: opts.handshake_timeout,
+            io_timeout: opts.io_timeout,
+            congestion: opts.congestion.clone(),
+            limit_rate: opts.limit_rate,
+            compress: if self.tx.pack_stats().agreed {
+                opts.compress
+            } else {
+                Compress::Off
+            },
+            filename: self.up.filename.clone(),
+            filesize: self.src.size(),
+            block: self.src.block,
+            source: Some(self.src.source_id(self.up.path)),
+            token: opts.token.clone(),
+            ticket,
+        })
     }
 
     /// Reads one block into memory and packs it at zstd `level`, timing

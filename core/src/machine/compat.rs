@@ -68,6 +68,9 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                     SendEvent::BytesSent(Ok(()))
                 }
                 SendAction::Recheck => SendEvent::Rechecked(Ok(())),
+                SendAction::SendParallel { .. } => {
+                    SendEvent::ParallelSent(Err("no session here".into()))
+                }
                 SendAction::PackBlock {
                     offset, len, level, ..
                 } => {

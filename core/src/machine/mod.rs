@@ -508,6 +508,15 @@ pub enum Action {
         /// Whether this client proved the token.
         authenticated: bool,
     },
+    /// Join the session `join` names (parallel streams), instead of
+    /// [`Action::Claim`]: check its proof and attach to it. Answer:
+    /// [`Event::Claimed`].
+    Join {
+        /// The session, nonce and proof from the header.
+        join: crate::session::Join,
+        /// Whether this client proved the token.
+        authenticated: bool,
+    },
     /// Open the held part. Answer: [`Event::Opened`].
     OpenHeld(PartId),
     /// See [`HeldPart::begin_block`]. Answer: [`Event::Applied`].
@@ -564,7 +573,9 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
         Action::Checkpoint => part.checkpoint(),
         Action::Commit { whole_crc } => part.commit(whole_crc),
         Action::Discard => part.discard(),
-        Action::Admit { .. } | Action::Claim { .. } | Action::OpenHeld(_) => return None,
+        Action::Admit { .. } | Action::Claim { .. } | Action::Join { .. } | Action::OpenHeld(_) => {
+            return None
+        }
     };
     Some(Event::Applied(r))
 }

@@ -188,6 +188,7 @@ impl Pair {
                 SendEvent::BytesSent(Ok(()))
             }
             SendAction::Recheck => SendEvent::Rechecked(Ok(())),
+            SendAction::SendParallel { .. } => SendEvent::ParallelSent(Err("no session".into())),
             SendAction::PackBlock {
                 offset, len, level, ..
             } => {
@@ -1419,6 +1420,7 @@ proptest::proptest! {
                     SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
                     SendAction::Recheck => SendEvent::Rechecked(Ok(())),
                     SendAction::PackBlock { .. } => packed_event(&[7; 100], 1),
+                    SendAction::SendParallel { .. } => SendEvent::ParallelSent(Ok(Vec::new())),
                 };
                 tx.handle_event(now, ev);
                 continue;
@@ -1932,4 +1934,110 @@ fn inside_tls_the_server_proves_the_token_first_and_both_proofs_are_bound() {
     assert_eq!(f.len(), 5 + 64);
     assert_eq!(v2::parse_server_msg(f[0], &f[5..]).unwrap(), m);
     assert!(v2::parse_server_msg(f[0], &f[5..40]).is_err());
+}
+
+/// Parallel streams in memory: the first connection is granted a session
+/// (J before the held list), its Sender hands the whole plan over as one
+/// SendParallel; blocks 1 and 3 arrive "joined" (written by the owner
+/// between its own frames), the rest as data frames of the first
+/// connection; the end frame commits byte-identical data, and a damaged
+/// block of the first connection is repaired on it alone.
+#[test]
+fn a_session_takes_joined_blocks_and_commits_once() {
+    let src = source(5 * B as usize + 17, 41);
+    let storage = MemStorage::new();
+    let now = Instant::now();
+    let mut tx = Sender::with_streams(tx_cfg(&src), now, Some(2));
+    let mut rx = Receiver::new(ReceiverConfig::default(), [0; 32], now);
+    let ticket = crate::session::Ticket::generate().unwrap();
+    let mut part: Option<MemPart> = None;
+    let mut parallel = None;
+    let mut c2s: Vec<u8> = Vec::new();
+    for _ in 0..10_000 {
+        while let Some(b) = tx.poll_transmit(now) {
+            c2s.extend(b);
+        }
+        let mut took = rx.handle_input(now, &c2s);
+        if let Some(w) = took.write.take() {
+            let r = part.as_mut().unwrap().write_at(w.offset, &w.bytes);
+            rx.handle_event(now, Event::Applied(r));
+        }
+        c2s.drain(..took.used);
+        if let Some(a) = rx.poll_action() {
+            let ev = match a {
+                Action::Admit { .. } => Event::Admitted(Ok(())),
+                Action::Claim { .. } => Event::Claimed(Ok(())),
+                Action::OpenHeld(id) => {
+                    rx.grant_session(ticket.clone());
+                    Event::Opened(storage.open(&id).map(|(p, h)| {
+                        part = Some(p);
+                        h
+                    }))
+                }
+                other => apply(part.as_mut().unwrap(), &other).unwrap(),
+            };
+            rx.handle_event(now, ev);
+        }
+        while let Some(b) = rx.poll_transmit(now) {
+            let mut pos = 0;
+            while pos < b.len() {
+                pos += tx.handle_input(now, &b[pos..]);
+            }
+        }
+        match tx.poll_action() {
+            Some(SendAction::SendParallel { ticket: t, blocks }) => {
+                assert_eq!(t, ticket, "the J frame carried the session");
+                assert_eq!(blocks, vec![0, 1, 2, 3, 4, 5]);
+                parallel = Some(blocks);
+                for &i in &[0u64, 2, 4, 5] {
+                    let (o, l) = v2::block_range(src.len() as u64, B, i);
+                    let bytes = &src[o as usize..(o + l) as usize];
+                    let at = c2s.len() + 13 + 100;
+                    c2s.extend(v2::encode_data_head(o, l as u32));
+                    c2s.extend(bytes);
+                    if i == 2 {
+                        c2s[at] ^= 1; // Damaged on the first connection only.
+                    }
+                    c2s.extend(crc32fast::hash(bytes).to_be_bytes());
+                }
+            }
+            Some(SendAction::SendBlock { idx, offset, len }) => {
+                assert_eq!(idx, 2, "only the damaged block is repaired");
+                let bytes = &src[offset as usize..(offset + len) as usize];
+                c2s.extend(bytes);
+                tx.handle_event(now, SendEvent::BlockSent(Ok(crc32fast::hash(bytes))));
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+        // The joined blocks, once the owner is between its own frames
+        // and its first connection's frames are all in.
+        if parallel.is_some() && c2s.is_empty() && rx.can_take_joined() {
+            for i in [1u64, 3] {
+                let (o, l) = v2::block_range(src.len() as u64, B, i);
+                let bytes = &src[o as usize..(o + l) as usize];
+                let crc = crc32fast::hash(bytes);
+                rx.joining_block(i);
+                let p = part.as_mut().unwrap();
+                p.begin_block(i).unwrap();
+                p.write_at(o, bytes).unwrap();
+                p.record_block(i, crc, true).unwrap();
+                rx.joined_block(now, i, crc);
+            }
+            let sent = (0..6)
+                .map(|i| {
+                    let (o, l) = v2::block_range(src.len() as u64, B, i);
+                    (i, crc32fast::hash(&src[o as usize..(o + l) as usize]))
+                })
+                .collect();
+            tx.handle_event(now, SendEvent::ParallelSent(Ok(sent)));
+            parallel = None;
+        }
+        if tx.outcome().is_some() && rx.is_done() {
+            break;
+        }
+    }
+    assert_eq!(tx.outcome(), Some(&Outcome::Stored));
+    assert_eq!(tx.repairs(), 1);
+    assert_eq!(storage.file(NAME).as_deref(), Some(&src[..]));
 }

@@ -95,6 +95,10 @@ struct Request {
     offer: Option<Offer>,
     /// The client offered zstd-compressed data frames.
     zstd: bool,
+    /// Parallel streams: the session asked for (`bt.streams`) or joined
+    /// (`bt.join`).
+    streams: Option<u32>,
+    join: Option<crate::session::Join>,
 }
 
 #[derive(Debug)]
@@ -149,6 +153,9 @@ pub struct Receiver {
     magic_sent: bool,
     part_open: bool,
     rev: u64,
+    /// The session granted to this (first) connection: sent as a `J`
+    /// frame before the held list.
+    ticket: Option<crate::session::Ticket>,
 }
 
 /// The revision a header that did not parse says it reads, so that its
@@ -186,6 +193,7 @@ impl Receiver {
             magic_sent: false,
             part_open: false,
             rev: 1,
+            ticket: None,
         }
     }
 
@@ -357,7 +365,7 @@ impl Receiver {
         let a = self.pending.take()?;
         self.awaiting = Some(match a {
             Action::Admit { .. } => Expect::Admit,
-            Action::Claim { .. } => Expect::Claim,
+            Action::Claim { .. } | Action::Join { .. } => Expect::Claim,
             Action::OpenHeld(_) => Expect::Open,
             Action::Recheck => Expect::Recheck,
             _ => Expect::Applied,
@@ -518,7 +526,19 @@ impl Receiver {
         };
         self.phase = None;
         let mut zstd = false;
+        let (mut streams, mut join) = (None, None);
         if let Some(o) = offer {
+            match (
+                crate::session::offered_streams(&json),
+                crate::session::join_request(&json),
+            ) {
+                (Ok(s), Ok(j)) => (streams, join) = (s, j),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.say_magic();
+                    self.rev = o.rev;
+                    return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));
+                }
+            }
             self.say_magic();
             self.rev = o.rev;
             match v2::offered_codecs(&json) {
@@ -555,6 +575,8 @@ impl Receiver {
             name,
             offer,
             zstd,
+            streams,
+            join,
         });
         self.state = State::Admit;
     }
@@ -571,7 +593,12 @@ impl Receiver {
     }
 
     fn start_claim(&mut self, authenticated: bool) {
-        if let Some(r) = &self.req {
+        if let Some(j) = self.req.as_ref().and_then(|r| r.join.clone()) {
+            self.pending = Some(Action::Join {
+                join: j,
+                authenticated,
+            });
+        } else if let Some(r) = &self.req {
             self.pending = Some(Action::Claim {
                 name: r.name.clone(),
                 authenticated,
@@ -669,6 +696,10 @@ impl Receiver {
                     let codec = ServerMsg::Codec(crate::compress::CODEC.into());
                     self.out.push_back(v2::encode_server_msg(&codec));
                     intake.accept_packed();
+                }
+                if let Some(t) = self.ticket.clone() {
+                    self.out
+                        .push_back(v2::encode_server_msg(&ServerMsg::Join(t)));
                 }
                 self.intake = Some(intake);
                 self.state = State::SendHeld;
@@ -806,6 +837,11 @@ impl Receiver {
         let State::Recheck { crc } = self.state else {
             return self.fail(now, internal("recheck outside its state"));
         };
+        if self.is_join() {
+            // A joined stream's end only says its blocks were all handed
+            // over; the session's first connection decides the upload.
+            return self.commit(crc);
+        }
         let r = match r {
             Ok(r) => r,
             Err(f) => return self.fail(now, Why::Refuse(f)),
@@ -822,6 +858,50 @@ impl Receiver {
             }
             (None, _) => self.commit(crc),
         }
+    }
+
+    /// Whether this connection joins another's session (its blocks go to
+    /// that connection; its end frame only closes the stream).
+    pub fn is_join(&self) -> bool {
+        self.req.as_ref().is_some_and(|r| r.join.is_some())
+    }
+
+    /// The streams the client asked for (`bt.streams`), if any.
+    pub fn streams_asked(&self) -> Option<u32> {
+        self.req.as_ref().and_then(|r| r.streams)
+    }
+
+    /// Grants a session: its `J` frame goes out before the held list.
+    /// Call while executing [`Action::OpenHeld`].
+    pub fn grant_session(&mut self, ticket: crate::session::Ticket) {
+        self.ticket = Some(ticket);
+    }
+
+    /// Whether a block that arrived on a joined stream may be written now:
+    /// in the data phase, nothing asked of the shell, and no block of this
+    /// connection's own half received (whose bytes could interleave).
+    pub fn can_take_joined(&self) -> bool {
+        matches!(self.state, State::DataFrames)
+            && self.pending.is_none()
+            && self.awaiting.is_none()
+            && self.intake.as_ref().is_some_and(Intake::between_blocks)
+    }
+
+    /// A block verified on a joined stream is about to be written: it no
+    /// longer counts as held until [`Receiver::joined_block`].
+    pub fn joining_block(&mut self, idx: u64) {
+        if let Some(i) = self.intake.as_mut() {
+            i.forget(idx);
+        }
+    }
+
+    /// A block verified on a joined stream was written and recorded: it
+    /// counts as held, and the upload is alive.
+    pub fn joined_block(&mut self, now: Instant, idx: u64, crc: u32) {
+        if let Some(i) = self.intake.as_mut() {
+            i.mark(idx, crc);
+        }
+        self.idle = Some(Deadline::after(now, self.cfg.idle_timeout, Timer::Idle));
     }
 
     fn discard(&mut self, words: String) {

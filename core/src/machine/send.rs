@@ -109,6 +109,16 @@ pub enum SendAction {
     /// the source is unchanged since its CRC-32s were taken and answer
     /// [`SendEvent::Rechecked`].
     Recheck,
+    /// The server granted a session (parallel streams): send these blocks
+    /// over this connection and joined ones, pulled from one queue, and
+    /// answer [`SendEvent::ParallelSent`] once every joined stream ended.
+    /// Only for the first round; repairs go over this connection alone.
+    SendParallel {
+        /// The session to join and its secret.
+        ticket: crate::session::Ticket,
+        /// Block indices, in the planned order.
+        blocks: Vec<u64>,
+    },
 }
 
 /// The result of a [`SendAction`]. An `Err` is a problem with the source
@@ -125,6 +135,10 @@ pub enum SendEvent {
     Rechecked(Result<(), String>),
     /// The block of a [`SendAction::PackBlock`], read and packed.
     Packed(Result<Packed, String>),
+    /// The blocks of a [`SendAction::SendParallel`] went out (over any
+    /// stream): each with its CRC-32. A block not listed goes again if
+    /// the server asks for it.
+    ParallelSent(Result<Vec<(u64, u32)>, String>),
 }
 
 /// A block read and (maybe) compressed by the shell.
@@ -277,9 +291,12 @@ pub struct Sender {
     /// The block being packed: offset, length and its raw frame head.
     packing: Option<(u64, u64, [u8; 13])>,
     pack: PackStats,
+    /// Streams asked for (`bt.streams`), and the session granted.
+    streams: Option<u32>,
+    ticket: Option<crate::session::Ticket>,
 }
 
-fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
+fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Failure> {
     let header = Header {
         filename: cfg.filename.clone(),
         filesize: cfg.filesize,
@@ -298,6 +315,18 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
             ))
         }
         (true, Some(_)) => proto::encode_header(&header),
+        (false, crc) if streams.is_some() => {
+            let codecs: &[&str] = if cfg.compress == Compress::Off {
+                &[]
+            } else {
+                &[CODEC]
+            };
+            let extra = v2::Extra {
+                streams,
+                join: None,
+            };
+            v2::encode_header_ext(&header, crc, offer, codecs, &extra)
+        }
         (false, crc) if cfg.compress != Compress::Off => {
             v2::encode_header_with_codecs(&header, crc, offer, &[CODEC])
         }
@@ -310,11 +339,18 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
 impl Sender {
     /// One attempt, starting at `now`.
     pub fn new(cfg: SenderConfig, now: Instant) -> Sender {
+        Sender::with_streams(cfg, now, None)
+    }
+
+    /// One attempt that asks the server for a session of `streams`
+    /// parallel streams (`None` or 1: a single stream, as [`Sender::new`]).
+    pub fn with_streams(cfg: SenderConfig, now: Instant, streams: Option<u32>) -> Sender {
+        let streams = streams.filter(|&n| n > 1 && !cfg.legacy);
         let nblocks = v2::block_count(cfg.filesize, cfg.block.max(1));
         let mut outlet = Outlet::new(cfg.filesize, cfg.block, &cfg.known);
         outlet.set_max_rounds(cfg.max_repair_rounds);
         let max = (24 + 8 * nblocks.min(super::MAX_BLOCKS) as usize).max(64 << 10);
-        let (state, json) = match header_frame(&cfg) {
+        let (state, json) = match header_frame(&cfg, streams) {
             Ok(frame) => (
                 State::SendHeader {
                     frame: frame.clone(),
@@ -338,6 +374,8 @@ impl Sender {
             auto: AutoCompressor::new(AutoConfig::default()),
             packing: None,
             pack: PackStats::default(),
+            streams,
+            ticket: None,
         };
         s.rearm(now, false);
         s
@@ -542,6 +580,8 @@ impl Sender {
             SendEvent::Rechecked(Err(e)) => self.finish(Outcome::Failed(Failure::SourceChanged(e))),
             SendEvent::Packed(Ok(p)) => self.on_packed(p),
             SendEvent::Packed(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
+            SendEvent::ParallelSent(Ok(sent)) => self.on_parallel_sent(sent),
+            SendEvent::ParallelSent(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
             SendEvent::Hashed(Err(e))
             | SendEvent::BlockSent(Err(e))
             | SendEvent::BytesSent(Err(e)) => self.finish(Outcome::Failed(Failure::Source(e))),
@@ -710,6 +750,11 @@ impl Sender {
                 }
                 self.pack.agreed = true;
             }
+            (State::AwaitChallenge | State::AwaitHeld, ServerMsg::Join(t))
+                if self.streams.is_some() =>
+            {
+                self.ticket = Some(t);
+            }
             (State::AwaitVerdict, ServerMsg::Verdict(v)) => self.on_verdict(v),
             // A server that takes a zero answer does not know the token.
             (State::AwaitRefusal, _) => self.finish(Outcome::Failed(Failure::ServerProof)),
@@ -750,6 +795,31 @@ impl Sender {
 
     fn plan(&mut self) {
         self.outlet.plan();
+        if let Some(ticket) = self.ticket.clone() {
+            let blocks = self.outlet.take_queue();
+            if !blocks.is_empty() {
+                self.state = State::SendBlocks;
+                self.pending = Some(SendAction::SendParallel { ticket, blocks });
+                return;
+            }
+        }
+        self.next_block();
+    }
+
+    /// The session granted by the server, if any.
+    pub fn ticket(&self) -> Option<&crate::session::Ticket> {
+        self.ticket.as_ref()
+    }
+
+    fn on_parallel_sent(&mut self, sent: Vec<(u64, u32)>) {
+        if !matches!(self.state, State::SendBlocks) {
+            return self.fail_protocol("internal: parallel blocks out of turn");
+        }
+        for (idx, crc) in sent {
+            if let Err(e) = self.outlet.record_sent(idx, crc) {
+                return self.fail_protocol(e);
+            }
+        }
         self.next_block();
     }
 
@@ -861,5 +931,6 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::Challenge(_) | ServerMsg::BoundChallenge { .. } => "challenge",
         ServerMsg::Verdict(_) => "verdict",
         ServerMsg::Codec(_) => "codec",
+        ServerMsg::Join(_) => "join",
     }
 }

@@ -153,6 +153,21 @@ impl Intake {
         &self.held
     }
 
+    /// Whether no data frame is half received.
+    pub fn between_blocks(&self) -> bool {
+        self.block.is_none() && self.dec.payload_left().is_none()
+    }
+
+    /// Block `idx` (from another stream) no longer counts as held.
+    pub fn forget(&mut self, idx: u64) {
+        self.held.forget(idx);
+    }
+
+    /// Block `idx` (from another stream) is held with CRC-32 `crc`.
+    pub fn mark(&mut self, idx: u64, crc: u32) {
+        self.held.mark(idx, crc);
+    }
+
     /// Repair rounds asked for so far.
     pub fn round(&self) -> u32 {
         self.round
@@ -446,6 +461,21 @@ impl Outlet {
             head: v2::encode_data_head(offset, len as u32),
             action: SendAction::SendBlock { idx, offset, len },
         }
+    }
+
+    /// Takes the planned blocks out (to send them over several streams).
+    pub fn take_queue(&mut self) -> Vec<u64> {
+        self.queue.drain(..).collect()
+    }
+
+    /// Block `idx` went out (over another stream) with CRC-32 `crc`.
+    pub fn record_sent(&mut self, idx: u64, crc: u32) -> Result<(), String> {
+        let slot = self
+            .crcs
+            .get_mut(idx as usize)
+            .ok_or_else(|| format!("internal: block {idx} is outside the file"))?;
+        *slot = Some(crc);
+        Ok(())
     }
 
     /// The block in flight was streamed with CRC-32 `crc`: its trailer.

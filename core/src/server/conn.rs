@@ -27,6 +27,10 @@ use crate::{Error, ErrorKind};
 /// to be moved to the buffer's start before the payload's large read).
 const SMALL_READ: usize = 4096;
 
+/// Longest a session's owner sleeps in a read before it looks for blocks
+/// its joined streams verified.
+const OWNER_WAKE: Duration = Duration::from_millis(2);
+
 /// Why reading stopped before the machine's wish was met.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stall {
@@ -60,6 +64,10 @@ pub(super) struct Shell<'a> {
     shut: bool,
     /// The socket's read timeout in force.
     read_timeout: Option<Duration>,
+    /// Parallel streams: the session this connection owns, or the one it
+    /// joined.
+    pub(super) owner: Option<super::streams::Owner>,
+    pub(super) sink: Option<super::streams::Sink>,
 }
 
 /// Serves one connection to its end.
@@ -89,6 +97,8 @@ pub(super) fn handle_connection(
         floor: None,
         shut: false,
         read_timeout: None,
+        owner: None,
+        sink: None,
     };
     shell.run();
     shell.report()
@@ -117,6 +127,7 @@ impl Shell<'_> {
     fn run(&mut self) {
         while !self.rx.is_done() {
             let now = Instant::now();
+            self.take_joined(now);
             self.count_auth_failure();
             self.transmit(now);
             if let Some(a) = self.rx.poll_action() {
@@ -143,6 +154,8 @@ impl Shell<'_> {
         if let Some(c) = &self.claim {
             c.ending();
         }
+        self.close_session();
+        self.sink = None;
     }
 
     /// Rule 1: everything the machine has to say goes out first.
@@ -163,7 +176,19 @@ impl Shell<'_> {
                 name,
                 authenticated,
             } => Event::Claimed(self.claim(&name, authenticated)),
-            Action::OpenHeld(id) => Event::Opened(self.open(&id)),
+            Action::Join {
+                join,
+                authenticated,
+            } => Event::Claimed(self.join(&join, authenticated)),
+            Action::OpenHeld(id) if self.sink.is_some() => Event::Opened(self.open_joined(&id)),
+            Action::OpenHeld(id) => {
+                let r = self.open(&id);
+                if let Ok(held) = &r {
+                    self.maybe_own_session(&id, held);
+                }
+                Event::Opened(r)
+            }
+            other if self.sink.is_some() => self.apply_joined(&other),
             other => self.apply(&other),
         }
     }
@@ -185,17 +210,27 @@ impl Shell<'_> {
             buf,
             have,
             part,
+            sink,
             ..
         } = self;
+
         let fed = rx.handle_input(now, &buf[have.clone()]);
         let used = fed.used;
         let mut wrote = 0;
         if let Some(w) = fed.write {
             // Protocol 1: the machine's running CRC-32 is the part's too.
             let r = match (part.as_mut(), rx.prefix_crc()) {
+                _ if sink.is_some() => Ok(()),
                 (Some(p), Some(crc)) => p.write_grown(w.offset, &w.bytes, crc),
                 (Some(p), None) => p.write_at(w.offset, &w.bytes),
                 (None, _) => Err(Fault::new(FaultCode::Internal, "no held part to write")),
+            };
+            let r = match r {
+                Ok(()) => match sink.as_mut() {
+                    Some(s) => s.write(w.offset, &w.bytes),
+                    None => Ok(()),
+                },
+                r => r,
             };
             wrote = if r.is_ok() { w.bytes.len() } else { 0 };
             rx.handle_event(now, Event::Applied(r));
@@ -206,6 +241,15 @@ impl Shell<'_> {
         }
         self.arrived(wrote as u64);
         used > 0
+    }
+
+    /// Bytes a joined stream brought: counted as this upload's.
+    pub(super) fn count_joined(&mut self, n: u64) {
+        self.arrived(n);
+        if let Some(f) = self.floor.as_mut() {
+            // The floor is the upload's; a joined block is progress.
+            let _ = f.count(n as usize);
+        }
     }
 
     fn arrived(&self, n: u64) {
@@ -258,6 +302,12 @@ impl Shell<'_> {
                 Some(t) if t <= now => return Some(Stall::Timeout),
                 Some(t) => Some((t - now).max(Duration::from_millis(1))),
                 None => None,
+            };
+            // A session's owner wakes often to write its joined blocks.
+            let wait = match (&self.owner, wait) {
+                (Some(_), Some(w)) => Some(w.min(OWNER_WAKE)),
+                (Some(_), None) => Some(OWNER_WAKE),
+                (None, w) => w,
             };
             self.bound_reads(wait);
             match self.stream.read(&mut self.buf[self.have.end..end]) {

@@ -23,6 +23,7 @@ mod local;
 mod open;
 mod policy;
 mod report;
+mod streams;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 
@@ -376,6 +377,8 @@ struct Shared {
     throttle: Mutex<crate::throttle::AuthThrottle>,
     /// The zero of the millisecond clocks kept in atomics.
     epoch: Instant,
+    /// Parallel-stream sessions open now.
+    sessions: crate::session::Sessions,
 }
 
 impl Shared {
@@ -497,6 +500,7 @@ impl Server {
                 reserved: Mutex::new(0),
                 throttle: Mutex::new(crate::throttle::AuthThrottle::default()),
                 epoch: Instant::now(),
+                sessions: crate::session::Sessions::default(),
             }),
         })
     }

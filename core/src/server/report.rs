@@ -19,6 +19,7 @@ impl Shell<'_> {
         self.count_auth_failure();
         let ending = self.rx.ending().cloned().unwrap_or(Ending::Lost("?"));
         let (kind, what) = match ending {
+            Ending::Stored if self.rx.is_join() => return Ok(()),
             Ending::Stored => {
                 self.stored();
                 return Ok(());

@@ -1,0 +1,353 @@
+//! Parallel streams (`--streams`): one upload over several connections
+//! joining one session. Byte-identical results with N streams, with one
+//! stream cut mid-way, after the whole client is killed and resumed with
+//! another N, with a bit flipped on one stream; joins with a wrong or
+//! replayed secret refused in words; legacy peers unchanged.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bigtransfer_core::proto::Header;
+use bigtransfer_core::session::Ticket;
+use bigtransfer_core::v2::{self, ServerMsg};
+
+use crate::harness::*;
+
+const MIB: u64 = 1 << 20;
+
+fn str_field(out: &std::process::Output, key: &str) -> String {
+    let s = stdout(out);
+    let pat = format!("\"{key}\": ");
+    let i = s.find(&pat).unwrap_or_else(|| panic!("no {key} in {s}"));
+    s[i + pat.len()..]
+        .chars()
+        .take_while(|c| *c != ',' && *c != '}')
+        .collect()
+}
+
+#[test]
+fn four_streams_upload_identical_over_tls() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("four.bin");
+    write_random(&src, 24 * MIB + 5, 81);
+    let out = send(&srv, &src, &["--streams", "4"]);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("four.bin"));
+    assert_eq!(field(&out, "streams"), 4, "{}", stdout(&out));
+    assert_eq!(str_field(&out, "encrypted"), "true");
+    assert!(
+        srv.log
+            .wait_for("stream joined the upload of four.bin", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(srv.log.text().matches("stream joined").count(), 3);
+    // One stream, as before: no session, no join.
+    let one = t.path().join("one.bin");
+    write_random(&one, 3 * MIB, 82);
+    let out = send(&srv, &one, &["--streams", "1"]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "streams"), 1);
+    assert_eq!(srv.log.text().matches("stream joined").count(), 3);
+}
+
+/// A loopback proxy that cuts its `victim`-th connection (from 1) after
+/// `after` client bytes; the others pass untouched. Returns its address
+/// and the count of connections seen.
+fn cut_proxy(target: SocketAddr, victim: usize, after: u64) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < end {
+            let Ok((client, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            client.set_nonblocking(false).unwrap();
+            let server = TcpStream::connect(target).unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+            let limit = if n == victim { after } else { u64::MAX };
+            std::thread::spawn(move || pump(client, server, limit));
+        }
+    });
+    (addr, seen)
+}
+
+/// Client to server, cutting both ways after `limit` bytes.
+fn pump(mut client: TcpStream, mut server: TcpStream, limit: u64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let take = (limit - pos).min(n as u64) as usize;
+        if server.write_all(&buf[..take]).is_err() {
+            break;
+        }
+        pos += take as u64;
+        if pos >= limit {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+    let _ = server.shutdown(std::net::Shutdown::Write);
+}
+
+fn via(port: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--host", "127.0.0.1", "--port", port, "--json", "--quiet"];
+    args.extend_from_slice(extra);
+    args.push(file.to_str().unwrap());
+    client(&args, b"", &[])
+}
+
+#[test]
+fn one_stream_cut_mid_way_the_upload_completes_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    let src = t.path().join("cut.bin");
+    write_random(&src, 32 * MIB + 77, 83);
+    // Connection 1 is the TLS hello the plaintext server refuses, 2 the
+    // first plaintext connection, 3.. the joined streams: cut the first join.
+    let (proxy, seen) = cut_proxy(srv.addr, 3, 3 * MIB + 123);
+    let out = via(&proxy.port().to_string(), &src, &["--streams", "4"]);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("cut.bin"));
+    assert!(
+        seen.load(Ordering::SeqCst) >= 5,
+        "the streams went through the proxy"
+    );
+    assert_eq!(
+        field(&out, "attempts"),
+        1,
+        "the cut stream did not end the attempt"
+    );
+    let log = srv.log.text();
+    assert!(
+        log.contains("client disconnected while receiving"),
+        "a joined stream was cut: {log}"
+    );
+    // Blocks the cut stream had in flight come back at most as a repair
+    // on the first connection; nothing else is sent again.
+    assert!(field(&out, "repairs") <= 1, "{}", stdout(&out));
+    assert!(field(&out, "blocks_resent") <= 2, "{}", stdout(&out));
+}
+
+#[test]
+fn a_killed_client_resumed_with_another_n_sends_only_the_rest() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    let src = t.path().join("resume.bin");
+    let size = 64 * MIB + 9;
+    write_random(&src, size, 84);
+    let kh = fresh_known_hosts();
+    let kh = kh.to_str().unwrap();
+    let mut c = spawn_client(
+        &srv,
+        &src,
+        &["--streams", "4", "--limit-rate", "12M", "--known-hosts", kh],
+    );
+    let mut held = 0;
+    assert!(
+        wait_until(LONG, || {
+            held = held_part_len(&store);
+            held >= 20 * MIB
+        }),
+        "no progress; server log:\n{}",
+        srv.log.text()
+    );
+    let _ = c.kill();
+    let _ = c.wait();
+    let out = send(&srv, &src, &["--streams", "2", "--known-hosts", kh]);
+    assert_ok(&out);
+    assert_same_file(&src, &store.join("resume.bin"));
+    let sent = field(&out, "bytes_sent");
+    assert!(
+        sent <= size - 8 * MIB,
+        "resumed upload sent {sent} of {size} bytes; it should send only the rest"
+    );
+    assert_eq!(field(&out, "streams"), 2);
+}
+
+/// The first connection of a session, played by hand in plaintext: the
+/// ticket the server grants.
+fn open_session(srv: &ServerProc, name: &str, size: u64) -> (TcpStream, Ticket) {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let frame = header(name, size, Some(2), None);
+    s.write_all(&frame).unwrap();
+    let mut ticket = None;
+    let mut magic = true;
+    loop {
+        match server_frame(&mut s, std::mem::replace(&mut magic, false)) {
+            ServerMsg::Join(t) => ticket = Some(t),
+            ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => break,
+            ServerMsg::Codec(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (s, ticket.expect("the server granted no session"))
+}
+
+fn header(
+    name: &str,
+    size: u64,
+    streams: Option<u32>,
+    join: Option<bigtransfer_core::session::Join>,
+) -> Vec<u8> {
+    let h = Header {
+        filename: name.into(),
+        filesize: size,
+        crc32: 0,
+    };
+    let offer = v2::Offer {
+        version: 2,
+        block_size: 1 << 20,
+        rev: 3,
+        source: Some([5; 16]),
+    };
+    let extra = v2::Extra { streams, join };
+    v2::encode_header_ext(&h, None, offer, &[], &extra).unwrap()
+}
+
+/// A join's first answer: the held list (admitted) or a fault's words.
+fn try_join(srv: &ServerProc, frame: &[u8]) -> Result<(), String> {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(frame).unwrap();
+    match server_frame(&mut s, true) {
+        ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => Ok(()),
+        ServerMsg::Fault(_, w) => Err(w),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_join_with_a_wrong_or_replayed_secret_is_refused_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    let (_first, ticket) = open_session(&srv, "joined.bin", 4 * MIB);
+    let wrong = Ticket {
+        session: ticket.session,
+        secret: [0x42; 32],
+    };
+    let bad = header("joined.bin", 4 * MIB, None, Some(wrong.join(None).unwrap()));
+    let words = try_join(&srv, &bad).unwrap_err();
+    assert!(words.contains("wrong join secret"), "{words}");
+    let good = header(
+        "joined.bin",
+        4 * MIB,
+        None,
+        Some(ticket.join(None).unwrap()),
+    );
+    assert_eq!(try_join(&srv, &good), Ok(()));
+    let words = try_join(&srv, &good).unwrap_err();
+    assert!(words.contains("used before (a replay)"), "{words}");
+    // Another upload's name with the right secret: refused too.
+    let other = header("other.bin", 4 * MIB, None, Some(ticket.join(None).unwrap()));
+    let words = try_join(&srv, &other).unwrap_err();
+    assert!(words.contains("another upload"), "{words}");
+    assert!(
+        srv.log.wait_for("wrong join secret", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn a_bit_flipped_on_one_stream_is_repaired_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    let src = t.path().join("flip.bin");
+    write_random(&src, 12 * MIB + 3, 85);
+    let proxy = crate::verified::flip_proxy(srv.addr, 2 * MIB + MIB / 2, 8);
+    let out = via(&proxy.port().to_string(), &src, &["--streams", "3"]);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("flip.bin"));
+    assert_eq!(field(&out, "repairs"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "blocks_resent"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "attempts"), 1);
+}
+
+#[test]
+fn legacy_peers_are_unchanged() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("legacy.bin");
+    write_random(&src, 3 * MIB + 1, 86);
+    // --legacy against a new server: version 1, one connection.
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let out = send(&srv, &src, &["--streams", "4", "--legacy"]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "protocol"), 1);
+    assert_eq!(field(&out, "streams"), 1);
+    assert!(!srv.log.text().contains("stream joined"));
+    // A legacy (Python) server: the new client speaks version 1 to it.
+    if crate::compat::python().is_none() {
+        eprintln!("skipping the Python server half: python3 not found");
+        return;
+    }
+    let store = t.path().join("pystore");
+    let py = crate::compat::PyServer::start(&store);
+    let out = via(&py.port.to_string(), &src, &["--streams", "4"]);
+    assert_ok(&out);
+    assert_eq!(field(&out, "protocol"), 1);
+    assert_eq!(field(&out, "streams"), 1);
+    assert_same_file(&src, &store.join("legacy.bin"));
+}
+
+#[test]
+fn with_a_token_every_stream_authenticates() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("token");
+    std::fs::write(&tok, "streams-e2e-token-0123456789abcdef\n").unwrap();
+    let tok = tok.to_str().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--token-file", tok]);
+    let src = t.path().join("auth.bin");
+    write_random(&src, 9 * MIB + 1, 87);
+    let out = send(&srv, &src, &["--streams", "3", "--token-file", tok]);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("auth.bin"));
+    assert_eq!(field(&out, "streams"), 3);
+    assert_eq!(srv.log.text().matches("stream joined").count(), 2);
+    assert!(!srv.log.text().contains("authentication failed"));
+}
+
+#[test]
+fn compressible_data_is_compressed_on_every_stream() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("text.bin");
+    let line: Vec<u8> = (0..16 * MIB)
+        .map(|i| b"log line 0123456789 abcdefghij\n"[(i % 31) as usize] ^ ((i >> 20) as u8 & 1))
+        .collect();
+    std::fs::write(&src, &line).unwrap();
+    // Paced, so that the joined streams take blocks too.
+    let args = [
+        "--streams",
+        "3",
+        "--compress",
+        "zstd",
+        "--limit-rate",
+        "32M",
+    ];
+    let out = send(&srv, &src, &args);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("text.bin"));
+    assert_eq!(field(&out, "streams"), 3, "{}", stdout(&out));
+    assert_eq!(field(&out, "compressed_blocks"), 16, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < MIB, "{}", stdout(&out));
+}
