@@ -25,6 +25,7 @@ pub mod client;
 pub mod compress;
 pub mod congestion;
 pub mod crc;
+pub mod keep;
 mod error;
 mod json;
 pub mod known_hosts;

@@ -122,6 +122,28 @@ pub const REVISION: u64 = 2;
 /// client advertises. A server sends it only to such clients.
 pub const REV_HOLES: u64 = 3;
 
+/// The revision of version 2 from which a client reads
+/// [`Verdict::Stored`] (what storing did to the name: unchanged, the old
+/// file kept as a version, or replaced); what this module's client
+/// advertises. Older clients get a plain [`Verdict::Ok`].
+pub const REV_KEEP: u64 = 4;
+
+/// What storing a verified upload did to its name (told to clients of
+/// revision [`REV_KEEP`] and later, and logged).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoredAs {
+    /// Nothing was stored under the name before.
+    #[default]
+    New,
+    /// The same content was stored already: left untouched.
+    Unchanged,
+    /// A different content was there: kept under this name (a numbered
+    /// version beside it).
+    Kept(String),
+    /// A different content was there and was replaced (`--overwrite`).
+    Replaced,
+}
+
 /// Why a version-2 server refused or stopped an upload, as a number a
 /// client acts on (the words travel beside it). Carried by
 /// [`ServerMsg::Fault`] to clients of revision 2 and later.
@@ -520,6 +542,9 @@ pub enum Verdict {
     /// The upload failed (`CRC32_ERROR`), with the reason; the server has
     /// discarded what it held.
     Failed(String),
+    /// Like [`Verdict::Ok`], saying what storing did to the name (to
+    /// clients of revision [`REV_KEEP`] and later; never [`StoredAs::New`]).
+    Stored(StoredAs),
 }
 
 const TAG_HELD: u8 = b'H';
@@ -575,6 +600,7 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             p.extend_from_slice(capped(m).as_bytes());
             (TAG_VERDICT, p)
         }
+        ServerMsg::Verdict(Verdict::Stored(how)) => (TAG_VERDICT, stored_payload(how)),
     };
     // Every list is bounded by MAX_BLOCKS and every text by MAX_TEXT, so a
     // frame always fits: a frame cut short here would carry a count that
@@ -584,6 +610,27 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     f.append(&mut payload);
     f
+}
+
+/// A stored verdict: 3, then one byte (0 new, 1 unchanged, 2 kept, 3
+/// replaced), then for "kept" the version's name in UTF-8.
+fn stored_payload(how: &StoredAs) -> Vec<u8> {
+    match how {
+        StoredAs::New => vec![3, 0],
+        StoredAs::Unchanged => vec![3, 1],
+        StoredAs::Kept(v) => [&[3u8, 2][..], capped(v).as_bytes()].concat(),
+        StoredAs::Replaced => vec![3, 3],
+    }
+}
+
+fn parse_stored(p: &[u8]) -> Result<StoredAs> {
+    match p {
+        [0] => Ok(StoredAs::New),
+        [1] => Ok(StoredAs::Unchanged),
+        [2, name @ ..] if !name.is_empty() => Ok(StoredAs::Kept(String::from_utf8_lossy(name).into_owned())),
+        [3] => Ok(StoredAs::Replaced),
+        _ => Err(protocol("malformed stored verdict")),
+    }
 }
 
 fn held_set_payload(block_size: u64, runs: &[(u64, u64)], crcs: &[u32]) -> Vec<u8> {
@@ -751,6 +798,7 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
                 )))
             }
             Some(2) => Ok(ServerMsg::Verdict(Verdict::Failed(text(&p[1..])))),
+            Some(3) => parse_stored(&p[1..]).map(|s| ServerMsg::Verdict(Verdict::Stored(s))),
             _ => Err(protocol("malformed verdict frame")),
         },
         t => Err(protocol(format!("unknown server frame type 0x{t:02x}"))),

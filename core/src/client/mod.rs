@@ -260,6 +260,10 @@ pub struct Outcome {
     /// The congestion control of the last connection, as the kernel
     /// reported it (`None` where the OS does not say).
     pub congestion: Option<String>,
+    /// What the server said storing did to the name: new, unchanged (the
+    /// same content was there: nothing stored), the old file kept as a
+    /// numbered version, or replaced. `New` from servers that do not say.
+    pub stored_as: crate::v2::StoredAs,
 }
 
 /// The source file as opened for one upload, with what is known of its
@@ -387,6 +391,8 @@ struct Tally {
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
+    /// What the server said storing did to the name (last connection).
+    stored_as: crate::v2::StoredAs,
 }
 
 impl Tally {
@@ -406,6 +412,7 @@ impl Tally {
             congestion: None,
             encrypted: false,
             confirmed: None,
+            stored_as: crate::v2::StoredAs::New,
         }
     }
 
@@ -415,6 +422,7 @@ impl Tally {
             filesize: src.size(),
             crc32: src.whole.unwrap_or(0),
             resumed_from: self.resumed_from.unwrap_or(0),
+            stored_as: self.stored_as.clone(),
             bytes_sent: self.sent,
             bytes_hashed: self.hashed,
             bytes_read: self.read,

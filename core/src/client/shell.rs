@@ -197,6 +197,7 @@ impl Shell<'_, '_> {
             self.receive()?;
         }
         let outcome = self.tx.outcome().cloned();
+        self.up.t.stored_as = self.tx.stored_as().clone();
         let greeting = std::mem::take(&mut self.greeting);
         let ending = peer::Ending {
             opts: self.up.opts,

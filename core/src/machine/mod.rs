@@ -468,9 +468,16 @@ pub trait HeldPart {
     }
     /// Stores the complete file under its name, durably.
     fn commit(&mut self, whole_crc: u32) -> Result<(), Fault>;
+    /// After [`HeldPart::commit`]: what storing did to the name. The
+    /// default is a storage that keeps no history.
+    fn stored_as(&self) -> StoredAs {
+        StoredAs::New
+    }
     /// Throws the held part away.
     fn discard(&mut self) -> Result<(), Fault>;
 }
+
+pub use crate::v2::StoredAs;
 
 /// What [`HeldPart::recheck`] found: the hook that lets a storage which
 /// can change behind the server's back (a local disk) decide the verdict
@@ -550,6 +557,9 @@ pub enum Event {
     Opened(Result<Held, Fault>),
     /// Result of a storage action or a write.
     Applied(Result<(), Fault>),
+    /// Result of [`Action::Commit`] (a shell may answer it with
+    /// [`Event::Applied`] too: then the name is taken as new).
+    Committed(Result<StoredAs, Fault>),
     /// Result of [`Action::Recheck`].
     Rechecked(Result<Recheck, Fault>),
 }
@@ -562,7 +572,10 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
         Action::BeginBlock { idx } => part.begin_block(idx),
         Action::RecordBlock { idx, crc, good } => part.record_block(idx, crc, good),
         Action::Checkpoint => part.checkpoint(),
-        Action::Commit { whole_crc } => part.commit(whole_crc),
+        Action::Commit { whole_crc } => {
+            let r = part.commit(whole_crc).map(|()| part.stored_as());
+            return Some(Event::Committed(r));
+        }
         Action::Discard => part.discard(),
         Action::Admit { .. } | Action::Claim { .. } | Action::OpenHeld(_) => return None,
     };

@@ -16,7 +16,7 @@ use crc32fast::Hasher;
 use super::transfer::{Intake, Took};
 use super::{
     earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
-    Recheck, Timer, WriteAt, MAX_BLOCKS,
+    Recheck, StoredAs, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
@@ -149,6 +149,8 @@ pub struct Receiver {
     magic_sent: bool,
     part_open: bool,
     rev: u64,
+    /// What storing did to the name (after the commit).
+    stored: StoredAs,
 }
 
 /// The revision a header that did not parse says it reads, so that its
@@ -186,6 +188,7 @@ impl Receiver {
             magic_sent: false,
             part_open: false,
             rev: 1,
+            stored: StoredAs::New,
         }
     }
 
@@ -376,6 +379,12 @@ impl Receiver {
             (Some(Expect::Claim), Event::Claimed(r)) => self.on_claimed(now, r),
             (Some(Expect::Open), Event::Opened(r)) => self.on_opened(now, r),
             (Some(Expect::Applied), Event::Applied(r)) => self.on_applied(now, r),
+            (Some(Expect::Applied), Event::Committed(r)) => {
+                if let Ok(how) = &r {
+                    self.stored = how.clone();
+                }
+                self.on_applied(now, r.map(|_| ()))
+            }
             (Some(Expect::Recheck), Event::Rechecked(r)) => self.on_rechecked(now, r),
             (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
         }
@@ -855,6 +864,22 @@ impl Receiver {
         }
     }
 
+    /// What storing did to the name, after the verdict (for logs).
+    pub fn stored_as(&self) -> &StoredAs {
+        &self.stored
+    }
+
+    /// The OK verdict: saying what storing did to the name to a client
+    /// that reads it, a plain OK to older ones.
+    fn ok_verdict(&self) -> v2::Verdict {
+        let reads = self.offer().is_some_and(|o| o.rev >= v2::REV_KEEP);
+        match &self.stored {
+            StoredAs::New => v2::Verdict::Ok,
+            _ if !reads => v2::Verdict::Ok,
+            how => v2::Verdict::Stored(how.clone()),
+        }
+    }
+
     fn verdict(&self, ok: bool, words: String) -> State {
         let ending = if ok {
             Ending::Stored
@@ -864,7 +889,7 @@ impl Receiver {
         let bytes = match (self.offer().is_some(), ok) {
             (false, true) => proto::Verdict::Ok.as_bytes().to_vec(),
             (false, false) => proto::Verdict::Mismatch.as_bytes().to_vec(),
-            (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Ok)),
+            (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(self.ok_verdict())),
             (true, false) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words))),
         };
         State::SendVerdict { bytes, ending }

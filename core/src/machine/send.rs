@@ -277,6 +277,8 @@ pub struct Sender {
     /// The block being packed: offset, length and its raw frame head.
     packing: Option<(u64, u64, [u8; 13])>,
     pack: PackStats,
+    /// What the server said storing did to the name.
+    stored_as: v2::StoredAs,
 }
 
 fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
@@ -288,7 +290,7 @@ fn header_frame(cfg: &SenderConfig) -> Result<Vec<u8>, Failure> {
     let offer = Offer {
         version: v2::VERSION,
         block_size: cfg.block,
-        rev: v2::REV_HOLES,
+        rev: v2::REV_KEEP,
         source: cfg.source,
     };
     let r = match (cfg.legacy, cfg.whole_crc) {
@@ -338,6 +340,7 @@ impl Sender {
             auto: AutoCompressor::new(AutoConfig::default()),
             packing: None,
             pack: PackStats::default(),
+            stored_as: v2::StoredAs::New,
         };
         s.rearm(now, false);
         s
@@ -363,6 +366,12 @@ impl Sender {
             State::AwaitVerdict1 { .. } => "AwaitVerdict1",
             State::Done(_) => "Done",
         }
+    }
+
+    /// What the server said storing did to the name (after an OK verdict;
+    /// `New` from servers that do not say).
+    pub fn stored_as(&self) -> &v2::StoredAs {
+        &self.stored_as
     }
 
     /// How the attempt ended, once it has.
@@ -842,6 +851,10 @@ impl Sender {
     fn on_verdict(&mut self, v: v2::Verdict) {
         match v {
             v2::Verdict::Ok => self.finish(Outcome::Stored),
+            v2::Verdict::Stored(how) => {
+                self.stored_as = how;
+                self.finish(Outcome::Stored)
+            }
             v2::Verdict::Failed(m) => self.finish(Outcome::Mismatch(m)),
             // The first block goes out at the next `poll_transmit`.
             v2::Verdict::Repair(list) => match self.outlet.repair(list) {

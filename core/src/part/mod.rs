@@ -31,8 +31,9 @@ pub(crate) use ledger::Ledger;
 pub use open::Recovery;
 pub(crate) use sync::{SyncJob, Syncer};
 
-use crate::machine::{Fault, Held, Recheck};
-use crate::store::{write_slot, At, Dir, PartStamp};
+use crate::keep::{FileStamp, FinishedRecord};
+use crate::machine::{Fault, Held, Recheck, StoredAs};
+use crate::store::{read_finished, write_finished, write_slot, At, Dir, PartStamp};
 use crate::{Error, ErrorKind, Result, SafeName};
 
 /// The most received data a server crash can cost.
@@ -62,6 +63,10 @@ struct Files {
     blk_path: At,
     final_path: At,
     dir: Dir,
+    /// The finished record of the name, and its temporary (see
+    /// [`crate::keep`]).
+    done_path: At,
+    done_tmp: At,
 }
 
 /// A checkpoint in flight: the bytes written in the step it covers.
@@ -95,6 +100,15 @@ pub struct DiskPart {
     /// Whether a foreign write was seen.
     tampered: bool,
     done: bool,
+    /// Whether a different content replaces the stored file outright
+    /// instead of keeping it as a numbered version.
+    overwrite: bool,
+    /// Set while the held blocks are those of the file already stored
+    /// under the name (a re-send), not yet copied into the part: if no
+    /// block is written, the stored file is left untouched.
+    base: Option<FinishedRecord>,
+    /// What the commit did to the name.
+    stored: StoredAs,
 }
 
 fn serr(what: &str, p: &At, e: std::io::Error) -> Error {
@@ -355,7 +369,14 @@ impl DiskPart {
         r
     }
 
-    /// Stores the complete, verified file under its final name, durably.
+    /// What the commit did to the name (see [`StoredAs`]).
+    pub fn stored_as(&self) -> &StoredAs {
+        &self.stored
+    }
+
+    /// Stores the complete, verified file under its final name, durably,
+    /// keeping a file already there as a numbered version (unless the
+    /// store overwrites), and records what was stored.
     pub fn finish(&mut self) -> Result<()> {
         self.settle()?;
         if let Ledger::Growing(g) = &self.ledger {
@@ -367,17 +388,22 @@ impl DiskPart {
                 ));
             }
         }
+        if self.base.is_some() {
+            // Every block was the stored file's: nothing to store.
+            self.discard();
+            self.stored = StoredAs::Unchanged;
+            return Ok(());
+        }
+        let rec = self.finished_record();
         let f = &self.files;
-        let size = match &self.ledger {
-            Ledger::Growing(g) => g.filesize,
-            Ledger::Blocks(b) => b.filesize,
-        };
         f.part
-            .set_len(size)
+            .set_len(rec.size)
             .map_err(|e| serr("truncate", &f.part_path, e))?;
         f.part
             .sync_all()
             .map_err(|e| serr("sync", &f.part_path, e))?;
+        self.stored = self.make_room()?;
+        let f = &self.files;
         f.part_path
             .rename_to(&f.final_path)
             .map_err(|e| serr("rename into", &f.final_path, e))?;
@@ -385,7 +411,67 @@ impl DiskPart {
         f.dir.sync()?;
         let _ = f.meta_path.remove();
         let _ = f.blk_path.remove();
+        self.record_finished(rec);
         Ok(())
+    }
+
+    /// Before the new file is renamed over the name: keeps whatever is
+    /// there as a numbered version, unless the store overwrites. The old
+    /// record goes first, so no crash leaves it beside the new file.
+    fn make_room(&self) -> Result<StoredAs> {
+        let f = &self.files;
+        if !f.final_path.exists() {
+            return Ok(StoredAs::New);
+        }
+        let _ = f.done_path.remove();
+        if self.overwrite {
+            return Ok(StoredAs::Replaced);
+        }
+        crate::keep::keep_version(f.dir.fd(), self.name.as_str())
+            .map(StoredAs::Kept)
+            .map_err(|e| {
+                Error::io(
+                    ErrorKind::Storage,
+                    format!(
+                        "cannot keep the file already stored as {} before replacing it",
+                        f.final_path.display()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// The record of the file being stored (its stamp is filled in after
+    /// the rename).
+    fn finished_record(&self) -> FinishedRecord {
+        let (size, crc32, block, crcs) = match &self.ledger {
+            Ledger::Growing(g) => (g.filesize, g.want, 0, Vec::new()),
+            Ledger::Blocks(b) => (
+                b.filesize,
+                crate::v2::combine(&b.crcs, b.filesize, b.block),
+                b.block,
+                b.crcs.clone(),
+            ),
+        };
+        FinishedRecord {
+            size,
+            crc32,
+            block,
+            crcs,
+            stamp: FileStamp::default(),
+        }
+    }
+
+    /// Writes the finished record of the file just stored. Its absence
+    /// only costs the next re-send its shortcut, so a failure is not the
+    /// upload's.
+    fn record_finished(&self, mut rec: FinishedRecord) {
+        let f = &self.files;
+        let Ok(m) = f.final_path.open_read().and_then(|h| h.metadata()) else {
+            return;
+        };
+        rec.stamp = FileStamp::of(&m);
+        let _ = write_finished(&f.done_tmp, &f.done_path, &rec);
     }
 
     /// Throws the held part away (after a failed verification), so the

@@ -20,7 +20,7 @@ use super::ledger::{
     crc_at, Blocks, Growing, Ledger, PrefixCheck, BLK_HEAD, BLK_MAGIC_PREFIX, BLK_MAGIC_SET,
 };
 use super::{serr, DiskPart, Files, Syncer};
-use crate::machine::{Layout, Recheck};
+use crate::machine::{Layout, Recheck, StoredAs};
 use crate::store::{
     decode_meta, encode_meta_head_as, key_of, At, Checkpoint, Identity, MetaRecord, PartStamp,
     Store, META_LEN, META_MAGIC, META_MAGIC_V2,
@@ -198,6 +198,8 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         blk_path: paths.blk,
         final_path: store.final_at(name),
         dir: store.dir_handle().clone(),
+        done_path: store.done_path(name),
+        done_tmp: store.done_tmp_path(name),
     };
     Ok(DiskPart {
         name: name.clone(),
@@ -212,6 +214,9 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         witness,
         tampered: false,
         done: false,
+        overwrite: store.overwrites(),
+        base: None,
+        stored: StoredAs::New,
     })
 }
 

@@ -6,7 +6,7 @@
 //! [`crate::part`]) nor for policy (admission, claims) or logging: the
 //! shell's.
 
-use crate::machine::{Fault, Held, HeldPart, PartId, Recheck, Storage};
+use crate::machine::{Fault, Held, HeldPart, PartId, Recheck, Storage, StoredAs};
 use crate::part::{DiskPart, Recovery};
 use crate::store::Store;
 use crate::v2::FaultCode;
@@ -117,6 +117,10 @@ impl HeldPart for LocalPart {
     fn discard(&mut self) -> Result<(), Fault> {
         self.part.discard();
         Ok(())
+    }
+
+    fn stored_as(&self) -> StoredAs {
+        self.part.stored_as().clone()
     }
 }
 
