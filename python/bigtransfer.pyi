@@ -166,6 +166,7 @@ class Server:
         s3_region: Optional[str] = None,
         tls: str = "auto",
         key: Optional[_Path] = None,
+        overwrite: bool = False,
     ) -> "Server":
         """Create ``dir`` if missing and bind at once (``port=0`` picks a free
         port, see ``address``).
@@ -198,6 +199,11 @@ class Server:
         refused unless ``allow_legacy``) or ``"off"`` (plaintext only).
         ``key``: the server's Ed25519 key file (made if missing; default
         ``dir/.bigtransfer/key``).
+
+        ``overwrite``: a different file uploaded under a name already
+        stored replaces it; by default the stored file is kept as a
+        numbered version ``NAME.~N~`` beside the new one. Re-sending the
+        same content stores nothing and sends no data either way.
         """
     @property
     def address(self) -> Tuple[str, int]:

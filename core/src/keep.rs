@@ -127,7 +127,10 @@ pub fn decode_finished(b: &[u8]) -> Option<FinishedRecord> {
         mtime: (u64_at(b, 52) as i64, u32_at(b, 60)),
         ctime: (u64_at(b, 64) as i64, u32_at(b, 72)),
     };
-    let crcs = b[DONE_HEAD..body].chunks_exact(4).map(|c| u32_at(c, 0)).collect();
+    let crcs = b[DONE_HEAD..body]
+        .chunks_exact(4)
+        .map(|c| u32_at(c, 0))
+        .collect();
     Some(FinishedRecord {
         size,
         crc32,

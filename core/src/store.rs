@@ -441,7 +441,6 @@ impl Store {
         read_finished(&self.done_path(name), &self.final_at(name))
     }
 
-
     /// The storage directory.
     pub fn dir(&self) -> &Path {
         &self.dir.path
@@ -563,7 +562,13 @@ pub(crate) fn read_finished(done: &At, file: &At) -> Option<FinishedRecord> {
 /// Writes a finished record to `tmp`, syncs it and renames it to `dest`,
 /// so a crash leaves the old record or the new one, never half of one.
 pub(crate) fn write_finished(tmp: &At, dest: &At, rec: &FinishedRecord) -> Result<()> {
-    let werr = |e| Error::io(ErrorKind::Storage, format!("cannot write {}", tmp.display()), e);
+    let werr = |e| {
+        Error::io(
+            ErrorKind::Storage,
+            format!("cannot write {}", tmp.display()),
+            e,
+        )
+    };
     let f = tmp.open(true).map_err(werr)?;
     f.set_len(0)
         .and_then(|_| f.write_all_at(&crate::keep::encode_finished(rec), 0))

@@ -627,7 +627,9 @@ fn parse_stored(p: &[u8]) -> Result<StoredAs> {
     match p {
         [0] => Ok(StoredAs::New),
         [1] => Ok(StoredAs::Unchanged),
-        [2, name @ ..] if !name.is_empty() => Ok(StoredAs::Kept(String::from_utf8_lossy(name).into_owned())),
+        [2, name @ ..] if !name.is_empty() => {
+            Ok(StoredAs::Kept(String::from_utf8_lossy(name).into_owned()))
+        }
         [3] => Ok(StoredAs::Replaced),
         _ => Err(protocol("malformed stored verdict")),
     }
@@ -974,6 +976,30 @@ pub fn plan(total_blocks: u64, held_crcs: &[u32], source: &[u32]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stored_verdicts_round_trip_and_malformed_ones_are_refused() {
+        for how in [
+            StoredAs::New,
+            StoredAs::Unchanged,
+            StoredAs::Kept("a b.~3~".into()),
+            StoredAs::Replaced,
+        ] {
+            let f = encode_server_msg(&ServerMsg::Verdict(Verdict::Stored(how.clone())));
+            assert_eq!(f[0], b'V');
+            assert_eq!(
+                parse_server_msg(b'V', &f[5..]).unwrap(),
+                ServerMsg::Verdict(Verdict::Stored(how))
+            );
+        }
+        for bad in [&[3u8][..], &[3, 2], &[3, 9], &[3, 1, 0]] {
+            assert!(parse_server_msg(b'V', bad).is_err(), "{bad:?}");
+        }
+        // A plain OK stays one byte, as revision 1 to 3 clients read it.
+        let ok = encode_server_msg(&ServerMsg::Verdict(Verdict::Ok));
+        assert_eq!(&ok[..], &[b'V', 0, 0, 0, 1, 0]);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

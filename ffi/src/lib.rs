@@ -38,8 +38,8 @@ pub use server::{
     bt_server_config_set_expire_partial_secs, bt_server_config_set_header_timeout_ms,
     bt_server_config_set_idle_timeout_ms, bt_server_config_set_log_callback,
     bt_server_config_set_max_connections, bt_server_config_set_max_file_size,
-    bt_server_config_set_min_free, bt_server_config_set_port, bt_server_config_set_store,
-    bt_server_config_set_token, bt_server_free, bt_server_new, bt_server_port, bt_server_serve,
-    bt_server_stop,
+    bt_server_config_set_min_free, bt_server_config_set_overwrite, bt_server_config_set_port,
+    bt_server_config_set_store, bt_server_config_set_token, bt_server_free, bt_server_new,
+    bt_server_port, bt_server_serve, bt_server_stop,
 };
 pub use status::bt_status;

@@ -17,6 +17,8 @@
 //! Not for the wire (see [`crate::machine`]) nor for the directory, its
 //! lock and the record's byte format (see [`crate::store`]).
 
+#[cfg(test)]
+mod keep_tests;
 mod ledger;
 mod open;
 mod sync;
@@ -154,6 +156,7 @@ impl DiskPart {
     /// computed twice).
     pub fn write_at(&mut self, offset: u64, bytes: &[u8], crc_after: Option<u32>) -> Result<()> {
         self.check_write(offset, bytes.len() as u64)?;
+        self.materialise()?;
         // Never hold a whole interval beyond what is known durable: before
         // that, wait for the checkpoint in flight.
         if let Some(n) = self.syncer.in_flight() {
@@ -220,6 +223,7 @@ impl DiskPart {
     /// is made first: otherwise a crash mid-write could leave a record that
     /// vouches for the old block's CRC-32 over new bytes.
     pub fn begin_block(&mut self, idx: u64) -> Result<()> {
+        self.materialise()?;
         let Ledger::Blocks(b) = &mut self.ledger else {
             return Ok(());
         };
@@ -257,6 +261,33 @@ impl DiskPart {
         Ok(())
     }
 
+    /// A re-send that differs: copies the stored file into the part (on a
+    /// copy-on-write file system, by reference), so its blocks offered as
+    /// held are really in the part before any is replaced; the stored file
+    /// itself is never written. If it changed since it was offered, the
+    /// end's recheck re-reads every held block instead of trusting them.
+    fn materialise(&mut self) -> Result<()> {
+        let Some(base) = self.base.take() else {
+            return Ok(());
+        };
+        let f = &self.files;
+        let mut src = f
+            .final_path
+            .open_read()
+            .map_err(|e| serr("open", &f.final_path, e))?;
+        f.part
+            .set_len(0)
+            .map_err(|e| serr("truncate", &f.part_path, e))?;
+        // The part's cursor is at 0: every write to it is positioned.
+        let mut dst = &f.part;
+        std::io::copy(&mut src, &mut dst).map_err(|e| serr("copy into", &f.part_path, e))?;
+        let same = read_finished(&f.done_path, &f.final_path).is_some_and(|r| r == base);
+        self.tampered |= !same;
+        self.witness = self.stamp().ok();
+        self.dirty = true;
+        Ok(())
+    }
+
     /// Records a finished background checkpoint.
     fn settle(&mut self) -> Result<()> {
         self.syncer.settle().map(|_| ())
@@ -266,7 +297,8 @@ impl DiskPart {
     /// (after any background checkpoint in flight).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.settle()?;
-        if !self.dirty {
+        // Blocks of the stored file are not the part's to vouch for.
+        if !self.dirty || self.base.is_some() {
             return Ok(());
         }
         crate::sys::fdatasync(&self.files.part)
@@ -330,6 +362,21 @@ impl DiskPart {
         // A background fdatasync that failed may have lost data that a
         // later one would not report again: it fails the upload.
         self.settle()?;
+        if let Some(base) = &self.base {
+            let f = &self.files;
+            if read_finished(&f.done_path, &f.final_path).as_ref() == Some(base) {
+                return Ok(Recheck::Same);
+            }
+            if matches!(self.ledger, Ledger::Growing(_)) {
+                return Ok(Recheck::Wrong(format!(
+                    "{} changed behind the server's back since the upload started; send it again",
+                    f.final_path.display()
+                )));
+            }
+            // Its blocks are re-read from a copy below, and those that
+            // changed asked for again.
+            self.materialise()?;
+        }
         let now = self.stamp()?;
         let same_file = self
             .files
