@@ -29,6 +29,7 @@ mod error;
 mod json;
 pub mod keep;
 pub mod known_hosts;
+pub mod listing;
 pub mod machine;
 pub mod name;
 pub mod part;

@@ -460,6 +460,11 @@ impl Store {
         self.state.at(&format!("{key}.meta"))
     }
 
+    /// The state directory's path (for listing it).
+    pub(crate) fn state_path(&self) -> &Path {
+        &self.state.path
+    }
+
     pub(crate) fn state(&self) -> &Dir {
         &self.state
     }

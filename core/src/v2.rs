@@ -530,6 +530,13 @@ pub enum ServerMsg {
     /// client offered (`"bt"."z"`). Sent only to a client that offered
     /// one, before the held list; without it every data frame is raw.
     Codec(String),
+    /// A page of the answer to a list request (see [`crate::listing`]).
+    ListPage {
+        /// The entries of this page.
+        entries: Vec<crate::listing::ListEntry>,
+        /// Whether this is the last page.
+        last: bool,
+    },
 }
 
 /// The server's answer to an end frame.
@@ -554,6 +561,7 @@ const TAG_VERDICT: u8 = b'V';
 const TAG_CHALLENGE: u8 = b'C';
 const TAG_FAULT: u8 = b'F';
 const TAG_CODEC: u8 = b'Z';
+const TAG_LIST: u8 = b'L';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -601,6 +609,9 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             (TAG_VERDICT, p)
         }
         ServerMsg::Verdict(Verdict::Stored(how)) => (TAG_VERDICT, stored_payload(how)),
+        ServerMsg::ListPage { entries, last } => {
+            (TAG_LIST, crate::listing::page_payload(entries, *last))
+        }
     };
     // Every list is bounded by MAX_BLOCKS and every text by MAX_TEXT, so a
     // frame always fits: a frame cut short here would carry a count that
@@ -627,9 +638,11 @@ fn parse_stored(p: &[u8]) -> Result<StoredAs> {
     match p {
         [0] => Ok(StoredAs::New),
         [1] => Ok(StoredAs::Unchanged),
-        [2, name @ ..] if !name.is_empty() => {
-            Ok(StoredAs::Kept(String::from_utf8_lossy(name).into_owned()))
-        }
+        // Strict (UTF-8, within the text bound), so a frame re-encodes
+        // exactly as it came.
+        [2, name @ ..] if !name.is_empty() && name.len() <= MAX_TEXT => std::str::from_utf8(name)
+            .map(|n| StoredAs::Kept(n.to_owned()))
+            .map_err(|_| protocol("the kept version's name is not UTF-8")),
         [3] => Ok(StoredAs::Replaced),
         _ => Err(protocol("malformed stored verdict")),
     }
@@ -709,6 +722,7 @@ pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
         TAG_CHALLENGE,
         TAG_FAULT,
         TAG_CODEC,
+        TAG_LIST,
     ];
     if !tags.contains(&head[0]) {
         return Err(protocol(format!(
@@ -775,6 +789,8 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
             })
         }
         TAG_HELD_SET => parse_held_set(p),
+        TAG_LIST => crate::listing::parse_page(p)
+            .map(|(entries, last)| ServerMsg::ListPage { entries, last }),
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
         TAG_CODEC => match std::str::from_utf8(p) {
             Ok(name) if p.len() <= MAX_CODEC_NAME => Ok(ServerMsg::Codec(name.to_owned())),

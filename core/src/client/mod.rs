@@ -19,6 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod list;
+pub use list::{list_remote, Listing};
 mod peer;
 mod secure;
 mod shell;

@@ -131,7 +131,7 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
     }
 }
 
-fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
+pub(super) fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
     let opts = up.opts;
     let addrs: Vec<SocketAddr> = (opts.host.as_str(), opts.port)
         .to_socket_addrs()

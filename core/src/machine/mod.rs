@@ -544,6 +544,16 @@ pub enum Action {
     },
     /// See [`HeldPart::discard`]. Answer: [`Event::Applied`].
     Discard,
+    /// A list request (see [`crate::listing`]): the next page of what the
+    /// server holds (the first when `first`), of `name` alone (with its
+    /// numbered versions and its partial upload) or of everything.
+    /// Answer: [`Event::Listed`].
+    ListPage {
+        /// The name asked about; `None`: everything.
+        name: Option<String>,
+        /// Whether this is the first page (start from the beginning).
+        first: bool,
+    },
 }
 
 /// The result of an [`Action`] or a [`WriteAt`].
@@ -557,6 +567,9 @@ pub enum Event {
     Opened(Result<Held, Fault>),
     /// Result of a storage action or a write.
     Applied(Result<(), Fault>),
+    /// Result of [`Action::ListPage`]: the page's entries and whether it is
+    /// the last.
+    Listed(Result<(Vec<crate::listing::ListEntry>, bool), Fault>),
     /// Result of [`Action::Commit`] (a shell may answer it with
     /// [`Event::Applied`] too: then the name is taken as new).
     Committed(Result<StoredAs, Fault>),
@@ -577,7 +590,10 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
             return Some(Event::Committed(r));
         }
         Action::Discard => part.discard(),
-        Action::Admit { .. } | Action::Claim { .. } | Action::OpenHeld(_) => return None,
+        Action::Admit { .. }
+        | Action::Claim { .. }
+        | Action::OpenHeld(_)
+        | Action::ListPage { .. } => return None,
     };
     Some(Event::Applied(r))
 }

@@ -85,6 +85,8 @@ pub enum Ending {
     Lost(&'static str),
     /// A deadline passed.
     TimedOut(Timer),
+    /// A list request was answered in full.
+    Listed,
 }
 
 #[derive(Debug)]
@@ -99,23 +101,51 @@ struct Request {
 
 #[derive(Debug)]
 enum State {
-    ReadLen { got: [u8; 4], n: usize },
-    ReadHeader { len: usize, buf: Vec<u8> },
+    ReadLen {
+        got: [u8; 4],
+        n: usize,
+    },
+    ReadHeader {
+        len: usize,
+        buf: Vec<u8>,
+    },
     Admit,
     Challenge,
-    AwaitAnswer { dec: ClientDecoder },
+    AwaitAnswer {
+        dec: ClientDecoder,
+    },
     Claim,
     OpenHeld,
-    SendOffset { offset: u64, crc: u32 },
-    Receiving { pos: u64, hasher: Hasher },
+    SendOffset {
+        offset: u64,
+        crc: u32,
+    },
+    Receiving {
+        pos: u64,
+        hasher: Hasher,
+    },
     SendHeld,
     DataFrames,
-    Repair { list: Vec<u64> },
-    Recheck { crc: u32 },
-    Verify { ok: bool, words: String },
-    SendVerdict { bytes: Vec<u8>, ending: Ending },
-    Closing { ending: Ending },
+    Repair {
+        list: Vec<u64>,
+    },
+    Recheck {
+        crc: u32,
+    },
+    Verify {
+        ok: bool,
+        words: String,
+    },
+    SendVerdict {
+        bytes: Vec<u8>,
+        ending: Ending,
+    },
+    Closing {
+        ending: Ending,
+    },
     Done(Ending),
+    /// Answering a list request, page by page.
+    Listing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +155,7 @@ enum Expect {
     Open,
     Recheck,
     Applied,
+    Listed,
 }
 
 enum Why {
@@ -151,10 +182,15 @@ pub struct Receiver {
     rev: u64,
     /// What storing did to the name (after the commit).
     stored: StoredAs,
+    /// A list request: the name asked about (`None` inside: everything).
+    list: Option<Option<String>>,
 }
 
 /// The revision a header that did not parse says it reads, so that its
 /// refusal comes in a form it understands.
+/// The name a list request's connection goes by in logs.
+pub const LIST_LABEL: &str = "(list)";
+
 fn guess_rev(json: &[u8]) -> u64 {
     crate::json::parse(json)
         .ok()
@@ -189,6 +225,7 @@ impl Receiver {
             part_open: false,
             rev: 1,
             stored: StoredAs::New,
+            list: None,
         }
     }
 
@@ -212,6 +249,7 @@ impl Receiver {
             State::SendVerdict { .. } => "SendVerdict",
             State::Closing { .. } => "Closing",
             State::Done(_) => "Done",
+            State::Listing => "Listing",
         }
     }
 
@@ -363,6 +401,7 @@ impl Receiver {
             Action::Claim { .. } => Expect::Claim,
             Action::OpenHeld(_) => Expect::Open,
             Action::Recheck => Expect::Recheck,
+            Action::ListPage { .. } => Expect::Listed,
             _ => Expect::Applied,
         });
         Some(a)
@@ -386,6 +425,7 @@ impl Receiver {
                 self.on_applied(now, r.map(|_| ()))
             }
             (Some(Expect::Recheck), Event::Rechecked(r)) => self.on_rechecked(now, r),
+            (Some(Expect::Listed), Event::Listed(r)) => self.on_listed(now, r),
             (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
         }
     }
@@ -540,6 +580,22 @@ impl Receiver {
                 return self.fail(now, Why::Refuse(Fault::new(FaultCode::TooLarge, words)));
             }
         }
+        match offer.map(|_| crate::listing::requested_op(&json)) {
+            Some(Ok(Some(op))) if op == crate::listing::OP_LIST => {
+                return self.on_list_header(now, json, header, offer);
+            }
+            Some(Ok(Some(op))) => {
+                let words = format!(
+                    "refused: this server does not know the operation {}",
+                    crate::text::printable(&op)
+                );
+                return self.fail(now, Why::Refuse(Fault::bad(words)));
+            }
+            Some(Err(e)) => {
+                return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))))
+            }
+            _ => {}
+        }
         let name = match SafeName::from_wire(&header.filename) {
             Ok(n) => n,
             Err(e) => {
@@ -579,7 +635,74 @@ impl Receiver {
         }
     }
 
+    /// A list request: after the token (when the server has one), pages
+    /// of what the server holds, then the end. Nothing is admitted,
+    /// claimed or opened.
+    fn on_list_header(
+        &mut self,
+        now: Instant,
+        json: Vec<u8>,
+        header: Header,
+        offer: Option<Offer>,
+    ) {
+        let asked = match crate::listing::requested_name(&json) {
+            Ok(n) => n,
+            Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+        };
+        // The request names no file: this placeholder only labels the
+        // connection in logs (it is never claimed, opened or stored).
+        let Ok(name) = SafeName::from_wire(LIST_LABEL) else {
+            return self.fail(now, internal("the list label is not a valid name"));
+        };
+        self.list = Some(asked);
+        self.req = Some(Request {
+            json,
+            header,
+            name,
+            offer,
+            zstd: false,
+        });
+        if self.cfg.token.is_some() {
+            self.state = State::Challenge;
+        } else {
+            self.begin_list();
+        }
+    }
+
+    fn begin_list(&mut self) {
+        let name = self.list.clone().flatten();
+        self.pending = Some(Action::ListPage { name, first: true });
+        self.state = State::Listing;
+    }
+
+    /// A page from the shell: sent at once (the shell transmits before its
+    /// next action, so pages never pile up); the last one ends the answer.
+    fn on_listed(
+        &mut self,
+        now: Instant,
+        r: Result<(Vec<crate::listing::ListEntry>, bool), Fault>,
+    ) {
+        let (entries, last) = match r {
+            Ok(x) => x,
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        };
+        let frame = v2::encode_server_msg(&ServerMsg::ListPage { entries, last });
+        if last {
+            self.state = State::SendVerdict {
+                bytes: frame,
+                ending: Ending::Listed,
+            };
+        } else {
+            self.out.push_back(frame);
+            let name = self.list.clone().flatten();
+            self.pending = Some(Action::ListPage { name, first: false });
+        }
+    }
+
     fn start_claim(&mut self, authenticated: bool) {
+        if self.list.is_some() {
+            return self.begin_list();
+        }
         if let Some(r) = &self.req {
             self.pending = Some(Action::Claim {
                 name: r.name.clone(),

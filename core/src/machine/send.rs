@@ -874,5 +874,6 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::Challenge(_) | ServerMsg::BoundChallenge { .. } => "challenge",
         ServerMsg::Verdict(_) => "verdict",
         ServerMsg::Codec(_) => "codec",
+        ServerMsg::ListPage { .. } => "list-page",
     }
 }

@@ -60,6 +60,8 @@ pub(super) struct Shell<'a> {
     shut: bool,
     /// The socket's read timeout in force.
     read_timeout: Option<Duration>,
+    /// A list request's walk over the storage directory.
+    pub(super) lister: Option<super::list::Lister>,
 }
 
 /// Serves one connection to its end.
@@ -89,6 +91,7 @@ pub(super) fn handle_connection(
         floor: None,
         shut: false,
         read_timeout: None,
+        lister: None,
     };
     shell.run();
     shell.report()
@@ -164,6 +167,7 @@ impl Shell<'_> {
                 authenticated,
             } => Event::Claimed(self.claim(&name, authenticated)),
             Action::OpenHeld(id) => Event::Opened(self.open(&id)),
+            Action::ListPage { name, first } => Event::Listed(self.list_page(name, first)),
             other => self.apply(&other),
         }
     }
