@@ -286,3 +286,155 @@ fn legacy_clients_get_the_same_policy_without_being_told() {
     );
     assert_eq!(srv.terminate().code(), Some(0));
 }
+
+/// `bigtransfer list --host 127.0.0.1 --port PORT EXTRA...`, with a known
+/// hosts file of its own.
+fn list(srv: &ServerProc, extra: &[&str]) -> std::process::Output {
+    let kh = fresh_known_hosts();
+    let mut child = Command::new(BIN)
+        .args(["list", "--host", "127.0.0.1", "--port", &srv.port()])
+        .arg("--known-hosts")
+        .arg(&kh)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut child, LONG).expect("list hung");
+    let mut o = Vec::new();
+    let mut e = Vec::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
+    std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    }
+}
+
+#[test]
+fn list_shows_files_versions_and_partial_uploads_with_hostile_names_escaped() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("a b.bin");
+    let crc_a = write_random(&src, 300_000, 8);
+    assert_ok(&send(&srv, &src, &[]));
+    let crc_b = write_random(&src, 1000, 9);
+    assert_ok(&send(&srv, &src, &[]));
+    // A file put there by other means: a hostile name, no record.
+    std::fs::write(srv.dir.join("evil\x1b[2J\nfile"), b"xyz").unwrap();
+    // A partial upload: a slow client killed mid-way.
+    let big = t.path().join("part.bin");
+    write_random(&big, 40 * 1024 * 1024, 10);
+    let c = spawn_client(&srv, &big, &["--limit-rate", "20M"]);
+    assert!(
+        wait_until(LONG, || held_part_len(&srv.dir) >= 2 << 20),
+        "no progress"
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = finish_client(c);
+    assert!(wait_until(LONG, || list(&srv, &["--json"])
+        .stdout
+        .windows(7)
+        .any(|w| w == b"part.bi")));
+
+    let out = list(&srv, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("file")
+            && l.contains(&format!("crc32 {crc_b:08x}"))
+            && l.ends_with("  a b.bin")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("crc32 {crc_a:08x}")) && l.ends_with("  a b.bin.~1~")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("evil\\u{1b}[2J\\u{a}file")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("partial")
+            && l.contains(" 41943040 ")
+            && l.ends_with("  part.bin")),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'));
+
+    let out = list(&srv, &["--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3, "{v}");
+    let a = files.iter().find(|f| f["name"] == "a b.bin").unwrap();
+    assert_eq!(
+        (a["size"].as_u64(), a["crc32"].as_u64()),
+        (Some(1000), Some(crc_b as u64))
+    );
+    let old = files.iter().find(|f| f["name"] == "a b.bin.~1~").unwrap();
+    // The kept version keeps its record: its CRC-32 is known.
+    assert_eq!(
+        (old["size"].as_u64(), old["crc32"].as_u64()),
+        (Some(300_000), Some(crc_a as u64))
+    );
+    let p = &v["partial"][0];
+    assert_eq!(
+        (p["name"].as_str(), p["size"].as_u64()),
+        (Some("part.bin"), Some(40 << 20))
+    );
+    assert!(p["held"].as_u64().unwrap() < 40 << 20);
+    assert_eq!(v["encrypted"], true);
+    // One name: itself and its versions only.
+    let out = list(&srv, &["--json", "a b.bin"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a b.bin", "a b.bin.~1~"]);
+    assert!(v["partial"].as_array().unwrap().is_empty());
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn list_needs_the_token_when_the_server_has_one() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("tok");
+    std::fs::write(&tok, "correct horse battery staple 42\n").unwrap();
+    let tok = tok.to_str().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--token-file", tok]);
+    let src = t.path().join("s.bin");
+    write_random(&src, 5000, 11);
+    assert_ok(&send(&srv, &src, &["--token-file", tok]));
+    let out = list(&srv, &["--token-file", tok]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("  s.bin\n"));
+    let out = list(&srv, &[]);
+    assert_eq!(out.status.code(), Some(6), "refused without the token");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requires a token"));
+    assert!(out.stdout.is_empty());
+    assert_eq!(srv.terminate().code(), Some(0));
+}

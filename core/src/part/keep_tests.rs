@@ -79,6 +79,12 @@ fn a_different_content_keeps_the_old_file_as_a_numbered_version() {
     assert_eq!(upload(&store, "f", &b), (StoredAs::Kept("f.~1~".into()), 1));
     assert_eq!(fs::read(d.join("f")).unwrap(), b);
     assert_eq!(fs::read(d.join("f.~1~")).unwrap(), a);
+    // The version keeps what was recorded of it.
+    let kept = store.finished(&name("f.~1~")).unwrap();
+    assert_eq!(
+        (kept.size, kept.crc32),
+        (a.len() as u64, crc32fast::hash(&a))
+    );
     // Another size: a new upload; versions count up.
     let c = data(9, 100);
     assert_eq!(upload(&store, "f", &c).0, StoredAs::Kept("f.~2~".into()));

@@ -69,6 +69,8 @@ struct Files {
     /// [`crate::keep`]).
     done_path: At,
     done_tmp: At,
+    /// The state directory (records of kept versions).
+    state: Dir,
 }
 
 /// A checkpoint in flight: the bytes written in the step it covers.
@@ -449,6 +451,7 @@ impl DiskPart {
         f.part
             .sync_all()
             .map_err(|e| serr("sync", &f.part_path, e))?;
+        let old = read_finished(&self.files.done_path, &self.files.final_path);
         self.stored = self.make_room()?;
         let f = &self.files;
         f.part_path
@@ -459,6 +462,11 @@ impl DiskPart {
         let _ = f.meta_path.remove();
         let _ = f.blk_path.remove();
         self.record_finished(rec);
+        if let StoredAs::Kept(v) = &self.stored {
+            // After the rename: it changed the old file's ctime (one link
+            // fewer).
+            self.carry_record(old, v);
+        }
         Ok(())
     }
 
@@ -486,6 +494,29 @@ impl DiskPart {
                     e,
                 )
             })
+    }
+
+    /// The kept version is the old file (a hard link): what was recorded
+    /// of it holds for the version too, if nothing but the link changed
+    /// (its ctime), so listings and downloads of versions know its CRC-32s.
+    fn carry_record(&self, old: Option<FinishedRecord>, version: &str) {
+        let (Some(mut rec), Ok(v)) = (old, SafeName::from_wire(version)) else {
+            return;
+        };
+        let at = self.files.dir.at(version);
+        let Ok(m) = at.open_read().and_then(|h| h.metadata()) else {
+            return;
+        };
+        let now = FileStamp::of(&m);
+        let same =
+            (now.ino, now.size, now.mtime) == (rec.stamp.ino, rec.stamp.size, rec.stamp.mtime);
+        if same {
+            rec.stamp = now;
+            let key = crate::store::key_of(&v);
+            let tmp = self.files.state.at(&format!("{key}.done.tmp"));
+            let dest = self.files.state.at(&format!("{key}.done"));
+            let _ = write_finished(&tmp, &dest, &rec);
+        }
     }
 
     /// The record of the file being stored (its stamp is filled in after

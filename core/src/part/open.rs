@@ -237,6 +237,7 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         dir: store.dir_handle().clone(),
         done_path: store.done_path(name),
         done_tmp: store.done_tmp_path(name),
+        state: store.state().clone(),
     };
     Ok(DiskPart {
         name: name.clone(),
