@@ -5,7 +5,7 @@ Resumable, CRC-32-verified uploads of very large files over TCP.
 
 import os
 from types import TracebackType
-from typing import Callable, Dict, Optional, Tuple, Type, Union, final
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union, final
 
 __version__: str
 __all__ = [
@@ -99,6 +99,29 @@ def send_file(
     """
     ...
 
+def list_remote(
+    host: str,
+    port: int,
+    name: Optional[str] = None,
+    *,
+    token: Optional[_Token] = None,
+    timeout: float = 60.0,
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
+) -> List[Dict[str, Any]]:
+    """List what the server at ``host:port`` holds, sorted by name: dicts
+    ``{"kind": "file", "name", "size", "mtime", "crc32"}`` (``crc32`` None
+    when the server has no record of the file) and ``{"kind": "partial",
+    "name", "size", "mtime", "held"}``. ``name`` limits it to that name, its
+    numbered versions and its partial upload. A name that is not UTF-8 on
+    the server comes as bytes. The connection is as for ``send_file``.
+
+    Raises ``RefusedError`` (e.g. a token is needed), ``ProtocolError`` (a
+    server too old to list), ``UnreachableError``, ``ConnectionLostError``,
+    ``HostKeyError``.
+    """
+
 @final
 class Result:
     """The result of a successful ``send_file`` (frozen)."""
@@ -139,6 +162,15 @@ class Result:
     @property
     def seconds(self) -> float:
         """Wall time of the whole upload in seconds, hashing included."""
+    @property
+    def stored(self) -> str:
+        """What storing did to the name: "new", "unchanged" (the same content
+        was there: nothing sent or stored), "kept" (the old file kept as
+        ``kept_as``) or "replaced" (a server run with overwrite)."""
+    @property
+    def kept_as(self) -> Optional[str]:
+        """The numbered version (``NAME.~N~``) the server kept the previous
+        file as, or None."""
 
 @final
 class Server:
