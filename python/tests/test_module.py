@@ -321,12 +321,14 @@ def test_same_name_again_keeps_the_old_file_and_list_remote_shows_it(tmp_path):
             ("file", "k.bin.~1~", 200_000, zlib.crc32(first)),
         ]
         assert bigtransfer.list_remote(HOST, port, "nothing", known_hosts=kh) == []
-    with bigtransfer.Server(store, port=0, bind=HOST, overwrite=True) as srv:
+    other = tmp_path / "overwritten"
+    with bigtransfer.Server(other, port=0, bind=HOST, overwrite=True) as srv:
+        bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)
         third = make_file(src, 999, seed=7)
         r = bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)
         assert (r.stored, r.kept_as) == ("replaced", None)
-        assert (store / "k.bin").read_bytes() == third
-        assert not (store / "k.bin.~2~").exists()
+        assert (other / "k.bin").read_bytes() == third
+        assert not (other / "k.bin.~1~").exists()
 
 
 def test_cancel_then_resume(server, tmp_path):

@@ -99,6 +99,27 @@ fn a_different_content_keeps_the_old_file_as_a_numbered_version() {
 }
 
 #[test]
+fn the_same_content_reached_through_a_held_part_keeps_the_stored_file() {
+    let (d, store) = setup();
+    let a = data(1, 3 * B as usize);
+    let mut b = a.clone();
+    b[10] ^= 1;
+    upload(&store, "h", &a);
+    let before = fs::metadata(d.join("h")).unwrap().ino();
+    // An interrupted upload of another content leaves a held part...
+    let (mut p, _) = v2(&store, "h", a.len() as u64, B);
+    put(&mut p, &b, B, 0);
+    p.checkpoint().unwrap();
+    drop(p);
+    // ...then the stored content is sent again: block 0 travels, and the
+    // result is what is stored: no version, the file untouched.
+    assert_eq!(upload(&store, "h", &a), (StoredAs::Unchanged, 1));
+    assert_eq!(fs::metadata(d.join("h")).unwrap().ino(), before);
+    assert!(!d.join("h.~1~").exists());
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn overwrite_replaces_and_keeps_no_version() {
     let (d, mut store) = setup();
     store.set_overwrite(true);

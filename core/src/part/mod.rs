@@ -444,6 +444,14 @@ impl DiskPart {
             return Ok(());
         }
         let rec = self.finished_record();
+        let old = read_finished(&self.files.done_path, &self.files.final_path);
+        if old.as_ref().is_some_and(|o| same_content(o, &rec)) {
+            // Verified to be what is stored already (a resumed part of
+            // another attempt can end there): keep the stored file.
+            self.discard();
+            self.stored = StoredAs::Unchanged;
+            return Ok(());
+        }
         let f = &self.files;
         f.part
             .set_len(rec.size)
@@ -451,7 +459,6 @@ impl DiskPart {
         f.part
             .sync_all()
             .map_err(|e| serr("sync", &f.part_path, e))?;
-        let old = read_finished(&self.files.done_path, &self.files.final_path);
         self.stored = self.make_room()?;
         let f = &self.files;
         f.part_path
@@ -561,6 +568,13 @@ impl DiskPart {
             let _ = p.remove();
         }
     }
+}
+
+/// Whether two records describe the same content: size and whole CRC-32,
+/// and the block CRC-32s when both have them at the same block size.
+fn same_content(a: &FinishedRecord, b: &FinishedRecord) -> bool {
+    let blocks = a.block == 0 || b.block == 0 || a.block != b.block || a.crcs == b.crcs;
+    a.size == b.size && a.crc32 == b.crc32 && blocks
 }
 
 impl Drop for DiskPart {
