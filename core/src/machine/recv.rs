@@ -1113,3 +1113,115 @@ mod tests {
         assert_eq!(rx.ending(), Some(&Ending::Mismatch("changed".into())));
     }
 }
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use crate::listing::{encode_list_request, EntryKind, ListEntry};
+
+    fn feed(rx: &mut Receiver, now: Instant, wire: &[u8]) {
+        let mut at = 0;
+        while at < wire.len() {
+            at += rx.handle_input(now, &wire[at..]).used;
+        }
+    }
+
+    fn offer() -> Offer {
+        Offer {
+            version: 2,
+            block_size: v2::MIN_BLOCK,
+            rev: v2::REV_KEEP,
+            source: None,
+        }
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<ServerMsg> {
+        assert_eq!(&bytes[..8], &v2::MAGIC);
+        let mut dec = super::super::ServerDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut rest = &bytes[8..];
+        while !rest.is_empty() {
+            let (used, msg) = dec.decode(rest).unwrap();
+            out.extend(msg);
+            rest = &rest[used..];
+        }
+        out
+    }
+
+    fn entry(name: &str) -> ListEntry {
+        ListEntry {
+            kind: EntryKind::File,
+            name: name.as_bytes().to_vec(),
+            size: 1,
+            mtime: 2,
+            crc32: Some(3),
+            held: 1,
+        }
+    }
+
+    #[test]
+    fn a_list_request_is_answered_page_by_page_without_claiming_anything() {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        feed(&mut rx, now, &encode_list_request(Some("x.bin"), offer()));
+        let mut out = Vec::new();
+        let mut pages = 0;
+        loop {
+            while let Some(b) = rx.poll_transmit(now) {
+                out.extend(b);
+            }
+            let Some(a) = rx.poll_action() else { break };
+            let Action::ListPage { name, first } = a else {
+                panic!("{a:?}")
+            };
+            assert_eq!((name.as_deref(), first), (Some("x.bin"), pages == 0));
+            pages += 1;
+            let page = (vec![entry(&format!("x.bin.~{pages}~"))], pages == 3);
+            rx.handle_event(now, Event::Listed(Ok(page)));
+        }
+        assert_eq!(rx.ending(), Some(&Ending::Listed));
+        let got = frames(&out);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[2],
+            ServerMsg::ListPage {
+                entries: vec![entry("x.bin.~3~")],
+                last: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_op_is_refused_in_words_and_a_token_is_asked_for_a_list() {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let json = br#"{"filename": "", "filesize": 0, "crc32": null, "bt": {"v": 2, "block": 65536, "rev": 4, "op": "fly"}}"#;
+        let mut wire = (json.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(json);
+        feed(&mut rx, now, &wire);
+        assert_eq!(rx.poll_action(), None);
+        let Some(Ending::Refused(f)) = rx.ending() else {
+            panic!("{:?}", rx.ending())
+        };
+        assert_eq!(f.code, FaultCode::BadRequest);
+        assert!(
+            f.words.contains("does not know the operation fly"),
+            "{}",
+            f.words
+        );
+
+        let token = Token::new(b"correct horse battery staple 42".to_vec()).unwrap();
+        let cfg = ReceiverConfig {
+            token: Some(token),
+            ..ReceiverConfig::default()
+        };
+        let mut rx = Receiver::new(cfg, [9; NONCE_LEN], now);
+        feed(&mut rx, now, &encode_list_request(None, offer()));
+        let mut out = Vec::new();
+        while let Some(b) = rx.poll_transmit(now) {
+            out.extend(b);
+        }
+        assert_eq!(rx.poll_action(), None, "nothing listed before the answer");
+        assert_eq!(frames(&out), vec![ServerMsg::Challenge([9; NONCE_LEN])]);
+    }
+}
