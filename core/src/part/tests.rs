@@ -124,10 +124,14 @@ fn v1_resume_continues_the_crc_without_rereading() {
     assert_eq!(p.recheck().unwrap(), Recheck::Same);
     p.finish().unwrap();
     assert_eq!(fs::read(d.join("r.bin")).unwrap(), data);
+    // Only the lock and the finished record of r.bin stay.
+    let key = key_of(&name("r.bin"));
     assert!(fs::read_dir(d.join(RESERVED_NAME))
         .unwrap()
         .flatten()
-        .all(|e| e.file_name() == "lock"));
+        .all(
+            |e| e.file_name() == "lock" || e.file_name().to_string_lossy() == format!("{key}.done")
+        ));
     drop(store);
     fs::remove_dir_all(&d).unwrap();
 }
