@@ -240,6 +240,13 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_finished(&bytes);
+        }
+    }
+
     #[test]
     fn versions_count_up_and_never_overwrite() {
         let d = std::env::temp_dir().join(format!("bt-keep-{}", std::process::id()));

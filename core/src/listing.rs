@@ -225,6 +225,16 @@ mod tests {
         assert!(parse_page(&bad).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_page_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok((entries, last)) = parse_page(&bytes) {
+                // What parses re-encodes to the same bytes.
+                proptest::prop_assert_eq!(page_payload(&entries, last), bytes);
+            }
+        }
+    }
+
     #[test]
     fn the_request_names_its_op_and_no_file() {
         let offer = Offer {
