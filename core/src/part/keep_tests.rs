@@ -120,6 +120,22 @@ fn the_same_content_reached_through_a_held_part_keeps_the_stored_file() {
 }
 
 #[test]
+fn a_name_too_long_for_a_version_is_refused_for_good_and_the_file_kept() {
+    let (d, store) = setup();
+    let long = "n".repeat(252);
+    let a = data(1, 100);
+    upload(&store, &long, &a);
+    let b = data(2, 100);
+    let (mut p, _) = v2(&store, &long, 100, B);
+    put(&mut p, &b, B, 0);
+    let e = p.finish().unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("shorter name"), "{e}");
+    assert_eq!(fs::read(d.join(&long)).unwrap(), a);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn overwrite_replaces_and_keeps_no_version() {
     let (d, mut store) = setup();
     store.set_overwrite(true);

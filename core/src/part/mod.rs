@@ -492,6 +492,16 @@ impl DiskPart {
         crate::keep::keep_version(f.dir.fd(), self.name.as_str())
             .map(StoredAs::Kept)
             .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    // For good: another try cannot make the name shorter.
+                    return Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "refused to replace {}: {e}; send it under a shorter name",
+                            self.name
+                        ),
+                    );
+                }
                 Error::io(
                     ErrorKind::Storage,
                     format!(

@@ -48,7 +48,10 @@ impl LocalPart {
     }
 
     fn done<T>(&self, r: crate::Result<T>) -> Result<T, Fault> {
-        r.map_err(|e| storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())))
+        r.map_err(|e| match e.kind() {
+            crate::ErrorKind::InvalidInput => Fault::new(FaultCode::NameRefused, e.to_string()),
+            _ => storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())),
+        })
     }
 }
 
