@@ -188,6 +188,24 @@ pub struct Receiver {
 
 /// The revision a header that did not parse says it reads, so that its
 /// refusal comes in a form it understands.
+/// Whether a version-2 header asks for a listing (`bt.op`); an upload
+/// when there is no op. An op this server does not know is refused in
+/// words, before anything is touched.
+fn requested_list(json: &[u8], offer: Option<Offer>) -> Result<bool, Fault> {
+    if offer.is_none() {
+        return Ok(false);
+    }
+    match crate::listing::requested_op(json) {
+        Ok(None) => Ok(false),
+        Ok(Some(op)) if op == crate::listing::OP_LIST => Ok(true),
+        Ok(Some(op)) => Err(Fault::bad(format!(
+            "refused: this server does not know the operation {}",
+            crate::text::printable(&op)
+        ))),
+        Err(e) => Err(Fault::bad(format!("refused: {e}"))),
+    }
+}
+
 /// The name a list request's connection goes by in logs.
 pub const LIST_LABEL: &str = "(list)";
 
@@ -580,21 +598,10 @@ impl Receiver {
                 return self.fail(now, Why::Refuse(Fault::new(FaultCode::TooLarge, words)));
             }
         }
-        match offer.map(|_| crate::listing::requested_op(&json)) {
-            Some(Ok(Some(op))) if op == crate::listing::OP_LIST => {
-                return self.on_list_header(now, json, header, offer);
-            }
-            Some(Ok(Some(op))) => {
-                let words = format!(
-                    "refused: this server does not know the operation {}",
-                    crate::text::printable(&op)
-                );
-                return self.fail(now, Why::Refuse(Fault::bad(words)));
-            }
-            Some(Err(e)) => {
-                return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))))
-            }
-            _ => {}
+        match requested_list(&json, offer) {
+            Ok(true) => return self.on_list_header(now, json, header, offer),
+            Ok(false) => {}
+            Err(f) => return self.fail(now, Why::Refuse(f)),
         }
         let name = match SafeName::from_wire(&header.filename) {
             Ok(n) => n,
