@@ -1199,6 +1199,41 @@ mod list_tests {
     }
 
     #[test]
+    fn only_revision_4_clients_are_told_what_storing_did() {
+        let now = Instant::now();
+        for (rev, how, want) in [
+            (
+                4,
+                StoredAs::Kept("a.~1~".into()),
+                v2::Verdict::Stored(StoredAs::Kept("a.~1~".into())),
+            ),
+            (
+                4,
+                StoredAs::Unchanged,
+                v2::Verdict::Stored(StoredAs::Unchanged),
+            ),
+            (4, StoredAs::New, v2::Verdict::Ok),
+            (3, StoredAs::Kept("a.~1~".into()), v2::Verdict::Ok),
+            (2, StoredAs::Unchanged, v2::Verdict::Ok),
+        ] {
+            let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+            rx.req = Some(Request {
+                json: Vec::new(),
+                header: Header {
+                    filename: "a".into(),
+                    filesize: 1,
+                    crc32: 0,
+                },
+                name: SafeName::from_wire("a").unwrap(),
+                offer: Some(Offer { rev, ..offer() }),
+                zstd: false,
+            });
+            rx.stored = how;
+            assert_eq!(rx.ok_verdict(), want, "rev {rev}");
+        }
+    }
+
+    #[test]
     fn an_unknown_op_is_refused_in_words_and_a_token_is_asked_for_a_list() {
         let now = Instant::now();
         let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
