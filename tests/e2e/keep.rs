@@ -289,7 +289,7 @@ fn legacy_clients_get_the_same_policy_without_being_told() {
 
 /// `bigtransfer list --host 127.0.0.1 --port PORT EXTRA...`, with a known
 /// hosts file of its own.
-fn list(srv: &ServerProc, extra: &[&str]) -> std::process::Output {
+pub fn list(srv: &ServerProc, extra: &[&str]) -> std::process::Output {
     let kh = fresh_known_hosts();
     let mut child = Command::new(BIN)
         .args(["list", "--host", "127.0.0.1", "--port", &srv.port()])

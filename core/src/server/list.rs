@@ -3,7 +3,8 @@
 //! still holds) and then the state directory (partial uploads, from
 //! their checkpoint records), one page at a time, so memory stays flat
 //! whatever the directory holds. Nothing is read of the files themselves:
-//! a file without a record shows its CRC-32 as unknown.
+//! a file without a record shows its CRC-32 as unknown. From an object
+//! store: its objects and uploads in progress, listed at once.
 //!
 //! Not for the wire format (see [`crate::listing`]) nor for when pages are
 //! asked for (the machine's).
@@ -21,10 +22,12 @@ use crate::name::{SafeName, RESERVED_NAME};
 use crate::store::{decode_meta, Store, META_LEN};
 use crate::v2::FaultCode;
 
-/// Where a listing is: the two directories, walked in turn.
+/// Where a listing is: the two directories, walked in turn (or, from an
+/// object store, what is left to send of its listing).
 pub(super) struct Lister {
     files: Option<ReadDir>,
     parts: Option<ReadDir>,
+    rest: Vec<ListEntry>,
 }
 
 impl Shell<'_> {
@@ -36,11 +39,6 @@ impl Shell<'_> {
         name: Option<String>,
         first: bool,
     ) -> Result<(Vec<ListEntry>, bool), Fault> {
-        if self.sh.remote_storage() {
-            return Err(Fault::bad(
-                "refused: this server keeps uploads in an object store; listing it is not supported",
-            ));
-        }
         if first {
             // A listing is served like a running upload: not evicted.
             if !self.conn.unadmitted.swap(false, Ordering::SeqCst) {
@@ -49,13 +47,35 @@ impl Shell<'_> {
                     "evicted before it was admitted",
                 ));
             }
-            self.lister = Some(Lister::open(&self.sh.store)?);
+            self.lister = Some(self.open_lister(name.as_deref())?);
         }
         let lister = self
             .lister
             .as_mut()
             .ok_or_else(|| Fault::new(FaultCode::Internal, "no listing under way"))?;
         Ok(lister.page(&self.sh.store, name.as_deref()))
+    }
+
+    fn open_lister(&self, name: Option<&str>) -> Result<Lister, Fault> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.sh.s3 {
+            let mut rest = s3.listing(name).map_err(|e| {
+                Fault::new(
+                    FaultCode::Storage,
+                    format!("server cannot list its store: {e}"),
+                )
+            })?;
+            rest.retain(|e| wanted(&e.name, name));
+            // Sent from the end of the vector, in order.
+            rest.reverse();
+            return Ok(Lister {
+                files: None,
+                parts: None,
+                rest,
+            });
+        }
+        let _ = name;
+        Lister::open(&self.sh.store)
     }
 }
 
@@ -74,6 +94,7 @@ impl Lister {
         Ok(Lister {
             files: Some(files),
             parts: Some(parts),
+            rest: Vec::new(),
         })
     }
 
@@ -81,6 +102,10 @@ impl Lister {
     fn page(&mut self, store: &Store, name: Option<&str>) -> (Vec<ListEntry>, bool) {
         let mut out = Vec::new();
         while out.len() < PAGE_ENTRIES {
+            if let Some(e) = self.rest.pop() {
+                out.push(e);
+                continue;
+            }
             let next = if let Some(files) = &mut self.files {
                 match files.next() {
                     Some(e) => e.ok().and_then(|e| file_entry(store, &e)),
@@ -104,7 +129,7 @@ impl Lister {
                 out.push(e);
             }
         }
-        let done = self.files.is_none() && self.parts.is_none();
+        let done = self.files.is_none() && self.parts.is_none() && self.rest.is_empty();
         (out, done)
     }
 }
