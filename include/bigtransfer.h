@@ -222,7 +222,56 @@ typedef struct bt_send_result {
      * damaged (protocol 2).
      */
     uint64_t blocks_resent;
+    /**
+     * What storing did to the name: 0 a new name (or a server that does
+     * not say), 1 unchanged (the same content was there: nothing sent or
+     * stored), 2 the old file was kept as a numbered version `NAME.~N~`,
+     * 3 the old file was replaced (a server run with `--overwrite`).
+     */
+    uint32_t stored;
 } bt_send_result;
+
+/**
+ * One entry of a listing, for `bt_list_fn`. Valid only during the call.
+ */
+typedef struct bt_list_entry {
+    /**
+     * The name as stored on the server, NUL-terminated: raw bytes, not
+     * necessarily UTF-8 (escape it before showing it).
+     */
+    const char *name;
+    /**
+     * 0 a finished file, 1 a partial upload.
+     */
+    int partial;
+    /**
+     * Size in bytes (of a partial upload: of the whole file).
+     */
+    uint64_t size;
+    /**
+     * Modification time, seconds since the Unix epoch.
+     */
+    int64_t mtime;
+    /**
+     * Non-zero when `crc32` is known (a file the server stored and that
+     * nobody changed since).
+     */
+    int crc32_known;
+    /**
+     * The whole file's CRC-32, when known.
+     */
+    uint32_t crc32;
+    /**
+     * Of a partial upload: bytes held from the start of the file.
+     */
+    uint64_t held;
+} bt_list_entry;
+
+/**
+ * Called once per listed entry, in name order. Return 0 to go on,
+ * non-zero to stop: `bt_list` then returns `BT_CANCELLED`.
+ */
+typedef int (*bt_list_fn)(const struct bt_list_entry *entry, void *user);
 
 /**
  * Receives each log line of a server (UTF-8, NUL-terminated, no newline;
@@ -519,6 +568,29 @@ enum bt_status bt_send_file(const char *host,
                             struct bt_send_result *result);
 
 /**
+ * Lists what the server at `host`:`port` holds: finished files (size,
+ * mtime, the CRC-32 it recorded) and partial uploads (their progress),
+ * calling `each` for every entry. `name` NULL lists everything; else that
+ * name, its numbered versions (`NAME.~N~`) and its partial upload. The
+ * connection uses `options` as `bt_send_file` does (TLS, pinning, token,
+ * I/O timeout; NULL for the defaults).
+ *
+ * Returns `BT_OK`, `BT_CANCELLED` (`each` asked to stop), or as
+ * `bt_send_file` (`BT_REFUSED`: e.g. no or a wrong token; `BT_PROTOCOL`: a
+ * server too old to list), with the reason in `bt_last_error_message()`.
+ *
+ * # Safety
+ * `host` must be a NUL-terminated string, `name` NULL or one; `options`
+ * NULL or a live handle; `each` a function safe to call with `user`.
+ */
+enum bt_status bt_list(const char *host,
+                       uint16_t port,
+                       const char *name,
+                       const struct bt_send_options *options,
+                       bt_list_fn each,
+                       void *user);
+
+/**
  * A new server configuration with the defaults: all interfaces, port 8080,
  * 64 connections at once, 60 s idle timeout, 10 s to send the header, held
  * parts expire after 7 days, no file size limit, no free-space reserve, no
@@ -626,6 +698,16 @@ enum bt_status bt_server_config_set_idle_timeout_ms(struct bt_server_config *con
  */
 enum bt_status bt_server_config_set_max_file_size(struct bt_server_config *config,
                                                   uint64_t max_bytes);
+
+/**
+ * With `on` non-zero, a different file uploaded under a name already
+ * stored replaces it; 0 (the default) keeps the stored file as a
+ * numbered version `NAME.~N~` beside the new one.
+ *
+ * # Safety
+ * As `bt_server_config_set_port`.
+ */
+enum bt_status bt_server_config_set_overwrite(struct bt_server_config *config, int32_t on);
 
 /**
  * Deletes held parts (interrupted uploads) not touched for `seconds`; 0

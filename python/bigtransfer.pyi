@@ -5,7 +5,7 @@ Resumable, CRC-32-verified uploads of very large files over TCP.
 
 import os
 from types import TracebackType
-from typing import Callable, Dict, Optional, Tuple, Type, Union, final
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union, final
 
 __version__: str
 __all__ = [
@@ -100,6 +100,29 @@ def send_file(
     """
     ...
 
+def list_remote(
+    host: str,
+    port: int,
+    name: Optional[str] = None,
+    *,
+    token: Optional[_Token] = None,
+    timeout: float = 60.0,
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
+) -> List[Dict[str, Any]]:
+    """List what the server at ``host:port`` holds, sorted by name: dicts
+    ``{"kind": "file", "name", "size", "mtime", "crc32"}`` (``crc32`` None
+    when the server has no record of the file) and ``{"kind": "partial",
+    "name", "size", "mtime", "held"}``. ``name`` limits it to that name, its
+    numbered versions and its partial upload. A name that is not UTF-8 on
+    the server comes as bytes. The connection is as for ``send_file``.
+
+    Raises ``RefusedError`` (e.g. a token is needed), ``ProtocolError`` (a
+    server too old to list), ``UnreachableError``, ``ConnectionLostError``,
+    ``HostKeyError``.
+    """
+
 @final
 class Result:
     """The result of a successful ``send_file`` (frozen)."""
@@ -140,6 +163,15 @@ class Result:
     @property
     def seconds(self) -> float:
         """Wall time of the whole upload in seconds, hashing included."""
+    @property
+    def stored(self) -> str:
+        """What storing did to the name: "new", "unchanged" (the same content
+        was there: nothing sent or stored), "kept" (the old file kept as
+        ``kept_as``) or "replaced" (a server run with overwrite)."""
+    @property
+    def kept_as(self) -> Optional[str]:
+        """The numbered version (``NAME.~N~``) the server kept the previous
+        file as, or None."""
 
 @final
 class Server:
@@ -167,6 +199,7 @@ class Server:
         s3_region: Optional[str] = None,
         tls: str = "auto",
         key: Optional[_Path] = None,
+        overwrite: bool = False,
     ) -> "Server":
         """Create ``dir`` if missing and bind at once (``port=0`` picks a free
         port, see ``address``).
@@ -199,6 +232,11 @@ class Server:
         refused unless ``allow_legacy``) or ``"off"`` (plaintext only).
         ``key``: the server's Ed25519 key file (made if missing; default
         ``dir/.bigtransfer/key``).
+
+        ``overwrite``: a different file uploaded under a name already
+        stored replaces it; by default the stored file is kept as a
+        numbered version ``NAME.~N~`` beside the new one. Re-sending the
+        same content stores nothing and sends no data either way.
         """
     @property
     def address(self) -> Tuple[str, int]:

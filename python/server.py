@@ -261,8 +261,9 @@ def decode_meta(data):
 class PartStore:
     """The storage directory: final files plus held parts under .bigtransfer/."""
 
-    def __init__(self, root, pure=False):
+    def __init__(self, root, pure=False, overwrite=False):
         self.root = os.path.abspath(root)
+        self.overwrite = overwrite
         self.state_dir = os.path.join(self.root, STATE_DIR_NAME)
         self.pure = pure
         os.makedirs(self.state_dir, exist_ok=True)
@@ -276,6 +277,29 @@ class PartStore:
 
     def final_path(self, name):
         return os.path.join(self.root, name)
+
+    def keep_version(self, name):
+        """Before a new file is renamed over ``name``: keep the one there as
+        ``NAME.~N~`` (a hard link, never over an existing version; N one more
+        than the highest present), as the Rust server does. Returns the
+        version's name, or None when nothing was there or with overwrite."""
+        final = self.final_path(name)
+        if self.overwrite or not os.path.lexists(final):
+            return None
+        prefix = name + ".~"
+        highest = 0
+        for entry in os.listdir(self.root):
+            tail = entry[len(prefix):-1] if entry.startswith(prefix) and entry.endswith("~") else ""
+            if tail.isdigit():
+                highest = max(highest, int(tail))
+        n = highest + 1
+        while True:
+            version = "%s.~%d~" % (name, n)
+            try:
+                os.link(final, self.final_path(version))
+                return version
+            except FileExistsError:
+                n += 1
 
     def held_paths(self, name):
         """(part, checkpoint record) paths for ``name``."""
@@ -377,6 +401,7 @@ class Upload:
         self.file = None
         self.size = 0      # bytes in the part now
         self.crc = 0       # CRC-32 of those bytes
+        self.kept_as: Optional[str] = None  # the version the old file was kept as
         self.seq = 0       # sequence number of the newest slot written
         self.durable: Optional[Tuple[int, int]] = None  # (size, crc) recorded
 
@@ -483,6 +508,7 @@ class Upload:
             return False
         os.fsync(self.file.fileno())
         self.file.close()
+        self.kept_as = self.store.keep_version(self.name)
         os.replace(self.part_path, self.store.final_path(self.name))
         fsync_dir(self.store.root)
         remove_if_present(self.meta_path)
@@ -532,8 +558,8 @@ class Server:
     """The pure-Python server: an accept loop and a thread per connection."""
 
     def __init__(self, directory, port=8080, bind=None, max_connections=64,
-                 timeout=60.0, pure=False):
-        self.store = PartStore(directory, pure)
+                 timeout=60.0, pure=False, overwrite=False):
+        self.store = PartStore(directory, pure, overwrite)
         self.timeout = timeout
         self.max_connections = max_connections
         self.listener = make_listener(bind, port, backlog=max(128, max_connections))
@@ -667,6 +693,9 @@ class Server:
         if matched:
             log.info("%s: %r stored, %d bytes, received %d",
                      peer, name, filesize, filesize - offset)
+            if upload.kept_as:
+                log.info("%s: %r: a different file was stored under this name; kept it as %s",
+                         peer, name, upload.kept_as)
         else:
             log.warning("%s: %r CRC-32 mismatch (got %08x, expected %08x); discarded",
                         peer, name, upload.crc, upload.expected_crc)
@@ -723,6 +752,9 @@ def parse_args(argv):
                              "JSON object per line, as the Rust server writes them")
     parser.add_argument("--pure", action="store_true",
                         help="use pure Python even when the bigtransfer module is available")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a different file sent under a stored name replaces it "
+                             "(default: the stored one is kept as NAME.~N~)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in 0..65535")
@@ -791,7 +823,8 @@ def serve_with_module(mod, args):
     stop = StopSignal()
     bind = args.bind if args.bind is not None else default_bind()
     with mod.Server(args.dir, port=args.port, bind=bind,
-                    max_connections=args.max_connections, timeout=args.timeout) as srv:
+                    max_connections=args.max_connections, timeout=args.timeout,
+                    overwrite=args.overwrite) as srv:
         host, port = srv.address
         announce(host, port)
         log.info("serving %s with the bigtransfer module", os.path.abspath(args.dir))
@@ -818,7 +851,7 @@ def main(argv=None):
             return 0
         server = Server(args.dir, port=args.port, bind=args.bind,
                         max_connections=args.max_connections, timeout=args.timeout,
-                        pure=args.pure)
+                        pure=args.pure, overwrite=args.overwrite)
     except OSError as exc:
         print("server: %s" % exc, file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub token: Option<Spanned<String>>,
     #[serde(alias = "allow-legacy")]
     pub allow_legacy: Option<Spanned<bool>>,
+    pub overwrite: Option<Spanned<bool>>,
     #[serde(alias = "log-format")]
     pub log_format: Option<Spanned<String>>,
     pub metrics: Option<Spanned<toml::Value>>,

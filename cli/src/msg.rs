@@ -66,6 +66,12 @@ table! {
     END_OF_INPUT: "no answer to '{0}' (end of input)", "нет ответа на «{0}» (ввод закончился)";
     DONE: "CRC32_OK: {0}, {1} bytes, crc32 {2}, resumed from {3}, sent {4} bytes, {5} attempt(s), protocol {6}, {7} block(s) resent, {8}/s",
         "CRC32_OK: {0}, {1} байт, crc32 {2}, продолжено с {3}, отправлено {4} байт, попыток: {5}, протокол {6}, блоков переслано: {7}, {8}/с";
+    STORED_UNCHANGED: "the server already held this content under this name: nothing stored, its file left untouched",
+        "сервер уже хранил это содержимое под этим именем: ничего не записано, его файл не тронут";
+    STORED_KEPT: "the server held a different file under this name: kept it as {0}",
+        "под этим именем на сервере был другой файл: он сохранён как {0}";
+    STORED_REPLACED: "the server held a different file under this name: replaced it (server runs with --overwrite)",
+        "под этим именем на сервере был другой файл: он заменён (сервер запущен с --overwrite)";
     K_INVALID_INPUT: "invalid input", "неверные данные";
     K_SOURCE_FILE: "cannot read the file", "не удаётся прочитать файл";
     K_UNREACHABLE: "server unreachable", "сервер недоступен";

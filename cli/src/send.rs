@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bigtransfer_core::compress::Compress;
+use bigtransfer_core::text::printable;
+use bigtransfer_core::v2::StoredAs;
 use bigtransfer_core::{send_file, Control, Error, ErrorKind, Outcome, Progress, SendOptions};
 
 use crate::msg::{self, Lang};
@@ -263,6 +265,25 @@ fn make_bar(show: bool, start: &RunStart) -> indicatif::ProgressBar {
 pub fn result_line(lang: Lang, o: &Outcome) -> String {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let rate = indicatif::BinaryBytes((o.bytes_sent as f64 / secs) as u64);
+    let line = done_line(lang, o, &rate);
+    match stored_words(lang, &o.stored_as) {
+        Some(w) => format!("{line}; {w}"),
+        None => line,
+    }
+}
+
+/// What the server said storing did to the name, in words (nothing for a
+/// new name, or a server that does not say).
+fn stored_words(lang: Lang, how: &StoredAs) -> Option<String> {
+    match how {
+        StoredAs::New => None,
+        StoredAs::Unchanged => Some(lang.s(&msg::STORED_UNCHANGED).to_string()),
+        StoredAs::Kept(v) => Some(lang.f(&msg::STORED_KEPT, &[&printable(v)])),
+        StoredAs::Replaced => Some(lang.s(&msg::STORED_REPLACED).to_string()),
+    }
+}
+
+fn done_line(lang: Lang, o: &Outcome, rate: &dyn std::fmt::Display) -> String {
     lang.f(
         &msg::DONE,
         &[
@@ -274,15 +295,29 @@ pub fn result_line(lang: Lang, o: &Outcome) -> String {
             &o.attempts,
             &o.protocol,
             &o.blocks_resent,
-            &rate,
+            rate,
         ],
     )
 }
 
+/// The `--json` keys on what storing did to the name: `"stored"` (new,
+/// unchanged, kept, replaced) and `"kept_as"`, the numbered version the
+/// server kept the previous file as (or null).
+fn json_stored(how: &StoredAs) -> String {
+    let (word, kept) = match how {
+        StoredAs::Unchanged => ("unchanged", None),
+        StoredAs::Kept(v) => ("kept", Some(v.as_str())),
+        StoredAs::Replaced => ("replaced", None),
+        _ => ("new", None),
+    };
+    let kept = kept.map_or("null".to_string(), prompt::json_string);
+    format!("\"stored\": \"{word}\", \"kept_as\": {kept}")
+}
+
 fn json_ok(o: &Outcome) -> String {
     format!(
-        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"encrypted\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}, {}}}",
-        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.encrypted, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64(), json_wire(o)
+        "{{\"result\": \"CRC32_OK\", \"exit_code\": 0, \"filename\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_sent\": {}, \"bytes_hashed\": {}, \"bytes_read\": {}, \"blocks_resent\": {}, \"repairs\": {}, \"protocol\": {}, \"encrypted\": {}, \"attempts\": {}, \"first_byte_seconds\": {:.3}, \"seconds\": {:.3}, {}, {}}}",
+        prompt::json_string(&o.filename), o.filesize, o.crc32, o.resumed_from, o.bytes_sent, o.bytes_hashed, o.bytes_read, o.blocks_resent, o.repairs, o.protocol, o.encrypted, o.attempts, o.time_to_first_byte.as_secs_f64(), o.elapsed.as_secs_f64(), json_wire(o), json_stored(&o.stored_as)
     )
 }
 

@@ -63,6 +63,10 @@ pub struct ServerArgs {
     /// with --tls required: also serve plaintext (legacy) connections.
     #[arg(long)]
     allow_legacy: bool,
+    /// A different file uploaded under a name already stored replaces it
+    /// [default: the stored file is kept as NAME.~N~ beside the new one].
+    #[arg(long)]
+    overwrite: bool,
     /// TLS on the port: auto (TLS and plaintext legacy clients, told apart
     /// by their first byte), required (TLS only) or off (plaintext only) [default: auto].
     #[arg(long, value_parser = ["auto", "required", "off"])]
@@ -164,6 +168,7 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
     cfg.min_free = pick(a.min_free, size(&c.min_free)?).unwrap_or(0);
     cfg.min_rate = pick(a.min_rate, size(&c.min_rate)?).unwrap_or(1024);
     cfg.allow_legacy = a.allow_legacy || val(&c.allow_legacy).unwrap_or(false);
+    cfg.overwrite = a.overwrite || val(&c.overwrite).unwrap_or(false);
     cfg.token = token(a, c)?;
     cfg.key_file = pick(a.key.clone(), val(&c.key));
     cfg.tls = match (&a.tls, &c.tls) {
@@ -333,6 +338,7 @@ fn print_settings(s: &Settings) {
     println!("min_rate = {}", c.min_rate);
     println!("token = {}", if c.token.is_some() { "set" } else { "none" });
     println!("allow_legacy = {}", c.allow_legacy);
+    println!("overwrite = {}", c.overwrite);
     println!("tls = {}", c.tls.as_str());
     println!(
         "key = {}",

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::keep::{FileStamp, FinishedRecord};
 use crate::name::{SafeName, RESERVED_NAME};
 use crate::{Error, ErrorKind, Result};
 
@@ -287,6 +288,11 @@ impl Dir {
         }
     }
 
+    /// The open directory, for calls made relative to it.
+    pub(crate) fn fd(&self) -> &File {
+        &self.fd
+    }
+
     pub(crate) fn sync(&self) -> Result<()> {
         self.fd.sync_all().map_err(|e| {
             Error::io(
@@ -325,6 +331,9 @@ pub struct Store {
     dir: Dir,
     state: Dir,
     _lock: File,
+    /// Whether a different content replaces a stored file outright
+    /// (`--overwrite`) instead of keeping it as a numbered version.
+    overwrite: bool,
 }
 
 /// Creates the state directory `state` unless it is there; anything else
@@ -400,7 +409,36 @@ impl Store {
             dir,
             state,
             _lock: lock,
+            overwrite: false,
         })
+    }
+
+    /// Makes a different content replace a stored file outright instead of
+    /// keeping the old one as a numbered version (`--overwrite`).
+    pub fn set_overwrite(&mut self, on: bool) {
+        self.overwrite = on;
+    }
+
+    /// Whether a different content replaces a stored file outright.
+    pub fn overwrites(&self) -> bool {
+        self.overwrite
+    }
+
+    pub(crate) fn done_path(&self, name: &SafeName) -> At {
+        self.state.at(&format!("{}.done", key_of(name)))
+    }
+
+    pub(crate) fn done_tmp_path(&self, name: &SafeName) -> At {
+        self.state.at(&format!("{}.done.tmp", key_of(name)))
+    }
+
+    /// What the server knows of the file it stored as `name`: its size,
+    /// whole and block CRC-32s. `None` if there is no record, it is
+    /// damaged, or the file is not exactly the one stored (replaced,
+    /// written to, truncated or touched behind the server's back): such a
+    /// file is never vouched for.
+    pub fn finished(&self, name: &SafeName) -> Option<FinishedRecord> {
+        read_finished(&self.done_path(name), &self.final_at(name))
     }
 
     /// The storage directory.
@@ -420,6 +458,11 @@ impl Store {
 
     pub(crate) fn meta_path(&self, key: &str) -> At {
         self.state.at(&format!("{key}.meta"))
+    }
+
+    /// The state directory's path (for listing it).
+    pub(crate) fn state_path(&self) -> &Path {
+        &self.state.path
     }
 
     pub(crate) fn state(&self) -> &Dir {
@@ -509,6 +552,34 @@ impl Store {
         }
         still
     }
+}
+
+/// The finished record at `done`, if it is sound and `file` is still
+/// exactly the file it was taken of (see [`Store::finished`]).
+pub(crate) fn read_finished(done: &At, file: &At) -> Option<FinishedRecord> {
+    let mut bytes = Vec::new();
+    done.open_read().ok()?.read_to_end(&mut bytes).ok()?;
+    let rec = crate::keep::decode_finished(&bytes)?;
+    let now = file.open_read().ok()?.metadata().ok()?;
+    (now.is_file() && FileStamp::of(&now) == rec.stamp && rec.size == now.len()).then_some(rec)
+}
+
+/// Writes a finished record to `tmp`, syncs it and renames it to `dest`,
+/// so a crash leaves the old record or the new one, never half of one.
+pub(crate) fn write_finished(tmp: &At, dest: &At, rec: &FinishedRecord) -> Result<()> {
+    let werr = |e| {
+        Error::io(
+            ErrorKind::Storage,
+            format!("cannot write {}", tmp.display()),
+            e,
+        )
+    };
+    let f = tmp.open(true).map_err(werr)?;
+    f.set_len(0)
+        .and_then(|_| f.write_all_at(&crate::keep::encode_finished(rec), 0))
+        .and_then(|_| crate::sys::fdatasync(&f))
+        .map_err(werr)?;
+    tmp.rename_to(dest).map_err(werr)
 }
 
 /// Writes checkpoint `seq` into its slot of the record and syncs it.

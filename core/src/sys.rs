@@ -173,6 +173,18 @@ pub(crate) fn rename_at(from_dir: &File, from: &str, to_dir: &File, to: &str) ->
     )?)
 }
 
+/// Makes `to` in `dir` a hard link to `from` in `dir`, failing with
+/// `AlreadyExists` rather than replacing anything at `to`.
+pub(crate) fn link_at(dir: &File, from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::fs::linkat(
+        dir,
+        component(from)?,
+        dir,
+        component(to)?,
+        AtFlags::empty(),
+    )?)
+}
+
 /// Removes `name` from `dir` (a symlink itself, never its target).
 pub(crate) fn unlink_at(dir: &File, name: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(

@@ -122,6 +122,28 @@ pub const REVISION: u64 = 2;
 /// client advertises. A server sends it only to such clients.
 pub const REV_HOLES: u64 = 3;
 
+/// The revision of version 2 from which a client reads
+/// [`Verdict::Stored`] (what storing did to the name: unchanged, the old
+/// file kept as a version, or replaced); what this module's client
+/// advertises. Older clients get a plain [`Verdict::Ok`].
+pub const REV_KEEP: u64 = 4;
+
+/// What storing a verified upload did to its name (told to clients of
+/// revision [`REV_KEEP`] and later, and logged).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoredAs {
+    /// Nothing was stored under the name before.
+    #[default]
+    New,
+    /// The same content was stored already: left untouched.
+    Unchanged,
+    /// A different content was there: kept under this name (a numbered
+    /// version beside it).
+    Kept(String),
+    /// A different content was there and was replaced (`--overwrite`).
+    Replaced,
+}
+
 /// Why a version-2 server refused or stopped an upload, as a number a
 /// client acts on (the words travel beside it). Carried by
 /// [`ServerMsg::Fault`] to clients of revision 2 and later.
@@ -555,6 +577,13 @@ pub enum ServerMsg {
     /// only to a client that asked with `"bt"."streams"`, before the held
     /// list (see [`crate::session`]).
     Join(crate::session::Ticket),
+    /// A page of the answer to a list request (see [`crate::listing`]).
+    ListPage {
+        /// The entries of this page.
+        entries: Vec<crate::listing::ListEntry>,
+        /// Whether this is the last page.
+        last: bool,
+    },
 }
 
 /// The server's answer to an end frame.
@@ -567,6 +596,9 @@ pub enum Verdict {
     /// The upload failed (`CRC32_ERROR`), with the reason; the server has
     /// discarded what it held.
     Failed(String),
+    /// Like [`Verdict::Ok`], saying what storing did to the name (to
+    /// clients of revision [`REV_KEEP`] and later; never [`StoredAs::New`]).
+    Stored(StoredAs),
 }
 
 const TAG_HELD: u8 = b'H';
@@ -577,6 +609,7 @@ const TAG_CHALLENGE: u8 = b'C';
 const TAG_FAULT: u8 = b'F';
 const TAG_CODEC: u8 = b'Z';
 const TAG_JOIN: u8 = b'J';
+const TAG_LIST: u8 = b'L';
 
 /// Encodes a server message as a frame: tag byte, u32 payload length, payload.
 pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
@@ -624,6 +657,10 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
             p.extend_from_slice(capped(m).as_bytes());
             (TAG_VERDICT, p)
         }
+        ServerMsg::Verdict(Verdict::Stored(how)) => (TAG_VERDICT, stored_payload(how)),
+        ServerMsg::ListPage { entries, last } => {
+            (TAG_LIST, crate::listing::page_payload(entries, *last))
+        }
     };
     // Every list is bounded by MAX_BLOCKS and every text by MAX_TEXT, so a
     // frame always fits: a frame cut short here would carry a count that
@@ -633,6 +670,31 @@ pub fn encode_server_msg(msg: &ServerMsg) -> Vec<u8> {
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     f.append(&mut payload);
     f
+}
+
+/// A stored verdict: 3, then one byte (0 new, 1 unchanged, 2 kept, 3
+/// replaced), then for "kept" the version's name in UTF-8.
+fn stored_payload(how: &StoredAs) -> Vec<u8> {
+    match how {
+        StoredAs::New => vec![3, 0],
+        StoredAs::Unchanged => vec![3, 1],
+        StoredAs::Kept(v) => [&[3u8, 2][..], capped(v).as_bytes()].concat(),
+        StoredAs::Replaced => vec![3, 3],
+    }
+}
+
+fn parse_stored(p: &[u8]) -> Result<StoredAs> {
+    match p {
+        [0] => Ok(StoredAs::New),
+        [1] => Ok(StoredAs::Unchanged),
+        // Strict (UTF-8, within the text bound), so a frame re-encodes
+        // exactly as it came.
+        [2, name @ ..] if !name.is_empty() && name.len() <= MAX_TEXT => std::str::from_utf8(name)
+            .map(|n| StoredAs::Kept(n.to_owned()))
+            .map_err(|_| protocol("the kept version's name is not UTF-8")),
+        [3] => Ok(StoredAs::Replaced),
+        _ => Err(protocol("malformed stored verdict")),
+    }
 }
 
 fn held_set_payload(block_size: u64, runs: &[(u64, u64)], crcs: &[u32]) -> Vec<u8> {
@@ -710,6 +772,7 @@ pub fn parse_server_head(head: [u8; 5]) -> Result<(u8, usize)> {
         TAG_FAULT,
         TAG_CODEC,
         TAG_JOIN,
+        TAG_LIST,
     ];
     if !tags.contains(&head[0]) {
         return Err(protocol(format!(
@@ -776,6 +839,8 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
             })
         }
         TAG_HELD_SET => parse_held_set(p),
+        TAG_LIST => crate::listing::parse_page(p)
+            .map(|(entries, last)| ServerMsg::ListPage { entries, last }),
         TAG_ERROR => Ok(ServerMsg::Error(text(p))),
         TAG_JOIN => crate::session::Ticket::from_payload(p)
             .map(ServerMsg::Join)
@@ -804,6 +869,7 @@ pub fn parse_server_msg(tag: u8, p: &[u8]) -> Result<ServerMsg> {
                 )))
             }
             Some(2) => Ok(ServerMsg::Verdict(Verdict::Failed(text(&p[1..])))),
+            Some(3) => parse_stored(&p[1..]).map(|s| ServerMsg::Verdict(Verdict::Stored(s))),
             _ => Err(protocol("malformed verdict frame")),
         },
         t => Err(protocol(format!("unknown server frame type 0x{t:02x}"))),
@@ -979,6 +1045,30 @@ pub fn plan(total_blocks: u64, held_crcs: &[u32], source: &[u32]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stored_verdicts_round_trip_and_malformed_ones_are_refused() {
+        for how in [
+            StoredAs::New,
+            StoredAs::Unchanged,
+            StoredAs::Kept("a b.~3~".into()),
+            StoredAs::Replaced,
+        ] {
+            let f = encode_server_msg(&ServerMsg::Verdict(Verdict::Stored(how.clone())));
+            assert_eq!(f[0], b'V');
+            assert_eq!(
+                parse_server_msg(b'V', &f[5..]).unwrap(),
+                ServerMsg::Verdict(Verdict::Stored(how))
+            );
+        }
+        for bad in [&[3u8][..], &[3, 2], &[3, 9], &[3, 1, 0]] {
+            assert!(parse_server_msg(b'V', bad).is_err(), "{bad:?}");
+        }
+        // A plain OK stays one byte, as revision 1 to 3 clients read it.
+        let ok = encode_server_msg(&ServerMsg::Verdict(Verdict::Ok));
+        assert_eq!(&ok[..], &[b'V', 0, 0, 0, 1, 0]);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

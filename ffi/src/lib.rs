@@ -26,11 +26,12 @@ mod status;
 
 pub use misc::{bt_crc32_file, bt_last_error_message, bt_status_name, bt_version};
 pub use send::{
-    bt_progress_fn, bt_send_file, bt_send_options, bt_send_options_free, bt_send_options_new,
-    bt_send_options_set_backoff_ms, bt_send_options_set_cache_dir,
-    bt_send_options_set_connect_timeout_ms, bt_send_options_set_io_timeout_ms,
-    bt_send_options_set_legacy, bt_send_options_set_limit_rate, bt_send_options_set_remote_name,
-    bt_send_options_set_retries, bt_send_options_set_token, bt_send_result,
+    bt_list, bt_list_entry, bt_list_fn, bt_progress_fn, bt_send_file, bt_send_options,
+    bt_send_options_free, bt_send_options_new, bt_send_options_set_backoff_ms,
+    bt_send_options_set_cache_dir, bt_send_options_set_connect_timeout_ms,
+    bt_send_options_set_io_timeout_ms, bt_send_options_set_legacy, bt_send_options_set_limit_rate,
+    bt_send_options_set_remote_name, bt_send_options_set_retries, bt_send_options_set_token,
+    bt_send_result,
 };
 pub use server::{
     bt_log_fn, bt_server, bt_server_config, bt_server_config_free, bt_server_config_new,
@@ -38,8 +39,8 @@ pub use server::{
     bt_server_config_set_expire_partial_secs, bt_server_config_set_header_timeout_ms,
     bt_server_config_set_idle_timeout_ms, bt_server_config_set_log_callback,
     bt_server_config_set_max_connections, bt_server_config_set_max_file_size,
-    bt_server_config_set_min_free, bt_server_config_set_port, bt_server_config_set_store,
-    bt_server_config_set_token, bt_server_free, bt_server_new, bt_server_port, bt_server_serve,
-    bt_server_stop,
+    bt_server_config_set_min_free, bt_server_config_set_overwrite, bt_server_config_set_port,
+    bt_server_config_set_store, bt_server_config_set_token, bt_server_free, bt_server_new,
+    bt_server_port, bt_server_serve, bt_server_stop,
 };
 pub use status::bt_status;

@@ -56,6 +56,11 @@ pub struct bt_send_result {
     /// Blocks sent again because the server's copy differed or arrived
     /// damaged (protocol 2).
     pub blocks_resent: u64,
+    /// What storing did to the name: 0 a new name (or a server that does
+    /// not say), 1 unchanged (the same content was there: nothing sent or
+    /// stored), 2 the old file was kept as a numbered version `NAME.~N~`,
+    /// 3 the old file was replaced (a server run with `--overwrite`).
+    pub stored: u32,
 }
 
 /// Progress callback of `bt_send_file`: `done` of `total` bytes of the file
@@ -589,7 +594,114 @@ pub unsafe extern "C" fn bt_send_file(
             bytes_hashed: outcome.bytes_hashed,
             bytes_read: outcome.bytes_read,
             blocks_resent: outcome.blocks_resent,
+            stored: match outcome.stored_as {
+                bigtransfer_core::v2::StoredAs::New => 0,
+                bigtransfer_core::v2::StoredAs::Unchanged => 1,
+                bigtransfer_core::v2::StoredAs::Kept(_) => 2,
+                bigtransfer_core::v2::StoredAs::Replaced => 3,
+            },
         };
+        Ok(())
+    })
+}
+
+/// One entry of a listing, for `bt_list_fn`. Valid only during the call.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy)]
+pub struct bt_list_entry {
+    /// The name as stored on the server, NUL-terminated: raw bytes, not
+    /// necessarily UTF-8 (escape it before showing it).
+    pub name: *const c_char,
+    /// 0 a finished file, 1 a partial upload.
+    pub partial: c_int,
+    /// Size in bytes (of a partial upload: of the whole file).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Non-zero when `crc32` is known (a file the server stored and that
+    /// nobody changed since).
+    pub crc32_known: c_int,
+    /// The whole file's CRC-32, when known.
+    pub crc32: u32,
+    /// Of a partial upload: bytes held from the start of the file.
+    pub held: u64,
+}
+
+/// Called once per listed entry, in name order. Return 0 to go on,
+/// non-zero to stop: `bt_list` then returns `BT_CANCELLED`.
+#[allow(non_camel_case_types)]
+pub type bt_list_fn =
+    Option<unsafe extern "C" fn(entry: *const bt_list_entry, user: *mut c_void) -> c_int>;
+
+/// Lists what the server at `host`:`port` holds: finished files (size,
+/// mtime, the CRC-32 it recorded) and partial uploads (their progress),
+/// calling `each` for every entry. `name` NULL lists everything; else that
+/// name, its numbered versions (`NAME.~N~`) and its partial upload. The
+/// connection uses `options` as `bt_send_file` does (TLS, pinning, token,
+/// I/O timeout; NULL for the defaults).
+///
+/// Returns `BT_OK`, `BT_CANCELLED` (`each` asked to stop), or as
+/// `bt_send_file` (`BT_REFUSED`: e.g. no or a wrong token; `BT_PROTOCOL`: a
+/// server too old to list), with the reason in `bt_last_error_message()`.
+///
+/// # Safety
+/// `host` must be a NUL-terminated string, `name` NULL or one; `options`
+/// NULL or a live handle; `each` a function safe to call with `user`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_list(
+    host: *const c_char,
+    port: u16,
+    name: *const c_char,
+    options: *const bt_send_options,
+    each: bt_list_fn,
+    user: *mut c_void,
+) -> bt_status {
+    guard("bt_list", || {
+        // SAFETY (all three): forwarded contract; NULL is checked.
+        let host = unsafe { arg_utf8(host, "host") }?;
+        let name = match name.is_null() {
+            true => None,
+            false => Some(unsafe { arg_utf8(name, "name") }?),
+        };
+        let opts = if options.is_null() {
+            SendOptions::new(host, port)
+        } else {
+            let o = unsafe { arg_ref(options, "options") }?;
+            SendOptions {
+                host: host.to_owned(),
+                port,
+                ..o.inner.clone()
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return Err(Failure::invalid("host is empty or port is 0"));
+        }
+        let each = each.ok_or_else(|| Failure::invalid("each (the callback) is NULL"))?;
+        let mut entries = bigtransfer_core::client::list_remote(&opts, name)?.entries;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in &entries {
+            let Ok(cname) = std::ffi::CString::new(e.name.clone()) else {
+                continue;
+            };
+            let entry = bt_list_entry {
+                name: cname.as_ptr(),
+                partial: c_int::from(e.kind == bigtransfer_core::listing::EntryKind::Partial),
+                size: e.size,
+                mtime: e.mtime,
+                crc32_known: c_int::from(e.crc32.is_some()),
+                crc32: e.crc32.unwrap_or(0),
+                held: e.held,
+            };
+            // SAFETY: the caller promised `each` is safe to call with `user`;
+            // `entry` and its name live through the call.
+            if unsafe { each(&entry, user) } != 0 {
+                return Err(Failure::new(
+                    bt_status::BT_CANCELLED,
+                    "stopped by the callback",
+                ));
+            }
+        }
         Ok(())
     })
 }

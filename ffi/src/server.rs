@@ -342,6 +342,26 @@ pub unsafe extern "C" fn bt_server_config_set_max_file_size(
     }
 }
 
+/// With `on` non-zero, a different file uploaded under a name already
+/// stored replaces it; 0 (the default) keeps the stored file as a
+/// numbered version `NAME.~N~` beside the new one.
+///
+/// # Safety
+/// As `bt_server_config_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_server_config_set_overwrite(
+    config: *mut bt_server_config,
+    on: i32,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    unsafe {
+        set("bt_server_config_set_overwrite", config, |c| {
+            c.inner.overwrite = on != 0;
+            Ok(())
+        })
+    }
+}
+
 /// Deletes held parts (interrupted uploads) not touched for `seconds`; 0
 /// keeps them forever. The default is 7 days.
 ///

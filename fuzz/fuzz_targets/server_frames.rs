@@ -78,6 +78,10 @@ fn check_msg(tag: u8, payload: &[u8]) {
             assert_eq!((&nonce[..], &proof[..]), payload.split_at(32));
         }
         ServerMsg::Error(_) | ServerMsg::Fault(..) | ServerMsg::Verdict(Verdict::Failed(_)) => {}
+        ServerMsg::Verdict(Verdict::Stored(_)) => assert_eq!(payload[0], 3),
+        ServerMsg::ListPage { entries, .. } => {
+            assert!(entries.len() <= bigtransfer_core::listing::PAGE_ENTRIES)
+        }
     }
     // Texts are encoded at most MAX_TEXT bytes long (cut at a character
     // boundary, never mid-frame): the round trip holds for those.

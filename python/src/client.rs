@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bigtransfer_core::auth::Token;
 use bigtransfer_core::tls::Fingerprint;
+use bigtransfer_core::v2::StoredAs;
 use bigtransfer_core::{Control, ErrorKind, Outcome, Progress, Protocol, SendOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -63,6 +64,14 @@ pub struct SendResult {
     /// Wall time of the whole upload in seconds, hashing included.
     #[pyo3(get)]
     seconds: f64,
+    /// What storing did to the name: ``"new"``, ``"unchanged"`` (the same
+    /// content was there: nothing sent or stored), ``"kept"`` (the old file
+    /// kept as ``kept_as``) or ``"replaced"`` (a server with overwrite).
+    #[pyo3(get)]
+    stored: &'static str,
+    /// The numbered version the server kept the previous file as, or None.
+    #[pyo3(get)]
+    kept_as: Option<String>,
 }
 
 impl From<Outcome> for SendResult {
@@ -80,6 +89,16 @@ impl From<Outcome> for SendResult {
             attempts: o.attempts,
             encrypted: o.encrypted,
             seconds: o.elapsed.as_secs_f64(),
+            stored: match &o.stored_as {
+                StoredAs::New => "new",
+                StoredAs::Unchanged => "unchanged",
+                StoredAs::Kept(_) => "kept",
+                StoredAs::Replaced => "replaced",
+            },
+            kept_as: match o.stored_as {
+                StoredAs::Kept(v) => Some(v),
+                _ => None,
+            },
         }
     }
 }
@@ -487,4 +506,81 @@ pub fn send_file(
             "cancelled by the progress callback",
         )),
     }
+}
+
+/// List what the bigtransfer server at ``host:port`` holds: a list of
+/// dicts, one per file (``{"kind": "file", "name", "size", "mtime",
+/// "crc32"}``, ``crc32`` None when the server has no record of it) and per
+/// partial upload (``{"kind": "partial", "name", "size", "mtime",
+/// "held"}``), sorted by name. ``name``, if given, lists that name, its
+/// numbered versions (``NAME.~N~``) and its partial upload only. A name
+/// that is not UTF-8 on the server comes as bytes.
+///
+/// The connection is as for ``send_file`` (TLS, ``known_hosts``,
+/// ``fingerprint``, ``require_tls``, ``token``). Raises ``RefusedError``
+/// (e.g. a token is needed), ``ProtocolError`` (a server too old to list),
+/// ``UnreachableError``, ``ConnectionLostError``, ``HostKeyError``.
+#[pyfunction]
+#[pyo3(signature = (host, port, name = None, *, token = None, timeout = 60.0,
+                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false),
+       text_signature = "(host, port, name=None, *, token=None, timeout=60.0, fingerprint=None, \
+                         known_hosts=..., require_tls=False)")]
+#[allow(clippy::too_many_arguments)]
+pub fn list_remote(
+    py: Python<'_>,
+    host: &str,
+    port: i128,
+    name: Option<String>,
+    token: Option<Bound<'_, PyAny>>,
+    timeout: f64,
+    fingerprint: Option<String>,
+    known_hosts: OptPath,
+    require_tls: bool,
+) -> PyResult<Vec<Py<PyAny>>> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let mut opts = SendOptions::new(host, int_arg(py, "port", port, 1, 65535)? as u16);
+    opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
+    opts.token = token_arg(py, token.as_ref())?;
+    match known_hosts {
+        OptPath::EngineDefault => {}
+        OptPath::Off => opts.known_hosts = None,
+        OptPath::Dir(f) => opts.known_hosts = Some(f),
+    }
+    opts.require_tls = require_tls;
+    opts.fingerprint = match fingerprint {
+        Some(f) => Some(Fingerprint::parse(&f).map_err(|e| to_py(py, &e, None))?),
+        None => None,
+    };
+    let listing = py
+        .detach(|| bigtransfer_core::client::list_remote(&opts, name.as_deref()))
+        .map_err(|e| to_py(py, &e, None))?;
+    let mut entries = listing.entries;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.iter().map(|e| entry_dict(py, e)).collect()
+}
+
+fn entry_dict(py: Python<'_>, e: &bigtransfer_core::listing::ListEntry) -> PyResult<Py<PyAny>> {
+    use bigtransfer_core::listing::EntryKind;
+    let d = pyo3::types::PyDict::new(py);
+    let name: Py<PyAny> = match std::str::from_utf8(&e.name) {
+        Ok(s) => PyString::new(py, s).into_any().unbind(),
+        Err(_) => PyBytes::new(py, &e.name).into_any().unbind(),
+    };
+    d.set_item("name", name)?;
+    d.set_item("size", e.size)?;
+    d.set_item("mtime", e.mtime)?;
+    match e.kind {
+        EntryKind::File => {
+            d.set_item("kind", "file")?;
+            d.set_item("crc32", e.crc32)?;
+        }
+        EntryKind::Partial => {
+            d.set_item("kind", "partial")?;
+            d.set_item("held", e.held)?;
+        }
+    }
+    Ok(d.into_any().unbind())
 }

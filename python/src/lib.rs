@@ -27,10 +27,18 @@ mod wait;
 #[pymodule(name = "bigtransfer")]
 fn bigtransfer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let mut names: Vec<&str> = vec!["__version__", "send_file", "crc32_file", "Server", "Result"];
+    let mut names: Vec<&str> = vec![
+        "__version__",
+        "send_file",
+        "crc32_file",
+        "list_remote",
+        "Server",
+        "Result",
+    ];
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(client::send_file, m)?)?;
     m.add_function(wrap_pyfunction!(client::crc32_file, m)?)?;
+    m.add_function(wrap_pyfunction!(client::list_remote, m)?)?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<client::SendResult>()?;
     for (name, class) in errors::all(py)? {

@@ -52,6 +52,8 @@ enum RunState {
 /// seconds are deleted (None: never); uploads larger than
 /// ``max_file_size`` bytes are refused (None: no limit), and so are uploads
 /// that would leave fewer than ``min_free`` bytes free on the disk.
+/// A different file uploaded under a name already stored keeps the stored
+/// one as ``NAME.~N~`` beside it, unless ``overwrite`` is true.
 ///
 /// With ``token`` (bytes, or str taken as UTF-8; at least 16 bytes) only
 /// clients proving they know it (a challenge-response; the token never
@@ -180,11 +182,11 @@ impl PyServer {
     #[pyo3(signature = (dir, port = 8080, bind = None, max_connections = 64, timeout = 60.0,
                         expire_partial = Some(604800.0), max_file_size = None, token = None,
                         allow_legacy = false, min_free = 0, store = None, s3_endpoint = None,
-                        s3_region = None, tls = "auto", key = None),
+                        s3_region = None, tls = "auto", key = None, overwrite = false),
            text_signature = "(dir, port=8080, bind=None, max_connections=64, timeout=60.0, \
                              expire_partial=604800.0, max_file_size=None, token=None, \
                              allow_legacy=False, min_free=0, store=None, s3_endpoint=None, \
-                             s3_region=None, tls='auto', key=None)")]
+                             s3_region=None, tls='auto', key=None, overwrite=False)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -203,6 +205,7 @@ impl PyServer {
         s3_region: Option<&str>,
         tls: &str,
         key: Option<&Bound<'_, PyAny>>,
+        overwrite: bool,
     ) -> PyResult<PyServer> {
         let dir_arg = dir.clone().unbind();
         let dir = path_arg(dir)?;
@@ -224,6 +227,7 @@ impl PyServer {
         };
         cfg.token = token_arg(py, token.as_ref())?;
         cfg.allow_legacy = allow_legacy;
+        cfg.overwrite = overwrite;
         cfg.min_free = int_arg(py, "min_free", min_free, 0, u64::MAX.into())? as u64;
         if let Some(url) = store {
             let s3 = bigtransfer_core::s3::store_config(url, s3_endpoint, s3_region)

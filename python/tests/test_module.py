@@ -311,6 +311,38 @@ def test_compress_modes_store_the_same_bytes(server, tmp_path):
         assert stored(server, f"log-{mode}.txt").read_text() == lines
 
 
+def test_same_name_again_keeps_the_old_file_and_list_remote_shows_it(tmp_path):
+    store = tmp_path / "received"
+    kh = tmp_path / "kh"
+    with bigtransfer.Server(store, port=0, bind=HOST) as srv:
+        port = srv.address[1]
+        src = tmp_path / "k.bin"
+        first = make_file(src, 200_000, seed=5)
+        r = bigtransfer.send_file(HOST, port, src, known_hosts=kh)
+        assert (r.stored, r.kept_as) == ("new", None)
+        again = bigtransfer.send_file(HOST, port, src, known_hosts=kh)
+        assert (again.stored, again.kept_as, again.bytes_sent) == ("unchanged", None, 0)
+        second = make_file(src, 1000, seed=6)
+        r = bigtransfer.send_file(HOST, port, src, known_hosts=kh)
+        assert (r.stored, r.kept_as) == ("kept", "k.bin.~1~")
+        assert (store / "k.bin").read_bytes() == second
+        assert (store / "k.bin.~1~").read_bytes() == first
+        listed = bigtransfer.list_remote(HOST, port, known_hosts=kh)
+        assert [(e["kind"], e["name"], e["size"], e["crc32"]) for e in listed] == [
+            ("file", "k.bin", 1000, zlib.crc32(second)),
+            ("file", "k.bin.~1~", 200_000, zlib.crc32(first)),
+        ]
+        assert bigtransfer.list_remote(HOST, port, "nothing", known_hosts=kh) == []
+    other = tmp_path / "overwritten"
+    with bigtransfer.Server(other, port=0, bind=HOST, overwrite=True) as srv:
+        bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)
+        third = make_file(src, 999, seed=7)
+        r = bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)
+        assert (r.stored, r.kept_as) == ("replaced", None)
+        assert (other / "k.bin").read_bytes() == third
+        assert not (other / "k.bin.~1~").exists()
+
+
 def test_cancel_then_resume(server, tmp_path):
     src = tmp_path / "resume.bin"
     data = make_file(src, 8 * 1024 * 1024, seed=3)

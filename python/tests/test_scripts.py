@@ -245,12 +245,19 @@ def test_upload(server, tmp_path, size):
     assert_stored(server, source)
 
 
-def test_upload_again_replaces_file(server, tmp_path):
+def test_upload_again_keeps_the_old_file_as_a_version(server, tmp_path):
     source = make_file(tmp_path, "same.bin", 1000)
+    old = source.read_bytes()
     ok_result(upload(server, source))
     source.write_bytes(b"new content")
     assert ok_result(upload(server, source))["sent"] == len(b"new content")
     assert_stored(server, source)
+    assert (server.dir / "same.bin.~1~").read_bytes() == old
+    source.write_bytes(b"newer")
+    ok_result(upload(server, source))
+    assert_stored(server, source)
+    assert (server.dir / "same.bin.~1~").read_bytes() == old
+    assert (server.dir / "same.bin.~2~").read_bytes() == b"new content"
 
 
 def test_concurrent_clients(server, tmp_path):

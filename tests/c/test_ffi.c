@@ -224,6 +224,22 @@ static uint16_t closed_port(void) {
     return port;
 }
 
+struct listed {
+    int count;
+    int a_found;
+    uint32_t a_crc;
+};
+
+static int on_entry(const bt_list_entry *e, void *user) {
+    struct listed *l = user;
+    l->count++;
+    if (strcmp(e->name, "a.bin") == 0 && !e->partial && e->crc32_known) {
+        l->a_found = 1;
+        l->a_crc = e->crc32;
+    }
+    return 0;
+}
+
 static int message_set(void) {
     const char *m = bt_last_error_message();
     return m != NULL && m[0] != '\0';
@@ -403,6 +419,31 @@ int main(void) {
     CHECK(r.bytes_read >= size_a && r.bytes_hashed <= r.bytes_read,
           "result.bytes_read covers the file, bytes_hashed is part of it");
     CHECK(r.blocks_resent == 0, "result.blocks_resent == 0 when nothing was damaged");
+    CHECK(r.stored == 0, "result.stored == 0: a new name");
+
+    /* -- the same file again: nothing sent, the stored file untouched ------ */
+    struct stat before, after;
+    CHECK(stat(stored_a, &before) == 0, "stat of the stored file");
+    st = bt_send_file("127.0.0.1", port, path_a, options, NULL, NULL, &r);
+    CHECK(st == BT_OK && r.stored == 1 && r.bytes_sent == 0,
+          "a re-send of the same file: result.stored == 1 (unchanged), nothing sent");
+    CHECK(stat(stored_a, &after) == 0 && after.st_ino == before.st_ino &&
+              after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+              after.st_mtim.tv_nsec == before.st_mtim.tv_nsec,
+          "the stored file is untouched (same inode and mtime)");
+
+    /* -- bt_list ------------------------------------------------------------ */
+    struct listed seen = {0, 0, 0};
+    CHECK(bt_list("127.0.0.1", port, NULL, options, on_entry, &seen) == BT_OK,
+          "bt_list of everything");
+    CHECK(seen.count == 1 && seen.a_found && seen.a_crc == crc_src,
+          "bt_list shows a.bin with its CRC-32");
+    seen.count = 0;
+    CHECK(bt_list("127.0.0.1", port, "nothing.bin", options, on_entry, &seen) == BT_OK &&
+              seen.count == 0,
+          "bt_list of a name not held lists nothing");
+    CHECK(bt_list("127.0.0.1", port, NULL, options, NULL, NULL) == BT_INVALID_INPUT,
+          "bt_list without a callback is BT_INVALID_INPUT");
 
     /* -- cancel from the callback, then resume ----------------------------- */
     const size_t size_b = 4 * 1024 * 1024 + 777;
@@ -452,9 +493,14 @@ int main(void) {
     CHECK(prog.monotonic && prog.last_done == size_b, "resumed progress is monotonic, ends at total");
 
     /* -- cancel while hashing ---------------------------------------------- */
+    /* A file the server does not hold (it holds a.bin whole: its first
+     * report would be the whole file). */
+    char path_d[4300];
+    snprintf(path_d, sizeof path_d, "%s/d.bin", src_dir);
+    CHECK(write_file(path_d, 200003, 0x77) == 0, "generated d.bin");
     progress_init(&prog);
     prog.cancel_first = 1;
-    st = bt_send_file("127.0.0.1", port, path_a, options, on_progress, &prog, &r);
+    st = bt_send_file("127.0.0.1", port, path_d, options, on_progress, &prog, &r);
     CHECK(st == BT_CANCELLED && prog.calls == 1 && prog.cancelled_at == 0,
           "cancelling at the first call (while hashing) gives BT_CANCELLED");
 

@@ -11,6 +11,7 @@ mod docs;
 mod harness;
 mod hostile;
 mod interactive;
+mod keep;
 mod messages;
 mod peers;
 #[cfg(feature = "s3")]

@@ -436,3 +436,31 @@ fn the_store_stopped_mid_upload_and_restarted_the_upload_goes_on() {
     }
     assert_object_is(&store, "survive.bin", &src);
 }
+
+#[test]
+fn list_shows_the_objects_of_the_store() {
+    let Some(store) = Store::get("list") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let srv = store.server(0, t.path(), &[]);
+    for (name, size) in [("l1.bin", 6000u64), ("l2.bin", 7000)] {
+        let src = t.path().join(name);
+        write_random(&src, size, size);
+        assert_ok(&send(&srv, &src, &[]));
+    }
+    let out = crate::keep::list(&srv, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<(&str, u64)> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(files, [("l1.bin", 6000), ("l2.bin", 7000)], "{v}");
+    let out = crate::keep::list(&srv, &["--json", "l2.bin"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["files"][0]["crc32"], serde_json::Value::Null);
+}

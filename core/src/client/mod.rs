@@ -19,6 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod list;
+pub use list::{list_remote, Listing};
 mod peer;
 mod secure;
 mod shell;
@@ -272,6 +274,10 @@ pub struct Outcome {
     pub streams: u32,
     /// Why joined streams ended early or were refused, if any did.
     pub stream_notes: Vec<String>,
+    /// What the server said storing did to the name: new, unchanged (the
+    /// same content was there: nothing stored), the old file kept as a
+    /// numbered version, or replaced. `New` from servers that do not say.
+    pub stored_as: crate::v2::StoredAs,
 }
 
 /// The source file as opened for one upload, with what is known of its
@@ -401,6 +407,8 @@ struct Tally {
     /// The most the server ever confirmed holding of this file (v1 resume
     /// offset, v2 bytes of verified blocks that match ours).
     confirmed: Option<u64>,
+    /// What the server said storing did to the name (last connection).
+    stored_as: crate::v2::StoredAs,
 }
 
 impl Tally {
@@ -422,6 +430,7 @@ impl Tally {
             streams: 1,
             stream_notes: Vec::new(),
             confirmed: None,
+            stored_as: crate::v2::StoredAs::New,
         }
     }
 
@@ -431,6 +440,7 @@ impl Tally {
             filesize: src.size(),
             crc32: src.whole.unwrap_or(0),
             resumed_from: self.resumed_from.unwrap_or(0),
+            stored_as: self.stored_as.clone(),
             bytes_sent: self.sent,
             bytes_hashed: self.hashed,
             bytes_read: self.read,

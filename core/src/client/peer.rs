@@ -146,7 +146,7 @@ pub(super) fn lost(e: io::Error, during: &str) -> Error {
 /// The error for a server's error frame, its words escaped: a fault the
 /// server calls temporary is retried like a lost connection; a permanent
 /// one, or bare text from a revision-1 server, is a refusal.
-fn server_fault(code: Option<v2::FaultCode>, text: &str) -> Error {
+pub(super) fn server_fault(code: Option<v2::FaultCode>, text: &str) -> Error {
     let words = crate::text::printable(text);
     match code {
         Some(c) if c.is_transient() => Error::new(

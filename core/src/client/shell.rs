@@ -131,7 +131,7 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
     }
 }
 
-fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
+pub(super) fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
     let opts = up.opts;
     let addrs: Vec<SocketAddr> = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
@@ -197,6 +197,7 @@ impl Shell<'_, '_> {
             self.receive()?;
         }
         let outcome = self.tx.outcome().cloned();
+        self.up.t.stored_as = self.tx.stored_as().clone();
         let greeting = std::mem::take(&mut self.greeting);
         let ending = peer::Ending {
             opts: self.up.opts,

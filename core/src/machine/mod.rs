@@ -468,9 +468,16 @@ pub trait HeldPart {
     }
     /// Stores the complete file under its name, durably.
     fn commit(&mut self, whole_crc: u32) -> Result<(), Fault>;
+    /// After [`HeldPart::commit`]: what storing did to the name. The
+    /// default is a storage that keeps no history.
+    fn stored_as(&self) -> StoredAs {
+        StoredAs::New
+    }
     /// Throws the held part away.
     fn discard(&mut self) -> Result<(), Fault>;
 }
+
+pub use crate::v2::StoredAs;
 
 /// What [`HeldPart::recheck`] found: the hook that lets a storage which
 /// can change behind the server's back (a local disk) decide the verdict
@@ -546,6 +553,16 @@ pub enum Action {
     },
     /// See [`HeldPart::discard`]. Answer: [`Event::Applied`].
     Discard,
+    /// A list request (see [`crate::listing`]): the next page of what the
+    /// server holds (the first when `first`), of `name` alone (with its
+    /// numbered versions and its partial upload) or of everything.
+    /// Answer: [`Event::Listed`].
+    ListPage {
+        /// The name asked about; `None`: everything.
+        name: Option<String>,
+        /// Whether this is the first page (start from the beginning).
+        first: bool,
+    },
 }
 
 /// The result of an [`Action`] or a [`WriteAt`].
@@ -559,6 +576,12 @@ pub enum Event {
     Opened(Result<Held, Fault>),
     /// Result of a storage action or a write.
     Applied(Result<(), Fault>),
+    /// Result of [`Action::ListPage`]: the page's entries and whether it is
+    /// the last.
+    Listed(Result<(Vec<crate::listing::ListEntry>, bool), Fault>),
+    /// Result of [`Action::Commit`] (a shell may answer it with
+    /// [`Event::Applied`] too: then the name is taken as new).
+    Committed(Result<StoredAs, Fault>),
     /// Result of [`Action::Recheck`].
     Rechecked(Result<Recheck, Fault>),
 }
@@ -571,11 +594,16 @@ pub fn apply<P: HeldPart>(part: &mut P, action: &Action) -> Option<Event> {
         Action::BeginBlock { idx } => part.begin_block(idx),
         Action::RecordBlock { idx, crc, good } => part.record_block(idx, crc, good),
         Action::Checkpoint => part.checkpoint(),
-        Action::Commit { whole_crc } => part.commit(whole_crc),
-        Action::Discard => part.discard(),
-        Action::Admit { .. } | Action::Claim { .. } | Action::Join { .. } | Action::OpenHeld(_) => {
-            return None
+        Action::Commit { whole_crc } => {
+            let r = part.commit(whole_crc).map(|()| part.stored_as());
+            return Some(Event::Committed(r));
         }
+        Action::Discard => part.discard(),
+        Action::Admit { .. }
+        | Action::Claim { .. }
+        | Action::Join { .. }
+        | Action::OpenHeld(_)
+        | Action::ListPage { .. } => return None,
     };
     Some(Event::Applied(r))
 }

@@ -16,7 +16,7 @@ use crc32fast::Hasher;
 use super::transfer::{Intake, Took};
 use super::{
     earliest, Action, ClientDecoder, ClientItem, Deadline, Event, Fault, Fed, Held, Layout, PartId,
-    Recheck, Timer, WriteAt, MAX_BLOCKS,
+    Recheck, StoredAs, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
 use crate::proto::{self, Header};
@@ -85,6 +85,8 @@ pub enum Ending {
     Lost(&'static str),
     /// A deadline passed.
     TimedOut(Timer),
+    /// A list request was answered in full.
+    Listed,
 }
 
 #[derive(Debug)]
@@ -103,23 +105,51 @@ struct Request {
 
 #[derive(Debug)]
 enum State {
-    ReadLen { got: [u8; 4], n: usize },
-    ReadHeader { len: usize, buf: Vec<u8> },
+    ReadLen {
+        got: [u8; 4],
+        n: usize,
+    },
+    ReadHeader {
+        len: usize,
+        buf: Vec<u8>,
+    },
     Admit,
     Challenge,
-    AwaitAnswer { dec: ClientDecoder },
+    AwaitAnswer {
+        dec: ClientDecoder,
+    },
     Claim,
     OpenHeld,
-    SendOffset { offset: u64, crc: u32 },
-    Receiving { pos: u64, hasher: Hasher },
+    SendOffset {
+        offset: u64,
+        crc: u32,
+    },
+    Receiving {
+        pos: u64,
+        hasher: Hasher,
+    },
     SendHeld,
     DataFrames,
-    Repair { list: Vec<u64> },
-    Recheck { crc: u32 },
-    Verify { ok: bool, words: String },
-    SendVerdict { bytes: Vec<u8>, ending: Ending },
-    Closing { ending: Ending },
+    Repair {
+        list: Vec<u64>,
+    },
+    Recheck {
+        crc: u32,
+    },
+    Verify {
+        ok: bool,
+        words: String,
+    },
+    SendVerdict {
+        bytes: Vec<u8>,
+        ending: Ending,
+    },
+    Closing {
+        ending: Ending,
+    },
     Done(Ending),
+    /// Answering a list request, page by page.
+    Listing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +159,7 @@ enum Expect {
     Open,
     Recheck,
     Applied,
+    Listed,
 }
 
 enum Why {
@@ -156,10 +187,35 @@ pub struct Receiver {
     /// The session granted to this (first) connection: sent as a `J`
     /// frame before the held list.
     ticket: Option<crate::session::Ticket>,
+    /// What storing did to the name (after the commit).
+    stored: StoredAs,
+    /// A list request: the name asked about (`None` inside: everything).
+    list: Option<Option<String>>,
 }
 
 /// The revision a header that did not parse says it reads, so that its
 /// refusal comes in a form it understands.
+/// Whether a version-2 header asks for a listing (`bt.op`); an upload
+/// when there is no op. An op this server does not know is refused in
+/// words, before anything is touched.
+fn requested_list(json: &[u8], offer: Option<Offer>) -> Result<bool, Fault> {
+    if offer.is_none() {
+        return Ok(false);
+    }
+    match crate::listing::requested_op(json) {
+        Ok(None) => Ok(false),
+        Ok(Some(op)) if op == crate::listing::OP_LIST => Ok(true),
+        Ok(Some(op)) => Err(Fault::bad(format!(
+            "refused: this server does not know the operation {}",
+            crate::text::printable(&op)
+        ))),
+        Err(e) => Err(Fault::bad(format!("refused: {e}"))),
+    }
+}
+
+/// The name a list request's connection goes by in logs.
+pub const LIST_LABEL: &str = "(list)";
+
 fn guess_rev(json: &[u8]) -> u64 {
     crate::json::parse(json)
         .ok()
@@ -194,6 +250,8 @@ impl Receiver {
             part_open: false,
             rev: 1,
             ticket: None,
+            stored: StoredAs::New,
+            list: None,
         }
     }
 
@@ -217,6 +275,7 @@ impl Receiver {
             State::SendVerdict { .. } => "SendVerdict",
             State::Closing { .. } => "Closing",
             State::Done(_) => "Done",
+            State::Listing => "Listing",
         }
     }
 
@@ -368,6 +427,7 @@ impl Receiver {
             Action::Claim { .. } | Action::Join { .. } => Expect::Claim,
             Action::OpenHeld(_) => Expect::Open,
             Action::Recheck => Expect::Recheck,
+            Action::ListPage { .. } => Expect::Listed,
             _ => Expect::Applied,
         });
         Some(a)
@@ -384,7 +444,14 @@ impl Receiver {
             (Some(Expect::Claim), Event::Claimed(r)) => self.on_claimed(now, r),
             (Some(Expect::Open), Event::Opened(r)) => self.on_opened(now, r),
             (Some(Expect::Applied), Event::Applied(r)) => self.on_applied(now, r),
+            (Some(Expect::Applied), Event::Committed(r)) => {
+                if let Ok(how) = &r {
+                    self.stored = how.clone();
+                }
+                self.on_applied(now, r.map(|_| ()))
+            }
             (Some(Expect::Recheck), Event::Rechecked(r)) => self.on_rechecked(now, r),
+            (Some(Expect::Listed), Event::Listed(r)) => self.on_listed(now, r),
             (_, ev) => self.fail(now, internal(format!("unexpected event {ev:?}"))),
         }
     }
@@ -551,6 +618,11 @@ impl Receiver {
                 return self.fail(now, Why::Refuse(Fault::new(FaultCode::TooLarge, words)));
             }
         }
+        match requested_list(&json, offer) {
+            Ok(true) => return self.on_list_header(now, json, header, offer),
+            Ok(false) => {}
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        }
         let name = match SafeName::from_wire(&header.filename) {
             Ok(n) => n,
             Err(e) => {
@@ -592,7 +664,76 @@ impl Receiver {
         }
     }
 
+    /// A list request: after the token (when the server has one), pages
+    /// of what the server holds, then the end. Nothing is admitted,
+    /// claimed or opened.
+    fn on_list_header(
+        &mut self,
+        now: Instant,
+        json: Vec<u8>,
+        header: Header,
+        offer: Option<Offer>,
+    ) {
+        let asked = match crate::listing::requested_name(&json) {
+            Ok(n) => n,
+            Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+        };
+        // The request names no file: this placeholder only labels the
+        // connection in logs (it is never claimed, opened or stored).
+        let Ok(name) = SafeName::from_wire(LIST_LABEL) else {
+            return self.fail(now, internal("the list label is not a valid name"));
+        };
+        self.list = Some(asked);
+        self.req = Some(Request {
+            json,
+            header,
+            name,
+            offer,
+            zstd: false,
+            streams: None,
+            join: None,
+        });
+        if self.cfg.token.is_some() {
+            self.state = State::Challenge;
+        } else {
+            self.begin_list();
+        }
+    }
+
+    fn begin_list(&mut self) {
+        let name = self.list.clone().flatten();
+        self.pending = Some(Action::ListPage { name, first: true });
+        self.state = State::Listing;
+    }
+
+    /// A page from the shell: sent at once (the shell transmits before its
+    /// next action, so pages never pile up); the last one ends the answer.
+    fn on_listed(
+        &mut self,
+        now: Instant,
+        r: Result<(Vec<crate::listing::ListEntry>, bool), Fault>,
+    ) {
+        let (entries, last) = match r {
+            Ok(x) => x,
+            Err(f) => return self.fail(now, Why::Refuse(f)),
+        };
+        let frame = v2::encode_server_msg(&ServerMsg::ListPage { entries, last });
+        if last {
+            self.state = State::SendVerdict {
+                bytes: frame,
+                ending: Ending::Listed,
+            };
+        } else {
+            self.out.push_back(frame);
+            let name = self.list.clone().flatten();
+            self.pending = Some(Action::ListPage { name, first: false });
+        }
+    }
+
     fn start_claim(&mut self, authenticated: bool) {
+        if self.list.is_some() {
+            return self.begin_list();
+        }
         if let Some(j) = self.req.as_ref().and_then(|r| r.join.clone()) {
             self.pending = Some(Action::Join {
                 join: j,
@@ -935,6 +1076,22 @@ impl Receiver {
         }
     }
 
+    /// What storing did to the name, after the verdict (for logs).
+    pub fn stored_as(&self) -> &StoredAs {
+        &self.stored
+    }
+
+    /// The OK verdict: saying what storing did to the name to a client
+    /// that reads it, a plain OK to older ones.
+    fn ok_verdict(&self) -> v2::Verdict {
+        let reads = self.offer().is_some_and(|o| o.rev >= v2::REV_KEEP);
+        match &self.stored {
+            StoredAs::New => v2::Verdict::Ok,
+            _ if !reads => v2::Verdict::Ok,
+            how => v2::Verdict::Stored(how.clone()),
+        }
+    }
+
     fn verdict(&self, ok: bool, words: String) -> State {
         let ending = if ok {
             Ending::Stored
@@ -944,7 +1101,7 @@ impl Receiver {
         let bytes = match (self.offer().is_some(), ok) {
             (false, true) => proto::Verdict::Ok.as_bytes().to_vec(),
             (false, false) => proto::Verdict::Mismatch.as_bytes().to_vec(),
-            (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Ok)),
+            (true, true) => v2::encode_server_msg(&ServerMsg::Verdict(self.ok_verdict())),
             (true, false) => v2::encode_server_msg(&ServerMsg::Verdict(v2::Verdict::Failed(words))),
         };
         State::SendVerdict { bytes, ending }
@@ -1043,5 +1200,154 @@ mod tests {
             Some(proto::Verdict::Mismatch.as_bytes().to_vec())
         );
         assert_eq!(rx.ending(), Some(&Ending::Mismatch("changed".into())));
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use crate::listing::{encode_list_request, EntryKind, ListEntry};
+
+    fn feed(rx: &mut Receiver, now: Instant, wire: &[u8]) {
+        let mut at = 0;
+        while at < wire.len() {
+            at += rx.handle_input(now, &wire[at..]).used;
+        }
+    }
+
+    fn offer() -> Offer {
+        Offer {
+            version: 2,
+            block_size: v2::MIN_BLOCK,
+            rev: v2::REV_KEEP,
+            source: None,
+        }
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<ServerMsg> {
+        assert_eq!(&bytes[..8], &v2::MAGIC);
+        let mut dec = super::super::ServerDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut rest = &bytes[8..];
+        while !rest.is_empty() {
+            let (used, msg) = dec.decode(rest).unwrap();
+            out.extend(msg);
+            rest = &rest[used..];
+        }
+        out
+    }
+
+    fn entry(name: &str) -> ListEntry {
+        ListEntry {
+            kind: EntryKind::File,
+            name: name.as_bytes().to_vec(),
+            size: 1,
+            mtime: 2,
+            crc32: Some(3),
+            held: 1,
+        }
+    }
+
+    #[test]
+    fn a_list_request_is_answered_page_by_page_without_claiming_anything() {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        feed(&mut rx, now, &encode_list_request(Some("x.bin"), offer()));
+        let mut out = Vec::new();
+        let mut pages = 0;
+        loop {
+            while let Some(b) = rx.poll_transmit(now) {
+                out.extend(b);
+            }
+            let Some(a) = rx.poll_action() else { break };
+            let Action::ListPage { name, first } = a else {
+                panic!("{a:?}")
+            };
+            assert_eq!((name.as_deref(), first), (Some("x.bin"), pages == 0));
+            pages += 1;
+            let page = (vec![entry(&format!("x.bin.~{pages}~"))], pages == 3);
+            rx.handle_event(now, Event::Listed(Ok(page)));
+        }
+        assert_eq!(rx.ending(), Some(&Ending::Listed));
+        let got = frames(&out);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[2],
+            ServerMsg::ListPage {
+                entries: vec![entry("x.bin.~3~")],
+                last: true
+            }
+        );
+    }
+
+    #[test]
+    fn only_revision_4_clients_are_told_what_storing_did() {
+        let now = Instant::now();
+        for (rev, how, want) in [
+            (
+                4,
+                StoredAs::Kept("a.~1~".into()),
+                v2::Verdict::Stored(StoredAs::Kept("a.~1~".into())),
+            ),
+            (
+                4,
+                StoredAs::Unchanged,
+                v2::Verdict::Stored(StoredAs::Unchanged),
+            ),
+            (4, StoredAs::New, v2::Verdict::Ok),
+            (3, StoredAs::Kept("a.~1~".into()), v2::Verdict::Ok),
+            (2, StoredAs::Unchanged, v2::Verdict::Ok),
+        ] {
+            let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+            rx.req = Some(Request {
+                json: Vec::new(),
+                header: Header {
+                    filename: "a".into(),
+                    filesize: 1,
+                    crc32: 0,
+                },
+                name: SafeName::from_wire("a").unwrap(),
+                offer: Some(Offer { rev, ..offer() }),
+                zstd: false,
+                streams: None,
+                join: None,
+            });
+            rx.stored = how;
+            assert_eq!(rx.ok_verdict(), want, "rev {rev}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_op_is_refused_in_words_and_a_token_is_asked_for_a_list() {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+        let json = br#"{"filename": "", "filesize": 0, "crc32": null, "bt": {"v": 2, "block": 65536, "rev": 4, "op": "fly"}}"#;
+        let mut wire = (json.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(json);
+        feed(&mut rx, now, &wire);
+        assert_eq!(rx.poll_action(), None);
+        let Some(Ending::Refused(f)) = rx.ending() else {
+            panic!("{:?}", rx.ending())
+        };
+        assert_eq!(f.code, FaultCode::BadRequest);
+        assert!(
+            f.words.contains("does not know the operation fly"),
+            "{}",
+            f.words
+        );
+
+        let token = Token::new(b"correct horse battery staple 42".to_vec()).unwrap();
+        let cfg = ReceiverConfig {
+            token: Some(token),
+            ..ReceiverConfig::default()
+        };
+        let mut rx = Receiver::new(cfg, [9; NONCE_LEN], now);
+        feed(&mut rx, now, &encode_list_request(None, offer()));
+        let mut out = Vec::new();
+        while let Some(b) = rx.poll_transmit(now) {
+            out.extend(b);
+        }
+        assert_eq!(rx.poll_action(), None, "nothing listed before the answer");
+        assert_eq!(frames(&out), vec![ServerMsg::Challenge([9; NONCE_LEN])]);
     }
 }

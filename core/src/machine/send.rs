@@ -294,6 +294,8 @@ pub struct Sender {
     /// Streams asked for (`bt.streams`), and the session granted.
     streams: Option<u32>,
     ticket: Option<crate::session::Ticket>,
+    /// What the server said storing did to the name.
+    stored_as: v2::StoredAs,
 }
 
 fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Failure> {
@@ -305,7 +307,7 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
     let offer = Offer {
         version: v2::VERSION,
         block_size: cfg.block,
-        rev: v2::REV_HOLES,
+        rev: v2::REV_KEEP,
         source: cfg.source,
     };
     let r = match (cfg.legacy, cfg.whole_crc) {
@@ -376,6 +378,7 @@ impl Sender {
             pack: PackStats::default(),
             streams,
             ticket: None,
+            stored_as: v2::StoredAs::New,
         };
         s.rearm(now, false);
         s
@@ -401,6 +404,12 @@ impl Sender {
             State::AwaitVerdict1 { .. } => "AwaitVerdict1",
             State::Done(_) => "Done",
         }
+    }
+
+    /// What the server said storing did to the name (after an OK verdict;
+    /// `New` from servers that do not say).
+    pub fn stored_as(&self) -> &v2::StoredAs {
+        &self.stored_as
     }
 
     /// How the attempt ended, once it has.
@@ -912,6 +921,10 @@ impl Sender {
     fn on_verdict(&mut self, v: v2::Verdict) {
         match v {
             v2::Verdict::Ok => self.finish(Outcome::Stored),
+            v2::Verdict::Stored(how) => {
+                self.stored_as = how;
+                self.finish(Outcome::Stored)
+            }
             v2::Verdict::Failed(m) => self.finish(Outcome::Mismatch(m)),
             // The first block goes out at the next `poll_transmit`.
             v2::Verdict::Repair(list) => match self.outlet.repair(list) {
@@ -932,5 +945,6 @@ fn msg_name(m: &ServerMsg) -> &'static str {
         ServerMsg::Verdict(_) => "verdict",
         ServerMsg::Codec(_) => "codec",
         ServerMsg::Join(_) => "join",
+        ServerMsg::ListPage { .. } => "list-page",
     }
 }

@@ -17,6 +17,8 @@
 //! Not for the wire (see [`crate::machine`]) nor for the directory, its
 //! lock and the record's byte format (see [`crate::store`]).
 
+#[cfg(test)]
+mod keep_tests;
 mod ledger;
 mod open;
 mod sync;
@@ -31,8 +33,9 @@ pub(crate) use ledger::Ledger;
 pub use open::Recovery;
 pub(crate) use sync::{SyncJob, Syncer};
 
-use crate::machine::{Fault, Held, Recheck};
-use crate::store::{write_slot, At, Dir, PartStamp};
+use crate::keep::{FileStamp, FinishedRecord};
+use crate::machine::{Fault, Held, Recheck, StoredAs};
+use crate::store::{read_finished, write_finished, write_slot, At, Dir, PartStamp};
 use crate::{Error, ErrorKind, Result, SafeName};
 
 /// The most received data a server crash can cost.
@@ -62,6 +65,12 @@ struct Files {
     blk_path: At,
     final_path: At,
     dir: Dir,
+    /// The finished record of the name, and its temporary (see
+    /// [`crate::keep`]).
+    done_path: At,
+    done_tmp: At,
+    /// The state directory (records of kept versions).
+    state: Dir,
 }
 
 /// A checkpoint in flight: the bytes written in the step it covers.
@@ -95,6 +104,15 @@ pub struct DiskPart {
     /// Whether a foreign write was seen.
     tampered: bool,
     done: bool,
+    /// Whether a different content replaces the stored file outright
+    /// instead of keeping it as a numbered version.
+    overwrite: bool,
+    /// Set while the held blocks are those of the file already stored
+    /// under the name (a re-send), not yet copied into the part: if no
+    /// block is written, the stored file is left untouched.
+    base: Option<FinishedRecord>,
+    /// What the commit did to the name.
+    stored: StoredAs,
 }
 
 fn serr(what: &str, p: &At, e: std::io::Error) -> Error {
@@ -140,6 +158,7 @@ impl DiskPart {
     /// computed twice).
     pub fn write_at(&mut self, offset: u64, bytes: &[u8], crc_after: Option<u32>) -> Result<()> {
         self.check_write(offset, bytes.len() as u64)?;
+        self.materialise()?;
         // Never hold a whole interval beyond what is known durable: before
         // that, wait for the checkpoint in flight.
         if let Some(n) = self.syncer.in_flight() {
@@ -206,6 +225,7 @@ impl DiskPart {
     /// is made first: otherwise a crash mid-write could leave a record that
     /// vouches for the old block's CRC-32 over new bytes.
     pub fn begin_block(&mut self, idx: u64) -> Result<()> {
+        self.materialise()?;
         let Ledger::Blocks(b) = &mut self.ledger else {
             return Ok(());
         };
@@ -243,6 +263,33 @@ impl DiskPart {
         Ok(())
     }
 
+    /// A re-send that differs: copies the stored file into the part (on a
+    /// copy-on-write file system, by reference), so its blocks offered as
+    /// held are really in the part before any is replaced; the stored file
+    /// itself is never written. If it changed since it was offered, the
+    /// end's recheck re-reads every held block instead of trusting them.
+    fn materialise(&mut self) -> Result<()> {
+        let Some(base) = self.base.take() else {
+            return Ok(());
+        };
+        let f = &self.files;
+        let mut src = f
+            .final_path
+            .open_read()
+            .map_err(|e| serr("open", &f.final_path, e))?;
+        f.part
+            .set_len(0)
+            .map_err(|e| serr("truncate", &f.part_path, e))?;
+        // The part's cursor is at 0: every write to it is positioned.
+        let mut dst = &f.part;
+        std::io::copy(&mut src, &mut dst).map_err(|e| serr("copy into", &f.part_path, e))?;
+        let same = read_finished(&f.done_path, &f.final_path).is_some_and(|r| r == base);
+        self.tampered |= !same;
+        self.witness = self.stamp().ok();
+        self.dirty = true;
+        Ok(())
+    }
+
     /// Records a finished background checkpoint.
     fn settle(&mut self) -> Result<()> {
         self.syncer.settle().map(|_| ())
@@ -252,7 +299,8 @@ impl DiskPart {
     /// (after any background checkpoint in flight).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.settle()?;
-        if !self.dirty {
+        // Blocks of the stored file are not the part's to vouch for.
+        if !self.dirty || self.base.is_some() {
             return Ok(());
         }
         crate::sys::fdatasync(&self.files.part)
@@ -316,6 +364,21 @@ impl DiskPart {
         // A background fdatasync that failed may have lost data that a
         // later one would not report again: it fails the upload.
         self.settle()?;
+        if let Some(base) = &self.base {
+            let f = &self.files;
+            if read_finished(&f.done_path, &f.final_path).as_ref() == Some(base) {
+                return Ok(Recheck::Same);
+            }
+            if matches!(self.ledger, Ledger::Growing(_)) {
+                return Ok(Recheck::Wrong(format!(
+                    "{} changed behind the server's back since the upload started; send it again",
+                    f.final_path.display()
+                )));
+            }
+            // Its blocks are re-read from a copy below, and those that
+            // changed asked for again.
+            self.materialise()?;
+        }
         let now = self.stamp()?;
         let same_file = self
             .files
@@ -355,7 +418,14 @@ impl DiskPart {
         r
     }
 
-    /// Stores the complete, verified file under its final name, durably.
+    /// What the commit did to the name (see [`StoredAs`]).
+    pub fn stored_as(&self) -> &StoredAs {
+        &self.stored
+    }
+
+    /// Stores the complete, verified file under its final name, durably,
+    /// keeping a file already there as a numbered version (unless the
+    /// store overwrites), and records what was stored.
     pub fn finish(&mut self) -> Result<()> {
         self.settle()?;
         if let Ledger::Growing(g) = &self.ledger {
@@ -367,17 +437,30 @@ impl DiskPart {
                 ));
             }
         }
+        if self.base.is_some() {
+            // Every block was the stored file's: nothing to store.
+            self.discard();
+            self.stored = StoredAs::Unchanged;
+            return Ok(());
+        }
+        let rec = self.finished_record();
+        let old = read_finished(&self.files.done_path, &self.files.final_path);
+        if old.as_ref().is_some_and(|o| same_content(o, &rec)) {
+            // Verified to be what is stored already (a resumed part of
+            // another attempt can end there): keep the stored file.
+            self.discard();
+            self.stored = StoredAs::Unchanged;
+            return Ok(());
+        }
         let f = &self.files;
-        let size = match &self.ledger {
-            Ledger::Growing(g) => g.filesize,
-            Ledger::Blocks(b) => b.filesize,
-        };
         f.part
-            .set_len(size)
+            .set_len(rec.size)
             .map_err(|e| serr("truncate", &f.part_path, e))?;
         f.part
             .sync_all()
             .map_err(|e| serr("sync", &f.part_path, e))?;
+        self.stored = self.make_room()?;
+        let f = &self.files;
         f.part_path
             .rename_to(&f.final_path)
             .map_err(|e| serr("rename into", &f.final_path, e))?;
@@ -385,7 +468,105 @@ impl DiskPart {
         f.dir.sync()?;
         let _ = f.meta_path.remove();
         let _ = f.blk_path.remove();
+        self.record_finished(rec);
+        if let StoredAs::Kept(v) = &self.stored {
+            // After the rename: it changed the old file's ctime (one link
+            // fewer).
+            self.carry_record(old, v);
+        }
         Ok(())
+    }
+
+    /// Before the new file is renamed over the name: keeps whatever is
+    /// there as a numbered version, unless the store overwrites. The old
+    /// record goes first, so no crash leaves it beside the new file.
+    fn make_room(&self) -> Result<StoredAs> {
+        let f = &self.files;
+        if !f.final_path.exists() {
+            return Ok(StoredAs::New);
+        }
+        let _ = f.done_path.remove();
+        if self.overwrite {
+            return Ok(StoredAs::Replaced);
+        }
+        crate::keep::keep_version(f.dir.fd(), self.name.as_str())
+            .map(StoredAs::Kept)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    // For good: another try cannot make the name shorter.
+                    return Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "refused to replace {}: {e}; send it under a shorter name",
+                            self.name
+                        ),
+                    );
+                }
+                Error::io(
+                    ErrorKind::Storage,
+                    format!(
+                        "cannot keep the file already stored as {} before replacing it",
+                        f.final_path.display()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// The kept version is the old file (a hard link): what was recorded
+    /// of it holds for the version too, if nothing but the link changed
+    /// (its ctime), so listings and downloads of versions know its CRC-32s.
+    fn carry_record(&self, old: Option<FinishedRecord>, version: &str) {
+        let (Some(mut rec), Ok(v)) = (old, SafeName::from_wire(version)) else {
+            return;
+        };
+        let at = self.files.dir.at(version);
+        let Ok(m) = at.open_read().and_then(|h| h.metadata()) else {
+            return;
+        };
+        let now = FileStamp::of(&m);
+        let same =
+            (now.ino, now.size, now.mtime) == (rec.stamp.ino, rec.stamp.size, rec.stamp.mtime);
+        if same {
+            rec.stamp = now;
+            let key = crate::store::key_of(&v);
+            let tmp = self.files.state.at(&format!("{key}.done.tmp"));
+            let dest = self.files.state.at(&format!("{key}.done"));
+            let _ = write_finished(&tmp, &dest, &rec);
+        }
+    }
+
+    /// The record of the file being stored (its stamp is filled in after
+    /// the rename).
+    fn finished_record(&self) -> FinishedRecord {
+        let (size, crc32, block, crcs) = match &self.ledger {
+            Ledger::Growing(g) => (g.filesize, g.want, 0, Vec::new()),
+            Ledger::Blocks(b) => (
+                b.filesize,
+                crate::v2::combine(&b.crcs, b.filesize, b.block),
+                b.block,
+                b.crcs.clone(),
+            ),
+        };
+        FinishedRecord {
+            size,
+            crc32,
+            block,
+            crcs,
+            stamp: FileStamp::default(),
+        }
+    }
+
+    /// Writes the finished record of the file just stored. Its absence
+    /// only costs the next re-send its shortcut, so a failure is not the
+    /// upload's.
+    fn record_finished(&self, mut rec: FinishedRecord) {
+        let f = &self.files;
+        let Ok(m) = f.final_path.open_read().and_then(|h| h.metadata()) else {
+            return;
+        };
+        rec.stamp = FileStamp::of(&m);
+        let _ = write_finished(&f.done_tmp, &f.done_path, &rec);
     }
 
     /// Throws the held part away (after a failed verification), so the
@@ -397,6 +578,13 @@ impl DiskPart {
             let _ = p.remove();
         }
     }
+}
+
+/// Whether two records describe the same content: size and whole CRC-32,
+/// and the block CRC-32s when both have them at the same block size.
+fn same_content(a: &FinishedRecord, b: &FinishedRecord) -> bool {
+    let blocks = a.block == 0 || b.block == 0 || a.block != b.block || a.crcs == b.crcs;
+    a.size == b.size && a.crc32 == b.crc32 && blocks
 }
 
 impl Drop for DiskPart {

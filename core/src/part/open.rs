@@ -20,7 +20,8 @@ use super::ledger::{
     crc_at, Blocks, Growing, Ledger, PrefixCheck, BLK_HEAD, BLK_MAGIC_PREFIX, BLK_MAGIC_SET,
 };
 use super::{serr, DiskPart, Files, Syncer};
-use crate::machine::{Layout, Recheck};
+use crate::keep::FinishedRecord;
+use crate::machine::{Layout, Recheck, StoredAs};
 use crate::store::{
     decode_meta, encode_meta_head_as, key_of, At, Checkpoint, Identity, MetaRecord, PartStamp,
     Store, META_LEN, META_MAGIC, META_MAGIC_V2,
@@ -115,7 +116,43 @@ impl DiskPart {
             part.write_fresh_record(&id)?;
             store.state().sync()?;
         }
+        if part.ledger.held_bytes() == 0 && part.ledger.held_blocks() == 0 {
+            if let Some(rec) = store.finished(name) {
+                part.seed(rec, layout);
+            }
+        }
         Ok((part, recovery))
+    }
+
+    /// A re-send: when nothing is held and the file stored under the name
+    /// has the same size (and, protocol 1, the same CRC-32), its blocks
+    /// are offered as held, so the client sends only blocks that differ.
+    /// They stay in the stored file until a block is written (then it is
+    /// copied into the part, [`DiskPart::materialise`]); if none is, the
+    /// stored file is left untouched. Nothing of this is recorded in the
+    /// part's checkpoints: they vouch only for bytes in the part.
+    fn seed(&mut self, rec: FinishedRecord, layout: Layout) {
+        let fits = match (&mut self.ledger, layout) {
+            (Ledger::Blocks(b), Layout::Blocks { block }) => {
+                let same = rec.size == b.filesize && rec.block == block;
+                if same {
+                    b.crcs.clone_from(&rec.crcs);
+                    b.valid.iter_mut().for_each(|v| *v = true);
+                }
+                same
+            }
+            (Ledger::Growing(g), Layout::Prefix { crc32 }) => {
+                let same = rec.size == g.filesize && rec.crc32 == crc32;
+                if same {
+                    (g.offset, g.crc) = (rec.size, rec.crc32);
+                }
+                same
+            }
+            _ => false,
+        };
+        if fits {
+            self.base = Some(rec);
+        }
     }
 
     /// Writes a record (and block list) naming this upload, then the first
@@ -198,6 +235,9 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         blk_path: paths.blk,
         final_path: store.final_at(name),
         dir: store.dir_handle().clone(),
+        done_path: store.done_path(name),
+        done_tmp: store.done_tmp_path(name),
+        state: store.state().clone(),
     };
     Ok(DiskPart {
         name: name.clone(),
@@ -212,6 +252,9 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         witness,
         tampered: false,
         done: false,
+        overwrite: store.overwrites(),
+        base: None,
+        stored: StoredAs::New,
     })
 }
 

@@ -11,7 +11,7 @@ use crate::name::RESERVED_NAME;
 use crate::store::{key_of, Store};
 use crate::v2::block_range;
 
-fn setup() -> (PathBuf, Store) {
+pub(super) fn setup() -> (PathBuf, Store) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -24,18 +24,18 @@ fn setup() -> (PathBuf, Store) {
     (d, s)
 }
 
-fn name(n: &str) -> SafeName {
+pub(super) fn name(n: &str) -> SafeName {
     SafeName::from_wire(n).unwrap()
 }
 
-fn v1(store: &Store, n: &str, data: &[u8]) -> (DiskPart, Recovery) {
+pub(super) fn v1(store: &Store, n: &str, data: &[u8]) -> (DiskPart, Recovery) {
     let layout = Layout::Prefix {
         crc32: crc32fast::hash(data),
     };
     DiskPart::open(store, &name(n), data.len() as u64, layout).unwrap()
 }
 
-fn v2(store: &Store, n: &str, size: u64, block: u64) -> (DiskPart, Recovery) {
+pub(super) fn v2(store: &Store, n: &str, size: u64, block: u64) -> (DiskPart, Recovery) {
     DiskPart::open(store, &name(n), size, Layout::Blocks { block }).unwrap()
 }
 
@@ -46,7 +46,7 @@ fn offset(p: &DiskPart) -> u64 {
     }
 }
 
-fn put(p: &mut DiskPart, data: &[u8], block: u64, idx: u64) {
+pub(super) fn put(p: &mut DiskPart, data: &[u8], block: u64, idx: u64) {
     let (off, len) = block_range(data.len() as u64, block, idx);
     let chunk = &data[off as usize..(off + len) as usize];
     p.begin_block(idx).unwrap();
@@ -124,10 +124,14 @@ fn v1_resume_continues_the_crc_without_rereading() {
     assert_eq!(p.recheck().unwrap(), Recheck::Same);
     p.finish().unwrap();
     assert_eq!(fs::read(d.join("r.bin")).unwrap(), data);
+    // Only the lock and the finished record of r.bin stay.
+    let key = key_of(&name("r.bin"));
     assert!(fs::read_dir(d.join(RESERVED_NAME))
         .unwrap()
         .flatten()
-        .all(|e| e.file_name() == "lock"));
+        .all(
+            |e| e.file_name() == "lock" || e.file_name().to_string_lossy() == format!("{key}.done")
+        ));
     drop(store);
     fs::remove_dir_all(&d).unwrap();
 }

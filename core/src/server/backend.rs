@@ -5,7 +5,7 @@
 //! Not for the storages themselves (`local`, [`crate::s3::S3Storage`]).
 
 use super::local::LocalPart;
-use crate::machine::{Fault, HeldPart, Recheck};
+use crate::machine::{Fault, HeldPart, Recheck, StoredAs};
 
 /// A held part of either storage. (One per connection, made once and
 /// never moved in a loop: the size difference of the variants costs nothing.)
@@ -74,5 +74,12 @@ impl HeldPart for ServerPart {
     }
     fn discard(&mut self) -> Result<(), Fault> {
         self.inner().discard()
+    }
+    fn stored_as(&self) -> StoredAs {
+        match self {
+            ServerPart::Local(p) => p.stored_as(),
+            #[cfg(feature = "s3")]
+            ServerPart::S3(p) => p.stored_as(),
+        }
     }
 }

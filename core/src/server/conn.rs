@@ -68,6 +68,8 @@ pub(super) struct Shell<'a> {
     /// joined.
     pub(super) owner: Option<super::streams::Owner>,
     pub(super) sink: Option<super::streams::Sink>,
+    /// A list request's walk over the storage directory.
+    pub(super) lister: Option<super::list::Lister>,
 }
 
 /// Serves one connection to its end.
@@ -99,6 +101,7 @@ pub(super) fn handle_connection(
         read_timeout: None,
         owner: None,
         sink: None,
+        lister: None,
     };
     shell.run();
     shell.report()
@@ -188,6 +191,7 @@ impl Shell<'_> {
                 }
                 Event::Opened(r)
             }
+            Action::ListPage { name, first } => Event::Listed(self.list_page(name, first)),
             other if self.sink.is_some() => self.apply_joined(&other),
             other => self.apply(&other),
         }

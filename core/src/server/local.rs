@@ -6,7 +6,7 @@
 //! [`crate::part`]) nor for policy (admission, claims) or logging: the
 //! shell's.
 
-use crate::machine::{Fault, Held, HeldPart, PartId, Recheck, Storage};
+use crate::machine::{Fault, Held, HeldPart, PartId, Recheck, Storage, StoredAs};
 use crate::part::{DiskPart, Recovery};
 use crate::store::Store;
 use crate::v2::FaultCode;
@@ -48,7 +48,10 @@ impl LocalPart {
     }
 
     fn done<T>(&self, r: crate::Result<T>) -> Result<T, Fault> {
-        r.map_err(|e| storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())))
+        r.map_err(|e| match e.kind() {
+            crate::ErrorKind::InvalidInput => Fault::new(FaultCode::NameRefused, e.to_string()),
+            _ => storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())),
+        })
     }
 }
 
@@ -117,6 +120,10 @@ impl HeldPart for LocalPart {
     fn discard(&mut self) -> Result<(), Fault> {
         self.part.discard();
         Ok(())
+    }
+
+    fn stored_as(&self) -> StoredAs {
+        self.part.stored_as().clone()
     }
 }
 

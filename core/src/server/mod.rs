@@ -19,6 +19,7 @@
 mod backend;
 mod claims;
 mod conn;
+mod list;
 mod local;
 mod open;
 mod policy;
@@ -80,6 +81,10 @@ pub struct ServerConfig {
     pub token: Option<crate::auth::Token>,
     /// With a token: also admit legacy clients, which cannot authenticate.
     pub allow_legacy: bool,
+    /// A different content uploaded under a name already stored replaces
+    /// the stored file. `false` (the default): the stored file is kept as
+    /// a numbered version beside it (`NAME.~N~`, see [`crate::keep`]).
+    pub overwrite: bool,
     /// Refuse an upload that would leave less than this many bytes free,
     /// counting the space still to come of every upload in progress.
     pub min_free: u64,
@@ -189,6 +194,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_file_size", &self.max_file_size)
             .field("token", &self.token)
             .field("allow_legacy", &self.allow_legacy)
+            .field("overwrite", &self.overwrite)
             .field("min_free", &self.min_free)
             .field("min_rate", &self.min_rate)
             .field("tls", &self.tls)
@@ -221,6 +227,7 @@ impl ServerConfig {
             logger: None,
             token: None,
             allow_legacy: false,
+            overwrite: false,
             min_free: 0,
             min_rate: 1024,
             #[cfg(feature = "s3")]
@@ -448,7 +455,8 @@ impl Server {
             token.check_strength()?;
         }
         check_fd_limit(cfg.max_connections)?;
-        let store = Store::open(&cfg.dir)?;
+        let mut store = Store::open(&cfg.dir)?;
+        store.set_overwrite(cfg.overwrite);
         #[cfg(feature = "s3")]
         let s3 = open_s3(&cfg)?;
         let key = match cfg.tls {

@@ -16,7 +16,7 @@ use super::claims::{self, SourceId};
 use super::conn::Shell;
 use super::local::{storage_fault, LocalStorage};
 use super::{lock, Shared};
-use crate::machine::{self, Action, Event, Fault, Held, PartId, Recheck, Storage};
+use crate::machine::{self, Action, Event, Fault, Held, PartId, Recheck, Storage, StoredAs};
 use crate::name::SafeName;
 use crate::v2::FaultCode;
 
@@ -150,6 +150,15 @@ impl Shell<'_> {
                 "{peer}: {name}: {} held block(s) changed on disk behind the server's back; asking for them again",
                 bad.len()
             ),
+            (_, Event::Committed(Ok(StoredAs::Unchanged))) => {
+                format!("{peer}: {name}: already stored with the same content; left untouched")
+            }
+            (_, Event::Committed(Ok(StoredAs::Kept(v)))) => {
+                format!("{peer}: {name}: a different file was stored under this name; kept it as {v}")
+            }
+            (_, Event::Committed(Ok(StoredAs::Replaced))) => {
+                format!("{peer}: {name}: replaced the file stored under this name (--overwrite)")
+            }
             (Action::Checkpoint, Event::Applied(Ok(()))) => match self.rx.repairing() {
                 Some((round, n)) => {
                     format!("{peer}: {name}: asking again for {n} block(s), round {round}")

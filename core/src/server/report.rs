@@ -24,6 +24,10 @@ impl Shell<'_> {
                 self.stored();
                 return Ok(());
             }
+            Ending::Listed => {
+                (self.sh.logger)(&format!("{}: answered a list request", self.conn.peer));
+                return Ok(());
+            }
             Ending::Mismatch(words) => {
                 self.mismatch(&words);
                 return Ok(());

@@ -1,0 +1,206 @@
+//! `bigtransfer list`: what a server holds, one line per entry (or one
+//! JSON object with `--json`). Names are the server's raw bytes: escaped
+//! before they reach a terminal, so a hostile name cannot move the cursor
+//! or fake another line.
+//!
+//! Not for the request itself (see `bigtransfer_core::client::list_remote`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use bigtransfer_core::client::list_remote;
+use bigtransfer_core::listing::{EntryKind, ListEntry};
+use bigtransfer_core::{ErrorKind, SendOptions};
+
+use crate::send::exit_code_for;
+use crate::{exit, parse, prompt, AuthArgs};
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Server host name or IP address, optionally with the port.
+    #[arg(long)]
+    host: String,
+    /// Server port [default: the one in --host, else 8080].
+    #[arg(long)]
+    port: Option<u16>,
+    /// List only this name, its numbered versions (NAME.~N~) and its
+    /// partial upload [default: everything].
+    remote: Option<String>,
+    /// Give up when nothing moves for this long.
+    #[arg(long, default_value = "60s", value_parser = parse::duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Demand the server's key to have this fingerprint (SHA256:...).
+    #[arg(long, value_parser = parse_fingerprint)]
+    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
+    /// The file of pinned server keys (as for `client`).
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Refuse plaintext even with a server never seen before.
+    #[arg(long)]
+    require_tls: bool,
+    /// Print one JSON object: {"files": [...], "partial": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Fingerprint, String> {
+    bigtransfer_core::tls::Fingerprint::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn run(a: ListArgs) -> ExitCode {
+    let (host, in_host) = prompt::split_host_port(&a.host);
+    let in_host = match in_host.map(|p| p.parse::<u16>()) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => {
+            let m = format!("{} has no valid port", a.host);
+            return fail(&a, exit::USAGE, ErrorKind::InvalidInput, &m);
+        }
+    };
+    let port = a.port.or(in_host).unwrap_or(8080);
+    let mut opts = SendOptions::new(host, port);
+    opts.token = match a.auth.load() {
+        Ok(t) => t,
+        Err(e) => return fail(&a, exit::USAGE, ErrorKind::InvalidInput, &e.to_string()),
+    };
+    opts.io_timeout = a.timeout;
+    opts.fingerprint = a.fingerprint;
+    opts.require_tls = a.require_tls;
+    if let Some(k) = &a.known_hosts {
+        opts.known_hosts = Some(k.clone());
+    }
+    match list_remote(&opts, a.remote.as_deref()) {
+        Ok(l) => {
+            let mut entries = l.entries;
+            entries.sort_by(|x, y| x.name.cmp(&y.name));
+            if a.json {
+                println!("{}", json(&entries, l.encrypted));
+            } else {
+                for e in &entries {
+                    println!("{}", line(e));
+                }
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(&a, exit_code_for(e.kind()), e.kind(), &e.to_string()),
+    }
+}
+
+fn fail(a: &ListArgs, code: u8, kind: ErrorKind, message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    if a.json {
+        println!(
+            "{{\"exit_code\": {code}, \"reason\": \"{}\", \"message\": {}}}",
+            kind.as_str(),
+            prompt::json_string(message)
+        );
+    }
+    ExitCode::from(code)
+}
+
+/// A name as it may be shown: UTF-8 with dangerous characters escaped,
+/// other bytes as `\xNN`.
+fn shown(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) => bigtransfer_core::text::printable(s).into_owned(),
+        Err(_) => name
+            .iter()
+            .map(|&b| match b {
+                b' '..=b'~' if b != b'\\' => (b as char).to_string(),
+                _ => format!("\\x{b:02x}"),
+            })
+            .collect(),
+    }
+}
+
+fn time(mtime: i64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `file SIZE MTIME crc32 HEX|unknown NAME`, or
+/// `partial SIZE MTIME held N (P%) NAME`: the name last, so spaces in it
+/// leave the columns alone.
+fn line(e: &ListEntry) -> String {
+    match e.kind {
+        EntryKind::File => format!(
+            "file     {:>15}  {}  crc32 {}  {}",
+            e.size,
+            time(e.mtime),
+            e.crc32
+                .map_or("unknown ".to_string(), |c| format!("{c:08x}")),
+            shown(&e.name)
+        ),
+        EntryKind::Partial => format!(
+            "partial  {:>15}  {}  held {} ({}%)  {}",
+            e.size,
+            time(e.mtime),
+            e.held,
+            percent(e.held, e.size),
+            shown(&e.name)
+        ),
+    }
+}
+
+fn percent(held: u64, size: u64) -> u64 {
+    match size {
+        0 => 100,
+        s => (held as u128 * 100 / s as u128) as u64,
+    }
+}
+
+fn json(entries: &[ListEntry], encrypted: bool) -> String {
+    let obj = |e: &ListEntry| {
+        let crc = e.crc32.map_or("null".to_string(), |c| c.to_string());
+        let base = format!(
+            "{{\"name\": {}, \"size\": {}, \"mtime\": {}",
+            prompt::json_string(&shown(&e.name)),
+            e.size,
+            e.mtime
+        );
+        match e.kind {
+            EntryKind::File => format!("{base}, \"crc32\": {crc}}}"),
+            EntryKind::Partial => format!("{base}, \"held\": {}}}", e.held),
+        }
+    };
+    let of = |k: EntryKind| {
+        entries
+            .iter()
+            .filter(|e| e.kind == k)
+            .map(obj)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{{\"files\": [{}], \"partial\": [{}], \"encrypted\": {encrypted}}}",
+        of(EntryKind::File),
+        of(EntryKind::Partial)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_escaped_and_lines_keep_their_shape() {
+        assert_eq!(shown(b"a b.bin"), "a b.bin");
+        assert_eq!(shown(b"x\n\x1b[2J"), "x\\u{a}\\u{1b}[2J");
+        assert_eq!(shown(b"\xff\\n"), "\\xff\\x5cn");
+        let e = ListEntry {
+            kind: EntryKind::Partial,
+            name: b"p\r".to_vec(),
+            size: 200,
+            mtime: 0,
+            crc32: None,
+            held: 50,
+        };
+        assert_eq!(
+            line(&e),
+            "partial              200  1970-01-01T00:00:00Z  held 50 (25%)  p\\u{d}"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! The `list` request and its paged reply, on the wire: what a server
+//! holds (finished files with their size, mtime and, when recorded, whole
+//! CRC-32; held partial uploads with their progress).
+//!
+//! The request is a version-2 header with `"bt"."op": "list"` (an absent
+//! `op` is an upload), the empty file name (so a server that knows no `op`
+//! refuses it instead of storing anything) and the name to list in
+//! `"bt"."name"` (absent: everything). The reply is a series of list-page
+//! frames (tag `L`), at most [`PAGE_ENTRIES`] entries each, the last one
+//! flagged: a huge directory never becomes one giant message.
+//!
+//! Not for reading the directory (the server's, `server::list`) nor the
+//! connection (the client's, `client::list`).
+
+use crate::json::{self, Field, Value};
+use crate::v2::Offer;
+use crate::{Error, ErrorKind, Result};
+
+/// The `"bt"."op"` of a listing.
+pub const OP_LIST: &str = "list";
+
+/// Most entries in one list-page frame (with 255-byte names, about 76 KiB).
+pub const PAGE_ENTRIES: usize = 256;
+
+/// What a listed entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A finished, stored file.
+    File,
+    /// A partial upload the server holds for a resume.
+    Partial,
+}
+
+/// One listed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// File or partial upload.
+    pub kind: EntryKind,
+    /// The name as stored: raw bytes (a file put in the storage directory
+    /// by other means may have any name; escape it before printing).
+    pub name: Vec<u8>,
+    /// Size in bytes (of a partial upload: of the whole file).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch (of a partial
+    /// upload: of its last checkpoint).
+    pub mtime: i64,
+    /// The whole file's CRC-32 when the server recorded it (files it
+    /// stored itself and that nobody changed since); `None`: unknown.
+    pub crc32: Option<u32>,
+    /// Of a partial upload: bytes held at the start of the file (at least
+    /// these; verified blocks after a hole are not counted). Of a file:
+    /// its size.
+    pub held: u64,
+}
+
+/// The op a version-2 header asks for (`"bt"."op"`), `None` for an upload.
+/// An `op` that is not a short string is a malformed request.
+pub fn requested_op(json_bytes: &[u8]) -> Result<Option<String>> {
+    let value = json::parse(json_bytes)?;
+    match value.get("bt").and_then(|bt| bt.get("op")) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() <= 32 => Ok(Some(s.clone())),
+        Some(_) => Err(protocol("\"bt\".\"op\" must be a short string")),
+    }
+}
+
+/// The name a list request is about (`"bt"."name"`), `None`: everything.
+pub fn requested_name(json_bytes: &[u8]) -> Result<Option<String>> {
+    let value = json::parse(json_bytes)?;
+    match value.get("bt").and_then(|bt| bt.get("name")) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() <= crate::name::MAX_NAME_BYTES => Ok(Some(s.clone())),
+        Some(_) => Err(protocol(
+            "\"bt\".\"name\" must be a string of at most 255 bytes",
+        )),
+    }
+}
+
+/// The header frame of a list request (see the module comment).
+pub fn encode_list_request(name: Option<&str>, offer: Offer) -> Vec<u8> {
+    let mut bt = vec![
+        ("v", Field::Int(offer.version)),
+        ("block", Field::Int(offer.block_size)),
+        ("rev", Field::Int(offer.rev)),
+        ("op", Field::Str(OP_LIST)),
+    ];
+    if let Some(n) = name {
+        bt.push(("name", Field::Str(n)));
+    }
+    let json = json::write_object(&[
+        ("filename", Field::Str("")),
+        ("filesize", Field::Int(0)),
+        ("crc32", Field::Null),
+        ("bt", Field::Object(bt)),
+    ]);
+    let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(json.as_bytes());
+    frame
+}
+
+/// A list page's payload: a flag byte (1: the last page), a u32 count,
+/// then per entry: kind (0 file, 1 partial), u16 name length, the name,
+/// u64 size, i64 mtime, a flag byte (1: CRC-32 known), u32 CRC-32, u64 held.
+pub fn page_payload(entries: &[ListEntry], last: bool) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5 + entries.len() * 64);
+    p.push(u8::from(last));
+    p.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for e in entries {
+        p.push(match e.kind {
+            EntryKind::File => 0,
+            EntryKind::Partial => 1,
+        });
+        let name = &e.name[..e.name.len().min(u16::MAX as usize)];
+        p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        p.extend_from_slice(name);
+        p.extend_from_slice(&e.size.to_be_bytes());
+        p.extend_from_slice(&e.mtime.to_be_bytes());
+        p.push(u8::from(e.crc32.is_some()));
+        p.extend_from_slice(&e.crc32.unwrap_or(0).to_be_bytes());
+        p.extend_from_slice(&e.held.to_be_bytes());
+    }
+    p
+}
+
+/// Decodes a list page: its entries and whether it is the last.
+pub fn parse_page(p: &[u8]) -> Result<(Vec<ListEntry>, bool)> {
+    let short = || protocol("list page shorter than its entries");
+    let (&flag, rest) = p.split_first().ok_or_else(short)?;
+    let last = match flag {
+        0 => false,
+        1 => true,
+        _ => return Err(protocol("malformed list page")),
+    };
+    let n = u32::from_be_bytes(take::<4>(rest, 0).ok_or_else(short)?) as usize;
+    if n > PAGE_ENTRIES {
+        return Err(protocol("list page with too many entries"));
+    }
+    let mut at = 4;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (e, next) = entry_at(rest, at).ok_or_else(short)?;
+        out.push(e);
+        at = next;
+    }
+    if at != rest.len() {
+        return Err(protocol("list page longer than its entries"));
+    }
+    Ok((out, last))
+}
+
+fn take<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+fn entry_at(b: &[u8], at: usize) -> Option<(ListEntry, usize)> {
+    let kind = match b.get(at)? {
+        0 => EntryKind::File,
+        1 => EntryKind::Partial,
+        _ => return None,
+    };
+    let len = u16::from_be_bytes(take::<2>(b, at + 1)?) as usize;
+    let name = b.get(at + 3..at + 3 + len)?.to_vec();
+    let at = at + 3 + len;
+    let size = u64::from_be_bytes(take::<8>(b, at)?);
+    let mtime = i64::from_be_bytes(take::<8>(b, at + 8)?);
+    let known = *b.get(at + 16)?;
+    let crc = u32::from_be_bytes(take::<4>(b, at + 17)?);
+    let held = u64::from_be_bytes(take::<8>(b, at + 21)?);
+    let crc32 = match known {
+        0 => None,
+        1 => Some(crc),
+        _ => return None,
+    };
+    let e = ListEntry {
+        kind,
+        name,
+        size,
+        mtime,
+        crc32,
+        held,
+    };
+    Some((e, at + 29))
+}
+
+fn protocol(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Protocol, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: EntryKind, name: &[u8], crc32: Option<u32>) -> ListEntry {
+        ListEntry {
+            kind,
+            name: name.to_vec(),
+            size: 1 << 40,
+            mtime: -5,
+            crc32,
+            held: 77,
+        }
+    }
+
+    #[test]
+    fn pages_round_trip_and_damage_is_refused() {
+        let es = vec![
+            entry(EntryKind::File, b"a b\n\x1b[31m", Some(0xDEAD_BEEF)),
+            entry(EntryKind::Partial, "é".as_bytes(), None),
+            entry(EntryKind::File, b"\xff\xfe", None),
+        ];
+        let p = page_payload(&es, true);
+        assert_eq!(parse_page(&p).unwrap(), (es.clone(), true));
+        assert_eq!(
+            parse_page(&page_payload(&[], false)).unwrap(),
+            (vec![], false)
+        );
+        for cut in 0..p.len() {
+            assert!(parse_page(&p[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = p.clone();
+        longer.push(0);
+        assert!(parse_page(&longer).is_err());
+        let mut bad = p.clone();
+        bad[0] = 7;
+        assert!(parse_page(&bad).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_page_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok((entries, last)) = parse_page(&bytes) {
+                // What parses re-encodes to the same bytes.
+                proptest::prop_assert_eq!(page_payload(&entries, last), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_names_its_op_and_no_file() {
+        let offer = Offer {
+            version: 2,
+            block_size: 1 << 20,
+            rev: crate::v2::REV_KEEP,
+            source: None,
+        };
+        let f = encode_list_request(Some("x.bin"), offer);
+        let json = &f[4..];
+        assert_eq!(requested_op(json).unwrap().as_deref(), Some(OP_LIST));
+        assert_eq!(requested_name(json).unwrap().as_deref(), Some("x.bin"));
+        let (h, o) = crate::v2::parse_header(json).unwrap();
+        assert_eq!((h.filename.as_str(), h.filesize), ("", 0));
+        assert_eq!(o.map(|o| o.rev), Some(crate::v2::REV_KEEP));
+        let all = encode_list_request(None, offer);
+        assert_eq!(requested_name(&all[4..]).unwrap(), None);
+        assert_eq!(requested_op(br#"{"bt": {"v": 2}}"#).unwrap(), None);
+        assert!(requested_op(br#"{"bt": {"op": 3}}"#).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The server's answer to a list request: walks the storage directory
+//! (finished files, with the CRC-32 of their finished record when it
+//! still holds) and then the state directory (partial uploads, from
+//! their checkpoint records), one page at a time, so memory stays flat
+//! whatever the directory holds. Nothing is read of the files themselves:
+//! a file without a record shows its CRC-32 as unknown. From an object
+//! store: its objects and uploads in progress, listed at once.
+//!
+//! Not for the wire format (see [`crate::listing`]) nor for when pages are
+//! asked for (the machine's).
+
+use std::fs::{self, ReadDir};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering;
+
+use super::conn::Shell;
+use crate::listing::{EntryKind, ListEntry, PAGE_ENTRIES};
+use crate::machine::Fault;
+use crate::name::{SafeName, RESERVED_NAME};
+use crate::store::{decode_meta, Store, META_LEN};
+use crate::v2::FaultCode;
+
+/// Where a listing is: the two directories, walked in turn (or, from an
+/// object store, what is left to send of its listing).
+pub(super) struct Lister {
+    files: Option<ReadDir>,
+    parts: Option<ReadDir>,
+    rest: Vec<ListEntry>,
+}
+
+impl Shell<'_> {
+    /// [`crate::machine::Action::ListPage`]: the next page of what the
+    /// server holds (of `name` alone when given: the file, its numbered
+    /// versions and its partial upload).
+    pub(super) fn list_page(
+        &mut self,
+        name: Option<String>,
+        first: bool,
+    ) -> Result<(Vec<ListEntry>, bool), Fault> {
+        if first {
+            // A listing is served like a running upload: not evicted.
+            if !self.conn.unadmitted.swap(false, Ordering::SeqCst) {
+                return Err(Fault::new(
+                    FaultCode::Busy,
+                    "evicted before it was admitted",
+                ));
+            }
+            self.lister = Some(self.open_lister(name.as_deref())?);
+        }
+        let lister = self
+            .lister
+            .as_mut()
+            .ok_or_else(|| Fault::new(FaultCode::Internal, "no listing under way"))?;
+        Ok(lister.page(&self.sh.store, name.as_deref()))
+    }
+
+    fn open_lister(&self, name: Option<&str>) -> Result<Lister, Fault> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &self.sh.s3 {
+            let mut rest = s3.listing(name).map_err(|e| {
+                Fault::new(
+                    FaultCode::Storage,
+                    format!("server cannot list its store: {e}"),
+                )
+            })?;
+            rest.retain(|e| wanted(&e.name, name));
+            // Sent from the end of the vector, in order.
+            rest.reverse();
+            return Ok(Lister {
+                files: None,
+                parts: None,
+                rest,
+            });
+        }
+        let _ = name;
+        Lister::open(&self.sh.store)
+    }
+}
+
+fn cannot(what: &str, e: std::io::Error) -> Fault {
+    Fault::new(
+        FaultCode::Storage,
+        format!("server cannot list {what}: {e}"),
+    )
+}
+
+impl Lister {
+    fn open(store: &Store) -> Result<Lister, Fault> {
+        let files = fs::read_dir(store.dir()).map_err(|e| cannot("its storage directory", e))?;
+        let parts =
+            fs::read_dir(store.state_path()).map_err(|e| cannot("its state directory", e))?;
+        Ok(Lister {
+            files: Some(files),
+            parts: Some(parts),
+            rest: Vec::new(),
+        })
+    }
+
+    /// Up to [`PAGE_ENTRIES`] entries, and whether the walk is over.
+    fn page(&mut self, store: &Store, name: Option<&str>) -> (Vec<ListEntry>, bool) {
+        let mut out = Vec::new();
+        while out.len() < PAGE_ENTRIES {
+            if let Some(e) = self.rest.pop() {
+                out.push(e);
+                continue;
+            }
+            let next = if let Some(files) = &mut self.files {
+                match files.next() {
+                    Some(e) => e.ok().and_then(|e| file_entry(store, &e)),
+                    None => {
+                        self.files = None;
+                        continue;
+                    }
+                }
+            } else if let Some(parts) = &mut self.parts {
+                match parts.next() {
+                    Some(e) => e.ok().and_then(|e| part_entry(&e)),
+                    None => {
+                        self.parts = None;
+                        continue;
+                    }
+                }
+            } else {
+                return (out, true);
+            };
+            if let Some(e) = next.filter(|e| wanted(&e.name, name)) {
+                out.push(e);
+            }
+        }
+        let done = self.files.is_none() && self.parts.is_none() && self.rest.is_empty();
+        (out, done)
+    }
+}
+
+/// Whether `entry` belongs to a listing of `name`: the name itself, its
+/// numbered versions (`NAME.~N~`) and what is under it as a directory.
+fn wanted(entry: &[u8], name: Option<&str>) -> bool {
+    let Some(n) = name else { return true };
+    let n = n.as_bytes();
+    entry == n
+        || entry
+            .strip_prefix(n)
+            .is_some_and(|rest| rest.starts_with(b".~") || rest.starts_with(b"/"))
+}
+
+/// A regular file of the storage directory (the state directory, symlinks
+/// and anything else are not listed).
+fn file_entry(store: &Store, e: &fs::DirEntry) -> Option<ListEntry> {
+    let fname = e.file_name();
+    if fname.as_bytes() == RESERVED_NAME.as_bytes() {
+        return None;
+    }
+    let m = e.metadata().ok().filter(|m| m.is_file())?;
+    // Only a name the server could have stored has a record.
+    let crc32 = fname
+        .to_str()
+        .and_then(|s| SafeName::from_wire(s).ok())
+        .filter(|n| n.as_str() == fname.to_str().unwrap_or_default())
+        .and_then(|n| store.finished(&n))
+        .filter(|r| r.size == m.len())
+        .map(|r| r.crc32);
+    Some(ListEntry {
+        kind: EntryKind::File,
+        name: fname.as_bytes().to_vec(),
+        size: m.len(),
+        mtime: m.mtime(),
+        crc32,
+        held: m.len(),
+    })
+}
+
+/// A partial upload, from its checkpoint record (`KEY.meta`).
+fn part_entry(e: &fs::DirEntry) -> Option<ListEntry> {
+    if !e.file_name().as_bytes().ends_with(b".meta") {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(META_LEN);
+    fs::File::open(e.path())
+        .ok()?
+        .take(META_LEN as u64 * 2)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let rec = decode_meta(&bytes).ok()?;
+    let mtime = e.metadata().ok()?.mtime();
+    Some(ListEntry {
+        kind: EntryKind::Partial,
+        name: rec.identity.name.as_str().as_bytes().to_vec(),
+        size: rec.identity.filesize,
+        mtime,
+        crc32: None,
+        held: rec.checkpoint.offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wanted;
+
+    #[test]
+    fn a_name_lists_itself_its_versions_and_its_tree() {
+        for yes in ["a.bin", "a.bin.~1~", "a.bin.~12~", "a.bin/x"] {
+            assert!(wanted(yes.as_bytes(), Some("a.bin")), "{yes}");
+        }
+        for no in ["a.bin2", "a.bi", "b.bin", "a.bin~"] {
+            assert!(!wanted(no.as_bytes(), Some("a.bin")), "{no}");
+        }
+        assert!(wanted(b"\xff", None));
+    }
+}
