@@ -5,6 +5,7 @@
 //! display, signal handling and exit codes. The protocol lives in the core.
 
 mod config;
+mod get;
 mod metrics;
 mod msg;
 mod parse;
@@ -51,6 +52,9 @@ enum Cmd {
     Server(serve::ServerArgs),
     /// Upload a file; asks for the server and the file when not given.
     Client(send::ClientArgs),
+    /// Download a stored file from a server's storage directory
+    /// (resumable, every block verified against the server's CRC-32s).
+    Get(get::GetArgs),
     /// Print a new random token (256 bits, 64 hex digits) for --token-file.
     ///
     /// Save it with `bigtransfer token > token && chmod 600 token` and give
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Server(a) => serve::run(a),
         Cmd::Client(a) => send::run(a),
+        Cmd::Get(a) => get::run(a),
         Cmd::Token => print_new_token(),
         Cmd::Fingerprint(a) => print_fingerprint(a),
     }

@@ -403,6 +403,12 @@ impl Store {
         })
     }
 
+    /// The storage directory, open: names are opened under it (never
+    /// through a symlink), so nothing outside it is reached.
+    pub(crate) fn dir_file(&self) -> &File {
+        &self.dir.fd
+    }
+
     /// The storage directory.
     pub fn dir(&self) -> &Path {
         &self.dir.path

@@ -19,6 +19,7 @@ use super::{
     Recheck, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
+use crate::getwire::{self, Op};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 use crate::SafeName;
@@ -85,6 +86,9 @@ pub enum Ending {
     Lost(&'static str),
     /// A deadline passed.
     TimedOut(Timer),
+    /// A download (`"op": "get"`) was asked for and, with a token,
+    /// authenticated: the shell serves it (see [`crate::getwire`]).
+    Download,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,8 @@ struct Request {
     offer: Option<Offer>,
     /// The client offered zstd-compressed data frames.
     zstd: bool,
+    /// What the header asks for.
+    op: Op,
 }
 
 #[derive(Debug)]
@@ -161,6 +167,16 @@ fn guess_rev(json: &[u8]) -> u64 {
             _ => None,
         })
         .unwrap_or(1)
+}
+
+/// The refusal of a download name that is not a plain name in the
+/// storage directory (an upload's name is cut to its base name; a
+/// download's must already be one, so it never names something else).
+fn strict_name(raw: &str) -> String {
+    let shown: String = crate::text::printable(raw).chars().take(80).collect();
+    format!(
+        "refused: \"{shown}\" is not a file name in the storage directory (no '/', '\\', '..', or control characters)"
+    )
 }
 
 fn internal(words: impl Into<String>) -> Why {
@@ -518,9 +534,14 @@ impl Receiver {
         };
         self.phase = None;
         let mut zstd = false;
+        let mut op = Op::Upload;
         if let Some(o) = offer {
             self.say_magic();
             self.rev = o.rev;
+            match getwire::requested_op(&json) {
+                Ok(o) => op = o,
+                Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+            }
             match v2::offered_codecs(&json) {
                 Ok(c) => zstd = c.iter().any(|c| c == crate::compress::CODEC),
                 Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
@@ -532,6 +553,10 @@ impl Receiver {
             }
         }
         let name = match SafeName::from_wire(&header.filename) {
+            Ok(n) if op == Op::Get && n.as_str() != header.filename => {
+                let f = Fault::new(FaultCode::NameRefused, strict_name(&header.filename));
+                return self.fail(now, Why::Refuse(f));
+            }
             Ok(n) => n,
             Err(e) => {
                 let f = Fault::new(FaultCode::NameRefused, format!("refused: {e}"));
@@ -545,18 +570,26 @@ impl Receiver {
             );
             return self.fail(now, Why::Refuse(f));
         }
-        self.pending = Some(Action::Admit {
-            name: name.clone(),
-            filesize: header.filesize,
-        });
+        if op == Op::Upload {
+            self.pending = Some(Action::Admit {
+                name: name.clone(),
+                filesize: header.filesize,
+            });
+        }
         self.req = Some(Request {
             json,
             header,
             name,
             offer,
             zstd,
+            op,
         });
         self.state = State::Admit;
+        if op == Op::Get {
+            // Nothing is admitted or claimed: a download reserves no space
+            // and writes nothing; it only has to be authenticated.
+            self.on_admitted(now, Ok(()));
+        }
     }
 
     fn on_admitted(&mut self, now: Instant, r: Result<(), Fault>) {
@@ -571,6 +604,10 @@ impl Receiver {
     }
 
     fn start_claim(&mut self, authenticated: bool) {
+        if self.req.as_ref().is_some_and(|r| r.op == Op::Get) {
+            self.state = State::Done(Ending::Download);
+            return;
+        }
         if let Some(r) = &self.req {
             self.pending = Some(Action::Claim {
                 name: r.name.clone(),

@@ -19,6 +19,7 @@
 mod backend;
 mod claims;
 mod conn;
+mod get;
 mod local;
 mod open;
 mod policy;

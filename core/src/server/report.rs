@@ -36,6 +36,7 @@ impl Shell<'_> {
             Ending::Refused(f) => (ErrorKind::Refused, f.words),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
             Ending::TimedOut(t) => (ErrorKind::TimedOut, timed_out(t)),
+            Ending::Download => return super::get::serve(self),
         };
         if self.quiet {
             return Err(Failed::Quiet(kind));
