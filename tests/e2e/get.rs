@@ -37,9 +37,17 @@ fn get(srv: &ServerProc, remote: &str, extra: &[&str]) -> Output {
 
 fn get_cmd(srv: &ServerProc, remote: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["get", "--host", "127.0.0.1", "--port", &srv.port(), "--quiet", "--json"])
-        .args(extra)
-        .arg(remote);
+    cmd.args([
+        "get",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &srv.port(),
+        "--quiet",
+        "--json",
+    ])
+    .args(extra)
+    .arg(remote);
     if !extra.contains(&"--known-hosts") {
         cmd.env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
     }
@@ -55,7 +63,11 @@ fn assert_got(out: &Output) {
         stdout(out),
         stderr(out)
     );
-    assert!(stdout(out).contains("\"result\": \"OK\""), "{}", stdout(out));
+    assert!(
+        stdout(out).contains("\"result\": \"OK\""),
+        "{}",
+        stdout(out)
+    );
 }
 
 /// Bytes of the partial download written so far (it is sparse until then).
@@ -79,9 +91,20 @@ fn an_uploaded_file_comes_back_byte_identical_over_tls() {
     assert_eq!(crc_of(&got), crc);
     assert_eq!(field(&out, "crc32"), u64::from(crc));
     assert_eq!(field(&out, "bytes_received"), 3 * MIB + 12_345);
-    assert!(stdout(&out).contains("\"encrypted\": true"), "{}", stdout(&out));
-    let names: Vec<_> = std::fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("f.bin")], "no part or record left");
+    assert!(
+        stdout(&out).contains("\"encrypted\": true"),
+        "{}",
+        stdout(&out)
+    );
+    let names: Vec<_> = std::fs::read_dir(&outdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("f.bin")],
+        "no part or record left"
+    );
     // The target exists now: not replaced without --force.
     let again = get(&srv, "f.bin", &["-o", outdir.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
@@ -99,10 +122,21 @@ fn an_uploaded_file_comes_back_byte_identical_over_tls() {
 /// written, checks the final name is not there, and SIGKILLs it.
 fn kill_midway(srv: &ServerProc, remote: &str, dest: &Path) {
     let (part, _) = bigtransfer_core::client::part_paths(dest);
-    let mut cmd = get_cmd(srv, remote, &["--limit-rate", "6M", "-o", dest.to_str().unwrap()]);
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut cmd = get_cmd(
+        srv,
+        remote,
+        &["--limit-rate", "6M", "-o", dest.to_str().unwrap()],
+    );
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = wait_until(LONG, || written(&part) >= 4 * MIB);
-    assert!(!dest.exists(), "the partial download is visible under its final name");
+    assert!(
+        !dest.exists(),
+        "the partial download is visible under its final name"
+    );
     // SAFETY: kill(2) on the PID of a child we started and have not reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     let _ = wait_child(&mut child, LONG);
@@ -150,9 +184,21 @@ fn a_file_replaced_on_the_server_between_attempts_is_fetched_anew() {
     std::fs::rename(store.join(".v.tmp"), store.join("v.bin")).unwrap();
     let out = get(&srv, "v.bin", &["-o", dest.to_str().unwrap()]);
     assert_got(&out);
-    assert!(stderr(&out).contains("changed on the server"), "{}", stderr(&out));
-    assert!(stdout(&out).contains("\"restarted\": true"), "{}", stdout(&out));
-    assert_eq!(field(&out, "bytes_received"), size, "nothing of the old version kept");
+    assert!(
+        stderr(&out).contains("changed on the server"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("\"restarted\": true"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        field(&out, "bytes_received"),
+        size,
+        "nothing of the old version kept"
+    );
     assert_eq!(crc_of(&dest), new_crc);
     assert_same_file(&new, &dest);
 }
@@ -182,9 +228,17 @@ fn hostile_names_and_missing_files_are_refused_in_words() {
         let out = get(&srv, name, &["-o", o]);
         assert_eq!(out.status.code(), Some(6), "{name}: {}", stderr(&out));
         assert!(stderr(&out).contains(words), "{name}: {}", stderr(&out));
-        assert!(stdout(&out).contains("\"reason\": \"refused\""), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("\"reason\": \"refused\""),
+            "{}",
+            stdout(&out)
+        );
     }
-    assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&outdir).unwrap().count(),
+        0,
+        "nothing written"
+    );
     assert!(!srv.log.text().contains(": sent ("), "{}", srv.log.text());
 }
 
@@ -206,10 +260,18 @@ fn a_token_server_sends_only_to_clients_with_the_token() {
     let d = dest.to_str().unwrap();
     let none = get(&srv, "s.bin", &["-o", d]);
     assert_eq!(none.status.code(), Some(6), "{}", stderr(&none));
-    assert!(stderr(&none).contains("requires a token"), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("requires a token"),
+        "{}",
+        stderr(&none)
+    );
     let wrong = get(&srv, "s.bin", &["-o", d, "--token-file", &bad]);
     assert_eq!(wrong.status.code(), Some(6), "{}", stderr(&wrong));
-    assert!(stderr(&wrong).contains("authentication failed"), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("authentication failed"),
+        "{}",
+        stderr(&wrong)
+    );
     assert!(!dest.exists());
     assert_got(&get(&srv, "s.bin", &["-o", d, "--token-file", &good]));
     assert_same_file(&src, &dest);
@@ -238,7 +300,11 @@ fn a_pinned_key_that_does_not_match_stops_the_download_with_exit_7() {
     // A known-hosts pin of another key for this address: refused too.
     let kh = t.path().join("kh");
     std::fs::write(&kh, format!("127.0.0.1:{} {fp_a}\n", b.port())).unwrap();
-    let out = get(&b, "p.bin", &["-o", d, "--known-hosts", kh.to_str().unwrap()]);
+    let out = get(
+        &b,
+        "p.bin",
+        &["-o", d, "--known-hosts", kh.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("CHANGED"), "{}", stderr(&out));
     assert!(!dest.exists());

@@ -351,9 +351,11 @@ fn greet(up: &Upload, stream: &mut dyn Transport) -> Result<()> {
     let mut magic = [0u8; 8];
     if let Err(e) = stream.read_exact(&mut magic) {
         if e.kind() == io::ErrorKind::UnexpectedEof {
+            // A legacy server closes on the request (its null CRC-32); so
+            // does a connection that broke: retried, and said in words.
             return Err(Error::new(
-                ErrorKind::Refused,
-                "the server closed the connection on a download request: it is a legacy server, which cannot send files",
+                ErrorKind::ConnectionLost,
+                "the server closed the connection before answering the download request (the connection broke, or it is a legacy server, which cannot send files)",
             ));
         }
         return Err(peer::lost(e, "waiting for the server's reply"));
