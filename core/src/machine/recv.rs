@@ -294,6 +294,16 @@ impl Receiver {
         }
     }
 
+    /// Protocol 2, once every block is held: their CRC-32s in order (what
+    /// a stored file's download is checked against).
+    pub fn block_crcs(&self) -> Option<(u64, Vec<u32>)> {
+        let held = self.intake.as_ref()?.held();
+        let crcs = (0..held.count())
+            .map(|i| held.crc(i))
+            .collect::<Option<Vec<u32>>>()?;
+        Some((held.block_size(), crcs))
+    }
+
     /// While asking for a repair: the round (from 1) and how many blocks.
     pub fn repairing(&self) -> Option<(u32, usize)> {
         match &self.state {

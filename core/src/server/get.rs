@@ -227,13 +227,53 @@ pub(crate) fn reference(file: &File, name: &SafeName) -> Result<Reference, Fault
             format!("\"{name}\" changed on the server while it was being read; try again"),
         ));
     }
+    keep(before, r.clone());
+    Ok(r)
+}
+
+/// A file just stored by an upload: its verified block CRC-32s are the
+/// reference of a download, kept under the stamp the stored file has now
+/// (so a later `get` needs no read of it). Only for the block size a
+/// download uses; a wrong entry (the file written to between the rename
+/// and this stamp) is caught block by block when sent, and dropped.
+pub(super) fn remember_upload(sh: &Shared, name: &SafeName, size: u64, block: u64, crcs: Vec<u32>) {
+    if sh.remote_storage() || block != v2::block_size_for(size) {
+        return;
+    }
+    let Ok(file) = crate::sys::open_read_at(sh.store.dir_file(), name.as_str()) else {
+        return;
+    };
+    let Ok(st) = stamp(&file) else { return };
+    if st.2 != size {
+        return;
+    }
+    let r = Reference {
+        size,
+        block,
+        mtime_ns: mtime_ns(st),
+        crcs,
+    };
+    keep(st, r);
+}
+
+fn keep(st: Stamp, r: Reference) {
     if let Ok(mut c) = cache().lock() {
         if c.len() >= CACHED_REFERENCES {
             c.clear();
         }
-        c.insert(before, Arc::new(r.clone()));
+        c.insert(st, Arc::new(r));
     }
-    Ok(r)
+}
+
+/// Drops what is cached for the file open as `file` (it no longer matches).
+fn forget(file: &File) {
+    if let (Ok(st), Ok(mut c)) = (stamp(file), cache().lock()) {
+        c.remove(&st);
+    }
+}
+
+fn mtime_ns(st: Stamp) -> u64 {
+    (st.3 as i128 * 1_000_000_000 + st.4 as i128).max(0) as u64
 }
 
 fn compute(file: &File, st: Stamp) -> io::Result<Reference> {
@@ -249,11 +289,10 @@ fn compute(file: &File, st: Stamp) -> io::Result<Reference> {
         file.read_exact_at(b, off)?;
         crcs.push(crc32fast::hash(b));
     }
-    let mtime_ns = (st.3 as i128 * 1_000_000_000 + st.4 as i128).max(0) as u64;
     Ok(Reference {
         size,
         block,
-        mtime_ns,
+        mtime_ns: mtime_ns(st),
         crcs,
     })
 }
@@ -294,6 +333,7 @@ fn send_block(
     })?;
     let crc = crc32fast::hash(b);
     if crc != r.crcs[i as usize] {
+        forget(file);
         return Err(Stop::Fault(Fault::new(
             FaultCode::Changed,
             format!("\"{name}\" changed on the server during the download (block {i}); the next attempt starts over with the new version"),

@@ -46,6 +46,9 @@ impl Shell<'_> {
 
     fn stored(&self) {
         let (size, v2) = self.geometry();
+        if let (Some(name), Some((block, crcs))) = (self.rx.name(), self.rx.block_crcs()) {
+            super::get::remember_upload(self.sh, name, size, block, crcs);
+        }
         self.sh.counters.completed.fetch_add(1, Ordering::Relaxed);
         let proto = if v2 { ", protocol 2" } else { "" };
         (self.sh.logger)(&format!(
