@@ -101,7 +101,7 @@ fn options(a: &GetArgs) -> Result<SendOptions, String> {
     opts.io_timeout = a.timeout;
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
-    opts.fingerprint = a.fingerprint.clone();
+    opts.fingerprint = a.fingerprint;
     opts.require_tls = a.require_tls;
     opts.cache_dir = None;
     if let Some(k) = &a.known_hosts {
