@@ -15,6 +15,7 @@ use pyo3::types::PyList;
 
 mod client;
 mod errors;
+mod get;
 mod server;
 mod wait;
 
@@ -27,10 +28,20 @@ mod wait;
 #[pymodule(name = "bigtransfer")]
 fn bigtransfer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let mut names: Vec<&str> = vec!["__version__", "send_file", "crc32_file", "Server", "Result"];
+    let mut names: Vec<&str> = vec![
+        "__version__",
+        "send_file",
+        "crc32_file",
+        "Server",
+        "Result",
+        "get_file",
+        "GetResult",
+    ];
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(client::send_file, m)?)?;
     m.add_function(wrap_pyfunction!(client::crc32_file, m)?)?;
+    m.add_function(wrap_pyfunction!(get::get_file, m)?)?;
+    m.add_class::<get::GetResult>()?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<client::SendResult>()?;
     for (name, class) in errors::all(py)? {
