@@ -72,6 +72,18 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
         )));
     };
     let rev = shell.rx.offer().map_or(1, |o| o.rev);
+    // Admitted now (a running download is never evicted to make room),
+    // unless it was evicted while it waited.
+    if !shell
+        .conn
+        .unadmitted
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(Failed::Logged(Error::new(
+            ErrorKind::Refused,
+            format!("{name}: get: evicted before it was admitted"),
+        )));
+    }
     let early = shell.take_leftover();
     let sh = shell.sh;
     let peer = shell.conn.peer;
