@@ -275,6 +275,9 @@ pub fn get_file(
             Ok(()) => break,
             Err(e) => e,
         };
+        if err.kind() == ErrorKind::Storage {
+            return Err(err); // The local disk: retrying would not help.
+        }
         let progressed = local.held_bytes() > before;
         match up.failed(err, progressed) {
             Next::Done(r) => r?,
