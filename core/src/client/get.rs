@@ -198,10 +198,10 @@ impl Local {
             .map_err(|e| local_err(format!("cannot sync {}", self.part_path.display()), e))?;
         fs::rename(&self.part_path, dest)
             .map_err(|e| local_err(format!("cannot rename into {}", dest.display()), e))?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        // The rename is durable once the directory is synced ("" is ".").
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(d) = File::open(dir.unwrap_or(Path::new("."))) {
+            let _ = d.sync_all();
         }
         let _ = fs::remove_file(&self.record_path);
         Ok(r.whole())
