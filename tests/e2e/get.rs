@@ -309,3 +309,50 @@ fn a_pinned_key_that_does_not_match_stops_the_download_with_exit_7() {
     assert!(stderr(&out).contains("CHANGED"), "{}", stderr(&out));
     assert!(!dest.exists());
 }
+
+#[test]
+fn a_download_survives_the_server_killed_and_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    let src = t.path().join("k.bin");
+    let size = 20 * MIB + 3;
+    let crc = write_random(&src, size, 157);
+    assert_ok(&send(&srv, &src, &[]));
+    let dest = t.path().join("k.got");
+    let (part, _) = bigtransfer_core::client::part_paths(&dest);
+    let mut cmd = get_cmd(
+        &srv,
+        "k.bin",
+        &[
+            "--limit-rate",
+            "6M",
+            "--retries",
+            "0",
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+    );
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || written(&part) >= 4 * MIB),
+        "the download never got going"
+    );
+    srv.kill9();
+    let status = wait_child(&mut child, LONG).expect("the client noticed the server's death");
+    assert_eq!(status.code(), Some(4), "connection lost, retries exhausted");
+    assert!(!dest.exists());
+    let again = ServerProc::start(&store, &[]);
+    let out = get(&again, "k.bin", &["-o", dest.to_str().unwrap()]);
+    assert_got(&out);
+    let (held, got) = (field(&out, "resumed_from"), field(&out, "bytes_received"));
+    assert!(
+        held >= 4 * MIB && held + got == size,
+        "held {held}, received {got}"
+    );
+    assert_eq!(crc_of(&dest), crc);
+}
