@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_PER_TARGET=${1:-60}
 shift || true
-ALL_TARGETS=(legacy_header server_frames client_heads meta_record cache_entry verdict manifest_page zstd_block)
+ALL_TARGETS=(legacy_header server_frames client_heads meta_record cache_entry verdict manifest_page zstd_block get_frames)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 case $SECONDS_PER_TARGET in
     '' | *[!0-9]*) echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2 ;;

@@ -179,6 +179,42 @@ typedef struct bt_server_config bt_server_config;
 typedef int (*bt_progress_fn)(uint64_t done, uint64_t total, void *user);
 
 /**
+ * The outcome of a successful `bt_get_file`. On failure every field is 0.
+ */
+typedef struct bt_get_result {
+    /**
+     * Size of the file in bytes.
+     */
+    uint64_t filesize;
+    /**
+     * CRC-32 (zlib / ISO-HDLC) of the whole file, every block verified
+     * against the server's reference.
+     */
+    uint32_t crc32;
+    /**
+     * Bytes of a partial download already here (verified) at the start.
+     */
+    uint64_t resumed_from;
+    /**
+     * File bytes received over the network, all attempts together.
+     */
+    uint64_t bytes_received;
+    /**
+     * Connections made.
+     */
+    uint32_t attempts;
+    /**
+     * Blocks that arrived damaged and were asked for again.
+     */
+    uint64_t blocks_repaired;
+    /**
+     * 1 when the file changed on the server since a partial download
+     * began (that part was dropped and the download started over).
+     */
+    uint32_t restarted;
+} bt_get_result;
+
+/**
  * The outcome of a successful `bt_send_file`. On failure every field is 0.
  */
 typedef struct bt_send_result {
@@ -285,6 +321,42 @@ typedef void (*bt_log_fn)(const char *line, void *user);
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Downloads the stored file `remote` from the server at `host`:`port` to
+ * `dest`, resuming a partial download of the same version of the file
+ * (kept beside `dest` as `.NAME.bigtransfer-part` and
+ * `.NAME.bigtransfer-get`), and returns once every block is verified,
+ * synced and renamed into place. Blocks the calling thread.
+ *
+ * - `remote`: the stored file's name, a plain name in the server's
+ *   storage directory; UTF-8, NUL-terminated.
+ * - `dest`: the local path of the file (raw bytes on Unix). It must not
+ *   exist unless `force` is non-zero.
+ * - `options`: from `bt_send_options_new` (host and port are these
+ *   arguments; the token, timeouts, rate limit, known hosts and
+ *   fingerprint apply), or NULL for the defaults.
+ * - `progress`/`user`: as for `bt_send_file` (`done` is the bytes of the
+ *   file here so far); non-zero cancels, the partial download is kept.
+ *
+ * Returns `BT_OK`, or as `bt_send_file`; `BT_REFUSED` also for a file the
+ * server does not have or a name it refuses, `BT_INVALID_INPUT` for an
+ * existing `dest` without `force`.
+ *
+ * # Safety
+ * `host`, `remote` and `dest` must be NULL or NUL-terminated strings;
+ * `options` NULL or a live handle; `result` NULL or writable; `progress`,
+ * if not NULL, a function safe to call with `user`.
+ */
+enum bt_status bt_get_file(const char *host,
+                           uint16_t port,
+                           const char *remote,
+                           const char *dest,
+                           const struct bt_send_options *options,
+                           int force,
+                           bt_progress_fn progress,
+                           void *user,
+                           struct bt_get_result *result);
 
 /**
  * Computes the CRC-32 (zlib / ISO-HDLC, what Python's `zlib.crc32` gives) of

@@ -122,6 +122,55 @@ def list_remote(
     server too old to list), ``UnreachableError``, ``ConnectionLostError``,
     ``HostKeyError``.
     """
+    ...
+
+def get_file(
+    host: str,
+    port: int,
+    remote: str,
+    dest: _Path,
+    *,
+    force: bool = False,
+    retries: int = 5,
+    timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    limit_rate: Optional[int] = None,
+    progress: Optional[Callable[[int, int], object]] = None,
+    token: Optional[_Token] = None,
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
+) -> GetResult:
+    """Download the stored file ``remote`` from the server at ``host:port``
+    to ``dest``, resuming a partial download of the same version of the
+    file, every block verified against the server's CRC-32s; the file
+    appears under ``dest`` only when complete. ``dest`` must not exist
+    unless ``force``. Raises ``RefusedError`` for a file the server does not
+    have, and the other errors as ``send_file``."""
+    ...
+
+@final
+class GetResult:
+    """The result of a successful ``get_file`` (frozen)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def filesize(self) -> int: ...
+    @property
+    def crc32(self) -> int: ...
+    @property
+    def resumed_from(self) -> int: ...
+    @property
+    def bytes_received(self) -> int: ...
+    @property
+    def blocks_repaired(self) -> int: ...
+    @property
+    def restarted(self) -> bool: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def encrypted(self) -> bool: ...
 
 @final
 class Result:

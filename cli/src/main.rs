@@ -5,6 +5,7 @@
 //! display, signal handling and exit codes. The protocol lives in the core.
 
 mod config;
+mod get;
 mod list;
 mod metrics;
 mod msg;
@@ -55,6 +56,9 @@ enum Cmd {
     /// List what a server holds: files (size, mtime, CRC-32) and partial
     /// uploads (with their progress).
     List(list::ListArgs),
+    /// Download a stored file from a server's storage directory
+    /// (resumable, every block verified against the server's CRC-32s).
+    Get(get::GetArgs),
     /// Print a new random token (256 bits, 64 hex digits) for --token-file.
     ///
     /// Save it with `bigtransfer token > token && chmod 600 token` and give
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
         Cmd::Server(a) => serve::run(a),
         Cmd::Client(a) => send::run(a),
         Cmd::List(a) => list::run(a),
+        Cmd::Get(a) => get::run(a),
         Cmd::Token => print_new_token(),
         Cmd::Fingerprint(a) => print_fingerprint(a),
     }

@@ -93,7 +93,7 @@ pub struct ClientArgs {
     json: bool,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -101,7 +101,7 @@ extern "C" fn on_interrupt(_sig: libc::c_int) {
 
 /// Ctrl-C and SIGTERM cancel the upload at the next progress report, so the
 /// client can say how to resume and exit 130 instead of dying mid-line.
-fn install_interrupt() {
+pub(crate) fn install_interrupt() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
@@ -126,12 +126,12 @@ pub fn exit_code_for(kind: ErrorKind) -> u8 {
     }
 }
 
-fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Fingerprint, String> {
+pub(crate) fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Fingerprint, String> {
     bigtransfer_core::tls::Fingerprint::parse(s).map_err(|e| e.to_string())
 }
 
 /// A word safe to paste into a POSIX shell.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_./:@%+=,-[]".contains(c);
     if !s.is_empty() && s.chars().all(safe) {
         s.to_string()
@@ -196,10 +196,10 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
 /// Where this run's bytes started: the bar's rate and ETA count only what
 /// moved since (not what the server already held).
 #[derive(Clone)]
-struct RunStart(Arc<Mutex<(u64, Instant)>>);
+pub(crate) struct RunStart(pub(crate) Arc<Mutex<(u64, Instant)>>);
 
 impl RunStart {
-    fn set(&self, pos: u64) {
+    pub(crate) fn set(&self, pos: u64) {
         if let Ok(mut g) = self.0.lock() {
             *g = (pos, Instant::now());
         }
@@ -230,7 +230,7 @@ pub fn eta_text(remaining: u64, rate: f64) -> String {
     }
 }
 
-fn make_bar(show: bool, start: &RunStart) -> indicatif::ProgressBar {
+pub(crate) fn make_bar(show: bool, start: &RunStart) -> indicatif::ProgressBar {
     use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
     let target = if show {
         ProgressDrawTarget::stderr()

@@ -416,7 +416,7 @@ pub fn run(a: ServerArgs) -> ExitCode {
             "authentication: token required; legacy clients {legacy}"
         ));
     } else {
-        log("no token: anyone who can reach the port may upload (see --token-file)");
+        log("no token: anyone who can reach the port may upload and download (see --token-file)");
     }
     match server.serve() {
         Ok(()) => {

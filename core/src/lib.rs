@@ -26,6 +26,7 @@ pub mod compress;
 pub mod congestion;
 pub mod crc;
 mod error;
+pub mod getwire;
 mod json;
 pub mod keep;
 pub mod known_hosts;

@@ -441,6 +441,12 @@ impl Store {
         read_finished(&self.done_path(name), &self.final_at(name))
     }
 
+    /// The storage directory, open: names are opened under it (never
+    /// through a symlink), so nothing outside it is reached.
+    pub(crate) fn dir_file(&self) -> &File {
+        &self.dir.fd
+    }
+
     /// The storage directory.
     pub fn dir(&self) -> &Path {
         &self.dir.path

@@ -179,6 +179,13 @@ pub enum FaultCode {
     TooSlow,
     /// Something went wrong inside the server. Retry.
     Internal,
+    /// A download (`"op": "get"`) named a file the storage directory does
+    /// not hold (or not as a regular file). For good.
+    NotFound,
+    /// The file being downloaded changed on the server while it was read
+    /// (its stamp moved, or a block no longer has the CRC-32 announced).
+    /// Retry: the next attempt gets the new version's reference.
+    Changed,
     /// A code this client does not know (from a newer server). Treated as
     /// for good, so an unknown failure can never loop.
     Unknown(u16),
@@ -200,6 +207,8 @@ impl FaultCode {
             FaultCode::ShuttingDown => 10,
             FaultCode::TooSlow => 11,
             FaultCode::Internal => 12,
+            FaultCode::NotFound => 13,
+            FaultCode::Changed => 14,
             FaultCode::Unknown(n) => n,
         }
     }
@@ -219,6 +228,8 @@ impl FaultCode {
             10 => FaultCode::ShuttingDown,
             11 => FaultCode::TooSlow,
             12 => FaultCode::Internal,
+            13 => FaultCode::NotFound,
+            14 => FaultCode::Changed,
             n => FaultCode::Unknown(n),
         }
     }
@@ -234,6 +245,7 @@ impl FaultCode {
                 | FaultCode::ShuttingDown
                 | FaultCode::TooSlow
                 | FaultCode::Internal
+                | FaultCode::Changed
         )
     }
 }

@@ -19,11 +19,13 @@
 
 #![deny(missing_docs)]
 
+mod get;
 mod misc;
 mod send;
 mod server;
 mod status;
 
+pub use get::{bt_get_file, bt_get_result};
 pub use misc::{bt_crc32_file, bt_last_error_message, bt_status_name, bt_version};
 pub use send::{
     bt_list, bt_list_entry, bt_list_fn, bt_progress_fn, bt_send_file, bt_send_options,

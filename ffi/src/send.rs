@@ -26,7 +26,7 @@ use crate::status::{
 #[allow(non_camel_case_types)]
 #[derive(Debug)]
 pub struct bt_send_options {
-    inner: SendOptions,
+    pub(crate) inner: SendOptions,
 }
 
 /// The outcome of a successful `bt_send_file`. On failure every field is 0.

@@ -15,6 +15,7 @@ use pyo3::types::PyList;
 
 mod client;
 mod errors;
+mod get;
 mod server;
 mod wait;
 
@@ -34,11 +35,15 @@ fn bigtransfer(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "list_remote",
         "Server",
         "Result",
+        "get_file",
+        "GetResult",
     ];
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(client::send_file, m)?)?;
     m.add_function(wrap_pyfunction!(client::crc32_file, m)?)?;
     m.add_function(wrap_pyfunction!(client::list_remote, m)?)?;
+    m.add_function(wrap_pyfunction!(get::get_file, m)?)?;
+    m.add_class::<get::GetResult>()?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<client::SendResult>()?;
     for (name, class) in errors::all(py)? {

@@ -767,3 +767,31 @@ def test_store_url_is_checked_at_once(tmp_path, monkeypatch):
             bigtransfer.Server(tmp_path / "d", port=0, bind=HOST, store="s3://bt-test/py",
                                s3_endpoint=endpoint)
         assert "refused the credentials" in str(info.value)
+
+
+def test_get_file_roundtrip_cancel_resume_and_refusals(server, tmp_path, big_data):
+    path, data = big_data
+    port = server.address[1]
+    bigtransfer.send_file(HOST, port, path)
+    dest = tmp_path / "back.bin"
+    # Cancelled part-way: nothing under the final name, the part kept.
+    with pytest.raises(bigtransfer.CancelledError):
+        bigtransfer.get_file(HOST, port, "big.bin", dest, limit_rate=4 << 20,
+                             progress=lambda done, total: done < total // 3 or False)
+    assert not dest.exists()
+    assert (tmp_path / ".back.bin.bigtransfer-part").exists()
+    calls = []
+    r = bigtransfer.get_file(HOST, port, "big.bin", dest,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert isinstance(r, bigtransfer.GetResult)
+    assert dest.read_bytes() == data
+    assert r.crc32 == zlib.crc32(data) and r.filesize == len(data)
+    assert r.resumed_from > 0 and r.bytes_received == len(data) - r.resumed_from
+    assert r.encrypted and not r.restarted
+    assert calls and calls[-1][0] == len(data)
+    with pytest.raises(bigtransfer.InvalidInputError):
+        bigtransfer.get_file(HOST, port, "big.bin", dest)
+    with pytest.raises(bigtransfer.RefusedError, match="no file"):
+        bigtransfer.get_file(HOST, port, "missing.bin", tmp_path / "m")
+    with pytest.raises(bigtransfer.RefusedError, match="not a file name"):
+        bigtransfer.get_file(HOST, port, "../big.bin", tmp_path / "x")

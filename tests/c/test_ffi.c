@@ -492,6 +492,30 @@ int main(void) {
     CHECK(same_file(path_b, stored_b), "the resumed file is byte-identical");
     CHECK(prog.monotonic && prog.last_done == size_b, "resumed progress is monotonic, ends at total");
 
+    /* -- bt_get_file: the stored b.bin comes back, cancelled then resumed -- */
+    char got_b[4300];
+    snprintf(got_b, sizeof got_b, "%s/b.got", src_dir);
+    bt_get_result g;
+    progress_init(&prog);
+    prog.cancel_at = size_b / 3;
+    st = bt_get_file("127.0.0.1", port, "b.bin", got_b, slow, 0, on_progress, &prog, &g);
+    CHECK(st == BT_CANCELLED && !exists(got_b),
+          "a cancelled bt_get_file is BT_CANCELLED and not visible under its name");
+    progress_init(&prog);
+    st = bt_get_file("127.0.0.1", port, "b.bin", got_b, options, 0, on_progress, &prog, &g);
+    CHECK(st == BT_OK, "bt_get_file of b.bin");
+    CHECK(g.filesize == size_b && g.crc32 == r.crc32 && same_file(path_b, got_b),
+          "the downloaded file is byte-identical, its CRC-32 the upload's");
+    CHECK(g.resumed_from > 0 && g.bytes_received == size_b - g.resumed_from,
+          "the second bt_get_file fetched only the rest");
+    CHECK(bt_get_file("127.0.0.1", port, "b.bin", got_b, options, 0, NULL, NULL, &g) ==
+              BT_INVALID_INPUT,
+          "bt_get_file does not replace an existing file without force");
+    CHECK(bt_get_file("127.0.0.1", port, "nope.bin", got_b, options, 1, NULL, NULL, &g) ==
+                  BT_REFUSED &&
+              message_has("no file"),
+          "bt_get_file of a missing file is BT_REFUSED with the server's words");
+
     /* -- cancel while hashing ---------------------------------------------- */
     /* A file the server does not hold (it holds a.bin whole: its first
      * report would be the whole file). */

@@ -8,6 +8,7 @@ mod compat;
 mod compress;
 mod diskfull;
 mod docs;
+mod get;
 mod harness;
 mod hostile;
 mod interactive;

@@ -21,12 +21,15 @@ use std::time::{Duration, Instant};
 
 mod list;
 pub use list::{list_remote, Listing};
+mod get;
 mod peer;
 mod secure;
 mod shell;
 mod streams;
 
 pub use streams::Streams;
+
+pub use get::{get_file, part_paths, GetOutcome};
 
 use peer::Reply;
 
@@ -210,6 +213,13 @@ pub enum Progress<'a> {
         delay: Duration,
         /// Why the previous attempt failed.
         error: &'a Error,
+    },
+    /// A download ([`get_file`]): the file on the server is not the one
+    /// the partial download was started against (its size, mtime or block
+    /// CRC-32s differ); what was held is dropped and it starts over.
+    ServerChanged {
+        /// The remote name.
+        remote: &'a str,
     },
 }
 

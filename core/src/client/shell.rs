@@ -164,7 +164,7 @@ pub(super) fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
 }
 
 /// Socket options, before any byte (TLS's hello included) is sent.
-fn tune(sock: &TcpStream) {
+pub(super) fn tune(sock: &TcpStream) {
     let _ = sock.set_nodelay(true);
     crate::sys::widen_send_buffer(sock);
 }

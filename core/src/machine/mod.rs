@@ -119,6 +119,8 @@ pub mod transfer;
 #[cfg(test)]
 mod compat;
 #[cfg(test)]
+mod get_pair;
+#[cfg(test)]
 mod pair;
 
 use std::time::{Duration, Instant};

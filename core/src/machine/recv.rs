@@ -19,6 +19,7 @@ use super::{
     Recheck, StoredAs, Timer, WriteAt, MAX_BLOCKS,
 };
 use crate::auth::{Token, NONCE_LEN};
+use crate::getwire::{self, Op};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 use crate::SafeName;
@@ -87,6 +88,9 @@ pub enum Ending {
     TimedOut(Timer),
     /// A list request was answered in full.
     Listed,
+    /// A download (`"op": "get"`) was asked for and, with a token,
+    /// authenticated: the shell serves it (see [`crate::getwire`]).
+    Download,
 }
 
 #[derive(Debug)]
@@ -101,6 +105,8 @@ struct Request {
     /// (`bt.join`).
     streams: Option<u32>,
     join: Option<crate::session::Join>,
+    /// What the header asks for.
+    op: Op,
 }
 
 #[derive(Debug)]
@@ -205,10 +211,8 @@ fn requested_list(json: &[u8], offer: Option<Offer>) -> Result<bool, Fault> {
     match crate::listing::requested_op(json) {
         Ok(None) => Ok(false),
         Ok(Some(op)) if op == crate::listing::OP_LIST => Ok(true),
-        Ok(Some(op)) => Err(Fault::bad(format!(
-            "refused: this server does not know the operation {}",
-            crate::text::printable(&op)
-        ))),
+        // Every other operation was checked by getwire::requested_op.
+        Ok(Some(_)) => Ok(false),
         Err(e) => Err(Fault::bad(format!("refused: {e}"))),
     }
 }
@@ -224,6 +228,16 @@ fn guess_rev(json: &[u8]) -> u64 {
             _ => None,
         })
         .unwrap_or(1)
+}
+
+/// The refusal of a download name that is not a plain name in the
+/// storage directory (an upload's name is cut to its base name; a
+/// download's must already be one, so it never names something else).
+fn strict_name(raw: &str) -> String {
+    let shown: String = crate::text::printable(raw).chars().take(80).collect();
+    format!(
+        "refused: \"{shown}\" is not a file name in the storage directory (no '/', '\\', '..', or control characters)"
+    )
 }
 
 fn internal(words: impl Into<String>) -> Why {
@@ -343,6 +357,16 @@ impl Receiver {
             State::DataFrames => self.intake.as_ref().and_then(Intake::payload_left),
             _ => None,
         }
+    }
+
+    /// Protocol 2, once every block is held: their CRC-32s in order (what
+    /// a stored file's download is checked against).
+    pub fn block_crcs(&self) -> Option<(u64, Vec<u32>)> {
+        let held = self.intake.as_ref()?.held();
+        let crcs = (0..held.count())
+            .map(|i| held.crc(i))
+            .collect::<Option<Vec<u32>>>()?;
+        Some((held.block_size(), crcs))
     }
 
     /// While asking for a repair: the round (from 1) and how many blocks.
@@ -594,6 +618,7 @@ impl Receiver {
         self.phase = None;
         let mut zstd = false;
         let (mut streams, mut join) = (None, None);
+        let mut op = Op::Upload;
         if let Some(o) = offer {
             match (
                 crate::session::offered_streams(&json),
@@ -608,6 +633,10 @@ impl Receiver {
             }
             self.say_magic();
             self.rev = o.rev;
+            match getwire::requested_op(&json) {
+                Ok(o) => op = o,
+                Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
+            }
             match v2::offered_codecs(&json) {
                 Ok(c) => zstd = c.iter().any(|c| c == crate::compress::CODEC),
                 Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
@@ -624,6 +653,10 @@ impl Receiver {
             Err(f) => return self.fail(now, Why::Refuse(f)),
         }
         let name = match SafeName::from_wire(&header.filename) {
+            Ok(n) if op == Op::Get && n.as_str() != header.filename => {
+                let f = Fault::new(FaultCode::NameRefused, strict_name(&header.filename));
+                return self.fail(now, Why::Refuse(f));
+            }
             Ok(n) => n,
             Err(e) => {
                 let f = Fault::new(FaultCode::NameRefused, format!("refused: {e}"));
@@ -637,10 +670,12 @@ impl Receiver {
             );
             return self.fail(now, Why::Refuse(f));
         }
-        self.pending = Some(Action::Admit {
-            name: name.clone(),
-            filesize: header.filesize,
-        });
+        if op == Op::Upload {
+            self.pending = Some(Action::Admit {
+                name: name.clone(),
+                filesize: header.filesize,
+            });
+        }
         self.req = Some(Request {
             json,
             header,
@@ -649,8 +684,14 @@ impl Receiver {
             zstd,
             streams,
             join,
+            op,
         });
         self.state = State::Admit;
+        if op == Op::Get {
+            // Nothing is admitted or claimed: a download reserves no space
+            // and writes nothing; it only has to be authenticated.
+            self.on_admitted(now, Ok(()));
+        }
     }
 
     fn on_admitted(&mut self, now: Instant, r: Result<(), Fault>) {
@@ -692,6 +733,7 @@ impl Receiver {
             zstd: false,
             streams: None,
             join: None,
+            op: Op::List,
         });
         if self.cfg.token.is_some() {
             self.state = State::Challenge;
@@ -733,6 +775,10 @@ impl Receiver {
     fn start_claim(&mut self, authenticated: bool) {
         if self.list.is_some() {
             return self.begin_list();
+        }
+        if self.req.as_ref().is_some_and(|r| r.op == Op::Get) {
+            self.state = State::Done(Ending::Download);
+            return;
         }
         if let Some(j) = self.req.as_ref().and_then(|r| r.join.clone()) {
             self.pending = Some(Action::Join {

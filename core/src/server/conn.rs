@@ -267,6 +267,14 @@ impl Shell<'_> {
         }
     }
 
+    /// Input read but not fed to the machine (the start of what follows
+    /// the header, for a download's own exchange).
+    pub(super) fn take_leftover(&mut self) -> Vec<u8> {
+        let v = self.buf[self.have.clone()].to_vec();
+        self.have = 0..0;
+        v
+    }
+
     /// Rule 4: the peer went away, a deadline came, or the rate floor cut in.
     fn on_stall(&mut self, s: Stall) {
         let now = Instant::now();

@@ -19,6 +19,7 @@
 mod backend;
 mod claims;
 mod conn;
+mod get;
 mod list;
 mod local;
 mod open;

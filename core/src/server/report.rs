@@ -41,6 +41,7 @@ impl Shell<'_> {
             Ending::Refused(f) => (ErrorKind::Refused, f.words),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
             Ending::TimedOut(t) => (ErrorKind::TimedOut, timed_out(t)),
+            Ending::Download => return super::get::serve(self),
         };
         if self.quiet {
             return Err(Failed::Quiet(kind));
@@ -50,6 +51,9 @@ impl Shell<'_> {
 
     fn stored(&self) {
         let (size, v2) = self.geometry();
+        if let (Some(name), Some((block, crcs))) = (self.rx.name(), self.rx.block_crcs()) {
+            super::get::remember_upload(self.sh, name, size, block, crcs);
+        }
         self.sh.counters.completed.fetch_add(1, Ordering::Relaxed);
         let proto = if v2 { ", protocol 2" } else { "" };
         (self.sh.logger)(&format!(

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# bench/get.sh - a download (`bigtransfer get`) against the upload of the same
+# file, same server, alternated, over loopback, TLS (the default), no compression.
+#
+# Each round: upload SIZE random bytes (the stored file replaced), then get it back
+# into a fresh output dir; the seconds of each come from --json. Prints every round
+# and the medians with their ratio (get throughput / upload throughput).
+#
+# Environment:
+#   SIZE=1G     file size (K/M/G binary units, at most 1G here: shared disk)
+#   ROUNDS=5    rounds
+#   BIN=...     the binary [default: target/release/bigtransfer, built if missing]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${SIZE:-1G}
+ROUNDS=${ROUNDS:-5}
+BIN=${BIN:-target/release/bigtransfer}
+[ -x "$BIN" ] || cargo build --release -p bigtransfer-cli >&2
+work=$(mktemp -d /tmp/bt-bench-get.XXXXXX)
+server_pid=
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+head -c "$SIZE" /dev/urandom > "$work/src.bin"
+mkdir "$work/store" "$work/out"
+"$BIN" server --port 0 --bind 127.0.0.1 --dir "$work/store" > "$work/server.out" 2> "$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q '^listening on' "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out" | head -1)
+secs() { grep -o '"seconds": [0-9.]*' | cut -d' ' -f2; }
+ups=() gets=()
+for r in $(seq "$ROUNDS"); do
+    rm -f "$work/store/src.bin" "$work/out/src.bin"
+    u=$("$BIN" client --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --no-cache \
+        --compress off --json "$work/src.bin" 2>/dev/null | secs)
+    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --json \
+        -o "$work/out" src.bin 2>/dev/null | secs)
+    cmp -s "$work/src.bin" "$work/out/src.bin" || { echo "round $r: the download differs" >&2; exit 1; }
+    echo "round $r: upload $u s, get $g s (load $(cut -d' ' -f1 /proc/loadavg))"
+    ups+=("$u") gets+=("$g")
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mu=$(median "${ups[@]}") mg=$(median "${gets[@]}")
+awk -v u="$mu" -v g="$mg" 'BEGIN {printf "median: upload %.3f s, get %.3f s: get at %.2f x the upload throughput\n", u, g, u / g}'

@@ -1,0 +1,358 @@
+//! Serving a download (`"op": "get"`, see [`crate::getwire`]): after the
+//! receiver machine read the header and, with a token, checked the answer
+//! to its challenge, this sends the file's reference (size, block size,
+//! mtime, block CRC-32s), then the blocks the client asks for, round after
+//! round, until it asks for none.
+//!
+//! The file is opened under the storage directory's descriptor, never
+//! through a symlink, by a name that passed [`crate::SafeName`] unchanged
+//! (so never `..`, a path, or the server's own state). Every block sent is
+//! checked against the reference first: a file that changed since is
+//! never sent as a mix of versions (the client is told, and starts over).
+//!
+//! Not for uploads (the machine and `conn`), nor the client's side.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use super::conn::Shell;
+use super::{Failed, Shared};
+use crate::getwire::{self, Reference, TAG_REFERENCE, TAG_WANT};
+use crate::machine::Fault;
+use crate::v2::{self, FaultCode};
+use crate::{Error, ErrorKind, SafeName};
+
+/// Most references kept in memory (keyed by the file's full stamp, so a
+/// file changed in any way is never answered from here).
+const CACHED_REFERENCES: usize = 64;
+
+/// How long a refused client is read from so the refusal is not lost to a
+/// reset.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Why serving stopped early.
+enum Stop {
+    /// Told to the client (code and words).
+    Fault(Fault),
+    /// The connection broke or stalled.
+    Lost(io::Error),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Stop {
+        Stop::Lost(e)
+    }
+}
+
+/// The client's bytes: what the machine read past the header, then the socket.
+struct Input<'a> {
+    stream: &'a mut Box<dyn crate::transport::Transport>,
+    early: Vec<u8>,
+}
+
+impl Input<'_> {
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let n = self.early.len().min(out.len());
+        out[..n].copy_from_slice(&self.early[..n]);
+        self.early.drain(..n);
+        self.stream.read_exact(&mut out[n..])
+    }
+}
+
+/// Serves the download the machine handed over, to its end, and logs it.
+pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
+    let Some(name) = shell.rx.name().cloned() else {
+        return Err(Failed::Logged(Error::new(
+            ErrorKind::Protocol,
+            "get without a name",
+        )));
+    };
+    let rev = shell.rx.offer().map_or(1, |o| o.rev);
+    // Admitted now (a running download is never evicted to make room),
+    // unless it was evicted while it waited.
+    if !shell
+        .conn
+        .unadmitted
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(Failed::Logged(Error::new(
+            ErrorKind::Refused,
+            format!("{name}: get: evicted before it was admitted"),
+        )));
+    }
+    let early = shell.take_leftover();
+    let sh = shell.sh;
+    let peer = shell.conn.peer;
+    let mut input = Input {
+        stream: &mut shell.stream,
+        early,
+    };
+    match run(sh, &name, &mut input) {
+        Ok((size, sent)) => {
+            (sh.logger)(&format!(
+                "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection)"
+            ));
+            Ok(())
+        }
+        Err(Stop::Fault(f)) => {
+            let stream = &mut *input.stream;
+            let _ = stream.write_all(&f.frame(rev));
+            let _ = stream.close_write();
+            drain(stream.as_mut());
+            let kind = match f.code {
+                FaultCode::NotFound | FaultCode::NameRefused => ErrorKind::Refused,
+                _ => ErrorKind::Storage,
+            };
+            Err(Failed::Logged(Error::new(
+                kind,
+                format!("{name}: get: {}", f.words),
+            )))
+        }
+        Err(Stop::Lost(e)) => Err(Failed::Logged(Error::io(
+            ErrorKind::ConnectionLost,
+            format!("{name}: get: connection lost"),
+            e,
+        ))),
+    }
+}
+
+/// Reads what the client still sends until it closes (bounded).
+fn drain(stream: &mut dyn crate::transport::Transport) {
+    let _ = stream.set_read_timeout(Some(DRAIN));
+    let mut sink = [0u8; 4096];
+    let until = std::time::Instant::now() + DRAIN;
+    while std::time::Instant::now() < until {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The exchange: reference, then rounds of wanted blocks. Returns the file
+/// size and the bytes of file sent.
+fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), Stop> {
+    if sh.remote_storage() {
+        return Err(Stop::Fault(Fault::new(
+            FaultCode::BadRequest,
+            "this server stores in an object store; get serves only a local storage directory",
+        )));
+    }
+    let file = open(sh, name)?;
+    let reference = reference(&file, name).map_err(Stop::Fault)?;
+    let payload = reference.encode();
+    input
+        .stream
+        .write_all(&getwire::encode_frame(TAG_REFERENCE, &payload))?;
+    input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
+    let mut buf = crate::sys::PageBuf::new(reference.block as usize);
+    let mut sent = 0u64;
+    // One round more than the client may ask: the last "want nothing".
+    for _ in 0..=super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS {
+        let wanted = read_want(input, reference.count())?;
+        if wanted.is_empty() {
+            return Ok((reference.size, sent));
+        }
+        for i in wanted {
+            sent += send_block(&file, name, &reference, i, &mut buf, input.stream)?;
+        }
+    }
+    Err(Stop::Fault(Fault::bad(
+        "refused: too many rounds of blocks asked for on one connection",
+    )))
+}
+
+/// Opens the stored file `name` for reading, under the storage directory.
+fn open(sh: &Shared, name: &SafeName) -> Result<File, Stop> {
+    let not_found = |why: &str| {
+        Stop::Fault(Fault::new(
+            FaultCode::NotFound,
+            format!("no file \"{name}\" on the server{why}"),
+        ))
+    };
+    let file = match crate::sys::open_read_at(sh.store.dir_file(), name.as_str()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found("")),
+        // ELOOP: a symlink, which is never followed (it may lead anywhere).
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_found(" (a symlink there is not served)"))
+        }
+        Err(e) => {
+            return Err(Stop::Fault(Fault::new(
+                FaultCode::Storage,
+                format!("cannot open \"{name}\": {e}"),
+            )))
+        }
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(not_found(" (not a regular file)")),
+        Err(e) => Err(Stop::Fault(Fault::new(
+            FaultCode::Storage,
+            format!("cannot inspect \"{name}\": {e}"),
+        ))),
+    }
+}
+
+/// Everything that changes when a file's content may have: identity,
+/// size, mtime and ctime to the nanosecond.
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(file: &File) -> io::Result<Stamp> {
+    let m = file.metadata()?;
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+fn cache() -> &'static Mutex<HashMap<Stamp, Arc<Reference>>> {
+    static CACHE: OnceLock<Mutex<HashMap<Stamp, Arc<Reference>>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The reference of a stored file: its size, block size, mtime and the
+/// CRC-32 of every block. Computed by reading the file (the stored-file
+/// record, once there, can feed this instead), kept only when the file's
+/// stamp was the same before and after the read, and found again only by
+/// that whole stamp.
+pub(crate) fn reference(file: &File, name: &SafeName) -> Result<Reference, Fault> {
+    let storage =
+        |e: io::Error| Fault::new(FaultCode::Storage, format!("cannot read \"{name}\": {e}"));
+    let before = stamp(file).map_err(storage)?;
+    if let Some(r) = cache().lock().ok().and_then(|c| c.get(&before).cloned()) {
+        return Ok((*r).clone());
+    }
+    let r = compute(file, before).map_err(storage)?;
+    if stamp(file).map_err(storage)? != before {
+        return Err(Fault::new(
+            FaultCode::Changed,
+            format!("\"{name}\" changed on the server while it was being read; try again"),
+        ));
+    }
+    keep(before, r.clone());
+    Ok(r)
+}
+
+/// A file just stored by an upload: its verified block CRC-32s are the
+/// reference of a download, kept under the stamp the stored file has now
+/// (so a later `get` needs no read of it). Only for the block size a
+/// download uses; a wrong entry (the file written to between the rename
+/// and this stamp) is caught block by block when sent, and dropped.
+pub(super) fn remember_upload(sh: &Shared, name: &SafeName, size: u64, block: u64, crcs: Vec<u32>) {
+    if sh.remote_storage() || block != v2::block_size_for(size) {
+        return;
+    }
+    let Ok(file) = crate::sys::open_read_at(sh.store.dir_file(), name.as_str()) else {
+        return;
+    };
+    let Ok(st) = stamp(&file) else { return };
+    if st.2 != size {
+        return;
+    }
+    let r = Reference {
+        size,
+        block,
+        mtime_ns: mtime_ns(st),
+        crcs,
+    };
+    keep(st, r);
+}
+
+fn keep(st: Stamp, r: Reference) {
+    if let Ok(mut c) = cache().lock() {
+        if c.len() >= CACHED_REFERENCES {
+            c.clear();
+        }
+        c.insert(st, Arc::new(r));
+    }
+}
+
+/// Drops what is cached for the file open as `file` (it no longer matches).
+fn forget(file: &File) {
+    if let (Ok(st), Ok(mut c)) = (stamp(file), cache().lock()) {
+        c.remove(&st);
+    }
+}
+
+fn mtime_ns(st: Stamp) -> u64 {
+    (st.3 as i128 * 1_000_000_000 + st.4 as i128).max(0) as u64
+}
+
+fn compute(file: &File, st: Stamp) -> io::Result<Reference> {
+    let size = st.2;
+    let block = v2::block_size_for(size);
+    crate::sys::advise_sequential(file);
+    let mut buf = crate::sys::PageBuf::new(block as usize);
+    let count = v2::block_count(size, block);
+    let mut crcs = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let (off, len) = v2::block_range(size, block, i);
+        let b = &mut buf[..len as usize];
+        file.read_exact_at(b, off)?;
+        crcs.push(crc32fast::hash(b));
+    }
+    Ok(Reference {
+        size,
+        block,
+        mtime_ns: mtime_ns(st),
+        crcs,
+    })
+}
+
+/// Reads one `W` frame: the blocks wanted next.
+fn read_want(input: &mut Input, total: u64) -> Result<Vec<u64>, Stop> {
+    let mut head = [0u8; 5];
+    input.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
+    if head[0] != TAG_WANT || len > 4 + 16 * getwire::MAX_RUNS {
+        return Err(Stop::Fault(Fault::bad(format!(
+            "refused: expected a want frame, got tag 0x{:02x} of {len} bytes",
+            head[0]
+        ))));
+    }
+    let mut p = vec![0u8; len as usize];
+    input.read_exact(&mut p)?;
+    getwire::decode_want(&p, total).map_err(|e| Stop::Fault(Fault::bad(format!("refused: {e}"))))
+}
+
+/// Sends block `i` as a data frame, after checking it still has the
+/// reference's CRC-32. Returns its length.
+fn send_block(
+    file: &File,
+    name: &SafeName,
+    r: &Reference,
+    i: u64,
+    buf: &mut [u8],
+    out: &mut Box<dyn crate::transport::Transport>,
+) -> Result<u64, Stop> {
+    let (off, len) = r.range(i);
+    let b = &mut buf[..len as usize];
+    file.read_exact_at(b, off).map_err(|e| {
+        Stop::Fault(Fault::new(
+            FaultCode::Changed,
+            format!("cannot read block {i} of \"{name}\" (did it shrink?): {e}"),
+        ))
+    })?;
+    let crc = crc32fast::hash(b);
+    if crc != r.crcs[i as usize] {
+        forget(file);
+        return Err(Stop::Fault(Fault::new(
+            FaultCode::Changed,
+            format!("\"{name}\" changed on the server during the download (block {i}); the next attempt starts over with the new version"),
+        )));
+    }
+    out.write_all(&getwire::encode_data_head(off, len as u32))?;
+    out.write_all(b)?;
+    out.write_all(&crc.to_be_bytes())?;
+    Ok(len)
+}
