@@ -1357,6 +1357,7 @@ mod list_tests {
                 zstd: false,
                 streams: None,
                 join: None,
+                op: Op::Upload,
             });
             rx.stored = how;
             assert_eq!(rx.ok_verdict(), want, "rev {rev}");
