@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod peer;
 mod secure;
 mod shell;
+pub mod tree;
 
 use peer::Reply;
 

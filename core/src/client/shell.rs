@@ -131,7 +131,7 @@ fn sender_config(up: &Upload, src: &Source) -> SenderConfig {
     }
 }
 
-fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
+pub(super) fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
     let opts = up.opts;
     let addrs: Vec<SocketAddr> = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
@@ -164,7 +164,7 @@ fn connect(up: &Upload) -> Result<(TcpStream, SocketAddr)> {
 }
 
 /// Socket options, before any byte (TLS's hello included) is sent.
-fn tune(sock: &TcpStream) {
+pub(super) fn tune(sock: &TcpStream) {
     let _ = sock.set_nodelay(true);
     crate::sys::widen_send_buffer(sock);
 }
