@@ -17,5 +17,6 @@ mod peers;
 mod s3;
 mod service;
 mod tls;
+mod tree;
 mod upload;
 mod verified;

@@ -145,7 +145,7 @@ pub fn send_tree(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let mut run = Run::new(&mut progress, sent);
+        let mut run = Run::new(&mut progress, sent, opts.limit_rate);
         let res = run.attempt(&mut up, paths, attempts);
         sent = run.sent;
         let mut out = run.out;
@@ -197,6 +197,10 @@ struct Run<'p, 'r> {
     entries: u64,
     buf: Vec<u8>,
     pending: Vec<u8>,
+    /// Bytes written on this connection, and since when (for pacing).
+    written: u64,
+    started: Instant,
+    limit_rate: Option<u64>,
 }
 
 /// A file of the page being sent, with where it is.
@@ -206,8 +210,11 @@ struct PageFile {
 }
 
 impl<'p, 'r> Run<'p, 'r> {
-    fn new(progress: &'p mut Report<'r>, sent: u64) -> Self {
+    fn new(progress: &'p mut Report<'r>, sent: u64, limit_rate: Option<u64>) -> Self {
         Run {
+            written: 0,
+            started: Instant::now(),
+            limit_rate,
             progress,
             out: TreeOutcome::default(),
             sent,
@@ -453,8 +460,21 @@ impl<'p, 'r> Run<'p, 'r> {
             .write_all(&self.pending)
             .map_err(|e| cut(e, "sending"))?;
         stream.flush().map_err(|e| cut(e, "sending"))?;
+        self.written += self.pending.len() as u64;
         self.pending.clear();
+        self.pace();
         Ok(())
+    }
+
+    /// Under `--limit-rate`, waits until what was written fits the rate.
+    fn pace(&self) {
+        let Some(rate) = self.limit_rate.filter(|&r| r > 0) else {
+            return;
+        };
+        let due = Duration::from_secs_f64(self.written as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
     }
 
     /// The next frame from the server (a fault becomes an error).

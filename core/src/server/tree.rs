@@ -590,6 +590,8 @@ fn part_key(slot: &Slot) -> String {
     format!("{hex}.part")
 }
 
+// time_t and its nanoseconds are not i64 on every target.
+#[allow(clippy::unnecessary_cast)]
 fn mtime_of(st: &rfs::Stat) -> i64 {
     (st.st_mtime as i64)
         .saturating_mul(1_000_000_000)
