@@ -610,24 +610,36 @@ fn times(mtime_ns: i64) -> Timestamps {
 }
 
 /// Reads the first header off a new connection when it is whole within
-/// `wait`: the bytes read (the caller hands them to the single-upload
-/// machine when this is not a tree session) and whether it is one.
+/// `wait` (a deadline for all of it, not per read): the bytes read (the
+/// caller hands them to the single-upload machine when this is not a tree
+/// session, and the machine's own header deadline then ends a slow one)
+/// and whether it is one.
 pub(super) fn peek_header(stream: &mut dyn Transport, wait: Duration) -> (Vec<u8>, bool) {
+    let deadline = std::time::Instant::now() + wait;
     let mut got = Vec::new();
-    let _ = stream.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
-    let whole = fill(stream, &mut got, 4) && {
+    let whole = fill(stream, &mut got, 4, deadline) && {
         let len = u32::from_be_bytes([got[0], got[1], got[2], got[3]]) as usize;
-        (1..=crate::proto::MAX_HEADER_LEN).contains(&len) && fill(stream, &mut got, 4 + len)
+        (1..=crate::proto::MAX_HEADER_LEN).contains(&len)
+            && fill(stream, &mut got, 4 + len, deadline)
     };
     let _ = stream.set_read_timeout(None);
     let tree = whole && is_tree_header(&got[4..]);
     (got, tree)
 }
 
-/// Reads until `buf` holds `want` bytes; false on end, error or timeout.
-fn fill(stream: &mut dyn Transport, buf: &mut Vec<u8>, want: usize) -> bool {
+/// Reads until `buf` holds `want` bytes; false on end, error or deadline.
+fn fill(
+    stream: &mut dyn Transport,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: std::time::Instant,
+) -> bool {
     let mut chunk = [0u8; 4096];
     while buf.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
         let n = (want - buf.len()).min(chunk.len());
         match stream.read(&mut chunk[..n]) {
             Ok(0) => return false,

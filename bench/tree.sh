@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# bench/tree.sh: a tree of many small files and a few large ones, sent on
+# loopback (hot cache) by bigtransfer (TLS, and plaintext with the server at
+# --tls off), by `tar c | socat` -> `socat | tar x` (the no-integrity
+# ceiling) and by `rsync -r` to an rsync daemon; then a re-send of the
+# unchanged tree with bigtransfer. One line per run: tool, seconds, MB/s.
+#
+#   bash bench/tree.sh                       # 20000 x 4 KiB + 20 x 40 MB
+#   SMALL=2000 LARGE=2 bash bench/tree.sh    # smaller
+# Env: SMALL (20000), SMALL_SIZE (4096), LARGE (20), LARGE_MB (40: keeps the
+# data under 1 GiB), WORK (/tmp/bt-tree-bench, deleted at the end), BIN
+# (target/release/bigtransfer), PORT (47300).
+set -eu
+BIN=$(realpath "${BIN:-target/release/bigtransfer}")
+WORK=${WORK:-/tmp/bt-tree-bench}
+SMALL=${SMALL:-20000} SMALL_SIZE=${SMALL_SIZE:-4096} LARGE=${LARGE:-20} LARGE_MB=${LARGE_MB:-40}
+PORT=${PORT:-47300}
+rm -rf "$WORK"; mkdir -p "$WORK/src" "$WORK/dst"
+trap 'kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
+SERVER=
+
+python3 - "$WORK/src/tree" "$SMALL" "$SMALL_SIZE" "$LARGE" "$LARGE_MB" <<'PY'
+import os, sys
+root, small, size, large, mb = sys.argv[1], *map(int, sys.argv[2:])
+for i in range(small):
+    d = os.path.join(root, "small", "%02d" % (i % 50), "%03d" % (i % 997 % 20))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(size))
+for i in range(large):
+    d = os.path.join(root, "large", "%d" % (i % 4))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "big%02d.bin" % i), "wb") as f:
+        for _ in range(mb):
+            f.write(os.urandom(1000000))
+PY
+BYTES=$(du -sb "$WORK/src/tree" | cut -f1)
+tar c -C "$WORK/src" tree > /dev/null   # hot cache
+echo "tree: $SMALL x $SMALL_SIZE B + $LARGE x $LARGE_MB MB = $BYTES bytes (du -sb)"
+
+now() { date +%s.%N; }
+line() { python3 -c "import sys; t=float(sys.argv[2]); print('%-28s %7.2f s %8.1f MB/s' % (sys.argv[1], t, int(sys.argv[3])/t/1e6))" "$1" "$2" "$BYTES"; }
+fresh() { rm -rf "$WORK/dst"; mkdir -p "$WORK/dst"; }
+check() { diff -rq "$WORK/src/tree" "$WORK/dst/tree" > /dev/null || echo "  (DIFFERS: $1)"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+bt() {  # bt NAME TLS-MODE
+  fresh
+  "$BIN" server --dir "$WORK/dst" --bind 127.0.0.1 --port "$PORT" --tls "$2" > "$WORK/server.log" 2>&1 & SERVER=$!
+  wait_port "$PORT"
+  local t0; t0=$(now)
+  "$BIN" client --host 127.0.0.1 --port "$PORT" --known-hosts "$WORK/kh.$2" --quiet "$WORK/src/tree" > "$WORK/client.out"
+  line "$1" "$(python3 -c "print($(now)-$t0)")"; check "$1"
+  t0=$(now)
+  "$BIN" client --host 127.0.0.1 --port "$PORT" --known-hosts "$WORK/kh.$2" --quiet "$WORK/src/tree" > "$WORK/client2.out"
+  line "$1 (re-send)" "$(python3 -c "print($(now)-$t0)")"
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
+}
+
+tar_socat() {
+  fresh
+  (socat -u TCP-LISTEN:$PORT,reuseaddr,bind=127.0.0.1 - | tar x -C "$WORK/dst") & local rx=$!
+  wait_port "$PORT" || true
+  local t0; t0=$(now)
+  tar c -C "$WORK/src" tree | socat -u - TCP:127.0.0.1:$PORT
+  wait "$rx"
+  line "tar c | socat -> tar x" "$(python3 -c "print($(now)-$t0)")"; check tar
+}
+
+rsyncd() {
+  fresh
+  cat > "$WORK/rsyncd.conf" <<CONF
+use chroot = no
+[dst]
+path = $WORK/dst
+read only = no
+CONF
+  rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=127.0.0.1 --port="$PORT" & SERVER=$!
+  wait_port "$PORT"
+  local t0; t0=$(now)
+  rsync -r -t -p "$WORK/src/tree" "rsync://127.0.0.1:$PORT/dst/"
+  line "rsync -r -> rsyncd" "$(python3 -c "print($(now)-$t0)")"; check rsync
+  t0=$(now)
+  rsync -r -t -p "$WORK/src/tree" "rsync://127.0.0.1:$PORT/dst/"
+  line "rsync -r (re-send)" "$(python3 -c "print($(now)-$t0)")"
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
+}
+
+bt "bigtransfer (TLS)" auto
+bt "bigtransfer (plaintext)" off
+tar_socat
+command -v rsync > /dev/null && rsyncd
