@@ -9,7 +9,8 @@
 #   SMALL=2000 LARGE=2 bash bench/tree.sh    # smaller
 # Env: SMALL (20000), SMALL_SIZE (4096), LARGE (20), LARGE_MB (40: keeps the
 # data under 1 GiB), WORK (/tmp/bt-tree-bench, deleted at the end), BIN
-# (target/release/bigtransfer), PORT (47300).
+# (target/release/bigtransfer), PORT (47300), TOOLS (bt_tls bt_plain tar
+# rsync: which rows, in order).
 set -eu
 BIN=$(realpath "${BIN:-target/release/bigtransfer}")
 WORK=${WORK:-/tmp/bt-tree-bench}
@@ -42,7 +43,8 @@ now() { date +%s.%N; }
 line() { python3 -c "import sys; t=float(sys.argv[2]); print('%-28s %7.2f s %8.1f MB/s' % (sys.argv[1], t, int(sys.argv[3])/t/1e6))" "$1" "$2" "$BYTES"; }
 fresh() { rm -rf "$WORK/dst"; mkdir -p "$WORK/dst"; }
 check() { diff -rq "$WORK/src/tree" "$WORK/dst/tree" > /dev/null || echo "  (DIFFERS: $1)"; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# Listening, seen without connecting (socat serves one connection only).
+wait_port() { for _ in $(seq 200); do ss -ltnH "sport = :$1" | grep -q . && return 0; sleep 0.05; done; return 1; }
 
 bt() {  # bt NAME TLS-MODE
   fresh
@@ -71,9 +73,13 @@ rsyncd() {
   fresh
   cat > "$WORK/rsyncd.conf" <<CONF
 use chroot = no
+lock file = $WORK/rsyncd.lock
+log file = $WORK/rsyncd.log
 [dst]
 path = $WORK/dst
 read only = no
+uid = $(id -un)
+gid = $(id -gn)
 CONF
   rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=127.0.0.1 --port="$PORT" & SERVER=$!
   wait_port "$PORT"
@@ -86,7 +92,11 @@ CONF
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
 }
 
-bt "bigtransfer (TLS)" auto
-bt "bigtransfer (plaintext)" off
-tar_socat
-command -v rsync > /dev/null && rsyncd
+for t in ${TOOLS:-bt_tls bt_plain tar rsync}; do
+  case $t in
+    bt_tls) bt "bigtransfer (TLS)" auto ;;
+    bt_plain) bt "bigtransfer (plaintext)" off ;;
+    tar) tar_socat ;;
+    rsync) command -v rsync > /dev/null && rsyncd ;;
+  esac
+done

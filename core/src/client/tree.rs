@@ -196,6 +196,7 @@ struct Run<'p, 'r> {
     sent: u64,
     entries: u64,
     buf: Vec<u8>,
+    reader: wire::FrameReader,
     pending: Vec<u8>,
     /// Bytes written on this connection, and since when (for pacing).
     written: u64,
@@ -220,6 +221,7 @@ impl<'p, 'r> Run<'p, 'r> {
             sent,
             entries: 0,
             buf: Vec::new(),
+            reader: wire::FrameReader::new(),
             pending: Vec::with_capacity(OUT_BUFFER + wire::MAX_DATA + 16),
         }
     }
@@ -445,7 +447,7 @@ impl<'p, 'r> Run<'p, 'r> {
         wire::write_frame(&mut self.pending, tag, payload).map_err(|e| cut(e, "queueing"))?;
         if self.pending.len() >= OUT_BUFFER {
             self.flush(stream)?;
-            while readable(stream) {
+            while self.reader.has_frame() || readable(stream) {
                 match self.read(stream)? {
                     wire::VERDICT => self.on_verdict()?,
                     other => return Err(unexpected(other)),
@@ -479,7 +481,7 @@ impl<'p, 'r> Run<'p, 'r> {
 
     /// The next frame from the server (a fault becomes an error).
     fn read(&mut self, stream: &mut dyn Transport) -> Result<u8> {
-        let tag = wire::read_frame(stream, &mut self.buf)?;
+        let tag = self.reader.read_frame(stream, &mut self.buf)?;
         if tag == wire::FAULT {
             let text = String::from_utf8_lossy(&self.buf).into_owned();
             let kind = if text.starts_with("refused") {

@@ -88,6 +88,10 @@ struct Session<'a> {
     /// The last parent directory opened, by path ("" for the root).
     cached: Option<(String, OwnedFd)>,
     buf: Vec<u8>,
+    reader: wire::FrameReader,
+    /// Frames to the client not written yet: verdicts go out many to a
+    /// write, at the latest with the page's state or the end.
+    out: Vec<u8>,
     t: Tally,
 }
 
@@ -110,7 +114,7 @@ pub(super) fn serve(
         Ok(()) => Ok(()),
         Err(e) => {
             if e.kind() != ErrorKind::ConnectionLost {
-                let _ = wire::write_frame(&mut s.stream, wire::FAULT, e.to_string().as_bytes());
+                let _ = s.send(wire::FAULT, e.to_string().as_bytes());
                 let _ = s.stream.flush();
             }
             Err(e.into())
@@ -168,13 +172,15 @@ impl<'a> Session<'a> {
             files: Vec::new(),
             cached: None,
             buf: Vec::new(),
+            reader: wire::FrameReader::new(),
+            out: Vec::new(),
             t: Tally::default(),
         })
     }
 
     fn run(&mut self) -> Result<()> {
         loop {
-            let tag = wire::read_frame(&mut self.stream, &mut self.buf)?;
+            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
             match tag {
                 wire::PAGE => {
                     self.apply_closed()?;
@@ -209,9 +215,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Queues a frame; a state, the end or a full queue writes it out.
     fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
-        wire::write_frame(&mut self.stream, tag, payload)
-            .map_err(|e| Error::io(ErrorKind::ConnectionLost, "the tree session was cut", e))
+        let cut = |e| Error::io(ErrorKind::ConnectionLost, "the tree session was cut", e);
+        wire::write_frame(&mut self.out, tag, payload).map_err(cut)?;
+        if tag != wire::VERDICT || self.out.len() >= 16 << 10 {
+            self.stream.write_all(&self.out).map_err(cut)?;
+            self.out.clear();
+        }
+        Ok(())
     }
 
     fn verdict(&mut self, status: u8, path: &RelPath, text: &str) -> Result<()> {
@@ -432,8 +444,10 @@ impl<'a> Session<'a> {
                 "the part shrank while resuming",
             ));
         }
-        file.set_len(offset)
-            .map_err(|e| Error::io(ErrorKind::Storage, "cannot trim the part", e))?;
+        if len > offset {
+            file.set_len(offset)
+                .map_err(|e| Error::io(ErrorKind::Storage, "cannot trim the part", e))?;
+        }
         let mut h = crc32fast::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -463,9 +477,10 @@ impl Session<'_> {
         let mut h = part.map(|(_, h)| h.clone());
         let file = part.map(|(f, _)| f);
         let mut at = offset;
+        let mut written = offset;
         let mut write_failed = false;
         loop {
-            let tag = wire::read_frame(&mut self.stream, &mut self.buf)?;
+            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
             match tag {
                 wire::DATA => {
                     if let (Some(f), Some(h)) = (file, h.as_mut()) {
@@ -473,6 +488,7 @@ impl Session<'_> {
                         h.update(&self.buf);
                     }
                     at += self.buf.len() as u64;
+                    written = at;
                     self.t.bytes += self.buf.len() as u64;
                 }
                 wire::HOLE => {
@@ -484,7 +500,8 @@ impl Session<'_> {
                 }
                 wire::CHECK => {
                     let crc_sent = be32(&self.buf, 0).ok_or_else(|| bad_frame("check"))?;
-                    if let Some(f) = file {
+                    // A trailing hole: the part's length is the file's.
+                    if let Some(f) = file.filter(|_| at > written) {
                         write_failed |= f.set_len(at).is_err();
                     }
                     let crc_local = h.filter(|_| !write_failed).map(|h| h.finalize());
