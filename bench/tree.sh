@@ -47,7 +47,7 @@ check() { diff -rq "$WORK/src/tree" "$WORK/dst/tree" > /dev/null || echo "  (DIF
 wait_port() { for _ in $(seq 200); do ss -ltnH "sport = :$1" | grep -q . && return 0; sleep 0.05; done; return 1; }
 
 bt() {  # bt NAME TLS-MODE
-  fresh
+  fresh; rm -f "$WORK/kh.$2"   # a fresh store makes a fresh server key
   "$BIN" server --dir "$WORK/dst" --bind 127.0.0.1 --port "$PORT" --tls "$2" > "$WORK/server.log" 2>&1 & SERVER=$!
   wait_port "$PORT"
   local t0; t0=$(now)

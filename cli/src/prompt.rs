@@ -363,6 +363,8 @@ mod tests {
             check_path(Lang::En, &format!("{d}/my\\ file.bin")).unwrap(),
             f
         );
+        // A directory is accepted: it is sent as a tree.
+        assert_eq!(check_path(Lang::En, &d.to_string()).unwrap(), dir);
         let e = check_path(Lang::Ru, &format!("{d}/nope")).unwrap_err();
         assert!(
             e.starts_with(&format!("не удаётся открыть {d}/nope: ")),

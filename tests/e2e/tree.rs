@@ -198,6 +198,19 @@ fn several_paths_and_a_changed_file_is_never_replaced() {
         stderr(&out)
     );
     assert_eq!(fs::read(store.path().join("dir two/x")).unwrap(), b"x");
+    // The interactive prompt takes a directory too.
+    let three = src.path().join("three");
+    fs::create_dir(&three).unwrap();
+    fs::write(three.join("y"), "y").unwrap();
+    let answers = format!("127.0.0.1\n{}\n{}\n", srv.port(), three.display());
+    let out = client(&[], answers.as_bytes(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("TREE_OK: 1 files"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(fs::read(store.path().join("three/y")).unwrap(), b"y");
 }
 
 #[test]
