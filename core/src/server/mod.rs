@@ -780,6 +780,7 @@ fn sweep(sh: &Shared, age: Duration) {
         }
         drop(claims);
     }
+    tree::sweep_parts(&sh.cfg.dir, age, &sh.logger);
 }
 
 /// The object store of `cfg`, checked once at start-up (a listing of the

@@ -405,6 +405,7 @@ impl<'a> Session<'a> {
         let (path, size) = (slot.path.clone(), slot.size);
         let part = self.open_part(&key, offset);
         let got = self.take_data(part.as_ref().ok(), offset)?;
+        self.done_with(idx);
         let Ok(file) = part else {
             self.t.failed += 1;
             let why = part.err().map(|e| e.to_string()).unwrap_or_default();
@@ -422,6 +423,13 @@ impl<'a> Session<'a> {
             return self.verdict(wire::FAILED, &path, &why);
         }
         self.install(file, &key, idx)
+    }
+
+    /// A file's data came (whatever the verdict): it may not come again.
+    fn done_with(&mut self, idx: usize) {
+        if let Some(slot) = self.files.get_mut(idx) {
+            slot.status = wire::HELD;
+        }
     }
 
     /// The part file for `key`, locked, holding exactly `offset` bytes,
@@ -557,6 +565,33 @@ impl Session<'_> {
         }
         self.cached = None;
         Ok(())
+    }
+}
+
+/// Deletes parts of tree files untouched for longer than `age`, unless a
+/// session holds one (its lock): the `--expire-partial` of trees.
+pub(super) fn sweep_parts(dir: &std::path::Path, age: Duration, logger: &super::Logger) {
+    let Ok(entries) = std::fs::read_dir(dir.join(PARTS_DIR)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|t| t > age);
+        let Ok(f) = File::open(e.path()).map(OwnedFd::from) else {
+            continue;
+        };
+        let free = rfs::flock(&f, rfs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if old && free && std::fs::remove_file(e.path()).is_ok() {
+            logger(&format!(
+                "expired held tree part {} (untouched for over {}s)",
+                e.file_name().to_string_lossy(),
+                age.as_secs()
+            ));
+        }
     }
 }
 
