@@ -2,7 +2,8 @@
 # bench/tree.sh: a tree of many small files and a few large ones, sent on
 # loopback (hot cache) by bigtransfer (TLS, and plaintext with the server at
 # --tls off), by `tar c | socat` -> `socat | tar x` (the no-integrity
-# ceiling) and by `rsync -r` to an rsync daemon; then a re-send of the
+# ceiling), by `rsync -r` to an rsync daemon and by `scp -r` to a private
+# sshd; then a re-send of the
 # unchanged tree with bigtransfer. One line per run: tool, seconds, MB/s.
 #
 #   bash bench/tree.sh                       # 20000 x 4 KiB + 20 x 40 MB
@@ -10,7 +11,7 @@
 # Env: SMALL (20000), SMALL_SIZE (4096), LARGE (20), LARGE_MB (40: keeps the
 # data under 1 GiB), WORK (/tmp/bt-tree-bench, deleted at the end), BIN
 # (target/release/bigtransfer), PORT (47300), TOOLS (bt_tls bt_plain tar
-# rsync: which rows, in order).
+# rsync scp: which rows, in order).
 set -eu
 BIN=$(realpath "${BIN:-target/release/bigtransfer}")
 WORK=${WORK:-/tmp/bt-tree-bench}
@@ -92,11 +93,31 @@ CONF
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
 }
 
-for t in ${TOOLS:-bt_tls bt_plain tar rsync}; do
+scp_r() {  # scp -r to a private sshd on loopback (key login, this user)
+  fresh
+  local d=$WORK/ssh; mkdir -p "$d"; chmod 700 "$d"
+  [ -f "$d/host" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/host"
+  [ -f "$d/id" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/id"
+  cp "$d/id.pub" "$d/authorized_keys"; mkdir -p /run/sshd
+  printf '%s\n' "Port $PORT" "ListenAddress 127.0.0.1" "HostKey $d/host" "PidFile none" \
+    "AuthorizedKeysFile $d/authorized_keys" "PasswordAuthentication no" "StrictModes no" \
+    "UsePAM no" "PermitRootLogin prohibit-password" "Subsystem sftp internal-sftp" > "$d/sshd_config"
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2> "$WORK/sshd.log" & SERVER=$!
+  wait_port "$PORT"
+  local t0; t0=$(now)
+  scp -q -r -p -P "$PORT" -i "$d/id" -o IdentitiesOnly=yes -o BatchMode=yes \
+    -o UserKnownHostsFile="$d/known_hosts" -o StrictHostKeyChecking=accept-new \
+    "$WORK/src/tree" "$(id -un)@127.0.0.1:$WORK/dst/"
+  line "scp -r -p (sshd)" "$(python3 -c "print($(now)-$t0)")"; check scp
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
+}
+
+for t in ${TOOLS:-bt_tls bt_plain tar rsync scp}; do
   case $t in
     bt_tls) bt "bigtransfer (TLS)" auto ;;
     bt_plain) bt "bigtransfer (plaintext)" off ;;
     tar) tar_socat ;;
     rsync) command -v rsync > /dev/null && rsyncd ;;
+    scp) [ -x /usr/sbin/sshd ] && scp_r ;;
   esac
 done
