@@ -376,3 +376,25 @@ fn hostile_manifests_are_refused_in_words_and_nothing_lands_outside() {
     let out = send_tree(&srv, &[&d], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn an_abandoned_tree_part_expires_like_a_held_part() {
+    let store = tempfile::tempdir().unwrap();
+    let parts = store.path().join(".bt-tree-parts");
+    fs::create_dir(&parts).unwrap();
+    let old = parts.join("0123abcd.part");
+    fs::write(&old, "abandoned").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(&old)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let srv = ServerProc::start(store.path(), &["--expire-partial", "1s"]);
+    assert!(wait_until(LONG, || !old.exists()), "{}", srv.log.text());
+    assert!(
+        srv.log
+            .wait_for("expired held tree part 0123abcd.part", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
