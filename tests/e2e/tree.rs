@@ -398,3 +398,36 @@ fn an_abandoned_tree_part_expires_like_a_held_part() {
         srv.log.text()
     );
 }
+
+#[test]
+fn a_tree_send_survives_a_killed_server() {
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let root = make_tree(src.path(), 50, &[4 << 20, 4 << 20, 4 << 20]);
+    let srv = ServerProc::start(store.path(), &[]);
+    let mut c = spawn_client(&srv, &root, &["--limit-rate", "4M", "--retries", "0"]);
+    let large = |i: u32| store.path().join(format!("photos/large{i}.bin"));
+    assert!(
+        wait_until(LONG, || large(0).exists()),
+        "large0 never arrived"
+    );
+    srv.kill9();
+    let _ = wait_child(&mut c, LONG);
+    assert!(
+        !large(2).exists(),
+        "the send ended before the server was killed"
+    );
+    let stored_before: u64 = (0..3)
+        .filter(|&i| large(i).exists())
+        .map(|_| 4u64 << 20)
+        .sum();
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&root], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sent = field(&out, "bytes_sent");
+    assert!(
+        sent <= (12 << 20) - stored_before + (1 << 20),
+        "resent {sent} bytes though {stored_before} were stored"
+    );
+    assert_same_tree(&root, &store.path().join("photos"), &["outside"]);
+}
