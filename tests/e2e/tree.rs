@@ -351,6 +351,17 @@ fn hostile_manifests_are_refused_in_words_and_nothing_lands_outside() {
             "stored as something other than a directory",
         ),
         (&[(2, ".bt-tree-parts", "")], "the server's own"),
+        // A loop of symlinks is stored as links, never followed: a path
+        // through one is refused.
+        (
+            &[
+                (2, "l", ""),
+                (3, "l/a", "b"),
+                (1, "l/a/x", ""),
+                (3, "l/b", "a"),
+            ],
+            "\"l/a\" is a symlink in one entry and a directory in another",
+        ),
         (&[(1, "a\u{1}b", "")], "control"),
     ];
     for (entries, words) in cases {
