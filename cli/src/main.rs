@@ -13,6 +13,7 @@ mod parse;
 mod prompt;
 mod send;
 mod serve;
+mod tree;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -127,7 +127,7 @@ pub fn unpaste(s: &str) -> String {
     p
 }
 
-/// A readable regular file: the path as typed, or else as [`unpaste`]
+/// A readable regular file or directory: the path as typed, or else as [`unpaste`]
 /// reads it.
 pub fn check_path(lang: Lang, s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
@@ -141,6 +141,11 @@ pub fn check_path(lang: Lang, s: &str) -> Result<PathBuf, String> {
     };
     let shown = p.display().to_string();
     match std::fs::metadata(&p) {
+        // A directory is sent as a tree.
+        Ok(m) if m.is_dir() => match std::fs::read_dir(&p) {
+            Ok(_) => Ok(p),
+            Err(e) => Err(lang.f(&msg::CANNOT_READ, &[&shown, &e])),
+        },
         Ok(m) if m.is_file() => match std::fs::File::open(&p) {
             Ok(_) => Ok(p),
             Err(e) => Err(lang.f(&msg::CANNOT_READ, &[&shown, &e])),
@@ -358,6 +363,8 @@ mod tests {
             check_path(Lang::En, &format!("{d}/my\\ file.bin")).unwrap(),
             f
         );
+        // A directory is accepted: it is sent as a tree.
+        assert_eq!(check_path(Lang::En, &d.to_string()).unwrap(), dir);
         let e = check_path(Lang::Ru, &format!("{d}/nope")).unwrap_err();
         assert!(
             e.starts_with(&format!("не удаётся открыть {d}/nope: ")),

@@ -32,8 +32,11 @@ pub struct ClientArgs {
     /// Server port.
     #[arg(long)]
     port: Option<u16>,
-    /// File to upload.
+    /// File to upload; a directory, or several paths, are sent as a tree
+    /// (each under its base name, like `scp -r`).
     file: Option<PathBuf>,
+    /// More files or directories to send in the same tree.
+    more: Vec<PathBuf>,
     /// Attempts after a failure before giving up (each reconnect on which
     /// the server confirms it holds more starts the count afresh).
     #[arg(long, default_value_t = 5)]
@@ -94,6 +97,11 @@ pub struct ClientArgs {
 }
 
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 extern "C" fn on_interrupt(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -414,6 +422,11 @@ pub fn run(a: ClientArgs) -> ExitCode {
         opts.cache_dir = None;
     }
     install_interrupt();
+    let mut paths = vec![answers.path.clone()];
+    paths.extend(a.more.iter().cloned());
+    if crate::tree::is_tree(&paths) {
+        return crate::tree::run(&paths, &opts, a.json, a.quiet, lang);
+    }
     send_loop(&a, lang, interactive, &answers.path, opts)
 }
 

@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// no minimum [default: 1K].
     #[arg(long, value_parser = parse::size)]
     min_rate: Option<u64>,
+    /// Refuse a tree whose manifest lists more entries than this
+    /// (files, directories and symlinks) [default: 10000000].
+    #[arg(long)]
+    max_tree_entries: Option<u64>,
     #[command(flatten)]
     auth: AuthArgs,
     /// With a token: also admit legacy clients, which cannot authenticate;
@@ -167,6 +171,9 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
     cfg.max_file_size = pick(a.max_file_size, size(&c.max_file_size)?);
     cfg.min_free = pick(a.min_free, size(&c.min_free)?).unwrap_or(0);
     cfg.min_rate = pick(a.min_rate, size(&c.min_rate)?).unwrap_or(1024);
+    if let Some(n) = a.max_tree_entries {
+        cfg.max_tree_entries = n;
+    }
     cfg.allow_legacy = a.allow_legacy || val(&c.allow_legacy).unwrap_or(false);
     cfg.overwrite = a.overwrite || val(&c.overwrite).unwrap_or(false);
     cfg.token = token(a, c)?;

@@ -51,6 +51,7 @@ pub mod transport;
 pub mod tree;
 pub mod v2;
 
+pub use client::tree::{send_tree, TreeOutcome, TreeProgress};
 pub use client::{send_file, Control, Outcome, Progress, Protocol, SendOptions};
 pub use crc::crc32_file;
 pub use error::{Error, ErrorKind, Result};

@@ -20,5 +20,6 @@ mod s3;
 mod service;
 mod streams;
 mod tls;
+mod tree;
 mod upload;
 mod verified;

@@ -26,6 +26,7 @@ mod peer;
 mod secure;
 mod shell;
 mod streams;
+pub mod tree;
 
 pub use streams::Streams;
 

@@ -81,6 +81,15 @@ pub(super) fn handle_connection(
     stream
         .set_write_timeout(Some(sh.cfg.idle_timeout))
         .map_err(|e| Error::io(ErrorKind::ConnectionLost, "cannot set socket timeouts", e))?;
+    let mut stream = stream;
+    let setup = sh.cfg.header_timeout.min(sh.cfg.idle_timeout);
+    let (pre, is_tree) = super::tree::peek_header(
+        stream.as_mut(),
+        setup.saturating_sub(conn.accepted.elapsed()),
+    );
+    if is_tree {
+        return super::tree::serve(sh, conn, stream);
+    }
     let nonce = crate::auth::nonce()?;
     let binding = stream.channel_binding();
     let mut shell = Shell {
@@ -103,6 +112,9 @@ pub(super) fn handle_connection(
         sink: None,
         lister: None,
     };
+    // The header read to tell a tree session apart is the machine's input.
+    shell.buf[..pre.len()].copy_from_slice(&pre);
+    shell.have = 0..pre.len();
     shell.run();
     shell.report()
 }

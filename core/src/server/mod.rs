@@ -26,6 +26,7 @@ mod open;
 mod policy;
 mod report;
 mod streams;
+pub mod tree;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 
@@ -94,6 +95,9 @@ pub struct ServerConfig {
     /// its data phase began; a slower one is closed (its held part
     /// checkpointed), so a trickle cannot hold a slot for ever. 0: no minimum.
     pub min_rate: u64,
+    /// Most entries a tree session's manifest may list (files,
+    /// directories and symlinks together); a longer one is refused.
+    pub max_tree_entries: u64,
     /// Store uploads in this S3 bucket (and prefix) instead of `dir`
     /// (which then keeps nothing): any server node over the same bucket
     /// can resume an upload another node started.
@@ -231,6 +235,7 @@ impl ServerConfig {
             overwrite: false,
             min_free: 0,
             min_rate: 1024,
+            max_tree_entries: crate::tree::manifest::DEFAULT_MAX_ENTRIES,
             #[cfg(feature = "s3")]
             s3: None,
             #[cfg(feature = "s3")]
@@ -788,6 +793,7 @@ fn sweep(sh: &Shared, age: Duration) {
         }
         drop(claims);
     }
+    tree::sweep_parts(&sh.cfg.dir, age, &sh.logger);
 }
 
 /// The object store of `cfg`, checked once at start-up (a listing of the

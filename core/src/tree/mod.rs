@@ -9,6 +9,7 @@
 pub mod manifest;
 pub mod path;
 pub mod walk;
+pub mod wire;
 
 pub use manifest::{
     decode_page, encode_page, symlink_stays_inside, Accepted, Entry, EntryKind, ManifestValidator,

@@ -1,0 +1,704 @@
+//! A tree session on the server (`"bt": {"v": 2, "op": "tree"}`): manifest
+//! pages checked by a [`ManifestValidator`], directories and symlinks made
+//! as they come, then the files of each page received back to back, each
+//! verified by its CRC-32 and renamed into place. See `docs/PROTOCOL.md`,
+//! "Tree sessions".
+//!
+//! Everything is reached from the storage directory's descriptor with
+//! `openat` and `O_NOFOLLOW` on every component, so no symlink (one the
+//! manifest made, or one planted on the server) is ever followed, and
+//! nothing is written outside the storage directory. A file is written in
+//! `.bt-tree-parts/` under a key covering its whole path, size and mtime
+//! (so `a/x` and `b/x` are two uploads, and a resumed send continues the
+//! part), and appears under its final name only once verified. A stored
+//! file is never replaced: the same path, size and mtime is held already
+//! (nothing sent); anything else under that name is refused for that file
+//! in words. Directories get their modes and mtimes once the walk has left
+//! them and their files are in. Memory: one page of files at a time.
+//!
+//! Not for single-file uploads (`conn`), nor for S3 storage or token
+//! authentication (a tree session is refused in words there, for now).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::{ConnInfo, Failed, Shared};
+use crate::json::{self, Value};
+use crate::transport::Transport;
+use crate::tree::wire::{self, be32, be64};
+use crate::tree::{decode_page, Accepted, EntryKind, ManifestValidator, RelPath, ValidatorConfig};
+use crate::{Error, ErrorKind, Result};
+
+/// Where parts of tree files are kept, in the storage directory. A
+/// manifest may not use this name at its top level.
+pub const PARTS_DIR: &str = ".bt-tree-parts";
+
+/// Whether a header opens a tree session (`"bt": {"op": "tree"}`).
+pub(super) fn is_tree_header(json_bytes: &[u8]) -> bool {
+    let Ok(v) = json::parse(json_bytes) else {
+        return false;
+    };
+    matches!(v.get("bt").and_then(|bt| bt.get("op")), Some(Value::String(op)) if op == "tree")
+}
+
+/// A directory whose mode and mtime are set once its entries are in.
+struct DirAttr {
+    path: RelPath,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+/// A file of the current page.
+struct Slot {
+    path: RelPath,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+    status: u8,
+    offset: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    files: u64,
+    dirs: u64,
+    links: u64,
+    bytes: u64,
+    held: u64,
+    failed: u64,
+    not_stored: u64,
+}
+
+struct Session<'a> {
+    sh: &'a Shared,
+    peer: String,
+    stream: Box<dyn Transport>,
+    root: OwnedFd,
+    parts: OwnedFd,
+    validator: ManifestValidator,
+    open: Vec<DirAttr>,
+    closed: Vec<DirAttr>,
+    files: Vec<Slot>,
+    /// The last parent directory opened, by path ("" for the root).
+    cached: Option<(String, OwnedFd)>,
+    buf: Vec<u8>,
+    reader: wire::FrameReader,
+    /// Frames to the client not written yet: verdicts go out many to a
+    /// write, at the latest with the page's state or the end.
+    out: Vec<u8>,
+    t: Tally,
+}
+
+/// Serves a tree session whose header was read already.
+pub(super) fn serve(
+    sh: &Shared,
+    conn: &ConnInfo,
+    mut stream: Box<dyn Transport>,
+) -> std::result::Result<(), Failed> {
+    let lost = |e| Error::io(ErrorKind::ConnectionLost, "cannot answer a tree session", e);
+    stream.write_all(&crate::v2::MAGIC).map_err(lost)?;
+    if let Err(e) = admit(sh) {
+        let _ = wire::write_frame(&mut stream, wire::FAULT, e.to_string().as_bytes());
+        return Err(e.into());
+    }
+    let idle = Some(sh.cfg.idle_timeout);
+    let _ = stream.set_read_timeout(idle);
+    let mut s = Session::open(sh, conn, stream)?;
+    match s.run() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if e.kind() != ErrorKind::ConnectionLost {
+                let _ = s.send(wire::FAULT, e.to_string().as_bytes());
+                let _ = s.stream.flush();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn admit(sh: &Shared) -> Result<()> {
+    let why = if sh.cfg.token.is_some() {
+        "this server requires a token, which tree sessions do not carry yet; send the files one by one"
+    } else if sh.remote_storage() {
+        "this server stores in S3, where tree sessions are not supported yet; send the files one by one"
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        ErrorKind::Refused,
+        format!("refused a tree: {why}"),
+    ))
+}
+
+fn io_err(what: String) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::io(ErrorKind::Storage, what, io::Error::from(e))
+}
+
+impl<'a> Session<'a> {
+    fn open(sh: &'a Shared, conn: &ConnInfo, stream: Box<dyn Transport>) -> Result<Session<'a>> {
+        let dir = &sh.cfg.dir;
+        let root = rfs::open(dir, dir_flags(), Mode::empty())
+            .map_err(io_err(format!("cannot open {}", dir.display())))?;
+        match rfs::mkdirat(&root, PARTS_DIR, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(io_err(format!("cannot make {PARTS_DIR}"))(e)),
+        }
+        let parts = rfs::openat(
+            &root,
+            PARTS_DIR,
+            dir_flags() | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(io_err(format!("cannot open {PARTS_DIR}")))?;
+        let config = ValidatorConfig {
+            max_entries: sh.cfg.max_tree_entries,
+            case_insensitive: false,
+        };
+        Ok(Session {
+            sh,
+            peer: conn.peer.to_string(),
+            stream,
+            root,
+            parts,
+            validator: ManifestValidator::new(config),
+            open: Vec::new(),
+            closed: Vec::new(),
+            files: Vec::new(),
+            cached: None,
+            buf: Vec::new(),
+            reader: wire::FrameReader::new(),
+            out: Vec::new(),
+            t: Tally::default(),
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        loop {
+            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            match tag {
+                wire::PAGE => {
+                    self.apply_closed()?;
+                    self.page()?;
+                }
+                wire::BEGIN => self.receive_file()?,
+                wire::END => return self.end(),
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("unexpected frame {other:#04x} in a tree session"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) -> Result<()> {
+        while let Some(d) = self.open.pop() {
+            self.closed.push(d);
+        }
+        self.apply_closed()?;
+        let t = &self.t;
+        let text = format!(
+            "received a tree: {} files ({} bytes), {} directories, {} symlinks; {} held already, {} failed, {} not stored",
+            t.files, t.bytes, t.dirs, t.links, t.held, t.failed, t.not_stored
+        );
+        (self.sh.logger)(&format!("{}: {text}", self.peer));
+        self.send(wire::FINISHED, text.as_bytes())?;
+        let _ = self.stream.flush();
+        let _ = self.stream.close_write();
+        Ok(())
+    }
+
+    /// Queues a frame; a state, the end or a full queue writes it out.
+    fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        let cut = |e| Error::io(ErrorKind::ConnectionLost, "the tree session was cut", e);
+        wire::write_frame(&mut self.out, tag, payload).map_err(cut)?;
+        if tag != wire::VERDICT || self.out.len() >= 16 << 10 {
+            self.stream.write_all(&self.out).map_err(cut)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn verdict(&mut self, status: u8, path: &RelPath, text: &str) -> Result<()> {
+        let p = wire::verdict(status, path.as_str(), text);
+        self.send(wire::VERDICT, &p)
+    }
+
+    /// One manifest page: each entry checked, made (directories,
+    /// symlinks) or looked up (files); the files' states go back.
+    fn page(&mut self) -> Result<()> {
+        let entries = decode_page(&self.buf)?;
+        self.files.clear();
+        let mut state = Vec::with_capacity(entries.len() * 9);
+        for e in entries {
+            let acc = self.validator.check(e)?;
+            if let Some(note) = acc.note() {
+                (self.sh.logger)(&format!("{}: {note}", self.peer));
+            }
+            self.enter(acc, &mut state)?;
+        }
+        self.send(wire::STATE, &state)
+    }
+
+    fn enter(&mut self, acc: Accepted, state: &mut Vec<u8>) -> Result<()> {
+        let path = acc.entry.path;
+        if path.depth() == 1 && path.as_str() == PARTS_DIR {
+            return Err(refused(&format!("\"{PARTS_DIR}\" is the server's own")));
+        }
+        while let Some(d) = self.open.last() {
+            if d.path.is_ancestor_or_self(&path) {
+                break;
+            }
+            let d = self.open.pop().expect("checked non-empty");
+            self.closed.push(d);
+        }
+        match acc.entry.kind {
+            EntryKind::Dir { mode, mtime_ns } => {
+                self.make_dir(&path)?;
+                self.t.dirs += 1;
+                self.open.push(DirAttr {
+                    path,
+                    mode,
+                    mtime_ns,
+                });
+            }
+            EntryKind::Symlink { target } => self.make_link(&path, &target)?,
+            EntryKind::File {
+                size,
+                mode,
+                mtime_ns,
+                ..
+            } => {
+                let mut slot = Slot {
+                    path,
+                    size,
+                    mode,
+                    mtime_ns,
+                    status: wire::SEND,
+                    offset: 0,
+                };
+                self.file_state(&mut slot)?;
+                state.push(slot.status);
+                state.extend_from_slice(&slot.offset.to_be_bytes());
+                self.files.push(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory holding `path`, opened without following symlinks.
+    fn parent(&mut self, path: &RelPath) -> Result<&OwnedFd> {
+        let parent = path.parent_str().unwrap_or("");
+        if self.cached.as_ref().is_some_and(|(p, _)| p == parent) {
+            return Ok(&self.cached.as_ref().expect("checked").1);
+        }
+        let fd = open_dir(&self.root, parent)?;
+        Ok(&self.cached.insert((parent.to_owned(), fd)).1)
+    }
+
+    fn make_dir(&mut self, path: &RelPath) -> Result<()> {
+        let name = path.file_name().to_owned();
+        let dir = self.parent(path)?;
+        match rfs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                // Held from an earlier send: writable again until the end.
+                let fd = rfs::openat(dir, name.as_str(), dir_flags() | OFlags::NOFOLLOW, Mode::empty())
+                    .map_err(|_| refused(&format!("\"{path}\" is stored as something other than a directory; nothing is replaced")))?;
+                let st = rfs::fstat(&fd).map_err(io_err(format!("cannot stat {path}")))?;
+                let mode = (st.st_mode & 0o777) | 0o700;
+                rfs::fchmod(&fd, Mode::from_raw_mode(mode))
+                    .map_err(io_err(format!("cannot make {path} writable")))
+            }
+            Err(e) => Err(io_err(format!("cannot make the directory {path}"))(e)),
+        }
+    }
+
+    fn make_link(&mut self, path: &RelPath, target: &str) -> Result<()> {
+        let name = path.file_name().to_owned();
+        let dir = self.parent(path)?;
+        match rfs::symlinkat(target, dir, name.as_str()) {
+            Ok(()) => {
+                self.t.links += 1;
+                Ok(())
+            }
+            Err(Errno::EXIST) => {
+                let same = rfs::readlinkat(dir, name.as_str(), Vec::new())
+                    .is_ok_and(|t| t.as_bytes() == target.as_bytes());
+                if same {
+                    self.t.held += 1;
+                    return Ok(());
+                }
+                self.t.not_stored += 1;
+                let why = "a different entry is stored under this name; it is not replaced";
+                self.verdict(wire::NOT_STORED, path, why)
+            }
+            Err(e) => Err(io_err(format!("cannot make the symlink {path}"))(e)),
+        }
+    }
+
+    /// Held (same size and mtime), refused (something else there), or to
+    /// be sent from what its part holds.
+    fn file_state(&mut self, slot: &mut Slot) -> Result<()> {
+        let name = slot.path.file_name().to_owned();
+        let dir = self.parent(&slot.path)?;
+        match rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let same = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile
+                    && st.st_size as u64 == slot.size
+                    && mtime_of(&st) == slot.mtime_ns;
+                if same {
+                    slot.status = wire::HELD;
+                    self.t.held += 1;
+                    return Ok(());
+                }
+                slot.status = wire::REFUSED;
+                self.t.not_stored += 1;
+                let why = "a different file is stored under this name (size or mtime differ); it is not replaced";
+                let path = slot.path.clone();
+                return self.verdict(wire::NOT_STORED, &path, why);
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(io_err(format!("cannot look at {}", slot.path))(e)),
+        }
+        if let Some(max) = self.sh.cfg.max_file_size.filter(|&m| slot.size > m) {
+            slot.status = wire::REFUSED;
+            self.t.not_stored += 1;
+            let why = format!(
+                "it is {} bytes, over this server's limit of {max}",
+                slot.size
+            );
+            let path = slot.path.clone();
+            return self.verdict(wire::NOT_STORED, &path, &why);
+        }
+        let key = part_key(slot);
+        if let Ok(st) = rfs::statat(&self.parts, key.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            let held = st.st_size as u64;
+            if held <= slot.size {
+                slot.offset = held;
+            }
+        }
+        Ok(())
+    }
+
+    /// The data of one file (after [`wire::BEGIN`]), up to its
+    /// [`wire::CHECK`]; then the verdict.
+    fn receive_file(&mut self) -> Result<()> {
+        let bad = || Error::new(ErrorKind::Protocol, "a malformed tree file start");
+        let idx = be32(&self.buf, 0).ok_or_else(bad)? as usize;
+        let offset = be64(&self.buf, 4).ok_or_else(bad)?;
+        let slot = self.files.get(idx).ok_or_else(bad)?;
+        if slot.status != wire::SEND || offset != slot.offset {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("data for \"{}\" that the server did not ask for", slot.path),
+            ));
+        }
+        let key = part_key(slot);
+        let (path, size) = (slot.path.clone(), slot.size);
+        let part = self.open_part(&key, offset);
+        let got = self.take_data(part.as_ref().ok(), offset)?;
+        self.done_with(idx);
+        let Ok(file) = part else {
+            self.t.failed += 1;
+            let why = part.err().map(|e| e.to_string()).unwrap_or_default();
+            return self.verdict(wire::FAILED, &path, &why);
+        };
+        let crc_ok = got.crc_local == Some(got.crc_sent) && got.end == size;
+        if !crc_ok {
+            let _ = rfs::unlinkat(&self.parts, key.as_str(), AtFlags::empty());
+            self.t.failed += 1;
+            let why = if got.end != size {
+                format!("{} bytes arrived for a file of {size}", got.end)
+            } else {
+                "the data did not match its CRC-32; a new send starts it again".to_owned()
+            };
+            return self.verdict(wire::FAILED, &path, &why);
+        }
+        self.install(file, &key, idx)
+    }
+
+    /// A file's data came (whatever the verdict): it may not come again.
+    fn done_with(&mut self, idx: usize) {
+        if let Some(slot) = self.files.get_mut(idx) {
+            slot.status = wire::HELD;
+        }
+    }
+
+    /// The part file for `key`, locked, holding exactly `offset` bytes,
+    /// with a hasher over them.
+    fn open_part(&self, key: &str, offset: u64) -> Result<(File, crc32fast::Hasher)> {
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(&self.parts, key, flags, Mode::from_raw_mode(0o600))
+            .map_err(io_err(format!("cannot open the part {key}")))?;
+        rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            Error::new(
+                ErrorKind::Refused,
+                "another connection is sending this file now",
+            )
+        })?;
+        let file = File::from(fd);
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                "the part shrank while resuming",
+            ));
+        }
+        if len > offset {
+            file.set_len(offset)
+                .map_err(|e| Error::io(ErrorKind::Storage, "cannot trim the part", e))?;
+        }
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < offset {
+            let n = (offset - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| Error::io(ErrorKind::Storage, "cannot read the part", e))?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok((file, h))
+    }
+}
+
+/// What arrived for one file.
+struct Got {
+    end: u64,
+    crc_sent: u32,
+    /// None when the part could not be written.
+    crc_local: Option<u32>,
+}
+
+impl Session<'_> {
+    /// Reads the file's frames to its CHECK, writing them to `part` (or
+    /// only draining them when there is none).
+    fn take_data(&mut self, part: Option<&(File, crc32fast::Hasher)>, offset: u64) -> Result<Got> {
+        let mut h = part.map(|(_, h)| h.clone());
+        let file = part.map(|(f, _)| f);
+        let mut at = offset;
+        let mut written = offset;
+        let mut write_failed = false;
+        loop {
+            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            match tag {
+                wire::DATA => {
+                    if let (Some(f), Some(h)) = (file, h.as_mut()) {
+                        write_failed |= f.write_all_at(&self.buf, at).is_err();
+                        h.update(&self.buf);
+                    }
+                    at += self.buf.len() as u64;
+                    written = at;
+                    self.t.bytes += self.buf.len() as u64;
+                }
+                wire::HOLE => {
+                    let len = be64(&self.buf, 0).ok_or_else(|| bad_frame("hole"))?;
+                    if let Some(h) = h.as_mut() {
+                        h.combine(&crate::sparse::zeros_crc(len));
+                    }
+                    at = at.saturating_add(len);
+                }
+                wire::CHECK => {
+                    let crc_sent = be32(&self.buf, 0).ok_or_else(|| bad_frame("check"))?;
+                    // A trailing hole: the part's length is the file's.
+                    if let Some(f) = file.filter(|_| at > written) {
+                        write_failed |= f.set_len(at).is_err();
+                    }
+                    let crc_local = h.filter(|_| !write_failed).map(|h| h.finalize());
+                    return Ok(Got {
+                        end: at,
+                        crc_sent,
+                        crc_local,
+                    });
+                }
+                other => return Err(bad_frame(&format!("{other:#04x}"))),
+            }
+        }
+    }
+
+    /// A verified part: its mode and mtime set, renamed to its final name
+    /// unless something appeared there meanwhile.
+    fn install(&mut self, part: (File, crc32fast::Hasher), key: &str, idx: usize) -> Result<()> {
+        let (file, _) = part;
+        let slot = &self.files[idx];
+        let (path, mode, mtime_ns) = (slot.path.clone(), slot.mode, slot.mtime_ns);
+        let _ = rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o777));
+        let _ = rfs::futimens(&file, &times(mtime_ns));
+        drop(file);
+        let name = path.file_name().to_owned();
+        let parts = self
+            .parts
+            .try_clone()
+            .map_err(|e| Error::io(ErrorKind::Storage, "dup", e))?;
+        let dir = self.parent(&path)?;
+        let r = rfs::renameat_with(&parts, key, dir, name.as_str(), rfs::RenameFlags::NOREPLACE);
+        match r {
+            Ok(()) => {
+                self.t.files += 1;
+                self.verdict(wire::OK, &path, "stored and verified")
+            }
+            Err(Errno::EXIST) => {
+                let _ = rfs::unlinkat(&parts, key, AtFlags::empty());
+                self.t.not_stored += 1;
+                let why = "another file appeared under this name meanwhile; it is not replaced";
+                self.verdict(wire::NOT_STORED, &path, why)
+            }
+            Err(e) => Err(io_err(format!("cannot store {path}"))(e)),
+        }
+    }
+
+    /// Modes and mtimes of the directories the walk has left (deepest
+    /// first), now that everything in them is in place.
+    fn apply_closed(&mut self) -> Result<()> {
+        for d in std::mem::take(&mut self.closed) {
+            let fd = open_dir(&self.root, d.path.as_str())?;
+            let _ = rfs::fchmod(&fd, Mode::from_raw_mode(d.mode & 0o777));
+            let _ = rfs::futimens(&fd, &times(d.mtime_ns));
+        }
+        self.cached = None;
+        Ok(())
+    }
+}
+
+/// Deletes parts of tree files untouched for longer than `age`, unless a
+/// session holds one (its lock): the `--expire-partial` of trees.
+pub(super) fn sweep_parts(dir: &std::path::Path, age: Duration, logger: &super::Logger) {
+    let Ok(entries) = std::fs::read_dir(dir.join(PARTS_DIR)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|t| t > age);
+        let Ok(f) = File::open(e.path()).map(OwnedFd::from) else {
+            continue;
+        };
+        let free = rfs::flock(&f, rfs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if old && free && std::fs::remove_file(e.path()).is_ok() {
+            logger(&format!(
+                "expired held tree part {} (untouched for over {}s)",
+                e.file_name().to_string_lossy(),
+                age.as_secs()
+            ));
+        }
+    }
+}
+
+fn bad_frame(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("a malformed tree frame ({what})"),
+    )
+}
+
+fn refused(why: &str) -> Error {
+    Error::new(ErrorKind::Refused, format!("refused manifest: {why}"))
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+/// `rel` ("" for the root itself) under `root`, each component opened
+/// with `O_NOFOLLOW`: a symlink anywhere on the way is an error.
+fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
+    let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
+        .map_err(io_err("cannot open the storage directory".into()))?;
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        fd =
+            rfs::openat(&fd, comp, dir_flags() | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+                Error::io(
+                    ErrorKind::Refused,
+                    format!(
+                        "\"{rel}\" is not a directory on the server (symlinks are never followed)"
+                    ),
+                    io::Error::from(e),
+                )
+            })?;
+    }
+    Ok(fd)
+}
+
+/// The part's name: a digest of the whole path, size and mtime, so two
+/// paths never share a part and a changed file starts afresh.
+fn part_key(slot: &Slot) -> String {
+    let id = crate::v2::source_id(&[
+        slot.path.as_str().as_bytes(),
+        &slot.size.to_be_bytes(),
+        &slot.mtime_ns.to_be_bytes(),
+    ]);
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.part")
+}
+
+// time_t and its nanoseconds are not i64 on every target.
+#[allow(clippy::unnecessary_cast)]
+fn mtime_of(st: &rfs::Stat) -> i64 {
+    (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64)
+}
+
+fn times(mtime_ns: i64) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+/// Reads the first header off a new connection when it is whole within
+/// `wait` (a deadline for all of it, not per read): the bytes read (the
+/// caller hands them to the single-upload machine when this is not a tree
+/// session, and the machine's own header deadline then ends a slow one)
+/// and whether it is one.
+pub(super) fn peek_header(stream: &mut dyn Transport, wait: Duration) -> (Vec<u8>, bool) {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    let whole = fill(stream, &mut got, 4, deadline) && {
+        let len = u32::from_be_bytes([got[0], got[1], got[2], got[3]]) as usize;
+        (1..=crate::proto::MAX_HEADER_LEN).contains(&len)
+            && fill(stream, &mut got, 4 + len, deadline)
+    };
+    let _ = stream.set_read_timeout(None);
+    let tree = whole && is_tree_header(&got[4..]);
+    (got, tree)
+}
+
+/// Reads until `buf` holds `want` bytes; false on end, error or deadline.
+fn fill(
+    stream: &mut dyn Transport,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: std::time::Instant,
+) -> bool {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        let n = (want - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..n]) {
+            Ok(0) => return false,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
