@@ -28,9 +28,10 @@ fn protocol(words: impl Into<String>) -> Error {
 }
 
 /// What a version-2 header asks for (`"bt"."op"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Op {
     /// No `"op"`: an upload, as always.
+    #[default]
     Upload,
     /// `"op": "get"`: download the named stored file.
     Get,

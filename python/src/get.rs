@@ -180,7 +180,14 @@ pub fn get_file(
         })
     })?;
     match finished {
-        Some(Ok(o)) => Ok(o.into()),
+        Some(Ok(o)) => {
+            // The worker may end before its last report was polled: the
+            // callback always hears of the end, as send_file's does.
+            if let Some(cb) = &progress {
+                cb.call1((o.filesize, o.filesize))?;
+            }
+            Ok(o.into())
+        }
         Some(Err(e)) => Err(to_py(py, &e, Some(dest))),
         None => Err(new_err(
             py,

@@ -1763,11 +1763,21 @@ fn hostile_compressed_frames_are_refused_with_words() {
         let held = storage.durable_blocks(NAME).unwrap();
         assert_eq!(held.crc(0), None, "{words}");
     }
-    // Payloads that lie, explode or break apart inside a well-formed frame:
-    // the block is damaged (never held, never expanded past its chunk) and
-    // asked for again, as a raw block with a wrong CRC-32 is: a bit flipped
-    // in transit looks the same, and a peer that keeps lying runs out of
-    // repair rounds.
+}
+
+/// Payloads that lie, explode or break apart inside a well-formed frame:
+/// the block is damaged (never held, never expanded past its chunk) and
+/// asked for again, as a raw block with a wrong CRC-32 is: a bit flipped in
+/// transit looks the same, and a peer that keeps lying runs out of repair
+/// rounds.
+#[test]
+fn damaged_compressed_payloads_are_never_held_and_asked_for_again() {
+    let now = Instant::now();
+    let raw = log_lines(B as usize);
+    let good = crate::compress::BlockCompressor::new(3)
+        .unwrap()
+        .pack(&raw)
+        .unwrap();
     let other = log_lines(B as usize + 1)[1..].to_vec();
     // A 64 MiB bomb in one chunk of a 64 KiB block.
     let bomb = crate::compress::compress_block(&vec![0u8; 64 << 20], 1).unwrap();
@@ -1832,6 +1842,16 @@ fn hostile_compressed_frames_are_refused_with_words() {
         let held = storage.durable_blocks(NAME).unwrap();
         assert_eq!(held.crc(0), None, "{what}");
     }
+}
+
+#[test]
+fn a_good_compressed_frame_is_held_with_the_raw_crc() {
+    let now = Instant::now();
+    let raw = log_lines(B as usize);
+    let good = crate::compress::BlockCompressor::new(3)
+        .unwrap()
+        .pack(&raw)
+        .unwrap();
     // The good frame is taken: block 0 is held with the raw CRC-32.
     let (mut rx, mut part, _, storage) = packed_receiver(2 * B, true, now);
     let wire = packed_frame(0, B, &good, crc32fast::hash(&raw));

@@ -204,6 +204,33 @@ pub struct Receiver {
 /// Whether a version-2 header asks for a listing (`bt.op`); an upload
 /// when there is no op. An op this server does not know is refused in
 /// words, before anything is touched.
+/// What a header asks for beyond a plain upload.
+#[derive(Default)]
+struct Asks {
+    /// The client offered zstd-compressed data frames.
+    zstd: bool,
+    streams: Option<u32>,
+    join: Option<crate::session::Join>,
+    op: Op,
+}
+
+fn refused(e: impl std::fmt::Display) -> Fault {
+    Fault::bad(format!("refused: {e}"))
+}
+
+/// The name a header asks for: a download's must be exactly a stored
+/// file's name (an upload's is cut to its base name).
+fn checked_name(header: &Header, op: Op) -> Result<SafeName, Fault> {
+    match SafeName::from_wire(&header.filename) {
+        Ok(n) if op == Op::Get && n.as_str() != header.filename => Err(Fault::new(
+            FaultCode::NameRefused,
+            strict_name(&header.filename),
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(Fault::new(FaultCode::NameRefused, format!("refused: {e}"))),
+    }
+}
+
 fn requested_list(json: &[u8], offer: Option<Offer>) -> Result<bool, Fault> {
     if offer.is_none() {
         return Ok(false);
@@ -616,52 +643,31 @@ impl Receiver {
             }
         };
         self.phase = None;
-        let mut zstd = false;
-        let (mut streams, mut join) = (None, None);
-        let mut op = Op::Upload;
-        if let Some(o) = offer {
-            match (
-                crate::session::offered_streams(&json),
-                crate::session::join_request(&json),
-            ) {
-                (Ok(s), Ok(j)) => (streams, join) = (s, j),
-                (Err(e), _) | (_, Err(e)) => {
-                    self.say_magic();
-                    self.rev = o.rev;
-                    return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));
+        let asks = match offer {
+            Some(o) => {
+                self.say_magic();
+                self.rev = o.rev;
+                match self.read_offer(&json, &header, o) {
+                    Ok(a) => a,
+                    Err(f) => return self.fail(now, Why::Refuse(f)),
                 }
             }
-            self.say_magic();
-            self.rev = o.rev;
-            match getwire::requested_op(&json) {
-                Ok(o) => op = o,
-                Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
-            }
-            match v2::offered_codecs(&json) {
-                Ok(c) => zstd = c.iter().any(|c| c == crate::compress::CODEC),
-                Err(e) => return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}")))),
-            }
-            let n = v2::block_count(header.filesize, o.block_size);
-            if n > self.cfg.max_blocks {
-                let words = format!("refused: {n} blocks are over this server's limit");
-                return self.fail(now, Why::Refuse(Fault::new(FaultCode::TooLarge, words)));
-            }
-        }
+            None => Asks::default(),
+        };
+        let Asks {
+            zstd,
+            streams,
+            join,
+            op,
+        } = asks;
         match requested_list(&json, offer) {
             Ok(true) => return self.on_list_header(now, json, header, offer),
             Ok(false) => {}
             Err(f) => return self.fail(now, Why::Refuse(f)),
         }
-        let name = match SafeName::from_wire(&header.filename) {
-            Ok(n) if op == Op::Get && n.as_str() != header.filename => {
-                let f = Fault::new(FaultCode::NameRefused, strict_name(&header.filename));
-                return self.fail(now, Why::Refuse(f));
-            }
+        let name = match checked_name(&header, op) {
             Ok(n) => n,
-            Err(e) => {
-                let f = Fault::new(FaultCode::NameRefused, format!("refused: {e}"));
-                return self.fail(now, Why::Refuse(f));
-            }
+            Err(f) => return self.fail(now, Why::Refuse(f)),
         };
         if offer.is_none() && self.cfg.token.is_some() && !self.cfg.allow_legacy {
             let f = Fault::new(
@@ -692,6 +698,26 @@ impl Receiver {
             // and writes nothing; it only has to be authenticated.
             self.on_admitted(now, Ok(()));
         }
+    }
+
+    /// What a version-2 offer asks for beyond an upload (sessions, the
+    /// operation, compression), checked; a malformed ask is refused.
+    fn read_offer(&self, json: &[u8], header: &Header, o: Offer) -> Result<Asks, Fault> {
+        let streams = crate::session::offered_streams(json).map_err(refused)?;
+        let join = crate::session::join_request(json).map_err(refused)?;
+        let op = getwire::requested_op(json).map_err(refused)?;
+        let codecs = v2::offered_codecs(json).map_err(refused)?;
+        let n = v2::block_count(header.filesize, o.block_size);
+        if n > self.cfg.max_blocks {
+            let words = format!("refused: {n} blocks are over this server's limit");
+            return Err(Fault::new(FaultCode::TooLarge, words));
+        }
+        Ok(Asks {
+            zstd: codecs.iter().any(|c| c == crate::compress::CODEC),
+            streams,
+            join,
+            op,
+        })
     }
 
     fn on_admitted(&mut self, now: Instant, r: Result<(), Fault>) {
@@ -1377,11 +1403,7 @@ mod list_tests {
             panic!("{:?}", rx.ending())
         };
         assert_eq!(f.code, FaultCode::BadRequest);
-        assert!(
-            f.words.contains("does not know the operation fly"),
-            "{}",
-            f.words
-        );
+        assert!(f.words.contains("unknown operation \"fly\""), "{}", f.words);
 
         let token = Token::new(b"correct horse battery staple 42".to_vec()).unwrap();
         let cfg = ReceiverConfig {

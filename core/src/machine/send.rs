@@ -710,26 +710,8 @@ impl Sender {
                 code: Some(c),
                 words,
             }),
-            (State::AwaitChallenge, ServerMsg::Challenge(nonce)) => {
-                match (&self.cfg.token, self.cfg.binding) {
-                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
-                    // Inside TLS a server that does not prove the token
-                    // first may be a man in the middle: no answer for it.
-                    (Some(_), Some(_)) => self.finish(Outcome::Failed(Failure::ServerProof)),
-                    (Some(_), None) => self.state = State::SendAnswer { nonce },
-                }
-            }
-            (State::AwaitChallenge, ServerMsg::BoundChallenge { nonce, proof }) => {
-                let proved = match (&self.cfg.token, &self.cfg.binding) {
-                    (Some(t), Some(b)) => t.check_server_proof(&nonce, b, &self.json, &proof),
-                    _ => false,
-                };
-                match (&self.cfg.token, proved) {
-                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
-                    (Some(_), false) => self.state = State::Decline,
-                    (Some(_), true) => self.state = State::SendAnswer { nonce },
-                }
-            }
+            (State::AwaitChallenge, m @ ServerMsg::Challenge(_))
+            | (State::AwaitChallenge, m @ ServerMsg::BoundChallenge { .. }) => self.on_challenge(m),
             (
                 State::AwaitChallenge | State::AwaitHeld,
                 ServerMsg::Held {
@@ -753,11 +735,7 @@ impl Sender {
                 self.on_held(r)
             }
             (State::AwaitChallenge | State::AwaitHeld, ServerMsg::Codec(name)) => {
-                if name != CODEC || self.cfg.compress == Compress::Off {
-                    let words = format!("the server chose codec {name:?}, which was not offered");
-                    return self.fail_protocol(words);
-                }
-                self.pack.agreed = true;
+                self.on_codec(&name)
             }
             (State::AwaitChallenge | State::AwaitHeld, ServerMsg::Join(t))
                 if self.streams.is_some() =>
@@ -776,6 +754,40 @@ impl Sender {
                 self.fail_protocol(words)
             }
         }
+    }
+
+    /// The server's challenge: answered only with a token, and inside TLS
+    /// only once the server proved it knows the token too.
+    fn on_challenge(&mut self, msg: ServerMsg) {
+        match msg {
+            ServerMsg::Challenge(nonce) => match (&self.cfg.token, self.cfg.binding) {
+                (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                // Inside TLS a server that does not prove the token
+                // first may be a man in the middle: no answer for it.
+                (Some(_), Some(_)) => self.finish(Outcome::Failed(Failure::ServerProof)),
+                (Some(_), None) => self.state = State::SendAnswer { nonce },
+            },
+            ServerMsg::BoundChallenge { nonce, proof } => {
+                let proved = match (&self.cfg.token, &self.cfg.binding) {
+                    (Some(t), Some(b)) => t.check_server_proof(&nonce, b, &self.json, &proof),
+                    _ => false,
+                };
+                match (&self.cfg.token, proved) {
+                    (None, _) => self.finish(Outcome::Failed(Failure::TokenRequired)),
+                    (Some(_), false) => self.state = State::Decline,
+                    (Some(_), true) => self.state = State::SendAnswer { nonce },
+                }
+            }
+            _ => self.fail_protocol("internal: not a challenge"),
+        }
+    }
+
+    fn on_codec(&mut self, name: &str) {
+        if name != CODEC || self.cfg.compress == Compress::Off {
+            let words = format!("the server chose codec {name:?}, which was not offered");
+            return self.fail_protocol(words);
+        }
+        self.pack.agreed = true;
     }
 
     fn on_held(&mut self, accepted: Result<Option<(u64, u64)>, String>) {

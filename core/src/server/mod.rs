@@ -465,34 +465,8 @@ impl Server {
         store.set_overwrite(cfg.overwrite);
         #[cfg(feature = "s3")]
         let s3 = open_s3(&cfg)?;
-        let key = match cfg.tls {
-            TlsMode::Off => None,
-            _ => Some(load_key(&cfg)?),
-        };
-        let tls = match &key {
-            Some((k, _)) => Some(crate::tls::server_config(k)?),
-            None => None,
-        };
-        let listener = match cfg.bind {
-            Some(ip) => TcpListener::bind(SocketAddr::new(ip, cfg.port)),
-            // Linux's default (bindv6only=0) makes [::] accept IPv4 too.
-            None => TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port))
-                .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port)))),
-        }
-        .map_err(|e| {
-            let at = match cfg.bind {
-                Some(ip) => SocketAddr::new(ip, cfg.port).to_string(),
-                None => format!("port {}", cfg.port),
-            };
-            Error::io(ErrorKind::InvalidInput, format!("cannot listen on {at}"), e)
-        })?;
-        listener.set_nonblocking(true).map_err(|e| {
-            Error::io(
-                ErrorKind::InvalidInput,
-                "cannot configure the listening socket",
-                e,
-            )
-        })?;
+        let (key, tls) = load_tls(&cfg)?;
+        let listener = listen(&cfg)?;
         let logger = cfg.logger.clone().unwrap_or_else(default_logger);
         Ok(Server {
             listener,
@@ -829,6 +803,45 @@ fn sweep_s3(sh: &Shared, s3: &crate::s3::S3Storage, age: Duration) {
         }
         Err(e) => (sh.logger)(&format!("expiry sweep of the object store failed: {e}")),
     }
+}
+
+/// The listening socket of `cfg` (non-blocking: the accept loop polls it
+/// beside the stop pipe).
+fn listen(cfg: &ServerConfig) -> Result<TcpListener> {
+    let listener = match cfg.bind {
+        Some(ip) => TcpListener::bind(SocketAddr::new(ip, cfg.port)),
+        // Linux's default (bindv6only=0) makes [::] accept IPv4 too.
+        None => TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port))
+            .or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port)))),
+    }
+    .map_err(|e| {
+        let at = match cfg.bind {
+            Some(ip) => SocketAddr::new(ip, cfg.port).to_string(),
+            None => format!("port {}", cfg.port),
+        };
+        Error::io(ErrorKind::InvalidInput, format!("cannot listen on {at}"), e)
+    })?;
+    listener.set_nonblocking(true).map_err(|e| {
+        Error::io(
+            ErrorKind::InvalidInput,
+            "cannot configure the listening socket",
+            e,
+        )
+    })?;
+    Ok(listener)
+}
+
+/// The server's key and TLS configuration (none with `--tls off`).
+#[allow(clippy::type_complexity)]
+fn load_tls(
+    cfg: &ServerConfig,
+) -> Result<(Option<(ServerKey, bool)>, Option<Arc<rustls::ServerConfig>>)> {
+    if cfg.tls == TlsMode::Off {
+        return Ok((None, None));
+    }
+    let key = load_key(cfg)?;
+    let tls = crate::tls::server_config(&key.0)?;
+    Ok((Some(key), Some(tls)))
 }
 
 /// The key at `--key FILE` or in the state directory, made there on
