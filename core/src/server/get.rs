@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::conn::Shell;
@@ -143,7 +143,7 @@ fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), St
         )));
     }
     let file = open(sh, name)?;
-    let reference = reference(&file, name).map_err(Stop::Fault)?;
+    let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
     let payload = reference.encode();
     input
         .stream
@@ -158,7 +158,7 @@ fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), St
             return Ok((reference.size, sent));
         }
         for i in wanted {
-            sent += send_block(&file, name, &reference, i, &mut buf, input.stream)?;
+            sent += send_block(sh, &file, name, &reference, i, &mut buf, input.stream)?;
         }
     }
     Err(Stop::Fault(Fault::bad(
@@ -215,21 +215,20 @@ fn stamp(file: &File) -> io::Result<Stamp> {
     ))
 }
 
-fn cache() -> &'static Mutex<HashMap<Stamp, Arc<Reference>>> {
-    static CACHE: OnceLock<Mutex<HashMap<Stamp, Arc<Reference>>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
-}
+/// The references a server computed or learnt from uploads, by the whole
+/// stamp of the file (one per server, at most [`CACHED_REFERENCES`]).
+pub(super) type RefCache = Mutex<HashMap<Stamp, Arc<Reference>>>;
 
 /// The reference of a stored file: its size, block size, mtime and the
 /// CRC-32 of every block. Computed by reading the file (the stored-file
 /// record, once there, can feed this instead), kept only when the file's
 /// stamp was the same before and after the read, and found again only by
 /// that whole stamp.
-pub(crate) fn reference(file: &File, name: &SafeName) -> Result<Reference, Fault> {
+pub(super) fn reference(sh: &Shared, file: &File, name: &SafeName) -> Result<Reference, Fault> {
     let storage =
         |e: io::Error| Fault::new(FaultCode::Storage, format!("cannot read \"{name}\": {e}"));
     let before = stamp(file).map_err(storage)?;
-    if let Some(r) = cache().lock().ok().and_then(|c| c.get(&before).cloned()) {
+    if let Some(r) = sh.refs.lock().ok().and_then(|c| c.get(&before).cloned()) {
         return Ok((*r).clone());
     }
     let r = compute(file, before).map_err(storage)?;
@@ -239,7 +238,7 @@ pub(crate) fn reference(file: &File, name: &SafeName) -> Result<Reference, Fault
             format!("\"{name}\" changed on the server while it was being read; try again"),
         ));
     }
-    keep(before, r.clone());
+    keep(sh, before, r.clone());
     Ok(r)
 }
 
@@ -265,11 +264,11 @@ pub(super) fn remember_upload(sh: &Shared, name: &SafeName, size: u64, block: u6
         mtime_ns: mtime_ns(st),
         crcs,
     };
-    keep(st, r);
+    keep(sh, st, r);
 }
 
-fn keep(st: Stamp, r: Reference) {
-    if let Ok(mut c) = cache().lock() {
+fn keep(sh: &Shared, st: Stamp, r: Reference) {
+    if let Ok(mut c) = sh.refs.lock() {
         if c.len() >= CACHED_REFERENCES {
             c.clear();
         }
@@ -278,8 +277,8 @@ fn keep(st: Stamp, r: Reference) {
 }
 
 /// Drops what is cached for the file open as `file` (it no longer matches).
-fn forget(file: &File) {
-    if let (Ok(st), Ok(mut c)) = (stamp(file), cache().lock()) {
+fn forget(sh: &Shared, file: &File) {
+    if let (Ok(st), Ok(mut c)) = (stamp(file), sh.refs.lock()) {
         c.remove(&st);
     }
 }
@@ -328,6 +327,7 @@ fn read_want(input: &mut Input, total: u64) -> Result<Vec<u64>, Stop> {
 /// Sends block `i` as a data frame, after checking it still has the
 /// reference's CRC-32. Returns its length.
 fn send_block(
+    sh: &Shared,
     file: &File,
     name: &SafeName,
     r: &Reference,
@@ -345,7 +345,7 @@ fn send_block(
     })?;
     let crc = crc32fast::hash(b);
     if crc != r.crcs[i as usize] {
-        forget(file);
+        forget(sh, file);
         return Err(Stop::Fault(Fault::new(
             FaultCode::Changed,
             format!("\"{name}\" changed on the server during the download (block {i}); the next attempt starts over with the new version"),

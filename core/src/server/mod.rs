@@ -369,6 +369,8 @@ pub struct Server {
 
 struct Shared {
     cfg: ServerConfig,
+    /// Download references by file stamp (see [`get::RefCache`]).
+    refs: get::RefCache,
     /// TLS for connections that open with a ClientHello (none when off).
     tls: Option<Arc<rustls::ServerConfig>>,
     store: Store,
@@ -473,6 +475,7 @@ impl Server {
             key,
             shared: Arc::new(Shared {
                 cfg,
+                refs: Default::default(),
                 tls,
                 store,
                 #[cfg(feature = "s3")]
