@@ -625,22 +625,9 @@ impl Receiver {
     }
 
     fn on_header(&mut self, now: Instant, json: Vec<u8>) {
-        let mentions_v2 = json.windows(4).any(|w| w == b"\"bt\"");
-        // A null CRC-32 is only for a client that offers version 2: without
-        // a valid offer the header must pass the strict legacy parser.
-        let parsed = v2::parse_header(&json).and_then(|(h, o)| match o {
-            None => proto::parse_header(&json).map(|_| (h, o)),
-            Some(_) => Ok((h, o)),
-        });
-        let (header, offer) = match parsed {
+        let (header, offer) = match self.parse_request(&json) {
             Ok(x) => x,
-            Err(e) => {
-                if mentions_v2 {
-                    self.rev = guess_rev(&json);
-                    self.say_magic();
-                }
-                return self.fail(now, Why::Refuse(Fault::bad(format!("refused: {e}"))));
-            }
+            Err(f) => return self.fail(now, Why::Refuse(f)),
         };
         self.phase = None;
         let asks = match offer {
@@ -654,18 +641,12 @@ impl Receiver {
             }
             None => Asks::default(),
         };
-        let Asks {
-            zstd,
-            streams,
-            join,
-            op,
-        } = asks;
         match requested_list(&json, offer) {
             Ok(true) => return self.on_list_header(now, json, header, offer),
             Ok(false) => {}
             Err(f) => return self.fail(now, Why::Refuse(f)),
         }
-        let name = match checked_name(&header, op) {
+        let name = match checked_name(&header, asks.op) {
             Ok(n) => n,
             Err(f) => return self.fail(now, Why::Refuse(f)),
         };
@@ -676,26 +657,58 @@ impl Receiver {
             );
             return self.fail(now, Why::Refuse(f));
         }
-        if op == Op::Upload {
-            self.pending = Some(Action::Admit {
-                name: name.clone(),
-                filesize: header.filesize,
-            });
-        }
-        self.req = Some(Request {
-            json,
-            header,
-            name,
-            offer,
+        let Asks {
             zstd,
             streams,
             join,
             op,
+        } = asks;
+        self.start_request(
+            now,
+            Request {
+                json,
+                header,
+                name,
+                offer,
+                zstd,
+                streams,
+                join,
+                op,
+            },
+        );
+    }
+
+    /// The header parsed: a null CRC-32 is only for a client that offers
+    /// version 2 (without a valid offer the header must pass the strict
+    /// legacy parser). A refused header that mentions version 2 is told so
+    /// in version 2's words.
+    fn parse_request(&mut self, json: &[u8]) -> Result<(Header, Option<Offer>), Fault> {
+        let parsed = v2::parse_header(json).and_then(|(h, o)| match o {
+            None => proto::parse_header(json).map(|_| (h, o)),
+            Some(_) => Ok((h, o)),
         });
+        parsed.map_err(|e| {
+            if json.windows(4).any(|w| w == b"\"bt\"") {
+                self.rev = guess_rev(json);
+                self.say_magic();
+            }
+            refused(e)
+        })
+    }
+
+    /// A request accepted as well-formed: an upload is admitted next, a
+    /// download only authenticated (it reserves no space, writes nothing).
+    fn start_request(&mut self, now: Instant, req: Request) {
+        let op = req.op;
+        if op == Op::Upload {
+            self.pending = Some(Action::Admit {
+                name: req.name.clone(),
+                filesize: req.header.filesize,
+            });
+        }
+        self.req = Some(req);
         self.state = State::Admit;
         if op == Op::Get {
-            // Nothing is admitted or claimed: a download reserves no space
-            // and writes nothing; it only has to be authenticated.
             self.on_admitted(now, Ok(()));
         }
     }

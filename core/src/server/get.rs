@@ -231,6 +231,10 @@ pub(super) fn reference(sh: &Shared, file: &File, name: &SafeName) -> Result<Ref
     if let Some(r) = sh.refs.lock().ok().and_then(|c| c.get(&before).cloned()) {
         return Ok((*r).clone());
     }
+    if let Some(r) = recorded(sh, name, before) {
+        keep(sh, before, r.clone());
+        return Ok(r);
+    }
     let r = compute(file, before).map_err(storage)?;
     if stamp(file).map_err(storage)? != before {
         return Err(Fault::new(
@@ -240,6 +244,28 @@ pub(super) fn reference(sh: &Shared, file: &File, name: &SafeName) -> Result<Ref
     }
     keep(sh, before, r.clone());
     Ok(r)
+}
+
+/// The reference kept since the upload (the stored-file record, which
+/// survives restarts), when it vouches for this very file (the store
+/// checks its stamp) with the block size a download uses. A file changed
+/// after that check is still caught block by block when sent.
+fn recorded(sh: &Shared, name: &SafeName, st: Stamp) -> Option<Reference> {
+    if sh.remote_storage() {
+        return None;
+    }
+    let rec = sh.store.finished(name)?;
+    let block = v2::block_size_for(rec.size);
+    let whole = rec.crcs.len() as u64 == v2::block_count(rec.size, block);
+    if rec.size != st.2 || rec.block != block || !whole {
+        return None;
+    }
+    Some(Reference {
+        size: rec.size,
+        block,
+        mtime_ns: mtime_ns(st),
+        crcs: rec.crcs,
+    })
 }
 
 /// A file just stored by an upload: its verified block CRC-32s are the
