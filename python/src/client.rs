@@ -385,25 +385,8 @@ pub fn send_file(
     require_tls: bool,
     streams: Option<Bound<'_, PyAny>>,
 ) -> PyResult<SendResult> {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(new_err(
-            py,
-            ErrorKind::InvalidInput,
-            "host must not be empty",
-        ));
-    }
-    let mut opts = SendOptions::new(host, int_arg(py, "port", port, 1, 65535)? as u16);
-    opts.retries = int_arg(py, "retries", retries, 0, u32::MAX.into())? as u32;
-    opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
-    opts.connect_timeout = seconds_arg(py, "connect_timeout", connect_timeout)?;
-    opts.limit_rate = match limit_rate {
-        Some(r) => Some(int_arg(py, "limit_rate", r, 1, u64::MAX.into())? as u64),
-        None => None,
-    };
+    let mut opts = server_options(py, host, port)?;
+    pacing(py, &mut opts, retries, timeout, connect_timeout, limit_rate)?;
     opts.remote_name = name;
     opts.compress = compress.parse().map_err(|e: bigtransfer_core::Error| {
         new_err(py, ErrorKind::InvalidInput, e.to_string())
@@ -433,16 +416,7 @@ pub fn send_file(
         CacheDir::Off => opts.cache_dir = None,
         CacheDir::Dir(d) => opts.cache_dir = Some(d),
     }
-    match known_hosts {
-        OptPath::EngineDefault => {}
-        OptPath::Off => opts.known_hosts = None,
-        OptPath::Dir(f) => opts.known_hosts = Some(f),
-    }
-    opts.require_tls = require_tls;
-    opts.fingerprint = match fingerprint {
-        Some(f) => Some(Fingerprint::parse(&f).map_err(|e| to_py(py, &e, None))?),
-        None => None,
-    };
+    pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
     if let Some(cb) = &progress {
         if !cb.is_callable() {
             return Err(PyTypeError::new_err(format!(
@@ -537,13 +511,66 @@ pub fn list_remote(
     known_hosts: OptPath,
     require_tls: bool,
 ) -> PyResult<Vec<Py<PyAny>>> {
+    let mut opts = server_options(py, host, port)?;
+    opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
+    opts.token = token_arg(py, token.as_ref())?;
+    pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
+    let listing = py
+        .detach(|| bigtransfer_core::client::list_remote(&opts, name.as_deref()))
+        .map_err(|e| to_py(py, &e, None))?;
+    let mut entries = listing.entries;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.iter().map(|e| entry_dict(py, e)).collect()
+}
+
+/// Options for the server at `host` (an IPv6 literal may come in
+/// brackets) and `port`, both checked; the rest at the engine's defaults.
+pub(crate) fn server_options(py: Python<'_>, host: &str, port: i128) -> PyResult<SendOptions> {
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let mut opts = SendOptions::new(host, int_arg(py, "port", port, 1, 65535)? as u16);
+    if host.is_empty() {
+        return Err(new_err(
+            py,
+            ErrorKind::InvalidInput,
+            "host must not be empty",
+        ));
+    }
+    Ok(SendOptions::new(
+        host,
+        int_arg(py, "port", port, 1, 65535)? as u16,
+    ))
+}
+
+/// Retries, timeouts and the rate limit of a transfer, checked.
+pub(crate) fn pacing(
+    py: Python<'_>,
+    opts: &mut SendOptions,
+    retries: i128,
+    timeout: f64,
+    connect_timeout: f64,
+    limit_rate: Option<i128>,
+) -> PyResult<()> {
+    opts.retries = int_arg(py, "retries", retries, 0, u32::MAX.into())? as u32;
     opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
-    opts.token = token_arg(py, token.as_ref())?;
+    opts.connect_timeout = seconds_arg(py, "connect_timeout", connect_timeout)?;
+    opts.limit_rate = match limit_rate {
+        Some(r) => Some(int_arg(py, "limit_rate", r, 1, u64::MAX.into())? as u64),
+        None => None,
+    };
+    Ok(())
+}
+
+/// How the server's key is checked: the pin file, a fingerprint demanded
+/// even on first contact, and whether plaintext is refused.
+pub(crate) fn pin(
+    py: Python<'_>,
+    opts: &mut SendOptions,
+    fingerprint: Option<String>,
+    known_hosts: OptPath,
+    require_tls: bool,
+) -> PyResult<()> {
     match known_hosts {
         OptPath::EngineDefault => {}
         OptPath::Off => opts.known_hosts = None,
@@ -554,12 +581,7 @@ pub fn list_remote(
         Some(f) => Some(Fingerprint::parse(&f).map_err(|e| to_py(py, &e, None))?),
         None => None,
     };
-    let listing = py
-        .detach(|| bigtransfer_core::client::list_remote(&opts, name.as_deref()))
-        .map_err(|e| to_py(py, &e, None))?;
-    let mut entries = listing.entries;
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    entries.iter().map(|e| entry_dict(py, e)).collect()
+    Ok(())
 }
 
 fn entry_dict(py: Python<'_>, e: &bigtransfer_core::listing::ListEntry) -> PyResult<Py<PyAny>> {

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bigtransfer_core::client::GetOutcome;
-use bigtransfer_core::tls::Fingerprint;
-use bigtransfer_core::{Control, ErrorKind, Progress, SendOptions};
+use bigtransfer_core::{Control, ErrorKind, Progress};
 use pyo3::prelude::*;
 
-use crate::client::{int_arg, path_arg, seconds_arg, token_arg, OptPath};
+use crate::client::{path_arg, token_arg, OptPath};
 use crate::errors::{new_err, to_py};
 use crate::wait::{Step, Worker};
 
@@ -116,36 +115,10 @@ pub fn get_file(
     known_hosts: OptPath,
     require_tls: bool,
 ) -> PyResult<GetResult> {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(new_err(
-            py,
-            ErrorKind::InvalidInput,
-            "host must not be empty",
-        ));
-    }
-    let mut opts = SendOptions::new(host, int_arg(py, "port", port, 1, 65535)? as u16);
-    opts.retries = int_arg(py, "retries", retries, 0, u32::MAX.into())? as u32;
-    opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
-    opts.connect_timeout = seconds_arg(py, "connect_timeout", connect_timeout)?;
-    opts.limit_rate = match limit_rate {
-        Some(r) => Some(int_arg(py, "limit_rate", r, 1, u64::MAX.into())? as u64),
-        None => None,
-    };
+    let mut opts = crate::client::server_options(py, host, port)?;
+    crate::client::pacing(py, &mut opts, retries, timeout, connect_timeout, limit_rate)?;
     opts.token = token_arg(py, token.as_ref())?;
-    match known_hosts {
-        OptPath::EngineDefault => {}
-        OptPath::Off => opts.known_hosts = None,
-        OptPath::Dir(f) => opts.known_hosts = Some(f),
-    }
-    opts.require_tls = require_tls;
-    opts.fingerprint = match fingerprint {
-        Some(f) => Some(Fingerprint::parse(&f).map_err(|e| to_py(py, &e, None))?),
-        None => None,
-    };
+    crate::client::pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
     let d = path_arg(dest)?;
     let pending: Arc<Mutex<Option<(u64, u64)>>> = Arc::new(Mutex::new(None));
     let pending_w = Arc::clone(&pending);
