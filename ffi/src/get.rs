@@ -7,10 +7,10 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use bigtransfer_core::client::get_file;
-use bigtransfer_core::{Control, Progress, SendOptions};
+use bigtransfer_core::{Control, Progress};
 
 use crate::send::{bt_progress_fn, bt_send_options};
-use crate::status::{arg_mut, arg_path, arg_ref, arg_utf8, bt_status, guard, Failure};
+use crate::status::{arg_mut, arg_path, arg_utf8, bt_status, guard};
 
 /// The outcome of a successful `bt_get_file`. On failure every field is 0.
 #[repr(C)]
@@ -79,19 +79,7 @@ pub unsafe extern "C" fn bt_get_file(
         let host = unsafe { arg_utf8(host, "host") }?;
         let remote = unsafe { arg_utf8(remote, "remote") }?;
         let dest = unsafe { arg_path(dest, "dest") }?;
-        if host.is_empty() || port == 0 {
-            return Err(Failure::invalid("host is empty or port is 0"));
-        }
-        let opts = if options.is_null() {
-            SendOptions::new(host, port)
-        } else {
-            let o = unsafe { arg_ref(options, "options") }?;
-            SendOptions {
-                host: host.to_owned(),
-                port,
-                ..o.inner.clone()
-            }
-        };
+        let opts = unsafe { crate::send::call_options(host, port, options) }?;
         let mut on_progress = |p: &Progress| -> Control {
             let (
                 Some(f),

@@ -505,6 +505,35 @@ fn nonzero_ms(ms: u64, what: &str) -> Result<Duration, Failure> {
     Ok(Duration::from_millis(ms))
 }
 
+/// The settings of one call to the server at `host:port`: those of
+/// `options`, or the engine's defaults when it is NULL. `send`, `get` and
+/// `list` share it, so they check the address alike.
+///
+/// # Safety
+/// `options` must be NULL or a live handle.
+pub(crate) unsafe fn call_options(
+    host: &str,
+    port: u16,
+    options: *const bt_send_options,
+) -> Result<SendOptions, Failure> {
+    if host.is_empty() {
+        return Err(Failure::invalid("host is empty"));
+    }
+    if port == 0 {
+        return Err(Failure::invalid("port 0 is not a server's port"));
+    }
+    if options.is_null() {
+        return Ok(SendOptions::new(host, port));
+    }
+    // SAFETY: forwarded contract; NULL was checked.
+    let o = unsafe { arg_ref(options, "options") }?;
+    Ok(SendOptions {
+        host: host.to_owned(),
+        port,
+        ..o.inner.clone()
+    })
+}
+
 /// Uploads the file at `path` to the server at `host`:`port`, resuming what
 /// the server already holds of it, retrying as `options` allow, and returns
 /// only when the server confirmed the CRC-32 (or on error). Blocks the
@@ -546,22 +575,7 @@ pub unsafe extern "C" fn bt_send_file(
         *out = bt_send_result::default();
         let host = unsafe { arg_utf8(host, "host") }?;
         let path = unsafe { arg_path(path, "path") }?;
-        let opts = if options.is_null() {
-            SendOptions::new(host, port)
-        } else {
-            let o = unsafe { arg_ref(options, "options") }?;
-            SendOptions {
-                host: host.to_owned(),
-                port,
-                ..o.inner.clone()
-            }
-        };
-        if host.is_empty() {
-            return Err(Failure::invalid("host is empty"));
-        }
-        if port == 0 {
-            return Err(Failure::invalid("port 0 is not a server's port"));
-        }
+        let opts = unsafe { call_options(host, port, options) }?;
         // (done, total) of the last report, repeated before a retry.
         let mut last = (0u64, 0u64);
         let mut on_progress = |p: &Progress| -> Control {
@@ -664,19 +678,7 @@ pub unsafe extern "C" fn bt_list(
             true => None,
             false => Some(unsafe { arg_utf8(name, "name") }?),
         };
-        let opts = if options.is_null() {
-            SendOptions::new(host, port)
-        } else {
-            let o = unsafe { arg_ref(options, "options") }?;
-            SendOptions {
-                host: host.to_owned(),
-                port,
-                ..o.inner.clone()
-            }
-        };
-        if host.is_empty() || port == 0 {
-            return Err(Failure::invalid("host is empty or port is 0"));
-        }
+        let opts = unsafe { call_options(host, port, options) }?;
         let each = each.ok_or_else(|| Failure::invalid("each (the callback) is NULL"))?;
         let mut entries = bigtransfer_core::client::list_remote(&opts, name)?.entries;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
