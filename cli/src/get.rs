@@ -18,8 +18,8 @@ use bigtransfer_core::{Control, Error, ErrorKind, Progress, SafeName, SendOption
 
 use crate::prompt;
 use crate::send::{
-    exit_code_for, install_interrupt, json_failure, make_bar, parse_fingerprint, shell_word,
-    RunStart, INTERRUPTED,
+    exit_code_for, install_interrupt, json_failure, make_bar, shell_word, PinArgs, RunStart,
+    INTERRUPTED,
 };
 use crate::{exit, parse, AuthArgs};
 
@@ -57,15 +57,8 @@ pub struct GetArgs {
     limit_rate: Option<u64>,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Demand the server's key to have this fingerprint, even on first contact.
-    #[arg(long, value_parser = parse_fingerprint)]
-    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
-    /// The file of pinned server keys (as for `client`).
-    #[arg(long)]
-    known_hosts: Option<PathBuf>,
-    /// Refuse plaintext even with a server never seen before.
-    #[arg(long)]
-    require_tls: bool,
+    #[command(flatten)]
+    pin: PinArgs,
     /// No progress display.
     #[arg(long, short)]
     quiet: bool,
@@ -101,12 +94,8 @@ fn options(a: &GetArgs) -> Result<SendOptions, String> {
     opts.io_timeout = a.timeout;
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
-    opts.fingerprint = a.fingerprint;
-    opts.require_tls = a.require_tls;
     opts.cache_dir = None;
-    if let Some(k) = &a.known_hosts {
-        opts.known_hosts = Some(k.clone());
-    }
+    a.pin.apply(&mut opts);
     Ok(opts)
 }
 
@@ -247,14 +236,9 @@ fn resume_command(a: &GetArgs, opts: &SendOptions, dest: &Path) -> String {
     if let Some(t) = &a.auth.token_file {
         w.extend(["--token-file".into(), abs(t).display().to_string()]);
     }
-    if let Some(k) = &a.known_hosts {
-        w.extend(["--known-hosts".into(), abs(k).display().to_string()]);
-    }
-    if let Some(f) = &a.fingerprint {
-        w.extend(["--fingerprint".into(), f.to_string()]);
-    }
-    if a.require_tls {
-        w.push("--require-tls".into());
+    for (name, value) in a.pin.resume_flags() {
+        w.push(name.into());
+        w.extend(value);
     }
     w.extend([
         "-o".into(),

@@ -5,7 +5,6 @@
 //!
 //! Not for the request itself (see `bigtransfer_core::client::list_remote`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +12,7 @@ use bigtransfer_core::client::list_remote;
 use bigtransfer_core::listing::{EntryKind, ListEntry};
 use bigtransfer_core::{ErrorKind, SendOptions};
 
-use crate::send::exit_code_for;
+use crate::send::{exit_code_for, PinArgs};
 use crate::{exit, parse, prompt, AuthArgs};
 
 #[derive(clap::Args)]
@@ -32,22 +31,11 @@ pub struct ListArgs {
     timeout: Duration,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Demand the server's key to have this fingerprint (SHA256:...).
-    #[arg(long, value_parser = parse_fingerprint)]
-    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
-    /// The file of pinned server keys (as for `client`).
-    #[arg(long)]
-    known_hosts: Option<PathBuf>,
-    /// Refuse plaintext even with a server never seen before.
-    #[arg(long)]
-    require_tls: bool,
+    #[command(flatten)]
+    pin: PinArgs,
     /// Print one JSON object: {"files": [...], "partial": [...]}.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Fingerprint, String> {
-    bigtransfer_core::tls::Fingerprint::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn run(a: ListArgs) -> ExitCode {
@@ -67,11 +55,7 @@ pub fn run(a: ListArgs) -> ExitCode {
         Err(e) => return fail(&a, exit::USAGE, ErrorKind::InvalidInput, &e.to_string()),
     };
     opts.io_timeout = a.timeout;
-    opts.fingerprint = a.fingerprint;
-    opts.require_tls = a.require_tls;
-    if let Some(k) = &a.known_hosts {
-        opts.known_hosts = Some(k.clone());
-    }
+    a.pin.apply(&mut opts);
     match list_remote(&opts, a.remote.as_deref()) {
         Ok(l) => {
             let mut entries = l.entries;

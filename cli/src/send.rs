@@ -69,17 +69,8 @@ pub struct ClientArgs {
     /// 1 is a single connection.
     #[arg(long, default_value = "1", value_parser = bigtransfer_core::client::Streams::parse)]
     streams: bigtransfer_core::client::Streams,
-    /// Demand the server's key to have this fingerprint (SHA256:..., as
-    /// the server prints it), even on first contact.
-    #[arg(long, value_parser = parse_fingerprint)]
-    fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
-    /// The file of pinned server keys [default: $BIGTRANSFER_KNOWN_HOSTS,
-    /// $XDG_CONFIG_HOME/bigtransfer/known_hosts or ~/.config/bigtransfer/known_hosts].
-    #[arg(long)]
-    known_hosts: Option<PathBuf>,
-    /// Refuse plaintext even with a server never seen before.
-    #[arg(long)]
-    require_tls: bool,
+    #[command(flatten)]
+    pin: PinArgs,
     /// Do not read or write the cache of block checksums.
     #[arg(long)]
     no_cache: bool,
@@ -138,6 +129,51 @@ pub(crate) fn parse_fingerprint(s: &str) -> Result<bigtransfer_core::tls::Finger
     bigtransfer_core::tls::Fingerprint::parse(s).map_err(|e| e.to_string())
 }
 
+/// How the server's key is checked, the same for `client`, `get` and
+/// `list`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PinArgs {
+    /// Demand the server's key to have this fingerprint (SHA256:..., as
+    /// the server prints it), even on first contact.
+    #[arg(long, value_parser = parse_fingerprint)]
+    pub fingerprint: Option<bigtransfer_core::tls::Fingerprint>,
+    /// The file of pinned server keys [default: $BIGTRANSFER_KNOWN_HOSTS,
+    /// $XDG_CONFIG_HOME/bigtransfer/known_hosts or ~/.config/bigtransfer/known_hosts].
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Refuse plaintext even with a server never seen before.
+    #[arg(long)]
+    pub require_tls: bool,
+}
+
+impl PinArgs {
+    /// Puts these settings into `opts` (the known-hosts file only when
+    /// given, else the engine's default stays).
+    pub fn apply(&self, opts: &mut SendOptions) {
+        opts.fingerprint = self.fingerprint;
+        opts.require_tls = self.require_tls;
+        if let Some(k) = &self.known_hosts {
+            opts.known_hosts = Some(k.clone());
+        }
+    }
+
+    /// The flags that repeat these settings in a resume command.
+    pub fn resume_flags(&self) -> Vec<(&'static str, Option<String>)> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut out = Vec::new();
+        if let Some(f) = &self.fingerprint {
+            out.push(("--fingerprint", Some(f.to_string())));
+        }
+        if let Some(k) = &self.known_hosts {
+            out.push(("--known-hosts", Some(abs(k).display().to_string())));
+        }
+        if self.require_tls {
+            out.push(("--require-tls", None));
+        }
+        out
+    }
+}
+
 /// A word safe to paste into a POSIX shell.
 pub(crate) fn shell_word(s: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_./:@%+=,-[]".contains(c);
@@ -177,14 +213,8 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
     if a.streams != bigtransfer_core::client::Streams::Fixed(1) {
         flag("--streams", Some(a.streams.to_string()));
     }
-    if let Some(f) = &a.fingerprint {
-        flag("--fingerprint", Some(f.to_string()));
-    }
-    if let Some(k) = &a.known_hosts {
-        flag("--known-hosts", Some(abs(k).display().to_string()));
-    }
-    if a.require_tls {
-        flag("--require-tls", None);
+    for (name, value) in a.pin.resume_flags() {
+        flag(name, value);
     }
     if let Some(r) = a.limit_rate {
         flag("--limit-rate", Some(r.to_string()));
@@ -410,11 +440,7 @@ pub fn run(a: ClientArgs) -> ExitCode {
     if a.legacy {
         opts.protocol = bigtransfer_core::Protocol::Legacy;
     }
-    opts.fingerprint = a.fingerprint;
-    opts.require_tls = a.require_tls;
-    if let Some(k) = &a.known_hosts {
-        opts.known_hosts = Some(k.clone());
-    }
+    a.pin.apply(&mut opts);
     if let Some(d) = &a.cache_dir {
         opts.cache_dir = Some(d.clone());
     }
