@@ -113,7 +113,7 @@ fn an_upload_through_the_server_lands_as_the_object() {
         "state object left behind"
     );
     assert!(
-        srv.log.text().contains("storing into s3://"),
+        srv.log.wait_for("storing into s3://", LONG),
         "{}",
         srv.log.text()
     );
@@ -337,7 +337,7 @@ fn a_bit_flipped_on_the_wire_never_reaches_the_object() {
         assert_object_is(&store, "flip.bin", &src);
     }
     assert!(
-        srv.log.text().contains("arrived damaged"),
+        srv.log.wait_for("arrived damaged", LONG),
         "{}",
         srv.log.text()
     );

@@ -136,7 +136,7 @@ fn a_corrupted_held_block_is_resent_alone() {
     );
     assert_eq!(field(&out, "attempts"), 1);
     assert!(
-        srv.log.text().contains("re-read its blocks"),
+        srv.log.wait_for("re-read its blocks", LONG),
         "{}",
         srv.log.text()
     );
@@ -243,7 +243,7 @@ fn a_bit_flipped_on_the_wire_is_repaired_not_restarted() {
         assert_same_file(&src, &t.path().join("store/flip.bin"));
     }
     assert!(
-        srv.log.text().contains("arrived damaged"),
+        srv.log.wait_for("arrived damaged", LONG),
         "{}",
         srv.log.text()
     );
@@ -267,7 +267,7 @@ fn a_hole_in_the_held_part_costs_that_block_alone_on_resume() {
     let port = proxy.port().to_string();
     interrupted_via(&srv, &port, &src, 10 * MIB, &["--no-cache"]);
     assert!(
-        srv.log.text().contains("arrived damaged"),
+        srv.log.wait_for("arrived damaged", LONG),
         "{}",
         srv.log.text()
     );
