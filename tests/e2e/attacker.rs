@@ -546,7 +546,7 @@ fn a_token_file_others_can_read_is_warned_about() {
         "{}",
         srv.log.text()
     );
-    assert!(srv.log.text().contains("chmod 600"));
+    assert!(srv.log.wait_for("chmod 600", LONG));
     drop(srv);
     std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
     let srv = ServerProc::start(

@@ -307,7 +307,7 @@ fn a_new_connection_for_the_same_name_takes_over_a_stale_one() {
     s.write_all(&data[50_000..]).unwrap();
     assert_eq!(read_to_close(&mut s), b"CRC32_OK");
     assert_eq!(std::fs::read(srv.dir.join("same.bin")).unwrap(), data);
-    assert!(srv.log.text().contains("taking over"));
+    assert!(srv.log.wait_for("taking over", LONG));
     // The stale connection was ended.
     assert_eq!(read_to_close(&mut stale), b"");
 }

@@ -155,7 +155,7 @@ fn an_upload_killed_on_node_a_resumes_on_node_b_sending_only_the_rest() {
         size - from,
         "only the rest is sent"
     );
-    assert!(b.log.text().contains("holds"), "{}", b.log.text());
+    assert!(b.log.wait_for("holds", LONG), "{}", b.log.text());
     assert_object_is(&store, "resume.bin", &src);
 }
 
@@ -185,7 +185,7 @@ fn a_node_killed_mid_upload_is_taken_over_once_its_lease_is_stale() {
     assert_ok(&out);
     assert!(field(&out, "resumed_from") >= 8 << 20, "{}", stdout(&out));
     assert!(
-        b.log.text().contains("another server node"),
+        b.log.wait_for("another server node", LONG),
         "B never refused while A's lease was fresh:\n{}",
         b.log.text()
     );

@@ -284,6 +284,6 @@ fn sigterm_checkpoints_and_exits_zero() {
     let dir = srv.dir.clone();
     let log = srv.log.clone();
     assert_eq!(srv.terminate().code(), Some(0), "{}", log.text());
-    assert!(log.text().contains("stopped:"), "{}", log.text());
+    assert!(log.wait_for("stopped:", LONG), "{}", log.text());
     assert_eq!(held_parts(Path::new(&dir)).len(), 1);
 }

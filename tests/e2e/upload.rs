@@ -232,7 +232,7 @@ fn tampered_held_part_is_detected_and_recovered() {
     assert_eq!(field(&out, "protocol"), 1);
     assert_eq!(field(&out, "attempts"), 2, "CRC32_ERROR then a full retry");
     assert_eq!(field(&out, "bytes_sent"), (size - from) + size);
-    assert!(srv.log.text().contains("CRC32_ERROR"));
+    assert!(srv.log.wait_for("CRC32_ERROR", LONG));
     assert_same_file(&src, &store.join("tamper.bin"));
 }
 

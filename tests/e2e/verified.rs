@@ -443,7 +443,7 @@ fn a_silent_upload_of_the_same_source_is_taken_over_and_the_displaced_client_ret
         field(&out, "resumed_from") >= 2 * MIB,
         "the newcomer resumes what the older one sent"
     );
-    assert!(srv.log.text().contains("taking over"), "{}", srv.log.text());
+    assert!(srv.log.wait_for("taking over", LONG), "{}", srv.log.text());
     assert!(Command::new("kill")
         .args(["-CONT", &pid])
         .status()

@@ -8,7 +8,8 @@
 # repository root if missing (python3 -m venv --system-site-packages, so a
 # maturin and pytest installed system-wide are used without the network;
 # only when they are missing are they installed into it from PyPI),
-# installs the module with `maturin develop --release`, and runs
+# installs the module with `maturin develop` (a debug build unless
+# BT_PY_RELEASE=1: the test command builds everything once, in debug), and runs
 # `python -m pytest -q python/tests`. The tests that run the
 # `bigtransfer` binary use target/{debug,release}/bigtransfer (or
 # $BIGTRANSFER_BIN); it is built here (release) when neither exists, and
@@ -52,7 +53,9 @@ export PATH="$venv/bin:$PATH"
 unset CONDA_PREFIX
 step="${BT_PY_STEP:-all}"
 if [ "$step" != test ]; then
-    "${maturin[@]}" develop --release -m python/Cargo.toml
+    release=()
+    [ -n "${BT_PY_RELEASE:-}" ] && release=(--release)
+    "${maturin[@]}" develop "${release[@]}" -m python/Cargo.toml
 fi
 [ "$step" = build ] && exit 0
 
