@@ -1074,6 +1074,38 @@ fn every_state_of_both_machines_is_visited() {
     add(&auth_pair(Some("a"), Some("a"), false, false));
     add(&auth_pair(Some("a"), Some("b"), false, false));
     add(&auth_pair(Some("a"), None, true, true));
+    add(&bound_pair(("a", 1), ("a", 1)));
+    add(&bound_pair(("a", 1), ("b", 1)));
+    // A sender that re-checks its source before the End frame.
+    let tc = SenderConfig {
+        recheck: true,
+        ..tx_cfg(&src)
+    };
+    let mut p = Pair::new(
+        &MemStorage::new(),
+        ReceiverConfig::default(),
+        tc,
+        src.clone(),
+    );
+    p.run();
+    add(&p);
+    // A list request: the receiver answers it from the Listing state.
+    let now = Instant::now();
+    let mut lister = Receiver::new(ReceiverConfig::default(), [0; crate::auth::NONCE_LEN], now);
+    let offer = v2::Offer {
+        version: 2,
+        block_size: v2::MIN_BLOCK,
+        rev: v2::REV_KEEP,
+        source: None,
+    };
+    let request = crate::listing::encode_list_request(None, offer);
+    let mut fed = 0;
+    while fed < request.len() {
+        let used = lister.handle_input(now, &request[fed..]).used;
+        assert!(used > 0, "the list request stalled at byte {fed}");
+        fed += used;
+    }
+    rx.insert(lister.state_name());
     let all_rx = [
         "ReadLen",
         "ReadHeader",
@@ -1092,15 +1124,19 @@ fn every_state_of_both_machines_is_visited() {
         "SendVerdict",
         "Closing",
         "Done",
+        "Listing",
     ];
     let all_tx = [
         "SendHeader",
         "AwaitReply",
         "AwaitChallenge",
         "SendAnswer",
+        "Decline",
+        "AwaitRefusal",
         "AwaitHeld",
         "Plan",
         "SendBlocks",
+        "Recheck",
         "SendEnd",
         "AwaitVerdict",
         "Repair",
