@@ -464,3 +464,126 @@ fn list_shows_the_objects_of_the_store() {
     assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["files"][0]["crc32"], serde_json::Value::Null);
 }
+
+/// The object's ETag (changes whenever the object is written).
+fn etag_of(store: &Store, name: &str) -> String {
+    store.client().head_object(name).expect("the object").etag
+}
+
+/// The numbered versions of `name` in the store.
+fn store_versions(store: &Store, name: &str) -> Vec<String> {
+    let c = store.client();
+    let mut v: Vec<String> = c
+        .list_objects(&format!("{name}.~"))
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_resend_of_stored_content_costs_no_data_bytes_on_any_node() {
+    let Some(store) = Store::get("resend") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("same.bin");
+    write_random(&src, 21 * 1024 * 1024 + 77, 41);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let first = send(&a, &src, &[]);
+    assert_ok(&first);
+    assert!(
+        stdout(&first).contains("\"stored\": \"new\""),
+        "{}",
+        stdout(&first)
+    );
+    let before = etag_of(&store, "same.bin");
+    for srv in [&a, &b] {
+        let again = send(srv, &src, &[]);
+        assert_ok(&again);
+        assert_eq!(field(&again, "bytes_sent"), 0, "{}", stdout(&again));
+        assert!(
+            stdout(&again).contains("\"stored\": \"unchanged\", \"kept_as\": null"),
+            "{}",
+            stdout(&again)
+        );
+        assert!(
+            srv.log.wait_for("same content; left untouched", LONG),
+            "{}",
+            srv.log.text()
+        );
+    }
+    assert_eq!(
+        etag_of(&store, "same.bin"),
+        before,
+        "the object was rewritten"
+    );
+    assert!(store_versions(&store, "same.bin").is_empty());
+    assert_eq!(
+        store.parts_recorded("same.bin"),
+        0,
+        "state object left behind"
+    );
+    assert_object_is(&store, "same.bin", &src);
+}
+
+#[test]
+fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
+    let Some(store) = Store::get("versions") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("doc.bin");
+    let size = 17 * 1024 * 1024 + 5;
+    write_random(&src, size, 42);
+    let original = std::fs::read(&src).unwrap();
+    let a = store.server(0, t.path(), &[]);
+    assert_ok(&send(&a, &src, &[]));
+    // One byte changed: the old object is kept, the client told so.
+    let mut changed = original.clone();
+    changed[size as usize / 2] ^= 0x5a;
+    std::fs::write(&src, &changed).unwrap();
+    let out = send(&a, &src, &[]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("\"stored\": \"kept\", \"kept_as\": \"doc.bin.~1~\""),
+        "{}",
+        stdout(&out)
+    );
+    assert!(field(&out, "bytes_sent") > 0);
+    assert_object_is(&store, "doc.bin", &src);
+    assert_eq!(store.object("doc.bin.~1~").0, original, "the kept version");
+    assert!(
+        a.log.wait_for("kept it as doc.bin.~1~", LONG),
+        "{}",
+        a.log.text()
+    );
+    // Through the other node, with --overwrite: replaced, no new version.
+    let b = store.server(1, t.path(), &["--overwrite"]);
+    write_random(&src, 3000, 43);
+    let out = send(&b, &src, &[]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("\"stored\": \"replaced\", \"kept_as\": null"),
+        "{}",
+        stdout(&out)
+    );
+    assert_object_is(&store, "doc.bin", &src);
+    assert_eq!(store_versions(&store, "doc.bin"), ["doc.bin.~1~"]);
+    // And without: the next number, in words.
+    write_random(&src, 5000, 44);
+    let out = send(&a, &src, &[]);
+    assert_ok(&out);
+    assert_eq!(
+        store_versions(&store, "doc.bin"),
+        ["doc.bin.~1~", "doc.bin.~2~"]
+    );
+    assert!(
+        a.log.wait_for("kept it as doc.bin.~2~", LONG),
+        "{}",
+        a.log.text()
+    );
+}

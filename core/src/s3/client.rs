@@ -73,6 +73,17 @@ pub struct ObjectEntry {
     pub size: u64,
     /// Its ETag.
     pub etag: String,
+    /// When it was last written, seconds since the Unix epoch (0: unknown).
+    pub modified: i64,
+}
+
+/// One page of a listing, and the token of the next one if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPage {
+    /// The objects of the page, in key order.
+    pub entries: Vec<ObjectEntry>,
+    /// The continuation token of the next page (`None`: the last page).
+    pub next: Option<String>,
 }
 
 /// The condition of a conditional write.
@@ -398,34 +409,75 @@ impl Client {
     /// Every object whose name starts with `prefix` (after the client's
     /// own prefix), in key order, all pages.
     pub fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectEntry>, S3Error> {
-        let op = format!("ListObjectsV2 {prefix}");
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut req = Request::new(op.clone(), Method::Get, None)
-                .query("list-type", "2")
-                .query("max-keys", self.page())
-                .query("prefix", self.key(prefix));
-            if let Some(t) = &token {
-                req = req.query("continuation-token", t.clone());
-            }
-            let a = self.call_read(&req)?;
-            for c in xml::elements(&a.body, "Contents") {
-                let key = xml::text(c, "Key").unwrap_or_default();
-                out.push(ObjectEntry {
-                    name: key
-                        .strip_prefix(&self.cfg.prefix)
-                        .unwrap_or(&key)
-                        .to_string(),
-                    size: number(c, "Size", &op)?,
-                    etag: xml::text(c, "ETag").unwrap_or_default(),
-                });
-            }
-            match next_page(&a.body, "NextContinuationToken") {
+            let page = self.list_page(prefix, false, token.as_deref())?;
+            out.extend(page.entries);
+            match page.next {
                 Some(t) if token.as_deref() != Some(t.as_str()) => token = Some(t),
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// One page of `ListObjectsV2` (at most the configured page size):
+    /// objects whose name starts with `prefix`, in key order, from the
+    /// continuation token `token`; with `flat`, none whose name has a `/`
+    /// after the prefix (the delimiter: such keys are summed up as common
+    /// prefixes and not returned), so a listing of the stored names skips
+    /// the server's own records under `.bigtransfer-*/`.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        flat: bool,
+        token: Option<&str>,
+    ) -> Result<ObjectPage, S3Error> {
+        let op = format!("ListObjectsV2 {prefix}");
+        let mut req = Request::new(op.clone(), Method::Get, None)
+            .query("list-type", "2")
+            .query("max-keys", self.page())
+            .query("prefix", self.key(prefix));
+        if flat {
+            req = req.query("delimiter", "/");
+        }
+        if let Some(t) = token {
+            req = req.query("continuation-token", t);
+        }
+        let a = self.call_read(&req)?;
+        let mut entries = Vec::new();
+        for c in xml::elements(&a.body, "Contents") {
+            let key = xml::text(c, "Key").unwrap_or_default();
+            entries.push(ObjectEntry {
+                name: key
+                    .strip_prefix(&self.cfg.prefix)
+                    .unwrap_or(&key)
+                    .to_string(),
+                size: number(c, "Size", &op)?,
+                etag: xml::text(c, "ETag").unwrap_or_default(),
+                modified: xml::text(c, "LastModified")
+                    .and_then(|t| t.trim().parse::<jiff::Timestamp>().ok())
+                    .map_or(0, |t| t.as_second()),
+            });
+        }
+        let next =
+            next_page(&a.body, "NextContinuationToken").filter(|t| Some(t.as_str()) != token);
+        Ok(ObjectPage { entries, next })
+    }
+
+    /// Copies object `from` to `to` inside the bucket (`CopyObject`: the
+    /// store copies, nothing passes through this node; at most 5 GiB on
+    /// AWS S3); returns the copy's ETag.
+    pub fn copy_object(&self, from: &str, to: &str) -> Result<String, S3Error> {
+        let op = format!("CopyObject {from} -> {to}");
+        let source = format!("/{}/{}", self.cfg.bucket, self.key(from));
+        let source = copy_source_encoded(&source);
+        let req = Request::new(op.clone(), Method::Put, Some(self.key(to)))
+            .header("x-amz-copy-source", source)
+            .header("x-amz-checksum-algorithm", "CRC32")
+            .body(&[]);
+        let a = self.call_read(&req)?;
+        Ok(xml::text(&a.body, "ETag").unwrap_or_default())
     }
 
     /// Signs `req` now: a presigned URL whose signature also covers the
@@ -613,6 +665,19 @@ fn number<T: std::str::FromStr>(xml_text: &str, tag: &str, op: &str) -> Result<T
     xml::text(xml_text, tag)
         .and_then(|t| t.trim().parse().ok())
         .ok_or_else(|| S3Error::other(op, format!("no readable <{tag}> in the answer")))
+}
+
+/// `x-amz-copy-source` is percent-encoded (the slashes kept).
+fn copy_source_encoded(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    for b in source.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The marker of the next page, if the answer says it is truncated.

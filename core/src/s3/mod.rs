@@ -21,11 +21,12 @@
 
 mod client;
 mod error;
+pub mod finished;
 mod storage;
 mod url;
 mod xml;
 
-pub use client::{Client, Condition, ObjectEntry, ObjectInfo, Part, PartInfo};
+pub use client::{Client, Condition, ObjectEntry, ObjectInfo, ObjectPage, Part, PartInfo};
 pub use error::{S3Error, S3ErrorKind};
 pub use storage::{
     blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MAX_INFLIGHT, MIN_PART, STATE_DIR,
