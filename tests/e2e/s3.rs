@@ -587,3 +587,85 @@ fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
         a.log.text()
     );
 }
+
+/// `bigtransfer get --json -o OUT REMOTE` against `srv`.
+fn get_from(srv: &ServerProc, remote: &str, out: &Path) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
+        .args(["--quiet", "--json", "-o"])
+        .arg(out)
+        .arg(remote)
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
+    std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    }
+}
+
+#[test]
+fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
+    let Some(store) = Store::get("get") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("g.bin");
+    let size = 19 * 1024 * 1024 + 333;
+    let crc = write_random(&src, size, 51);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    assert_ok(&send(&a, &src, &[]));
+    // Uploaded through A, served by B: identical.
+    let got = t.path().join("got.bin");
+    let out = get_from(&b, "g.bin", &got);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_file(&src, &got);
+    assert_eq!(field(&out, "crc32"), u64::from(crc));
+    assert!(b.log.wait_for("g.bin: sent (", LONG), "{}", b.log.text());
+    // An object put there by other means (no record): read once for its
+    // reference, checked against the store's CRC-32, then served.
+    let plain = b"written straight into the store".repeat(1000);
+    store
+        .client()
+        .put_small("plain.bin", &plain, &bigtransfer_core::s3::Condition::None)
+        .unwrap();
+    let got_plain = t.path().join("plain.bin");
+    let out = get_from(&b, "plain.bin", &got_plain);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&got_plain).unwrap(), plain);
+    // The object overwritten in the store with other bytes of the same
+    // length: refused in words, nothing left under the final name.
+    let mut bad = std::fs::read(&src).unwrap();
+    bad[size as usize - 10] ^= 0xff;
+    store
+        .client()
+        .put_small("g.bin", &bad, &bigtransfer_core::s3::Condition::None)
+        .unwrap();
+    let dest = t.path().join("bad.bin");
+    let out = get_from(&b, "g.bin", &dest);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("does not match what was stored"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists(), "a damaged object was delivered");
+    // A missing one: not found, in words.
+    let out = get_from(&a, "nothing.bin", &t.path().join("n.bin"));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("no file \"nothing.bin\" on the server"),
+        "{}",
+        stderr(&out)
+    );
+}

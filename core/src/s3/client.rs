@@ -62,6 +62,8 @@ pub struct ObjectInfo {
     pub crc32: Option<u32>,
     /// `FULL_OBJECT` or `COMPOSITE`, if the store says.
     pub checksum_type: Option<String>,
+    /// When it was last written, seconds since the Unix epoch (0: unknown).
+    pub modified: i64,
 }
 
 /// An object found by `ListObjectsV2`.
@@ -319,6 +321,13 @@ impl Client {
             etag: etag_of(h, &op)?,
             crc32: header(h, "x-amz-checksum-crc32").and_then(|v| parse_crc32_header(&v)),
             checksum_type: header(h, "x-amz-checksum-type"),
+            modified: header(h, "last-modified")
+                .and_then(|v| {
+                    jiff::fmt::rfc2822::DateTimeParser::new()
+                        .parse_timestamp(v.trim())
+                        .ok()
+                })
+                .map_or(0, |t| t.as_second()),
         })
     }
 

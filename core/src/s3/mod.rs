@@ -20,6 +20,7 @@
 //! Not for: bucket administration, or other checksums.
 
 mod client;
+mod download;
 mod error;
 pub mod finished;
 mod storage;

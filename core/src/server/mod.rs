@@ -20,6 +20,8 @@ mod backend;
 mod claims;
 mod conn;
 mod get;
+#[cfg(feature = "s3")]
+mod get_store;
 mod list;
 mod local;
 mod open;
