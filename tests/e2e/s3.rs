@@ -438,31 +438,66 @@ fn the_store_stopped_mid_upload_and_restarted_the_upload_goes_on() {
 }
 
 #[test]
-fn list_shows_the_objects_of_the_store() {
+fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
     let Some(store) = Store::get("list") else {
         return;
     };
     let t = tempfile::tempdir().unwrap();
     let srv = store.server(0, t.path(), &[]);
+    let mut crcs = Vec::new();
     for (name, size) in [("l1.bin", 6000u64), ("l2.bin", 7000)] {
         let src = t.path().join(name);
-        write_random(&src, size, size);
+        crcs.push(write_random(&src, size, size));
         assert_ok(&send(&srv, &src, &[]));
     }
+    // A partial upload: a slow client killed once a part is in the store.
+    let big = t.path().join("part.bin");
+    write_random(&big, 40 * 1024 * 1024, 10);
+    let c = slow_client(&srv, &big, "20M");
+    assert!(
+        wait_until(LONG, || store.parts_recorded("part.bin") >= 1),
+        "no part stored"
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = finish_client(c);
     let out = crate::keep::list(&srv, &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let files: Vec<(&str, u64)> = v["files"]
+    let files: Vec<(&str, u64, u64)> = v["files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["name"].as_str().unwrap(), f["size"].as_u64().unwrap()))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap(),
+                f["size"].as_u64().unwrap(),
+                f["crc32"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
         .collect();
-    assert_eq!(files, [("l1.bin", 6000), ("l2.bin", 7000)], "{v}");
+    assert_eq!(
+        files,
+        [
+            ("l1.bin", 6000, u64::from(crcs[0])),
+            ("l2.bin", 7000, u64::from(crcs[1]))
+        ],
+        "{v}"
+    );
+    let p = &v["partial"][0];
+    assert_eq!(
+        (p["name"].as_str(), p["size"].as_u64()),
+        (Some("part.bin"), Some(40 << 20)),
+        "{v}"
+    );
+    let held = p["held"].as_u64().unwrap();
+    assert!(held >= 8 << 20 && held < 40 << 20, "{v}");
+    // One name: itself only.
     let out = crate::keep::list(&srv, &["--json", "l2.bin"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v["files"][0]["crc32"], serde_json::Value::Null);
+    assert_eq!(v["files"][0]["crc32"], u64::from(crcs[1]), "{v}");
+    assert!(v["partial"].as_array().unwrap().is_empty(), "{v}");
 }
 
 /// The object's ETag (changes whenever the object is written).
@@ -589,10 +624,12 @@ fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
 }
 
 /// `bigtransfer get --json -o OUT REMOTE` against `srv`.
-fn get_from(srv: &ServerProc, remote: &str, out: &Path) -> std::process::Output {
+fn get_from(srv: &ServerProc, remote: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut child = std::process::Command::new(BIN)
         .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
-        .args(["--quiet", "--json", "-o"])
+        .args(["--quiet", "--json"])
+        .args(extra)
+        .arg("-o")
         .arg(out)
         .arg(remote)
         .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
@@ -627,7 +664,7 @@ fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
     assert_ok(&send(&a, &src, &[]));
     // Uploaded through A, served by B: identical.
     let got = t.path().join("got.bin");
-    let out = get_from(&b, "g.bin", &got);
+    let out = get_from(&b, "g.bin", &got, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_same_file(&src, &got);
     assert_eq!(field(&out, "crc32"), u64::from(crc));
@@ -640,7 +677,7 @@ fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
         .put_small("plain.bin", &plain, &bigtransfer_core::s3::Condition::None)
         .unwrap();
     let got_plain = t.path().join("plain.bin");
-    let out = get_from(&b, "plain.bin", &got_plain);
+    let out = get_from(&b, "plain.bin", &got_plain, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read(&got_plain).unwrap(), plain);
     // The object overwritten in the store with other bytes of the same
@@ -652,7 +689,7 @@ fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
         .put_small("g.bin", &bad, &bigtransfer_core::s3::Condition::None)
         .unwrap();
     let dest = t.path().join("bad.bin");
-    let out = get_from(&b, "g.bin", &dest);
+    let out = get_from(&b, "g.bin", &dest, &["--retries", "1"]);
     assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("does not match what was stored"),
@@ -661,7 +698,7 @@ fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
     );
     assert!(!dest.exists(), "a damaged object was delivered");
     // A missing one: not found, in words.
-    let out = get_from(&a, "nothing.bin", &t.path().join("n.bin"));
+    let out = get_from(&a, "nothing.bin", &t.path().join("n.bin"), &[]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains("no file \"nothing.bin\" on the server"),

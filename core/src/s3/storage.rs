@@ -132,53 +132,9 @@ impl S3Storage {
         Ok(gone)
     }
 
-    /// What the bucket holds (under the prefix), for a list request:
-    /// objects as files (size; mtime and CRC-32 unknown: the object store
-    /// keeps no finished record) and uploads in progress from their state
-    /// objects (size, the bytes of their uploaded parts, the last beat).
-    /// Only `name`, its versions and its upload when given. Held whole in
-    /// memory (the store's listing is too), unlike the local directory's.
-    pub fn listing(&self, name: Option<&str>) -> Result<Vec<crate::listing::ListEntry>, S3Error> {
-        use crate::listing::{EntryKind, ListEntry};
-        let state = format!("{STATE_DIR}/");
-        let mut out = Vec::new();
-        for e in self.client.list_objects(name.unwrap_or(""))? {
-            if e.name.starts_with(&state) {
-                continue;
-            }
-            out.push(ListEntry {
-                kind: EntryKind::File,
-                name: e.name.into_bytes(),
-                size: e.size,
-                mtime: 0,
-                crc32: None,
-                held: e.size,
-            });
-        }
-        for e in self
-            .client
-            .list_objects(&format!("{state}{}", name.unwrap_or("")))?
-        {
-            let Some(upload) = e.name.strip_prefix(&state) else {
-                continue;
-            };
-            let st = match self.client.get_small(&e.name, STATE_LIMIT) {
-                Ok((b, _)) => State::decode(&String::from_utf8_lossy(&b)),
-                Err(e) if e.kind == S3ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            };
-            let Some(st) = st else { continue };
-            let blocks: u64 = st.parts.values().map(|p| p.crcs.len() as u64).sum();
-            out.push(ListEntry {
-                kind: EntryKind::Partial,
-                name: upload.as_bytes().to_vec(),
-                size: st.size,
-                mtime: (st.beat / 1000) as i64,
-                crc32: None,
-                held: blocks.saturating_mul(st.block).min(st.size),
-            });
-        }
-        Ok(out)
+    /// The shared client (for listings that outlive a borrow).
+    pub(super) fn client_arc(&self) -> Arc<Client> {
+        Arc::clone(&self.client)
     }
 
     /// A node name unique to this process: host-less, from the process id
@@ -186,6 +142,33 @@ impl S3Storage {
     pub fn default_node() -> String {
         format!("pid{}-{}", std::process::id(), unix_ms(SystemTime::now()))
     }
+}
+
+/// The entry of the upload in progress whose state object is `key`
+/// (`None` if it is gone or unreadable): its size, the bytes of its
+/// uploaded parts and its last beat.
+pub(super) fn upload_entry(
+    client: &Client,
+    key: &str,
+    name: &str,
+) -> Result<Option<crate::listing::ListEntry>, S3Error> {
+    use crate::listing::{EntryKind, ListEntry};
+    let st = match client.get_small(key, STATE_LIMIT) {
+        Ok((b, _)) => State::decode(&String::from_utf8_lossy(&b)),
+        Err(e) if e.kind == S3ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(st.map(|st| {
+        let blocks: u64 = st.parts.values().map(|p| p.crcs.len() as u64).sum();
+        ListEntry {
+            kind: EntryKind::Partial,
+            name: name.as_bytes().to_vec(),
+            size: st.size,
+            mtime: (st.beat / 1000) as i64,
+            crc32: None,
+            held: blocks.saturating_mul(st.block).min(st.size),
+        }
+    }))
 }
 
 /// The object's CRC-32 as the store keeps it, when it is one over the
