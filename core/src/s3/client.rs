@@ -19,6 +19,8 @@ use super::{crc32_header, parse_crc32_header, Config};
 
 /// How long a signature stays valid: a request starts well within it.
 const SIGNATURE_SECONDS: u64 = 900;
+/// The most bytes one `CopyObject` copies (S3's limit).
+pub const MAX_COPY: u64 = 5 << 30;
 /// The most of an error or listing body read into memory.
 const SMALL_BODY: u64 = 4 << 20;
 
@@ -474,19 +476,90 @@ impl Client {
         Ok(ObjectPage { entries, next })
     }
 
-    /// Copies object `from` to `to` inside the bucket (`CopyObject`: the
-    /// store copies, nothing passes through this node; at most 5 GiB on
-    /// AWS S3); returns the copy's ETag.
-    pub fn copy_object(&self, from: &str, to: &str) -> Result<String, S3Error> {
-        let op = format!("CopyObject {from} -> {to}");
-        let source = format!("/{}/{}", self.cfg.bucket, self.key(from));
-        let source = copy_source_encoded(&source);
-        let req = Request::new(op.clone(), Method::Put, Some(self.key(to)))
-            .header("x-amz-copy-source", source)
-            .header("x-amz-checksum-algorithm", "CRC32")
+    /// Copies object `from` (of `size` bytes) to `to` inside the bucket:
+    /// the store copies, nothing passes through this node. One `CopyObject`
+    /// up to `part` bytes (S3 copies at most [`MAX_COPY`] at once), else a
+    /// multipart upload of `UploadPartCopy` ranges of `part` bytes.
+    pub fn copy_object(&self, from: &str, to: &str, size: u64, part: u64) -> Result<(), S3Error> {
+        if size <= part {
+            let req = Request::new(
+                format!("CopyObject {from} -> {to}"),
+                Method::Put,
+                Some(self.key(to)),
+            )
+            .header("x-amz-copy-source", self.copy_source(from))
+            .body(&[]);
+            return self.call_read(&req).map(drop);
+        }
+        let op = format!("CreateMultipartUpload {to} (copy)");
+        let req = Request::new(op.clone(), Method::Post, Some(self.key(to)))
+            .query("uploads", "")
             .body(&[]);
         let a = self.call_read(&req)?;
-        Ok(xml::text(&a.body, "ETag").unwrap_or_default())
+        let id = xml::text(&a.body, "UploadId")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| S3Error::other(op, "no UploadId in the answer"))?;
+        let r = self.copy_parts(from, to, &id, size, part);
+        if r.is_err() {
+            let _ = self.abort_multipart(to, &id);
+        }
+        r
+    }
+
+    /// The parts of a multipart copy, then its completion.
+    fn copy_parts(
+        &self,
+        from: &str,
+        to: &str,
+        id: &str,
+        size: u64,
+        part: u64,
+    ) -> Result<(), S3Error> {
+        let mut body = String::from(
+            "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        for (i, start) in (0..size).step_by(part.max(1) as usize).enumerate() {
+            let number = i + 1;
+            let end = (start + part).min(size) - 1;
+            let op = format!("UploadPartCopy {from} -> {to}#{number}");
+            let req = Request::new(op.clone(), Method::Put, Some(self.key(to)))
+                .query("partNumber", number.to_string())
+                .query("uploadId", id)
+                .header("x-amz-copy-source", self.copy_source(from))
+                .header("x-amz-copy-source-range", format!("bytes={start}-{end}"))
+                .body(&[]);
+            let a = self.call_read(&req)?;
+            let etag = xml::text(&a.body, "ETag")
+                .ok_or_else(|| S3Error::other(op, "no ETag in the answer"))?;
+            body.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                xml::escape(&etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let req = Request::new(
+            format!("CompleteMultipartUpload {to} (copy)"),
+            Method::Post,
+            Some(self.key(to)),
+        )
+        .query("uploadId", id)
+        .body(body.as_bytes());
+        self.call_read(&req).map(drop)
+    }
+
+    /// The `x-amz-copy-source` of object `name`: percent-encoded, the
+    /// slashes kept.
+    fn copy_source(&self, name: &str) -> String {
+        let source = format!("/{}/{}", self.cfg.bucket, self.key(name));
+        let mut out = String::with_capacity(source.len());
+        for b in source.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
     }
 
     /// Signs `req` now: a presigned URL whose signature also covers the
@@ -674,19 +747,6 @@ fn number<T: std::str::FromStr>(xml_text: &str, tag: &str, op: &str) -> Result<T
     xml::text(xml_text, tag)
         .and_then(|t| t.trim().parse().ok())
         .ok_or_else(|| S3Error::other(op, format!("no readable <{tag}> in the answer")))
-}
-
-/// `x-amz-copy-source` is percent-encoded (the slashes kept).
-fn copy_source_encoded(source: &str) -> String {
-    let mut out = String::with_capacity(source.len());
-    for b in source.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The marker of the next page, if the answer says it is truncated.

@@ -8,9 +8,12 @@
 //! GET carries no checksum), and gives listings the CRC-32.
 //!
 //! Also the numbered versions of the store: a different content stored
-//! under an existing name keeps the old object as `NAME.~N~` (a
-//! `CopyObject` inside the store, before the new upload is completed over
-//! the name), unless the server overwrites.
+//! under an existing name keeps the old object as `NAME.~N~` (a copy
+//! inside the store, `CopyObject` or for objects over 5 GiB
+//! `UploadPartCopy`, before the new upload is completed over the name),
+//! unless the server overwrites. A free number is found with `HeadObject`
+//! (not a conditional copy, which not every store has): the upload's lease
+//! keeps two nodes from storing one name at once.
 //!
 //! Not for uploads in progress (their state objects, `storage`).
 
@@ -166,13 +169,9 @@ pub fn keep_version(client: &Client, name: &str, old: &ObjectInfo) -> Result<Str
             n += 1;
             continue;
         }
-        let etag = client.copy_object(name, &v)?;
+        client.copy_object(name, &v, old.size, super::client::MAX_COPY)?;
         if let Some(mut rec) = read_record(client, name)?.filter(|r| r.vouches_for(old)) {
-            let etag = match etag.is_empty() {
-                true => head(client, &v)?.map(|i| i.etag).unwrap_or_default(),
-                false => etag,
-            };
-            rec.etag = etag;
+            rec.etag = head(client, &v)?.map(|i| i.etag).unwrap_or_default();
             // Without it the version is still listed and served (its
             // reference read from it): not worth failing the upload.
             let _ = write_record(client, &v, &rec);

@@ -28,7 +28,9 @@ mod storage;
 mod url;
 mod xml;
 
-pub use client::{Client, Condition, ObjectEntry, ObjectInfo, ObjectPage, Part, PartInfo};
+pub use client::{
+    Client, Condition, ObjectEntry, ObjectInfo, ObjectPage, Part, PartInfo, MAX_COPY,
+};
 pub use error::{S3Error, S3ErrorKind};
 pub use lister::S3Lister;
 pub use storage::{
