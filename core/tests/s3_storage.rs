@@ -190,6 +190,51 @@ fn a_resend_is_offered_the_stored_blocks_and_changes_nothing() {
 }
 
 #[test]
+fn a_legacy_resend_of_stored_content_is_held_whole_and_changes_nothing() {
+    let Some((a, _)) = nodes("legacy-seed", Duration::from_secs(30)) else {
+        return;
+    };
+    let body = data(3 * MIB + 11, 23);
+    let crc = crc32fast::hash(&body);
+    // Put there by other means: the store's own CRC-32 vouches for it.
+    a.client()
+        .put_small("v1.bin", &body, &Condition::None)
+        .unwrap();
+    let etag = a.client().head_object("v1.bin").unwrap().etag;
+    let pid = PartId {
+        name: "v1.bin".into(),
+        filesize: body.len() as u64,
+        layout: Layout::Prefix { crc32: crc },
+    };
+    let (mut p, held) = a.open(&pid).expect("open");
+    assert_eq!(
+        held,
+        Held::Prefix {
+            offset: body.len() as u64,
+            crc32: crc
+        }
+    );
+    p.commit(crc).expect("commit");
+    assert_eq!(p.stored_as(), StoredAs::Unchanged);
+    drop(p);
+    assert_eq!(a.client().head_object("v1.bin").unwrap().etag, etag);
+    // Another content of the same size: nothing is offered.
+    let other = PartId {
+        layout: Layout::Prefix { crc32: crc ^ 1 },
+        ..pid
+    };
+    let (p, held) = a.open(&other).expect("open other");
+    assert_eq!(
+        held,
+        Held::Prefix {
+            offset: 0,
+            crc32: 0
+        }
+    );
+    drop(p);
+}
+
+#[test]
 fn a_listing_follows_continuation_tokens_a_page_at_a_time() {
     let Some(mut cfg) = config("pages", "BT_S3_ENDPOINT") else {
         return;

@@ -484,6 +484,14 @@ fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
         ],
         "{v}"
     );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for f in v["files"].as_array().unwrap() {
+        let mtime = f["mtime"].as_u64().unwrap_or(0);
+        assert!(mtime + 3600 > now && mtime < now + 3600, "{v}");
+    }
     let p = &v["partial"][0];
     assert_eq!(
         (p["name"].as_str(), p["size"].as_u64()),
