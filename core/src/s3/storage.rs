@@ -19,6 +19,14 @@
 //!   nodes never both win. A holder whose conditional write loses stops
 //!   with "taken over". On resume the parts are confirmed with `ListParts`.
 //!
+//! - A re-send: with nothing held and the object under the name vouched
+//!   for by its finished record ([`super::finished`]) with the same size
+//!   and block size, its blocks are offered as held; if the client sends
+//!   none, the object is left untouched (`Unchanged`); if it sends some,
+//!   the rest are asked for again at the recheck (they are in no part of
+//!   the new upload). At commit a different object under the name is
+//!   kept as a numbered version unless the server overwrites.
+//!
 //! Memory: the parts being filled are buffered whole (usually one; a part
 //! waiting for a repaired block stays until the repair round), at most
 //! [`MAX_BUFFERED`] parts per upload (more is a transient storage fault),
@@ -378,23 +386,7 @@ impl Storage for S3Storage {
         if part.state.parts.is_empty() {
             part.seed(id.layout)?;
         }
-        let held = match (&part.base, part.v1) {
-            (Some(b), true) => Held::Prefix {
-                offset: b.size,
-                crc32: b.crc32,
-            },
-            (Some(b), false) => {
-                let mut set = empty;
-                b.crcs
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, &c)| set.mark(i as u64, c));
-                set.make_durable();
-                Held::Blocks(set)
-            }
-            (None, true) => part.held_prefix(),
-            (None, false) => Held::Blocks(part.held(empty)),
-        };
+        let held = part.offered(empty);
         Ok((part, held))
     }
 }
@@ -433,6 +425,26 @@ impl S3Part {
             _ => None,
         };
         Ok(())
+    }
+
+    /// What is held, as offered to the client: the stored object's blocks
+    /// for a re-send, else the uploaded parts.
+    fn offered(&self, mut empty: HeldSet) -> Held {
+        match (&self.base, self.v1) {
+            (Some(b), true) => Held::Prefix {
+                offset: b.size,
+                crc32: b.crc32,
+            },
+            (Some(b), false) => {
+                for (i, &c) in b.crcs.iter().enumerate() {
+                    empty.mark(i as u64, c);
+                }
+                empty.make_durable();
+                Held::Blocks(empty)
+            }
+            (None, true) => self.held_prefix(),
+            (None, false) => Held::Blocks(self.held(empty)),
+        }
     }
 
     /// A block is written: the part no longer stands for the stored
