@@ -138,3 +138,102 @@ impl S3Storage {
         ))
     }
 }
+
+/// How a run of blocks read with one ranged GET ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// Every block of the run was checked and handed to the sink.
+    Done,
+    /// Block `.0` did not match (or the answer broke off before it): the
+    /// blocks before it were handed out; read it alone
+    /// ([`S3Storage::read_block`], which reads again and refuses), then
+    /// go on after it.
+    Again(u64),
+    /// The sink failed (the client's connection): stop.
+    Sink(std::io::Error),
+}
+
+/// Cuts a ranged GET's body into blocks, checks each against the
+/// reference and hands the good ones to the sink.
+struct Splitter<'a, F: FnMut(u64, &[u8], u32) -> std::io::Result<()>> {
+    r: &'a Reference,
+    next: u64,
+    buf: Vec<u8>,
+    sink: F,
+    end: Option<RunEnd>,
+}
+
+impl<F: FnMut(u64, &[u8], u32) -> std::io::Result<()>> std::io::Write for Splitter<'_, F> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let want = self.r.range(self.next).1 as usize;
+            let take = (want - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() < want {
+                break;
+            }
+            let crc = crc32fast::hash(&self.buf);
+            if crc != self.r.crcs[self.next as usize] {
+                self.end = Some(RunEnd::Again(self.next));
+                return Err(std::io::Error::other("block mismatch"));
+            }
+            if let Err(e) = (self.sink)(self.next, &self.buf, crc) {
+                self.end = Some(RunEnd::Sink(e));
+                return Err(std::io::Error::other("sink failed"));
+            }
+            self.buf.clear();
+            self.next += 1;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl S3Storage {
+    /// Blocks `first..first + count` of the stored object `name` with one
+    /// ranged GET, streamed: each block checked against `r` as it arrives
+    /// and handed to `sink` (index, bytes, CRC-32) when good. Memory: one
+    /// block.
+    pub fn read_run(
+        &self,
+        name: &str,
+        r: &Reference,
+        first: u64,
+        count: u64,
+        sink: impl FnMut(u64, &[u8], u32) -> std::io::Result<()>,
+    ) -> Result<RunEnd, Fault> {
+        if count == 0 {
+            return Ok(RunEnd::Done);
+        }
+        let (off, _) = r.range(first);
+        let (last_off, last_len) = r.range(first + count - 1);
+        let mut s = Splitter {
+            r,
+            next: first,
+            buf: Vec::with_capacity(r.block as usize),
+            sink,
+            end: None,
+        };
+        let got = self
+            .client()
+            .get_range(name, off, last_off + last_len - off, &mut s);
+        if let Some(end) = s.end {
+            return Ok(end);
+        }
+        match got {
+            Ok(_) => Ok(RunEnd::Done),
+            Err(e) if e.kind == S3ErrorKind::NotFound => Err(Fault::new(
+                FaultCode::Changed,
+                format!("\"{name}\" was removed from the server during the download"),
+            )),
+            // Broken off (retries of a body under way are not made): the
+            // next block alone, with the retries of a request of its own.
+            Err(_) => Ok(RunEnd::Again(s.next)),
+        }
+    }
+}

@@ -31,6 +31,7 @@ mod xml;
 pub use client::{
     Client, Condition, ObjectEntry, ObjectInfo, ObjectPage, Part, PartInfo, MAX_COPY,
 };
+pub use download::RunEnd;
 pub use error::{S3Error, S3ErrorKind};
 pub use lister::S3Lister;
 pub use storage::{
