@@ -156,6 +156,7 @@ fn a_resend_is_offered_the_stored_blocks_and_changes_nothing() {
     // Through the other node: every block offered with its CRC-32.
     let (mut p, held) = b.open(&pid).expect("open again");
     assert_eq!(held_blocks(&held), (0..10).collect::<Vec<_>>());
+    assert_eq!((p.held_bytes(), p.held_blocks()), (all.len() as u64, 10));
     if let Held::Blocks(set) = &held {
         assert_eq!(set.crc(9), Some(crc32fast::hash(&all[9 << 20..])));
     }

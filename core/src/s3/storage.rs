@@ -784,14 +784,21 @@ impl S3Part {
 }
 
 impl S3Part {
-    /// Bytes in the store for this upload (its uploaded parts).
+    /// Bytes in the store for this upload (its uploaded parts, or the
+    /// stored object offered for a re-send).
     pub fn held_bytes(&self) -> u64 {
-        self.state.parts.keys().map(|&n| self.part_range(n).1).sum()
+        match &self.base {
+            Some(b) => b.size,
+            None => self.state.parts.keys().map(|&n| self.part_range(n).1).sum(),
+        }
     }
 
     /// Verified blocks in the store for this upload.
     pub fn held_blocks(&self) -> usize {
-        self.state.parts.values().map(|p| p.crcs.len()).sum()
+        match &self.base {
+            Some(b) => b.crcs.len(),
+            None => self.state.parts.values().map(|p| p.crcs.len()).sum(),
+        }
     }
 }
 
