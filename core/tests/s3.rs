@@ -290,6 +290,32 @@ fn ranged_get_returns_exactly_the_bytes_and_listing_pages() {
 }
 
 #[test]
+fn objects_are_copied_whole_or_in_ranges_of_parts() {
+    let Some(c) = store("copy") else {
+        return;
+    };
+    let mib = 1usize << 20;
+    let body = data(12 * mib + 3, 9);
+    c.put_small("src name.bin", &body, &Condition::None)
+        .expect("put");
+    let n = body.len() as u64;
+    // One CopyObject; then UploadPartCopy in 5 MiB ranges (5, 5, 2 MiB + 3).
+    c.copy_object("src name.bin", "whole", n, n).expect("copy");
+    c.copy_object("src name.bin", "parts", n, 5 << 20)
+        .expect("copy in parts");
+    for name in ["whole", "parts"] {
+        let mut got = Vec::new();
+        c.get_range(name, 0, n, &mut got).expect("read back");
+        assert!(got == body, "{name} differs from the source");
+        assert_eq!(c.head_object(name).unwrap().size, n);
+    }
+    let e = c
+        .copy_object("missing", "x", 10, 10)
+        .expect_err("no source");
+    assert_eq!(e.kind, S3ErrorKind::NotFound, "{e}");
+}
+
+#[test]
 fn wrong_credentials_are_refused_in_the_stores_words() {
     let Some(cfg) = store_config("creds") else {
         return;

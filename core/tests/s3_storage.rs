@@ -8,8 +8,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use bigtransfer_core::machine::{Held, HeldPart, Layout, PartId, Storage};
-use bigtransfer_core::s3::{Client, Config, Retry, S3ErrorKind, S3Part, S3Storage};
+use bigtransfer_core::listing::EntryKind;
+use bigtransfer_core::machine::{Held, HeldPart, Layout, PartId, Recheck, Storage, StoredAs};
+use bigtransfer_core::s3::{
+    finished, Client, Condition, Config, Retry, S3ErrorKind, S3Part, S3Storage,
+};
 use bigtransfer_core::v2::FaultCode;
 
 const MIB: u64 = 1 << 20;
@@ -115,7 +118,7 @@ fn an_upload_lands_as_the_object_byte_identical() {
     let info = a.client().head_object("f.bin").expect("head");
     assert_eq!(info.crc32, Some(crc32fast::hash(&all)));
     assert_eq!(read_back(&a, "f.bin", all.len() as u64), all);
-    // No state left behind: only the object is listed.
+    // No state left behind: the object and its finished record.
     let names: Vec<String> = a
         .client()
         .list_objects("")
@@ -123,7 +126,166 @@ fn an_upload_lands_as_the_object_byte_identical() {
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert_eq!(names, vec!["f.bin".to_string()]);
+    assert_eq!(names, [".bigtransfer-done/f.bin", "f.bin"]);
+    let rec = finished::read_record(a.client(), "f.bin")
+        .unwrap()
+        .expect("a finished record");
+    assert!(rec.vouches_for(&info), "{rec:?} {info:?}");
+    assert_eq!(
+        (rec.size, rec.crc32, rec.block),
+        (all.len() as u64, crc32fast::hash(&all), MIB)
+    );
+    let blocks: Vec<u32> = all.chunks(MIB as usize).map(crc32fast::hash).collect();
+    assert_eq!(rec.crcs, blocks);
+}
+
+#[test]
+fn a_resend_is_offered_the_stored_blocks_and_changes_nothing() {
+    let Some((a, b)) = nodes("seed", Duration::from_secs(30)) else {
+        return;
+    };
+    let all = data(9 * MIB + 5, 17);
+    let pid = id("s.bin", all.len() as u64);
+    let (mut p, _) = a.open(&pid).expect("open");
+    for idx in 0..10 {
+        send_block(&mut p, &all, idx, None).expect("block");
+    }
+    p.commit(crc32fast::hash(&all)).expect("commit");
+    drop(p);
+    let etag = a.client().head_object("s.bin").unwrap().etag;
+    // Through the other node: every block offered with its CRC-32.
+    let (mut p, held) = b.open(&pid).expect("open again");
+    assert_eq!(held_blocks(&held), (0..10).collect::<Vec<_>>());
+    assert_eq!((p.held_bytes(), p.held_blocks()), (all.len() as u64, 10));
+    if let Held::Blocks(set) = &held {
+        assert_eq!(set.crc(9), Some(crc32fast::hash(&all[9 << 20..])));
+    }
+    assert_eq!(p.recheck().unwrap(), Recheck::Same);
+    p.commit(crc32fast::hash(&all)).expect("commit");
+    assert_eq!(p.stored_as(), StoredAs::Unchanged);
+    drop(p);
+    assert_eq!(b.client().head_object("s.bin").unwrap().etag, etag);
+    // One block changed: the others are asked for again at the recheck
+    // (they are in no part of the new upload), then the old is kept.
+    let mut changed = all.clone();
+    changed[3 << 20] ^= 1;
+    let (mut p, _) = a.open(&pid).expect("open a third time");
+    send_block(&mut p, &changed, 3, None).expect("block 3");
+    let Recheck::Changed(again) = p.recheck().unwrap() else {
+        panic!("the rest must be asked for");
+    };
+    assert_eq!(again, [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    for idx in again {
+        send_block(&mut p, &changed, idx, None).expect("block");
+    }
+    assert_eq!(p.recheck().unwrap(), Recheck::Same);
+    p.commit(crc32fast::hash(&changed)).expect("commit");
+    assert_eq!(p.stored_as(), StoredAs::Kept("s.bin.~1~".into()));
+    drop(p);
+    assert_eq!(read_back(&a, "s.bin", all.len() as u64), changed);
+    assert_eq!(read_back(&a, "s.bin.~1~", all.len() as u64), all);
+    // The version keeps a record that vouches for it: a download of it
+    // is checked against the original block CRC-32s.
+    let r = a.reference("s.bin.~1~").expect("reference of the version");
+    assert_eq!(r.whole(), crc32fast::hash(&all));
+}
+
+#[test]
+fn a_legacy_resend_of_stored_content_is_held_whole_and_changes_nothing() {
+    let Some((a, _)) = nodes("legacy-seed", Duration::from_secs(30)) else {
+        return;
+    };
+    let body = data(3 * MIB + 11, 23);
+    let crc = crc32fast::hash(&body);
+    // Put there by other means: the store's own CRC-32 vouches for it.
+    a.client()
+        .put_small("v1.bin", &body, &Condition::None)
+        .unwrap();
+    let etag = a.client().head_object("v1.bin").unwrap().etag;
+    let pid = PartId {
+        name: "v1.bin".into(),
+        filesize: body.len() as u64,
+        layout: Layout::Prefix { crc32: crc },
+    };
+    let (mut p, held) = a.open(&pid).expect("open");
+    assert_eq!(
+        held,
+        Held::Prefix {
+            offset: body.len() as u64,
+            crc32: crc
+        }
+    );
+    p.commit(crc).expect("commit");
+    assert_eq!(p.stored_as(), StoredAs::Unchanged);
+    drop(p);
+    assert_eq!(a.client().head_object("v1.bin").unwrap().etag, etag);
+    // Another content of the same size: nothing is offered.
+    let other = PartId {
+        layout: Layout::Prefix { crc32: crc ^ 1 },
+        ..pid
+    };
+    let (p, held) = a.open(&other).expect("open other");
+    assert_eq!(
+        held,
+        Held::Prefix {
+            offset: 0,
+            crc32: 0
+        }
+    );
+    drop(p);
+}
+
+#[test]
+fn a_listing_follows_continuation_tokens_a_page_at_a_time() {
+    let Some(mut cfg) = config("pages", "BT_S3_ENDPOINT") else {
+        return;
+    };
+    cfg.page_size = 2;
+    let s = S3Storage::new(
+        Client::new(cfg).expect("client"),
+        "n",
+        Duration::from_secs(30),
+    );
+    let names = ["a", "b.~1~", "b", "c", "d"];
+    for (i, n) in names.iter().enumerate() {
+        let body = vec![i as u8; 100 + i];
+        s.client().put_small(n, &body, &Condition::None).unwrap();
+    }
+    let all = data(9 * MIB, 5);
+    let (mut p, _) = s.open(&id("e.bin", all.len() as u64)).expect("open");
+    for idx in 0..8 {
+        send_block(&mut p, &all, idx, None).expect("block");
+    }
+    p.checkpoint().expect("checkpoint");
+    let mut l = s.lister("");
+    let mut got = Vec::new();
+    while let Some(e) = l.next_entry().expect("listing") {
+        got.push((
+            String::from_utf8(e.name).unwrap(),
+            e.size,
+            e.kind,
+            e.crc32,
+            e.held,
+        ));
+    }
+    let mut want: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let body = vec![i as u8; 100 + i];
+            (
+                n.to_string(),
+                body.len() as u64,
+                EntryKind::File,
+                Some(crc32fast::hash(&body)),
+                body.len() as u64,
+            )
+        })
+        .collect();
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    want.push(("e.bin".into(), 9 * MIB, EntryKind::Partial, None, 8 * MIB));
+    assert_eq!(got, want);
+    drop(p);
 }
 
 #[test]

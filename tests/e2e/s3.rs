@@ -438,29 +438,279 @@ fn the_store_stopped_mid_upload_and_restarted_the_upload_goes_on() {
 }
 
 #[test]
-fn list_shows_the_objects_of_the_store() {
+fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
     let Some(store) = Store::get("list") else {
         return;
     };
     let t = tempfile::tempdir().unwrap();
     let srv = store.server(0, t.path(), &[]);
+    let mut crcs = Vec::new();
     for (name, size) in [("l1.bin", 6000u64), ("l2.bin", 7000)] {
         let src = t.path().join(name);
-        write_random(&src, size, size);
+        crcs.push(write_random(&src, size, size));
         assert_ok(&send(&srv, &src, &[]));
     }
+    // A partial upload: a slow client killed once a part is in the store.
+    let big = t.path().join("part.bin");
+    write_random(&big, 40 * 1024 * 1024, 10);
+    let c = slow_client(&srv, &big, "20M");
+    assert!(
+        wait_until(LONG, || store.parts_recorded("part.bin") >= 1),
+        "no part stored"
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = finish_client(c);
     let out = crate::keep::list(&srv, &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let files: Vec<(&str, u64)> = v["files"]
+    let files: Vec<(&str, u64, u64)> = v["files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["name"].as_str().unwrap(), f["size"].as_u64().unwrap()))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap(),
+                f["size"].as_u64().unwrap(),
+                f["crc32"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
         .collect();
-    assert_eq!(files, [("l1.bin", 6000), ("l2.bin", 7000)], "{v}");
+    assert_eq!(
+        files,
+        [
+            ("l1.bin", 6000, u64::from(crcs[0])),
+            ("l2.bin", 7000, u64::from(crcs[1]))
+        ],
+        "{v}"
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for f in v["files"].as_array().unwrap() {
+        let mtime = f["mtime"].as_u64().unwrap_or(0);
+        assert!(mtime + 3600 > now && mtime < now + 3600, "{v}");
+    }
+    let p = &v["partial"][0];
+    assert_eq!(
+        (p["name"].as_str(), p["size"].as_u64()),
+        (Some("part.bin"), Some(40 << 20)),
+        "{v}"
+    );
+    let held = p["held"].as_u64().unwrap();
+    assert!((8 << 20..40 << 20).contains(&held), "{v}");
+    // One name: itself only.
     let out = crate::keep::list(&srv, &["--json", "l2.bin"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v["files"][0]["crc32"], serde_json::Value::Null);
+    assert_eq!(v["files"][0]["crc32"], u64::from(crcs[1]), "{v}");
+    assert!(v["partial"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// The object's ETag (changes whenever the object is written).
+fn etag_of(store: &Store, name: &str) -> String {
+    store.client().head_object(name).expect("the object").etag
+}
+
+/// The numbered versions of `name` in the store.
+fn store_versions(store: &Store, name: &str) -> Vec<String> {
+    let c = store.client();
+    let mut v: Vec<String> = c
+        .list_objects(&format!("{name}.~"))
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_resend_of_stored_content_costs_no_data_bytes_on_any_node() {
+    let Some(store) = Store::get("resend") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("same.bin");
+    write_random(&src, 21 * 1024 * 1024 + 77, 41);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let first = send(&a, &src, &[]);
+    assert_ok(&first);
+    assert!(
+        stdout(&first).contains("\"stored\": \"new\""),
+        "{}",
+        stdout(&first)
+    );
+    let before = etag_of(&store, "same.bin");
+    for srv in [&a, &b] {
+        let again = send(srv, &src, &[]);
+        assert_ok(&again);
+        assert_eq!(field(&again, "bytes_sent"), 0, "{}", stdout(&again));
+        assert!(
+            stdout(&again).contains("\"stored\": \"unchanged\", \"kept_as\": null"),
+            "{}",
+            stdout(&again)
+        );
+        assert!(
+            srv.log.wait_for("same content; left untouched", LONG),
+            "{}",
+            srv.log.text()
+        );
+    }
+    assert_eq!(
+        etag_of(&store, "same.bin"),
+        before,
+        "the object was rewritten"
+    );
+    assert!(store_versions(&store, "same.bin").is_empty());
+    assert_eq!(
+        store.parts_recorded("same.bin"),
+        0,
+        "state object left behind"
+    );
+    assert_object_is(&store, "same.bin", &src);
+}
+
+#[test]
+fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
+    let Some(store) = Store::get("versions") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("doc.bin");
+    let size = 17 * 1024 * 1024 + 5;
+    write_random(&src, size, 42);
+    let original = std::fs::read(&src).unwrap();
+    let a = store.server(0, t.path(), &[]);
+    assert_ok(&send(&a, &src, &[]));
+    // One byte changed: the old object is kept, the client told so.
+    let mut changed = original.clone();
+    changed[size as usize / 2] ^= 0x5a;
+    std::fs::write(&src, &changed).unwrap();
+    let out = send(&a, &src, &[]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("\"stored\": \"kept\", \"kept_as\": \"doc.bin.~1~\""),
+        "{}",
+        stdout(&out)
+    );
+    assert!(field(&out, "bytes_sent") > 0);
+    assert_object_is(&store, "doc.bin", &src);
+    assert_eq!(store.object("doc.bin.~1~").0, original, "the kept version");
+    assert!(
+        a.log.wait_for("kept it as doc.bin.~1~", LONG),
+        "{}",
+        a.log.text()
+    );
+    // Through the other node, with --overwrite: replaced, no new version.
+    let b = store.server(1, t.path(), &["--overwrite"]);
+    write_random(&src, 3000, 43);
+    let out = send(&b, &src, &[]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("\"stored\": \"replaced\", \"kept_as\": null"),
+        "{}",
+        stdout(&out)
+    );
+    assert_object_is(&store, "doc.bin", &src);
+    assert_eq!(store_versions(&store, "doc.bin"), ["doc.bin.~1~"]);
+    // And without: the next number, in words.
+    write_random(&src, 5000, 44);
+    let out = send(&a, &src, &[]);
+    assert_ok(&out);
+    assert_eq!(
+        store_versions(&store, "doc.bin"),
+        ["doc.bin.~1~", "doc.bin.~2~"]
+    );
+    assert!(
+        a.log.wait_for("kept it as doc.bin.~2~", LONG),
+        "{}",
+        a.log.text()
+    );
+}
+
+/// `bigtransfer get --json -o OUT REMOTE` against `srv`.
+fn get_from(srv: &ServerProc, remote: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
+        .args(["--quiet", "--json"])
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(remote)
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
+    std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    }
+}
+
+#[test]
+fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
+    let Some(store) = Store::get("get") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("g.bin");
+    let size = 19 * 1024 * 1024 + 333;
+    let crc = write_random(&src, size, 51);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    assert_ok(&send(&a, &src, &[]));
+    // Uploaded through A, served by B: identical.
+    let got = t.path().join("got.bin");
+    let out = get_from(&b, "g.bin", &got, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_file(&src, &got);
+    assert_eq!(field(&out, "crc32"), u64::from(crc));
+    assert!(b.log.wait_for("g.bin: sent (", LONG), "{}", b.log.text());
+    // An object put there by other means (no record): read once for its
+    // reference, checked against the store's CRC-32, then served.
+    let plain = b"written straight into the store".repeat(1000);
+    store
+        .client()
+        .put_small("plain.bin", &plain, &bigtransfer_core::s3::Condition::None)
+        .unwrap();
+    let got_plain = t.path().join("plain.bin");
+    let out = get_from(&b, "plain.bin", &got_plain, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&got_plain).unwrap(), plain);
+    // The object overwritten in the store with other bytes of the same
+    // length: refused in words, nothing left under the final name.
+    let mut bad = std::fs::read(&src).unwrap();
+    bad[size as usize / 2] ^= 0xff;
+    store
+        .client()
+        .put_small("g.bin", &bad, &bigtransfer_core::s3::Condition::None)
+        .unwrap();
+    let dest = t.path().join("bad.bin");
+    let out = get_from(&b, "g.bin", &dest, &["--retries", "1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("does not match what was stored"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists(), "a damaged object was delivered");
+    // A missing one: not found, in words.
+    let out = get_from(&a, "nothing.bin", &t.path().join("n.bin"), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("no file \"nothing.bin\" on the server"),
+        "{}",
+        stderr(&out)
+    );
 }

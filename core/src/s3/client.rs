@@ -19,6 +19,8 @@ use super::{crc32_header, parse_crc32_header, Config};
 
 /// How long a signature stays valid: a request starts well within it.
 const SIGNATURE_SECONDS: u64 = 900;
+/// The most bytes one `CopyObject` copies (S3's limit).
+pub const MAX_COPY: u64 = 5 << 30;
 /// The most of an error or listing body read into memory.
 const SMALL_BODY: u64 = 4 << 20;
 
@@ -62,6 +64,8 @@ pub struct ObjectInfo {
     pub crc32: Option<u32>,
     /// `FULL_OBJECT` or `COMPOSITE`, if the store says.
     pub checksum_type: Option<String>,
+    /// When it was last written, seconds since the Unix epoch (0: unknown).
+    pub modified: i64,
 }
 
 /// An object found by `ListObjectsV2`.
@@ -73,6 +77,17 @@ pub struct ObjectEntry {
     pub size: u64,
     /// Its ETag.
     pub etag: String,
+    /// When it was last written, seconds since the Unix epoch (0: unknown).
+    pub modified: i64,
+}
+
+/// One page of a listing, and the token of the next one if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPage {
+    /// The objects of the page, in key order.
+    pub entries: Vec<ObjectEntry>,
+    /// The continuation token of the next page (`None`: the last page).
+    pub next: Option<String>,
 }
 
 /// The condition of a conditional write.
@@ -308,6 +323,13 @@ impl Client {
             etag: etag_of(h, &op)?,
             crc32: header(h, "x-amz-checksum-crc32").and_then(|v| parse_crc32_header(&v)),
             checksum_type: header(h, "x-amz-checksum-type"),
+            modified: header(h, "last-modified")
+                .and_then(|v| {
+                    jiff::fmt::rfc2822::DateTimeParser::new()
+                        .parse_timestamp(v.trim())
+                        .ok()
+                })
+                .map_or(0, |t| t.as_second()),
         })
     }
 
@@ -398,34 +420,146 @@ impl Client {
     /// Every object whose name starts with `prefix` (after the client's
     /// own prefix), in key order, all pages.
     pub fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectEntry>, S3Error> {
-        let op = format!("ListObjectsV2 {prefix}");
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut req = Request::new(op.clone(), Method::Get, None)
-                .query("list-type", "2")
-                .query("max-keys", self.page())
-                .query("prefix", self.key(prefix));
-            if let Some(t) = &token {
-                req = req.query("continuation-token", t.clone());
-            }
-            let a = self.call_read(&req)?;
-            for c in xml::elements(&a.body, "Contents") {
-                let key = xml::text(c, "Key").unwrap_or_default();
-                out.push(ObjectEntry {
-                    name: key
-                        .strip_prefix(&self.cfg.prefix)
-                        .unwrap_or(&key)
-                        .to_string(),
-                    size: number(c, "Size", &op)?,
-                    etag: xml::text(c, "ETag").unwrap_or_default(),
-                });
-            }
-            match next_page(&a.body, "NextContinuationToken") {
+            let page = self.list_page(prefix, false, token.as_deref())?;
+            out.extend(page.entries);
+            match page.next {
                 Some(t) if token.as_deref() != Some(t.as_str()) => token = Some(t),
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// One page of `ListObjectsV2` (at most the configured page size):
+    /// objects whose name starts with `prefix`, in key order, from the
+    /// continuation token `token`; with `flat`, none whose name has a `/`
+    /// after the prefix (the delimiter: such keys are summed up as common
+    /// prefixes and not returned), so a listing of the stored names skips
+    /// the server's own records under `.bigtransfer-*/`.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        flat: bool,
+        token: Option<&str>,
+    ) -> Result<ObjectPage, S3Error> {
+        let op = format!("ListObjectsV2 {prefix}");
+        let mut req = Request::new(op.clone(), Method::Get, None)
+            .query("list-type", "2")
+            .query("max-keys", self.page())
+            .query("prefix", self.key(prefix));
+        if flat {
+            req = req.query("delimiter", "/");
+        }
+        if let Some(t) = token {
+            req = req.query("continuation-token", t);
+        }
+        let a = self.call_read(&req)?;
+        let mut entries = Vec::new();
+        for c in xml::elements(&a.body, "Contents") {
+            let key = xml::text(c, "Key").unwrap_or_default();
+            entries.push(ObjectEntry {
+                name: key
+                    .strip_prefix(&self.cfg.prefix)
+                    .unwrap_or(&key)
+                    .to_string(),
+                size: number(c, "Size", &op)?,
+                etag: xml::text(c, "ETag").unwrap_or_default(),
+                modified: xml::text(c, "LastModified")
+                    .and_then(|t| t.trim().parse::<jiff::Timestamp>().ok())
+                    .map_or(0, |t| t.as_second()),
+            });
+        }
+        let next =
+            next_page(&a.body, "NextContinuationToken").filter(|t| Some(t.as_str()) != token);
+        Ok(ObjectPage { entries, next })
+    }
+
+    /// Copies object `from` (of `size` bytes) to `to` inside the bucket:
+    /// the store copies, nothing passes through this node. One `CopyObject`
+    /// up to `part` bytes (S3 copies at most [`MAX_COPY`] at once), else a
+    /// multipart upload of `UploadPartCopy` ranges of `part` bytes.
+    pub fn copy_object(&self, from: &str, to: &str, size: u64, part: u64) -> Result<(), S3Error> {
+        if size <= part {
+            let req = Request::new(
+                format!("CopyObject {from} -> {to}"),
+                Method::Put,
+                Some(self.key(to)),
+            )
+            .header("x-amz-copy-source", self.copy_source(from))
+            .body(&[]);
+            return self.call_read(&req).map(drop);
+        }
+        let op = format!("CreateMultipartUpload {to} (copy)");
+        let req = Request::new(op.clone(), Method::Post, Some(self.key(to)))
+            .query("uploads", "")
+            .body(&[]);
+        let a = self.call_read(&req)?;
+        let id = xml::text(&a.body, "UploadId")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| S3Error::other(op, "no UploadId in the answer"))?;
+        let r = self.copy_parts(from, to, &id, size, part);
+        if r.is_err() {
+            let _ = self.abort_multipart(to, &id);
+        }
+        r
+    }
+
+    /// The parts of a multipart copy, then its completion.
+    fn copy_parts(
+        &self,
+        from: &str,
+        to: &str,
+        id: &str,
+        size: u64,
+        part: u64,
+    ) -> Result<(), S3Error> {
+        let mut body = String::from(
+            "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        for (i, start) in (0..size).step_by(part.max(1) as usize).enumerate() {
+            let number = i + 1;
+            let end = (start + part).min(size) - 1;
+            let op = format!("UploadPartCopy {from} -> {to}#{number}");
+            let req = Request::new(op.clone(), Method::Put, Some(self.key(to)))
+                .query("partNumber", number.to_string())
+                .query("uploadId", id)
+                .header("x-amz-copy-source", self.copy_source(from))
+                .header("x-amz-copy-source-range", format!("bytes={start}-{end}"))
+                .body(&[]);
+            let a = self.call_read(&req)?;
+            let etag = xml::text(&a.body, "ETag")
+                .ok_or_else(|| S3Error::other(op, "no ETag in the answer"))?;
+            body.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+                xml::escape(&etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let req = Request::new(
+            format!("CompleteMultipartUpload {to} (copy)"),
+            Method::Post,
+            Some(self.key(to)),
+        )
+        .query("uploadId", id)
+        .body(body.as_bytes());
+        self.call_read(&req).map(drop)
+    }
+
+    /// The `x-amz-copy-source` of object `name`: percent-encoded, the
+    /// slashes kept.
+    fn copy_source(&self, name: &str) -> String {
+        let source = format!("/{}/{}", self.cfg.bucket, self.key(name));
+        let mut out = String::with_capacity(source.len());
+        for b in source.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
     }
 
     /// Signs `req` now: a presigned URL whose signature also covers the

@@ -20,13 +20,20 @@
 //! Not for: bucket administration, or other checksums.
 
 mod client;
+mod download;
 mod error;
+pub mod finished;
+mod lister;
 mod storage;
 mod url;
 mod xml;
 
-pub use client::{Client, Condition, ObjectEntry, ObjectInfo, Part, PartInfo};
+pub use client::{
+    Client, Condition, ObjectEntry, ObjectInfo, ObjectPage, Part, PartInfo, MAX_COPY,
+};
+pub use download::RunEnd;
 pub use error::{S3Error, S3ErrorKind};
+pub use lister::S3Lister;
 pub use storage::{
     blocks_per_part, S3Part, S3Storage, MAX_BUFFERED, MAX_INFLIGHT, MIN_PART, STATE_DIR,
 };

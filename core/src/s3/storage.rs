@@ -19,6 +19,14 @@
 //!   nodes never both win. A holder whose conditional write loses stops
 //!   with "taken over". On resume the parts are confirmed with `ListParts`.
 //!
+//! - A re-send: with nothing held and the object under the name vouched
+//!   for by its finished record ([`super::finished`]) with the same size
+//!   and block size, its blocks are offered as held; if the client sends
+//!   none, the object is left untouched (`Unchanged`); if it sends some,
+//!   the rest are asked for again at the recheck (they are in no part of
+//!   the new upload). At commit a different object under the name is
+//!   kept as a numbered version unless the server overwrites.
+//!
 //! Memory: the parts being filled are buffered whole (usually one; a part
 //! waiting for a repaired block stays until the repair round), at most
 //! [`MAX_BUFFERED`] parts per upload (more is a transient storage fault),
@@ -37,8 +45,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::finished::{self, Finished, DONE_DIR};
 use super::{combine, Client, Part, S3Error, S3ErrorKind};
-use crate::machine::{Fault, Held, HeldPart, HeldSet, Layout, PartId, Recheck, Storage};
+use crate::machine::{Fault, Held, HeldPart, HeldSet, Layout, PartId, Recheck, Storage, StoredAs};
 use crate::v2::{block_count, block_range, FaultCode};
 
 /// The smallest part (S3's own minimum is 5 MiB; the last part may be short).
@@ -69,6 +78,7 @@ pub struct S3Storage {
     node: String,
     lease_stale: Duration,
     next: AtomicU64,
+    overwrite: bool,
 }
 
 impl S3Storage {
@@ -81,7 +91,16 @@ impl S3Storage {
             node: node.into(),
             lease_stale,
             next: AtomicU64::new(1),
+            overwrite: false,
         }
+    }
+
+    /// With `yes`, a different content uploaded under a stored name
+    /// replaces the object; otherwise (the default) the object is kept as
+    /// a numbered version `NAME.~N~` first (see [`super::finished`]).
+    pub fn with_overwrite(mut self, yes: bool) -> S3Storage {
+        self.overwrite = yes;
+        self
     }
 
     /// The client (for reading objects back).
@@ -121,59 +140,51 @@ impl S3Storage {
         Ok(gone)
     }
 
-    /// What the bucket holds (under the prefix), for a list request:
-    /// objects as files (size; mtime and CRC-32 unknown: the object store
-    /// keeps no finished record) and uploads in progress from their state
-    /// objects (size, the bytes of their uploaded parts, the last beat).
-    /// Only `name`, its versions and its upload when given. Held whole in
-    /// memory (the store's listing is too), unlike the local directory's.
-    pub fn listing(&self, name: Option<&str>) -> Result<Vec<crate::listing::ListEntry>, S3Error> {
-        use crate::listing::{EntryKind, ListEntry};
-        let state = format!("{STATE_DIR}/");
-        let mut out = Vec::new();
-        for e in self.client.list_objects(name.unwrap_or(""))? {
-            if e.name.starts_with(&state) {
-                continue;
-            }
-            out.push(ListEntry {
-                kind: EntryKind::File,
-                name: e.name.into_bytes(),
-                size: e.size,
-                mtime: 0,
-                crc32: None,
-                held: e.size,
-            });
-        }
-        for e in self
-            .client
-            .list_objects(&format!("{state}{}", name.unwrap_or("")))?
-        {
-            let Some(upload) = e.name.strip_prefix(&state) else {
-                continue;
-            };
-            let st = match self.client.get_small(&e.name, STATE_LIMIT) {
-                Ok((b, _)) => State::decode(&String::from_utf8_lossy(&b)),
-                Err(e) if e.kind == S3ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            };
-            let Some(st) = st else { continue };
-            let blocks: u64 = st.parts.values().map(|p| p.crcs.len() as u64).sum();
-            out.push(ListEntry {
-                kind: EntryKind::Partial,
-                name: upload.as_bytes().to_vec(),
-                size: st.size,
-                mtime: (st.beat / 1000) as i64,
-                crc32: None,
-                held: blocks.saturating_mul(st.block).min(st.size),
-            });
-        }
-        Ok(out)
+    /// The shared client (for listings that outlive a borrow).
+    pub(super) fn client_arc(&self) -> Arc<Client> {
+        Arc::clone(&self.client)
     }
 
     /// A node name unique to this process: host-less, from the process id
     /// and the start time.
     pub fn default_node() -> String {
         format!("pid{}-{}", std::process::id(), unix_ms(SystemTime::now()))
+    }
+}
+
+/// The entry of the upload in progress whose state object is `key`
+/// (`None` if it is gone or unreadable): its size, the bytes of its
+/// uploaded parts and its last beat.
+pub(super) fn upload_entry(
+    client: &Client,
+    key: &str,
+    name: &str,
+) -> Result<Option<crate::listing::ListEntry>, S3Error> {
+    use crate::listing::{EntryKind, ListEntry};
+    let st = match client.get_small(key, STATE_LIMIT) {
+        Ok((b, _)) => State::decode(&String::from_utf8_lossy(&b)),
+        Err(e) if e.kind == S3ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(st.map(|st| {
+        let blocks: u64 = st.parts.values().map(|p| p.crcs.len() as u64).sum();
+        ListEntry {
+            kind: EntryKind::Partial,
+            name: name.as_bytes().to_vec(),
+            size: st.size,
+            mtime: (st.beat / 1000) as i64,
+            crc32: None,
+            held: blocks.saturating_mul(st.block).min(st.size),
+        }
+    }))
+}
+
+/// The object's CRC-32 as the store keeps it, when it is one over the
+/// whole object (not a CRC of part CRCs).
+pub(super) fn full_object_crc(info: &super::ObjectInfo) -> Option<u32> {
+    match info.checksum_type.as_deref() {
+        None | Some("FULL_OBJECT") => info.crc32,
+        Some(_) => None,
     }
 }
 
@@ -305,6 +316,14 @@ pub struct S3Part {
     inflight: std::collections::VecDeque<Inflight>,
     /// Committed or discarded: nothing to release.
     ended: bool,
+    /// Set while the held blocks are those of the object already stored
+    /// under the name (a re-send, see [`S3Part::seed`]): if no block is
+    /// written, the object is left untouched.
+    base: Option<Finished>,
+    /// Whether a different content replaces the object outright.
+    overwrite: bool,
+    /// What the commit did to the name.
+    stored: StoredAs,
 }
 
 /// An S3 error as a fault a client acts on.
@@ -328,7 +347,7 @@ impl Storage for S3Storage {
             Layout::Blocks { block } => (block, blocks_per_part(id.filesize, block), None),
             Layout::Prefix { crc32 } => (v1_part_size(id.filesize), 1, Some(crc32)),
         };
-        if id.name == STATE_DIR || id.name.contains('/') {
+        if id.name == STATE_DIR || id.name == DONE_DIR || id.name.contains('/') {
             return Err(Fault::new(
                 FaultCode::NameRefused,
                 format!("refused file name {:?}: reserved for the server", id.name),
@@ -359,18 +378,82 @@ impl Storage for S3Storage {
             bufs: BTreeMap::new(),
             inflight: Default::default(),
             ended: false,
+            base: None,
+            overwrite: self.overwrite,
+            stored: StoredAs::New,
         };
         part.acquire(self.lease_stale)?;
-        let held = if part.v1 {
-            part.held_prefix()
-        } else {
-            Held::Blocks(part.held(empty))
-        };
+        if part.state.parts.is_empty() {
+            part.seed(id.layout)?;
+        }
+        let held = part.offered(empty);
         Ok((part, held))
     }
 }
 
 impl S3Part {
+    /// A re-send: when nothing is held and the object stored under the
+    /// name is vouched for by its record with the same size and block size
+    /// (protocol 1: the same whole CRC-32, which the store's own
+    /// `FULL_OBJECT` CRC-32 also gives without a record), its blocks are
+    /// offered as held, so the client sends only blocks that differ; if it
+    /// sends none, the object is left untouched.
+    fn seed(&mut self, layout: Layout) -> Result<(), Fault> {
+        let what = format!("look up the stored {}", self.name);
+        let Some(info) = finished::head(&self.client, &self.name).map_err(|e| fault(&e, &what))?
+        else {
+            return Ok(());
+        };
+        let rec = finished::read_record(&self.client, &self.name)
+            .map_err(|e| fault(&e, &what))?
+            .filter(|r| r.vouches_for(&info));
+        self.base = match (layout, rec) {
+            (Layout::Blocks { block }, Some(r)) if r.size == self.filesize && r.block == block => {
+                Some(r)
+            }
+            (Layout::Prefix { crc32 }, r) => {
+                let stored = r.map(|r| r.crc32).or_else(|| full_object_crc(&info));
+                (info.size == self.filesize && stored == Some(crc32)).then(|| Finished {
+                    size: info.size,
+                    crc32,
+                    block: 0,
+                    crcs: Vec::new(),
+                    etag: info.etag.clone(),
+                    mtime: 0,
+                })
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// What is held, as offered to the client: the stored object's blocks
+    /// for a re-send, else the uploaded parts.
+    fn offered(&self, mut empty: HeldSet) -> Held {
+        match (&self.base, self.v1) {
+            (Some(b), true) => Held::Prefix {
+                offset: b.size,
+                crc32: b.crc32,
+            },
+            (Some(b), false) => {
+                for (i, &c) in b.crcs.iter().enumerate() {
+                    empty.mark(i as u64, c);
+                }
+                empty.make_durable();
+                Held::Blocks(empty)
+            }
+            (None, true) => self.held_prefix(),
+            (None, false) => Held::Blocks(self.held(empty)),
+        }
+    }
+
+    /// A block is written: the part no longer stands for the stored
+    /// object (the blocks of it the client did not send are asked for
+    /// again at the recheck).
+    fn materialise(&mut self) {
+        self.base = None;
+    }
+
     /// Takes the lease: resumes the recorded upload of the same layout, or
     /// starts a new one; refuses while another node holds it.
     fn acquire(&mut self, stale: Duration) -> Result<(), Fault> {
@@ -701,19 +784,27 @@ impl S3Part {
 }
 
 impl S3Part {
-    /// Bytes in the store for this upload (its uploaded parts).
+    /// Bytes in the store for this upload (its uploaded parts, or the
+    /// stored object offered for a re-send).
     pub fn held_bytes(&self) -> u64 {
-        self.state.parts.keys().map(|&n| self.part_range(n).1).sum()
+        match &self.base {
+            Some(b) => b.size,
+            None => self.state.parts.keys().map(|&n| self.part_range(n).1).sum(),
+        }
     }
 
     /// Verified blocks in the store for this upload.
     pub fn held_blocks(&self) -> usize {
-        self.state.parts.values().map(|p| p.crcs.len()).sum()
+        match &self.base {
+            Some(b) => b.crcs.len(),
+            None => self.state.parts.values().map(|p| p.crcs.len()).sum(),
+        }
     }
 }
 
 impl HeldPart for S3Part {
     fn write_at(&mut self, mut offset: u64, mut bytes: &[u8]) -> Result<(), Fault> {
+        self.materialise();
         // A protocol-1 write may cross parts (a protocol-2 one never
         // crosses its block).
         while !bytes.is_empty() {
@@ -739,6 +830,7 @@ impl HeldPart for S3Part {
     }
 
     fn begin_block(&mut self, idx: u64) -> Result<(), Fault> {
+        self.materialise();
         let (number, i) = self.locate(idx);
         self.buf(number)?.crcs[i] = None;
         Ok(())
@@ -760,11 +852,20 @@ impl HeldPart for S3Part {
     /// run are no longer in the store: asked for again.
     fn recheck(&mut self) -> Result<Recheck, Fault> {
         self.reap(true)?;
+        if self.base.is_some() {
+            return Ok(Recheck::Same);
+        }
         let mut gone = Vec::new();
         for (&n, b) in &self.bufs {
             let first = (n as u64 - 1) * self.state.per;
             let missing = b.crcs.iter().enumerate().filter(|(_, c)| c.is_none());
             gone.extend(missing.map(|(i, _)| first + i as u64));
+        }
+        if !self.v1 {
+            // Blocks offered from the stored object (a re-send that then
+            // changed some of them) are in no part yet.
+            gone.extend(self.unsent_parts_blocks());
+            gone.sort_unstable();
         }
         Ok(match (gone.is_empty(), self.v1) {
             (true, _) => Recheck::Same,
@@ -778,9 +879,23 @@ impl HeldPart for S3Part {
     }
 
     fn commit(&mut self, whole_crc: u32) -> Result<(), Fault> {
+        if self.base.is_some() {
+            // Every block was the stored object's: nothing to store.
+            self.drop_upload();
+            self.stored = StoredAs::Unchanged;
+            return Ok(());
+        }
         self.reap(true)?;
         // Still ours? (A node that lost the lease must not complete.)
         self.write_state(true)?;
+        match self.make_room(whole_crc)? {
+            StoredAs::Unchanged => {
+                self.drop_upload();
+                self.stored = StoredAs::Unchanged;
+                return Ok(());
+            }
+            how => self.stored = how,
+        }
         let parts = self.completion();
         let r = if parts.is_empty() {
             let _ = self.client.abort_multipart(&self.name, &self.state.upload);
@@ -792,6 +907,7 @@ impl HeldPart for S3Part {
         };
         match r {
             Ok(()) => {
+                self.record_finished(whole_crc);
                 let _ = self.client.delete_object(&self.state_key);
                 self.ended = true;
                 Ok(())
@@ -810,9 +926,87 @@ impl HeldPart for S3Part {
         self.drop_upload();
         Ok(())
     }
+
+    fn stored_as(&self) -> StoredAs {
+        self.stored.clone()
+    }
 }
 
 impl S3Part {
+    /// Blocks of the parts that are neither uploaded nor being filled.
+    fn unsent_parts_blocks(&self) -> Vec<u64> {
+        let parts = block_count(self.filesize, self.state.block).div_ceil(self.state.per);
+        let mut out = Vec::new();
+        for n in 1..=parts as u16 {
+            if self.state.parts.contains_key(&n) || self.bufs.contains_key(&n) {
+                continue;
+            }
+            let first = (n as u64 - 1) * self.state.per;
+            out.extend(first..first + self.part_blocks(n));
+        }
+        out
+    }
+
+    /// Before the new object is completed over the name: what is there
+    /// already with the same content is left as it is (verified by our
+    /// record, or by the store's own `FULL_OBJECT` CRC-32); a different
+    /// object is kept as a numbered version, unless the server overwrites.
+    fn make_room(&self, whole_crc: u32) -> Result<StoredAs, Fault> {
+        let what = format!("look up the stored {}", self.name);
+        let Some(info) = finished::head(&self.client, &self.name).map_err(|e| fault(&e, &what))?
+        else {
+            return Ok(StoredAs::New);
+        };
+        let rec = finished::read_record(&self.client, &self.name)
+            .map_err(|e| fault(&e, &what))?
+            .filter(|r| r.vouches_for(&info));
+        let stored_crc = rec.map(|r| r.crc32).or_else(|| full_object_crc(&info));
+        if info.size == self.filesize && stored_crc == Some(whole_crc) {
+            return Ok(StoredAs::Unchanged);
+        }
+        if self.overwrite {
+            return Ok(StoredAs::Replaced);
+        }
+        finished::keep_version(&self.client, &self.name, &info)
+            .map(StoredAs::Kept)
+            .map_err(|e| {
+                fault(
+                    &e,
+                    &format!("keep the {} already stored before replacing it", self.name),
+                )
+            })
+    }
+
+    /// Writes the finished record of the object just stored: the block
+    /// CRC-32s it was verified with, for re-sends, downloads and listings.
+    /// Not fatal if it fails: the object is stored, only a re-send then
+    /// costs its bytes and a download reads it once for its reference.
+    fn record_finished(&self, whole_crc: u32) {
+        let Ok(info) = self.client.head_object(&self.name) else {
+            return;
+        };
+        let (block, crcs) = match self.v1 {
+            true => (0, Vec::new()),
+            false => (
+                self.state.block,
+                self.state
+                    .parts
+                    .values()
+                    .flat_map(|p| p.crcs.iter().copied())
+                    .collect(),
+            ),
+        };
+        let rec = Finished {
+            size: self.filesize,
+            crc32: whole_crc,
+            block,
+            crcs,
+            etag: info.etag,
+            mtime: (unix_ms(SystemTime::now()) / 1000) as i64,
+        };
+        let _ = finished::write_record(&self.client, &self.name, &rec);
+    }
+
     /// CompleteMultipartUpload; an answer lost on the way (NotFound after
     /// a retry) is success if the object is there with our CRC-32.
     fn complete(&self, parts: &[Part], whole_crc: u32) -> Result<(), S3Error> {

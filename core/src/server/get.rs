@@ -35,7 +35,7 @@ const CACHED_REFERENCES: usize = 64;
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// Why serving stopped early.
-enum Stop {
+pub(super) enum Stop {
     /// Told to the client (code and words).
     Fault(Fault),
     /// The connection broke or stalled.
@@ -49,8 +49,8 @@ impl From<io::Error> for Stop {
 }
 
 /// The client's bytes: what the machine read past the header, then the socket.
-struct Input<'a> {
-    stream: &'a mut Box<dyn crate::transport::Transport>,
+pub(super) struct Input<'a> {
+    pub(super) stream: &'a mut Box<dyn crate::transport::Transport>,
     early: Vec<u8>,
 }
 
@@ -136,11 +136,9 @@ fn drain(stream: &mut dyn crate::transport::Transport) {
 /// The exchange: reference, then rounds of wanted blocks. Returns the file
 /// size and the bytes of file sent.
 fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), Stop> {
-    if sh.remote_storage() {
-        return Err(Stop::Fault(Fault::new(
-            FaultCode::BadRequest,
-            "this server stores in an object store; get serves only a local storage directory",
-        )));
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &sh.s3 {
+        return super::get_store::run(sh, s3, name, input);
     }
     let file = open(sh, name)?;
     let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
@@ -335,7 +333,7 @@ fn compute(file: &File, st: Stamp) -> io::Result<Reference> {
 }
 
 /// Reads one `W` frame: the blocks wanted next.
-fn read_want(input: &mut Input, total: u64) -> Result<Vec<u64>, Stop> {
+pub(super) fn read_want(input: &mut Input, total: u64) -> Result<Vec<u64>, Stop> {
     let mut head = [0u8; 5];
     input.read_exact(&mut head)?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;

@@ -4,7 +4,8 @@
 //! their checkpoint records), one page at a time, so memory stays flat
 //! whatever the directory holds. Nothing is read of the files themselves:
 //! a file without a record shows its CRC-32 as unknown. From an object
-//! store: its objects and uploads in progress, listed at once.
+//! store: its objects and uploads in progress, a page of the store's
+//! listing at a time ([`crate::s3::S3Lister`]).
 //!
 //! Not for the wire format (see [`crate::listing`]) nor for when pages are
 //! asked for (the machine's).
@@ -27,7 +28,8 @@ use crate::v2::FaultCode;
 pub(super) struct Lister {
     files: Option<ReadDir>,
     parts: Option<ReadDir>,
-    rest: Vec<ListEntry>,
+    #[cfg(feature = "s3")]
+    s3: Option<crate::s3::S3Lister>,
 }
 
 impl Shell<'_> {
@@ -53,25 +55,16 @@ impl Shell<'_> {
             .lister
             .as_mut()
             .ok_or_else(|| Fault::new(FaultCode::Internal, "no listing under way"))?;
-        Ok(lister.page(&self.sh.store, name.as_deref()))
+        lister.page(&self.sh.store, name.as_deref())
     }
 
     fn open_lister(&self, name: Option<&str>) -> Result<Lister, Fault> {
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.sh.s3 {
-            let mut rest = s3.listing(name).map_err(|e| {
-                Fault::new(
-                    FaultCode::Storage,
-                    format!("server cannot list its store: {e}"),
-                )
-            })?;
-            rest.retain(|e| wanted(&e.name, name));
-            // Sent from the end of the vector, in order.
-            rest.reverse();
             return Ok(Lister {
                 files: None,
                 parts: None,
-                rest,
+                s3: Some(s3.lister(name.unwrap_or(""))),
             });
         }
         let _ = name;
@@ -94,18 +87,19 @@ impl Lister {
         Ok(Lister {
             files: Some(files),
             parts: Some(parts),
-            rest: Vec::new(),
+            #[cfg(feature = "s3")]
+            s3: None,
         })
     }
 
     /// Up to [`PAGE_ENTRIES`] entries, and whether the walk is over.
-    fn page(&mut self, store: &Store, name: Option<&str>) -> (Vec<ListEntry>, bool) {
+    fn page(&mut self, store: &Store, name: Option<&str>) -> Result<(Vec<ListEntry>, bool), Fault> {
+        #[cfg(feature = "s3")]
+        if let Some(s3) = &mut self.s3 {
+            return store_page(s3, name);
+        }
         let mut out = Vec::new();
         while out.len() < PAGE_ENTRIES {
-            if let Some(e) = self.rest.pop() {
-                out.push(e);
-                continue;
-            }
             let next = if let Some(files) = &mut self.files {
                 match files.next() {
                     Some(e) => e.ok().and_then(|e| file_entry(store, &e)),
@@ -123,15 +117,39 @@ impl Lister {
                     }
                 }
             } else {
-                return (out, true);
+                return Ok((out, true));
             };
             if let Some(e) = next.filter(|e| wanted(&e.name, name)) {
                 out.push(e);
             }
         }
-        let done = self.files.is_none() && self.parts.is_none() && self.rest.is_empty();
-        (out, done)
+        let done = self.files.is_none() && self.parts.is_none();
+        Ok((out, done))
     }
+}
+
+/// Up to [`PAGE_ENTRIES`] entries of an object store's listing, and
+/// whether it is over.
+#[cfg(feature = "s3")]
+fn store_page(
+    s3: &mut crate::s3::S3Lister,
+    name: Option<&str>,
+) -> Result<(Vec<ListEntry>, bool), Fault> {
+    let mut out = Vec::new();
+    while out.len() < PAGE_ENTRIES {
+        let next = s3.next_entry().map_err(|e| {
+            Fault::new(
+                FaultCode::Storage,
+                format!("server cannot list its store: {e}"),
+            )
+        })?;
+        match next {
+            Some(e) if wanted(&e.name, name) => out.push(e),
+            Some(_) => {}
+            None => return Ok((out, true)),
+        }
+    }
+    Ok((out, false))
 }
 
 /// Whether `entry` belongs to a listing of `name`: the name itself, its

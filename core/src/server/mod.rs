@@ -20,6 +20,8 @@ mod backend;
 mod claims;
 mod conn;
 mod get;
+#[cfg(feature = "s3")]
+mod get_store;
 mod list;
 mod local;
 mod open;
@@ -784,11 +786,8 @@ fn open_s3(cfg: &ServerConfig) -> Result<Option<crate::s3::S3Storage>> {
     let client = crate::s3::Client::new(c)?;
     client.list_objects(&format!("{}/", crate::s3::STATE_DIR))?;
     let node = crate::s3::S3Storage::default_node();
-    Ok(Some(crate::s3::S3Storage::new(
-        client,
-        node,
-        cfg.s3_lease_stale,
-    )))
+    let storage = crate::s3::S3Storage::new(client, node, cfg.s3_lease_stale);
+    Ok(Some(storage.with_overwrite(cfg.overwrite)))
 }
 
 /// The expiry sweep of an object store: uploads whose state nobody wrote

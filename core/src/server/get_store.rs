@@ -1,0 +1,116 @@
+//! Serving a download from the object store (feature `s3`): the same
+//! exchange as `get` (reference, then rounds of wanted blocks), with the
+//! reference and the blocks from [`crate::s3::S3Storage`], every block
+//! checked against the reference before it is sent.
+//!
+//! Not for the local directory (`get`) nor the store's reads themselves.
+
+use std::io::Write;
+
+use crate::getwire::Reference;
+use crate::s3::RunEnd;
+use crate::transport::Transport;
+
+use super::get::{read_want, Input, Stop};
+use super::Shared;
+use crate::getwire::{self, TAG_REFERENCE};
+use crate::machine::Fault;
+use crate::s3::S3Storage;
+use crate::SafeName;
+
+/// The exchange: reference, then rounds of wanted blocks. Returns the
+/// object's size and the bytes of it sent.
+pub(super) fn run(
+    sh: &Shared,
+    s3: &S3Storage,
+    name: &SafeName,
+    input: &mut Input,
+) -> Result<(u64, u64), Stop> {
+    let reference = s3.reference(name.as_str()).map_err(Stop::Fault)?;
+    let payload = reference.encode();
+    input
+        .stream
+        .write_all(&getwire::encode_frame(TAG_REFERENCE, &payload))?;
+    input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
+    let mut sent = 0u64;
+    for _ in 0..=super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS {
+        let wanted = read_want(input, reference.count())?;
+        if wanted.is_empty() {
+            return Ok((reference.size, sent));
+        }
+        for (first, count) in runs(&wanted) {
+            sent += send_run(s3, name, &reference, first, count, input.stream)?;
+        }
+    }
+    Err(Stop::Fault(Fault::bad(
+        "refused: too many rounds of blocks asked for on one connection",
+    )))
+}
+
+/// The most bytes read with one ranged GET (a run of wanted blocks is cut
+/// into GETs of at most this).
+const RUN_BYTES: u64 = 256 << 20;
+
+/// Consecutive wanted blocks as (first, count) runs.
+fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &i in wanted {
+        match out.last_mut() {
+            Some((first, count)) if *first + *count == i => *count += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+/// Sends blocks `first..first + count`, read with ranged GETs of up to
+/// [`RUN_BYTES`], each block checked before it is sent (one that does not
+/// match is read alone again, then refused). Returns the bytes sent.
+fn send_run(
+    s3: &S3Storage,
+    name: &SafeName,
+    r: &Reference,
+    first: u64,
+    count: u64,
+    out: &mut Box<dyn Transport>,
+) -> Result<u64, Stop> {
+    let per_get = (RUN_BYTES / r.block).max(1);
+    let (mut i, end) = (first, first + count);
+    let mut sent = 0u64;
+    let mut send = |idx: u64, bytes: &[u8], crc: u32| -> std::io::Result<()> {
+        let (off, len) = r.range(idx);
+        out.write_all(&getwire::encode_data_head(off, len as u32))?;
+        out.write_all(bytes)?;
+        out.write_all(&crc.to_be_bytes())?;
+        sent += len;
+        Ok(())
+    };
+    while i < end {
+        let n = (end - i).min(per_get);
+        match s3
+            .read_run(name.as_str(), r, i, n, &mut send)
+            .map_err(Stop::Fault)?
+        {
+            RunEnd::Done => i += n,
+            RunEnd::Again(b) => {
+                let mut buf = Vec::with_capacity(r.block as usize);
+                let crc = s3
+                    .read_block(name.as_str(), r, b, &mut buf)
+                    .map_err(Stop::Fault)?;
+                send(b, &buf, crc)?;
+                i = b + 1;
+            }
+            RunEnd::Sink(e) => return Err(Stop::Lost(e)),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wanted_blocks_become_runs() {
+        assert_eq!(super::runs(&[0, 1, 2, 5, 7, 8]), [(0, 3), (5, 1), (7, 2)]);
+        assert!(super::runs(&[]).is_empty());
+    }
+}
