@@ -48,27 +48,29 @@ if ! wait "$py_build"; then
 fi
 
 rust_lane() {
-    echo "== Rust: unit, doc and property tests (core, ffi, cli)"
+    echo "== Rust: unit, doc and property tests (core, ffi, cli) (lane at ${SECONDS} s)"
     cargo test -p bigtransfer-core -p bigtransfer-ffi
     cargo test -p bigtransfer-cli --bin bigtransfer
-    echo "== systemd unit: dist/bigtransfer.service"
+    echo "== systemd unit: dist/bigtransfer.service (lane at ${SECONDS} s)"
     bash tests/dist/check_unit.sh "$BIGTRANSFER_BIN"
-    echo "== C: the C API test"
+    echo "== C: the C API test (lane at ${SECONDS} s)"
     bash tests/c/run.sh --debug
-    echo "== S3: the object-store client against a real SeaweedFS on loopback"
+    echo "== S3: the object-store client against a real SeaweedFS on loopback (lane at ${SECONDS} s)"
     bash tests/s3/run.sh
+    echo "== lane done (at ${SECONDS} s)"
 }
 
 python_lane() {
-    echo "== Rust: end-to-end tests of the binary over loopback"
+    echo "== Rust: end-to-end tests of the binary over loopback (lane at ${SECONDS} s)"
     # Most of these wait on the network, on deadlines or on rate-limited
     # clients rather than on the CPU: six at a time take 30 s instead of 70.
     cargo test -p bigtransfer-cli --test e2e -- --test-threads "${E2E_THREADS:-6}"
-    echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests"
+    echo "== Python: stdlib scripts, pyo3 module, cross-implementation tests (lane at ${SECONDS} s)"
     BT_PY_STEP=test bash tests/python/run.sh
-    echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood"
+    echo "== Fault injection (CI size): kill -9 at random points, then a 1000-connection flood (lane at ${SECONDS} s)"
     python3 tests/soak/kill_resume.py --trials "${SOAK_TRIALS:-12}" --size 32M --bin "$BIGTRANSFER_BIN"
     python3 tests/soak/flood.py --conns 1000 --bin "$BIGTRANSFER_BIN"
+    echo "== lane done (at ${SECONDS} s)"
 }
 
 # run_lane NAME: runs the function NAME in a fresh bash (so that set -e holds
