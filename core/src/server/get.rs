@@ -87,11 +87,17 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
     let early = shell.take_leftover();
     let sh = shell.sh;
     let peer = shell.conn.peer;
+    let plan = super::getjoin::Plan {
+        streams: shell.rx.streams_asked(),
+        join: shell.rx.join_asked().cloned(),
+        binding: shell.stream.channel_binding(),
+        peer,
+    };
     let mut input = Input {
         stream: &mut shell.stream,
         early,
     };
-    match run(sh, &name, &mut input) {
+    match run(sh, &name, &mut input, &plan) {
         Ok((size, sent)) => {
             (sh.logger)(&format!(
                 "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection)"
@@ -135,7 +141,12 @@ fn drain(stream: &mut dyn crate::transport::Transport) {
 
 /// The exchange: reference, then rounds of wanted blocks. Returns the file
 /// size and the bytes of file sent.
-fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), Stop> {
+fn run(
+    sh: &Shared,
+    name: &SafeName,
+    input: &mut Input,
+    plan: &super::getjoin::Plan,
+) -> Result<(u64, u64), Stop> {
     if sh.remote_storage() {
         return Err(Stop::Fault(Fault::new(
             FaultCode::BadRequest,
@@ -144,6 +155,11 @@ fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), St
     }
     let file = open(sh, name)?;
     let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
+    let (session, ticket) =
+        super::getjoin::enter(sh, name, &reference, plan).map_err(Stop::Fault)?;
+    if let Some(j) = ticket {
+        input.stream.write_all(&j)?;
+    }
     let payload = reference.encode();
     input
         .stream
@@ -151,8 +167,15 @@ fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), St
     input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
     let mut buf = crate::sys::PageBuf::new(reference.block as usize);
     let mut sent = 0u64;
-    // One round more than the client may ask: the last "want nothing".
-    for _ in 0..=super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS {
+    // One round more than the client may ask: the last "want nothing". A
+    // stream of a session asks for a block or a few per round: each block
+    // about twice (re-issued stragglers, repairs), and the rounds of one.
+    let mut rounds = super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS;
+    if session.in_session() {
+        let blocks = u32::try_from(reference.count()).unwrap_or(u32::MAX);
+        rounds = rounds.saturating_add(blocks.saturating_mul(2).saturating_add(64));
+    }
+    for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
         if wanted.is_empty() {
             return Ok((reference.size, sent));

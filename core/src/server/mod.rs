@@ -20,6 +20,7 @@ mod backend;
 mod claims;
 mod conn;
 mod get;
+mod getjoin;
 mod list;
 mod local;
 mod open;
