@@ -217,6 +217,17 @@ impl Work {
         Some(i)
     }
 
+    /// Block `idx` starts arriving now: its time in flight counts from
+    /// here (a download asks for blocks ahead; waiting behind the others
+    /// of its stream is not being late).
+    pub(super) fn arriving(&self, idx: u64) {
+        if let Ok(mut q) = self.q.lock() {
+            if let Some(f) = q.flying.get_mut(&idx) {
+                f.since = Instant::now();
+            }
+        }
+    }
+
     /// The blocks done so far.
     pub(super) fn done_blocks(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self

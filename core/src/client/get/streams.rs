@@ -29,9 +29,11 @@ use crate::transport::Transport;
 use crate::v2::{self, ServerMsg};
 use crate::{Control, Error, ErrorKind, Progress, Result};
 
-/// Bytes asked for ahead on each stream (at least two blocks): enough
-/// to cover a long round trip at a stream's window.
-const AHEAD: u64 = 16 << 20;
+/// Bytes asked for ahead on each stream of a long path: enough to cover
+/// a round trip at a stream's window (4 MiB by default). On a short one
+/// two blocks keep the link busy, and fewer blocks wait reserved behind
+/// others on one stream.
+const AHEAD: u64 = 8 << 20;
 
 /// What every stream of one download shares.
 struct Ctx<'a> {
@@ -65,7 +67,7 @@ pub(super) fn pull(
         work: &work,
         r: &r,
         part: &part,
-        window: (AHEAD / r.block).clamp(2, 64) as usize,
+        window: window(primary, r.block),
         damaged: AtomicU64::new(0),
         fatal: Mutex::new(None),
     };
@@ -95,6 +97,15 @@ pub(super) fn pull(
             ErrorKind::ConnectionLost,
             format!("every stream of the download ended with {n} block(s) still missing"),
         )),
+    }
+}
+
+/// Blocks each stream asks for ahead: two on a short path, enough for
+/// [`AHEAD`] on a long one.
+fn window(primary: &dyn Transport, block: u64) -> usize {
+    match super::super::streams::rtt_of(primary) {
+        Some(rtt) if rtt < super::super::streams::AUTO_MIN_RTT => 2,
+        _ => (AHEAD / block).clamp(2, 64) as usize,
     }
 }
 
@@ -201,6 +212,7 @@ fn blocks(
         }
         let Some(&i) = flight.front() else { continue };
         let started = Instant::now();
+        ctx.work.arriving(i);
         let crc = fetch(s, ctx.r, i, &mut buf)?;
         flight.pop_front();
         let (off, len) = ctx.r.range(i);
