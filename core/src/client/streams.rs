@@ -787,4 +787,29 @@ mod tests {
         assert_eq!(Streams::Fixed(1).ask(), None);
         assert_eq!(Streams::Auto.ask(), Some(MAX_STREAMS));
     }
+
+    #[test]
+    fn auto_keeps_one_stream_on_a_short_path_only() {
+        let short = Some(Duration::from_micros(40));
+        let (ask, why) = Streams::Auto.ask_on(short);
+        assert_eq!(ask, None);
+        assert!(why.unwrap().contains("auto kept one stream"));
+        let long = Some(Duration::from_millis(100));
+        assert_eq!(Streams::Auto.ask_on(long), (Some(MAX_STREAMS), None));
+        // Unknown round trip: auto measures as ever.
+        assert_eq!(Streams::Auto.ask_on(None), (Some(MAX_STREAMS), None));
+        // A number given is a number used.
+        assert_eq!(Streams::Fixed(4).ask_on(short), (Some(4), None));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_kernel_reports_a_loopback_round_trip_under_the_auto_floor() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _server = l.accept().unwrap();
+        let t = TcpTransport::new(c).unwrap();
+        let rtt = rtt_of(&t).expect("TCP_INFO on Linux");
+        assert!(rtt < AUTO_MIN_RTT, "{rtt:?}");
+    }
 }
