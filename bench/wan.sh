@@ -92,7 +92,7 @@ start_server() {
   echo "bench/wan.sh: server on port $port did not start" >&2; return 1
 }
 now() { date +%s%N; }
-ROWS=$H/rows.tsv; : >"$ROWS"
+ROWS=$H/rows.tsv; : >"$ROWS"; : >"$H/notes.txt"
 # tool, seconds, identical, bytes moved (default: the whole file)
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-$BYTES}" >>"$ROWS"; }
 
@@ -115,11 +115,20 @@ run_bt() {  # run_bt LABEL [client args...]
   start_server 7000 "$BT" server --port 7000 --bind "$IP_B" --dir "$D"
   t0=$(now)
   # A known-hosts file per run: each run's server has a new key on the same address.
-  BIGTRANSFER_KNOWN_HOSTS=$H/known_hosts.$t0 ip netns exec "$NS_A" timeout -k 5 600 "$BT" client --host "$IP_B" --port 7000 --quiet --no-cache "$@" "$SRC" >>"$H/client.log" 2>&1
+  BIGTRANSFER_KNOWN_HOSTS=$H/known_hosts.$t0 ip netns exec "$NS_A" timeout -k 5 600 "$BT" client --host "$IP_B" --port 7000 --quiet --json --no-cache "$@" "$SRC" >"$H/last.json" 2>>"$H/client.log" || true
+  cat "$H/last.json" >>"$H/client.log"
   t1=$(now)
   stop_server
   local ok=no; cmp -s "$SRC" "$D/$(basename "$SRC")" && ok=yes
   row "$label" "$(awk -v n=$((t1 - t0)) 'BEGIN{printf "%.2f", n/1e9}')" "$ok"
+  # What the client used: streams, auto's decision, congestion control, compression.
+  python3 - "$H/last.json" "$label" >>"$H/notes.txt" <<'PY' || true
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(f"- {sys.argv[2]}: streams {j.get('streams')}, congestion {j.get('congestion')}, "
+      f"compressed blocks {j.get('compressed_blocks')}, wire bytes {j.get('wire_bytes')}"
+      + (f" ({'; '.join(j['stream_notes'])})" if j.get('stream_notes') else ""))
+PY
 }
 run_socat() {
   command -v socat >/dev/null || { echo "socat missing: skipped" >&2; return 0; }
@@ -208,7 +217,8 @@ for tool, v in rows.items():
 sys.exit(1 if bad else 0)
 PY
   echo
-  : >"$ROWS"
+  if [ -s "$H/notes.txt" ]; then cat "$H/notes.txt"; echo; fi
+  : >"$ROWS"; : >"$H/notes.txt"
 }
 
 link_up() {  # link_up DELAY LOSS RATE
