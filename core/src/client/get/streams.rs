@@ -90,14 +90,16 @@ pub(super) fn pull(
     if let Some(e) = ctx.fatal.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);
     }
-    first?;
-    match local.missing().len() {
-        0 => Ok(()),
-        n => Err(Error::new(
-            ErrorKind::ConnectionLost,
-            format!("every stream of the download ended with {n} block(s) still missing"),
-        )),
+    // The first stream may break while the joined ones bring the rest.
+    let missing = local.missing().len();
+    if missing == 0 {
+        return Ok(());
     }
+    first?;
+    Err(Error::new(
+        ErrorKind::ConnectionLost,
+        format!("every stream of the download ended with {missing} block(s) still missing"),
+    ))
 }
 
 /// Blocks each stream asks for ahead: two on a short path, enough for
