@@ -553,3 +553,63 @@ fn a_download_join_with_a_wrong_or_replayed_secret_is_refused_in_words() {
         srv.log.text()
     );
 }
+
+#[test]
+fn a_killed_download_over_streams_resumes_with_another_n_and_only_the_rest() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let size = 48 * MIB + 3;
+    let stored = srv.dir.join("resume-get.bin");
+    write_random(&stored, size, 95);
+    let dest = t.path().join("resume-get.bin");
+    let part = t.path().join(".resume-get.bin.bigtransfer-part");
+    let kh = fresh_known_hosts();
+    let mut c = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+        ])
+        .args([
+            "--streams",
+            "4",
+            "--limit-rate",
+            "12M",
+            "-o",
+            dest.to_str().unwrap(),
+        ])
+        .arg("resume-get.bin")
+        .env("BIGTRANSFER_KNOWN_HOSTS", &kh)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The part is sparse: its allocated blocks are what arrived.
+    let written = || std::fs::metadata(&part).map_or(0, |m| m.blocks() * 512);
+    assert!(wait_until(LONG, || written() >= 16 * MIB), "no progress");
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(
+        !dest.exists(),
+        "a partial download is never under its final name"
+    );
+    let out = get_via(&srv.port(), "resume-get.bin", &dest, &["--streams", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&stored, &dest);
+    assert!(field(&out, "resumed_from") >= 12 * MIB, "{}", stdout(&out));
+    assert!(
+        field(&out, "bytes_received") <= size - 12 * MIB,
+        "{}",
+        stdout(&out)
+    );
+    assert!(!part.exists());
+}
