@@ -538,11 +538,12 @@ enum bt_status bt_send_options_set_legacy(struct bt_send_options *options, int l
 enum bt_status bt_send_options_set_compress(struct bt_send_options *options, const char *mode);
 
 /**
- * Sets how many connections one upload uses (protocol 2): `"1"` (the
- * default: one connection), `"2"` to `"8"` (that many, joining one
- * session on the server; blocks pulled from one shared queue), or
- * `"auto"` (start with one, add streams while the throughput keeps
- * rising, up to 8). NULL goes back to `"1"`. Anything else gives
+ * Sets how many connections one upload or download (`bt_get_file`)
+ * uses (protocol 2): `"auto"` (the default: one on a short path; on a
+ * long one start with one and add streams while the throughput keeps
+ * rising, up to 8), `"1"` (one connection), `"2"` to `"8"` (that many,
+ * joining one session on the server; blocks pulled from one shared
+ * queue). NULL goes back to `"auto"`. Anything else gives
  * `BT_INVALID_INPUT` and leaves the options unchanged; a non-UTF-8
  * string gives `BT_UTF8`.
  *

@@ -56,7 +56,7 @@ def send_file(
     fingerprint: Optional[str] = None,
     known_hosts: Optional[_Path] = ...,
     require_tls: bool = False,
-    streams: Union[int, str] = 1,
+    streams: Union[int, str] = "auto",
 ) -> Result:
     """Upload ``path`` to the server at ``host:port``, resuming and
     retrying, and return once the server confirmed the CRC-32.
@@ -140,6 +140,7 @@ def get_file(
     fingerprint: Optional[str] = None,
     known_hosts: Optional[_Path] = ...,
     require_tls: bool = False,
+    streams: Union[int, str] = "auto",
 ) -> GetResult:
     """Download the stored file ``remote`` from the server at ``host:port``
     to ``dest``, resuming a partial download of the same version of the

@@ -55,6 +55,11 @@ pub struct GetArgs {
     /// Receive at most this many bytes per second (e.g. 10M).
     #[arg(long, value_parser = parse::size)]
     limit_rate: Option<u64>,
+    /// Connections for one download: N (1-8) joining one session on the
+    /// server, or auto (one on a short path; on a long one start with one
+    /// and add while throughput rises, up to 8). 1 is a single connection.
+    #[arg(long, default_value = "auto", value_parser = bigtransfer_core::client::Streams::parse)]
+    streams: bigtransfer_core::client::Streams,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -94,6 +99,7 @@ fn options(a: &GetArgs) -> Result<SendOptions, String> {
     opts.io_timeout = a.timeout;
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
+    opts.streams = a.streams;
     opts.cache_dir = None;
     a.pin.apply(&mut opts);
     Ok(opts)
@@ -130,6 +136,12 @@ pub fn run(a: GetArgs) -> ExitCode {
                     result_line(&a.remote, &o)
                 }
             );
+            if !a.json && !a.quiet {
+                eprintln!(
+                    "{}",
+                    crate::send::streams_line(o.streams, o.congestion.as_deref(), &o.stream_notes)
+                );
+            }
             ExitCode::from(exit::OK)
         }
         Err(e) => failure(&a, &e, &opts, &dest),
@@ -203,8 +215,9 @@ fn result_line(remote: &str, o: &GetOutcome) -> String {
 fn json_ok(remote: &str, o: &GetOutcome) -> String {
     let j = prompt::json_string;
     format!(
-        "{{\"result\": \"OK\", \"exit_code\": 0, \"remote\": {}, \"path\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_received\": {}, \"bytes_hashed\": {}, \"blocks_repaired\": {}, \"restarted\": {}, \"encrypted\": {}, \"attempts\": {}, \"seconds\": {:.3}}}",
-        j(remote), j(&o.path.display().to_string()), o.filesize, o.crc32, o.resumed_from, o.bytes_received, o.bytes_hashed, o.blocks_repaired, o.restarted, o.encrypted, o.attempts, o.elapsed.as_secs_f64()
+        "{{\"result\": \"OK\", \"exit_code\": 0, \"remote\": {}, \"path\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_received\": {}, \"bytes_hashed\": {}, \"blocks_repaired\": {}, \"restarted\": {}, \"encrypted\": {}, \"attempts\": {}, \"seconds\": {:.3}, \"streams\": {}, \"congestion\": {}, \"stream_notes\": {}}}",
+        j(remote), j(&o.path.display().to_string()), o.filesize, o.crc32, o.resumed_from, o.bytes_received, o.bytes_hashed, o.blocks_repaired, o.restarted, o.encrypted, o.attempts, o.elapsed.as_secs_f64(),
+        o.streams, o.congestion.as_deref().map_or("null".to_string(), j), crate::send::json_notes(&o.stream_notes)
     )
 }
 
@@ -239,6 +252,9 @@ fn resume_command(a: &GetArgs, opts: &SendOptions, dest: &Path) -> String {
     for (name, value) in a.pin.resume_flags() {
         w.push(name.into());
         w.extend(value);
+    }
+    if a.streams != bigtransfer_core::client::Streams::Auto {
+        w.extend(["--streams".into(), a.streams.to_string()]);
     }
     w.extend([
         "-o".into(),

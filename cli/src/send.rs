@@ -65,9 +65,9 @@ pub struct ClientArgs {
     #[arg(long, default_value = "auto", value_parser = parse::compress)]
     compress: Compress,
     /// Connections for one upload: N (1-8) joining one session on the
-    /// server, or auto (start with one, add while throughput rises).
-    /// 1 is a single connection.
-    #[arg(long, default_value = "1", value_parser = bigtransfer_core::client::Streams::parse)]
+    /// server, or auto (one on a short path; on a long one start with one
+    /// and add while throughput rises, up to 8). 1 is a single connection.
+    #[arg(long, default_value = "auto", value_parser = bigtransfer_core::client::Streams::parse)]
     streams: bigtransfer_core::client::Streams,
     #[command(flatten)]
     pin: PinArgs,
@@ -210,7 +210,7 @@ pub fn resume_command(a: &ClientArgs, host: &str, port: u16, path: &Path) -> Str
     if a.compress != Compress::Auto {
         flag("--compress", Some(a.compress.to_string()));
     }
-    if a.streams != bigtransfer_core::client::Streams::Fixed(1) {
+    if a.streams != bigtransfer_core::client::Streams::Auto {
         flag("--streams", Some(a.streams.to_string()));
     }
     for (name, value) in a.pin.resume_flags() {
@@ -310,6 +310,26 @@ pub fn result_line(lang: Lang, o: &Outcome) -> String {
     }
 }
 
+/// One short line on the connections used: how many streams, what `auto`
+/// decided or why joins ended, and the congestion control.
+pub fn streams_line(streams: u32, congestion: Option<&str>, notes: &[String]) -> String {
+    let mut line = format!("streams: {streams}");
+    if !notes.is_empty() {
+        line.push_str(&format!(" ({})", notes.join("; ")));
+    }
+    line.push_str(&format!(
+        ", congestion control: {}",
+        congestion.unwrap_or("unknown")
+    ));
+    line
+}
+
+/// The `--json` array of stream notes.
+pub fn json_notes(notes: &[String]) -> String {
+    let items: Vec<String> = notes.iter().map(|n| prompt::json_string(n)).collect();
+    format!("[{}]", items.join(", "))
+}
+
 /// What the server said storing did to the name, in words (nothing for a
 /// new name, or a server that does not say).
 fn stored_words(lang: Lang, how: &StoredAs) -> Option<String> {
@@ -367,12 +387,13 @@ fn json_wire(o: &Outcome) -> String {
         .as_deref()
         .map_or("null".to_string(), prompt::json_string);
     format!(
-        "\"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}, \"congestion\": {cc}, \"streams\": {}",
+        "\"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}, \"congestion\": {cc}, \"streams\": {}, \"stream_notes\": {}",
         prompt::json_string(&o.compress.to_string()),
         o.compress_agreed,
         o.compressed_blocks,
         o.wire_bytes,
-        o.streams
+        o.streams,
+        json_notes(&o.stream_notes)
     )
 }
 
@@ -495,6 +516,12 @@ fn send_loop(
                         result_line(lang, &o)
                     }
                 );
+                if !a.json && !a.quiet {
+                    eprintln!(
+                        "{}",
+                        streams_line(o.streams, o.congestion.as_deref(), &o.stream_notes)
+                    );
+                }
                 return ExitCode::from(exit::OK);
             }
             Err(e) => {

@@ -57,12 +57,35 @@ pub fn requested_op(json_bytes: &[u8]) -> Result<Op> {
 
 /// The header frame (length + JSON) asking to download `remote`.
 pub fn encode_get_header(remote: &str) -> Result<Vec<u8>> {
-    let bt = vec![
+    encode_get_header_ext(remote, None, None)
+}
+
+/// The header frame asking to download `remote` over a session of
+/// `streams` connections (the server answers with a `J` frame before the
+/// reference), or as a stream joining the session `join` names.
+pub fn encode_get_header_ext(
+    remote: &str,
+    streams: Option<u32>,
+    join: Option<&crate::session::Join>,
+) -> Result<Vec<u8>> {
+    let mut bt = vec![
         ("v", Field::Int(v2::VERSION)),
         ("block", Field::Int(REQUEST_BLOCK)),
         ("rev", Field::Int(v2::REV_HOLES)),
         ("op", Field::Str("get")),
     ];
+    if let Some(n) = streams {
+        bt.push(("streams", Field::Int(u64::from(n))));
+    }
+    let join = join.map(|j| j.hex());
+    if let Some([s, n, p]) = &join {
+        let members = vec![
+            ("s", Field::Str(s)),
+            ("n", Field::Str(n)),
+            ("p", Field::Str(p)),
+        ];
+        bt.push(("join", Field::Object(members)));
+    }
     let json = json::write_object(&[
         ("filename", Field::Str(remote)),
         ("filesize", Field::Int(0)),

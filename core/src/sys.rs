@@ -1,6 +1,6 @@
 //! The few OS calls that `std` does not offer, over `rustix` (safe
-//! bindings to the system calls), and the crate's only `unsafe`: one call
-//! `rustix` lacks (`sync_file_range`) and the page-aligned buffer.
+//! bindings to the system calls), and the crate's only `unsafe`: the calls
+//! `rustix` lacks (`sync_file_range`, `TCP_INFO`) and the page-aligned buffer.
 //!
 //! Each function here is one system call (or a portable fallback for it)
 //! with its error turned into `io::Error`; policy lives in the callers. Not
@@ -323,6 +323,41 @@ impl Drop for PageBuf {
 
 // SAFETY: PageBuf owns its allocation exclusively, like Vec<u8>.
 unsafe impl Send for PageBuf {}
+
+/// The kernel's smoothed round-trip time of a connected TCP socket
+/// (`TCP_INFO`), `None` where the OS does not say. `rustix` has no
+/// `TCP_INFO`, so this is read through `libc`.
+pub(crate) fn tcp_rtt(socket: BorrowedFd<'_>) -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a writable buffer of `len` bytes for the whole
+        // call, and the kernel writes at most `len` bytes into it.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || (len as usize) < std::mem::size_of::<libc::tcp_info>() / 2 {
+            return None;
+        }
+        // SAFETY: zero-initialised, then (partly) filled by the kernel:
+        // every field is a plain integer, valid at any value.
+        let info = unsafe { info.assume_init() };
+        Some(Duration::from_micros(u64::from(info.tcpi_rtt)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
 
 #[cfg(test)]
 mod tests {

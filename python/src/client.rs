@@ -318,9 +318,10 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
 /// ``"auto"`` (zstd only while it pays: the link is the bottleneck and the
 /// data shrinks), ``"zstd"`` / ``"zstd:LEVEL"`` (every block) or ``"off"``;
 /// it applies when the server accepts compression (protocol 2).
-/// ``streams`` is how many connections the upload uses: ``1`` (the
-/// default), ``2`` to ``8`` (joining one session on the server), or
-/// ``"auto"`` (add streams while the throughput keeps rising, up to 8).
+/// ``streams`` is how many connections the upload uses: ``"auto"`` (the
+/// default: one on a short path; on a long one add streams while the
+/// throughput keeps rising, up to 8), ``1``, or ``2`` to ``8`` (joining
+/// one session on the server).
 ///
 /// The upload goes over TLS. ``known_hosts`` is the file of pinned server
 /// keys: not given, the engine's default (``$BIGTRANSFER_KNOWN_HOSTS``, else
@@ -363,7 +364,7 @@ fn report(py: Python<'_>, cb: &Bound<'_, PyAny>, done: u64, total: u64) -> PyRes
        text_signature = "(host, port, path, *, retries=5, timeout=60.0, connect_timeout=10.0, \
                          limit_rate=None, name=None, progress=None, token=None, legacy=False, \
                          cache_dir=..., compress='auto', fingerprint=None, known_hosts=..., \
-                         require_tls=False, streams=1)")]
+                         require_tls=False, streams='auto')")]
 #[allow(clippy::too_many_arguments)]
 pub fn send_file(
     py: Python<'_>,
@@ -392,20 +393,7 @@ pub fn send_file(
         new_err(py, ErrorKind::InvalidInput, e.to_string())
     })?;
     opts.token = token_arg(py, token.as_ref())?;
-    if let Some(s) = streams {
-        let text = match s.extract::<i128>() {
-            Ok(n) => n.to_string(),
-            Err(_) => s.extract::<String>().map_err(|_| {
-                new_err(
-                    py,
-                    ErrorKind::InvalidInput,
-                    "streams must be an int or \"auto\"",
-                )
-            })?,
-        };
-        opts.streams = bigtransfer_core::client::Streams::parse(&text)
-            .map_err(|e| new_err(py, ErrorKind::InvalidInput, e))?;
-    }
+    streams_arg(py, &mut opts, streams)?;
     opts.protocol = if legacy {
         Protocol::Legacy
     } else {
@@ -605,4 +593,27 @@ fn entry_dict(py: Python<'_>, e: &bigtransfer_core::listing::ListEntry) -> PyRes
         }
     }
     Ok(d.into_any().unbind())
+}
+
+/// Applies a ``streams`` argument (an int 1-8 or ``"auto"``; None keeps
+/// the engine's default, ``auto``).
+pub(crate) fn streams_arg(
+    py: Python<'_>,
+    opts: &mut SendOptions,
+    streams: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let Some(s) = streams else { return Ok(()) };
+    let text = match s.extract::<i128>() {
+        Ok(n) => n.to_string(),
+        Err(_) => s.extract::<String>().map_err(|_| {
+            new_err(
+                py,
+                ErrorKind::InvalidInput,
+                "streams must be an int or \"auto\"",
+            )
+        })?,
+    };
+    opts.streams = bigtransfer_core::client::Streams::parse(&text)
+        .map_err(|e| new_err(py, ErrorKind::InvalidInput, e))?;
+    Ok(())
 }

@@ -86,7 +86,9 @@ impl GetResult {
 /// started over. ``dest`` must not exist unless ``force=True``. The
 /// connection arguments (``retries``, ``timeout``, ``connect_timeout``,
 /// ``limit_rate``, ``token``, ``fingerprint``, ``known_hosts``,
-/// ``require_tls``) are ``send_file``'s. ``progress(done, total)`` as for
+/// ``require_tls``, ``streams``) are ``send_file``'s: ``streams`` splits
+/// the download over that many connections (``"auto"``, the default, as
+/// for uploads). ``progress(done, total)`` as for
 /// ``send_file`` (``done``: bytes of the file here); exactly ``False``
 /// cancels (``CancelledError``, the part is kept).
 ///
@@ -96,7 +98,8 @@ impl GetResult {
 #[pyfunction]
 #[pyo3(signature = (host, port, remote, dest, *, force = false, retries = 5, timeout = 60.0,
                     connect_timeout = 10.0, limit_rate = None, progress = None, token = None,
-                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false))]
+                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false,
+                    streams = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn get_file(
     py: Python<'_>,
@@ -114,11 +117,13 @@ pub fn get_file(
     fingerprint: Option<String>,
     known_hosts: OptPath,
     require_tls: bool,
+    streams: Option<Bound<'_, PyAny>>,
 ) -> PyResult<GetResult> {
     let mut opts = crate::client::server_options(py, host, port)?;
     crate::client::pacing(py, &mut opts, retries, timeout, connect_timeout, limit_rate)?;
     opts.token = token_arg(py, token.as_ref())?;
     crate::client::pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
+    crate::client::streams_arg(py, &mut opts, streams)?;
     let d = path_arg(dest)?;
     let pending: Arc<Mutex<Option<(u64, u64)>>> = Arc::new(Mutex::new(None));
     let pending_w = Arc::clone(&pending);

@@ -795,3 +795,16 @@ def test_get_file_roundtrip_cancel_resume_and_refusals(server, tmp_path, big_dat
         bigtransfer.get_file(HOST, port, "missing.bin", tmp_path / "m")
     with pytest.raises(bigtransfer.RefusedError, match="not a file name"):
         bigtransfer.get_file(HOST, port, "../big.bin", tmp_path / "x")
+
+
+def test_get_file_over_parallel_streams(server, tmp_path, big_data):
+    path, data = big_data
+    port = server.address[1]
+    bigtransfer.send_file(HOST, port, path, streams=1)
+    dest = tmp_path / "streamed.bin"
+    r = bigtransfer.get_file(HOST, port, "big.bin", dest, streams=3)
+    assert dest.read_bytes() == data
+    assert r.crc32 == zlib.crc32(data) and r.filesize == len(data)
+    for bad in (0, 9, "many"):
+        with pytest.raises(bigtransfer.InvalidInputError, match="streams"):
+            bigtransfer.get_file(HOST, port, "big.bin", tmp_path / "x", streams=bad)

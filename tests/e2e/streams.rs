@@ -351,3 +351,265 @@ fn compressible_data_is_compressed_on_every_stream() {
     assert_eq!(field(&out, "compressed_blocks"), 16, "{}", stdout(&out));
     assert!(field(&out, "wire_bytes") < MIB, "{}", stdout(&out));
 }
+
+/// `bigtransfer get` through `port` into `dest`, as JSON.
+fn get_via(
+    port: &str,
+    remote: &str,
+    dest: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--quiet",
+            "--json",
+        ])
+        .args(extra)
+        .args(["-o", dest.to_str().unwrap(), remote])
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
+    let _ = child.stderr.take().unwrap().read_to_end(&mut err);
+    std::process::Output {
+        status,
+        stdout: out,
+        stderr: err,
+    }
+}
+
+#[test]
+fn four_streams_download_identical_with_a_token_over_tls() {
+    let t = tempfile::tempdir().unwrap();
+    let tok = t.path().join("token");
+    std::fs::write(&tok, "streams-get-token-0123456789abcdef\n").unwrap();
+    let tok = tok.to_str().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--token-file", tok]);
+    let stored = srv.dir.join("down.bin");
+    write_random(&stored, 24 * MIB + 7, 91);
+    let dest = t.path().join("down.bin");
+    // Paced, so that every joined stream takes blocks too.
+    let extra = ["--streams", "4", "--token-file", tok, "--limit-rate", "24M"];
+    let out = get_via(&srv.port(), "down.bin", &dest, &extra);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&stored, &dest);
+    assert_eq!(field(&out, "streams"), 4, "{}", stdout(&out));
+    assert_eq!(str_field(&out, "encrypted"), "true");
+    assert!(
+        srv.log
+            .wait_for("stream joined the download of down.bin", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(
+        srv.log.text().matches("stream joined the download").count(),
+        3
+    );
+    assert!(!srv.log.text().contains("authentication failed"));
+    // Every connection served part of it: no stream sat idle.
+    assert!(
+        wait_until(LONG, || srv.log.text().matches("down.bin: sent").count()
+            == 4),
+        "{}",
+        srv.log.text()
+    );
+    let parts: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("bigtransfer-"))
+        .collect();
+    assert!(parts.is_empty(), "part or record left: {parts:?}");
+}
+
+#[test]
+fn one_stream_of_a_download_cut_mid_way_it_completes_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    let stored = srv.dir.join("cutget.bin");
+    write_random(&stored, 32 * MIB + 77, 92);
+    // Connection 1 is the TLS hello the plaintext server refuses, 2 the
+    // first plaintext connection, 3.. the joined streams: cut the first
+    // join after its header and five want frames (one block each, two
+    // asked ahead), with most of its share still to come.
+    let probe = Ticket {
+        session: [0; 16],
+        secret: [0; 32],
+    };
+    let head = bigtransfer_core::getwire::encode_get_header_ext(
+        "cutget.bin",
+        None,
+        Some(&probe.join(None).unwrap()),
+    )
+    .unwrap()
+    .len() as u64;
+    let want = bigtransfer_core::getwire::encode_want(&[9]).len() as u64;
+    let (proxy, seen) = cut_proxy(srv.addr, 3, head + 5 * want);
+    let dest = t.path().join("cutget.bin");
+    let extra = ["--streams", "4", "--limit-rate", "24M"];
+    let out = get_via(&proxy.port().to_string(), "cutget.bin", &dest, &extra);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&stored, &dest);
+    assert!(
+        seen.load(Ordering::SeqCst) >= 5,
+        "the streams went through the proxy"
+    );
+    assert_eq!(
+        field(&out, "attempts"),
+        1,
+        "the cut stream did not end the attempt"
+    );
+    assert!(
+        stdout(&out).contains("a joined stream of the download ended"),
+        "{}",
+        stdout(&out)
+    );
+    // What the cut stream had asked for came again; little else did.
+    let got = field(&out, "bytes_received");
+    assert!(got <= 32 * MIB + 77 + 6 * MIB, "{}", stdout(&out));
+}
+
+/// The first connection of a download session, played by hand in
+/// plaintext: the ticket the server grants before the reference.
+fn open_get_session(srv: &ServerProc, name: &str) -> (TcpStream, Ticket) {
+    use bigtransfer_core::getwire;
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&getwire::encode_get_header_ext(name, Some(2), None).unwrap())
+        .unwrap();
+    let ServerMsg::Join(ticket) = server_frame(&mut s, true) else {
+        panic!("the server granted no session");
+    };
+    (s, ticket)
+}
+
+/// A download join's first answer: the reference (admitted) or a fault's words.
+fn try_get_join(
+    srv: &ServerProc,
+    name: &str,
+    j: bigtransfer_core::session::Join,
+) -> Result<(), String> {
+    use bigtransfer_core::getwire;
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&getwire::encode_get_header_ext(name, None, Some(&j)).unwrap())
+        .unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+    s.read_exact(&mut p).unwrap();
+    if head[0] == getwire::TAG_REFERENCE {
+        return Ok(());
+    }
+    match v2::parse_server_msg(head[0], &p).unwrap() {
+        ServerMsg::Fault(_, w) => Err(w),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_download_join_with_a_wrong_or_replayed_secret_is_refused_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    write_random(&srv.dir.join("g.bin"), 3 * MIB, 93);
+    write_random(&srv.dir.join("h.bin"), 2 * MIB, 94);
+    let (_first, ticket) = open_get_session(&srv, "g.bin");
+    let wrong = Ticket {
+        session: ticket.session,
+        secret: [0x42; 32],
+    };
+    let words = try_get_join(&srv, "g.bin", wrong.join(None).unwrap()).unwrap_err();
+    assert!(words.contains("wrong join secret"), "{words}");
+    let good = ticket.join(None).unwrap();
+    assert_eq!(try_get_join(&srv, "g.bin", good.clone()), Ok(()));
+    let words = try_get_join(&srv, "g.bin", good).unwrap_err();
+    assert!(words.contains("used before (a replay)"), "{words}");
+    // Another file with the right secret: refused too.
+    let words = try_get_join(&srv, "h.bin", ticket.join(None).unwrap()).unwrap_err();
+    assert!(words.contains("another transfer"), "{words}");
+    assert!(
+        srv.log.wait_for("wrong join secret", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn a_killed_download_over_streams_resumes_with_another_n_and_only_the_rest() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let size = 48 * MIB + 3;
+    let stored = srv.dir.join("resume-get.bin");
+    write_random(&stored, size, 95);
+    let dest = t.path().join("resume-get.bin");
+    let part = t.path().join(".resume-get.bin.bigtransfer-part");
+    let kh = fresh_known_hosts();
+    let mut c = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &srv.port(),
+            "--quiet",
+        ])
+        .args([
+            "--streams",
+            "4",
+            "--limit-rate",
+            "12M",
+            "-o",
+            dest.to_str().unwrap(),
+        ])
+        .arg("resume-get.bin")
+        .env("BIGTRANSFER_KNOWN_HOSTS", &kh)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The part is sparse: its allocated blocks are what arrived.
+    let written = || std::fs::metadata(&part).map_or(0, |m| m.blocks() * 512);
+    assert!(wait_until(LONG, || written() >= 16 * MIB), "no progress");
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(
+        !dest.exists(),
+        "a partial download is never under its final name"
+    );
+    let out = get_via(&srv.port(), "resume-get.bin", &dest, &["--streams", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_file(&stored, &dest);
+    assert!(field(&out, "resumed_from") >= 12 * MIB, "{}", stdout(&out));
+    assert!(
+        field(&out, "bytes_received") <= size - 12 * MIB,
+        "{}",
+        stdout(&out)
+    );
+    assert!(!part.exists());
+}

@@ -19,6 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod streams;
+
 use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Tally, Upload};
 use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
 use crate::transport::Transport;
@@ -55,6 +57,13 @@ pub struct GetOutcome {
     pub encrypted: bool,
     /// Wall time of the whole download.
     pub elapsed: Duration,
+    /// Most connections used at once by one attempt (1 without streams).
+    pub streams: u32,
+    /// What `auto` decided, and why joined streams ended early.
+    pub stream_notes: Vec<String>,
+    /// The congestion control of the last connection, as the kernel
+    /// reported it (`None` where the OS does not say).
+    pub congestion: Option<String>,
 }
 
 /// The partial download's data file and record beside `dest`.
@@ -299,6 +308,9 @@ pub fn get_file(
         attempts: up.t.attempts,
         encrypted: up.t.encrypted,
         elapsed: started.elapsed(),
+        streams: up.t.streams,
+        stream_notes: up.t.stream_notes.clone(),
+        congestion: up.t.congestion.clone(),
     })
 }
 
@@ -308,6 +320,9 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     let (sock, addr) = shell::connect(up)?;
     up.ever_connected = true;
     shell::tune(&sock);
+    if let Some(cc) = &up.opts.congestion {
+        up.t.congestion = crate::congestion::request(&sock, cc);
+    }
     let reconnect = |up: &Upload| -> Result<TcpStream> {
         let (s, _) = shell::connect(up)?;
         shell::tune(&s);
@@ -315,16 +330,24 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     };
     let mut stream = secure::open(up, sock, &reconnect)?;
     up.t.encrypted = stream.is_encrypted();
+    let (ask, why) = up
+        .opts
+        .streams
+        .ask_on(super::streams::rtt_of(stream.as_ref()));
+    if let Some(w) = why {
+        up.t.note_once(w);
+    }
     let io_timeout = Some(up.opts.io_timeout);
     stream
         .set_write_timeout(io_timeout)
         .map_err(|e| peer::lost(e, "configuring the socket"))?;
-    let header = getwire::encode_get_header(&up.filename)?;
+    let header = getwire::encode_get_header_ext(&up.filename, ask, None)?;
     stream
         .write_all(&header)
         .map_err(|e| peer::lost(e, "sending the request"))?;
     greet(up, stream.as_mut())?;
-    let r = reference(up, stream.as_mut(), &header[4..])?;
+    let mut ticket = None;
+    let r = reference(up, stream.as_mut(), &header[4..], &mut ticket)?;
     let total = r.size;
     if local.adopt(r)? {
         let remote = up.filename.clone();
@@ -339,7 +362,12 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     {
         return Err(cancelled());
     }
-    rounds(up, stream.as_mut(), local)
+    match ticket {
+        Some(t) if !local.missing().is_empty() => {
+            streams::pull(up, stream.as_mut(), local, t, addr)
+        }
+        _ => rounds(up, stream.as_mut(), local),
+    }
 }
 
 fn cancelled() -> Error {
@@ -397,8 +425,14 @@ fn read_frame(stream: &mut dyn Transport, max: usize, during: &str) -> Result<(u
     Ok((head[0], p))
 }
 
-/// Until the reference: answers a challenge, turns faults into errors.
-fn reference(up: &mut Upload, stream: &mut dyn Transport, json: &[u8]) -> Result<Reference> {
+/// Until the reference: answers a challenge, keeps a session's ticket,
+/// turns faults into errors.
+fn reference(
+    up: &mut Upload,
+    stream: &mut dyn Transport,
+    json: &[u8],
+    ticket: &mut Option<crate::session::Ticket>,
+) -> Result<Reference> {
     loop {
         let (tag, p) = read_frame(
             stream,
@@ -419,6 +453,7 @@ fn reference(up: &mut Upload, stream: &mut dyn Transport, json: &[u8]) -> Result
             ServerMsg::BoundChallenge { nonce, proof } => {
                 answer(up, stream, json, nonce, Some(proof))?
             }
+            ServerMsg::Join(t) => *ticket = Some(t),
             other => return Err(refusal(other)),
         }
     }

@@ -115,9 +115,10 @@ pub struct SendOptions {
     pub known_hosts: Option<PathBuf>,
     /// Refuse plaintext even with a server never seen before.
     pub require_tls: bool,
-    /// Connections for one upload (version 2): `Fixed(1)` (the default)
-    /// is one connection; more, or `Auto`, asks the server for a session
-    /// that further connections join (see [`Streams`]).
+    /// Connections for one upload or download (version 2): `Auto` (the
+    /// default: one on a short path, else more while throughput rises),
+    /// `Fixed(1)` one connection, more asks the server for a session that
+    /// further connections join (see [`Streams`]).
     pub streams: Streams,
 }
 
@@ -155,7 +156,7 @@ impl SendOptions {
             fingerprint: None,
             known_hosts: crate::known_hosts::default_path().ok(),
             require_tls: false,
-            streams: Streams::Fixed(1),
+            streams: Streams::Auto,
         }
     }
 }
@@ -283,7 +284,8 @@ pub struct Outcome {
     pub congestion: Option<String>,
     /// Most connections used at once by one attempt (1 without streams).
     pub streams: u32,
-    /// Why joined streams ended early or were refused, if any did.
+    /// What `auto` decided, and why joined streams ended early or were
+    /// refused, if any did.
     pub stream_notes: Vec<String>,
     /// What the server said storing did to the name: new, unchanged (the
     /// same content was there: nothing stored), the old file kept as a
@@ -423,6 +425,14 @@ struct Tally {
 }
 
 impl Tally {
+    /// Adds a stream note unless the same words are there (each attempt
+    /// decides again, usually alike).
+    fn note_once(&mut self, words: String) {
+        if !self.stream_notes.contains(&words) {
+            self.stream_notes.push(words);
+        }
+    }
+
     fn new(started: Instant) -> Tally {
         Tally {
             started,

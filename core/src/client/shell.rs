@@ -83,7 +83,14 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
     configure(stream.as_ref(), up)?;
     let mut cfg = sender_config(up, src);
     cfg.binding = stream.channel_binding();
-    let tx = Sender::with_streams(cfg, Instant::now(), up.opts.streams.ask());
+    let (ask, why) = up
+        .opts
+        .streams
+        .ask_on(super::streams::rtt_of(stream.as_ref()));
+    if let Some(w) = why {
+        up.t.note_once(w);
+    }
+    let tx = Sender::with_streams(cfg, Instant::now(), ask);
     let mut sh = Shell {
         up,
         src,

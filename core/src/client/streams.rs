@@ -62,6 +62,33 @@ impl Streams {
             Streams::Auto => Some(MAX_STREAMS),
         }
     }
+
+    /// The streams to ask for on a connection whose round trip the kernel
+    /// measured as `rtt`, and what `auto` decided (for the notes). `auto`
+    /// on a short path asks for none: one stream there is bound by CPU or
+    /// disk, never by its window, so more would only share them (and the
+    /// single-connection path costs nothing extra).
+    pub fn ask_on(self, rtt: Option<Duration>) -> (Option<u32>, Option<String>) {
+        match (self, rtt) {
+            (Streams::Auto, Some(r)) if r < AUTO_MIN_RTT => (
+                None,
+                Some(format!(
+                    "auto kept one stream: round trip {:.2} ms, under {} ms, where one stream is not window-bound",
+                    r.as_secs_f64() * 1e3,
+                    AUTO_MIN_RTT.as_millis()
+                )),
+            ),
+            _ => (self.ask(), None),
+        }
+    }
+}
+
+/// Round trips under this never get more than one stream from `auto`.
+pub const AUTO_MIN_RTT: Duration = Duration::from_millis(1);
+
+/// The kernel's round-trip estimate of a connected socket, if it says.
+pub fn rtt_of(t: &dyn Transport) -> Option<Duration> {
+    crate::sys::tcp_rtt(t.fd())
 }
 
 impl std::fmt::Display for Streams {
@@ -89,18 +116,18 @@ struct Queue {
     count: u32,
 }
 
-/// The shared queue of one parallel send.
-struct Work {
+/// The shared queue of one parallel send (or download: `client::get`).
+pub(super) struct Work {
     q: Mutex<Queue>,
     cv: Condvar,
-    stop: AtomicBool,
-    bytes: AtomicU64,
+    pub(super) stop: AtomicBool,
+    pub(super) bytes: AtomicU64,
     /// Joined streams the server admitted.
-    joined: AtomicU64,
+    pub(super) joined: AtomicU64,
     /// Blocks sent compressed, their raw and their wire bytes.
     packed: [AtomicU64; 3],
-    cuts: Mutex<Vec<Shutdown>>,
-    notes: Mutex<Vec<String>>,
+    pub(super) cuts: Mutex<Vec<Shutdown>>,
+    pub(super) notes: Mutex<Vec<String>>,
     /// `--limit-rate` over all streams together, from `started`.
     limit: Option<u64>,
     started: Instant,
@@ -110,7 +137,7 @@ struct Work {
 const STRAGGLER_MIN: Duration = Duration::from_millis(300);
 
 impl Work {
-    fn new(blocks: Vec<u64>, limit: Option<u64>) -> Work {
+    pub(super) fn new(blocks: Vec<u64>, limit: Option<u64>) -> Work {
         Work {
             q: Mutex::new(Queue {
                 pending: blocks.into(),
@@ -131,7 +158,7 @@ impl Work {
     /// The next block for a stream: from the queue, else a straggler's
     /// (in flight over three times the mean block time), else `None` once
     /// nothing is left in flight.
-    fn take(&self) -> Option<u64> {
+    pub(super) fn take(&self) -> Option<u64> {
         let mut q = self.q.lock().ok()?;
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -163,7 +190,7 @@ impl Work {
         }
     }
 
-    fn done(&self, idx: u64, crc: u32, took: Duration, len: u64) {
+    pub(super) fn done(&self, idx: u64, crc: u32, took: Duration, len: u64) {
         self.bytes.fetch_add(len, Ordering::Relaxed);
         if let Ok(mut q) = self.q.lock() {
             q.done.insert(idx, crc);
@@ -174,8 +201,46 @@ impl Work {
         self.cv.notify_all();
     }
 
+    /// The next block from the queue without waiting (never a
+    /// straggler's): for a stream that still has blocks in flight.
+    pub(super) fn take_pending(&self) -> Option<u64> {
+        if self.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut q = self.q.lock().ok()?;
+        let i = q.pending.pop_front()?;
+        let f = Flight {
+            since: Instant::now(),
+            doubled: false,
+        };
+        q.flying.insert(i, f);
+        Some(i)
+    }
+
+    /// Block `idx` starts arriving now: its time in flight counts from
+    /// here (a download asks for blocks ahead; waiting behind the others
+    /// of its stream is not being late).
+    pub(super) fn arriving(&self, idx: u64) {
+        if let Ok(mut q) = self.q.lock() {
+            if let Some(f) = q.flying.get_mut(&idx) {
+                f.since = Instant::now();
+            }
+        }
+    }
+
+    /// The blocks done so far.
+    pub(super) fn done_blocks(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .q
+            .lock()
+            .map(|q| q.done.keys().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     /// A stream failed with `idx` in flight: it goes back to the queue.
-    fn failed(&self, idx: u64) {
+    pub(super) fn failed(&self, idx: u64) {
         if let Ok(mut q) = self.q.lock() {
             if !q.done.contains_key(&idx) && q.flying.remove(&idx).is_some() {
                 q.pending.push_front(idx);
@@ -185,7 +250,7 @@ impl Work {
     }
 
     /// Sleeps as needed to keep all streams together under the limit.
-    fn pace(&self) {
+    pub(super) fn pace(&self) {
         let Some(rate) = self.limit else { return };
         let sent = self.bytes.load(Ordering::Relaxed);
         let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
@@ -194,7 +259,7 @@ impl Work {
         }
     }
 
-    fn halt(&self) {
+    pub(super) fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Ok(c) = self.cuts.lock() {
             for s in c.iter() {
@@ -204,7 +269,7 @@ impl Work {
         self.cv.notify_all();
     }
 
-    fn note(&self, words: String) {
+    pub(super) fn note(&self, words: String) {
         if let Ok(mut n) = self.notes.lock() {
             n.push(words);
         }
@@ -341,7 +406,7 @@ fn poisoned() -> SendError {
 }
 
 /// When to open another stream.
-struct Grow {
+pub(super) struct Grow {
     max: u32,
     auto: bool,
     opened: u32,
@@ -354,7 +419,7 @@ struct Grow {
 const MEASURE: Duration = Duration::from_millis(700);
 
 impl Grow {
-    fn new(mode: super::Streams) -> Grow {
+    pub(super) fn new(mode: super::Streams) -> Grow {
         let (max, auto) = match mode {
             super::Streams::Fixed(n) => (n.clamp(1, MAX_STREAMS), false),
             super::Streams::Auto => (MAX_STREAMS, true),
@@ -371,7 +436,7 @@ impl Grow {
 
     /// Fixed: open every stream at once. Auto: after each measuring
     /// period, open one more while the rate rose by 10 % or more.
-    fn wants_more(&mut self, work: &Work) -> bool {
+    pub(super) fn wants_more(&mut self, work: &Work) -> bool {
         if self.opened >= self.max {
             return false;
         }
@@ -480,7 +545,7 @@ fn join_stream(work: &Work, d: &Dialer, file: &File) -> Result<(), String> {
     }
 }
 
-fn dial(d: &Dialer) -> Result<Box<dyn Transport>, String> {
+pub(super) fn dial(d: &Dialer) -> Result<Box<dyn Transport>, String> {
     let sock = TcpStream::connect_timeout(&d.addr, d.connect_timeout)
         .map_err(|e| format!("cannot open another stream to {}: {e}", d.addr))?;
     let _ = sock.set_nodelay(true);
@@ -721,5 +786,30 @@ mod tests {
         assert!(Streams::parse("0").is_err() && Streams::parse("9").is_err());
         assert_eq!(Streams::Fixed(1).ask(), None);
         assert_eq!(Streams::Auto.ask(), Some(MAX_STREAMS));
+    }
+
+    #[test]
+    fn auto_keeps_one_stream_on_a_short_path_only() {
+        let short = Some(Duration::from_micros(40));
+        let (ask, why) = Streams::Auto.ask_on(short);
+        assert_eq!(ask, None);
+        assert!(why.unwrap().contains("auto kept one stream"));
+        let long = Some(Duration::from_millis(100));
+        assert_eq!(Streams::Auto.ask_on(long), (Some(MAX_STREAMS), None));
+        // Unknown round trip: auto measures as ever.
+        assert_eq!(Streams::Auto.ask_on(None), (Some(MAX_STREAMS), None));
+        // A number given is a number used.
+        assert_eq!(Streams::Fixed(4).ask_on(short), (Some(4), None));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_kernel_reports_a_loopback_round_trip_under_the_auto_floor() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _server = l.accept().unwrap();
+        let t = TcpTransport::new(c).unwrap();
+        let rtt = rtt_of(&t).expect("TCP_INFO on Linux");
+        assert!(rtt < AUTO_MIN_RTT, "{rtt:?}");
     }
 }

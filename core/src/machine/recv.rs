@@ -1092,6 +1092,11 @@ impl Receiver {
         self.req.as_ref().is_some_and(|r| r.join.is_some())
     }
 
+    /// The session this connection asks to join (`bt.join`), if any.
+    pub fn join_asked(&self) -> Option<&crate::session::Join> {
+        self.req.as_ref().and_then(|r| r.join.as_ref())
+    }
+
     /// The streams the client asked for (`bt.streams`), if any.
     pub fn streams_asked(&self) -> Option<u32> {
         self.req.as_ref().and_then(|r| r.streams)

@@ -87,11 +87,17 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
     let early = shell.take_leftover();
     let sh = shell.sh;
     let peer = shell.conn.peer;
+    let plan = super::getjoin::Plan {
+        streams: shell.rx.streams_asked(),
+        join: shell.rx.join_asked().cloned(),
+        binding: shell.stream.channel_binding(),
+        peer,
+    };
     let mut input = Input {
         stream: &mut shell.stream,
         early,
     };
-    match run(sh, &name, &mut input) {
+    match run(sh, &name, &mut input, &plan) {
         Ok((size, sent)) => {
             (sh.logger)(&format!(
                 "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection)"
@@ -135,22 +141,22 @@ fn drain(stream: &mut dyn crate::transport::Transport) {
 
 /// The exchange: reference, then rounds of wanted blocks. Returns the file
 /// size and the bytes of file sent.
-fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), Stop> {
+fn run(
+    sh: &Shared,
+    name: &SafeName,
+    input: &mut Input,
+    plan: &super::getjoin::Plan,
+) -> Result<(u64, u64), Stop> {
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::get_store::run(sh, s3, name, input);
+        return super::get_store::run(sh, s3, name, input, plan);
     }
     let file = open(sh, name)?;
     let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
-    let payload = reference.encode();
-    input
-        .stream
-        .write_all(&getwire::encode_frame(TAG_REFERENCE, &payload))?;
-    input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
+    let (_session, rounds) = begin(sh, name, &reference, plan, input)?;
     let mut buf = crate::sys::PageBuf::new(reference.block as usize);
     let mut sent = 0u64;
-    // One round more than the client may ask: the last "want nothing".
-    for _ in 0..=super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS {
+    for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
         if wanted.is_empty() {
             return Ok((reference.size, sent));
@@ -162,6 +168,39 @@ fn run(sh: &Shared, name: &SafeName, input: &mut Input) -> Result<(u64, u64), St
     Err(Stop::Fault(Fault::bad(
         "refused: too many rounds of blocks asked for on one connection",
     )))
+}
+
+/// What every download does before its rounds, from a directory or a
+/// store: enter the session its client asks for (a joined stream is
+/// checked here), send the session's ticket and the reference. Returns the
+/// session's guard (held for the connection) and how many rounds of
+/// wanted blocks the connection may ask for.
+pub(super) fn begin<'a>(
+    sh: &'a Shared,
+    name: &SafeName,
+    reference: &Reference,
+    plan: &super::getjoin::Plan,
+    input: &mut Input,
+) -> Result<(super::getjoin::Guard<'a>, u32), Stop> {
+    let (session, ticket) =
+        super::getjoin::enter(sh, name, reference, plan).map_err(Stop::Fault)?;
+    if let Some(j) = ticket {
+        input.stream.write_all(&j)?;
+    }
+    let payload = reference.encode();
+    input
+        .stream
+        .write_all(&getwire::encode_frame(TAG_REFERENCE, &payload))?;
+    input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
+    // One round more than the client may ask: the last "want nothing". A
+    // stream of a session asks for a block or a few per round: each block
+    // about twice (re-issued stragglers, repairs), and the rounds of one.
+    let mut rounds = super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS;
+    if session.in_session() {
+        let blocks = u32::try_from(reference.count()).unwrap_or(u32::MAX);
+        rounds = rounds.saturating_add(blocks.saturating_mul(2).saturating_add(64));
+    }
+    Ok((session, rounds))
 }
 
 /// Opens the stored file `name` for reading, under the storage directory.

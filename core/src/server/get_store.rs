@@ -13,7 +13,7 @@ use crate::transport::Transport;
 
 use super::get::{read_want, Input, Stop};
 use super::Shared;
-use crate::getwire::{self, TAG_REFERENCE};
+use crate::getwire;
 use crate::machine::Fault;
 use crate::s3::S3Storage;
 use crate::SafeName;
@@ -25,15 +25,12 @@ pub(super) fn run(
     s3: &S3Storage,
     name: &SafeName,
     input: &mut Input,
+    plan: &super::getjoin::Plan,
 ) -> Result<(u64, u64), Stop> {
     let reference = s3.reference(name.as_str()).map_err(Stop::Fault)?;
-    let payload = reference.encode();
-    input
-        .stream
-        .write_all(&getwire::encode_frame(TAG_REFERENCE, &payload))?;
-    input.stream.set_read_timeout(Some(sh.cfg.idle_timeout))?;
+    let (_session, rounds) = super::get::begin(sh, name, &reference, plan, input)?;
     let mut sent = 0u64;
-    for _ in 0..=super::MAX_REPAIR_ROUNDS + crate::client::MAX_REPAIR_ROUNDS {
+    for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
         if wanted.is_empty() {
             return Ok((reference.size, sent));

@@ -22,6 +22,7 @@ mod conn;
 mod get;
 #[cfg(feature = "s3")]
 mod get_store;
+mod getjoin;
 mod list;
 mod local;
 mod open;

@@ -1,0 +1,401 @@
+//! Parallel streams for one download: the first connection got a session
+//! ticket (`J`) with the reference; further connections join it (the
+//! upload's join proof, pinned TLS, the token challenge) and check they
+//! are served the same reference. Every stream pulls blocks from one
+//! shared queue (the upload's), asks for each with its own want frame
+//! (a few ahead, so the link never idles between blocks), verifies what
+//! arrives against the reference's CRC-32 and writes it at its offset
+//! into the partial download. A damaged block goes back to the queue; a
+//! stream that breaks gives its blocks back and ends; a block in flight
+//! too long is taken again by an idle stream. What is held afterwards is
+//! exactly the blocks written, so a failed attempt resumes as ever.
+//!
+//! Not for the single-connection download (`super::rounds`), the record
+//! or the final rename (`super::Local`).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::super::streams::{dial, Dialer, Grow, Work};
+use super::{Local, Upload};
+use crate::auth::Token;
+use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
+use crate::session::Ticket;
+use crate::transport::Transport;
+use crate::v2::{self, ServerMsg};
+use crate::{Control, Error, ErrorKind, Progress, Result};
+
+/// Bytes asked for ahead on each stream of a long path: enough to cover
+/// a round trip at a stream's window (4 MiB by default). On a short one
+/// two blocks keep the link busy, and fewer blocks wait reserved behind
+/// others on one stream.
+const AHEAD: u64 = 8 << 20;
+
+/// What every stream of one download shares.
+struct Ctx<'a> {
+    work: &'a Work,
+    r: &'a Reference,
+    part: &'a File,
+    window: usize,
+    /// Blocks that arrived damaged (asked for again).
+    damaged: AtomicU64,
+    /// A local (disk) failure: it ends the download, not just a stream.
+    fatal: Mutex<Option<Error>>,
+}
+
+/// Pulls the missing blocks over `primary` and joined streams until all
+/// are held (or every stream ended). Marks what arrived as held either way.
+pub(super) fn pull(
+    up: &mut Upload,
+    primary: &mut dyn Transport,
+    local: &mut Local,
+    ticket: Ticket,
+    addr: std::net::SocketAddr,
+) -> Result<()> {
+    let (Some(r), Some(part)) = (local.reference.clone(), local.part.as_ref()) else {
+        return Err(Error::new(ErrorKind::Protocol, "no reference"));
+    };
+    let part = part
+        .try_clone()
+        .map_err(|e| super::local_err(format!("cannot open {}", local.part_path.display()), e))?;
+    let work = Work::new(local.missing(), up.opts.limit_rate);
+    let ctx = Ctx {
+        work: &work,
+        r: &r,
+        part: &part,
+        window: window(primary, r.block),
+        damaged: AtomicU64::new(0),
+        fatal: Mutex::new(None),
+    };
+    let dialer = dialer(up, ticket, addr)?;
+    let base = local.held_bytes();
+    let first = run_all(up, primary, &ctx, &dialer, base);
+    for i in work.done_blocks() {
+        local.held[i as usize] = true;
+    }
+    let damaged = ctx.damaged.load(Ordering::Relaxed);
+    local.repaired += damaged;
+    let t = &mut up.t;
+    t.repairs += u32::from(damaged > 0);
+    t.sent += work.bytes.load(Ordering::Relaxed);
+    let streams = 1 + work.joined.load(Ordering::SeqCst).min(7) as u32;
+    t.streams = t.streams.max(streams);
+    for n in work.notes.lock().map(|n| n.clone()).unwrap_or_default() {
+        t.note_once(n);
+    }
+    if let Some(e) = ctx.fatal.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    // The first stream may break while the joined ones bring the rest.
+    let missing = local.missing().len();
+    if missing == 0 {
+        return Ok(());
+    }
+    first?;
+    Err(Error::new(
+        ErrorKind::ConnectionLost,
+        format!("every stream of the download ended with {missing} block(s) still missing"),
+    ))
+}
+
+/// Blocks each stream asks for ahead: two on a short path, enough for
+/// [`AHEAD`] on a long one.
+fn window(primary: &dyn Transport, block: u64) -> usize {
+    match super::super::streams::rtt_of(primary) {
+        Some(rtt) if rtt < super::super::streams::AUTO_MIN_RTT => 2,
+        _ => (AHEAD / block).clamp(2, 64) as usize,
+    }
+}
+
+/// The first stream on this thread (it grows the others and reports
+/// progress), joined ones on their own; returns when all ended.
+fn run_all(
+    up: &mut Upload,
+    primary: &mut dyn Transport,
+    ctx: &Ctx,
+    dialer: &Dialer,
+    base: u64,
+) -> Result<()> {
+    let total = ctx.r.size;
+    let mut grow = Grow::new(up.opts.streams);
+    let progress = &mut *up.progress;
+    std::thread::scope(|sc| {
+        let mut joins = Vec::new();
+        let mut tick = |work: &Work| -> Result<()> {
+            while grow.wants_more(work) {
+                joins.push(sc.spawn(move || joined(ctx, dialer)));
+            }
+            let done = (base + work.bytes.load(Ordering::Relaxed)).min(total);
+            match progress(&Progress::Sending { done, total }) {
+                Control::Continue => Ok(()),
+                Control::Cancel => Err(super::cancelled()),
+            }
+        };
+        let r = stream_loop(primary, ctx, &mut tick);
+        if r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Cancelled) {
+            ctx.work.halt();
+        }
+        // The first stream ended (done, or broken: the others go on):
+        // report progress while they finish.
+        let mut report = |work: &Work| -> Result<()> {
+            let done = (base + work.bytes.load(Ordering::Relaxed)).min(total);
+            match progress(&Progress::Sending { done, total }) {
+                Control::Continue => Ok(()),
+                Control::Cancel => Err(super::cancelled()),
+            }
+        };
+        while joins.iter().any(|j| !j.is_finished()) {
+            if report(ctx.work).is_err() {
+                ctx.work.halt();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    })
+}
+
+/// One joined stream, from connecting to its last block; why it ended
+/// early goes to the notes.
+fn joined(ctx: &Ctx, d: &Dialer) {
+    let r = join_stream(ctx, d).and_then(|mut s| {
+        let mut tick = |_: &Work| Ok(());
+        stream_loop(s.as_mut(), ctx, &mut tick)
+            .map_err(|e| format!("a joined stream of the download ended: {e}"))
+    });
+    if let Err(words) = r {
+        ctx.work.note(words);
+    }
+}
+
+/// Asks for blocks (a window ahead) and receives them, until the queue
+/// is empty and nothing is in flight; then says so to the server. On a
+/// failure the blocks in flight go back to the queue.
+fn stream_loop(
+    s: &mut dyn Transport,
+    ctx: &Ctx,
+    tick: &mut dyn FnMut(&Work) -> Result<()>,
+) -> Result<()> {
+    let mut flight = VecDeque::new();
+    let r = blocks(s, ctx, &mut flight, tick);
+    for i in flight {
+        ctx.work.failed(i);
+    }
+    r?;
+    s.write_all(&getwire::encode_want(&[]))
+        .map_err(|e| super::peer::lost(e, "ending the download"))
+}
+
+fn blocks(
+    s: &mut dyn Transport,
+    ctx: &Ctx,
+    flight: &mut VecDeque<u64>,
+    tick: &mut dyn FnMut(&Work) -> Result<()>,
+) -> Result<()> {
+    let mut buf = crate::sys::PageBuf::new(ctx.r.block as usize);
+    loop {
+        while flight.len() < ctx.window {
+            let Some(i) = ctx.work.take_pending() else {
+                break;
+            };
+            flight.push_back(i);
+            ask(s, i)?;
+        }
+        if flight.is_empty() {
+            // Nothing queued: wait for a straggler's block, or the end.
+            let Some(i) = ctx.work.take() else {
+                return Ok(());
+            };
+            flight.push_back(i);
+            ask(s, i)?;
+        }
+        let Some(&i) = flight.front() else { continue };
+        let started = Instant::now();
+        ctx.work.arriving(i);
+        let crc = fetch(s, ctx.r, i, &mut buf)?;
+        flight.pop_front();
+        let (off, len) = ctx.r.range(i);
+        if crc != Some(ctx.r.crcs[i as usize]) {
+            ctx.damaged.fetch_add(1, Ordering::Relaxed);
+            bound_damage(ctx)?;
+            ctx.work.failed(i);
+            continue;
+        }
+        if let Err(e) = ctx.part.write_all_at(&buf[..len as usize], off) {
+            let e = Error::io(ErrorKind::Storage, "cannot write the partial download", e);
+            if let Ok(mut f) = ctx.fatal.lock() {
+                f.get_or_insert(e);
+            }
+            ctx.work.halt();
+            return Err(Error::new(ErrorKind::Storage, "the local disk failed"));
+        }
+        ctx.work
+            .done(i, ctx.r.crcs[i as usize], started.elapsed(), len);
+        ctx.work.pace();
+        tick(ctx.work)?;
+    }
+}
+
+/// Blocks damaged over and over: the path corrupts data; give up as one
+/// stream does after its rounds of repair.
+fn bound_damage(ctx: &Ctx) -> Result<()> {
+    let most = ctx.r.count() + 8 * u64::from(super::super::MAX_REPAIR_ROUNDS);
+    if ctx.damaged.load(Ordering::Relaxed) > most {
+        ctx.work.halt();
+        return Err(Error::new(
+            ErrorKind::CrcMismatch,
+            "blocks kept arriving damaged on the download's streams",
+        ));
+    }
+    Ok(())
+}
+
+fn ask(s: &mut dyn Transport, i: u64) -> Result<()> {
+    s.write_all(&getwire::encode_want(&[i]))
+        .map_err(|e| super::peer::lost(e, "asking for blocks"))
+}
+
+/// Reads the data frame of block `i` into `buf`; the CRC-32 of what
+/// arrived when it matches its trailer (`None`: damaged in transit).
+fn fetch(s: &mut dyn Transport, r: &Reference, i: u64, buf: &mut [u8]) -> Result<Option<u32>> {
+    let (off, len) = r.range(i);
+    let during = "receiving data";
+    let mut head = [0u8; 13];
+    s.read_exact(&mut head[..5])
+        .map_err(|e| super::peer::lost(e, during))?;
+    if head[0] != TAG_DATA {
+        return Err(super::fault_instead(
+            s,
+            head[..5].try_into().unwrap_or([0; 5]),
+        ));
+    }
+    s.read_exact(&mut head[5..])
+        .map_err(|e| super::peer::lost(e, during))?;
+    let flen = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
+    let foff = u64::from_be_bytes(head[5..13].try_into().unwrap_or([0; 8]));
+    if flen != 12 + len || foff != off {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "the server sent {} bytes at {foff} where block {i} ({len} bytes at {off}) was due",
+                flen.saturating_sub(12)
+            ),
+        ));
+    }
+    let b = &mut buf[..len as usize];
+    s.read_exact(b).map_err(|e| super::peer::lost(e, during))?;
+    let mut trailer = [0u8; 4];
+    s.read_exact(&mut trailer)
+        .map_err(|e| super::peer::lost(e, during))?;
+    let crc = crc32fast::hash(b);
+    Ok((crc == u32::from_be_bytes(trailer)).then_some(crc))
+}
+
+/// How joined streams connect: as the first (same address, TLS pinned to
+/// the key it saw, or plaintext as it was).
+fn dialer(up: &Upload, ticket: Ticket, addr: std::net::SocketAddr) -> Result<Dialer> {
+    let opts = up.opts;
+    let tls = match (up.t.encrypted, up.peer_key) {
+        (false, _) => None,
+        (true, Some(f)) => Some(crate::tls::client_config(crate::tls::PinPolicy::Expect(f))?),
+        (true, None) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "internal: no server key to pin",
+            ))
+        }
+    };
+    Ok(Dialer {
+        addr,
+        tls,
+        connect_timeout: opts.connect_timeout,
+        handshake_timeout: opts.handshake_timeout,
+        io_timeout: opts.io_timeout,
+        congestion: opts.congestion.clone(),
+        limit_rate: opts.limit_rate,
+        compress: crate::compress::Compress::Off,
+        filename: up.filename.clone(),
+        filesize: 0,
+        block: 0,
+        source: None,
+        token: opts.token.clone(),
+        ticket,
+    })
+}
+
+/// Connects a joined stream: the request with the join proof, the
+/// greeting, the challenge when the server has a token, and the same
+/// reference as the first stream's.
+fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<Box<dyn Transport>, String> {
+    let mut s = dial(d)?;
+    if let Ok(mut c) = ctx.work.cuts.lock() {
+        c.push(s.shutdown_handle());
+    }
+    let binding = s.channel_binding();
+    let j = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
+    let header =
+        getwire::encode_get_header_ext(&d.filename, None, Some(&j)).map_err(|e| e.to_string())?;
+    s.write_all(&header).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(d.handshake_timeout))
+        .map_err(|e| e.to_string())?;
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic)
+        .map_err(|e| format!("no greeting on a joined stream: {e}"))?;
+    if magic != v2::MAGIC {
+        return Err("the server did not greet a joined stream".into());
+    }
+    s.set_read_timeout(Some(d.io_timeout))
+        .map_err(|e| e.to_string())?;
+    loop {
+        let (tag, p) = super::read_frame(s.as_mut(), v2::MAX_SERVER_FRAME, "joining")
+            .map_err(|e| e.to_string())?;
+        if tag == TAG_REFERENCE {
+            let r = Reference::decode(&p).map_err(|e| e.to_string())?;
+            if &r != ctx.r {
+                return Err(
+                    "the file changed on the server: a joined stream saw another version".into(),
+                );
+            }
+            ctx.work.joined.fetch_add(1, Ordering::SeqCst);
+            return Ok(s);
+        }
+        let msg = v2::parse_server_msg(tag, &p).map_err(|e| e.to_string())?;
+        let token = d.token.as_ref();
+        match msg {
+            ServerMsg::Challenge(nonce) => answer(s.as_mut(), token, &header[4..], nonce, None)?,
+            ServerMsg::BoundChallenge { nonce, proof } => {
+                answer(s.as_mut(), token, &header[4..], nonce, Some(proof))?
+            }
+            ServerMsg::Fault(_, w) | ServerMsg::Error(w) => {
+                return Err(format!("server: {}", crate::text::printable(&w)))
+            }
+            other => return Err(format!("unexpected {other:?} on a joined stream")),
+        }
+    }
+}
+
+/// Answers the token challenge on a joined stream (inside TLS only after
+/// the server proved the token on this connection).
+fn answer(
+    s: &mut dyn Transport,
+    token: Option<&Token>,
+    json: &[u8],
+    nonce: [u8; crate::auth::NONCE_LEN],
+    proof: Option<[u8; crate::auth::ANSWER_LEN]>,
+) -> std::result::Result<(), String> {
+    let Some(t) = token else {
+        return Err("the server requires a token".into());
+    };
+    let a = match (proof, s.channel_binding()) {
+        (None, _) => t.answer(&nonce, json),
+        (Some(p), Some(b)) if t.check_server_proof(&nonce, &b, json, &p) => {
+            t.client_answer(&nonce, &b, json)
+        }
+        _ => return Err("the server did not prove the token on a joined stream".into()),
+    };
+    s.write_all(&v2::encode_answer(&a))
+        .map_err(|e| e.to_string())
+}
