@@ -23,9 +23,23 @@ use std::time::Duration;
 /// data) would even be slightly larger once framed.
 pub const MIN_SAVING_PERCENT: usize = 3;
 
-/// The zstd level `auto` uses: level 1 compresses several hundred MB/s per
-/// core with most of level 3's ratio on typical data (see BENCHMARKS).
+/// The zstd level `auto` starts at: level 1 compresses several hundred MB/s
+/// per core with most of level 3's ratio on typical data (see BENCHMARKS).
 pub const AUTO_LEVEL: i32 = 1;
+
+/// The level `auto` moves to when the link is so slow that even level 3
+/// leaves the CPU waiting on it (a WAN at 100 Mbit/s: 12.5 MB/s of wire
+/// against several hundred MB/s of compression): there the extra ratio is
+/// pure gain (a tar of /usr/share: 2.1 at level 1, 2.7 at level 3).
+pub const AUTO_SLOW_LINK_LEVEL: i32 = 3;
+
+/// `auto` moves up to [`AUTO_SLOW_LINK_LEVEL`] when compression at
+/// [`AUTO_LEVEL`] outruns what the link takes by this factor (level 3
+/// costs about twice level 1, so half of it stays as margin), and back
+/// down when at the higher level it no longer outruns it by
+/// [`AUTO_LEVEL_DOWN`].
+const AUTO_LEVEL_UP: f64 = 4.0;
+const AUTO_LEVEL_DOWN: f64 = 1.5;
 
 /// The largest compressed size that is worth sending for a raw block of
 /// `raw_len` bytes.
@@ -387,6 +401,8 @@ pub struct AutoCompressor {
     link_cost: Option<f64>,
     /// Compressed size / raw size of the blocks that shrank, smoothed.
     ratio: Option<f64>,
+    /// The level blocks are compressed at (the costs above are of it).
+    level: i32,
 }
 
 /// Weight of a new measurement in the moving averages: recent enough to
@@ -419,7 +435,41 @@ impl AutoCompressor {
             compress_cost: None,
             link_cost: None,
             ratio: None,
+            level: AUTO_LEVEL,
         }
+    }
+
+    /// The level to compress the next block at, if it is to be tried
+    /// (counts the block, as [`AutoCompressor::should_compress`]).
+    pub fn next_level(&mut self) -> Option<i32> {
+        self.should_compress().then_some(self.level)
+    }
+
+    /// The level compression runs at now.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Moves between [`AUTO_LEVEL`] and [`AUTO_SLOW_LINK_LEVEL`] by how far
+    /// compression outruns the link (raw bytes per second each way). A
+    /// change of level forgets the compression cost, which was of the old
+    /// level.
+    fn adapt_level(&mut self) {
+        let (Some(cc), Some(lc), Some(r)) = (self.compress_cost, self.link_cost, self.ratio) else {
+            return;
+        };
+        // Raw bytes per second: what compression produces, what the link
+        // carries once compressed.
+        let headroom = (1.0 / cc) / ((1.0 / lc) / r.max(1e-3));
+        let next = if self.level == AUTO_LEVEL && headroom >= AUTO_LEVEL_UP {
+            AUTO_SLOW_LINK_LEVEL
+        } else if self.level == AUTO_SLOW_LINK_LEVEL && headroom < AUTO_LEVEL_DOWN {
+            AUTO_LEVEL
+        } else {
+            return;
+        };
+        self.level = next;
+        self.compress_cost = None;
     }
 
     /// Whether to try compressing the next block. Counts the block, so call
@@ -472,6 +522,7 @@ impl AutoCompressor {
             }
             None => self.misses = self.misses.saturating_add(1),
         }
+        self.adapt_level();
     }
 
     /// Reports that `wire_bytes` went into the socket in `elapsed` (time
@@ -729,6 +780,29 @@ mod tests {
         }
         assert!(p.worth_it());
         assert!((p.ratio().unwrap() - 0.4).abs() < 0.01);
+    }
+
+    #[test]
+    fn policy_moves_to_level_3_on_a_slow_link_and_back_when_it_speeds_up() {
+        // 100 Mbit/s link, level 1 at 400 MB/s, ratio 0.4: 12.5 MB/s of
+        // wire is 31 MB/s raw, a thirteenth of what level 1 produces.
+        let mut p = AutoCompressor::new(AutoConfig::default());
+        assert_eq!(p.next_level(), Some(AUTO_LEVEL));
+        p.record_send(MIB * 4 / 10, ms(34));
+        p.record_compression(MIB, Some(MIB * 4 / 10), Duration::from_micros(2621));
+        assert_eq!(p.next_level(), Some(AUTO_SLOW_LINK_LEVEL));
+        // Level 3 at 200 MB/s on the same link: stays.
+        for _ in 0..20 {
+            p.record_compression(MIB, Some(MIB * 3 / 10), Duration::from_micros(5242));
+            p.record_send(MIB * 3 / 10, ms(25));
+        }
+        assert_eq!(p.level(), AUTO_SLOW_LINK_LEVEL);
+        // The link becomes 1 GB/s: level 3 can no longer keep ahead of it.
+        for _ in 0..40 {
+            p.record_send(MIB * 3 / 10, Duration::from_micros(300));
+            p.record_compression(MIB, Some(MIB * 3 / 10), Duration::from_micros(5242));
+        }
+        assert_eq!(p.level(), AUTO_LEVEL);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
-use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, AUTO_LEVEL, CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, CODEC};
 use crate::machine::ServerDecoder;
 use crate::proto::Header;
 use crate::session::{Ticket, MAX_STREAMS};
@@ -663,7 +663,7 @@ impl Packer {
         match self.mode {
             Compress::Off => None,
             Compress::Zstd(l) => Some(l),
-            Compress::Auto => self.auto.should_compress().then_some(AUTO_LEVEL),
+            Compress::Auto => self.auto.next_level(),
         }
     }
 

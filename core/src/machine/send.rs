@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::transfer::{Next, Outlet};
 use super::{shown, Deadline, ServerDecoder, Timer};
 use crate::auth::{Token, NONCE_LEN};
-use crate::compress::{AutoCompressor, AutoConfig, Compress, AUTO_LEVEL, CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, Compress, CODEC};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 
@@ -881,7 +881,7 @@ impl Sender {
         match self.cfg.compress {
             Compress::Off => None,
             Compress::Zstd(level) => Some(level),
-            Compress::Auto => self.auto.should_compress().then_some(AUTO_LEVEL),
+            Compress::Auto => self.auto.next_level(),
         }
     }
 
