@@ -29,6 +29,7 @@ mod policy;
 mod report;
 mod streams;
 pub mod tree;
+mod tree_auth;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 
