@@ -508,6 +508,7 @@ impl<'p, 'r> Run<'p, 'r> {
         match status {
             wire::OK => self.out.stored += 1,
             wire::FAILED => self.out.failed += 1,
+            wire::SKIPPED => self.out.skipped += 1,
             _ => self.out.not_stored += 1,
         }
         let p = TreeProgress::Verdict {

@@ -16,9 +16,8 @@
 //! in words. Directories get their modes and mtimes once the walk has left
 //! them and their files are in. Memory: one page of files at a time.
 //!
-//! Not for single-file uploads (`conn`), nor for S3 storage (a tree
-//! session is refused in words there, for now), nor for the token
-//! challenge (`tree_auth`, before anything here runs).
+//! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
+//! nor for the token challenge (`tree_auth`, before anything here runs).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -104,9 +103,9 @@ pub(super) fn serve(
     header: &[u8],
 ) -> std::result::Result<(), Failed> {
     let early = super::tree_auth::authenticate(sh, conn, &mut stream, header)?;
-    if let Err(e) = admit(sh) {
-        let _ = wire::write_frame(&mut stream, wire::FAULT, e.to_string().as_bytes());
-        return Err(e.into());
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &sh.s3 {
+        return super::tree_s3::serve(sh, s3, conn, stream, early);
     }
     let idle = Some(sh.cfg.idle_timeout);
     let _ = stream.set_read_timeout(idle);
@@ -126,18 +125,6 @@ pub(super) fn serve(
             Err(e.into())
         }
     }
-}
-
-fn admit(sh: &Shared) -> Result<()> {
-    let why = if sh.remote_storage() {
-        "this server stores in S3, where tree sessions are not supported yet; send the files one by one"
-    } else {
-        return Ok(());
-    };
-    Err(Error::new(
-        ErrorKind::Refused,
-        format!("refused a tree: {why}"),
-    ))
 }
 
 fn io_err(what: String) -> impl FnOnce(Errno) -> Error {

@@ -55,6 +55,9 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Verdict: not stored (a conflict, a name in use); the text says why.
 pub const NOT_STORED: u8 = 2;
+/// Verdict: left out on purpose, not an error: a symlink or an empty
+/// directory on a server that stores in S3 (objects cannot be either).
+pub const SKIPPED: u8 = 3;
 
 /// Most payload bytes in one frame (a data frame carries at most 1 MiB;
 /// a manifest page at most [`super::manifest::MAX_PAGE_BYTES`]).
