@@ -219,8 +219,13 @@ impl Session<'_> {
             );
             return self.refuse(slot, &why);
         }
-        let client = self.s3.client();
         let name = slot.path.as_str();
+        let top = name.split('/').next().unwrap_or("");
+        if top == STATE_DIR || top == finished::DONE_DIR {
+            let why = format!("\"{top}\" is the server's own in the store");
+            return self.refuse(slot, &why);
+        }
+        let client = self.s3.client();
         let same = finished::vouched(client, name)
             .map_err(|e| store_err(&e, name))?
             .is_some_and(|(_, r)| r.size == slot.size && r.source_mtime == Some(slot.mtime_ns));
@@ -290,15 +295,17 @@ impl Session<'_> {
             Some(p) => p,
             None => self.open(&self.files[idx]),
         };
-        let mut rx = match opened {
-            Ok((part, crcs)) => Some(Incoming::new(part, crcs, size)),
-            Err(_) => None,
+        let (mut rx, why) = match opened {
+            Ok((part, crcs)) => (Some(Incoming::new(part, crcs, size)), String::new()),
+            Err(f) => (None, f.words),
         };
         let got = self.take_data(rx.as_mut())?;
         let Some(rx) = rx else {
             self.t.failed += 1;
-            let why = "the object store could not start this file's upload; a new send tries again";
-            return self.verdict(wire::FAILED, &path, why);
+            let why = format!(
+                "the object store could not start its upload: {why}; a new send tries again"
+            );
+            return self.verdict(wire::FAILED, &path, &why);
         };
         let text = rx.finish(got, &path);
         match text {
