@@ -856,3 +856,75 @@ fn an_interrupted_tree_resumes_on_another_node_with_only_what_is_missing() {
         assert_object_is(&store, f, &t.path().join(f));
     }
 }
+
+/// A multi-node operator on the internet: S3 and a token. A wrong token
+/// stores nothing in the store; the right one stores the tree; a tree
+/// named like the server's own records is refused for its files.
+#[test]
+fn a_tree_into_the_store_needs_the_token_and_never_touches_the_servers_records() {
+    let Some(store) = Store::get("tree-token") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef-s3-tree").unwrap();
+    let bad = t.path().join("bad");
+    std::fs::write(&bad, "fedcba9876543210fedcba9876543210-not-it").unwrap();
+    let (root, files) = s3_tree(t.path(), 9 * 1024 * 1024);
+    let srv = store.server(0, t.path(), &["--token-file", good.to_str().unwrap()]);
+    let port = srv.port();
+    let with = |tok: &Path, dir: &Path| {
+        let args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--json",
+            "--quiet",
+            "--token-file",
+            tok.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ];
+        client(&args, b"", &[])
+    };
+    let out = with(&bad, &root);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("authentication failed: wrong token"),
+        "{}",
+        stderr(&out)
+    );
+    let c = store.client();
+    assert!(
+        c.list_objects("").expect("list").is_empty(),
+        "something was stored"
+    );
+
+    let out = with(&good, &root);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    for f in &files {
+        assert_object_is(&store, f, &t.path().join(f));
+    }
+
+    let own = t.path().join("own/.bigtransfer-done");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("set"), "not a record").unwrap();
+    let out = with(&good, &own);
+    assert_eq!(out.status.code(), Some(6), "{}", stdout(&out));
+    assert_eq!(field(&out, "not_stored"), 1, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the server's own"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        c.head_object(".bigtransfer-done/set").is_err(),
+        "stored among the records"
+    );
+}
