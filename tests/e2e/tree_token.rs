@@ -168,3 +168,30 @@ fn allow_legacy_does_not_open_trees_without_the_token() {
     );
     assert_nothing_stored(&store);
 }
+
+/// Wrong tokens in tree sessions count against the address like wrong
+/// answers to uploads: past the limit even the challenge is refused.
+#[test]
+fn wrong_tokens_in_tree_sessions_are_throttled() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    fs::write(&good, TOKEN).unwrap();
+    let bad = t.path().join("bad");
+    fs::write(&bad, "fedcba9876543210fedcba9876543210-not-it").unwrap();
+    let root = small_tree(t.path());
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &["--token-file", good.to_str().unwrap()]);
+    let limit = bigtransfer_core::throttle::MAX_FAILURES as usize;
+    for _ in 0..limit {
+        let out = send_tree(&srv, &root, &["--token-file", bad.to_str().unwrap()]);
+        assert!(stderr(&out).contains("wrong token"), "{}", stderr(&out));
+    }
+    let out = send_tree(&srv, &root, &["--token-file", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("too many wrong tokens"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_stored(&store);
+}

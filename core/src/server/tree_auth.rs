@@ -62,24 +62,38 @@ pub(super) fn authenticate(
     let _ = stream.set_read_timeout(Some(setup.saturating_sub(conn.accepted.elapsed())));
     let (early, answer) = match read_answer(stream) {
         Ok(x) => x,
+        // A frame that is not the answer: counted like a wrong answer.
+        Err(e) if e.kind() == ErrorKind::Refused => {
+            return Err(failed(sh, conn, stream, &e.to_string()))
+        }
         Err(e) => return Err(refuse(stream, e.to_string(), e.kind()).into()),
     };
     if token.check_challenge_answer(&nonce, binding.as_ref(), header, &answer) {
         return Ok(Some(early));
     }
-    let words = "authentication failed: wrong token".to_owned();
+    Err(failed(
+        sh,
+        conn,
+        stream,
+        "authentication failed: wrong token",
+    ))
+}
+
+/// A failed authentication: counted per address by the throttle, told to
+/// the client; only the first few of an address are logged.
+fn failed(sh: &Shared, conn: &ConnInfo, stream: &mut Box<dyn Transport>, words: &str) -> Failed {
     let note = lock(&sh.throttle).failed(conn.peer.ip(), Instant::now());
     let _ = wire::write_frame(stream, wire::FAULT, words.as_bytes());
     let _ = stream.flush();
     let _ = stream.close_write();
-    Err(match note {
+    match note {
         Note::Log => Failed::Logged(Error::new(ErrorKind::Refused, format!("tree session: {words}"))),
         Note::LogLast => Failed::Logged(Error::new(
             ErrorKind::Refused,
             format!("tree session: {words} (further failures from this address are counted, and summarised once a minute)"),
         )),
         Note::Quiet => Failed::Quiet(ErrorKind::Refused),
-    })
+    }
 }
 
 /// Reads up to the answer, holding at most one frame (a page or the end)
