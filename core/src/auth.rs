@@ -267,6 +267,33 @@ impl Token {
     pub fn check(&self, nonce: &[u8; NONCE_LEN], header: &[u8], answer: &[u8]) -> bool {
         self.mac(nonce, header).verify_slice(answer).is_ok()
     }
+
+    /// The server's side of a challenge, for every kind of connection: the
+    /// proof to send with the nonce inside TLS (`binding` given), none in
+    /// plaintext. Uploads, downloads, lists and tree sessions all use this.
+    pub fn challenge_proof(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: Option<&[u8; BINDING_LEN]>,
+        header: &[u8],
+    ) -> Option<[u8; ANSWER_LEN]> {
+        binding.map(|b| self.server_proof(nonce, b, header))
+    }
+
+    /// The server's check of an answer to [`Token::challenge_proof`]'s
+    /// challenge: the bound answer inside TLS, the plain one outside.
+    pub fn check_challenge_answer(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        binding: Option<&[u8; BINDING_LEN]>,
+        header: &[u8],
+        answer: &[u8],
+    ) -> bool {
+        match binding {
+            Some(b) => self.check_client_answer(nonce, b, header, answer),
+            None => self.check(nonce, header, answer),
+        }
+    }
 }
 
 #[cold]

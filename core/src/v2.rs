@@ -967,6 +967,18 @@ pub fn encode_end(crc32: u32) -> [u8; 5] {
     h
 }
 
+/// The challenge message: the bare nonce, or inside TLS the nonce with
+/// the server's proof ([`crate::auth::Token::challenge_proof`]).
+pub fn challenge_msg(
+    nonce: [u8; crate::auth::NONCE_LEN],
+    proof: Option<[u8; crate::auth::ANSWER_LEN]>,
+) -> ServerMsg {
+    match proof {
+        Some(proof) => ServerMsg::BoundChallenge { nonce, proof },
+        None => ServerMsg::Challenge(nonce),
+    }
+}
+
 /// Encodes the answer frame.
 pub fn encode_answer(answer: &[u8; crate::auth::ANSWER_LEN]) -> Vec<u8> {
     let mut f = vec![TAG_ANSWER];

@@ -714,3 +714,217 @@ fn get_serves_from_the_store_on_any_node_and_refuses_a_damaged_object() {
         stderr(&out)
     );
 }
+
+/// A tree for the store: nested directories, an empty one, a symlink,
+/// an empty file, small files and one of several parts.
+fn s3_tree(base: &Path, big: u64) -> (std::path::PathBuf, Vec<&'static str>) {
+    let root = base.join("set");
+    std::fs::create_dir_all(root.join("a/b c")).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    write_random(&root.join("a/b c/big.bin"), big, 61);
+    std::fs::write(root.join("a/small.txt"), "small\n").unwrap();
+    std::fs::write(root.join("zero"), "").unwrap();
+    write_random(&root.join("a/mid.bin"), 300_001, 62);
+    std::os::unix::fs::symlink("small.txt", root.join("a/link")).unwrap();
+    let files = vec![
+        "set/a/b c/big.bin",
+        "set/a/mid.bin",
+        "set/a/small.txt",
+        "set/zero",
+    ];
+    (root, files)
+}
+
+fn tree_to(srv: &ServerProc, root: &Path) -> std::process::Output {
+    let port = srv.port();
+    let args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--json",
+        "--quiet",
+        root.to_str().unwrap(),
+    ];
+    client(&args, b"", &[])
+}
+
+#[test]
+fn a_tree_lands_as_objects_under_its_paths_and_a_resend_is_free() {
+    let Some(store) = Store::get("tree") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (root, files) = s3_tree(t.path(), 21 * 1024 * 1024 + 5);
+    let srv = store.server(0, t.path(), &[]);
+    let out = tree_to(&srv, &root);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(field(&out, "stored"), 4, "{}", stdout(&out));
+    // The symlink and the empty directory: skipped, in words.
+    assert_eq!(field(&out, "skipped"), 2, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("set/a/link") && err.contains("keeps no symlinks"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set/empty") && err.contains("no empty directories"),
+        "{err}"
+    );
+    for f in &files {
+        assert_object_is(&store, f, &t.path().join(f));
+        assert_eq!(store.parts_recorded(f), 0, "state of {f} left behind");
+    }
+    assert!(
+        srv.log
+            .wait_for("received a tree into the object store: 4 files", LONG),
+        "{}",
+        srv.log.text()
+    );
+
+    let again = tree_to(&srv, &root);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(field(&again, "held"), 4, "{}", stdout(&again));
+    assert_eq!(field(&again, "bytes_sent"), 0);
+
+    // A changed file: stored, the old object kept as a numbered version.
+    let small = root.join("a/small.txt");
+    std::fs::write(&small, "changed, and longer\n").unwrap();
+    let third = tree_to(&srv, &root);
+    assert_eq!(third.status.code(), Some(0), "{}", stderr(&third));
+    assert_eq!(field(&third, "stored"), 1, "{}", stdout(&third));
+    assert_eq!(field(&third, "held"), 3, "{}", stdout(&third));
+    assert_object_is(&store, "set/a/small.txt", &small);
+    assert_eq!(
+        store_versions(&store, "set/a/small.txt"),
+        vec!["set/a/small.txt.~1~"]
+    );
+    assert_eq!(store.object("set/a/small.txt.~1~").0, b"small\n");
+}
+
+#[test]
+fn an_interrupted_tree_resumes_on_another_node_with_only_what_is_missing() {
+    let Some(store) = Store::get("tree-resume") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let big = 48 * 1024 * 1024 + 9;
+    let (root, files) = s3_tree(t.path(), big);
+    let a = store.server(0, t.path(), &[]);
+    let b = store.server(1, t.path(), &[]);
+    let mut slow = spawn_client(&a, &root, &["--limit-rate", "20M"]);
+    assert!(
+        wait_until(LONG, || store.parts_recorded("set/a/b c/big.bin") >= 2),
+        "no parts recorded; A's log:\n{}",
+        a.log.text()
+    );
+    // SAFETY: SIGKILL to the PID of the child we started.
+    unsafe { libc::kill(slow.id() as libc::pid_t, libc::SIGKILL) };
+    wait_child(&mut slow, LONG).unwrap();
+    let recorded = store.parts_recorded("set/a/b c/big.bin") as u64;
+    // The node lets go of the upload's lease once it sees the cut.
+    assert!(
+        wait_until(LONG, || {
+            let s = store
+                .client()
+                .get_small(&format!("{STATE_DIR}/set/a/b c/big.bin"), 1 << 20);
+            s.is_ok_and(|(b, _)| String::from_utf8_lossy(&b).contains("\nholder -\n"))
+        }),
+        "the lease was not released; A's log:\n{}",
+        a.log.text()
+    );
+    let out = tree_to(&b, &root);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let sent = field(&out, "bytes_sent");
+    assert!(
+        sent <= big + 400_000 - recorded * (8 << 20) && recorded > 0,
+        "sent {sent} with {recorded} parts of the big file held"
+    );
+    for f in &files {
+        assert_object_is(&store, f, &t.path().join(f));
+    }
+}
+
+/// A multi-node operator on the internet: S3 and a token. A wrong token
+/// stores nothing in the store; the right one stores the tree; a tree
+/// named like the server's own records is refused for its files.
+#[test]
+fn a_tree_into_the_store_needs_the_token_and_never_touches_the_servers_records() {
+    let Some(store) = Store::get("tree-token") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef-s3-tree").unwrap();
+    let bad = t.path().join("bad");
+    std::fs::write(&bad, "fedcba9876543210fedcba9876543210-not-it").unwrap();
+    let (root, files) = s3_tree(t.path(), 9 * 1024 * 1024);
+    let srv = store.server(0, t.path(), &["--token-file", good.to_str().unwrap()]);
+    let port = srv.port();
+    let with = |tok: &Path, dir: &Path| {
+        let args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--json",
+            "--quiet",
+            "--token-file",
+            tok.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ];
+        client(&args, b"", &[])
+    };
+    let out = with(&bad, &root);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("authentication failed: wrong token"),
+        "{}",
+        stderr(&out)
+    );
+    let c = store.client();
+    assert!(
+        c.list_objects("").expect("list").is_empty(),
+        "something was stored"
+    );
+
+    let out = with(&good, &root);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    for f in &files {
+        assert_object_is(&store, f, &t.path().join(f));
+    }
+
+    let own = t.path().join("own/.bigtransfer-done");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("set"), "not a record").unwrap();
+    let out = with(&good, &own);
+    assert_eq!(out.status.code(), Some(6), "{}", stdout(&out));
+    assert_eq!(field(&out, "not_stored"), 1, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the server's own"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        c.head_object(".bigtransfer-done/set").is_err(),
+        "stored among the records"
+    );
+}

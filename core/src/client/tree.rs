@@ -203,6 +203,8 @@ struct Run<'p, 'r> {
     written: u64,
     started: Instant,
     limit_rate: Option<u64>,
+    /// The token that answers a server's challenge (see `tree_token`).
+    token: Option<crate::auth::Token>,
 }
 
 /// A file of the page being sent, with where it is.
@@ -217,6 +219,7 @@ impl<'p, 'r> Run<'p, 'r> {
             written: 0,
             started: Instant::now(),
             limit_rate,
+            token: None,
             progress,
             out: TreeOutcome::default(),
             sent,
@@ -236,6 +239,7 @@ impl<'p, 'r> Run<'p, 'r> {
 
     fn attempt(&mut self, up: &mut Upload, paths: &[PathBuf], attempt: u32) -> Result<()> {
         let mut stream = open(up)?;
+        self.token = up.opts.token.clone();
         let encrypted = stream.is_encrypted();
         self.out.encrypted = encrypted;
         self.ask(&TreeProgress::Connected { attempt, encrypted })?;
@@ -482,10 +486,14 @@ impl<'p, 'r> Run<'p, 'r> {
 
     /// The next frame from the server (a fault becomes an error).
     fn read(&mut self, stream: &mut dyn Transport) -> Result<u8> {
-        let tag = self.reader.read_frame(stream, &mut self.buf)?;
+        let mut tag = self.reader.read_frame(stream, &mut self.buf)?;
+        if tag == wire::CHALLENGE {
+            super::tree_token::answer(self.token.as_ref(), stream, &self.buf)?;
+            tag = self.reader.read_frame(stream, &mut self.buf)?;
+        }
         if tag == wire::FAULT {
             let text = String::from_utf8_lossy(&self.buf).into_owned();
-            let kind = if text.starts_with("refused") {
+            let kind = if text.starts_with("refused") || text.starts_with("authentication") {
                 ErrorKind::Refused
             } else {
                 ErrorKind::Protocol
@@ -500,6 +508,7 @@ impl<'p, 'r> Run<'p, 'r> {
         match status {
             wire::OK => self.out.stored += 1,
             wire::FAILED => self.out.failed += 1,
+            wire::SKIPPED => self.out.skipped += 1,
             _ => self.out.not_stored += 1,
         }
         let p = TreeProgress::Verdict {

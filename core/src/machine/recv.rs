@@ -836,13 +836,13 @@ impl Receiver {
     /// The challenge to send: the bare nonce in plaintext; inside TLS the
     /// nonce with the server's proof of the token, bound to the connection.
     fn challenge(&self) -> ServerMsg {
-        match (&self.cfg.token, &self.req, &self.cfg.binding) {
-            (Some(t), Some(r), Some(b)) => ServerMsg::BoundChallenge {
-                nonce: self.nonce,
-                proof: t.server_proof(&self.nonce, b, &r.json),
-            },
-            _ => ServerMsg::Challenge(self.nonce),
-        }
+        let proof = match (&self.cfg.token, &self.req) {
+            (Some(t), Some(r)) => {
+                t.challenge_proof(&self.nonce, self.cfg.binding.as_ref(), &r.json)
+            }
+            _ => None,
+        };
+        crate::v2::challenge_msg(self.nonce, proof)
     }
 
     fn read_answer<'a>(&mut self, now: Instant, input: &'a [u8]) -> Fed<'a> {
@@ -865,9 +865,10 @@ impl Receiver {
                 return Fed::used(used);
             }
         };
-        let right = match (&self.cfg.token, &self.req, &self.cfg.binding) {
-            (Some(t), Some(r), None) => t.check(&self.nonce, &r.json, &answer),
-            (Some(t), Some(r), Some(b)) => t.check_client_answer(&self.nonce, b, &r.json, &answer),
+        let right = match (&self.cfg.token, &self.req) {
+            (Some(t), Some(r)) => {
+                t.check_challenge_answer(&self.nonce, self.cfg.binding.as_ref(), &r.json, &answer)
+            }
             _ => false,
         };
         if right {

@@ -45,14 +45,21 @@ pub struct Finished {
     pub etag: String,
     /// When it was stored, seconds since the Unix epoch.
     pub mtime: i64,
+    /// A tree file's mtime at the client (ns): with the size, how an
+    /// unchanged re-send is known (line `smtime`, absent otherwise).
+    pub source_mtime: Option<i64>,
 }
 
 impl Finished {
     /// The record's text.
     pub fn encode(&self) -> String {
         let crcs: Vec<String> = self.crcs.iter().map(|c| format!("{c:08x}")).collect();
+        let smtime = self
+            .source_mtime
+            .map(|t| format!("smtime {t}\n"))
+            .unwrap_or_default();
         format!(
-            "{MAGIC}\nsize {}\ncrc {:08x}\nblock {}\netag {}\nmtime {}\ncrcs {}\n",
+            "{MAGIC}\nsize {}\ncrc {:08x}\nblock {}\netag {}\nmtime {}\n{smtime}crcs {}\n",
             self.size,
             self.crc32,
             self.block,
@@ -87,6 +94,10 @@ impl Finished {
             crcs: crcs?,
             etag: kv.get("etag")?.to_string(),
             mtime: kv.get("mtime")?.parse().ok()?,
+            source_mtime: match kv.get("smtime") {
+                Some(t) => Some(t.parse().ok()?),
+                None => None,
+            },
         };
         let fits = match f.block {
             0 => f.crcs.is_empty(),
@@ -216,8 +227,14 @@ mod tests {
             crcs: vec![1, 2, 3, 4],
             etag: "\"abc-2\"".into(),
             mtime: 1_700_000_000,
+            source_mtime: None,
         };
         assert_eq!(Finished::decode(&f.encode()), Some(f.clone()));
+        let tree = Finished {
+            source_mtime: Some(1_600_000_000_123_456_789),
+            ..f.clone()
+        };
+        assert_eq!(Finished::decode(&tree.encode()), Some(tree));
         let mut odd = f.clone();
         odd.crcs.pop();
         assert_eq!(Finished::decode(&odd.encode()), None);

@@ -324,6 +324,8 @@ pub struct S3Part {
     overwrite: bool,
     /// What the commit did to the name.
     stored: StoredAs,
+    /// A tree file's mtime at the client (ns), kept in its record.
+    source_mtime: Option<i64>,
 }
 
 /// An S3 error as a fault a client acts on.
@@ -343,16 +345,37 @@ impl Storage for S3Storage {
     type Part = S3Part;
 
     fn open(&self, id: &PartId) -> Result<(S3Part, Held), Fault> {
-        let (block, per, crc) = match id.layout {
-            Layout::Blocks { block } => (block, blocks_per_part(id.filesize, block), None),
-            Layout::Prefix { crc32 } => (v1_part_size(id.filesize), 1, Some(crc32)),
-        };
         if id.name == STATE_DIR || id.name == DONE_DIR || id.name.contains('/') {
             return Err(Fault::new(
                 FaultCode::NameRefused,
                 format!("refused file name {:?}: reserved for the server", id.name),
             ));
         }
+        self.open_checked(id)
+    }
+}
+
+impl S3Storage {
+    /// Opens the held part of a tree session's file: `id.name` is a
+    /// relative path whose components the manifest validator checked, so
+    /// it may hold '/' (the object's key is the prefix and the path); only
+    /// a first component that is the server's own is refused.
+    pub fn open_tree_file(&self, id: &PartId) -> Result<(S3Part, Held), Fault> {
+        let top = id.name.split('/').next().unwrap_or("");
+        if top == STATE_DIR || top == DONE_DIR {
+            return Err(Fault::new(
+                FaultCode::NameRefused,
+                format!("refused path {:?}: reserved for the server", id.name),
+            ));
+        }
+        self.open_checked(id)
+    }
+
+    fn open_checked(&self, id: &PartId) -> Result<(S3Part, Held), Fault> {
+        let (block, per, crc) = match id.layout {
+            Layout::Blocks { block } => (block, blocks_per_part(id.filesize, block), None),
+            Layout::Prefix { crc32 } => (v1_part_size(id.filesize), 1, Some(crc32)),
+        };
         // Refused before anything is written to the store.
         let empty = HeldSet::new(id.filesize, block)?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +404,7 @@ impl Storage for S3Storage {
             base: None,
             overwrite: self.overwrite,
             stored: StoredAs::New,
+            source_mtime: None,
         };
         part.acquire(self.lease_stale)?;
         if part.state.parts.is_empty() {
@@ -392,6 +416,18 @@ impl Storage for S3Storage {
 }
 
 impl S3Part {
+    /// Whether what is offered as held is the object stored under the
+    /// name (a re-send), not parts of this upload.
+    pub fn is_resend(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// A tree file: its mtime at the client (ns), kept in the finished
+    /// record so an unchanged re-send is known without its bytes.
+    pub fn set_source_mtime(&mut self, ns: i64) {
+        self.source_mtime = Some(ns);
+    }
+
     /// A re-send: when nothing is held and the object stored under the
     /// name is vouched for by its record with the same size and block size
     /// (protocol 1: the same whole CRC-32, which the store's own
@@ -420,6 +456,7 @@ impl S3Part {
                     crcs: Vec::new(),
                     etag: info.etag.clone(),
                     mtime: 0,
+                    source_mtime: None,
                 })
             }
             _ => None,
@@ -1003,6 +1040,7 @@ impl S3Part {
             crcs,
             etag: info.etag,
             mtime: (unix_ms(SystemTime::now()) / 1000) as i64,
+            source_mtime: self.source_mtime,
         };
         let _ = finished::write_record(&self.client, &self.name, &rec);
     }

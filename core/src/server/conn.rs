@@ -88,7 +88,7 @@ pub(super) fn handle_connection(
         setup.saturating_sub(conn.accepted.elapsed()),
     );
     if is_tree {
-        return super::tree::serve(sh, conn, stream);
+        return super::tree::serve(sh, conn, stream, &pre[4..]);
     }
     let nonce = crate::auth::nonce()?;
     let binding = stream.channel_binding();

@@ -30,6 +30,9 @@ mod policy;
 mod report;
 mod streams;
 pub mod tree;
+mod tree_auth;
+#[cfg(feature = "s3")]
+mod tree_s3;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

@@ -16,8 +16,8 @@
 //! in words. Directories get their modes and mtimes once the walk has left
 //! them and their files are in. Memory: one page of files at a time.
 //!
-//! Not for single-file uploads (`conn`), nor for S3 storage or token
-//! authentication (a tree session is refused in words there, for now).
+//! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
+//! nor for the token challenge (`tree_auth`, before anything here runs).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -100,17 +100,22 @@ pub(super) fn serve(
     sh: &Shared,
     conn: &ConnInfo,
     mut stream: Box<dyn Transport>,
+    header: &[u8],
 ) -> std::result::Result<(), Failed> {
-    let lost = |e| Error::io(ErrorKind::ConnectionLost, "cannot answer a tree session", e);
-    stream.write_all(&crate::v2::MAGIC).map_err(lost)?;
-    if let Err(e) = admit(sh) {
-        let _ = wire::write_frame(&mut stream, wire::FAULT, e.to_string().as_bytes());
-        return Err(e.into());
+    let early = super::tree_auth::authenticate(sh, conn, &mut stream, header)?;
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &sh.s3 {
+        return super::tree_s3::serve(sh, s3, conn, stream, early);
     }
     let idle = Some(sh.cfg.idle_timeout);
     let _ = stream.set_read_timeout(idle);
     let mut s = Session::open(sh, conn, stream)?;
-    match s.run() {
+    let mut first = None;
+    if let Some(e) = early {
+        s.reader = e.reader;
+        first = e.first;
+    }
+    match s.run(first) {
         Ok(()) => Ok(()),
         Err(e) => {
             if e.kind() != ErrorKind::ConnectionLost {
@@ -120,20 +125,6 @@ pub(super) fn serve(
             Err(e.into())
         }
     }
-}
-
-fn admit(sh: &Shared) -> Result<()> {
-    let why = if sh.cfg.token.is_some() {
-        "this server requires a token, which tree sessions do not carry yet; send the files one by one"
-    } else if sh.remote_storage() {
-        "this server stores in S3, where tree sessions are not supported yet; send the files one by one"
-    } else {
-        return Ok(());
-    };
-    Err(Error::new(
-        ErrorKind::Refused,
-        format!("refused a tree: {why}"),
-    ))
 }
 
 fn io_err(what: String) -> impl FnOnce(Errno) -> Error {
@@ -178,9 +169,17 @@ impl<'a> Session<'a> {
         })
     }
 
-    fn run(&mut self) -> Result<()> {
+    /// The session's frames to its end; `first`, a frame read before the
+    /// token's answer, comes first.
+    fn run(&mut self, mut first: Option<(u8, Vec<u8>)>) -> Result<()> {
         loop {
-            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            let tag = match first.take() {
+                Some((tag, payload)) => {
+                    self.buf = payload;
+                    tag
+                }
+                None => self.reader.read_frame(&mut self.stream, &mut self.buf)?,
+            };
             match tag {
                 wire::PAGE => {
                     self.apply_closed()?;

@@ -24,6 +24,12 @@ pub const DATA: u8 = b'D';
 pub const HOLE: u8 = b'Z';
 /// Client: the file's data ended; `crc32:u32` of the whole file.
 pub const CHECK: u8 = b'C';
+/// Client: the answer to the server's token challenge (32 bytes), sent
+/// when a `C` challenge came after `MAGIC` (see `docs/PROTOCOL.md`).
+pub const ANSWER: u8 = b'A';
+/// Server: the token challenge, right after `MAGIC` on a server with a
+/// token: the version-2 challenge frame, byte for byte.
+pub const CHALLENGE: u8 = b'C';
 /// Server: the state of each file of the last page, in order:
 /// `status:u8 offset:u64` per file (see [`SEND`], [`HELD`], [`REFUSED`]).
 pub const STATE: u8 = b'S';
@@ -49,6 +55,9 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Verdict: not stored (a conflict, a name in use); the text says why.
 pub const NOT_STORED: u8 = 2;
+/// Verdict: left out on purpose, not an error: a symlink or an empty
+/// directory on a server that stores in S3 (objects cannot be either).
+pub const SKIPPED: u8 = 3;
 
 /// Most payload bytes in one frame (a data frame carries at most 1 MiB;
 /// a manifest page at most [`super::manifest::MAX_PAGE_BYTES`]).
