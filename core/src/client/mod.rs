@@ -31,6 +31,8 @@ pub mod tree;
 pub use streams::Streams;
 
 pub use get::{get_file, part_paths, GetOutcome};
+pub mod tree_get;
+pub use tree_get::{get_tree, FileStatus, TreeGetOutcome, TreeGetProgress};
 
 use peer::Reply;
 

@@ -27,6 +27,7 @@ mod policy;
 mod report;
 mod streams;
 pub mod tree;
+mod tree_get;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

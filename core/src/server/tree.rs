@@ -612,7 +612,7 @@ fn dir_flags() -> OFlags {
 
 /// `rel` ("" for the root itself) under `root`, each component opened
 /// with `O_NOFOLLOW`: a symlink anywhere on the way is an error.
-fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
+pub(super) fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
     let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
         .map_err(io_err("cannot open the storage directory".into()))?;
     for comp in rel.split('/').filter(|c| !c.is_empty()) {

@@ -1,0 +1,836 @@
+//! Downloading whole trees (`bigtransfer get REMOTE... -o DIR` with a
+//! directory, or several remotes) over one connection per remote: the
+//! server's manifest a page at a time, every entry checked exactly as the
+//! server checks a tree sent to it ([`ManifestValidator`]: no `..`, no
+//! absolute path, no control characters, no collisions, no name that is a
+//! file in one entry and a directory in another, symlinks only relative and
+//! inside the tree), and nothing outside `DIR/BASE` ever touched: every
+//! directory on the way is opened with `O_NOFOLLOW`, symlinks are made as
+//! symlinks and never followed.
+//!
+//! Each file not already here (same size and mtime) is downloaded as a
+//! single-file get is ([`super::get`]'s part and record beside it, blocks
+//! verified against the server's CRC-32s, renamed into place only when
+//! whole), so an interrupted download resumes block by block, and a file
+//! already here is not asked for again. Modes (never setuid/setgid) and
+//! mtimes are applied, directories' once their contents are in; blocks of
+//! zeros of a new file are not written (its holes stay holes).
+//!
+//! A file here that differs from the server's is not replaced unless
+//! `force`. Not for single files named alone (`get_file`), nor the
+//! server's side (`server::tree_get`).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::get::Local;
+use super::{secure, shell, Control, SendOptions, Tally, Upload};
+use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
+use crate::transport::Transport;
+use crate::tree::fetch::{self, BLOCK, NEXT, REQUEST};
+use crate::tree::wire::{self, be64, FrameReader};
+use crate::tree::{decode_page, Entry, EntryKind, ManifestValidator, RelPath, ValidatorConfig};
+use crate::{Error, ErrorKind, Result};
+
+/// What happened to one file (or symlink) of a tree download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Downloaded and verified against the server's CRC-32s.
+    Fetched,
+    /// Here already (same size and mtime): nothing asked for.
+    Held,
+    /// Not downloaded: the server could not serve it, or it changed there.
+    Failed,
+    /// Something different is here under that name; it was not replaced.
+    NotReplaced,
+}
+
+/// What [`get_tree`] is doing, reported to its callback.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TreeGetProgress<'a> {
+    /// Connected for `remote` (attempt `attempt`), encrypted or not.
+    Connected {
+        /// The remote path asked for.
+        remote: &'a str,
+        /// 1 for the first connection.
+        attempt: u32,
+        /// TLS in force.
+        encrypted: bool,
+    },
+    /// Bytes of one file are arriving.
+    File {
+        /// Its path (starting with the remote's base name).
+        path: &'a str,
+        /// Bytes of it here and verified.
+        done: u64,
+        /// Its size.
+        total: u64,
+    },
+    /// One file or symlink is done with.
+    Done {
+        /// Its path.
+        path: &'a str,
+        /// What happened.
+        status: FileStatus,
+        /// Why, in words.
+        text: &'a str,
+    },
+    /// Overall, after each file.
+    Overall {
+        /// Files done with (any status).
+        files_done: u64,
+        /// Files in the manifests read so far.
+        files_listed: u64,
+        /// Bytes of the files done with.
+        bytes_done: u64,
+        /// Bytes of the files listed so far.
+        bytes_listed: u64,
+    },
+    /// The attempt failed; the next starts after `delay`.
+    Retrying {
+        /// The attempt about to start.
+        attempt: u32,
+        /// The pause before it.
+        delay: Duration,
+        /// What went wrong.
+        error: &'a Error,
+    },
+}
+
+/// The result of a tree download.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeGetOutcome {
+    /// Regular files in the manifests.
+    pub files: u64,
+    /// Directories in the manifests.
+    pub dirs: u64,
+    /// Symlinks in the manifests.
+    pub symlinks: u64,
+    /// Sum of the files' sizes.
+    pub bytes: u64,
+    /// Files downloaded and verified by this run.
+    pub fetched: u64,
+    /// Files (and symlinks) here already.
+    pub held: u64,
+    /// Files the server could not serve (after the last attempt).
+    pub failed: u64,
+    /// Entries not replaced (something different is here).
+    pub not_replaced: u64,
+    /// File bytes received (all attempts).
+    pub received: u64,
+    /// Connections made.
+    pub attempts: u32,
+    /// TLS in force on the last connection.
+    pub encrypted: bool,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+type Report<'r> = dyn FnMut(&TreeGetProgress) -> Control + 'r;
+
+/// Downloads each of `remotes` (a directory or a file of the server's
+/// storage directory, `a/b` allowed) into `dest` (made if missing) under
+/// its base name, retrying as `opts` allows; a run after an interrupted
+/// one fetches only what is not here yet. Errors: a refused remote or
+/// manifest ([`ErrorKind::Refused`], in words), the connection, the local
+/// disk ([`ErrorKind::Storage`]); per-file failures are counted in the
+/// outcome instead.
+pub fn get_tree(
+    remotes: &[String],
+    dest: &Path,
+    opts: &SendOptions,
+    force: bool,
+    progress: &mut Report<'_>,
+) -> Result<TreeGetOutcome> {
+    let started = Instant::now();
+    let rels = check_remotes(remotes)?;
+    fs::create_dir_all(dest).map_err(|e| {
+        Error::io(
+            ErrorKind::Storage,
+            format!("cannot make {}", dest.display()),
+            e,
+        )
+    })?;
+    let mut noop = |_: &super::Progress| Control::Continue;
+    let mut up = Upload {
+        path: dest,
+        filename: String::new(),
+        opts,
+        cache: None,
+        progress: &mut noop,
+        t: Tally::new(started),
+        ever_connected: false,
+        legacy: false,
+        failures: 0,
+        delay: opts.backoff_initial,
+        wire: secure::Wire::default(),
+        peer_key: None,
+    };
+    let mut received = 0;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let mut out = TreeGetOutcome::default();
+        let res = rels.iter().try_for_each(|rel| {
+            let mut s = Session::open(&mut up, rel, dest, force, &mut out, progress)?;
+            s.out.received = received;
+            let r = s.run(attempts);
+            received = s.out.received;
+            r
+        });
+        out.received = received;
+        out.attempts = attempts;
+        out.elapsed = started.elapsed();
+        let err = match res {
+            Ok(()) => return Ok(out),
+            Err(e) if !retryable(e.kind()) || attempts > opts.retries => return Err(e),
+            Err(e) => e,
+        };
+        let delay = up.delay;
+        let p = TreeGetProgress::Retrying {
+            attempt: attempts + 1,
+            delay,
+            error: &err,
+        };
+        if let Control::Cancel = progress(&p) {
+            return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+        }
+        std::thread::sleep(delay);
+        up.delay = (delay * 2).min(opts.backoff_max);
+    }
+}
+
+/// The remotes as tree paths, refusing two with the same base name (they
+/// would land on each other here).
+fn check_remotes(remotes: &[String]) -> Result<Vec<RelPath>> {
+    let mut rels = Vec::with_capacity(remotes.len());
+    for r in remotes {
+        let rel = RelPath::from_wire(r.trim_end_matches('/'))
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot get \"{r}\": {e}")))?;
+        if rels
+            .iter()
+            .any(|o: &RelPath| o.file_name() == rel.file_name())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "two of the remotes given would both land as \"{}\"; get them separately into different directories",
+                    rel.file_name()
+                ),
+            ));
+        }
+        rels.push(rel);
+    }
+    if rels.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "no remote to get"));
+    }
+    Ok(rels)
+}
+
+fn retryable(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::ConnectionLost | ErrorKind::TimedOut | ErrorKind::Unreachable
+    )
+}
+
+/// A file of the page to download.
+struct Todo {
+    /// Its index among the page's files (the server's numbering).
+    index: u32,
+    path: RelPath,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+/// What the destination makes of one manifest entry.
+enum Step {
+    /// A directory (made, or there already), or a new symlink.
+    Made,
+    /// A file or symlink here already.
+    Held(RelPath),
+    /// Something else is here: not replaced (the words say what).
+    NotReplaced(RelPath, String),
+    /// A file to download.
+    Fetch(Todo),
+}
+
+/// A directory whose mode and mtime are set once its entries are in.
+struct DirAttr {
+    path: RelPath,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+/// The local side of one remote's download: checks each entry of the
+/// manifest and makes directories and symlinks under `dir`, never
+/// following a symlink on the way.
+pub(crate) struct Dest {
+    dir: PathBuf,
+    root: OwnedFd,
+    base: String,
+    force: bool,
+    validator: ManifestValidator,
+    open: Vec<DirAttr>,
+    closed: Vec<DirAttr>,
+    cached: Option<(String, OwnedFd)>,
+    files_in_page: u32,
+}
+
+fn storage(what: String) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::io(ErrorKind::Storage, what, e.into())
+}
+
+fn refused(why: String) -> Error {
+    Error::new(
+        ErrorKind::Refused,
+        format!("refused the server's manifest: {why}"),
+    )
+}
+
+impl Dest {
+    /// The destination `dir` (which exists) for the tree named `base`.
+    pub(crate) fn new(dir: &Path, base: &str, force: bool) -> Result<Dest> {
+        let root = rfs::open(dir, dir_flags(), Mode::empty())
+            .map_err(storage(format!("cannot open {}", dir.display())))?;
+        Ok(Dest {
+            dir: dir.to_path_buf(),
+            root,
+            base: base.to_owned(),
+            force,
+            validator: ManifestValidator::new(ValidatorConfig::default()),
+            open: Vec::new(),
+            closed: Vec::new(),
+            cached: None,
+            files_in_page: 0,
+        })
+    }
+
+    /// The steps of one manifest page, entry by entry; refuses the whole
+    /// page (nothing more made) at the first entry that breaks a rule.
+    fn page(&mut self, bytes: &[u8]) -> Result<Vec<(Entry, Step)>> {
+        let entries = decode_page(bytes).map_err(|e| refused(e.to_string()))?;
+        self.files_in_page = 0;
+        let mut steps = Vec::with_capacity(entries.len());
+        for e in entries {
+            let kept = e.clone();
+            steps.push((kept, self.entry(e)?));
+        }
+        Ok(steps)
+    }
+
+    fn entry(&mut self, e: Entry) -> Result<Step> {
+        let acc = self
+            .validator
+            .check(e)
+            .map_err(|e| refused(e.to_string()))?;
+        let path = acc.entry.path;
+        if path.components().next() != Some(self.base.as_str()) {
+            return Err(refused(format!(
+                "\"{path}\" is not under \"{}\", the name asked for",
+                self.base
+            )));
+        }
+        while let Some(d) = self.open.last() {
+            if d.path.is_ancestor_or_self(&path) {
+                break;
+            }
+            if let Some(d) = self.open.pop() {
+                self.closed.push(d);
+            }
+        }
+        match acc.entry.kind {
+            EntryKind::Dir { mode, mtime_ns } => {
+                self.make_dir(&path)?;
+                self.open.push(DirAttr {
+                    path,
+                    mode,
+                    mtime_ns,
+                });
+                Ok(Step::Made)
+            }
+            EntryKind::Symlink { target } => self.make_link(path, &target),
+            EntryKind::File {
+                size,
+                mode,
+                mtime_ns,
+                ..
+            } => {
+                let index = self.files_in_page;
+                self.files_in_page += 1;
+                self.file_state(Todo {
+                    index,
+                    path,
+                    size,
+                    mode,
+                    mtime_ns,
+                })
+            }
+        }
+    }
+
+    /// The directory holding `path`, opened without following symlinks.
+    fn parent(&mut self, path: &RelPath) -> Result<&OwnedFd> {
+        let parent = path.parent_str().unwrap_or("");
+        if self.cached.as_ref().is_some_and(|(p, _)| p == parent) {
+            return Ok(&self.cached.as_ref().expect("checked").1);
+        }
+        let fd = open_dir(&self.root, parent)?;
+        Ok(&self.cached.insert((parent.to_owned(), fd)).1)
+    }
+
+    fn make_dir(&mut self, path: &RelPath) -> Result<()> {
+        let name = path.file_name().to_owned();
+        let dir = self.parent(path)?;
+        match rfs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                // Here from an earlier run: writable again until the end.
+                let fd = rfs::openat(dir, name.as_str(), dir_flags() | OFlags::NOFOLLOW, Mode::empty())
+                    .map_err(|_| Error::new(ErrorKind::Refused, format!("\"{path}\" is here as something other than a directory; nothing is replaced")))?;
+                let st = rfs::fstat(&fd).map_err(storage(format!("cannot stat {path}")))?;
+                rfs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o777) | 0o700))
+                    .map_err(storage(format!("cannot make {path} writable")))
+            }
+            Err(e) => Err(storage(format!("cannot make the directory {path}"))(e)),
+        }
+    }
+
+    fn make_link(&mut self, path: RelPath, target: &str) -> Result<Step> {
+        let name = path.file_name().to_owned();
+        let force = self.force;
+        let dir = self.parent(&path)?;
+        let mut tried_replace = false;
+        loop {
+            match rfs::symlinkat(target, dir, name.as_str()) {
+                Ok(()) => return Ok(Step::Made),
+                Err(Errno::EXIST) => {
+                    let same = rfs::readlinkat(dir, name.as_str(), Vec::new())
+                        .is_ok_and(|t| t.as_bytes() == target.as_bytes());
+                    if same {
+                        return Ok(Step::Held(path));
+                    }
+                    let is_link = rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| {
+                            rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Symlink
+                        });
+                    if force && is_link && !tried_replace {
+                        tried_replace = true;
+                        let _ = rfs::unlinkat(dir, name.as_str(), AtFlags::empty());
+                        continue;
+                    }
+                    let why = "something different is here under this name; it is not replaced";
+                    return Ok(Step::NotReplaced(path, why.into()));
+                }
+                Err(e) => return Err(storage(format!("cannot make the symlink {path}"))(e)),
+            }
+        }
+    }
+
+    /// Here already (same size and mtime), in the way (something else
+    /// there, no `force`), or to download.
+    fn file_state(&mut self, todo: Todo) -> Result<Step> {
+        let name = todo.path.file_name().to_owned();
+        let force = self.force;
+        let dir = self.parent(&todo.path)?;
+        let st = match rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(Step::Fetch(todo)),
+            Err(e) => return Err(storage(format!("cannot look at {}", todo.path))(e)),
+        };
+        let regular = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile;
+        if regular && st.st_size as u64 == todo.size && mtime_of(&st) == todo.mtime_ns {
+            return Ok(Step::Held(todo.path));
+        }
+        if regular && force {
+            return Ok(Step::Fetch(todo));
+        }
+        let why = if regular {
+            "a different file is here under this name (size or mtime differ); it is not replaced (--force replaces it)"
+        } else {
+            "something other than a file is here under this name; it is not replaced"
+        };
+        Ok(Step::NotReplaced(todo.path, why.into()))
+    }
+
+    /// A downloaded file's mode (permission bits only) and mtime.
+    fn set_attrs(&mut self, todo: &Todo) -> Result<()> {
+        let dir = self.parent(&todo.path)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(dir, todo.path.file_name(), flags, Mode::empty())
+            .map_err(storage(format!("cannot open {}", todo.path)))?;
+        let _ = rfs::fchmod(&fd, Mode::from_raw_mode(todo.mode & 0o777));
+        let _ = rfs::futimens(&fd, &times(todo.mtime_ns));
+        Ok(())
+    }
+
+    /// Modes and mtimes of the directories the walk has left (deepest
+    /// first), now that everything in them is in place; all of them at
+    /// the end.
+    fn apply_closed(&mut self, all: bool) -> Result<()> {
+        if all {
+            while let Some(d) = self.open.pop() {
+                self.closed.push(d);
+            }
+        }
+        for d in std::mem::take(&mut self.closed) {
+            let fd = open_dir(&self.root, d.path.as_str())?;
+            let _ = rfs::fchmod(&fd, Mode::from_raw_mode(d.mode & 0o777));
+            let _ = rfs::futimens(&fd, &times(d.mtime_ns));
+        }
+        self.cached = None;
+        Ok(())
+    }
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
+}
+
+/// `rel` ("" for the root itself) under `root`, each component opened
+/// with `O_NOFOLLOW`: a symlink anywhere on the way is refused.
+fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
+    let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
+        .map_err(storage("cannot open the destination directory".into()))?;
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        fd =
+            rfs::openat(&fd, comp, dir_flags() | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+                Error::io(
+                    ErrorKind::Refused,
+                    format!("\"{rel}\" is not a directory here (symlinks are never followed)"),
+                    e.into(),
+                )
+            })?;
+    }
+    Ok(fd)
+}
+
+// time_t and its nanoseconds are not i64 on every target.
+#[allow(clippy::unnecessary_cast)]
+fn mtime_of(st: &rfs::Stat) -> i64 {
+    (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64)
+}
+
+fn times(mtime_ns: i64) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+/// One remote's session over one connection.
+struct Session<'a, 'r> {
+    stream: Box<dyn Transport>,
+    remote: String,
+    reader: FrameReader,
+    buf: Vec<u8>,
+    dest: Dest,
+    out: &'a mut TreeGetOutcome,
+    progress: &'a mut Report<'r>,
+    files_done: u64,
+    bytes_done: u64,
+}
+
+impl<'a, 'r> Session<'a, 'r> {
+    fn open(
+        up: &mut Upload,
+        rel: &RelPath,
+        dir: &Path,
+        force: bool,
+        out: &'a mut TreeGetOutcome,
+        progress: &'a mut Report<'r>,
+    ) -> Result<Session<'a, 'r>> {
+        let dest = Dest::new(dir, rel.file_name(), force)?;
+        let stream = connect(up, rel.as_str())?;
+        out.encrypted = stream.is_encrypted();
+        Ok(Session {
+            stream,
+            remote: rel.as_str().to_owned(),
+            reader: FrameReader::new(),
+            buf: Vec::new(),
+            dest,
+            out,
+            progress,
+            files_done: 0,
+            bytes_done: 0,
+        })
+    }
+
+    fn ask(&mut self, p: &TreeGetProgress) -> Result<()> {
+        match (self.progress)(p) {
+            Control::Continue => Ok(()),
+            Control::Cancel => Err(Error::new(
+                ErrorKind::Cancelled,
+                "cancelled; what is here is kept for a resume",
+            )),
+        }
+    }
+
+    fn run(&mut self, attempt: u32) -> Result<()> {
+        let (remote, encrypted) = (self.remote.clone(), self.out.encrypted);
+        self.ask(&TreeGetProgress::Connected {
+            remote: &remote,
+            attempt,
+            encrypted,
+        })?;
+        loop {
+            match self.read()? {
+                wire::PAGE => {
+                    self.page()?;
+                    self.send(NEXT, &[])?;
+                }
+                wire::END => {
+                    self.dest.apply_closed(true)?;
+                    let _ = self.send(wire::END, &[]);
+                    return Ok(());
+                }
+                other => return Err(self.unexpected(other, "a manifest page")),
+            }
+        }
+    }
+
+    fn read(&mut self) -> Result<u8> {
+        self.reader.read_frame(&mut self.stream, &mut self.buf)
+    }
+
+    fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        wire::write_frame(&mut self.stream, tag, payload)
+            .map_err(|e| Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e))
+    }
+
+    /// A frame other than the one due: the server's fault in words, or a
+    /// protocol error.
+    fn unexpected(&self, tag: u8, due: &str) -> Error {
+        if tag == wire::FAULT {
+            let words = String::from_utf8_lossy(&self.buf);
+            return Error::new(
+                ErrorKind::Refused,
+                format!("server: {}", crate::text::printable(&words)),
+            );
+        }
+        Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected frame {tag:#04x} from the server where {due} was due"),
+        )
+    }
+
+    /// One page: entries made or looked up, then its files downloaded.
+    fn page(&mut self) -> Result<()> {
+        let bytes = std::mem::take(&mut self.buf);
+        let steps = self.dest.page(&bytes)?;
+        let mut todo = Vec::new();
+        for (entry, step) in steps {
+            match &entry.kind {
+                EntryKind::File { size, .. } => {
+                    self.out.files += 1;
+                    self.out.bytes += size;
+                }
+                EntryKind::Dir { .. } => self.out.dirs += 1,
+                EntryKind::Symlink { .. } => self.out.symlinks += 1,
+            }
+            let size = match entry.kind {
+                EntryKind::File { size, .. } => size,
+                _ => 0,
+            };
+            match step {
+                Step::Made => {}
+                Step::Held(p) => self.done(&p, size, FileStatus::Held, "here already")?,
+                Step::NotReplaced(p, why) => self.done(&p, size, FileStatus::NotReplaced, &why)?,
+                Step::Fetch(t) => todo.push(t),
+            }
+        }
+        for t in todo {
+            self.fetch(t)?;
+        }
+        self.dest.apply_closed(false)
+    }
+
+    fn done(&mut self, path: &RelPath, size: u64, status: FileStatus, text: &str) -> Result<()> {
+        match status {
+            FileStatus::Fetched => self.out.fetched += 1,
+            FileStatus::Held => self.out.held += 1,
+            FileStatus::Failed => self.out.failed += 1,
+            FileStatus::NotReplaced => self.out.not_replaced += 1,
+        }
+        self.files_done += 1;
+        self.bytes_done += size;
+        self.ask(&TreeGetProgress::Done {
+            path: path.as_str(),
+            status,
+            text,
+        })?;
+        let (files_done, bytes_done) = (self.files_done, self.bytes_done);
+        let (files_listed, bytes_listed) = (self.out.files, self.out.bytes);
+        self.ask(&TreeGetProgress::Overall {
+            files_done,
+            files_listed,
+            bytes_done,
+            bytes_listed,
+        })
+    }
+
+    /// One file: its reference, its blocks, round after round, then into
+    /// place with its mode and mtime.
+    fn fetch(&mut self, t: Todo) -> Result<()> {
+        let target = self.dest.dir.join(t.path.to_path_buf());
+        let mut local = Local::new(&target, true)?;
+        let all = !local.record_path.exists();
+        self.send(REQUEST, &fetch::encode_request(t.index, all))?;
+        let r = match self.read()? {
+            TAG_REFERENCE => Reference::decode(&self.buf)?,
+            wire::VERDICT => return self.failed(&t),
+            other => return Err(self.unexpected(other, "a file's reference")),
+        };
+        if r.block > BLOCK {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("the server's block size {} is over {BLOCK}", r.block),
+            ));
+        }
+        let hashed = local.hashed;
+        local.adopt(r)?;
+        let fresh = local.hashed == hashed;
+        let mut want: Vec<u64> = if all { local.missing() } else { Vec::new() };
+        for round in 0..=super::MAX_REPAIR_ROUNDS {
+            for i in want {
+                if !self.receive(&mut local, &t, i, fresh)? {
+                    return self.failed(&t);
+                }
+            }
+            let missing = local.missing();
+            if !missing.is_empty() && round == super::MAX_REPAIR_ROUNDS {
+                break;
+            }
+            self.stream
+                .write_all(&getwire::encode_want(&missing))
+                .map_err(|e| Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e))?;
+            if missing.is_empty() {
+                let crc = local.finish()?;
+                self.dest.set_attrs(&t)?;
+                let text = format!("downloaded and verified (CRC-32 {crc:08x})");
+                return self.done(&t.path, t.size, FileStatus::Fetched, &text);
+            }
+            want = missing;
+        }
+        Err(Error::new(
+            ErrorKind::CrcMismatch,
+            format!("blocks of \"{}\" kept arriving damaged", t.path),
+        ))
+    }
+
+    /// The server's verdict instead of the file (or of its data).
+    fn failed(&mut self, t: &Todo) -> Result<()> {
+        let text = wire::parse_verdict(&self.buf)
+            .map(|(_, _, text)| text)
+            .unwrap_or_else(|_| "the server could not send it".into());
+        let text = crate::text::printable(&text).into_owned();
+        self.done(&t.path, t.size, FileStatus::Failed, &text)
+    }
+
+    /// Block `i` of the file: checked, written unless it is zeros of a
+    /// fresh part (a hole stays a hole). False: the server gave up on the
+    /// file (its verdict is in the buffer).
+    fn receive(&mut self, local: &mut Local, t: &Todo, i: u64, fresh: bool) -> Result<bool> {
+        let tag = self.read()?;
+        if tag == wire::VERDICT {
+            return Ok(false);
+        }
+        if tag != TAG_DATA {
+            return Err(self.unexpected(tag, "file data"));
+        }
+        let r = local
+            .reference
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "no reference"))?;
+        let (off, len) = r.range(i);
+        let p = &self.buf;
+        if p.len() as u64 != 12 + len || be64(p, 0) != Some(off) {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the server sent other data where block {i} of \"{}\" was due",
+                    t.path
+                ),
+            ));
+        }
+        let data = &p[8..p.len() - 4];
+        let trailer = crate::tree::wire::be32(p, p.len() - 4);
+        let crc = crc32fast::hash(data);
+        self.out.received += len;
+        if Some(crc) != trailer || crc != r.crcs[i as usize] {
+            return Ok(true); // damaged in transit: asked for again
+        }
+        let zeros = fresh && data.iter().all(|&b| b == 0);
+        if let (Some(f), false) = (&local.part, zeros) {
+            f.write_all_at(data, off).map_err(|e| {
+                Error::io(
+                    ErrorKind::Storage,
+                    format!("cannot write {}", local.part_path.display()),
+                    e,
+                )
+            })?;
+        }
+        local.held[i as usize] = true;
+        let (done, total) = (local.held_bytes(), t.size);
+        self.ask(&TreeGetProgress::File {
+            path: t.path.as_str(),
+            done,
+            total,
+        })?;
+        Ok(true)
+    }
+}
+
+/// Connects (TLS as for any transfer) and asks for the tree `remote`.
+fn connect(up: &mut Upload, remote: &str) -> Result<Box<dyn Transport>> {
+    let (sock, _addr) = shell::connect(up)?;
+    up.ever_connected = true;
+    shell::tune(&sock);
+    let reconnect = |up: &Upload| -> Result<std::net::TcpStream> {
+        let (s, _) = shell::connect(up)?;
+        shell::tune(&s);
+        Ok(s)
+    };
+    let mut stream = secure::open(up, sock, &reconnect)?;
+    let t = Some(up.opts.io_timeout);
+    let _ = stream.set_write_timeout(t);
+    let _ = stream.set_read_timeout(Some(up.opts.handshake_timeout));
+    let cut = |e| Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e);
+    stream
+        .write_all(&fetch::encode_header(remote)?)
+        .map_err(cut)?;
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).map_err(|e| {
+        Error::io(
+            ErrorKind::Refused,
+            "the server closed the tree get: it is a legacy server or an older bigtransfer, which cannot send trees",
+            e,
+        )
+    })?;
+    if reply != crate::v2::MAGIC {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            "the server does not speak tree downloads (a legacy server)",
+        ));
+    }
+    let _ = stream.set_read_timeout(t);
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests;
