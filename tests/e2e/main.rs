@@ -21,5 +21,6 @@ mod service;
 mod streams;
 mod tls;
 mod tree;
+mod tree_get;
 mod upload;
 mod verified;

@@ -28,7 +28,7 @@ fn chmod(p: &Path, mode: u32) {
 /// The tree of the issue: nested and empty directories, unicode and
 /// spaces, a symlink inside and one outside, a sparse file, `small`
 /// small files and a few larger ones. Returns its root.
-fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
+pub(crate) fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
     let root = base.join("photos");
     let deep = root.join("a/b c/ünïcödé dir");
     fs::create_dir_all(&deep).unwrap();
@@ -64,7 +64,7 @@ fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
 
 /// `diff -r` and more: the same entries, bytes, modes, mtimes and
 /// symlink targets; `skip` names the entries not expected on the server.
-fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
+pub(crate) fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
     let mut names: Vec<_> = fs::read_dir(a)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -112,7 +112,7 @@ fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
     }
 }
 
-fn send_tree(srv: &ServerProc, paths: &[&Path], extra: &[&str]) -> std::process::Output {
+pub(crate) fn send_tree(srv: &ServerProc, paths: &[&Path], extra: &[&str]) -> std::process::Output {
     let port = srv.port();
     let mut args = vec!["--host", "127.0.0.1", "--port", &port, "--json", "--quiet"];
     args.extend_from_slice(extra);

@@ -544,6 +544,9 @@ struct Session<'a, 'r> {
     progress: &'a mut Report<'r>,
     files_done: u64,
     bytes_done: u64,
+    /// `--limit-rate`, and when this connection started and what it got.
+    limit_rate: Option<u64>,
+    paced: (Instant, u64),
 }
 
 impl<'a, 'r> Session<'a, 'r> {
@@ -568,6 +571,8 @@ impl<'a, 'r> Session<'a, 'r> {
             progress,
             files_done: 0,
             bytes_done: 0,
+            limit_rate: up.opts.limit_rate.filter(|&r| r > 0),
+            paced: (Instant::now(), 0),
         })
     }
 
@@ -733,6 +738,16 @@ impl<'a, 'r> Session<'a, 'r> {
         ))
     }
 
+    /// Sleeps as long as `--limit-rate` wants for `len` more bytes.
+    fn pace(&mut self, len: u64) {
+        let Some(rate) = self.limit_rate else { return };
+        self.paced.1 += len;
+        let due = Duration::from_secs_f64(self.paced.1 as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(self.paced.0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
     /// The server's verdict instead of the file (or of its data).
     fn failed(&mut self, t: &Todo) -> Result<()> {
         let text = wire::parse_verdict(&self.buf)
@@ -786,6 +801,7 @@ impl<'a, 'r> Session<'a, 'r> {
             })?;
         }
         local.held[i as usize] = true;
+        self.pace(len);
         let (done, total) = (local.held_bytes(), t.size);
         self.ask(&TreeGetProgress::File {
             path: t.path.as_str(),
