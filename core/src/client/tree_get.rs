@@ -214,7 +214,7 @@ fn check_remotes(remotes: &[String]) -> Result<Vec<RelPath>> {
     let mut rels = Vec::with_capacity(remotes.len());
     for r in remotes {
         let rel = RelPath::from_wire(r.trim_end_matches('/'))
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot get \"{r}\": {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Refused, format!("cannot get \"{r}\": {e}")))?;
         if rels
             .iter()
             .any(|o: &RelPath| o.file_name() == rel.file_name())
