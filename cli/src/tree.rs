@@ -75,6 +75,14 @@ fn on_progress(p: &TreeProgress, show: bool, quiet: bool) {
         } => {
             eprintln!("not stored: {path}: {text}");
         }
+        // A stored file kept as a numbered version, or replaced: always said.
+        TreeProgress::Verdict {
+            path,
+            ok: true,
+            text,
+        } if *text != "stored and verified" => {
+            eprintln!("{path}: {text}");
+        }
         TreeProgress::Verdict { path, ok: true, .. } if show => {
             eprintln!("stored {path}");
         }
