@@ -89,7 +89,7 @@ fn on_progress(p: &TreeProgress, show: bool, quiet: bool) {
         TreeProgress::File { path, done, total } if show => {
             eprint!("\r{path}: {done} of {total} bytes\x1b[K");
         }
-        TreeProgress::Overall { entries, sent } if show => {
+        TreeProgress::Overall { entries, sent, .. } if show => {
             eprintln!("{entries} entries listed, {sent} bytes sent");
         }
         TreeProgress::Retrying {
