@@ -225,3 +225,32 @@ fn several_remotes_and_paths_below_the_top_land_under_their_base_names() {
         stderr(&out)
     );
 }
+
+#[test]
+fn list_of_a_directory_shows_every_file_under_it_page_by_page() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("src/set");
+    for i in 0..300 {
+        let d = root.join(format!("d{}", i % 3));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("f {i}")), vec![b'x'; i]).unwrap();
+    }
+    fs::create_dir_all(root.join("d0/empty")).unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    sent(&srv, &root);
+    let out = crate::keep::list(&srv, &["set"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 300, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 299  ") && l.ends_with("set/d2/f 299")),
+        "{text}"
+    );
+    let out = crate::keep::list(&srv, &["--json", "set/d1"]);
+    let json = stdout(&out);
+    assert_eq!(json.matches("\"name\": \"set/d1/").count(), 100, "{json}");
+    assert!(!json.contains("set/d0"), "{json}");
+}

@@ -3,8 +3,10 @@
 //! still holds) and then the state directory (partial uploads, from
 //! their checkpoint records), one page at a time, so memory stays flat
 //! whatever the directory holds. Nothing is read of the files themselves:
-//! a file without a record shows its CRC-32 as unknown. From an object
-//! store: its objects and uploads in progress, listed at once.
+//! a file without a record shows its CRC-32 as unknown. A name that is a
+//! directory (a tree sent there) lists the files under it, recursively, a
+//! page at a time. From an object store: its objects and uploads in
+//! progress, listed at once.
 //!
 //! Not for the wire format (see [`crate::listing`]) nor for when pages are
 //! asked for (the machine's).
@@ -15,11 +17,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+
 use super::conn::Shell;
+use super::tree::{open_dir, PARTS_DIR};
 use crate::listing::{EntryKind, ListEntry, PAGE_ENTRIES};
 use crate::machine::Fault;
 use crate::name::{SafeName, RESERVED_NAME};
 use crate::store::{decode_meta, Store, META_LEN};
+use crate::tree::{Entry, EntryKind as TreeKind, RelPath, Walked, Walker};
 use crate::v2::FaultCode;
 
 /// Where a listing is: the two directories, walked in turn (or, from an
@@ -28,6 +36,9 @@ pub(super) struct Lister {
     files: Option<ReadDir>,
     parts: Option<ReadDir>,
     rest: Vec<ListEntry>,
+    /// A directory of the storage directory walked whole (`list DIR`), and
+    /// the path above it that its entries' names are prefixed with.
+    tree: Option<(Walker, String)>,
 }
 
 impl Shell<'_> {
@@ -72,9 +83,17 @@ impl Shell<'_> {
                 files: None,
                 parts: None,
                 rest,
+                tree: None,
             });
         }
-        let _ = name;
+        if let Some(t) = name.and_then(|n| tree_walk(&self.sh.cfg.dir, n)) {
+            return Ok(Lister {
+                files: None,
+                parts: None,
+                rest: Vec::new(),
+                tree: Some(t),
+            });
+        }
         Lister::open(&self.sh.store)
     }
 }
@@ -95,11 +114,15 @@ impl Lister {
             files: Some(files),
             parts: Some(parts),
             rest: Vec::new(),
+            tree: None,
         })
     }
 
     /// Up to [`PAGE_ENTRIES`] entries, and whether the walk is over.
     fn page(&mut self, store: &Store, name: Option<&str>) -> (Vec<ListEntry>, bool) {
+        if let Some((walk, above)) = &mut self.tree {
+            return tree_page(walk, above);
+        }
         let mut out = Vec::new();
         while out.len() < PAGE_ENTRIES {
             if let Some(e) = self.rest.pop() {
@@ -132,6 +155,61 @@ impl Lister {
         let done = self.files.is_none() && self.parts.is_none() && self.rest.is_empty();
         (out, done)
     }
+}
+
+/// A walk of the directory `name` of the storage directory, when it is
+/// one, reached without a symlink on the way (the server's own parts
+/// directory is never walked).
+fn tree_walk(dir: &Path, name: &str) -> Option<(Walker, String)> {
+    let rel = RelPath::from_wire(name.trim_end_matches('/')).ok()?;
+    if rel.components().next() == Some(PARTS_DIR) {
+        return None;
+    }
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    open_dir(&root, rel.as_str()).ok()?;
+    let walk = Walker::new(&dir.join(rel.as_str())).ok()?;
+    Some((
+        walk,
+        rel.parent_str()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default(),
+    ))
+}
+
+/// The next page of a directory's files, recursively: each named by its
+/// path in the storage directory. Directories, symlinks and what the walk
+/// leaves out are not listed.
+fn tree_page(walk: &mut Walker, above: &str) -> (Vec<ListEntry>, bool) {
+    let mut out = Vec::new();
+    while out.len() < PAGE_ENTRIES {
+        let Some(w) = walk.next() else {
+            return (out, true);
+        };
+        if let Walked::Entry {
+            entry:
+                Entry {
+                    path,
+                    kind: TreeKind::File { size, mtime_ns, .. },
+                },
+            ..
+        } = w
+        {
+            out.push(ListEntry {
+                kind: EntryKind::File,
+                name: format!("{above}{path}").into_bytes(),
+                size,
+                mtime: mtime_ns.div_euclid(1_000_000_000),
+                crc32: None,
+                held: size,
+            });
+        }
+    }
+    (out, false)
 }
 
 /// Whether `entry` belongs to a listing of `name`: the name itself, its
