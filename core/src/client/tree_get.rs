@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use super::get::Local;
+use super::get::{part_paths, Local};
 use super::{secure, shell, Control, SendOptions, Tally, Upload};
 use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
 use crate::transport::Transport;
@@ -132,6 +132,14 @@ pub struct TreeGetOutcome {
     pub encrypted: bool,
     /// Time taken.
     pub elapsed: Duration,
+}
+
+/// Whole-file requests sent ahead of the answers: enough that the server
+/// never waits for the client between small files.
+const WINDOW: usize = 64;
+
+fn cut(e: std::io::Error) -> Error {
+    Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
 }
 
 type Report<'r> = dyn FnMut(&TreeGetProgress) -> Control + 'r;
@@ -659,9 +667,7 @@ impl<'a, 'r> Session<'a, 'r> {
                 Step::Fetch(t) => todo.push(t),
             }
         }
-        for t in todo {
-            self.fetch(t)?;
-        }
+        self.fetch_all(todo)?;
         self.dest.apply_closed(false)
     }
 
@@ -689,28 +695,171 @@ impl<'a, 'r> Session<'a, 'r> {
         })
     }
 
-    /// One file: its reference, its blocks, round after round, then into
-    /// place with its mode and mtime.
+    /// The files of a page: those with nothing here are asked for whole,
+    /// [`WINDOW`] requests ahead (no round trip per file); those with a
+    /// partial download here, and any that arrived damaged, then one by one
+    /// with only their missing blocks asked for.
+    fn fetch_all(&mut self, todo: Vec<Todo>) -> Result<()> {
+        let mut fresh = std::collections::VecDeque::new();
+        let mut resume = Vec::new();
+        for t in todo {
+            let target = self.dest.dir.join(t.path.to_path_buf());
+            if part_paths(&target).1.exists() {
+                resume.push(t);
+            } else {
+                fresh.push_back(t);
+            }
+        }
+        let mut asked = std::collections::VecDeque::new();
+        while !fresh.is_empty() || !asked.is_empty() {
+            if asked.len() <= WINDOW / 2 && !fresh.is_empty() {
+                let mut batch = Vec::new();
+                while asked.len() < WINDOW {
+                    let Some(t) = fresh.pop_front() else { break };
+                    let req = fetch::encode_request(t.index, true);
+                    wire::write_frame(&mut batch, REQUEST, &req).map_err(cut)?;
+                    asked.push_back(t);
+                }
+                self.stream.write_all(&batch).map_err(cut)?;
+            }
+            let Some(t) = asked.pop_front() else { break };
+            if let Some(t) = self.take_whole(t)? {
+                resume.push(t);
+            }
+        }
+        for t in resume {
+            self.fetch(t)?;
+        }
+        Ok(())
+    }
+
+    /// The server's answer to a request for a whole file: the file put in
+    /// place, or a failure counted; `Some` when blocks arrived damaged (it
+    /// is asked for again by [`Self::fetch`]).
+    fn take_whole(&mut self, t: Todo) -> Result<Option<Todo>> {
+        let Some(r) = self.reference(&t)? else {
+            self.failed(&t)?;
+            return Ok(None);
+        };
+        if r.count() <= 1 {
+            return self.take_small(t, r);
+        }
+        let target = self.dest.dir.join(t.path.to_path_buf());
+        let mut local = Local::new(&target, true)?;
+        local.adopt(r)?;
+        for i in local.missing() {
+            if !self.receive(&mut local, &t, i, true)? {
+                self.failed(&t)?;
+                return Ok(None);
+            }
+        }
+        if !local.missing().is_empty() {
+            return Ok(Some(t));
+        }
+        self.install(local, &t)?;
+        Ok(None)
+    }
+
+    /// A file of at most one block: into memory, checked, written beside
+    /// its name and renamed into place. Not synced one by one (as a tree
+    /// send's server does not); no record (a cut one is simply fetched
+    /// again).
+    fn take_small(&mut self, t: Todo, r: Reference) -> Result<Option<Todo>> {
+        let mut data = Vec::new();
+        if r.count() == 1 {
+            match self.read()? {
+                TAG_DATA => {}
+                wire::VERDICT => {
+                    self.failed(&t)?;
+                    return Ok(None);
+                }
+                other => return Err(self.unexpected(other, "file data")),
+            }
+            let (off, len) = r.range(0);
+            let p = &self.buf;
+            if p.len() as u64 != 12 + len || be64(p, 0) != Some(off) {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("the server sent other data where \"{}\" was due", t.path),
+                ));
+            }
+            data.extend_from_slice(&p[8..p.len() - 4]);
+            self.out.received += len;
+            self.pace(len);
+            if crc32fast::hash(&data) != r.crcs[0] {
+                return Ok(Some(t));
+            }
+        }
+        let target = self.dest.dir.join(t.path.to_path_buf());
+        let (part, _) = part_paths(&target);
+        let err = |e| {
+            Error::io(
+                ErrorKind::Storage,
+                format!("cannot write {}", part.display()),
+                e,
+            )
+        };
+        let f = fs::File::create(&part).map_err(err)?;
+        if data.iter().any(|&b| b != 0) {
+            f.write_all_at(&data, 0).map_err(err)?;
+        }
+        f.set_len(r.size).map_err(err)?;
+        drop(f);
+        fs::rename(&part, &target).map_err(|e| {
+            Error::io(
+                ErrorKind::Storage,
+                format!("cannot rename into {}", target.display()),
+                e,
+            )
+        })?;
+        self.dest.set_attrs(&t)?;
+        let text = format!("downloaded and verified (CRC-32 {:08x})", r.whole());
+        self.done(&t.path, t.size, FileStatus::Fetched, &text)?;
+        Ok(None)
+    }
+
+    /// The file's reference, or `None` when the server sent its verdict
+    /// instead (the verdict is in the buffer).
+    fn reference(&mut self, t: &Todo) -> Result<Option<Reference>> {
+        let r = match self.read()? {
+            TAG_REFERENCE => Reference::decode(&self.buf)?,
+            wire::VERDICT => return Ok(None),
+            other => return Err(self.unexpected(other, "a file's reference")),
+        };
+        if r.block > BLOCK || r.size != t.size {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the server's reference of \"{}\" ({} bytes in blocks of {}) does not fit its manifest entry ({} bytes, blocks of at most {BLOCK})",
+                    t.path, r.size, r.block, t.size
+                ),
+            ));
+        }
+        Ok(Some(r))
+    }
+
+    /// A whole file: synced, renamed into place, its mode and mtime set.
+    fn install(&mut self, mut local: Local, t: &Todo) -> Result<()> {
+        let crc = local.finish()?;
+        self.dest.set_attrs(t)?;
+        let text = format!("downloaded and verified (CRC-32 {crc:08x})");
+        self.done(&t.path, t.size, FileStatus::Fetched, &text)
+    }
+
+    /// One file with a partial download here (or that arrived damaged):
+    /// its reference, then only the blocks not held, round after round,
+    /// then into place with its mode and mtime.
     fn fetch(&mut self, t: Todo) -> Result<()> {
         let target = self.dest.dir.join(t.path.to_path_buf());
         let mut local = Local::new(&target, true)?;
-        let all = !local.record_path.exists();
-        self.send(REQUEST, &fetch::encode_request(t.index, all))?;
-        let r = match self.read()? {
-            TAG_REFERENCE => Reference::decode(&self.buf)?,
-            wire::VERDICT => return self.failed(&t),
-            other => return Err(self.unexpected(other, "a file's reference")),
+        self.send(REQUEST, &fetch::encode_request(t.index, false))?;
+        let Some(r) = self.reference(&t)? else {
+            return self.failed(&t);
         };
-        if r.block > BLOCK {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("the server's block size {} is over {BLOCK}", r.block),
-            ));
-        }
         let hashed = local.hashed;
         local.adopt(r)?;
         let fresh = local.hashed == hashed;
-        let mut want: Vec<u64> = if all { local.missing() } else { Vec::new() };
+        let mut want: Vec<u64> = Vec::new();
         for round in 0..=super::MAX_REPAIR_ROUNDS {
             for i in want {
                 if !self.receive(&mut local, &t, i, fresh)? {
@@ -725,10 +874,7 @@ impl<'a, 'r> Session<'a, 'r> {
                 .write_all(&getwire::encode_want(&missing))
                 .map_err(|e| Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e))?;
             if missing.is_empty() {
-                let crc = local.finish()?;
-                self.dest.set_attrs(&t)?;
-                let text = format!("downloaded and verified (CRC-32 {crc:08x})");
-                return self.done(&t.path, t.size, FileStatus::Fetched, &text);
+                return self.install(local, &t);
             }
             want = missing;
         }

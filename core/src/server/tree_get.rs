@@ -54,6 +54,9 @@ struct Session<'a> {
     parent: String,
     /// The files of the page last sent, by index.
     files: Vec<RelPath>,
+    /// One block, reused for every file (a fresh 1 MiB per small file
+    /// would cost more than the file).
+    block: Option<crate::sys::PageBuf>,
     t: Tally,
 }
 
@@ -153,6 +156,7 @@ impl<'a> Session<'a> {
                 root,
                 parent: rel.parent_str().unwrap_or("").to_owned(),
                 files: Vec::new(),
+                block: None,
                 t: Tally::default(),
             }),
             Err(e) => Err((e, stream)),
@@ -205,6 +209,10 @@ impl<'a> Session<'a> {
     /// next page (true) or ends (false).
     fn answer_page(&mut self) -> Result<bool> {
         loop {
+            // Answers to requests already here go out together.
+            if !self.reader.has_frame() {
+                self.flush()?;
+            }
             let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
             match tag {
                 REQUEST => {
@@ -225,6 +233,16 @@ impl<'a> Session<'a> {
 
     /// One file: its reference (or a verdict why not), then its blocks.
     fn serve_file(&mut self, idx: usize, all: bool) -> Result<()> {
+        let mut buf = self
+            .block
+            .take()
+            .unwrap_or_else(|| crate::sys::PageBuf::new(BLOCK as usize));
+        let r = self.serve_file_with(idx, all, &mut buf);
+        self.block = Some(buf);
+        r
+    }
+
+    fn serve_file_with(&mut self, idx: usize, all: bool, buf: &mut [u8]) -> Result<()> {
         let Some(path) = self.files.get(idx).cloned() else {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -232,7 +250,7 @@ impl<'a> Session<'a> {
             ));
         };
         let opened = self.open_file(&path).and_then(|f| {
-            let r = compute(&f, &path)?;
+            let r = compute(&f, &path, buf)?;
             Ok((f, r))
         });
         let (file, r) = match opened {
@@ -241,15 +259,20 @@ impl<'a> Session<'a> {
         };
         self.send(TAG_REFERENCE, &r.encode())?;
         self.t.files += 1;
-        let mut buf = crate::sys::PageBuf::new(BLOCK as usize);
-        let mut want: Vec<u64> = if all {
-            (0..r.count()).collect()
-        } else {
-            Vec::new()
-        };
+        if all {
+            // The whole file, and on to the next request: the client asks
+            // again (not whole) for a file that arrived damaged.
+            for i in 0..r.count() {
+                if let Err(why) = self.send_block(&file, &path, &r, i, buf)? {
+                    return self.verdict(&path, &why);
+                }
+            }
+            return Ok(());
+        }
+        let mut want: Vec<u64> = Vec::new();
         for _ in 0..=crate::client::MAX_REPAIR_ROUNDS + 1 {
             for i in std::mem::take(&mut want) {
-                if let Err(why) = self.send_block(&file, &path, &r, i, &mut buf)? {
+                if let Err(why) = self.send_block(&file, &path, &r, i, buf)? {
                     return self.verdict(&path, &why);
                 }
             }
@@ -381,7 +404,7 @@ fn check_root(root: &OwnedFd, rel: &RelPath) -> Result<()> {
 
 /// The reference of a file of the tree, in [`BLOCK`]s, read whole; the
 /// size it had when opened must be the size after the read.
-fn compute(file: &File, path: &RelPath) -> Result<Reference> {
+fn compute(file: &File, path: &RelPath, buf: &mut [u8]) -> Result<Reference> {
     let err = |e| Error::io(ErrorKind::Storage, format!("cannot read \"{path}\""), e);
     let m = file.metadata().map_err(err)?;
     if !m.is_file() {
@@ -393,8 +416,9 @@ fn compute(file: &File, path: &RelPath) -> Result<Reference> {
             "\"{path}\" is {size} bytes, over the {MAX_FILE} a tree get serves; get it alone"
         )));
     }
-    crate::sys::advise_sequential(file);
-    let mut buf = crate::sys::PageBuf::new(BLOCK as usize);
+    if size > BLOCK {
+        crate::sys::advise_sequential(file);
+    }
     let count = crate::v2::block_count(size, BLOCK);
     let mut crcs = Vec::with_capacity(count as usize);
     for i in 0..count {
