@@ -187,11 +187,14 @@ pub fn get_tree(
     loop {
         attempts += 1;
         let mut out = TreeGetOutcome::default();
+        let mut counts = (0u64, 0u64);
         let res = rels.iter().try_for_each(|rel| {
             let mut s = Session::open(&mut up, rel, dest, force, &mut out, progress)?;
+            s.done_so_far = counts;
             s.out.received = received;
             let r = s.run(attempts);
             received = s.out.received;
+            counts = s.done_so_far;
             r
         });
         out.received = received;
@@ -550,8 +553,8 @@ struct Session<'a, 'r> {
     dest: Dest,
     out: &'a mut TreeGetOutcome,
     progress: &'a mut Report<'r>,
-    files_done: u64,
-    bytes_done: u64,
+    /// Files and their bytes done with, all remotes of this attempt.
+    done_so_far: (u64, u64),
     /// `--limit-rate`, and when this connection started and what it got.
     limit_rate: Option<u64>,
     paced: (Instant, u64),
@@ -577,8 +580,7 @@ impl<'a, 'r> Session<'a, 'r> {
             dest,
             out,
             progress,
-            files_done: 0,
-            bytes_done: 0,
+            done_so_far: (0, 0),
             limit_rate: up.opts.limit_rate.filter(|&r| r > 0),
             paced: (Instant::now(), 0),
         })
@@ -656,9 +658,10 @@ impl<'a, 'r> Session<'a, 'r> {
                 EntryKind::Dir { .. } => self.out.dirs += 1,
                 EntryKind::Symlink { .. } => self.out.symlinks += 1,
             }
+            // Symlinks are counted in the outcome, not as files done.
             let size = match entry.kind {
-                EntryKind::File { size, .. } => size,
-                _ => 0,
+                EntryKind::File { size, .. } => Some(size),
+                _ => None,
             };
             match step {
                 Step::Made => {}
@@ -671,21 +674,31 @@ impl<'a, 'r> Session<'a, 'r> {
         self.dest.apply_closed(false)
     }
 
-    fn done(&mut self, path: &RelPath, size: u64, status: FileStatus, text: &str) -> Result<()> {
+    /// One entry done with; `size` is the size of a file (`None`: a
+    /// symlink, not counted among the files).
+    fn done(
+        &mut self,
+        path: &RelPath,
+        size: Option<u64>,
+        status: FileStatus,
+        text: &str,
+    ) -> Result<()> {
         match status {
             FileStatus::Fetched => self.out.fetched += 1,
             FileStatus::Held => self.out.held += 1,
             FileStatus::Failed => self.out.failed += 1,
             FileStatus::NotReplaced => self.out.not_replaced += 1,
         }
-        self.files_done += 1;
-        self.bytes_done += size;
+        if let Some(size) = size {
+            self.done_so_far.0 += 1;
+            self.done_so_far.1 += size;
+        }
         self.ask(&TreeGetProgress::Done {
             path: path.as_str(),
             status,
             text,
         })?;
-        let (files_done, bytes_done) = (self.files_done, self.bytes_done);
+        let (files_done, bytes_done) = self.done_so_far;
         let (files_listed, bytes_listed) = (self.out.files, self.out.bytes);
         self.ask(&TreeGetProgress::Overall {
             files_done,
@@ -814,7 +827,7 @@ impl<'a, 'r> Session<'a, 'r> {
         })?;
         self.dest.set_attrs(&t)?;
         let text = format!("downloaded and verified (CRC-32 {:08x})", r.whole());
-        self.done(&t.path, t.size, FileStatus::Fetched, &text)?;
+        self.done(&t.path, Some(t.size), FileStatus::Fetched, &text)?;
         Ok(None)
     }
 
@@ -843,7 +856,7 @@ impl<'a, 'r> Session<'a, 'r> {
         let crc = local.finish()?;
         self.dest.set_attrs(t)?;
         let text = format!("downloaded and verified (CRC-32 {crc:08x})");
-        self.done(&t.path, t.size, FileStatus::Fetched, &text)
+        self.done(&t.path, Some(t.size), FileStatus::Fetched, &text)
     }
 
     /// One file with a partial download here (or that arrived damaged):
@@ -900,7 +913,7 @@ impl<'a, 'r> Session<'a, 'r> {
             .map(|(_, _, text)| text)
             .unwrap_or_else(|_| "the server could not send it".into());
         let text = crate::text::printable(&text).into_owned();
-        self.done(&t.path, t.size, FileStatus::Failed, &text)
+        self.done(&t.path, Some(t.size), FileStatus::Failed, &text)
     }
 
     /// Block `i` of the file: checked, written unless it is zeros of a
