@@ -205,6 +205,30 @@ fn several_remotes_and_paths_below_the_top_land_under_their_base_names() {
     );
     assert_tree_ok(&out);
     assert_same_file(&root.join("a/script.sh"), &script);
+    // A symlink planted on the server pointing out is never served or
+    // followed: left out of a tree, refused when named.
+    let store = t.path().join("store");
+    std::os::unix::fs::symlink("/etc", store.join("photos/a/evil")).unwrap();
+    let other = t.path().join("other");
+    let out = get(&srv, &["photos/a"], &["-o", other.to_str().unwrap()]);
+    assert_tree_ok(&out);
+    assert!(other.join("a/script.sh").is_file());
+    assert!(
+        fs::symlink_metadata(other.join("a/evil")).is_err(),
+        "served the planted link"
+    );
+    assert!(srv.log.wait_for("left out", LONG), "{}", srv.log.text());
+    let out = get(
+        &srv,
+        &["photos/a/evil", "x"],
+        &["-o", other.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symlink on the server"),
+        "{}",
+        stderr(&out)
+    );
     // Names the server would never serve are refused in words.
     let out = get(
         &srv,
