@@ -278,3 +278,57 @@ fn list_of_a_directory_shows_every_file_under_it_page_by_page() {
     assert_eq!(json.matches("\"name\": \"set/d1/").count(), 100, "{json}");
     assert!(!json.contains("set/d0"), "{json}");
 }
+
+#[test]
+fn a_tree_get_survives_the_server_killed_and_restarted() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("src/set");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    for i in 0..3 {
+        write_random(&root.join(format!("sub/big{i}.bin")), 6 << 20, 200 + i);
+    }
+    fs::write(root.join("small.txt"), "small").unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    sent(&srv, &root);
+    let dest = t.path().join("got");
+    let (part1, _) = bigtransfer_core::client::part_paths(&dest.join("set/sub/big1.bin"));
+    let mut child = get_cmd(
+        &srv,
+        &["set"],
+        &[
+            "--limit-rate",
+            "6M",
+            "--retries",
+            "0",
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_until(LONG, || part1.exists()),
+        "the download never got to the second file"
+    );
+    srv.kill9();
+    let status = wait_child(&mut child, LONG).expect("the client noticed the server's death");
+    assert_eq!(status.code(), Some(4), "connection lost, retries exhausted");
+    let mut out = String::new();
+    use std::io::Read;
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    assert!(out.contains("\"reason\""), "a JSON failure: {out}");
+    assert!(!dest.join("set/sub/big2.bin").exists());
+    let again = ServerProc::start(&store, &[]);
+    let out = get(&again, &["set"], &["-o", dest.to_str().unwrap()]);
+    assert_tree_ok(&out);
+    assert!(field(&out, "held") >= 1, "big0 was kept: {}", stdout(&out));
+    assert!(
+        field(&out, "bytes_received") < 18 << 20,
+        "only what was missing travelled: {}",
+        stdout(&out)
+    );
+    assert_same_tree(&root, &dest.join("set"), &[]);
+}
