@@ -332,3 +332,62 @@ fn a_tree_get_survives_the_server_killed_and_restarted() {
     );
     assert_same_tree(&root, &dest.join("set"), &[]);
 }
+
+#[test]
+fn a_file_changed_on_the_server_after_it_was_listed_fails_in_words_and_comes_next_time() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("src/set");
+    fs::create_dir_all(&root).unwrap();
+    write_random(&root.join("a-big.bin"), 8 << 20, 300);
+    // More files between than the client asks for ahead (64): the request
+    // for z.txt goes out only once a-big.bin has arrived, at the paced rate.
+    fs::create_dir(root.join("m")).unwrap();
+    for i in 0..80 {
+        fs::write(root.join(format!("m/f{i}")), "x").unwrap();
+    }
+    fs::write(root.join("z.txt"), "before").unwrap();
+    let store = t.path().join("store");
+    let srv = ServerProc::start(&store, &[]);
+    sent(&srv, &root);
+    let dest = t.path().join("got");
+    let (part, _) = bigtransfer_core::client::part_paths(&dest.join("set/a-big.bin"));
+    let mut child = get_cmd(
+        &srv,
+        &["set"],
+        &["--limit-rate", "4M", "-o", dest.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_until(LONG, || part.exists()),
+        "the download never began"
+    );
+    // Listed already (the page went out first); its request comes later.
+    fs::write(store.join("set/z.txt"), "after, and longer").unwrap();
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut o, mut e) = (String::new(), String::new());
+    use std::io::Read;
+    let _ = child.stdout.take().unwrap().read_to_string(&mut o);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut e);
+    let out = Output {
+        status,
+        stdout: o.into_bytes(),
+        stderr: e.into_bytes(),
+    };
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed: set/z.txt: it changed on the server since it was listed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.join("set/z.txt").exists());
+    assert_same_file(&root.join("a-big.bin"), &dest.join("set/a-big.bin"));
+    let out = get(&srv, &["set"], &["-o", dest.to_str().unwrap()]);
+    assert_tree_ok(&out);
+    assert_eq!(
+        fs::read(dest.join("set/b.txt")).unwrap(),
+        b"after, and longer"
+    );
+}

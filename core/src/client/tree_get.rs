@@ -459,6 +459,10 @@ impl<'a, 'r> Session<'a, 'r> {
             self.failed(&t)?;
             return Ok(None);
         };
+        if r.size != t.size {
+            self.changed(&t, &r, true)?;
+            return Ok(None);
+        }
         if r.count() <= 1 {
             return self.take_small(t, r);
         }
@@ -544,16 +548,41 @@ impl<'a, 'r> Session<'a, 'r> {
             wire::VERDICT => return Ok(None),
             other => return Err(self.unexpected(other, "a file's reference")),
         };
-        if r.block > BLOCK || r.size != t.size {
+        if r.block > BLOCK {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!(
-                    "the server's reference of \"{}\" ({} bytes in blocks of {}) does not fit its manifest entry ({} bytes, blocks of at most {BLOCK})",
-                    t.path, r.size, r.block, t.size
+                    "the server's reference of \"{}\" is in blocks of {}, over {BLOCK}",
+                    t.path, r.block
                 ),
             ));
         }
         Ok(Some(r))
+    }
+
+    /// A file whose size on the server is no longer its manifest's (it
+    /// changed since it was listed): its data, if it comes, is read and
+    /// dropped, and the file counted failed in words (a new get fetches
+    /// the new version whole).
+    fn changed(&mut self, t: &Todo, r: &Reference, all: bool) -> Result<()> {
+        if all {
+            for _ in 0..r.count() {
+                match self.read()? {
+                    TAG_DATA => {}
+                    wire::VERDICT => break,
+                    other => return Err(self.unexpected(other, "file data")),
+                }
+            }
+        } else {
+            self.stream
+                .write_all(&getwire::encode_want(&[]))
+                .map_err(cut)?;
+        }
+        let text = format!(
+            "it changed on the server since it was listed ({} bytes then, {} now); get it again",
+            t.size, r.size
+        );
+        self.done(&t.path, Some(t.size), FileStatus::Failed, &text)
     }
 
     /// A whole file: synced, renamed into place, its mode and mtime set.
@@ -574,6 +603,9 @@ impl<'a, 'r> Session<'a, 'r> {
         let Some(r) = self.reference(&t)? else {
             return self.failed(&t);
         };
+        if r.size != t.size {
+            return self.changed(&t, &r, false);
+        }
         let hashed = local.hashed;
         local.adopt(r)?;
         let fresh = local.hashed == hashed;
