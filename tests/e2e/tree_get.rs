@@ -387,7 +387,7 @@ fn a_file_changed_on_the_server_after_it_was_listed_fails_in_words_and_comes_nex
     let out = get(&srv, &["set"], &["-o", dest.to_str().unwrap()]);
     assert_tree_ok(&out);
     assert_eq!(
-        fs::read(dest.join("set/b.txt")).unwrap(),
+        fs::read(dest.join("set/z.txt")).unwrap(),
         b"after, and longer"
     );
 }
