@@ -318,6 +318,99 @@ typedef int (*bt_list_fn)(const struct bt_list_entry *entry, void *user);
  */
 typedef void (*bt_log_fn)(const char *line, void *user);
 
+/**
+ * Where a tree transfer is, passed to a `bt_tree_progress_fn`.
+ */
+typedef struct bt_tree_progress {
+    /**
+     * The file last moved: its path in the tree (UTF-8, NUL-terminated,
+     * valid only during the call).
+     */
+    const char *path;
+    /**
+     * Bytes of that file done.
+     */
+    uint64_t file_done;
+    /**
+     * Its size.
+     */
+    uint64_t file_total;
+    /**
+     * Files done with (moved and verified, here already, failed or not
+     * stored).
+     */
+    uint64_t files_done;
+    /**
+     * Files listed so far (the manifest is paged: this grows).
+     */
+    uint64_t files_total;
+    /**
+     * Bytes moved (a send: sent so far; a download: of the files done).
+     */
+    uint64_t bytes_done;
+    /**
+     * Bytes of the files listed so far.
+     */
+    uint64_t bytes_total;
+} bt_tree_progress;
+
+/**
+ * Progress of a tree transfer, on the calling thread, as bytes of a file
+ * move and after each file; return non-zero to cancel (the call then
+ * returns `BT_CANCELLED`; what is done is kept for a resume).
+ */
+typedef int (*bt_tree_progress_fn)(const struct bt_tree_progress *progress, void *user);
+
+/**
+ * The outcome of a tree transfer. On failure every field is 0.
+ */
+typedef struct bt_tree_result {
+    /**
+     * Regular files in the manifest.
+     */
+    uint64_t files;
+    /**
+     * Directories in it.
+     */
+    uint64_t dirs;
+    /**
+     * Symlinks in it.
+     */
+    uint64_t symlinks;
+    /**
+     * Sum of the files' sizes.
+     */
+    uint64_t bytes;
+    /**
+     * Files moved and verified by this call (stored, or downloaded).
+     */
+    uint64_t moved;
+    /**
+     * Files already there (nothing moved).
+     */
+    uint64_t held;
+    /**
+     * Files that did not verify, or the server could not send.
+     */
+    uint64_t failed;
+    /**
+     * Entries not stored / not replaced (a different one holds the name).
+     */
+    uint64_t not_stored;
+    /**
+     * File bytes sent or received, all attempts together.
+     */
+    uint64_t bytes_moved;
+    /**
+     * Entries left out of a send (special files, symlinks leaving it).
+     */
+    uint64_t skipped;
+    /**
+     * Connections made.
+     */
+    uint32_t attempts;
+} bt_tree_result;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -956,6 +1049,66 @@ enum bt_status bt_server_stop(const struct bt_server *server);
  * handler may use it afterwards.
  */
 void bt_server_free(struct bt_server *server);
+
+/**
+ * Sends `paths` (files and directories, `n_paths` of them) to the server
+ * at `host`:`port` in one tree session: a directory is stored under its
+ * base name with everything in it (empty directories, relative symlinks
+ * that stay inside it, modes without set-id bits, mtimes, holes). Resumes
+ * and retries as `bt_send_file`; a file the server holds already (same
+ * path, size, mtime) costs nothing; a different one under the same name
+ * keeps the stored one as a numbered version unless the server runs with
+ * `--overwrite`.
+ *
+ * - `options`: as `bt_send_file`'s (NULL for the defaults); a server
+ *   with a token refuses trees for now (`BT_REFUSED`).
+ * - `progress`/`user`: see `bt_tree_progress_fn` (NULL for none).
+ *
+ * Returns `BT_OK` once the session ended (check `result->failed` and
+ * `not_stored`), or as `bt_send_file`.
+ *
+ * # Safety
+ * `host` a NUL-terminated string; `paths` `n_paths` readable pointers to
+ * NUL-terminated strings; `options` NULL or a live handle; `result` NULL
+ * or writable; `progress`, if not NULL, safe to call with `user`.
+ */
+enum bt_status bt_send_tree(const char *host,
+                            uint16_t port,
+                            const char *const *paths,
+                            size_t n_paths,
+                            const struct bt_send_options *options,
+                            bt_tree_progress_fn progress,
+                            void *user,
+                            struct bt_tree_result *result);
+
+/**
+ * Downloads `remotes` (`n_remotes` paths in the server's storage
+ * directory: directories, or files) from the server at `host`:`port` into
+ * the local directory `dest_dir` (made if missing), each under its base
+ * name: every entry checked as the server checks incoming trees (no `..`,
+ * absolute paths, collisions; symlinks only inside the tree, never
+ * followed), every file verified against the server's CRC-32s and renamed
+ * into place only when whole, modes (never set-id) and mtimes applied.
+ * A call after an interrupted one fetches only what is missing; a
+ * different file already here is not replaced unless `force` is non-zero.
+ *
+ * Returns `BT_OK` once done (check `result->failed` and `not_stored`),
+ * `BT_REFUSED` for a remote the server does not have or a manifest the
+ * client refuses (the reason in words), or as `bt_send_file`.
+ *
+ * # Safety
+ * As `bt_send_tree`; `dest_dir` a NUL-terminated string.
+ */
+enum bt_status bt_get_tree(const char *host,
+                           uint16_t port,
+                           const char *const *remotes,
+                           size_t n_remotes,
+                           const char *dest_dir,
+                           const struct bt_send_options *options,
+                           int force,
+                           bt_tree_progress_fn progress,
+                           void *user,
+                           struct bt_tree_result *result);
 
 #ifdef __cplusplus
 }  // extern "C"

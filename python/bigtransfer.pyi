@@ -14,6 +14,12 @@ __all__ = [
     "crc32_file",
     "Server",
     "Result",
+    "list_remote",
+    "get_file",
+    "GetResult",
+    "send_tree",
+    "get_tree",
+    "TreeResult",
     "BigTransferError",
     "InvalidInputError",
     "SourceFileError",
@@ -168,6 +174,93 @@ class GetResult:
     def blocks_repaired(self) -> int: ...
     @property
     def restarted(self) -> bool: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def encrypted(self) -> bool: ...
+
+_TreeProgress = Callable[[str, int, int, int, int], object]
+
+def send_tree(
+    host: str,
+    port: int,
+    paths: Union[_Path, List[_Path], Tuple[_Path, ...]],
+    *,
+    retries: int = 5,
+    timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    limit_rate: Optional[int] = None,
+    progress: Optional[_TreeProgress] = None,
+    token: Optional[_Token] = None,
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
+) -> TreeResult:
+    """Send ``paths`` (files and directories) to the server at
+    ``host:port`` in one tree session: a directory is stored under its base
+    name with everything in it (empty directories, relative symlinks inside
+    it, modes without set-id bits, mtimes, holes). A file the server holds
+    already costs nothing; a different one under the same name keeps the
+    stored one as ``NAME.~N~`` unless the server runs with ``--overwrite``.
+    ``progress(path, files_done, files_total, bytes_done, bytes_total)`` is
+    called as files move (the totals grow as the manifest is listed);
+    exactly ``False`` cancels (``CancelledError``)."""
+    ...
+
+def get_tree(
+    host: str,
+    port: int,
+    remotes: Union[str, List[str], Tuple[str, ...]],
+    dest: _Path,
+    *,
+    force: bool = False,
+    retries: int = 5,
+    timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    limit_rate: Optional[int] = None,
+    progress: Optional[_TreeProgress] = None,
+    token: Optional[_Token] = None,
+    fingerprint: Optional[str] = None,
+    known_hosts: Optional[_Path] = ...,
+    require_tls: bool = False,
+) -> TreeResult:
+    """Download ``remotes`` (directories or files of the server's storage
+    directory) into the local directory ``dest``, each under its base name:
+    entries checked as the server checks incoming trees, files verified
+    against the server's CRC-32s and visible only when whole, modes and
+    mtimes applied. A call after an interrupted one fetches only what is
+    missing; a different file here is not replaced unless ``force``.
+    Raises ``RefusedError`` for a remote the server does not have or a
+    manifest refused (in words)."""
+    ...
+
+@final
+class TreeResult:
+    """The result of a successful ``send_tree`` or ``get_tree`` (frozen)."""
+
+    @property
+    def files(self) -> int: ...
+    @property
+    def dirs(self) -> int: ...
+    @property
+    def symlinks(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def moved(self) -> int:
+        """Files stored (a send) or downloaded (a get) and verified."""
+    @property
+    def held(self) -> int:
+        """Files already there: nothing moved."""
+    @property
+    def failed(self) -> int: ...
+    @property
+    def not_stored(self) -> int:
+        """Entries not stored / not replaced (a different one holds the name)."""
+    @property
+    def bytes_moved(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
     @property
     def attempts(self) -> int: ...
     @property

@@ -4,7 +4,10 @@
 //! progress bar, the result line or JSON object, exit codes (the client's
 //! table) and the command that resumes.
 //!
-//! Not for: the transfer itself (the core's `get_file`).
+//! Not for: the transfer itself (the core's `get_file`), nor directories
+//! and several remotes (`tree_get`).
+
+mod tree_get;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -32,9 +35,12 @@ pub struct GetArgs {
     /// Server port.
     #[arg(long)]
     port: Option<u16>,
-    /// The stored file's name on the server (a plain name in its storage
-    /// directory).
+    /// The stored file's or directory's name on the server (a path in its
+    /// storage directory; a directory is downloaded whole, under its base
+    /// name, into -o DIR).
     remote: String,
+    /// More remotes: each is downloaded into -o DIR under its base name.
+    more: Vec<String>,
     /// Where to put it: an existing directory (the file keeps its name),
     /// or a file path [default: the current directory].
     #[arg(long, short)]
@@ -119,8 +125,12 @@ pub fn run(a: GetArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    install_interrupt();
     let dest = target(&a);
+    // A directory here by that name: a tree get made it (and resumes it).
+    if !a.more.is_empty() || a.remote.contains('/') || dest.is_dir() {
+        return tree_get::run(&a, &opts);
+    }
+    install_interrupt();
     let start = RunStart(Arc::new(Mutex::new((0, Instant::now()))));
     let bar = make_bar(!a.quiet && std::io::stderr().is_terminal(), &start);
     let mut cb = |p: &Progress| on_progress(p, &a, &bar, &start);
@@ -144,8 +154,17 @@ pub fn run(a: GetArgs) -> ExitCode {
             }
             ExitCode::from(exit::OK)
         }
+        Err(e) if is_a_directory(&e) && !a.output.as_ref().is_some_and(|o| o.is_file()) => {
+            tree_get::run(&a, &opts)
+        }
         Err(e) => failure(&a, &e, &opts, &dest),
     }
+}
+
+/// The server's refusal of a single-file get of something that is not a
+/// regular file: a directory, which a tree get downloads.
+fn is_a_directory(e: &Error) -> bool {
+    e.kind() == ErrorKind::Refused && e.to_string().contains("(not a regular file)")
 }
 
 fn on_progress(

@@ -75,13 +75,21 @@ fn on_progress(p: &TreeProgress, show: bool, quiet: bool) {
         } => {
             eprintln!("not stored: {path}: {text}");
         }
+        // A stored file kept as a numbered version, or replaced: always said.
+        TreeProgress::Verdict {
+            path,
+            ok: true,
+            text,
+        } if *text != "stored and verified" => {
+            eprintln!("{path}: {text}");
+        }
         TreeProgress::Verdict { path, ok: true, .. } if show => {
             eprintln!("stored {path}");
         }
         TreeProgress::File { path, done, total } if show => {
             eprint!("\r{path}: {done} of {total} bytes\x1b[K");
         }
-        TreeProgress::Overall { entries, sent } if show => {
+        TreeProgress::Overall { entries, sent, .. } if show => {
             eprintln!("{entries} entries listed, {sent} bytes sent");
         }
         TreeProgress::Retrying {

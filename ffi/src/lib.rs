@@ -5,7 +5,9 @@
 //! What a C program gets: send a file (`bt_send_file` with `bt_send_options`
 //! and a progress callback that can cancel), run a server in the calling
 //! thread (`bt_server_*`, stoppable from another thread or a signal handler),
-//! the CRC-32 of a file, the library version, and per-thread error messages.
+//! the CRC-32 of a file, the library version, and per-thread error messages;
+//! send several paths or directories (`bt_send_tree`) and download stored
+//! files and directories (`bt_get_file`, `bt_get_tree`).
 //!
 //! Conventions, as in rustls-ffi and hyper's C API: opaque handles with
 //! `bt_*_new` / `bt_*_free`; every fallible function returns a `bt_status`
@@ -24,6 +26,7 @@ mod misc;
 mod send;
 mod server;
 mod status;
+mod tree;
 
 pub use get::{bt_get_file, bt_get_result};
 pub use misc::{bt_crc32_file, bt_last_error_message, bt_status_name, bt_version};
@@ -46,3 +49,4 @@ pub use server::{
     bt_server_port, bt_server_serve, bt_server_stop,
 };
 pub use status::bt_status;
+pub use tree::{bt_get_tree, bt_send_tree, bt_tree_progress, bt_tree_progress_fn, bt_tree_result};

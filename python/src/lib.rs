@@ -17,6 +17,7 @@ mod client;
 mod errors;
 mod get;
 mod server;
+mod tree;
 mod wait;
 
 /// Resumable, CRC-32-verified uploads of very large files over TCP.
@@ -37,6 +38,9 @@ fn bigtransfer(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "Result",
         "get_file",
         "GetResult",
+        "send_tree",
+        "get_tree",
+        "TreeResult",
     ];
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(client::send_file, m)?)?;
@@ -44,6 +48,9 @@ fn bigtransfer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(client::list_remote, m)?)?;
     m.add_function(wrap_pyfunction!(get::get_file, m)?)?;
     m.add_class::<get::GetResult>()?;
+    m.add_function(wrap_pyfunction!(tree::send_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(tree::get_tree, m)?)?;
+    m.add_class::<tree::TreeResult>()?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<client::SendResult>()?;
     for (name, class) in errors::all(py)? {

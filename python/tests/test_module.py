@@ -808,3 +808,45 @@ def test_get_file_over_parallel_streams(server, tmp_path, big_data):
     for bad in (0, 9, "many"):
         with pytest.raises(bigtransfer.InvalidInputError, match="streams"):
             bigtransfer.get_file(HOST, port, "big.bin", tmp_path / "x", streams=bad)
+
+
+def test_send_tree_and_get_tree_roundtrip_with_progress(server, tmp_path):
+    port = server.address[1]
+    src = tmp_path / "src" / "tree"
+    (src / "sub dir").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "sub dir" / "ünï.txt").write_bytes(b"hello\n" * 1000)
+    big = os.urandom(1500007)
+    (src / "big.bin").write_bytes(big)
+    os.chmod(src / "big.bin", 0o640)
+    os.utime(src / "big.bin", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.symlink("big.bin", src / "link")
+    sent = []
+    r = bigtransfer.send_tree(HOST, port, [src], progress=lambda *a: sent.append(a))
+    assert isinstance(r, bigtransfer.TreeResult)
+    assert (r.files, r.dirs, r.symlinks, r.moved) == (2, 3, 1, 2)
+    assert stored(server, "tree/big.bin").read_bytes() == big
+    assert sent and sent[-1][1] == 2 and sent[-1][2] == 2
+    got = tmp_path / "got"
+    calls = []
+    r = bigtransfer.get_tree(HOST, port, "tree", got,
+                             progress=lambda *a: calls.append(a))
+    assert (r.files, r.moved, r.held) == (2, 2, 0)
+    assert (got / "tree" / "big.bin").read_bytes() == big
+    assert (got / "tree" / "sub dir" / "ünï.txt").read_bytes() == b"hello\n" * 1000
+    assert os.readlink(got / "tree" / "link") == "big.bin"
+    assert (got / "tree" / "empty").is_dir()
+    st = os.stat(got / "tree" / "big.bin")
+    assert st.st_mode & 0o777 == 0o640 and st.st_mtime_ns == 1_600_000_000_123_456_789
+    # The callback names files and ends with both counts whole.
+    assert any(c[0].startswith("tree/") for c in calls)
+    assert calls[-1][1:] == (2, 2, len(big) + 6000, len(big) + 6000)
+    again = bigtransfer.get_tree(HOST, port, ["tree"], got)
+    assert again.moved == 0 and again.bytes_moved == 0 and again.held == 3
+    with pytest.raises(bigtransfer.RefusedError, match="no \"nothing\" on the server"):
+        bigtransfer.get_tree(HOST, port, "nothing", got)
+    with pytest.raises(bigtransfer.RefusedError, match=r"\.\."):
+        bigtransfer.get_tree(HOST, port, "tree/../..", got)
+    with pytest.raises(bigtransfer.CancelledError):
+        bigtransfer.get_tree(HOST, port, "tree", tmp_path / "cancelled", limit_rate=1 << 20,
+                             progress=lambda *a: False)

@@ -156,6 +156,27 @@ static void progress_init(struct progress *p) {
     p->total_constant = 1;
 }
 
+/* What a tree transfer reported: calls, the last counts, a file name seen. */
+struct tree_seen {
+    unsigned long calls;
+    uint64_t files_done, files_total, bytes_total;
+    int named;    /* some call named a file of the tree */
+    int counts_ok; /* files_done never above files_total */
+};
+
+static int on_tree(const bt_tree_progress *p, void *user) {
+    struct tree_seen *t = user;
+    t->calls++;
+    t->files_done = p->files_done;
+    t->files_total = p->files_total;
+    t->bytes_total = p->bytes_total;
+    if (p->path != NULL && strncmp(p->path, "tree/", 5) == 0)
+        t->named = 1;
+    if (p->files_done > p->files_total && p->files_total != 0)
+        t->counts_ok = 0;
+    return 0;
+}
+
 static int on_progress(uint64_t done, uint64_t total, void *user) {
     struct progress *p = user;
     if (p->calls > 0 && total != p->total) {
@@ -515,6 +536,63 @@ int main(void) {
                   BT_REFUSED &&
               message_has("no file"),
           "bt_get_file of a missing file is BT_REFUSED with the server's words");
+
+    /* -- trees: bt_send_tree, then bt_get_tree into an empty directory ------ */
+    char tree_dir[4300], tree_sub[4400], tree_x[4400], tree_y[4400], tree_empty[4400],
+        tree_link[4400];
+    snprintf(tree_dir, sizeof tree_dir, "%s/tree", src_dir);
+    snprintf(tree_sub, sizeof tree_sub, "%s/sub", tree_dir);
+    snprintf(tree_x, sizeof tree_x, "%s/sub/x.txt", tree_dir);
+    snprintf(tree_y, sizeof tree_y, "%s/y.bin", tree_dir);
+    snprintf(tree_empty, sizeof tree_empty, "%s/empty", tree_dir);
+    snprintf(tree_link, sizeof tree_link, "%s/link", tree_dir);
+    CHECK(mkdir(tree_dir, 0755) == 0 && mkdir(tree_sub, 0755) == 0 &&
+              mkdir(tree_empty, 0750) == 0 && write_file(tree_x, 1001, 0x31) == 0 &&
+              write_file(tree_y, 1500007, 0x32) == 0 && symlink("y.bin", tree_link) == 0,
+          "made a tree: a nested file, a larger one, an empty directory, a symlink");
+    const char *tree_paths[] = {tree_dir};
+    bt_tree_result tr;
+    struct tree_seen tseen = {0, 0, 0, 0, 0, 1};
+    st = bt_send_tree("127.0.0.1", port, tree_paths, 1, options, on_tree, &tseen, &tr);
+    char stored_y[4400];
+    snprintf(stored_y, sizeof stored_y, "%s/tree/y.bin", store_dir);
+    CHECK(st == BT_OK && tr.files == 2 && tr.dirs == 3 && tr.symlinks == 1 && tr.moved == 2 &&
+              same_file(tree_y, stored_y),
+          "bt_send_tree stores the tree");
+    CHECK(tseen.calls > 0 && tseen.named && tseen.counts_ok && tseen.files_done == 2,
+          "bt_send_tree's progress names the files and counts them");
+    char got_dir[4300], got_x[4400], got_y[4400], got_link[4400], got_empty[4400];
+    snprintf(got_dir, sizeof got_dir, "%s/got", root);
+    snprintf(got_x, sizeof got_x, "%s/tree/sub/x.txt", got_dir);
+    snprintf(got_y, sizeof got_y, "%s/tree/y.bin", got_dir);
+    snprintf(got_link, sizeof got_link, "%s/tree/link", got_dir);
+    snprintf(got_empty, sizeof got_empty, "%s/tree/empty", got_dir);
+    const char *tree_remotes[] = {"tree"};
+    struct tree_seen seen2 = {0, 0, 0, 0, 0, 1};
+    st = bt_get_tree("127.0.0.1", port, tree_remotes, 1, got_dir, options, 0, on_tree, &seen2,
+                     &tr);
+    char target[64] = {0};
+    ssize_t tlen = readlink(got_link, target, sizeof target - 1);
+    struct stat est;
+    CHECK(st == BT_OK && tr.moved == 2 && tr.files == 2 && same_file(tree_x, got_x) &&
+              same_file(tree_y, got_y),
+          "bt_get_tree brings the tree back byte-identical");
+    CHECK(tlen == 5 && strcmp(target, "y.bin") == 0, "bt_get_tree makes the symlink");
+    CHECK(stat(got_empty, &est) == 0 && S_ISDIR(est.st_mode) && (est.st_mode & 0777) == 0750,
+          "bt_get_tree makes the empty directory with its mode");
+    CHECK(seen2.named && seen2.counts_ok && seen2.files_done == 2 && seen2.files_total == 2 &&
+              seen2.bytes_total == 1001 + 1500007,
+          "bt_get_tree's progress names the files and ends with both counts whole");
+    st = bt_get_tree("127.0.0.1", port, tree_remotes, 1, got_dir, options, 0, NULL, NULL, &tr);
+    CHECK(st == BT_OK && tr.moved == 0 && tr.held == 3 && tr.bytes_moved == 0,
+          "a second bt_get_tree fetches nothing");
+    CHECK(bt_get_tree("127.0.0.1", port, tree_remotes, 0, got_dir, options, 0, NULL, NULL,
+                      &tr) == BT_INVALID_INPUT && message_set(),
+          "bt_get_tree without remotes is BT_INVALID_INPUT");
+    const char *hostile[] = {"tree/../../etc"};
+    CHECK(bt_get_tree("127.0.0.1", port, hostile, 1, got_dir, options, 0, NULL, NULL, &tr) ==
+                  BT_REFUSED && message_has(".."),
+          "bt_get_tree of a path with .. is BT_REFUSED in words");
 
     /* -- cancel while hashing ---------------------------------------------- */
     /* A file the server does not hold (it holds a.bin whole: its first

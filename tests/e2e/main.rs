@@ -22,5 +22,6 @@ mod streams;
 mod tls;
 mod tree;
 mod tree_token;
+mod tree_get;
 mod upload;
 mod verified;

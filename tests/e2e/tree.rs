@@ -28,7 +28,7 @@ fn chmod(p: &Path, mode: u32) {
 /// The tree of the issue: nested and empty directories, unicode and
 /// spaces, a symlink inside and one outside, a sparse file, `small`
 /// small files and a few larger ones. Returns its root.
-fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
+pub(crate) fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
     let root = base.join("photos");
     let deep = root.join("a/b c/ünïcödé dir");
     fs::create_dir_all(&deep).unwrap();
@@ -64,7 +64,7 @@ fn make_tree(base: &Path, small: usize, large: &[u64]) -> PathBuf {
 
 /// `diff -r` and more: the same entries, bytes, modes, mtimes and
 /// symlink targets; `skip` names the entries not expected on the server.
-fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
+pub(crate) fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
     let mut names: Vec<_> = fs::read_dir(a)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -112,7 +112,7 @@ fn assert_same_tree(a: &Path, b: &Path, skip: &[&str]) {
     }
 }
 
-fn send_tree(srv: &ServerProc, paths: &[&Path], extra: &[&str]) -> std::process::Output {
+pub(crate) fn send_tree(srv: &ServerProc, paths: &[&Path], extra: &[&str]) -> std::process::Output {
     let port = srv.port();
     let mut args = vec!["--host", "127.0.0.1", "--port", &port, "--json", "--quiet"];
     args.extend_from_slice(extra);
@@ -177,7 +177,7 @@ fn a_tree_arrives_identical_and_a_resend_sends_nothing() {
 }
 
 #[test]
-fn several_paths_and_a_changed_file_is_never_replaced() {
+fn several_paths_and_a_changed_file_keeps_the_old_as_a_version() {
     let src = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let (one, two) = (src.path().join("one.txt"), src.path().join("dir two"));
@@ -191,13 +191,24 @@ fn several_paths_and_a_changed_file_is_never_replaced() {
     assert_eq!(fs::read(store.path().join("dir two/x")).unwrap(), b"x");
     fs::write(two.join("x"), "changed!").unwrap();
     let out = send_tree(&srv, &[&two], &[]);
-    assert_eq!(out.status.code(), Some(6), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(
-        stderr(&out).contains("not stored: dir two/x: a different file is stored"),
+        stderr(&out).contains(
+            "dir two/x: stored and verified; the different file stored under this name is kept as x.~1~"
+        ),
         "{}",
         stderr(&out)
     );
-    assert_eq!(fs::read(store.path().join("dir two/x")).unwrap(), b"x");
+    assert_eq!(
+        fs::read(store.path().join("dir two/x")).unwrap(),
+        b"changed!"
+    );
+    assert_eq!(fs::read(store.path().join("dir two/x.~1~")).unwrap(), b"x");
+    assert!(
+        srv.log.wait_for("is kept as x.~1~", LONG),
+        "{}",
+        srv.log.text()
+    );
     // The interactive prompt takes a directory too.
     let three = src.path().join("three");
     fs::create_dir(&three).unwrap();
@@ -211,6 +222,37 @@ fn several_paths_and_a_changed_file_is_never_replaced() {
         stdout(&out)
     );
     assert_eq!(fs::read(store.path().join("three/y")).unwrap(), b"y");
+}
+
+#[test]
+fn a_changed_file_replaces_the_stored_one_under_overwrite() {
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("x"), "old").unwrap();
+    let srv = ServerProc::start(store.path(), &["--overwrite"]);
+    assert_eq!(send_tree(&srv, &[&dir], &[]).status.code(), Some(0));
+    fs::write(dir.join("x"), "new content").unwrap();
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("d/x: stored and verified; it replaced the different file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(store.path().join("d/x")).unwrap(), b"new content");
+    assert!(!store.path().join("d/x.~1~").exists());
+    // Not a file under the name: never replaced.
+    fs::remove_file(store.path().join("d/x")).unwrap();
+    fs::create_dir(store.path().join("d/x")).unwrap();
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("not stored: d/x: something other than a file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

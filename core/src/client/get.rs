@@ -78,16 +78,16 @@ pub fn part_paths(dest: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// The local side: the part file, its reference and the blocks it holds.
-struct Local {
+pub(super) struct Local {
     dest: PathBuf,
-    part_path: PathBuf,
-    record_path: PathBuf,
-    part: Option<File>,
-    reference: Option<Reference>,
-    held: Vec<bool>,
+    pub(super) part_path: PathBuf,
+    pub(super) record_path: PathBuf,
+    pub(super) part: Option<File>,
+    pub(super) reference: Option<Reference>,
+    pub(super) held: Vec<bool>,
     /// Bytes held when the first reference was adopted.
     resumed_from: Option<u64>,
-    hashed: u64,
+    pub(super) hashed: u64,
     repaired: u64,
     restarted: bool,
 }
@@ -97,7 +97,7 @@ fn local_err(what: String, e: io::Error) -> Error {
 }
 
 impl Local {
-    fn new(dest: &Path, force: bool) -> Result<Local> {
+    pub(super) fn new(dest: &Path, force: bool) -> Result<Local> {
         if dest.exists() && !force {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -122,7 +122,7 @@ impl Local {
         })
     }
 
-    fn held_bytes(&self) -> u64 {
+    pub(super) fn held_bytes(&self) -> u64 {
         let Some(r) = &self.reference else { return 0 };
         (0..r.count())
             .filter(|&i| self.held[i as usize])
@@ -130,7 +130,7 @@ impl Local {
             .sum()
     }
 
-    fn missing(&self) -> Vec<u64> {
+    pub(super) fn missing(&self) -> Vec<u64> {
         (0..self.held.len() as u64)
             .filter(|&i| !self.held[i as usize])
             .collect()
@@ -139,7 +139,7 @@ impl Local {
     /// Takes the server's reference: the same as ours keeps what we hold;
     /// another (or none recorded) starts a fresh part. Returns whether the
     /// partial download had to be dropped because the file changed.
-    fn adopt(&mut self, r: Reference) -> Result<bool> {
+    pub(super) fn adopt(&mut self, r: Reference) -> Result<bool> {
         if self.reference.as_ref() == Some(&r) {
             return Ok(false);
         }
@@ -195,7 +195,7 @@ impl Local {
 
     /// Every block is held: sync, rename into place, sync the directory,
     /// drop the record.
-    fn finish(&mut self) -> Result<u32> {
+    pub(super) fn finish(&mut self) -> Result<u32> {
         let (Some(part), Some(r)) = (self.part.take(), &self.reference) else {
             return Err(Error::new(
                 ErrorKind::Protocol,

@@ -32,6 +32,10 @@ mod tree_token;
 pub use streams::Streams;
 
 pub use get::{get_file, part_paths, GetOutcome};
+pub mod tree_get;
+pub use tree_get::{get_tree, FileStatus, TreeGetOutcome, TreeGetProgress};
+mod tree_tick;
+pub use tree_tick::TreeTick;
 
 use peer::Reply;
 

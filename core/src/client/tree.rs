@@ -67,6 +67,10 @@ pub enum TreeProgress<'a> {
         entries: u64,
         /// File bytes sent on this run (all attempts).
         sent: u64,
+        /// Regular files listed so far.
+        files: u64,
+        /// Sum of their sizes.
+        bytes: u64,
     },
     /// The attempt failed; the next starts after `delay`.
     Retrying {
@@ -349,6 +353,8 @@ impl<'p, 'r> Run<'p, 'r> {
         let p = TreeProgress::Overall {
             entries: self.entries,
             sent: self.sent,
+            files: self.out.files,
+            bytes: self.out.bytes,
         };
         self.ask(&p)
     }

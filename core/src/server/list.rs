@@ -3,9 +3,11 @@
 //! still holds) and then the state directory (partial uploads, from
 //! their checkpoint records), one page at a time, so memory stays flat
 //! whatever the directory holds. Nothing is read of the files themselves:
-//! a file without a record shows its CRC-32 as unknown. From an object
-//! store: its objects and uploads in progress, a page of the store's
-//! listing at a time ([`crate::s3::S3Lister`]).
+//! a file without a record shows its CRC-32 as unknown. A name that is a
+//! directory (a tree sent there) lists the files under it, recursively, a
+//! page at a time. From an object store: its objects and uploads in
+//! progress, a page of the store's listing at a time
+//! ([`crate::s3::S3Lister`]).
 //!
 //! Not for the wire format (see [`crate::listing`]) nor for when pages are
 //! asked for (the machine's).
@@ -16,11 +18,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+
 use super::conn::Shell;
+use super::tree::{open_dir, PARTS_DIR};
 use crate::listing::{EntryKind, ListEntry, PAGE_ENTRIES};
 use crate::machine::Fault;
 use crate::name::{SafeName, RESERVED_NAME};
 use crate::store::{decode_meta, Store, META_LEN};
+use crate::tree::{Entry, EntryKind as TreeKind, RelPath, Walked, Walker};
 use crate::v2::FaultCode;
 
 /// Where a listing is: the two directories, walked in turn (or, from an
@@ -30,6 +38,9 @@ pub(super) struct Lister {
     parts: Option<ReadDir>,
     #[cfg(feature = "s3")]
     s3: Option<crate::s3::S3Lister>,
+    /// A directory of the storage directory walked whole (`list DIR`), and
+    /// the path above it that its entries' names are prefixed with.
+    tree: Option<(Walker, String)>,
 }
 
 impl Shell<'_> {
@@ -65,9 +76,18 @@ impl Shell<'_> {
                 files: None,
                 parts: None,
                 s3: Some(s3.lister(name.unwrap_or(""))),
+                tree: None,
             });
         }
-        let _ = name;
+        if let Some(t) = name.and_then(|n| tree_walk(&self.sh.cfg.dir, n)) {
+            return Ok(Lister {
+                files: None,
+                parts: None,
+                #[cfg(feature = "s3")]
+                s3: None,
+                tree: Some(t),
+            });
+        }
         Lister::open(&self.sh.store)
     }
 }
@@ -89,6 +109,7 @@ impl Lister {
             parts: Some(parts),
             #[cfg(feature = "s3")]
             s3: None,
+            tree: None,
         })
     }
 
@@ -97,6 +118,9 @@ impl Lister {
         #[cfg(feature = "s3")]
         if let Some(s3) = &mut self.s3 {
             return store_page(s3, name);
+        }
+        if let Some((walk, above)) = &mut self.tree {
+            return Ok(tree_page(walk, above));
         }
         let mut out = Vec::new();
         while out.len() < PAGE_ENTRIES {
@@ -150,6 +174,61 @@ fn store_page(
         }
     }
     Ok((out, false))
+}
+
+/// A walk of the directory `name` of the storage directory, when it is
+/// one, reached without a symlink on the way (the server's own parts
+/// directory is never walked).
+fn tree_walk(dir: &Path, name: &str) -> Option<(Walker, String)> {
+    let rel = RelPath::from_wire(name.trim_end_matches('/')).ok()?;
+    if rel.components().next() == Some(PARTS_DIR) {
+        return None;
+    }
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    open_dir(&root, rel.as_str()).ok()?;
+    let walk = Walker::new(&dir.join(rel.as_str())).ok()?;
+    Some((
+        walk,
+        rel.parent_str()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default(),
+    ))
+}
+
+/// The next page of a directory's files, recursively: each named by its
+/// path in the storage directory. Directories, symlinks and what the walk
+/// leaves out are not listed.
+fn tree_page(walk: &mut Walker, above: &str) -> (Vec<ListEntry>, bool) {
+    let mut out = Vec::new();
+    while out.len() < PAGE_ENTRIES {
+        let Some(w) = walk.next() else {
+            return (out, true);
+        };
+        if let Walked::Entry {
+            entry:
+                Entry {
+                    path,
+                    kind: TreeKind::File { size, mtime_ns, .. },
+                },
+            ..
+        } = w
+        {
+            out.push(ListEntry {
+                kind: EntryKind::File,
+                name: format!("{above}{path}").into_bytes(),
+                size,
+                mtime: mtime_ns.div_euclid(1_000_000_000),
+                crc32: None,
+                held: size,
+            });
+        }
+    }
+    (out, false)
 }
 
 /// Whether `entry` belongs to a listing of `name`: the name itself, its

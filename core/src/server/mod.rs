@@ -33,6 +33,7 @@ pub mod tree;
 mod tree_auth;
 #[cfg(feature = "s3")]
 mod tree_s3;
+mod tree_get;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

@@ -11,9 +11,11 @@
 //! `.bt-tree-parts/` under a key covering its whole path, size and mtime
 //! (so `a/x` and `b/x` are two uploads, and a resumed send continues the
 //! part), and appears under its final name only once verified. A stored
-//! file is never replaced: the same path, size and mtime is held already
-//! (nothing sent); anything else under that name is refused for that file
-//! in words. Directories get their modes and mtimes once the walk has left
+//! file is never lost silently: the same path, size and mtime is held
+//! already (nothing sent); a different file under that name is received
+//! and the stored one kept as a numbered version (`NAME.~N~`, or replaced
+//! under `--overwrite`), the client told which in words; anything other
+//! than a file under that name is not replaced. Directories get their modes and mtimes once the walk has left
 //! them and their files are in. Memory: one page of files at a time.
 //!
 //! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
@@ -358,11 +360,17 @@ impl<'a> Session<'a> {
                     self.t.held += 1;
                     return Ok(());
                 }
-                slot.status = wire::REFUSED;
-                self.t.not_stored += 1;
-                let why = "a different file is stored under this name (size or mtime differ); it is not replaced";
-                let path = slot.path.clone();
-                return self.verdict(wire::NOT_STORED, &path, why);
+                if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+                    slot.status = wire::REFUSED;
+                    self.t.not_stored += 1;
+                    let why =
+                        "something other than a file is stored under this name; it is not replaced";
+                    let path = slot.path.clone();
+                    return self.verdict(wire::NOT_STORED, &path, why);
+                }
+                // A different file: received like a new one; at install the
+                // stored one is kept as a numbered version (or replaced
+                // under --overwrite), as for single uploads.
             }
             Err(Errno::NOENT) => {}
             Err(e) => return Err(io_err(format!("cannot look at {}", slot.path))(e)),
@@ -544,14 +552,50 @@ impl Session<'_> {
                 self.t.files += 1;
                 self.verdict(wire::OK, &path, "stored and verified")
             }
-            Err(Errno::EXIST) => {
-                let _ = rfs::unlinkat(&parts, key, AtFlags::empty());
-                self.t.not_stored += 1;
-                let why = "another file appeared under this name meanwhile; it is not replaced";
-                self.verdict(wire::NOT_STORED, &path, why)
-            }
+            Err(Errno::EXIST) => self.replace(&parts, key, &path),
             Err(e) => Err(io_err(format!("cannot store {path}"))(e)),
         }
+    }
+
+    /// A verified part whose name holds a different stored file: that file
+    /// is kept as its next numbered version (`NAME.~N~`) and the part
+    /// takes the name, or under `--overwrite` the part simply replaces it;
+    /// the client is told which in the verdict's words.
+    fn replace(&mut self, parts: &OwnedFd, key: &str, path: &RelPath) -> Result<()> {
+        let name = path.file_name().to_owned();
+        let overwrite = self.sh.cfg.overwrite;
+        let dir = self.parent(path)?;
+        let is_file = rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile);
+        let kept = if !is_file {
+            Err(
+                "something other than a file appeared under this name; it is not replaced"
+                    .to_owned(),
+            )
+        } else if overwrite {
+            Ok("stored and verified; it replaced the different file stored under this name (the server runs with --overwrite)".to_owned())
+        } else {
+            let dup = dir.try_clone().map(File::from);
+            match dup.and_then(|d| crate::keep::keep_version(&d, &name)) {
+                Ok(v) => Ok(format!("stored and verified; the different file stored under this name is kept as {v}")),
+                Err(e) => Err(format!("a different file is stored under this name and cannot be kept as a numbered version ({e}); it is not replaced")),
+            }
+        };
+        let why = match kept {
+            Ok(words) => match rfs::renameat(parts, key, dir, name.as_str()) {
+                Ok(()) => {
+                    self.t.files += 1;
+                    let line = format!("{}: {path}: {words}", self.peer);
+                    (self.sh.logger)(&line);
+                    return self.verdict(wire::OK, path, &words);
+                }
+                Err(e) => return Err(io_err(format!("cannot store {path}"))(e)),
+            },
+            Err(why) => why,
+        };
+        let _ = rfs::unlinkat(parts, key, AtFlags::empty());
+        self.t.not_stored += 1;
+        self.verdict(wire::NOT_STORED, path, &why)
     }
 
     /// Modes and mtimes of the directories the walk has left (deepest
@@ -611,7 +655,7 @@ fn dir_flags() -> OFlags {
 
 /// `rel` ("" for the root itself) under `root`, each component opened
 /// with `O_NOFOLLOW`: a symlink anywhere on the way is an error.
-fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
+pub(super) fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
     let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
         .map_err(io_err("cannot open the storage directory".into()))?;
     for comp in rel.split('/').filter(|c| !c.is_empty()) {
