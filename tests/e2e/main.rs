@@ -21,7 +21,7 @@ mod service;
 mod streams;
 mod tls;
 mod tree;
-mod tree_token;
 mod tree_get;
+mod tree_token;
 mod upload;
 mod verified;

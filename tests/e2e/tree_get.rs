@@ -23,7 +23,7 @@ fn get_cmd(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Command {
     cmd
 }
 
-fn get(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Output {
+pub(crate) fn get(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Output {
     let mut child = get_cmd(srv, remotes, extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

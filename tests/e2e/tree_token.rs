@@ -1,7 +1,8 @@
 //! Trees on a server with a token: the tree session answers the same
 //! challenge as a single upload (inside TLS the bound proofs, in plaintext
 //! the plain answer); a right token stores the tree identical, a wrong or
-//! missing one is refused in words with nothing written.
+//! missing one is refused in words with nothing written; the same for
+//! getting the tree back.
 
 use std::fs;
 use std::path::Path;
@@ -134,6 +135,44 @@ fn right_wrong_and_missing(server_args: &[&str], encrypted: bool) {
         "{}",
         srv.log.text()
     );
+    get_back(&srv, &root, &good, &bad, t.path());
+}
+
+/// The tree comes back with the right token only: a wrong or missing one
+/// is refused in words and nothing is written into the output directory.
+fn get_back(srv: &ServerProc, root: &Path, good: &Path, bad: &Path, base: &Path) {
+    use crate::tree_get::get;
+    let out_dir = base.join("got");
+    let dir = out_dir.to_str().unwrap();
+    let out = get(
+        srv,
+        &["set"],
+        &["-o", dir, "--token-file", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong token"), "{}", stderr(&out));
+    assert!(
+        !out_dir.join("set").exists(),
+        "a refused get wrote the tree"
+    );
+    let out = get(srv, &["set"], &["-o", dir]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the server requires a token"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !out_dir.join("set").exists(),
+        "a refused get wrote the tree"
+    );
+    let out = get(
+        srv,
+        &["set"],
+        &["-o", dir, "--token-file", good.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same(root, &out_dir.join("set"));
 }
 
 #[test]

@@ -494,7 +494,8 @@ impl<'p, 'r> Run<'p, 'r> {
     fn read(&mut self, stream: &mut dyn Transport) -> Result<u8> {
         let mut tag = self.reader.read_frame(stream, &mut self.buf)?;
         if tag == wire::CHALLENGE {
-            super::tree_token::answer(self.token.as_ref(), stream, &self.buf)?;
+            let header = super::tree::tree_header();
+            super::tree_token::answer(self.token.as_ref(), stream, &self.buf, &header[4..])?;
             tag = self.reader.read_frame(stream, &mut self.buf)?;
         }
         if tag == wire::FAULT {

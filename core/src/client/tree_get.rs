@@ -253,6 +253,8 @@ fn retryable(kind: ErrorKind) -> bool {
 struct Session<'a, 'r> {
     stream: Box<dyn Transport>,
     remote: String,
+    /// The token that answers a server's challenge (see `tree_token`).
+    token: Option<crate::auth::Token>,
     reader: FrameReader,
     buf: Vec<u8>,
     dest: Dest,
@@ -280,6 +282,7 @@ impl<'a, 'r> Session<'a, 'r> {
         Ok(Session {
             stream,
             remote: rel.as_str().to_owned(),
+            token: up.opts.token.clone(),
             reader: FrameReader::new(),
             buf: Vec::new(),
             dest,
@@ -324,7 +327,16 @@ impl<'a, 'r> Session<'a, 'r> {
         }
     }
 
+    /// The next frame; a token challenge (the server's first frame, on a
+    /// server with a token) is answered on the way.
     fn read(&mut self) -> Result<u8> {
+        let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+        if tag != wire::CHALLENGE {
+            return Ok(tag);
+        }
+        let header = fetch::encode_header(&self.remote)?;
+        let token = self.token.as_ref();
+        super::tree_token::answer(token, self.stream.as_mut(), &self.buf, &header[4..])?;
         self.reader.read_frame(&mut self.stream, &mut self.buf)
     }
 

@@ -3,7 +3,8 @@
 //! connection, sent only after the server proved the token), over the
 //! tree frames (`A`, see `docs/PROTOCOL.md`, "Tree sessions").
 //!
-//! Not for single uploads (the sender machine) nor downloads (`get`).
+//! Not for single uploads (the sender machine) nor single-file downloads
+//! (`get`); tree sends and tree downloads both use it.
 
 use crate::auth::{Token, ANSWER_LEN};
 use crate::transport::Transport;
@@ -12,11 +13,13 @@ use crate::v2::{self, ServerMsg};
 use crate::{Error, ErrorKind, Result};
 
 /// Answers the challenge whose payload is `challenge` (the nonce, and
-/// inside TLS the server's proof), with `token`.
+/// inside TLS the server's proof), with `token`, for the session whose
+/// header's JSON is `json` (what the proofs cover).
 pub(super) fn answer(
     token: Option<&Token>,
     stream: &mut dyn Transport,
     challenge: &[u8],
+    json: &[u8],
 ) -> Result<()> {
     let Some(token) = token else {
         return Err(Error::new(
@@ -24,8 +27,6 @@ pub(super) fn answer(
             "the server requires a token: pass --token-file (or set BIGTRANSFER_TOKEN)",
         ));
     };
-    let header = super::tree::tree_header();
-    let json = &header[4..];
     let msg = v2::parse_server_msg(wire::CHALLENGE, challenge)?;
     let a = match (msg, stream.channel_binding()) {
         (ServerMsg::Challenge(nonce), _) => token.answer(&nonce, json),

@@ -91,7 +91,7 @@ pub(super) fn handle_connection(
         return super::tree::serve(sh, conn, stream, &pre[4..]);
     }
     if let Some(remote) = pre.get(4..).and_then(crate::tree::fetch::requested_remote) {
-        return super::tree_get::serve(sh, conn, stream, &remote);
+        return super::tree_get::serve(sh, conn, stream, &pre[4..], &remote);
     }
     let nonce = crate::auth::nonce()?;
     let binding = stream.channel_binding();

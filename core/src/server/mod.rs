@@ -31,9 +31,9 @@ mod report;
 mod streams;
 pub mod tree;
 mod tree_auth;
+mod tree_get;
 #[cfg(feature = "s3")]
 mod tree_s3;
-mod tree_get;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

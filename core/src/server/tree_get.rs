@@ -60,15 +60,22 @@ struct Session<'a> {
     t: Tally,
 }
 
-/// Serves a tree download of `remote` whose header was read already.
+/// Serves a tree download of `remote` whose header (`header`, its JSON)
+/// was read already; on a server with a token, once the client answered
+/// its challenge (the same as a tree send's, covering this header).
 pub(super) fn serve(
     sh: &Shared,
     conn: &ConnInfo,
     mut stream: Box<dyn Transport>,
+    header: &[u8],
     remote: &str,
 ) -> std::result::Result<(), Failed> {
-    let lost = |e| Error::io(ErrorKind::ConnectionLost, "cannot answer a tree get", e);
-    stream.write_all(&crate::v2::MAGIC).map_err(lost)?;
+    let early = super::tree_auth::authenticate(sh, conn, &mut stream, header)?;
+    if early.is_some_and(|e| e.first.is_some()) {
+        let words = "refused a tree get: a request came before the manifest";
+        let _ = wire::write_frame(&mut stream, wire::FAULT, words.as_bytes());
+        return Err(Error::new(ErrorKind::Protocol, format!("{}: {words}", conn.peer)).into());
+    }
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
     let shown = crate::text::printable(remote).into_owned();
     let mut s = match Session::open(sh, stream, remote) {
@@ -104,11 +111,6 @@ fn refused(why: String) -> Error {
 
 /// Why this server does not serve tree downloads at all, if it does not.
 fn admit(sh: &Shared) -> Result<()> {
-    if sh.cfg.token.is_some() {
-        return Err(refused(
-            "refused a tree get: this server requires a token, which tree sessions do not carry yet; get the files one by one".into(),
-        ));
-    }
     if sh.remote_storage() {
         return Err(refused(
             "refused a tree get: this server stores in an object store; get serves only a local storage directory".into(),
