@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 mod streams;
 
-use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Tally, Upload};
+use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Upload};
 use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
 use crate::transport::Transport;
 use crate::v2::{self, ServerMsg};
@@ -264,20 +264,7 @@ pub fn get_file(
 ) -> Result<GetOutcome> {
     let started = Instant::now();
     let mut local = Local::new(dest, force)?;
-    let mut up = Upload {
-        path: dest,
-        filename: remote.to_owned(),
-        opts,
-        cache: None,
-        progress,
-        t: Tally::new(started),
-        ever_connected: false,
-        legacy: false,
-        failures: 0,
-        delay: opts.backoff_initial,
-        wire: secure::Wire::default(),
-        peer_key: None,
-    };
+    let mut up = Upload::new(dest, remote.to_owned(), opts, progress, started);
     loop {
         up.t.attempts += 1;
         let before = local.held_bytes();

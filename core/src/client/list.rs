@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{peer, secure, shell, Control, Progress, SendOptions, Tally, Upload};
+use super::{peer, secure, shell, Control, Progress, SendOptions, Upload};
 use crate::listing::{encode_list_request, ListEntry};
 use crate::transport::Transport;
 use crate::v2::{self, Offer, ServerMsg};
@@ -34,20 +34,13 @@ pub struct Listing {
 /// old to list), [`ErrorKind::ConnectionLost`].
 pub fn list_remote(opts: &SendOptions, name: Option<&str>) -> Result<Listing> {
     let mut quiet = |_: &Progress| Control::Continue;
-    let mut up = Upload {
-        path: Path::new(""),
-        filename: String::new(),
+    let mut up = Upload::new(
+        Path::new(""),
+        String::new(),
         opts,
-        cache: None,
-        progress: &mut quiet,
-        t: Tally::new(Instant::now()),
-        ever_connected: false,
-        legacy: false,
-        failures: 0,
-        delay: opts.backoff_initial,
-        wire: secure::Wire::default(),
-        peer_key: None,
-    };
+        &mut quiet,
+        Instant::now(),
+    );
     let (sock, _) = shell::connect(&up)?;
     let reconnect = |up: &Upload| shell::connect(up).map(|(s, _)| s);
     let mut stream = secure::open(&mut up, sock, &reconnect)?;

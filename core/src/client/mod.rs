@@ -537,20 +537,9 @@ pub fn send_file(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let cache = opts.cache_dir.as_ref().map(SumCache::new);
-    let mut up = Upload {
-        path,
-        filename: wire_name(path, opts)?,
-        opts,
-        cache: cache.as_ref(),
-        progress,
-        t: Tally::new(started),
-        ever_connected: false,
-        legacy: opts.protocol == Protocol::Legacy,
-        failures: 0,
-        delay: opts.backoff_initial,
-        wire: secure::Wire::default(),
-        peer_key: None,
-    };
+    let mut up = Upload::new(path, wire_name(path, opts)?, opts, progress, started);
+    up.cache = cache.as_ref();
+    up.legacy = opts.protocol == Protocol::Legacy;
     let mut src = Source::open(path, up.cache)?;
     loop {
         if !src.unchanged(path) {
@@ -600,6 +589,34 @@ struct Upload<'a> {
     wire: secure::Wire,
     /// The key the last TLS connection presented (joined streams pin it).
     peer_key: Option<crate::tls::Fingerprint>,
+}
+
+impl<'a> Upload<'a> {
+    /// A transfer's connection state before its first attempt: nothing
+    /// connected, no failures, the first back-off, protocol 2 (the
+    /// callers that may speak version 1 say so after).
+    fn new(
+        path: &'a Path,
+        filename: String,
+        opts: &'a SendOptions,
+        progress: &'a mut dyn FnMut(&Progress) -> Control,
+        started: Instant,
+    ) -> Upload<'a> {
+        Upload {
+            path,
+            filename,
+            opts,
+            cache: None,
+            progress,
+            t: Tally::new(started),
+            ever_connected: false,
+            legacy: false,
+            failures: 0,
+            delay: opts.backoff_initial,
+            wire: secure::Wire::default(),
+            peer_key: None,
+        }
+    }
 }
 
 /// What [`send_file`] does after an attempt.

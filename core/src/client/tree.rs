@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{secure, shell, Control, SendOptions, Tally, Upload};
+use super::{secure, shell, Control, SendOptions, Upload};
 use crate::sparse::{segments, zeros_crc, SegmentKind};
 use crate::transport::Transport;
 use crate::tree::wire::{self, be64};
@@ -132,20 +132,7 @@ pub fn send_tree(
         .first()
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no path to send"))?;
     let mut noop = |_: &super::Progress| Control::Continue;
-    let mut up = Upload {
-        path: first,
-        filename: String::new(),
-        opts,
-        cache: None,
-        progress: &mut noop,
-        t: Tally::new(started),
-        ever_connected: false,
-        legacy: false,
-        failures: 0,
-        delay: opts.backoff_initial,
-        wire: secure::Wire::default(),
-        peer_key: None,
-    };
+    let mut up = Upload::new(first, String::new(), opts, &mut noop, started);
     let mut sent = 0;
     let mut attempts = 0u32;
     loop {

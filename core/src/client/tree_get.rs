@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::get::{part_paths, Local};
-use super::{secure, shell, Control, SendOptions, Tally, Upload};
+use super::{secure, shell, Control, SendOptions, Upload};
 use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
 use crate::transport::Transport;
 use crate::tree::fetch::{self, BLOCK, NEXT, REQUEST};
@@ -164,20 +164,7 @@ pub fn get_tree(
         )
     })?;
     let mut noop = |_: &super::Progress| Control::Continue;
-    let mut up = Upload {
-        path: dest,
-        filename: String::new(),
-        opts,
-        cache: None,
-        progress: &mut noop,
-        t: Tally::new(started),
-        ever_connected: false,
-        legacy: false,
-        failures: 0,
-        delay: opts.backoff_initial,
-        wire: secure::Wire::default(),
-        peer_key: None,
-    };
+    let mut up = Upload::new(dest, String::new(), opts, &mut noop, started);
     let mut received = 0;
     let mut attempts = 0u32;
     loop {
