@@ -284,3 +284,195 @@ fn a_bit_flipped_inside_a_compressed_block_is_repaired() {
     assert_same_file(&src, &t.path().join("store/flip.log"));
     assert_eq!(srv.terminate().code(), Some(0));
 }
+
+// ---- Downloads (`bigtransfer get --compress`) ----
+
+/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against `srv`.
+fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
+        .args(["--quiet", "--json"])
+        .args(extra)
+        .arg("-o")
+        .arg(dest)
+        .arg(remote)
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
+    let out = std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out
+}
+
+#[test]
+fn a_compressible_file_downloads_compressed_and_identical_over_one_or_three_streams() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 24u64 << 20;
+    write_logs(&store.join("app.log"), size as usize);
+    let srv = ServerProc::start(&store, &[]);
+    for (i, streams) in ["1", "3"].into_iter().enumerate() {
+        let dest = t.path().join(format!("got{i}.log"));
+        let args = ["--compress", "zstd:3", "--streams", streams];
+        let out = get_to(&srv, "app.log", &dest, &args);
+        assert_same_file(&store.join("app.log"), &dest);
+        assert_eq!(text_field(&out, "compress"), "\"zstd:3\"");
+        assert_eq!(text_field(&out, "compress_agreed"), "true");
+        assert_eq!(field(&out, "compressed_blocks"), 24, "{}", stdout(&out));
+        assert_eq!(field(&out, "bytes_received"), size);
+        let wire = field(&out, "wire_bytes");
+        assert!(wire * 3 < size, "{wire} of {size} on {streams} stream(s)");
+    }
+    assert!(
+        srv.log
+            .wait_for("compress zstd:3: 24 block(s) of 25165824 bytes", LONG),
+        "{}",
+        srv.log.text()
+    );
+    // auto (the default): agreed, and the first blocks are tried before
+    // anything is measured.
+    let dest = t.path().join("auto.log");
+    let out = get_to(&srv, "app.log", &dest, &[]);
+    assert_same_file(&store.join("app.log"), &dest);
+    assert_eq!(text_field(&out, "compress"), "\"auto\"");
+    assert_eq!(text_field(&out, "compress_agreed"), "true");
+    assert!(field(&out, "compressed_blocks") >= 1, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < size, "{}", stdout(&out));
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn random_data_downloads_raw_with_auto_and_off_compresses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 12u64 << 20;
+    write_random(&store.join("random.bin"), size, 8);
+    write_logs(&store.join("app.log"), 4 << 20);
+    let srv = ServerProc::start(&store, &[]);
+    let dest = t.path().join("random.bin");
+    let out = get_to(&srv, "random.bin", &dest, &["--compress", "auto"]);
+    assert_same_file(&store.join("random.bin"), &dest);
+    assert_eq!(text_field(&out, "compress_agreed"), "true");
+    assert_eq!(field(&out, "compressed_blocks"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "wire_bytes"), size);
+    // off: nothing offered, so nothing agreed, on compressible data too.
+    let dest = t.path().join("off.log");
+    let out = get_to(&srv, "app.log", &dest, &["--compress", "off"]);
+    assert_same_file(&store.join("app.log"), &dest);
+    assert_eq!(text_field(&out, "compress"), "\"off\"");
+    assert_eq!(text_field(&out, "compress_agreed"), "false");
+    assert_eq!(field(&out, "compressed_blocks"), 0);
+    assert_eq!(field(&out, "wire_bytes"), 4 << 20);
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+/// Speaks the download protocol by hand: the request (with or without
+/// the compression offer), the frames before the reference, one want of
+/// every block; returns the codec the server agreed to (if any) and the
+/// tag of each block's frame, after checking the blocks' bytes.
+fn raw_download(srv: &ServerProc, header: &[u8], file: &[u8]) -> (Option<String>, Vec<u8>) {
+    use bigtransfer_core::getwire;
+    use std::io::Read;
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(header).unwrap();
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).unwrap();
+    assert_eq!(magic, v2::MAGIC);
+    let mut codec = None;
+    let reference = loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+        s.read_exact(&mut p).unwrap();
+        if head[0] == getwire::TAG_REFERENCE {
+            break getwire::Reference::decode(&p).unwrap();
+        }
+        match v2::parse_server_msg(head[0], &p).unwrap() {
+            v2::ServerMsg::Codec(name) => codec = Some(name),
+            other => panic!("unexpected {other:?} before the reference"),
+        }
+    };
+    let all: Vec<u64> = (0..reference.count()).collect();
+    s.write_all(&getwire::encode_want(&all)).unwrap();
+    let mut tags = Vec::new();
+    for i in all {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+        s.read_exact(&mut p).unwrap();
+        let (off, len) = reference.range(i);
+        let block = &file[off as usize..(off + len) as usize];
+        let crc = u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap());
+        assert_eq!(
+            crc,
+            crc32fast::hash(block),
+            "block {i}: the raw bytes' CRC-32"
+        );
+        let body = &p[..p.len() - 4];
+        if head[0] == getwire::TAG_DATA {
+            assert_eq!(&body[8..], block, "block {i}");
+        } else {
+            assert_eq!(body[8..12], (len as u32).to_be_bytes(), "block {i}");
+            assert_eq!(unpack(&body[12..], len), block, "block {i}");
+        }
+        tags.push(head[0]);
+    }
+    s.write_all(&getwire::encode_want(&[])).unwrap();
+    (codec, tags)
+}
+
+/// The raw bytes of a packed payload of `len` raw bytes.
+fn unpack(payload: &[u8], len: u64) -> Vec<u8> {
+    let mut u = bigtransfer_core::compress::Unpacker::new(len);
+    let (mut out, mut at) = (Vec::new(), 0);
+    while u.want() > 0 {
+        let n = u.want();
+        out.extend(u.feed(&payload[at..at + n]).unwrap().unwrap_or_default());
+        at += n;
+    }
+    assert_eq!(at, payload.len(), "bytes after the last chunk");
+    out
+}
+
+#[test]
+fn an_old_client_without_the_offer_gets_raw_blocks_and_no_codec_frame() {
+    use bigtransfer_core::compress::Compress;
+    use bigtransfer_core::getwire;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    write_logs(&store.join("app.log"), (3 << 20) + 4321);
+    let file = std::fs::read(store.join("app.log")).unwrap();
+    let srv = ServerProc::start(&store, &[]);
+    // The request of a client from before compression.
+    let old = getwire::encode_get_header_ext("app.log", None, None).unwrap();
+    let (codec, tags) = raw_download(&srv, &old, &file);
+    assert_eq!(codec, None);
+    assert_eq!(tags, b"DDDD");
+    // The same request with the offer: agreed, and every block packed.
+    let new = getwire::encode_get_header_with("app.log", None, None, Compress::Zstd(1)).unwrap();
+    let (codec, tags) = raw_download(&srv, &new, &file);
+    assert_eq!(codec.as_deref(), Some(CODEC));
+    assert_eq!(tags, b"PPPP");
+    assert!(
+        srv.log.wait_for("compress zstd:1: 4 block(s)", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
