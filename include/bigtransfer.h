@@ -212,6 +212,16 @@ typedef struct bt_get_result {
      * began (that part was dropped and the download started over).
      */
     uint32_t restarted;
+    /**
+     * Blocks that arrived compressed (see `bt_send_options_set_compress`),
+     * all attempts together.
+     */
+    uint64_t compressed_blocks;
+    /**
+     * Payload bytes on the wire: `bytes_received` less what compression
+     * saved.
+     */
+    uint64_t wire_bytes;
 } bt_get_result;
 
 /**
@@ -334,8 +344,10 @@ extern "C" {
  * - `dest`: the local path of the file (raw bytes on Unix). It must not
  *   exist unless `force` is non-zero.
  * - `options`: from `bt_send_options_new` (host and port are these
- *   arguments; the token, timeouts, rate limit, known hosts and
- *   fingerprint apply), or NULL for the defaults.
+ *   arguments; the token, timeouts, rate limit, streams, known hosts,
+ *   fingerprint and compression apply: the server compresses the blocks
+ *   it sends as `bt_send_options_set_compress` says, an older server
+ *   sends them raw), or NULL for the defaults.
  * - `progress`/`user`: as for `bt_send_file` (`done` is the bytes of the
  *   file here so far); non-zero cancels, the partial download is kept.
  *
