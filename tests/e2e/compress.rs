@@ -287,10 +287,18 @@ fn a_bit_flipped_inside_a_compressed_block_is_repaired() {
 
 // ---- Downloads (`bigtransfer get --compress`) ----
 
-/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against `srv`.
+/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against `srv`, which
+/// must succeed.
 fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let out = get_at(&srv.port(), remote, dest, extra);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out
+}
+
+/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against loopback `port`.
+fn get_at(port: &str, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
     let mut child = std::process::Command::new(BIN)
-        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
+        .args(["get", "--host", "127.0.0.1", "--port", port])
         .args(["--quiet", "--json"])
         .args(extra)
         .arg("-o")
@@ -307,13 +315,11 @@ fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::p
     use std::io::Read;
     child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
     child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    let out = std::process::Output {
+    std::process::Output {
         status,
         stdout: o,
         stderr: e,
-    };
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    out
+    }
 }
 
 #[test]
@@ -503,4 +509,127 @@ fn an_old_client_without_the_offer_gets_raw_blocks_and_no_codec_frame() {
         srv.log.text()
     );
     assert_eq!(srv.terminate().code(), Some(0));
+}
+
+/// What a hostile download server sends for every block asked for.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// A packed frame that decompresses to 64 MiB (the block is 1 MiB).
+    Bomb,
+    /// A well-formed packed frame of other bytes, with their own CRC-32.
+    Lie,
+    /// A packed frame without having agreed to compression first.
+    Unagreed,
+}
+
+/// The one block of the hostile server's file (and its reference).
+fn hostile_block() -> (Vec<u8>, bigtransfer_core::getwire::Reference) {
+    let block: Vec<u8> = b"the true bytes of the file\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let r = bigtransfer_core::getwire::Reference {
+        size: block.len() as u64,
+        block: 1 << 20,
+        mtime_ns: 1,
+        crcs: vec![crc32fast::hash(&block)],
+    };
+    (block, r)
+}
+
+/// A plaintext "server" that answers a get with a reference of one block,
+/// then answers every want with a `how` frame, until the client goes.
+fn hostile_server(how: Hostile) -> String {
+    use bigtransfer_core::getwire;
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            if crate::peers::is_tls_hello(&c) {
+                continue; // The client then comes back in plaintext.
+            }
+            let mut len = [0u8; 4];
+            let _ = c.read_exact(&mut len);
+            let _ = c.read_exact(&mut vec![0u8; u32::from_be_bytes(len) as usize]);
+            let (block, r) = hostile_block();
+            let mut out = v2::MAGIC.to_vec();
+            if !matches!(how, Hostile::Unagreed) {
+                out.extend(v2::encode_server_msg(&v2::ServerMsg::Codec(CODEC.into())));
+            }
+            out.extend(getwire::encode_frame(getwire::TAG_REFERENCE, &r.encode()));
+            let _ = c.write_all(&out);
+            let payload = match how {
+                Hostile::Bomb => {
+                    let bomb = compress_block(&vec![0u8; 64 << 20], 1).unwrap();
+                    [(bomb.len() as u32).to_be_bytes().to_vec(), bomb].concat()
+                }
+                Hostile::Lie => {
+                    let other: Vec<u8> = block.iter().map(|b| b.to_ascii_uppercase()).collect();
+                    BlockCompressor::new(1).unwrap().pack(&other).unwrap()
+                }
+                Hostile::Unagreed => BlockCompressor::new(1).unwrap().pack(&block).unwrap(),
+            };
+            let crc = match how {
+                Hostile::Lie => crc32fast::hash(&block.to_ascii_uppercase()),
+                _ => r.crcs[0],
+            };
+            let mut frame = getwire::encode_packed_head(0, 1 << 20, payload.len() as u32).to_vec();
+            frame.extend_from_slice(&payload);
+            frame.extend_from_slice(&crc.to_be_bytes());
+            loop {
+                let mut head = [0u8; 5];
+                if c.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+                if c.read_exact(&mut p).is_err() || p[..4] == [0, 0, 0, 0] {
+                    break;
+                }
+                if c.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_hostile_servers_compressed_blocks_are_refused_in_words_and_never_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            Hostile::Bomb,
+            "blocks kept arriving damaged after 8 rounds of repair (the last: block 0: refused a compressed block from the peer: the frame declares 67108864 bytes but the block is 1048576 bytes)",
+        ),
+        (
+            Hostile::Lie,
+            "blocks kept arriving damaged after 8 rounds of repair (the last: block 0 arrived as other bytes than the reference's",
+        ),
+        (
+            Hostile::Unagreed,
+            "the server sent a compressed block, but no compression was agreed on this connection",
+        ),
+    ];
+    for (how, words) in cases {
+        let port = hostile_server(how);
+        let dest = t.path().join("got.txt");
+        let out = get_at(
+            &port,
+            "file.txt",
+            &dest,
+            &["--streams", "1", "--retries", "0"],
+        );
+        assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains(words), "{words}\n{}", stderr(&out));
+        assert!(!dest.exists(), "a refused block was delivered");
+        let (part, _) = bigtransfer_core::client::part_paths(&dest);
+        if part.exists() {
+            let held = std::fs::read(&part).unwrap();
+            assert!(held.iter().all(|&b| b == 0), "refused bytes were written");
+        }
+    }
 }
