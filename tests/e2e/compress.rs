@@ -633,3 +633,24 @@ fn a_hostile_servers_compressed_blocks_are_refused_in_words_and_never_kept() {
         }
     }
 }
+
+#[test]
+fn auto_compresses_a_download_when_the_link_is_the_bottleneck() {
+    // The client reads at 4 MB/s (--limit-rate): the server's socket
+    // fills and its writes take the link's pace, so compressing pays.
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 24u64 << 20;
+    write_logs(&store.join("slow.log"), size as usize);
+    let srv = ServerProc::start(&store, &[]);
+    let dest = t.path().join("slow.log");
+    let args = ["--limit-rate", "4M", "--streams", "1"];
+    let out = get_to(&srv, "slow.log", &dest, &args);
+    assert_same_file(&store.join("slow.log"), &dest);
+    // Raw, that is 6 s; the first blocks fill the socket buffers raw
+    // before the writes show the link's pace.
+    assert!(field(&out, "compressed_blocks") >= 12, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < size / 2, "{}", stdout(&out));
+    assert_eq!(srv.terminate().code(), Some(0));
+}
