@@ -7,7 +7,10 @@
 //! compressed only while the link, not the CPU, is the bottleneck and
 //! they shrink. A block that does not shrink by
 //! [`crate::compress::MIN_SAVING_PERCENT`] goes raw. Each connection (each
-//! stream of a session) has its own sender and compressor.
+//! stream of a session) has its own sender and compressor. Memory: a
+//! block's packed payload is made whole before its frame (its length is in
+//! the head), so a compressing connection holds at most about twice its
+//! block size (the raw block and a payload at most 97 % of it).
 //!
 //! Not for choosing blocks or checking them against the reference
 //! (`get`, `get_store`), nor the client's decoding (`client::get`).
