@@ -213,8 +213,16 @@ fn on_progress(
 fn result_line(remote: &str, o: &GetOutcome) -> String {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let rate = indicatif::BinaryBytes((o.bytes_received as f64 / secs) as u64);
+    let wire = if o.compressed_blocks > 0 {
+        format!(
+            " as {} bytes on the wire ({} block(s) compressed)",
+            o.wire_bytes, o.compressed_blocks
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "OK: {remote} -> {} ({} bytes, CRC-32 {:08x}; {} bytes were here already, {} received in {} attempt(s), {} block(s) repaired, {rate}/s)",
+        "OK: {remote} -> {} ({} bytes, CRC-32 {:08x}; {} bytes were here already, {} received{wire} in {} attempt(s), {} block(s) repaired, {rate}/s)",
         o.path.display(), o.filesize, o.crc32, o.resumed_from, o.bytes_received, o.attempts, o.blocks_repaired
     )
 }

@@ -290,16 +290,16 @@ fn a_bit_flipped_inside_a_compressed_block_is_repaired() {
 /// `bigtransfer get --json -o DEST EXTRA... REMOTE` against `srv`, which
 /// must succeed.
 fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
-    let out = get_at(&srv.port(), remote, dest, extra);
+    let out = get_at(&srv.port(), remote, dest, &[&["--json"], extra].concat());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     out
 }
 
-/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against loopback `port`.
+/// `bigtransfer get --quiet EXTRA... -o DEST REMOTE` against loopback `port`.
 fn get_at(port: &str, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
     let mut child = std::process::Command::new(BIN)
         .args(["get", "--host", "127.0.0.1", "--port", port])
-        .args(["--quiet", "--json"])
+        .arg("--quiet")
         .args(extra)
         .arg("-o")
         .arg(dest)
@@ -385,6 +385,16 @@ fn a_compressible_file_downloads_compressed_and_identical_over_one_or_three_stre
     assert_eq!(text_field(&out, "compress_agreed"), "true");
     assert!(field(&out, "compressed_blocks") >= 1, "{}", stdout(&out));
     assert!(field(&out, "wire_bytes") < size, "{}", stdout(&out));
+    // Without --json the result line says what compression saved.
+    let dest = t.path().join("line.log");
+    let out = get_at(&srv.port(), "app.log", &dest, &["--compress", "zstd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out);
+    assert!(line.contains("25165824 received as "), "{line}");
+    assert!(
+        line.contains(" bytes on the wire (24 block(s) compressed)"),
+        "{line}"
+    );
     assert_eq!(srv.terminate().code(), Some(0));
 }
 
