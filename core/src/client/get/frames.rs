@@ -63,7 +63,6 @@ pub(super) fn read_block<R: Read + ?Sized>(
     buf: &mut [u8],
     packed_ok: bool,
 ) -> Result<Frame> {
-    let (off, len) = r.range(i);
     let mut head = [0u8; 5];
     read(s, &mut head)?;
     let packed = match head[0] {
@@ -76,30 +75,8 @@ pub(super) fn read_block<R: Read + ?Sized>(
         _ => return Ok(Frame::Other(head)),
     };
     let flen = u64::from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
-    let mut at = [0u8; 8];
-    read(s, &mut at)?;
-    let foff = u64::from_be_bytes(at);
-    let wire = if packed {
-        let mut raw = [0u8; 4];
-        read(s, &mut raw)?;
-        let raw = u64::from(u32::from_be_bytes(raw));
-        let wire = flen.saturating_sub(16);
-        if foff != off || raw != len || flen < 16 || wire == 0 || wire > len {
-            return Err(protocol(format!(
-                "the server sent a compressed frame of {wire} bytes for {raw} bytes at {foff} where block {i} ({len} bytes at {off}) was due (a frame may not be empty or larger than its block)"
-            )));
-        }
-        wire
-    } else {
-        if flen != 12 + len || foff != off {
-            return Err(protocol(format!(
-                "the server sent {} bytes at {foff} where block {i} ({len} bytes at {off}) was due",
-                flen.saturating_sub(12)
-            )));
-        }
-        len
-    };
-    let b = &mut buf[..len as usize];
+    let wire = payload_len(s, r, i, flen, packed)?;
+    let b = &mut buf[..r.range(i).1 as usize];
     let unpacked = if packed {
         unpack(s, wire, b)?
     } else {
@@ -128,6 +105,40 @@ pub(super) fn read_block<R: Read + ?Sized>(
         wire,
         packed,
     }))
+}
+
+/// Reads the rest of a data frame's head (of length `flen`) and checks it
+/// fits block `i`; the payload's length on the wire.
+fn payload_len<R: Read + ?Sized>(
+    s: &mut R,
+    r: &Reference,
+    i: u64,
+    flen: u64,
+    packed: bool,
+) -> Result<u64> {
+    let (off, len) = r.range(i);
+    let mut at = [0u8; 8];
+    read(s, &mut at)?;
+    let foff = u64::from_be_bytes(at);
+    if !packed {
+        if flen != 12 + len || foff != off {
+            return Err(protocol(format!(
+                "the server sent {} bytes at {foff} where block {i} ({len} bytes at {off}) was due",
+                flen.saturating_sub(12)
+            )));
+        }
+        return Ok(len);
+    }
+    let mut raw = [0u8; 4];
+    read(s, &mut raw)?;
+    let raw = u64::from(u32::from_be_bytes(raw));
+    let wire = flen.saturating_sub(16);
+    if foff != off || raw != len || flen < 16 || wire == 0 || wire > len {
+        return Err(protocol(format!(
+            "the server sent a compressed frame of {wire} bytes for {raw} bytes at {foff} where block {i} ({len} bytes at {off}) was due (a frame may not be empty or larger than its block)"
+        )));
+    }
+    Ok(wire)
 }
 
 /// Reads `wire` bytes of packed payload and decompresses them into `out`
