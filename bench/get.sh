@@ -35,7 +35,7 @@ for r in $(seq "$ROUNDS"); do
     rm -f "$work/store/src.bin" "$work/out/src.bin"
     u=$("$BIN" client --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --no-cache \
         --compress off --json "$work/src.bin" 2>/dev/null | secs)
-    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --json \
+    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --compress off --json \
         -o "$work/out" src.bin 2>/dev/null | secs)
     cmp -s "$work/src.bin" "$work/out/src.bin" || { echo "round $r: the download differs" >&2; exit 1; }
     echo "round $r: upload $u s, get $g s (load $(cut -d' ' -f1 /proc/loadavg))"

@@ -212,6 +212,16 @@ typedef struct bt_get_result {
      * began (that part was dropped and the download started over).
      */
     uint32_t restarted;
+    /**
+     * Blocks that arrived compressed (see `bt_send_options_set_compress`),
+     * all attempts together.
+     */
+    uint64_t compressed_blocks;
+    /**
+     * Payload bytes on the wire: `bytes_received` less what compression
+     * saved.
+     */
+    uint64_t wire_bytes;
 } bt_get_result;
 
 /**
@@ -427,8 +437,10 @@ extern "C" {
  * - `dest`: the local path of the file (raw bytes on Unix). It must not
  *   exist unless `force` is non-zero.
  * - `options`: from `bt_send_options_new` (host and port are these
- *   arguments; the token, timeouts, rate limit, known hosts and
- *   fingerprint apply), or NULL for the defaults.
+ *   arguments; the token, timeouts, rate limit, streams, known hosts,
+ *   fingerprint and compression apply: the server compresses the blocks
+ *   it sends as `bt_send_options_set_compress` says, an older server
+ *   sends them raw), or NULL for the defaults.
  * - `progress`/`user`: as for `bt_send_file` (`done` is the bytes of the
  *   file here so far); non-zero cancels, the partial download is kept.
  *
@@ -622,7 +634,9 @@ enum bt_status bt_send_options_set_legacy(struct bt_send_options *options, int l
  * is the bottleneck and the data shrinks), `"zstd"` or `"zstd:LEVEL"`
  * (LEVEL 1 to 19; try every block), `"off"` (never offer it). NULL goes
  * back to `"auto"`. Anything else gives `BT_INVALID_INPUT` and leaves the
- * options unchanged; a non-UTF-8 string gives `BT_UTF8`.
+ * options unchanged; a non-UTF-8 string gives `BT_UTF8`. For
+ * `bt_get_file` the same mode is asked of the server, which compresses
+ * the blocks it sends (capping LEVEL at 9; an older server sends raw).
  *
  * # Safety
  * `options` as `bt_send_options_set_retries`; `mode` NULL or a

@@ -147,13 +147,16 @@ def get_file(
     known_hosts: Optional[_Path] = ...,
     require_tls: bool = False,
     streams: Union[int, str] = "auto",
+    compress: str = "auto",
 ) -> GetResult:
     """Download the stored file ``remote`` from the server at ``host:port``
     to ``dest``, resuming a partial download of the same version of the
     file, every block verified against the server's CRC-32s; the file
     appears under ``dest`` only when complete. ``dest`` must not exist
-    unless ``force``. Raises ``RefusedError`` for a file the server does not
-    have, and the other errors as ``send_file``."""
+    unless ``force``. ``compress`` as for ``send_file``, applied by the
+    server to the blocks it sends (``"zstd:LEVEL"`` capped at 9 there; an
+    older server sends raw blocks). Raises ``RefusedError`` for a file the
+    server does not have, and the other errors as ``send_file``."""
     ...
 
 @final
@@ -178,6 +181,12 @@ class GetResult:
     def attempts(self) -> int: ...
     @property
     def encrypted(self) -> bool: ...
+    @property
+    def compress_agreed(self) -> bool: ...
+    @property
+    def compressed_blocks(self) -> int: ...
+    @property
+    def wire_bytes(self) -> int: ...
 
 _TreeProgress = Callable[[str, int, int, int, int], object]
 

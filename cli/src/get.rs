@@ -66,6 +66,12 @@ pub struct GetArgs {
     /// and add while throughput rises, up to 8). 1 is a single connection.
     #[arg(long, default_value = "auto", value_parser = bigtransfer_core::client::Streams::parse)]
     streams: bigtransfer_core::client::Streams,
+    /// Compression of the blocks the server sends: auto (zstd while it
+    /// pays: the link, not the server's CPU, is the bottleneck and the
+    /// data shrinks), zstd or zstd:LEVEL (every block tried; the server
+    /// caps the level at 9), or off. An older server sends raw blocks.
+    #[arg(long, default_value = "auto", value_parser = parse::compress)]
+    compress: bigtransfer_core::compress::Compress,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -106,6 +112,7 @@ fn options(a: &GetArgs) -> Result<SendOptions, String> {
     opts.connect_timeout = a.connect_timeout;
     opts.limit_rate = a.limit_rate;
     opts.streams = a.streams;
+    opts.compress = a.compress;
     opts.cache_dir = None;
     a.pin.apply(&mut opts);
     Ok(opts)
@@ -225,8 +232,16 @@ fn on_progress(
 fn result_line(remote: &str, o: &GetOutcome) -> String {
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let rate = indicatif::BinaryBytes((o.bytes_received as f64 / secs) as u64);
+    let wire = if o.compressed_blocks > 0 {
+        format!(
+            " as {} bytes on the wire ({} block(s) compressed)",
+            o.wire_bytes, o.compressed_blocks
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "OK: {remote} -> {} ({} bytes, CRC-32 {:08x}; {} bytes were here already, {} received in {} attempt(s), {} block(s) repaired, {rate}/s)",
+        "OK: {remote} -> {} ({} bytes, CRC-32 {:08x}; {} bytes were here already, {} received{wire} in {} attempt(s), {} block(s) repaired, {rate}/s)",
         o.path.display(), o.filesize, o.crc32, o.resumed_from, o.bytes_received, o.attempts, o.blocks_repaired
     )
 }
@@ -234,9 +249,10 @@ fn result_line(remote: &str, o: &GetOutcome) -> String {
 fn json_ok(remote: &str, o: &GetOutcome) -> String {
     let j = prompt::json_string;
     format!(
-        "{{\"result\": \"OK\", \"exit_code\": 0, \"remote\": {}, \"path\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_received\": {}, \"bytes_hashed\": {}, \"blocks_repaired\": {}, \"restarted\": {}, \"encrypted\": {}, \"attempts\": {}, \"seconds\": {:.3}, \"streams\": {}, \"congestion\": {}, \"stream_notes\": {}}}",
+        "{{\"result\": \"OK\", \"exit_code\": 0, \"remote\": {}, \"path\": {}, \"filesize\": {}, \"crc32\": {}, \"resumed_from\": {}, \"bytes_received\": {}, \"bytes_hashed\": {}, \"blocks_repaired\": {}, \"restarted\": {}, \"encrypted\": {}, \"attempts\": {}, \"seconds\": {:.3}, \"streams\": {}, \"congestion\": {}, \"stream_notes\": {}, \"compress\": {}, \"compress_agreed\": {}, \"compressed_blocks\": {}, \"wire_bytes\": {}}}",
         j(remote), j(&o.path.display().to_string()), o.filesize, o.crc32, o.resumed_from, o.bytes_received, o.bytes_hashed, o.blocks_repaired, o.restarted, o.encrypted, o.attempts, o.elapsed.as_secs_f64(),
-        o.streams, o.congestion.as_deref().map_or("null".to_string(), j), crate::send::json_notes(&o.stream_notes)
+        o.streams, o.congestion.as_deref().map_or("null".to_string(), j), crate::send::json_notes(&o.stream_notes),
+        j(&o.compress.to_string()), o.compress_agreed, o.compressed_blocks, o.wire_bytes
     )
 }
 
@@ -274,6 +290,9 @@ fn resume_command(a: &GetArgs, opts: &SendOptions, dest: &Path) -> String {
     }
     if a.streams != bigtransfer_core::client::Streams::Auto {
         w.extend(["--streams".into(), a.streams.to_string()]);
+    }
+    if a.compress != bigtransfer_core::compress::Compress::Auto {
+        w.extend(["--compress".into(), a.compress.to_string()]);
     }
     w.extend([
         "-o".into(),

@@ -8,6 +8,7 @@
 //! Not for I/O or policy: the server's shell is `server::get`, the
 //! client's `client::get`.
 
+use crate::compress::Compress;
 use crate::json::{self, Field, Value};
 use crate::v2::{self, MAX_BLOCKS};
 use crate::{Error, ErrorKind, Result};
@@ -18,6 +19,14 @@ pub const TAG_REFERENCE: u8 = b'G';
 pub const TAG_DATA: u8 = b'D';
 /// Client → server: the blocks wanted next (no runs: done).
 pub const TAG_WANT: u8 = b'W';
+/// Server → client: one block, compressed (only after the server agreed
+/// with a codec frame, `Z` before the reference; see [`encode_packed_head`]).
+pub const TAG_PACKED: u8 = b'P';
+
+/// The zstd level a server compresses a download at, at most, whatever
+/// the client asks: its CPU serves every client, and levels above this
+/// cost several times the CPU for a few percent of size.
+pub const MAX_SERVER_LEVEL: i32 = 9;
 
 /// The block size of a download request's offer: any valid one (the
 /// server picks the real block size from the file's size).
@@ -68,6 +77,19 @@ pub fn encode_get_header_ext(
     streams: Option<u32>,
     join: Option<&crate::session::Join>,
 ) -> Result<Vec<u8>> {
+    encode_get_header_with(remote, streams, join, Compress::Off)
+}
+
+/// [`encode_get_header_ext`] that also offers compressed blocks unless
+/// `compress` is off: `"z": ["zstd"]`, and with `zstd:LEVEL` the level
+/// the server should try every block at (`"zlevel"`; without it the
+/// server compresses while it pays, as `auto` does for uploads).
+pub fn encode_get_header_with(
+    remote: &str,
+    streams: Option<u32>,
+    join: Option<&crate::session::Join>,
+    compress: Compress,
+) -> Result<Vec<u8>> {
     let mut bt = vec![
         ("v", Field::Int(v2::VERSION)),
         ("block", Field::Int(REQUEST_BLOCK)),
@@ -76,6 +98,12 @@ pub fn encode_get_header_ext(
     ];
     if let Some(n) = streams {
         bt.push(("streams", Field::Int(u64::from(n))));
+    }
+    if compress != Compress::Off {
+        bt.push(("z", Field::StrList(&[crate::compress::CODEC])));
+    }
+    if let Compress::Zstd(level) = compress {
+        bt.push(("zlevel", Field::Int(level.max(1) as u64)));
     }
     let join = join.map(|j| j.hex());
     if let Some([s, n, p]) = &join {
@@ -101,6 +129,27 @@ pub fn encode_get_header_ext(
     let mut frame = (json.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(json.as_bytes());
     Ok(frame)
+}
+
+/// The compression a download request offers, as the server applies it:
+/// `None` without `"z": ["zstd"]` (blocks go raw, as to every older
+/// client); `zstd:LEVEL` with a `"zlevel"` (capped at
+/// [`MAX_SERVER_LEVEL`]); else `auto`. A `"zlevel"` that is not a level
+/// means `auto`: the offer is a wish, and raw or `auto` is always correct.
+pub fn requested_compress(json_bytes: &[u8]) -> Option<Compress> {
+    let codecs = v2::offered_codecs(json_bytes).ok()?;
+    if !codecs.iter().any(|c| c == crate::compress::CODEC) {
+        return None;
+    }
+    let value = json::parse(json_bytes).ok()?;
+    let level = value.get("bt").and_then(|bt| bt.get("zlevel"));
+    match level {
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(l @ 1..=19) => Some(Compress::Zstd((l as i32).min(MAX_SERVER_LEVEL))),
+            _ => Some(Compress::Auto),
+        },
+        _ => Some(Compress::Auto),
+    }
 }
 
 /// What the server announces of the file before any byte of it: the
@@ -210,6 +259,19 @@ pub fn encode_data_head(offset: u64, len: u32) -> [u8; 13] {
     h
 }
 
+/// The head of a compressed data frame: `wire` bytes of packed payload
+/// (see [`crate::compress::BlockCompressor::pack`]) for the `len` raw
+/// bytes at `offset` follow, then the CRC-32 of the raw bytes, big-endian.
+/// The frame's length is `8 + 4 + wire + 4`.
+pub fn encode_packed_head(offset: u64, len: u32, wire: u32) -> [u8; 17] {
+    let mut h = [0u8; 17];
+    h[0] = TAG_PACKED;
+    h[1..5].copy_from_slice(&(12 + wire + 4).to_be_bytes());
+    h[5..13].copy_from_slice(&offset.to_be_bytes());
+    h[13..17].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
 /// Ascending, non-empty, non-touching runs `(first, count)` of blocks
 /// below `total`: the blocks a `W` frame asks for.
 pub fn runs_of(blocks: &[u64]) -> Vec<(u64, u64)> {
@@ -290,6 +352,28 @@ mod tests {
             decode_want(&encode_want(&[])[5..], 10).unwrap(),
             Vec::<u64>::new()
         );
+    }
+
+    #[test]
+    fn the_compression_offer_is_read_as_the_server_applies_it() {
+        let ask = |c: Compress| {
+            let h = encode_get_header_with("a.bin", None, None, c).unwrap();
+            requested_compress(&h[4..])
+        };
+        assert_eq!(ask(Compress::Off), None);
+        assert_eq!(ask(Compress::Auto), Some(Compress::Auto));
+        assert_eq!(ask(Compress::Zstd(3)), Some(Compress::Zstd(3)));
+        assert_eq!(
+            ask(Compress::Zstd(19)),
+            Some(Compress::Zstd(MAX_SERVER_LEVEL))
+        );
+        // The old request (no offer) gets raw blocks.
+        let old = encode_get_header_ext("a.bin", None, None).unwrap();
+        assert_eq!(requested_compress(&old[4..]), None);
+        let odd = br#"{"filename": "a", "filesize": 0, "crc32": null, "bt": {"v": 2, "block": 65536, "op": "get", "z": ["zstd"], "zlevel": 99}}"#;
+        assert_eq!(requested_compress(odd), Some(Compress::Auto));
+        let other = br#"{"filename": "a", "filesize": 0, "crc32": null, "bt": {"v": 2, "block": 65536, "op": "get", "z": ["lz4"]}}"#;
+        assert_eq!(requested_compress(other), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the data resumes to the same bytes with nothing received twice; a block
 //! damaged in transit is asked for again alone; a file rewritten on the
 //! server while it is being sent is caught by the server's own check and
-//! fetched anew. Plaintext (`Protocol::Legacy` makes the transport plain)
+//! fetched anew; the same for compressed (`P`) frames. Plaintext (`Protocol::Legacy` makes the transport plain)
 //! so the relay can see and flip the bytes.
 
 use std::io::{Read, Write};
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bigtransfer_core::client::get_file;
+use bigtransfer_core::compress::{BlockCompressor, Compress};
 use bigtransfer_core::server::TlsMode;
 use bigtransfer_core::{
     Control, Progress, Protocol, SendOptions, Server, ServerConfig, StopHandle,
@@ -68,6 +69,9 @@ impl Fixture {
         o.backoff_initial = Duration::from_millis(1);
         o.backoff_max = Duration::from_millis(1);
         o.io_timeout = Duration::from_secs(10);
+        // Raw `D` frames, whose boundaries these tests compute; the
+        // compressed ones have tests of their own below.
+        o.compress = Compress::Off;
         o
     }
 }
@@ -235,4 +239,82 @@ fn a_file_rewritten_on_the_server_mid_download_is_fetched_anew() {
     assert!(out.restarted, "{out:?}");
     assert!(std::fs::read(&dest).unwrap() == new, "a mix of versions");
     assert_eq!(out.crc32, crc32fast::hash(&new));
+}
+
+/// Bytes of the server's answer before block 1's packed payload in a
+/// download of `data` (blocks of 1 MiB) compressed at zstd `level`: magic,
+/// the codec frame, the reference, block 0's `P` frame and block 1's head.
+fn packed_block_1_at(data: &[u8], level: i32) -> u64 {
+    let blocks = data.len().div_ceil(MIB) as u64;
+    let wire0 = BlockCompressor::new(level)
+        .unwrap()
+        .pack(&data[..MIB])
+        .unwrap()
+        .len() as u64;
+    8 + (5 + 4) + (5 + 28 + 4 * blocks) + (17 + wire0 + 4) + 17
+}
+
+#[test]
+fn a_compressed_download_cut_anywhere_resumes_to_the_same_bytes() {
+    let fx = Fixture::new("zcut");
+    let size = 3 * MIB + 5;
+    let data = pattern(size, 4);
+    std::fs::write(fx.store.join("z.bin"), &data).unwrap();
+    let block1 = packed_block_1_at(&data, 1);
+    let mut cuts: Vec<u64> = (0..70).step_by(3).collect();
+    cuts.extend((block1 - 40..block1 + 40).step_by(7));
+    cuts.extend((0..block1 + 3000).step_by(331));
+    cuts.sort_unstable();
+    cuts.dedup();
+    for cut in cuts {
+        let dest = fx.dir.join(format!("z.{cut}"));
+        let mut o = fx.opts(relay(fx.port, Harm::Cut(cut)));
+        o.compress = Compress::Zstd(1);
+        let out = get_file("z.bin", &dest, &o, false, &mut |_| Control::Continue)
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert!(
+            std::fs::read(&dest).unwrap() == data,
+            "cut at {cut}: other bytes"
+        );
+        assert_eq!(
+            out.bytes_received, size as u64,
+            "cut at {cut}: a block came twice"
+        );
+        assert!(
+            out.compress_agreed && out.compressed_blocks >= 3,
+            "cut at {cut}: {out:?}"
+        );
+        assert!(out.wire_bytes < size as u64 / 10, "cut at {cut}: {out:?}");
+        std::fs::remove_file(&dest).unwrap();
+    }
+}
+
+#[test]
+fn a_compressed_block_damaged_in_transit_is_asked_for_again_alone() {
+    let fx = Fixture::new("zflip");
+    let size = 3 * MIB + 10;
+    let data = pattern(size, 5);
+    std::fs::write(fx.store.join("e.bin"), &data).unwrap();
+    // Bytes inside block 1's packed payload: its chunk length, its zstd
+    // frame's header, and further into the compressed data.
+    let at = packed_block_1_at(&data, 1);
+    for flip in [at + 1, at + 9, at + 40] {
+        let dest = fx.dir.join(format!("e.{flip}"));
+        let mut o = fx.opts(relay(fx.port, Harm::Flip(flip)));
+        o.compress = Compress::Zstd(1);
+        let out = get_file("e.bin", &dest, &o, false, &mut |_| Control::Continue)
+            .unwrap_or_else(|e| panic!("flip at {flip}: {e}"));
+        assert!(std::fs::read(&dest).unwrap() == data, "flip at {flip}");
+        assert_eq!(
+            (out.attempts, out.blocks_repaired),
+            (1, 1),
+            "flip at {flip}"
+        );
+        assert_eq!(
+            out.bytes_received,
+            (size + MIB) as u64,
+            "only block 1 again"
+        );
+        std::fs::remove_file(&dest).unwrap();
+    }
 }

@@ -33,6 +33,12 @@ pub struct bt_get_result {
     /// 1 when the file changed on the server since a partial download
     /// began (that part was dropped and the download started over).
     pub restarted: u32,
+    /// Blocks that arrived compressed (see `bt_send_options_set_compress`),
+    /// all attempts together.
+    pub compressed_blocks: u64,
+    /// Payload bytes on the wire: `bytes_received` less what compression
+    /// saved.
+    pub wire_bytes: u64,
 }
 
 /// Downloads the stored file `remote` from the server at `host`:`port` to
@@ -46,8 +52,10 @@ pub struct bt_get_result {
 /// - `dest`: the local path of the file (raw bytes on Unix). It must not
 ///   exist unless `force` is non-zero.
 /// - `options`: from `bt_send_options_new` (host and port are these
-///   arguments; the token, timeouts, rate limit, known hosts and
-///   fingerprint apply), or NULL for the defaults.
+///   arguments; the token, timeouts, rate limit, streams, known hosts,
+///   fingerprint and compression apply: the server compresses the blocks
+///   it sends as `bt_send_options_set_compress` says, an older server
+///   sends them raw), or NULL for the defaults.
 /// - `progress`/`user`: as for `bt_send_file` (`done` is the bytes of the
 ///   file here so far); non-zero cancels, the partial download is kept.
 ///
@@ -109,6 +117,8 @@ pub unsafe extern "C" fn bt_get_file(
             attempts: o.attempts,
             blocks_repaired: o.blocks_repaired,
             restarted: u32::from(o.restarted),
+            compressed_blocks: o.compressed_blocks,
+            wire_bytes: o.wire_bytes,
         };
         Ok(())
     })

@@ -327,7 +327,9 @@ pub unsafe extern "C" fn bt_send_options_set_legacy(
 /// is the bottleneck and the data shrinks), `"zstd"` or `"zstd:LEVEL"`
 /// (LEVEL 1 to 19; try every block), `"off"` (never offer it). NULL goes
 /// back to `"auto"`. Anything else gives `BT_INVALID_INPUT` and leaves the
-/// options unchanged; a non-UTF-8 string gives `BT_UTF8`.
+/// options unchanged; a non-UTF-8 string gives `BT_UTF8`. For
+/// `bt_get_file` the same mode is asked of the server, which compresses
+/// the blocks it sends (capping LEVEL at 9; an older server sends raw).
 ///
 /// # Safety
 /// `options` as `bt_send_options_set_retries`; `mode` NULL or a

@@ -48,6 +48,15 @@ pub struct GetResult {
     /// Whether the last connection was TLS.
     #[pyo3(get)]
     encrypted: bool,
+    /// Whether the server agreed to send compressed blocks (last connection).
+    #[pyo3(get)]
+    compress_agreed: bool,
+    /// Blocks that arrived compressed, all attempts together.
+    #[pyo3(get)]
+    compressed_blocks: u64,
+    /// Payload bytes on the wire: ``bytes_received`` less what compression saved.
+    #[pyo3(get)]
+    wire_bytes: u64,
 }
 
 impl From<GetOutcome> for GetResult {
@@ -62,6 +71,9 @@ impl From<GetOutcome> for GetResult {
             restarted: o.restarted,
             attempts: o.attempts,
             encrypted: o.encrypted,
+            compress_agreed: o.compress_agreed,
+            compressed_blocks: o.compressed_blocks,
+            wire_bytes: o.wire_bytes,
         }
     }
 }
@@ -86,9 +98,11 @@ impl GetResult {
 /// started over. ``dest`` must not exist unless ``force=True``. The
 /// connection arguments (``retries``, ``timeout``, ``connect_timeout``,
 /// ``limit_rate``, ``token``, ``fingerprint``, ``known_hosts``,
-/// ``require_tls``, ``streams``) are ``send_file``'s: ``streams`` splits
-/// the download over that many connections (``"auto"``, the default, as
-/// for uploads). ``progress(done, total)`` as for
+/// ``require_tls``, ``streams``, ``compress``) are ``send_file``'s:
+/// ``streams`` splits the download over that many connections (``"auto"``,
+/// the default, as for uploads); ``compress`` asks the server for zstd
+/// blocks (``"auto"``: while it pays; ``"zstd:LEVEL"``: every block, the
+/// server capping the level at 9; ``"off"``). ``progress(done, total)`` as for
 /// ``send_file`` (``done``: bytes of the file here); exactly ``False``
 /// cancels (``CancelledError``, the part is kept).
 ///
@@ -99,7 +113,7 @@ impl GetResult {
 #[pyo3(signature = (host, port, remote, dest, *, force = false, retries = 5, timeout = 60.0,
                     connect_timeout = 10.0, limit_rate = None, progress = None, token = None,
                     fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false,
-                    streams = None))]
+                    streams = None, compress = "auto"))]
 #[allow(clippy::too_many_arguments)]
 pub fn get_file(
     py: Python<'_>,
@@ -118,12 +132,16 @@ pub fn get_file(
     known_hosts: OptPath,
     require_tls: bool,
     streams: Option<Bound<'_, PyAny>>,
+    compress: &str,
 ) -> PyResult<GetResult> {
     let mut opts = crate::client::server_options(py, host, port)?;
     crate::client::pacing(py, &mut opts, retries, timeout, connect_timeout, limit_rate)?;
     opts.token = token_arg(py, token.as_ref())?;
     crate::client::pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
     crate::client::streams_arg(py, &mut opts, streams)?;
+    opts.compress = compress.parse().map_err(|e: bigtransfer_core::Error| {
+        new_err(py, ErrorKind::InvalidInput, e.to_string())
+    })?;
     let d = path_arg(dest)?;
     let pending: Arc<Mutex<Option<(u64, u64)>>> = Arc::new(Mutex::new(None));
     let pending_w = Arc::clone(&pending);

@@ -797,6 +797,27 @@ def test_get_file_roundtrip_cancel_resume_and_refusals(server, tmp_path, big_dat
         bigtransfer.get_file(HOST, port, "../big.bin", tmp_path / "x")
 
 
+def test_get_file_compress_modes_give_the_same_bytes(server, tmp_path, big_data):
+    port = server.address[1]
+    text = "".join(f"GET /item/{i * 7919 % 100000} status={200 + i % 3}\n" for i in range(300_000))
+    stored(server, "log.txt").parent.mkdir(parents=True, exist_ok=True)
+    stored(server, "log.txt").write_text(text)
+    for mode in ("zstd:3", "auto", "off"):
+        dest = tmp_path / f"log-{mode}.txt"
+        r = bigtransfer.get_file(HOST, port, "log.txt", dest, compress=mode, streams=1)
+        assert dest.read_text() == text
+        assert r.bytes_received == len(text)
+        if mode == "zstd:3":
+            assert r.compress_agreed
+            assert r.compressed_blocks == -(-len(text) // (1 << 20))
+            assert r.wire_bytes * 3 < len(text)
+        if mode == "off":
+            assert not r.compress_agreed and r.compressed_blocks == 0
+            assert r.wire_bytes == len(text)
+    with pytest.raises(bigtransfer.InvalidInputError, match="expected auto, off, zstd"):
+        bigtransfer.get_file(HOST, port, "log.txt", tmp_path / "x", compress="gzip")
+
+
 def test_get_file_over_parallel_streams(server, tmp_path, big_data):
     path, data = big_data
     port = server.address[1]

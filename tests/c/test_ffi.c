@@ -529,6 +529,23 @@ int main(void) {
           "the downloaded file is byte-identical, its CRC-32 the upload's");
     CHECK(g.resumed_from > 0 && g.bytes_received == size_b - g.resumed_from,
           "the second bt_get_file fetched only the rest");
+    CHECK(g.compressed_blocks == 0 && g.wire_bytes == g.bytes_received,
+          "random data comes back raw with compression auto");
+    /* A compressible file put in the storage directory comes back in
+     * zstd blocks at a fraction of its size on the wire. */
+    char text_path[4300], text_got[4300];
+    snprintf(text_path, sizeof text_path, "%s/log.txt", store_dir);
+    snprintf(text_got, sizeof text_got, "%s/log.got", src_dir);
+    FILE *tf = fopen(text_path, "w");
+    for (int i = 0; tf && i < 120000; i++)
+        fprintf(tf, "GET /item/%d status=%d\n", i * 7919 % 100000, 200 + i % 3);
+    CHECK(tf && fclose(tf) == 0, "wrote log.txt into the store");
+    CHECK(bt_send_options_set_compress(options, "zstd:3") == BT_OK, "set_compress for get");
+    st = bt_get_file("127.0.0.1", port, "log.txt", text_got, options, 0, NULL, NULL, &g);
+    CHECK(st == BT_OK && same_file(text_path, text_got), "bt_get_file of log.txt, identical");
+    CHECK(g.compressed_blocks >= 1 && g.wire_bytes * 3 < g.bytes_received,
+          "log.txt came compressed, under a third of its size on the wire");
+    CHECK(bt_send_options_set_compress(options, NULL) == BT_OK, "compress back to auto");
     CHECK(bt_get_file("127.0.0.1", port, "b.bin", got_b, options, 0, NULL, NULL, &g) ==
               BT_INVALID_INPUT,
           "bt_get_file does not replace an existing file without force");

@@ -284,3 +284,383 @@ fn a_bit_flipped_inside_a_compressed_block_is_repaired() {
     assert_same_file(&src, &t.path().join("store/flip.log"));
     assert_eq!(srv.terminate().code(), Some(0));
 }
+
+// ---- Downloads (`bigtransfer get --compress`) ----
+
+/// `bigtransfer get --json -o DEST EXTRA... REMOTE` against `srv`, which
+/// must succeed.
+fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let out = get_at(&srv.port(), remote, dest, &[&["--json"], extra].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out
+}
+
+/// `bigtransfer get --quiet EXTRA... -o DEST REMOTE` against loopback `port`.
+fn get_at(port: &str, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args(["get", "--host", "127.0.0.1", "--port", port])
+        .arg("--quiet")
+        .args(extra)
+        .arg("-o")
+        .arg(dest)
+        .arg(remote)
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start get");
+    let status = wait_child(&mut child, LONG).expect("get hung");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
+    std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    }
+}
+
+#[test]
+fn a_compressible_file_downloads_compressed_and_identical_over_one_or_three_streams() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 24u64 << 20;
+    write_logs(&store.join("app.log"), size as usize);
+    let srv = ServerProc::start(&store, &[]);
+    // Paced, so that the joined streams take blocks too.
+    for (i, streams) in ["1", "3"].into_iter().enumerate() {
+        let dest = t.path().join(format!("got{i}.log"));
+        let args = ["--compress", "zstd:3", "--streams", streams];
+        let out = get_to(
+            &srv,
+            "app.log",
+            &dest,
+            &[&args[..], &["--limit-rate", "64M"]].concat(),
+        );
+        assert_same_file(&store.join("app.log"), &dest);
+        assert_eq!(text_field(&out, "compress"), "\"zstd:3\"");
+        assert_eq!(text_field(&out, "compress_agreed"), "true");
+        assert_eq!(field(&out, "streams"), i as u64 * 2 + 1, "{}", stdout(&out));
+        // Every block that arrived came compressed (a straggler's block
+        // may arrive twice over several streams).
+        let received = field(&out, "bytes_received");
+        assert!(received >= size, "{}", stdout(&out));
+        assert_eq!(
+            field(&out, "compressed_blocks"),
+            received >> 20,
+            "{}",
+            stdout(&out)
+        );
+        let wire = field(&out, "wire_bytes");
+        assert!(wire * 3 < size, "{wire} of {size} on {streams} stream(s)");
+    }
+    // Every connection compressed blocks on its own: the first download's
+    // one, and on the second at least the first and one joined stream.
+    let lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("app.log: sent (") && l.contains("compress zstd:3: "))
+            .filter(|l| !l.contains("no block compressed"))
+            .count()
+    };
+    assert!(
+        srv.log
+            .wait_for("compress zstd:3: 24 block(s) of 25165824 bytes", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert!(
+        wait_until(LONG, || lines(&srv.log.text()) >= 3),
+        "{}",
+        srv.log.text()
+    );
+    // auto (the default): agreed, and the first blocks are tried before
+    // anything is measured.
+    let dest = t.path().join("auto.log");
+    let out = get_to(&srv, "app.log", &dest, &[]);
+    assert_same_file(&store.join("app.log"), &dest);
+    assert_eq!(text_field(&out, "compress"), "\"auto\"");
+    assert_eq!(text_field(&out, "compress_agreed"), "true");
+    assert!(field(&out, "compressed_blocks") >= 1, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < size, "{}", stdout(&out));
+    // Without --json the result line says what compression saved.
+    let dest = t.path().join("line.log");
+    let out = get_at(&srv.port(), "app.log", &dest, &["--compress", "zstd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out);
+    assert!(line.contains("25165824 received as "), "{line}");
+    assert!(
+        line.contains(" bytes on the wire (24 block(s) compressed)"),
+        "{line}"
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn random_data_downloads_raw_with_auto_and_off_compresses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 12u64 << 20;
+    write_random(&store.join("random.bin"), size, 8);
+    write_logs(&store.join("app.log"), 4 << 20);
+    let srv = ServerProc::start(&store, &[]);
+    let dest = t.path().join("random.bin");
+    let out = get_to(&srv, "random.bin", &dest, &["--compress", "auto"]);
+    assert_same_file(&store.join("random.bin"), &dest);
+    assert_eq!(text_field(&out, "compress_agreed"), "true");
+    assert_eq!(field(&out, "compressed_blocks"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "wire_bytes"), size);
+    // off: nothing offered, so nothing agreed, on compressible data too.
+    let dest = t.path().join("off.log");
+    let out = get_to(&srv, "app.log", &dest, &["--compress", "off"]);
+    assert_same_file(&store.join("app.log"), &dest);
+    assert_eq!(text_field(&out, "compress"), "\"off\"");
+    assert_eq!(text_field(&out, "compress_agreed"), "false");
+    assert_eq!(field(&out, "compressed_blocks"), 0);
+    assert_eq!(field(&out, "wire_bytes"), 4 << 20);
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+/// Speaks the download protocol by hand: the request (with or without
+/// the compression offer), the frames before the reference, one want of
+/// every block; returns the codec the server agreed to (if any) and the
+/// tag of each block's frame, after checking the blocks' bytes.
+fn raw_download(srv: &ServerProc, header: &[u8], file: &[u8]) -> (Option<String>, Vec<u8>) {
+    use bigtransfer_core::getwire;
+    use std::io::Read;
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(header).unwrap();
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).unwrap();
+    assert_eq!(magic, v2::MAGIC);
+    let mut codec = None;
+    let reference = loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+        s.read_exact(&mut p).unwrap();
+        if head[0] == getwire::TAG_REFERENCE {
+            break getwire::Reference::decode(&p).unwrap();
+        }
+        match v2::parse_server_msg(head[0], &p).unwrap() {
+            v2::ServerMsg::Codec(name) => codec = Some(name),
+            other => panic!("unexpected {other:?} before the reference"),
+        }
+    };
+    let all: Vec<u64> = (0..reference.count()).collect();
+    s.write_all(&getwire::encode_want(&all)).unwrap();
+    let mut tags = Vec::new();
+    for i in all {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+        s.read_exact(&mut p).unwrap();
+        let (off, len) = reference.range(i);
+        let block = &file[off as usize..(off + len) as usize];
+        let crc = u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap());
+        assert_eq!(
+            crc,
+            crc32fast::hash(block),
+            "block {i}: the raw bytes' CRC-32"
+        );
+        let body = &p[..p.len() - 4];
+        if head[0] == getwire::TAG_DATA {
+            assert_eq!(&body[8..], block, "block {i}");
+        } else {
+            assert_eq!(body[8..12], (len as u32).to_be_bytes(), "block {i}");
+            assert_eq!(unpack(&body[12..], len), block, "block {i}");
+        }
+        tags.push(head[0]);
+    }
+    s.write_all(&getwire::encode_want(&[])).unwrap();
+    (codec, tags)
+}
+
+/// The raw bytes of a packed payload of `len` raw bytes.
+fn unpack(payload: &[u8], len: u64) -> Vec<u8> {
+    let mut u = bigtransfer_core::compress::Unpacker::new(len);
+    let (mut out, mut at) = (Vec::new(), 0);
+    while u.want() > 0 {
+        let n = u.want();
+        out.extend(u.feed(&payload[at..at + n]).unwrap().unwrap_or_default());
+        at += n;
+    }
+    assert_eq!(at, payload.len(), "bytes after the last chunk");
+    out
+}
+
+#[test]
+fn an_old_client_without_the_offer_gets_raw_blocks_and_no_codec_frame() {
+    use bigtransfer_core::compress::Compress;
+    use bigtransfer_core::getwire;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    write_logs(&store.join("app.log"), (3 << 20) + 4321);
+    let file = std::fs::read(store.join("app.log")).unwrap();
+    let srv = ServerProc::start(&store, &[]);
+    // The request of a client from before compression.
+    let old = getwire::encode_get_header_ext("app.log", None, None).unwrap();
+    let (codec, tags) = raw_download(&srv, &old, &file);
+    assert_eq!(codec, None);
+    assert_eq!(tags, b"DDDD");
+    // The same request with the offer: agreed, and every block packed.
+    let new = getwire::encode_get_header_with("app.log", None, None, Compress::Zstd(1)).unwrap();
+    let (codec, tags) = raw_download(&srv, &new, &file);
+    assert_eq!(codec.as_deref(), Some(CODEC));
+    assert_eq!(tags, b"PPPP");
+    assert!(
+        srv.log.wait_for("compress zstd:1: 4 block(s)", LONG),
+        "{}",
+        srv.log.text()
+    );
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+/// What a hostile download server sends for every block asked for.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// A packed frame that decompresses to 64 MiB (the block is 1 MiB).
+    Bomb,
+    /// A well-formed packed frame of other bytes, with their own CRC-32.
+    Lie,
+    /// A packed frame without having agreed to compression first.
+    Unagreed,
+}
+
+/// The one block of the hostile server's file (and its reference).
+fn hostile_block() -> (Vec<u8>, bigtransfer_core::getwire::Reference) {
+    let block: Vec<u8> = b"the true bytes of the file\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let r = bigtransfer_core::getwire::Reference {
+        size: block.len() as u64,
+        block: 1 << 20,
+        mtime_ns: 1,
+        crcs: vec![crc32fast::hash(&block)],
+    };
+    (block, r)
+}
+
+/// A plaintext "server" that answers a get with a reference of one block,
+/// then answers every want with a `how` frame, until the client goes.
+fn hostile_server(how: Hostile) -> String {
+    use bigtransfer_core::getwire;
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            if crate::peers::is_tls_hello(&c) {
+                continue; // The client then comes back in plaintext.
+            }
+            let mut len = [0u8; 4];
+            let _ = c.read_exact(&mut len);
+            let _ = c.read_exact(&mut vec![0u8; u32::from_be_bytes(len) as usize]);
+            let (block, r) = hostile_block();
+            let mut out = v2::MAGIC.to_vec();
+            if !matches!(how, Hostile::Unagreed) {
+                out.extend(v2::encode_server_msg(&v2::ServerMsg::Codec(CODEC.into())));
+            }
+            out.extend(getwire::encode_frame(getwire::TAG_REFERENCE, &r.encode()));
+            let _ = c.write_all(&out);
+            let payload = match how {
+                Hostile::Bomb => {
+                    let bomb = compress_block(&vec![0u8; 64 << 20], 1).unwrap();
+                    [(bomb.len() as u32).to_be_bytes().to_vec(), bomb].concat()
+                }
+                Hostile::Lie => {
+                    let other: Vec<u8> = block.iter().map(|b| b.to_ascii_uppercase()).collect();
+                    BlockCompressor::new(1).unwrap().pack(&other).unwrap()
+                }
+                Hostile::Unagreed => BlockCompressor::new(1).unwrap().pack(&block).unwrap(),
+            };
+            let crc = match how {
+                Hostile::Lie => crc32fast::hash(&block.to_ascii_uppercase()),
+                _ => r.crcs[0],
+            };
+            let mut frame = getwire::encode_packed_head(0, 1 << 20, payload.len() as u32).to_vec();
+            frame.extend_from_slice(&payload);
+            frame.extend_from_slice(&crc.to_be_bytes());
+            loop {
+                let mut head = [0u8; 5];
+                if c.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let mut p = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+                if c.read_exact(&mut p).is_err() || p[..4] == [0, 0, 0, 0] {
+                    break;
+                }
+                if c.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_hostile_servers_compressed_blocks_are_refused_in_words_and_never_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            Hostile::Bomb,
+            "blocks kept arriving damaged after 8 rounds of repair (the last: block 0: refused a compressed block from the peer: the frame declares 67108864 bytes but the block is 1048576 bytes)",
+        ),
+        (
+            Hostile::Lie,
+            "blocks kept arriving damaged after 8 rounds of repair (the last: block 0 arrived as other bytes than the reference's",
+        ),
+        (
+            Hostile::Unagreed,
+            "the server sent a compressed block, but no compression was agreed on this connection",
+        ),
+    ];
+    for (how, words) in cases {
+        let port = hostile_server(how);
+        let dest = t.path().join("got.txt");
+        let out = get_at(
+            &port,
+            "file.txt",
+            &dest,
+            &["--streams", "1", "--retries", "0"],
+        );
+        assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains(words), "{words}\n{}", stderr(&out));
+        assert!(!dest.exists(), "a refused block was delivered");
+        let (part, _) = bigtransfer_core::client::part_paths(&dest);
+        if part.exists() {
+            let held = std::fs::read(&part).unwrap();
+            assert!(held.iter().all(|&b| b == 0), "refused bytes were written");
+        }
+    }
+}
+
+#[test]
+fn auto_compresses_a_download_when_the_link_is_the_bottleneck() {
+    // The client reads at 4 MB/s (--limit-rate): the server's socket
+    // fills and its writes take the link's pace, so compressing pays.
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let size = 24u64 << 20;
+    write_logs(&store.join("slow.log"), size as usize);
+    let srv = ServerProc::start(&store, &[]);
+    let dest = t.path().join("slow.log");
+    let args = ["--limit-rate", "4M", "--streams", "1"];
+    let out = get_to(&srv, "slow.log", &dest, &args);
+    assert_same_file(&store.join("slow.log"), &dest);
+    // Raw, that is 6 s; the first blocks fill the socket buffers raw
+    // before the writes show the link's pace.
+    assert!(field(&out, "compressed_blocks") >= 12, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < size / 2, "{}", stdout(&out));
+    assert_eq!(srv.terminate().code(), Some(0));
+}

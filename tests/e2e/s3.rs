@@ -928,3 +928,42 @@ fn a_tree_into_the_store_needs_the_token_and_never_touches_the_servers_records()
         "stored among the records"
     );
 }
+
+#[test]
+fn get_from_the_store_sends_compressed_blocks_that_come_back_identical() {
+    let Some(store) = Store::get("getz") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("z.log");
+    let line = b"2026-11-30T14:00:00Z node-a GET /api/items/42 status=200 ms=3\n";
+    let text: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(5 * 1024 * 1024 + 77)
+        .collect();
+    std::fs::write(&src, &text).unwrap();
+    let a = store.server(0, t.path(), &[]);
+    assert_ok(&send(&a, &src, &["--compress", "off"]));
+    for (mode, streams) in [("zstd:3", "1"), ("auto", "2")] {
+        let got = t.path().join(format!("got-{streams}.log"));
+        let args = ["--compress", mode, "--streams", streams];
+        let out = get_from(&a, "z.log", &got, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_same_file(&src, &got);
+        assert!(field(&out, "compressed_blocks") >= 1, "{}", stdout(&out));
+        assert!(
+            field(&out, "wire_bytes") < field(&out, "bytes_received"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert!(a.log.wait_for("z.log: sent (", LONG), "{}", a.log.text());
+    assert!(
+        a.log
+            .wait_for("compress zstd:3: 5 block(s) of 5242880 bytes", LONG),
+        "{}",
+        a.log.text()
+    );
+}

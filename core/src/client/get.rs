@@ -19,10 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod frames;
 mod streams;
 
-use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Upload};
-use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
+use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Tally, Upload};
+use crate::getwire::{self, Reference, TAG_REFERENCE};
 use crate::transport::Transport;
 use crate::v2::{self, ServerMsg};
 use crate::{Error, ErrorKind, Result};
@@ -64,6 +65,16 @@ pub struct GetOutcome {
     /// The congestion control of the last connection, as the kernel
     /// reported it (`None` where the OS does not say).
     pub congestion: Option<String>,
+    /// The compression asked for (`auto`, `zstd:LEVEL` or `off`).
+    pub compress: crate::compress::Compress,
+    /// Whether the server agreed to send compressed blocks (last
+    /// connection; an older server never does).
+    pub compress_agreed: bool,
+    /// Blocks that arrived compressed, in all attempts.
+    pub compressed_blocks: u64,
+    /// Payload bytes on the wire in all attempts: `bytes_received` less
+    /// what compression saved (frame heads and trailers not counted).
+    pub wire_bytes: u64,
 }
 
 /// The partial download's data file and record beside `dest`.
@@ -90,6 +101,8 @@ pub(super) struct Local {
     pub(super) hashed: u64,
     repaired: u64,
     restarted: bool,
+    /// Why the last damaged block was damaged (said when repair gives up).
+    damage: Option<String>,
 }
 
 fn local_err(what: String, e: io::Error) -> Error {
@@ -119,6 +132,7 @@ impl Local {
             hashed: 0,
             repaired: 0,
             restarted: false,
+            damage: None,
         })
     }
 
@@ -298,7 +312,16 @@ pub fn get_file(
         streams: up.t.streams,
         stream_notes: up.t.stream_notes.clone(),
         congestion: up.t.congestion.clone(),
+        compress: opts.compress,
+        compress_agreed: up.t.packed.agreed,
+        compressed_blocks: up.t.packed.blocks,
+        wire_bytes: wire_bytes(&up.t),
     })
+}
+
+/// File bytes received so far less what compression saved.
+fn wire_bytes(t: &Tally) -> u64 {
+    t.sent - t.packed.raw_bytes + t.packed.wire_bytes
 }
 
 /// One connection: connect (TLS as for uploads), ask, authenticate, take
@@ -328,7 +351,8 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     stream
         .set_write_timeout(io_timeout)
         .map_err(|e| peer::lost(e, "configuring the socket"))?;
-    let header = getwire::encode_get_header_ext(&up.filename, ask, None)?;
+    let header = getwire::encode_get_header_with(&up.filename, ask, None, up.opts.compress)?;
+    up.t.packed.agreed = false;
     stream
         .write_all(&header)
         .map_err(|e| peer::lost(e, "sending the request"))?;
@@ -441,9 +465,25 @@ fn reference(
                 answer(up, stream, json, nonce, Some(proof))?
             }
             ServerMsg::Join(t) => *ticket = Some(t),
+            ServerMsg::Codec(name) => up.t.packed.agreed = agree(up.opts.compress, &name)?,
             other => return Err(refusal(other)),
         }
     }
+}
+
+/// The server's codec frame: compressed blocks may follow on this
+/// connection, if that codec was offered.
+fn agree(asked: crate::compress::Compress, name: &str) -> Result<bool> {
+    if asked == crate::compress::Compress::Off || name != crate::compress::CODEC {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "the server chose codec \"{}\" for the download, which was not offered",
+                crate::text::printable(name)
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 /// What a server's message other than the reference means.
@@ -500,7 +540,7 @@ fn answer(
 fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Result<()> {
     let mut buf =
         crate::sys::PageBuf::new(local.reference.as_ref().map_or(0, |r| r.block) as usize);
-    let paced = (Instant::now(), up.t.sent);
+    let paced = (Instant::now(), wire_bytes(&up.t));
     for round in 0..=super::MAX_REPAIR_ROUNDS {
         let want = local.missing();
         stream
@@ -518,10 +558,11 @@ fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Res
             pace(up, paced);
         }
     }
+    let last = local.damage.as_deref().unwrap_or("no reason known");
     Err(Error::new(
         ErrorKind::CrcMismatch,
         format!(
-            "blocks kept arriving damaged after {} rounds of repair",
+            "blocks kept arriving damaged after {} rounds of repair (the last: {last})",
             super::MAX_REPAIR_ROUNDS
         ),
     ))
@@ -530,14 +571,16 @@ fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Res
 /// Sleeps as long as `--limit-rate` wants for what arrived since `from`.
 fn pace(up: &Upload, from: (Instant, u64)) {
     if let Some(rate) = up.opts.limit_rate.filter(|&r| r > 0) {
-        let due = Duration::from_secs_f64((up.t.sent - from.1) as f64 / rate as f64);
+        let due = Duration::from_secs_f64((wire_bytes(&up.t) - from.1) as f64 / rate as f64);
         if let Some(wait) = due.checked_sub(from.0.elapsed()) {
             std::thread::sleep(wait);
         }
     }
 }
 
-/// Reads the data frame of block `i`, checks it, writes it to the part.
+/// Reads the data frame of block `i` (raw, or compressed when that was
+/// agreed), checks it, writes it to the part; a damaged one is left
+/// missing, for the next round.
 fn receive_block(
     up: &mut Upload,
     stream: &mut dyn Transport,
@@ -549,44 +592,22 @@ fn receive_block(
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
     let (off, len) = r.range(i);
-    let during = "receiving data";
-    let mut head = [0u8; 13];
-    stream
-        .read_exact(&mut head[..5])
-        .map_err(|e| peer::lost(e, during))?;
-    if head[0] != TAG_DATA {
-        return Err(fault_instead(
-            stream,
-            head[..5].try_into().unwrap_or([0; 5]),
-        ));
-    }
-    stream
-        .read_exact(&mut head[5..])
-        .map_err(|e| peer::lost(e, during))?;
-    let flen = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
-    let foff = u64::from_be_bytes(head[5..13].try_into().unwrap_or([0; 8]));
-    if flen != 12 + len || foff != off {
-        return Err(Error::new(
-            ErrorKind::Protocol,
-            format!(
-                "the server sent {} bytes at {foff} where block {i} ({len} bytes at {off}) was due",
-                flen.saturating_sub(12)
-            ),
-        ));
-    }
-    let b = &mut buf[..len as usize];
-    stream.read_exact(b).map_err(|e| peer::lost(e, during))?;
-    let mut trailer = [0u8; 4];
-    stream
-        .read_exact(&mut trailer)
-        .map_err(|e| peer::lost(e, during))?;
+    let a = match frames::read_block(stream, r, i, buf, up.t.packed.agreed)? {
+        frames::Frame::Block(a) => a,
+        frames::Frame::Other(head) => return Err(fault_instead(stream, head)),
+    };
     up.t.sent += len;
-    let crc = crc32fast::hash(b);
-    if crc != u32::from_be_bytes(trailer) || crc != r.crcs[i as usize] {
-        return Ok(()); // Damaged in transit: asked for again next round.
+    if a.packed {
+        up.t.packed.blocks += 1;
+        up.t.packed.raw_bytes += len;
+        up.t.packed.wire_bytes += a.wire;
+    }
+    if let Err(why) = a.verdict {
+        local.damage = Some(why);
+        return Ok(()); // Asked for again next round.
     }
     if let Some(p) = &local.part {
-        p.write_all_at(b, off)
+        p.write_all_at(&buf[..len as usize], off)
             .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
     }
     local.held[i as usize] = true;

@@ -1103,6 +1103,17 @@ impl Receiver {
         self.req.as_ref().and_then(|r| r.streams)
     }
 
+    /// The compression a download's client offered (see
+    /// [`crate::getwire::requested_compress`]), when this server takes
+    /// compression; `None`: its blocks go raw.
+    pub fn download_compress(&self) -> Option<crate::compress::Compress> {
+        if !self.cfg.compression {
+            return None;
+        }
+        let r = self.req.as_ref()?;
+        crate::getwire::requested_compress(&r.json)
+    }
+
     /// Grants a session: its `J` frame goes out before the held list.
     /// Call while executing [`Action::OpenHeld`].
     pub fn grant_session(&mut self, ticket: crate::session::Ticket) {

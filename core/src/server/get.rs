@@ -48,10 +48,13 @@ impl From<io::Error> for Stop {
     }
 }
 
-/// The client's bytes: what the machine read past the header, then the socket.
+/// The connection: the client's bytes (what the machine read past the
+/// header, then the socket), and how blocks go back to it.
 pub(super) struct Input<'a> {
     pub(super) stream: &'a mut Box<dyn crate::transport::Transport>,
     early: Vec<u8>,
+    /// Raw or compressed, as the client offered (see `get_pack`).
+    pub(super) pack: super::get_pack::BlockSender,
 }
 
 impl Input<'_> {
@@ -85,6 +88,7 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
         )));
     }
     let early = shell.take_leftover();
+    let pack = super::get_pack::BlockSender::new(shell.rx.download_compress());
     let sh = shell.sh;
     let peer = shell.conn.peer;
     let plan = super::getjoin::Plan {
@@ -96,11 +100,13 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
     let mut input = Input {
         stream: &mut shell.stream,
         early,
+        pack,
     };
     match run(sh, &name, &mut input, &plan) {
         Ok((size, sent)) => {
             (sh.logger)(&format!(
-                "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection)"
+                "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection{})",
+                input.pack.summary()
             ));
             Ok(())
         }
@@ -162,7 +168,7 @@ fn run(
             return Ok((reference.size, sent));
         }
         for i in wanted {
-            sent += send_block(sh, &file, name, &reference, i, &mut buf, input.stream)?;
+            sent += send_block(sh, &file, name, &reference, i, &mut buf, input)?;
         }
     }
     Err(Stop::Fault(Fault::bad(
@@ -184,6 +190,11 @@ pub(super) fn begin<'a>(
 ) -> Result<(super::getjoin::Guard<'a>, u32), Stop> {
     let (session, ticket) =
         super::getjoin::enter(sh, name, reference, plan).map_err(Stop::Fault)?;
+    // Compression is agreed on each connection of a session alike,
+    // before the reference (the client then takes `P` frames).
+    if let Some(z) = input.pack.codec_frame() {
+        input.stream.write_all(&z)?;
+    }
     if let Some(j) = ticket {
         input.stream.write_all(&j)?;
     }
@@ -387,8 +398,9 @@ pub(super) fn read_want(input: &mut Input, total: u64) -> Result<Vec<u64>, Stop>
     getwire::decode_want(&p, total).map_err(|e| Stop::Fault(Fault::bad(format!("refused: {e}"))))
 }
 
-/// Sends block `i` as a data frame, after checking it still has the
-/// reference's CRC-32. Returns its length.
+/// Sends block `i` as a data frame (compressed when that was agreed and
+/// pays), after checking it still has the reference's CRC-32. Returns its
+/// length.
 fn send_block(
     sh: &Shared,
     file: &File,
@@ -396,7 +408,7 @@ fn send_block(
     r: &Reference,
     i: u64,
     buf: &mut [u8],
-    out: &mut Box<dyn crate::transport::Transport>,
+    out: &mut Input,
 ) -> Result<u64, Stop> {
     let (off, len) = r.range(i);
     let b = &mut buf[..len as usize];
@@ -414,8 +426,6 @@ fn send_block(
             format!("\"{name}\" changed on the server during the download (block {i}); the next attempt starts over with the new version"),
         )));
     }
-    out.write_all(&getwire::encode_data_head(off, len as u32))?;
-    out.write_all(b)?;
-    out.write_all(&crc.to_be_bytes())?;
+    out.pack.send(out.stream.as_mut(), off, b, crc)?;
     Ok(len)
 }

@@ -5,15 +5,11 @@
 //!
 //! Not for the local directory (`get`) nor the store's reads themselves.
 
-use std::io::Write;
-
 use crate::getwire::Reference;
 use crate::s3::RunEnd;
-use crate::transport::Transport;
 
 use super::get::{read_want, Input, Stop};
 use super::Shared;
-use crate::getwire;
 use crate::machine::Fault;
 use crate::s3::S3Storage;
 use crate::SafeName;
@@ -36,7 +32,7 @@ pub(super) fn run(
             return Ok((reference.size, sent));
         }
         for (first, count) in runs(&wanted) {
-            sent += send_run(s3, name, &reference, first, count, input.stream)?;
+            sent += send_run(s3, name, &reference, first, count, input)?;
         }
     }
     Err(Stop::Fault(Fault::bad(
@@ -62,23 +58,22 @@ fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
 
 /// Sends blocks `first..first + count`, read with ranged GETs of up to
 /// [`RUN_BYTES`], each block checked before it is sent (one that does not
-/// match is read alone again, then refused). Returns the bytes sent.
+/// match is read alone again, then refused), raw or compressed as the
+/// connection agreed. Returns the bytes sent.
 fn send_run(
     s3: &S3Storage,
     name: &SafeName,
     r: &Reference,
     first: u64,
     count: u64,
-    out: &mut Box<dyn Transport>,
+    out: &mut Input,
 ) -> Result<u64, Stop> {
     let per_get = (RUN_BYTES / r.block).max(1);
     let (mut i, end) = (first, first + count);
     let mut sent = 0u64;
     let mut send = |idx: u64, bytes: &[u8], crc: u32| -> std::io::Result<()> {
         let (off, len) = r.range(idx);
-        out.write_all(&getwire::encode_data_head(off, len as u32))?;
-        out.write_all(bytes)?;
-        out.write_all(&crc.to_be_bytes())?;
+        out.pack.send(out.stream.as_mut(), off, bytes, crc)?;
         sent += len;
         Ok(())
     };

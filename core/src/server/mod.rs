@@ -20,6 +20,7 @@ mod backend;
 mod claims;
 mod conn;
 mod get;
+mod get_pack;
 #[cfg(feature = "s3")]
 mod get_store;
 mod getjoin;

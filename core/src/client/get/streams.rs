@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::super::streams::{dial, Dialer, Grow, Work};
 use super::{Local, Upload};
 use crate::auth::Token;
-use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
+use crate::getwire::{self, Reference, TAG_REFERENCE};
 use crate::session::Ticket;
 use crate::transport::Transport;
 use crate::v2::{self, ServerMsg};
@@ -41,8 +41,12 @@ struct Ctx<'a> {
     r: &'a Reference,
     part: &'a File,
     window: usize,
-    /// Blocks that arrived damaged (asked for again).
+    /// Blocks that arrived damaged (asked for again), and why the last did.
     damaged: AtomicU64,
+    last_damage: Mutex<Option<String>>,
+    /// Blocks that arrived compressed: how many, their raw bytes and their
+    /// bytes on the wire.
+    packed: [AtomicU64; 3],
     /// A local (disk) failure: it ends the download, not just a stream.
     fatal: Mutex<Option<Error>>,
 }
@@ -69,11 +73,14 @@ pub(super) fn pull(
         part: &part,
         window: window(primary, r.block),
         damaged: AtomicU64::new(0),
+        last_damage: Mutex::new(None),
+        packed: Default::default(),
         fatal: Mutex::new(None),
     };
     let dialer = dialer(up, ticket, addr)?;
     let base = local.held_bytes();
-    let first = run_all(up, primary, &ctx, &dialer, base);
+    let agreed = up.t.packed.agreed;
+    let first = run_all(up, primary, agreed, &ctx, &dialer, base);
     for i in work.done_blocks() {
         local.held[i as usize] = true;
     }
@@ -82,6 +89,9 @@ pub(super) fn pull(
     let t = &mut up.t;
     t.repairs += u32::from(damaged > 0);
     t.sent += work.bytes.load(Ordering::Relaxed);
+    t.packed.blocks += ctx.packed[0].load(Ordering::Relaxed);
+    t.packed.raw_bytes += ctx.packed[1].load(Ordering::Relaxed);
+    t.packed.wire_bytes += ctx.packed[2].load(Ordering::Relaxed);
     let streams = 1 + work.joined.load(Ordering::SeqCst).min(7) as u32;
     t.streams = t.streams.max(streams);
     for n in work.notes.lock().map(|n| n.clone()).unwrap_or_default() {
@@ -116,6 +126,7 @@ fn window(primary: &dyn Transport, block: u64) -> usize {
 fn run_all(
     up: &mut Upload,
     primary: &mut dyn Transport,
+    agreed: bool,
     ctx: &Ctx,
     dialer: &Dialer,
     base: u64,
@@ -135,7 +146,7 @@ fn run_all(
                 Control::Cancel => Err(super::cancelled()),
             }
         };
-        let r = stream_loop(primary, ctx, &mut tick);
+        let r = stream_loop(primary, agreed, ctx, &mut tick);
         if r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Cancelled) {
             ctx.work.halt();
         }
@@ -161,9 +172,9 @@ fn run_all(
 /// One joined stream, from connecting to its last block; why it ended
 /// early goes to the notes.
 fn joined(ctx: &Ctx, d: &Dialer) {
-    let r = join_stream(ctx, d).and_then(|mut s| {
+    let r = join_stream(ctx, d).and_then(|(mut s, agreed)| {
         let mut tick = |_: &Work| Ok(());
-        stream_loop(s.as_mut(), ctx, &mut tick)
+        stream_loop(s.as_mut(), agreed, ctx, &mut tick)
             .map_err(|e| format!("a joined stream of the download ended: {e}"))
     });
     if let Err(words) = r {
@@ -173,14 +184,16 @@ fn joined(ctx: &Ctx, d: &Dialer) {
 
 /// Asks for blocks (a window ahead) and receives them, until the queue
 /// is empty and nothing is in flight; then says so to the server. On a
-/// failure the blocks in flight go back to the queue.
+/// failure the blocks in flight go back to the queue. `agreed`: the
+/// server agreed to compressed blocks on this stream.
 fn stream_loop(
     s: &mut dyn Transport,
+    agreed: bool,
     ctx: &Ctx,
     tick: &mut dyn FnMut(&Work) -> Result<()>,
 ) -> Result<()> {
     let mut flight = VecDeque::new();
-    let r = blocks(s, ctx, &mut flight, tick);
+    let r = blocks(s, agreed, ctx, &mut flight, tick);
     for i in flight {
         ctx.work.failed(i);
     }
@@ -191,6 +204,7 @@ fn stream_loop(
 
 fn blocks(
     s: &mut dyn Transport,
+    agreed: bool,
     ctx: &Ctx,
     flight: &mut VecDeque<u64>,
     tick: &mut dyn FnMut(&Work) -> Result<()>,
@@ -215,10 +229,10 @@ fn blocks(
         let Some(&i) = flight.front() else { continue };
         let started = Instant::now();
         ctx.work.arriving(i);
-        let crc = fetch(s, ctx.r, i, &mut buf)?;
+        let crc = fetch(s, ctx, i, &mut buf, agreed)?;
         flight.pop_front();
         let (off, len) = ctx.r.range(i);
-        if crc != Some(ctx.r.crcs[i as usize]) {
+        if crc.is_none() {
             ctx.damaged.fetch_add(1, Ordering::Relaxed);
             bound_damage(ctx)?;
             ctx.work.failed(i);
@@ -245,9 +259,11 @@ fn bound_damage(ctx: &Ctx) -> Result<()> {
     let most = ctx.r.count() + 8 * u64::from(super::super::MAX_REPAIR_ROUNDS);
     if ctx.damaged.load(Ordering::Relaxed) > most {
         ctx.work.halt();
+        let last = ctx.last_damage.lock().ok().and_then(|l| l.clone());
+        let last = last.unwrap_or_else(|| "no reason known".into());
         return Err(Error::new(
             ErrorKind::CrcMismatch,
-            "blocks kept arriving damaged on the download's streams",
+            format!("blocks kept arriving damaged on the download's streams (the last: {last})"),
         ));
     }
     Ok(())
@@ -258,40 +274,34 @@ fn ask(s: &mut dyn Transport, i: u64) -> Result<()> {
         .map_err(|e| super::peer::lost(e, "asking for blocks"))
 }
 
-/// Reads the data frame of block `i` into `buf`; the CRC-32 of what
-/// arrived when it matches its trailer (`None`: damaged in transit).
-fn fetch(s: &mut dyn Transport, r: &Reference, i: u64, buf: &mut [u8]) -> Result<Option<u32>> {
-    let (off, len) = r.range(i);
-    let during = "receiving data";
-    let mut head = [0u8; 13];
-    s.read_exact(&mut head[..5])
-        .map_err(|e| super::peer::lost(e, during))?;
-    if head[0] != TAG_DATA {
-        return Err(super::fault_instead(
-            s,
-            head[..5].try_into().unwrap_or([0; 5]),
-        ));
+/// Reads the data frame of block `i` into `buf` (raw, or compressed when
+/// `agreed`); its CRC-32 when it is the reference's block (`None`:
+/// damaged, the words kept for when repair gives up).
+fn fetch(
+    s: &mut dyn Transport,
+    ctx: &Ctx,
+    i: u64,
+    buf: &mut [u8],
+    agreed: bool,
+) -> Result<Option<u32>> {
+    let a = match super::frames::read_block(s, ctx.r, i, buf, agreed)? {
+        super::frames::Frame::Block(a) => a,
+        super::frames::Frame::Other(head) => return Err(super::fault_instead(s, head)),
+    };
+    if a.packed {
+        ctx.packed[0].fetch_add(1, Ordering::Relaxed);
+        ctx.packed[1].fetch_add(ctx.r.range(i).1, Ordering::Relaxed);
+        ctx.packed[2].fetch_add(a.wire, Ordering::Relaxed);
     }
-    s.read_exact(&mut head[5..])
-        .map_err(|e| super::peer::lost(e, during))?;
-    let flen = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
-    let foff = u64::from_be_bytes(head[5..13].try_into().unwrap_or([0; 8]));
-    if flen != 12 + len || foff != off {
-        return Err(Error::new(
-            ErrorKind::Protocol,
-            format!(
-                "the server sent {} bytes at {foff} where block {i} ({len} bytes at {off}) was due",
-                flen.saturating_sub(12)
-            ),
-        ));
+    match a.verdict {
+        Ok(crc) => Ok(Some(crc)),
+        Err(why) => {
+            if let Ok(mut l) = ctx.last_damage.lock() {
+                *l = Some(why);
+            }
+            Ok(None)
+        }
     }
-    let b = &mut buf[..len as usize];
-    s.read_exact(b).map_err(|e| super::peer::lost(e, during))?;
-    let mut trailer = [0u8; 4];
-    s.read_exact(&mut trailer)
-        .map_err(|e| super::peer::lost(e, during))?;
-    let crc = crc32fast::hash(b);
-    Ok((crc == u32::from_be_bytes(trailer)).then_some(crc))
 }
 
 /// How joined streams connect: as the first (same address, TLS pinned to
@@ -316,7 +326,7 @@ fn dialer(up: &Upload, ticket: Ticket, addr: std::net::SocketAddr) -> Result<Dia
         io_timeout: opts.io_timeout,
         congestion: opts.congestion.clone(),
         limit_rate: opts.limit_rate,
-        compress: crate::compress::Compress::Off,
+        compress: opts.compress,
         filename: up.filename.clone(),
         filesize: 0,
         block: 0,
@@ -326,18 +336,20 @@ fn dialer(up: &Upload, ticket: Ticket, addr: std::net::SocketAddr) -> Result<Dia
     })
 }
 
-/// Connects a joined stream: the request with the join proof, the
-/// greeting, the challenge when the server has a token, and the same
-/// reference as the first stream's.
-fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<Box<dyn Transport>, String> {
+/// Connects a joined stream: the request with the join proof (and the
+/// same compression offer as the first), the greeting, the challenge when
+/// the server has a token, and the same reference as the first stream's.
+/// Also whether the server agreed to compressed blocks on it.
+fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<(Box<dyn Transport>, bool), String> {
     let mut s = dial(d)?;
     if let Ok(mut c) = ctx.work.cuts.lock() {
         c.push(s.shutdown_handle());
     }
     let binding = s.channel_binding();
     let j = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
-    let header =
-        getwire::encode_get_header_ext(&d.filename, None, Some(&j)).map_err(|e| e.to_string())?;
+    let header = getwire::encode_get_header_with(&d.filename, None, Some(&j), d.compress)
+        .map_err(|e| e.to_string())?;
+    let mut agreed = false;
     s.write_all(&header).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(d.handshake_timeout))
         .map_err(|e| e.to_string())?;
@@ -360,7 +372,7 @@ fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<Box<dyn Transport>,
                 );
             }
             ctx.work.joined.fetch_add(1, Ordering::SeqCst);
-            return Ok(s);
+            return Ok((s, agreed));
         }
         let msg = v2::parse_server_msg(tag, &p).map_err(|e| e.to_string())?;
         let token = d.token.as_ref();
@@ -368,6 +380,9 @@ fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<Box<dyn Transport>,
             ServerMsg::Challenge(nonce) => answer(s.as_mut(), token, &header[4..], nonce, None)?,
             ServerMsg::BoundChallenge { nonce, proof } => {
                 answer(s.as_mut(), token, &header[4..], nonce, Some(proof))?
+            }
+            ServerMsg::Codec(name) => {
+                agreed = super::agree(d.compress, &name).map_err(|e| e.to_string())?
             }
             ServerMsg::Fault(_, w) | ServerMsg::Error(w) => {
                 return Err(format!("server: {}", crate::text::printable(&w)))

@@ -1,0 +1,219 @@
+//! Sending a download's blocks on one connection: raw (`D`), or
+//! compressed (`P`, packed as uploads pack their `Z` frames) when the
+//! client offered it and it pays. `auto` is the upload's policy
+//! ([`AutoCompressor`]), fed here with this connection's measurements:
+//! the CPU time of packing, and the time a frame took to go into the
+//! socket (a full send buffer makes that the link's pace), so blocks are
+//! compressed only while the link, not the CPU, is the bottleneck and
+//! they shrink. A block that does not shrink by
+//! [`crate::compress::MIN_SAVING_PERCENT`] goes raw. Each connection (each
+//! stream of a session) has its own sender and compressor. Memory: a
+//! block's packed payload is made whole before its frame (its length is in
+//! the head), so a compressing connection holds at most about twice its
+//! block size (the raw block and a payload at most 97 % of it).
+//!
+//! Not for choosing blocks or checking them against the reference
+//! (`get`, `get_store`), nor the client's decoding (`client::get`).
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, CODEC};
+use crate::getwire;
+use crate::v2::{self, ServerMsg};
+
+/// Writes shorter than this say little about the link (they fit in the
+/// socket's buffer whatever its pace), so `auto` does not learn from them.
+const MIN_MEASURED: usize = 64 << 10;
+
+/// One connection's block sender.
+pub(super) struct BlockSender {
+    /// What the client offered and this server applies (`None`: raw).
+    mode: Option<Compress>,
+    auto: AutoCompressor,
+    zstd: Option<(i32, BlockCompressor)>,
+    /// Blocks sent compressed, their raw bytes and their packed bytes.
+    blocks: u64,
+    raw_bytes: u64,
+    wire_bytes: u64,
+}
+
+impl BlockSender {
+    /// A sender for a client that offered `mode` (`None`: no offer, or a
+    /// server that does not compress; every block goes raw).
+    pub(super) fn new(mode: Option<Compress>) -> BlockSender {
+        BlockSender {
+            mode: mode.filter(|m| *m != Compress::Off),
+            auto: AutoCompressor::new(AutoConfig::default()),
+            zstd: None,
+            blocks: 0,
+            raw_bytes: 0,
+            wire_bytes: 0,
+        }
+    }
+
+    /// The codec frame that agrees to compressed blocks, sent before the
+    /// reference; `None` when every block goes raw (nothing is said, as to
+    /// a client from before compression).
+    pub(super) fn codec_frame(&self) -> Option<Vec<u8>> {
+        self.mode
+            .map(|_| v2::encode_server_msg(&ServerMsg::Codec(CODEC.into())))
+    }
+
+    /// The zstd level to try the next block at, if any.
+    fn level(&mut self) -> Option<i32> {
+        match self.mode? {
+            Compress::Off => None,
+            Compress::Zstd(l) => Some(l),
+            Compress::Auto => self.auto.next_level(),
+        }
+    }
+
+    /// The packed payload of `raw` when it is worth sending, measured for
+    /// `auto`. A compressor that cannot be made sends raw (always correct).
+    fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        let level = self.level()?;
+        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
+            self.zstd = Some((level, BlockCompressor::new(level).ok()?));
+        }
+        let started = Instant::now();
+        let packed = self.zstd.as_mut()?.1.pack(raw);
+        if self.mode == Some(Compress::Auto) {
+            let wire = packed.as_ref().map(Vec::len);
+            self.auto
+                .record_compression(raw.len(), wire, started.elapsed());
+        }
+        packed.filter(|p| p.len() < raw.len())
+    }
+
+    /// Sends the block of `raw` bytes at `offset` whose CRC-32 is `crc`:
+    /// a `P` frame when it was packed and shrank, else a `D` frame.
+    pub(super) fn send<W: Write + ?Sized>(
+        &mut self,
+        out: &mut W,
+        offset: u64,
+        raw: &[u8],
+        crc: u32,
+    ) -> io::Result<()> {
+        let len = raw.len() as u32;
+        let packed = self.pack(raw);
+        let started = Instant::now();
+        let wire = match &packed {
+            Some(p) => {
+                out.write_all(&getwire::encode_packed_head(offset, len, p.len() as u32))?;
+                out.write_all(p)?;
+                self.blocks += 1;
+                self.raw_bytes += u64::from(len);
+                self.wire_bytes += p.len() as u64;
+                p.len()
+            }
+            None => {
+                out.write_all(&getwire::encode_data_head(offset, len))?;
+                out.write_all(raw)?;
+                raw.len()
+            }
+        };
+        out.write_all(&crc.to_be_bytes())?;
+        if self.mode == Some(Compress::Auto) && wire >= MIN_MEASURED {
+            self.auto.record_send(wire, started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// For the server's log line: what compression did on this connection.
+    pub(super) fn summary(&self) -> String {
+        match self.mode {
+            None => String::new(),
+            Some(m) if self.blocks == 0 => format!(", compress {m}: no block compressed"),
+            Some(m) => format!(
+                ", compress {m}: {} block(s) of {} bytes sent as {} bytes",
+                self.blocks, self.raw_bytes, self.wire_bytes
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Unpacker;
+
+    fn text(len: usize) -> Vec<u8> {
+        let line = b"2026-11-30 14:00:01 INFO request served in 12 ms from 10.0.0.7\n";
+        line.iter().copied().cycle().take(len).collect()
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// Splits what the sender wrote into (tag, offset, payload, crc).
+    fn frame(out: &[u8]) -> (u8, u64, Vec<u8>, u32) {
+        let len = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
+        assert_eq!(out.len(), 5 + len);
+        let offset = u64::from_be_bytes(out[5..13].try_into().unwrap());
+        let body = if out[0] == getwire::TAG_PACKED {
+            17
+        } else {
+            13
+        };
+        let crc = u32::from_be_bytes(out[out.len() - 4..].try_into().unwrap());
+        (out[0], offset, out[body..out.len() - 4].to_vec(), crc)
+    }
+
+    #[test]
+    fn compressible_blocks_go_packed_with_the_raw_crc_and_noise_goes_raw() {
+        let raw = text(3 << 20);
+        let crc = crc32fast::hash(&raw);
+        let mut s = BlockSender::new(Some(Compress::Zstd(3)));
+        assert!(s.codec_frame().is_some());
+        let mut out = Vec::new();
+        s.send(&mut out, 1 << 22, &raw, crc).unwrap();
+        let (tag, offset, payload, c) = frame(&out);
+        assert_eq!((tag, offset, c), (getwire::TAG_PACKED, 1 << 22, crc));
+        assert!(payload.len() < raw.len() / 10, "{}", payload.len());
+        let declared = u32::from_be_bytes(out[13..17].try_into().unwrap());
+        assert_eq!(declared as usize, raw.len());
+        let mut u = Unpacker::new(raw.len() as u64);
+        let (mut got, mut at) = (Vec::new(), 0);
+        while u.want() > 0 {
+            let n = u.want();
+            if let Some(chunk) = u.feed(&payload[at..at + n]).unwrap() {
+                got.extend(chunk);
+            }
+            at += n;
+        }
+        assert_eq!(got, raw);
+        assert!(
+            s.summary().contains("1 block(s) of 3145728 bytes"),
+            "{}",
+            s.summary()
+        );
+
+        let raw = noise(1 << 20);
+        let mut out = Vec::new();
+        s.send(&mut out, 0, &raw, 7).unwrap();
+        assert_eq!(frame(&out), (getwire::TAG_DATA, 0, raw, 7));
+    }
+
+    #[test]
+    fn without_an_offer_nothing_is_said_and_every_block_is_raw() {
+        for mode in [None, Some(Compress::Off)] {
+            let mut s = BlockSender::new(mode);
+            assert_eq!(s.codec_frame(), None);
+            let raw = text(1 << 20);
+            let mut out = Vec::new();
+            s.send(&mut out, 0, &raw, 9).unwrap();
+            assert_eq!(frame(&out), (getwire::TAG_DATA, 0, raw, 9));
+            assert_eq!(s.summary(), "");
+        }
+    }
+}
