@@ -660,7 +660,14 @@ fn auto_compresses_a_download_when_the_link_is_the_bottleneck() {
     assert_same_file(&store.join("slow.log"), &dest);
     // Raw, that is 6 s; the first blocks fill the socket buffers raw
     // before the writes show the link's pace.
-    assert!(field(&out, "compressed_blocks") >= 12, "{}", stdout(&out));
-    assert!(field(&out, "wire_bytes") < size / 2, "{}", stdout(&out));
+    let packed = field(&out, "compressed_blocks");
+    assert!(packed >= 12, "{}", stdout(&out));
+    // These logs shrink about 4.75 : 1: each compressed block saves well
+    // over half of its MiB on the wire.
+    assert!(
+        field(&out, "wire_bytes") < size - packed * (1 << 19),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(srv.terminate().code(), Some(0));
 }

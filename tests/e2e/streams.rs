@@ -143,9 +143,11 @@ fn one_stream_cut_mid_way_the_upload_completes_identical() {
         "a joined stream was cut: {log}"
     );
     // Blocks the cut stream had in flight come back at most as a repair
-    // on the first connection; nothing else is sent again.
+    // on the first connection, and a straggler's last blocks may be
+    // issued again to an idle stream (more of them on a loaded machine);
+    // nothing else of the 33 blocks is sent again.
     assert!(field(&out, "repairs") <= 1, "{}", stdout(&out));
-    assert!(field(&out, "blocks_resent") <= 2, "{}", stdout(&out));
+    assert!(field(&out, "blocks_resent") <= 6, "{}", stdout(&out));
 }
 
 #[test]

@@ -94,10 +94,18 @@ fn a_changed_source_resends_only_the_changed_block() {
     let out = send(&srv, &src, &[]);
     assert_ok(&out);
     assert_eq!(field(&out, "blocks_resent"), 1);
-    assert_eq!(field(&out, "resumed_from"), held - MIB);
+    // The server resumes from its verified blocks: whole ones, and the
+    // block the client was killed in may be on disk without its checksum
+    // frame yet (so one block less than the bytes on disk).
+    let verified = field(&out, "resumed_from") + MIB;
+    assert_eq!(verified % MIB, 0, "resumes from whole blocks");
+    assert!(
+        verified <= held && verified + 2 * MIB > held,
+        "verified {verified} of {held} held"
+    );
     assert_eq!(
         field(&out, "bytes_sent"),
-        MIB + (size - held),
+        MIB + (size - verified),
         "only the changed block and the missing part travel"
     );
     assert_same_file(&src, &t.path().join("store/changed.bin"));
