@@ -5,21 +5,25 @@
 //! beyond `Read + Write`: the peer's address, a [`Shutdown`] handle another
 //! thread can use (takeover, server stop), timeouts, and for TLS the
 //! channel binding that [`crate::auth`] mixes into the token proof.
-//! [`TcpTransport`] is today's plaintext socket; [`TlsTransport`] is rustls'
-//! `StreamOwned` with the handshake done (and checked) before it is handed
-//! out.
+//! [`TcpTransport`] is today's plaintext socket; [`TlsTransport`] is TLS
+//! with the handshake done (and checked) before it is handed out: on the
+//! client rustls' buffered `StreamOwned`, on the server rustls' unbuffered
+//! connection ([`crate::tls_server`]), which decrypts records in place in
+//! its receive buffer (the server receives uploads; the buffered path
+//! copied each byte three more times).
 //!
 //! Not for protocol logic, pin storage ([`crate::known_hosts`]) or key
 //! handling ([`crate::tls`]).
 //!
-//! Performance: rustls asks its socket for at most 4 KiB per read, so the
-//! TLS socket sits behind a 256 KiB read buffer (one syscall then feeds ~16
-//! records). rustls' own 64 KiB buffer limit is left alone: raising it to
-//! 1 MiB made the sender 35 % slower (worse cache use). Writes go through
-//! unbuffered (vectored ones as `sendmsg` with `MSG_NOSIGNAL`, never a
-//! SIGPIPE in a host program); rustls cuts them into full 16 KiB
-//! records, so callers should write in large pieces (or vectored) rather
-//! than many small writes, each of which becomes its own record.
+//! Performance (client): rustls asks its socket for at most 4 KiB per
+//! read, so the TLS socket sits behind a 256 KiB read buffer (one syscall
+//! then feeds ~16 records). rustls' own 64 KiB buffer limit is left alone:
+//! raising it to 1 MiB made the sender 35 % slower (worse cache use).
+//! Writes go through unbuffered (vectored ones as `sendmsg` with
+//! `MSG_NOSIGNAL`, never a SIGPIPE in a host program); rustls cuts them
+//! into full 16 KiB records, so callers should write in large pieces (or
+//! vectored) rather than many small writes, each of which becomes its own
+//! record.
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -29,10 +33,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig};
 use rustls::{SideData, StreamOwned};
 
 use crate::tls::{mismatch_of, Fingerprint, HostKeyMismatch, ALPN, EXPORTER_LABEL};
+use crate::tls_server::ServerStream;
 use crate::{Error, ErrorKind};
 
 /// Bytes of the read buffer under rustls.
@@ -246,10 +251,11 @@ impl Write for BufferedSocket {
 
 enum Stream {
     Client(StreamOwned<ClientConnection, BufferedSocket>),
-    Server(StreamOwned<ServerConnection, BufferedSocket>),
+    Server(ServerStream),
 }
 
-/// Calls `$body` with the stream of either side bound to `$s`.
+/// Calls `$body` with the stream of either side bound to `$s` (both are
+/// `Read + Write`).
 macro_rules! either {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
@@ -349,9 +355,7 @@ impl TlsTransport {
         timeout: Duration,
     ) -> crate::Result<TlsTransport> {
         let shutdown = Shutdown::of(&sock).map_err(net_err)?;
-        let conn = ServerConnection::new(config).map_err(setup_err)?;
-        let mut s = StreamOwned::new(conn, BufferedSocket::new(sock));
-        handshake(&mut s, timeout).map_err(|e| {
+        let s = ServerStream::accept(sock, &config, timeout).map_err(|e| {
             Error::io(
                 ErrorKind::ConnectionLost,
                 "TLS handshake with the client failed",
@@ -362,11 +366,23 @@ impl TlsTransport {
     }
 
     fn finish(stream: Stream, shutdown: Shutdown) -> crate::Result<TlsTransport> {
-        let (alpn_ok, binding, spki) = either!(&stream, s => (
-            s.conn.alpn_protocol() == Some(ALPN),
-            s.conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None),
-            s.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
-        ));
+        let (alpn_ok, binding, spki) = match &stream {
+            Stream::Client(s) => (
+                s.conn.alpn_protocol() == Some(ALPN),
+                s.conn
+                    .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+                    .map_err(|e| e.to_string()),
+                s.conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.to_vec()),
+            ),
+            Stream::Server(s) => (
+                s.alpn_protocol() == Some(ALPN),
+                s.export_binding(EXPORTER_LABEL),
+                None,
+            ),
+        };
         if !alpn_ok {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -383,8 +399,12 @@ impl TlsTransport {
                 ));
             }
         }
-        either!(&stream, s => { s.sock.sock.set_read_timeout(None).map_err(net_err)?;
-            s.sock.sock.set_write_timeout(None).map_err(net_err)? });
+        let sock = match &stream {
+            Stream::Client(s) => &s.sock.sock,
+            Stream::Server(s) => &s.sock,
+        };
+        sock.set_read_timeout(None).map_err(net_err)?;
+        sock.set_write_timeout(None).map_err(net_err)?;
         Ok(TlsTransport {
             stream,
             binding,
@@ -401,7 +421,10 @@ impl TlsTransport {
 
     /// The negotiated cipher suite, for logs (e.g. `TLS13_AES_128_GCM_SHA256`).
     pub fn cipher_suite(&self) -> String {
-        let suite = either!(&self.stream, s => s.conn.negotiated_cipher_suite());
+        let suite = match &self.stream {
+            Stream::Client(s) => s.conn.negotiated_cipher_suite(),
+            Stream::Server(s) => s.negotiated_cipher_suite(),
+        };
         suite.map_or_else(|| "none".into(), |c| format!("{:?}", c.suite()))
     }
 
@@ -412,7 +435,10 @@ impl TlsTransport {
     }
 
     fn sock(&self) -> &TcpStream {
-        either!(&self.stream, s => &s.sock.sock)
+        match &self.stream {
+            Stream::Client(s) => &s.sock.sock,
+            Stream::Server(s) => &s.sock,
+        }
     }
 }
 
@@ -518,8 +544,13 @@ impl Transport for TlsTransport {
         true
     }
     fn close_write(&mut self) -> io::Result<()> {
-        either!(&mut self.stream, s => s.conn.send_close_notify());
-        self.flush()?;
+        match &mut self.stream {
+            Stream::Client(s) => {
+                s.conn.send_close_notify();
+                s.flush()?;
+            }
+            Stream::Server(s) => s.send_close_notify()?,
+        }
         self.sock().shutdown(net::Shutdown::Write)
     }
     fn fd(&self) -> BorrowedFd<'_> {
