@@ -758,6 +758,43 @@ mod tests {
         assert!(srv.join().unwrap().is_empty());
     }
 
+    /// The server's stream keeps what a small read could not take, and
+    /// what arrived while it wrote: every byte comes out once, in order.
+    #[test]
+    fn server_reads_of_any_size_between_writes_lose_nothing() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s) = tls_pair(&key, PinPolicy::Expect(key.fingerprint()));
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let up = pattern(3 * 1024 * 1024 + 77, 11);
+        let up2 = up.clone();
+        let writer = thread::spawn(move || {
+            c.write_all(&up2).unwrap();
+            c.flush().unwrap();
+            let mut acks = Vec::new();
+            c.read_to_end(&mut acks).map(|_| acks)
+        });
+        s.set_read_timeout(Some(T)).unwrap();
+        let (mut got, mut sizes, mut acks) = (
+            Vec::new(),
+            [1usize, 7, 1000, 16_384, 70_000].iter().cycle(),
+            0u32,
+        );
+        while got.len() < up.len() {
+            let mut buf = vec![0u8; *sizes.next().unwrap()];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            // A write while records wait in the receive buffer.
+            s.write_all(b"ack").unwrap();
+            acks += 1;
+        }
+        assert!(got == up, "the upload arrived intact");
+        s.close_write().unwrap();
+        let acks_seen = writer.join().unwrap().unwrap();
+        assert_eq!(acks_seen.len(), 3 * acks as usize);
+        assert!(acks_seen.chunks(3).all(|a| a == b"ack"));
+    }
+
     #[test]
     fn shutdown_from_another_thread_unblocks_a_read() {
         let key = ServerKey::generate().unwrap();
