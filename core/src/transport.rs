@@ -795,6 +795,127 @@ mod tests {
         assert!(acks_seen.chunks(3).all(|a| a == b"ack"));
     }
 
+    /// CPU time of the calling thread (the kernel's schedstat, in ns).
+    fn thread_cpu() -> Duration {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        let ns = text.split_whitespace().next().unwrap().parse().unwrap();
+        Duration::from_nanos(ns)
+    }
+
+    /// Receives everything on `s` through `read` into a 1 MiB buffer (as
+    /// the server's connection does); returns (bytes, thread CPU).
+    fn drain(mut r: impl Read) -> (u64, Duration) {
+        let t0 = thread_cpu();
+        let (mut buf, mut n) = (vec![0u8; 1 << 20], 0u64);
+        loop {
+            match r.read(&mut buf).unwrap() {
+                0 => return (n, thread_cpu() - t0),
+                k => n += k as u64,
+            }
+        }
+    }
+
+    /// Not a test but a measurement, free of disk and of the protocol: the
+    /// server thread's CPU per received GiB over TLS, this server stream
+    /// against rustls' buffered one behind our read buffer (the path the
+    /// server had before), and plain TCP for scale, alternated in one run. Run it with
+    /// `cargo test --release -p bigtransfer-core --lib receive_cpu -- --ignored --nocapture`
+    /// (BT_RECV_MIB sets the size, default 1024).
+    #[test]
+    #[ignore]
+    fn receive_cpu_unbuffered_against_buffered() {
+        let mib: usize = std::env::var("BT_RECV_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let key = ServerKey::generate().unwrap();
+        let chunk = pattern(1 << 20, 3);
+        for round in 1..=3 {
+            for kind in ["plaintext", "unbuffered", "buffered"] {
+                let (c, s) = pair();
+                let cfg = server_config(&key).unwrap();
+                let srv = thread::spawn(move || match kind {
+                    "plaintext" => drain(TcpTransport::new(s).unwrap()),
+                    "unbuffered" => drain(TlsTransport::accept(s, cfg, T).unwrap()),
+                    _ => {
+                        let conn = rustls::ServerConnection::new(cfg).unwrap();
+                        let mut st = StreamOwned::new(conn, BufferedSocket::new(s));
+                        handshake(&mut st, T).unwrap();
+                        drain(st)
+                    }
+                });
+                let mut c: Box<dyn Transport> = if kind == "plaintext" {
+                    Box::new(TcpTransport::new(c).unwrap())
+                } else {
+                    let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+                    Box::new(TlsTransport::connect(c, cfg, T).unwrap())
+                };
+                let t0 = Instant::now();
+                for _ in 0..mib {
+                    c.write_all(&chunk).unwrap();
+                }
+                c.close_write().unwrap();
+                let (n, cpu) = srv.join().unwrap();
+                let wall = t0.elapsed();
+                assert_eq!(n, (mib as u64) << 20);
+                eprintln!(
+                    "round {round} {kind:>10}: server CPU {:.3} s per GiB, {:.0} MB/s",
+                    cpu.as_secs_f64() * 1024.0 / mib as f64,
+                    n as f64 / wall.as_secs_f64() / 1e6
+                );
+            }
+        }
+    }
+
+    /// The other direction (a download): the server thread's CPU per sent
+    /// GiB, this server stream against rustls' buffered one. Run as
+    /// [`receive_cpu_unbuffered_against_buffered`].
+    #[test]
+    #[ignore]
+    fn send_cpu_unbuffered_against_buffered() {
+        let mib: u64 = std::env::var("BT_RECV_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let key = ServerKey::generate().unwrap();
+        for round in 1..=3 {
+            for kind in ["unbuffered", "buffered"] {
+                let (c, s) = pair();
+                let cfg = server_config(&key).unwrap();
+                let srv = thread::spawn(move || {
+                    let chunk = pattern(1 << 20, 5);
+                    let mut w: Box<dyn Write> = if kind == "unbuffered" {
+                        Box::new(TlsTransport::accept(s, cfg, T).unwrap())
+                    } else {
+                        let conn = rustls::ServerConnection::new(cfg).unwrap();
+                        let mut st = StreamOwned::new(conn, BufferedSocket::new(s));
+                        handshake(&mut st, T).unwrap();
+                        Box::new(st)
+                    };
+                    let t0 = thread_cpu();
+                    for _ in 0..mib {
+                        w.write_all(&chunk).unwrap();
+                    }
+                    w.flush().unwrap();
+                    thread_cpu() - t0
+                });
+                let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+                let c = TlsTransport::connect(c, cfg, T).unwrap();
+                let mut got = 0u64;
+                let mut r = c.take(mib << 20);
+                let mut buf = vec![0u8; 1 << 20];
+                while got < mib << 20 {
+                    got += r.read(&mut buf).unwrap() as u64;
+                }
+                let cpu = srv.join().unwrap();
+                eprintln!(
+                    "round {round} {kind:>10}: server CPU {:.3} s per GiB sent",
+                    cpu.as_secs_f64() * 1024.0 / mib as f64
+                );
+            }
+        }
+    }
+
     #[test]
     fn shutdown_from_another_thread_unblocks_a_read() {
         let key = ServerKey::generate().unwrap();
