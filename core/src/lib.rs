@@ -47,7 +47,7 @@ mod sys;
 pub mod text;
 pub mod throttle;
 pub mod tls;
-mod tls_server;
+mod tls_stream;
 pub mod transport;
 pub mod tree;
 pub mod v2;

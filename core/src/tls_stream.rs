@@ -1,25 +1,24 @@
-//! The server's side of a TLS connection on rustls' unbuffered API, so a
-//! received record is copied as little as possible: the socket reads
-//! straight into one large receive buffer, rustls decrypts each record
-//! there, and its plaintext goes to the reader's buffer (rustls 0.23 still
-//! copies it once into a chunk of its own on the way).
+//! TLS connections on rustls' unbuffered API, both sides, so a received
+//! record is copied as little as possible: the socket reads straight into
+//! one large receive buffer, rustls decrypts each record there, and its
+//! plaintext goes to the reader's buffer (rustls 0.23 still copies it once
+//! into a chunk of its own on the way).
 //!
-//! The buffered `StreamOwned` path this replaces on the server copied
-//! every byte three times more: from our read buffer into rustls' 4 KiB
-//! deframer reads, the unprocessed tail down to the front of that buffer
-//! after each record, and through its plaintext queue. The server is the
-//! side that receives an upload, so that is where it counts (measured in
+//! The buffered `StreamOwned` path this replaces copied every received
+//! byte more: from our read buffer into rustls' 4 KiB deframer reads, the
+//! unprocessed tail down to the front of that buffer after each record,
+//! and through its plaintext queue. Receiving now costs half the CPU it
+//! did; sending costs the same (measured in
 //! bench/results/tls-recv-2026-11-30.md).
 //!
 //! rustls' unbuffered connections have no `export_keying_material`; the
 //! channel binding is derived here from the exporter secret that rustls
 //! hands to a per-connection [`KeyLog`], with the negotiated suite's own
-//! HKDF and hash (RFC 8446 section 7.5), and must equal what the client's
-//! buffered rustls exports (tested in `transport`).
+//! HKDF and hash (RFC 8446 section 7.5). The transport tests check both
+//! sides agree, and agree with rustls' own exporter.
 //!
-//! Not for the client side (still rustls' buffered stream, whose sending
-//! path copies less), configuration ([`crate::tls`]) or the [`Transport`]
-//! seam itself ([`crate::transport`]).
+//! Not for configuration ([`crate::tls`]) or the [`Transport`] seam itself
+//! ([`crate::transport`]).
 //!
 //! [`Transport`]: crate::transport::Transport
 
@@ -29,10 +28,16 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::ops::DerefMut;
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::crypto::tls13::OkmBlock;
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
-use rustls::{KeyLog, ServerConfig, SupportedCipherSuite};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
+};
+use rustls::{ClientConfig, KeyLog, ServerConfig, SupportedCipherSuite};
 
 /// Bytes of the receive buffer: one `recv` then brings ~16 records.
 pub const RECV_BUFFER: usize = 256 * 1024;
@@ -63,6 +68,37 @@ impl KeyLog for ExporterSecret {
     }
 }
 
+/// Either side's unbuffered connection: one entry point for its records.
+pub trait Side: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Send {
+    /// rustls' per-side state.
+    type Data;
+    /// rustls' `process_tls_records` of this side.
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Side for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Side for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
 /// What one turn of rustls' state machine came to.
 enum Step {
     /// Plaintext copied to the reader's buffer (0: a record without any).
@@ -79,9 +115,9 @@ enum Step {
     PeerClosed,
 }
 
-/// A server TLS connection over `sock`, decrypting in place.
-pub struct ServerStream {
-    conn: UnbufferedServerConnection,
+/// A TLS connection over `sock`, decrypting in place.
+pub struct TlsStream<C> {
+    conn: C,
     /// The socket (timeouts, shutdown and peer address are set on it).
     pub sock: TcpStream,
     inb: Box<[u8]>,
@@ -95,22 +131,49 @@ pub struct ServerStream {
     out: Outbox,
     peer_closed: bool,
     exporter: Arc<ExporterSecret>,
+    /// Bytes received in all (0: the peer never answered).
+    pub received: u64,
 }
 
-impl ServerStream {
-    /// Runs the handshake on `sock` (within `timeout`; errors carry the
-    /// rustls error inside the `io::Error`). The config gets a key log of
-    /// this connection's own, for the channel binding.
+impl TlsStream<UnbufferedServerConnection> {
+    /// Runs the server's handshake on `sock` (within `timeout`; errors
+    /// carry the rustls error inside the `io::Error`). The config gets a
+    /// key log of this connection's own, for the channel binding.
     pub fn accept(
         sock: TcpStream,
         config: &Arc<ServerConfig>,
         timeout: Duration,
-    ) -> io::Result<ServerStream> {
+    ) -> io::Result<Self> {
         let exporter = Arc::new(ExporterSecret::default());
         let mut cfg = (**config).clone();
         cfg.key_log = exporter.clone();
         let conn = UnbufferedServerConnection::new(Arc::new(cfg)).map_err(io::Error::other)?;
-        let mut s = ServerStream {
+        let mut s = TlsStream::new(conn, sock, exporter);
+        s.handshake(timeout)?;
+        Ok(s)
+    }
+}
+
+impl TlsStream<UnbufferedClientConnection> {
+    /// Starts the client's side on `sock`; [`TlsStream::handshake`] then
+    /// runs it (the caller looks at [`TlsStream::received`] when it fails).
+    pub fn client(
+        sock: TcpStream,
+        config: &Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<Self> {
+        let exporter = Arc::new(ExporterSecret::default());
+        let mut cfg = (**config).clone();
+        cfg.key_log = exporter.clone();
+        let conn =
+            UnbufferedClientConnection::new(Arc::new(cfg), name).map_err(io::Error::other)?;
+        Ok(TlsStream::new(conn, sock, exporter))
+    }
+}
+
+impl<C: Side> TlsStream<C> {
+    fn new(conn: C, sock: TcpStream, exporter: Arc<ExporterSecret>) -> Self {
+        TlsStream {
             conn,
             sock,
             inb: vec![0u8; RECV_BUFFER].into_boxed_slice(),
@@ -121,12 +184,12 @@ impl ServerStream {
             out: Outbox::default(),
             peer_closed: false,
             exporter,
-        };
-        s.handshake(timeout)?;
-        Ok(s)
+            received: 0,
+        }
     }
 
-    fn handshake(&mut self, timeout: Duration) -> io::Result<()> {
+    /// Drives the handshake to its end within `timeout`.
+    pub fn handshake(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -171,9 +234,7 @@ impl ServerStream {
     /// plaintext into `dst` (rest kept), `src` encrypted when writing is
     /// possible, handshake records queued and sent.
     fn step(&mut self, dst: &mut [u8], src: &[u8]) -> io::Result<Step> {
-        let status = self
-            .conn
-            .process_tls_records(&mut self.inb[self.start..self.end]);
+        let status = self.conn.process(&mut self.inb[self.start..self.end]);
         let mut discard = status.discard;
         let step = match status.state.map_err(io::Error::other)? {
             ConnectionState::ReadTraffic(mut r) => match r.next_record() {
@@ -230,6 +291,7 @@ impl ServerStream {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     self.end += n;
+                    self.received += n as u64;
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -280,6 +342,13 @@ impl ServerStream {
         self.conn.alpn_protocol()
     }
 
+    /// The peer's raw public key (SubjectPublicKeyInfo DER), if it
+    /// presented one (the server does; clients do not).
+    pub fn peer_spki(&self) -> Option<Vec<u8>> {
+        let certs = self.conn.peer_certificates()?;
+        certs.first().map(|c| c.to_vec())
+    }
+
     /// The negotiated cipher suite.
     pub fn negotiated_cipher_suite(&self) -> Option<SupportedCipherSuite> {
         self.conn.negotiated_cipher_suite()
@@ -294,7 +363,7 @@ impl ServerStream {
                 Step::Ready | Step::Wrote(_) | Step::PeerClosed => break,
             }
         }
-        let status = self.conn.process_tls_records(&mut []);
+        let status = self.conn.process(&mut []);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
             self.out
                 .append(|b| w.queue_close_notify(b), encrypt_needs)?;
@@ -383,7 +452,7 @@ fn encrypt_needs(e: &EncryptError) -> Option<usize> {
     }
 }
 
-impl Read for ServerStream {
+impl<C: Side> Read for TlsStream<C> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -410,7 +479,7 @@ impl Read for ServerStream {
     }
 }
 
-impl ServerStream {
+impl<C: Side> TlsStream<C> {
     /// Copies the kept plaintext of an earlier record into `buf`.
     fn take_plain(&mut self, buf: &mut [u8]) -> usize {
         let rest = &self.plain[self.plain_at..];
@@ -444,7 +513,7 @@ impl ServerStream {
     }
 }
 
-impl Write for ServerStream {
+impl<C: Side> Write for TlsStream<C> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
