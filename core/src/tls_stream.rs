@@ -309,14 +309,14 @@ impl<C: Side> TlsStream<C> {
 
     /// The channel binding: the TLS exporter of this connection for
     /// `label`, no context, 32 bytes (as rustls' `export_keying_material`
-    /// computes it on the client).
+    /// computes it). Once only: the secret is dropped when it is used.
     pub fn export_binding(&self, label: &[u8]) -> Result<[u8; 32], String> {
         let secret = self
             .exporter
             .0
             .lock()
             .map_err(|_| "the exporter secret is unavailable".to_string())?
-            .clone()
+            .take()
             .ok_or("the handshake gave no exporter secret")?;
         let Some(SupportedCipherSuite::Tls13(suite)) = self.conn.negotiated_cipher_suite() else {
             return Err("not a TLS 1.3 connection".into());
