@@ -7,8 +7,8 @@
 //! The buffered `StreamOwned` path this replaces copied every received
 //! byte more: from our read buffer into rustls' 4 KiB deframer reads, the
 //! unprocessed tail down to the front of that buffer after each record,
-//! and through its plaintext queue. Receiving now costs half the CPU it
-//! did; sending costs the same (measured in
+//! and through its plaintext queue. In a disk-free loop, receiving now
+//! costs half the CPU it did; sending costs the same (measured in
 //! bench/results/tls-recv-2026-11-30.md).
 //!
 //! rustls' unbuffered connections have no `export_keying_material`; the
