@@ -275,6 +275,28 @@ typedef struct bt_send_result {
      * 3 the old file was replaced (a server run with `--overwrite`).
      */
     uint32_t stored;
+    /**
+     * 1 when the last connection was TLS (encrypted, the server's key
+     * checked), 0 in plaintext (a legacy server, `--tls off`, or
+     * `bt_send_options_set_legacy`).
+     */
+    uint32_t encrypted;
+    /**
+     * 1 when this send met the server's key for the first time and
+     * accepted it (trust on first use, as ssh's `accept-new`): it is now
+     * pinned in the known-hosts file (if there is one; see
+     * `bt_send_options_set_known_hosts`). Show `server_fingerprint` to the
+     * user then, to compare with what the server printed (`bigtransfer
+     * fingerprint` on the server). 0 when the key was already pinned,
+     * demanded with `bt_send_options_set_fingerprint` and already stored,
+     * or in plaintext.
+     */
+    uint32_t new_host_key;
+    /**
+     * The fingerprint of the server's key, `SHA256:` and 43 base64
+     * characters, NUL-terminated; "" in plaintext.
+     */
+    char server_fingerprint[64];
 } bt_send_result;
 
 /**

@@ -313,6 +313,17 @@ class Result:
     def encrypted(self) -> bool:
         """Whether the last connection was TLS (the server's key checked)."""
     @property
+    def server_fingerprint(self) -> Optional[str]:
+        """The fingerprint of the server's key (``"SHA256:..."``), or None
+        in plaintext."""
+    @property
+    def new_host_key(self) -> Optional[str]:
+        """The server's fingerprint when this send met its key for the first
+        time and accepted it (trust on first use; now pinned in the
+        known-hosts file): show it to the user to compare with what the
+        server printed (``bigtransfer fingerprint``). None when the key was
+        already pinned, or in plaintext."""
+    @property
     def seconds(self) -> float:
         """Wall time of the whole upload in seconds, hashing included."""
     @property

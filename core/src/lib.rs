@@ -47,6 +47,7 @@ mod sys;
 pub mod text;
 pub mod throttle;
 pub mod tls;
+mod tls_stream;
 pub mod transport;
 pub mod tree;
 pub mod v2;

@@ -5,38 +5,40 @@
 //! beyond `Read + Write`: the peer's address, a [`Shutdown`] handle another
 //! thread can use (takeover, server stop), timeouts, and for TLS the
 //! channel binding that [`crate::auth`] mixes into the token proof.
-//! [`TcpTransport`] is today's plaintext socket; [`TlsTransport`] is rustls'
-//! `StreamOwned` with the handshake done (and checked) before it is handed
-//! out.
+//! [`TcpTransport`] is today's plaintext socket; [`TlsTransport`] is TLS
+//! with the handshake done (and checked) before it is handed out, on
+//! rustls' unbuffered API ([`crate::tls_stream`]): records are decrypted
+//! in place in a 256 KiB receive buffer the socket reads into (one
+//! syscall brings ~16 records), which halved the CPU of receiving against
+//! rustls' buffered stream in a disk-free loop (the tests'
+//! `receive_cpu_unbuffered_against_buffered`).
 //!
 //! Not for protocol logic, pin storage ([`crate::known_hosts`]) or key
 //! handling ([`crate::tls`]).
 //!
-//! Performance: rustls asks its socket for at most 4 KiB per read, so the
-//! TLS socket sits behind a 256 KiB read buffer (one syscall then feeds ~16
-//! records). rustls' own 64 KiB buffer limit is left alone: raising it to
-//! 1 MiB made the sender 35 % slower (worse cache use). Writes go through
-//! unbuffered (vectored ones as `sendmsg` with `MSG_NOSIGNAL`, never a
-//! SIGPIPE in a host program); rustls cuts them into full 16 KiB
-//! records, so callers should write in large pieces (or vectored) rather
-//! than many small writes, each of which becomes its own record.
+//! Writes are encrypted into full 16 KiB records and sent at once, so
+//! callers should write in large pieces (or vectored) rather than many
+//! small writes, each of which becomes its own record. Records go out with
+//! `send` (`MSG_NOSIGNAL`: never a SIGPIPE in a host program), as do
+//! plaintext vectored writes (`sendmsg`).
 
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{self, SocketAddr, TcpStream};
-use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
-use rustls::{SideData, StreamOwned};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::tls::{mismatch_of, Fingerprint, HostKeyMismatch, ALPN, EXPORTER_LABEL};
+use crate::tls_stream::TlsStream;
 use crate::{Error, ErrorKind};
 
-/// Bytes of the read buffer under rustls.
-pub const TLS_READ_BUFFER: usize = 256 * 1024;
+/// Bytes of the receive buffer of a TLS connection.
+pub const TLS_READ_BUFFER: usize = crate::tls_stream::RECV_BUFFER;
 
 /// A connection the engine can speak its protocol over.
 pub trait Transport: Read + Write + Send {
@@ -189,67 +191,13 @@ fn send_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         .map_err(io::Error::from)
 }
 
-/// The socket under rustls: reads through a large buffer, writes straight
-/// through (vectored, as rustls hands out its queued records). Counts the
-/// bytes received, to tell "no TLS server there" from a failed handshake.
-struct BufferedSocket {
-    sock: TcpStream,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    received: u64,
-}
-
-impl BufferedSocket {
-    fn new(sock: TcpStream) -> BufferedSocket {
-        BufferedSocket {
-            sock,
-            buf: vec![0u8; TLS_READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            received: 0,
-        }
-    }
-}
-
-impl Read for BufferedSocket {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.start == self.end {
-            if out.len() >= self.buf.len() {
-                let n = self.sock.read(out)?;
-                self.received += n as u64;
-                return Ok(n);
-            }
-            let n = self.sock.read(&mut self.buf)?;
-            self.received += n as u64;
-            self.start = 0;
-            self.end = n;
-        }
-        let n = out.len().min(self.end - self.start);
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
-    }
-}
-
-impl Write for BufferedSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        send_vectored(&self.sock, bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.sock.flush()
-    }
-}
-
 enum Stream {
-    Client(StreamOwned<ClientConnection, BufferedSocket>),
-    Server(StreamOwned<ServerConnection, BufferedSocket>),
+    Client(TlsStream<UnbufferedClientConnection>),
+    Server(TlsStream<UnbufferedServerConnection>),
 }
 
-/// Calls `$body` with the stream of either side bound to `$s`.
+/// Calls `$body` with the stream of either side bound to `$s` (both are
+/// `Read + Write`).
 macro_rules! either {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
@@ -330,11 +278,10 @@ impl TlsTransport {
         let name = rustls::pki_types::ServerName::try_from("bigtransfer.invalid").map_err(|e| {
             ConnectError::Failed(Error::new(ErrorKind::InvalidInput, e.to_string()))
         })?;
-        let conn =
-            ClientConnection::new(config, name).map_err(|e| ConnectError::Failed(setup_err(e)))?;
-        let mut s = StreamOwned::new(conn, BufferedSocket::new(sock));
-        if let Err(e) = handshake(&mut s, timeout) {
-            return Err(classify(e, s.sock.received));
+        let mut s =
+            TlsStream::client(sock, &config, name).map_err(|e| ConnectError::Failed(net_err(e)))?;
+        if let Err(e) = s.handshake(timeout) {
+            return Err(classify(e, s.received));
         }
         TlsTransport::finish(Stream::Client(s), shutdown).map_err(ConnectError::Failed)
     }
@@ -349,9 +296,7 @@ impl TlsTransport {
         timeout: Duration,
     ) -> crate::Result<TlsTransport> {
         let shutdown = Shutdown::of(&sock).map_err(net_err)?;
-        let conn = ServerConnection::new(config).map_err(setup_err)?;
-        let mut s = StreamOwned::new(conn, BufferedSocket::new(sock));
-        handshake(&mut s, timeout).map_err(|e| {
+        let s = TlsStream::accept(sock, &config, timeout).map_err(|e| {
             Error::io(
                 ErrorKind::ConnectionLost,
                 "TLS handshake with the client failed",
@@ -363,9 +308,9 @@ impl TlsTransport {
 
     fn finish(stream: Stream, shutdown: Shutdown) -> crate::Result<TlsTransport> {
         let (alpn_ok, binding, spki) = either!(&stream, s => (
-            s.conn.alpn_protocol() == Some(ALPN),
-            s.conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None),
-            s.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+            s.alpn_protocol() == Some(ALPN),
+            s.export_binding(EXPORTER_LABEL),
+            s.peer_spki(),
         ));
         if !alpn_ok {
             return Err(Error::new(
@@ -383,8 +328,9 @@ impl TlsTransport {
                 ));
             }
         }
-        either!(&stream, s => { s.sock.sock.set_read_timeout(None).map_err(net_err)?;
-            s.sock.sock.set_write_timeout(None).map_err(net_err)? });
+        let sock = either!(&stream, s => &s.sock);
+        sock.set_read_timeout(None).map_err(net_err)?;
+        sock.set_write_timeout(None).map_err(net_err)?;
         Ok(TlsTransport {
             stream,
             binding,
@@ -401,7 +347,7 @@ impl TlsTransport {
 
     /// The negotiated cipher suite, for logs (e.g. `TLS13_AES_128_GCM_SHA256`).
     pub fn cipher_suite(&self) -> String {
-        let suite = either!(&self.stream, s => s.conn.negotiated_cipher_suite());
+        let suite = either!(&self.stream, s => s.negotiated_cipher_suite());
         suite.map_or_else(|| "none".into(), |c| format!("{:?}", c.suite()))
     }
 
@@ -412,34 +358,8 @@ impl TlsTransport {
     }
 
     fn sock(&self) -> &TcpStream {
-        either!(&self.stream, s => &s.sock.sock)
+        either!(&self.stream, s => &s.sock)
     }
-}
-
-/// Drives the handshake to its end within `timeout`, then flushes what it
-/// queued (the client's Finished).
-fn handshake<C, S>(s: &mut StreamOwned<C, BufferedSocket>, timeout: Duration) -> io::Result<()>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
-    S: SideData,
-{
-    let deadline = Instant::now() + timeout;
-    while s.conn.is_handshaking() || s.conn.wants_write() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("TLS handshake not done within {timeout:?}"),
-            ));
-        }
-        s.sock.sock.set_read_timeout(Some(left))?;
-        s.sock.sock.set_write_timeout(Some(left))?;
-        let (read, written) = s.conn.complete_io(&mut s.sock)?;
-        if read == 0 && written == 0 && s.conn.is_handshaking() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(())
 }
 
 fn classify(e: io::Error, received: u64) -> ConnectError {
@@ -474,10 +394,6 @@ fn classify(e: io::Error, received: u64) -> ConnectError {
 
 fn net_err(e: io::Error) -> Error {
     Error::io(ErrorKind::ConnectionLost, "socket error", e)
-}
-
-fn setup_err(e: rustls::Error) -> Error {
-    Error::new(ErrorKind::InvalidInput, format!("cannot start TLS: {e}"))
 }
 
 impl Read for TlsTransport {
@@ -518,8 +434,7 @@ impl Transport for TlsTransport {
         true
     }
     fn close_write(&mut self) -> io::Result<()> {
-        either!(&mut self.stream, s => s.conn.send_close_notify());
-        self.flush()?;
+        either!(&mut self.stream, s => s.send_close_notify())?;
         self.sock().shutdown(net::Shutdown::Write)
     }
     fn fd(&self) -> BorrowedFd<'_> {
@@ -531,11 +446,95 @@ impl Transport for TlsTransport {
 mod tests {
     use super::*;
     use crate::tls::{client_config, server_config, PinPolicy, ServerKey};
+    use rustls::{ConnectionCommon, SideData, StreamOwned};
     use std::net::TcpListener;
+    use std::ops::{Deref, DerefMut};
     use std::sync::mpsc;
     use std::thread;
+    use std::time::Instant;
 
     const T: Duration = Duration::from_secs(10);
+
+    /// The socket under rustls' buffered stream, the path both sides had
+    /// before (kept to measure against): reads through a large buffer
+    /// (rustls asks for 4 KiB at a time), writes straight through.
+    struct BufferedSocket {
+        sock: TcpStream,
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+        received: u64,
+    }
+
+    impl BufferedSocket {
+        fn new(sock: TcpStream) -> BufferedSocket {
+            BufferedSocket {
+                sock,
+                buf: vec![0u8; TLS_READ_BUFFER].into_boxed_slice(),
+                start: 0,
+                end: 0,
+                received: 0,
+            }
+        }
+    }
+
+    impl Read for BufferedSocket {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.start == self.end {
+                if out.len() >= self.buf.len() {
+                    let n = self.sock.read(out)?;
+                    self.received += n as u64;
+                    return Ok(n);
+                }
+                let n = self.sock.read(&mut self.buf)?;
+                self.received += n as u64;
+                self.start = 0;
+                self.end = n;
+            }
+            let n = out.len().min(self.end - self.start);
+            out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for BufferedSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sock.write(buf)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            send_vectored(&self.sock, bufs)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.sock.flush()
+        }
+    }
+
+    /// Drives the handshake to its end within `timeout`, then flushes what it
+    /// queued (the client's Finished).
+    fn handshake<C, S>(s: &mut StreamOwned<C, BufferedSocket>, timeout: Duration) -> io::Result<()>
+    where
+        C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+        S: SideData,
+    {
+        let deadline = Instant::now() + timeout;
+        while s.conn.is_handshaking() || s.conn.wants_write() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake not done within {timeout:?}"),
+                ));
+            }
+            s.sock.sock.set_read_timeout(Some(left))?;
+            s.sock.sock.set_write_timeout(Some(left))?;
+            let (read, written) = s.conn.complete_io(&mut s.sock)?;
+            if read == 0 && written == 0 && s.conn.is_handshaking() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
 
     /// A connected loopback pair: (client side, server side).
     fn pair() -> (TcpStream, TcpStream) {
@@ -586,6 +585,41 @@ mod tests {
             "each connection has its own binding"
         );
         assert_eq!(c.peer_addr().unwrap(), s.sock().local_addr().unwrap());
+    }
+
+    /// Our exporter derivation (rustls' unbuffered API has none) against
+    /// rustls' own `export_keying_material` on a buffered client: the same
+    /// channel binding, else relayed-token protection would break or mean
+    /// nothing.
+    #[test]
+    fn the_binding_equals_rustls_own_exporter() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s) = pair();
+        let server = serve(s, server_config(&key).unwrap());
+        let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("bigtransfer.invalid").unwrap();
+        let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut c = StreamOwned::new(conn, BufferedSocket::new(c));
+        handshake(&mut c, T).unwrap();
+        let s = server.join().unwrap().unwrap();
+        let theirs = c
+            .conn
+            .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+            .unwrap();
+        assert_eq!(s.channel_binding(), Some(theirs));
+        // And our client derives the same as rustls' buffered server.
+        let (c2, s2) = pair();
+        let srv = thread::spawn(move || {
+            let conn = rustls::ServerConnection::new(server_config(&key).unwrap()).unwrap();
+            let mut st = StreamOwned::new(conn, BufferedSocket::new(s2));
+            handshake(&mut st, T).unwrap();
+            st.conn
+                .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+                .unwrap()
+        });
+        let cfg = client_config(PinPolicy::TrustOnFirstUse).unwrap();
+        let ours = TlsTransport::connect(c2, cfg, T).unwrap();
+        assert_eq!(ours.channel_binding(), Some(srv.join().unwrap()));
     }
 
     #[test]
@@ -725,6 +759,164 @@ mod tests {
         assert!(got == down, "download arrived intact ({} bytes)", got.len());
         c.close_write().unwrap();
         assert!(srv.join().unwrap().is_empty());
+    }
+
+    /// The server's stream keeps what a small read could not take, and
+    /// what arrived while it wrote: every byte comes out once, in order.
+    #[test]
+    fn server_reads_of_any_size_between_writes_lose_nothing() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s) = tls_pair(&key, PinPolicy::Expect(key.fingerprint()));
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let up = pattern(3 * 1024 * 1024 + 77, 11);
+        let up2 = up.clone();
+        let writer = thread::spawn(move || {
+            c.write_all(&up2).unwrap();
+            c.flush().unwrap();
+            let mut acks = Vec::new();
+            c.read_to_end(&mut acks).map(|_| acks)
+        });
+        s.set_read_timeout(Some(T)).unwrap();
+        let (mut got, mut sizes, mut acks) = (
+            Vec::new(),
+            [1usize, 7, 1000, 16_384, 70_000].iter().cycle(),
+            0u32,
+        );
+        while got.len() < up.len() {
+            let mut buf = vec![0u8; *sizes.next().unwrap()];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            // A write while records wait in the receive buffer.
+            s.write_all(b"ack").unwrap();
+            acks += 1;
+        }
+        assert!(got == up, "the upload arrived intact");
+        s.close_write().unwrap();
+        let acks_seen = writer.join().unwrap().unwrap();
+        assert_eq!(acks_seen.len(), 3 * acks as usize);
+        assert!(acks_seen.chunks(3).all(|a| a == b"ack"));
+    }
+
+    /// CPU time of the calling thread (the kernel's schedstat, in ns).
+    fn thread_cpu() -> Duration {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        let ns = text.split_whitespace().next().unwrap().parse().unwrap();
+        Duration::from_nanos(ns)
+    }
+
+    /// Receives everything on `s` through `read` into a 1 MiB buffer (as
+    /// the server's connection does); returns (bytes, thread CPU).
+    fn drain(mut r: impl Read) -> (u64, Duration) {
+        let t0 = thread_cpu();
+        let (mut buf, mut n) = (vec![0u8; 1 << 20], 0u64);
+        loop {
+            match r.read(&mut buf).unwrap() {
+                0 => return (n, thread_cpu() - t0),
+                k => n += k as u64,
+            }
+        }
+    }
+
+    /// Not a test but a measurement, free of disk and of the protocol: the
+    /// server thread's CPU per received GiB over TLS, this server stream
+    /// against rustls' buffered one behind our read buffer (the path the
+    /// server had before), and plain TCP for scale, alternated in one run. Run it with
+    /// `cargo test --release -p bigtransfer-core --lib receive_cpu -- --ignored --nocapture`
+    /// (BT_RECV_MIB sets the size, default 1024).
+    #[test]
+    #[ignore]
+    fn receive_cpu_unbuffered_against_buffered() {
+        let mib: usize = std::env::var("BT_RECV_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let key = ServerKey::generate().unwrap();
+        let chunk = pattern(1 << 20, 3);
+        for round in 1..=3 {
+            for kind in ["plaintext", "unbuffered", "buffered"] {
+                let (c, s) = pair();
+                let cfg = server_config(&key).unwrap();
+                let srv = thread::spawn(move || match kind {
+                    "plaintext" => drain(TcpTransport::new(s).unwrap()),
+                    "unbuffered" => drain(TlsTransport::accept(s, cfg, T).unwrap()),
+                    _ => {
+                        let conn = rustls::ServerConnection::new(cfg).unwrap();
+                        let mut st = StreamOwned::new(conn, BufferedSocket::new(s));
+                        handshake(&mut st, T).unwrap();
+                        drain(st)
+                    }
+                });
+                let mut c: Box<dyn Transport> = if kind == "plaintext" {
+                    Box::new(TcpTransport::new(c).unwrap())
+                } else {
+                    let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+                    Box::new(TlsTransport::connect(c, cfg, T).unwrap())
+                };
+                let t0 = Instant::now();
+                for _ in 0..mib {
+                    c.write_all(&chunk).unwrap();
+                }
+                c.close_write().unwrap();
+                let (n, cpu) = srv.join().unwrap();
+                let wall = t0.elapsed();
+                assert_eq!(n, (mib as u64) << 20);
+                eprintln!(
+                    "round {round} {kind:>10}: server CPU {:.3} s per GiB, {:.0} MB/s",
+                    cpu.as_secs_f64() * 1024.0 / mib as f64,
+                    n as f64 / wall.as_secs_f64() / 1e6
+                );
+            }
+        }
+    }
+
+    /// The other direction (a download): the server thread's CPU per sent
+    /// GiB, this server stream against rustls' buffered one. Run as
+    /// [`receive_cpu_unbuffered_against_buffered`].
+    #[test]
+    #[ignore]
+    fn send_cpu_unbuffered_against_buffered() {
+        let mib: u64 = std::env::var("BT_RECV_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let key = ServerKey::generate().unwrap();
+        for round in 1..=3 {
+            for kind in ["unbuffered", "buffered"] {
+                let (c, s) = pair();
+                let cfg = server_config(&key).unwrap();
+                let srv = thread::spawn(move || {
+                    let chunk = pattern(1 << 20, 5);
+                    let mut w: Box<dyn Write> = if kind == "unbuffered" {
+                        Box::new(TlsTransport::accept(s, cfg, T).unwrap())
+                    } else {
+                        let conn = rustls::ServerConnection::new(cfg).unwrap();
+                        let mut st = StreamOwned::new(conn, BufferedSocket::new(s));
+                        handshake(&mut st, T).unwrap();
+                        Box::new(st)
+                    };
+                    let t0 = thread_cpu();
+                    for _ in 0..mib {
+                        w.write_all(&chunk).unwrap();
+                    }
+                    w.flush().unwrap();
+                    thread_cpu() - t0
+                });
+                let cfg = client_config(PinPolicy::Expect(key.fingerprint())).unwrap();
+                let c = TlsTransport::connect(c, cfg, T).unwrap();
+                let mut got = 0u64;
+                let mut r = c.take(mib << 20);
+                let mut buf = vec![0u8; 1 << 20];
+                while got < mib << 20 {
+                    got += r.read(&mut buf).unwrap() as u64;
+                }
+                let cpu = srv.join().unwrap();
+                eprintln!(
+                    "round {round} {kind:>10}: server CPU {:.3} s per GiB sent",
+                    cpu.as_secs_f64() * 1024.0 / mib as f64
+                );
+            }
+        }
     }
 
     #[test]

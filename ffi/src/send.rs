@@ -32,7 +32,7 @@ pub struct bt_send_options {
 /// The outcome of a successful `bt_send_file`. On failure every field is 0.
 #[repr(C)]
 #[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct bt_send_result {
     /// Size of the file in bytes.
     pub filesize: u64,
@@ -61,6 +61,55 @@ pub struct bt_send_result {
     /// stored), 2 the old file was kept as a numbered version `NAME.~N~`,
     /// 3 the old file was replaced (a server run with `--overwrite`).
     pub stored: u32,
+    /// 1 when the last connection was TLS (encrypted, the server's key
+    /// checked), 0 in plaintext (a legacy server, `--tls off`, or
+    /// `bt_send_options_set_legacy`).
+    pub encrypted: u32,
+    /// 1 when this send met the server's key for the first time and
+    /// accepted it (trust on first use, as ssh's `accept-new`): it is now
+    /// pinned in the known-hosts file (if there is one; see
+    /// `bt_send_options_set_known_hosts`). Show `server_fingerprint` to the
+    /// user then, to compare with what the server printed (`bigtransfer
+    /// fingerprint` on the server). 0 when the key was already pinned,
+    /// demanded with `bt_send_options_set_fingerprint` and already stored,
+    /// or in plaintext.
+    pub new_host_key: u32,
+    /// The fingerprint of the server's key, `SHA256:` and 43 base64
+    /// characters, NUL-terminated; "" in plaintext.
+    pub server_fingerprint: [c_char; 64],
+}
+
+impl Default for bt_send_result {
+    fn default() -> bt_send_result {
+        bt_send_result {
+            filesize: 0,
+            crc32: 0,
+            resumed_from: 0,
+            bytes_sent: 0,
+            attempts: 0,
+            protocol: 0,
+            bytes_hashed: 0,
+            bytes_read: 0,
+            blocks_resent: 0,
+            stored: 0,
+            encrypted: 0,
+            new_host_key: 0,
+            server_fingerprint: [0; 64],
+        }
+    }
+}
+
+/// A fingerprint as a NUL-terminated C string in a fixed field ("" for
+/// none); its 50 characters always fit.
+fn fingerprint_text(key: Option<Fingerprint>) -> [c_char; 64] {
+    let mut out = [0 as c_char; 64];
+    if let Some(k) = key {
+        let text = k.to_string();
+        for (o, b) in out.iter_mut().zip(text.bytes().take(63)) {
+            *o = b as c_char;
+        }
+    }
+    out
 }
 
 /// Progress callback of `bt_send_file`: `done` of `total` bytes of the file
@@ -602,6 +651,9 @@ pub unsafe extern "C" fn bt_send_file(
         };
         let outcome = send_file(path, &opts, &mut on_progress)?;
         *out = bt_send_result {
+            encrypted: u32::from(outcome.encrypted),
+            new_host_key: u32::from(outcome.new_host_key.is_some()),
+            server_fingerprint: fingerprint_text(outcome.server_key),
             filesize: outcome.filesize,
             crc32: outcome.crc32,
             resumed_from: outcome.resumed_from,

@@ -61,6 +61,16 @@ pub struct SendResult {
     /// checked).
     #[pyo3(get)]
     encrypted: bool,
+    /// The fingerprint of the server's key (``"SHA256:..."``), or None in
+    /// plaintext.
+    #[pyo3(get)]
+    server_fingerprint: Option<String>,
+    /// The server's fingerprint when this send met its key for the first
+    /// time and accepted it (now pinned in the known-hosts file): show it
+    /// to the user to compare with what the server printed. None when the
+    /// key was already pinned, or in plaintext.
+    #[pyo3(get)]
+    new_host_key: Option<String>,
     /// Wall time of the whole upload in seconds, hashing included.
     #[pyo3(get)]
     seconds: f64,
@@ -88,6 +98,8 @@ impl From<Outcome> for SendResult {
             protocol: o.protocol,
             attempts: o.attempts,
             encrypted: o.encrypted,
+            server_fingerprint: o.server_key.map(|f| f.to_string()),
+            new_host_key: o.new_host_key.map(|f| f.to_string()),
             seconds: o.elapsed.as_secs_f64(),
             stored: match &o.stored_as {
                 StoredAs::New => "new",

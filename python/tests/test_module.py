@@ -254,6 +254,11 @@ def test_tls_pins_the_key_and_a_changed_key_raises_host_key_error(tmp_path):
         result = bigtransfer.send_file(HOST, a.address[1], src, known_hosts=known)
         assert result.encrypted and result.protocol == 2
         assert stored(a, "pinned.bin").read_bytes() == data
+        # First contact: the key is reported as new, with its fingerprint.
+        assert result.new_host_key == fp_a and result.server_fingerprint == fp_a
+        # The second send finds it pinned: nothing new to report.
+        again = bigtransfer.send_file(HOST, a.address[1], src, known_hosts=known)
+        assert again.new_host_key is None and again.server_fingerprint == fp_a
         port = a.address[1]
     del a  # its listening socket closes with the object
     gc.collect()
@@ -286,6 +291,7 @@ def test_a_plaintext_server_is_refused_with_require_tls(tmp_path):
             bigtransfer.send_file(HOST, p.address[1], src, require_tls=True, retries=0)
         result = bigtransfer.send_file(HOST, p.address[1], src)
         assert not result.encrypted
+        assert result.server_fingerprint is None and result.new_host_key is None
         assert stored(p, "plain.bin").read_bytes() == data
     with pytest.raises(bigtransfer.InvalidInputError):
         bigtransfer.Server(tmp_path / "q", port=0, bind=HOST, tls="sometimes")

@@ -274,7 +274,8 @@ static int message_has(const char *part) {
 static int result_zero(const bt_send_result *r) {
     return r->filesize == 0 && r->crc32 == 0 && r->resumed_from == 0 && r->bytes_sent == 0 &&
            r->attempts == 0 && r->protocol == 0 && r->bytes_hashed == 0 && r->bytes_read == 0 &&
-           r->blocks_resent == 0;
+           r->blocks_resent == 0 && r->encrypted == 0 && r->new_host_key == 0 &&
+           r->server_fingerprint[0] == '\0';
 }
 
 /* Makes a server from `config` and serves it on a new thread; NULL if either
@@ -441,6 +442,12 @@ int main(void) {
           "result.bytes_read covers the file, bytes_hashed is part of it");
     CHECK(r.blocks_resent == 0, "result.blocks_resent == 0 when nothing was damaged");
     CHECK(r.stored == 0, "result.stored == 0: a new name");
+    CHECK(r.encrypted == 1, "result.encrypted == 1: TLS by default");
+    CHECK(r.new_host_key == 1 && strncmp(r.server_fingerprint, "SHA256:", 7) == 0 &&
+              strlen(r.server_fingerprint) == 50,
+          "the first send to a server reports its new key: new_host_key == 1, server_fingerprint");
+    char first_fp[64];
+    memcpy(first_fp, r.server_fingerprint, sizeof first_fp);
 
     /* -- the same file again: nothing sent, the stored file untouched ------ */
     struct stat before, after;
@@ -448,6 +455,8 @@ int main(void) {
     st = bt_send_file("127.0.0.1", port, path_a, options, NULL, NULL, &r);
     CHECK(st == BT_OK && r.stored == 1 && r.bytes_sent == 0,
           "a re-send of the same file: result.stored == 1 (unchanged), nothing sent");
+    CHECK(r.encrypted == 1 && r.new_host_key == 0 && strcmp(r.server_fingerprint, first_fp) == 0,
+          "the second send: the key was pinned already (new_host_key == 0), same fingerprint");
     CHECK(stat(stored_a, &after) == 0 && after.st_ino == before.st_ino &&
               after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
               after.st_mtim.tv_nsec == before.st_mtim.tv_nsec,
@@ -812,6 +821,8 @@ int main(void) {
               "a legacy send to a server with allow_legacy succeeds with protocol 1");
         CHECK(r.bytes_sent == 200001 && same_file(path_t, stored_l),
               "the legacy upload is stored byte-identical");
+        CHECK(r.encrypted == 0 && r.new_host_key == 0 && r.server_fingerprint[0] == '\0',
+              "a legacy send is plaintext: encrypted == 0, no fingerprint");
         CHECK(bt_send_options_set_legacy(legacy, 0) == BT_OK, "bt_send_options_set_legacy(0)");
         CHECK(bt_send_options_set_remote_name(legacy, "auto.bin") == BT_OK, "set_remote_name");
         st = bt_send_file("127.0.0.1", port3, path_t, legacy, NULL, NULL, &r);
@@ -886,6 +897,8 @@ int main(void) {
         snprintf(stored5, sizeof stored5, "%s/tls.bin", store5);
         CHECK(st == BT_OK && r.protocol == 2 && same_file(path_t, stored5),
               "an upload over TLS is stored byte-identical");
+        CHECK(r.encrypted == 1 && r.new_host_key == 1 && strcmp(r.server_fingerprint, fp) == 0,
+              "the first contact reports the server's key as new, with bt_server_fingerprint's text");
         CHECK(exists(kh5), "the first contact pinned the key in the known-hosts file");
         /* Another key demanded: refused before anything is sent. */
         CHECK(bt_send_options_set_fingerprint(
@@ -901,6 +914,8 @@ int main(void) {
         CHECK(bt_send_options_set_fingerprint(tls, fp) == BT_OK, "the right fingerprint");
         st = bt_send_file("127.0.0.1", port5, path_t, tls, NULL, NULL, &r);
         CHECK(st == BT_OK, "the demanded key is the server's: stored");
+        CHECK(r.encrypted == 1 && r.new_host_key == 0 && strcmp(r.server_fingerprint, fp) == 0,
+              "a pinned key is not reported as new");
         CHECK(bt_send_options_set_fingerprint(tls, NULL) == BT_OK, "fingerprint cleared");
         /* Another server (another key) on its own port: a first contact. */
         st = bt_send_file("127.0.0.1", port, path_t, tls, NULL, NULL, &r);

@@ -268,6 +268,13 @@ pub struct Outcome {
     /// Whether the last connection was TLS (encrypted, the server's key
     /// checked).
     pub encrypted: bool,
+    /// The key the server presented over TLS (None in plaintext).
+    pub server_key: Option<crate::tls::Fingerprint>,
+    /// The server's key when this upload met it first and accepted it
+    /// (pinned in the known-hosts file, if there is one): what a front
+    /// should show the user to compare out of band. None when the key was
+    /// already pinned, or in plaintext.
+    pub new_host_key: Option<crate::tls::Fingerprint>,
     /// From the call to the first file byte sent.
     pub time_to_first_byte: Duration,
     /// Connections made (1 when nothing went wrong).
@@ -420,6 +427,10 @@ struct Tally {
     congestion: Option<String>,
     /// The last connection was TLS.
     encrypted: bool,
+    /// The key of the last TLS connection.
+    server_key: Option<crate::tls::Fingerprint>,
+    /// A key accepted on first contact during this upload.
+    new_host_key: Option<crate::tls::Fingerprint>,
     streams: u32,
     stream_notes: Vec<String>,
     /// The most the server ever confirmed holding of this file (v1 resume
@@ -453,6 +464,8 @@ impl Tally {
             packed: Default::default(),
             congestion: None,
             encrypted: false,
+            server_key: None,
+            new_host_key: None,
             streams: 1,
             stream_notes: Vec::new(),
             confirmed: None,
@@ -474,6 +487,8 @@ impl Tally {
             repairs: self.repairs,
             protocol: self.protocol,
             encrypted: self.encrypted,
+            server_key: self.server_key.filter(|_| self.encrypted),
+            new_host_key: self.new_host_key,
             time_to_first_byte: self.first_byte.unwrap_or_default(),
             attempts: self.attempts,
             elapsed: self.started.elapsed(),

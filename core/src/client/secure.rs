@@ -59,6 +59,7 @@ pub(super) fn open(
             }
             up.wire = Wire::Tls;
             up.peer_key = Some(t.peer_fingerprint());
+            up.t.server_key = up.peer_key;
             Ok(Box::new(t))
         }
         Err(ConnectError::HostKey(m)) => Err(changed(&server, m, pin.line)),
@@ -144,6 +145,7 @@ fn remember(
         }
         None => None,
     };
+    up.t.new_host_key = Some(fingerprint);
     let _ = (up.progress)(&Progress::FirstContact {
         server,
         fingerprint,
