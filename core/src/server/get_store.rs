@@ -9,7 +9,6 @@ use std::io::Write;
 
 use crate::getwire::Reference;
 use crate::s3::RunEnd;
-use crate::transport::Transport;
 
 use super::get::{read_want, Input, Stop};
 use super::Shared;
@@ -36,7 +35,7 @@ pub(super) fn run(
             return Ok((reference.size, sent));
         }
         for (first, count) in runs(&wanted) {
-            sent += send_run(s3, name, &reference, first, count, input.stream)?;
+            sent += send_run(s3, name.as_str(), &reference, first, count, input.stream)?;
         }
     }
     Err(Stop::Fault(Fault::bad(
@@ -49,7 +48,7 @@ pub(super) fn run(
 const RUN_BYTES: u64 = 256 << 20;
 
 /// Consecutive wanted blocks as (first, count) runs.
-fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
+pub(super) fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &i in wanted {
         match out.last_mut() {
@@ -63,13 +62,15 @@ fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
 /// Sends blocks `first..first + count`, read with ranged GETs of up to
 /// [`RUN_BYTES`], each block checked before it is sent (one that does not
 /// match is read alone again, then refused). Returns the bytes sent.
-fn send_run(
+/// Also a tree download's ([`super::tree_get_store`]), for objects named
+/// by a path.
+pub(super) fn send_run<W: Write + ?Sized>(
     s3: &S3Storage,
-    name: &SafeName,
+    name: &str,
     r: &Reference,
     first: u64,
     count: u64,
-    out: &mut Box<dyn Transport>,
+    out: &mut W,
 ) -> Result<u64, Stop> {
     let per_get = (RUN_BYTES / r.block).max(1);
     let (mut i, end) = (first, first + count);
@@ -84,16 +85,11 @@ fn send_run(
     };
     while i < end {
         let n = (end - i).min(per_get);
-        match s3
-            .read_run(name.as_str(), r, i, n, &mut send)
-            .map_err(Stop::Fault)?
-        {
+        match s3.read_run(name, r, i, n, &mut send).map_err(Stop::Fault)? {
             RunEnd::Done => i += n,
             RunEnd::Again(b) => {
                 let mut buf = Vec::with_capacity(r.block as usize);
-                let crc = s3
-                    .read_block(name.as_str(), r, b, &mut buf)
-                    .map_err(Stop::Fault)?;
+                let crc = s3.read_block(name, r, b, &mut buf).map_err(Stop::Fault)?;
                 send(b, &buf, crc)?;
                 i = b + 1;
             }
