@@ -26,7 +26,9 @@ pub(super) fn run(
     input: &mut Input,
     plan: &super::getjoin::Plan,
 ) -> Result<(u64, u64), Stop> {
-    let reference = s3.reference(name.as_str()).map_err(Stop::Fault)?;
+    let reference = s3
+        .reference(name.as_str())
+        .map_err(|f| Stop::Fault(folder_words(s3, name.as_str(), f)))?;
     let (_session, rounds) = super::get::begin(sh, name, &reference, plan, input)?;
     let mut sent = 0u64;
     for _ in 0..=rounds {
@@ -41,6 +43,22 @@ pub(super) fn run(
     Err(Stop::Fault(Fault::bad(
         "refused: too many rounds of blocks asked for on one connection",
     )))
+}
+
+/// A name not found as an object but that is a folder of the store (a
+/// tree sent here) is said to be no regular file, as the local `get` says
+/// of a directory: the client then asks for it as a tree.
+fn folder_words(s3: &S3Storage, name: &str, f: Fault) -> Fault {
+    if f.code != crate::v2::FaultCode::NotFound {
+        return f;
+    }
+    match s3.client().list_page(&format!("{name}/"), true, None) {
+        Ok(p) if !p.entries.is_empty() || !p.prefixes.is_empty() => Fault::new(
+            f.code,
+            format!("no file \"{name}\" on the server (not a regular file)"),
+        ),
+        _ => f,
+    }
 }
 
 /// The most bytes read with one ranged GET (a run of wanted blocks is cut
