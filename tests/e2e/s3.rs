@@ -1051,12 +1051,21 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
         "only a partial file may be left: {leftovers:?}"
     );
 
-    // A prefix with nothing under it: not found, in words.
+    // A prefix with nothing under it: not found, in words (a name alone
+    // is first asked for as a file; a path goes straight to the tree).
     let out = get_from(&srv, "nothing", &t.path().join("n"), &[]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("no \"nothing\" on the server"),
+        stderr(&out).contains("no file \"nothing\" on the server"),
         "{}",
         stderr(&out)
     );
+    let out = get_from(&srv, "set/nothing", &t.path().join("n"), &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no \"set/nothing\" on the server (not found"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!t.path().join("n/nothing").exists());
 }
