@@ -960,7 +960,11 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
     std::fs::write(root.join("a.txt"), "dot\n").unwrap();
     std::fs::write(root.join("a-b"), "dash\n").unwrap();
     files.extend(["set/a-b", "set/a.txt"]);
-    let srv = store.server(0, t.path(), &[]);
+    // Listings of 2 entries a page: the manifest follows continuation
+    // tokens at every level.
+    let url = format!("s3://{}/{}?page=2", store.bucket, store.prefix);
+    let args = ["--store", &url, "--s3-endpoint", &store.endpoints[0]];
+    let srv = ServerProc::start(&t.path().join("node0"), &args);
     let out = tree_to(&srv, &root);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // A changed file keeps its old content as a version: left out of a get.
