@@ -967,3 +967,148 @@ fn get_from_the_store_sends_compressed_blocks_that_come_back_identical() {
         a.log.text()
     );
 }
+
+/// Every file under `dir`, as paths relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap();
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
+    let Some(store) = Store::get("treeget") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (root, mut files) = s3_tree(t.path(), 9 * 1024 * 1024 + 7);
+    // Names that sort before "a/" in the store's byte order but after the
+    // directory "a" in the manifest's order.
+    std::fs::write(root.join("a.txt"), "dot\n").unwrap();
+    std::fs::write(root.join("a-b"), "dash\n").unwrap();
+    files.extend(["set/a-b", "set/a.txt"]);
+    // Listings of 2 entries a page: the manifest follows continuation
+    // tokens at every level.
+    let url = format!("s3://{}/{}?page=2", store.bucket, store.prefix);
+    let args = ["--store", &url, "--s3-endpoint", &store.endpoints[0]];
+    let srv = ServerProc::start(&t.path().join("node0"), &args);
+    let out = tree_to(&srv, &root);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A changed file keeps its old content as a version: left out of a get.
+    let small = root.join("a/small.txt");
+    let first_small = std::fs::read(&small).unwrap();
+    std::fs::write(&small, "changed\n").unwrap();
+    assert_eq!(tree_to(&srv, &root).status.code(), Some(0));
+    assert_eq!(store.object("set/a/small.txt.~1~").0, first_small);
+
+    let dest = t.path().join("got");
+    let out = get_from(&srv, "set", &dest, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("\"result\": \"TREE_OK\""),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        field(&out, "downloaded"),
+        files.len() as u64,
+        "{}",
+        stdout(&out)
+    );
+    let mut want: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    want.sort();
+    let got = files_under(&dest);
+    assert_eq!(
+        got, want,
+        "exactly the tree's files, no versions, no records"
+    );
+    for f in &files {
+        assert_same_file(&t.path().join(f), &dest.join(f));
+    }
+    // The client's mtime, kept in the record, comes back.
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let big = "set/a/b c/big.bin";
+    assert_eq!(mtime(&t.path().join(big)), mtime(&dest.join(big)));
+    assert!(
+        srv.log.wait_for("sent a tree from the object store", LONG),
+        "{}",
+        srv.log.text()
+    );
+
+    // A second get fetches nothing.
+    let again = get_from(&srv, "set", &dest, &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(field(&again, "downloaded"), 0, "{}", stdout(&again));
+    assert_eq!(field(&again, "bytes_received"), 0);
+    assert_eq!(field(&again, "held"), files.len() as u64);
+
+    // An object changed in the store behind the server's back (same
+    // length): refused in words for that file, the others delivered.
+    let mid = "set/a/mid.bin";
+    let mut bad = std::fs::read(t.path().join(mid)).unwrap();
+    bad[1000] ^= 0x5a;
+    store
+        .client()
+        .put_small(mid, &bad, &bigtransfer_core::s3::Condition::None)
+        .unwrap();
+    let other = t.path().join("other");
+    let out = get_from(&srv, "set", &other, &["--retries", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("set/a/mid.bin") && err.contains("does not match what was stored"),
+        "{err}"
+    );
+    assert!(!other.join(mid).exists(), "a damaged object was delivered");
+    assert_same_file(&t.path().join(big), &other.join(big));
+    let leftovers: Vec<String> = files_under(&other)
+        .into_iter()
+        .filter(|f| f.contains("mid.bin"))
+        .collect();
+    assert!(
+        leftovers.iter().all(|f| f.contains("bigtransfer")),
+        "only a partial file may be left: {leftovers:?}"
+    );
+
+    // A prefix with nothing under it: not found, in words (a name alone
+    // is first asked for as a file; a path goes straight to the tree).
+    let out = get_from(&srv, "nothing", &t.path().join("n"), &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no file \"nothing\" on the server"),
+        "{}",
+        stderr(&out)
+    );
+    let out = get_from(&srv, "set/nothing", &t.path().join("n"), &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no \"set/nothing\" on the server (not found"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!t.path().join("n/nothing").exists());
+}

@@ -88,6 +88,9 @@ pub struct ObjectPage {
     pub entries: Vec<ObjectEntry>,
     /// The continuation token of the next page (`None`: the last page).
     pub next: Option<String>,
+    /// With the delimiter: the "folders" of the page (`CommonPrefixes`),
+    /// without the client's prefix, each ending in `/`, in key order.
+    pub prefixes: Vec<String>,
 }
 
 /// The condition of a conditional write.
@@ -471,9 +474,18 @@ impl Client {
                     .map_or(0, |t| t.as_second()),
             });
         }
+        let prefixes = xml::elements(&a.body, "CommonPrefixes")
+            .into_iter()
+            .filter_map(|c| xml::text(c, "Prefix"))
+            .map(|p| p.strip_prefix(&self.cfg.prefix).unwrap_or(&p).to_string())
+            .collect();
         let next =
             next_page(&a.body, "NextContinuationToken").filter(|t| Some(t.as_str()) != token);
-        Ok(ObjectPage { entries, next })
+        Ok(ObjectPage {
+            entries,
+            next,
+            prefixes,
+        })
     }
 
     /// Copies object `from` (of `size` bytes) to `to` inside the bucket:

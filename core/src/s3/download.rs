@@ -43,7 +43,6 @@ fn usable(size: u64, block: u64, count: usize) -> bool {
 impl S3Storage {
     /// The reference of the stored object `name` (see the module comment).
     pub fn reference(&self, name: &str) -> Result<Reference, Fault> {
-        let client = self.client();
         let not_found = || {
             Fault::new(
                 FaultCode::NotFound,
@@ -53,12 +52,42 @@ impl S3Storage {
         if name == STATE_DIR || name == DONE_DIR || name.contains('/') {
             return Err(not_found());
         }
+        self.reference_of(name, v2::MAX_BLOCK)
+    }
+
+    /// The reference of a tree file's object `key` (a relative path whose
+    /// components were checked, so it may hold '/'; only the server's own
+    /// folders at the top are refused), in blocks of at most `max_block`
+    /// (a tree download's). A record in larger blocks cannot be split: the
+    /// object is then read once for its blocks' CRC-32s, and its whole
+    /// CRC-32 checked against the record's before anything is sent.
+    pub fn tree_reference(&self, key: &str, max_block: u64) -> Result<Reference, Fault> {
+        let top = key.split('/').next().unwrap_or("");
+        if top == STATE_DIR || top == DONE_DIR {
+            return Err(Fault::new(
+                FaultCode::NotFound,
+                format!("no file \"{key}\" on the server"),
+            ));
+        }
+        self.reference_of(key, max_block)
+    }
+
+    fn reference_of(&self, name: &str, max_block: u64) -> Result<Reference, Fault> {
+        let client = self.client();
+        let not_found = || {
+            Fault::new(
+                FaultCode::NotFound,
+                format!("no file \"{name}\" on the server"),
+            )
+        };
         let info = finished::head(client, name)
             .map_err(|e| storage(name, &e))?
             .ok_or_else(not_found)?;
         let rec = finished::read_record(client, name).map_err(|e| storage(name, &e))?;
-        if let Some(r) =
-            rec.filter(|r| r.size == info.size && usable(r.size, r.block, r.crcs.len()))
+        let rec = rec.filter(|r| r.size == info.size);
+        if let Some(r) = rec
+            .clone()
+            .filter(|r| r.block <= max_block && usable(r.size, r.block, r.crcs.len()))
         {
             return Ok(Reference {
                 size: r.size,
@@ -67,8 +96,10 @@ impl S3Storage {
                 crcs: r.crcs,
             });
         }
-        let r = self.compute(name, info.size, info.modified)?;
-        match full_object_crc(&info) {
+        let block = v2::block_size_for(info.size).min(max_block);
+        let r = self.compute(name, info.size, block, info.modified)?;
+        let recorded = rec.map(|r| r.crc32);
+        match recorded.or(full_object_crc(&info)) {
             Some(c) if c != r.whole() => Err(Fault::new(
                 FaultCode::Storage,
                 format!(
@@ -81,8 +112,13 @@ impl S3Storage {
     }
 
     /// A reference computed by reading the object once, block by block.
-    fn compute(&self, name: &str, size: u64, modified: i64) -> Result<Reference, Fault> {
-        let block = v2::block_size_for(size);
+    fn compute(
+        &self,
+        name: &str,
+        size: u64,
+        block: u64,
+        modified: i64,
+    ) -> Result<Reference, Fault> {
         let mut buf = Vec::with_capacity(block as usize);
         let mut crcs = Vec::with_capacity(v2::block_count(size, block) as usize);
         for i in 0..v2::block_count(size, block) {

@@ -1,4 +1,4 @@
-//! Store URLs, `s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]`, made into
+//! Store URLs, `s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME&page=N]`, made into
 //! a client [`Config`] with credentials from the environment: one parser
 //! for the CLI, the C API and Python.
 //!
@@ -17,6 +17,9 @@ pub struct StoreUrl {
     pub endpoint: Option<String>,
     /// `?region=` if given.
     pub region: Option<String>,
+    /// `?page=` if given: entries per page of the store's listings (1 to
+    /// 1000; smaller only to exercise paging in tests).
+    pub page: Option<u16>,
 }
 
 impl StoreUrl {
@@ -37,14 +40,18 @@ impl StoreUrl {
         if !prefix.is_empty() {
             prefix.push('/');
         }
-        let (mut endpoint, mut region) = (None, None);
+        let (mut endpoint, mut region, mut page) = (None, None, None);
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             match kv.split_once('=') {
                 Some(("endpoint", v)) => endpoint = Some(v.to_string()),
                 Some(("region", v)) => region = Some(v.to_string()),
+                Some(("page", v)) => match v.parse::<u16>() {
+                    Ok(n @ 1..=1000) => page = Some(n),
+                    _ => return Err(format!("store {url:?}: page={v}: use 1 to 1000")),
+                },
                 _ => {
                     return Err(format!(
-                        "store {url:?}: unknown setting {kv:?} (endpoint=URL and region=NAME are known)"
+                        "store {url:?}: unknown setting {kv:?} (endpoint=URL, region=NAME and page=N are known)"
                     ))
                 }
             }
@@ -54,6 +61,7 @@ impl StoreUrl {
             prefix,
             endpoint,
             region,
+            page,
         })
     }
 }
@@ -75,7 +83,11 @@ pub fn store_config(
         .map(str::to_string)
         .or(u.endpoint)
         .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    Config::from_env(&endpoint, &region, &u.bucket, &u.prefix)
+    let mut cfg = Config::from_env(&endpoint, &region, &u.bucket, &u.prefix)?;
+    if let Some(n) = u.page {
+        cfg.page_size = n;
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -92,6 +104,10 @@ mod tests {
         assert_eq!(u.prefix, "up/loads/");
         assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
         assert_eq!(u.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(StoreUrl::parse("s3://b?page=2").unwrap().page, Some(2));
+        assert!(StoreUrl::parse("s3://b?page=0")
+            .unwrap_err()
+            .contains("1 to 1000"));
         assert!(StoreUrl::parse("/srv/x")
             .unwrap_err()
             .contains("only s3://"));

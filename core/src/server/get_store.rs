@@ -23,7 +23,9 @@ pub(super) fn run(
     input: &mut Input,
     plan: &super::getjoin::Plan,
 ) -> Result<(u64, u64), Stop> {
-    let reference = s3.reference(name.as_str()).map_err(Stop::Fault)?;
+    let reference = s3
+        .reference(name.as_str())
+        .map_err(|f| Stop::Fault(folder_words(s3, name.as_str(), f)))?;
     let (_session, rounds) = super::get::begin(sh, name, &reference, plan, input)?;
     let mut sent = 0u64;
     for _ in 0..=rounds {
@@ -32,7 +34,10 @@ pub(super) fn run(
             return Ok((reference.size, sent));
         }
         for (first, count) in runs(&wanted) {
-            sent += send_run(s3, name, &reference, first, count, input)?;
+            let mut send = |off: u64, bytes: &[u8], crc: u32| {
+                input.pack.send(input.stream.as_mut(), off, bytes, crc)
+            };
+            sent += send_run(s3, name.as_str(), &reference, first, count, &mut send)?;
         }
     }
     Err(Stop::Fault(Fault::bad(
@@ -40,12 +45,31 @@ pub(super) fn run(
     )))
 }
 
+/// A name not found as an object but that is a folder of the store (a
+/// tree sent here) is said to be no regular file, as the local `get` says
+/// of a directory: the client then asks for it as a tree.
+fn folder_words(s3: &S3Storage, name: &str, f: Fault) -> Fault {
+    if f.code != crate::v2::FaultCode::NotFound {
+        return f;
+    }
+    match s3.client().list_page(&format!("{name}/"), true, None) {
+        Ok(p) if !p.entries.is_empty() || !p.prefixes.is_empty() => Fault::new(
+            f.code,
+            format!("no file \"{name}\" on the server (not a regular file)"),
+        ),
+        _ => f,
+    }
+}
+
+/// Where a checked block goes: its offset, bytes and CRC-32.
+pub(super) type BlockOut<'a> = dyn FnMut(u64, &[u8], u32) -> std::io::Result<()> + 'a;
+
 /// The most bytes read with one ranged GET (a run of wanted blocks is cut
 /// into GETs of at most this).
 const RUN_BYTES: u64 = 256 << 20;
 
 /// Consecutive wanted blocks as (first, count) runs.
-fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
+pub(super) fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &i in wanted {
         match out.last_mut() {
@@ -58,37 +82,34 @@ fn runs(wanted: &[u64]) -> Vec<(u64, u64)> {
 
 /// Sends blocks `first..first + count`, read with ranged GETs of up to
 /// [`RUN_BYTES`], each block checked before it is sent (one that does not
-/// match is read alone again, then refused), raw or compressed as the
-/// connection agreed. Returns the bytes sent.
-fn send_run(
+/// match is read alone again, then refused), each through `send` (its
+/// offset, bytes and CRC-32: raw or compressed as the connection agreed,
+/// or a tree download's frame, [`super::tree_get_store`]). Returns the
+/// bytes sent.
+pub(super) fn send_run(
     s3: &S3Storage,
-    name: &SafeName,
+    name: &str,
     r: &Reference,
     first: u64,
     count: u64,
-    out: &mut Input,
+    send: &mut BlockOut<'_>,
 ) -> Result<u64, Stop> {
     let per_get = (RUN_BYTES / r.block).max(1);
     let (mut i, end) = (first, first + count);
     let mut sent = 0u64;
     let mut send = |idx: u64, bytes: &[u8], crc: u32| -> std::io::Result<()> {
         let (off, len) = r.range(idx);
-        out.pack.send(out.stream.as_mut(), off, bytes, crc)?;
+        send(off, bytes, crc)?;
         sent += len;
         Ok(())
     };
     while i < end {
         let n = (end - i).min(per_get);
-        match s3
-            .read_run(name.as_str(), r, i, n, &mut send)
-            .map_err(Stop::Fault)?
-        {
+        match s3.read_run(name, r, i, n, &mut send).map_err(Stop::Fault)? {
             RunEnd::Done => i += n,
             RunEnd::Again(b) => {
                 let mut buf = Vec::with_capacity(r.block as usize);
-                let crc = s3
-                    .read_block(name.as_str(), r, b, &mut buf)
-                    .map_err(Stop::Fault)?;
+                let crc = s3.read_block(name, r, b, &mut buf).map_err(Stop::Fault)?;
                 send(b, &buf, crc)?;
                 i = b + 1;
             }

@@ -34,6 +34,8 @@ pub mod tree;
 mod tree_auth;
 mod tree_get;
 #[cfg(feature = "s3")]
+mod tree_get_store;
+#[cfg(feature = "s3")]
 mod tree_s3;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;

@@ -14,7 +14,7 @@
 //! (`.bt-tree-parts`, `.bigtransfer`) is never served.
 //!
 //! Not for the client's side (`client::tree_get`), single-file gets
-//! (`server::get`) or S3 storage (refused in words).
+//! (`server::get`) or S3 storage (`server::tree_get_store`).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -77,6 +77,10 @@ pub(super) fn serve(
         return Err(Error::new(ErrorKind::Protocol, format!("{}: {words}", conn.peer)).into());
     }
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
+    #[cfg(feature = "s3")]
+    if let Some(s3) = &sh.s3 {
+        return super::tree_get_store::serve(sh, s3, conn, stream, remote);
+    }
     let shown = crate::text::printable(remote).into_owned();
     let mut s = match Session::open(sh, stream, remote) {
         Ok(s) => s,
