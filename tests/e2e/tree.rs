@@ -255,6 +255,85 @@ fn a_changed_file_replaces_the_stored_one_under_overwrite() {
     );
 }
 
+/// Rewrites `p` with `body` (the same length as before) and sets its
+/// mtime back to what it was: size and mtime both unchanged.
+fn rewrite_keeping_mtime(p: &Path, body: &[u8]) {
+    let before = fs::metadata(p).unwrap();
+    assert_eq!(before.len(), body.len() as u64, "the same size");
+    let mtime = before.modified().unwrap();
+    fs::write(p, body).unwrap();
+    fs::File::open(p).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(fs::metadata(p).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn content_changed_under_the_same_size_and_mtime_is_sent_and_the_old_kept() {
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("d");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/x.txt"), "old content!").unwrap();
+    fs::write(dir.join("same.txt"), "unchanged").unwrap();
+    let big = dir.join("big.bin");
+    write_random(&big, 3 << 20 | 5, 11);
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "stored"), 3);
+
+    // A re-send of the unchanged tree: every file held, no data byte.
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 3, "{}", stdout(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 0, "{}", stdout(&out));
+
+    // New content, the same size and mtime: not taken for held.
+    rewrite_keeping_mtime(&dir.join("sub/x.txt"), b"NEW content!");
+    let mut body = fs::read(&big).unwrap();
+    body[2 << 20] ^= 0x55;
+    rewrite_keeping_mtime(&big, &body);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "stored"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 1, "{}", stdout(&out));
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        12 + (3 << 20 | 5),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("d/sub/x.txt: stored and verified; the different file stored under this name is kept as x.txt.~1~ (its size and mtime are the same as the stored file's, its content is not)"),
+        "{err}"
+    );
+    let stored = store.path().join("d");
+    assert_eq!(fs::read(stored.join("sub/x.txt")).unwrap(), b"NEW content!");
+    assert_eq!(
+        fs::read(stored.join("sub/x.txt.~1~")).unwrap(),
+        b"old content!"
+    );
+    assert_eq!(crc_of(&stored.join("big.bin")), crc_of(&big));
+    assert_ne!(crc_of(&stored.join("big.bin.~1~")), crc_of(&big));
+    assert_eq!(
+        fs::metadata(stored.join("sub/x.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        fs::metadata(dir.join("sub/x.txt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    assert!(srv.log.wait_for("held already", LONG), "{}", srv.log.text());
+    // And now that is held in turn.
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 3, "{}", stdout(&out));
+}
+
 #[test]
 fn a_killed_tree_send_resumes_with_only_what_is_missing() {
     let src = tempfile::tempdir().unwrap();

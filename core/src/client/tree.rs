@@ -98,8 +98,14 @@ pub struct TreeOutcome {
     pub sent: u64,
     /// Files stored and verified by this run.
     pub stored: u64,
-    /// Files the server held already (nothing sent).
+    /// Files the server held already (nothing sent): the same size and
+    /// whole CRC-32 (or, from a server before verified holds, the same
+    /// size and mtime).
     pub held: u64,
+    /// Files sent because their content differs from the stored file's
+    /// though their size and mtime are the same (a server with verified
+    /// holds found them; each has a verdict in words).
+    pub changed_quietly: u64,
     /// Local entries left out (with a warning each).
     pub skipped: u64,
     /// Files whose data did not verify (after the last attempt).
@@ -256,7 +262,7 @@ impl<'p, 'r> Run<'p, 'r> {
             }
             self.frame(stream.as_mut(), wire::PAGE, &page.finish())?;
             self.flush(stream.as_mut())?;
-            let state = self.await_state(stream.as_mut())?;
+            let state = self.await_state(stream.as_mut(), files.len())?;
             self.send_files(stream.as_mut(), &files, &state)?;
         }
         self.frame(stream.as_mut(), wire::END, &[])?;
@@ -309,9 +315,13 @@ impl<'p, 'r> Run<'p, 'r> {
         Ok((page, files))
     }
 
-    /// Verdicts until the state of the page just sent: `(status, offset)`
-    /// per file.
-    fn await_state(&mut self, stream: &mut dyn Transport) -> Result<Vec<(u8, u64)>> {
+    /// Verdicts until the state of the page just sent: `(status, offset,
+    /// crc32)` per file (`crc32` 0 from a server without verified holds).
+    fn await_state(
+        &mut self,
+        stream: &mut dyn Transport,
+        files: usize,
+    ) -> Result<Vec<(u8, u64, u32)>> {
         loop {
             match self.read(stream)? {
                 wire::STATE => break,
@@ -319,10 +329,20 @@ impl<'p, 'r> Run<'p, 'r> {
                 other => return Err(unexpected(other)),
             }
         }
+        // The record's length says whether the server verifies holds (a
+        // server from before them answers 9 bytes a file).
+        let rec = if self.buf.len() == files * wire::STATE_RECORD {
+            wire::STATE_RECORD
+        } else {
+            wire::STATE_RECORD_CRC
+        };
         let state = self
             .buf
-            .chunks(9)
-            .map(|c| (c[0], be64(c, 1).unwrap_or(u64::MAX)))
+            .chunks(rec)
+            .map(|c| {
+                let crc = wire::be32(c, 9).unwrap_or(0);
+                (c[0], be64(c, 1).unwrap_or(u64::MAX), crc)
+            })
             .collect();
         Ok(state)
     }
@@ -331,7 +351,7 @@ impl<'p, 'r> Run<'p, 'r> {
         &mut self,
         stream: &mut dyn Transport,
         files: &[PageFile],
-        state: &[(u8, u64)],
+        state: &[(u8, u64, u32)],
     ) -> Result<()> {
         if state.len() != files.len() {
             return Err(Error::new(
@@ -343,10 +363,15 @@ impl<'p, 'r> Run<'p, 'r> {
                 ),
             ));
         }
-        for (i, (f, &(status, offset))) in files.iter().zip(state).enumerate() {
+        for (i, (f, &(status, offset, crc))) in files.iter().zip(state).enumerate() {
             match status {
                 wire::HELD => self.out.held += 1,
                 wire::SEND => self.send_one(stream, i as u32, f, offset)?,
+                wire::CHECK_CRC if local_crc(f)? == crc => self.out.held += 1,
+                wire::CHECK_CRC => {
+                    self.out.changed_quietly += 1;
+                    self.send_one(stream, i as u32, f, offset)?
+                }
                 _ => {} // refused: its verdict came before the state
             }
         }
@@ -527,6 +552,37 @@ impl<'p, 'r> Run<'p, 'r> {
     }
 }
 
+/// The whole CRC-32 of a file of the tree, read here (no network): what
+/// the server's [`wire::CHECK_CRC`] is compared with. Holes read as zeros.
+fn local_crc(f: &PageFile) -> Result<u32> {
+    let unreadable = |e| {
+        Error::io(
+            ErrorKind::SourceFile,
+            format!("cannot read {}", f.source.display()),
+            e,
+        )
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&f.source)
+        .map_err(unreadable)?;
+    let size = match f.entry.kind {
+        EntryKind::File { size, .. } => size,
+        _ => 0,
+    };
+    let mut buf = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
+    let mut h = crc32fast::Hasher::new();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+    }
+}
+
 /// Connects (TLS as for a single upload) and opens a tree session.
 fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
     let (sock, _addr) = shell::connect(up)?;
@@ -562,9 +618,10 @@ fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
 }
 
 /// The header of a tree session. The empty filename makes a server that
-/// does not know `"op"` refuse it in words, storing nothing.
+/// does not know `"op"` refuse it in words, storing nothing. `"held":
+/// "crc"` asks for verified holds ([`wire::CHECK_CRC`]).
 pub fn tree_header() -> Vec<u8> {
-    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576}}"#;
+    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576, "held": "crc"}}"#;
     let mut out = (json.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(json);
     out
