@@ -563,3 +563,73 @@ fn a_tree_send_survives_a_killed_server() {
     );
     assert_same_tree(&root, &store.path().join("photos"), &["outside"]);
 }
+
+/// One raw tree session of the one file `d/x` ("hello", mtime 0) with
+/// `header`: the state record of the file, then the verdicts' words (the
+/// data is sent when the state asks for it, from 0).
+fn raw_send_hello(srv: &ServerProc, header: &[u8]) -> (Vec<u8>, String) {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(header).unwrap();
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).unwrap();
+    assert_eq!(magic, bigtransfer_core::v2::MAGIC);
+    let mut w: &TcpStream = &s;
+    wire::write_frame(&mut w, wire::PAGE, &page(&[(2, "d", ""), (1, "d/x", "")])).unwrap();
+    let mut buf = Vec::new();
+    let mut r: &TcpStream = &s;
+    assert_eq!(wire::read_frame(&mut r, &mut buf).unwrap(), wire::STATE);
+    let state = buf.clone();
+    if state[0] == wire::SEND {
+        let mut begin = 0u32.to_be_bytes().to_vec();
+        begin.extend_from_slice(&0u64.to_be_bytes());
+        wire::write_frame(&mut w, wire::BEGIN, &begin).unwrap();
+        wire::write_frame(&mut w, wire::DATA, b"hello").unwrap();
+        let crc = crc32fast::hash(b"hello").to_be_bytes();
+        wire::write_frame(&mut w, wire::CHECK, &crc).unwrap();
+    }
+    wire::write_frame(&mut w, wire::END, &[]).unwrap();
+    let mut words = String::new();
+    loop {
+        match wire::read_frame(&mut r, &mut buf).unwrap() {
+            wire::VERDICT => {
+                let (_, path, text) = wire::parse_verdict(&buf).unwrap();
+                words.push_str(&format!("{path}: {text}\n"));
+            }
+            wire::FINISHED => return (state, words),
+            other => panic!("unexpected frame {other}"),
+        }
+    }
+}
+
+#[test]
+fn an_older_tree_client_is_never_told_held_on_size_and_mtime_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(store.path(), &[]);
+    // The header of tree clients before verified holds: no "held".
+    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576}}"#;
+    let mut old = (json.len() as u32).to_be_bytes().to_vec();
+    old.extend_from_slice(json);
+    let (state, words) = raw_send_hello(&srv, &old);
+    assert_eq!(state, [&[wire::SEND][..], &[0; 8]].concat());
+    assert!(words.contains("d/x: stored and verified"), "{words}");
+    // Again: sent (9-byte record, "send"), found the same, no version.
+    let (state, words) = raw_send_hello(&srv, &old);
+    assert_eq!(state, [&[wire::SEND][..], &[0; 8]].concat());
+    assert!(
+        words.contains("d/x: the same content was stored already; left as it is"),
+        "{words}"
+    );
+    assert!(!store.path().join("d/x.~1~").exists());
+    // A client that asks: a 13-byte record, "check" and the stored CRC-32.
+    let (state, words) = raw_send_hello(&srv, &tree_header());
+    let crc = crc32fast::hash(b"hello").to_be_bytes();
+    assert_eq!(state, [&[wire::CHECK_CRC][..], &[0; 8], &crc].concat());
+    assert_eq!(words, "");
+    assert_eq!(fs::read(store.path().join("d/x")).unwrap(), b"hello");
+    assert!(
+        srv.log.wait_for("1 held already", LONG),
+        "{}",
+        srv.log.text()
+    );
+}

@@ -4,7 +4,9 @@
 //! file, the server's verdicts read as they come. An interrupted send is
 //! retried; the server says per file what it holds already, so a resumed
 //! send re-sends only the files (and the tail of the file) not yet
-//! verified. See `docs/PROTOCOL.md`, "Tree sessions".
+//! verified. "Held already" is verified: for a file of the same size and
+//! mtime the server gives its stored whole CRC-32 and this side compares
+//! its own (read locally), sending the file when they differ. See `docs/PROTOCOL.md`, "Tree sessions".
 //!
 //! Memory is one page of entries (at most 4096) and the walk's open
 //! directories, whatever the tree's size. Not for single files (`send_file`

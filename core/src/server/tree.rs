@@ -11,12 +11,16 @@
 //! `.bt-tree-parts/` under a key covering its whole path, size and mtime
 //! (so `a/x` and `b/x` are two uploads, and a resumed send continues the
 //! part), and appears under its final name only once verified. A stored
-//! file is never lost silently: the same path, size and mtime is held
-//! already (nothing sent); a different file under that name is received
+//! file is never lost silently: a file of the same path, size and mtime
+//! is held only once the client found its own whole CRC-32 equal to the
+//! stored file's (sent in the page's state, [`wire::CHECK_CRC`]), never on
+//! size and mtime alone; a different file under that name (a changed
+//! size or mtime, or a changed content under the same ones) is received
 //! and the stored one kept as a numbered version (`NAME.~N~`, or replaced
 //! under `--overwrite`), the client told which in words; anything other
-//! than a file under that name is not replaced. Directories get their modes and mtimes once the walk has left
-//! them and their files are in. Memory: one page of files at a time.
+//! than a file under that name is not replaced. Directories get their
+//! modes and mtimes once the walk has left them and their files are in.
+//! Memory: one page of files at a time.
 //!
 //! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
 //! nor for the token challenge (`tree_auth`, before anything here runs).
@@ -125,7 +129,7 @@ pub(super) fn serve(
     let early = super::tree_auth::authenticate(sh, conn, &mut stream, header)?;
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::tree_s3::serve(sh, s3, conn, stream, early);
+        return super::tree_s3::serve(sh, s3, conn, stream, early, wants_crc_holds(header));
     }
     let idle = Some(sh.cfg.idle_timeout);
     let _ = stream.set_read_timeout(idle);
