@@ -34,6 +34,7 @@ mod tree_auth;
 mod tree_get;
 #[cfg(feature = "s3")]
 mod tree_s3;
+mod tree_sums;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

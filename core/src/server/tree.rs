@@ -80,6 +80,8 @@ struct Slot {
     /// The whole CRC-32 of the file stored under this name with the same
     /// size and mtime (looked up when the page came).
     stored_crc: Option<u32>,
+    /// The whole CRC-32 of the data received (recorded once stored).
+    received_crc: u32,
     /// Its data came after a [`wire::CHECK_CRC`]: same size and mtime as
     /// the stored file, another content (said in the verdict).
     quiet_change: bool,
@@ -116,6 +118,8 @@ struct Session<'a> {
     /// The client asked for verified holds: state records carry the
     /// stored file's CRC-32 ([`wire::CHECK_CRC`]).
     crc_holds: bool,
+    /// The stored files' CRC-32 records (large files).
+    sums: super::tree_sums::Sums,
     t: Tally,
 }
 
@@ -176,6 +180,7 @@ impl<'a> Session<'a> {
             max_entries: sh.cfg.max_tree_entries,
             case_insensitive: false,
         };
+        let sums = super::tree_sums::Sums::open(&parts);
         Ok(Session {
             sh,
             peer: conn.peer.to_string(),
@@ -191,6 +196,7 @@ impl<'a> Session<'a> {
             reader: wire::FrameReader::new(),
             out: Vec::new(),
             crc_holds: false,
+            sums,
             t: Tally::default(),
         })
     }
@@ -318,6 +324,7 @@ impl<'a> Session<'a> {
                     status: wire::SEND,
                     offset: 0,
                     stored_crc: None,
+                    received_crc: 0,
                     quiet_change: false,
                 };
                 self.file_state(&mut slot)?;
@@ -399,7 +406,14 @@ impl<'a> Session<'a> {
                 if same {
                     // Unreadable: no CRC to offer; the file is sent and
                     // the stored one kept as a version.
-                    slot.stored_crc = stored_crc(dir, &name, slot.size).ok();
+                    slot.stored_crc = self.sums.get(&slot.path, &st);
+                    if slot.stored_crc.is_none() {
+                        let dir = self.parent(&slot.path)?;
+                        slot.stored_crc = stored_crc(dir, &name, slot.size).ok();
+                        if let Some(crc) = slot.stored_crc {
+                            self.sums.put(&slot.path, &st, crc);
+                        }
+                    }
                     if self.crc_holds && slot.stored_crc.is_some() {
                         slot.status = wire::CHECK_CRC;
                     }
@@ -490,7 +504,21 @@ impl<'a> Session<'a> {
                 "the same content was stored already; left as it is",
             );
         }
+        self.files[idx].received_crc = got.crc_sent;
         self.install(file, &key, idx)
+    }
+
+    /// Records the CRC-32 of the file just stored at `path` (see
+    /// `tree_sums`): its `stat` is taken after the rename, which moves
+    /// its ctime.
+    fn record_sum(&mut self, path: &RelPath, crc: u32) {
+        let name = path.file_name().to_owned();
+        let Ok(dir) = self.parent(path) else {
+            return;
+        };
+        if let Ok(st) = rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            self.sums.put(path, &st, crc);
+        }
     }
 
     /// A file's data came (whatever the verdict): it may not come again.
@@ -604,7 +632,7 @@ impl Session<'_> {
         let (file, _) = part;
         let slot = &self.files[idx];
         let (path, mode, mtime_ns) = (slot.path.clone(), slot.mode, slot.mtime_ns);
-        let quiet = slot.quiet_change;
+        let (quiet, crc) = (slot.quiet_change, slot.received_crc);
         let _ = rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o777));
         let _ = rfs::futimens(&file, &times(mtime_ns));
         drop(file);
@@ -618,9 +646,10 @@ impl Session<'_> {
         match r {
             Ok(()) => {
                 self.t.files += 1;
+                self.record_sum(&path, crc);
                 self.verdict(wire::OK, &path, "stored and verified")
             }
-            Err(Errno::EXIST) => self.replace(&parts, key, &path, quiet),
+            Err(Errno::EXIST) => self.replace(&parts, key, &path, (quiet, crc)),
             Err(e) => Err(io_err(format!("cannot store {path}"))(e)),
         }
     }
@@ -629,7 +658,13 @@ impl Session<'_> {
     /// is kept as its next numbered version (`NAME.~N~`) and the part
     /// takes the name, or under `--overwrite` the part simply replaces it;
     /// the client is told which in the verdict's words.
-    fn replace(&mut self, parts: &OwnedFd, key: &str, path: &RelPath, quiet: bool) -> Result<()> {
+    fn replace(
+        &mut self,
+        parts: &OwnedFd,
+        key: &str,
+        path: &RelPath,
+        (quiet, crc): (bool, u32),
+    ) -> Result<()> {
         let name = path.file_name().to_owned();
         let overwrite = self.sh.cfg.overwrite;
         let dir = self.parent(path)?;
@@ -657,6 +692,7 @@ impl Session<'_> {
             Ok(words) => match rfs::renameat(parts, key, dir, name.as_str()) {
                 Ok(()) => {
                     self.t.files += 1;
+                    self.record_sum(path, crc);
                     let line = format!("{}: {path}: {words}", self.peer);
                     (self.sh.logger)(&line);
                     return self.verdict(wire::OK, path, &words);
