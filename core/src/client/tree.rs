@@ -15,11 +15,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{secure, shell, Control, SendOptions, Tally, Upload};
+use crate::cache::{SourceStamp, SumCache, Sums};
 use crate::sparse::{segments, zeros_crc, SegmentKind};
 use crate::transport::Transport;
 use crate::tree::wire::{self, be64};
@@ -217,6 +218,9 @@ struct Run<'p, 'r> {
     limit_rate: Option<u64>,
     /// The token that answers a server's challenge (see `tree_token`).
     token: Option<crate::auth::Token>,
+    /// The client's checksum cache: the whole CRC-32 of large files sent
+    /// or checked, so a re-send does not read them again.
+    cache: Option<SumCache>,
 }
 
 /// A file of the page being sent, with where it is.
@@ -232,6 +236,7 @@ impl<'p, 'r> Run<'p, 'r> {
             started: Instant::now(),
             limit_rate,
             token: None,
+            cache: None,
             progress,
             out: TreeOutcome::default(),
             sent,
@@ -252,6 +257,7 @@ impl<'p, 'r> Run<'p, 'r> {
     fn attempt(&mut self, up: &mut Upload, paths: &[PathBuf], attempt: u32) -> Result<()> {
         let mut stream = open(up)?;
         self.token = up.opts.token.clone();
+        self.cache = up.opts.cache_dir.as_ref().map(SumCache::new);
         let encrypted = stream.is_encrypted();
         self.out.encrypted = encrypted;
         self.ask(&TreeProgress::Connected { attempt, encrypted })?;
@@ -369,7 +375,7 @@ impl<'p, 'r> Run<'p, 'r> {
             match status {
                 wire::HELD => self.out.held += 1,
                 wire::SEND => self.send_one(stream, i as u32, f, offset)?,
-                wire::CHECK_CRC if local_crc(f)? == crc => self.out.held += 1,
+                wire::CHECK_CRC if local_crc(f, self.cache.as_ref())? == crc => self.out.held += 1,
                 wire::CHECK_CRC => {
                     self.out.changed_quietly += 1;
                     self.send_one(stream, i as u32, f, offset)?
@@ -414,7 +420,10 @@ impl<'p, 'r> Run<'p, 'r> {
         begin.extend_from_slice(&offset.to_be_bytes());
         self.frame(stream, wire::BEGIN, &begin)?;
         let mut h = crc32fast::Hasher::new();
-        let len = file.metadata().map(|m| m.size().min(size)).unwrap_or(0);
+        // Taken before reading: a change while reading moves the ctime,
+        // so the CRC-32 remembered below is never used for it.
+        let stamp = file.metadata().map(|m| SourceStamp::of(&m)).ok();
+        let len = stamp.map(|s| s.size.min(size)).unwrap_or(0);
         let segs: Vec<(SegmentKind, u64, u64)> = if sparse {
             segments(&file, len)
                 .map(|s| s.map(|s| (s.kind, s.offset, s.len)))
@@ -441,7 +450,11 @@ impl<'p, 'r> Run<'p, 'r> {
             }
             self.send_data(stream, &file, &mut h, (start, end), offset, (path, size))?;
         }
-        self.frame(stream, wire::CHECK, &h.finalize().to_be_bytes())?;
+        let whole = h.finalize();
+        if let Some(stamp) = stamp.filter(|s| s.size == len) {
+            remember(self.cache.as_ref(), &f.source, stamp, whole);
+        }
+        self.frame(stream, wire::CHECK, &whole.to_be_bytes())?;
         Ok(())
     }
 
@@ -554,9 +567,32 @@ impl<'p, 'r> Run<'p, 'r> {
     }
 }
 
-/// The whole CRC-32 of a file of the tree, read here (no network): what
-/// the server's [`wire::CHECK_CRC`] is compared with. Holes read as zeros.
-fn local_crc(f: &PageFile) -> Result<u32> {
+/// Files of at least this size have their whole CRC-32 kept in the
+/// client's checksum cache (a small file costs less to read than its
+/// entry).
+const CACHE_MIN: u64 = 1 << 20;
+
+/// Keeps `whole` as the CRC-32 of this version of `source` (large files
+/// only; the blocks an upload cached for it are kept).
+fn remember(cache: Option<&SumCache>, source: &Path, stamp: SourceStamp, whole: u32) {
+    let Some(cache) = cache.filter(|_| stamp.size >= CACHE_MIN) else {
+        return;
+    };
+    let mut sums = cache.load(source, stamp).unwrap_or(Sums {
+        block: crate::v2::block_size_for(stamp.size),
+        blocks: Vec::new(),
+        whole: None,
+    });
+    if sums.whole != Some(whole) {
+        sums.whole = Some(whole);
+        cache.store(source, stamp, &sums);
+    }
+}
+
+/// The whole CRC-32 of a file of the tree, from the checksum cache or
+/// read here (no network): what the server's [`wire::CHECK_CRC`] is
+/// compared with. Holes read as zeros.
+fn local_crc(f: &PageFile, cache: Option<&SumCache>) -> Result<u32> {
     let unreadable = |e| {
         Error::io(
             ErrorKind::SourceFile,
@@ -569,15 +605,23 @@ fn local_crc(f: &PageFile) -> Result<u32> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&f.source)
         .map_err(unreadable)?;
-    let size = match f.entry.kind {
-        EntryKind::File { size, .. } => size,
-        _ => 0,
-    };
-    let mut buf = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
+    let stamp = file
+        .metadata()
+        .map(|m| SourceStamp::of(&m))
+        .map_err(unreadable)?;
+    let large = cache.filter(|_| stamp.size >= CACHE_MIN);
+    if let Some(whole) = large.and_then(|c| c.load(&f.source, stamp)?.whole) {
+        return Ok(whole);
+    }
+    let mut buf = vec![0u8; (stamp.size as usize).clamp(4096, 1 << 20)];
     let mut h = crc32fast::Hasher::new();
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok(h.finalize()),
+            Ok(0) => {
+                let whole = h.finalize();
+                remember(cache, &f.source, stamp, whole);
+                return Ok(whole);
+            }
             Ok(n) => h.update(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(unreadable(e)),
