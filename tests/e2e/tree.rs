@@ -655,3 +655,32 @@ fn an_older_tree_client_is_never_told_held_on_size_and_mtime_alone() {
         srv.log.text()
     );
 }
+
+#[test]
+fn a_quiet_change_on_a_later_page_is_caught_too() {
+    // Over one page (4096 entries): the client hashes the second page's
+    // small files early, while the server hashes its own.
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..4500 {
+        fs::write(dir.join(format!("f{i:05}")), format!("file {i:05}")).unwrap();
+    }
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "stored"), 4500, "{}", stdout(&out));
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 4500, "{}", stdout(&out));
+    rewrite_keeping_mtime(&dir.join("f04321"), b"FILE 04321");
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), 10, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 4499, "{}", stdout(&out));
+    let stored = store.path().join("many");
+    assert_eq!(fs::read(stored.join("f04321")).unwrap(), b"FILE 04321");
+    assert_eq!(fs::read(stored.join("f04321.~1~")).unwrap(), b"file 04321");
+}

@@ -44,7 +44,10 @@ impl Sums {
     /// The recorded CRC-32 of the file at `path` whose `stat` is `st`,
     /// when a record matches it exactly.
     pub(super) fn get(&self, path: &RelPath, st: &rfs::Stat) -> Option<u32> {
-        let dir = self.dir.as_ref().filter(|_| st.st_size as u64 >= MIN_SIZE)?;
+        let dir = self
+            .dir
+            .as_ref()
+            .filter(|_| st.st_size as u64 >= MIN_SIZE)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rfs::openat(dir, key(path).as_str(), flags, Mode::empty()).ok()?;
         let mut text = String::new();
