@@ -105,10 +105,19 @@ fn on_progress(p: &TreeProgress, show: bool, quiet: bool) {
 
 fn summary(o: &TreeOutcome) -> String {
     format!(
-        "TREE_OK: {} files ({} bytes), {} directories, {} symlinks; {} stored, {} held already, {} skipped, {} failed, {} not stored; sent {} bytes in {:.2} s, {} attempt(s){}",
+        "TREE_OK: {} files ({} bytes), {} directories, {} symlinks; {} stored, {} held already, {} skipped, {} failed, {} not stored; sent {} bytes in {:.2} s, {} attempt(s){}{}",
         o.files, o.bytes, o.dirs, o.symlinks, o.stored, o.held, o.skipped, o.failed, o.not_stored, o.sent,
-        o.elapsed.as_secs_f64(), o.attempts, if o.encrypted { ", over TLS" } else { "" }
+        o.elapsed.as_secs_f64(), o.attempts, if o.encrypted { ", over TLS" } else { "" }, quiet_changes(o)
     )
+}
+
+/// Files whose content changed under the same size and mtime: sent
+/// (the server's verdicts say what became of the stored ones).
+fn quiet_changes(o: &TreeOutcome) -> String {
+    match o.changed_quietly {
+        0 => String::new(),
+        n => format!("; {n} file(s) had the same size and mtime as the stored ones but another content: sent"),
+    }
 }
 
 fn json_ok(o: &TreeOutcome, code: u8) -> String {
@@ -118,7 +127,7 @@ fn json_ok(o: &TreeOutcome, code: u8) -> String {
         "TREE_INCOMPLETE"
     };
     format!(
-        "{{\"result\": {}, \"exit_code\": {code}, \"files\": {}, \"dirs\": {}, \"symlinks\": {}, \"bytes\": {}, \"bytes_sent\": {}, \"stored\": {}, \"held\": {}, \"skipped\": {}, \"failed\": {}, \"not_stored\": {}, \"attempts\": {}, \"encrypted\": {}, \"seconds\": {:.3}}}",
-        json_string(result), o.files, o.dirs, o.symlinks, o.bytes, o.sent, o.stored, o.held, o.skipped, o.failed, o.not_stored, o.attempts, o.encrypted, o.elapsed.as_secs_f64()
+        "{{\"result\": {}, \"exit_code\": {code}, \"files\": {}, \"dirs\": {}, \"symlinks\": {}, \"bytes\": {}, \"bytes_sent\": {}, \"stored\": {}, \"held\": {}, \"changed_same_mtime\": {}, \"skipped\": {}, \"failed\": {}, \"not_stored\": {}, \"attempts\": {}, \"encrypted\": {}, \"seconds\": {:.3}}}",
+        json_string(result), o.files, o.dirs, o.symlinks, o.bytes, o.sent, o.stored, o.held, o.changed_quietly, o.skipped, o.failed, o.not_stored, o.attempts, o.encrypted, o.elapsed.as_secs_f64()
     )
 }

@@ -806,6 +806,38 @@ fn a_tree_lands_as_objects_under_its_paths_and_a_resend_is_free() {
         vec!["set/a/small.txt.~1~"]
     );
     assert_eq!(store.object("set/a/small.txt.~1~").0, b"small\n");
+
+    // New content under the same size and mtime: sent, not taken for held.
+    let mid = root.join("a/mid.bin");
+    let mtime = std::fs::metadata(&mid).unwrap().modified().unwrap();
+    let mut body = std::fs::read(&mid).unwrap();
+    body[1000] ^= 0xff;
+    std::fs::write(&mid, &body).unwrap();
+    std::fs::File::open(&mid)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let fourth = tree_to(&srv, &root);
+    assert_eq!(fourth.status.code(), Some(0), "{}", stderr(&fourth));
+    assert_eq!(
+        field(&fourth, "changed_same_mtime"),
+        1,
+        "{}",
+        stdout(&fourth)
+    );
+    assert_eq!(field(&fourth, "stored"), 1, "{}", stdout(&fourth));
+    assert_eq!(field(&fourth, "held"), 3, "{}", stdout(&fourth));
+    assert_eq!(field(&fourth, "bytes_sent"), 300_001);
+    let err = stderr(&fourth);
+    assert!(
+        err.contains("set/a/mid.bin.~1~") && err.contains("its size and mtime are the same"),
+        "{err}"
+    );
+    assert_object_is(&store, "set/a/mid.bin", &mid);
+    assert_eq!(
+        store_versions(&store, "set/a/mid.bin"),
+        vec!["set/a/mid.bin.~1~"]
+    );
 }
 
 #[test]

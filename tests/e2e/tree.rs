@@ -255,6 +255,102 @@ fn a_changed_file_replaces_the_stored_one_under_overwrite() {
     );
 }
 
+/// Rewrites `p` with `body` (the same length as before) and sets its
+/// mtime back to what it was: size and mtime both unchanged.
+fn rewrite_keeping_mtime(p: &Path, body: &[u8]) {
+    let before = fs::metadata(p).unwrap();
+    assert_eq!(before.len(), body.len() as u64, "the same size");
+    let mtime = before.modified().unwrap();
+    fs::write(p, body).unwrap();
+    fs::File::open(p).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(fs::metadata(p).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn content_changed_under_the_same_size_and_mtime_is_sent_and_the_old_kept() {
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("d");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/x.txt"), "old content!").unwrap();
+    fs::write(dir.join("same.txt"), "unchanged").unwrap();
+    let big = dir.join("big.bin");
+    write_random(&big, 3 << 20 | 5, 11);
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "stored"), 3);
+
+    // A re-send of the unchanged tree: every file held, no data byte.
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 3, "{}", stdout(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 0, "{}", stdout(&out));
+
+    // New content, the same size and mtime: not taken for held.
+    rewrite_keeping_mtime(&dir.join("sub/x.txt"), b"NEW content!");
+    let mut body = fs::read(&big).unwrap();
+    body[2 << 20] ^= 0x55;
+    rewrite_keeping_mtime(&big, &body);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "stored"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 1, "{}", stdout(&out));
+    assert_eq!(
+        field(&out, "bytes_sent"),
+        12 + (3 << 20 | 5),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("d/sub/x.txt: stored and verified; the different file stored under this name is kept as x.txt.~1~ (its size and mtime are the same as the stored file's, its content is not)"),
+        "{err}"
+    );
+    let stored = store.path().join("d");
+    assert_eq!(fs::read(stored.join("sub/x.txt")).unwrap(), b"NEW content!");
+    assert_eq!(
+        fs::read(stored.join("sub/x.txt.~1~")).unwrap(),
+        b"old content!"
+    );
+    assert_eq!(crc_of(&stored.join("big.bin")), crc_of(&big));
+    assert_ne!(crc_of(&stored.join("big.bin.~1~")), crc_of(&big));
+    assert_eq!(
+        fs::metadata(stored.join("sub/x.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        fs::metadata(dir.join("sub/x.txt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    assert!(srv.log.wait_for("held already", LONG), "{}", srv.log.text());
+    // And now that is held in turn (the large one from its CRC record).
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 3, "{}", stdout(&out));
+
+    let sums = store.path().join(".bt-tree-parts/sums");
+    assert_eq!(
+        fs::read_dir(sums).unwrap().count(),
+        1,
+        "a record for big.bin only"
+    );
+    // Changed on the server, same size and mtime: its CRC record is not
+    // believed (the ctime moved), the client's content goes over it.
+    let on_server = stored.join("big.bin");
+    let mut body = fs::read(&on_server).unwrap();
+    body[5] ^= 1;
+    rewrite_keeping_mtime(&on_server, &body);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "changed_same_mtime"), 1, "{}", stdout(&out));
+    assert_eq!(crc_of(&on_server), crc_of(&big));
+    assert_eq!(crc_of(&stored.join("big.bin.~2~")), crc32fast::hash(&body));
+}
+
 #[test]
 fn a_killed_tree_send_resumes_with_only_what_is_missing() {
     let src = tempfile::tempdir().unwrap();
@@ -291,7 +387,12 @@ fn a_killed_tree_send_resumes_with_only_what_is_missing() {
     );
     assert_same_tree(&root, &store.path().join("photos"), &["outside"]);
     let parts = store.path().join(".bt-tree-parts");
-    assert_eq!(fs::read_dir(parts).unwrap().count(), 0, "parts left behind");
+    let left: Vec<_> = fs::read_dir(parts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "sums") // the stored files' CRC-32 records
+        .collect();
+    assert!(left.is_empty(), "parts left behind: {left:?}");
 }
 
 /// A hand-made entry: kind, path, symlink target.
@@ -483,4 +584,103 @@ fn a_tree_send_survives_a_killed_server() {
         "resent {sent} bytes though {stored_before} were stored"
     );
     assert_same_tree(&root, &store.path().join("photos"), &["outside"]);
+}
+
+/// One raw tree session of the one file `d/x` ("hello", mtime 0) with
+/// `header`: the state record of the file, then the verdicts' words (the
+/// data is sent when the state asks for it, from 0).
+fn raw_send_hello(srv: &ServerProc, header: &[u8]) -> (Vec<u8>, String) {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(header).unwrap();
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).unwrap();
+    assert_eq!(magic, bigtransfer_core::v2::MAGIC);
+    let mut w: &TcpStream = &s;
+    wire::write_frame(&mut w, wire::PAGE, &page(&[(2, "d", ""), (1, "d/x", "")])).unwrap();
+    let mut buf = Vec::new();
+    let mut r: &TcpStream = &s;
+    assert_eq!(wire::read_frame(&mut r, &mut buf).unwrap(), wire::STATE);
+    let state = buf.clone();
+    if state[0] == wire::SEND {
+        let mut begin = 0u32.to_be_bytes().to_vec();
+        begin.extend_from_slice(&0u64.to_be_bytes());
+        wire::write_frame(&mut w, wire::BEGIN, &begin).unwrap();
+        wire::write_frame(&mut w, wire::DATA, b"hello").unwrap();
+        let crc = crc32fast::hash(b"hello").to_be_bytes();
+        wire::write_frame(&mut w, wire::CHECK, &crc).unwrap();
+    }
+    wire::write_frame(&mut w, wire::END, &[]).unwrap();
+    let mut words = String::new();
+    loop {
+        match wire::read_frame(&mut r, &mut buf).unwrap() {
+            wire::VERDICT => {
+                let (_, path, text) = wire::parse_verdict(&buf).unwrap();
+                words.push_str(&format!("{path}: {text}\n"));
+            }
+            wire::FINISHED => return (state, words),
+            other => panic!("unexpected frame {other}"),
+        }
+    }
+}
+
+#[test]
+fn an_older_tree_client_is_never_told_held_on_size_and_mtime_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(store.path(), &[]);
+    // The header of tree clients before verified holds: no "held".
+    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576}}"#;
+    let mut old = (json.len() as u32).to_be_bytes().to_vec();
+    old.extend_from_slice(json);
+    let (state, words) = raw_send_hello(&srv, &old);
+    assert_eq!(state, [&[wire::SEND][..], &[0; 8]].concat());
+    assert!(words.contains("d/x: stored and verified"), "{words}");
+    // Again: sent (9-byte record, "send"), found the same, no version.
+    let (state, words) = raw_send_hello(&srv, &old);
+    assert_eq!(state, [&[wire::SEND][..], &[0; 8]].concat());
+    assert!(
+        words.contains("d/x: the same content was stored already; left as it is"),
+        "{words}"
+    );
+    assert!(!store.path().join("d/x.~1~").exists());
+    // A client that asks: a 13-byte record, "check" and the stored CRC-32.
+    let (state, words) = raw_send_hello(&srv, &tree_header());
+    let crc = crc32fast::hash(b"hello").to_be_bytes();
+    assert_eq!(state, [&[wire::CHECK_CRC][..], &[0; 8], &crc].concat());
+    assert_eq!(words, "");
+    assert_eq!(fs::read(store.path().join("d/x")).unwrap(), b"hello");
+    assert!(
+        srv.log.wait_for("1 held already", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
+
+#[test]
+fn a_quiet_change_on_a_later_page_is_caught_too() {
+    // Over one page (4096 entries): the client hashes the second page's
+    // small files early, while the server hashes its own.
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..4500 {
+        fs::write(dir.join(format!("f{i:05}")), format!("file {i:05}")).unwrap();
+    }
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "stored"), 4500, "{}", stdout(&out));
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 4500, "{}", stdout(&out));
+    rewrite_keeping_mtime(&dir.join("f04321"), b"FILE 04321");
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), 10, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 4499, "{}", stdout(&out));
+    let stored = store.path().join("many");
+    assert_eq!(fs::read(stored.join("f04321")).unwrap(), b"FILE 04321");
+    assert_eq!(fs::read(stored.join("f04321.~1~")).unwrap(), b"file 04321");
 }

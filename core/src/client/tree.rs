@@ -4,7 +4,9 @@
 //! file, the server's verdicts read as they come. An interrupted send is
 //! retried; the server says per file what it holds already, so a resumed
 //! send re-sends only the files (and the tail of the file) not yet
-//! verified. See `docs/PROTOCOL.md`, "Tree sessions".
+//! verified. "Held already" is verified: for a file of the same size and
+//! mtime the server gives its stored whole CRC-32 and this side compares
+//! its own (read locally), sending the file when they differ. See `docs/PROTOCOL.md`, "Tree sessions".
 //!
 //! Memory is one page of entries (at most 4096) and the walk's open
 //! directories, whatever the tree's size. Not for single files (`send_file`
@@ -13,11 +15,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{secure, shell, Control, SendOptions, Upload};
+use crate::cache::{SourceStamp, SumCache, Sums};
 use crate::sparse::{segments, zeros_crc, SegmentKind};
 use crate::transport::Transport;
 use crate::tree::wire::{self, be64};
@@ -98,8 +101,14 @@ pub struct TreeOutcome {
     pub sent: u64,
     /// Files stored and verified by this run.
     pub stored: u64,
-    /// Files the server held already (nothing sent).
+    /// Files the server held already (nothing sent): the same size and
+    /// whole CRC-32 (or, from a server before verified holds, the same
+    /// size and mtime).
     pub held: u64,
+    /// Files sent because their content differs from the stored file's
+    /// though their size and mtime are the same (a server with verified
+    /// holds found them; each has a verdict in words).
+    pub changed_quietly: u64,
     /// Local entries left out (with a warning each).
     pub skipped: u64,
     /// Files whose data did not verify (after the last attempt).
@@ -196,6 +205,9 @@ struct Run<'p, 'r> {
     limit_rate: Option<u64>,
     /// The token that answers a server's challenge (see `tree_token`).
     token: Option<crate::auth::Token>,
+    /// The client's checksum cache: the whole CRC-32 of large files sent
+    /// or checked, so a re-send does not read them again.
+    cache: Option<SumCache>,
 }
 
 /// A file of the page being sent, with where it is.
@@ -211,6 +223,7 @@ impl<'p, 'r> Run<'p, 'r> {
             started: Instant::now(),
             limit_rate,
             token: None,
+            cache: None,
             progress,
             out: TreeOutcome::default(),
             sent,
@@ -231,11 +244,13 @@ impl<'p, 'r> Run<'p, 'r> {
     fn attempt(&mut self, up: &mut Upload, paths: &[PathBuf], attempt: u32) -> Result<()> {
         let mut stream = open(up)?;
         self.token = up.opts.token.clone();
+        self.cache = up.opts.cache_dir.as_ref().map(SumCache::new);
         let encrypted = stream.is_encrypted();
         self.out.encrypted = encrypted;
         self.ask(&TreeProgress::Connected { attempt, encrypted })?;
         let mut walk = Walker::for_roots(paths)?.into_iter().flatten();
         let mut carry: Option<Walked> = None;
+        let mut checks_expected = false;
         loop {
             let (page, files) = self.next_page(&mut walk, &mut carry)?;
             if page.is_empty() {
@@ -243,8 +258,16 @@ impl<'p, 'r> Run<'p, 'r> {
             }
             self.frame(stream.as_mut(), wire::PAGE, &page.finish())?;
             self.flush(stream.as_mut())?;
-            let state = self.await_state(stream.as_mut())?;
-            self.send_files(stream.as_mut(), &files, &state)?;
+            // A re-send (the last page was mostly checks): this page's
+            // small files are hashed while the server hashes its own.
+            let early = match checks_expected {
+                true => files.iter().map(early_crc).collect(),
+                false => vec![None; files.len()],
+            };
+            let state = self.await_state(stream.as_mut(), files.len())?;
+            let checks = state.iter().filter(|s| s.0 == wire::CHECK_CRC).count();
+            checks_expected = checks * 2 > state.len();
+            self.send_files(stream.as_mut(), &files, &state, &early)?;
         }
         self.frame(stream.as_mut(), wire::END, &[])?;
         self.flush(stream.as_mut())?;
@@ -296,9 +319,13 @@ impl<'p, 'r> Run<'p, 'r> {
         Ok((page, files))
     }
 
-    /// Verdicts until the state of the page just sent: `(status, offset)`
-    /// per file.
-    fn await_state(&mut self, stream: &mut dyn Transport) -> Result<Vec<(u8, u64)>> {
+    /// Verdicts until the state of the page just sent: `(status, offset,
+    /// crc32)` per file (`crc32` 0 from a server without verified holds).
+    fn await_state(
+        &mut self,
+        stream: &mut dyn Transport,
+        files: usize,
+    ) -> Result<Vec<(u8, u64, u32)>> {
         loop {
             match self.read(stream)? {
                 wire::STATE => break,
@@ -306,10 +333,20 @@ impl<'p, 'r> Run<'p, 'r> {
                 other => return Err(unexpected(other)),
             }
         }
+        // The record's length says whether the server verifies holds (a
+        // server from before them answers 9 bytes a file).
+        let rec = if self.buf.len() == files * wire::STATE_RECORD {
+            wire::STATE_RECORD
+        } else {
+            wire::STATE_RECORD_CRC
+        };
         let state = self
             .buf
-            .chunks(9)
-            .map(|c| (c[0], be64(c, 1).unwrap_or(u64::MAX)))
+            .chunks(rec)
+            .map(|c| {
+                let crc = wire::be32(c, 9).unwrap_or(0);
+                (c[0], be64(c, 1).unwrap_or(u64::MAX), crc)
+            })
             .collect();
         Ok(state)
     }
@@ -318,7 +355,8 @@ impl<'p, 'r> Run<'p, 'r> {
         &mut self,
         stream: &mut dyn Transport,
         files: &[PageFile],
-        state: &[(u8, u64)],
+        state: &[(u8, u64, u32)],
+        early: &[Option<u32>],
     ) -> Result<()> {
         if state.len() != files.len() {
             return Err(Error::new(
@@ -330,10 +368,15 @@ impl<'p, 'r> Run<'p, 'r> {
                 ),
             ));
         }
-        for (i, (f, &(status, offset))) in files.iter().zip(state).enumerate() {
+        for (i, (f, &(status, offset, crc))) in files.iter().zip(state).enumerate() {
             match status {
                 wire::HELD => self.out.held += 1,
                 wire::SEND => self.send_one(stream, i as u32, f, offset)?,
+                wire::CHECK_CRC if self.crc_of(f, early.get(i))? == crc => self.out.held += 1,
+                wire::CHECK_CRC => {
+                    self.out.changed_quietly += 1;
+                    self.send_one(stream, i as u32, f, offset)?
+                }
                 _ => {} // refused: its verdict came before the state
             }
         }
@@ -344,6 +387,14 @@ impl<'p, 'r> Run<'p, 'r> {
             bytes: self.out.bytes,
         };
         self.ask(&p)
+    }
+
+    /// The whole CRC-32 of `f`: hashed early, cached, or read now.
+    fn crc_of(&self, f: &PageFile, early: Option<&Option<u32>>) -> Result<u32> {
+        match early.copied().flatten() {
+            Some(crc) => Ok(crc),
+            None => local_crc(f, self.cache.as_ref()),
+        }
     }
 
     /// One file from `offset`: its data (holes as hole frames), then the
@@ -374,7 +425,10 @@ impl<'p, 'r> Run<'p, 'r> {
         begin.extend_from_slice(&offset.to_be_bytes());
         self.frame(stream, wire::BEGIN, &begin)?;
         let mut h = crc32fast::Hasher::new();
-        let len = file.metadata().map(|m| m.size().min(size)).unwrap_or(0);
+        // Taken before reading: a change while reading moves the ctime,
+        // so the CRC-32 remembered below is never used for it.
+        let stamp = file.metadata().map(|m| SourceStamp::of(&m)).ok();
+        let len = stamp.map(|s| s.size.min(size)).unwrap_or(0);
         let segs: Vec<(SegmentKind, u64, u64)> = if sparse {
             segments(&file, len)
                 .map(|s| s.map(|s| (s.kind, s.offset, s.len)))
@@ -401,7 +455,11 @@ impl<'p, 'r> Run<'p, 'r> {
             }
             self.send_data(stream, &file, &mut h, (start, end), offset, (path, size))?;
         }
-        self.frame(stream, wire::CHECK, &h.finalize().to_be_bytes())?;
+        let whole = h.finalize();
+        if let Some(stamp) = stamp.filter(|s| s.size == len) {
+            remember(self.cache.as_ref(), &f.source, stamp, whole);
+        }
+        self.frame(stream, wire::CHECK, &whole.to_be_bytes())?;
         Ok(())
     }
 
@@ -514,6 +572,78 @@ impl<'p, 'r> Run<'p, 'r> {
     }
 }
 
+/// The CRC-32 of a small file of the page, hashed before the server's
+/// state comes (None for a large one, which the cache mostly knows, or an
+/// unreadable one, which is dealt with when its state is known).
+fn early_crc(f: &PageFile) -> Option<u32> {
+    match f.entry.kind {
+        EntryKind::File { size, .. } if size < CACHE_MIN => local_crc(f, None).ok(),
+        _ => None,
+    }
+}
+
+/// Files of at least this size have their whole CRC-32 kept in the
+/// client's checksum cache (a small file costs less to read than its
+/// entry).
+const CACHE_MIN: u64 = 1 << 20;
+
+/// Keeps `whole` as the CRC-32 of this version of `source` (large files
+/// only; the blocks an upload cached for it are kept).
+fn remember(cache: Option<&SumCache>, source: &Path, stamp: SourceStamp, whole: u32) {
+    let Some(cache) = cache.filter(|_| stamp.size >= CACHE_MIN) else {
+        return;
+    };
+    let mut sums = cache.load(source, stamp).unwrap_or(Sums {
+        block: crate::v2::block_size_for(stamp.size),
+        blocks: Vec::new(),
+        whole: None,
+    });
+    if sums.whole != Some(whole) {
+        sums.whole = Some(whole);
+        cache.store(source, stamp, &sums);
+    }
+}
+
+/// The whole CRC-32 of a file of the tree, from the checksum cache or
+/// read here (no network): what the server's [`wire::CHECK_CRC`] is
+/// compared with. Holes read as zeros.
+fn local_crc(f: &PageFile, cache: Option<&SumCache>) -> Result<u32> {
+    let unreadable = |e| {
+        Error::io(
+            ErrorKind::SourceFile,
+            format!("cannot read {}", f.source.display()),
+            e,
+        )
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&f.source)
+        .map_err(unreadable)?;
+    let stamp = file
+        .metadata()
+        .map(|m| SourceStamp::of(&m))
+        .map_err(unreadable)?;
+    let large = cache.filter(|_| stamp.size >= CACHE_MIN);
+    if let Some(whole) = large.and_then(|c| c.load(&f.source, stamp)?.whole) {
+        return Ok(whole);
+    }
+    let mut buf = vec![0u8; (stamp.size as usize).clamp(4096, 1 << 20)];
+    let mut h = crc32fast::Hasher::new();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => {
+                let whole = h.finalize();
+                remember(cache, &f.source, stamp, whole);
+                return Ok(whole);
+            }
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+    }
+}
+
 /// Connects (TLS as for a single upload) and opens a tree session.
 fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
     let (sock, _addr) = shell::connect(up)?;
@@ -549,9 +679,10 @@ fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
 }
 
 /// The header of a tree session. The empty filename makes a server that
-/// does not know `"op"` refuse it in words, storing nothing.
+/// does not know `"op"` refuse it in words, storing nothing. `"held":
+/// "crc"` asks for verified holds ([`wire::CHECK_CRC`]).
 pub fn tree_header() -> Vec<u8> {
-    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576}}"#;
+    let json = br#"{"filename": "", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree", "block": 1048576, "held": "crc"}}"#;
     let mut out = (json.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(json);
     out

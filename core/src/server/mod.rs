@@ -37,6 +37,7 @@ mod tree_get;
 mod tree_get_store;
 #[cfg(feature = "s3")]
 mod tree_s3;
+mod tree_sums;
 
 pub use crate::machine::MAX_REPAIR_ROUNDS;
 

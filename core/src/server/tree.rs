@@ -11,12 +11,16 @@
 //! `.bt-tree-parts/` under a key covering its whole path, size and mtime
 //! (so `a/x` and `b/x` are two uploads, and a resumed send continues the
 //! part), and appears under its final name only once verified. A stored
-//! file is never lost silently: the same path, size and mtime is held
-//! already (nothing sent); a different file under that name is received
+//! file is never lost silently: a file of the same path, size and mtime
+//! is held only once the client found its own whole CRC-32 equal to the
+//! stored file's (sent in the page's state, [`wire::CHECK_CRC`]), never on
+//! size and mtime alone; a different file under that name (a changed
+//! size or mtime, or a changed content under the same ones) is received
 //! and the stored one kept as a numbered version (`NAME.~N~`, or replaced
 //! under `--overwrite`), the client told which in words; anything other
-//! than a file under that name is not replaced. Directories get their modes and mtimes once the walk has left
-//! them and their files are in. Memory: one page of files at a time.
+//! than a file under that name is not replaced. Directories get their
+//! modes and mtimes once the walk has left them and their files are in.
+//! Memory: one page of files at a time.
 //!
 //! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
 //! nor for the token challenge (`tree_auth`, before anything here runs).
@@ -41,6 +45,15 @@ use crate::{Error, ErrorKind, Result};
 /// manifest may not use this name at its top level.
 pub const PARTS_DIR: &str = ".bt-tree-parts";
 
+/// Whether a tree header asks for verified holds (`"bt": {"held": "crc"}`,
+/// see [`wire::CHECK_CRC`]).
+pub(super) fn wants_crc_holds(json_bytes: &[u8]) -> bool {
+    let Ok(v) = json::parse(json_bytes) else {
+        return false;
+    };
+    matches!(v.get("bt").and_then(|bt| bt.get("held")), Some(Value::String(h)) if h == wire::HELD_BY_CRC)
+}
+
 /// Whether a header opens a tree session (`"bt": {"op": "tree"}`).
 pub(super) fn is_tree_header(json_bytes: &[u8]) -> bool {
     let Ok(v) = json::parse(json_bytes) else {
@@ -64,6 +77,14 @@ struct Slot {
     mtime_ns: i64,
     status: u8,
     offset: u64,
+    /// The whole CRC-32 of the file stored under this name with the same
+    /// size and mtime (looked up when the page came).
+    stored_crc: Option<u32>,
+    /// The whole CRC-32 of the data received (recorded once stored).
+    received_crc: u32,
+    /// Its data came after a [`wire::CHECK_CRC`]: same size and mtime as
+    /// the stored file, another content (said in the verdict).
+    quiet_change: bool,
 }
 
 #[derive(Default)]
@@ -94,6 +115,11 @@ struct Session<'a> {
     /// Frames to the client not written yet: verdicts go out many to a
     /// write, at the latest with the page's state or the end.
     out: Vec<u8>,
+    /// The client asked for verified holds: state records carry the
+    /// stored file's CRC-32 ([`wire::CHECK_CRC`]).
+    crc_holds: bool,
+    /// The stored files' CRC-32 records (large files).
+    sums: super::tree_sums::Sums,
     t: Tally,
 }
 
@@ -107,11 +133,12 @@ pub(super) fn serve(
     let early = super::tree_auth::authenticate(sh, conn, &mut stream, header)?;
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::tree_s3::serve(sh, s3, conn, stream, early);
+        return super::tree_s3::serve(sh, s3, conn, stream, early, wants_crc_holds(header));
     }
     let idle = Some(sh.cfg.idle_timeout);
     let _ = stream.set_read_timeout(idle);
     let mut s = Session::open(sh, conn, stream)?;
+    s.crc_holds = wants_crc_holds(header);
     let mut first = None;
     if let Some(e) = early {
         s.reader = e.reader;
@@ -153,6 +180,7 @@ impl<'a> Session<'a> {
             max_entries: sh.cfg.max_tree_entries,
             case_insensitive: false,
         };
+        let sums = super::tree_sums::Sums::open(&parts);
         Ok(Session {
             sh,
             peer: conn.peer.to_string(),
@@ -167,6 +195,8 @@ impl<'a> Session<'a> {
             buf: Vec::new(),
             reader: wire::FrameReader::new(),
             out: Vec::new(),
+            crc_holds: false,
+            sums,
             t: Tally::default(),
         })
     }
@@ -200,6 +230,7 @@ impl<'a> Session<'a> {
     }
 
     fn end(&mut self) -> Result<()> {
+        self.count_confirmed();
         while let Some(d) = self.open.pop() {
             self.closed.push(d);
         }
@@ -236,8 +267,9 @@ impl<'a> Session<'a> {
     /// symlinks) or looked up (files); the files' states go back.
     fn page(&mut self) -> Result<()> {
         let entries = decode_page(&self.buf)?;
+        self.count_confirmed();
         self.files.clear();
-        let mut state = Vec::with_capacity(entries.len() * 9);
+        let mut state = Vec::with_capacity(entries.len() * wire::STATE_RECORD_CRC);
         for e in entries {
             let acc = self.validator.check(e)?;
             if let Some(note) = acc.note() {
@@ -246,6 +278,13 @@ impl<'a> Session<'a> {
             self.enter(acc, &mut state)?;
         }
         self.send(wire::STATE, &state)
+    }
+
+    /// Files of the last page offered for a CRC check whose data never
+    /// came: the client found them the same, so they are held.
+    fn count_confirmed(&mut self) {
+        let n = self.files.iter().filter(|f| f.status == wire::CHECK_CRC);
+        self.t.held += n.count() as u64;
     }
 
     fn enter(&mut self, acc: Accepted, state: &mut Vec<u8>) -> Result<()> {
@@ -284,10 +323,16 @@ impl<'a> Session<'a> {
                     mtime_ns,
                     status: wire::SEND,
                     offset: 0,
+                    stored_crc: None,
+                    received_crc: 0,
+                    quiet_change: false,
                 };
                 self.file_state(&mut slot)?;
                 state.push(slot.status);
                 state.extend_from_slice(&slot.offset.to_be_bytes());
+                if self.crc_holds {
+                    state.extend_from_slice(&slot.stored_crc.unwrap_or(0).to_be_bytes());
+                }
                 self.files.push(slot);
             }
         }
@@ -345,8 +390,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Held (same size and mtime), refused (something else there), or to
-    /// be sent from what its part holds.
+    /// Offered for a CRC check (a file of the same size and mtime is
+    /// stored: its CRC-32 goes to the client, which decides), refused
+    /// (something else there), or to be sent from what its part holds.
+    /// Size and mtime alone never make a file held: content changed under
+    /// the same size and mtime (`touch -r`, a restored backup) is caught.
     fn file_state(&mut self, slot: &mut Slot) -> Result<()> {
         let name = slot.path.file_name().to_owned();
         let dir = self.parent(&slot.path)?;
@@ -356,9 +404,19 @@ impl<'a> Session<'a> {
                     && st.st_size as u64 == slot.size
                     && mtime_of(&st) == slot.mtime_ns;
                 if same {
-                    slot.status = wire::HELD;
-                    self.t.held += 1;
-                    return Ok(());
+                    // Unreadable: no CRC to offer; the file is sent and
+                    // the stored one kept as a version.
+                    slot.stored_crc = self.sums.get(&slot.path, &st);
+                    if slot.stored_crc.is_none() {
+                        let dir = self.parent(&slot.path)?;
+                        slot.stored_crc = stored_crc(dir, &name, slot.size).ok();
+                        if let Some(crc) = slot.stored_crc {
+                            self.sums.put(&slot.path, &st, crc);
+                        }
+                    }
+                    if self.crc_holds && slot.stored_crc.is_some() {
+                        slot.status = wire::CHECK_CRC;
+                    }
                 }
                 if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
                     slot.status = wire::REFUSED;
@@ -385,6 +443,12 @@ impl<'a> Session<'a> {
             let path = slot.path.clone();
             return self.verdict(wire::NOT_STORED, &path, &why);
         }
+        self.resume_point(slot);
+        Ok(())
+    }
+
+    /// Where the file's data resumes: what its part holds already.
+    fn resume_point(&self, slot: &mut Slot) {
         let key = part_key(slot);
         if let Ok(st) = rfs::statat(&self.parts, key.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             let held = st.st_size as u64;
@@ -392,7 +456,6 @@ impl<'a> Session<'a> {
                 slot.offset = held;
             }
         }
-        Ok(())
     }
 
     /// The data of one file (after [`wire::BEGIN`]), up to its
@@ -402,7 +465,8 @@ impl<'a> Session<'a> {
         let idx = be32(&self.buf, 0).ok_or_else(bad)? as usize;
         let offset = be64(&self.buf, 4).ok_or_else(bad)?;
         let slot = self.files.get(idx).ok_or_else(bad)?;
-        if slot.status != wire::SEND || offset != slot.offset {
+        let wanted = slot.status == wire::SEND || slot.status == wire::CHECK_CRC;
+        if !wanted || offset != slot.offset {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("data for \"{}\" that the server did not ask for", slot.path),
@@ -429,12 +493,43 @@ impl<'a> Session<'a> {
             };
             return self.verdict(wire::FAILED, &path, &why);
         }
+        if self.files[idx].stored_crc == Some(got.crc_sent) {
+            // Sent by a client that cannot check (or the stored file
+            // changed meanwhile): the same content, no version of it.
+            let _ = rfs::unlinkat(&self.parts, key.as_str(), AtFlags::empty());
+            self.t.held += 1;
+            return self.verdict(
+                wire::OK,
+                &path,
+                "the same content was stored already; left as it is",
+            );
+        }
+        self.files[idx].received_crc = got.crc_sent;
         self.install(file, &key, idx)
+    }
+
+    /// Records the CRC-32 of the file just stored at `path` (see
+    /// `tree_sums`): its `stat` is taken after the rename, which moves
+    /// its ctime.
+    fn record_sum(&mut self, path: &RelPath, crc: u32) {
+        let name = path.file_name().to_owned();
+        let Ok(dir) = self.parent(path) else {
+            return;
+        };
+        if let Ok(st) = rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            self.sums.put(path, &st, crc);
+        }
     }
 
     /// A file's data came (whatever the verdict): it may not come again.
     fn done_with(&mut self, idx: usize) {
         if let Some(slot) = self.files.get_mut(idx) {
+            if slot.status == wire::CHECK_CRC {
+                // The client found its content different from the stored
+                // file's though size and mtime are the same.
+                slot.stored_crc = None;
+                slot.quiet_change = true;
+            }
             slot.status = wire::HELD;
         }
     }
@@ -537,6 +632,7 @@ impl Session<'_> {
         let (file, _) = part;
         let slot = &self.files[idx];
         let (path, mode, mtime_ns) = (slot.path.clone(), slot.mode, slot.mtime_ns);
+        let (quiet, crc) = (slot.quiet_change, slot.received_crc);
         let _ = rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o777));
         let _ = rfs::futimens(&file, &times(mtime_ns));
         drop(file);
@@ -550,9 +646,10 @@ impl Session<'_> {
         match r {
             Ok(()) => {
                 self.t.files += 1;
+                self.record_sum(&path, crc);
                 self.verdict(wire::OK, &path, "stored and verified")
             }
-            Err(Errno::EXIST) => self.replace(&parts, key, &path),
+            Err(Errno::EXIST) => self.replace(&parts, key, &path, (quiet, crc)),
             Err(e) => Err(io_err(format!("cannot store {path}"))(e)),
         }
     }
@@ -561,7 +658,13 @@ impl Session<'_> {
     /// is kept as its next numbered version (`NAME.~N~`) and the part
     /// takes the name, or under `--overwrite` the part simply replaces it;
     /// the client is told which in the verdict's words.
-    fn replace(&mut self, parts: &OwnedFd, key: &str, path: &RelPath) -> Result<()> {
+    fn replace(
+        &mut self,
+        parts: &OwnedFd,
+        key: &str,
+        path: &RelPath,
+        (quiet, crc): (bool, u32),
+    ) -> Result<()> {
         let name = path.file_name().to_owned();
         let overwrite = self.sh.cfg.overwrite;
         let dir = self.parent(path)?;
@@ -581,10 +684,15 @@ impl Session<'_> {
                 Err(e) => Err(format!("a different file is stored under this name and cannot be kept as a numbered version ({e}); it is not replaced")),
             }
         };
+        let kept = kept.map(|words| match quiet {
+            true => format!("{words} (its size and mtime are the same as the stored file's, its content is not)"),
+            false => words,
+        });
         let why = match kept {
             Ok(words) => match rfs::renameat(parts, key, dir, name.as_str()) {
                 Ok(()) => {
                     self.t.files += 1;
+                    self.record_sum(path, crc);
                     let line = format!("{}: {path}: {words}", self.peer);
                     (self.sh.logger)(&line);
                     return self.verdict(wire::OK, path, &words);
@@ -671,6 +779,43 @@ pub(super) fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
             })?;
     }
     Ok(fd)
+}
+
+/// The whole CRC-32 of the regular file `name` in `dir` (not followed if
+/// a symlink), checked to be `size` bytes: what a client's file must
+/// match to be held.
+fn stored_crc(dir: &OwnedFd, name: &str, size: u64) -> Result<u32> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, Mode::empty())
+        .map_err(io_err(format!("cannot open the stored {name}")))?;
+    let mut file = File::from(fd);
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
+    let mut total = 0u64;
+    loop {
+        match io::Read::read(&mut file, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::io(
+                    ErrorKind::Storage,
+                    format!("cannot read the stored {name}"),
+                    e,
+                ))
+            }
+        }
+    }
+    if total != size {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            format!("the stored {name} changed while read"),
+        ));
+    }
+    Ok(h.finalize())
 }
 
 /// The part's name: a digest of the whole path, size and mtime, so two

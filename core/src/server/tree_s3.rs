@@ -10,8 +10,11 @@
 //! (a different content keeps the old object as `PATH.~N~` unless
 //! `--overwrite`).
 //!
-//! An unchanged file (its finished record has the same size and the
-//! client's mtime) is held: nothing is sent. Objects have no modes,
+//! An unchanged file is held, nothing sent: when its finished record has
+//! the same size and the client's mtime, the record's whole CRC-32 goes
+//! to the client ([`wire::CHECK_CRC`]), which sends the file only if its
+//! own differs (a client that did not ask for verified holds is sent
+//! [`wire::HELD`] on size and mtime, as before them). Objects have no modes,
 //! mtimes, directories or symlinks: a symlink and an empty directory are
 //! skipped, each with a verdict in words (a directory holding files is
 //! implied by their keys); modes and mtimes are not kept.
@@ -45,6 +48,8 @@ struct Slot {
     offset: u64,
     /// Opened when the page came (a resume): its held blocks' CRC-32s.
     part: Option<(S3Part, Vec<u32>)>,
+    /// The stored object's whole CRC-32, offered for a check.
+    stored_crc: u32,
 }
 
 #[derive(Default)]
@@ -68,6 +73,8 @@ struct Session<'a> {
     dir: Option<RelPath>,
     buf: Vec<u8>,
     reader: wire::FrameReader,
+    /// The client asked for verified holds (see [`wire::CHECK_CRC`]).
+    crc_holds: bool,
     t: Tally,
 }
 
@@ -78,6 +85,7 @@ pub(super) fn serve(
     conn: &ConnInfo,
     stream: Box<dyn Transport>,
     early: Option<Early>,
+    crc_holds: bool,
 ) -> std::result::Result<(), Failed> {
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
     let (reader, first) = match early {
@@ -98,6 +106,7 @@ pub(super) fn serve(
         dir: None,
         buf: Vec::new(),
         reader,
+        crc_holds,
         t: Tally::default(),
     };
     match s.run(first) {
@@ -125,7 +134,10 @@ impl Session<'_> {
             match tag {
                 wire::PAGE => self.page()?,
                 wire::BEGIN => self.receive_file()?,
-                wire::END => return self.end(),
+                wire::END => {
+                    self.count_confirmed();
+                    return self.end();
+                }
                 other => {
                     return Err(Error::new(
                         ErrorKind::Protocol,
@@ -176,8 +188,9 @@ impl Session<'_> {
 
     fn page(&mut self) -> Result<()> {
         let entries = decode_page(&self.buf)?;
+        self.count_confirmed();
         self.files.clear();
-        let mut state = Vec::with_capacity(entries.len() * 9);
+        let mut state = Vec::with_capacity(entries.len() * wire::STATE_RECORD_CRC);
         for e in entries {
             let acc = self.validator.check(e)?;
             let path = acc.entry.path;
@@ -197,10 +210,14 @@ impl Session<'_> {
                         status: wire::SEND,
                         offset: 0,
                         part: None,
+                        stored_crc: 0,
                     };
                     self.file_state(&mut slot)?;
                     state.push(slot.status);
                     state.extend_from_slice(&slot.offset.to_be_bytes());
+                    if self.crc_holds {
+                        state.extend_from_slice(&slot.stored_crc.to_be_bytes());
+                    }
                     self.files.push(slot);
                 }
             }
@@ -208,7 +225,15 @@ impl Session<'_> {
         self.send(wire::STATE, &state)
     }
 
-    /// Held (its record has this size and mtime), refused (over the size
+    /// Files of the last page offered for a CRC check whose data never
+    /// came: the client found them the same, so they are held.
+    fn count_confirmed(&mut self) {
+        let n = self.files.iter().filter(|f| f.status == wire::CHECK_CRC);
+        self.t.held += n.count() as u64;
+    }
+
+    /// Offered for a CRC check (its record has this size and mtime; held
+    /// outright for a client without verified holds), refused (over the size
     /// limit, a name of the server's), resumed from the parts uploaded, or
     /// sent from the start.
     fn file_state(&mut self, slot: &mut Slot) -> Result<()> {
@@ -228,8 +253,14 @@ impl Session<'_> {
         let client = self.s3.client();
         let same = finished::vouched(client, name)
             .map_err(|e| store_err(&e, name))?
-            .is_some_and(|(_, r)| r.size == slot.size && r.source_mtime == Some(slot.mtime_ns));
-        if same {
+            .filter(|(_, r)| r.size == slot.size && r.source_mtime == Some(slot.mtime_ns));
+        if let Some((_, r)) = same {
+            if self.crc_holds {
+                // Sent (a new upload, from 0) only if the client's differs.
+                slot.status = wire::CHECK_CRC;
+                slot.stored_crc = r.crc32;
+                return Ok(());
+            }
             slot.status = wire::HELD;
             self.t.held += 1;
             return Ok(());
@@ -282,12 +313,15 @@ impl Session<'_> {
         let idx = be32(&self.buf, 0).ok_or_else(bad)? as usize;
         let offset = be64(&self.buf, 4).ok_or_else(bad)?;
         let slot = self.files.get_mut(idx).ok_or_else(bad)?;
-        if slot.status != wire::SEND || offset != slot.offset {
+        let wanted = slot.status == wire::SEND || slot.status == wire::CHECK_CRC;
+        if !wanted || offset != slot.offset {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("data for \"{}\" that the server did not ask for", slot.path),
             ));
         }
+        // The client's content differs though size and mtime do not.
+        let quiet = slot.status == wire::CHECK_CRC;
         slot.status = wire::HELD; // its data may not come again
         let (path, size) = (slot.path.clone(), slot.size);
         let opened = slot.part.take().map(Ok);
@@ -311,6 +345,10 @@ impl Session<'_> {
         match text {
             Ok(words) => {
                 self.t.files += 1;
+                let words = match quiet {
+                    true => format!("{words} (its size and mtime are the same as the stored object's, its content is not)"),
+                    false => words,
+                };
                 self.verdict(wire::OK, &path, &words)
             }
             Err(words) => {

@@ -31,7 +31,9 @@ pub const ANSWER: u8 = b'A';
 /// token: the version-2 challenge frame, byte for byte.
 pub const CHALLENGE: u8 = b'C';
 /// Server: the state of each file of the last page, in order:
-/// `status:u8 offset:u64` per file (see [`SEND`], [`HELD`], [`REFUSED`]).
+/// `status:u8 offset:u64` per file (see [`SEND`], [`HELD`], [`REFUSED`]),
+/// or `status:u8 offset:u64 crc32:u32` when the client's header asked for
+/// verified holds ([`HELD_BY_CRC`]; see [`CHECK_CRC`]).
 pub const STATE: u8 = b'S';
 /// Server: a verdict on one entry: `status:u8 path_len:u16 path text`.
 pub const VERDICT: u8 = b'V';
@@ -42,11 +44,27 @@ pub const FAULT: u8 = b'X';
 
 /// File state: send the data from `offset`.
 pub const SEND: u8 = 0;
-/// File state: the server already holds this file (same path, size and
-/// mtime, verified when it was stored): nothing to send.
+/// File state: the server already holds this file: nothing to send. Only
+/// a server answering a client that did not ask for [`HELD_BY_CRC`] says
+/// it from size and mtime alone (tree sessions of before verified holds).
 pub const HELD: u8 = 1;
 /// File state: refused (a verdict frame before the state said why).
 pub const REFUSED: u8 = 2;
+/// File state (only with [`HELD_BY_CRC`]): the server holds a file of
+/// this path, size and mtime whose whole CRC-32 is the record's `crc32`.
+/// The client hashes its own file: the same CRC-32 means held (nothing
+/// sent, no frame); another means the content changed though size and
+/// mtime did not, and the client sends it from `offset` like [`SEND`].
+pub const CHECK_CRC: u8 = 3;
+
+/// The key in the tree header's `"bt"` object by which a client asks for
+/// verified holds: `"held": "crc"` (state records of 13 bytes, with
+/// [`CHECK_CRC`] in place of [`HELD`]).
+pub const HELD_BY_CRC: &str = "crc";
+/// Bytes of one file's record in a [`STATE`] frame without verified holds.
+pub const STATE_RECORD: usize = 9;
+/// Bytes of one file's record in a [`STATE`] frame with verified holds.
+pub const STATE_RECORD_CRC: usize = 13;
 
 /// Verdict: stored and verified.
 pub const OK: u8 = 0;
