@@ -31,12 +31,13 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{ConnInfo, Failed, Shared};
 use crate::json::{self, Value};
 use crate::transport::Transport;
+use crate::tree::at::{dir_flags, mtime_of, storage, times, DirCursor, Side};
 use crate::tree::wire::{self, be32, be64};
 use crate::tree::{decode_page, Accepted, EntryKind, ManifestValidator, RelPath, ValidatorConfig};
 use crate::{Error, ErrorKind, Result};
@@ -102,14 +103,13 @@ struct Session<'a> {
     sh: &'a Shared,
     peer: String,
     stream: Box<dyn Transport>,
-    root: OwnedFd,
+    /// The storage directory, and the last parent directory opened.
+    dirs: DirCursor,
     parts: OwnedFd,
     validator: ManifestValidator,
     open: Vec<DirAttr>,
     closed: Vec<DirAttr>,
     files: Vec<Slot>,
-    /// The last parent directory opened, by path ("" for the root).
-    cached: Option<(String, OwnedFd)>,
     buf: Vec<u8>,
     reader: wire::FrameReader,
     /// Frames to the client not written yet: verdicts go out many to a
@@ -156,18 +156,14 @@ pub(super) fn serve(
     }
 }
 
-fn io_err(what: String) -> impl FnOnce(Errno) -> Error {
-    move |e| Error::io(ErrorKind::Storage, what, io::Error::from(e))
-}
-
 impl<'a> Session<'a> {
     fn open(sh: &'a Shared, conn: &ConnInfo, stream: Box<dyn Transport>) -> Result<Session<'a>> {
         let dir = &sh.cfg.dir;
         let root = rfs::open(dir, dir_flags(), Mode::empty())
-            .map_err(io_err(format!("cannot open {}", dir.display())))?;
+            .map_err(storage(format!("cannot open {}", dir.display())))?;
         match rfs::mkdirat(&root, PARTS_DIR, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(io_err(format!("cannot make {PARTS_DIR}"))(e)),
+            Err(e) => return Err(storage(format!("cannot make {PARTS_DIR}"))(e)),
         }
         let parts = rfs::openat(
             &root,
@@ -175,7 +171,7 @@ impl<'a> Session<'a> {
             dir_flags() | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .map_err(io_err(format!("cannot open {PARTS_DIR}")))?;
+        .map_err(storage(format!("cannot open {PARTS_DIR}")))?;
         let config = ValidatorConfig {
             max_entries: sh.cfg.max_tree_entries,
             case_insensitive: false,
@@ -185,13 +181,12 @@ impl<'a> Session<'a> {
             sh,
             peer: conn.peer.to_string(),
             stream,
-            root,
+            dirs: DirCursor::new(root, Side::Server),
             parts,
             validator: ManifestValidator::new(config),
             open: Vec::new(),
             closed: Vec::new(),
             files: Vec::new(),
-            cached: None,
             buf: Vec::new(),
             reader: wire::FrameReader::new(),
             out: Vec::new(),
@@ -301,7 +296,7 @@ impl<'a> Session<'a> {
         }
         match acc.entry.kind {
             EntryKind::Dir { mode, mtime_ns } => {
-                self.make_dir(&path)?;
+                self.dirs.make_dir(&path)?;
                 self.t.dirs += 1;
                 self.open.push(DirAttr {
                     path,
@@ -341,30 +336,7 @@ impl<'a> Session<'a> {
 
     /// The directory holding `path`, opened without following symlinks.
     fn parent(&mut self, path: &RelPath) -> Result<&OwnedFd> {
-        let parent = path.parent_str().unwrap_or("");
-        if self.cached.as_ref().is_some_and(|(p, _)| p == parent) {
-            return Ok(&self.cached.as_ref().expect("checked").1);
-        }
-        let fd = open_dir(&self.root, parent)?;
-        Ok(&self.cached.insert((parent.to_owned(), fd)).1)
-    }
-
-    fn make_dir(&mut self, path: &RelPath) -> Result<()> {
-        let name = path.file_name().to_owned();
-        let dir = self.parent(path)?;
-        match rfs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o700)) {
-            Ok(()) => Ok(()),
-            Err(Errno::EXIST) => {
-                // Held from an earlier send: writable again until the end.
-                let fd = rfs::openat(dir, name.as_str(), dir_flags() | OFlags::NOFOLLOW, Mode::empty())
-                    .map_err(|_| refused(&format!("\"{path}\" is stored as something other than a directory; nothing is replaced")))?;
-                let st = rfs::fstat(&fd).map_err(io_err(format!("cannot stat {path}")))?;
-                let mode = (st.st_mode & 0o777) | 0o700;
-                rfs::fchmod(&fd, Mode::from_raw_mode(mode))
-                    .map_err(io_err(format!("cannot make {path} writable")))
-            }
-            Err(e) => Err(io_err(format!("cannot make the directory {path}"))(e)),
-        }
+        self.dirs.parent(path)
     }
 
     fn make_link(&mut self, path: &RelPath, target: &str) -> Result<()> {
@@ -386,7 +358,7 @@ impl<'a> Session<'a> {
                 let why = "a different entry is stored under this name; it is not replaced";
                 self.verdict(wire::NOT_STORED, path, why)
             }
-            Err(e) => Err(io_err(format!("cannot make the symlink {path}"))(e)),
+            Err(e) => Err(storage(format!("cannot make the symlink {path}"))(e)),
         }
     }
 
@@ -431,7 +403,7 @@ impl<'a> Session<'a> {
                 // under --overwrite), as for single uploads.
             }
             Err(Errno::NOENT) => {}
-            Err(e) => return Err(io_err(format!("cannot look at {}", slot.path))(e)),
+            Err(e) => return Err(storage(format!("cannot look at {}", slot.path))(e)),
         }
         if let Some(max) = self.sh.cfg.max_file_size.filter(|&m| slot.size > m) {
             slot.status = wire::REFUSED;
@@ -539,7 +511,7 @@ impl<'a> Session<'a> {
     fn open_part(&self, key: &str, offset: u64) -> Result<(File, crc32fast::Hasher)> {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rfs::openat(&self.parts, key, flags, Mode::from_raw_mode(0o600))
-            .map_err(io_err(format!("cannot open the part {key}")))?;
+            .map_err(storage(format!("cannot open the part {key}")))?;
         rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
             Error::new(
                 ErrorKind::Refused,
@@ -650,7 +622,7 @@ impl Session<'_> {
                 self.verdict(wire::OK, &path, "stored and verified")
             }
             Err(Errno::EXIST) => self.replace(&parts, key, &path, (quiet, crc)),
-            Err(e) => Err(io_err(format!("cannot store {path}"))(e)),
+            Err(e) => Err(storage(format!("cannot store {path}"))(e)),
         }
     }
 
@@ -697,7 +669,7 @@ impl Session<'_> {
                     (self.sh.logger)(&line);
                     return self.verdict(wire::OK, path, &words);
                 }
-                Err(e) => return Err(io_err(format!("cannot store {path}"))(e)),
+                Err(e) => return Err(storage(format!("cannot store {path}"))(e)),
             },
             Err(why) => why,
         };
@@ -710,11 +682,11 @@ impl Session<'_> {
     /// first), now that everything in them is in place.
     fn apply_closed(&mut self) -> Result<()> {
         for d in std::mem::take(&mut self.closed) {
-            let fd = open_dir(&self.root, d.path.as_str())?;
+            let fd = self.dirs.open_dir(d.path.as_str())?;
             let _ = rfs::fchmod(&fd, Mode::from_raw_mode(d.mode & 0o777));
             let _ = rfs::futimens(&fd, &times(d.mtime_ns));
         }
-        self.cached = None;
+        self.dirs.forget();
         Ok(())
     }
 }
@@ -757,28 +729,10 @@ fn refused(why: &str) -> Error {
     Error::new(ErrorKind::Refused, format!("refused manifest: {why}"))
 }
 
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
-}
-
-/// `rel` ("" for the root itself) under `root`, each component opened
-/// with `O_NOFOLLOW`: a symlink anywhere on the way is an error.
+/// `rel` ("" for the root itself) under the storage directory `root`,
+/// never through a symlink (see [`crate::tree::at::open_dir`]).
 pub(super) fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
-    let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
-        .map_err(io_err("cannot open the storage directory".into()))?;
-    for comp in rel.split('/').filter(|c| !c.is_empty()) {
-        fd =
-            rfs::openat(&fd, comp, dir_flags() | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
-                Error::io(
-                    ErrorKind::Refused,
-                    format!(
-                        "\"{rel}\" is not a directory on the server (symlinks are never followed)"
-                    ),
-                    io::Error::from(e),
-                )
-            })?;
-    }
-    Ok(fd)
+    crate::tree::at::open_dir(root, rel, Side::Server)
 }
 
 /// The whole CRC-32 of the regular file `name` in `dir` (not followed if
@@ -787,7 +741,7 @@ pub(super) fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
 fn stored_crc(dir: &OwnedFd, name: &str, size: u64) -> Result<u32> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rfs::openat(dir, name, flags, Mode::empty())
-        .map_err(io_err(format!("cannot open the stored {name}")))?;
+        .map_err(storage(format!("cannot open the stored {name}")))?;
     let mut file = File::from(fd);
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
@@ -828,25 +782,6 @@ fn part_key(slot: &Slot) -> String {
     ]);
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}.part")
-}
-
-// time_t and its nanoseconds are not i64 on every target.
-#[allow(clippy::unnecessary_cast)]
-fn mtime_of(st: &rfs::Stat) -> i64 {
-    (st.st_mtime as i64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(st.st_mtime_nsec as i64)
-}
-
-fn times(mtime_ns: i64) -> Timestamps {
-    let ts = Timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    }
 }
 
 /// Reads the first header off a new connection when it is whole within

@@ -27,6 +27,7 @@ use super::tree::{open_dir, PARTS_DIR};
 use super::{ConnInfo, Failed, Shared};
 use crate::getwire::{self, Reference, TAG_REFERENCE, TAG_WANT};
 use crate::transport::Transport;
+use crate::tree::at::dir_flags;
 use crate::tree::fetch::{self, BLOCK, MAX_FILE, NEXT, REQUEST};
 use crate::tree::wire::{self, FrameReader};
 use crate::tree::{EntryKind, PageBuilder, RelPath, Walked, Walker};
@@ -375,10 +376,6 @@ impl<'a> Session<'a> {
 
 fn cut(e: io::Error) -> Error {
     Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
-}
-
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
 }
 
 /// The remote must be a directory or a regular file reached without a

@@ -6,6 +6,7 @@
 //! directory in the manifest's order. None of them does network I/O or
 //! writes files; the engine puts them together.
 
+pub(crate) mod at;
 pub mod fetch;
 pub mod manifest;
 pub mod path;

@@ -10,9 +10,10 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::tree::at::{dir_flags, mtime_of, storage, times, DirCursor, Side};
 use crate::tree::{decode_page, Entry, EntryKind, ManifestValidator, RelPath, ValidatorConfig};
 use crate::{Error, ErrorKind, Result};
 
@@ -50,18 +51,14 @@ struct DirAttr {
 /// following a symlink on the way.
 pub(super) struct Dest {
     pub(super) dir: PathBuf,
-    root: OwnedFd,
+    /// The destination, and the last parent directory opened.
+    dirs: DirCursor,
     base: String,
     force: bool,
     validator: ManifestValidator,
     open: Vec<DirAttr>,
     closed: Vec<DirAttr>,
-    cached: Option<(String, OwnedFd)>,
     files_in_page: u32,
-}
-
-fn storage(what: String) -> impl FnOnce(Errno) -> Error {
-    move |e| Error::io(ErrorKind::Storage, what, e.into())
 }
 
 fn refused(why: String) -> Error {
@@ -78,13 +75,12 @@ impl Dest {
             .map_err(storage(format!("cannot open {}", dir.display())))?;
         Ok(Dest {
             dir: dir.to_path_buf(),
-            root,
+            dirs: DirCursor::new(root, Side::Local),
             base: base.to_owned(),
             force,
             validator: ManifestValidator::new(ValidatorConfig::default()),
             open: Vec::new(),
             closed: Vec::new(),
-            cached: None,
             files_in_page: 0,
         })
     }
@@ -124,7 +120,7 @@ impl Dest {
         }
         match acc.entry.kind {
             EntryKind::Dir { mode, mtime_ns } => {
-                self.make_dir(&path)?;
+                self.dirs.make_dir(&path)?;
                 self.open.push(DirAttr {
                     path,
                     mode,
@@ -154,29 +150,7 @@ impl Dest {
 
     /// The directory holding `path`, opened without following symlinks.
     fn parent(&mut self, path: &RelPath) -> Result<&OwnedFd> {
-        let parent = path.parent_str().unwrap_or("");
-        if self.cached.as_ref().is_some_and(|(p, _)| p == parent) {
-            return Ok(&self.cached.as_ref().expect("checked").1);
-        }
-        let fd = open_dir(&self.root, parent)?;
-        Ok(&self.cached.insert((parent.to_owned(), fd)).1)
-    }
-
-    fn make_dir(&mut self, path: &RelPath) -> Result<()> {
-        let name = path.file_name().to_owned();
-        let dir = self.parent(path)?;
-        match rfs::mkdirat(dir, name.as_str(), Mode::from_raw_mode(0o700)) {
-            Ok(()) => Ok(()),
-            Err(Errno::EXIST) => {
-                // Here from an earlier run: writable again until the end.
-                let fd = rfs::openat(dir, name.as_str(), dir_flags() | OFlags::NOFOLLOW, Mode::empty())
-                    .map_err(|_| Error::new(ErrorKind::Refused, format!("\"{path}\" is here as something other than a directory; nothing is replaced")))?;
-                let st = rfs::fstat(&fd).map_err(storage(format!("cannot stat {path}")))?;
-                rfs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o777) | 0o700))
-                    .map_err(storage(format!("cannot make {path} writable")))
-            }
-            Err(e) => Err(storage(format!("cannot make the directory {path}"))(e)),
-        }
+        self.dirs.parent(path)
     }
 
     fn make_link(&mut self, path: RelPath, target: &str) -> Result<Step> {
@@ -257,52 +231,11 @@ impl Dest {
             }
         }
         for d in std::mem::take(&mut self.closed) {
-            let fd = open_dir(&self.root, d.path.as_str())?;
+            let fd = self.dirs.open_dir(d.path.as_str())?;
             let _ = rfs::fchmod(&fd, Mode::from_raw_mode(d.mode & 0o777));
             let _ = rfs::futimens(&fd, &times(d.mtime_ns));
         }
-        self.cached = None;
+        self.dirs.forget();
         Ok(())
-    }
-}
-
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC
-}
-
-/// `rel` ("" for the root itself) under `root`, each component opened
-/// with `O_NOFOLLOW`: a symlink anywhere on the way is refused.
-fn open_dir(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
-    let mut fd = rfs::openat(root, ".", dir_flags(), Mode::empty())
-        .map_err(storage("cannot open the destination directory".into()))?;
-    for comp in rel.split('/').filter(|c| !c.is_empty()) {
-        fd =
-            rfs::openat(&fd, comp, dir_flags() | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
-                Error::io(
-                    ErrorKind::Refused,
-                    format!("\"{rel}\" is not a directory here (symlinks are never followed)"),
-                    e.into(),
-                )
-            })?;
-    }
-    Ok(fd)
-}
-
-// time_t and its nanoseconds are not i64 on every target.
-#[allow(clippy::unnecessary_cast)]
-fn mtime_of(st: &rfs::Stat) -> i64 {
-    (st.st_mtime as i64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(st.st_mtime_nsec as i64)
-}
-
-fn times(mtime_ns: i64) -> Timestamps {
-    let ts = Timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    Timestamps {
-        last_access: ts,
-        last_modification: ts,
     }
 }
