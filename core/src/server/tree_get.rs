@@ -34,7 +34,7 @@ use crate::tree::{EntryKind, PageBuilder, RelPath, Walked, Walker};
 use crate::{Error, ErrorKind, Result};
 
 /// Frames to the client are gathered up to this many bytes per write.
-const OUT_BUFFER: usize = 256 << 10;
+pub(super) const OUT_BUFFER: usize = 256 << 10;
 
 /// What one session served, for the log.
 #[derive(Default)]
@@ -46,10 +46,9 @@ struct Tally {
 
 struct Session<'a> {
     sh: &'a Shared,
-    stream: Box<dyn Transport>,
+    io: Outbox,
     reader: FrameReader,
     buf: Vec<u8>,
-    out: Vec<u8>,
     root: OwnedFd,
     /// The remote's parent ("" at the top): manifest paths start below it.
     parent: String,
@@ -102,8 +101,8 @@ pub(super) fn serve(
         }
         Err(e) => {
             if e.kind() != ErrorKind::ConnectionLost {
-                let _ = s.flush();
-                let _ = wire::write_frame(&mut s.stream, wire::FAULT, e.to_string().as_bytes());
+                let _ = s.io.flush();
+                let _ = wire::write_frame(&mut s.io.stream, wire::FAULT, e.to_string().as_bytes());
             }
             Err(Error::new(e.kind(), format!("{shown}: tree get: {e}")).into())
         }
@@ -156,10 +155,9 @@ impl<'a> Session<'a> {
         match found {
             Ok((rel, root)) => Ok(Session {
                 sh,
-                stream,
+                io: Outbox::new(stream, OUT_BUFFER + BLOCK as usize + 64),
                 reader: FrameReader::new(),
                 buf: Vec::new(),
-                out: Vec::with_capacity(OUT_BUFFER + BLOCK as usize + 64),
                 root,
                 parent: rel.parent_str().unwrap_or("").to_owned(),
                 files: Vec::new(),
@@ -176,11 +174,11 @@ impl<'a> Session<'a> {
         loop {
             let page = self.next_page(&mut walk, &mut carry);
             if page.is_empty() {
-                self.send(wire::END, &[])?;
-                return self.flush();
+                self.io.send(wire::END, &[])?;
+                return self.io.flush();
             }
-            self.send(wire::PAGE, &page.finish())?;
-            self.flush()?;
+            self.io.send(wire::PAGE, &page.finish())?;
+            self.io.flush()?;
             if !self.answer_page()? {
                 return Ok(());
             }
@@ -218,9 +216,9 @@ impl<'a> Session<'a> {
         loop {
             // Answers to requests already here go out together.
             if !self.reader.has_frame() {
-                self.flush()?;
+                self.io.flush()?;
             }
-            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            let tag = self.reader.read_frame(&mut self.io.stream, &mut self.buf)?;
             match tag {
                 REQUEST => {
                     let (idx, all) = fetch::decode_request(&self.buf)?;
@@ -262,16 +260,16 @@ impl<'a> Session<'a> {
         });
         let (file, r) = match opened {
             Ok(x) => x,
-            Err(e) => return self.verdict(&path, &e.to_string()),
+            Err(e) => return self.io.verdict(&path, &e.to_string()),
         };
-        self.send(TAG_REFERENCE, &r.encode())?;
+        self.io.send(TAG_REFERENCE, &r.encode())?;
         self.t.files += 1;
         if all {
             // The whole file, and on to the next request: the client asks
             // again (not whole) for a file that arrived damaged.
             for i in 0..r.count() {
                 if let Err(why) = self.send_block(&file, &path, &r, i, buf)? {
-                    return self.verdict(&path, &why);
+                    return self.io.verdict(&path, &why);
                 }
             }
             return Ok(());
@@ -280,11 +278,11 @@ impl<'a> Session<'a> {
         for _ in 0..=crate::client::MAX_REPAIR_ROUNDS + 1 {
             for i in std::mem::take(&mut want) {
                 if let Err(why) = self.send_block(&file, &path, &r, i, buf)? {
-                    return self.verdict(&path, &why);
+                    return self.io.verdict(&path, &why);
                 }
             }
-            self.flush()?;
-            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            self.io.flush()?;
+            let tag = self.reader.read_frame(&mut self.io.stream, &mut self.buf)?;
             if tag != TAG_WANT {
                 return Err(Error::new(
                     ErrorKind::Protocol,
@@ -340,32 +338,58 @@ impl<'a> Session<'a> {
                 "\"{path}\" changed on the server during the download (block {i}); get it again"
             )));
         }
-        self.out
-            .extend_from_slice(&getwire::encode_data_head(off, len as u32));
-        self.out.extend_from_slice(b);
-        self.out
-            .extend_from_slice(&r.crcs[i as usize].to_be_bytes());
+        self.io.data(off, b, r.crcs[i as usize])?;
         self.t.bytes += len;
-        if self.out.len() >= OUT_BUFFER {
-            self.flush()?;
-        }
         Ok(Ok(()))
     }
+}
 
-    fn verdict(&mut self, path: &RelPath, why: &str) -> Result<()> {
+/// Frames to the client of a tree download, gathered up to
+/// [`OUT_BUFFER`] and written together (many small files to one write),
+/// from the storage directory or an object store alike.
+pub(super) struct Outbox {
+    pub(super) stream: Box<dyn Transport>,
+    out: Vec<u8>,
+}
+
+impl Outbox {
+    pub(super) fn new(stream: Box<dyn Transport>, capacity: usize) -> Outbox {
+        Outbox {
+            stream,
+            out: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// A data frame: the block at `off`, then its CRC-32.
+    fn data(&mut self, off: u64, bytes: &[u8], crc: u32) -> Result<()> {
+        let len =
+            u32::try_from(bytes.len()).map_err(|_| cut(io::ErrorKind::InvalidInput.into()))?;
+        self.out
+            .extend_from_slice(&getwire::encode_data_head(off, len));
+        self.out.extend_from_slice(bytes);
+        self.out.extend_from_slice(&crc.to_be_bytes());
+        self.flush_if_full()
+    }
+
+    /// A failed file's verdict, in words.
+    pub(super) fn verdict(&mut self, path: &RelPath, why: &str) -> Result<()> {
         let p = wire::verdict(wire::FAILED, path.as_str(), why);
         self.send(wire::VERDICT, &p)
     }
 
-    fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+    pub(super) fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
         wire::write_frame(&mut self.out, tag, payload).map_err(cut)?;
+        self.flush_if_full()
+    }
+
+    fn flush_if_full(&mut self) -> Result<()> {
         if self.out.len() >= OUT_BUFFER {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    pub(super) fn flush(&mut self) -> Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).map_err(cut)?;
             self.out.clear();
@@ -374,7 +398,7 @@ impl<'a> Session<'a> {
     }
 }
 
-fn cut(e: io::Error) -> Error {
+pub(super) fn cut(e: io::Error) -> Error {
     Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
 }
 

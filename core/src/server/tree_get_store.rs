@@ -30,10 +30,11 @@
 //!
 //! Not for the local storage directory (`tree_get`) nor the store's reads.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use super::get::Stop;
 use super::get_store::{runs, send_run};
+use super::tree_get::{cut, Outbox};
 use super::{ConnInfo, Failed, Shared};
 use crate::getwire::{self, TAG_REFERENCE, TAG_WANT};
 use crate::s3::finished::{self, DONE_DIR};
@@ -44,8 +45,7 @@ use crate::tree::wire::{self, FrameReader};
 use crate::tree::{Entry, EntryKind, PageBuilder, RelPath};
 use crate::{Error, ErrorKind, Result};
 
-/// Frames to the client are gathered up to this many bytes per write.
-const OUT_BUFFER: usize = 256 << 10;
+use super::tree_get::OUT_BUFFER;
 /// Finished records read at once for one page of the listing.
 const RECORDS_AT_ONCE: usize = 8;
 /// The mode of every file and directory listed: objects have none.
@@ -61,10 +61,9 @@ struct Tally {
 
 struct Session<'a> {
     s3: &'a S3Storage,
-    stream: Box<dyn Transport>,
+    io: Outbox,
     reader: FrameReader,
     buf: Vec<u8>,
-    out: Vec<u8>,
     /// The key prefix of the remote's parent ("" or ending in `/`).
     base: String,
     /// The files of the page last sent, by index.
@@ -85,10 +84,9 @@ pub(super) fn serve(
     let logger = |m: &str| (sh.logger)(m);
     let mut s = Session {
         s3,
-        stream,
+        io: Outbox::new(stream, OUT_BUFFER + 64),
         reader: FrameReader::new(),
         buf: Vec::new(),
-        out: Vec::with_capacity(OUT_BUFFER + 64),
         base: String::new(),
         files: Vec::new(),
         t: Tally::default(),
@@ -109,9 +107,9 @@ pub(super) fn serve(
         }
         Err(e) => {
             if e.kind() != ErrorKind::ConnectionLost {
-                let _ = s.flush();
-                let _ = wire::write_frame(&mut s.stream, wire::FAULT, e.to_string().as_bytes());
-                let _ = s.stream.close_write();
+                let _ = s.io.flush();
+                let _ = wire::write_frame(&mut s.io.stream, wire::FAULT, e.to_string().as_bytes());
+                let _ = s.io.stream.close_write();
             }
             Err(Error::new(e.kind(), format!("{}: {shown}: tree get: {e}", conn.peer)).into())
         }
@@ -406,11 +404,11 @@ impl Session<'_> {
         loop {
             let page = self.next_page(walk, &mut carry)?;
             if page.is_empty() {
-                self.send(wire::END, &[])?;
-                return self.flush();
+                self.io.send(wire::END, &[])?;
+                return self.io.flush();
             }
-            self.send(wire::PAGE, &page.finish())?;
-            self.flush()?;
+            self.io.send(wire::PAGE, &page.finish())?;
+            self.io.flush()?;
             if !self.answer_page()? {
                 return Ok(());
             }
@@ -444,9 +442,9 @@ impl Session<'_> {
     fn answer_page(&mut self) -> Result<bool> {
         loop {
             if !self.reader.has_frame() {
-                self.flush()?;
+                self.io.flush()?;
             }
-            match self.reader.read_frame(&mut self.stream, &mut self.buf)? {
+            match self.reader.read_frame(&mut self.io.stream, &mut self.buf)? {
                 REQUEST => {
                     let (idx, all) = fetch::decode_request(&self.buf)?;
                     self.serve_file(idx as usize, all)?;
@@ -478,12 +476,12 @@ impl Session<'_> {
                     "\"{path}\" is {} bytes, over the {MAX_FILE} a tree get serves; get it alone",
                     r.size
                 );
-                return self.verdict(&path, &why);
+                return self.io.verdict(&path, &why);
             }
             Ok(r) => r,
-            Err(f) => return self.verdict(&path, &f.words),
+            Err(f) => return self.io.verdict(&path, &f.words),
         };
-        self.send(TAG_REFERENCE, &r.encode())?;
+        self.io.send(TAG_REFERENCE, &r.encode())?;
         self.t.files += 1;
         if all {
             // The client asks again (not whole) for a file that arrived
@@ -491,8 +489,8 @@ impl Session<'_> {
             return self.send_blocks(&path, &key, &r, &[(0, r.count())]);
         }
         for _ in 0..=crate::client::MAX_REPAIR_ROUNDS + 1 {
-            self.flush()?;
-            let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
+            self.io.flush()?;
+            let tag = self.reader.read_frame(&mut self.io.stream, &mut self.buf)?;
             if tag != TAG_WANT {
                 return Err(Error::new(
                     ErrorKind::Protocol,
@@ -520,9 +518,9 @@ impl Session<'_> {
         r: &getwire::Reference,
         runs: &[(u64, u64)],
     ) -> Result<()> {
-        self.flush()?;
+        self.io.flush()?;
         for &(first, count) in runs {
-            let stream = &mut self.stream;
+            let stream = &mut self.io.stream;
             let mut send = |off: u64, bytes: &[u8], crc: u32| {
                 stream.write_all(&getwire::encode_data_head(off, bytes.len() as u32))?;
                 stream.write_all(bytes)?;
@@ -530,37 +528,12 @@ impl Session<'_> {
             };
             match send_run(self.s3, key, r, first, count, &mut send) {
                 Ok(n) => self.t.bytes += n,
-                Err(Stop::Fault(f)) => return self.verdict(path, &f.words),
+                Err(Stop::Fault(f)) => return self.io.verdict(path, &f.words),
                 Err(Stop::Lost(e)) => return Err(cut(e)),
             }
         }
         Ok(())
     }
-
-    fn verdict(&mut self, path: &RelPath, why: &str) -> Result<()> {
-        let p = wire::verdict(wire::FAILED, path.as_str(), why);
-        self.send(wire::VERDICT, &p)
-    }
-
-    fn send(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
-        wire::write_frame(&mut self.out, tag, payload).map_err(cut)?;
-        if self.out.len() >= OUT_BUFFER {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).map_err(cut)?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-}
-
-fn cut(e: io::Error) -> Error {
-    Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
 }
 
 #[cfg(test)]
