@@ -646,7 +646,31 @@ fn local_crc(f: &PageFile, cache: Option<&SumCache>) -> Result<u32> {
 
 /// Connects (TLS as for a single upload) and opens a tree session.
 fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
+    let words = OldServer {
+        closed: "the server closed a tree session: it is a legacy server or an older bigtransfer; send the files one by one",
+        legacy: "the server does not speak tree sessions (a legacy server); send the files one by one",
+    };
+    open_session(up, &tree_header(), &words)
+}
+
+/// What to tell the user when the server does not take a tree request:
+/// it closed on the header (an older bigtransfer), or answered as a
+/// legacy server.
+pub(super) struct OldServer {
+    pub(super) closed: &'static str,
+    pub(super) legacy: &'static str,
+}
+
+/// Connects (TLS as for any transfer), sends the tree request `header`
+/// (a tree session's or a tree download's) and reads the server's
+/// `MAGIC`: the connection, ready for the session's frames.
+pub(super) fn open_session(
+    up: &mut Upload,
+    header: &[u8],
+    words: &OldServer,
+) -> Result<Box<dyn Transport>> {
     let (sock, _addr) = shell::connect(up)?;
+    up.ever_connected = true;
     shell::tune(&sock);
     let reconnect = |up: &Upload| -> Result<std::net::TcpStream> {
         let (s, _) = shell::connect(up)?;
@@ -658,21 +682,14 @@ fn open(up: &mut Upload) -> Result<Box<dyn Transport>> {
     let _ = stream.set_write_timeout(t);
     let _ = stream.set_read_timeout(Some(up.opts.handshake_timeout));
     stream
-        .write_all(&tree_header())
+        .write_all(header)
         .map_err(|e| cut(e, "sending the header"))?;
     let mut reply = [0u8; 8];
-    stream.read_exact(&mut reply).map_err(|e| {
-        Error::io(
-            ErrorKind::Refused,
-            "the server closed a tree session: it is a legacy server or an older bigtransfer; send the files one by one",
-            e,
-        )
-    })?;
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| Error::io(ErrorKind::Refused, words.closed, e))?;
     if reply != crate::v2::MAGIC {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            "the server does not speak tree sessions (a legacy server); send the files one by one",
-        ));
+        return Err(Error::new(ErrorKind::Refused, words.legacy));
     }
     let _ = stream.set_read_timeout(t);
     Ok(stream)

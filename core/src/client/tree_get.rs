@@ -21,13 +21,13 @@
 //! server's side (`server::tree_get`).
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::get::{part_paths, Local};
-use super::{secure, shell, Control, SendOptions, Upload};
+use super::{Control, SendOptions, Upload};
 use crate::getwire::{self, Reference, TAG_DATA, TAG_REFERENCE};
 use crate::transport::Transport;
 use crate::tree::fetch::{self, BLOCK, NEXT, REQUEST};
@@ -709,38 +709,11 @@ impl<'a, 'r> Session<'a, 'r> {
 
 /// Connects (TLS as for any transfer) and asks for the tree `remote`.
 fn connect(up: &mut Upload, remote: &str) -> Result<Box<dyn Transport>> {
-    let (sock, _addr) = shell::connect(up)?;
-    up.ever_connected = true;
-    shell::tune(&sock);
-    let reconnect = |up: &Upload| -> Result<std::net::TcpStream> {
-        let (s, _) = shell::connect(up)?;
-        shell::tune(&s);
-        Ok(s)
+    let words = super::tree::OldServer {
+        closed: "the server closed the tree get: it is a legacy server or an older bigtransfer, which cannot send trees",
+        legacy: "the server does not speak tree downloads (a legacy server)",
     };
-    let mut stream = secure::open(up, sock, &reconnect)?;
-    let t = Some(up.opts.io_timeout);
-    let _ = stream.set_write_timeout(t);
-    let _ = stream.set_read_timeout(Some(up.opts.handshake_timeout));
-    let cut = |e| Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e);
-    stream
-        .write_all(&fetch::encode_header(remote)?)
-        .map_err(cut)?;
-    let mut reply = [0u8; 8];
-    stream.read_exact(&mut reply).map_err(|e| {
-        Error::io(
-            ErrorKind::Refused,
-            "the server closed the tree get: it is a legacy server or an older bigtransfer, which cannot send trees",
-            e,
-        )
-    })?;
-    if reply != crate::v2::MAGIC {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            "the server does not speak tree downloads (a legacy server)",
-        ));
-    }
-    let _ = stream.set_read_timeout(t);
-    Ok(stream)
+    super::tree::open_session(up, &fetch::encode_header(remote)?, &words)
 }
 
 mod dest;
