@@ -73,6 +73,9 @@ LOGDIR=$OUT/logs
 mkdir -p "$BENCH_WORK" "$DATA" "$LOGDIR"
 export BENCH_LOG=$LOGDIR/harness.log
 
+# The binary the user named, before the shared harness (sourced by lib.sh)
+# gives BIGTRANSFER its default of target/release/bigtransfer.
+USER_BIGTRANSFER=${BIGTRANSFER:-}
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
@@ -102,8 +105,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ build
-if [ -n "${BIGTRANSFER:-}" ]; then
-  BT_SRC_BIN=$BIGTRANSFER
+if [ -n "$USER_BIGTRANSFER" ]; then
+  BT_SRC_BIN=$USER_BIGTRANSFER
 else
   echo "bench: cargo build --release -p bigtransfer-cli" >&2
   (cd "$ROOT" && cargo build --release -q -p bigtransfer-cli)
