@@ -214,24 +214,10 @@ impl<'a> Session<'a> {
     /// next page (true) or ends (false).
     fn answer_page(&mut self) -> Result<bool> {
         loop {
-            // Answers to requests already here go out together.
-            if !self.reader.has_frame() {
-                self.io.flush()?;
-            }
-            let tag = self.reader.read_frame(&mut self.io.stream, &mut self.buf)?;
-            match tag {
-                REQUEST => {
-                    let (idx, all) = fetch::decode_request(&self.buf)?;
-                    self.serve_file(idx as usize, all)?;
-                }
-                NEXT => return Ok(true),
-                wire::END => return Ok(false),
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Protocol,
-                        format!("unexpected frame {other:#04x} in a tree get"),
-                    ))
-                }
+            match next_ask(&mut self.io, &mut self.reader, &mut self.buf)? {
+                Ask::File(idx, all) => self.serve_file(idx, all)?,
+                Ask::Next => return Ok(true),
+                Ask::End => return Ok(false),
             }
         }
     }
@@ -395,6 +381,41 @@ impl Outbox {
             self.out.clear();
         }
         Ok(())
+    }
+}
+
+/// What the client of a tree download asks next, between manifest pages.
+pub(super) enum Ask {
+    /// A file of the page last sent, by index; `all`: from its first block.
+    File(usize, bool),
+    /// The next manifest page.
+    Next,
+    /// Nothing more.
+    End,
+}
+
+/// Reads the client's next request, writing out what was gathered first
+/// when nothing more is waiting (answers to requests already here go out
+/// together).
+pub(super) fn next_ask(
+    io: &mut Outbox,
+    reader: &mut FrameReader,
+    buf: &mut Vec<u8>,
+) -> Result<Ask> {
+    if !reader.has_frame() {
+        io.flush()?;
+    }
+    match reader.read_frame(&mut io.stream, buf)? {
+        REQUEST => {
+            let (idx, all) = fetch::decode_request(buf)?;
+            Ok(Ask::File(idx as usize, all))
+        }
+        NEXT => Ok(Ask::Next),
+        wire::END => Ok(Ask::End),
+        other => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected frame {other:#04x} in a tree get"),
+        )),
     }
 }
 

@@ -34,13 +34,13 @@ use std::io::Write;
 
 use super::get::Stop;
 use super::get_store::{runs, send_run};
-use super::tree_get::{cut, Outbox};
+use super::tree_get::{cut, next_ask, Ask, Outbox};
 use super::{ConnInfo, Failed, Shared};
 use crate::getwire::{self, TAG_REFERENCE, TAG_WANT};
 use crate::s3::finished::{self, DONE_DIR};
 use crate::s3::{Client, S3Error, S3Storage, STATE_DIR};
 use crate::transport::Transport;
-use crate::tree::fetch::{self, BLOCK, MAX_FILE, NEXT, REQUEST};
+use crate::tree::fetch::{BLOCK, MAX_FILE};
 use crate::tree::wire::{self, FrameReader};
 use crate::tree::{Entry, EntryKind, PageBuilder, RelPath};
 use crate::{Error, ErrorKind, Result};
@@ -441,22 +441,10 @@ impl Session<'_> {
     /// next page (true) or ends (false).
     fn answer_page(&mut self) -> Result<bool> {
         loop {
-            if !self.reader.has_frame() {
-                self.io.flush()?;
-            }
-            match self.reader.read_frame(&mut self.io.stream, &mut self.buf)? {
-                REQUEST => {
-                    let (idx, all) = fetch::decode_request(&self.buf)?;
-                    self.serve_file(idx as usize, all)?;
-                }
-                NEXT => return Ok(true),
-                wire::END => return Ok(false),
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Protocol,
-                        format!("unexpected frame {other:#04x} in a tree get"),
-                    ))
-                }
+            match next_ask(&mut self.io, &mut self.reader, &mut self.buf)? {
+                Ask::File(idx, all) => self.serve_file(idx, all)?,
+                Ask::Next => return Ok(true),
+                Ask::End => return Ok(false),
             }
         }
     }
