@@ -15,42 +15,12 @@ const MIB: u64 = 1 << 20;
 /// `bigtransfer get --host 127.0.0.1 --port P --quiet --json EXTRA... REMOTE`
 /// with a known-hosts file of its own unless `extra` names one.
 fn get(srv: &ServerProc, remote: &str, extra: &[&str]) -> Output {
-    let mut cmd = get_cmd(srv, remote, extra);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    Output {
-        status,
-        stdout: out.into_bytes(),
-        stderr: err.into_bytes(),
-    }
+    output_within(&mut get_cmd(srv, remote, extra), LONG, "get")
 }
 
 fn get_cmd(srv: &ServerProc, remote: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "get",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &srv.port(),
-        "--quiet",
-        "--json",
-    ])
-    .args(extra)
-    .arg(remote);
-    if !extra.contains(&"--known-hosts") {
-        cmd.env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
-    }
+    let mut cmd = crate::harness::get_cmd(&srv.port(), &[&["--json"], extra].concat());
+    cmd.arg(remote);
     cmd
 }
 

@@ -633,29 +633,9 @@ fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
 
 /// `bigtransfer get --json -o OUT REMOTE` against `srv`.
 fn get_from(srv: &ServerProc, remote: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut child = std::process::Command::new(BIN)
-        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
-        .args(["--quiet", "--json"])
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .arg(remote)
-        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let (mut o, mut e) = (Vec::new(), Vec::new());
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
+    let mut cmd = get_cmd(&srv.port(), &[&["--json"], extra].concat());
+    cmd.arg("-o").arg(out).arg(remote);
+    output_within(&mut cmd, LONG, "get")
 }
 
 #[test]

@@ -361,33 +361,9 @@ fn get_via(
     dest: &std::path::Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "get",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--quiet",
-            "--json",
-        ])
-        .args(extra)
-        .args(["-o", dest.to_str().unwrap(), remote])
-        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let _ = child.stdout.take().unwrap().read_to_end(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_end(&mut err);
-    std::process::Output {
-        status,
-        stdout: out,
-        stderr: err,
-    }
+    let mut cmd = get_cmd(port, &[&["--json"], extra].concat());
+    cmd.args(["-o", dest.to_str().unwrap(), remote]);
+    output_within(&mut cmd, LONG, "get")
 }
 
 #[test]
