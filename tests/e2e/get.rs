@@ -26,13 +26,7 @@ fn get_cmd(srv: &ServerProc, remote: &str, extra: &[&str]) -> Command {
 
 #[track_caller]
 fn assert_got(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "get failed; stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
+    assert_exit(out, 0);
     assert!(
         stdout(out).contains("\"result\": \"OK\""),
         "{}",

@@ -433,6 +433,18 @@ pub fn assert_ok(out: &Output) {
     assert!(stdout(out).contains("CRC32_OK"), "{}", stdout(out));
 }
 
+/// Fails the test, with both output streams, unless `out` exited `code`.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 /// Starts `bigtransfer client --quiet --no-cache` against `srv` in the
 /// background with `extra` flags, for `file`, stderr piped (stdout
 /// discarded): for tests that act while an upload runs.

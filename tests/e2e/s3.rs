@@ -738,13 +738,7 @@ fn a_tree_lands_as_objects_under_its_paths_and_a_resend_is_free() {
     let (root, files) = s3_tree(t.path(), 21 * 1024 * 1024 + 5);
     let srv = store.server(0, t.path(), &[]);
     let out = tree_to(&srv, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert_eq!(field(&out, "stored"), 4, "{}", stdout(&out));
     // The symlink and the empty directory: skipped, in words.
     assert_eq!(field(&out, "skipped"), 2, "{}", stdout(&out));
@@ -852,13 +846,7 @@ fn an_interrupted_tree_resumes_on_another_node_with_only_what_is_missing() {
         a.log.text()
     );
     let out = tree_to(&b, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let sent = field(&out, "bytes_sent");
     assert!(
         sent <= big + 400_000 - recorded * (8 << 20) && recorded > 0,
@@ -913,13 +901,7 @@ fn a_tree_into_the_store_needs_the_token_and_never_touches_the_servers_records()
     );
 
     let out = with(&good, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     for f in &files {
         assert_object_is(&store, f, &t.path().join(f));
     }
@@ -1027,13 +1009,7 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
 
     let dest = t.path().join("got");
     let out = get_from(&srv, "set", &dest, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("\"result\": \"TREE_OK\""),
         "{}",
@@ -1083,13 +1059,7 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
         .unwrap();
     let other = t.path().join("other");
     let out = get_from(&srv, "set", &other, &["--retries", "0"]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 6);
     let err = stderr(&out);
     assert!(
         err.contains("set/a/mid.bin") && err.contains("does not match what was stored"),

@@ -129,13 +129,7 @@ fn a_tree_arrives_identical_and_a_resend_sends_nothing() {
     let root = make_tree(src.path(), 2000, &[3 << 20, 5 << 20 | 17]);
     let srv = ServerProc::start(store.path(), &[]);
     let out = send_tree(&srv, &[&root], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("\"result\": \"TREE_OK\""),
         "{}",

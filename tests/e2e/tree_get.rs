@@ -25,13 +25,7 @@ pub(crate) fn get(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Output 
 
 #[track_caller]
 fn assert_tree_ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "get failed; stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
+    assert_exit(out, 0);
     assert!(
         stdout(out).contains("\"result\": \"TREE_OK\""),
         "{}",
