@@ -21,6 +21,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod cache;
+pub mod dirsums;
 pub mod client;
 pub mod compress;
 pub mod congestion;

@@ -195,9 +195,17 @@ impl<'a> Session<'a> {
                     "tree get: left out {}: {reason}",
                     source.display()
                 )),
-                Walked::Entry { entry, source } => {
+                Walked::Entry {
+                    entry,
+                    source,
+                    stamp,
+                } => {
                     if !page.try_push(&entry) {
-                        *carry = Some(Walked::Entry { entry, source });
+                        *carry = Some(Walked::Entry {
+                            entry,
+                            source,
+                            stamp,
+                        });
                         break;
                     }
                     self.t.entries += 1;

@@ -1,0 +1,121 @@
+//! The client's CRC-32 records for tree sends: one record per source
+//! directory in the checksum cache (see [`crate::dirsums`]), so a re-send
+//! of an unchanged tree learns every file's CRC-32 from one small read per
+//! directory, keyed by the `lstat` the walk made anyway, and opens no
+//! file. A file whose size, mtime, inode or ctime moved is read again.
+//!
+//! Only one directory's record is in memory; it is written back when the
+//! send moves to another directory and at the end of an attempt. Not for
+//! the block checksums of single uploads (`cache::SumCache::load`).
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::{SourceStamp, SumCache};
+use crate::dirsums::{settled, DirSums};
+
+/// The records of one send.
+pub(super) struct LocalSums {
+    cache: SumCache,
+    /// The directory whose record is loaded (as walked, and canonical:
+    /// the record's key; None when it cannot be resolved).
+    current: Option<(PathBuf, Option<PathBuf>, DirSums)>,
+}
+
+impl LocalSums {
+    pub(super) fn new(cache: SumCache) -> LocalSums {
+        LocalSums {
+            cache,
+            current: None,
+        }
+    }
+
+    /// The recorded CRC-32 of `source` if its record's stamp is `stamp`.
+    pub(super) fn get(&mut self, source: &Path, stamp: &SourceStamp) -> Option<u32> {
+        let name = source.file_name()?.to_str()?.to_owned();
+        self.record_of(source)?.get(&name, stamp)
+    }
+
+    /// Records `crc`, read from `source` after `stamp` was taken, unless
+    /// the file changed too recently for its ctime to prove it.
+    pub(super) fn put(&mut self, source: &Path, stamp: SourceStamp, crc: u32) {
+        let Some(name) = source.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let name = name.to_owned();
+        if settled(&stamp) {
+            if let Some(rec) = self.record_of(source) {
+                rec.put(&name, stamp, crc);
+            }
+        }
+    }
+
+    /// Writes the record in memory back if it changed.
+    pub(super) fn flush(&mut self) {
+        if let Some((_, Some(canonical), rec)) = self.current.as_mut() {
+            if rec.is_dirty() {
+                self.cache.store_dir(canonical, rec);
+                rec.saved();
+            }
+        }
+    }
+
+    /// The record of the directory holding `source`, loaded (and the one
+    /// in memory written back) if it is another directory's.
+    fn record_of(&mut self, source: &Path) -> Option<&mut DirSums> {
+        let dir = source.parent()?;
+        if self.current.as_ref().map(|(d, _, _)| d.as_path()) != Some(dir) {
+            self.flush();
+            let (canonical, rec) = match self.cache.load_dir(dir) {
+                Some((c, rec)) => (Some(c), rec),
+                None => (None, DirSums::default()),
+            };
+            self.current = Some((dir.to_owned(), canonical, rec));
+        }
+        match self.current.as_mut() {
+            Some((_, Some(_), rec)) => Some(rec),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp_of(p: &Path) -> SourceStamp {
+        SourceStamp::of(&std::fs::metadata(p).expect("stat"))
+    }
+
+    /// As if the file had been written long ago: only such stamps are
+    /// recorded (see `dirsums::settled`).
+    fn aged(mut st: SourceStamp) -> SourceStamp {
+        st.ctime -= 10;
+        st
+    }
+
+    #[test]
+    fn a_record_serves_the_same_stamp_only_and_survives_the_send() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("src");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "aaaa").expect("write");
+        std::fs::write(&b, "bbbb").expect("write");
+        let cache = SumCache::new(tmp.path().join("cache"));
+        let (sa, sb) = (aged(stamp_of(&a)), aged(stamp_of(&b)));
+        let mut sums = LocalSums::new(cache.clone());
+        sums.put(&a, sa, 7);
+        sums.put(&b, stamp_of(&b), 8); // just written: not recorded
+        sums.flush();
+        let mut again = LocalSums::new(cache);
+        assert_eq!(again.get(&a, &sa), Some(7));
+        assert_eq!(again.get(&b, &sb), None);
+        assert_eq!(again.get(&b, &stamp_of(&b)), None);
+        // Rewritten: the record no longer holds.
+        std::fs::write(&a, "AAAAA").expect("write");
+        assert_eq!(again.get(&a, &aged(stamp_of(&a))), None);
+        let mut moved = sa;
+        moved.ctime_nsec += 1;
+        assert_eq!(again.get(&a, &moved), None);
+    }
+}
