@@ -21,11 +21,11 @@
 pub mod alloc;
 pub mod auth;
 pub mod cache;
-pub mod dirsums;
 pub mod client;
 pub mod compress;
 pub mod congestion;
 pub mod crc;
+pub mod dirsums;
 mod error;
 pub mod getwire;
 mod json;

@@ -716,7 +716,10 @@ fn changes_on_either_side_are_caught_once_both_sides_keep_crc_records() {
     assert_eq!(field(&out, "bytes_sent"), 9, "{}", stdout(&out));
     let stored = store.path().join("aged");
     assert_eq!(fs::read(stored.join("sub/a.txt")).unwrap(), b"CONTENT A");
-    assert_eq!(fs::read(stored.join("sub/a.txt.~1~")).unwrap(), b"content a");
+    assert_eq!(
+        fs::read(stored.join("sub/a.txt.~1~")).unwrap(),
+        b"content a"
+    );
 
     // On the server: its record of b.txt no longer matches (ctime).
     rewrite_keeping_mtime(&stored.join("b.txt"), b"CONTENT B");

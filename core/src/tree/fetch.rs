@@ -126,9 +126,15 @@ mod tests {
             crcs: vec![0; crate::v2::block_count(size, BLOCK) as usize],
         };
         let at_limit = Reference::decode(&reference(MAX_FILE).encode());
-        assert_eq!(at_limit.map(|r| r.count()).ok(), Some(crate::v2::MAX_BLOCKS));
+        assert_eq!(
+            at_limit.map(|r| r.count()).ok(),
+            Some(crate::v2::MAX_BLOCKS)
+        );
         let over = Reference::decode(&reference(MAX_FILE + 1).encode());
-        assert!(over.is_err(), "a reference of MAX_BLOCKS + 1 blocks decoded");
+        assert!(
+            over.is_err(),
+            "a reference of MAX_BLOCKS + 1 blocks decoded"
+        );
         // The next block size up would not fit a tree frame with its head
         // (offset:u64, length:u32, tag): the block cannot grow instead.
         let head = 8 + 4 + 1;
