@@ -22,8 +22,13 @@ const MAGIC: &[u8; 8] = b"BTDIRS01";
 /// Bytes of an entry after its name: size, mtime s/ns, inode, ctime
 /// s/ns (8 bytes each), CRC-32.
 const FIXED: usize = 6 * 8 + 4;
-/// A record larger than this is not read (a directory of about 200,000
-/// files fits): it bounds what a damaged or hostile record can cost.
+/// Entries a record holds at most: a larger directory has its first
+/// ones recorded and the rest read each time. It bounds the memory of the
+/// record in use and what rewriting it costs (a flat directory of a
+/// million files would otherwise rewrite a growing record every page).
+pub const MAX_ENTRIES: usize = 50_000;
+/// A record larger than this is not read (`MAX_ENTRIES` entries of the
+/// longest names fit): it bounds what a damaged or hostile record costs.
 pub const MAX_RECORD: u64 = 16 << 20;
 
 /// The known CRC-32s of one directory's files, by name.
@@ -47,6 +52,9 @@ impl DirSums {
     /// unless it said exactly that already).
     pub fn put(&mut self, name: &str, stamp: SourceStamp, crc: u32) {
         if self.get(name, &stamp) == Some(crc) || !valid_name(name.as_bytes()) {
+            return;
+        }
+        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(name) {
             return;
         }
         self.entries.insert(name.to_owned(), (stamp, crc));
@@ -137,6 +145,9 @@ fn decode_entries(bytes: &[u8], key: &[u8]) -> Option<HashMap<String, (SourceSta
         };
         let crc = u32::from_be_bytes(f[48..52].try_into().expect("4 bytes"));
         entries.insert(name, (stamp, crc));
+        if entries.len() > MAX_ENTRIES {
+            return None;
+        }
     }
     Some(entries)
 }
@@ -250,6 +261,23 @@ mod tests {
         assert!(!back.is_dirty());
         back.put("a", stamp(1, 1), 3);
         assert!(back.is_dirty());
+    }
+
+    #[test]
+    fn a_record_stops_growing_at_its_bound() {
+        let mut d = DirSums::default();
+        for i in 0..MAX_ENTRIES + 10 {
+            d.put(&format!("f{i}"), stamp(1, 1), 2);
+        }
+        assert_eq!(d.len(), MAX_ENTRIES);
+        // A recorded name is still updated.
+        d.put("f0", stamp(1, 2), 3);
+        assert_eq!(d.get("f0", &stamp(1, 2)), Some(3));
+        let longest = "x".repeat(255);
+        let worst = MAX_ENTRIES as u64 * (2 + longest.len() + FIXED) as u64 + 8 + 4 + 4096;
+        assert!(worst <= MAX_RECORD, "{worst}");
+        let bytes = d.encode(b"k");
+        assert_eq!(DirSums::decode(&bytes, b"k").len(), MAX_ENTRIES);
     }
 
     proptest::proptest! {

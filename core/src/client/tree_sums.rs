@@ -4,8 +4,9 @@
 //! directory, keyed by the `lstat` the walk made anyway, and opens no
 //! file. A file whose size, mtime, inode or ctime moved is read again.
 //!
-//! Only one directory's record is in memory; it is written back when the
-//! send moves to another directory and at the end of an attempt. Not for
+//! The records of the last few directories used are in memory; one is
+//! written back when dropped to make room, and all at the end of an
+//! attempt. Not for
 //! the block checksums of single uploads (`cache::SumCache::load`).
 
 use std::path::{Path, PathBuf};
@@ -13,19 +14,27 @@ use std::path::{Path, PathBuf};
 use crate::cache::{SourceStamp, SumCache};
 use crate::dirsums::{settled, DirSums};
 
+/// Records kept in memory at once: the walk comes back to a directory
+/// after each of its subdirectories, so its ancestors' records stay
+/// loaded instead of being written and read again at every turn.
+const IN_MEMORY: usize = 16;
+
+/// One loaded record: the directory as walked, its canonical path (the
+/// record's key; None when it cannot be resolved) and the record.
+type Loaded = (PathBuf, Option<PathBuf>, DirSums);
+
 /// The records of one send.
 pub(super) struct LocalSums {
     cache: SumCache,
-    /// The directory whose record is loaded (as walked, and canonical:
-    /// the record's key; None when it cannot be resolved).
-    current: Option<(PathBuf, Option<PathBuf>, DirSums)>,
+    /// The records loaded, the most recently used last.
+    loaded: Vec<Loaded>,
 }
 
 impl LocalSums {
     pub(super) fn new(cache: SumCache) -> LocalSums {
         LocalSums {
             cache,
-            current: None,
+            loaded: Vec::new(),
         }
     }
 
@@ -49,29 +58,40 @@ impl LocalSums {
         }
     }
 
-    /// Writes the record in memory back if it changed.
+    /// Writes the records in memory back where they changed.
     pub(super) fn flush(&mut self) {
-        if let Some((_, Some(canonical), rec)) = self.current.as_mut() {
-            if rec.is_dirty() {
-                self.cache.store_dir(canonical, rec);
+        for (_, canonical, rec) in self.loaded.iter_mut() {
+            if let (Some(c), true) = (canonical.as_ref(), rec.is_dirty()) {
+                self.cache.store_dir(c, rec);
                 rec.saved();
             }
         }
     }
 
-    /// The record of the directory holding `source`, loaded (and the one
-    /// in memory written back) if it is another directory's.
+    /// The record of the directory holding `source`, loaded if needed
+    /// (the least recently used one written back and dropped for room).
     fn record_of(&mut self, source: &Path) -> Option<&mut DirSums> {
         let dir = source.parent()?;
-        if self.current.as_ref().map(|(d, _, _)| d.as_path()) != Some(dir) {
-            self.flush();
-            let (canonical, rec) = match self.cache.load_dir(dir) {
-                Some((c, rec)) => (Some(c), rec),
-                None => (None, DirSums::default()),
-            };
-            self.current = Some((dir.to_owned(), canonical, rec));
+        match self.loaded.iter().position(|(d, _, _)| d == dir) {
+            Some(i) => {
+                let hit = self.loaded.remove(i);
+                self.loaded.push(hit);
+            }
+            None => {
+                if self.loaded.len() >= IN_MEMORY {
+                    let (_, canonical, rec) = self.loaded.remove(0);
+                    if let (Some(c), true) = (canonical, rec.is_dirty()) {
+                        self.cache.store_dir(&c, &rec);
+                    }
+                }
+                let (canonical, rec) = match self.cache.load_dir(dir) {
+                    Some((c, rec)) => (Some(c), rec),
+                    None => (None, DirSums::default()),
+                };
+                self.loaded.push((dir.to_owned(), canonical, rec));
+            }
         }
-        match self.current.as_mut() {
+        match self.loaded.last_mut() {
             Some((_, Some(_), rec)) => Some(rec),
             _ => None,
         }
@@ -117,5 +137,29 @@ mod tests {
         let mut moved = sa;
         moved.ctime_nsec += 1;
         assert_eq!(again.get(&a, &moved), None);
+    }
+
+    #[test]
+    fn records_dropped_for_room_are_written_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = SumCache::new(tmp.path().join("cache"));
+        let mut sums = LocalSums::new(cache.clone());
+        let mut files = Vec::new();
+        for i in 0..IN_MEMORY + 4 {
+            let d = tmp.path().join(format!("d{i}"));
+            std::fs::create_dir(&d).expect("mkdir");
+            let f = d.join("f");
+            std::fs::write(&f, format!("{i}")).expect("write");
+            let st = aged(stamp_of(&f));
+            sums.put(&f, st, i as u32);
+            files.push((f, st));
+        }
+        // Back to the first directory (dropped meanwhile): read again.
+        assert_eq!(sums.get(&files[0].0, &files[0].1), Some(0));
+        sums.flush();
+        let mut again = LocalSums::new(cache);
+        for (i, (f, st)) in files.iter().enumerate() {
+            assert_eq!(again.get(f, st), Some(i as u32), "{}", f.display());
+        }
     }
 }

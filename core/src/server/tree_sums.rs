@@ -8,10 +8,10 @@
 //! is believed only while the stored file's size, mtime, inode and ctime
 //! still match a fresh `stat`: anything that rewrites the file on the
 //! server changes its ctime, so a stale entry is never used, only
-//! recomputed. The record of the directory in use is kept in memory and
-//! written back (temporary file and rename, no fsync: a lost record only
-//! means files are read again) when the session moves to another
-//! directory, at the end of a page and at the end. Records are an
+//! recomputed. The records of the last few directories used are kept in
+//! memory and written back (temporary file and rename, no fsync: a lost
+//! record only means files are read again) when dropped to make room, at
+//! the end of a page and at the end. Records are an
 //! optimisation: any failure here only means the file is read.
 //!
 //! Not for parts (`tree`), nor for S3 (its finished records have the
@@ -30,11 +30,17 @@ use crate::tree::RelPath;
 /// The records' directory, inside the parts directory.
 const SUMS_DIR: &str = "sums";
 
-/// The records of one storage directory, one directory's in memory.
+/// Records kept in memory at once: the walk comes back to a directory
+/// after each of its subdirectories, so its ancestors' records stay
+/// loaded instead of being written and read again at every turn.
+const IN_MEMORY: usize = 16;
+
+/// The records of one storage directory, the last few used in memory.
 pub(super) struct Sums {
     dir: Option<OwnedFd>,
-    /// The directory (its path in the store) whose record is loaded.
-    current: Option<(String, DirSums)>,
+    /// Directories (their paths in the store) whose records are loaded,
+    /// the most recently used last.
+    loaded: Vec<(String, DirSums)>,
 }
 
 impl Sums {
@@ -44,7 +50,7 @@ impl Sums {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         Sums {
             dir: rfs::openat(parts, SUMS_DIR, flags, Mode::empty()).ok(),
-            current: None,
+            loaded: Vec::new(),
         }
     }
 
@@ -72,32 +78,39 @@ impl Sums {
         }
     }
 
-    /// Writes the record in memory back if it changed.
+    /// Writes the records in memory back where they changed.
     pub(super) fn flush(&mut self) {
-        let (Some(dir), Some((key, rec))) = (self.dir.as_ref(), self.current.as_mut()) else {
+        let Some(dir) = self.dir.as_ref() else {
             return;
         };
-        if rec.is_dirty() {
+        for (key, rec) in self.loaded.iter_mut().filter(|(_, r)| r.is_dirty()) {
             write_record(dir, key, rec);
             rec.saved();
         }
     }
 
-    /// The record of the directory holding `path`, loaded (and the one
-    /// in memory written back) if it is another directory's.
+    /// The record of the directory holding `path`, loaded if needed (the
+    /// least recently used one written back and dropped to make room).
     fn record_of(&mut self, path: &RelPath) -> Option<&mut DirSums> {
+        let dir = self.dir.as_ref()?;
         let key = path.parent_str().unwrap_or("");
-        if self.current.as_ref().map(|(k, _)| k.as_str()) != Some(key) {
-            self.flush();
-            let rec = self
-                .dir
-                .as_ref()
-                .map(|d| read_record(d, key))
-                .unwrap_or_default();
-            self.current = Some((key.to_owned(), rec));
+        match self.loaded.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                let hit = self.loaded.remove(i);
+                self.loaded.push(hit);
+            }
+            None => {
+                if self.loaded.len() >= IN_MEMORY {
+                    let (old, rec) = self.loaded.remove(0);
+                    if rec.is_dirty() {
+                        write_record(dir, &old, &rec);
+                    }
+                }
+                let rec = read_record(dir, key);
+                self.loaded.push((key.to_owned(), rec));
+            }
         }
-        self.dir.as_ref()?;
-        self.current.as_mut().map(|(_, rec)| rec)
+        self.loaded.last_mut().map(|(_, rec)| rec)
     }
 }
 
