@@ -441,6 +441,13 @@ typedef struct bt_tree_result {
      * Connections made.
      */
     uint32_t attempts;
+    /**
+     * Of a send: files sent although the server held one of the same
+     * size and mtime, because their content differed (checked by
+     * CRC-32; the stored one was kept as a numbered version or replaced,
+     * as the verdict said). Always 0 for a download.
+     */
+    uint64_t changed_same_mtime;
 } bt_tree_result;
 
 #ifdef __cplusplus

@@ -274,6 +274,11 @@ class TreeResult:
     def attempts(self) -> int: ...
     @property
     def encrypted(self) -> bool: ...
+    @property
+    def changed_same_mtime(self) -> int:
+        """Of a send: files sent although the server held one of the same
+        size and mtime, their content being different (checked by CRC-32);
+        0 for a get."""
 
 @final
 class Result:

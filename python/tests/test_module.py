@@ -877,3 +877,22 @@ def test_send_tree_and_get_tree_roundtrip_with_progress(server, tmp_path):
     with pytest.raises(bigtransfer.CancelledError):
         bigtransfer.get_tree(HOST, port, "tree", tmp_path / "cancelled", limit_rate=1 << 20,
                              progress=lambda *a: False)
+
+
+def test_send_tree_counts_content_changed_under_the_same_size_and_mtime(server, tmp_path):
+    port = server.address[1]
+    src = tmp_path / "quiet"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"old content!")
+    (src / "b.txt").write_bytes(b"unchanged")
+    r = bigtransfer.send_tree(HOST, port, [src])
+    assert (r.moved, r.held, r.changed_same_mtime) == (2, 0, 0)
+    mtime = os.stat(src / "a.txt").st_mtime_ns
+    (src / "a.txt").write_bytes(b"NEW content!")
+    os.utime(src / "a.txt", ns=(mtime, mtime))
+    r = bigtransfer.send_tree(HOST, port, [src])
+    assert (r.moved, r.held, r.changed_same_mtime, r.bytes_moved) == (1, 1, 1, 12)
+    assert "changed_same_mtime=1" in repr(r)
+    assert stored(server, "quiet/a.txt").read_bytes() == b"NEW content!"
+    again = bigtransfer.send_tree(HOST, port, [src])
+    assert (again.moved, again.held, again.changed_same_mtime) == (0, 2, 0)

@@ -21,6 +21,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -619,6 +620,18 @@ int main(void) {
     CHECK(bt_get_tree("127.0.0.1", port, hostile, 1, got_dir, options, 0, NULL, NULL, &tr) ==
                   BT_REFUSED && message_has(".."),
           "bt_get_tree of a path with .. is BT_REFUSED in words");
+    /* The same size and mtime, another content: sent again and counted. */
+    struct stat xst;
+    int rewrote = stat(tree_x, &xst) == 0 && write_file(tree_x, 1001, 0x41) == 0;
+    struct timespec xtimes[2] = {xst.st_atim, xst.st_mtim};
+    rewrote = rewrote && utimensat(AT_FDCWD, tree_x, xtimes, 0) == 0;
+    st = bt_send_tree("127.0.0.1", port, tree_paths, 1, options, NULL, NULL, &tr);
+    CHECK(rewrote && st == BT_OK && tr.changed_same_mtime == 1 && tr.moved == 1 &&
+              tr.held == 1 && tr.bytes_moved == 1001,
+          "bt_send_tree counts a file changed under the same size and mtime");
+    st = bt_send_tree("127.0.0.1", port, tree_paths, 1, options, NULL, NULL, &tr);
+    CHECK(st == BT_OK && tr.changed_same_mtime == 0 && tr.held == 2 && tr.bytes_moved == 0,
+          "a re-send of the unchanged tree moves nothing");
 
     /* -- cancel while hashing ---------------------------------------------- */
     /* A file the server does not hold (it holds a.bin whole: its first

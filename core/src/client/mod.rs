@@ -27,6 +27,7 @@ mod secure;
 mod shell;
 mod streams;
 pub mod tree;
+mod tree_sums;
 mod tree_token;
 
 pub use streams::Streams;
