@@ -714,6 +714,71 @@ mod tests {
         assert_eq!(read_record(&path), None);
     }
 
+    /// A write of the partial download that fails (a full or failing
+    /// disk; here a part open for reading only) ends the download with a
+    /// local-disk error in words, nothing counted as held, and the part
+    /// and its record kept for a resume.
+    #[test]
+    fn a_failed_write_is_a_storage_error_and_the_part_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        const BLOCK: u64 = 1 << 16;
+        let data: Vec<u8> = (0..3 * BLOCK).map(|x| (x % 253) as u8).collect();
+        let r = Reference {
+            size: data.len() as u64,
+            block: BLOCK,
+            mtime_ns: 3,
+            crcs: data.chunks(BLOCK as usize).map(crc32fast::hash).collect(),
+        };
+        let mut local = Local::new(&dest, false).unwrap();
+        local.adopt(r.clone()).unwrap();
+        local.part = Some(File::open(&local.part_path).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut want = [0u8; 5 + 4 + 16];
+            io::Read::read_exact(&mut s, &mut want).unwrap();
+            for (i, b) in data.chunks(BLOCK as usize).enumerate() {
+                let off = i as u64 * BLOCK;
+                // The client may stop reading once the disk failed.
+                let _ = s.write_all(&getwire::encode_data_head(off, BLOCK as u32));
+                let _ = s.write_all(b);
+                let _ = s.write_all(&crc32fast::hash(b).to_be_bytes());
+            }
+            want
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut t = crate::transport::TcpTransport::new(sock).unwrap();
+        let opts = SendOptions::new("127.0.0.1", addr.port());
+        let mut progress = |_: &Progress| Control::Continue;
+        let mut up = Upload::new(
+            &dest,
+            "out.bin".into(),
+            &opts,
+            &mut progress,
+            Instant::now(),
+        );
+        let e = rounds(&mut up, &mut t, &mut local).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Storage, "{e}");
+        let words = e.to_string();
+        assert!(
+            words.starts_with(&format!("cannot write {}", local.part_path.display()))
+                && words.contains("the partial download is kept for a resume"),
+            "{words}"
+        );
+        assert_eq!(local.held, vec![false; 3]);
+        drop(t);
+        let want = server.join().unwrap();
+        assert_eq!(&want[..], &getwire::encode_want(&[0, 1, 2])[..]);
+        assert!(local.part_path.exists() && local.record_path.exists());
+        assert!(!dest.exists());
+        assert_eq!(read_record(&local.record_path), Some(r));
+    }
+
     #[test]
     fn part_paths_sit_beside_the_target_hidden() {
         let (p, r) = part_paths(Path::new("/d/big.img"));

@@ -11,8 +11,9 @@
 //! the reference's CRC-32 and were written; a write that fails ends the
 //! download with a local-disk error (later blocks are not written), and
 //! what was written before stays held, so the partial download resumes.
-//! Writeback to the disk is started as blocks land (as an upload's part
-//! does), so the final sync has little left to do.
+//! As an upload's part does, blocks are written in the pieces
+//! [`crate::pieces`] chooses, and writeback to the disk is started as
+//! they land, so the final sync has little left to do.
 //!
 //! Not for reading frames (`frames`), deciding what to ask for, or the
 //! record and the final sync and rename (`super::Local`). The thread
@@ -207,10 +208,31 @@ fn thread_gone() -> Error {
     )
 }
 
+/// Writes `b` at `off` in the pieces `pieces` chooses, timed for it: as
+/// an upload's part does, since the size of the writes sizes the page
+/// cache's folios, and whole 1 MiB writes were several times dearer to
+/// fill on this class of VM (docs/BENCHMARKS.md, *Slow minutes*).
+fn write_pieces(
+    part: &File,
+    b: &[u8],
+    off: u64,
+    pieces: &mut crate::pieces::PieceChooser,
+) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    let mut at = off;
+    for piece in b.chunks(pieces.piece().max(4096)) {
+        part.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+    }
+    pieces.record(b.len(), started.elapsed());
+    Ok(())
+}
+
 /// The thread: checks each block, writes the good ones, starts writeback
 /// now and then; after a failed write, writes nothing more.
 fn run(part: &File, jobs: &Receiver<Job>, landed: &Sender<Back>) {
     let mut broken = false;
+    let mut pieces = crate::pieces::PieceChooser::default();
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for job in jobs.iter() {
         let Job {
@@ -227,7 +249,7 @@ fn run(part: &File, jobs: &Receiver<Job>, landed: &Sender<Back>) {
             let b = &buf[..len as usize];
             match frame.check(b, i, expect).verdict {
                 Err(why) => Outcome::Damaged(why),
-                Ok(_) => match part.write_all_at(b, off) {
+                Ok(_) => match write_pieces(part, b, off, &mut pieces) {
                     Ok(()) => Outcome::Held,
                     Err(e) => {
                         broken = true;
