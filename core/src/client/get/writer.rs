@@ -339,6 +339,7 @@ mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&path)
             .unwrap();
         let (r, data, frames) = blocks();
