@@ -434,6 +434,6 @@ fn a_full_disk_on_the_client_keeps_the_partial_download_for_a_resume() {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse::<u64>().ok())
         .expect("no resumed_from");
-    assert!(resumed >= 4 * MIB && resumed < 16 * MIB, "{so}");
+    assert!((4 * MIB..16 * MIB).contains(&resumed), "{so}");
     assert!(second.contains(&format!("\"crc32\": {crc}")), "{so}");
 }
