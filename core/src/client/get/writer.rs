@@ -116,7 +116,9 @@ impl Writer {
             if let Some(b) = self.free.pop() {
                 return Ok(b);
             }
-            if self.made < self.pool {
+            // With nothing in flight none can come back (a buffer was
+            // lost to an error): a new one, rather than wait forever.
+            if self.made < self.pool || self.pending == 0 {
                 self.made += 1;
                 return Ok(PageBuf::new(self.block));
             }
