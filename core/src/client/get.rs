@@ -3,7 +3,8 @@
 //! mtime, block CRC-32s); the client keeps its partial download beside the
 //! target as `.NAME.bigtransfer-part` with the reference in
 //! `.NAME.bigtransfer-get`, asks for the blocks it does not hold, checks
-//! each against the reference as it arrives, asks again for damaged ones,
+//! each against the reference as it arrives (on a helper thread, while
+//! the next one is received: `writer`), asks again for damaged ones,
 //! and only then syncs and renames the part into place. A partial download
 //! is resumed only against the same reference: a file changed on the
 //! server is started over, never appended to. Wire: [`crate::getwire`].
