@@ -224,21 +224,68 @@ impl BlockCompressor {
     /// (stored). `None` when the whole would not be at least
     /// [`MIN_SAVING_PERCENT`] smaller than the block.
     pub fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
-        let limit = max_worthwhile_len(raw.len());
-        let mut out = Vec::with_capacity(limit);
-        for chunk in raw.chunks(PACK_CHUNK) {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            let frame = self.compress(chunk);
-            let body: &[u8] = frame.as_deref().unwrap_or(chunk);
-            if out.len() + body.len() > limit {
-                return None;
-            }
-            out.extend_from_slice(body);
-            out[at..at + 4].copy_from_slice(&(body.len() as u32).to_be_bytes());
-        }
-        (!raw.is_empty()).then_some(out)
+        let mut out = Vec::new();
+        self.pack_into(raw, &mut out).then_some(out)
     }
+
+    /// [`BlockCompressor::pack`] into `out` (cleared first; `false` when
+    /// packing does not pay, `out` then holding nothing of use). A sender
+    /// that keeps `out` across blocks allocates nothing per block.
+    pub fn pack_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        let limit = pack_begin(out, raw.len());
+        !raw.is_empty()
+            && raw
+                .chunks(PACK_CHUNK)
+                .all(|chunk| self.pack_chunk(chunk, out, limit))
+    }
+
+    /// Appends one chunk (at most [`PACK_CHUNK`] raw bytes, not empty) to
+    /// the packed payload in `out`, started by [`pack_begin`] whose
+    /// `limit` it takes; `false` once the payload would pass it (the block
+    /// is then not worth packing). For senders that read a block chunk by
+    /// chunk rather than hold it whole.
+    ///
+    /// zstd writes its frame straight after the length in `out`, so no
+    /// other buffer is used.
+    pub fn pack_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, limit: usize) -> bool {
+        let at = out.len();
+        if chunk.is_empty() || at + 4 > limit {
+            return false;
+        }
+        out.extend_from_slice(&[0; 4]);
+        let room = (limit - at - 4).min(max_worthwhile_len(chunk.len()));
+        out.reserve(room);
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position((at + 4) as u64);
+        let framed = match self.inner.compress_to_buffer(chunk, &mut tail) {
+            Ok(n) if n <= room => Some(n),
+            _ => None,
+        };
+        let body = match framed {
+            Some(n) => n,
+            None => {
+                out.truncate(at + 4);
+                if out.len() + chunk.len() > limit {
+                    return false;
+                }
+                out.extend_from_slice(chunk);
+                chunk.len()
+            }
+        };
+        out.truncate(at + 4 + body);
+        out[at..at + 4].copy_from_slice(&(body as u32).to_be_bytes());
+        true
+    }
+}
+
+/// Starts a packed payload for a block of `raw_len` bytes in `out`: clears
+/// it (keeping its capacity, grown once to the largest worthwhile payload)
+/// and gives the limit [`BlockCompressor::pack_chunk`] takes.
+pub fn pack_begin(out: &mut Vec<u8>, raw_len: usize) -> usize {
+    let limit = max_worthwhile_len(raw_len);
+    out.clear();
+    out.reserve(limit);
+    limit
 }
 
 /// The receiving side of a packed block: payload bytes in, raw chunks out,

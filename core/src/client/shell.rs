@@ -18,9 +18,10 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use super::pack::Packing;
 use super::peer::{self, lost, Reply};
 use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
-use crate::compress::{BlockCompressor, Compress};
+use crate::compress::Compress;
 use crate::machine::{Packed, SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
 use crate::transport::Transport;
@@ -55,8 +56,8 @@ struct Shell<'u, 'a> {
     connected: bool,
     done: u64,
     since_save: u32,
-    /// The zstd compressor and its level, made on the first packed block.
-    zstd: Option<(i32, BlockCompressor)>,
+    /// The zstd compressor and the buffers kept across packed blocks.
+    packing: Packing,
 }
 
 /// Writes of at least this many bytes are timed for the `auto`
@@ -106,7 +107,7 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
         connected: false,
         done: 0,
         since_save: 0,
-        zstd: None,
+        packing: Packing::default(),
     };
     let res = sh.run();
     sh.settle();
@@ -192,12 +193,17 @@ impl Shell<'_, '_> {
             }
             if let Some(a) = self.tx.poll_action() {
                 if let Some(ev) = self.execute(&a)? {
+                    // A block that did not pay goes raw next (and is
+                    // counted then).
+                    let declined = matches!(&ev, SendEvent::Packed(Ok(p)) if p.packed.is_none());
                     self.tx.handle_event(Instant::now(), ev);
                     // The trailer goes out before progress is reported
                     // (and a cancel or kill may follow it): the server
                     // then holds every block the caller was told of.
                     self.transmit();
-                    self.after(&a)?;
+                    if !declined {
+                        self.after(&a)?;
+                    }
                 }
                 continue;
             }
@@ -227,6 +233,8 @@ impl Shell<'_, '_> {
             if bytes.len() >= TIMED_WRITE {
                 self.sent(bytes.len(), started.elapsed());
             }
+            // A packed payload's buffer serves the next block.
+            self.packing.recycle(bytes);
         }
     }
 
@@ -542,43 +550,30 @@ impl Shell<'_, '_> {
         })
     }
 
-    /// Reads one block into memory and packs it at zstd `level`, timing
-    /// the packing for the `auto` policy; the machine frames and sends it.
+    /// Reads one block a chunk at a time and packs it at zstd `level`
+    /// into the connection's kept buffer, timing the packing for the
+    /// `auto` policy; the machine frames and sends it, or asks for the
+    /// block raw when it did not pay.
     fn pack_block(&mut self, offset: u64, len: u64, level: i32) -> Result<SendEvent> {
         let kept = self.tx.kept().unwrap_or(0);
         self.connected(kept)?;
         self.first_byte();
-        let mut raw = vec![0u8; len as usize];
-        match self.src.file.read_exact_at(&mut raw, offset) {
-            Ok(()) => {}
+        self.packing.ready(level)?;
+        let crc = match self.packing.pack(&self.src.file, offset, len) {
+            Ok(crc) => crc,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.shorter(offset)),
             Err(e) => {
                 let what = format!("cannot read the source at byte {offset}");
                 return Err(source_err(what, e));
             }
+        };
+        let took = self.packing.took();
+        let packed = crc.map(|c| (c, self.packing.take_payload()));
+        if packed.is_some() {
+            self.up.t.sent += len;
+            self.up.t.read += len;
         }
-        let crc = crc32fast::hash(&raw);
-        let started = Instant::now();
-        let packed = self.compressor(level)?.pack(&raw);
-        let took = started.elapsed();
-        self.up.t.sent += len;
-        self.up.t.read += len;
-        Ok(SendEvent::Packed(Ok(Packed {
-            crc,
-            raw,
-            packed,
-            took,
-        })))
-    }
-
-    fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor> {
-        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            self.zstd = Some((level, BlockCompressor::new(level)?));
-        }
-        match &mut self.zstd {
-            Some((_, c)) => Ok(c),
-            None => Err(Error::new(ErrorKind::Protocol, "internal: no compressor")),
-        }
+        Ok(SendEvent::Packed(Ok(Packed { packed, took })))
     }
 
     /// Version 1: streams the source from `from` to its end.

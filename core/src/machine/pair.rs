@@ -50,10 +50,9 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
 pub(super) fn packed_event(raw: &[u8], level: i32) -> SendEvent {
     let packed = crate::compress::BlockCompressor::new(level)
         .ok()
-        .and_then(|mut c| c.pack(raw));
+        .and_then(|mut c| c.pack(raw))
+        .map(|p| (crc32fast::hash(raw), p));
     SendEvent::Packed(Ok(Packed {
-        crc: crc32fast::hash(raw),
-        raw: raw.to_vec(),
         packed,
         took: Duration::from_millis(1),
     }))
@@ -192,8 +191,18 @@ impl Pair {
             SendAction::PackBlock {
                 offset, len, level, ..
             } => {
-                self.payload_sent += len;
-                packed_event(&self.src[offset as usize..(offset + len) as usize], level)
+                let ev = packed_event(&self.src[offset as usize..(offset + len) as usize], level);
+                // A block that did not pay is sent (and counted) raw next.
+                if matches!(
+                    &ev,
+                    SendEvent::Packed(Ok(Packed {
+                        packed: Some(_),
+                        ..
+                    }))
+                ) {
+                    self.payload_sent += len;
+                }
+                ev
             }
         }
     }

@@ -32,6 +32,9 @@ pub(super) struct BlockSender {
     mode: Option<Compress>,
     auto: AutoCompressor,
     zstd: Option<(i32, BlockCompressor)>,
+    /// The packed payload's buffer, kept across blocks: a connection
+    /// allocates it once (a buffer per block left the heap growing).
+    packed: Vec<u8>,
     /// Blocks sent compressed, their raw bytes and their packed bytes.
     blocks: u64,
     raw_bytes: u64,
@@ -46,6 +49,7 @@ impl BlockSender {
             mode: mode.filter(|m| *m != Compress::Off),
             auto: AutoCompressor::new(AutoConfig::default()),
             zstd: None,
+            packed: Vec::new(),
             blocks: 0,
             raw_bytes: 0,
             wire_bytes: 0,
@@ -69,21 +73,30 @@ impl BlockSender {
         }
     }
 
-    /// The packed payload of `raw` when it is worth sending, measured for
-    /// `auto`. A compressor that cannot be made sends raw (always correct).
-    fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
-        let level = self.level()?;
+    /// Packs `raw` into `self.packed`; whether it is worth sending,
+    /// measured for `auto`. A compressor that cannot be made sends raw
+    /// (always correct).
+    fn pack(&mut self, raw: &[u8]) -> bool {
+        let Some(level) = self.level() else {
+            return false;
+        };
         if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            self.zstd = Some((level, BlockCompressor::new(level).ok()?));
+            match BlockCompressor::new(level) {
+                Ok(c) => self.zstd = Some((level, c)),
+                Err(_) => return false,
+            }
         }
+        let Some((_, zstd)) = self.zstd.as_mut() else {
+            return false;
+        };
         let started = Instant::now();
-        let packed = self.zstd.as_mut()?.1.pack(raw);
+        let paid = zstd.pack_into(raw, &mut self.packed);
         if self.mode == Some(Compress::Auto) {
-            let wire = packed.as_ref().map(Vec::len);
+            let wire = paid.then_some(self.packed.len());
             self.auto
                 .record_compression(raw.len(), wire, started.elapsed());
         }
-        packed.filter(|p| p.len() < raw.len())
+        paid && self.packed.len() < raw.len()
     }
 
     /// Sends the block of `raw` bytes at `offset` whose CRC-32 is `crc`:
@@ -98,14 +111,15 @@ impl BlockSender {
         let len = raw.len() as u32;
         let packed = self.pack(raw);
         let started = Instant::now();
-        let wire = match &packed {
+        let wire = match packed.then_some(&self.packed) {
             Some(p) => {
                 out.write_all(&getwire::encode_packed_head(offset, len, p.len() as u32))?;
                 out.write_all(p)?;
+                let n = p.len();
                 self.blocks += 1;
                 self.raw_bytes += u64::from(len);
-                self.wire_bytes += p.len() as u64;
-                p.len()
+                self.wire_bytes += n as u64;
+                n
             }
             None => {
                 out.write_all(&getwire::encode_data_head(offset, len))?;
