@@ -232,60 +232,58 @@ impl BlockCompressor {
     /// packing does not pay, `out` then holding nothing of use). A sender
     /// that keeps `out` across blocks allocates nothing per block.
     pub fn pack_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
-        let limit = pack_begin(out, raw.len());
+        let limit = max_worthwhile_len(raw.len());
+        out.clear();
+        out.reserve(limit);
         !raw.is_empty()
-            && raw
-                .chunks(PACK_CHUNK)
-                .all(|chunk| self.pack_chunk(chunk, out, limit))
-    }
-
-    /// Appends one chunk (at most [`PACK_CHUNK`] raw bytes, not empty) to
-    /// the packed payload in `out`, started by [`pack_begin`] whose
-    /// `limit` it takes; `false` once the payload would pass it (the block
-    /// is then not worth packing). For senders that read a block chunk by
-    /// chunk rather than hold it whole.
-    ///
-    /// zstd writes its frame straight after the length in `out`, so no
-    /// other buffer is used.
-    pub fn pack_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, limit: usize) -> bool {
-        let at = out.len();
-        if chunk.is_empty() || at + 4 > limit {
-            return false;
-        }
-        out.extend_from_slice(&[0; 4]);
-        let room = (limit - at - 4).min(max_worthwhile_len(chunk.len()));
-        out.reserve(room);
-        let mut tail = std::io::Cursor::new(&mut *out);
-        tail.set_position((at + 4) as u64);
-        let framed = match self.inner.compress_to_buffer(chunk, &mut tail) {
-            Ok(n) if n <= room => Some(n),
-            _ => None,
-        };
-        let body = match framed {
-            Some(n) => n,
-            None => {
-                out.truncate(at + 4);
-                if out.len() + chunk.len() > limit {
+            && raw.chunks(PACK_CHUNK).all(|chunk| {
+                let at = out.len();
+                if at + 4 > limit {
                     return false;
                 }
-                out.extend_from_slice(chunk);
-                chunk.len()
-            }
-        };
-        out.truncate(at + 4 + body);
-        out[at..at + 4].copy_from_slice(&(body as u32).to_be_bytes());
-        true
+                out.extend_from_slice(&[0; 4]);
+                let room = limit - at - 4;
+                let body = match self.frame_chunk(chunk, out, room) {
+                    Some(n) => n,
+                    None if chunk.len() <= room => {
+                        out.extend_from_slice(chunk);
+                        chunk.len()
+                    }
+                    None => return false,
+                };
+                out[at..at + 4].copy_from_slice(&(body as u32).to_be_bytes());
+                true
+            })
     }
-}
 
-/// Starts a packed payload for a block of `raw_len` bytes in `out`: clears
-/// it (keeping its capacity, grown once to the largest worthwhile payload)
-/// and gives the limit [`BlockCompressor::pack_chunk`] takes.
-pub fn pack_begin(out: &mut Vec<u8>, raw_len: usize) -> usize {
-    let limit = max_worthwhile_len(raw_len);
-    out.clear();
-    out.reserve(limit);
-    limit
+    /// Appends a zstd frame of one chunk of a packed block (at most
+    /// [`PACK_CHUNK`] raw bytes) to `out` if it is worth it (see
+    /// [`max_worthwhile_len`]) and at most `room` bytes: its length, or
+    /// `None` with `out` as it was (the chunk is then stored). For senders
+    /// that pack a block a chunk at a time rather than hold it whole.
+    ///
+    /// zstd writes straight into `out`, so no other buffer is used; a
+    /// sender that keeps `out` across blocks allocates nothing per chunk.
+    pub fn frame_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, room: usize) -> Option<usize> {
+        if chunk.is_empty() {
+            return None;
+        }
+        let at = out.len();
+        let room = room.min(max_worthwhile_len(chunk.len()));
+        out.reserve(room);
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(at as u64);
+        match self.inner.compress_to_buffer(chunk, &mut tail) {
+            Ok(n) if n <= room => {
+                out.truncate(at + n);
+                Some(n)
+            }
+            _ => {
+                out.truncate(at);
+                None
+            }
+        }
+    }
 }
 
 /// The receiving side of a packed block: payload bytes in, raw chunks out,

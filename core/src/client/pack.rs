@@ -1,29 +1,41 @@
-//! Reading and packing one upload block for a compressed data frame, with
-//! the same two buffers for every block of a connection: one chunk of raw
-//! bytes ([`PACK_CHUNK`]) and the packed payload (at most the block's
-//! worthwhile size). Used by the first connection's shell and by every
-//! joined stream, so the client's memory does not grow with the number of
-//! blocks sent (a buffer allocated and freed per block, as before, left the
-//! heap as large as a few blocks).
+//! Reading and packing one upload block for a compressed data frame with
+//! memory that does not grow with the block: the block is read a chunk
+//! ([`PACK_CHUNK`]) at a time into the caller's read buffer, and only the
+//! zstd frames of chunks that shrink are kept (in one buffer kept across
+//! blocks); a chunk that does not shrink goes stored, read again from the
+//! file when the payload is written. A block that does not shrink enough
+//! is given up on (it goes raw, streamed like any other).
+//!
+//! Used by the first connection's shell and by every joined stream, so the
+//! client holds at most the compressed part of one block and one chunk
+//! per connection, not the block itself (a block read whole into a fresh
+//! buffer, packed into another, made the client's peak RSS follow the
+//! block size).
 //!
 //! Not for the frame around the payload (the machine, or the stream that
 //! writes it) nor for when to try (the `auto` policy).
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use crate::compress::{pack_begin, BlockCompressor, PACK_CHUNK};
+use super::shell::SendError;
+use crate::compress::{max_worthwhile_len, BlockCompressor, PACK_CHUNK};
 use crate::Result;
 
-/// One connection's packing state: the compressor and the buffers kept
-/// across blocks.
+/// One connection's packing state: the compressor, the last block packed
+/// and the buffer of its frames, kept across blocks.
 #[derive(Debug, Default)]
 pub(super) struct Packing {
     zstd: Option<(i32, BlockCompressor)>,
-    chunk: Vec<u8>,
-    out: Vec<u8>,
+    /// The zstd frames of the chunks that shrank, one after the other.
+    frames: Vec<u8>,
+    /// For each chunk of the last block: its frame's length in `frames`,
+    /// or `None` when it goes stored.
+    chunks: Vec<Option<u32>>,
+    /// The last block: file offset, raw length, payload length, CRC-32.
+    block: (u64, u64, u64, u32),
     /// Time spent compressing the last block (reads excluded: `auto`
     /// weighs compression against the link, not the disk).
     took: Duration,
@@ -38,34 +50,58 @@ impl Packing {
         Ok(())
     }
 
-    /// Reads `len` bytes of `file` at `offset` a chunk at a time and packs
-    /// them at the level last readied: the CRC-32 of the raw bytes, the
-    /// payload then in [`Packing::payload`]; `None` as soon as packing
-    /// cannot pay (the block then goes raw, read again). A source that
-    /// ends early is an `UnexpectedEof` error.
-    pub(super) fn pack(&mut self, file: &File, offset: u64, len: u64) -> io::Result<Option<u32>> {
+    /// Reads `len` bytes of `file` at `offset` a chunk at a time into
+    /// `buf` (at least [`PACK_CHUNK`] bytes) and packs them at the level
+    /// last readied: the CRC-32 of the raw bytes and the payload's length
+    /// ([`Packing::write_payload`] writes it), or `None` as soon as packing
+    /// cannot pay. A source that ends early is an `UnexpectedEof` error.
+    pub(super) fn pack(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(u32, u64)>> {
         let Some((_, zstd)) = self.zstd.as_mut() else {
             return Err(io::Error::other("internal: packing before a level was set"));
         };
-        let limit = pack_begin(&mut self.out, len as usize);
+        let limit = max_worthwhile_len(len as usize);
+        let (mut wire, mut pos) = (0usize, 0u64);
         let mut h = crc32fast::Hasher::new();
-        let mut pos = 0u64;
+        self.frames.clear();
+        self.chunks.clear();
         self.took = Duration::ZERO;
         while pos < len {
             let n = ((len - pos) as usize).min(PACK_CHUNK);
-            self.chunk.resize(n.max(self.chunk.len()), 0);
-            let chunk = &mut self.chunk[..n];
+            let chunk = buf
+                .get_mut(..n)
+                .ok_or_else(|| io::Error::other("internal: read buffer under a chunk"))?;
             file.read_exact_at(chunk, offset + pos)?;
             h.update(chunk);
+            let room = limit.saturating_sub(wire + 4);
             let started = Instant::now();
-            let paid = zstd.pack_chunk(chunk, &mut self.out, limit);
+            let framed = zstd.frame_chunk(chunk, &mut self.frames, room);
             self.took += started.elapsed();
-            if !paid {
+            wire += 4 + framed.unwrap_or(n);
+            if wire > limit {
                 return Ok(None);
             }
+            self.chunks.push(framed.map(|f| f as u32));
             pos += n as u64;
         }
-        Ok((len > 0).then(|| h.finalize()))
+        let crc = h.finalize();
+        self.block = (offset, len, wire as u64, crc);
+        Ok((len > 0).then_some((crc, wire as u64)))
+    }
+
+    /// The file offset of the last block packed.
+    pub(super) fn offset(&self) -> u64 {
+        self.block.0
+    }
+
+    /// The payload length of the last block packed.
+    pub(super) fn wire(&self) -> u64 {
+        self.block.2
     }
 
     /// How long compressing the last block took.
@@ -73,24 +109,41 @@ impl Packing {
         self.took
     }
 
-    /// The payload of the last block packed.
-    pub(super) fn payload(&self) -> &[u8] {
-        &self.out
-    }
-
-    /// Hands the payload's buffer out (to a machine that queues it);
-    /// [`Packing::recycle`] takes it back once it was written.
-    pub(super) fn take_payload(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
-    /// Takes back a buffer that was written to the socket, keeping it for
-    /// the next payload if it is larger than the one kept (so the payload
-    /// handed out wins over the small heads and trailers around it).
-    pub(super) fn recycle(&mut self, buf: Vec<u8>) {
-        if buf.capacity() > self.out.capacity() {
-            self.out = buf;
+    /// Writes the payload of the last block packed: each chunk's length,
+    /// then its frame, or the chunk itself read again into `buf`. Its
+    /// CRC-32 (of the bytes read when packing).
+    pub(super) fn write_payload(
+        &self,
+        w: &mut dyn Write,
+        file: &File,
+        buf: &mut [u8],
+    ) -> std::result::Result<u32, SendError> {
+        let (offset, len, _, crc) = self.block;
+        let mut at = 0usize;
+        for (i, framed) in self.chunks.iter().enumerate() {
+            let from = i as u64 * PACK_CHUNK as u64;
+            let n = (len - from).min(PACK_CHUNK as u64) as usize;
+            let body: &[u8] = match *framed {
+                Some(f) => {
+                    at += f as usize;
+                    &self.frames[at - f as usize..at]
+                }
+                None => {
+                    let short = || io::Error::other("internal: read buffer under a chunk");
+                    let chunk = buf
+                        .get_mut(..n)
+                        .ok_or_else(short)
+                        .map_err(SendError::Source)?;
+                    file.read_exact_at(chunk, offset + from)
+                        .map_err(SendError::Source)?;
+                    chunk
+                }
+            };
+            w.write_all(&(body.len() as u32).to_be_bytes())
+                .map_err(SendError::Socket)?;
+            w.write_all(body).map_err(SendError::Socket)?;
         }
+        Ok(crc)
     }
 }
 
@@ -126,55 +179,82 @@ mod tests {
         (dir, File::open(&path).unwrap())
     }
 
-    #[test]
-    fn a_recycled_payload_buffer_is_reused_and_every_block_unpacks_to_its_bytes() {
-        // Three blocks of 2.5 chunks: the second different from the first.
-        let block = 2 * PACK_CHUNK + PACK_CHUNK / 2;
-        let mut src = text(block);
-        src.extend(text(block + 7).split_off(7));
-        src.extend(text(block));
-        let (_dir, file) = file_of(&src);
-        let mut p = Packing::default();
-        p.ready(1).unwrap();
-        let mut kept: Option<*const u8> = None;
-        for (i, raw) in src.chunks(block).enumerate() {
-            let at = (i * block) as u64;
-            let crc = p.pack(&file, at, block as u64).unwrap();
-            assert_eq!(crc, Some(crc32fast::hash(raw)), "block {i}");
-            let payload = p.take_payload();
-            assert!(payload.len() * 10 < block, "block {i}: {}", payload.len());
-            assert!(unpack(&payload, block) == raw, "block {i} differs");
-            if let Some(ptr) = kept {
-                assert_eq!(payload.as_ptr(), ptr, "block {i}: a new buffer");
-            }
-            kept = Some(payload.as_ptr());
-            p.recycle(vec![0u8; 17]);
-            p.recycle(payload);
-            p.recycle(vec![0u8; 4]);
-        }
-    }
-
-    #[test]
-    fn noise_does_not_pay_and_a_short_source_is_an_early_end() {
+    fn noise(len: usize) -> Vec<u8> {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let noise: Vec<u8> = (0..3 * PACK_CHUNK)
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 (x >> 32) as u8
             })
-            .collect();
-        let (_dir, file) = file_of(&noise);
+            .collect()
+    }
+
+    fn payload(p: &Packing, file: &File, buf: &mut [u8]) -> (u32, Vec<u8>) {
+        let mut out = Vec::new();
+        let crc = p.write_payload(&mut out, file, buf).ok().expect("written");
+        (crc, out)
+    }
+
+    #[test]
+    fn blocks_unpack_to_their_bytes_with_only_shrinking_chunks_kept() {
+        // Blocks of 2.5 chunks: text; noise, text, noise; text again.
+        let block = 2 * PACK_CHUNK + PACK_CHUNK / 2;
+        let mut src = text(block);
+        src.extend(noise(PACK_CHUNK));
+        src.extend(text(PACK_CHUNK));
+        src.extend(noise(PACK_CHUNK / 2));
+        src.extend(text(block + 7).split_off(7));
+        let (_dir, file) = file_of(&src);
+        let mut buf = vec![0u8; PACK_CHUNK];
         let mut p = Packing::default();
-        assert!(p.pack(&file, 0, 10).is_err(), "no level readied");
+        p.ready(1).unwrap();
+        let mut kept = Vec::new();
+        for (i, raw) in src.chunks(block).enumerate() {
+            let at = (i * block) as u64;
+            let (crc, wire) = p.pack(&file, at, block as u64, &mut buf).unwrap().unwrap();
+            assert_eq!(crc, crc32fast::hash(raw), "block {i}");
+            let (sent_crc, bytes) = payload(&p, &file, &mut buf);
+            assert_eq!((sent_crc, bytes.len() as u64), (crc, wire), "block {i}");
+            assert!(unpack(&bytes, block) == raw, "block {i} differs");
+            kept.push(p.frames.len());
+            let stored: Vec<bool> = p.chunks.iter().map(Option::is_none).collect();
+            let want = if i == 1 {
+                [true, false, true]
+            } else {
+                [false; 3]
+            };
+            assert_eq!(stored, want, "block {i}: which chunks go stored");
+        }
+        // Only frames are held: the noise of block 1 is read again.
+        assert!(kept[1] < PACK_CHUNK / 10, "{kept:?}");
+        assert!(
+            kept[0] < PACK_CHUNK / 10 && kept[2] < PACK_CHUNK / 10,
+            "{kept:?}"
+        );
+    }
+
+    #[test]
+    fn noise_does_not_pay_and_a_short_source_is_an_early_end() {
+        let noise = noise(3 * PACK_CHUNK);
+        let (_dir, file) = file_of(&noise);
+        let mut buf = vec![0u8; PACK_CHUNK];
+        let mut p = Packing::default();
+        assert!(p.pack(&file, 0, 10, &mut buf).is_err(), "no level readied");
         p.ready(3).unwrap();
-        assert_eq!(p.pack(&file, 0, noise.len() as u64).unwrap(), None);
-        let e = p.pack(&file, PACK_CHUNK as u64, 3 * PACK_CHUNK as u64);
+        assert_eq!(
+            p.pack(&file, 0, noise.len() as u64, &mut buf).unwrap(),
+            None
+        );
+        assert!(p.frames.is_empty(), "nothing held for noise");
+        let e = p.pack(&file, PACK_CHUNK as u64, 3 * PACK_CHUNK as u64, &mut buf);
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         // Text after noise in the same connection still packs right.
         let (_d2, f2) = file_of(&text(PACK_CHUNK + 5));
-        assert!(p.pack(&f2, 0, PACK_CHUNK as u64 + 5).unwrap().is_some());
-        assert!(unpack(p.payload(), PACK_CHUNK + 5) == text(PACK_CHUNK + 5));
+        let got = p.pack(&f2, 0, PACK_CHUNK as u64 + 5, &mut buf).unwrap();
+        let (crc, bytes) = payload(&p, &f2, &mut buf);
+        assert_eq!(got, Some((crc, bytes.len() as u64)));
+        assert!(unpack(&bytes, PACK_CHUNK + 5) == text(PACK_CHUNK + 5));
     }
 }

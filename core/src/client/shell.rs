@@ -193,17 +193,12 @@ impl Shell<'_, '_> {
             }
             if let Some(a) = self.tx.poll_action() {
                 if let Some(ev) = self.execute(&a)? {
-                    // A block that did not pay goes raw next (and is
-                    // counted then).
-                    let declined = matches!(&ev, SendEvent::Packed(Ok(p)) if p.packed.is_none());
                     self.tx.handle_event(Instant::now(), ev);
                     // The trailer goes out before progress is reported
                     // (and a cancel or kill may follow it): the server
                     // then holds every block the caller was told of.
                     self.transmit();
-                    if !declined {
-                        self.after(&a)?;
-                    }
+                    self.after(&a)?;
                 }
                 continue;
             }
@@ -233,8 +228,6 @@ impl Shell<'_, '_> {
             if bytes.len() >= TIMED_WRITE {
                 self.sent(bytes.len(), started.elapsed());
             }
-            // A packed payload's buffer serves the next block.
-            self.packing.recycle(bytes);
         }
     }
 
@@ -356,6 +349,7 @@ impl Shell<'_, '_> {
             SendAction::PackBlock {
                 offset, len, level, ..
             } => self.pack_block(offset, len, level).map(Some),
+            SendAction::SendPacked { len, .. } => self.send_packed(len),
             SendAction::SendBytes { from } => self.send_bytes(from),
             SendAction::Recheck => self.recheck().map(Some),
             SendAction::SendParallel {
@@ -368,7 +362,7 @@ impl Shell<'_, '_> {
     /// After a block went out: progress, cancellation, pacing, and now and
     /// then the CRC-32s learnt saved to the cache.
     fn after(&mut self, a: &SendAction) -> Result<()> {
-        let (SendAction::SendBlock { len, .. } | SendAction::PackBlock { len, .. }) = *a else {
+        let (SendAction::SendBlock { len, .. } | SendAction::SendPacked { len, .. }) = *a else {
             return Ok(());
         };
         // Repaired blocks were counted once already.
@@ -550,17 +544,21 @@ impl Shell<'_, '_> {
         })
     }
 
-    /// Reads one block a chunk at a time and packs it at zstd `level`
-    /// into the connection's kept buffer, timing the packing for the
-    /// `auto` policy; the machine frames and sends it, or asks for the
-    /// block raw when it did not pay.
+    /// Reads one block a chunk at a time and packs it at zstd `level`,
+    /// keeping only its zstd frames, timing the packing for the `auto`
+    /// policy; the machine then sends its head and asks for the payload
+    /// ([`Shell::send_packed`]), or asks for the block raw when it did
+    /// not pay.
     fn pack_block(&mut self, offset: u64, len: u64, level: i32) -> Result<SendEvent> {
         let kept = self.tx.kept().unwrap_or(0);
         self.connected(kept)?;
         self.first_byte();
         self.packing.ready(level)?;
-        let crc = match self.packing.pack(&self.src.file, offset, len) {
-            Ok(crc) => crc,
+        let r = self
+            .packing
+            .pack(&self.src.file, offset, len, &mut self.buf);
+        let wire = match r {
+            Ok(packed) => packed.map(|(_, wire)| wire),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.shorter(offset)),
             Err(e) => {
                 let what = format!("cannot read the source at byte {offset}");
@@ -568,12 +566,36 @@ impl Shell<'_, '_> {
             }
         };
         let took = self.packing.took();
-        let packed = crc.map(|c| (c, self.packing.take_payload()));
-        if packed.is_some() {
-            self.up.t.sent += len;
-            self.up.t.read += len;
+        Ok(SendEvent::Packed(Ok(Packed { wire, took })))
+    }
+
+    /// Writes the payload of the block just packed (its head is on the
+    /// wire) and answers its CRC-32.
+    fn send_packed(&mut self, len: u64) -> Result<Option<SendEvent>> {
+        let started = Instant::now();
+        let (stream, file) = (&mut self.stream, &self.src.file);
+        let crc = match self
+            .packing
+            .write_payload(stream.as_mut(), file, &mut self.buf)
+        {
+            Ok(crc) => crc,
+            Err(SendError::Socket(e)) => {
+                self.on_cut(e);
+                return Ok(None);
+            }
+            Err(SendError::Source(e)) => {
+                let at = self.packing.offset();
+                let what = format!("cannot read the source again in the block at byte {at}");
+                return Err(source_err(what, e));
+            }
+        };
+        let wire = self.packing.wire() as usize;
+        if wire >= TIMED_WRITE {
+            self.sent(wire, started.elapsed());
         }
-        Ok(SendEvent::Packed(Ok(Packed { packed, took })))
+        self.up.t.sent += len;
+        self.up.t.read += len;
+        Ok(Some(SendEvent::BlockSent(Ok(crc))))
     }
 
     /// Version 1: streams the source from `from` to its end.

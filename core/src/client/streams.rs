@@ -476,7 +476,7 @@ fn send_one(
     let started = Instant::now();
     if let Some(level) = packer.level() {
         // A block that did not pay goes raw below, read again.
-        if let Some(crc) = packer.send(s, file, work, offset, len, level)? {
+        if let Some(crc) = packer.send(s, file, work, (offset, len), level, buf)? {
             work.done(idx, crc, started.elapsed(), len);
             work.pace();
             return Ok(());
@@ -678,42 +678,42 @@ impl Packer {
         }
     }
 
-    /// Reads, packs and sends one block as a `Z` frame: its CRC-32, or
+    /// Reads, packs and sends the block at `offset` of `len` bytes as a
+    /// `Z` frame through `buf` (the stream's read buffer): its CRC-32, or
     /// `None` (nothing sent) when packing did not pay.
     fn send(
         &mut self,
         s: &mut dyn Transport,
         file: &File,
         work: &Work,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
         level: i32,
+        buf: &mut [u8],
     ) -> Result<Option<u32>, SendError> {
         let setup = |e: crate::Error| SendError::Source(std::io::Error::other(e.to_string()));
         self.packing.ready(level).map_err(setup)?;
-        let crc = self
+        let packed = self
             .packing
-            .pack(file, offset, len)
+            .pack(file, offset, len, buf)
             .map_err(SendError::Source)?;
-        let w = self.packing.payload();
-        let wire = crc.map(|_| w.len());
+        let wire = packed.map(|(_, w)| w);
         if self.mode == Compress::Auto {
             let took = self.packing.took();
-            self.auto.record_compression(len as usize, wire, took);
+            self.auto
+                .record_compression(len as usize, wire.map(|w| w as usize), took);
         }
-        let Some(crc) = crc.filter(|_| (w.len() as u64) < len) else {
+        let Some(wire) = wire.filter(|&w| w < len) else {
             return Ok(None);
         };
         let started = Instant::now();
-        let head = v2::encode_packed_head(offset, len as u32, w.len() as u32);
+        let head = v2::encode_packed_head(offset, len as u32, wire as u32);
         s.write_all(&head).map_err(SendError::Socket)?;
-        s.write_all(w).map_err(SendError::Socket)?;
+        let crc = self.packing.write_payload(s, file, buf)?;
         s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
         work.packed[0].fetch_add(1, Ordering::Relaxed);
         work.packed[1].fetch_add(len, Ordering::Relaxed);
-        let wlen = w.len();
-        work.packed[2].fetch_add(wlen as u64, Ordering::Relaxed);
-        self.sent(wlen, started.elapsed());
+        work.packed[2].fetch_add(wire, Ordering::Relaxed);
+        self.sent(wire as usize, started.elapsed());
         Ok(Some(crc))
     }
 }

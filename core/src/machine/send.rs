@@ -84,6 +84,15 @@ pub enum SendAction {
         /// Bytes.
         len: u64,
     },
+    /// Write the payload of the block just packed (its head is on the
+    /// wire) and answer [`SendEvent::BlockSent`] with the CRC-32 of its
+    /// raw bytes.
+    SendPacked {
+        /// Block index.
+        idx: u64,
+        /// Raw bytes (what the block counts for in progress).
+        len: u64,
+    },
     /// Version 1: stream the source from `from` to its end, then answer
     /// [`SendEvent::BytesSent`].
     SendBytes {
@@ -92,10 +101,12 @@ pub enum SendAction {
     },
     /// Compression was agreed and the policy says try: read block `idx`
     /// (`offset .. offset + len`), take its CRC-32, pack it at zstd
-    /// `level` ([`crate::compress::BlockCompressor::pack_chunk`], a chunk
-    /// at a time), time that, and answer [`SendEvent::Packed`]; the machine
-    /// then transmits the compressed frame, or, when packing did not pay,
-    /// asks for the block raw with a [`SendAction::SendBlock`].
+    /// `level` (the payload of [`crate::compress::BlockCompressor::pack`],
+    /// which the shell may make a chunk at a time), time that, and answer
+    /// [`SendEvent::Packed`]. The machine then transmits the compressed
+    /// frame's head and asks for the payload with
+    /// [`SendAction::SendPacked`], or, when packing did not pay, asks for
+    /// the block raw with a [`SendAction::SendBlock`].
     PackBlock {
         /// Block index.
         idx: u64,
@@ -144,16 +155,17 @@ pub enum SendEvent {
 
 /// A block read and (maybe) compressed by the shell.
 ///
-/// The raw block is not carried: a shell may pack it a chunk at a time,
-/// and a block that did not pay goes out as a [`SendAction::SendBlock`]
-/// (streamed from the source like any raw block), so no buffer per block
-/// is needed. The shell may take the payload's buffer back once it was
-/// transmitted ([`Sender::poll_transmit`] hands it out whole) and reuse it.
+/// No bytes are carried: the shell keeps the payload (or what it needs to
+/// make it: a shell may keep only the zstd frames and read stored chunks
+/// again) and writes it at [`SendAction::SendPacked`]; a block that did
+/// not pay goes out as a [`SendAction::SendBlock`], streamed from the
+/// source like any raw block. So no buffer per block passes through the
+/// machine, and a shell's memory need not follow the block size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packed {
-    /// The CRC-32 of the raw bytes and the packed payload, if packing paid
-    /// (`None`: the machine asks for the block raw).
-    pub packed: Option<(u32, Vec<u8>)>,
+    /// The packed payload's length, if packing paid (`None`: the machine
+    /// asks for the block raw).
+    pub wire: Option<u64>,
     /// How long packing took (the `auto` policy's CPU measurement).
     pub took: Duration,
 }
@@ -889,25 +901,25 @@ impl Sender {
         }
     }
 
-    /// A block was packed: its frame goes out, then its trailer; or it
-    /// did not pay and goes raw (its head now, its bytes streamed).
+    /// A block was packed: its head goes out and the shell is asked for
+    /// the payload (the trailer follows its CRC-32); or it did not pay and
+    /// goes raw (its head now, its bytes streamed).
     fn on_packed(&mut self, p: Packed) {
         let Some((idx, offset, len, head)) = self.packing.take() else {
             return self.fail_protocol("internal: packed block out of turn");
         };
-        let wire = p.packed.as_ref().map(|(_, w)| w.len());
         if self.cfg.compress == Compress::Auto {
+            let wire = p.wire.map(|w| w as usize);
             self.auto.record_compression(len as usize, wire, p.took);
         }
-        match p.packed {
-            Some((crc, w)) if (w.len() as u64) < len => {
+        match p.wire {
+            Some(w) if w < len => {
                 self.out
-                    .push_back(v2::encode_packed_head(offset, len as u32, w.len() as u32).to_vec());
+                    .push_back(v2::encode_packed_head(offset, len as u32, w as u32).to_vec());
                 self.pack.blocks += 1;
                 self.pack.raw_bytes += len;
-                self.pack.wire_bytes += w.len() as u64;
-                self.out.push_back(w);
-                self.on_block_sent(crc);
+                self.pack.wire_bytes += w;
+                self.pending = Some(SendAction::SendPacked { idx, len });
             }
             _ => {
                 self.pack.declined += 1;
