@@ -29,10 +29,11 @@ use crate::Result;
 #[derive(Debug, Default)]
 pub(super) struct Packing {
     zstd: Option<(i32, BlockCompressor)>,
-    /// The zstd frames of the chunks that shrank, one after the other.
+    /// The chunks that shrank, one after the other: each a u32 length
+    /// (big-endian) and its zstd frame, as on the wire.
     frames: Vec<u8>,
-    /// For each chunk of the last block: its frame's length in `frames`,
-    /// or `None` when it goes stored.
+    /// For each chunk of the last block: its frame's length (without the
+    /// length before it) in `frames`, or `None` when it goes stored.
     chunks: Vec<Option<u32>>,
     /// The last block: file offset, raw length, payload length, CRC-32.
     block: (u64, u64, u64, u32),
@@ -79,9 +80,17 @@ impl Packing {
             file.read_exact_at(chunk, offset + pos)?;
             h.update(chunk);
             let room = limit.saturating_sub(wire + 4);
+            // Each frame is kept behind its length, so that a run of
+            // frames goes out in one write.
+            let at = self.frames.len();
+            self.frames.extend_from_slice(&[0; 4]);
             let started = Instant::now();
             let framed = zstd.frame_chunk(chunk, &mut self.frames, room);
             self.took += started.elapsed();
+            match framed {
+                Some(f) => self.frames[at..at + 4].copy_from_slice(&(f as u32).to_be_bytes()),
+                None => self.frames.truncate(at),
+            }
             wire += 4 + framed.unwrap_or(n);
             if wire > limit {
                 return Ok(None);
@@ -119,30 +128,31 @@ impl Packing {
         buf: &mut [u8],
     ) -> std::result::Result<u32, SendError> {
         let (offset, len, _, crc) = self.block;
-        let mut at = 0usize;
+        // Frames are written in runs up to the next stored chunk.
+        let (mut from, mut to) = (0usize, 0usize);
         for (i, framed) in self.chunks.iter().enumerate() {
-            let from = i as u64 * PACK_CHUNK as u64;
-            let n = (len - from).min(PACK_CHUNK as u64) as usize;
-            let body: &[u8] = match *framed {
-                Some(f) => {
-                    at += f as usize;
-                    &self.frames[at - f as usize..at]
-                }
-                None => {
-                    let short = || io::Error::other("internal: read buffer under a chunk");
-                    let chunk = buf
-                        .get_mut(..n)
-                        .ok_or_else(short)
-                        .map_err(SendError::Source)?;
-                    file.read_exact_at(chunk, offset + from)
-                        .map_err(SendError::Source)?;
-                    chunk
-                }
-            };
-            w.write_all(&(body.len() as u32).to_be_bytes())
+            if let Some(f) = framed {
+                to += 4 + *f as usize;
+                continue;
+            }
+            w.write_all(&self.frames[from..to])
                 .map_err(SendError::Socket)?;
-            w.write_all(body).map_err(SendError::Socket)?;
+            from = to;
+            let at = i as u64 * PACK_CHUNK as u64;
+            let n = (len - at).min(PACK_CHUNK as u64) as usize;
+            let short = || io::Error::other("internal: read buffer under a chunk");
+            let chunk = buf
+                .get_mut(..n)
+                .ok_or_else(short)
+                .map_err(SendError::Source)?;
+            file.read_exact_at(chunk, offset + at)
+                .map_err(SendError::Source)?;
+            w.write_all(&(n as u32).to_be_bytes())
+                .map_err(SendError::Socket)?;
+            w.write_all(chunk).map_err(SendError::Socket)?;
         }
+        w.write_all(&self.frames[from..to])
+            .map_err(SendError::Socket)?;
         Ok(crc)
     }
 }
@@ -227,6 +237,12 @@ mod tests {
             };
             assert_eq!(stored, want, "block {i}: which chunks go stored");
         }
+        // One buffer serves every block, no larger than two chunks here.
+        assert!(
+            p.frames.capacity() <= 2 * PACK_CHUNK,
+            "{}",
+            p.frames.capacity()
+        );
         // Only frames are held: the noise of block 1 is read again.
         assert!(kept[1] < PACK_CHUNK / 10, "{kept:?}");
         assert!(
