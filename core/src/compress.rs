@@ -224,20 +224,65 @@ impl BlockCompressor {
     /// (stored). `None` when the whole would not be at least
     /// [`MIN_SAVING_PERCENT`] smaller than the block.
     pub fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.pack_into(raw, &mut out).then_some(out)
+    }
+
+    /// [`BlockCompressor::pack`] into `out` (cleared first; `false` when
+    /// packing does not pay, `out` then holding nothing of use). A sender
+    /// that keeps `out` across blocks allocates nothing per block.
+    pub fn pack_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
         let limit = max_worthwhile_len(raw.len());
-        let mut out = Vec::with_capacity(limit);
-        for chunk in raw.chunks(PACK_CHUNK) {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            let frame = self.compress(chunk);
-            let body: &[u8] = frame.as_deref().unwrap_or(chunk);
-            if out.len() + body.len() > limit {
-                return None;
-            }
-            out.extend_from_slice(body);
-            out[at..at + 4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        out.clear();
+        out.reserve(limit);
+        !raw.is_empty()
+            && raw.chunks(PACK_CHUNK).all(|chunk| {
+                let at = out.len();
+                if at + 4 > limit {
+                    return false;
+                }
+                out.extend_from_slice(&[0; 4]);
+                let room = limit - at - 4;
+                let body = match self.frame_chunk(chunk, out, room) {
+                    Some(n) => n,
+                    None if chunk.len() <= room => {
+                        out.extend_from_slice(chunk);
+                        chunk.len()
+                    }
+                    None => return false,
+                };
+                out[at..at + 4].copy_from_slice(&(body as u32).to_be_bytes());
+                true
+            })
+    }
+
+    /// Appends a zstd frame of one chunk of a packed block (at most
+    /// [`PACK_CHUNK`] raw bytes) to `out` if it is worth it (see
+    /// [`max_worthwhile_len`]) and at most `room` bytes: its length, or
+    /// `None` with `out` as it was (the chunk is then stored). For senders
+    /// that pack a block a chunk at a time rather than hold it whole.
+    ///
+    /// zstd writes straight into `out`, so no other buffer is used; a
+    /// sender that keeps `out` across blocks allocates nothing per chunk.
+    pub fn frame_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, room: usize) -> Option<usize> {
+        if chunk.is_empty() {
+            return None;
         }
-        (!raw.is_empty()).then_some(out)
+        let at = out.len();
+        let room = room.min(max_worthwhile_len(chunk.len()));
+        out.reserve(room);
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(at as u64);
+        match self.inner.compress_to_buffer(chunk, &mut tail) {
+            Ok(n) if n <= room => {
+                out.truncate(at + n);
+                Some(n)
+            }
+            _ => {
+                out.truncate(at);
+                None
+            }
+        }
     }
 }
 

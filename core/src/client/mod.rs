@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod list;
 pub use list::{list_remote, Listing};
 mod get;
+mod pack;
 mod peer;
 mod secure;
 mod shell;

@@ -70,6 +70,9 @@ pub(super) struct BlockSender {
     mode: Option<Compress>,
     auto: AutoCompressor,
     zstd: Option<(i32, BlockCompressor)>,
+    /// The packed payload's buffer, kept across blocks: a connection
+    /// allocates it once (a buffer per block left the heap growing).
+    packed: Vec<u8>,
     /// Blocks sent compressed, their raw bytes and their packed bytes.
     blocks: u64,
     raw_bytes: u64,
@@ -84,6 +87,7 @@ impl BlockSender {
             mode: mode.filter(|m| *m != Compress::Off),
             auto: AutoCompressor::new(AutoConfig::default()),
             zstd: None,
+            packed: Vec::new(),
             blocks: 0,
             raw_bytes: 0,
             wire_bytes: 0,
@@ -107,21 +111,30 @@ impl BlockSender {
         }
     }
 
-    /// The packed payload of `raw` when it is worth sending, measured for
-    /// `auto`. A compressor that cannot be made sends raw (always correct).
-    fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
-        let level = self.level()?;
+    /// Packs `raw` into `self.packed`; whether it is worth sending,
+    /// measured for `auto`. A compressor that cannot be made sends raw
+    /// (always correct).
+    fn pack(&mut self, raw: &[u8]) -> bool {
+        let Some(level) = self.level() else {
+            return false;
+        };
         if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            self.zstd = Some((level, BlockCompressor::new(level).ok()?));
+            match BlockCompressor::new(level) {
+                Ok(c) => self.zstd = Some((level, c)),
+                Err(_) => return false,
+            }
         }
+        let Some((_, zstd)) = self.zstd.as_mut() else {
+            return false;
+        };
         let started = Instant::now();
-        let packed = self.zstd.as_mut()?.1.pack(raw);
+        let paid = zstd.pack_into(raw, &mut self.packed);
         if self.mode == Some(Compress::Auto) {
-            let wire = packed.as_ref().map(Vec::len);
+            let wire = paid.then_some(self.packed.len());
             self.auto
                 .record_compression(raw.len(), wire, started.elapsed());
         }
-        packed.filter(|p| p.len() < raw.len())
+        paid && self.packed.len() < raw.len()
     }
 
     /// Sends the block of `raw` bytes at `offset` whose CRC-32 is `crc`:
@@ -140,7 +153,7 @@ impl BlockSender {
         let packed = self.pack(raw);
         let started = Instant::now();
         let wire = match packed {
-            Some(p) => self.send_packed(out, offset, len, p, crc)?,
+            true => self.send_packed(out, offset, len, crc)?,
             None => {
                 out.write_all(&getwire::encode_data_head(offset, len))?;
                 out.write_all(raw)?;
