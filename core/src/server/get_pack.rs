@@ -73,6 +73,8 @@ pub(super) struct BlockSender {
     /// The packed payload's buffer, kept across blocks: a connection
     /// allocates it once (a buffer per block left the heap growing).
     packed: Vec<u8>,
+    /// A packed block's whole frame, to go out in one write; kept too.
+    frame: Vec<u8>,
     /// Blocks sent compressed, their raw bytes and their packed bytes.
     blocks: u64,
     raw_bytes: u64,
@@ -88,6 +90,7 @@ impl BlockSender {
             auto: AutoCompressor::new(AutoConfig::default()),
             zstd: None,
             packed: Vec::new(),
+            frame: Vec::new(),
             blocks: 0,
             raw_bytes: 0,
             wire_bytes: 0,
@@ -152,14 +155,13 @@ impl BlockSender {
         let len = raw.len() as u32;
         let packed = self.pack(raw);
         let started = Instant::now();
-        let wire = match packed {
-            true => self.send_packed(out, offset, len, crc)?,
-            None => {
-                out.write_all(&getwire::encode_data_head(offset, len))?;
-                out.write_all(raw)?;
-                out.write_all(&crc.to_be_bytes())?;
-                raw.len()
-            }
+        let wire = if packed {
+            self.send_packed(out, offset, len, crc)?
+        } else {
+            out.write_all(&getwire::encode_data_head(offset, len))?;
+            out.write_all(raw)?;
+            out.write_all(&crc.to_be_bytes())?;
+            raw.len()
         };
         self.measured(wire, started);
         Ok(())
@@ -180,33 +182,33 @@ impl BlockSender {
     ) -> io::Result<()> {
         let packed = self.pack(fb.block(len));
         let started = Instant::now();
-        let wire = match packed {
-            Some(p) => self.send_packed(out, offset, len as u32, p, crc)?,
-            None => {
-                out.write_all(fb.raw_frame(offset, len, crc))?;
-                len
-            }
+        let wire = if packed {
+            self.send_packed(out, offset, len as u32, crc)?
+        } else {
+            out.write_all(fb.raw_frame(offset, len, crc))?;
+            len
         };
         self.measured(wire, started);
         Ok(())
     }
 
-    /// Writes a packed block's frame in one write (its head moved in
-    /// front of the payload, in the payload's own allocation); the
-    /// payload's length.
+    /// Writes the frame of the block packed in `self.packed` in one write
+    /// (assembled in `self.frame`, also kept across blocks); the payload's
+    /// length.
     fn send_packed<W: Write + ?Sized>(
         &mut self,
         out: &mut W,
         offset: u64,
         len: u32,
-        mut p: Vec<u8>,
         crc: u32,
     ) -> io::Result<usize> {
-        let wire = p.len();
-        let head = getwire::encode_packed_head(offset, len, wire as u32);
-        p.splice(0..0, head);
-        p.extend_from_slice(&crc.to_be_bytes());
-        out.write_all(&p)?;
+        let wire = self.packed.len();
+        self.frame.clear();
+        self.frame
+            .extend_from_slice(&getwire::encode_packed_head(offset, len, wire as u32));
+        self.frame.extend_from_slice(&self.packed);
+        self.frame.extend_from_slice(&crc.to_be_bytes());
+        out.write_all(&self.frame)?;
         self.blocks += 1;
         self.raw_bytes += u64::from(len);
         self.wire_bytes += wire as u64;
