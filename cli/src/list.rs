@@ -136,7 +136,11 @@ fn line(e: &ListEntry) -> String {
         EntryKind::Dir => format!(
             "dir      {:>15}  {:<20}  files {}  {}/",
             e.files.map_or("-".to_string(), |_| e.size.to_string()),
-            if e.mtime == 0 { "-".to_string() } else { time(e.mtime) },
+            if e.mtime == 0 {
+                "-".to_string()
+            } else {
+                time(e.mtime)
+            },
             e.files.map_or("?".to_string(), |n| n.to_string()),
             shown(&e.name)
         ),

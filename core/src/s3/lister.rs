@@ -107,7 +107,8 @@ impl S3Lister {
         }
         self.ready.extend(entries);
         if self.dirs {
-            self.ready.extend(page.prefixes.iter().filter_map(|p| dir_entry(p)));
+            self.ready
+                .extend(page.prefixes.iter().filter_map(|p| dir_entry(p)));
         }
         self.advance(page.next, Phase::Uploads);
         Ok(())

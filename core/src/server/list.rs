@@ -273,7 +273,10 @@ fn file_entry(
     let m = e.metadata().ok()?;
     if m.is_dir() && dirs {
         if fname.as_bytes() == PARTS_DIR.as_bytes() {
-            return name.is_none().then(|| tree_parts_entry(&e.path())).flatten();
+            return name
+                .is_none()
+                .then(|| tree_parts_entry(&e.path()))
+                .flatten();
         }
         return Some(dir_entry(&e.path(), fname.as_bytes(), &m));
     }
@@ -398,7 +401,39 @@ fn part_entry(e: &fs::DirEntry) -> Option<ListEntry> {
 
 #[cfg(test)]
 mod tests {
-    use super::wanted;
+    use super::{count_under, tree_parts_entry, wanted};
+    use crate::listing::EntryKind;
+    use std::fs;
+
+    #[test]
+    fn a_directory_is_counted_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        fs::create_dir_all(t.join("a/b")).unwrap();
+        fs::write(t.join("x"), b"12345").unwrap();
+        fs::write(t.join("a/b/y"), b"123").unwrap();
+        // A symlink is not followed (it would count the file twice).
+        std::os::unix::fs::symlink(t.join("x"), t.join("a/l")).unwrap();
+        assert_eq!(count_under(&t, 100), Some((2, 8)));
+        // Entries: x, a, b, l, y = 5; fewer allowed is "not counted".
+        assert_eq!(count_under(&t, 5), Some((2, 8)));
+        assert_eq!(count_under(&t, 4), None);
+    }
+
+    #[test]
+    fn tree_parts_are_summed_up_without_names() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(tree_parts_entry(d.path()).is_none());
+        fs::write(d.path().join("ab12.part"), vec![0u8; 10]).unwrap();
+        fs::write(d.path().join("cd34.part"), vec![0u8; 7]).unwrap();
+        fs::create_dir(d.path().join("sums")).unwrap();
+        fs::write(d.path().join("sums/x.dir"), b"not a part").unwrap();
+        let e = tree_parts_entry(d.path()).unwrap();
+        assert_eq!(
+            (e.kind, e.name.len(), e.files, e.size),
+            (EntryKind::TreeParts, 0, Some(2), 17)
+        );
+    }
 
     #[test]
     fn a_name_lists_itself_its_versions_and_its_tree() {
