@@ -49,6 +49,8 @@ pub(super) struct Lister {
     tree: Option<(Walker, String)>,
     /// Whether directories and the tree parts summary are listed.
     dirs: bool,
+    /// Entries the directories' counts may still visit in this listing.
+    budget: u64,
 }
 
 impl Shell<'_> {
@@ -87,6 +89,7 @@ impl Shell<'_> {
                 s3: Some(s3.lister(name.unwrap_or(""), dirs)),
                 tree: None,
                 dirs,
+                budget: 0,
             });
         }
         if let Some(t) = name.and_then(|n| tree_walk(&self.sh.cfg.dir, n)) {
@@ -97,6 +100,7 @@ impl Shell<'_> {
                 s3: None,
                 tree: Some(t),
                 dirs,
+                budget: 0,
             });
         }
         Lister::open(&self.sh.store, dirs)
@@ -122,6 +126,7 @@ impl Lister {
             s3: None,
             tree: None,
             dirs,
+            budget: COUNT_BUDGET,
         })
     }
 
@@ -138,7 +143,7 @@ impl Lister {
         while out.len() < PAGE_ENTRIES {
             let next = if let Some(files) = &mut self.files {
                 match files.next() {
-                    Some(e) => e.ok().and_then(|e| file_entry(store, &e, self.dirs, name)),
+                    Some(e) => e.ok().and_then(|e| self.file_entry(store, &e, name)),
                     None => {
                         self.files = None;
                         continue;
@@ -255,31 +260,39 @@ fn wanted(entry: &[u8], name: Option<&str>) -> bool {
             .is_some_and(|rest| rest.starts_with(b".~") || rest.starts_with(b"/"))
 }
 
-/// A regular file of the storage directory (the state directory, symlinks
-/// and anything else are not listed); with `dirs`, a directory too, and
-/// the tree parts summary in place of the parts directory (when the whole
-/// storage is listed).
-fn file_entry(
-    store: &Store,
-    e: &fs::DirEntry,
-    dirs: bool,
-    name: Option<&str>,
-) -> Option<ListEntry> {
-    let fname = e.file_name();
-    if fname.as_bytes() == RESERVED_NAME.as_bytes() {
-        return None;
-    }
-    // Not followed: a symlink is neither a file nor a directory here.
-    let m = e.metadata().ok()?;
-    if m.is_dir() && dirs {
-        if fname.as_bytes() == PARTS_DIR.as_bytes() {
-            return name
-                .is_none()
-                .then(|| tree_parts_entry(&e.path()))
-                .flatten();
+impl Lister {
+    /// A regular file of the storage directory (the state directory,
+    /// symlinks and anything else are not listed); asked for directories,
+    /// a directory too, and the tree parts summary in place of the parts
+    /// directory (when the whole storage is listed).
+    fn file_entry(
+        &mut self,
+        store: &Store,
+        e: &fs::DirEntry,
+        name: Option<&str>,
+    ) -> Option<ListEntry> {
+        let fname = e.file_name();
+        if fname.as_bytes() == RESERVED_NAME.as_bytes() {
+            return None;
         }
-        return Some(dir_entry(&e.path(), fname.as_bytes(), &m));
+        // Not followed: a symlink is neither a file nor a directory here.
+        let m = e.metadata().ok()?;
+        if m.is_dir() && self.dirs {
+            if fname.as_bytes() == PARTS_DIR.as_bytes() {
+                return name.is_none().then(|| tree_parts_entry(&e.path()))?;
+            }
+            let limit = self.budget.min(COUNT_LIMIT);
+            let counted = count_under(&e.path(), limit);
+            self.budget -= counted.map_or(limit, |c| c.seen);
+            return Some(dir_entry(fname.as_bytes(), &m, counted));
+        }
+        file_entry(store, e, &m)
     }
+}
+
+/// A regular file of the storage directory, `m` its metadata.
+fn file_entry(store: &Store, e: &fs::DirEntry, m: &fs::Metadata) -> Option<ListEntry> {
+    let fname = e.file_name();
     if !m.is_file() {
         return None;
     }
@@ -302,15 +315,29 @@ fn file_entry(
     })
 }
 
-/// Most entries a directory's count visits before giving up (its entry
+/// Most entries one directory's count visits before giving up (its entry
 /// then says "not counted"): a listing stays quick whatever a tree holds.
 const COUNT_LIMIT: u64 = 100_000;
 
+/// Most entries all the counts of one listing visit together: many large
+/// directories cannot make a page late past the client's timeout.
+const COUNT_BUDGET: u64 = 1_000_000;
+
+/// What a directory holds, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    /// Regular files under it, recursively.
+    files: u64,
+    /// Their total bytes.
+    bytes: u64,
+    /// Entries visited (of any kind).
+    seen: u64,
+}
+
 /// A directory of the storage directory, with the regular files under it
-/// and their bytes when [`COUNT_LIMIT`] entries are enough to count them.
-fn dir_entry(path: &Path, name: &[u8], m: &fs::Metadata) -> ListEntry {
-    let counted = count_under(path, COUNT_LIMIT);
-    let size = counted.map_or(0, |(_, bytes)| bytes);
+/// and their bytes when they were counted.
+fn dir_entry(name: &[u8], m: &fs::Metadata, counted: Option<Counted>) -> ListEntry {
+    let size = counted.map_or(0, |c| c.bytes);
     ListEntry {
         kind: EntryKind::Dir,
         name: name.to_vec(),
@@ -318,14 +345,14 @@ fn dir_entry(path: &Path, name: &[u8], m: &fs::Metadata) -> ListEntry {
         mtime: m.mtime(),
         crc32: None,
         held: size,
-        files: counted.map(|(n, _)| n),
+        files: counted.map(|c| c.files),
     }
 }
 
 /// The regular files under `dir` and their total bytes, recursively,
 /// symlinks not followed; `None` when there are more than `limit` entries
 /// or a directory cannot be read (a partial count would be a lie).
-fn count_under(dir: &Path, limit: u64) -> Option<(u64, u64)> {
+fn count_under(dir: &Path, limit: u64) -> Option<Counted> {
     let (mut files, mut bytes, mut seen) = (0u64, 0u64, 0u64);
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -344,7 +371,7 @@ fn count_under(dir: &Path, limit: u64) -> Option<(u64, u64)> {
             }
         }
     }
-    Some((files, bytes))
+    Some(Counted { files, bytes, seen })
 }
 
 /// The parts of tree uploads in progress (`KEY.part` in the parts
@@ -401,7 +428,7 @@ fn part_entry(e: &fs::DirEntry) -> Option<ListEntry> {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_under, tree_parts_entry, wanted};
+    use super::{count_under, tree_parts_entry, wanted, Counted};
     use crate::listing::EntryKind;
     use std::fs;
 
@@ -414,9 +441,14 @@ mod tests {
         fs::write(t.join("a/b/y"), b"123").unwrap();
         // A symlink is not followed (it would count the file twice).
         std::os::unix::fs::symlink(t.join("x"), t.join("a/l")).unwrap();
-        assert_eq!(count_under(&t, 100), Some((2, 8)));
+        let want = Counted {
+            files: 2,
+            bytes: 8,
+            seen: 5,
+        };
+        assert_eq!(count_under(&t, 100), Some(want));
         // Entries: x, a, b, l, y = 5; fewer allowed is "not counted".
-        assert_eq!(count_under(&t, 5), Some((2, 8)));
+        assert_eq!(count_under(&t, 5), Some(want));
         assert_eq!(count_under(&t, 4), None);
     }
 
