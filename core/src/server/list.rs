@@ -281,6 +281,10 @@ impl Lister {
             if fname.as_bytes() == PARTS_DIR.as_bytes() {
                 return name.is_none().then(|| tree_parts_entry(&e.path()))?;
             }
+            if !wanted(fname.as_bytes(), name) {
+                // Not counted for nothing.
+                return None;
+            }
             let limit = self.budget.min(COUNT_LIMIT);
             let counted = count_under(&e.path(), limit);
             self.budget -= counted.map_or(limit, |c| c.seen);
