@@ -145,9 +145,10 @@ fn line(e: &ListEntry) -> String {
             shown(&e.name)
         ),
         EntryKind::TreeParts => format!(
-            "tree uploads in progress: {} files, {} bytes held, last written {} \
+            "tree uploads in progress: {} file{}, {} bytes held, last written {} \
              (their names are not kept on the server: digests name them)",
             e.files.unwrap_or(0),
+            if e.files == Some(1) { "" } else { "s" },
             e.size,
             time(e.mtime)
         ),

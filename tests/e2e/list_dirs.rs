@@ -102,7 +102,7 @@ fn list_shows_directories_partials_and_tree_uploads_in_progress() {
     assert!(
         text.lines()
             .last()
-            .is_some_and(|l| l.starts_with("tree uploads in progress: 1 files, ")),
+            .is_some_and(|l| l.starts_with("tree uploads in progress: 1 file, ")),
         "{text}"
     );
     assert!(!text.contains('\x1b'));
