@@ -339,6 +339,14 @@ def test_same_name_again_keeps_the_old_file_and_list_remote_shows_it(tmp_path):
             ("file", "k.bin.~1~", 200_000, zlib.crc32(first)),
         ]
         assert bigtransfer.list_remote(HOST, port, "nothing", known_hosts=kh) == []
+        (store / "t" / "a").mkdir(parents=True)
+        (store / "t" / "a" / "x").write_bytes(b"12345")
+        (store / "t" / "y").write_bytes(b"12")
+        with_dirs = bigtransfer.list_remote(HOST, port, known_hosts=kh, dirs=True)
+        dirs = [e for e in with_dirs if e["kind"] == "dir"]
+        assert [(e["name"], e["files"], e["size"]) for e in dirs] == [("t", 2, 7)]
+        # Not asked for: no directory entries (as for an older client).
+        assert all(e["kind"] == "file" for e in bigtransfer.list_remote(HOST, port, known_hosts=kh))
     other = tmp_path / "overwritten"
     with bigtransfer.Server(other, port=0, bind=HOST, overwrite=True) as srv:
         bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)

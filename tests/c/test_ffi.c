@@ -262,6 +262,27 @@ static int on_entry(const bt_list_entry *e, void *user) {
     return 0;
 }
 
+struct dirs_seen {
+    int dirs;
+    int others;
+    uint64_t d_files;
+    uint64_t d_size;
+};
+
+static int on_dir_entry(const bt_list_entry *e, void *user) {
+    struct dirs_seen *l = user;
+    if (e->kind == 2) {
+        l->dirs++;
+        if (strcmp(e->name, "d") == 0 && e->files_known) {
+            l->d_files = e->files;
+            l->d_size = e->size;
+        }
+    } else if (e->kind != 0 || e->partial) {
+        l->others++;
+    }
+    return 0;
+}
+
 static int message_set(void) {
     const char *m = bt_last_error_message();
     return m != NULL && m[0] != '\0';
@@ -475,6 +496,24 @@ int main(void) {
           "bt_list of a name not held lists nothing");
     CHECK(bt_list("127.0.0.1", port, NULL, options, NULL, NULL) == BT_INVALID_INPUT,
           "bt_list without a callback is BT_INVALID_INPUT");
+
+    /* -- bt_list_dirs: directories with what is under them ---------------- */
+    char dir_d[4300], dir_f[4400];
+    snprintf(dir_d, sizeof dir_d, "%s/d", store_dir);
+    snprintf(dir_f, sizeof dir_f, "%s/d/f.txt", store_dir);
+    CHECK(mkdir(dir_d, 0755) == 0, "made d/ in the store");
+    FILE *df = fopen(dir_f, "w");
+    CHECK(df && fputs("hello", df) >= 0 && fclose(df) == 0, "wrote d/f.txt");
+    struct dirs_seen ds = {0, 0, 0, 0};
+    CHECK(bt_list_dirs("127.0.0.1", port, NULL, options, on_dir_entry, &ds) == BT_OK,
+          "bt_list_dirs of everything");
+    CHECK(ds.dirs == 1 && ds.others == 0 && ds.d_files == 1 && ds.d_size == 5,
+          "bt_list_dirs shows d/ with its 1 file of 5 bytes");
+    seen.count = 0;
+    CHECK(bt_list("127.0.0.1", port, NULL, options, on_entry, &seen) == BT_OK &&
+              seen.count == 1,
+          "bt_list (no directories asked for) still lists a.bin alone");
+    CHECK(unlink(dir_f) == 0 && rmdir(dir_d) == 0, "removed d/ again");
 
     /* -- cancel from the callback, then resume ----------------------------- */
     const size_t size_b = 4 * 1024 * 1024 + 777;

@@ -450,6 +450,13 @@ fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
         crcs.push(write_random(&src, size, size));
         assert_ok(&send(&srv, &src, &[]));
     }
+    // A tree: a directory of the listing (a common prefix of the store's).
+    let tree = t.path().join("src/t");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::fs::write(tree.join("a/b/c.txt"), b"c").unwrap();
+    std::fs::write(tree.join("d.txt"), b"d").unwrap();
+    let out = crate::tree::send_tree(&srv, &[&tree], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // A partial upload: a slow client killed once a part is in the store.
     let big = t.path().join("part.bin");
     write_random(&big, 40 * 1024 * 1024, 10);
@@ -500,6 +507,14 @@ fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
     );
     let held = p["held"].as_u64().unwrap();
     assert!((8 << 20..40 << 20).contains(&held), "{v}");
+    // The tree is a directory, not counted (the store would list it
+    // whole), and the server's own records are none.
+    assert_eq!(
+        v["dirs"],
+        serde_json::json!([{"kind": "dir", "name": "t", "size": null, "mtime": 0, "files": null}]),
+        "{v}"
+    );
+    assert_eq!(v["tree_parts"], serde_json::Value::Null, "{v}");
     // One name: itself only.
     let out = crate::keep::list(&srv, &["--json", "l2.bin"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

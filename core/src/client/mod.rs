@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod list;
-pub use list::{list_remote, Listing};
+pub use list::{list_remote, list_remote_with, Listing};
 mod get;
 mod pack;
 mod peer;

@@ -565,6 +565,9 @@ pub enum Action {
         name: Option<String>,
         /// Whether this is the first page (start from the beginning).
         first: bool,
+        /// Whether the client asked for directory entries and the tree
+        /// parts summary (`"bt"."dirs"`): an older client refuses them.
+        dirs: bool,
     },
 }
 
