@@ -542,10 +542,10 @@ fn answer(
 /// and written on a helper thread ([`writer`]) while the next arrives;
 /// whatever it wrote is held even when the connection breaks meanwhile.
 fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Result<()> {
-    let (Some(part), Some(r)) = (local.part.as_ref(), local.reference.as_ref()) else {
+    let (Some(part), Some(_)) = (local.part.as_ref(), local.reference.as_ref()) else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
-    let mut w = writer::Writer::start(part, r.block)
+    let mut w = writer::Writer::start(part)
         .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
     let got = rounds_with(up, stream, local, &mut w);
     let wrote = w.finish(&mut |l| land(up, local, l));
@@ -605,8 +605,9 @@ fn pace(up: &Upload, from: (Instant, u64)) {
 }
 
 /// Reads the data frame of block `i` (raw, or compressed when that was
-/// agreed) into a buffer of the writer's and hands it over to be checked
-/// and written; a damaged one is left missing, for the next round.
+/// agreed) piece by piece into buffers of the writer's, handing each over
+/// to be written and its CRC-32 folded, then the frame's end to judge the
+/// block; a damaged one is left missing, for the next round.
 fn receive_block(
     up: &mut Upload,
     stream: &mut dyn Transport,
@@ -614,17 +615,20 @@ fn receive_block(
     i: u64,
     w: &mut writer::Writer,
 ) -> Result<()> {
-    let mut buf = w.buffer(&mut |l| land(up, local, l))?;
     let Some(r) = &local.reference else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
     let (off, len) = r.range(i);
-    let frame = match frames::read_unchecked(stream, r, i, &mut buf, up.t.packed.agreed)? {
+    let expect = r.crcs[i as usize];
+    let agreed = up.t.packed.agreed;
+    let mut to = ToWriter {
+        w,
+        land: &mut |l| land(up, local, l),
+        i,
+    };
+    let frame = match frames::read_pieces(stream, (i, off, len), agreed, &mut to)? {
         frames::Raw::Block(u) => u,
-        frames::Raw::Other(head) => {
-            w.give_back(buf);
-            return Err(fault_instead(stream, head));
-        }
+        frames::Raw::Other(head) => return Err(fault_instead(stream, head)),
     };
     up.t.sent += len;
     if frame.packed {
@@ -632,16 +636,32 @@ fn receive_block(
         up.t.packed.raw_bytes += len;
         up.t.packed.wire_bytes += frame.wire;
     }
-    let expect = r.crcs[i as usize];
-    w.submit(writer::Job {
+    w.end(writer::End {
         i,
         off,
         len,
         expect,
         frame,
-        buf,
     })?;
     w.poll(&mut |l| land(up, local, l))
+}
+
+/// Pieces of block `i` go to the writer; blocks it landed meanwhile to
+/// `land`.
+struct ToWriter<'a> {
+    w: &'a mut writer::Writer,
+    land: &'a mut dyn FnMut(writer::Landed) -> Result<()>,
+    i: u64,
+}
+
+impl frames::Pieces for ToWriter<'_> {
+    fn buffer(&mut self) -> Result<crate::sys::PageBuf> {
+        self.w.buffer(self.land)
+    }
+
+    fn piece(&mut self, buf: crate::sys::PageBuf, len: usize, at: u64) -> Result<()> {
+        self.w.piece(self.i, buf, len, at)
+    }
 }
 
 /// A block back from the writer: held (progress is reported), damaged

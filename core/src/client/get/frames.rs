@@ -19,6 +19,7 @@ use std::io::Read;
 
 use crate::compress::Unpacker;
 use crate::getwire::{Reference, TAG_DATA, TAG_PACKED};
+use crate::sys::PageBuf;
 use crate::{Error, ErrorKind, Result};
 
 /// What came where a block's data frame was due.
@@ -100,12 +101,17 @@ impl Unchecked {
     /// The verdict on block `i`'s bytes `b` (as read into the buffer),
     /// whose reference CRC-32 is `expect`.
     pub(super) fn check(self, b: &[u8], i: u64, expect: u32) -> Arrived {
+        self.check_crc(crc32fast::hash(b), i, expect)
+    }
+
+    /// The verdict on block `i`, whose bytes as received have CRC-32
+    /// `crc` and whose reference CRC-32 is `expect`.
+    pub(super) fn check_crc(self, crc: u32, i: u64, expect: u32) -> Arrived {
         let as_sent = if self.packed { " as decompressed" } else { "" };
         let verdict = self
             .unpacked
             .map_err(|why| format!("block {i}: {why}"))
             .and_then(|()| {
-                let crc = crc32fast::hash(b);
                 if crc != self.trailer {
                     Err(format!(
                     "block {i} arrived damaged (its bytes{as_sent} do not match the frame's CRC-32)"
@@ -164,6 +170,142 @@ pub(super) fn read_unchecked<R: Read + ?Sized>(
     }))
 }
 
+/// Bytes of one piece: what the pieces' buffers hold, whatever the
+/// block's size, so a download's memory does not grow with its blocks.
+pub(super) const PIECE: usize = 1 << 20;
+
+/// Where a block's bytes go as they arrive, piece by piece, in order.
+pub(super) trait Pieces {
+    /// An empty buffer of at least [`PIECE`] bytes.
+    fn buffer(&mut self) -> Result<PageBuf>;
+    /// The block's next `len` bytes, in `buf`, at `at` in the file.
+    fn piece(&mut self, buf: PageBuf, len: usize, at: u64) -> Result<()>;
+}
+
+/// Reads the data frame of block `i` (`len` bytes at `off`) and hands
+/// its bytes, as they come, to `out` in pieces of at most [`PIECE`]
+/// bytes, never past the block's end; not checked (see
+/// [`Unchecked::check_crc`]: the CRC-32 is folded by whoever takes the
+/// pieces). A damaged frame may have handed some pieces over already.
+pub(super) fn read_pieces<R: Read + ?Sized>(
+    s: &mut R,
+    (i, off, len): (u64, u64, u64),
+    packed_ok: bool,
+    out: &mut dyn Pieces,
+) -> Result<Raw> {
+    let mut head = [0u8; 5];
+    read(s, &mut head)?;
+    let packed = match head[0] {
+        TAG_DATA => false,
+        TAG_PACKED if packed_ok => true,
+        TAG_PACKED => return Err(protocol(
+            "the server sent a compressed block, but no compression was agreed on this connection"
+                .into(),
+        )),
+        _ => return Ok(Raw::Other(head)),
+    };
+    let flen = u64::from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
+    let wire = check_head(s, (i, off, len), flen, packed)?;
+    let unpacked = if packed {
+        unpack_pieces(s, wire, (off, len), out)?
+    } else {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE as u64) as usize;
+            let mut buf = out.buffer()?;
+            read(s, &mut buf[..n])?;
+            out.piece(buf, n, off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    };
+    let mut trailer = [0u8; 4];
+    read(s, &mut trailer)?;
+    Ok(Raw::Block(Unchecked {
+        unpacked,
+        trailer: u32::from_be_bytes(trailer),
+        wire,
+        packed,
+    }))
+}
+
+/// Fills pieces from decompressed chunks of any size.
+struct Filler<'a> {
+    out: &'a mut dyn Pieces,
+    cur: Option<(PageBuf, usize)>,
+    /// Where the current piece starts in the file.
+    at: u64,
+}
+
+impl Filler<'_> {
+    fn put(&mut self, mut b: &[u8]) -> Result<()> {
+        while !b.is_empty() {
+            let (mut buf, fill) = match self.cur.take() {
+                Some(c) => c,
+                None => (self.out.buffer()?, 0),
+            };
+            let n = b.len().min(PIECE - fill);
+            buf[fill..fill + n].copy_from_slice(&b[..n]);
+            b = &b[n..];
+            self.cur = Some((buf, fill + n));
+            if fill + n == PIECE {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some((buf, fill)) = self.cur.take() {
+            self.out.piece(buf, fill, self.at)?;
+            self.at += fill as u64;
+        }
+        Ok(())
+    }
+}
+
+/// As [`unpack`], handing the block's bytes to `out` piece by piece.
+fn unpack_pieces<R: Read + ?Sized>(
+    s: &mut R,
+    wire: u64,
+    (off, len): (u64, u64),
+    out: &mut dyn Pieces,
+) -> Result<std::result::Result<(), String>> {
+    let mut u = Unpacker::new(len);
+    let (mut left, mut at) = (wire as usize, 0u64);
+    let mut why: Option<String> = None;
+    let mut chunk = Vec::new();
+    let mut fill = Filler { out, cur: None, at: off };
+    while left > 0 {
+        let feeding = why.is_none() && u.want() > 0;
+        let n = if feeding { u.want() } else { SKIP }.min(left);
+        chunk.resize(n, 0);
+        read(s, &mut chunk)?;
+        left -= n;
+        if why.is_some() {
+            continue;
+        }
+        if !feeding {
+            why = Some(format!("{} bytes follow the block's last chunk", left + n));
+            continue;
+        }
+        match u.feed(&chunk) {
+            Ok(Some(raw)) if at + raw.len() as u64 <= len => {
+                fill.put(&raw)?;
+                at += raw.len() as u64;
+            }
+            Ok(Some(_)) => why = Some("it decompressed past the block's size".into()),
+            Ok(None) => {}
+            Err(e) => why = Some(e.to_string()),
+        }
+    }
+    fill.flush()?;
+    if why.is_none() && (!u.is_done() || at != len) {
+        why = Some("the compressed payload ended inside the block".into());
+    }
+    Ok(why.map_or(Ok(()), Err))
+}
+
 /// Reads the rest of a data frame's head (of length `flen`) and checks it
 /// fits block `i`; the payload's length on the wire.
 fn payload_len<R: Read + ?Sized>(
@@ -174,6 +316,16 @@ fn payload_len<R: Read + ?Sized>(
     packed: bool,
 ) -> Result<u64> {
     let (off, len) = r.range(i);
+    check_head(s, (i, off, len), flen, packed)
+}
+
+/// [`payload_len`] for block `i` of `len` bytes at `off`.
+fn check_head<R: Read + ?Sized>(
+    s: &mut R,
+    (i, off, len): (u64, u64, u64),
+    flen: u64,
+    packed: bool,
+) -> Result<u64> {
     let mut at = [0u8; 8];
     read(s, &mut at)?;
     let foff = u64::from_be_bytes(at);
