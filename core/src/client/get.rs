@@ -197,14 +197,22 @@ impl Local {
     /// reference's (a block never written reads as zeros and fails, unless
     /// zeros are what it should hold).
     fn verify_held(&mut self, part: &File, r: &Reference) -> Result<()> {
-        let mut buf = crate::sys::PageBuf::new(r.block as usize);
+        // Read in pieces, so a resume's memory does not grow with blocks.
+        let mut buf = crate::sys::PageBuf::new(frames::PIECE);
         for i in 0..r.count() {
             let (off, len) = r.range(i);
-            let b = &mut buf[..len as usize];
-            part.read_exact_at(b, off)
-                .map_err(|e| local_err(format!("cannot read {}", self.part_path.display()), e))?;
+            let mut crc = crc32fast::Hasher::new();
+            let mut at = 0u64;
+            while at < len {
+                let b = &mut buf[..(len - at).min(frames::PIECE as u64) as usize];
+                part.read_exact_at(b, off + at).map_err(|e| {
+                    local_err(format!("cannot read {}", self.part_path.display()), e)
+                })?;
+                crc.update(b);
+                at += b.len() as u64;
+            }
             self.hashed += len;
-            self.held[i as usize] = crc32fast::hash(b) == r.crcs[i as usize];
+            self.held[i as usize] = crc.finalize() == r.crcs[i as usize];
         }
         Ok(())
     }

@@ -325,11 +325,11 @@ impl State {
         if self.broken {
             return Outcome::Skipped;
         }
-        if !whole {
-            return Outcome::Damaged(format!("block {}: none of its bytes arrived", e.i));
-        }
         if let Err(why) = e.frame.check_crc(crc, e.i, e.expect).verdict {
             return Outcome::Damaged(why);
+        }
+        if !whole {
+            return Outcome::Damaged(format!("block {}: none of its bytes arrived", e.i));
         }
         (self.lo, self.hi) = (self.lo.min(e.off), self.hi.max(e.off + e.len));
         if self.hi - self.lo >= WRITEBACK_STEP {
