@@ -1,9 +1,14 @@
 //! Reading one block's data frame of a download: raw (`D`) or, when the
 //! server agreed to compression on this connection, packed (`P`: the
 //! upload's packed payload, see [`crate::compress::Unpacker`]),
-//! decompressed chunk by chunk into the block's buffer, never past the
-//! block's size, and checked against the CRC-32 of the uncompressed bytes
-//! (the frame's trailer and the reference's).
+//! decompressed chunk by chunk, never past the block's size, and checked
+//! against the CRC-32 of the uncompressed bytes (the frame's trailer and
+//! the reference's). One stream hands the bytes over in pieces of
+//! [`PIECE`] bytes as they come ([`read_pieces`], for `writer`), so its
+//! memory does not grow with the block; parallel streams read a whole
+//! block into a buffer first ([`read_block`]), since an idle stream may
+//! fetch a straggler's block again and a damaged second copy must never
+//! be written over a good first one.
 //!
 //! A frame whose head does not fit the block it answers is refused (the
 //! connection is out of step). A payload that does not decompress to
@@ -275,7 +280,11 @@ fn unpack_pieces<R: Read + ?Sized>(
     let (mut left, mut at) = (wire as usize, 0u64);
     let mut why: Option<String> = None;
     let mut chunk = Vec::new();
-    let mut fill = Filler { out, cur: None, at: off };
+    let mut fill = Filler {
+        out,
+        cur: None,
+        at: off,
+    };
     while left > 0 {
         let feeding = why.is_none() && u.want() > 0;
         let n = if feeding { u.want() } else { SKIP }.min(left);
