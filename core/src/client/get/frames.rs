@@ -23,30 +23,9 @@
 use std::io::Read;
 
 use crate::compress::Unpacker;
-use crate::getwire::{Reference, TAG_DATA, TAG_PACKED};
+use crate::getwire::{TAG_DATA, TAG_PACKED};
 use crate::sys::PageBuf;
 use crate::{Error, ErrorKind, Result};
-
-/// What came where a block's data frame was due.
-#[derive(Debug)]
-pub(super) enum Frame {
-    /// The block's frame, read whole.
-    Block(Arrived),
-    /// The head of another frame (a fault, usually); its payload unread.
-    Other([u8; 5]),
-}
-
-/// A block's frame, read whole.
-#[derive(Debug)]
-pub(super) struct Arrived {
-    /// The block's CRC-32 when its bytes are the reference's; else why
-    /// not (it is asked for again).
-    pub(super) verdict: std::result::Result<u32, String>,
-    /// Payload bytes the frame carried (packed or raw).
-    pub(super) wire: u64,
-    /// Whether it came compressed.
-    pub(super) packed: bool,
-}
 
 /// Bytes read at a time while skipping the rest of a damaged payload.
 const SKIP: usize = 64 << 10;
@@ -58,25 +37,6 @@ fn protocol(words: String) -> Error {
 fn read<R: Read + ?Sized>(s: &mut R, out: &mut [u8]) -> Result<()> {
     s.read_exact(out)
         .map_err(|e| super::peer::lost(e, "receiving data"))
-}
-
-/// Reads the data frame of block `i` of `r` into `buf` (at least a block
-/// long) and checks it; `packed_ok`: compression was agreed on this
-/// connection.
-pub(super) fn read_block<R: Read + ?Sized>(
-    s: &mut R,
-    r: &Reference,
-    i: u64,
-    buf: &mut [u8],
-    packed_ok: bool,
-) -> Result<Frame> {
-    Ok(match read_unchecked(s, r, i, buf, packed_ok)? {
-        Raw::Block(u) => {
-            let b = &buf[..r.range(i).1 as usize];
-            Frame::Block(u.check(b, i, r.crcs[i as usize]))
-        }
-        Raw::Other(head) => Frame::Other(head),
-    })
 }
 
 /// What came where a block's data frame was due, its bytes not yet
@@ -103,18 +63,16 @@ pub(super) struct Unchecked {
 }
 
 impl Unchecked {
-    /// The verdict on block `i`'s bytes `b` (as read into the buffer),
-    /// whose reference CRC-32 is `expect`.
-    pub(super) fn check(self, b: &[u8], i: u64, expect: u32) -> Arrived {
-        self.check_crc(crc32fast::hash(b), i, expect)
-    }
-
     /// The verdict on block `i`, whose bytes as received have CRC-32
     /// `crc` and whose reference CRC-32 is `expect`.
-    pub(super) fn check_crc(self, crc: u32, i: u64, expect: u32) -> Arrived {
+    pub(super) fn check_crc(
+        self,
+        crc: u32,
+        i: u64,
+        expect: u32,
+    ) -> std::result::Result<u32, String> {
         let as_sent = if self.packed { " as decompressed" } else { "" };
-        let verdict = self
-            .unpacked
+        self.unpacked
             .map_err(|why| format!("block {i}: {why}"))
             .and_then(|()| {
                 if crc != self.trailer {
@@ -128,51 +86,8 @@ impl Unchecked {
                 } else {
                     Ok(crc)
                 }
-            });
-        Arrived {
-            verdict,
-            wire: self.wire,
-            packed: self.packed,
-        }
+            })
     }
-}
-
-/// Reads the data frame of block `i` of `r` into `buf` without checking
-/// its CRC-32 (see [`Unchecked::check`]).
-pub(super) fn read_unchecked<R: Read + ?Sized>(
-    s: &mut R,
-    r: &Reference,
-    i: u64,
-    buf: &mut [u8],
-    packed_ok: bool,
-) -> Result<Raw> {
-    let mut head = [0u8; 5];
-    read(s, &mut head)?;
-    let packed = match head[0] {
-        TAG_DATA => false,
-        TAG_PACKED if packed_ok => true,
-        TAG_PACKED => return Err(protocol(
-            "the server sent a compressed block, but no compression was agreed on this connection"
-                .into(),
-        )),
-        _ => return Ok(Raw::Other(head)),
-    };
-    let flen = u64::from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
-    let wire = payload_len(s, r, i, flen, packed)?;
-    let b = &mut buf[..r.range(i).1 as usize];
-    let unpacked = if packed {
-        unpack(s, wire, b)?
-    } else {
-        read(s, b).map(Ok)?
-    };
-    let mut trailer = [0u8; 4];
-    read(s, &mut trailer)?;
-    Ok(Raw::Block(Unchecked {
-        unpacked,
-        trailer: u32::from_be_bytes(trailer),
-        wire,
-        packed,
-    }))
 }
 
 /// Bytes of one piece: what the pieces' buffers hold, whatever the
@@ -269,7 +184,10 @@ impl Filler<'_> {
     }
 }
 
-/// As [`unpack`], handing the block's bytes to `out` piece by piece.
+/// Reads `wire` bytes of packed payload and decompresses them, handing
+/// the block's bytes to `out` piece by piece, never past its end. The
+/// payload is always read to its end, so the connection stays in step;
+/// the inner `Err` says why it does not make exactly the block.
 fn unpack_pieces<R: Read + ?Sized>(
     s: &mut R,
     wire: u64,
@@ -316,19 +234,7 @@ fn unpack_pieces<R: Read + ?Sized>(
 }
 
 /// Reads the rest of a data frame's head (of length `flen`) and checks it
-/// fits block `i`; the payload's length on the wire.
-fn payload_len<R: Read + ?Sized>(
-    s: &mut R,
-    r: &Reference,
-    i: u64,
-    flen: u64,
-    packed: bool,
-) -> Result<u64> {
-    let (off, len) = r.range(i);
-    check_head(s, (i, off, len), flen, packed)
-}
-
-/// [`payload_len`] for block `i` of `len` bytes at `off`.
+/// fits block `i` (`len` bytes at `off`); the payload's length on the wire.
 fn check_head<R: Read + ?Sized>(
     s: &mut R,
     (i, off, len): (u64, u64, u64),
@@ -359,55 +265,11 @@ fn check_head<R: Read + ?Sized>(
     Ok(wire)
 }
 
-/// Reads `wire` bytes of packed payload and decompresses them into `out`
-/// (the whole block), never writing past its end. The payload is always
-/// read to its end, so the connection stays in step; the inner `Err`
-/// says why it does not make exactly the block.
-fn unpack<R: Read + ?Sized>(
-    s: &mut R,
-    wire: u64,
-    out: &mut [u8],
-) -> Result<std::result::Result<(), String>> {
-    let mut u = Unpacker::new(out.len() as u64);
-    let (mut left, mut at) = (wire as usize, 0usize);
-    let mut why: Option<String> = None;
-    let mut chunk = Vec::new();
-    while left > 0 {
-        let feeding = why.is_none() && u.want() > 0;
-        let n = if feeding { u.want() } else { SKIP }.min(left);
-        chunk.resize(n, 0);
-        read(s, &mut chunk)?;
-        left -= n;
-        if why.is_some() {
-            continue;
-        }
-        if !feeding {
-            why = Some(format!("{} bytes follow the block's last chunk", left + n));
-            continue;
-        }
-        match u.feed(&chunk) {
-            Ok(Some(raw)) => match out.get_mut(at..at + raw.len()) {
-                Some(dst) => {
-                    dst.copy_from_slice(&raw);
-                    at += raw.len();
-                }
-                None => why = Some("it decompressed past the block's size".into()),
-            },
-            Ok(None) => {}
-            Err(e) => why = Some(e.to_string()),
-        }
-    }
-    if why.is_none() && (!u.is_done() || at != out.len()) {
-        why = Some("the compressed payload ended inside the block".into());
-    }
-    Ok(why.map_or(Ok(()), Err))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::compress::{compress_block, BlockCompressor, PACK_CHUNK};
-    use crate::getwire::{encode_data_head, encode_packed_head};
+    use crate::getwire::{encode_data_head, encode_packed_head, Reference};
 
     const BLOCK: u64 = 1 << 20;
 
@@ -443,19 +305,61 @@ mod tests {
         f
     }
 
+    /// Block 1's frame as read: its verdict, wire bytes, whether packed.
+    #[derive(Debug)]
+    struct Arrived {
+        verdict: std::result::Result<u32, String>,
+        wire: u64,
+        packed: bool,
+    }
+
+    /// Collects the pieces into a block-sized buffer, checking they come
+    /// in order, inside the block, and no larger than a piece.
+    struct Collect {
+        off: u64,
+        at: u64,
+        out: Vec<u8>,
+    }
+
+    impl Pieces for Collect {
+        fn buffer(&mut self) -> Result<PageBuf> {
+            Ok(PageBuf::new(PIECE))
+        }
+        fn piece(&mut self, buf: PageBuf, len: usize, at: u64) -> Result<()> {
+            assert_eq!(at, self.off + self.at, "a piece out of order");
+            assert!(len <= PIECE);
+            let from = self.at as usize;
+            self.out[from..from + len].copy_from_slice(&buf[..len]);
+            self.at += len as u64;
+            Ok(())
+        }
+    }
+
     /// Reads block 1 from `wire` (followed by a marker that must be next).
     fn read_one(r: &Reference, wire: &[u8], packed_ok: bool) -> Result<(Arrived, Vec<u8>)> {
         let mut input = [wire, b"NEXT"].concat();
         let mut s = std::io::Cursor::new(&mut input[..]);
-        let mut buf = vec![0u8; BLOCK as usize];
-        let a = match read_block(&mut s, r, 1, &mut buf, packed_ok)? {
-            Frame::Block(a) => a,
-            Frame::Other(h) => panic!("not a block: {h:?}"),
+        let (off, len) = r.range(1);
+        let mut c = Collect {
+            off,
+            at: 0,
+            out: vec![0u8; len as usize],
+        };
+        let u = match read_pieces(&mut s, (1, off, len), packed_ok, &mut c)? {
+            Raw::Block(u) => u,
+            Raw::Other(h) => panic!("not a block: {h:?}"),
+        };
+        let crc = crc32fast::hash(&c.out);
+        let (wire, packed) = (u.wire, u.packed);
+        let a = Arrived {
+            verdict: u.check_crc(crc, 1, r.crcs[1]),
+            wire,
+            packed,
         };
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"NEXT", "the frame was not read exactly");
-        Ok((a, buf))
+        Ok((a, c.out))
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl State {
         if self.broken {
             return Outcome::Skipped;
         }
-        if let Err(why) = e.frame.check_crc(crc, e.i, e.expect).verdict {
+        if let Err(why) = e.frame.check_crc(crc, e.i, e.expect) {
             return Outcome::Damaged(why);
         }
         if !whole {
