@@ -197,14 +197,22 @@ impl Local {
     /// reference's (a block never written reads as zeros and fails, unless
     /// zeros are what it should hold).
     fn verify_held(&mut self, part: &File, r: &Reference) -> Result<()> {
-        let mut buf = crate::sys::PageBuf::new(r.block as usize);
+        // Read in pieces, so a resume's memory does not grow with blocks.
+        let mut buf = crate::sys::PageBuf::new(frames::PIECE);
         for i in 0..r.count() {
             let (off, len) = r.range(i);
-            let b = &mut buf[..len as usize];
-            part.read_exact_at(b, off)
-                .map_err(|e| local_err(format!("cannot read {}", self.part_path.display()), e))?;
+            let mut crc = crc32fast::Hasher::new();
+            let mut at = 0u64;
+            while at < len {
+                let b = &mut buf[..(len - at).min(frames::PIECE as u64) as usize];
+                part.read_exact_at(b, off + at).map_err(|e| {
+                    local_err(format!("cannot read {}", self.part_path.display()), e)
+                })?;
+                crc.update(b);
+                at += b.len() as u64;
+            }
             self.hashed += len;
-            self.held[i as usize] = crc32fast::hash(b) == r.crcs[i as usize];
+            self.held[i as usize] = crc.finalize() == r.crcs[i as usize];
         }
         Ok(())
     }
@@ -542,10 +550,10 @@ fn answer(
 /// and written on a helper thread ([`writer`]) while the next arrives;
 /// whatever it wrote is held even when the connection breaks meanwhile.
 fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Result<()> {
-    let (Some(part), Some(r)) = (local.part.as_ref(), local.reference.as_ref()) else {
+    let (Some(part), Some(_)) = (local.part.as_ref(), local.reference.as_ref()) else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
-    let mut w = writer::Writer::start(part, r.block)
+    let mut w = writer::Writer::start(part)
         .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
     let got = rounds_with(up, stream, local, &mut w);
     let wrote = w.finish(&mut |l| land(up, local, l));
@@ -605,8 +613,9 @@ fn pace(up: &Upload, from: (Instant, u64)) {
 }
 
 /// Reads the data frame of block `i` (raw, or compressed when that was
-/// agreed) into a buffer of the writer's and hands it over to be checked
-/// and written; a damaged one is left missing, for the next round.
+/// agreed) piece by piece into buffers of the writer's, handing each over
+/// to be written and its CRC-32 folded, then the frame's end to judge the
+/// block; a damaged one is left missing, for the next round.
 fn receive_block(
     up: &mut Upload,
     stream: &mut dyn Transport,
@@ -614,17 +623,20 @@ fn receive_block(
     i: u64,
     w: &mut writer::Writer,
 ) -> Result<()> {
-    let mut buf = w.buffer(&mut |l| land(up, local, l))?;
     let Some(r) = &local.reference else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
     let (off, len) = r.range(i);
-    let frame = match frames::read_unchecked(stream, r, i, &mut buf, up.t.packed.agreed)? {
+    let expect = r.crcs[i as usize];
+    let agreed = up.t.packed.agreed;
+    let mut to = ToWriter {
+        w,
+        land: &mut |l| land(up, local, l),
+        i,
+    };
+    let frame = match frames::read_pieces(stream, (i, off, len), agreed, &mut to)? {
         frames::Raw::Block(u) => u,
-        frames::Raw::Other(head) => {
-            w.give_back(buf);
-            return Err(fault_instead(stream, head));
-        }
+        frames::Raw::Other(head) => return Err(fault_instead(stream, head)),
     };
     up.t.sent += len;
     if frame.packed {
@@ -632,16 +644,32 @@ fn receive_block(
         up.t.packed.raw_bytes += len;
         up.t.packed.wire_bytes += frame.wire;
     }
-    let expect = r.crcs[i as usize];
-    w.submit(writer::Job {
+    w.end(writer::End {
         i,
         off,
         len,
         expect,
         frame,
-        buf,
     })?;
     w.poll(&mut |l| land(up, local, l))
+}
+
+/// Pieces of block `i` go to the writer; blocks it landed meanwhile to
+/// `land`.
+struct ToWriter<'a> {
+    w: &'a mut writer::Writer,
+    land: &'a mut dyn FnMut(writer::Landed) -> Result<()>,
+    i: u64,
+}
+
+impl frames::Pieces for ToWriter<'_> {
+    fn buffer(&mut self) -> Result<crate::sys::PageBuf> {
+        self.w.buffer(self.land)
+    }
+
+    fn piece(&mut self, buf: crate::sys::PageBuf, len: usize, at: u64) -> Result<()> {
+        self.w.piece(self.i, buf, len, at)
+    }
 }
 
 /// A block back from the writer: held (progress is reported), damaged

@@ -13,7 +13,7 @@
 //! joined stream that fails gives its block back and ends; the first
 //! connection failing ends the attempt.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -112,6 +112,12 @@ struct Queue {
     pending: VecDeque<u64>,
     flying: HashMap<u64, Flight>,
     done: HashMap<u64, u32>,
+    /// A download's blocks being written, piece by piece, by how many
+    /// streams (an idle stream may fetch a straggler's block again).
+    writing: HashMap<u64, u32>,
+    /// Blocks a damaged copy was written over while another copy was
+    /// being written: none of those copies counts.
+    spoiled: HashSet<u64>,
     /// Time blocks took on the wire, summed, and how many.
     took: Duration,
     count: u32,
@@ -248,6 +254,63 @@ impl Work {
             }
         }
         self.cv.notify_all();
+    }
+
+    /// A download's stream starts writing block `idx` into the part.
+    pub(super) fn begin_write(&self, idx: u64) {
+        if let Ok(mut q) = self.q.lock() {
+            *q.writing.entry(idx).or_insert(0) += 1;
+        }
+    }
+
+    /// A download's stream wrote all of block `idx` (`good`: its CRC-32
+    /// matched), or stopped writing it (broken, damaged: not `good`).
+    /// Whether it is held now. Pieces are written before the block's
+    /// CRC-32 is known, so a bad copy may have overwritten another copy
+    /// of the same block: a good one done before is undone, and copies
+    /// being written meanwhile do not count; the block goes back to the
+    /// queue once no copy is being written.
+    pub(super) fn end_write(&self, idx: u64, len: u64, good: Option<(u32, Duration)>) -> bool {
+        let Ok(mut q) = self.q.lock() else {
+            return false;
+        };
+        let others = match q.writing.get_mut(&idx) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if others == 0 {
+            q.writing.remove(&idx);
+        }
+        let held = match good {
+            Some((crc, took)) if !q.spoiled.contains(&idx) => {
+                drop(q);
+                self.done(idx, crc, took, len);
+                return true;
+            }
+            Some(_) => false,
+            None => {
+                if q.done.remove(&idx).is_some() {
+                    self.bytes.fetch_sub(len, Ordering::Relaxed);
+                }
+                if others > 0 {
+                    q.spoiled.insert(idx);
+                }
+                false
+            }
+        };
+        if others == 0 {
+            q.spoiled.remove(&idx);
+            if !q.done.contains_key(&idx) && !q.pending.contains(&idx) {
+                q.flying.remove(&idx);
+                q.pending.push_front(idx);
+            }
+        }
+        drop(q);
+        self.cv.notify_all();
+        held
     }
 
     /// Sleeps as needed to keep all streams together under the limit.
@@ -761,6 +824,38 @@ mod tests {
         w.failed(3);
         assert_eq!(w.take(), Some(3));
         w.done(3, 1, Duration::ZERO, 1);
+        assert_eq!(w.take(), None);
+    }
+
+    /// A damaged copy of a doubled block undoes a good copy done before
+    /// it, and spoils one being written meanwhile; the block is asked for
+    /// again once no copy is being written.
+    #[test]
+    fn a_damaged_copy_of_a_doubled_block_is_never_counted_over_a_good_one() {
+        let w = Work::new(vec![4], None);
+        assert_eq!(w.take(), Some(4));
+        let good = Some((9, Duration::ZERO));
+        // Good copy done, then a damaged copy written over it.
+        w.begin_write(4);
+        w.begin_write(4);
+        assert!(w.end_write(4, 10, good));
+        assert!(!w.end_write(4, 10, None));
+        assert!(w.done_blocks().is_empty());
+        assert_eq!(w.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(w.take_pending(), Some(4));
+        // The damaged copy ends first: the good one still being written
+        // does not count either; then the block is queued again.
+        w.begin_write(4);
+        w.begin_write(4);
+        assert!(!w.end_write(4, 10, None));
+        assert_eq!(w.take_pending(), None, "queued while a copy is written");
+        assert!(!w.end_write(4, 10, good));
+        assert!(w.done_blocks().is_empty());
+        assert_eq!(w.take_pending(), Some(4));
+        // One copy alone, good: held.
+        w.begin_write(4);
+        assert!(w.end_write(4, 10, good));
+        assert_eq!(w.done_blocks(), vec![4]);
         assert_eq!(w.take(), None);
     }
 

@@ -1,9 +1,14 @@
 //! Reading one block's data frame of a download: raw (`D`) or, when the
 //! server agreed to compression on this connection, packed (`P`: the
 //! upload's packed payload, see [`crate::compress::Unpacker`]),
-//! decompressed chunk by chunk into the block's buffer, never past the
-//! block's size, and checked against the CRC-32 of the uncompressed bytes
-//! (the frame's trailer and the reference's).
+//! decompressed chunk by chunk, never past the block's size, and checked
+//! against the CRC-32 of the uncompressed bytes (the frame's trailer and
+//! the reference's). One stream hands the bytes over in pieces of
+//! [`PIECE`] bytes as they come ([`read_pieces`], for `writer`), so its
+//! memory does not grow with the block; parallel streams read a whole
+//! block into a buffer first ([`read_block`]), since an idle stream may
+//! fetch a straggler's block again and a damaged second copy must never
+//! be written over a good first one.
 //!
 //! A frame whose head does not fit the block it answers is refused (the
 //! connection is out of step). A payload that does not decompress to
@@ -18,29 +23,9 @@
 use std::io::Read;
 
 use crate::compress::Unpacker;
-use crate::getwire::{Reference, TAG_DATA, TAG_PACKED};
+use crate::getwire::{TAG_DATA, TAG_PACKED};
+use crate::sys::PageBuf;
 use crate::{Error, ErrorKind, Result};
-
-/// What came where a block's data frame was due.
-#[derive(Debug)]
-pub(super) enum Frame {
-    /// The block's frame, read whole.
-    Block(Arrived),
-    /// The head of another frame (a fault, usually); its payload unread.
-    Other([u8; 5]),
-}
-
-/// A block's frame, read whole.
-#[derive(Debug)]
-pub(super) struct Arrived {
-    /// The block's CRC-32 when its bytes are the reference's; else why
-    /// not (it is asked for again).
-    pub(super) verdict: std::result::Result<u32, String>,
-    /// Payload bytes the frame carried (packed or raw).
-    pub(super) wire: u64,
-    /// Whether it came compressed.
-    pub(super) packed: bool,
-}
 
 /// Bytes read at a time while skipping the rest of a damaged payload.
 const SKIP: usize = 64 << 10;
@@ -52,25 +37,6 @@ fn protocol(words: String) -> Error {
 fn read<R: Read + ?Sized>(s: &mut R, out: &mut [u8]) -> Result<()> {
     s.read_exact(out)
         .map_err(|e| super::peer::lost(e, "receiving data"))
-}
-
-/// Reads the data frame of block `i` of `r` into `buf` (at least a block
-/// long) and checks it; `packed_ok`: compression was agreed on this
-/// connection.
-pub(super) fn read_block<R: Read + ?Sized>(
-    s: &mut R,
-    r: &Reference,
-    i: u64,
-    buf: &mut [u8],
-    packed_ok: bool,
-) -> Result<Frame> {
-    Ok(match read_unchecked(s, r, i, buf, packed_ok)? {
-        Raw::Block(u) => {
-            let b = &buf[..r.range(i).1 as usize];
-            Frame::Block(u.check(b, i, r.crcs[i as usize]))
-        }
-        Raw::Other(head) => Frame::Other(head),
-    })
 }
 
 /// What came where a block's data frame was due, its bytes not yet
@@ -97,15 +63,18 @@ pub(super) struct Unchecked {
 }
 
 impl Unchecked {
-    /// The verdict on block `i`'s bytes `b` (as read into the buffer),
-    /// whose reference CRC-32 is `expect`.
-    pub(super) fn check(self, b: &[u8], i: u64, expect: u32) -> Arrived {
+    /// The verdict on block `i`, whose bytes as received have CRC-32
+    /// `crc` and whose reference CRC-32 is `expect`.
+    pub(super) fn check_crc(
+        self,
+        crc: u32,
+        i: u64,
+        expect: u32,
+    ) -> std::result::Result<u32, String> {
         let as_sent = if self.packed { " as decompressed" } else { "" };
-        let verdict = self
-            .unpacked
+        self.unpacked
             .map_err(|why| format!("block {i}: {why}"))
             .and_then(|()| {
-                let crc = crc32fast::hash(b);
                 if crc != self.trailer {
                     Err(format!(
                     "block {i} arrived damaged (its bytes{as_sent} do not match the frame's CRC-32)"
@@ -117,23 +86,32 @@ impl Unchecked {
                 } else {
                     Ok(crc)
                 }
-            });
-        Arrived {
-            verdict,
-            wire: self.wire,
-            packed: self.packed,
-        }
+            })
     }
 }
 
-/// Reads the data frame of block `i` of `r` into `buf` without checking
-/// its CRC-32 (see [`Unchecked::check`]).
-pub(super) fn read_unchecked<R: Read + ?Sized>(
+/// Bytes of one piece: what the pieces' buffers hold, whatever the
+/// block's size, so a download's memory does not grow with its blocks.
+pub(super) const PIECE: usize = 1 << 20;
+
+/// Where a block's bytes go as they arrive, piece by piece, in order.
+pub(super) trait Pieces {
+    /// An empty buffer of at least [`PIECE`] bytes.
+    fn buffer(&mut self) -> Result<PageBuf>;
+    /// The block's next `len` bytes, in `buf`, at `at` in the file.
+    fn piece(&mut self, buf: PageBuf, len: usize, at: u64) -> Result<()>;
+}
+
+/// Reads the data frame of block `i` (`len` bytes at `off`) and hands
+/// its bytes, as they come, to `out` in pieces of at most [`PIECE`]
+/// bytes, never past the block's end; not checked (see
+/// [`Unchecked::check_crc`]: the CRC-32 is folded by whoever takes the
+/// pieces). A damaged frame may have handed some pieces over already.
+pub(super) fn read_pieces<R: Read + ?Sized>(
     s: &mut R,
-    r: &Reference,
-    i: u64,
-    buf: &mut [u8],
+    (i, off, len): (u64, u64, u64),
     packed_ok: bool,
+    out: &mut dyn Pieces,
 ) -> Result<Raw> {
     let mut head = [0u8; 5];
     read(s, &mut head)?;
@@ -147,12 +125,19 @@ pub(super) fn read_unchecked<R: Read + ?Sized>(
         _ => return Ok(Raw::Other(head)),
     };
     let flen = u64::from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
-    let wire = payload_len(s, r, i, flen, packed)?;
-    let b = &mut buf[..r.range(i).1 as usize];
+    let wire = check_head(s, (i, off, len), flen, packed)?;
     let unpacked = if packed {
-        unpack(s, wire, b)?
+        unpack_pieces(s, wire, (off, len), out)?
     } else {
-        read(s, b).map(Ok)?
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE as u64) as usize;
+            let mut buf = out.buffer()?;
+            read(s, &mut buf[..n])?;
+            out.piece(buf, n, off + done)?;
+            done += n as u64;
+        }
+        Ok(())
     };
     let mut trailer = [0u8; 4];
     read(s, &mut trailer)?;
@@ -164,16 +149,98 @@ pub(super) fn read_unchecked<R: Read + ?Sized>(
     }))
 }
 
-/// Reads the rest of a data frame's head (of length `flen`) and checks it
-/// fits block `i`; the payload's length on the wire.
-fn payload_len<R: Read + ?Sized>(
+/// Fills pieces from decompressed chunks of any size.
+struct Filler<'a> {
+    out: &'a mut dyn Pieces,
+    cur: Option<(PageBuf, usize)>,
+    /// Where the current piece starts in the file.
+    at: u64,
+}
+
+impl Filler<'_> {
+    fn put(&mut self, mut b: &[u8]) -> Result<()> {
+        while !b.is_empty() {
+            let (mut buf, fill) = match self.cur.take() {
+                Some(c) => c,
+                None => (self.out.buffer()?, 0),
+            };
+            let n = b.len().min(PIECE - fill);
+            buf[fill..fill + n].copy_from_slice(&b[..n]);
+            b = &b[n..];
+            self.cur = Some((buf, fill + n));
+            if fill + n == PIECE {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some((buf, fill)) = self.cur.take() {
+            self.out.piece(buf, fill, self.at)?;
+            self.at += fill as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `wire` bytes of packed payload and decompresses them, handing
+/// the block's bytes to `out` piece by piece, never past its end. The
+/// payload is always read to its end, so the connection stays in step;
+/// the inner `Err` says why it does not make exactly the block.
+fn unpack_pieces<R: Read + ?Sized>(
     s: &mut R,
-    r: &Reference,
-    i: u64,
+    wire: u64,
+    (off, len): (u64, u64),
+    out: &mut dyn Pieces,
+) -> Result<std::result::Result<(), String>> {
+    let mut u = Unpacker::new(len);
+    let (mut left, mut at) = (wire as usize, 0u64);
+    let mut why: Option<String> = None;
+    let mut chunk = Vec::new();
+    let mut fill = Filler {
+        out,
+        cur: None,
+        at: off,
+    };
+    while left > 0 {
+        let feeding = why.is_none() && u.want() > 0;
+        let n = if feeding { u.want() } else { SKIP }.min(left);
+        chunk.resize(n, 0);
+        read(s, &mut chunk)?;
+        left -= n;
+        if why.is_some() {
+            continue;
+        }
+        if !feeding {
+            why = Some(format!("{} bytes follow the block's last chunk", left + n));
+            continue;
+        }
+        match u.feed(&chunk) {
+            Ok(Some(raw)) if at + raw.len() as u64 <= len => {
+                fill.put(&raw)?;
+                at += raw.len() as u64;
+            }
+            Ok(Some(_)) => why = Some("it decompressed past the block's size".into()),
+            Ok(None) => {}
+            Err(e) => why = Some(e.to_string()),
+        }
+    }
+    fill.flush()?;
+    if why.is_none() && (!u.is_done() || at != len) {
+        why = Some("the compressed payload ended inside the block".into());
+    }
+    Ok(why.map_or(Ok(()), Err))
+}
+
+/// Reads the rest of a data frame's head (of length `flen`) and checks it
+/// fits block `i` (`len` bytes at `off`); the payload's length on the wire.
+fn check_head<R: Read + ?Sized>(
+    s: &mut R,
+    (i, off, len): (u64, u64, u64),
     flen: u64,
     packed: bool,
 ) -> Result<u64> {
-    let (off, len) = r.range(i);
     let mut at = [0u8; 8];
     read(s, &mut at)?;
     let foff = u64::from_be_bytes(at);
@@ -198,55 +265,11 @@ fn payload_len<R: Read + ?Sized>(
     Ok(wire)
 }
 
-/// Reads `wire` bytes of packed payload and decompresses them into `out`
-/// (the whole block), never writing past its end. The payload is always
-/// read to its end, so the connection stays in step; the inner `Err`
-/// says why it does not make exactly the block.
-fn unpack<R: Read + ?Sized>(
-    s: &mut R,
-    wire: u64,
-    out: &mut [u8],
-) -> Result<std::result::Result<(), String>> {
-    let mut u = Unpacker::new(out.len() as u64);
-    let (mut left, mut at) = (wire as usize, 0usize);
-    let mut why: Option<String> = None;
-    let mut chunk = Vec::new();
-    while left > 0 {
-        let feeding = why.is_none() && u.want() > 0;
-        let n = if feeding { u.want() } else { SKIP }.min(left);
-        chunk.resize(n, 0);
-        read(s, &mut chunk)?;
-        left -= n;
-        if why.is_some() {
-            continue;
-        }
-        if !feeding {
-            why = Some(format!("{} bytes follow the block's last chunk", left + n));
-            continue;
-        }
-        match u.feed(&chunk) {
-            Ok(Some(raw)) => match out.get_mut(at..at + raw.len()) {
-                Some(dst) => {
-                    dst.copy_from_slice(&raw);
-                    at += raw.len();
-                }
-                None => why = Some("it decompressed past the block's size".into()),
-            },
-            Ok(None) => {}
-            Err(e) => why = Some(e.to_string()),
-        }
-    }
-    if why.is_none() && (!u.is_done() || at != out.len()) {
-        why = Some("the compressed payload ended inside the block".into());
-    }
-    Ok(why.map_or(Ok(()), Err))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::compress::{compress_block, BlockCompressor, PACK_CHUNK};
-    use crate::getwire::{encode_data_head, encode_packed_head};
+    use crate::getwire::{encode_data_head, encode_packed_head, Reference};
 
     const BLOCK: u64 = 1 << 20;
 
@@ -282,19 +305,61 @@ mod tests {
         f
     }
 
+    /// Block 1's frame as read: its verdict, wire bytes, whether packed.
+    #[derive(Debug)]
+    struct Arrived {
+        verdict: std::result::Result<u32, String>,
+        wire: u64,
+        packed: bool,
+    }
+
+    /// Collects the pieces into a block-sized buffer, checking they come
+    /// in order, inside the block, and no larger than a piece.
+    struct Collect {
+        off: u64,
+        at: u64,
+        out: Vec<u8>,
+    }
+
+    impl Pieces for Collect {
+        fn buffer(&mut self) -> Result<PageBuf> {
+            Ok(PageBuf::new(PIECE))
+        }
+        fn piece(&mut self, buf: PageBuf, len: usize, at: u64) -> Result<()> {
+            assert_eq!(at, self.off + self.at, "a piece out of order");
+            assert!(len <= PIECE);
+            let from = self.at as usize;
+            self.out[from..from + len].copy_from_slice(&buf[..len]);
+            self.at += len as u64;
+            Ok(())
+        }
+    }
+
     /// Reads block 1 from `wire` (followed by a marker that must be next).
     fn read_one(r: &Reference, wire: &[u8], packed_ok: bool) -> Result<(Arrived, Vec<u8>)> {
         let mut input = [wire, b"NEXT"].concat();
         let mut s = std::io::Cursor::new(&mut input[..]);
-        let mut buf = vec![0u8; BLOCK as usize];
-        let a = match read_block(&mut s, r, 1, &mut buf, packed_ok)? {
-            Frame::Block(a) => a,
-            Frame::Other(h) => panic!("not a block: {h:?}"),
+        let (off, len) = r.range(1);
+        let mut c = Collect {
+            off,
+            at: 0,
+            out: vec![0u8; len as usize],
+        };
+        let u = match read_pieces(&mut s, (1, off, len), packed_ok, &mut c)? {
+            Raw::Block(u) => u,
+            Raw::Other(h) => panic!("not a block: {h:?}"),
+        };
+        let crc = crc32fast::hash(&c.out);
+        let (wire, packed) = (u.wire, u.packed);
+        let a = Arrived {
+            verdict: u.check_crc(crc, 1, r.crcs[1]),
+            wire,
+            packed,
         };
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"NEXT", "the frame was not read exactly");
-        Ok((a, buf))
+        Ok((a, c.out))
     }
 
     #[test]

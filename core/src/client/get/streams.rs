@@ -3,12 +3,16 @@
 //! upload's join proof, pinned TLS, the token challenge) and check they
 //! are served the same reference. Every stream pulls blocks from one
 //! shared queue (the upload's), asks for each with its own want frame
-//! (a few ahead, so the link never idles between blocks), verifies what
-//! arrives against the reference's CRC-32 and writes it at its offset
-//! into the partial download. A damaged block goes back to the queue; a
-//! stream that breaks gives its blocks back and ends; a block in flight
-//! too long is taken again by an idle stream. What is held afterwards is
-//! exactly the blocks written, so a failed attempt resumes as ever.
+//! (a few ahead, so the link never idles between blocks), writes what
+//! arrives at its offset into the partial download in 1 MiB pieces as it
+//! comes (one piece's buffer per stream, whatever the block size) and
+//! checks the block's CRC-32 against the reference's at its end. A
+//! damaged block goes back to the queue; a stream that breaks gives its
+//! blocks back and ends; a block in flight too long is taken again by an
+//! idle stream, and since pieces land before their block is checked, a
+//! damaged copy undoes or spoils any other copy of that block
+//! ([`Work::end_write`]). What is held afterwards is exactly the blocks
+//! written whole and checked, so a failed attempt resumes as ever.
 //!
 //! Not for the single-connection download (`super::rounds`), the record
 //! or the final rename (`super::Local`).
@@ -25,6 +29,7 @@ use super::{Local, Upload};
 use crate::auth::Token;
 use crate::getwire::{self, Reference, TAG_REFERENCE};
 use crate::session::Ticket;
+use crate::sys::PageBuf;
 use crate::transport::Transport;
 use crate::v2::{self, ServerMsg};
 use crate::{Control, Error, ErrorKind, Progress, Result};
@@ -209,7 +214,7 @@ fn blocks(
     flight: &mut VecDeque<u64>,
     tick: &mut dyn FnMut(&Work) -> Result<()>,
 ) -> Result<()> {
-    let mut buf = crate::sys::PageBuf::new(ctx.r.block as usize);
+    let mut buf = None;
     loop {
         while flight.len() < ctx.window {
             let Some(i) = ctx.work.take_pending() else {
@@ -231,25 +236,58 @@ fn blocks(
         ctx.work.arriving(i);
         let crc = fetch(s, ctx, i, &mut buf, agreed)?;
         flight.pop_front();
-        let (off, len) = ctx.r.range(i);
-        if crc.is_none() {
-            ctx.damaged.fetch_add(1, Ordering::Relaxed);
-            bound_damage(ctx)?;
-            ctx.work.failed(i);
+        let len = ctx.r.range(i).1;
+        if !ctx
+            .work
+            .end_write(i, len, crc.map(|c| (c, started.elapsed())))
+        {
+            if crc.is_none() {
+                ctx.damaged.fetch_add(1, Ordering::Relaxed);
+                bound_damage(ctx)?;
+            }
             continue;
         }
-        if let Err(e) = ctx.part.write_all_at(&buf[..len as usize], off) {
-            let e = Error::io(ErrorKind::Storage, "cannot write the partial download", e);
-            if let Ok(mut f) = ctx.fatal.lock() {
-                f.get_or_insert(e);
-            }
-            ctx.work.halt();
-            return Err(Error::new(ErrorKind::Storage, "the local disk failed"));
-        }
-        ctx.work
-            .done(i, ctx.r.crcs[i as usize], started.elapsed(), len);
         ctx.work.pace();
         tick(ctx.work)?;
+    }
+}
+
+/// Writes block `i`'s pieces into the part as they come, folding their
+/// CRC-32; a failed write ends the whole download.
+struct ToPart<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    i: u64,
+    buf: &'a mut Option<PageBuf>,
+    crc: crc32fast::Hasher,
+    begun: bool,
+}
+
+impl super::frames::Pieces for ToPart<'_, '_> {
+    fn buffer(&mut self) -> Result<PageBuf> {
+        Ok(self
+            .buf
+            .take()
+            .unwrap_or_else(|| PageBuf::new(super::frames::PIECE)))
+    }
+
+    fn piece(&mut self, buf: PageBuf, len: usize, at: u64) -> Result<()> {
+        if !self.begun {
+            self.ctx.work.begin_write(self.i);
+            self.begun = true;
+        }
+        let b = &buf[..len];
+        self.crc.update(b);
+        let wrote = self.ctx.part.write_all_at(b, at);
+        *self.buf = Some(buf);
+        if let Err(e) = wrote {
+            let e = Error::io(ErrorKind::Storage, "cannot write the partial download", e);
+            if let Ok(mut f) = self.ctx.fatal.lock() {
+                f.get_or_insert(e);
+            }
+            self.ctx.work.halt();
+            return Err(Error::new(ErrorKind::Storage, "the local disk failed"));
+        }
+        Ok(())
     }
 }
 
@@ -274,26 +312,49 @@ fn ask(s: &mut dyn Transport, i: u64) -> Result<()> {
         .map_err(|e| super::peer::lost(e, "asking for blocks"))
 }
 
-/// Reads the data frame of block `i` into `buf` (raw, or compressed when
-/// `agreed`); its CRC-32 when it is the reference's block (`None`:
-/// damaged, the words kept for when repair gives up).
+/// Reads the data frame of block `i` (raw, or compressed when `agreed`)
+/// and writes it into the part piece by piece (in `buf`, one piece's
+/// buffer kept from block to block); its CRC-32 when it is the
+/// reference's block (`None`: damaged, the words kept for when repair
+/// gives up). Pieces were written either way: the caller ends the write
+/// ([`Work::end_write`]); a block broken off midway is ended here.
 fn fetch(
     s: &mut dyn Transport,
     ctx: &Ctx,
     i: u64,
-    buf: &mut [u8],
+    buf: &mut Option<PageBuf>,
     agreed: bool,
 ) -> Result<Option<u32>> {
-    let a = match super::frames::read_block(s, ctx.r, i, buf, agreed)? {
-        super::frames::Frame::Block(a) => a,
-        super::frames::Frame::Other(head) => return Err(super::fault_instead(s, head)),
+    let (off, len) = ctx.r.range(i);
+    let mut to = ToPart {
+        ctx,
+        i,
+        buf,
+        crc: crc32fast::Hasher::new(),
+        begun: false,
     };
-    if a.packed {
-        ctx.packed[0].fetch_add(1, Ordering::Relaxed);
-        ctx.packed[1].fetch_add(ctx.r.range(i).1, Ordering::Relaxed);
-        ctx.packed[2].fetch_add(a.wire, Ordering::Relaxed);
+    let read = super::frames::read_pieces(s, (i, off, len), agreed, &mut to);
+    let (begun, crc) = (to.begun, to.crc.finalize());
+    let u = match read {
+        Ok(super::frames::Raw::Block(u)) => u,
+        Ok(super::frames::Raw::Other(head)) => return Err(super::fault_instead(s, head)),
+        Err(e) => {
+            if begun {
+                ctx.work.end_write(i, len, None);
+            }
+            return Err(e);
+        }
+    };
+    if !begun {
+        // No piece came (an empty block): it is ended all the same.
+        ctx.work.begin_write(i);
     }
-    match a.verdict {
+    if u.packed {
+        ctx.packed[0].fetch_add(1, Ordering::Relaxed);
+        ctx.packed[1].fetch_add(len, Ordering::Relaxed);
+        ctx.packed[2].fetch_add(u.wire, Ordering::Relaxed);
+    }
+    match u.check_crc(crc, i, ctx.r.crcs[i as usize]) {
         Ok(crc) => Ok(Some(crc)),
         Err(why) => {
             if let Ok(mut l) = ctx.last_damage.lock() {
