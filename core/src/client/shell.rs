@@ -474,6 +474,10 @@ impl Shell<'_, '_> {
             }
         };
         let mode = self.up.opts.streams;
+        // The parallel send's packer starts its own zstd stream on this
+        // connection (a reset chunk): blocks packed here afterwards (a
+        // repair round) start another.
+        self.zstd = None;
         let r = super::streams::run(
             self.stream.as_mut(),
             &self.src.file,
@@ -533,6 +537,7 @@ impl Shell<'_, '_> {
             } else {
                 Compress::Off
             },
+            stream_codec: self.tx.pack_stats().streaming,
             filename: self.up.filename.clone(),
             filesize: self.src.size(),
             block: self.src.block,
@@ -573,7 +578,10 @@ impl Shell<'_, '_> {
 
     fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor> {
         if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            self.zstd = Some((level, BlockCompressor::new(level)?));
+            // Under the stream codec a new level starts a new zstd frame
+            // (a new compressor's first chunk says so).
+            let streaming = self.tx.pack_stats().streaming;
+            self.zstd = Some((level, BlockCompressor::for_codec(level, streaming)?));
         }
         match &mut self.zstd {
             Some((_, c)) => Ok(c),

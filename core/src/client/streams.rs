@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
-use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, CODEC, STREAM_CODEC};
 use crate::machine::ServerDecoder;
 use crate::proto::Header;
 use crate::session::{Ticket, MAX_STREAMS};
@@ -289,6 +289,9 @@ pub(super) struct Dialer {
     /// The compression asked for, when the first connection agreed it
     /// with the server (else `Off`): every stream packs blocks the same way.
     pub(super) compress: Compress,
+    /// The first connection agreed one zstd stream per connection: its
+    /// packer goes on in a new stream (joined streams agree their own).
+    pub(super) stream_codec: bool,
     pub(super) filename: String,
     pub(super) filesize: u64,
     pub(super) block: u64,
@@ -330,7 +333,7 @@ pub(super) fn run(
     let mut joins = Vec::new();
     let mut grow = Grow::new(mode);
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
-    let mut packer = Packer::new(dialer.compress);
+    let mut packer = Packer::new(dialer.compress, dialer.stream_codec);
     let r = loop {
         while grow.wants_more(&work) {
             joins.push(spawn_join(&work, &dialer, file));
@@ -524,7 +527,10 @@ fn join_stream(work: &Work, d: &Dialer, file: &File) -> Result<(), String> {
     let agreed = handshake(s.as_mut(), d)?;
     work.joined.fetch_add(1, Ordering::SeqCst);
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
-    let mut packer = Packer::new(if agreed { d.compress } else { Compress::Off });
+    let mut packer = match agreed {
+        Some(streaming) => Packer::new(d.compress, streaming),
+        None => Packer::new(Compress::Off, false),
+    };
     while let Some(idx) = work.take() {
         if let Err(e) = send_one(s.as_mut(), file, work, d, idx, &mut buf, &mut packer) {
             work.failed(idx);
@@ -566,8 +572,9 @@ pub(super) fn dial(d: &Dialer) -> Result<Box<dyn Transport>, String> {
 
 /// Header with the join, the greeting, the challenge if any, the held
 /// list (ignored: the first connection planned). Whether the server took
-/// compressed frames on this stream.
-fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<bool, String> {
+/// compressed frames on this stream (`Some`), and whether as one zstd
+/// stream (`Some(true)`).
+fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<Option<bool>, String> {
     let binding = s.channel_binding();
     let join = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
     let header = Header {
@@ -588,7 +595,7 @@ fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<bool, String> {
     let codecs: &[&str] = if d.compress == Compress::Off {
         &[]
     } else {
-        &[CODEC]
+        &[STREAM_CODEC, CODEC]
     };
     let frame =
         v2::encode_header_ext(&header, None, offer, codecs, &extra).map_err(|e| e.to_string())?;
@@ -601,11 +608,13 @@ fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<bool, String> {
     if magic != v2::MAGIC {
         return Err("the server did not greet a joined stream".into());
     }
-    let mut agreed = false;
+    let mut agreed = None;
     loop {
         match read_msg(s, d.io_timeout)? {
             ServerMsg::Held { .. } | ServerMsg::HeldSet { .. } => return Ok(agreed),
-            ServerMsg::Codec(name) if name == CODEC && !codecs.is_empty() => agreed = true,
+            ServerMsg::Codec(name) if codecs.contains(&name.as_str()) => {
+                agreed = Some(name == STREAM_CODEC)
+            }
             ServerMsg::Challenge(nonce) => answer(s, d, &nonce, None, &frame[4..])?,
             ServerMsg::BoundChallenge { nonce, proof } => {
                 let (Some(t), Some(b)) = (&d.token, &binding) else {
@@ -647,14 +656,17 @@ struct Packer {
     mode: Compress,
     auto: AutoCompressor,
     zstd: Option<(i32, BlockCompressor)>,
+    /// One zstd stream for the connection ([`STREAM_CODEC`]).
+    streaming: bool,
 }
 
 impl Packer {
-    fn new(mode: Compress) -> Packer {
+    fn new(mode: Compress, streaming: bool) -> Packer {
         Packer {
             mode,
             auto: AutoCompressor::new(AutoConfig::default()),
             zstd: None,
+            streaming,
         }
     }
 
@@ -722,7 +734,7 @@ impl Packer {
 
     fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor, SendError> {
         if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            let c = BlockCompressor::new(level)
+            let c = BlockCompressor::for_codec(level, self.streaming)
                 .map_err(|e| SendError::Source(std::io::Error::other(e.to_string())))?;
             self.zstd = Some((level, c));
         }

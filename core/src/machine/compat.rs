@@ -42,6 +42,7 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
         .unwrap();
     let (mut buf, mut have) = (vec![0u8; 1 << 16], 0..0);
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut zstd = None;
     while tx.outcome().is_none() {
         assert!(Instant::now() < deadline, "stuck in {}", tx.state_name());
         let now = Instant::now();
@@ -74,7 +75,9 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                 SendAction::PackBlock {
                     offset, len, level, ..
                 } => {
-                    super::pair::packed_event(&src[offset as usize..(offset + len) as usize], level)
+                    let raw = &src[offset as usize..(offset + len) as usize];
+                    let streaming = tx.pack_stats().streaming;
+                    super::pair::packed_on(&mut zstd, streaming, raw, level)
                 }
             };
             tx.handle_event(now, ev);

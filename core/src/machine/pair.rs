@@ -48,9 +48,24 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
 
 /// The shell's answer to a [`SendAction::PackBlock`] of `raw`.
 pub(super) fn packed_event(raw: &[u8], level: i32) -> SendEvent {
-    let packed = crate::compress::BlockCompressor::new(level)
-        .ok()
-        .and_then(|mut c| c.pack(raw));
+    packed_on(&mut None, false, raw, level)
+}
+
+/// The shell's answer to a [`SendAction::PackBlock`] of `raw` on a
+/// connection whose compressor is `zstd` (kept, as the shell keeps it: one
+/// zstd stream per connection when `streaming`).
+pub(super) fn packed_on(
+    zstd: &mut Option<(i32, crate::compress::BlockCompressor)>,
+    streaming: bool,
+    raw: &[u8],
+    level: i32,
+) -> SendEvent {
+    if zstd.as_ref().is_none_or(|(l, _)| *l != level) {
+        *zstd = crate::compress::BlockCompressor::for_codec(level, streaming)
+            .ok()
+            .map(|c| (level, c));
+    }
+    let packed = zstd.as_mut().and_then(|(_, c)| c.pack(raw));
     SendEvent::Packed(Ok(Packed {
         crc: crc32fast::hash(raw),
         raw: raw.to_vec(),
@@ -106,6 +121,8 @@ struct Pair {
     /// The client's header says revision 2 (an older client, which reads
     /// no held set) instead of the revision the sender advertises.
     as_rev2: bool,
+    /// The sender's compressor on this connection.
+    zstd: Option<(i32, crate::compress::BlockCompressor)>,
 }
 
 impl Pair {
@@ -138,6 +155,7 @@ impl Pair {
             dead: false,
             crash_on_cut: false,
             as_rev2: false,
+            zstd: None,
         }
     }
 
@@ -193,7 +211,9 @@ impl Pair {
                 offset, len, level, ..
             } => {
                 self.payload_sent += len;
-                packed_event(&self.src[offset as usize..(offset + len) as usize], level)
+                let raw = &self.src[offset as usize..(offset + len) as usize];
+                let streaming = self.tx.pack_stats().streaming;
+                packed_on(&mut self.zstd, streaming, raw, level)
             }
         }
     }

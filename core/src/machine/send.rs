@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::transfer::{Next, Outlet};
 use super::{shown, Deadline, ServerDecoder, Timer};
 use crate::auth::{Token, NONCE_LEN};
-use crate::compress::{AutoCompressor, AutoConfig, Compress, CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, Compress, CODEC, STREAM_CODEC};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 
@@ -159,6 +159,9 @@ pub struct Packed {
 pub struct PackStats {
     /// Whether the server agreed to compressed frames.
     pub agreed: bool,
+    /// Whether it agreed to one zstd stream per connection
+    /// ([`STREAM_CODEC`]) rather than independent chunks.
+    pub streaming: bool,
     /// Blocks sent compressed.
     pub blocks: u64,
     /// Their raw bytes.
@@ -321,7 +324,7 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             let codecs: &[&str] = if cfg.compress == Compress::Off {
                 &[]
             } else {
-                &[CODEC]
+                &[STREAM_CODEC, CODEC]
             };
             let extra = v2::Extra {
                 streams,
@@ -330,7 +333,7 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             v2::encode_header_ext(&header, crc, offer, codecs, &extra)
         }
         (false, crc) if cfg.compress != Compress::Off => {
-            v2::encode_header_with_codecs(&header, crc, offer, &[CODEC])
+            v2::encode_header_with_codecs(&header, crc, offer, &[STREAM_CODEC, CODEC])
         }
         (false, Some(_)) => v2::encode_header(&header, offer),
         (false, None) => v2::encode_header_unknown_crc(&header, offer),
@@ -783,11 +786,12 @@ impl Sender {
     }
 
     fn on_codec(&mut self, name: &str) {
-        if name != CODEC || self.cfg.compress == Compress::Off {
+        if (name != CODEC && name != STREAM_CODEC) || self.cfg.compress == Compress::Off {
             let words = format!("the server chose codec {name:?}, which was not offered");
             return self.fail_protocol(words);
         }
         self.pack.agreed = true;
+        self.pack.streaming = name == STREAM_CODEC;
     }
 
     fn on_held(&mut self, accepted: Result<Option<(u64, u64)>, String>) {
