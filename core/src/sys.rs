@@ -254,6 +254,27 @@ pub(crate) fn widen_send_buffer(sock: &impl AsFd) -> Option<usize> {
     }
 }
 
+/// How many bytes one TCP stream of `sock` may have in flight at most:
+/// its send buffer as the kernel reports it (doubled for bookkeeping)
+/// or, under autotuning, `tcp_wmem`'s maximum if larger. `None` where
+/// unknown.
+pub(crate) fn send_window_ceiling(sock: BorrowedFd<'_>) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let now = rustix::net::sockopt::socket_send_buffer_size(sock).ok()?;
+        let auto_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0);
+        Some(now.max(auto_max))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        None
+    }
+}
+
 /// The `SO_SNDBUF` value worth requesting given `net.core.wmem_max` and
 /// `tcp_wmem`'s maximum, or `None` when autotuning reaches at least as far
 /// (Linux doubles the request, capped at `wmem_max`).
