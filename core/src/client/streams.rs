@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
-use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, CODEC, STREAM_CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, STREAM_CODEC};
 use crate::machine::ServerDecoder;
 use crate::proto::Header;
 use crate::session::{Ticket, MAX_STREAMS};
@@ -639,7 +639,7 @@ fn handshake(s: &mut dyn Transport, d: &Dialer) -> Result<Option<bool>, String> 
     let codecs: &[&str] = if d.compress == Compress::Off {
         &[]
     } else {
-        &[STREAM_CODEC, CODEC]
+        crate::machine::offered_codecs(d.tls.is_some())
     };
     let frame =
         v2::encode_header_ext(&header, None, offer, codecs, &extra).map_err(|e| e.to_string())?;

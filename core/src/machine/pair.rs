@@ -1708,6 +1708,96 @@ fn every_cut_of_a_compressed_upload_resumes_to_the_same_bytes() {
     }
 }
 
+/// A sender inside TLS (a channel binding): it offers the connection-long
+/// zstd stream first.
+fn streamed(src: &[u8], mode: Compress) -> SenderConfig {
+    SenderConfig {
+        binding: Some([3; crate::auth::BINDING_LEN]),
+        ..packing(src, mode)
+    }
+}
+
+#[test]
+fn inside_tls_blocks_travel_as_one_zstd_stream_and_are_stored_identical() {
+    let src = log_lines(5 * B as usize + 777);
+    let storage = MemStorage::new();
+    let mut p = Pair::new(
+        &storage,
+        ReceiverConfig::default(),
+        streamed(&src, Compress::Zstd(3)),
+        src.clone(),
+    );
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(
+        storage.file(NAME) == Some(src.clone()),
+        "stored bytes differ"
+    );
+    let s = p.tx.pack_stats();
+    assert!(s.agreed && s.streaming, "{s:?}");
+    assert_eq!((s.blocks, s.raw_bytes), (6, src.len() as u64));
+    assert!(p.c2s.windows(13).any(|w| w == b"\"zstd-stream\""));
+    // Against per-block frames of the same data: the stream is smaller.
+    let mut chunked = Pair::new(
+        &MemStorage::new(),
+        ReceiverConfig::default(),
+        packing(&src, Compress::Zstd(3)),
+        src.clone(),
+    );
+    chunked.run();
+    let c = chunked.tx.pack_stats();
+    assert!(!c.streaming && c.agreed, "{c:?}");
+    assert!(s.wire_bytes < c.wire_bytes, "{s:?} against {c:?}");
+}
+
+#[test]
+fn a_receiver_that_only_knows_zstd_gets_per_block_frames() {
+    // An older server: it reads the offer and picks the codec it knows.
+    let src = log_lines(3 * B as usize);
+    let mut rx_json_only_zstd = streamed(&src, Compress::Zstd(1));
+    rx_json_only_zstd.binding = None;
+    let mut p = Pair::new(
+        &MemStorage::new(),
+        ReceiverConfig::default(),
+        rx_json_only_zstd,
+        src.clone(),
+    );
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(
+        !p.c2s.windows(11).any(|w| w == b"zstd-stream"),
+        "not offered on plaintext"
+    );
+    assert!(!p.tx.pack_stats().streaming);
+    // The server's answer decides: "zstd" makes the streaming sender pack
+    // per block (checked by the machine: it took the codec it named).
+    let mut tx = Sender::new(streamed(&src, Compress::Zstd(1)), Instant::now());
+    tx.on_codec(crate::compress::CODEC);
+    assert!(tx.pack_stats().agreed && !tx.pack_stats().streaming);
+    tx.on_codec("zstd-other");
+    assert!(
+        tx.outcome().is_some(),
+        "an unoffered codec fails the attempt"
+    );
+}
+
+#[test]
+fn every_cut_of_a_streamed_upload_resumes_to_the_same_bytes() {
+    // Each reconnection starts a new stream; a block cut in the middle is
+    // sent again in the new connection's stream.
+    let src = log_lines(3 * B as usize + 5);
+    let tc = streamed(&src, Compress::Zstd(1));
+    let rc = ReceiverConfig::default();
+    let (c2s, s2c) = streams(&src, &tc, &rc);
+    let total = *c2s.last().unwrap();
+    for cut in (0..total).step_by(89).chain(c2s.iter().copied()) {
+        cut_then_resume(&src, &tc, &rc, cut, usize::MAX, 1 + cut % 5000);
+    }
+    for &cut in &s2c {
+        cut_then_resume(&src, &tc, &rc, usize::MAX, cut, 4093);
+    }
+}
+
 /// A receiver set up for `f.bin` of `filesize` bytes by a client that
 /// offered zstd (`z`), past its held list.
 fn packed_receiver(

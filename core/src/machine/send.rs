@@ -301,6 +301,19 @@ pub struct Sender {
     stored_as: v2::StoredAs,
 }
 
+/// The codecs a client offers: inside TLS the connection-long zstd stream
+/// first. Not on plaintext: TCP's 16-bit checksum lets a rare flipped bit
+/// through, which under [`CODEC`] costs its block alone (a repair) but in
+/// a stream would spoil every later block of the connection; TLS refuses
+/// a flipped bit before it reaches the decoder.
+pub(crate) fn offered_codecs(tls: bool) -> &'static [&'static str] {
+    if tls {
+        &[STREAM_CODEC, CODEC]
+    } else {
+        &[CODEC]
+    }
+}
+
 fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Failure> {
     let header = Header {
         filename: cfg.filename.clone(),
@@ -324,7 +337,7 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             let codecs: &[&str] = if cfg.compress == Compress::Off {
                 &[]
             } else {
-                &[STREAM_CODEC, CODEC]
+                offered_codecs(cfg.binding.is_some())
             };
             let extra = v2::Extra {
                 streams,
@@ -332,9 +345,12 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             };
             v2::encode_header_ext(&header, crc, offer, codecs, &extra)
         }
-        (false, crc) if cfg.compress != Compress::Off => {
-            v2::encode_header_with_codecs(&header, crc, offer, &[STREAM_CODEC, CODEC])
-        }
+        (false, crc) if cfg.compress != Compress::Off => v2::encode_header_with_codecs(
+            &header,
+            crc,
+            offer,
+            offered_codecs(cfg.binding.is_some()),
+        ),
         (false, Some(_)) => v2::encode_header(&header, offer),
         (false, None) => v2::encode_header_unknown_crc(&header, offer),
     };
@@ -785,7 +801,7 @@ impl Sender {
         }
     }
 
-    fn on_codec(&mut self, name: &str) {
+    pub(super) fn on_codec(&mut self, name: &str) {
         if (name != CODEC && name != STREAM_CODEC) || self.cfg.compress == Compress::Off {
             let words = format!("the server chose codec {name:?}, which was not offered");
             return self.fail_protocol(words);
