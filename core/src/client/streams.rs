@@ -760,9 +760,6 @@ impl Packer {
                 let head = v2::encode_packed_head(offset, len as u32, w.len() as u32);
                 s.write_all(&head).map_err(SendError::Socket)?;
                 s.write_all(w).map_err(SendError::Socket)?;
-                work.packed[0].fetch_add(1, Ordering::Relaxed);
-                work.packed[1].fetch_add(len, Ordering::Relaxed);
-                work.packed[2].fetch_add(w.len() as u64, Ordering::Relaxed);
                 w.len()
             }
             _ => {
@@ -773,6 +770,13 @@ impl Packer {
             }
         };
         s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
+        // Counted once the whole frame is out, as the block's bytes are
+        // (`Work::done`): a frame cut before its trailer counts neither.
+        if wire < raw.len() {
+            work.packed[0].fetch_add(1, Ordering::Relaxed);
+            work.packed[1].fetch_add(len, Ordering::Relaxed);
+            work.packed[2].fetch_add(wire as u64, Ordering::Relaxed);
+        }
         self.sent(wire, started.elapsed());
         Ok(crc)
     }
