@@ -254,6 +254,62 @@ pub(crate) fn widen_send_buffer(sock: &impl AsFd) -> Option<usize> {
     }
 }
 
+/// What the kernel says of a sending socket's recent life, cumulative
+/// since it opened (Linux `TCP_INFO`): for deciding whether more streams
+/// would help.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PathSample {
+    /// Microseconds with data in flight.
+    pub busy_us: u64,
+    /// Of those, microseconds limited by a window: the send buffer (all
+    /// of it unacknowledged) or the receiver's.
+    pub window_limited_us: u64,
+    /// Bytes sent, and of those sent again.
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+}
+
+/// A [`PathSample`] of a connected TCP socket; `None` where the kernel
+/// does not report these (before Linux 4.19, other systems).
+pub(crate) fn tcp_sample(socket: BorrowedFd<'_>) -> Option<PathSample> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as in `tcp_rtt`: a writable buffer of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // The fields read here end at tcpi_bytes_retrans.
+        let need = std::mem::offset_of!(libc::tcp_info, tcpi_dsack_dups);
+        if rc != 0 || (len as usize) < need {
+            return None;
+        }
+        // SAFETY: zero-initialised, then filled by the kernel: plain integers.
+        let info = unsafe { info.assume_init() };
+        Some(PathSample {
+            busy_us: info.tcpi_busy_time,
+            window_limited_us: info
+                .tcpi_rwnd_limited
+                .saturating_add(info.tcpi_sndbuf_limited),
+            bytes_sent: info.tcpi_bytes_sent,
+            bytes_retrans: info.tcpi_bytes_retrans,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
 /// How many bytes one TCP stream of `sock` may have in flight at most:
 /// its send buffer as the kernel reports it (doubled for bookkeeping)
 /// or, under autotuning, `tcp_wmem`'s maximum if larger. `None` where

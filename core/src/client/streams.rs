@@ -345,7 +345,7 @@ pub(super) fn run(
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
     let mut packer = Packer::new(dialer.compress, dialer.stream_codec);
     let r = loop {
-        while grow.wants_more(&work) {
+        while grow.wants_more_on(&work, crate::sys::tcp_sample(primary.fd())) {
             joins.push(spawn_join(&work, &dialer, file));
         }
         let Some(idx) = work.take() else {
@@ -425,6 +425,9 @@ pub(super) struct Grow {
     opened: u32,
     /// Streams `auto` opens before it measures ([`auto_start`]).
     start: u32,
+    /// The first connection's [`crate::sys::PathSample`] at the last
+    /// decision.
+    sample: Option<crate::sys::PathSample>,
     since: Instant,
     bytes: u64,
     last_rate: f64,
@@ -475,6 +478,7 @@ impl Grow {
             max,
             auto,
             start: start.clamp(1, MAX_STREAMS),
+            sample: None,
             opened: 1,
             since: Instant::now(),
             bytes: 0,
@@ -485,6 +489,20 @@ impl Grow {
     /// Fixed: open every stream at once. Auto: after each measuring
     /// period, open one more while the rate rose by 10 % or more.
     pub(super) fn wants_more(&mut self, work: &Work) -> bool {
+        self.wants_more_on(work, None)
+    }
+
+    /// [`Grow::wants_more`], where `sample` is what the kernel says of the
+    /// first connection now: `auto` then adds a stream only while the
+    /// streams are window-bound or losing packets (where another stream
+    /// adds a window, or shares the loss); a stream that the link itself
+    /// (or the CPU) holds back gains nothing from company, and each stream
+    /// compresses alone, so the ratio would even drop.
+    pub(super) fn wants_more_on(
+        &mut self,
+        work: &Work,
+        sample: Option<crate::sys::PathSample>,
+    ) -> bool {
         if self.opened >= self.max {
             return false;
         }
@@ -504,9 +522,28 @@ impl Grow {
             return false;
         }
         self.last_rate = rate;
+        let before = std::mem::replace(&mut self.sample, sample);
+        if would_help(before, sample) == Some(false) {
+            return false;
+        }
         self.opened += 1;
         true
     }
+}
+
+/// Whether, between two samples of a connection, it was window-bound a
+/// fifth of its busy time or more, or resent 0.05 % of its bytes or more;
+/// `None` when the samples do not say.
+fn would_help(
+    before: Option<crate::sys::PathSample>,
+    now: Option<crate::sys::PathSample>,
+) -> Option<bool> {
+    let (b, n) = (before.unwrap_or_default(), now?);
+    let busy = n.busy_us.checked_sub(b.busy_us).filter(|&t| t > 0)?;
+    let limited = n.window_limited_us.saturating_sub(b.window_limited_us);
+    let sent = n.bytes_sent.saturating_sub(b.bytes_sent).max(1);
+    let resent = n.bytes_retrans.saturating_sub(b.bytes_retrans);
+    Some(limited * 5 >= busy || resent * 2000 >= sent)
 }
 
 /// Sends block `idx` as a data frame.
@@ -842,6 +879,42 @@ mod tests {
     }
 
     #[test]
+    fn auto_grows_only_where_streams_are_window_bound_or_lossy() {
+        use crate::sys::PathSample;
+        let at = |busy, limited, sent, resent| {
+            Some(PathSample {
+                busy_us: busy,
+                window_limited_us: limited,
+                bytes_sent: sent,
+                bytes_retrans: resent,
+            })
+        };
+        // Link-bound (a 100 Mbit/s path with room in the window): no.
+        assert_eq!(
+            would_help(None, at(700_000, 10_000, 8 << 20, 0)),
+            Some(false)
+        );
+        // Window-bound half the time: yes; the deltas count, not the totals.
+        assert_eq!(
+            would_help(None, at(700_000, 350_000, 8 << 20, 0)),
+            Some(true)
+        );
+        let before = at(700_000, 350_000, 8 << 20, 0);
+        assert_eq!(
+            would_help(before, at(1_400_000, 360_000, 16 << 20, 0)),
+            Some(false)
+        );
+        // Lossy (0.5 % resent): yes.
+        assert_eq!(
+            would_help(None, at(700_000, 0, 1 << 20, 5 << 10)),
+            Some(true)
+        );
+        // Nothing measured: the samples do not say.
+        assert_eq!(would_help(None, None), None);
+        assert_eq!(would_help(before, before), None);
+    }
+
+    #[test]
     fn the_queue_hands_out_each_block_then_doubles_a_straggler() {
         let w = Work::new(vec![0, 1], None);
         assert_eq!(w.take(), Some(0));
@@ -899,5 +972,20 @@ mod tests {
         let t = TcpTransport::new(c).unwrap();
         let rtt = rtt_of(&t).expect("TCP_INFO on Linux");
         assert!(rtt < AUTO_MIN_RTT, "{rtt:?}");
+    }
+
+    #[test]
+    fn the_kernel_reports_bytes_sent_and_a_window_ceiling() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        c.write_all(&vec![7u8; 256 << 10]).unwrap();
+        let mut got = vec![0u8; 256 << 10];
+        server.read_exact(&mut got).unwrap();
+        let t = TcpTransport::new(c).unwrap();
+        let s = crate::sys::tcp_sample(t.fd()).expect("TCP_INFO on Linux 4.19+");
+        assert!(s.bytes_sent >= 256 << 10, "{s:?}");
+        assert!(crate::sys::send_window_ceiling(t.fd()).unwrap() >= 4096);
     }
 }
