@@ -267,6 +267,9 @@ pub(crate) struct PathSample {
     /// Bytes sent, and of those sent again.
     pub bytes_sent: u64,
     pub bytes_retrans: u64,
+    /// The smallest round trip seen, in microseconds (0: none yet):
+    /// unlike the smoothed one, not inflated by a queue.
+    pub min_rtt_us: u32,
 }
 
 /// A [`PathSample`] of a connected TCP socket; `None` where the kernel
@@ -301,6 +304,7 @@ pub(crate) fn tcp_sample(socket: BorrowedFd<'_>) -> Option<PathSample> {
                 .saturating_add(info.tcpi_sndbuf_limited),
             bytes_sent: info.tcpi_bytes_sent,
             bytes_retrans: info.tcpi_bytes_retrans,
+            min_rtt_us: info.tcpi_min_rtt,
         })
     }
     #[cfg(not(target_os = "linux"))]
