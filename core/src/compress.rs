@@ -1,10 +1,14 @@
 //! Block compression for the wire: zstd frames that must pay for themselves,
 //! a bounded decompressor, and the `auto` policy that decides when to try.
 //!
-//! A block is compressed on its own (one zstd frame that records its
-//! content size), so blocks stay independent for resume, repair and
-//! parallel streams. CRC-32s are always of the uncompressed bytes; this
-//! module does not compute them.
+//! Under [`CODEC`] a block is compressed on its own (one zstd frame per
+//! chunk that records its content size), so blocks stay independent for
+//! resume, repair and parallel streams. Under [`STREAM_CODEC`] (inside TLS)
+//! a connection's compressed blocks are one zstd stream, each chunk
+//! flushed, so a block refers back to earlier ones ([`StreamDecoder`] is
+//! the connection's receiving half); a block sent again is just compressed
+//! in the stream of the connection it goes on. CRC-32s are always of the
+//! uncompressed bytes; this module does not compute them.
 //!
 //! The packed payload of a compressed data frame (1 MiB chunks, each a zstd
 //! frame or stored) is made by [`BlockCompressor::pack`] and read by
