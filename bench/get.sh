@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # bench/get.sh - a download (`bigtransfer get`) against the upload of the same
-# file, same server, alternated, over loopback, TLS (the default), no compression.
+# file, same server, alternated, over loopback; by default as a user runs them
+# (TLS on, --compress auto, --streams auto: one stream on loopback).
 #
 # Each round: upload SIZE random bytes (the stored file replaced), then get it back
 # into a fresh output dir; the seconds of each come from --json. Prints every round
 # and the medians with their ratio (get throughput / upload throughput).
 #
 # Environment:
-#   SIZE=1G     file size (K/M/G binary units, at most 1G here: shared disk)
+#   SIZE=1G     file size (K/M/G binary units; 2G needs 6 GiB of /tmp for a moment)
 #   ROUNDS=5    rounds
+#   COMPRESS=auto   --compress of both commands (auto|off|zstd:L)
+#   TLS=on      on: the default; off: the server runs --tls off (plaintext)
 #   BIN=...     the binary [default: target/release/bigtransfer, built if missing]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
 ROUNDS=${ROUNDS:-5}
+COMPRESS=${COMPRESS:-auto}
+TLS=${TLS:-on}
 BIN=${BIN:-target/release/bigtransfer}
 [ -x "$BIN" ] || cargo build --release -p bigtransfer-cli >&2
 work=$(mktemp -d /tmp/bt-bench-get.XXXXXX)
@@ -25,7 +30,9 @@ cleanup() {
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$work/src.bin"
 mkdir "$work/store" "$work/out"
-"$BIN" server --port 0 --bind 127.0.0.1 --dir "$work/store" > "$work/server.out" 2> "$work/server.log" &
+tls_opt=()
+[ "$TLS" = off ] && tls_opt=(--tls off)
+"$BIN" server --port 0 --bind 127.0.0.1 --dir "$work/store" "${tls_opt[@]}" > "$work/server.out" 2> "$work/server.log" &
 server_pid=$!
 for _ in $(seq 100); do grep -q '^listening on' "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out" | head -1)
@@ -34,11 +41,11 @@ ups=() gets=()
 for r in $(seq "$ROUNDS"); do
     rm -f "$work/store/src.bin" "$work/out/src.bin"
     u=$("$BIN" client --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --no-cache \
-        --compress off --json "$work/src.bin" 2>/dev/null | secs)
-    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --compress off --json \
+        --compress "$COMPRESS" --json "$work/src.bin" 2>/dev/null | secs)
+    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --compress "$COMPRESS" --json \
         -o "$work/out" src.bin 2>/dev/null | secs)
     cmp -s "$work/src.bin" "$work/out/src.bin" || { echo "round $r: the download differs" >&2; exit 1; }
-    echo "round $r: upload $u s, get $g s (load $(cut -d' ' -f1 /proc/loadavg))"
+    echo "round $r ($SIZE, TLS $TLS, compress $COMPRESS): upload $u s, get $g s (load $(cut -d' ' -f1 /proc/loadavg))"
     ups+=("$u") gets+=("$g")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -18,7 +18,7 @@ WORK=${WORK:-/tmp/bt-tree-bench}
 SMALL=${SMALL:-20000} SMALL_SIZE=${SMALL_SIZE:-4096} LARGE=${LARGE:-20} LARGE_MB=${LARGE_MB:-40}
 PORT=${PORT:-47300}
 rm -rf "$WORK"; mkdir -p "$WORK/src" "$WORK/dst"
-trap 'kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
 SERVER=
 
 python3 - "$WORK/src/tree" "$SMALL" "$SMALL_SIZE" "$LARGE" "$LARGE_MB" <<'PY'

@@ -333,6 +333,23 @@ typedef struct bt_list_entry {
      * Of a partial upload: bytes held from the start of the file.
      */
     uint64_t held;
+    /**
+     * What the entry is: 0 a finished file, 1 a partial upload, and only
+     * from `bt_list_dirs`: 2 a directory, 3 the tree uploads in progress
+     * summed up (empty name). Added after the fields above, so code built
+     * against an older header reads those unchanged.
+     */
+    int kind;
+    /**
+     * Of kinds 2 and 3: non-zero when `files` is known (a directory the
+     * server counted; then `size` is the bytes under it).
+     */
+    int files_known;
+    /**
+     * Of a counted directory: the regular files under it; of kind 3: the
+     * files in progress (`size`: the bytes they hold).
+     */
+    uint64_t files;
 } bt_list_entry;
 
 /**
@@ -441,6 +458,13 @@ typedef struct bt_tree_result {
      * Connections made.
      */
     uint32_t attempts;
+    /**
+     * Of a send: files sent although the server held one of the same
+     * size and mtime, because their content differed (checked by
+     * CRC-32; the stored one was kept as a numbered version or replaced,
+     * as the verdict said). Always 0 for a download.
+     */
+    uint64_t changed_same_mtime;
 } bt_tree_result;
 
 #ifdef __cplusplus
@@ -791,6 +815,24 @@ enum bt_status bt_list(const char *host,
                        const struct bt_send_options *options,
                        bt_list_fn each,
                        void *user);
+
+/**
+ * As `bt_list`, and the server is also asked for its directories (`kind`
+ * 2: `files_known`, `files` and `size` say what is under each when the
+ * server counted it) and for the tree uploads in progress summed up in
+ * one entry (`kind` 3, empty name: their parts are named by a digest, the
+ * server does not know their names). A server too old to know them sends
+ * none.
+ *
+ * # Safety
+ * As `bt_list`.
+ */
+enum bt_status bt_list_dirs(const char *host,
+                            uint16_t port,
+                            const char *name,
+                            const struct bt_send_options *options,
+                            bt_list_fn each,
+                            void *user);
 
 /**
  * A new server configuration with the defaults: all interfaces, port 8080,

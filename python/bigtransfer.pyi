@@ -116,6 +116,7 @@ def list_remote(
     fingerprint: Optional[str] = None,
     known_hosts: Optional[_Path] = ...,
     require_tls: bool = False,
+    dirs: bool = False,
 ) -> List[Dict[str, Any]]:
     """List what the server at ``host:port`` holds, sorted by name: dicts
     ``{"kind": "file", "name", "size", "mtime", "crc32"}`` (``crc32`` None
@@ -123,6 +124,14 @@ def list_remote(
     "name", "size", "mtime", "held"}``. ``name`` limits it to that name, its
     numbered versions and its partial upload. A name that is not UTF-8 on
     the server comes as bytes. The connection is as for ``send_file``.
+
+    With ``dirs=True`` the server is also asked for its directories,
+    ``{"kind": "dir", "name", "size", "mtime", "files"}`` (``size`` and
+    ``files`` None when it did not count them; ``mtime`` 0 from an object
+    store), and the tree uploads in progress summed up in one
+    ``{"kind": "tree_parts", "name": "", "size", "mtime", "files",
+    "held"}`` (their names are not kept on the server); a server too old
+    to know them sends none.
 
     Raises ``RefusedError`` (e.g. a token is needed), ``ProtocolError`` (a
     server too old to list), ``UnreachableError``, ``ConnectionLostError``,
@@ -274,6 +283,11 @@ class TreeResult:
     def attempts(self) -> int: ...
     @property
     def encrypted(self) -> bool: ...
+    @property
+    def changed_same_mtime(self) -> int:
+        """Of a send: files sent although the server held one of the same
+        size and mtime, their content being different (checked by CRC-32);
+        0 for a get."""
 
 @final
 class Result:

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use bigtransfer_core::client::list_remote;
+use bigtransfer_core::client::list_remote_with;
 use bigtransfer_core::listing::{EntryKind, ListEntry};
 use bigtransfer_core::{ErrorKind, SendOptions};
 
@@ -33,7 +33,8 @@ pub struct ListArgs {
     auth: AuthArgs,
     #[command(flatten)]
     pin: PinArgs,
-    /// Print one JSON object: {"files": [...], "partial": [...]}.
+    /// Print one JSON object: {"files": [...], "partial": [...], "dirs":
+    /// [...], "tree_parts": {...} or null}.
     #[arg(long)]
     json: bool,
 }
@@ -56,10 +57,14 @@ pub fn run(a: ListArgs) -> ExitCode {
     };
     opts.io_timeout = a.timeout;
     a.pin.apply(&mut opts);
-    match list_remote(&opts, a.remote.as_deref()) {
+    match list_remote_with(&opts, a.remote.as_deref(), true) {
         Ok(l) => {
             let mut entries = l.entries;
-            entries.sort_by(|x, y| x.name.cmp(&y.name));
+            // The tree parts summary has no name: it comes last.
+            entries.sort_by(|x, y| {
+                let summary = |e: &ListEntry| e.kind == EntryKind::TreeParts;
+                (summary(x), &x.name).cmp(&(summary(y), &y.name))
+            });
             if a.json {
                 println!("{}", json(&entries, l.encrypted));
             } else {
@@ -105,9 +110,11 @@ fn time(mtime: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// `file SIZE MTIME crc32 HEX|unknown NAME`, or
-/// `partial SIZE MTIME held N (P%) NAME`: the name last, so spaces in it
-/// leave the columns alone.
+/// `file SIZE MTIME crc32 HEX|unknown NAME`,
+/// `partial SIZE MTIME held N (P%) NAME`, `dir SIZE MTIME files N NAME/`
+/// (`-` and `?` when the server did not count or has no mtime) or the
+/// tree parts summary in words: the name last, so spaces in it leave the
+/// columns alone.
 fn line(e: &ListEntry) -> String {
     match e.kind {
         EntryKind::File => format!(
@@ -125,6 +132,25 @@ fn line(e: &ListEntry) -> String {
             e.held,
             percent(e.held, e.size),
             shown(&e.name)
+        ),
+        EntryKind::Dir => format!(
+            "dir      {:>15}  {:<20}  files {}  {}/",
+            e.files.map_or("-".to_string(), |_| e.size.to_string()),
+            if e.mtime == 0 {
+                "-".to_string()
+            } else {
+                time(e.mtime)
+            },
+            e.files.map_or("?".to_string(), |n| n.to_string()),
+            shown(&e.name)
+        ),
+        EntryKind::TreeParts => format!(
+            "tree uploads in progress: {} file{}, {} bytes held, last written {} \
+             (their names are not kept on the server: digests name them)",
+            e.files.unwrap_or(0),
+            if e.files == Some(1) { "" } else { "s" },
+            e.size,
+            time(e.mtime)
         ),
     }
 }
@@ -148,6 +174,7 @@ fn json(entries: &[ListEntry], encrypted: bool) -> String {
         match e.kind {
             EntryKind::File => format!("{base}, \"crc32\": {crc}}}"),
             EntryKind::Partial => format!("{base}, \"held\": {}}}", e.held),
+            EntryKind::Dir | EntryKind::TreeParts => dir_json(e),
         }
     };
     let of = |k: EntryKind| {
@@ -158,11 +185,34 @@ fn json(entries: &[ListEntry], encrypted: bool) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let parts = entries
+        .iter()
+        .find(|e| e.kind == EntryKind::TreeParts)
+        .map_or("null".to_string(), obj);
     format!(
-        "{{\"files\": [{}], \"partial\": [{}], \"encrypted\": {encrypted}}}",
+        "{{\"files\": [{}], \"partial\": [{}], \"dirs\": [{}], \"tree_parts\": {parts}, \"encrypted\": {encrypted}}}",
         of(EntryKind::File),
-        of(EntryKind::Partial)
+        of(EntryKind::Partial),
+        of(EntryKind::Dir)
     )
+}
+
+/// A directory (`size` and `files` null when not counted) or the tree
+/// parts summary (`files` in progress, `held` bytes).
+fn dir_json(e: &ListEntry) -> String {
+    let files = e.files.map_or("null".to_string(), |n| n.to_string());
+    match e.kind {
+        EntryKind::TreeParts => format!(
+            "{{\"files\": {files}, \"held\": {}, \"mtime\": {}}}",
+            e.size, e.mtime
+        ),
+        _ => format!(
+            "{{\"kind\": \"dir\", \"name\": {}, \"size\": {}, \"mtime\": {}, \"files\": {files}}}",
+            prompt::json_string(&shown(&e.name)),
+            e.files.map_or("null".to_string(), |_| e.size.to_string()),
+            e.mtime
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -181,10 +231,36 @@ mod tests {
             mtime: 0,
             crc32: None,
             held: 50,
+            files: None,
         };
         assert_eq!(
             line(&e),
             "partial              200  1970-01-01T00:00:00Z  held 50 (25%)  p\\u{d}"
+        );
+        let d = ListEntry {
+            kind: EntryKind::Dir,
+            name: b"t\n\x1b[2J".to_vec(),
+            size: 300,
+            mtime: 60,
+            files: Some(3),
+            ..e.clone()
+        };
+        assert_eq!(
+            line(&d),
+            "dir                  300  1970-01-01T00:01:00Z  files 3  t\\u{a}\\u{1b}[2J/"
+        );
+        let uncounted = ListEntry {
+            files: None,
+            mtime: 0,
+            ..d.clone()
+        };
+        assert_eq!(
+            line(&uncounted),
+            "dir                    -  -                     files ?  t\\u{a}\\u{1b}[2J/"
+        );
+        assert_eq!(
+            dir_json(&d),
+            r#"{"kind": "dir", "name": "t\\u{a}\\u{1b}[2J", "size": 300, "mtime": 60, "files": 3}"#
         );
     }
 }

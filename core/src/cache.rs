@@ -101,6 +101,45 @@ impl SumCache {
         decode(&bytes, canonical.as_os_str().as_bytes(), stamp)
     }
 
+    /// The per-directory CRC-32 record of the directory `dir` (see
+    /// [`crate::dirsums`]) with `dir`'s canonical path (the key to store
+    /// it back under); None when `dir` cannot be resolved.
+    pub fn load_dir(&self, dir: &Path) -> Option<(PathBuf, crate::dirsums::DirSums)> {
+        use std::io::Read;
+        let canonical = fs::canonicalize(dir).ok()?;
+        let key = canonical.as_os_str().as_bytes();
+        let mut bytes = Vec::new();
+        let limit = crate::dirsums::MAX_RECORD;
+        let read = fs::File::open(self.dir_entry_path(&canonical))
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes));
+        let rec = match read {
+            Ok(n) if n as u64 <= limit => crate::dirsums::DirSums::decode(&bytes, key),
+            _ => crate::dirsums::DirSums::default(),
+        };
+        Some((canonical, rec))
+    }
+
+    /// Writes the record of the directory whose canonical path is
+    /// `canonical` (atomically; best effort).
+    pub fn store_dir(&self, canonical: &Path, rec: &crate::dirsums::DirSums) {
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        let target = self.dir_entry_path(canonical);
+        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+        let bytes = rec.encode(canonical.as_os_str().as_bytes());
+        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &target).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
+    fn dir_entry_path(&self, canonical: &Path) -> PathBuf {
+        let mut keyed = b"dir:".to_vec();
+        keyed.extend_from_slice(canonical.as_os_str().as_bytes());
+        let key = crate::store::sha256_hex(&keyed);
+        self.dir.join(format!("{key}.dir"))
+    }
+
     /// Records the checksums of `path` (best effort: a cache that cannot be
     /// written only costs time later).
     pub fn store(&self, path: &Path, stamp: SourceStamp, sums: &Sums) {

@@ -275,28 +275,68 @@ impl BlockCompressor {
     /// (stored). `None` when the whole would not be at least
     /// [`MIN_SAVING_PERCENT`] smaller than the block.
     pub fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
-        if let Some(s) = self.stream.as_mut() {
-            let packed = s.pack(raw);
-            if packed.is_none() {
-                // The receiver will not see this output: start afresh.
-                s.reset_next = true;
-            }
-            return packed;
+        let mut out = Vec::new();
+        self.pack_into(raw, &mut out).then_some(out)
+    }
+
+    /// [`BlockCompressor::pack`] into `out` (cleared first; `false` when
+    /// packing does not pay, `out` then holding nothing of use). A sender
+    /// that keeps `out` across blocks allocates nothing per block.
+    pub fn pack_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.stream.is_some() {
+            return self.stream_into(raw, out);
         }
         let limit = max_worthwhile_len(raw.len());
-        let mut out = Vec::with_capacity(limit);
-        for chunk in raw.chunks(PACK_CHUNK) {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            let frame = self.compress(chunk);
-            let body: &[u8] = frame.as_deref().unwrap_or(chunk);
-            if out.len() + body.len() > limit {
-                return None;
-            }
-            out.extend_from_slice(body);
-            out[at..at + 4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        out.clear();
+        out.reserve(limit);
+        !raw.is_empty()
+            && raw.chunks(PACK_CHUNK).all(|chunk| {
+                let at = out.len();
+                if at + 4 > limit {
+                    return false;
+                }
+                out.extend_from_slice(&[0; 4]);
+                let room = limit - at - 4;
+                let body = match self.frame_chunk(chunk, out, room) {
+                    Some(n) => n,
+                    None if chunk.len() <= room => {
+                        out.extend_from_slice(chunk);
+                        chunk.len()
+                    }
+                    None => return false,
+                };
+                out[at..at + 4].copy_from_slice(&(body as u32).to_be_bytes());
+                true
+            })
+    }
+
+    /// Appends a zstd frame of one chunk of a packed block (at most
+    /// [`PACK_CHUNK`] raw bytes) to `out` if it is worth it (see
+    /// [`max_worthwhile_len`]) and at most `room` bytes: its length, or
+    /// `None` with `out` as it was (the chunk is then stored). For senders
+    /// that pack a block a chunk at a time rather than hold it whole.
+    ///
+    /// zstd writes straight into `out`, so no other buffer is used; a
+    /// sender that keeps `out` across blocks allocates nothing per chunk.
+    pub fn frame_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>, room: usize) -> Option<usize> {
+        if chunk.is_empty() {
+            return None;
         }
-        (!raw.is_empty()).then_some(out)
+        let at = out.len();
+        let room = room.min(max_worthwhile_len(chunk.len()));
+        out.reserve(room);
+        let mut tail = std::io::Cursor::new(&mut *out);
+        tail.set_position(at as u64);
+        match self.inner.compress_to_buffer(chunk, &mut tail) {
+            Ok(n) if n <= room => {
+                out.truncate(at + n);
+                Some(n)
+            }
+            _ => {
+                out.truncate(at);
+                None
+            }
+        }
     }
 }
 
@@ -309,54 +349,96 @@ pub const STREAM_RESET: u32 = 1 << 31;
 pub const STREAM_WINDOW_LOG_MAX: u32 = 23;
 
 impl StreamCtx {
-    /// The packed payload of a block under [`STREAM_CODEC`]: for each chunk
-    /// of [`PACK_CHUNK`] raw bytes, a u32 (big-endian) length, with
+    /// Appends one chunk (at most [`PACK_CHUNK`] raw bytes) of a block
+    /// under [`STREAM_CODEC`] to `out`: a u32 (big-endian) length, with
     /// [`STREAM_RESET`] when a new frame starts, then the zstd stream's
     /// output for the chunk, flushed (so the receiver can decode it at once,
     /// while later chunks still refer back to it). Never stored: every
-    /// chunk went through the stream. `None` when not worthwhile; the
-    /// caller then makes the next chunk a reset.
-    fn pack(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+    /// chunk goes through the stream. The bytes appended, or `None` when
+    /// zstd failed (the caller then makes the next chunk a reset).
+    fn chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
-        if raw.is_empty() {
+        let reset = std::mem::replace(&mut self.reset_next, false);
+        if reset {
+            // Parameters (the level) survive a session reset.
+            self.cctx.reset(ResetDirective::SessionOnly).ok()?;
+        }
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Exact: a kept buffer grows to a block's output and one chunk's
+        // bound, not to the next power of two.
+        out.reserve_exact(zstd::zstd_safe::compress_bound(chunk.len()));
+        let mut input = InBuffer::around(chunk);
+        loop {
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(out, pos);
+            let left = self
+                .cctx
+                .compress_stream2(
+                    &mut o,
+                    &mut input,
+                    zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+                )
+                .ok()?;
+            if left == 0 && input.pos() == chunk.len() {
+                break;
+            }
+            out.reserve_exact(64 << 10);
+        }
+        let body = out.len() - at - 4;
+        if body as u64 >= u64::from(STREAM_RESET) {
             return None;
         }
-        let limit = max_worthwhile_len(raw.len());
-        let mut out = Vec::with_capacity(limit + 64);
-        for chunk in raw.chunks(PACK_CHUNK) {
-            let reset = std::mem::replace(&mut self.reset_next, false);
-            if reset {
-                // Parameters (the level) survive a session reset.
-                self.cctx.reset(ResetDirective::SessionOnly).ok()?;
-            }
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            out.reserve(zstd::zstd_safe::compress_bound(chunk.len()));
-            let mut input = InBuffer::around(chunk);
-            loop {
-                let pos = out.len();
-                let mut o = OutBuffer::around_pos(&mut out, pos);
-                let left = self
-                    .cctx
-                    .compress_stream2(
-                        &mut o,
-                        &mut input,
-                        zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
-                    )
-                    .ok()?;
-                if left == 0 && input.pos() == chunk.len() {
-                    break;
-                }
-                out.reserve(64 << 10);
-            }
-            let body = out.len() - at - 4;
-            if out.len() > limit || body as u64 >= u64::from(STREAM_RESET) {
-                return None;
-            }
-            let word = body as u32 | if reset { STREAM_RESET } else { 0 };
-            out[at..at + 4].copy_from_slice(&word.to_be_bytes());
+        let word = body as u32 | if reset { STREAM_RESET } else { 0 };
+        out[at..at + 4].copy_from_slice(&word.to_be_bytes());
+        Some(4 + body)
+    }
+}
+
+impl BlockCompressor {
+    /// Whether this compressor is a connection's zstd stream
+    /// ([`STREAM_CODEC`]): then every chunk must go through
+    /// [`BlockCompressor::stream_chunk`], in order, none stored.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Appends one chunk of a block to `out` through the connection's
+    /// stream (see [`StreamCtx`]'s layout): the bytes appended (length
+    /// word included), or `None` when this is no streaming compressor or
+    /// zstd failed. A sender that packs a block a chunk at a time and gives
+    /// up on it must call [`BlockCompressor::abandon_block`].
+    pub fn stream_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let s = self.stream.as_mut()?;
+        let n = s.chunk(chunk, out);
+        if n.is_none() {
+            s.reset_next = true;
         }
-        Some(out)
+        n
+    }
+
+    /// The block being packed goes raw: the receiver never sees the
+    /// stream's output for it, so the next chunk starts a new frame.
+    pub fn abandon_block(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            s.reset_next = true;
+        }
+    }
+
+    /// [`BlockCompressor::pack_into`] under [`STREAM_CODEC`].
+    fn stream_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        let limit = max_worthwhile_len(raw.len());
+        out.clear();
+        out.reserve(limit + 64);
+        let paid = !raw.is_empty()
+            && raw
+                .chunks(PACK_CHUNK)
+                .all(|chunk| self.stream_chunk(chunk, out).is_some() && out.len() <= limit);
+        if !paid {
+            // The receiver will not see this output: start afresh.
+            self.abandon_block();
+        }
+        paid
     }
 }
 

@@ -124,6 +124,8 @@ pub(crate) enum Field<'a> {
     Int(u64),
     /// `null`.
     Null,
+    /// `true` or `false`.
+    Bool(bool),
     /// An object of these members, in order.
     Object(Vec<(&'a str, Field<'a>)>),
     /// An array of strings (the codecs a version-2 offer names).
@@ -154,6 +156,7 @@ fn write_members(out: &mut String, members: &[(&str, Field<'_>)]) {
             // Writing to a String cannot fail.
             Field::Int(n) => drop(write!(out, "{n}")),
             Field::Null => out.push_str("null"),
+            Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Field::Object(inner) => write_members(out, inner),
             Field::StrList(items) => {
                 out.push('[');

@@ -25,6 +25,7 @@ pub mod client;
 pub mod compress;
 pub mod congestion;
 pub mod crc;
+pub mod dirsums;
 mod error;
 pub mod getwire;
 mod json;

@@ -9,6 +9,11 @@
 //! frames (tag `L`), at most [`PAGE_ENTRIES`] entries each, the last one
 //! flagged: a huge directory never becomes one giant message.
 //!
+//! A request with `"bt"."dirs": true` (a server that does not know it
+//! ignores it) is also sent directory entries and the summary of the tree
+//! uploads in progress, kinds an older client would refuse: a server
+//! sends them to no one who did not ask.
+//!
 //! Not for reading the directory (the server's, `server::list`) nor the
 //! connection (the client's, `client::list`).
 
@@ -29,6 +34,13 @@ pub enum EntryKind {
     File,
     /// A partial upload the server holds for a resume.
     Partial,
+    /// A directory of the storage (a stored tree); only to a request that
+    /// asked for them (`"bt"."dirs"`).
+    Dir,
+    /// The files of tree uploads in progress, summed up in one entry (their
+    /// parts are named by a digest: the server does not know their names);
+    /// only to a request that asked for directories.
+    TreeParts,
 }
 
 /// One listed entry.
@@ -48,9 +60,14 @@ pub struct ListEntry {
     /// stored itself and that nobody changed since); `None`: unknown.
     pub crc32: Option<u32>,
     /// Of a partial upload: bytes held at the start of the file (at least
-    /// these; verified blocks after a hole are not counted). Of a file:
-    /// its size.
+    /// these; verified blocks after a hole are not counted). Of a file, a
+    /// directory or tree parts: their size.
     pub held: u64,
+    /// Of a directory: the number of regular files under it, recursively,
+    /// when the server counted them (then `size` is their total bytes;
+    /// `None`: not counted, `size` 0). Of tree parts: how many files are
+    /// in progress (`size`: the bytes held). Of anything else: `None`.
+    pub files: Option<u64>,
 }
 
 /// The op a version-2 header asks for (`"bt"."op"`), `None` for an upload.
@@ -76,8 +93,26 @@ pub fn requested_name(json_bytes: &[u8]) -> Result<Option<String>> {
     }
 }
 
+/// Whether a list request asks for directory entries (`"bt"."dirs":
+/// true`); anything else (absent, not `true`) is no.
+pub fn requested_dirs(json_bytes: &[u8]) -> bool {
+    let Ok(value) = json::parse(json_bytes) else {
+        return false;
+    };
+    matches!(
+        value.get("bt").and_then(|bt| bt.get("dirs")),
+        Some(Value::Bool(true))
+    )
+}
+
 /// The header frame of a list request (see the module comment).
 pub fn encode_list_request(name: Option<&str>, offer: Offer) -> Vec<u8> {
+    encode_list_request_with(name, false, offer)
+}
+
+/// The header frame of a list request that, with `dirs`, also asks for
+/// directory entries and the tree parts summary.
+pub fn encode_list_request_with(name: Option<&str>, dirs: bool, offer: Offer) -> Vec<u8> {
     let mut bt = vec![
         ("v", Field::Int(offer.version)),
         ("block", Field::Int(offer.block_size)),
@@ -86,6 +121,9 @@ pub fn encode_list_request(name: Option<&str>, offer: Offer) -> Vec<u8> {
     ];
     if let Some(n) = name {
         bt.push(("name", Field::Str(n)));
+    }
+    if dirs {
+        bt.push(("dirs", Field::Bool(true)));
     }
     let json = json::write_object(&[
         ("filename", Field::Str("")),
@@ -99,27 +137,42 @@ pub fn encode_list_request(name: Option<&str>, offer: Offer) -> Vec<u8> {
 }
 
 /// A list page's payload: a flag byte (1: the last page), a u32 count,
-/// then per entry: kind (0 file, 1 partial), u16 name length, the name,
-/// u64 size, i64 mtime, a flag byte (1: CRC-32 known), u32 CRC-32, u64 held.
+/// then per entry: kind (0 file, 1 partial, 2 directory, 3 tree parts),
+/// u16 name length, the name, u64 size, i64 mtime, a flag byte (1: CRC-32
+/// known), u32 CRC-32, u64 held. A directory's flag byte says whether it
+/// was counted, its CRC-32 is 0 and its `held` the number of files; tree
+/// parts have the flag 1, CRC-32 0 and `held` the number of files.
 pub fn page_payload(entries: &[ListEntry], last: bool) -> Vec<u8> {
     let mut p = Vec::with_capacity(5 + entries.len() * 64);
     p.push(u8::from(last));
     p.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     for e in entries {
-        p.push(match e.kind {
-            EntryKind::File => 0,
-            EntryKind::Partial => 1,
-        });
+        p.push(kind_byte(e.kind));
         let name = &e.name[..e.name.len().min(u16::MAX as usize)];
         p.extend_from_slice(&(name.len() as u16).to_be_bytes());
         p.extend_from_slice(name);
         p.extend_from_slice(&e.size.to_be_bytes());
         p.extend_from_slice(&e.mtime.to_be_bytes());
-        p.push(u8::from(e.crc32.is_some()));
-        p.extend_from_slice(&e.crc32.unwrap_or(0).to_be_bytes());
-        p.extend_from_slice(&e.held.to_be_bytes());
+        let (known, crc, held) = match e.kind {
+            EntryKind::File | EntryKind::Partial => (e.crc32.is_some(), e.crc32, e.held),
+            EntryKind::Dir | EntryKind::TreeParts => {
+                (e.files.is_some(), None, e.files.unwrap_or(0))
+            }
+        };
+        p.push(u8::from(known));
+        p.extend_from_slice(&crc.unwrap_or(0).to_be_bytes());
+        p.extend_from_slice(&held.to_be_bytes());
     }
     p
+}
+
+fn kind_byte(k: EntryKind) -> u8 {
+    match k {
+        EntryKind::File => 0,
+        EntryKind::Partial => 1,
+        EntryKind::Dir => 2,
+        EntryKind::TreeParts => 3,
+    }
 }
 
 /// Decodes a list page: its entries and whether it is the last.
@@ -156,6 +209,8 @@ fn entry_at(b: &[u8], at: usize) -> Option<(ListEntry, usize)> {
     let kind = match b.get(at)? {
         0 => EntryKind::File,
         1 => EntryKind::Partial,
+        2 => EntryKind::Dir,
+        3 => EntryKind::TreeParts,
         _ => return None,
     };
     let len = u16::from_be_bytes(take::<2>(b, at + 1)?) as usize;
@@ -166,11 +221,13 @@ fn entry_at(b: &[u8], at: usize) -> Option<(ListEntry, usize)> {
     let known = *b.get(at + 16)?;
     let crc = u32::from_be_bytes(take::<4>(b, at + 17)?);
     let held = u64::from_be_bytes(take::<8>(b, at + 21)?);
-    // Strict: an unknown CRC-32 is sent as zeros, so each page has one
-    // encoding (what the fuzzer's round trip checks).
-    let crc32 = match (known, crc) {
-        (0, 0) => None,
-        (1, crc) => Some(crc),
+    // Strict: an unknown CRC-32 (or count) is sent as zeros, so each page
+    // has one encoding (what the fuzzer's round trip checks).
+    let (crc32, held, files) = match (kind, known, crc, held) {
+        (EntryKind::File | EntryKind::Partial, 0, 0, held) => (None, held, None),
+        (EntryKind::File | EntryKind::Partial, 1, crc, held) => (Some(crc), held, None),
+        (EntryKind::Dir, 0, 0, 0) => (None, size, None),
+        (EntryKind::Dir | EntryKind::TreeParts, 1, 0, n) => (None, size, Some(n)),
         _ => return None,
     };
     let e = ListEntry {
@@ -180,6 +237,7 @@ fn entry_at(b: &[u8], at: usize) -> Option<(ListEntry, usize)> {
         mtime,
         crc32,
         held,
+        files,
     };
     Some((e, at + 29))
 }
@@ -200,6 +258,19 @@ mod tests {
             mtime: -5,
             crc32,
             held: 77,
+            files: None,
+        }
+    }
+
+    fn dir(name: &[u8], files: Option<u64>) -> ListEntry {
+        ListEntry {
+            kind: EntryKind::Dir,
+            name: name.to_vec(),
+            size: files.map_or(0, |n| n * 10),
+            mtime: 9,
+            crc32: None,
+            held: files.map_or(0, |n| n * 10),
+            files,
         }
     }
 
@@ -209,6 +280,13 @@ mod tests {
             entry(EntryKind::File, b"a b\n\x1b[31m", Some(0xDEAD_BEEF)),
             entry(EntryKind::Partial, "é".as_bytes(), None),
             entry(EntryKind::File, b"\xff\xfe", None),
+            dir(b"t", Some(3)),
+            dir(b"d\n\x1b", None),
+            ListEntry {
+                kind: EntryKind::TreeParts,
+                name: Vec::new(),
+                ..dir(b"", Some(2))
+            },
         ];
         let p = page_payload(&es, true);
         assert_eq!(parse_page(&p).unwrap(), (es.clone(), true));
@@ -233,6 +311,11 @@ mod tests {
         two[crc_at] = 0xff;
         assert!(parse_page(&one).is_ok());
         assert!(parse_page(&two).is_err());
+        // Unknown kinds are refused (what an old client does with kind 2).
+        let mut odd = page_payload(&[dir(b"t", None)], true);
+        assert_eq!(odd[5], 2);
+        odd[5] = 4;
+        assert!(parse_page(&odd).is_err());
     }
 
     proptest::proptest! {
@@ -264,5 +347,10 @@ mod tests {
         assert_eq!(requested_name(&all[4..]).unwrap(), None);
         assert_eq!(requested_op(br#"{"bt": {"v": 2}}"#).unwrap(), None);
         assert!(requested_op(br#"{"bt": {"op": 3}}"#).is_err());
+        assert!(!requested_dirs(&all[4..]));
+        let dirs = encode_list_request_with(None, true, offer);
+        assert!(requested_dirs(&dirs[4..]));
+        assert_eq!(requested_op(&dirs[4..]).unwrap().as_deref(), Some(OP_LIST));
+        assert!(!requested_dirs(br#"{"bt": {"dirs": 1}}"#));
     }
 }

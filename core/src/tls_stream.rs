@@ -45,6 +45,9 @@ pub const RECV_BUFFER: usize = 256 * 1024;
 /// Plaintext encrypted per step of a write: the records of one `send`.
 const WRITE_CHUNK: usize = 256 * 1024;
 
+/// At most this much more is taken into a write's last chunk.
+const WRITE_TAIL: usize = 16 * 1024;
+
 /// Keeps the one secret the binding needs, for this connection only.
 #[derive(Default)]
 struct ExporterSecret(Mutex<Option<Vec<u8>>>);
@@ -261,7 +264,13 @@ impl<C: Side> TlsStream<C> {
             }
             ConnectionState::BlockedHandshake => Step::NeedInput,
             ConnectionState::WriteTraffic(mut w) if !src.is_empty() => {
-                let n = src.len().min(WRITE_CHUNK);
+                // A short tail goes with this chunk: alone it would be a
+                // send of its own and a tiny record (a frame's trailer).
+                let n = if src.len() <= WRITE_CHUNK + WRITE_TAIL {
+                    src.len()
+                } else {
+                    WRITE_CHUNK
+                };
                 self.out
                     .append(|b| w.encrypt(&src[..n], b), encrypt_needs)?;
                 Step::Wrote(n)

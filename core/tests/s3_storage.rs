@@ -257,7 +257,7 @@ fn a_listing_follows_continuation_tokens_a_page_at_a_time() {
         send_block(&mut p, &all, idx, None).expect("block");
     }
     p.checkpoint().expect("checkpoint");
-    let mut l = s.lister("");
+    let mut l = s.lister("", false);
     let mut got = Vec::new();
     while let Some(e) = l.next_entry().expect("listing") {
         got.push((
@@ -285,6 +285,51 @@ fn a_listing_follows_continuation_tokens_a_page_at_a_time() {
     want.sort_by(|x, y| x.0.cmp(&y.0));
     want.push(("e.bin".into(), 9 * MIB, EntryKind::Partial, None, 8 * MIB));
     assert_eq!(got, want);
+    drop(p);
+}
+
+#[test]
+fn asked_for_directories_a_listing_gives_prefixes_and_tree_uploads() {
+    let Some(mut cfg) = config("dirs", "BT_S3_ENDPOINT") else {
+        return;
+    };
+    cfg.page_size = 2;
+    let s = S3Storage::new(
+        Client::new(cfg).expect("client"),
+        "n",
+        Duration::from_secs(30),
+    );
+    for n in ["a", "t/x/y", "t/z", "u/v"] {
+        s.client().put_small(n, b"12", &Condition::None).unwrap();
+    }
+    let all = data(9 * MIB, 6);
+    let (mut p, _) = s
+        .open_tree_file(&id("t/w/p.bin", all.len() as u64))
+        .expect("open");
+    for idx in 0..8 {
+        send_block(&mut p, &all, idx, None).expect("block");
+    }
+    p.checkpoint().expect("checkpoint");
+    let listed = |dirs: bool| {
+        let mut l = s.lister("", dirs);
+        let mut got = Vec::new();
+        while let Some(e) = l.next_entry().expect("listing") {
+            got.push((String::from_utf8(e.name).unwrap(), e.kind, e.held));
+        }
+        got
+    };
+    assert_eq!(
+        listed(true),
+        vec![
+            ("a".to_string(), EntryKind::File, 2),
+            ("t".to_string(), EntryKind::Dir, 0),
+            ("u".to_string(), EntryKind::Dir, 0),
+            ("t/w/p.bin".to_string(), EntryKind::Partial, 8 * MIB),
+        ]
+    );
+    // An older client's listing is as before: no directories, and the
+    // tree's upload (a path) is not among the top-level uploads.
+    assert_eq!(listed(false), vec![("a".to_string(), EntryKind::File, 2)]);
     drop(p);
 }
 

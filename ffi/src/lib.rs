@@ -31,8 +31,8 @@ mod tree;
 pub use get::{bt_get_file, bt_get_result};
 pub use misc::{bt_crc32_file, bt_last_error_message, bt_status_name, bt_version};
 pub use send::{
-    bt_list, bt_list_entry, bt_list_fn, bt_progress_fn, bt_send_file, bt_send_options,
-    bt_send_options_free, bt_send_options_new, bt_send_options_set_backoff_ms,
+    bt_list, bt_list_dirs, bt_list_entry, bt_list_fn, bt_progress_fn, bt_send_file,
+    bt_send_options, bt_send_options_free, bt_send_options_new, bt_send_options_set_backoff_ms,
     bt_send_options_set_cache_dir, bt_send_options_set_connect_timeout_ms,
     bt_send_options_set_io_timeout_ms, bt_send_options_set_legacy, bt_send_options_set_limit_rate,
     bt_send_options_set_remote_name, bt_send_options_set_retries, bt_send_options_set_token,

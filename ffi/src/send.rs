@@ -695,6 +695,17 @@ pub struct bt_list_entry {
     pub crc32: u32,
     /// Of a partial upload: bytes held from the start of the file.
     pub held: u64,
+    /// What the entry is: 0 a finished file, 1 a partial upload, and only
+    /// from `bt_list_dirs`: 2 a directory, 3 the tree uploads in progress
+    /// summed up (empty name). Added after the fields above, so code built
+    /// against an older header reads those unchanged.
+    pub kind: c_int,
+    /// Of kinds 2 and 3: non-zero when `files` is known (a directory the
+    /// server counted; then `size` is the bytes under it).
+    pub files_known: c_int,
+    /// Of a counted directory: the regular files under it; of kind 3: the
+    /// files in progress (`size`: the bytes they hold).
+    pub files: u64,
 }
 
 /// Called once per listed entry, in name order. Return 0 to go on,
@@ -726,39 +737,93 @@ pub unsafe extern "C" fn bt_list(
     each: bt_list_fn,
     user: *mut c_void,
 ) -> bt_status {
-    guard("bt_list", || {
-        // SAFETY (all three): forwarded contract; NULL is checked.
-        let host = unsafe { arg_utf8(host, "host") }?;
-        let name = match name.is_null() {
-            true => None,
-            false => Some(unsafe { arg_utf8(name, "name") }?),
-        };
-        let opts = unsafe { call_options(host, port, options) }?;
-        let each = each.ok_or_else(|| Failure::invalid("each (the callback) is NULL"))?;
-        let mut entries = bigtransfer_core::client::list_remote(&opts, name)?.entries;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        for e in &entries {
-            let Ok(cname) = std::ffi::CString::new(e.name.clone()) else {
-                continue;
-            };
-            let entry = bt_list_entry {
-                name: cname.as_ptr(),
-                partial: c_int::from(e.kind == bigtransfer_core::listing::EntryKind::Partial),
-                size: e.size,
-                mtime: e.mtime,
-                crc32_known: c_int::from(e.crc32.is_some()),
-                crc32: e.crc32.unwrap_or(0),
-                held: e.held,
-            };
-            // SAFETY: the caller promised `each` is safe to call with `user`;
-            // `entry` and its name live through the call.
-            if unsafe { each(&entry, user) } != 0 {
-                return Err(Failure::new(
-                    bt_status::BT_CANCELLED,
-                    "stopped by the callback",
-                ));
-            }
-        }
-        Ok(())
+    // SAFETY: forwarded contract.
+    guard("bt_list", || unsafe {
+        list(host, port, name, options, each, user, false)
     })
+}
+
+/// As `bt_list`, and the server is also asked for its directories (`kind`
+/// 2: `files_known`, `files` and `size` say what is under each when the
+/// server counted it) and for the tree uploads in progress summed up in
+/// one entry (`kind` 3, empty name: their parts are named by a digest, the
+/// server does not know their names). A server too old to know them sends
+/// none.
+///
+/// # Safety
+/// As `bt_list`.
+#[no_mangle]
+pub unsafe extern "C" fn bt_list_dirs(
+    host: *const c_char,
+    port: u16,
+    name: *const c_char,
+    options: *const bt_send_options,
+    each: bt_list_fn,
+    user: *mut c_void,
+) -> bt_status {
+    // SAFETY: forwarded contract.
+    guard("bt_list_dirs", || unsafe {
+        list(host, port, name, options, each, user, true)
+    })
+}
+
+/// `bt_list` and `bt_list_dirs`.
+///
+/// # Safety
+/// As `bt_list`.
+unsafe fn list(
+    host: *const c_char,
+    port: u16,
+    name: *const c_char,
+    options: *const bt_send_options,
+    each: bt_list_fn,
+    user: *mut c_void,
+    dirs: bool,
+) -> Result<(), Failure> {
+    // SAFETY (all three): forwarded contract; NULL is checked.
+    let host = unsafe { arg_utf8(host, "host") }?;
+    let name = match name.is_null() {
+        true => None,
+        false => Some(unsafe { arg_utf8(name, "name") }?),
+    };
+    let opts = unsafe { call_options(host, port, options) }?;
+    let each = each.ok_or_else(|| Failure::invalid("each (the callback) is NULL"))?;
+    let mut entries = bigtransfer_core::client::list_remote_with(&opts, name, dirs)?.entries;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in &entries {
+        let Ok(cname) = std::ffi::CString::new(e.name.clone()) else {
+            continue;
+        };
+        let entry = list_entry(&cname, e);
+        // SAFETY: the caller promised `each` is safe to call with `user`;
+        // `entry` and its name live through the call.
+        if unsafe { each(&entry, user) } != 0 {
+            return Err(Failure::new(
+                bt_status::BT_CANCELLED,
+                "stopped by the callback",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn list_entry(cname: &std::ffi::CStr, e: &bigtransfer_core::listing::ListEntry) -> bt_list_entry {
+    use bigtransfer_core::listing::EntryKind;
+    bt_list_entry {
+        name: cname.as_ptr(),
+        partial: c_int::from(e.kind == EntryKind::Partial),
+        size: e.size,
+        mtime: e.mtime,
+        crc32_known: c_int::from(e.crc32.is_some()),
+        crc32: e.crc32.unwrap_or(0),
+        held: e.held,
+        kind: match e.kind {
+            EntryKind::File => 0,
+            EntryKind::Partial => 1,
+            EntryKind::Dir => 2,
+            EntryKind::TreeParts => 3,
+        },
+        files_known: c_int::from(e.files.is_some()),
+        files: e.files.unwrap_or(0),
+    }
 }

@@ -71,6 +71,11 @@ pub struct bt_tree_result {
     pub skipped: u64,
     /// Connections made.
     pub attempts: u32,
+    /// Of a send: files sent although the server held one of the same
+    /// size and mtime, because their content differed (checked by
+    /// CRC-32; the stored one was kept as a numbered version or replaced,
+    /// as the verdict said). Always 0 for a download.
+    pub changed_same_mtime: u64,
 }
 
 /// `n` NUL-terminated strings at `list`.
@@ -175,6 +180,7 @@ pub unsafe extern "C" fn bt_send_tree(
             bytes_moved: o.sent,
             skipped: o.skipped,
             attempts: o.attempts,
+            changed_same_mtime: o.changed_quietly,
         };
         Ok(())
     })
@@ -258,6 +264,7 @@ pub unsafe extern "C" fn bt_get_tree(
             bytes_moved: o.received,
             skipped: 0,
             attempts: o.attempts,
+            changed_same_mtime: 0,
         };
         Ok(())
     })

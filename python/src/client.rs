@@ -488,7 +488,10 @@ pub fn send_file(
 /// partial upload (``{"kind": "partial", "name", "size", "mtime",
 /// "held"}``), sorted by name. ``name``, if given, lists that name, its
 /// numbered versions (``NAME.~N~``) and its partial upload only. A name
-/// that is not UTF-8 on the server comes as bytes.
+/// that is not UTF-8 on the server comes as bytes. ``dirs=True`` also asks
+/// for directories (``{"kind": "dir", "name", "size", "mtime", "files"}``,
+/// ``size`` and ``files`` None when not counted) and the tree uploads in
+/// progress summed up (``{"kind": "tree_parts", "files", "held", ...}``).
 ///
 /// The connection is as for ``send_file`` (TLS, ``known_hosts``,
 /// ``fingerprint``, ``require_tls``, ``token``). Raises ``RefusedError``
@@ -496,9 +499,10 @@ pub fn send_file(
 /// ``UnreachableError``, ``ConnectionLostError``, ``HostKeyError``.
 #[pyfunction]
 #[pyo3(signature = (host, port, name = None, *, token = None, timeout = 60.0,
-                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false),
+                    fingerprint = None, known_hosts = OptPath::EngineDefault, require_tls = false,
+                    dirs = false),
        text_signature = "(host, port, name=None, *, token=None, timeout=60.0, fingerprint=None, \
-                         known_hosts=..., require_tls=False)")]
+                         known_hosts=..., require_tls=False, dirs=False)")]
 #[allow(clippy::too_many_arguments)]
 pub fn list_remote(
     py: Python<'_>,
@@ -510,13 +514,14 @@ pub fn list_remote(
     fingerprint: Option<String>,
     known_hosts: OptPath,
     require_tls: bool,
+    dirs: bool,
 ) -> PyResult<Vec<Py<PyAny>>> {
     let mut opts = server_options(py, host, port)?;
     opts.io_timeout = seconds_arg(py, "timeout", timeout)?;
     opts.token = token_arg(py, token.as_ref())?;
     pin(py, &mut opts, fingerprint, known_hosts, require_tls)?;
     let listing = py
-        .detach(|| bigtransfer_core::client::list_remote(&opts, name.as_deref()))
+        .detach(|| bigtransfer_core::client::list_remote_with(&opts, name.as_deref(), dirs))
         .map_err(|e| to_py(py, &e, None))?;
     let mut entries = listing.entries;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -602,6 +607,16 @@ fn entry_dict(py: Python<'_>, e: &bigtransfer_core::listing::ListEntry) -> PyRes
         EntryKind::Partial => {
             d.set_item("kind", "partial")?;
             d.set_item("held", e.held)?;
+        }
+        EntryKind::Dir => {
+            d.set_item("kind", "dir")?;
+            d.set_item("files", e.files)?;
+            d.set_item("size", e.files.map(|_| e.size))?;
+        }
+        EntryKind::TreeParts => {
+            d.set_item("kind", "tree_parts")?;
+            d.set_item("files", e.files)?;
+            d.set_item("held", e.size)?;
         }
     }
     Ok(d.into_any().unbind())

@@ -59,6 +59,10 @@ pub struct TreeResult {
     /// Whether the last connection was TLS.
     #[pyo3(get)]
     encrypted: bool,
+    /// Of a send: files sent although the server held one of the same
+    /// size and mtime, their content being different (0 for a get).
+    #[pyo3(get)]
+    changed_same_mtime: u64,
 }
 
 impl From<TreeOutcome> for TreeResult {
@@ -76,6 +80,7 @@ impl From<TreeOutcome> for TreeResult {
             skipped: o.skipped,
             attempts: o.attempts,
             encrypted: o.encrypted,
+            changed_same_mtime: o.changed_quietly,
         }
     }
 }
@@ -95,6 +100,7 @@ impl From<TreeGetOutcome> for TreeResult {
             skipped: 0,
             attempts: o.attempts,
             encrypted: o.encrypted,
+            changed_same_mtime: 0,
         }
     }
 }
@@ -103,8 +109,8 @@ impl From<TreeGetOutcome> for TreeResult {
 impl TreeResult {
     fn __repr__(&self) -> String {
         format!(
-            "TreeResult(files={}, dirs={}, symlinks={}, bytes={}, moved={}, held={}, failed={}, not_stored={}, bytes_moved={})",
-            self.files, self.dirs, self.symlinks, self.bytes, self.moved, self.held, self.failed, self.not_stored, self.bytes_moved
+            "TreeResult(files={}, dirs={}, symlinks={}, bytes={}, moved={}, held={}, changed_same_mtime={}, failed={}, not_stored={}, bytes_moved={})",
+            self.files, self.dirs, self.symlinks, self.bytes, self.moved, self.held, self.changed_same_mtime, self.failed, self.not_stored, self.bytes_moved
         )
     }
 }

@@ -339,6 +339,14 @@ def test_same_name_again_keeps_the_old_file_and_list_remote_shows_it(tmp_path):
             ("file", "k.bin.~1~", 200_000, zlib.crc32(first)),
         ]
         assert bigtransfer.list_remote(HOST, port, "nothing", known_hosts=kh) == []
+        (store / "t" / "a").mkdir(parents=True)
+        (store / "t" / "a" / "x").write_bytes(b"12345")
+        (store / "t" / "y").write_bytes(b"12")
+        with_dirs = bigtransfer.list_remote(HOST, port, known_hosts=kh, dirs=True)
+        dirs = [e for e in with_dirs if e["kind"] == "dir"]
+        assert [(e["name"], e["files"], e["size"]) for e in dirs] == [("t", 2, 7)]
+        # Not asked for: no directory entries (as for an older client).
+        assert all(e["kind"] == "file" for e in bigtransfer.list_remote(HOST, port, known_hosts=kh))
     other = tmp_path / "overwritten"
     with bigtransfer.Server(other, port=0, bind=HOST, overwrite=True) as srv:
         bigtransfer.send_file(HOST, srv.address[1], src, known_hosts=None)
@@ -877,3 +885,22 @@ def test_send_tree_and_get_tree_roundtrip_with_progress(server, tmp_path):
     with pytest.raises(bigtransfer.CancelledError):
         bigtransfer.get_tree(HOST, port, "tree", tmp_path / "cancelled", limit_rate=1 << 20,
                              progress=lambda *a: False)
+
+
+def test_send_tree_counts_content_changed_under_the_same_size_and_mtime(server, tmp_path):
+    port = server.address[1]
+    src = tmp_path / "quiet"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"old content!")
+    (src / "b.txt").write_bytes(b"unchanged")
+    r = bigtransfer.send_tree(HOST, port, [src])
+    assert (r.moved, r.held, r.changed_same_mtime) == (2, 0, 0)
+    mtime = os.stat(src / "a.txt").st_mtime_ns
+    (src / "a.txt").write_bytes(b"NEW content!")
+    os.utime(src / "a.txt", ns=(mtime, mtime))
+    r = bigtransfer.send_tree(HOST, port, [src])
+    assert (r.moved, r.held, r.changed_same_mtime, r.bytes_moved) == (1, 1, 1, 12)
+    assert "changed_same_mtime=1" in repr(r)
+    assert stored(server, "quiet/a.txt").read_bytes() == b"NEW content!"
+    again = bigtransfer.send_tree(HOST, port, [src])
+    assert (again.moved, again.held, again.changed_same_mtime) == (0, 2, 0)

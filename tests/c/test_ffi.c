@@ -21,6 +21,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -261,6 +262,27 @@ static int on_entry(const bt_list_entry *e, void *user) {
     return 0;
 }
 
+struct dirs_seen {
+    int dirs;
+    int others;
+    uint64_t d_files;
+    uint64_t d_size;
+};
+
+static int on_dir_entry(const bt_list_entry *e, void *user) {
+    struct dirs_seen *l = user;
+    if (e->kind == 2) {
+        l->dirs++;
+        if (strcmp(e->name, "d") == 0 && e->files_known) {
+            l->d_files = e->files;
+            l->d_size = e->size;
+        }
+    } else if (e->kind != 0 || e->partial) {
+        l->others++;
+    }
+    return 0;
+}
+
 static int message_set(void) {
     const char *m = bt_last_error_message();
     return m != NULL && m[0] != '\0';
@@ -475,6 +497,24 @@ int main(void) {
     CHECK(bt_list("127.0.0.1", port, NULL, options, NULL, NULL) == BT_INVALID_INPUT,
           "bt_list without a callback is BT_INVALID_INPUT");
 
+    /* -- bt_list_dirs: directories with what is under them ---------------- */
+    char dir_d[4300], dir_f[4400];
+    snprintf(dir_d, sizeof dir_d, "%s/d", store_dir);
+    snprintf(dir_f, sizeof dir_f, "%s/d/f.txt", store_dir);
+    CHECK(mkdir(dir_d, 0755) == 0, "made d/ in the store");
+    FILE *df = fopen(dir_f, "w");
+    CHECK(df && fputs("hello", df) >= 0 && fclose(df) == 0, "wrote d/f.txt");
+    struct dirs_seen ds = {0, 0, 0, 0};
+    CHECK(bt_list_dirs("127.0.0.1", port, NULL, options, on_dir_entry, &ds) == BT_OK,
+          "bt_list_dirs of everything");
+    CHECK(ds.dirs == 1 && ds.others == 0 && ds.d_files == 1 && ds.d_size == 5,
+          "bt_list_dirs shows d/ with its 1 file of 5 bytes");
+    seen.count = 0;
+    CHECK(bt_list("127.0.0.1", port, NULL, options, on_entry, &seen) == BT_OK &&
+              seen.count == 1,
+          "bt_list (no directories asked for) still lists a.bin alone");
+    CHECK(unlink(dir_f) == 0 && rmdir(dir_d) == 0, "removed d/ again");
+
     /* -- cancel from the callback, then resume ----------------------------- */
     const size_t size_b = 4 * 1024 * 1024 + 777;
     char path_b[4300], stored_b[4300];
@@ -619,6 +659,18 @@ int main(void) {
     CHECK(bt_get_tree("127.0.0.1", port, hostile, 1, got_dir, options, 0, NULL, NULL, &tr) ==
                   BT_REFUSED && message_has(".."),
           "bt_get_tree of a path with .. is BT_REFUSED in words");
+    /* The same size and mtime, another content: sent again and counted. */
+    struct stat xst;
+    int rewrote = stat(tree_x, &xst) == 0 && write_file(tree_x, 1001, 0x41) == 0;
+    struct timespec xtimes[2] = {xst.st_atim, xst.st_mtim};
+    rewrote = rewrote && utimensat(AT_FDCWD, tree_x, xtimes, 0) == 0;
+    st = bt_send_tree("127.0.0.1", port, tree_paths, 1, options, NULL, NULL, &tr);
+    CHECK(rewrote && st == BT_OK && tr.changed_same_mtime == 1 && tr.moved == 1 &&
+              tr.held == 1 && tr.bytes_moved == 1001,
+          "bt_send_tree counts a file changed under the same size and mtime");
+    st = bt_send_tree("127.0.0.1", port, tree_paths, 1, options, NULL, NULL, &tr);
+    CHECK(st == BT_OK && tr.changed_same_mtime == 0 && tr.held == 2 && tr.bytes_moved == 0,
+          "a re-send of the unchanged tree moves nothing");
 
     /* -- cancel while hashing ---------------------------------------------- */
     /* A file the server does not hold (it holds a.bin whole: its first

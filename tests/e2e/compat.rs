@@ -71,32 +71,6 @@ impl Drop for PyServer {
     }
 }
 
-fn py_client(port: u16, file: &Path, extra: &[&str]) -> std::process::Output {
-    let mut child = Command::new("python3")
-        .arg(script("client.py"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(extra)
-        .arg(file)
-        .env("BIGTRANSFER_PURE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status =
-        wait_child(&mut child, std::time::Duration::from_secs(120)).expect("python client hung");
-    let mut o = Vec::new();
-    let mut e = Vec::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
-}
-
 #[test]
 fn python_client_to_rust_server() {
     if python().is_none() {
@@ -107,7 +81,7 @@ fn python_client_to_rust_server() {
     let srv = ServerProc::start(&t.path().join("store"), &[]);
     let src = t.path().join("py2rs.bin");
     write_random(&src, 5 * 1024 * 1024 + 3, 20);
-    let out = py_client(srv.addr.port(), &src, &[]);
+    let out = legacy_py_client(&srv.addr.port().to_string(), &src, &[]);
     assert_eq!(
         out.status.code(),
         Some(0),

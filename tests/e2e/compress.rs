@@ -358,29 +358,9 @@ fn get_to(srv: &ServerProc, remote: &str, dest: &Path, extra: &[&str]) -> std::p
 
 /// `bigtransfer get --quiet EXTRA... -o DEST REMOTE` against loopback `port`.
 fn get_at(port: &str, remote: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
-    let mut child = std::process::Command::new(BIN)
-        .args(["get", "--host", "127.0.0.1", "--port", port])
-        .arg("--quiet")
-        .args(extra)
-        .arg("-o")
-        .arg(dest)
-        .arg(remote)
-        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let (mut o, mut e) = (Vec::new(), Vec::new());
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
+    let mut cmd = get_cmd(port, extra);
+    cmd.arg("-o").arg(dest).arg(remote);
+    output_within(&mut cmd, LONG, "get")
 }
 
 #[test]

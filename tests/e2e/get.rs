@@ -15,54 +15,18 @@ const MIB: u64 = 1 << 20;
 /// `bigtransfer get --host 127.0.0.1 --port P --quiet --json EXTRA... REMOTE`
 /// with a known-hosts file of its own unless `extra` names one.
 fn get(srv: &ServerProc, remote: &str, extra: &[&str]) -> Output {
-    let mut cmd = get_cmd(srv, remote, extra);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    Output {
-        status,
-        stdout: out.into_bytes(),
-        stderr: err.into_bytes(),
-    }
+    output_within(&mut get_cmd(srv, remote, extra), LONG, "get")
 }
 
 fn get_cmd(srv: &ServerProc, remote: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "get",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &srv.port(),
-        "--quiet",
-        "--json",
-    ])
-    .args(extra)
-    .arg(remote);
-    if !extra.contains(&"--known-hosts") {
-        cmd.env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
-    }
+    let mut cmd = crate::harness::get_cmd(&srv.port(), &[&["--json"], extra].concat());
+    cmd.arg(remote);
     cmd
 }
 
 #[track_caller]
 fn assert_got(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "get failed; stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
+    assert_exit(out, 0);
     assert!(
         stdout(out).contains("\"result\": \"OK\""),
         "{}",
@@ -356,4 +320,84 @@ fn a_download_survives_the_server_killed_and_restarted() {
         "held {held}, received {got}"
     );
     assert_eq!(crc_of(&dest), crc);
+}
+
+/// The client's disk fills mid-download (its output directory on a small
+/// tmpfs in a private mount namespace; skipped without root and
+/// `unshare`): the get fails in words as a local-disk error, nothing is
+/// under the final name, the part and its record stay, and once space is
+/// freed the next get resumes from what was written and completes.
+#[test]
+fn a_full_disk_on_the_client_keeps_the_partial_download_for_a_resume() {
+    if !can_unshare() {
+        eprintln!("skipping: cannot mount a tmpfs in a private mount namespace");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &["--tls", "off"]);
+    let src = t.path().join("f.bin");
+    let crc = write_random(&src, 16 * MIB + 7, 77);
+    assert_ok(&send(&srv, &src, &[]));
+    let out = t.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let get = format!(
+        "'{BIN}' get --host 127.0.0.1 --port {} --quiet --json --retries 0 -o '{o}' f.bin",
+        srv.port(),
+        o = out.display()
+    );
+    let script = format!(
+        "mount -t tmpfs -o size=20M tmpfs '{o}' && head -c 10M /dev/zero > '{o}/filler' && \
+         {get}; echo \"rc1=$?\"; ls -a '{o}'; rm '{o}/filler'; {get}; echo \"rc2=$?\"; \
+         cmp '{o}/f.bin' '{s}' && echo same",
+        o = out.display(),
+        s = src.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start unshare");
+    wait_child(&mut child, LONG).expect("the gets hung");
+    let (mut so, mut se) = (String::new(), String::new());
+    use std::io::Read;
+    let _ = child.stdout.take().unwrap().read_to_string(&mut so);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut se);
+    let (first, second) = so.split_once("rc1=").expect("no first get");
+    assert!(
+        second.starts_with("1\n"),
+        "exit code 1 (a local error): {so}"
+    );
+    assert!(first.contains("\"reason\": \"storage\""), "{so}");
+    assert!(
+        se.contains("cannot write") && se.contains("No space left on device"),
+        "{se}"
+    );
+    assert!(
+        se.contains("the partial download is kept for a resume"),
+        "{se}"
+    );
+    assert!(!first.contains("\"result\": \"OK\""), "{so}");
+    let listing: Vec<&str> = second
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains('{'))
+        .collect();
+    assert!(listing.contains(&".f.bin.bigtransfer-part"), "{so}");
+    assert!(listing.contains(&".f.bin.bigtransfer-get"), "{so}");
+    assert!(!listing.contains(&"f.bin"), "{so}");
+    assert!(
+        second.contains("rc2=0") && second.ends_with("same\n"),
+        "{so}\n{se}"
+    );
+    let resumed = second
+        .split("\"resumed_from\": ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("no resumed_from");
+    assert!((4 * MIB..16 * MIB).contains(&resumed), "{so}");
+    assert!(second.contains(&format!("\"crc32\": {crc}")), "{so}");
 }

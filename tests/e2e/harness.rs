@@ -267,6 +267,68 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     status
 }
 
+/// Runs `cmd` with no input and its output collected, bounded in time.
+/// The output is read while the child runs, so a chatty child never
+/// blocks on a full pipe; one still running at `limit` is killed by its
+/// PID and the test fails, naming `what`.
+pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let out = read_to_end_in_thread(child.stdout.take());
+    let err = read_to_end_in_thread(child.stderr.take());
+    let Some(status) = wait_child(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {limit:?}");
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+fn read_to_end_in_thread(
+    r: Option<impl Read + Send + 'static>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// `bigtransfer get --host 127.0.0.1 --port PORT --quiet ARGS...`, with a
+/// known-hosts file of its own unless `args` names one.
+pub fn get_cmd(port: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["get", "--host", "127.0.0.1", "--port", port, "--quiet"])
+        .args(args);
+    if !args.contains(&"--known-hosts") {
+        cmd.env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
+    }
+    cmd
+}
+
+/// The original stdlib `python/client.py` (forced onto its pure-Python
+/// path) uploading `file` to loopback `port`.
+pub fn legacy_py_client(port: &str, file: &Path, extra: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(["--host", "127.0.0.1", "--port", port])
+        .args(extra)
+        .arg(file)
+        .env("BIGTRANSFER_PURE", "1");
+    output_within(&mut cmd, Duration::from_secs(120), "python client.py")
+}
+
 /// A known-hosts file of its own for one client run (unless the test
 /// chose one), so no test pins keys in the user's home and no two tests
 /// share pins (a port reused by another test's server has another key).
@@ -369,6 +431,18 @@ pub fn assert_ok(out: &Output) {
         stderr(out)
     );
     assert!(stdout(out).contains("CRC32_OK"), "{}", stdout(out));
+}
+
+/// Fails the test, with both output streams, unless `out` exited `code`.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
 }
 
 /// Starts `bigtransfer client --quiet --no-cache` against `srv` in the

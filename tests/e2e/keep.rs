@@ -6,8 +6,7 @@
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use crate::harness::*;
 
@@ -218,31 +217,6 @@ fn a_stored_file_changed_behind_the_servers_back_is_not_taken_as_identical() {
     assert_eq!(srv.terminate().code(), Some(0));
 }
 
-fn py_client(port: &str, file: &Path) -> std::process::Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/client.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args(["--host", "127.0.0.1", "--port", port])
-        .arg(file)
-        .env("BIGTRANSFER_PURE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_child(&mut child, Duration::from_secs(120)).expect("python client hung");
-    let mut o = Vec::new();
-    let mut e = Vec::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
-}
-
 #[test]
 fn legacy_clients_get_the_same_policy_without_being_told() {
     if Command::new("python3").arg("--version").output().is_err() {
@@ -264,16 +238,16 @@ fn legacy_clients_get_the_same_policy_without_being_told() {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    ok(&py_client(&port, &src));
+    ok(&legacy_py_client(&port, &src, &[]));
     let stored = srv.dir.join("leg.bin");
     let before = stamp(&stored);
     // The same content: held whole at once, nothing sent, untouched.
-    let again = ok(&py_client(&port, &src));
+    let again = ok(&legacy_py_client(&port, &src, &[]));
     assert!(again.contains("sent 0 bytes"), "{again}");
     assert_eq!(stamp(&stored), before);
     // A different content: stored, the old file kept as a version.
     flip_byte(&src, 5);
-    ok(&py_client(&port, &src));
+    ok(&legacy_py_client(&port, &src, &[]));
     assert_same_file(&src, &stored);
     assert_eq!(
         std::fs::read(srv.dir.join("leg.bin.~1~")).unwrap(),
@@ -290,28 +264,12 @@ fn legacy_clients_get_the_same_policy_without_being_told() {
 /// `bigtransfer list --host 127.0.0.1 --port PORT EXTRA...`, with a known
 /// hosts file of its own.
 pub fn list(srv: &ServerProc, extra: &[&str]) -> std::process::Output {
-    let kh = fresh_known_hosts();
-    let mut child = Command::new(BIN)
-        .args(["list", "--host", "127.0.0.1", "--port", &srv.port()])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["list", "--host", "127.0.0.1", "--port", &srv.port()])
         .arg("--known-hosts")
-        .arg(&kh)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_child(&mut child, LONG).expect("list hung");
-    let mut o = Vec::new();
-    let mut e = Vec::new();
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
+        .arg(fresh_known_hosts())
+        .args(extra);
+    output_within(&mut cmd, LONG, "list")
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod harness;
 mod hostile;
 mod interactive;
 mod keep;
+mod list_dirs;
 mod messages;
 mod peers;
 #[cfg(feature = "s3")]

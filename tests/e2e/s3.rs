@@ -450,6 +450,13 @@ fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
         crcs.push(write_random(&src, size, size));
         assert_ok(&send(&srv, &src, &[]));
     }
+    // A tree: a directory of the listing (a common prefix of the store's).
+    let tree = t.path().join("src/t");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::fs::write(tree.join("a/b/c.txt"), b"c").unwrap();
+    std::fs::write(tree.join("d.txt"), b"d").unwrap();
+    let out = crate::tree::send_tree(&srv, &[&tree], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // A partial upload: a slow client killed once a part is in the store.
     let big = t.path().join("part.bin");
     write_random(&big, 40 * 1024 * 1024, 10);
@@ -500,6 +507,14 @@ fn list_shows_the_objects_of_the_store_and_a_held_partial_upload() {
     );
     let held = p["held"].as_u64().unwrap();
     assert!((8 << 20..40 << 20).contains(&held), "{v}");
+    // The tree is a directory, not counted (the store would list it
+    // whole), and the server's own records are none.
+    assert_eq!(
+        v["dirs"],
+        serde_json::json!([{"kind": "dir", "name": "t", "size": null, "mtime": 0, "files": null}]),
+        "{v}"
+    );
+    assert_eq!(v["tree_parts"], serde_json::Value::Null, "{v}");
     // One name: itself only.
     let out = crate::keep::list(&srv, &["--json", "l2.bin"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -633,29 +648,9 @@ fn a_different_content_keeps_the_old_object_as_a_version_unless_overwrite() {
 
 /// `bigtransfer get --json -o OUT REMOTE` against `srv`.
 fn get_from(srv: &ServerProc, remote: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut child = std::process::Command::new(BIN)
-        .args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
-        .args(["--quiet", "--json"])
-        .args(extra)
-        .arg("-o")
-        .arg(out)
-        .arg(remote)
-        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let (mut o, mut e) = (Vec::new(), Vec::new());
-    use std::io::Read;
-    child.stdout.take().unwrap().read_to_end(&mut o).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut e).unwrap();
-    std::process::Output {
-        status,
-        stdout: o,
-        stderr: e,
-    }
+    let mut cmd = get_cmd(&srv.port(), &[&["--json"], extra].concat());
+    cmd.arg("-o").arg(out).arg(remote);
+    output_within(&mut cmd, LONG, "get")
 }
 
 #[test]
@@ -758,13 +753,7 @@ fn a_tree_lands_as_objects_under_its_paths_and_a_resend_is_free() {
     let (root, files) = s3_tree(t.path(), 21 * 1024 * 1024 + 5);
     let srv = store.server(0, t.path(), &[]);
     let out = tree_to(&srv, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert_eq!(field(&out, "stored"), 4, "{}", stdout(&out));
     // The symlink and the empty directory: skipped, in words.
     assert_eq!(field(&out, "skipped"), 2, "{}", stdout(&out));
@@ -872,13 +861,7 @@ fn an_interrupted_tree_resumes_on_another_node_with_only_what_is_missing() {
         a.log.text()
     );
     let out = tree_to(&b, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let sent = field(&out, "bytes_sent");
     assert!(
         sent <= big + 400_000 - recorded * (8 << 20) && recorded > 0,
@@ -933,13 +916,7 @@ fn a_tree_into_the_store_needs_the_token_and_never_touches_the_servers_records()
     );
 
     let out = with(&good, &root);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     for f in &files {
         assert_object_is(&store, f, &t.path().join(f));
     }
@@ -1047,13 +1024,7 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
 
     let dest = t.path().join("got");
     let out = get_from(&srv, "set", &dest, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("\"result\": \"TREE_OK\""),
         "{}",
@@ -1103,13 +1074,7 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
         .unwrap();
     let other = t.path().join("other");
     let out = get_from(&srv, "set", &other, &["--retries", "0"]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 6);
     let err = stderr(&out);
     assert!(
         err.contains("set/a/mid.bin") && err.contains("does not match what was stored"),

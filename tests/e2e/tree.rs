@@ -129,13 +129,7 @@ fn a_tree_arrives_identical_and_a_resend_sends_nothing() {
     let root = make_tree(src.path(), 2000, &[3 << 20, 5 << 20 | 17]);
     let srv = ServerProc::start(store.path(), &[]);
     let out = send_tree(&srv, &[&root], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("\"result\": \"TREE_OK\""),
         "{}",
@@ -333,12 +327,14 @@ fn content_changed_under_the_same_size_and_mtime_is_sent_and_the_old_kept() {
     assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
     assert_eq!(field(&out, "held"), 3, "{}", stdout(&out));
 
+    // One record per stored directory (d, d/sub), none per file.
     let sums = store.path().join(".bt-tree-parts/sums");
-    assert_eq!(
-        fs::read_dir(sums).unwrap().count(),
-        1,
-        "a record for big.bin only"
-    );
+    let mut names: Vec<String> = fs::read_dir(sums)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.retain(|n| n.ends_with(".dir"));
+    assert_eq!(names.len(), 2, "{names:?}");
     // Changed on the server, same size and mtime: its CRC record is not
     // believed (the ctime moved), the client's content goes over it.
     let on_server = stored.join("big.bin");
@@ -683,4 +679,61 @@ fn a_quiet_change_on_a_later_page_is_caught_too() {
     let stored = store.path().join("many");
     assert_eq!(fs::read(stored.join("f04321")).unwrap(), b"FILE 04321");
     assert_eq!(fs::read(stored.join("f04321.~1~")).unwrap(), b"file 04321");
+}
+
+#[test]
+fn changes_on_either_side_are_caught_once_both_sides_keep_crc_records() {
+    // Both sides record a file's CRC-32 per directory; the client only
+    // once the file's ctime is over a second old (a write in the same
+    // clock tick could otherwise hide). Aging the tree first (not a
+    // synchronisation: there is nothing to wait for) makes the re-sends
+    // below answer from records on both sides, opening no file.
+    let src = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = src.path().join("aged");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/a.txt"), "content a").unwrap();
+    fs::write(dir.join("b.txt"), "content b").unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let srv = ServerProc::start(store.path(), &[]);
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "stored"), 2, "{}", stdout(&out));
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "held"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
+
+    // On the client: new content, the same size and mtime.
+    rewrite_keeping_mtime(&dir.join("sub/a.txt"), b"CONTENT A");
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "changed_same_mtime"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), 9, "{}", stdout(&out));
+    let stored = store.path().join("aged");
+    assert_eq!(fs::read(stored.join("sub/a.txt")).unwrap(), b"CONTENT A");
+    assert_eq!(
+        fs::read(stored.join("sub/a.txt.~1~")).unwrap(),
+        b"content a"
+    );
+
+    // On the server: its record of b.txt no longer matches (ctime).
+    rewrite_keeping_mtime(&stored.join("b.txt"), b"CONTENT B");
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(field(&out, "changed_same_mtime"), 1, "{}", stdout(&out));
+    assert_eq!(field(&out, "held"), 1, "{}", stdout(&out));
+    assert_eq!(fs::read(stored.join("b.txt")).unwrap(), b"content b");
+    assert_eq!(fs::read(stored.join("b.txt.~1~")).unwrap(), b"CONTENT B");
+
+    // Hostile or damaged server records are ignored, never trusted.
+    let sums = store.path().join(".bt-tree-parts/sums");
+    for e in fs::read_dir(&sums).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = fs::read(&p).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        bytes.extend_from_slice(b"\x00\x05../..\xff\xff");
+        fs::write(&p, bytes).unwrap();
+    }
+    let out = send_tree(&srv, &[&dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(field(&out, "held"), 2, "{}", stdout(&out));
+    assert_eq!(field(&out, "bytes_sent"), 0, "{}", stdout(&out));
 }

@@ -14,43 +14,18 @@ use crate::harness::*;
 use crate::tree::{assert_same_tree, make_tree, send_tree};
 
 fn get_cmd(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["get", "--host", "127.0.0.1", "--port", &srv.port()])
-        .args(["--quiet", "--json"])
-        .args(extra)
-        .args(remotes)
-        .env("BIGTRANSFER_KNOWN_HOSTS", fresh_known_hosts());
+    let mut cmd = crate::harness::get_cmd(&srv.port(), &[&["--json"], extra].concat());
+    cmd.args(remotes);
     cmd
 }
 
 pub(crate) fn get(srv: &ServerProc, remotes: &[&str], extra: &[&str]) -> Output {
-    let mut child = get_cmd(srv, remotes, extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start get");
-    let status = wait_child(&mut child, LONG).expect("get hung");
-    let (mut out, mut err) = (String::new(), String::new());
-    use std::io::Read;
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    Output {
-        status,
-        stdout: out.into_bytes(),
-        stderr: err.into_bytes(),
-    }
+    output_within(&mut get_cmd(srv, remotes, extra), LONG, "get")
 }
 
 #[track_caller]
 fn assert_tree_ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "get failed; stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
+    assert_exit(out, 0);
     assert!(
         stdout(out).contains("\"result\": \"TREE_OK\""),
         "{}",

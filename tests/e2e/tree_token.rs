@@ -83,13 +83,7 @@ fn right_wrong_and_missing(server_args: &[&str], encrypted: bool) {
     let srv = ServerProc::start(&store, &args);
 
     let out = send_tree(&srv, &root, &["--token-file", bad.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 6);
     assert!(
         stderr(&out).contains("authentication failed: wrong token"),
         "{}",
@@ -104,13 +98,7 @@ fn right_wrong_and_missing(server_args: &[&str], encrypted: bool) {
     );
 
     let out = send_tree(&srv, &root, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 6);
     assert!(
         stderr(&out).contains("the server requires a token"),
         "{}",
@@ -119,13 +107,7 @@ fn right_wrong_and_missing(server_args: &[&str], encrypted: bool) {
     assert_nothing_stored(&store);
 
     let out = send_tree(&srv, &root, &["--token-file", good.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let enc = format!("\"encrypted\": {encrypted}");
     assert!(stdout(&out).contains(&enc), "{}", stdout(&out));
     assert_eq!(field(&out, "stored"), 2);

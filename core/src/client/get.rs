@@ -3,7 +3,8 @@
 //! mtime, block CRC-32s); the client keeps its partial download beside the
 //! target as `.NAME.bigtransfer-part` with the reference in
 //! `.NAME.bigtransfer-get`, asks for the blocks it does not hold, checks
-//! each against the reference as it arrives, asks again for damaged ones,
+//! each against the reference as it arrives (on a helper thread, while
+//! the next one is received: `writer`), asks again for damaged ones,
 //! and only then syncs and renames the part into place. A partial download
 //! is resumed only against the same reference: a file changed on the
 //! server is started over, never appended to. Wire: [`crate::getwire`].
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 mod frames;
 mod streams;
+mod writer;
 
 use super::{peer, secure, shell, Control, Next, Progress, SendOptions, Tally, Upload};
 use crate::getwire::{self, Reference, TAG_REFERENCE};
@@ -536,12 +538,35 @@ fn answer(
 }
 
 /// Asks for the missing blocks, round after round, until all are held;
-/// then says so (an empty want) so the server ends.
+/// then says so (an empty want) so the server ends. Blocks are checked
+/// and written on a helper thread ([`writer`]) while the next arrives;
+/// whatever it wrote is held even when the connection breaks meanwhile.
 fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Result<()> {
-    let mut buf =
-        crate::sys::PageBuf::new(local.reference.as_ref().map_or(0, |r| r.block) as usize);
+    let (Some(part), Some(r)) = (local.part.as_ref(), local.reference.as_ref()) else {
+        return Err(Error::new(ErrorKind::Protocol, "no reference"));
+    };
+    let mut w = writer::Writer::start(part, r.block)
+        .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
+    let got = rounds_with(up, stream, local, &mut w);
+    let wrote = w.finish(&mut |l| land(up, local, l));
+    match (got, wrote) {
+        // The disk's failure says more than the connection's that followed.
+        (_, Err(e)) if e.kind() == ErrorKind::Storage => Err(e),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+fn rounds_with(
+    up: &mut Upload,
+    stream: &mut dyn Transport,
+    local: &mut Local,
+    w: &mut writer::Writer,
+) -> Result<()> {
     let paced = (Instant::now(), wire_bytes(&up.t));
     for round in 0..=super::MAX_REPAIR_ROUNDS {
+        // What the last round brought is settled before asking again.
+        w.drain(&mut |l| land(up, local, l))?;
         let want = local.missing();
         stream
             .write_all(&getwire::encode_want(&want))
@@ -554,10 +579,11 @@ fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Res
             local.repaired += want.len() as u64;
         }
         for i in want {
-            receive_block(up, stream, local, i, &mut buf)?;
+            receive_block(up, stream, local, i, w)?;
             pace(up, paced);
         }
     }
+    w.drain(&mut |l| land(up, local, l))?;
     let last = local.damage.as_deref().unwrap_or("no reason known");
     Err(Error::new(
         ErrorKind::CrcMismatch,
@@ -579,39 +605,68 @@ fn pace(up: &Upload, from: (Instant, u64)) {
 }
 
 /// Reads the data frame of block `i` (raw, or compressed when that was
-/// agreed), checks it, writes it to the part; a damaged one is left
-/// missing, for the next round.
+/// agreed) into a buffer of the writer's and hands it over to be checked
+/// and written; a damaged one is left missing, for the next round.
 fn receive_block(
     up: &mut Upload,
     stream: &mut dyn Transport,
     local: &mut Local,
     i: u64,
-    buf: &mut [u8],
+    w: &mut writer::Writer,
 ) -> Result<()> {
+    let mut buf = w.buffer(&mut |l| land(up, local, l))?;
     let Some(r) = &local.reference else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
     let (off, len) = r.range(i);
-    let a = match frames::read_block(stream, r, i, buf, up.t.packed.agreed)? {
-        frames::Frame::Block(a) => a,
-        frames::Frame::Other(head) => return Err(fault_instead(stream, head)),
+    let frame = match frames::read_unchecked(stream, r, i, &mut buf, up.t.packed.agreed)? {
+        frames::Raw::Block(u) => u,
+        frames::Raw::Other(head) => {
+            w.give_back(buf);
+            return Err(fault_instead(stream, head));
+        }
     };
     up.t.sent += len;
-    if a.packed {
+    if frame.packed {
         up.t.packed.blocks += 1;
         up.t.packed.raw_bytes += len;
-        up.t.packed.wire_bytes += a.wire;
+        up.t.packed.wire_bytes += frame.wire;
     }
-    if let Err(why) = a.verdict {
-        local.damage = Some(why);
-        return Ok(()); // Asked for again next round.
+    let expect = r.crcs[i as usize];
+    w.submit(writer::Job {
+        i,
+        off,
+        len,
+        expect,
+        frame,
+        buf,
+    })?;
+    w.poll(&mut |l| land(up, local, l))
+}
+
+/// A block back from the writer: held (progress is reported), damaged
+/// (asked for again), or a failed write (the download ends; what was
+/// written is kept for a resume).
+fn land(up: &mut Upload, local: &mut Local, (i, outcome): writer::Landed) -> Result<()> {
+    match outcome {
+        writer::Outcome::Held => local.held[i as usize] = true,
+        writer::Outcome::Damaged(why) => {
+            local.damage = Some(why);
+            return Ok(());
+        }
+        writer::Outcome::Failed(e) => {
+            return Err(local_err(
+                format!(
+                    "cannot write {}; the partial download is kept for a resume",
+                    local.part_path.display()
+                ),
+                e,
+            ))
+        }
+        writer::Outcome::Skipped => return Ok(()),
     }
-    if let Some(p) = &local.part {
-        p.write_all_at(&buf[..len as usize], off)
-            .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
-    }
-    local.held[i as usize] = true;
-    let (done, total) = (local.held_bytes(), r.size);
+    let total = local.reference.as_ref().map_or(0, |r| r.size);
+    let done = local.held_bytes();
     if (up.progress)(&Progress::Sending { done, total }) == Control::Cancel {
         return Err(cancelled());
     }
@@ -658,6 +713,71 @@ mod tests {
         bytes[12] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(read_record(&path), None);
+    }
+
+    /// A write of the partial download that fails (a full or failing
+    /// disk; here a part open for reading only) ends the download with a
+    /// local-disk error in words, nothing counted as held, and the part
+    /// and its record kept for a resume.
+    #[test]
+    fn a_failed_write_is_a_storage_error_and_the_part_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        const BLOCK: u64 = 1 << 16;
+        let data: Vec<u8> = (0..3 * BLOCK).map(|x| (x % 253) as u8).collect();
+        let r = Reference {
+            size: data.len() as u64,
+            block: BLOCK,
+            mtime_ns: 3,
+            crcs: data.chunks(BLOCK as usize).map(crc32fast::hash).collect(),
+        };
+        let mut local = Local::new(&dest, false).unwrap();
+        local.adopt(r.clone()).unwrap();
+        local.part = Some(File::open(&local.part_path).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut want = [0u8; 5 + 4 + 16];
+            io::Read::read_exact(&mut s, &mut want).unwrap();
+            for (i, b) in data.chunks(BLOCK as usize).enumerate() {
+                let off = i as u64 * BLOCK;
+                // The client may stop reading once the disk failed.
+                let _ = s.write_all(&getwire::encode_data_head(off, BLOCK as u32));
+                let _ = s.write_all(b);
+                let _ = s.write_all(&crc32fast::hash(b).to_be_bytes());
+            }
+            want
+        });
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut t = crate::transport::TcpTransport::new(sock).unwrap();
+        let opts = SendOptions::new("127.0.0.1", addr.port());
+        let mut progress = |_: &Progress| Control::Continue;
+        let mut up = Upload::new(
+            &dest,
+            "out.bin".into(),
+            &opts,
+            &mut progress,
+            Instant::now(),
+        );
+        let e = rounds(&mut up, &mut t, &mut local).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Storage, "{e}");
+        let words = e.to_string();
+        assert!(
+            words.starts_with(&format!("cannot write {}", local.part_path.display()))
+                && words.contains("the partial download is kept for a resume"),
+            "{words}"
+        );
+        assert_eq!(local.held, vec![false; 3]);
+        drop(t);
+        let want = server.join().unwrap();
+        assert_eq!(&want[..], &getwire::encode_want(&[0, 1, 2])[..]);
+        assert!(local.part_path.exists() && local.record_path.exists());
+        assert!(!dest.exists());
+        assert_eq!(read_record(&local.record_path), Some(r));
     }
 
     #[test]

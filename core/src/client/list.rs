@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::{peer, secure, shell, Control, Progress, SendOptions, Upload};
-use crate::listing::{encode_list_request, ListEntry};
+use crate::listing::{encode_list_request_with, ListEntry};
 use crate::transport::Transport;
 use crate::v2::{self, Offer, ServerMsg};
 use crate::{Error, ErrorKind, Result};
@@ -33,6 +33,14 @@ pub struct Listing {
 /// token, or the server refused), [`ErrorKind::Protocol`] (a server too
 /// old to list), [`ErrorKind::ConnectionLost`].
 pub fn list_remote(opts: &SendOptions, name: Option<&str>) -> Result<Listing> {
+    list_remote_with(opts, name, false)
+}
+
+/// [`list_remote`], and with `dirs` the server is also asked for its
+/// directories ([`crate::listing::EntryKind::Dir`]) and the summary of
+/// the tree uploads in progress ([`crate::listing::EntryKind::TreeParts`]);
+/// a server too old to know them ignores the request and sends none.
+pub fn list_remote_with(opts: &SendOptions, name: Option<&str>, dirs: bool) -> Result<Listing> {
     let mut quiet = |_: &Progress| Control::Continue;
     let mut up = Upload::new(
         Path::new(""),
@@ -57,7 +65,7 @@ pub fn list_remote(opts: &SendOptions, name: Option<&str>) -> Result<Listing> {
         rev: v2::REV_KEEP,
         source: None,
     };
-    let frame = encode_list_request(name, offer);
+    let frame = encode_list_request_with(name, dirs, offer);
     stream.write_all(&frame).map_err(lost)?;
     greeting(stream.as_mut())?;
     let entries = pages(stream.as_mut(), opts, &frame[4..])?;

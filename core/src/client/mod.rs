@@ -20,13 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod list;
-pub use list::{list_remote, Listing};
+pub use list::{list_remote, list_remote_with, Listing};
 mod get;
+mod pack;
 mod peer;
 mod secure;
 mod shell;
 mod streams;
 pub mod tree;
+mod tree_sums;
 mod tree_token;
 
 pub use streams::Streams;

@@ -18,9 +18,10 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use super::pack::Packing;
 use super::peer::{self, lost, Reply};
 use super::{Control, Progress, Source, Upload, MAX_REPAIR_ROUNDS, SEND_CHUNK};
-use crate::compress::{BlockCompressor, Compress};
+use crate::compress::Compress;
 use crate::machine::{Packed, SendAction, SendEvent, Sender, SenderConfig};
 use crate::sys::PageBuf;
 use crate::transport::Transport;
@@ -55,8 +56,8 @@ struct Shell<'u, 'a> {
     connected: bool,
     done: u64,
     since_save: u32,
-    /// The zstd compressor and its level, made on the first packed block.
-    zstd: Option<(i32, BlockCompressor)>,
+    /// The zstd compressor and the buffers kept across packed blocks.
+    packing: Packing,
 }
 
 /// Writes of at least this many bytes are timed for the `auto`
@@ -106,7 +107,7 @@ pub(super) fn attempt(up: &mut Upload, src: &mut Source) -> Result<Reply> {
         connected: false,
         done: 0,
         since_save: 0,
-        zstd: None,
+        packing: Packing::default(),
     };
     let res = sh.run();
     sh.settle();
@@ -348,6 +349,7 @@ impl Shell<'_, '_> {
             SendAction::PackBlock {
                 offset, len, level, ..
             } => self.pack_block(offset, len, level).map(Some),
+            SendAction::SendPacked { len, .. } => self.send_packed(len),
             SendAction::SendBytes { from } => self.send_bytes(from),
             SendAction::Recheck => self.recheck().map(Some),
             SendAction::SendParallel {
@@ -360,7 +362,7 @@ impl Shell<'_, '_> {
     /// After a block went out: progress, cancellation, pacing, and now and
     /// then the CRC-32s learnt saved to the cache.
     fn after(&mut self, a: &SendAction) -> Result<()> {
-        let (SendAction::SendBlock { len, .. } | SendAction::PackBlock { len, .. }) = *a else {
+        let (SendAction::SendBlock { len, .. } | SendAction::SendPacked { len, .. }) = *a else {
             return Ok(());
         };
         // Repaired blocks were counted once already.
@@ -477,7 +479,7 @@ impl Shell<'_, '_> {
         // The parallel send's packer starts its own zstd stream on this
         // connection (a reset chunk): blocks packed here afterwards (a
         // repair round) start another.
-        self.zstd = None;
+        self.packing.forget();
         let r = super::streams::run(
             self.stream.as_mut(),
             &self.src.file,
@@ -547,46 +549,60 @@ impl Shell<'_, '_> {
         })
     }
 
-    /// Reads one block into memory and packs it at zstd `level`, timing
-    /// the packing for the `auto` policy; the machine frames and sends it.
+    /// Reads one block a chunk at a time and packs it at zstd `level`,
+    /// keeping only its zstd frames, timing the packing for the `auto`
+    /// policy; the machine then sends its head and asks for the payload
+    /// ([`Shell::send_packed`]), or asks for the block raw when it did
+    /// not pay.
     fn pack_block(&mut self, offset: u64, len: u64, level: i32) -> Result<SendEvent> {
         let kept = self.tx.kept().unwrap_or(0);
         self.connected(kept)?;
         self.first_byte();
-        let mut raw = vec![0u8; len as usize];
-        match self.src.file.read_exact_at(&mut raw, offset) {
-            Ok(()) => {}
+        // Under the stream codec the connection keeps one zstd stream; a
+        // new level starts a new frame (a new compressor's first chunk).
+        self.packing.ready(level, self.tx.pack_stats().streaming)?;
+        let r = self
+            .packing
+            .pack(&self.src.file, offset, len, &mut self.buf);
+        let wire = match r {
+            Ok(packed) => packed.map(|(_, wire)| wire),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.shorter(offset)),
             Err(e) => {
                 let what = format!("cannot read the source at byte {offset}");
                 return Err(source_err(what, e));
             }
-        }
-        let crc = crc32fast::hash(&raw);
-        let started = Instant::now();
-        let packed = self.compressor(level)?.pack(&raw);
-        let took = started.elapsed();
-        self.up.t.sent += len;
-        self.up.t.read += len;
-        Ok(SendEvent::Packed(Ok(Packed {
-            crc,
-            raw,
-            packed,
-            took,
-        })))
+        };
+        let took = self.packing.took();
+        Ok(SendEvent::Packed(Ok(Packed { wire, took })))
     }
 
-    fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor> {
-        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            // Under the stream codec a new level starts a new zstd frame
-            // (a new compressor's first chunk says so).
-            let streaming = self.tx.pack_stats().streaming;
-            self.zstd = Some((level, BlockCompressor::for_codec(level, streaming)?));
+    /// Writes the payload of the block just packed (its head is on the
+    /// wire) and answers its CRC-32.
+    fn send_packed(&mut self, len: u64) -> Result<Option<SendEvent>> {
+        let started = Instant::now();
+        let (stream, file) = (&mut self.stream, &self.src.file);
+        let crc = match self
+            .packing
+            .write_payload(stream.as_mut(), file, &mut self.buf)
+        {
+            Ok(crc) => crc,
+            Err(SendError::Socket(e)) => {
+                self.on_cut(e);
+                return Ok(None);
+            }
+            Err(SendError::Source(e)) => {
+                let at = self.packing.offset();
+                let what = format!("cannot read the source again in the block at byte {at}");
+                return Err(source_err(what, e));
+            }
+        };
+        let wire = self.packing.wire() as usize;
+        if wire >= TIMED_WRITE {
+            self.sent(wire, started.elapsed());
         }
-        match &mut self.zstd {
-            Some((_, c)) => Ok(c),
-            None => Err(Error::new(ErrorKind::Protocol, "internal: no compressor")),
-        }
+        self.up.t.sent += len;
+        self.up.t.read += len;
+        Ok(Some(SendEvent::BlockSent(Ok(crc))))
     }
 
     /// Version 1: streams the source from `from` to its end.

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::pack::Packing;
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
-use crate::compress::{AutoCompressor, AutoConfig, BlockCompressor, Compress, STREAM_CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, Compress, STREAM_CODEC};
 use crate::machine::ServerDecoder;
 use crate::proto::Header;
 use crate::session::{Ticket, MAX_STREAMS};
@@ -562,10 +563,12 @@ fn send_one(
     let (offset, len) = v2::block_range(d.filesize, d.block, idx);
     let started = Instant::now();
     if let Some(level) = packer.level() {
-        let crc = packer.send(s, file, work, offset, len, level)?;
-        work.done(idx, crc, started.elapsed(), len);
-        work.pace();
-        return Ok(());
+        // A block that did not pay goes raw below, read again.
+        if let Some(crc) = packer.send(s, file, work, (offset, len), level, buf)? {
+            work.done(idx, crc, started.elapsed(), len);
+            work.pace();
+            return Ok(());
+        }
     }
     s.write_all(&v2::encode_data_head(offset, len as u32))
         .map_err(SendError::Socket)?;
@@ -740,7 +743,8 @@ fn answer(
 struct Packer {
     mode: Compress,
     auto: AutoCompressor,
-    zstd: Option<(i32, BlockCompressor)>,
+    /// The compressor and the buffers kept across this stream's blocks.
+    packing: Packing,
     /// One zstd stream for the connection ([`STREAM_CODEC`]).
     streaming: bool,
 }
@@ -750,7 +754,7 @@ impl Packer {
         Packer {
             mode,
             auto: AutoCompressor::new(AutoConfig::default()),
-            zstd: None,
+            packing: Packing::default(),
             streaming,
         }
     }
@@ -771,66 +775,43 @@ impl Packer {
         }
     }
 
-    /// Reads, packs and sends one block (`Z` frame, or `D` when packing
-    /// did not pay); its CRC-32.
+    /// Reads, packs and sends the block at `offset` of `len` bytes as a
+    /// `Z` frame through `buf` (the stream's read buffer): its CRC-32, or
+    /// `None` (nothing sent) when packing did not pay.
     fn send(
         &mut self,
         s: &mut dyn Transport,
         file: &File,
         work: &Work,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
         level: i32,
-    ) -> Result<u32, SendError> {
-        use std::os::unix::fs::FileExt;
-        let mut raw = vec![0u8; len as usize];
-        file.read_exact_at(&mut raw, offset)
+        buf: &mut [u8],
+    ) -> Result<Option<u32>, SendError> {
+        let setup = |e: crate::Error| SendError::Source(std::io::Error::other(e.to_string()));
+        self.packing.ready(level, self.streaming).map_err(setup)?;
+        let packed = self
+            .packing
+            .pack(file, offset, len, buf)
             .map_err(SendError::Source)?;
-        let crc = crc32fast::hash(&raw);
-        let packed_at = Instant::now();
-        let packed = self.compressor(level)?.pack(&raw);
-        let took = packed_at.elapsed();
+        let wire = packed.map(|(_, w)| w);
         if self.mode == Compress::Auto {
+            let took = self.packing.took();
             self.auto
-                .record_compression(raw.len(), packed.as_ref().map(Vec::len), took);
+                .record_compression(len as usize, wire.map(|w| w as usize), took);
         }
-        let started = Instant::now();
-        let wire = match &packed {
-            Some(w) if (w.len() as u64) < len => {
-                let head = v2::encode_packed_head(offset, len as u32, w.len() as u32);
-                s.write_all(&head).map_err(SendError::Socket)?;
-                s.write_all(w).map_err(SendError::Socket)?;
-                w.len()
-            }
-            _ => {
-                s.write_all(&v2::encode_data_head(offset, len as u32))
-                    .map_err(SendError::Socket)?;
-                s.write_all(&raw).map_err(SendError::Socket)?;
-                raw.len()
-            }
+        let Some(wire) = wire.filter(|&w| w < len) else {
+            return Ok(None);
         };
+        let started = Instant::now();
+        let head = v2::encode_packed_head(offset, len as u32, wire as u32);
+        s.write_all(&head).map_err(SendError::Socket)?;
+        let crc = self.packing.write_payload(s, file, buf)?;
         s.write_all(&crc.to_be_bytes()).map_err(SendError::Socket)?;
-        // Counted once the whole frame is out, as the block's bytes are
-        // (`Work::done`): a frame cut before its trailer counts neither.
-        if wire < raw.len() {
-            work.packed[0].fetch_add(1, Ordering::Relaxed);
-            work.packed[1].fetch_add(len, Ordering::Relaxed);
-            work.packed[2].fetch_add(wire as u64, Ordering::Relaxed);
-        }
-        self.sent(wire, started.elapsed());
-        Ok(crc)
-    }
-
-    fn compressor(&mut self, level: i32) -> Result<&mut BlockCompressor, SendError> {
-        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            let c = BlockCompressor::for_codec(level, self.streaming)
-                .map_err(|e| SendError::Source(std::io::Error::other(e.to_string())))?;
-            self.zstd = Some((level, c));
-        }
-        match self.zstd.as_mut() {
-            Some((_, c)) => Ok(c),
-            None => Err(SendError::Source(std::io::Error::other("no compressor"))),
-        }
+        work.packed[0].fetch_add(1, Ordering::Relaxed);
+        work.packed[1].fetch_add(len, Ordering::Relaxed);
+        work.packed[2].fetch_add(wire, Ordering::Relaxed);
+        self.sent(wire as usize, started.elapsed());
+        Ok(Some(crc))
     }
 }
 

@@ -208,12 +208,17 @@ struct Run<'p, 'r> {
     /// The client's checksum cache: the whole CRC-32 of large files sent
     /// or checked, so a re-send does not read them again.
     cache: Option<SumCache>,
+    /// Per-directory CRC-32 records (in the same cache directory): what
+    /// makes a re-send open no unchanged file.
+    sums: Option<super::tree_sums::LocalSums>,
 }
 
 /// A file of the page being sent, with where it is.
 struct PageFile {
     entry: Entry,
     source: PathBuf,
+    /// What the walk's `lstat` saw (the records' key).
+    stamp: SourceStamp,
 }
 
 impl<'p, 'r> Run<'p, 'r> {
@@ -224,6 +229,7 @@ impl<'p, 'r> Run<'p, 'r> {
             limit_rate,
             token: None,
             cache: None,
+            sums: None,
             progress,
             out: TreeOutcome::default(),
             sent,
@@ -242,9 +248,19 @@ impl<'p, 'r> Run<'p, 'r> {
     }
 
     fn attempt(&mut self, up: &mut Upload, paths: &[PathBuf], attempt: u32) -> Result<()> {
-        let mut stream = open(up)?;
         self.token = up.opts.token.clone();
         self.cache = up.opts.cache_dir.as_ref().map(SumCache::new);
+        self.sums = self.cache.clone().map(super::tree_sums::LocalSums::new);
+        let res = self.pages(up, paths, attempt);
+        if let Some(sums) = self.sums.as_mut() {
+            sums.flush();
+        }
+        res
+    }
+
+    /// The attempt's pages, then its end.
+    fn pages(&mut self, up: &mut Upload, paths: &[PathBuf], attempt: u32) -> Result<()> {
+        let mut stream = open(up)?;
         let encrypted = stream.is_encrypted();
         self.out.encrypted = encrypted;
         self.ask(&TreeProgress::Connected { attempt, encrypted })?;
@@ -258,12 +274,7 @@ impl<'p, 'r> Run<'p, 'r> {
             }
             self.frame(stream.as_mut(), wire::PAGE, &page.finish())?;
             self.flush(stream.as_mut())?;
-            // A re-send (the last page was mostly checks): this page's
-            // small files are hashed while the server hashes its own.
-            let early = match checks_expected {
-                true => files.iter().map(early_crc).collect(),
-                false => vec![None; files.len()],
-            };
+            let early = self.early_crcs(&files, checks_expected);
             let state = self.await_state(stream.as_mut(), files.len())?;
             let checks = state.iter().filter(|s| s.0 == wire::CHECK_CRC).count();
             checks_expected = checks * 2 > state.len();
@@ -298,9 +309,17 @@ impl<'p, 'r> Run<'p, 'r> {
                         reason: &reason,
                     })?;
                 }
-                Walked::Entry { entry, source } => {
+                Walked::Entry {
+                    entry,
+                    source,
+                    stamp,
+                } => {
                     if !page.try_push(&entry) {
-                        *carry = Some(Walked::Entry { entry, source });
+                        *carry = Some(Walked::Entry {
+                            entry,
+                            source,
+                            stamp,
+                        });
                         break;
                     }
                     self.entries += 1;
@@ -308,7 +327,11 @@ impl<'p, 'r> Run<'p, 'r> {
                         EntryKind::File { size, .. } => {
                             self.out.files += 1;
                             self.out.bytes += size;
-                            files.push(PageFile { entry, source });
+                            files.push(PageFile {
+                                entry,
+                                source,
+                                stamp,
+                            });
                         }
                         EntryKind::Dir { .. } => self.out.dirs += 1,
                         EntryKind::Symlink { .. } => self.out.symlinks += 1,
@@ -389,12 +412,36 @@ impl<'p, 'r> Run<'p, 'r> {
         self.ask(&p)
     }
 
-    /// The whole CRC-32 of `f`: hashed early, cached, or read now.
-    fn crc_of(&self, f: &PageFile, early: Option<&Option<u32>>) -> Result<u32> {
-        match early.copied().flatten() {
-            Some(crc) => Ok(crc),
-            None => local_crc(f, self.cache.as_ref()),
+    /// The CRC-32s of the page's files known before the server's state
+    /// comes: from the records (no file opened), and on a re-send (the
+    /// last page was mostly checks) the small files' others hashed while
+    /// the server looks at its own.
+    fn early_crcs(&mut self, files: &[PageFile], re_send: bool) -> Vec<Option<u32>> {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let sums = self.sums.as_mut();
+            let mut crc = sums.and_then(|s| s.get(&f.source, &f.stamp));
+            if crc.is_none() && re_send {
+                crc = early_crc(f);
+                if let (Some(c), Some(s)) = (crc, self.sums.as_mut()) {
+                    s.put(&f.source, f.stamp, c);
+                }
+            }
+            out.push(crc);
         }
+        out
+    }
+
+    /// The whole CRC-32 of `f`: known early, cached, or read now.
+    fn crc_of(&mut self, f: &PageFile, early: Option<&Option<u32>>) -> Result<u32> {
+        if let Some(crc) = early.copied().flatten() {
+            return Ok(crc);
+        }
+        let crc = local_crc(f, self.cache.as_ref())?;
+        if let Some(s) = self.sums.as_mut() {
+            s.put(&f.source, f.stamp, crc);
+        }
+        Ok(crc)
     }
 
     /// One file from `offset`: its data (holes as hole frames), then the
@@ -458,6 +505,9 @@ impl<'p, 'r> Run<'p, 'r> {
         let whole = h.finalize();
         if let Some(stamp) = stamp.filter(|s| s.size == len) {
             remember(self.cache.as_ref(), &f.source, stamp, whole);
+            if let Some(s) = self.sums.as_mut() {
+                s.put(&f.source, stamp, whole);
+            }
         }
         self.frame(stream, wire::CHECK, &whole.to_be_bytes())?;
         Ok(())

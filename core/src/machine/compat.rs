@@ -42,7 +42,7 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
         .unwrap();
     let (mut buf, mut have) = (vec![0u8; 1 << 16], 0..0);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut zstd = None;
+    let (mut zstd, mut packed) = (None, None);
     while tx.outcome().is_none() {
         assert!(Instant::now() < deadline, "stuck in {}", tx.state_name());
         let now = Instant::now();
@@ -77,8 +77,17 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                 } => {
                     let raw = &src[offset as usize..(offset + len) as usize];
                     let streaming = tx.pack_stats().streaming;
-                    super::pair::packed_on(&mut zstd, streaming, raw, level)
+                    let (ev, p) = super::pair::packed_on(&mut zstd, streaming, raw, level);
+                    packed = p;
+                    ev
                 }
+                SendAction::SendPacked { .. } => match packed.take() {
+                    Some((payload, crc)) => {
+                        let _ = stream.write_all(&payload);
+                        SendEvent::BlockSent(Ok(crc))
+                    }
+                    None => SendEvent::BlockSent(Err("no packed block".into())),
+                },
             };
             tx.handle_event(now, ev);
             continue;

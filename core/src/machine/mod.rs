@@ -75,8 +75,9 @@
 //! [`SenderConfig::compress`] is off; a `Z` codec frame from the server
 //! before `H` agrees): in SendBlocks a block the policy wants compressed is
 //! [`SendAction::PackBlock`] instead of `SendBlock` (the shell reads, packs
-//! and times it; the machine sends a `Z` frame, or a `D` frame with the raw
-//! bytes when packing did not pay). [`Sender::handle_sent`] passes the
+//! and times it; the machine sends a `Z` frame's head and asks for its
+//! payload with [`SendAction::SendPacked`], or a `D` frame's head and a
+//! `SendBlock` when packing did not pay). [`Sender::handle_sent`] passes the
 //! shell's timing of its writes in, so the `auto` policy sees the link
 //! without a clock. The Receiver's intake unpacks `Z` frames one 1 MiB
 //! chunk at a time ([`WriteAt`] then owns the decompressed bytes) and
@@ -565,6 +566,9 @@ pub enum Action {
         name: Option<String>,
         /// Whether this is the first page (start from the beginning).
         first: bool,
+        /// Whether the client asked for directory entries and the tree
+        /// parts summary (`"bt"."dirs"`): an older client refuses them.
+        dirs: bool,
     },
 }
 

@@ -46,32 +46,32 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
     }
 }
 
-/// The shell's answer to a [`SendAction::PackBlock`] of `raw`.
-pub(super) fn packed_event(raw: &[u8], level: i32) -> SendEvent {
+/// The shell's answer to a [`SendAction::PackBlock`] of `raw`, and the
+/// payload and CRC-32 to write at the [`SendAction::SendPacked`] that
+/// follows when it paid.
+pub(super) fn packed_event(raw: &[u8], level: i32) -> (SendEvent, Option<(Vec<u8>, u32)>) {
     packed_on(&mut None, false, raw, level)
 }
 
-/// The shell's answer to a [`SendAction::PackBlock`] of `raw` on a
-/// connection whose compressor is `zstd` (kept, as the shell keeps it: one
-/// zstd stream per connection when `streaming`).
+/// [`packed_event`] on a connection whose compressor is `zstd` (kept, as
+/// the shell keeps it: one zstd stream per connection when `streaming`).
 pub(super) fn packed_on(
     zstd: &mut Option<(i32, crate::compress::BlockCompressor)>,
     streaming: bool,
     raw: &[u8],
     level: i32,
-) -> SendEvent {
+) -> (SendEvent, Option<(Vec<u8>, u32)>) {
     if zstd.as_ref().is_none_or(|(l, _)| *l != level) {
         *zstd = crate::compress::BlockCompressor::for_codec(level, streaming)
             .ok()
             .map(|c| (level, c));
     }
     let packed = zstd.as_mut().and_then(|(_, c)| c.pack(raw));
-    SendEvent::Packed(Ok(Packed {
-        crc: crc32fast::hash(raw),
-        raw: raw.to_vec(),
-        packed,
+    let ev = SendEvent::Packed(Ok(Packed {
+        wire: packed.as_ref().map(|p| p.len() as u64),
         took: Duration::from_millis(1),
-    }))
+    }));
+    (ev, packed.map(|p| (p, crc32fast::hash(raw))))
 }
 
 fn legacy_cfg(src: &[u8]) -> SenderConfig {
@@ -112,6 +112,8 @@ struct Pair {
     /// Stream lengths after each append (frame boundaries).
     c2s_marks: Vec<usize>,
     s2c_marks: Vec<usize>,
+    /// The payload and CRC-32 of the block last packed, until sent.
+    packed: Option<(Vec<u8>, u32)>,
     payload_sent: u64,
     hashed: u64,
     dead: bool,
@@ -150,6 +152,7 @@ impl Pair {
             tx_seen: BTreeSet::new(),
             c2s_marks: Vec::new(),
             s2c_marks: Vec::new(),
+            packed: None,
             payload_sent: 0,
             hashed: 0,
             dead: false,
@@ -210,11 +213,21 @@ impl Pair {
             SendAction::PackBlock {
                 offset, len, level, ..
             } => {
-                self.payload_sent += len;
                 let raw = &self.src[offset as usize..(offset + len) as usize];
                 let streaming = self.tx.pack_stats().streaming;
-                packed_on(&mut self.zstd, streaming, raw, level)
+                let (ev, payload) = packed_on(&mut self.zstd, streaming, raw, level);
+                self.packed = payload;
+                ev
             }
+            SendAction::SendPacked { len, .. } => match self.packed.take() {
+                Some((payload, crc)) => {
+                    self.c2s.extend_from_slice(&payload);
+                    self.payload_sent += len;
+                    self.c2s_marks.push(self.c2s.len());
+                    SendEvent::BlockSent(Ok(crc))
+                }
+                None => SendEvent::BlockSent(Err("no packed block".into())),
+            },
         }
     }
 
@@ -1475,7 +1488,8 @@ proptest::proptest! {
                     SendAction::SendBlock { .. } => SendEvent::BlockSent(Ok(7)),
                     SendAction::SendBytes { .. } => SendEvent::BytesSent(Ok(())),
                     SendAction::Recheck => SendEvent::Rechecked(Ok(())),
-                    SendAction::PackBlock { .. } => packed_event(&[7; 100], 1),
+                    SendAction::PackBlock { .. } => packed_event(&[7; 100], 1).0,
+                    SendAction::SendPacked { .. } => SendEvent::BlockSent(Ok(7)),
                     SendAction::SendParallel { .. } => SendEvent::ParallelSent(Ok(Vec::new())),
                 };
                 tx.handle_event(now, ev);

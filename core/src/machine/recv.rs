@@ -199,6 +199,8 @@ pub struct Receiver {
     stored: StoredAs,
     /// A list request: the name asked about (`None` inside: everything).
     list: Option<Option<String>>,
+    /// Whether the list request asked for directory entries.
+    list_dirs: bool,
 }
 
 /// The revision a header that did not parse says it reads, so that its
@@ -297,6 +299,7 @@ impl Receiver {
             ticket: None,
             stored: StoredAs::New,
             list: None,
+            list_dirs: false,
         }
     }
 
@@ -771,6 +774,7 @@ impl Receiver {
             return self.fail(now, internal("the list label is not a valid name"));
         };
         self.list = Some(asked);
+        self.list_dirs = crate::listing::requested_dirs(&json);
         self.req = Some(Request {
             json,
             header,
@@ -791,7 +795,11 @@ impl Receiver {
 
     fn begin_list(&mut self) {
         let name = self.list.clone().flatten();
-        self.pending = Some(Action::ListPage { name, first: true });
+        self.pending = Some(Action::ListPage {
+            name,
+            first: true,
+            dirs: self.list_dirs,
+        });
         self.state = State::Listing;
     }
 
@@ -815,7 +823,11 @@ impl Receiver {
         } else {
             self.out.push_back(frame);
             let name = self.list.clone().flatten();
-            self.pending = Some(Action::ListPage { name, first: false });
+            self.pending = Some(Action::ListPage {
+                name,
+                first: false,
+                dirs: self.list_dirs,
+            });
         }
     }
 
@@ -1366,6 +1378,24 @@ mod list_tests {
             mtime: 2,
             crc32: Some(3),
             held: 1,
+            files: None,
+        }
+    }
+
+    #[test]
+    fn only_a_list_request_with_dirs_asks_the_shell_for_directories() {
+        let now = Instant::now();
+        for (dirs, name) in [(true, None), (false, None), (true, Some("t"))] {
+            let mut rx = Receiver::new(ReceiverConfig::default(), [0; NONCE_LEN], now);
+            let req = crate::listing::encode_list_request_with(name, dirs, offer());
+            feed(&mut rx, now, &req);
+            let a = rx.poll_action();
+            let want = Action::ListPage {
+                name: name.map(str::to_string),
+                first: true,
+                dirs,
+            };
+            assert_eq!(a, Some(want));
         }
     }
 
@@ -1381,10 +1411,14 @@ mod list_tests {
                 out.extend(b);
             }
             let Some(a) = rx.poll_action() else { break };
-            let Action::ListPage { name, first } = a else {
+            let Action::ListPage { name, first, dirs } = a else {
                 panic!("{a:?}")
             };
-            assert_eq!((name.as_deref(), first), (Some("x.bin"), pages == 0));
+            // An old-style request (no "dirs") is never sent directories.
+            assert_eq!(
+                (name.as_deref(), first, dirs),
+                (Some("x.bin"), pages == 0, false)
+            );
             pages += 1;
             let page = (vec![entry(&format!("x.bin.~{pages}~"))], pages == 3);
             rx.handle_event(now, Event::Listed(Ok(page)));

@@ -84,6 +84,15 @@ pub enum SendAction {
         /// Bytes.
         len: u64,
     },
+    /// Write the payload of the block just packed (its head is on the
+    /// wire) and answer [`SendEvent::BlockSent`] with the CRC-32 of its
+    /// raw bytes.
+    SendPacked {
+        /// Block index.
+        idx: u64,
+        /// Raw bytes (what the block counts for in progress).
+        len: u64,
+    },
     /// Version 1: stream the source from `from` to its end, then answer
     /// [`SendEvent::BytesSent`].
     SendBytes {
@@ -91,10 +100,13 @@ pub enum SendAction {
         from: u64,
     },
     /// Compression was agreed and the policy says try: read block `idx`
-    /// (`offset .. offset + len`) into memory, take its CRC-32, pack it at
-    /// zstd `level` ([`crate::compress::BlockCompressor::pack`]), time
-    /// that, and answer [`SendEvent::Packed`]; the machine then transmits
-    /// the frame (compressed, or raw if it did not pay).
+    /// (`offset .. offset + len`), take its CRC-32, pack it at zstd
+    /// `level` (the payload of [`crate::compress::BlockCompressor::pack`],
+    /// which the shell may make a chunk at a time), time that, and answer
+    /// [`SendEvent::Packed`]. The machine then transmits the compressed
+    /// frame's head and asks for the payload with
+    /// [`SendAction::SendPacked`], or, when packing did not pay, asks for
+    /// the block raw with a [`SendAction::SendBlock`].
     PackBlock {
         /// Block index.
         idx: u64,
@@ -142,14 +154,18 @@ pub enum SendEvent {
 }
 
 /// A block read and (maybe) compressed by the shell.
+///
+/// No bytes are carried: the shell keeps the payload (or what it needs to
+/// make it: a shell may keep only the zstd frames and read stored chunks
+/// again) and writes it at [`SendAction::SendPacked`]; a block that did
+/// not pay goes out as a [`SendAction::SendBlock`], streamed from the
+/// source like any raw block. So no buffer per block passes through the
+/// machine, and a shell's memory need not follow the block size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packed {
-    /// CRC-32 of the raw bytes.
-    pub crc: u32,
-    /// The raw bytes (sent when `packed` is `None`).
-    pub raw: Vec<u8>,
-    /// The packed payload, if it is worth sending.
-    pub packed: Option<Vec<u8>>,
+    /// The packed payload's length, if packing paid (`None`: the machine
+    /// asks for the block raw).
+    pub wire: Option<u64>,
     /// How long packing took (the `auto` policy's CPU measurement).
     pub took: Duration,
 }
@@ -292,7 +308,7 @@ pub struct Sender {
     protocol: u8,
     auto: AutoCompressor,
     /// The block being packed: offset, length and its raw frame head.
-    packing: Option<(u64, u64, [u8; 13])>,
+    packing: Option<(u64, u64, u64, [u8; 13])>,
     pack: PackStats,
     /// Streams asked for (`bt.streams`), and the session granted.
     streams: Option<u32>,
@@ -871,7 +887,7 @@ impl Sender {
                 if let (SendAction::SendBlock { idx, offset, len }, Some(level)) =
                     (&action, self.pack_level())
                 {
-                    self.packing = Some((*offset, *len, head));
+                    self.packing = Some((*idx, *offset, *len, head));
                     self.pending = Some(SendAction::PackBlock {
                         idx: *idx,
                         offset: *offset,
@@ -905,36 +921,32 @@ impl Sender {
         }
     }
 
-    /// A block was packed: its frame (compressed, or raw when that did
-    /// not pay) goes out, then its trailer.
+    /// A block was packed: its head goes out and the shell is asked for
+    /// the payload (the trailer follows its CRC-32); or it did not pay and
+    /// goes raw (its head now, its bytes streamed).
     fn on_packed(&mut self, p: Packed) {
-        let Some((offset, len, head)) = self.packing.take() else {
+        let Some((idx, offset, len, head)) = self.packing.take() else {
             return self.fail_protocol("internal: packed block out of turn");
         };
-        if p.raw.len() as u64 != len {
-            let words = format!("the source ended inside the block at byte {offset}");
-            return self.finish(Outcome::Failed(Failure::Source(words)));
-        }
-        let wire = p.packed.as_ref().map(Vec::len);
         if self.cfg.compress == Compress::Auto {
-            self.auto.record_compression(p.raw.len(), wire, p.took);
+            let wire = p.wire.map(|w| w as usize);
+            self.auto.record_compression(len as usize, wire, p.took);
         }
-        match p.packed {
-            Some(w) if (w.len() as u64) < len => {
+        match p.wire {
+            Some(w) if w < len => {
                 self.out
-                    .push_back(v2::encode_packed_head(offset, len as u32, w.len() as u32).to_vec());
+                    .push_back(v2::encode_packed_head(offset, len as u32, w as u32).to_vec());
                 self.pack.blocks += 1;
                 self.pack.raw_bytes += len;
-                self.pack.wire_bytes += w.len() as u64;
-                self.out.push_back(w);
+                self.pack.wire_bytes += w;
+                self.pending = Some(SendAction::SendPacked { idx, len });
             }
             _ => {
                 self.pack.declined += 1;
                 self.out.push_back(head.to_vec());
-                self.out.push_back(p.raw);
+                self.pending = Some(SendAction::SendBlock { idx, offset, len });
             }
         }
-        self.on_block_sent(p.crc);
     }
 
     fn on_block_sent(&mut self, crc: u32) {

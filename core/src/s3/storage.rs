@@ -175,6 +175,7 @@ pub(super) fn upload_entry(
             mtime: (st.beat / 1000) as i64,
             crc32: None,
             held: blocks.saturating_mul(st.block).min(st.size),
+            files: None,
         }
     }))
 }

@@ -206,7 +206,9 @@ impl Shell<'_> {
                 }
                 Event::Opened(r)
             }
-            Action::ListPage { name, first } => Event::Listed(self.list_page(name, first)),
+            Action::ListPage { name, first, dirs } => {
+                Event::Listed(self.list_page(name, first, dirs))
+            }
             other if self.sink.is_some() => self.apply_joined(&other),
             other => self.apply(&other),
         }

@@ -160,7 +160,7 @@ fn run(
     let file = open(sh, name)?;
     let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
     let (_session, rounds) = begin(sh, name, &reference, plan, input)?;
-    let mut buf = crate::sys::PageBuf::new(reference.block as usize);
+    let mut buf = super::get_pack::FrameBuf::new(reference.block as usize);
     let mut sent = 0u64;
     for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
@@ -407,11 +407,11 @@ fn send_block(
     name: &SafeName,
     r: &Reference,
     i: u64,
-    buf: &mut [u8],
+    buf: &mut super::get_pack::FrameBuf,
     out: &mut Input,
 ) -> Result<u64, Stop> {
     let (off, len) = r.range(i);
-    let b = &mut buf[..len as usize];
+    let b = buf.block_mut(len as usize);
     file.read_exact_at(b, off).map_err(|e| {
         Stop::Fault(Fault::new(
             FaultCode::Changed,
@@ -426,6 +426,7 @@ fn send_block(
             format!("\"{name}\" changed on the server during the download (block {i}); the next attempt starts over with the new version"),
         )));
     }
-    out.pack.send(out.stream.as_mut(), off, b, crc)?;
+    out.pack
+        .send_framed(out.stream.as_mut(), off, buf, len as usize, crc)?;
     Ok(len)
 }

@@ -9,6 +9,12 @@
 //! progress, a page of the store's listing at a time
 //! ([`crate::s3::S3Lister`]).
 //!
+//! To a client that asked for them (`"bt"."dirs"`), the directories of the
+//! storage directory are entries too, each with the files and bytes under
+//! it when a bounded count finds them all, and the parts of tree uploads
+//! in progress are summed up in one entry (they are named by a digest:
+//! their names are not kept anywhere).
+//!
 //! Not for the wire format (see [`crate::listing`]) nor for when pages are
 //! asked for (the machine's).
 
@@ -41,6 +47,10 @@ pub(super) struct Lister {
     /// A directory of the storage directory walked whole (`list DIR`), and
     /// the path above it that its entries' names are prefixed with.
     tree: Option<(Walker, String)>,
+    /// Whether directories and the tree parts summary are listed.
+    dirs: bool,
+    /// Entries the directories' counts may still visit in this listing.
+    budget: u64,
 }
 
 impl Shell<'_> {
@@ -51,6 +61,7 @@ impl Shell<'_> {
         &mut self,
         name: Option<String>,
         first: bool,
+        dirs: bool,
     ) -> Result<(Vec<ListEntry>, bool), Fault> {
         if first {
             // A listing is served like a running upload: not evicted.
@@ -60,7 +71,7 @@ impl Shell<'_> {
                     "evicted before it was admitted",
                 ));
             }
-            self.lister = Some(self.open_lister(name.as_deref())?);
+            self.lister = Some(self.open_lister(name.as_deref(), dirs)?);
         }
         let lister = self
             .lister
@@ -69,14 +80,16 @@ impl Shell<'_> {
         lister.page(&self.sh.store, name.as_deref())
     }
 
-    fn open_lister(&self, name: Option<&str>) -> Result<Lister, Fault> {
+    fn open_lister(&self, name: Option<&str>, dirs: bool) -> Result<Lister, Fault> {
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.sh.s3 {
             return Ok(Lister {
                 files: None,
                 parts: None,
-                s3: Some(s3.lister(name.unwrap_or(""))),
+                s3: Some(s3.lister(name.unwrap_or(""), dirs)),
                 tree: None,
+                dirs,
+                budget: 0,
             });
         }
         if let Some(t) = name.and_then(|n| tree_walk(&self.sh.cfg.dir, n)) {
@@ -86,9 +99,11 @@ impl Shell<'_> {
                 #[cfg(feature = "s3")]
                 s3: None,
                 tree: Some(t),
+                dirs,
+                budget: 0,
             });
         }
-        Lister::open(&self.sh.store)
+        Lister::open(&self.sh.store, dirs)
     }
 }
 
@@ -100,7 +115,7 @@ fn cannot(what: &str, e: std::io::Error) -> Fault {
 }
 
 impl Lister {
-    fn open(store: &Store) -> Result<Lister, Fault> {
+    fn open(store: &Store, dirs: bool) -> Result<Lister, Fault> {
         let files = fs::read_dir(store.dir()).map_err(|e| cannot("its storage directory", e))?;
         let parts =
             fs::read_dir(store.state_path()).map_err(|e| cannot("its state directory", e))?;
@@ -110,6 +125,8 @@ impl Lister {
             #[cfg(feature = "s3")]
             s3: None,
             tree: None,
+            dirs,
+            budget: COUNT_BUDGET,
         })
     }
 
@@ -126,7 +143,7 @@ impl Lister {
         while out.len() < PAGE_ENTRIES {
             let next = if let Some(files) = &mut self.files {
                 match files.next() {
-                    Some(e) => e.ok().and_then(|e| file_entry(store, &e)),
+                    Some(e) => e.ok().and_then(|e| self.file_entry(store, &e, name)),
                     None => {
                         self.files = None;
                         continue;
@@ -225,6 +242,7 @@ fn tree_page(walk: &mut Walker, above: &str) -> (Vec<ListEntry>, bool) {
                 mtime: mtime_ns.div_euclid(1_000_000_000),
                 crc32: None,
                 held: size,
+                files: None,
             });
         }
     }
@@ -242,14 +260,46 @@ fn wanted(entry: &[u8], name: Option<&str>) -> bool {
             .is_some_and(|rest| rest.starts_with(b".~") || rest.starts_with(b"/"))
 }
 
-/// A regular file of the storage directory (the state directory, symlinks
-/// and anything else are not listed).
-fn file_entry(store: &Store, e: &fs::DirEntry) -> Option<ListEntry> {
+impl Lister {
+    /// A regular file of the storage directory (the state directory,
+    /// symlinks and anything else are not listed); asked for directories,
+    /// a directory too, and the tree parts summary in place of the parts
+    /// directory (when the whole storage is listed).
+    fn file_entry(
+        &mut self,
+        store: &Store,
+        e: &fs::DirEntry,
+        name: Option<&str>,
+    ) -> Option<ListEntry> {
+        let fname = e.file_name();
+        if fname.as_bytes() == RESERVED_NAME.as_bytes() {
+            return None;
+        }
+        // Not followed: a symlink is neither a file nor a directory here.
+        let m = e.metadata().ok()?;
+        if m.is_dir() && self.dirs {
+            if fname.as_bytes() == PARTS_DIR.as_bytes() {
+                return name.is_none().then(|| tree_parts_entry(&e.path()))?;
+            }
+            if !wanted(fname.as_bytes(), name) {
+                // Not counted for nothing.
+                return None;
+            }
+            let limit = self.budget.min(COUNT_LIMIT);
+            let counted = count_under(&e.path(), limit);
+            self.budget -= counted.map_or(limit, |c| c.seen);
+            return Some(dir_entry(fname.as_bytes(), &m, counted));
+        }
+        file_entry(store, e, &m)
+    }
+}
+
+/// A regular file of the storage directory, `m` its metadata.
+fn file_entry(store: &Store, e: &fs::DirEntry, m: &fs::Metadata) -> Option<ListEntry> {
     let fname = e.file_name();
-    if fname.as_bytes() == RESERVED_NAME.as_bytes() {
+    if !m.is_file() {
         return None;
     }
-    let m = e.metadata().ok().filter(|m| m.is_file())?;
     // Only a name the server could have stored has a record.
     let crc32 = fname
         .to_str()
@@ -265,6 +315,94 @@ fn file_entry(store: &Store, e: &fs::DirEntry) -> Option<ListEntry> {
         mtime: m.mtime(),
         crc32,
         held: m.len(),
+        files: None,
+    })
+}
+
+/// Most entries one directory's count visits before giving up (its entry
+/// then says "not counted"): a listing stays quick whatever a tree holds.
+const COUNT_LIMIT: u64 = 100_000;
+
+/// Most entries all the counts of one listing visit together: many large
+/// directories cannot make a page late past the client's timeout.
+const COUNT_BUDGET: u64 = 1_000_000;
+
+/// What a directory holds, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    /// Regular files under it, recursively.
+    files: u64,
+    /// Their total bytes.
+    bytes: u64,
+    /// Entries visited (of any kind).
+    seen: u64,
+}
+
+/// A directory of the storage directory, with the regular files under it
+/// and their bytes when they were counted.
+fn dir_entry(name: &[u8], m: &fs::Metadata, counted: Option<Counted>) -> ListEntry {
+    let size = counted.map_or(0, |c| c.bytes);
+    ListEntry {
+        kind: EntryKind::Dir,
+        name: name.to_vec(),
+        size,
+        mtime: m.mtime(),
+        crc32: None,
+        held: size,
+        files: counted.map(|c| c.files),
+    }
+}
+
+/// The regular files under `dir` and their total bytes, recursively,
+/// symlinks not followed; `None` when there are more than `limit` entries
+/// or a directory cannot be read (a partial count would be a lie).
+fn count_under(dir: &Path, limit: u64) -> Option<Counted> {
+    let (mut files, mut bytes, mut seen) = (0u64, 0u64, 0u64);
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).ok()? {
+            seen += 1;
+            if seen > limit {
+                return None;
+            }
+            let e = e.ok()?;
+            let t = e.file_type().ok()?;
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                files += 1;
+                bytes = bytes.saturating_add(e.metadata().ok()?.len());
+            }
+        }
+    }
+    Some(Counted { files, bytes, seen })
+}
+
+/// The parts of tree uploads in progress (`KEY.part` in the parts
+/// directory), summed up: how many, the bytes they hold, the newest's
+/// mtime. Their names are digests of what they will be called, so no
+/// name is given. `None` when there are none.
+fn tree_parts_entry(parts: &Path) -> Option<ListEntry> {
+    let (mut n, mut bytes, mut newest) = (0u64, 0u64, 0i64);
+    for e in fs::read_dir(parts).ok()?.flatten() {
+        if !e.file_name().as_bytes().ends_with(b".part") {
+            continue;
+        }
+        let Some(m) = e.metadata().ok().filter(|m| m.is_file()) else {
+            continue;
+        };
+        n += 1;
+        bytes = bytes.saturating_add(m.len());
+        newest = newest.max(m.mtime());
+    }
+    (n > 0).then_some(ListEntry {
+        kind: EntryKind::TreeParts,
+        name: Vec::new(),
+        size: bytes,
+        mtime: newest,
+        crc32: None,
+        held: bytes,
+        files: Some(n),
     })
 }
 
@@ -288,12 +426,50 @@ fn part_entry(e: &fs::DirEntry) -> Option<ListEntry> {
         mtime,
         crc32: None,
         held: rec.checkpoint.offset,
+        files: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::wanted;
+    use super::{count_under, tree_parts_entry, wanted, Counted};
+    use crate::listing::EntryKind;
+    use std::fs;
+
+    #[test]
+    fn a_directory_is_counted_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        fs::create_dir_all(t.join("a/b")).unwrap();
+        fs::write(t.join("x"), b"12345").unwrap();
+        fs::write(t.join("a/b/y"), b"123").unwrap();
+        // A symlink is not followed (it would count the file twice).
+        std::os::unix::fs::symlink(t.join("x"), t.join("a/l")).unwrap();
+        let want = Counted {
+            files: 2,
+            bytes: 8,
+            seen: 5,
+        };
+        assert_eq!(count_under(&t, 100), Some(want));
+        // Entries: x, a, b, l, y = 5; fewer allowed is "not counted".
+        assert_eq!(count_under(&t, 5), Some(want));
+        assert_eq!(count_under(&t, 4), None);
+    }
+
+    #[test]
+    fn tree_parts_are_summed_up_without_names() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(tree_parts_entry(d.path()).is_none());
+        fs::write(d.path().join("ab12.part"), vec![0u8; 10]).unwrap();
+        fs::write(d.path().join("cd34.part"), vec![0u8; 7]).unwrap();
+        fs::create_dir(d.path().join("sums")).unwrap();
+        fs::write(d.path().join("sums/x.dir"), b"not a part").unwrap();
+        let e = tree_parts_entry(d.path()).unwrap();
+        assert_eq!(
+            (e.kind, e.name.len(), e.files, e.size),
+            (EntryKind::TreeParts, 0, Some(2), 17)
+        );
+    }
 
     #[test]
     fn a_name_lists_itself_its_versions_and_its_tree() {

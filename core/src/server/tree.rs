@@ -226,6 +226,7 @@ impl<'a> Session<'a> {
 
     fn end(&mut self) -> Result<()> {
         self.count_confirmed();
+        self.sums.flush();
         while let Some(d) = self.open.pop() {
             self.closed.push(d);
         }
@@ -272,6 +273,7 @@ impl<'a> Session<'a> {
             }
             self.enter(acc, &mut state)?;
         }
+        self.sums.flush();
         self.send(wire::STATE, &state)
     }
 
@@ -383,7 +385,7 @@ impl<'a> Session<'a> {
                         let dir = self.parent(&slot.path)?;
                         slot.stored_crc = stored_crc(dir, &name, slot.size).ok();
                         if let Some(crc) = slot.stored_crc {
-                            self.sums.put(&slot.path, &st, crc);
+                            self.sums.put_read(&slot.path, &st, crc);
                         }
                     }
                     if self.crc_holds && slot.stored_crc.is_some() {
@@ -415,7 +417,11 @@ impl<'a> Session<'a> {
             let path = slot.path.clone();
             return self.verdict(wire::NOT_STORED, &path, &why);
         }
-        self.resume_point(slot);
+        // A file offered for a check is sent whole if it differs: its
+        // part is not looked up (one lookup a file saved on a re-send).
+        if slot.status != wire::CHECK_CRC {
+            self.resume_point(slot);
+        }
         Ok(())
     }
 

@@ -195,9 +195,17 @@ impl<'a> Session<'a> {
                     "tree get: left out {}: {reason}",
                     source.display()
                 )),
-                Walked::Entry { entry, source } => {
+                Walked::Entry {
+                    entry,
+                    source,
+                    stamp,
+                } => {
                     if !page.try_push(&entry) {
-                        *carry = Some(Walked::Entry { entry, source });
+                        *carry = Some(Walked::Entry {
+                            entry,
+                            source,
+                            stamp,
+                        });
                         break;
                     }
                     self.t.entries += 1;
@@ -461,7 +469,7 @@ fn compute(file: &File, path: &RelPath, buf: &mut [u8]) -> Result<Reference> {
     let size = m.len();
     if size > MAX_FILE {
         return Err(refused(format!(
-            "\"{path}\" is {size} bytes, over the {MAX_FILE} a tree get serves; get it alone"
+            "\"{path}\" is {size} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)"
         )));
     }
     if size > BLOCK {
@@ -490,4 +498,30 @@ fn compute(file: &File, path: &RelPath, buf: &mut [u8]) -> Result<Reference> {
         mtime_ns,
         crcs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_in_words_before_it_is_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("huge");
+        let file = File::create(&p).expect("create");
+        // Sparse: no disk space is used, and nothing is read.
+        file.set_len(MAX_FILE + 1).expect("set_len");
+        let file = File::open(&p).expect("open");
+        let path = RelPath::from_wire("t/huge").expect("path");
+        let mut buf = vec![0u8; BLOCK as usize];
+        let Err(err) = compute(&file, &path, &mut buf) else {
+            panic!("a file over the limit was read");
+        };
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        let text = err.to_string();
+        assert!(
+            text.contains("\"t/huge\" is 137438953473 bytes, over the 137438953472 (128 GiB) a tree get serves; get it alone"),
+            "{text}"
+        );
+    }
 }

@@ -461,7 +461,7 @@ impl Session<'_> {
         let r = match self.s3.tree_reference(&key, BLOCK) {
             Ok(r) if r.size > MAX_FILE => {
                 let why = format!(
-                    "\"{path}\" is {} bytes, over the {MAX_FILE} a tree get serves; get it alone",
+                    "\"{path}\" is {} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)",
                     r.size
                 );
                 return self.io.verdict(&path, &why);

@@ -24,7 +24,15 @@ pub const NEXT: u8 = b'N';
 /// Block size of every file of a tree download: a data frame stays well
 /// within [`super::wire::MAX_FRAME`].
 pub const BLOCK: u64 = 1 << 20;
-/// Largest file a tree download serves ([`crate::v2::MAX_BLOCKS`] blocks).
+/// Largest file a tree download serves: 128 GiB, [`crate::v2::MAX_BLOCKS`]
+/// blocks of [`BLOCK`]. A protocol limit, not a choice of this side: every
+/// reference decoder (clients already out there included) refuses more
+/// than `MAX_BLOCKS` block CRC-32s (the bound on what one reference may
+/// make a peer allocate), and a block must fit one tree frame
+/// ([`super::wire::MAX_FRAME`], 2 MiB with its head), so neither the count
+/// nor the block can grow without a new version of the wire. A larger
+/// file is fetched alone (`bigtransfer get`), whose blocks grow with the
+/// file.
 pub const MAX_FILE: u64 = crate::v2::MAX_BLOCKS * BLOCK;
 
 /// The header asking for the tree (or file) `remote` of the server's
@@ -105,5 +113,32 @@ mod tests {
         assert_eq!(decode_request(&encode_request(7, true)).unwrap(), (7, true));
         assert!(decode_request(&[0, 0, 0, 1, 2]).is_err());
         assert!(decode_request(&[0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn the_largest_tree_file_is_the_largest_reference_of_1_mib_blocks() {
+        use crate::getwire::Reference;
+        assert_eq!(MAX_FILE, 128 << 30);
+        let reference = |size: u64| Reference {
+            size,
+            block: BLOCK,
+            mtime_ns: 0,
+            crcs: vec![0; crate::v2::block_count(size, BLOCK) as usize],
+        };
+        let at_limit = Reference::decode(&reference(MAX_FILE).encode());
+        assert_eq!(
+            at_limit.map(|r| r.count()).ok(),
+            Some(crate::v2::MAX_BLOCKS)
+        );
+        let over = Reference::decode(&reference(MAX_FILE + 1).encode());
+        assert!(
+            over.is_err(),
+            "a reference of MAX_BLOCKS + 1 blocks decoded"
+        );
+        // The next block size up would not fit a tree frame with its head
+        // (offset:u64, length:u32, tag): the block cannot grow instead.
+        let head = 8 + 4 + 1;
+        assert!(BLOCK as usize + head <= super::super::wire::MAX_FRAME);
+        assert!(2 * BLOCK as usize + head > super::super::wire::MAX_FRAME);
     }
 }

@@ -36,6 +36,9 @@ pub enum Walked {
         entry: Entry,
         /// Where it is on this machine.
         source: PathBuf,
+        /// Its size, times and inode as the walk saw them (what the
+        /// client's checksum records are keyed by).
+        stamp: crate::cache::SourceStamp,
     },
     /// Something left out, and why in words (for a warning).
     Skipped {
@@ -175,6 +178,7 @@ impl Walker {
         Walked::Entry {
             entry: Entry { path: rel, kind },
             source,
+            stamp: crate::cache::SourceStamp::of(meta),
         }
     }
 }

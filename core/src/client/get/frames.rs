@@ -55,7 +55,8 @@ fn read<R: Read + ?Sized>(s: &mut R, out: &mut [u8]) -> Result<()> {
 }
 
 /// Reads the data frame of block `i` of `r` into `buf` (at least a block
-/// long); `packed_ok`: compression was agreed on this connection.
+/// long) and checks it; `packed_ok`: compression was agreed on this
+/// connection.
 pub(super) fn read_block<R: Read + ?Sized>(
     s: &mut R,
     r: &Reference,
@@ -63,6 +64,77 @@ pub(super) fn read_block<R: Read + ?Sized>(
     buf: &mut [u8],
     packed_ok: bool,
 ) -> Result<Frame> {
+    Ok(match read_unchecked(s, r, i, buf, packed_ok)? {
+        Raw::Block(u) => {
+            let b = &buf[..r.range(i).1 as usize];
+            Frame::Block(u.check(b, i, r.crcs[i as usize]))
+        }
+        Raw::Other(head) => Frame::Other(head),
+    })
+}
+
+/// What came where a block's data frame was due, its bytes not yet
+/// checked (the check may run on another thread, see `writer`).
+#[derive(Debug)]
+pub(super) enum Raw {
+    /// The block's frame, read whole into the buffer.
+    Block(Unchecked),
+    /// The head of another frame; its payload unread.
+    Other([u8; 5]),
+}
+
+/// A block's frame read whole, before its CRC-32 is computed.
+#[derive(Debug)]
+pub(super) struct Unchecked {
+    /// Why the payload did not decompress to exactly the block, if not.
+    unpacked: std::result::Result<(), String>,
+    /// The CRC-32 the frame's trailer claims.
+    trailer: u32,
+    /// Payload bytes the frame carried (packed or raw).
+    pub(super) wire: u64,
+    /// Whether it came compressed.
+    pub(super) packed: bool,
+}
+
+impl Unchecked {
+    /// The verdict on block `i`'s bytes `b` (as read into the buffer),
+    /// whose reference CRC-32 is `expect`.
+    pub(super) fn check(self, b: &[u8], i: u64, expect: u32) -> Arrived {
+        let as_sent = if self.packed { " as decompressed" } else { "" };
+        let verdict = self
+            .unpacked
+            .map_err(|why| format!("block {i}: {why}"))
+            .and_then(|()| {
+                let crc = crc32fast::hash(b);
+                if crc != self.trailer {
+                    Err(format!(
+                    "block {i} arrived damaged (its bytes{as_sent} do not match the frame's CRC-32)"
+                ))
+                } else if crc != expect {
+                    Err(format!(
+                    "block {i} arrived as other bytes than the reference's (CRC-32 {crc:08x}{as_sent}, not {expect:08x})"
+                ))
+                } else {
+                    Ok(crc)
+                }
+            });
+        Arrived {
+            verdict,
+            wire: self.wire,
+            packed: self.packed,
+        }
+    }
+}
+
+/// Reads the data frame of block `i` of `r` into `buf` without checking
+/// its CRC-32 (see [`Unchecked::check`]).
+pub(super) fn read_unchecked<R: Read + ?Sized>(
+    s: &mut R,
+    r: &Reference,
+    i: u64,
+    buf: &mut [u8],
+    packed_ok: bool,
+) -> Result<Raw> {
     let mut head = [0u8; 5];
     read(s, &mut head)?;
     let packed = match head[0] {
@@ -72,7 +144,7 @@ pub(super) fn read_block<R: Read + ?Sized>(
             "the server sent a compressed block, but no compression was agreed on this connection"
                 .into(),
         )),
-        _ => return Ok(Frame::Other(head)),
+        _ => return Ok(Raw::Other(head)),
     };
     let flen = u64::from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
     let wire = payload_len(s, r, i, flen, packed)?;
@@ -84,24 +156,9 @@ pub(super) fn read_block<R: Read + ?Sized>(
     };
     let mut trailer = [0u8; 4];
     read(s, &mut trailer)?;
-    let as_sent = if packed { " as decompressed" } else { "" };
-    let verdict = unpacked.map_err(|why| format!("block {i}: {why}")).and_then(|()| {
-        let crc = crc32fast::hash(b);
-        if crc != u32::from_be_bytes(trailer) {
-            Err(format!(
-                "block {i} arrived damaged (its bytes{as_sent} do not match the frame's CRC-32)"
-            ))
-        } else if crc != r.crcs[i as usize] {
-            Err(format!(
-                "block {i} arrived as other bytes than the reference's (CRC-32 {crc:08x}{as_sent}, not {:08x})",
-                r.crcs[i as usize]
-            ))
-        } else {
-            Ok(crc)
-        }
-    });
-    Ok(Frame::Block(Arrived {
-        verdict,
+    Ok(Raw::Block(Unchecked {
+        unpacked,
+        trailer: u32::from_be_bytes(trailer),
         wire,
         packed,
     }))

@@ -50,7 +50,7 @@ fn walk(root: &Path) -> (Vec<Entry>, Vec<(String, String)>) {
     let base = root.parent().unwrap();
     for w in Walker::new(root).unwrap() {
         match w {
-            Walked::Entry { entry, source } => {
+            Walked::Entry { entry, source, .. } => {
                 assert_eq!(source, base.join(entry.path.as_str()));
                 entries.push(entry);
             }
