@@ -1,10 +1,14 @@
 //! Block compression for the wire: zstd frames that must pay for themselves,
 //! a bounded decompressor, and the `auto` policy that decides when to try.
 //!
-//! A block is compressed on its own (one zstd frame that records its
-//! content size), so blocks stay independent for resume, repair and
-//! parallel streams. CRC-32s are always of the uncompressed bytes; this
-//! module does not compute them.
+//! Under [`CODEC`] a block is compressed on its own (one zstd frame per
+//! chunk that records its content size), so blocks stay independent for
+//! resume, repair and parallel streams. Under [`STREAM_CODEC`] (inside TLS)
+//! a connection's compressed blocks are one zstd stream, each chunk
+//! flushed, so a block refers back to earlier ones ([`StreamDecoder`] is
+//! the connection's receiving half); a block sent again is just compressed
+//! in the stream of the connection it goes on. CRC-32s are always of the
+//! uncompressed bytes; this module does not compute them.
 //!
 //! The packed payload of a compressed data frame (1 MiB chunks, each a zstd
 //! frame or stored) is made by [`BlockCompressor::pack`] and read by
@@ -53,6 +57,17 @@ pub fn max_worthwhile_len(raw_len: usize) -> usize {
 /// blocks, which matters at a few hundred blocks per second).
 pub struct BlockCompressor {
     inner: zstd::bulk::Compressor<'static>,
+    /// Under [`STREAM_CODEC`]: one zstd stream for the whole connection.
+    stream: Option<StreamCtx>,
+}
+
+/// The sending half of a connection's zstd stream ([`STREAM_CODEC`]).
+struct StreamCtx {
+    cctx: zstd::zstd_safe::CCtx<'static>,
+    /// The next chunk starts a new zstd frame (and says so): the first one,
+    /// and any after output the receiver never saw (a block that did not
+    /// pay went raw, so its compressed form must not be referenced).
+    reset_next: bool,
 }
 
 impl std::fmt::Debug for BlockCompressor {
@@ -71,7 +86,36 @@ impl BlockCompressor {
                 e,
             )
         })?;
-        Ok(BlockCompressor { inner })
+        Ok(BlockCompressor {
+            inner,
+            stream: None,
+        })
+    }
+
+    /// A compressor for one connection under [`STREAM_CODEC`] (`stream`)
+    /// or the per-chunk frames of [`CODEC`]. A streaming one must see
+    /// every block the connection carries compressed, in order, and no
+    /// other; a new connection needs a new one.
+    pub fn for_codec(level: i32, stream: bool) -> Result<BlockCompressor> {
+        let mut c = BlockCompressor::new(level)?;
+        if stream {
+            let setup = |e: usize| {
+                let name = zstd::zstd_safe::get_error_name(e);
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("cannot set up a zstd stream at level {level}: {name}"),
+                )
+            };
+            let mut cctx = zstd::zstd_safe::CCtx::try_create()
+                .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "cannot allocate zstd"))?;
+            cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+                .map_err(setup)?;
+            c.stream = Some(StreamCtx {
+                cctx,
+                reset_next: true,
+            });
+        }
+        Ok(c)
     }
 
     /// One zstd frame of `raw` (with its content size recorded), or `None`
@@ -168,6 +212,13 @@ pub enum Compress {
 /// The codec name offered and accepted on the wire (`"bt"."z"`).
 pub const CODEC: &str = "zstd";
 
+/// The codec name of a connection-long zstd stream: each connection
+/// keeps one compressor and one decoder across its blocks, so that a block
+/// refers back to the ones before it (a tar of /usr/share: about the
+/// ratio of `zstd -3` on the whole file instead of that of 1 MiB pieces).
+/// Offered before [`CODEC`]; a peer that does not know it picks `CODEC`.
+pub const STREAM_CODEC: &str = "zstd-stream";
+
 impl std::str::FromStr for Compress {
     type Err = Error;
 
@@ -232,6 +283,9 @@ impl BlockCompressor {
     /// packing does not pay, `out` then holding nothing of use). A sender
     /// that keeps `out` across blocks allocates nothing per block.
     pub fn pack_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.stream.is_some() {
+            return self.stream_into(raw, out);
+        }
         let limit = max_worthwhile_len(raw.len());
         out.clear();
         out.reserve(limit);
@@ -286,6 +340,195 @@ impl BlockCompressor {
     }
 }
 
+/// The high bit of a chunk's length under [`STREAM_CODEC`]: the chunk
+/// starts a new zstd frame, so the receiver resets its decoder first.
+pub const STREAM_RESET: u32 = 1 << 31;
+
+/// The largest window a streamed connection may use (8 MiB, zstd level
+/// 19's): the receiver's memory per connection is bounded by it.
+pub const STREAM_WINDOW_LOG_MAX: u32 = 23;
+
+impl StreamCtx {
+    /// Appends one chunk (at most [`PACK_CHUNK`] raw bytes) of a block
+    /// under [`STREAM_CODEC`] to `out`: a u32 (big-endian) length, with
+    /// [`STREAM_RESET`] when a new frame starts, then the zstd stream's
+    /// output for the chunk, flushed (so the receiver can decode it at once,
+    /// while later chunks still refer back to it). Never stored: every
+    /// chunk goes through the stream. The bytes appended, or `None` when
+    /// zstd failed (the caller then makes the next chunk a reset).
+    fn chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+        let reset = std::mem::replace(&mut self.reset_next, false);
+        if reset {
+            // Parameters (the level) survive a session reset.
+            self.cctx.reset(ResetDirective::SessionOnly).ok()?;
+        }
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Exact: a kept buffer grows to a block's output and one chunk's
+        // bound, not to the next power of two.
+        out.reserve_exact(zstd::zstd_safe::compress_bound(chunk.len()));
+        let mut input = InBuffer::around(chunk);
+        loop {
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(out, pos);
+            let left = self
+                .cctx
+                .compress_stream2(
+                    &mut o,
+                    &mut input,
+                    zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+                )
+                .ok()?;
+            if left == 0 && input.pos() == chunk.len() {
+                break;
+            }
+            out.reserve_exact(64 << 10);
+        }
+        let body = out.len() - at - 4;
+        if body as u64 >= u64::from(STREAM_RESET) {
+            return None;
+        }
+        let word = body as u32 | if reset { STREAM_RESET } else { 0 };
+        out[at..at + 4].copy_from_slice(&word.to_be_bytes());
+        Some(4 + body)
+    }
+}
+
+impl BlockCompressor {
+    /// Whether this compressor is a connection's zstd stream
+    /// ([`STREAM_CODEC`]): then every chunk must go through
+    /// [`BlockCompressor::stream_chunk`], in order, none stored.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Appends one chunk of a block to `out` through the connection's
+    /// stream (see [`StreamCtx`]'s layout): the bytes appended (length
+    /// word included), or `None` when this is no streaming compressor or
+    /// zstd failed. A sender that packs a block a chunk at a time and gives
+    /// up on it must call [`BlockCompressor::abandon_block`].
+    pub fn stream_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let s = self.stream.as_mut()?;
+        let n = s.chunk(chunk, out);
+        if n.is_none() {
+            s.reset_next = true;
+        }
+        n
+    }
+
+    /// The block being packed goes raw: the receiver never sees the
+    /// stream's output for it, so the next chunk starts a new frame.
+    pub fn abandon_block(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            s.reset_next = true;
+        }
+    }
+
+    /// [`BlockCompressor::pack_into`] under [`STREAM_CODEC`].
+    fn stream_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> bool {
+        let limit = max_worthwhile_len(raw.len());
+        out.clear();
+        out.reserve(limit + 64);
+        let paid = !raw.is_empty()
+            && raw
+                .chunks(PACK_CHUNK)
+                .all(|chunk| self.stream_chunk(chunk, out).is_some() && out.len() <= limit);
+        if !paid {
+            // The receiver will not see this output: start afresh.
+            self.abandon_block();
+        }
+        paid
+    }
+}
+
+/// The receiving half of a connection's zstd stream ([`STREAM_CODEC`]):
+/// one decoder kept across the connection's compressed blocks, with a
+/// bounded window.
+pub struct StreamDecoder {
+    dctx: zstd::zstd_safe::DCtx<'static>,
+    /// A frame was started (a reset chunk) and nothing failed since.
+    started: bool,
+}
+
+impl std::fmt::Debug for StreamDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamDecoder {
+    /// A decoder that takes windows up to [`STREAM_WINDOW_LOG_MAX`].
+    pub fn new() -> Result<StreamDecoder> {
+        let mut dctx = zstd::zstd_safe::DCtx::try_create()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "cannot allocate zstd"))?;
+        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+            STREAM_WINDOW_LOG_MAX,
+        ))
+        .map_err(|_| Error::new(ErrorKind::Protocol, "cannot bound zstd's window"))?;
+        Ok(StreamDecoder {
+            dctx,
+            started: false,
+        })
+    }
+
+    /// Decodes one chunk's stream bytes, which must give exactly `raw`
+    /// bytes; never writes more than that. After a refusal the decoder
+    /// takes nothing but a reset chunk.
+    pub fn decode(&mut self, reset: bool, input: &[u8], raw: usize) -> Result<Vec<u8>> {
+        if reset {
+            self.dctx
+                .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                .map_err(|_| bad_frame("zstd could not start a new frame"))?;
+            self.started = true;
+        }
+        if !self.started {
+            return Err(bad_frame(
+                "a streamed chunk continues no zstd stream (no reset chunk before it, or one failed)",
+            ));
+        }
+        self.started = false;
+        let out = self.decode_started(input, raw)?;
+        self.started = true;
+        Ok(out)
+    }
+
+    fn decode_started(&mut self, input: &[u8], raw: usize) -> Result<Vec<u8>> {
+        use zstd::zstd_safe::{InBuffer, OutBuffer};
+        let mut out: Vec<u8> = Vec::with_capacity(raw);
+        let mut inb = InBuffer::around(input);
+        while inb.pos() < input.len() {
+            let before = (inb.pos(), out.len());
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(&mut out, pos);
+            self.dctx.decompress_stream(&mut o, &mut inb).map_err(|e| {
+                let name = zstd::zstd_safe::get_error_name(e);
+                bad_frame(&format!("zstd could not decode a streamed chunk ({name})"))
+            })?;
+            if (inb.pos(), out.len()) == before || out.len() > raw {
+                return Err(bad_frame(&format!(
+                    "a streamed chunk decodes to more than its {raw} bytes"
+                )));
+            }
+        }
+        // Output the decoder still holds would belong to this chunk too.
+        let mut probe: Vec<u8> = Vec::with_capacity(1);
+        let mut none = InBuffer::around(&[]);
+        let mut o = OutBuffer::around(&mut probe);
+        let _ = self.dctx.decompress_stream(&mut o, &mut none);
+        if out.len() != raw || !probe.is_empty() {
+            return Err(bad_frame(&format!(
+                "a streamed chunk decoded to {}{} bytes, not its {raw}",
+                out.len(),
+                if probe.is_empty() { "" } else { " or more" }
+            )));
+        }
+        Ok(out)
+    }
+}
+
 /// The receiving side of a packed block: payload bytes in, raw chunks out,
 /// holding at most one chunk of each form.
 ///
@@ -296,6 +539,8 @@ impl BlockCompressor {
 #[derive(Debug)]
 pub struct Unpacker {
     block_len: u64,
+    /// Chunks are a connection's zstd stream ([`STREAM_CODEC`]).
+    streaming: bool,
     next_chunk: u64,
     chunks: u64,
     at: UnpackAt,
@@ -311,6 +556,7 @@ enum UnpackAt {
         raw: usize,
         buf: Vec<u8>,
         want: usize,
+        reset: bool,
     },
     Done,
 }
@@ -326,10 +572,26 @@ impl Unpacker {
         };
         Unpacker {
             block_len,
+            streaming: false,
             next_chunk: 0,
             chunks,
             at,
         }
+    }
+
+    /// Unpacks a block of `block_len` raw bytes whose chunks continue the
+    /// connection's zstd stream ([`STREAM_CODEC`]; see
+    /// [`Unpacker::feed_stream`]).
+    pub fn streaming(block_len: u64) -> Unpacker {
+        Unpacker {
+            streaming: true,
+            ..Unpacker::new(block_len)
+        }
+    }
+
+    /// Whether the chunks continue the connection's stream.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
     }
 
     /// Payload bytes that complete the current length or chunk (0 once
@@ -350,6 +612,27 @@ impl Unpacker {
     /// Takes `input` (at most [`Unpacker::want`] bytes, all used); gives a
     /// raw chunk when one is complete.
     pub fn feed(&mut self, input: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.streaming {
+            return Err(bad_frame("internal: a streamed block without its decoder"));
+        }
+        self.feed_with(input, None)
+    }
+
+    /// [`Unpacker::feed`] for a streamed block: chunks go through `dec`,
+    /// the connection's decoder.
+    pub fn feed_stream(
+        &mut self,
+        input: &[u8],
+        dec: &mut StreamDecoder,
+    ) -> Result<Option<Vec<u8>>> {
+        self.feed_with(input, Some(dec))
+    }
+
+    fn feed_with(
+        &mut self,
+        input: &[u8],
+        dec: Option<&mut StreamDecoder>,
+    ) -> Result<Option<Vec<u8>>> {
         if input.len() > self.want() {
             return Err(bad_frame("bytes follow the block's last chunk"));
         }
@@ -363,18 +646,26 @@ impl Unpacker {
                 }
                 Ok(None)
             }
-            UnpackAt::Body { buf, want, raw } => {
+            UnpackAt::Body {
+                buf,
+                want,
+                raw,
+                reset,
+            } => {
                 buf.extend_from_slice(input);
                 if buf.len() < *want {
                     return Ok(None);
                 }
-                let (frame, raw) = (std::mem::take(buf), *raw);
+                let (frame, raw, reset) = (std::mem::take(buf), *raw, *reset);
                 self.next_chunk += 1;
                 self.at = if self.next_chunk == self.chunks {
                     UnpackAt::Done
                 } else {
                     UnpackAt::Prefix { buf: [0; 4], n: 0 }
                 };
+                if let Some(dec) = dec {
+                    return dec.decode(reset, &frame, raw).map(Some);
+                }
                 if frame.len() == raw {
                     return Ok(Some(frame));
                 }
@@ -384,9 +675,18 @@ impl Unpacker {
         }
     }
 
-    fn start_body(&mut self, len: usize) -> Result<()> {
+    fn start_body(&mut self, word: usize) -> Result<()> {
         let raw = chunk_len(self.block_len, self.next_chunk) as usize;
-        if len == 0 || len > raw {
+        let (len, reset, most) = if self.streaming {
+            let reset = word as u32 & STREAM_RESET != 0;
+            let len = (word as u32 & !STREAM_RESET) as usize;
+            // A flushed chunk of data that does not shrink is a little
+            // larger than the chunk (block headers), never more than this.
+            (len, reset, zstd::zstd_safe::compress_bound(raw))
+        } else {
+            (word, false, raw)
+        };
+        if len == 0 || len > most {
             return Err(bad_frame(&format!(
                 "chunk {} says {len} bytes for {raw} raw bytes (it may not be empty or expand)",
                 self.next_chunk
@@ -396,6 +696,7 @@ impl Unpacker {
             raw,
             buf: Vec::with_capacity(len),
             want: len,
+            reset,
         };
         Ok(())
     }
@@ -791,6 +1092,169 @@ mod tests {
             pos += n;
         }
         assert!(u.feed(&[0]).is_err());
+    }
+
+    /// Text whose blocks repeat each other from afar (like files in a
+    /// tar): a block alone compresses less than after the ones before.
+    fn repeating_blocks(blocks: usize) -> Vec<u8> {
+        let base = random(PACK_CHUNK / 4);
+        let mut out = Vec::new();
+        for i in 0..blocks * 4 {
+            out.extend_from_slice(&base);
+            let n = out.len();
+            out[n - 1 - i] ^= 1;
+        }
+        out
+    }
+
+    fn unpack_stream(payload: &[u8], len: u64, dec: &mut StreamDecoder) -> Result<Vec<u8>> {
+        let mut u = Unpacker::streaming(len);
+        let (mut out, mut pos) = (Vec::new(), 0);
+        while pos < payload.len() {
+            let n = u.want().max(1).min(payload.len() - pos);
+            if let Some(chunk) = u.feed_stream(&payload[pos..pos + n], dec)? {
+                out.extend_from_slice(&chunk);
+            }
+            pos += n;
+        }
+        assert!(u.is_done(), "payload ended inside the block");
+        Ok(out)
+    }
+
+    #[test]
+    fn a_connection_stream_refers_back_across_blocks_and_round_trips() {
+        let data = repeating_blocks(4);
+        let mut c = BlockCompressor::for_codec(3, true).unwrap();
+        let mut dec = StreamDecoder::new().unwrap();
+        let mut chunked = BlockCompressor::new(3).unwrap();
+        let (mut streamed, mut alone) = (0, 0);
+        for (i, block) in data.chunks(PACK_CHUNK).enumerate() {
+            // Random quarters: alone a block hardly shrinks.
+            alone += chunked.pack(block).map_or(block.len(), |p| p.len());
+            let p = c.pack(block).expect("a repeat shrinks");
+            let word = u32::from_be_bytes(p[..4].try_into().unwrap());
+            assert_eq!(
+                word & STREAM_RESET != 0,
+                i == 0,
+                "only the first starts a frame"
+            );
+            streamed += p.len();
+            assert_eq!(
+                unpack_stream(&p, block.len() as u64, &mut dec).unwrap(),
+                block
+            );
+        }
+        assert!(streamed * 3 < alone, "streamed {streamed}, alone {alone}");
+        // The old per-chunk unpacker does not take streamed chunks.
+        let p = BlockCompressor::for_codec(3, true)
+            .unwrap()
+            .pack(&data[..PACK_CHUNK]);
+        let e = unpack_all(&p.unwrap(), PACK_CHUNK as u64, usize::MAX).unwrap_err();
+        assert!(e.to_string().contains("may not be empty or expand"), "{e}");
+    }
+
+    #[test]
+    fn a_block_that_does_not_pay_goes_raw_and_the_next_starts_a_new_frame() {
+        let mut c = BlockCompressor::for_codec(1, true).unwrap();
+        let mut dec = StreamDecoder::new().unwrap();
+        let first = text(PACK_CHUNK);
+        let p = c.pack(&first).unwrap();
+        assert_eq!(
+            unpack_stream(&p, first.len() as u64, &mut dec).unwrap(),
+            first
+        );
+        // Random: not worthwhile; the receiver never sees its output.
+        assert_eq!(c.pack(&random(PACK_CHUNK)), None);
+        let third = text(PACK_CHUNK / 2);
+        let p = c.pack(&third).unwrap();
+        assert_ne!(
+            u32::from_be_bytes(p[..4].try_into().unwrap()) & STREAM_RESET,
+            0
+        );
+        assert_eq!(
+            unpack_stream(&p, third.len() as u64, &mut dec).unwrap(),
+            third
+        );
+    }
+
+    #[test]
+    fn hostile_streamed_chunks_are_refused_and_bombs_bounded() {
+        let raw = text(PACK_CHUNK);
+        let good = BlockCompressor::for_codec(3, true)
+            .unwrap()
+            .pack(&raw)
+            .unwrap();
+        // Without the reset bit: continues no stream.
+        let mut no_reset = good.clone();
+        no_reset[0] &= 0x7f;
+        let e = unpack_stream(
+            &no_reset,
+            raw.len() as u64,
+            &mut StreamDecoder::new().unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("continues no zstd stream"), "{e}");
+        // Declared for a shorter block: it decodes to more than that.
+        let e = unpack_stream(&good, 1000, &mut StreamDecoder::new().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        // A bomb: 64 MiB of zeros in one flushed stream, said to be one chunk.
+        let mut enc = BlockCompressor::for_codec(1, true).unwrap();
+        let s = enc.stream.as_mut().unwrap();
+        s.reset_next = false;
+        let mut bomb = Vec::with_capacity(1 << 20);
+        let zeros = vec![0u8; 64 * MIB];
+        let mut input = zstd::zstd_safe::InBuffer::around(&zeros);
+        let mut o = zstd::zstd_safe::OutBuffer::around(&mut bomb);
+        while s
+            .cctx
+            .compress_stream2(
+                &mut o,
+                &mut input,
+                zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+            )
+            .unwrap()
+            != 0
+        {}
+        let mut payload = ((bomb.len() as u32) | STREAM_RESET).to_be_bytes().to_vec();
+        payload.extend_from_slice(&bomb);
+        let e = unpack_stream(
+            &payload,
+            PACK_CHUNK as u64,
+            &mut StreamDecoder::new().unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("decodes to more than its 1048576 bytes"),
+            "{e}"
+        );
+        // Garbage after a reset, and a failed decoder takes no continuation.
+        let mut dec = StreamDecoder::new().unwrap();
+        let mut junk = (16u32 | STREAM_RESET).to_be_bytes().to_vec();
+        junk.extend_from_slice(b"not a zstd frame");
+        assert!(unpack_stream(&junk, 16, &mut dec).is_err());
+        let e = unpack_stream(&no_reset, raw.len() as u64, &mut dec).unwrap_err();
+        assert!(e.to_string().contains("continues no zstd stream"), "{e}");
+        // A window beyond the bound is refused.
+        let mut big = zstd::zstd_safe::CCtx::create();
+        big.set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+            .unwrap();
+        let mut frame = Vec::with_capacity(1 << 20);
+        let mut input = zstd::zstd_safe::InBuffer::around(&raw[..4096]);
+        let mut o = zstd::zstd_safe::OutBuffer::around(&mut frame);
+        big.compress_stream2(
+            &mut o,
+            &mut input,
+            zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+        )
+        .unwrap();
+        let mut payload = ((frame.len() as u32) | STREAM_RESET).to_be_bytes().to_vec();
+        payload.extend_from_slice(&frame);
+        let e = unpack_stream(&payload, 4096, &mut StreamDecoder::new().unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("could not decode a streamed chunk"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -254,6 +254,87 @@ pub(crate) fn widen_send_buffer(sock: &impl AsFd) -> Option<usize> {
     }
 }
 
+/// What the kernel says of a sending socket's recent life, cumulative
+/// since it opened (Linux `TCP_INFO`): for deciding whether more streams
+/// would help.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PathSample {
+    /// Microseconds with data in flight.
+    pub busy_us: u64,
+    /// Of those, microseconds limited by a window: the send buffer (all
+    /// of it unacknowledged) or the receiver's.
+    pub window_limited_us: u64,
+    /// Bytes sent, and of those sent again.
+    pub bytes_sent: u64,
+    pub bytes_retrans: u64,
+    /// The smallest round trip seen, in microseconds (0: none yet):
+    /// unlike the smoothed one, not inflated by a queue.
+    pub min_rtt_us: u32,
+}
+
+/// A [`PathSample`] of a connected TCP socket; `None` where the kernel
+/// does not report these (before Linux 4.19, other systems).
+pub(crate) fn tcp_sample(socket: BorrowedFd<'_>) -> Option<PathSample> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as in `tcp_rtt`: a writable buffer of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // The fields read here end at tcpi_bytes_retrans.
+        let need = std::mem::offset_of!(libc::tcp_info, tcpi_dsack_dups);
+        if rc != 0 || (len as usize) < need {
+            return None;
+        }
+        // SAFETY: zero-initialised, then filled by the kernel: plain integers.
+        let info = unsafe { info.assume_init() };
+        Some(PathSample {
+            busy_us: info.tcpi_busy_time,
+            window_limited_us: info
+                .tcpi_rwnd_limited
+                .saturating_add(info.tcpi_sndbuf_limited),
+            bytes_sent: info.tcpi_bytes_sent,
+            bytes_retrans: info.tcpi_bytes_retrans,
+            min_rtt_us: info.tcpi_min_rtt,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
+/// How many bytes one TCP stream of `sock` may have in flight at most:
+/// its send buffer as the kernel reports it (doubled for bookkeeping)
+/// or, under autotuning, `tcp_wmem`'s maximum if larger. `None` where
+/// unknown.
+pub(crate) fn send_window_ceiling(sock: BorrowedFd<'_>) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let now = rustix::net::sockopt::socket_send_buffer_size(sock).ok()?;
+        let auto_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0);
+        Some(now.max(auto_max))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        None
+    }
+}
+
 /// The `SO_SNDBUF` value worth requesting given `net.core.wmem_max` and
 /// `tcp_wmem`'s maximum, or `None` when autotuning reaches at least as far
 /// (Linux doubles the request, capped at `wmem_max`).

@@ -7,11 +7,15 @@
 //! the declared length (a frame never expands past it); refusals are
 //! `Protocol` errors; and the input compressed as a block either goes raw
 //! or is a worthwhile frame that decompresses back to it; the unpacker never
-//! gives a chunk over `PACK_CHUNK` nor more bytes than the block's.
+//! gives a chunk over `PACK_CHUNK` nor more bytes than the block's. The
+//! same for the connection-long stream (`zstd-stream`): the frame as a
+//! streamed payload into a fresh decoder, and the input packed in a stream
+//! twice (the second block referring back to the first) decoding back.
 #![no_main]
 
 use bigtransfer_core::compress::{
-    compress_block, decompress_block, max_worthwhile_len, BlockCompressor, Unpacker, PACK_CHUNK,
+    compress_block, decompress_block, max_worthwhile_len, BlockCompressor, StreamDecoder,
+    Unpacker, PACK_CHUNK,
 };
 use bigtransfer_core::ErrorKind;
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +38,40 @@ fuzz_target!(|data: &[u8]| {
         assert!(p.len() <= max_worthwhile_len(data.len()));
         assert_eq!(unpack(&p, data.len() as u64), Some(data.to_vec()));
     }
+    if let Ok(mut dec) = StreamDecoder::new() {
+        unpack_stream(frame, expected as u64, &mut dec);
+    }
+    if let (Ok(mut c), Ok(mut dec)) = (BlockCompressor::for_codec(1, true), StreamDecoder::new()) {
+        for _ in 0..2 {
+            let Some(p) = c.pack(data) else { continue };
+            assert!(p.len() <= max_worthwhile_len(data.len()));
+            assert_eq!(unpack_stream(&p, data.len() as u64, &mut dec), Some(data.to_vec()));
+        }
+    }
 });
+
+/// The block a streamed `payload` unpacks to through `dec`, if valid.
+fn unpack_stream(payload: &[u8], len: u64, dec: &mut StreamDecoder) -> Option<Vec<u8>> {
+    let mut u = Unpacker::streaming(len);
+    let (mut out, mut pos) = (Vec::new(), 0);
+    while pos < payload.len() {
+        let n = u.want().max(1).min(payload.len() - pos);
+        match u.feed_stream(&payload[pos..pos + n], dec) {
+            Ok(Some(chunk)) => {
+                assert!(chunk.len() <= PACK_CHUNK);
+                out.extend_from_slice(&chunk);
+                assert!(out.len() as u64 <= len);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+                return None;
+            }
+        }
+        pos += n;
+    }
+    u.is_done().then_some(out)
+}
 
 /// The block `payload` unpacks to, if it is a whole valid one.
 fn unpack(payload: &[u8], len: u64) -> Option<Vec<u8>> {

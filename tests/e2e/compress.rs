@@ -1,7 +1,9 @@
 //! Compression end to end: `--compress auto|zstd[:LEVEL]|off` against the
 //! real server over loopback, what `--json` reports about it, and a hostile
 //! client's compressed frames (a lie and a bomb) never stored but asked
-//! for again, and a bit flipped in transit repaired.
+//! for again, and a bit flipped in transit repaired; inside TLS one zstd
+//! stream per connection (blocks refer back to earlier ones), plaintext
+//! per-block frames.
 //! Not for the policy's arithmetic or the frame parser (core unit tests).
 
 use std::io::Write;
@@ -283,6 +285,65 @@ fn a_bit_flipped_inside_a_compressed_block_is_repaired() {
     assert_eq!(field(&out, "blocks_resent"), 1, "{}", stdout(&out));
     assert_same_file(&src, &t.path().join("store/flip.log"));
     assert_eq!(srv.terminate().code(), Some(0));
+}
+
+/// A file whose 1 MiB blocks repeat one another (one 512 KiB random
+/// pattern, a byte changed in each copy): a block alone compresses about
+/// 2 : 1, a block that may refer back to the ones before it to almost
+/// nothing.
+fn write_repeats(path: &Path, size: usize) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let pattern: Vec<u8> = (0..512 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut out = Vec::with_capacity(size);
+    let mut i = 0usize;
+    while out.len() < size {
+        let at = out.len();
+        out.extend_from_slice(&pattern);
+        out[at + (i * 7919) % pattern.len()] ^= 0x5a;
+        i += 1;
+    }
+    out.truncate(size);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn inside_tls_blocks_refer_back_across_the_connection_and_plaintext_keeps_per_block_frames() {
+    isolate_cache();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("rep.bin");
+    let size = 16 << 20;
+    write_repeats(&src, size);
+    let mut wire = Vec::new();
+    for (store, server_args) in [("tls", &[][..]), ("plain", &["--tls", "off"][..])] {
+        let srv = ServerProc::start(&t.path().join(store), server_args);
+        let out = send(&srv, &src, &["--compress", "zstd:3", "--streams", "1"]);
+        assert_ok(&out);
+        assert_same_file(&src, &t.path().join(store).join("rep.bin"));
+        assert_eq!(
+            field(&out, "compressed_blocks"),
+            16,
+            "{store}: {}",
+            stdout(&out)
+        );
+        wire.push(field(&out, "wire_bytes"));
+        assert_eq!(srv.terminate().code(), Some(0));
+    }
+    // Per-block frames hold two copies of the pattern's half a MiB each;
+    // the stream sends it about once.
+    let (stream, blocks) = (wire[0], wire[1]);
+    assert!(blocks > 6 << 20, "per-block frames: {blocks} bytes");
+    assert!(
+        stream * 4 < blocks,
+        "stream {stream} bytes, per-block {blocks}"
+    );
+    assert!(stream < 2 << 20, "stream {stream} bytes");
 }
 
 // ---- Downloads (`bigtransfer get --compress`) ----

@@ -360,6 +360,55 @@ fn compressible_data_is_compressed_on_every_stream() {
     assert!(field(&out, "wire_bytes") < MIB, "{}", stdout(&out));
 }
 
+#[test]
+fn a_compressed_stream_cut_mid_way_its_blocks_go_again_on_the_others() {
+    // Inside TLS every connection is its own zstd stream: the blocks the
+    // cut one had in flight are compressed again in another's.
+    let t = tempfile::tempdir().unwrap();
+    let srv = ServerProc::start(&t.path().join("store"), &[]);
+    let src = t.path().join("half.bin");
+    // Half text, half noise, in 4 KiB pieces: about 2 : 1.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let data: Vec<u8> = (0..32 * MIB)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i >> 11) & 1 == 0 {
+                b"status=200 GET /index.html\n"[(i % 27) as usize]
+            } else {
+                (x >> 24) as u8
+            }
+        })
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    // Connection 1 is the first, 2.. the joined streams: cut the first join.
+    let (proxy, seen) = cut_proxy(srv.addr, 2, MIB + 123);
+    let args = [
+        "--streams",
+        "4",
+        "--compress",
+        "zstd",
+        "--limit-rate",
+        "64M",
+    ];
+    let out = via(&proxy.port().to_string(), &src, &args);
+    assert_ok(&out);
+    assert_same_file(&src, &srv.dir.join("half.bin"));
+    assert!(
+        seen.load(Ordering::SeqCst) >= 4,
+        "the streams went through the proxy"
+    );
+    assert_eq!(field(&out, "attempts"), 1, "{}", stdout(&out));
+    assert!(field(&out, "compressed_blocks") >= 32, "{}", stdout(&out));
+    assert!(field(&out, "wire_bytes") < 24 * MIB, "{}", stdout(&out));
+    let log = srv.log.text();
+    assert!(
+        log.contains("client disconnected while receiving"),
+        "a joined stream was cut: {log}"
+    );
+}
+
 /// `bigtransfer get` through `port` into `dest`, as JSON.
 fn get_via(
     port: &str,

@@ -500,7 +500,12 @@ impl Tally {
             },
             compress_agreed: self.packed.agreed,
             compressed_blocks: self.packed.blocks,
-            wire_bytes: self.sent - self.packed.raw_bytes + self.packed.wire_bytes,
+            // Saturating: never a panic over a report (raw bytes are only
+            // counted with the blocks they belong to).
+            wire_bytes: self
+                .sent
+                .saturating_sub(self.packed.raw_bytes)
+                .saturating_add(self.packed.wire_bytes),
             congestion: self.congestion.clone(),
             streams: self.streams,
             stream_notes: self.stream_notes.clone(),

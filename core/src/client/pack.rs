@@ -6,6 +6,12 @@
 //! file when the payload is written. A block that does not shrink enough
 //! is given up on (it goes raw, streamed like any other).
 //!
+//! Under the stream codec (`zstd-stream`, inside TLS) the connection's
+//! compressor is one zstd stream: every chunk goes through it, in order,
+//! into the same kept buffer (none stored, since the receiver's decoder
+//! must see all the stream's output); a block that does not pay goes raw
+//! and the stream's next chunk starts a new frame.
+//!
 //! Used by the first connection's shell and by every joined stream, so the
 //! client holds at most the compressed part of one block and one chunk
 //! per connection, not the block itself (a block read whole into a fresh
@@ -43,12 +49,20 @@ pub(super) struct Packing {
 }
 
 impl Packing {
-    /// Readies the compressor at zstd `level` (kept while the level stays).
-    pub(super) fn ready(&mut self, level: i32) -> Result<()> {
-        if self.zstd.as_ref().is_none_or(|(l, _)| *l != level) {
-            self.zstd = Some((level, BlockCompressor::new(level)?));
+    /// Readies the compressor at zstd `level` (kept while the level
+    /// stays), a connection-long zstd stream when `streaming`.
+    pub(super) fn ready(&mut self, level: i32, streaming: bool) -> Result<()> {
+        let same = |(l, c): &(i32, BlockCompressor)| *l == level && c.is_streaming() == streaming;
+        if !self.zstd.as_ref().is_some_and(same) {
+            self.zstd = Some((level, BlockCompressor::for_codec(level, streaming)?));
         }
         Ok(())
+    }
+
+    /// Drops the compressor: another packer took over the connection (its
+    /// own zstd stream), so the next block here starts a new one.
+    pub(super) fn forget(&mut self) {
+        self.zstd = None;
     }
 
     /// Reads `len` bytes of `file` at `offset` a chunk at a time into
@@ -77,8 +91,27 @@ impl Packing {
             let chunk = buf
                 .get_mut(..n)
                 .ok_or_else(|| io::Error::other("internal: read buffer under a chunk"))?;
-            file.read_exact_at(chunk, offset + pos)?;
+            if let Err(e) = file.read_exact_at(chunk, offset + pos) {
+                // Chunks already streamed will never be sent.
+                zstd.abandon_block();
+                return Err(e);
+            }
             h.update(chunk);
+            if zstd.is_streaming() {
+                let started = Instant::now();
+                let framed = zstd.stream_chunk(chunk, &mut self.frames);
+                self.took += started.elapsed();
+                // zstd failing here is a block that does not pay: it goes raw.
+                wire += framed.unwrap_or(limit + 1);
+                if wire > limit {
+                    // The receiver never sees this block's stream output.
+                    zstd.abandon_block();
+                    return Ok(None);
+                }
+                self.chunks.push(framed.map(|f| (f - 4) as u32));
+                pos += n as u64;
+                continue;
+            }
             let room = limit.saturating_sub(wire + 4);
             // Each frame is kept behind its length, so that a run of
             // frames goes out in one write.
@@ -219,7 +252,7 @@ mod tests {
         let (_dir, file) = file_of(&src);
         let mut buf = vec![0u8; PACK_CHUNK];
         let mut p = Packing::default();
-        p.ready(1).unwrap();
+        p.ready(1, false).unwrap();
         let mut kept = Vec::new();
         for (i, raw) in src.chunks(block).enumerate() {
             let at = (i * block) as u64;
@@ -258,7 +291,7 @@ mod tests {
         let mut buf = vec![0u8; PACK_CHUNK];
         let mut p = Packing::default();
         assert!(p.pack(&file, 0, 10, &mut buf).is_err(), "no level readied");
-        p.ready(3).unwrap();
+        p.ready(3, false).unwrap();
         assert_eq!(
             p.pack(&file, 0, noise.len() as u64, &mut buf).unwrap(),
             None
@@ -272,5 +305,46 @@ mod tests {
         let (crc, bytes) = payload(&p, &f2, &mut buf);
         assert_eq!(got, Some((crc, bytes.len() as u64)));
         assert!(unpack(&bytes, PACK_CHUNK + 5) == text(PACK_CHUNK + 5));
+    }
+
+    #[test]
+    fn a_streamed_connection_sends_every_chunk_through_its_stream_and_resets_after_a_raw_block() {
+        use crate::compress::{StreamDecoder, STREAM_RESET};
+        // Blocks of 2.5 chunks: text, text+noise (does not pay), text.
+        let block = 2 * PACK_CHUNK + PACK_CHUNK / 2;
+        let mut src = text(block);
+        src.extend(noise(block));
+        src.extend(text(block + 11).split_off(11));
+        let (_dir, file) = file_of(&src);
+        let mut buf = vec![0u8; PACK_CHUNK];
+        let mut p = Packing::default();
+        p.ready(3, true).unwrap();
+        let mut dec = StreamDecoder::new().unwrap();
+        for (i, raw) in src.chunks(block).enumerate() {
+            let got = p.pack(&file, (i * block) as u64, block as u64, &mut buf);
+            if i == 1 {
+                assert_eq!(got.unwrap(), None, "noise goes raw");
+                continue;
+            }
+            let (crc, wire) = got.unwrap().unwrap();
+            assert!(p.chunks.iter().all(Option::is_some), "none stored");
+            let (sent_crc, bytes) = payload(&p, &file, &mut buf);
+            assert_eq!((sent_crc, bytes.len() as u64), (crc, wire), "block {i}");
+            let word = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+            assert_ne!(word & STREAM_RESET, 0, "block {i} starts a frame");
+            let mut u = Unpacker::streaming(block as u64);
+            let (mut out, mut at) = (Vec::new(), 0);
+            while !u.is_done() {
+                let n = u.want();
+                if let Some(c) = u.feed_stream(&bytes[at..at + n], &mut dec).unwrap() {
+                    out.extend(c);
+                }
+                at += n;
+            }
+            assert!(out == raw, "block {i} differs");
+        }
+        // One kept buffer: a block's worthwhile output and one chunk's bound.
+        let most = max_worthwhile_len(block) + zstd::zstd_safe::compress_bound(PACK_CHUNK);
+        assert!(p.frames.capacity() <= most, "{}", p.frames.capacity());
     }
 }

@@ -476,6 +476,10 @@ impl Shell<'_, '_> {
             }
         };
         let mode = self.up.opts.streams;
+        // The parallel send's packer starts its own zstd stream on this
+        // connection (a reset chunk): blocks packed here afterwards (a
+        // repair round) start another.
+        self.packing.forget();
         let r = super::streams::run(
             self.stream.as_mut(),
             &self.src.file,
@@ -535,6 +539,7 @@ impl Shell<'_, '_> {
             } else {
                 Compress::Off
             },
+            stream_codec: self.tx.pack_stats().streaming,
             filename: self.up.filename.clone(),
             filesize: self.src.size(),
             block: self.src.block,
@@ -553,7 +558,9 @@ impl Shell<'_, '_> {
         let kept = self.tx.kept().unwrap_or(0);
         self.connected(kept)?;
         self.first_byte();
-        self.packing.ready(level)?;
+        // Under the stream codec the connection keeps one zstd stream; a
+        // new level starts a new frame (a new compressor's first chunk).
+        self.packing.ready(level, self.tx.pack_stats().streaming)?;
         let r = self
             .packing
             .pack(&self.src.file, offset, len, &mut self.buf);

@@ -42,7 +42,7 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
         .unwrap();
     let (mut buf, mut have) = (vec![0u8; 1 << 16], 0..0);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut packed = None;
+    let (mut zstd, mut packed) = (None, None);
     while tx.outcome().is_none() {
         assert!(Instant::now() < deadline, "stuck in {}", tx.state_name());
         let now = Instant::now();
@@ -75,10 +75,9 @@ fn run_sender(mut stream: TcpStream, tx: &mut Sender, src: &[u8]) -> Outcome {
                 SendAction::PackBlock {
                     offset, len, level, ..
                 } => {
-                    let (ev, p) = super::pair::packed_event(
-                        &src[offset as usize..(offset + len) as usize],
-                        level,
-                    );
+                    let raw = &src[offset as usize..(offset + len) as usize];
+                    let streaming = tx.pack_stats().streaming;
+                    let (ev, p) = super::pair::packed_on(&mut zstd, streaming, raw, level);
                     packed = p;
                     ev
                 }

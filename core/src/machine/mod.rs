@@ -130,6 +130,7 @@ use crate::auth::ANSWER_LEN;
 use crate::v2::{self, block_range, FaultCode, ServerMsg, MAX_CLIENT_HEAD};
 
 pub use recv::{Ending, Receiver, ReceiverConfig};
+pub(crate) use send::offered_codecs;
 pub use send::{Failure, Outcome, PackStats, Packed, SendAction, SendEvent, Sender, SenderConfig};
 
 /// Most rounds of block repair before an upload is declared failed.

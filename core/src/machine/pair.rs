@@ -50,9 +50,23 @@ fn tx_cfg(src: &[u8]) -> SenderConfig {
 /// payload and CRC-32 to write at the [`SendAction::SendPacked`] that
 /// follows when it paid.
 pub(super) fn packed_event(raw: &[u8], level: i32) -> (SendEvent, Option<(Vec<u8>, u32)>) {
-    let packed = crate::compress::BlockCompressor::new(level)
-        .ok()
-        .and_then(|mut c| c.pack(raw));
+    packed_on(&mut None, false, raw, level)
+}
+
+/// [`packed_event`] on a connection whose compressor is `zstd` (kept, as
+/// the shell keeps it: one zstd stream per connection when `streaming`).
+pub(super) fn packed_on(
+    zstd: &mut Option<(i32, crate::compress::BlockCompressor)>,
+    streaming: bool,
+    raw: &[u8],
+    level: i32,
+) -> (SendEvent, Option<(Vec<u8>, u32)>) {
+    if zstd.as_ref().is_none_or(|(l, _)| *l != level) {
+        *zstd = crate::compress::BlockCompressor::for_codec(level, streaming)
+            .ok()
+            .map(|c| (level, c));
+    }
+    let packed = zstd.as_mut().and_then(|(_, c)| c.pack(raw));
     let ev = SendEvent::Packed(Ok(Packed {
         wire: packed.as_ref().map(|p| p.len() as u64),
         took: Duration::from_millis(1),
@@ -109,6 +123,8 @@ struct Pair {
     /// The client's header says revision 2 (an older client, which reads
     /// no held set) instead of the revision the sender advertises.
     as_rev2: bool,
+    /// The sender's compressor on this connection.
+    zstd: Option<(i32, crate::compress::BlockCompressor)>,
 }
 
 impl Pair {
@@ -142,6 +158,7 @@ impl Pair {
             dead: false,
             crash_on_cut: false,
             as_rev2: false,
+            zstd: None,
         }
     }
 
@@ -196,8 +213,9 @@ impl Pair {
             SendAction::PackBlock {
                 offset, len, level, ..
             } => {
-                let (ev, payload) =
-                    packed_event(&self.src[offset as usize..(offset + len) as usize], level);
+                let raw = &self.src[offset as usize..(offset + len) as usize];
+                let streaming = self.tx.pack_stats().streaming;
+                let (ev, payload) = packed_on(&mut self.zstd, streaming, raw, level);
                 self.packed = payload;
                 ev
             }
@@ -1697,6 +1715,96 @@ fn every_cut_of_a_compressed_upload_resumes_to_the_same_bytes() {
     let (c2s, s2c) = streams(&src, &tc, &rc);
     let total = *c2s.last().unwrap();
     for cut in (0..total).step_by(97).chain(c2s.iter().copied()) {
+        cut_then_resume(&src, &tc, &rc, cut, usize::MAX, 1 + cut % 5000);
+    }
+    for &cut in &s2c {
+        cut_then_resume(&src, &tc, &rc, usize::MAX, cut, 4093);
+    }
+}
+
+/// A sender inside TLS (a channel binding): it offers the connection-long
+/// zstd stream first.
+fn streamed(src: &[u8], mode: Compress) -> SenderConfig {
+    SenderConfig {
+        binding: Some([3; crate::auth::BINDING_LEN]),
+        ..packing(src, mode)
+    }
+}
+
+#[test]
+fn inside_tls_blocks_travel_as_one_zstd_stream_and_are_stored_identical() {
+    let src = log_lines(5 * B as usize + 777);
+    let storage = MemStorage::new();
+    let mut p = Pair::new(
+        &storage,
+        ReceiverConfig::default(),
+        streamed(&src, Compress::Zstd(3)),
+        src.clone(),
+    );
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(
+        storage.file(NAME) == Some(src.clone()),
+        "stored bytes differ"
+    );
+    let s = p.tx.pack_stats();
+    assert!(s.agreed && s.streaming, "{s:?}");
+    assert_eq!((s.blocks, s.raw_bytes), (6, src.len() as u64));
+    assert!(p.c2s.windows(13).any(|w| w == b"\"zstd-stream\""));
+    // Against per-block frames of the same data: the stream is smaller.
+    let mut chunked = Pair::new(
+        &MemStorage::new(),
+        ReceiverConfig::default(),
+        packing(&src, Compress::Zstd(3)),
+        src.clone(),
+    );
+    chunked.run();
+    let c = chunked.tx.pack_stats();
+    assert!(!c.streaming && c.agreed, "{c:?}");
+    assert!(s.wire_bytes < c.wire_bytes, "{s:?} against {c:?}");
+}
+
+#[test]
+fn a_receiver_that_only_knows_zstd_gets_per_block_frames() {
+    // An older server: it reads the offer and picks the codec it knows.
+    let src = log_lines(3 * B as usize);
+    let mut rx_json_only_zstd = streamed(&src, Compress::Zstd(1));
+    rx_json_only_zstd.binding = None;
+    let mut p = Pair::new(
+        &MemStorage::new(),
+        ReceiverConfig::default(),
+        rx_json_only_zstd,
+        src.clone(),
+    );
+    p.run();
+    assert_eq!(p.outcome(), Outcome::Stored);
+    assert!(
+        !p.c2s.windows(11).any(|w| w == b"zstd-stream"),
+        "not offered on plaintext"
+    );
+    assert!(!p.tx.pack_stats().streaming);
+    // The server's answer decides: "zstd" makes the streaming sender pack
+    // per block (checked by the machine: it took the codec it named).
+    let mut tx = Sender::new(streamed(&src, Compress::Zstd(1)), Instant::now());
+    tx.on_codec(crate::compress::CODEC);
+    assert!(tx.pack_stats().agreed && !tx.pack_stats().streaming);
+    tx.on_codec("zstd-other");
+    assert!(
+        tx.outcome().is_some(),
+        "an unoffered codec fails the attempt"
+    );
+}
+
+#[test]
+fn every_cut_of_a_streamed_upload_resumes_to_the_same_bytes() {
+    // Each reconnection starts a new stream; a block cut in the middle is
+    // sent again in the new connection's stream.
+    let src = log_lines(3 * B as usize + 5);
+    let tc = streamed(&src, Compress::Zstd(1));
+    let rc = ReceiverConfig::default();
+    let (c2s, s2c) = streams(&src, &tc, &rc);
+    let total = *c2s.last().unwrap();
+    for cut in (0..total).step_by(89).chain(c2s.iter().copied()) {
         cut_then_resume(&src, &tc, &rc, cut, usize::MAX, 1 + cut % 5000);
     }
     for &cut in &s2c {

@@ -101,6 +101,8 @@ struct Request {
     offer: Option<Offer>,
     /// The client offered zstd-compressed data frames.
     zstd: bool,
+    /// The client offered a zstd stream per connection.
+    zstd_stream: bool,
     /// Parallel streams: the session asked for (`bt.streams`) or joined
     /// (`bt.join`).
     streams: Option<u32>,
@@ -211,6 +213,8 @@ pub struct Receiver {
 struct Asks {
     /// The client offered zstd-compressed data frames.
     zstd: bool,
+    /// The client offered a zstd stream per connection.
+    zstd_stream: bool,
     streams: Option<u32>,
     join: Option<crate::session::Join>,
     op: Op,
@@ -662,6 +666,7 @@ impl Receiver {
         }
         let Asks {
             zstd,
+            zstd_stream,
             streams,
             join,
             op,
@@ -674,6 +679,7 @@ impl Receiver {
                 name,
                 offer,
                 zstd,
+                zstd_stream,
                 streams,
                 join,
                 op,
@@ -730,6 +736,7 @@ impl Receiver {
         }
         Ok(Asks {
             zstd: codecs.iter().any(|c| c == crate::compress::CODEC),
+            zstd_stream: codecs.iter().any(|c| c == crate::compress::STREAM_CODEC),
             streams,
             join,
             op,
@@ -774,6 +781,7 @@ impl Receiver {
             name,
             offer,
             zstd: false,
+            zstd_stream: false,
             streams: None,
             join: None,
             op: Op::List,
@@ -929,12 +937,23 @@ impl Receiver {
             }
             (Some(_), Held::Blocks(set)) if set.block_size() == block && set.filesize() == fs => {
                 let mut intake = Intake::new(set);
-                if self.cfg.compression && self.req.as_ref().is_some_and(|r| r.zstd) {
-                    // Said before the held list, so the client knows it
-                    // may compress before it plans.
-                    let codec = ServerMsg::Codec(crate::compress::CODEC.into());
+                let asks = self.req.as_ref().filter(|_| self.cfg.compression);
+                // Said before the held list, so the client knows it may
+                // compress before it plans. The stream when offered.
+                let codec = match asks {
+                    Some(r) if r.zstd_stream => {
+                        intake.accept_packed_stream();
+                        Some(crate::compress::STREAM_CODEC)
+                    }
+                    Some(r) if r.zstd => {
+                        intake.accept_packed();
+                        Some(crate::compress::CODEC)
+                    }
+                    _ => None,
+                };
+                if let Some(name) = codec {
+                    let codec = ServerMsg::Codec(name.into());
                     self.out.push_back(v2::encode_server_msg(&codec));
-                    intake.accept_packed();
                 }
                 if let Some(t) = self.ticket.clone() {
                     self.out
@@ -1445,6 +1464,7 @@ mod list_tests {
                 name: SafeName::from_wire("a").unwrap(),
                 offer: Some(Offer { rev, ..offer() }),
                 zstd: false,
+                zstd_stream: false,
                 streams: None,
                 join: None,
                 op: Op::Upload,

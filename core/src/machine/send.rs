@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::transfer::{Next, Outlet};
 use super::{shown, Deadline, ServerDecoder, Timer};
 use crate::auth::{Token, NONCE_LEN};
-use crate::compress::{AutoCompressor, AutoConfig, Compress, CODEC};
+use crate::compress::{AutoCompressor, AutoConfig, Compress, CODEC, STREAM_CODEC};
 use crate::proto::{self, Header};
 use crate::v2::{self, FaultCode, Offer, ServerMsg};
 
@@ -175,6 +175,9 @@ pub struct Packed {
 pub struct PackStats {
     /// Whether the server agreed to compressed frames.
     pub agreed: bool,
+    /// Whether it agreed to one zstd stream per connection
+    /// ([`STREAM_CODEC`]) rather than independent chunks.
+    pub streaming: bool,
     /// Blocks sent compressed.
     pub blocks: u64,
     /// Their raw bytes.
@@ -314,6 +317,19 @@ pub struct Sender {
     stored_as: v2::StoredAs,
 }
 
+/// The codecs a client offers: inside TLS the connection-long zstd stream
+/// first. Not on plaintext: TCP's 16-bit checksum lets a rare flipped bit
+/// through, which under [`CODEC`] costs its block alone (a repair) but in
+/// a stream would spoil every later block of the connection; TLS refuses
+/// a flipped bit before it reaches the decoder.
+pub(crate) fn offered_codecs(tls: bool) -> &'static [&'static str] {
+    if tls {
+        &[STREAM_CODEC, CODEC]
+    } else {
+        &[CODEC]
+    }
+}
+
 fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Failure> {
     let header = Header {
         filename: cfg.filename.clone(),
@@ -337,7 +353,7 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             let codecs: &[&str] = if cfg.compress == Compress::Off {
                 &[]
             } else {
-                &[CODEC]
+                offered_codecs(cfg.binding.is_some())
             };
             let extra = v2::Extra {
                 streams,
@@ -345,9 +361,12 @@ fn header_frame(cfg: &SenderConfig, streams: Option<u32>) -> Result<Vec<u8>, Fai
             };
             v2::encode_header_ext(&header, crc, offer, codecs, &extra)
         }
-        (false, crc) if cfg.compress != Compress::Off => {
-            v2::encode_header_with_codecs(&header, crc, offer, &[CODEC])
-        }
+        (false, crc) if cfg.compress != Compress::Off => v2::encode_header_with_codecs(
+            &header,
+            crc,
+            offer,
+            offered_codecs(cfg.binding.is_some()),
+        ),
         (false, Some(_)) => v2::encode_header(&header, offer),
         (false, None) => v2::encode_header_unknown_crc(&header, offer),
     };
@@ -798,12 +817,13 @@ impl Sender {
         }
     }
 
-    fn on_codec(&mut self, name: &str) {
-        if name != CODEC || self.cfg.compress == Compress::Off {
+    pub(super) fn on_codec(&mut self, name: &str) {
+        if (name != CODEC && name != STREAM_CODEC) || self.cfg.compress == Compress::Off {
             let words = format!("the server chose codec {name:?}, which was not offered");
             return self.fail_protocol(words);
         }
         self.pack.agreed = true;
+        self.pack.streaming = name == STREAM_CODEC;
     }
 
     fn on_held(&mut self, accepted: Result<Option<(u64, u64)>, String>) {

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use crc32fast::Hasher;
 
 use super::{ClientDecoder, ClientItem, Fault, HeldSet, SendAction, WriteAt, MAX_REPAIR_ROUNDS};
-use crate::compress::Unpacker;
+use crate::compress::{StreamDecoder, Unpacker};
 use crate::v2;
 
 #[derive(Debug)]
@@ -75,6 +75,9 @@ pub struct Intake {
     block: Option<InBlock>,
     round: u32,
     packed_ok: bool,
+    /// The connection's zstd stream decoder, when [`crate::compress::STREAM_CODEC`]
+    /// was agreed (made at its first compressed frame).
+    stream: Option<Option<StreamDecoder>>,
 }
 
 impl Intake {
@@ -87,6 +90,7 @@ impl Intake {
             block: None,
             round: 0,
             packed_ok: false,
+            stream: None,
         }
     }
 
@@ -94,6 +98,13 @@ impl Intake {
     /// (until then one is a protocol error).
     pub fn accept_packed(&mut self) {
         self.packed_ok = true;
+    }
+
+    /// Compressed data frames continuing one zstd stream per connection
+    /// ([`crate::compress::STREAM_CODEC`]) were agreed: take those.
+    pub fn accept_packed_stream(&mut self) {
+        self.packed_ok = true;
+        self.stream = Some(None);
     }
 
     /// Payload bytes the current compressed frame takes next, if one is
@@ -128,11 +139,36 @@ impl Intake {
         if b.damaged.is_some() {
             return Ok((used, Took::More));
         }
-        let out = match u.feed(bytes) {
-            Ok(out) => out,
-            Err(e) => {
-                b.damaged = Some(e.to_string());
-                return Ok((used, Took::More));
+        let out = if u.is_streaming() {
+            // The stream's state is shared by the connection's later
+            // blocks: a chunk that fails is a refusal, not a repair.
+            let dec = match self.stream.as_mut().map(Option::as_mut) {
+                Some(Some(d)) => d,
+                Some(None) => {
+                    let d = StreamDecoder::new().map_err(|e| Fault::bad(e.to_string()))?;
+                    self.stream
+                        .insert(Some(d))
+                        .as_mut()
+                        .ok_or_else(|| Fault::bad("internal"))?
+                }
+                None => return Err(Fault::bad("internal: a streamed block without a stream")),
+            };
+            let out = u
+                .feed_stream(bytes, dec)
+                .map_err(|e| Fault::bad(e.to_string()))?;
+            if ended && !u.is_done() {
+                return Err(Fault::bad(
+                    "refused a compressed block from the peer: its payload ends before its last chunk",
+                ));
+            }
+            out
+        } else {
+            match u.feed(bytes) {
+                Ok(out) => out,
+                Err(e) => {
+                    b.damaged = Some(e.to_string());
+                    return Ok((used, Took::More));
+                }
             }
         };
         if ended && !u.is_done() {
@@ -198,7 +234,12 @@ impl Intake {
                         "a compressed data frame, but no compression was agreed on this connection",
                     ));
                 }
-                self.begin(idx, offset, len, Some(Unpacker::new(len)))
+                let u = if self.stream.is_some() {
+                    Unpacker::streaming(len)
+                } else {
+                    Unpacker::new(len)
+                };
+                self.begin(idx, offset, len, Some(u))
             }
             Some(ClientItem::Payload(bytes)) => {
                 let b = self

@@ -388,6 +388,8 @@ fn dialer(up: &Upload, ticket: Ticket, addr: std::net::SocketAddr) -> Result<Dia
         congestion: opts.congestion.clone(),
         limit_rate: opts.limit_rate,
         compress: opts.compress,
+        // Downloads keep per-chunk frames (`get_pack`).
+        stream_codec: false,
         filename: up.filename.clone(),
         filesize: 0,
         block: 0,
