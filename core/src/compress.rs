@@ -889,6 +889,7 @@ impl AutoCompressor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::noise as random;
 
     const MIB: usize = 1 << 20;
 
@@ -902,18 +903,6 @@ mod tests {
         }
         out.truncate(len);
         out
-    }
-
-    fn random(len: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
     }
 
     #[test]

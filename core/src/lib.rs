@@ -45,6 +45,8 @@ pub mod sniff;
 pub mod sparse;
 pub mod store;
 mod sys;
+#[cfg(test)]
+mod testdata;
 pub mod text;
 pub mod throttle;
 pub mod tls;

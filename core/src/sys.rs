@@ -277,26 +277,9 @@ pub(crate) struct PathSample {
 pub(crate) fn tcp_sample(socket: BorrowedFd<'_>) -> Option<PathSample> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: as in `tcp_rtt`: a writable buffer of `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
         // The fields read here end at tcpi_bytes_retrans.
         let need = std::mem::offset_of!(libc::tcp_info, tcpi_dsack_dups);
-        if rc != 0 || (len as usize) < need {
-            return None;
-        }
-        // SAFETY: zero-initialised, then filled by the kernel: plain integers.
-        let info = unsafe { info.assume_init() };
+        let info = tcp_info(socket, need)?;
         Some(PathSample {
             busy_us: info.tcpi_busy_time,
             window_limited_us: info
@@ -312,6 +295,33 @@ pub(crate) fn tcp_sample(socket: BorrowedFd<'_>) -> Option<PathSample> {
         let _ = socket;
         None
     }
+}
+
+/// The kernel's `TCP_INFO` of a connected TCP socket, when it filled at
+/// least the first `need` bytes (older kernels fill fewer fields), else
+/// `None`. `rustix` has no `TCP_INFO`, so this is read through `libc`.
+#[cfg(target_os = "linux")]
+fn tcp_info(socket: BorrowedFd<'_>, need: usize) -> Option<libc::tcp_info> {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes for the whole
+    // call, and the kernel writes at most `len` bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || (len as usize) < need {
+        return None;
+    }
+    // SAFETY: zero-initialised, then (partly) filled by the kernel:
+    // every field is a plain integer, valid at any value.
+    Some(unsafe { info.assume_init() })
 }
 
 /// How many bytes one TCP stream of `sock` may have in flight at most:
@@ -406,31 +416,11 @@ impl Drop for PageBuf {
 unsafe impl Send for PageBuf {}
 
 /// The kernel's smoothed round-trip time of a connected TCP socket
-/// (`TCP_INFO`), `None` where the OS does not say. `rustix` has no
-/// `TCP_INFO`, so this is read through `libc`.
+/// (`TCP_INFO`), `None` where the OS does not say.
 pub(crate) fn tcp_rtt(socket: BorrowedFd<'_>) -> Option<Duration> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is a writable buffer of `len` bytes for the whole
-        // call, and the kernel writes at most `len` bytes into it.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 || (len as usize) < std::mem::size_of::<libc::tcp_info>() / 2 {
-            return None;
-        }
-        // SAFETY: zero-initialised, then (partly) filled by the kernel:
-        // every field is a plain integer, valid at any value.
-        let info = unsafe { info.assume_init() };
+        let info = tcp_info(socket, std::mem::size_of::<libc::tcp_info>() / 2)?;
         Some(Duration::from_micros(u64::from(info.tcpi_rtt)))
     }
     #[cfg(not(target_os = "linux"))]

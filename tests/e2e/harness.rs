@@ -118,7 +118,12 @@ pub fn assert_same_file(a: &Path, b: &Path) {
 
 /// Size of the largest held part in a Rust server's storage directory.
 pub fn held_part_len(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join(".bigtransfer"))
+    largest_part_len(&dir.join(".bigtransfer"))
+}
+
+/// Size of the largest `*.part` file directly in `parts`.
+pub fn largest_part_len(parts: &Path) -> u64 {
+    std::fs::read_dir(parts)
         .map(|rd| {
             rd.flatten()
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))

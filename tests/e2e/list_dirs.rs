@@ -16,15 +16,7 @@ use crate::keep::list;
 
 /// The longest part of a tree upload the server holds.
 fn tree_part_len(store: &Path) -> u64 {
-    fs::read_dir(store.join(".bt-tree-parts"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
-                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+    largest_part_len(&store.join(".bt-tree-parts"))
 }
 
 /// A file, a tree `t/` (nested), a hostile directory put there by hand,

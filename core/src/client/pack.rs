@@ -194,6 +194,7 @@ impl Packing {
 mod tests {
     use super::*;
     use crate::compress::Unpacker;
+    use crate::testdata::noise;
     use std::io::Write;
 
     fn text(len: usize) -> Vec<u8> {
@@ -220,18 +221,6 @@ mod tests {
         let path = dir.path().join("src");
         File::create(&path).unwrap().write_all(bytes).unwrap();
         (dir, File::open(&path).unwrap())
-    }
-
-    fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
     }
 
     fn payload(p: &Packing, file: &File, buf: &mut [u8]) -> (u32, Vec<u8>) {

@@ -239,22 +239,11 @@ impl BlockSender {
 mod tests {
     use super::*;
     use crate::compress::Unpacker;
+    use crate::testdata::noise;
 
     fn text(len: usize) -> Vec<u8> {
         let line = b"2026-11-30 14:00:01 INFO request served in 12 ms from 10.0.0.7\n";
         line.iter().copied().cycle().take(len).collect()
-    }
-
-    fn noise(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
     }
 
     /// Splits what the sender wrote into (tag, offset, payload, crc).
