@@ -424,10 +424,9 @@ mod tests {
         pieces
     }
 
-    #[test]
-    fn good_blocks_are_held_and_damaged_ones_are_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
+    /// An empty part file `part` in `dir`, open for reading and writing.
+    fn empty_part(dir: &std::path::Path) -> (std::path::PathBuf, File) {
+        let path = dir.join("part");
         let part = File::options()
             .read(true)
             .write(true)
@@ -435,6 +434,13 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
+        (path, part)
+    }
+
+    #[test]
+    fn good_blocks_are_held_and_damaged_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, part) = empty_part(dir.path());
         let (r, data, frames) = blocks();
         part.set_len(r.size).unwrap();
         let mut w = Writer::start(&part).unwrap();
@@ -525,14 +531,7 @@ mod tests {
         packed.extend_from_slice(&payload);
         packed.extend_from_slice(&r.crcs[1].to_be_bytes());
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        let part = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (path, part) = empty_part(dir.path());
         part.set_len(r.size).unwrap();
         let mut w = Writer::start(&part).unwrap();
         let mut out = Vec::new();
