@@ -366,7 +366,7 @@ pub(crate) struct PageBuf {
     len: usize,
 }
 
-const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 
 impl PageBuf {
     pub(crate) fn new(len: usize) -> PageBuf {

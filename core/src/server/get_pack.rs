@@ -30,6 +30,14 @@ const MIN_MEASURED: usize = 64 << 10;
 /// Bytes before the block in a [`FrameBuf`]: a raw data frame's head.
 const HEAD: usize = 13;
 
+/// Where the block starts in a [`FrameBuf`]: on a page boundary, the head
+/// just before it. The file is read into the block, and the kernel's copy
+/// out of the page cache runs at a sixth of its speed into a destination a
+/// few bytes off a page's alignment on this machine's CPUs (3.3 against
+/// 20 GB/s measured for a 1 MiB `pread` 13 bytes in); the frame then goes
+/// out from the head, where the offset costs nothing.
+const BLOCK_AT: usize = crate::sys::PAGE;
+
 /// A block buffer with room for a raw data frame's head before the block
 /// and its CRC-32 after, so a raw block is read from the file straight
 /// into its frame and goes out in one write.
@@ -41,23 +49,23 @@ impl FrameBuf {
     /// Room for blocks of up to `block` bytes.
     pub(super) fn new(block: usize) -> FrameBuf {
         FrameBuf {
-            buf: crate::sys::PageBuf::new(HEAD + block + 4),
+            buf: crate::sys::PageBuf::new(BLOCK_AT + block + 4),
         }
     }
 
     /// The block's first `len` bytes (to read the file into).
     pub(super) fn block_mut(&mut self, len: usize) -> &mut [u8] {
-        &mut self.buf[HEAD..HEAD + len]
+        &mut self.buf[BLOCK_AT..BLOCK_AT + len]
     }
 
     fn block(&self, len: usize) -> &[u8] {
-        &self.buf[HEAD..HEAD + len]
+        &self.buf[BLOCK_AT..BLOCK_AT + len]
     }
 
     /// The whole `D` frame of the block's first `len` bytes.
     fn raw_frame(&mut self, offset: u64, len: usize, crc: u32) -> &[u8] {
         let head = getwire::encode_data_head(offset, len as u32);
-        let f = &mut self.buf[..HEAD + len + 4];
+        let f = &mut self.buf[BLOCK_AT - HEAD..BLOCK_AT + len + 4];
         f[..HEAD].copy_from_slice(&head);
         f[HEAD + len..].copy_from_slice(&crc.to_be_bytes());
         f
