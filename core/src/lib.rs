@@ -50,6 +50,7 @@ mod testdata;
 pub mod text;
 pub mod throttle;
 pub mod tls;
+mod tls_ahead;
 mod tls_stream;
 pub mod transport;
 pub mod tree;
