@@ -286,13 +286,37 @@ pub fn get_file(
     force: bool,
     progress: &mut dyn FnMut(&Progress) -> Control,
 ) -> Result<GetOutcome> {
+    get_file_as(remote, false, dest, opts, force, progress)
+}
+
+/// [`get_file`] of a file of a tree, named by its path below the storage
+/// directory (`"path": 1`, on one connection): for a tree download's file
+/// that is over what the server sends among the tree's blocks. Only for a
+/// server that said it serves such gets.
+pub(super) fn get_tree_file(
+    path: &str,
+    dest: &Path,
+    opts: &SendOptions,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<GetOutcome> {
+    get_file_as(path, true, dest, opts, true, progress)
+}
+
+fn get_file_as(
+    remote: &str,
+    by_path: bool,
+    dest: &Path,
+    opts: &SendOptions,
+    force: bool,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<GetOutcome> {
     let started = Instant::now();
     let mut local = Local::new(dest, force)?;
     let mut up = Upload::new(dest, remote.to_owned(), opts, progress, started);
     loop {
         up.t.attempts += 1;
         let before = local.held_bytes();
-        let err = match attempt(&mut up, &mut local) {
+        let err = match attempt(&mut up, &mut local, by_path) {
             Ok(()) => break,
             Err(e) => e,
         };
@@ -336,7 +360,7 @@ fn wire_bytes(t: &Tally) -> u64 {
 
 /// One connection: connect (TLS as for uploads), ask, authenticate, take
 /// the reference, then rounds of blocks until every one is held.
-fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
+fn attempt(up: &mut Upload, local: &mut Local, by_path: bool) -> Result<()> {
     let (sock, addr) = shell::connect(up)?;
     up.ever_connected = true;
     shell::tune(&sock);
@@ -361,7 +385,10 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     stream
         .set_write_timeout(io_timeout)
         .map_err(|e| peer::lost(e, "configuring the socket"))?;
-    let header = getwire::encode_get_header_with(&up.filename, ask, None, up.opts.compress)?;
+    let header = match by_path {
+        true => getwire::encode_get_path_header(&up.filename, up.opts.compress)?,
+        false => getwire::encode_get_header_with(&up.filename, ask, None, up.opts.compress)?,
+    };
     up.t.packed.agreed = false;
     stream
         .write_all(&header)

@@ -57,6 +57,11 @@ struct Session<'a> {
     /// One block, reused for every file (a fresh 1 MiB per small file
     /// would cost more than the file).
     block: Option<crate::sys::PageBuf>,
+    /// Files over this are not sent among the tree's blocks.
+    limit: u64,
+    /// The client fetches such files alone (its header offered
+    /// `"alone": 1`): they get an [`wire::ALONE`] verdict.
+    alone: bool,
     t: Tally,
 }
 
@@ -77,13 +82,20 @@ pub(super) fn serve(
         return Err(Error::new(ErrorKind::Protocol, format!("{}: {words}", conn.peer)).into());
     }
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
+    let big = BigFiles {
+        limit: sh.cfg.tree_get_file_limit.min(MAX_FILE),
+        alone: fetch::offers_alone(header),
+    };
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::tree_get_store::serve(sh, s3, conn, stream, remote);
+        return super::tree_get_store::serve(sh, s3, conn, stream, remote, big);
     }
     let shown = crate::text::printable(remote).into_owned();
     let mut s = match Session::open(sh, stream, remote) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            (s.limit, s.alone) = (big.limit, big.alone);
+            s
+        }
         Err((e, mut stream)) => {
             let _ = wire::write_frame(&mut stream, wire::FAULT, e.to_string().as_bytes());
             let _ = stream.close_write();
@@ -162,6 +174,8 @@ impl<'a> Session<'a> {
                 parent: rel.parent_str().unwrap_or("").to_owned(),
                 files: Vec::new(),
                 block: None,
+                limit: MAX_FILE,
+                alone: false,
                 t: Tally::default(),
             }),
             Err(e) => Err((e, stream)),
@@ -248,6 +262,17 @@ impl<'a> Session<'a> {
                 format!("a request for file {idx} of a page of {}", self.files.len()),
             ));
         };
+        if let Some(size) = self
+            .open_file(&path)
+            .ok()
+            .and_then(|f| size_over(&f, self.limit))
+        {
+            let big = BigFiles {
+                limit: self.limit,
+                alone: self.alone,
+            };
+            return self.io.over_limit(&path, size, big);
+        }
         let opened = self.open_file(&path).and_then(|f| {
             let r = compute(&f, &path, buf)?;
             Ok((f, r))
@@ -365,6 +390,21 @@ impl Outbox {
         self.flush_if_full()
     }
 
+    /// The verdict on a file of `size` bytes over the limit: fetch it
+    /// alone (to a client that offered to), or the refusal an older
+    /// client has always had.
+    pub(super) fn over_limit(&mut self, path: &RelPath, size: u64, big: BigFiles) -> Result<()> {
+        if big.alone {
+            let why = format!(
+                "{size} bytes, over the {} a tree get sends among its blocks: fetch it alone",
+                big.limit
+            );
+            let p = wire::verdict(wire::ALONE, path.as_str(), &why);
+            return self.send(wire::VERDICT, &p);
+        }
+        self.verdict(path, &too_big(path, size, big.limit))
+    }
+
     /// A failed file's verdict, in words.
     pub(super) fn verdict(&mut self, path: &RelPath, why: &str) -> Result<()> {
         let p = wire::verdict(wire::FAILED, path.as_str(), why);
@@ -431,6 +471,31 @@ pub(super) fn cut(e: io::Error) -> Error {
     Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
 }
 
+/// How a tree download treats files over its limit (the server's
+/// `tree_get_file_limit`, never over [`MAX_FILE`]).
+#[derive(Clone, Copy)]
+pub(super) struct BigFiles {
+    pub(super) limit: u64,
+    /// The client offered to fetch them alone.
+    pub(super) alone: bool,
+}
+
+/// The size of `file` when it is over `limit`.
+fn size_over(file: &File, limit: u64) -> Option<u64> {
+    file.metadata().ok().map(|m| m.len()).filter(|&n| n > limit)
+}
+
+/// Why a file over the limit is not sent to a client that does not fetch
+/// such files alone (the words an older server gave, at the protocol's
+/// limit).
+pub(super) fn too_big(path: &RelPath, size: u64, limit: u64) -> String {
+    if limit == MAX_FILE {
+        format!("\"{path}\" is {size} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)")
+    } else {
+        format!("\"{path}\" is {size} bytes, over the {limit} bytes this server's tree get serves; get it alone (bigtransfer get)")
+    }
+}
+
 /// The remote must be a directory or a regular file reached without a
 /// symlink on the way.
 fn check_root(root: &OwnedFd, rel: &RelPath) -> Result<()> {
@@ -468,9 +533,7 @@ fn compute(file: &File, path: &RelPath, buf: &mut [u8]) -> Result<Reference> {
     }
     let size = m.len();
     if size > MAX_FILE {
-        return Err(refused(format!(
-            "\"{path}\" is {size} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)"
-        )));
+        return Err(refused(too_big(path, size, MAX_FILE)));
     }
     if size > BLOCK {
         crate::sys::advise_sequential(file);

@@ -34,7 +34,7 @@ use std::io::Write;
 
 use super::get::Stop;
 use super::get_store::{runs, send_run};
-use super::tree_get::{cut, next_ask, Ask, Outbox};
+use super::tree_get::{cut, next_ask, Ask, BigFiles, Outbox};
 use super::{ConnInfo, Failed, Shared};
 use crate::getwire::{self, TAG_REFERENCE, TAG_WANT};
 use crate::s3::finished::{self, DONE_DIR};
@@ -68,6 +68,8 @@ struct Session<'a> {
     base: String,
     /// The files of the page last sent, by index.
     files: Vec<RelPath>,
+    /// Files over the limit, and whether the client fetches them alone.
+    big: BigFiles,
     t: Tally,
 }
 
@@ -79,6 +81,7 @@ pub(super) fn serve(
     conn: &ConnInfo,
     stream: Box<dyn Transport>,
     remote: &str,
+    big: BigFiles,
 ) -> std::result::Result<(), Failed> {
     let shown = crate::text::printable(remote).into_owned();
     let logger = |m: &str| (sh.logger)(m);
@@ -89,6 +92,7 @@ pub(super) fn serve(
         buf: Vec::new(),
         base: String::new(),
         files: Vec::new(),
+        big,
         t: Tally::default(),
     };
     let walk = remote_path(remote).and_then(|rel| {
@@ -459,12 +463,8 @@ impl Session<'_> {
         };
         let key = format!("{}{}", self.base, path.as_str());
         let r = match self.s3.tree_reference(&key, BLOCK) {
-            Ok(r) if r.size > MAX_FILE => {
-                let why = format!(
-                    "\"{path}\" is {} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)",
-                    r.size
-                );
-                return self.io.verdict(&path, &why);
+            Ok(r) if r.size > self.big.limit.min(MAX_FILE) => {
+                return self.io.over_limit(&path, r.size, self.big);
             }
             Ok(r) => r,
             Err(f) => return self.io.verdict(&path, &f.words),
