@@ -52,8 +52,8 @@ struct Session<'a> {
     root: OwnedFd,
     /// The remote's parent ("" at the top): manifest paths start below it.
     parent: String,
-    /// The files of the page last sent, by index.
-    files: Vec<RelPath>,
+    /// The files of the page last sent, by index, with their listed sizes.
+    files: Vec<(RelPath, u64)>,
     /// One block, reused for every file (a fresh 1 MiB per small file
     /// would cost more than the file).
     block: Option<crate::sys::PageBuf>,
@@ -223,8 +223,8 @@ impl<'a> Session<'a> {
                         break;
                     }
                     self.t.entries += 1;
-                    if let EntryKind::File { .. } = entry.kind {
-                        self.files.push(entry.path);
+                    if let EntryKind::File { size, .. } = entry.kind {
+                        self.files.push((entry.path, size));
                     }
                 }
             }
@@ -256,22 +256,21 @@ impl<'a> Session<'a> {
     }
 
     fn serve_file_with(&mut self, idx: usize, all: bool, buf: &mut [u8]) -> Result<()> {
-        let Some(path) = self.files.get(idx).cloned() else {
+        let Some((path, listed)) = self.files.get(idx).cloned() else {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("a request for file {idx} of a page of {}", self.files.len()),
             ));
         };
-        if let Some(size) = self
-            .open_file(&path)
-            .ok()
-            .and_then(|f| size_over(&f, self.limit))
-        {
+        // By its listed size, before it is opened: a file that grew past
+        // the limit since is caught by `compute` (at the protocol's limit)
+        // and by the client (a size other than the manifest's).
+        if listed > self.limit {
             let big = BigFiles {
                 limit: self.limit,
                 alone: self.alone,
             };
-            return self.io.over_limit(&path, size, big);
+            return self.io.over_limit(&path, listed, big);
         }
         let opened = self.open_file(&path).and_then(|f| {
             let r = compute(&f, &path, buf)?;
@@ -478,11 +477,6 @@ pub(super) struct BigFiles {
     pub(super) limit: u64,
     /// The client offered to fetch them alone.
     pub(super) alone: bool,
-}
-
-/// The size of `file` when it is over `limit`.
-fn size_over(file: &File, limit: u64) -> Option<u64> {
-    file.metadata().ok().map(|m| m.len()).filter(|&n| n > limit)
 }
 
 /// Why a file over the limit is not sent to a client that does not fetch

@@ -66,8 +66,8 @@ struct Session<'a> {
     buf: Vec<u8>,
     /// The key prefix of the remote's parent ("" or ending in `/`).
     base: String,
-    /// The files of the page last sent, by index.
-    files: Vec<RelPath>,
+    /// The files of the page last sent, by index, with their listed sizes.
+    files: Vec<(RelPath, u64)>,
     /// Files over the limit, and whether the client fetches them alone.
     big: BigFiles,
     t: Tally,
@@ -435,8 +435,8 @@ impl Session<'_> {
                 return Ok(page);
             }
             self.t.entries += 1;
-            if let EntryKind::File { .. } = entry.kind {
-                self.files.push(entry.path);
+            if let EntryKind::File { size, .. } = entry.kind {
+                self.files.push((entry.path, size));
             }
         }
     }
@@ -455,15 +455,20 @@ impl Session<'_> {
 
     /// One file: its reference (or a verdict why not), then its blocks.
     fn serve_file(&mut self, idx: usize, all: bool) -> Result<()> {
-        let Some(path) = self.files.get(idx).cloned() else {
+        let Some((path, listed)) = self.files.get(idx).cloned() else {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("a request for file {idx} of a page of {}", self.files.len()),
             ));
         };
+        let limit = self.big.limit.min(MAX_FILE);
+        // Told before its reference is made (which may read it whole).
+        if listed > limit {
+            return self.io.over_limit(&path, listed, self.big);
+        }
         let key = format!("{}{}", self.base, path.as_str());
         let r = match self.s3.tree_reference(&key, BLOCK) {
-            Ok(r) if r.size > self.big.limit.min(MAX_FILE) => {
+            Ok(r) if r.size > limit => {
                 return self.io.over_limit(&path, r.size, self.big);
             }
             Ok(r) => r,
