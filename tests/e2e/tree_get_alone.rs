@@ -98,6 +98,16 @@ fn a_file_over_the_limit_comes_alone_in_the_same_get_identical() {
     );
     assert!(field(&out, "bytes_received") >= (11 << 20) + 4321);
 
+    // The big file named alone by its path: a one-entry tree, fetched
+    // alone all the same.
+    let single = t.path().join("single");
+    let out = get(&srv, &["set/sub/vm.img"], &["-o", single.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert_eq!(field(&out, "downloaded"), 1, "{}", stdout(&out));
+    assert_same_file(&vm, &single.join("vm.img"));
+    let m = fs::metadata(single.join("vm.img")).unwrap();
+    assert_eq!(m.mtime(), 1_600_000_000);
+
     let again = get(&srv, &["set"], &["-o", dest.to_str().unwrap()]);
     assert_exit(&again, 0);
     assert_eq!(field(&again, "held"), 4, "{}", stdout(&again));

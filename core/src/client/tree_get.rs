@@ -16,6 +16,10 @@
 //! mtimes are applied, directories' once their contents are in; blocks of
 //! zeros of a new file are not written (its holes stay holes).
 //!
+//! A file over what the server sends among the tree's blocks (its
+//! [`wire::ALONE`] verdict) is fetched alone after the tree's session
+//! (`alone`), with the same guarantees.
+//!
 //! A file here that differs from the server's is not replaced unless
 //! `force`. Not for single files named alone (`get_file`), nor the
 //! server's side (`server::tree_get`).

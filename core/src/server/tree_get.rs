@@ -5,7 +5,10 @@
 //! served as a single-file get is: its reference (size, block CRC-32s),
 //! then the blocks asked for, each checked against the reference before it
 //! goes out (a file changed meanwhile is refused for that file, never sent
-//! as a mix of versions).
+//! as a mix of versions). A file over the limit (128 GiB, or the
+//! server's lower `tree_get_file_limit`) gets an `ALONE` verdict when the
+//! client offered to fetch such files alone (a single-file get by path,
+//! `server::get`), else the refusal older clients always had.
 //!
 //! The remote path passed the tree's own name checks ([`RelPath`]); every
 //! directory on the way and every file is opened with `O_NOFOLLOW` from the

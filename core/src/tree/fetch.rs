@@ -31,8 +31,9 @@ pub const BLOCK: u64 = 1 << 20;
 /// make a peer allocate), and a block must fit one tree frame
 /// ([`super::wire::MAX_FRAME`], 2 MiB with its head), so neither the count
 /// nor the block can grow without a new version of the wire. A larger
-/// file is fetched alone (`bigtransfer get`), whose blocks grow with the
-/// file.
+/// file is fetched alone, by a single-file get by path whose blocks grow
+/// with the file, inside the same tree download (negotiated: [`ALONE_KEY`],
+/// [`super::wire::ALONE`]).
 pub const MAX_FILE: u64 = crate::v2::MAX_BLOCKS * BLOCK;
 
 /// The key in the tree-get header's `"bt"` object by which a client says

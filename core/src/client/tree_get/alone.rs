@@ -36,7 +36,12 @@ impl Session<'_, '_> {
             None => t.path.as_str().to_owned(),
         };
         let target = self.dest.dir.join(t.path.to_path_buf());
-        let parent = self.dest.hold_parent(&t.path)?;
+        // Its directory in the tree (not the user's -o directory, for a
+        // remote that is the file itself) keeps the manifest's mtime.
+        let parent = match t.path.parent_str() {
+            Some(_) => Some(self.dest.hold_parent(&t.path)?),
+            None => None,
+        };
         let mut seen = Seen::default();
         let got = {
             let (path, size) = (t.path.as_str(), t.size);
@@ -45,7 +50,9 @@ impl Session<'_, '_> {
             get::get_tree_file(&remote, &target, self.opts, &mut report)
         };
         let r = self.judge(&t, got, &seen);
-        self.dest.restore_parent(&t.path, parent);
+        if let Some(p) = parent {
+            self.dest.restore_parent(&t.path, p);
+        }
         r
     }
 
