@@ -1193,6 +1193,14 @@ impl Receiver {
         crate::getwire::requested_compress(&r.json)
     }
 
+    /// Whether a list request asked for tree uploads by name (see
+    /// [`crate::listing::TREE_NAMES_KEY`]).
+    pub fn list_tree_names(&self) -> bool {
+        self.req
+            .as_ref()
+            .is_some_and(|r| crate::listing::requested_tree_names(&r.json))
+    }
+
     /// Grants a session: its `J` frame goes out before the held list.
     /// Call while executing [`Action::OpenHeld`].
     pub fn grant_session(&mut self, ticket: crate::session::Ticket) {

@@ -35,6 +35,7 @@ mod tree_auth;
 mod tree_get;
 #[cfg(feature = "s3")]
 mod tree_get_store;
+mod tree_notes;
 #[cfg(feature = "s3")]
 mod tree_s3;
 mod tree_sums;
