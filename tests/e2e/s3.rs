@@ -1138,6 +1138,6 @@ fn a_tree_file_over_the_limit_comes_alone_from_the_store_identical() {
     let big_file = "set/a/b c/big.bin";
     assert_eq!(mtime(&t.path().join(big_file)), mtime(&dest.join(big_file)));
     // The big file came over a single-file get by path, from the store.
-    let sent = format!("big.bin: sent ({big} bytes, get");
+    let sent = format!("set/a/b c/big.bin: sent ({big} bytes, get by path");
     assert!(srv.log.wait_for(&sent, LONG), "{}", srv.log.text());
 }

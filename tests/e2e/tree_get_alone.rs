@@ -92,7 +92,8 @@ fn a_file_over_the_limit_comes_alone_in_the_same_get_identical() {
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
     // It went over a single-file get by path, in blocks of that get.
     assert!(
-        srv.log.wait_for("vm.img: sent (9441505 bytes, get", LONG),
+        srv.log
+            .wait_for("set/sub/vm.img: sent (9441505 bytes, get by path", LONG),
         "{}",
         srv.log.text()
     );

@@ -107,10 +107,17 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
         name: &name,
         path: path.as_deref(),
     };
+    // A get by path is logged by its path (checked: printable).
+    let shown = asked.path.unwrap_or(name.as_str());
     match run(sh, &asked, &mut input, &plan) {
         Ok((size, sent)) => {
+            let by = if asked.path.is_some() {
+                "get by path"
+            } else {
+                "get"
+            };
             (sh.logger)(&format!(
-                "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection{})",
+                "{peer}: {shown}: sent ({size} bytes, {by}, {sent} bytes on this connection{})",
                 input.pack.summary()
             ));
             Ok(())
