@@ -97,14 +97,26 @@ pub fn encode_get_header_with(
 /// file by its path below the storage directory (`"path": 1`): the
 /// `filename` is then a tree path (checked as a tree's are), not a plain
 /// stored name. Sent only to a server that said it serves such gets (a
-/// [`crate::tree::wire::ALONE`] verdict of a tree download); served on one
-/// connection (no `streams`, no `join`).
+/// [`crate::tree::wire::ALONE`] verdict of a tree download). Its streams
+/// (`streams`, `join`) name the path the same way.
 pub const PATH_KEY: &str = "path";
 
 /// The header frame asking to download the file at `path` (a tree path
 /// below the storage directory) by itself, on one connection.
 pub fn encode_get_path_header(path: &str, compress: Compress) -> Result<Vec<u8>> {
     header_with(path, true, None, None, compress)
+}
+
+/// [`encode_get_header_with`], of a stored name or (`by_path`) of a tree
+/// path (`"path": 1`).
+pub fn encode_get_header_by(
+    remote: &str,
+    by_path: bool,
+    streams: Option<u32>,
+    join: Option<&crate::session::Join>,
+    compress: Compress,
+) -> Result<Vec<u8>> {
+    header_with(remote, by_path, streams, join, compress)
 }
 
 /// Whether a get header asks for its file by path (`"path": 1`).

@@ -109,6 +109,22 @@ fn a_file_over_the_limit_comes_alone_in_the_same_get_identical() {
     let m = fs::metadata(single.join("vm.img")).unwrap();
     assert_eq!(m.mtime(), 1_600_000_000);
 
+    // With parallel streams, the big file's get joins them by its path.
+    let streamed = t.path().join("streamed");
+    let out = get(
+        &srv,
+        &["set"],
+        &["--streams", "4", "-o", streamed.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert_same_tree(&store.join("set"), &streamed.join("set"), &[]);
+    assert!(
+        srv.log
+            .wait_for("stream joined the download of set/sub/vm.img", LONG),
+        "{}",
+        srv.log.text()
+    );
+
     let again = get(&srv, &["set"], &["-o", dest.to_str().unwrap()]);
     assert_exit(&again, 0);
     assert_eq!(field(&again, "held"), 4, "{}", stdout(&again));

@@ -105,6 +105,8 @@ pub(super) struct Local {
     restarted: bool,
     /// Why the last damaged block was damaged (said when repair gives up).
     damage: Option<String>,
+    /// The remote is a tree path (`"path": 1`), on every stream.
+    pub(super) by_path: bool,
 }
 
 fn local_err(what: String, e: io::Error) -> Error {
@@ -135,6 +137,7 @@ impl Local {
             repaired: 0,
             restarted: false,
             damage: None,
+            by_path: false,
         })
     }
 
@@ -312,11 +315,12 @@ fn get_file_as(
 ) -> Result<GetOutcome> {
     let started = Instant::now();
     let mut local = Local::new(dest, force)?;
+    local.by_path = by_path;
     let mut up = Upload::new(dest, remote.to_owned(), opts, progress, started);
     loop {
         up.t.attempts += 1;
         let before = local.held_bytes();
-        let err = match attempt(&mut up, &mut local, by_path) {
+        let err = match attempt(&mut up, &mut local) {
             Ok(()) => break,
             Err(e) => e,
         };
@@ -360,7 +364,7 @@ fn wire_bytes(t: &Tally) -> u64 {
 
 /// One connection: connect (TLS as for uploads), ask, authenticate, take
 /// the reference, then rounds of blocks until every one is held.
-fn attempt(up: &mut Upload, local: &mut Local, by_path: bool) -> Result<()> {
+fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     let (sock, addr) = shell::connect(up)?;
     up.ever_connected = true;
     shell::tune(&sock);
@@ -385,10 +389,8 @@ fn attempt(up: &mut Upload, local: &mut Local, by_path: bool) -> Result<()> {
     stream
         .set_write_timeout(io_timeout)
         .map_err(|e| peer::lost(e, "configuring the socket"))?;
-    let header = match by_path {
-        true => getwire::encode_get_path_header(&up.filename, up.opts.compress)?,
-        false => getwire::encode_get_header_with(&up.filename, ask, None, up.opts.compress)?,
-    };
+    let header =
+        getwire::encode_get_header_by(&up.filename, local.by_path, ask, None, up.opts.compress)?;
     up.t.packed.agreed = false;
     stream
         .write_all(&header)

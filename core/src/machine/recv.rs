@@ -769,11 +769,6 @@ impl Receiver {
         let join = crate::session::join_request(json).map_err(refused)?;
         let op = getwire::requested_op(json).map_err(refused)?;
         let by_path = op == Op::Get && getwire::requested_path(json).map_err(refused)?;
-        if by_path && (streams.is_some() || join.is_some()) {
-            return Err(refused(
-                "a get by path is served on one connection (no \"streams\", no \"join\")",
-            ));
-        }
         let codecs = v2::offered_codecs(json).map_err(refused)?;
         let n = v2::block_count(header.filesize, o.block_size);
         if n > self.cfg.max_blocks {

@@ -190,7 +190,9 @@ fn run(
             (file, r)
         }
     };
-    let (_session, rounds) = begin(sh, name, &reference, plan, input)?;
+    // A get by path's streams are a session of that path.
+    let key = asked.path.unwrap_or(name.as_str());
+    let (_session, rounds) = begin(sh, key, &reference, plan, input)?;
     let mut buf = super::get_pack::FrameBuf::new(reference.block as usize);
     let mut sent = 0u64;
     for _ in 0..=rounds {
@@ -214,7 +216,7 @@ fn run(
 /// wanted blocks the connection may ask for.
 pub(super) fn begin<'a>(
     sh: &'a Shared,
-    name: &SafeName,
+    name: &str,
     reference: &Reference,
     plan: &super::getjoin::Plan,
     input: &mut Input,

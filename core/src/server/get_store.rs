@@ -31,7 +31,7 @@ pub(super) fn run(
         Some(p) => s3.tree_reference(p, crate::v2::MAX_BLOCK),
     }
     .map_err(|f| Stop::Fault(folder_words(s3, key, f)))?;
-    let (_session, rounds) = super::get::begin(sh, name, &reference, plan, input)?;
+    let (_session, rounds) = super::get::begin(sh, key, &reference, plan, input)?;
     let mut sent = 0u64;
     for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
