@@ -210,3 +210,32 @@ fn a_big_file_changed_on_the_server_between_attempts_is_fetched_anew() {
     assert_same_file(&vm, &dest.join("set/sub/vm.img"));
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
 }
+
+#[test]
+fn on_a_server_with_a_token_the_big_file_comes_alone_with_the_token() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let vm = make_set(&store, 6 << 20);
+    let token = t.path().join("token");
+    fs::write(&token, "0123456789abcdef0123456789abcdef-alone-token\n").unwrap();
+    let tok = token.to_str().unwrap();
+    let srv = ServerProc::start(
+        &store,
+        &["--tree-get-file-limit", LIMIT, "--token-file", tok],
+    );
+    let dest = t.path().join("got");
+    let out = get(
+        &srv,
+        &["set"],
+        &["--token-file", tok, "-o", dest.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(field(&out, "downloaded"), 4, "{}", stdout(&out));
+    assert_same_file(&vm, &dest.join("set/sub/vm.img"));
+    assert!(
+        srv.log
+            .wait_for("set/sub/vm.img: sent (6291456 bytes, get by path", LONG),
+        "{}",
+        srv.log.text()
+    );
+}
