@@ -5,7 +5,8 @@
 //! CRC-32, mode, mtime, its directory's mtime), counted in the totals; a
 //! get killed on it resumes from what it held; a file changed on the
 //! server between attempts is detected and fetched anew, never appended
-//! to.
+//! to, and one whose size changed since it was listed fails in words;
+//! with parallel streams and with a token too.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -238,4 +239,49 @@ fn on_a_server_with_a_token_the_big_file_comes_alone_with_the_token() {
         "{}",
         srv.log.text()
     );
+}
+
+#[test]
+fn a_big_file_whose_size_changed_after_it_was_listed_fails_in_words_and_comes_next_time() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let vm = make_set(&store, 6 << 20);
+    let srv = server(&store);
+    let dest = t.path().join("got");
+    let mut cmd = get_cmd(
+        &srv.port(),
+        &["--limit-rate", "1M", "-o", dest.to_str().unwrap(), "set"],
+    );
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // c.bin (2 MiB at 1 MiB/s) is on its way: the manifest was sent, the
+    // big file's get comes after the tree's session.
+    let (part, _) = bigtransfer_core::client::part_paths(&dest.join("set/c.bin"));
+    assert!(wait_until(LONG, || part.exists()), "the get never began");
+    let new_crc = write_random(&vm, (7 << 20) + 5, 77);
+    let status = wait_child(&mut child, LONG).expect("the get hung");
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    use std::io::Read;
+    let _ = child.stdout.take().unwrap().read_to_end(&mut o);
+    let _ = child.stderr.take().unwrap().read_to_end(&mut e);
+    let out = std::process::Output {
+        status,
+        stdout: o,
+        stderr: e,
+    };
+    assert_exit(&out, 6);
+    assert!(
+        stderr(&out).contains(
+            "failed: set/sub/vm.img: it changed on the server since it was listed (6291456 bytes then, 7340037 now); get it again"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.join("set/sub/vm.img").exists());
+    let out = get(&srv, &["set"], &["-o", dest.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert_eq!(crc_of(&dest.join("set/sub/vm.img")), new_crc);
 }
