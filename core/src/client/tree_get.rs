@@ -168,7 +168,6 @@ pub fn get_tree(
         )
     })?;
     let mut noop = |_: &super::Progress| Control::Continue;
-
     let mut up = Upload::new(dest, String::new(), opts, &mut noop, started);
     let mut received = 0;
     let mut attempts = 0u32;
