@@ -335,8 +335,9 @@ typedef struct bt_list_entry {
     uint64_t held;
     /**
      * What the entry is: 0 a finished file, 1 a partial upload, and only
-     * from `bt_list_dirs`: 2 a directory, 3 the tree uploads in progress
-     * summed up (empty name). Added after the fields above, so code built
+     * from `bt_list_dirs`: 2 a directory, 3 a tree upload in progress
+     * (named by its tree; empty name: parts whose tree the server did not
+     * note, or all of them from an older server). Added after the fields above, so code built
      * against an older header reads those unchanged.
      */
     int kind;
@@ -819,10 +820,10 @@ enum bt_status bt_list(const char *host,
 /**
  * As `bt_list`, and the server is also asked for its directories (`kind`
  * 2: `files_known`, `files` and `size` say what is under each when the
- * server counted it) and for the tree uploads in progress summed up in
- * one entry (`kind` 3, empty name: their parts are named by a digest, the
- * server does not know their names). A server too old to know them sends
- * none.
+ * server counted it) and for the tree uploads in progress summed up per
+ * tree (`kind` 3, named by the tree's root; one with an empty name for
+ * parts whose tree the server did not note, and from an older server one
+ * for all). A server too old to know them sends none.
  *
  * # Safety
  * As `bt_list`.

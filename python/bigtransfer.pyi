@@ -128,9 +128,10 @@ def list_remote(
     With ``dirs=True`` the server is also asked for its directories,
     ``{"kind": "dir", "name", "size", "mtime", "files"}`` (``size`` and
     ``files`` None when it did not count them; ``mtime`` 0 from an object
-    store), and the tree uploads in progress summed up in one
-    ``{"kind": "tree_parts", "name": "", "size", "mtime", "files",
-    "held"}`` (their names are not kept on the server); a server too old
+    store), and the tree uploads in progress summed up per tree,
+    ``{"kind": "tree_parts", "name", "size", "mtime", "files", "held"}``
+    (``name`` the tree's root; "" for parts whose tree the server did not
+    note, and from an older server one entry for all); a server too old
     to know them sends none.
 
     Raises ``RefusedError`` (e.g. a token is needed), ``ProtocolError`` (a

@@ -60,10 +60,14 @@ pub fn run(a: ListArgs) -> ExitCode {
     match list_remote_with(&opts, a.remote.as_deref(), true) {
         Ok(l) => {
             let mut entries = l.entries;
-            // The tree parts summary has no name: it comes last.
+            // Tree uploads in progress come last, the unnamed summary
+            // (parts whose tree is not noted) after the named ones.
             entries.sort_by(|x, y| {
-                let summary = |e: &ListEntry| e.kind == EntryKind::TreeParts;
-                (summary(x), &x.name).cmp(&(summary(y), &y.name))
+                let key = |e: &ListEntry| {
+                    let tree = e.kind == EntryKind::TreeParts;
+                    (tree, tree && e.name.is_empty())
+                };
+                (key(x), &x.name).cmp(&(key(y), &y.name))
             });
             if a.json {
                 println!("{}", json(&entries, l.encrypted));
@@ -144,6 +148,14 @@ fn line(e: &ListEntry) -> String {
             e.files.map_or("?".to_string(), |n| n.to_string()),
             shown(&e.name)
         ),
+        EntryKind::TreeParts if !e.name.is_empty() => format!(
+            "tree upload in progress: {}/: {} file{}, {} bytes held, last written {}",
+            shown(&e.name),
+            e.files.unwrap_or(0),
+            if e.files == Some(1) { "" } else { "s" },
+            e.size,
+            time(e.mtime)
+        ),
         EntryKind::TreeParts => format!(
             "tree uploads in progress: {} file{}, {} bytes held, last written {} \
              (their names are not kept on the server: digests name them)",
@@ -185,15 +197,49 @@ fn json(entries: &[ListEntry], encrypted: bool) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let parts = entries
-        .iter()
-        .find(|e| e.kind == EntryKind::TreeParts)
-        .map_or("null".to_string(), obj);
     format!(
-        "{{\"files\": [{}], \"partial\": [{}], \"dirs\": [{}], \"tree_parts\": {parts}, \"encrypted\": {encrypted}}}",
+        "{{\"files\": [{}], \"partial\": [{}], \"dirs\": [{}], \"tree_parts\": {}, \"tree_uploads\": [{}], \"encrypted\": {encrypted}}}",
         of(EntryKind::File),
         of(EntryKind::Partial),
-        of(EntryKind::Dir)
+        of(EntryKind::Dir),
+        tree_parts_total(entries),
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::TreeParts)
+            .map(tree_upload_json)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// All tree uploads in progress summed up (`null`: none), as older
+/// versions gave it.
+fn tree_parts_total(entries: &[ListEntry]) -> String {
+    let trees: Vec<&ListEntry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::TreeParts)
+        .collect();
+    if trees.is_empty() {
+        return "null".into();
+    }
+    let files: u64 = trees.iter().map(|e| e.files.unwrap_or(0)).sum();
+    let held: u64 = trees.iter().map(|e| e.size).sum();
+    let mtime = trees.iter().map(|e| e.mtime).max().unwrap_or(0);
+    format!("{{\"files\": {files}, \"held\": {held}, \"mtime\": {mtime}}}")
+}
+
+/// One tree upload in progress: its root's name (`null`: not noted on the
+/// server), files, bytes held, newest part's mtime.
+fn tree_upload_json(e: &ListEntry) -> String {
+    let name = match e.name.is_empty() {
+        true => "null".to_string(),
+        false => prompt::json_string(&shown(&e.name)),
+    };
+    format!(
+        "{{\"name\": {name}, \"files\": {}, \"held\": {}, \"mtime\": {}}}",
+        e.files.unwrap_or(0),
+        e.size,
+        e.mtime
     )
 }
 

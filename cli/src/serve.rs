@@ -61,6 +61,11 @@ pub struct ServerArgs {
     /// (files, directories and symlinks) [default: 10000000].
     #[arg(long)]
     max_tree_entries: Option<u64>,
+    /// For tests: files over this many bytes are left out of a tree get's
+    /// own blocks (a new client fetches them alone; an older one is told
+    /// to). At most, and by default, the protocol's limit (128 GiB).
+    #[arg(long, hide = true, value_parser = parse::size)]
+    tree_get_file_limit: Option<u64>,
     #[command(flatten)]
     auth: AuthArgs,
     /// With a token: also admit legacy clients, which cannot authenticate;
@@ -173,6 +178,9 @@ fn merge(a: &ServerArgs, f: Option<&Loaded>) -> Result<Settings, String> {
     cfg.min_rate = pick(a.min_rate, size(&c.min_rate)?).unwrap_or(1024);
     if let Some(n) = a.max_tree_entries {
         cfg.max_tree_entries = n;
+    }
+    if let Some(n) = a.tree_get_file_limit {
+        cfg.tree_get_file_limit = n.min(bigtransfer_core::tree::fetch::MAX_FILE);
     }
     cfg.allow_legacy = a.allow_legacy || val(&c.allow_legacy).unwrap_or(false);
     cfg.overwrite = a.overwrite || val(&c.overwrite).unwrap_or(false);

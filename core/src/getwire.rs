@@ -90,12 +90,61 @@ pub fn encode_get_header_with(
     join: Option<&crate::session::Join>,
     compress: Compress,
 ) -> Result<Vec<u8>> {
+    header_with(remote, false, streams, join, compress)
+}
+
+/// The key in a get header's `"bt"` object by which a client asks for a
+/// file by its path below the storage directory (`"path": 1`): the
+/// `filename` is then a tree path (checked as a tree's are), not a plain
+/// stored name. Sent only to a server that said it serves such gets (a
+/// [`crate::tree::wire::ALONE`] verdict of a tree download). Its streams
+/// (`streams`, `join`) name the path the same way.
+pub const PATH_KEY: &str = "path";
+
+/// The header frame asking to download the file at `path` (a tree path
+/// below the storage directory) by itself, on one connection.
+pub fn encode_get_path_header(path: &str, compress: Compress) -> Result<Vec<u8>> {
+    header_with(path, true, None, None, compress)
+}
+
+/// [`encode_get_header_with`], of a stored name or (`by_path`) of a tree
+/// path (`"path": 1`).
+pub fn encode_get_header_by(
+    remote: &str,
+    by_path: bool,
+    streams: Option<u32>,
+    join: Option<&crate::session::Join>,
+    compress: Compress,
+) -> Result<Vec<u8>> {
+    header_with(remote, by_path, streams, join, compress)
+}
+
+/// Whether a get header asks for its file by path (`"path": 1`).
+pub fn requested_path(json_bytes: &[u8]) -> Result<bool> {
+    let value = json::parse(json_bytes)?;
+    match value.get("bt").and_then(|bt| bt.get(PATH_KEY)) {
+        None => Ok(false),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
+        Some(_) => Err(protocol("\"bt\".\"path\" must be 1")),
+    }
+}
+
+fn header_with(
+    remote: &str,
+    by_path: bool,
+    streams: Option<u32>,
+    join: Option<&crate::session::Join>,
+    compress: Compress,
+) -> Result<Vec<u8>> {
     let mut bt = vec![
         ("v", Field::Int(v2::VERSION)),
         ("block", Field::Int(REQUEST_BLOCK)),
         ("rev", Field::Int(v2::REV_HOLES)),
         ("op", Field::Str("get")),
     ];
+    if by_path {
+        bt.push((PATH_KEY, Field::Int(1)));
+    }
     if let Some(n) = streams {
         bt.push(("streams", Field::Int(u64::from(n))));
     }

@@ -37,9 +37,10 @@ pub enum EntryKind {
     /// A directory of the storage (a stored tree); only to a request that
     /// asked for them (`"bt"."dirs"`).
     Dir,
-    /// The files of tree uploads in progress, summed up in one entry (their
-    /// parts are named by a digest: the server does not know their names);
-    /// only to a request that asked for directories.
+    /// The files of tree uploads in progress, summed up: in one unnamed
+    /// entry, or (to a request with [`TREE_NAMES_KEY`]) one entry per tree
+    /// named by its root, and one unnamed for parts whose tree the server
+    /// did not note; only to a request that asked for directories.
     TreeParts,
 }
 
@@ -105,13 +106,32 @@ pub fn requested_dirs(json_bytes: &[u8]) -> bool {
     )
 }
 
+/// The key in a list request's `"bt"` by which a client that asks for
+/// directories also asks for the tree uploads in progress one entry per
+/// tree, named by the tree's root (`"tree_names": true`); without it the
+/// server sums them all up in one unnamed entry, as for older clients.
+pub const TREE_NAMES_KEY: &str = "tree_names";
+
+/// Whether a list request asks for tree uploads by name
+/// ([`TREE_NAMES_KEY`]).
+pub fn requested_tree_names(json_bytes: &[u8]) -> bool {
+    let Ok(value) = json::parse(json_bytes) else {
+        return false;
+    };
+    matches!(
+        value.get("bt").and_then(|bt| bt.get(TREE_NAMES_KEY)),
+        Some(Value::Bool(true))
+    )
+}
+
 /// The header frame of a list request (see the module comment).
 pub fn encode_list_request(name: Option<&str>, offer: Offer) -> Vec<u8> {
     encode_list_request_with(name, false, offer)
 }
 
 /// The header frame of a list request that, with `dirs`, also asks for
-/// directory entries and the tree parts summary.
+/// directory entries and the tree uploads in progress, by tree
+/// ([`TREE_NAMES_KEY`]).
 pub fn encode_list_request_with(name: Option<&str>, dirs: bool, offer: Offer) -> Vec<u8> {
     let mut bt = vec![
         ("v", Field::Int(offer.version)),
@@ -124,6 +144,7 @@ pub fn encode_list_request_with(name: Option<&str>, dirs: bool, offer: Offer) ->
     }
     if dirs {
         bt.push(("dirs", Field::Bool(true)));
+        bt.push((TREE_NAMES_KEY, Field::Bool(true)));
     }
     let json = json::write_object(&[
         ("filename", Field::Str("")),

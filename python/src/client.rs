@@ -491,7 +491,8 @@ pub fn send_file(
 /// that is not UTF-8 on the server comes as bytes. ``dirs=True`` also asks
 /// for directories (``{"kind": "dir", "name", "size", "mtime", "files"}``,
 /// ``size`` and ``files`` None when not counted) and the tree uploads in
-/// progress summed up (``{"kind": "tree_parts", "files", "held", ...}``).
+/// progress summed up per tree (``{"kind": "tree_parts", "name", "files",
+/// "held", ...}``, ``name`` the tree's, "" for parts not noted).
 ///
 /// The connection is as for ``send_file`` (TLS, ``known_hosts``,
 /// ``fingerprint``, ``require_tls``, ``token``). Raises ``RefusedError``

@@ -1,6 +1,7 @@
 //! `bigtransfer list` of a whole server: its directories (stored trees)
 //! as `NAME/` entries with their files and bytes, the tree uploads in
-//! progress summed up, single partial uploads with their progress, hostile
+//! progress summed up per tree by its name (one unnamed summary to an
+//! older client), single partial uploads with their progress, hostile
 //! directory names escaped, and none of the new entry kinds sent to a
 //! client that did not ask for them (an older one would refuse them).
 
@@ -94,7 +95,7 @@ fn list_shows_directories_partials_and_tree_uploads_in_progress() {
     assert!(
         text.lines()
             .last()
-            .is_some_and(|l| l.starts_with("tree uploads in progress: 1 file, ")),
+            .is_some_and(|l| l.starts_with("tree upload in progress: slow/: 1 file, ")),
         "{text}"
     );
     assert!(!text.contains('\x1b'));
@@ -124,6 +125,15 @@ fn list_shows_directories_partials_and_tree_uploads_in_progress() {
     assert_eq!(v["partial"][0]["name"], "part.bin", "{v}");
     assert_eq!(v["tree_parts"]["files"], 1, "{v}");
     assert!(v["tree_parts"]["held"].as_u64().unwrap() >= 2 << 20, "{v}");
+    // By tree: its root's name, noted beside its part at upload time.
+    let trees = v["tree_uploads"].as_array().unwrap();
+    assert_eq!(trees.len(), 1, "{v}");
+    assert_eq!(
+        (trees[0]["name"].as_str(), trees[0]["files"].as_u64()),
+        (Some("slow"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(trees[0]["held"], v["tree_parts"]["held"], "{v}");
 
     // A listing of the tree itself is still every file under it.
     let out = list(&srv, &["t"]);
@@ -158,5 +168,26 @@ fn list_without_the_dirs_flag_gets_no_directory_entries() {
     let n = |k: EntryKind| new.entries.iter().filter(|e| e.kind == k).count();
     // t/, the hostile one, and slow/ (made as the tree upload began).
     assert_eq!((n(EntryKind::Dir), n(EntryKind::TreeParts)), (3, 1));
+    let tree = new.entries.iter().find(|e| e.kind == EntryKind::TreeParts);
+    assert_eq!(tree.map(|e| &e.name[..]), Some(&b"slow"[..]));
+    // A client that asks for directories but not for trees by name (an
+    // older one) gets the one unnamed summary it always got.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.port().parse().unwrap())).unwrap();
+    let json = r#"{"filename": "", "filesize": 0, "crc32": null, "bt": {"v": 2, "block": 65536, "rev": 3, "op": "list", "dirs": true}}"#;
+    use std::io::Write;
+    s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(json.as_bytes()).unwrap();
+    let bigtransfer_core::v2::ServerMsg::ListPage { entries, last } = server_frame(&mut s, true)
+    else {
+        panic!("not a list page");
+    };
+    assert!(last);
+    let trees: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::TreeParts)
+        .collect();
+    assert_eq!(trees.len(), 1);
+    assert!(trees[0].name.is_empty(), "{:?}", trees[0]);
+    assert_eq!(trees[0].files, Some(1));
     assert_eq!(srv.terminate().code(), Some(0));
 }

@@ -23,6 +23,7 @@ mod streams;
 mod tls;
 mod tree;
 mod tree_get;
+mod tree_get_alone;
 mod tree_token;
 mod upload;
 mod verified;

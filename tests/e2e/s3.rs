@@ -1109,3 +1109,35 @@ fn a_tree_in_the_store_comes_back_identical_and_a_damaged_object_is_refused() {
     );
     assert!(!t.path().join("n/nothing").exists());
 }
+
+#[test]
+fn a_tree_file_over_the_limit_comes_alone_from_the_store_identical() {
+    let Some(store) = Store::get("treealone") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let big = 9 * 1024 * 1024 + 7;
+    let (root, files) = s3_tree(t.path(), big);
+    let srv = store.server(0, t.path(), &["--tree-get-file-limit", "4M"]);
+    let out = tree_to(&srv, &root);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dest = t.path().join("got");
+    let out = get_from(&srv, "set", &dest, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        field(&out, "downloaded"),
+        files.len() as u64,
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(field(&out, "failed"), 0);
+    for f in &files {
+        assert_same_file(&t.path().join(f), &dest.join(f));
+    }
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let big_file = "set/a/b c/big.bin";
+    assert_eq!(mtime(&t.path().join(big_file)), mtime(&dest.join(big_file)));
+    // The big file came over a single-file get by path, from the store.
+    let sent = format!("set/a/b c/big.bin: sent ({big} bytes, get by path");
+    assert!(srv.log.wait_for(&sent, LONG), "{}", srv.log.text());
+}

@@ -105,6 +105,8 @@ pub(super) struct Local {
     restarted: bool,
     /// Why the last damaged block was damaged (said when repair gives up).
     damage: Option<String>,
+    /// The remote is a tree path (`"path": 1`), on every stream.
+    pub(super) by_path: bool,
 }
 
 fn local_err(what: String, e: io::Error) -> Error {
@@ -135,6 +137,7 @@ impl Local {
             repaired: 0,
             restarted: false,
             damage: None,
+            by_path: false,
         })
     }
 
@@ -286,8 +289,33 @@ pub fn get_file(
     force: bool,
     progress: &mut dyn FnMut(&Progress) -> Control,
 ) -> Result<GetOutcome> {
+    get_file_as(remote, false, dest, opts, force, progress)
+}
+
+/// [`get_file`] of a file of a tree, named by its path below the storage
+/// directory (`"path": 1`, on one connection): for a tree download's file
+/// that is over what the server sends among the tree's blocks. Only for a
+/// server that said it serves such gets.
+pub(super) fn get_tree_file(
+    path: &str,
+    dest: &Path,
+    opts: &SendOptions,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<GetOutcome> {
+    get_file_as(path, true, dest, opts, true, progress)
+}
+
+fn get_file_as(
+    remote: &str,
+    by_path: bool,
+    dest: &Path,
+    opts: &SendOptions,
+    force: bool,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<GetOutcome> {
     let started = Instant::now();
     let mut local = Local::new(dest, force)?;
+    local.by_path = by_path;
     let mut up = Upload::new(dest, remote.to_owned(), opts, progress, started);
     loop {
         up.t.attempts += 1;
@@ -361,7 +389,8 @@ fn attempt(up: &mut Upload, local: &mut Local) -> Result<()> {
     stream
         .set_write_timeout(io_timeout)
         .map_err(|e| peer::lost(e, "configuring the socket"))?;
-    let header = getwire::encode_get_header_with(&up.filename, ask, None, up.opts.compress)?;
+    let header =
+        getwire::encode_get_header_by(&up.filename, local.by_path, ask, None, up.opts.compress)?;
     up.t.packed.agreed = false;
     stream
         .write_all(&header)

@@ -541,6 +541,7 @@ impl Shell<'_, '_> {
             },
             stream_codec: self.tx.pack_stats().streaming,
             filename: self.up.filename.clone(),
+            by_path: false,
             filesize: self.src.size(),
             block: self.src.block,
             source: Some(self.src.source_id(self.up.path)),

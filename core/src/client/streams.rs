@@ -357,6 +357,8 @@ pub(super) struct Dialer {
     /// packer goes on in a new stream (joined streams agree their own).
     pub(super) stream_codec: bool,
     pub(super) filename: String,
+    /// A download's `filename` is a tree path (`"path": 1`).
+    pub(super) by_path: bool,
     pub(super) filesize: u64,
     pub(super) block: u64,
     pub(super) source: Option<[u8; 16]>,

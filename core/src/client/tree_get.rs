@@ -16,6 +16,10 @@
 //! mtimes are applied, directories' once their contents are in; blocks of
 //! zeros of a new file are not written (its holes stay holes).
 //!
+//! A file over what the server sends among the tree's blocks (its
+//! [`wire::ALONE`] verdict) is fetched alone after the tree's session
+//! (`alone`), with the same guarantees.
+//!
 //! A file here that differs from the server's is not replaced unless
 //! `force`. Not for single files named alone (`get_file`), nor the
 //! server's side (`server::tree_get`).
@@ -172,7 +176,7 @@ pub fn get_tree(
         let mut out = TreeGetOutcome::default();
         let mut counts = (0u64, 0u64);
         let res = rels.iter().try_for_each(|rel| {
-            let mut s = Session::open(&mut up, rel, dest, force, &mut out, progress)?;
+            let mut s = Session::open(&mut up, opts, rel, dest, force, &mut out, progress)?;
             s.done_so_far = counts;
             s.out.received = received;
             let r = s.run(attempts);
@@ -252,11 +256,16 @@ struct Session<'a, 'r> {
     /// `--limit-rate`, and when this connection started and what it got.
     limit_rate: Option<u64>,
     paced: (Instant, u64),
+    /// Files the server said to fetch alone ([`wire::ALONE`]), fetched
+    /// once the tree's session is over; and the options to fetch them.
+    alone: Vec<Todo>,
+    opts: &'a SendOptions,
 }
 
 impl<'a, 'r> Session<'a, 'r> {
     fn open(
         up: &mut Upload,
+        opts: &'a SendOptions,
         rel: &RelPath,
         dir: &Path,
         force: bool,
@@ -278,6 +287,8 @@ impl<'a, 'r> Session<'a, 'r> {
             done_so_far: (0, 0),
             limit_rate: up.opts.limit_rate.filter(|&r| r > 0),
             paced: (Instant::now(), 0),
+            alone: Vec::new(),
+            opts,
         })
     }
 
@@ -305,8 +316,11 @@ impl<'a, 'r> Session<'a, 'r> {
                     self.send(NEXT, &[])?;
                 }
                 wire::END => {
-                    self.dest.apply_closed(true)?;
                     let _ = self.send(wire::END, &[]);
+                    for t in std::mem::take(&mut self.alone) {
+                        self.fetch_alone(t)?;
+                    }
+                    self.dest.apply_closed(true)?;
                     return Ok(());
                 }
                 other => return Err(self.unexpected(other, "a manifest page")),
@@ -455,7 +469,7 @@ impl<'a, 'r> Session<'a, 'r> {
     /// is asked for again by [`Self::fetch`]).
     fn take_whole(&mut self, t: Todo) -> Result<Option<Todo>> {
         let Some(r) = self.reference(&t)? else {
-            self.failed(&t)?;
+            self.not_sent(t)?;
             return Ok(None);
         };
         if r.size != t.size {
@@ -600,7 +614,7 @@ impl<'a, 'r> Session<'a, 'r> {
         let mut local = Local::new(&target, true)?;
         self.send(REQUEST, &fetch::encode_request(t.index, false))?;
         let Some(r) = self.reference(&t)? else {
-            return self.failed(&t);
+            return self.not_sent(t);
         };
         if r.size != t.size {
             return self.changed(&t, &r, false);
@@ -641,6 +655,16 @@ impl<'a, 'r> Session<'a, 'r> {
         if let Some(wait) = due.checked_sub(self.paced.0.elapsed()) {
             std::thread::sleep(wait);
         }
+    }
+
+    /// The server's verdict instead of the file's reference: fetch it
+    /// alone later ([`wire::ALONE`]), or it failed.
+    fn not_sent(&mut self, t: Todo) -> Result<()> {
+        if matches!(wire::parse_verdict(&self.buf), Ok((wire::ALONE, _, _))) {
+            self.alone.push(t);
+            return Ok(());
+        }
+        self.failed(&t)
     }
 
     /// The server's verdict instead of the file (or of its data).
@@ -716,6 +740,7 @@ fn connect(up: &mut Upload, remote: &str) -> Result<Box<dyn Transport>> {
     super::tree::open_session(up, &fetch::encode_header(remote)?, &words)
 }
 
+mod alone;
 mod dest;
 use dest::{Dest, Step, Todo};
 

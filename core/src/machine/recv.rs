@@ -109,6 +109,8 @@ struct Request {
     join: Option<crate::session::Join>,
     /// What the header asks for.
     op: Op,
+    /// A get by path (`"path": 1`): the checked tree path of the file.
+    path: Option<String>,
 }
 
 #[derive(Debug)]
@@ -218,6 +220,8 @@ struct Asks {
     streams: Option<u32>,
     join: Option<crate::session::Join>,
     op: Op,
+    /// A get asked for its file by path (`"path": 1`).
+    by_path: bool,
 }
 
 fn refused(e: impl std::fmt::Display) -> Fault {
@@ -235,6 +239,24 @@ fn checked_name(header: &Header, op: Op) -> Result<SafeName, Fault> {
         Ok(n) => Ok(n),
         Err(e) => Err(Fault::new(FaultCode::NameRefused, format!("refused: {e}"))),
     }
+}
+
+/// The path a get by path asks for, checked as a tree's paths are (no
+/// `..`, no absolute path, no control characters) and kept off the
+/// server's own state; the file is then opened without following any
+/// symlink on the way (`server::get`).
+fn checked_path(header: &Header) -> Result<String, Fault> {
+    let rel = crate::tree::RelPath::from_wire(&header.filename)
+        .map_err(|e| Fault::new(FaultCode::NameRefused, format!("refused: {e}")))?;
+    let top = rel.components().next().unwrap_or_default();
+    if top == crate::server::tree::PARTS_DIR || top.eq_ignore_ascii_case(crate::name::RESERVED_NAME)
+    {
+        return Err(Fault::new(
+            FaultCode::NameRefused,
+            strict_name(&header.filename),
+        ));
+    }
+    Ok(rel.as_str().to_owned())
 }
 
 fn requested_list(json: &[u8], offer: Option<Offer>) -> Result<bool, Fault> {
@@ -355,6 +377,11 @@ impl Receiver {
     /// The sanitised name of the upload, once the header was read.
     pub fn name(&self) -> Option<&SafeName> {
         self.req.as_ref().map(|r| &r.name)
+    }
+
+    /// The path a get by path (`"path": 1`) asks for, checked.
+    pub fn get_path(&self) -> Option<&str> {
+        self.req.as_ref().and_then(|r| r.path.as_deref())
     }
 
     /// The client's header, once it was read and accepted.
@@ -653,9 +680,20 @@ impl Receiver {
             Ok(false) => {}
             Err(f) => return self.fail(now, Why::Refuse(f)),
         }
-        let name = match checked_name(&header, asks.op) {
-            Ok(n) => n,
-            Err(f) => return self.fail(now, Why::Refuse(f)),
+        let path = match asks.by_path {
+            true => match checked_path(&header) {
+                Ok(p) => Some(p),
+                Err(f) => return self.fail(now, Why::Refuse(f)),
+            },
+            false => None,
+        };
+        // A get by path goes by its base name in logs (checked above).
+        let name = match path.as_deref().map(SafeName::from_wire) {
+            Some(Ok(n)) => n,
+            _ => match checked_name(&header, asks.op) {
+                Ok(n) => n,
+                Err(f) => return self.fail(now, Why::Refuse(f)),
+            },
         };
         if offer.is_none() && self.cfg.token.is_some() && !self.cfg.allow_legacy {
             let f = Fault::new(
@@ -670,6 +708,7 @@ impl Receiver {
             streams,
             join,
             op,
+            by_path: _,
         } = asks;
         self.start_request(
             now,
@@ -683,6 +722,7 @@ impl Receiver {
                 streams,
                 join,
                 op,
+                path,
             },
         );
     }
@@ -728,6 +768,7 @@ impl Receiver {
         let streams = crate::session::offered_streams(json).map_err(refused)?;
         let join = crate::session::join_request(json).map_err(refused)?;
         let op = getwire::requested_op(json).map_err(refused)?;
+        let by_path = op == Op::Get && getwire::requested_path(json).map_err(refused)?;
         let codecs = v2::offered_codecs(json).map_err(refused)?;
         let n = v2::block_count(header.filesize, o.block_size);
         if n > self.cfg.max_blocks {
@@ -740,6 +781,7 @@ impl Receiver {
             streams,
             join,
             op,
+            by_path,
         })
     }
 
@@ -785,6 +827,7 @@ impl Receiver {
             streams: None,
             join: None,
             op: Op::List,
+            path: None,
         });
         if self.cfg.token.is_some() {
             self.state = State::Challenge;
@@ -1145,6 +1188,14 @@ impl Receiver {
         crate::getwire::requested_compress(&r.json)
     }
 
+    /// Whether a list request asked for tree uploads by name (see
+    /// [`crate::listing::TREE_NAMES_KEY`]).
+    pub fn list_tree_names(&self) -> bool {
+        self.req
+            .as_ref()
+            .is_some_and(|r| crate::listing::requested_tree_names(&r.json))
+    }
+
     /// Grants a session: its `J` frame goes out before the held list.
     /// Call while executing [`Action::OpenHeld`].
     pub fn grant_session(&mut self, ticket: crate::session::Ticket) {
@@ -1468,6 +1519,7 @@ mod list_tests {
                 streams: None,
                 join: None,
                 op: Op::Upload,
+                path: None,
             });
             rx.stored = how;
             assert_eq!(rx.ok_verdict(), want, "rev {rev}");

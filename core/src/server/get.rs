@@ -75,6 +75,7 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
         )));
     };
     let rev = shell.rx.offer().map_or(1, |o| o.rev);
+    let path = shell.rx.get_path().map(str::to_owned);
     // Admitted now (a running download is never evicted to make room),
     // unless it was evicted while it waited.
     if !shell
@@ -102,10 +103,21 @@ pub(super) fn serve(shell: &mut Shell) -> std::result::Result<(), Failed> {
         early,
         pack,
     };
-    match run(sh, &name, &mut input, &plan) {
+    let asked = Asked {
+        name: &name,
+        path: path.as_deref(),
+    };
+    // A get by path is logged by its path (checked: printable).
+    let shown = asked.path.unwrap_or(name.as_str());
+    match run(sh, &asked, &mut input, &plan) {
         Ok((size, sent)) => {
+            let by = if asked.path.is_some() {
+                "get by path"
+            } else {
+                "get"
+            };
             (sh.logger)(&format!(
-                "{peer}: {name}: sent ({size} bytes, get, {sent} bytes on this connection{})",
+                "{peer}: {shown}: sent ({size} bytes, {by}, {sent} bytes on this connection{})",
                 input.pack.summary()
             ));
             Ok(())
@@ -145,21 +157,42 @@ fn drain(stream: &mut dyn crate::transport::Transport) {
     }
 }
 
+/// What a download asks for: a stored name, or (a get by path, `"path":
+/// 1`) a file below the storage directory by its checked tree path, whose
+/// base name is `name`.
+pub(super) struct Asked<'a> {
+    pub(super) name: &'a SafeName,
+    pub(super) path: Option<&'a str>,
+}
+
 /// The exchange: reference, then rounds of wanted blocks. Returns the file
 /// size and the bytes of file sent.
 fn run(
     sh: &Shared,
-    name: &SafeName,
+    asked: &Asked,
     input: &mut Input,
     plan: &super::getjoin::Plan,
 ) -> Result<(u64, u64), Stop> {
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::get_store::run(sh, s3, name, input, plan);
+        return super::get_store::run(sh, s3, asked, input, plan);
     }
-    let file = open(sh, name)?;
-    let reference = reference(sh, &file, name).map_err(Stop::Fault)?;
-    let (_session, rounds) = begin(sh, name, &reference, plan, input)?;
+    let name = asked.name;
+    let (file, reference) = match asked.path {
+        None => {
+            let file = open(sh, name)?;
+            let r = reference(sh, &file, name).map_err(Stop::Fault)?;
+            (file, r)
+        }
+        Some(p) => {
+            let file = open_path(sh, p)?;
+            let r = reference_of(sh, &file, name, false).map_err(Stop::Fault)?;
+            (file, r)
+        }
+    };
+    // A get by path's streams are a session of that path.
+    let key = asked.path.unwrap_or(name.as_str());
+    let (_session, rounds) = begin(sh, key, &reference, plan, input)?;
     let mut buf = super::get_pack::FrameBuf::new(reference.block as usize);
     let mut sent = 0u64;
     for _ in 0..=rounds {
@@ -183,7 +216,7 @@ fn run(
 /// wanted blocks the connection may ask for.
 pub(super) fn begin<'a>(
     sh: &'a Shared,
-    name: &SafeName,
+    name: &str,
     reference: &Reference,
     plan: &super::getjoin::Plan,
     input: &mut Input,
@@ -246,6 +279,52 @@ fn open(sh: &Shared, name: &SafeName) -> Result<File, Stop> {
     }
 }
 
+/// Opens the file at the tree path `path` below the storage directory,
+/// without following a symlink anywhere on the way (every directory is
+/// opened `O_NOFOLLOW` from the storage directory's descriptor).
+fn open_path(sh: &Shared, path: &str) -> Result<File, Stop> {
+    let not_found = |why: &str| {
+        Stop::Fault(Fault::new(
+            FaultCode::NotFound,
+            format!("no file \"{path}\" on the server{why}"),
+        ))
+    };
+    let root = rustix::fs::open(
+        &sh.cfg.dir,
+        crate::tree::at::dir_flags(),
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        Stop::Fault(Fault::new(
+            FaultCode::Storage,
+            format!("cannot open the storage directory: {e}"),
+        ))
+    })?;
+    let (dir_rel, base) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = super::tree::open_dir(&root, dir_rel).map_err(|_| not_found(""))?;
+    let file = match crate::sys::open_read_at(&File::from(dir), base) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found("")),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_found(" (a symlink there is not served)"))
+        }
+        Err(e) => {
+            return Err(Stop::Fault(Fault::new(
+                FaultCode::Storage,
+                format!("cannot open \"{path}\": {e}"),
+            )))
+        }
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(not_found(" (not a regular file)")),
+        Err(e) => Err(Stop::Fault(Fault::new(
+            FaultCode::Storage,
+            format!("cannot inspect \"{path}\": {e}"),
+        ))),
+    }
+}
+
 /// Everything that changes when a file's content may have: identity,
 /// size, mtime and ctime to the nanosecond.
 type Stamp = (u64, u64, u64, i64, i64, i64, i64);
@@ -273,13 +352,25 @@ pub(super) type RefCache = Mutex<HashMap<Stamp, Arc<Reference>>>;
 /// stamp was the same before and after the read, and found again only by
 /// that whole stamp.
 pub(super) fn reference(sh: &Shared, file: &File, name: &SafeName) -> Result<Reference, Fault> {
+    reference_of(sh, file, name, true)
+}
+
+/// [`reference`], looking in the stored-file records only when `stored`
+/// (the file is the stored name `name`, not a tree file of that base
+/// name).
+fn reference_of(
+    sh: &Shared,
+    file: &File,
+    name: &SafeName,
+    stored: bool,
+) -> Result<Reference, Fault> {
     let storage =
         |e: io::Error| Fault::new(FaultCode::Storage, format!("cannot read \"{name}\": {e}"));
     let before = stamp(file).map_err(storage)?;
     if let Some(r) = sh.refs.lock().ok().and_then(|c| c.get(&before).cloned()) {
         return Ok((*r).clone());
     }
-    if let Some(r) = recorded(sh, name, before) {
+    if let Some(r) = recorded(sh, name, before).filter(|_| stored) {
         keep(sh, before, r.clone());
         return Ok(r);
     }

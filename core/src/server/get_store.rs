@@ -8,25 +8,30 @@
 use crate::getwire::Reference;
 use crate::s3::RunEnd;
 
-use super::get::{read_want, Input, Stop};
+use super::get::{read_want, Asked, Input, Stop};
 use super::Shared;
 use crate::machine::Fault;
 use crate::s3::S3Storage;
-use crate::SafeName;
 
 /// The exchange: reference, then rounds of wanted blocks. Returns the
 /// object's size and the bytes of it sent.
 pub(super) fn run(
     sh: &Shared,
     s3: &S3Storage,
-    name: &SafeName,
+    asked: &Asked,
     input: &mut Input,
     plan: &super::getjoin::Plan,
 ) -> Result<(u64, u64), Stop> {
-    let reference = s3
-        .reference(name.as_str())
-        .map_err(|f| Stop::Fault(folder_words(s3, name.as_str(), f)))?;
-    let (_session, rounds) = super::get::begin(sh, name, &reference, plan, input)?;
+    let name = asked.name;
+    // A get by path names a tree file's object (its components checked),
+    // in blocks as large as a single-file get's.
+    let key = asked.path.unwrap_or(name.as_str());
+    let reference = match asked.path {
+        None => s3.reference(key),
+        Some(p) => s3.tree_reference(p, crate::v2::MAX_BLOCK),
+    }
+    .map_err(|f| Stop::Fault(folder_words(s3, key, f)))?;
+    let (_session, rounds) = super::get::begin(sh, key, &reference, plan, input)?;
     let mut sent = 0u64;
     for _ in 0..=rounds {
         let wanted = read_want(input, reference.count())?;
@@ -37,7 +42,7 @@ pub(super) fn run(
             let mut send = |off: u64, bytes: &[u8], crc: u32| {
                 input.pack.send(input.stream.as_mut(), off, bytes, crc)
             };
-            sent += send_run(s3, name.as_str(), &reference, first, count, &mut send)?;
+            sent += send_run(s3, key, &reference, first, count, &mut send)?;
         }
     }
     Err(Stop::Fault(Fault::bad(

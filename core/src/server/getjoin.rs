@@ -18,7 +18,6 @@ use crate::getwire::Reference;
 use crate::machine::Fault;
 use crate::session::{hex, Join, Session, Sessions};
 use crate::v2::{self, FaultCode, ServerMsg};
-use crate::SafeName;
 
 /// What the download's header asked of sessions, and the connection's
 /// TLS channel binding (a join proof is bound to it).
@@ -65,7 +64,7 @@ impl Drop for Guard<'_> {
 /// `J` frame to send before the reference is returned.
 pub(super) fn enter<'a>(
     sh: &'a Shared,
-    name: &SafeName,
+    name: &str,
     r: &Reference,
     plan: &Plan,
 ) -> Result<(Guard<'a>, Option<Vec<u8>>), Fault> {
@@ -89,7 +88,7 @@ pub(super) fn enter<'a>(
     let Some(n) = plan.streams.filter(|&n| n >= 2) else {
         return Ok((alone, None));
     };
-    match sh.sessions.open(name.as_str(), r.size, r.block, n) {
+    match sh.sessions.open(name, r.size, r.block, n) {
         // The receiving end is for uploads' joined blocks: a download's
         // streams hand nothing to the owner.
         Ok((s, _)) => {
@@ -112,7 +111,7 @@ pub(super) fn enter<'a>(
 /// same file, and a stream is free.
 fn admit(
     sh: &Shared,
-    name: &SafeName,
+    name: &str,
     r: &Reference,
     j: &Join,
     plan: &Plan,
@@ -130,7 +129,7 @@ fn admit(
             "join refused: wrong join secret for session {id} (or a join recorded on another connection)"
         )));
     }
-    if s.name != name.as_str() || s.filesize != r.size || s.block != r.block {
+    if s.name != name || s.filesize != r.size || s.block != r.block {
         return Err(Fault::bad(format!(
             "join refused: session {id} is another transfer (name, size or block size differ)"
         )));

@@ -49,6 +49,10 @@ pub(super) struct Lister {
     tree: Option<(Walker, String)>,
     /// Whether directories and the tree parts summary are listed.
     dirs: bool,
+    /// Whether the tree parts are summed up per tree, by name.
+    tree_names: bool,
+    /// Entries found together (the trees in progress), not sent yet.
+    pending: Vec<ListEntry>,
     /// Entries the directories' counts may still visit in this listing.
     budget: u64,
 }
@@ -71,7 +75,9 @@ impl Shell<'_> {
                     "evicted before it was admitted",
                 ));
             }
-            self.lister = Some(self.open_lister(name.as_deref(), dirs)?);
+            let mut lister = self.open_lister(name.as_deref(), dirs)?;
+            lister.tree_names = self.rx.list_tree_names();
+            self.lister = Some(lister);
         }
         let lister = self
             .lister
@@ -89,6 +95,8 @@ impl Shell<'_> {
                 s3: Some(s3.lister(name.unwrap_or(""), dirs)),
                 tree: None,
                 dirs,
+                tree_names: false,
+                pending: Vec::new(),
                 budget: 0,
             });
         }
@@ -100,6 +108,8 @@ impl Shell<'_> {
                 s3: None,
                 tree: Some(t),
                 dirs,
+                tree_names: false,
+                pending: Vec::new(),
                 budget: 0,
             });
         }
@@ -126,6 +136,8 @@ impl Lister {
             s3: None,
             tree: None,
             dirs,
+            tree_names: false,
+            pending: Vec::new(),
             budget: COUNT_BUDGET,
         })
     }
@@ -141,7 +153,9 @@ impl Lister {
         }
         let mut out = Vec::new();
         while out.len() < PAGE_ENTRIES {
-            let next = if let Some(files) = &mut self.files {
+            let next = if let Some(e) = self.pending.pop() {
+                Some(e)
+            } else if let Some(files) = &mut self.files {
                 match files.next() {
                     Some(e) => e.ok().and_then(|e| self.file_entry(store, &e, name)),
                     None => {
@@ -164,7 +178,7 @@ impl Lister {
                 out.push(e);
             }
         }
-        let done = self.files.is_none() && self.parts.is_none();
+        let done = self.files.is_none() && self.parts.is_none() && self.pending.is_empty();
         Ok((out, done))
     }
 }
@@ -279,7 +293,12 @@ impl Lister {
         let m = e.metadata().ok()?;
         if m.is_dir() && self.dirs {
             if fname.as_bytes() == PARTS_DIR.as_bytes() {
-                return name.is_none().then(|| tree_parts_entry(&e.path()))?;
+                if !self.tree_names {
+                    return name.is_none().then(|| tree_parts_entry(&e.path()))?;
+                }
+                // One per tree; a name asked for keeps its own (`wanted`).
+                self.pending = tree_parts_by_name(&e.path());
+                return self.pending.pop();
             }
             if !wanted(fname.as_bytes(), name) {
                 // Not counted for nothing.
@@ -404,6 +423,45 @@ fn tree_parts_entry(parts: &Path) -> Option<ListEntry> {
         held: bytes,
         files: Some(n),
     })
+}
+
+/// The parts of tree uploads in progress summed up per tree, by the
+/// root name noted beside each part (`tree_notes`); parts without a note
+/// (small files, or parts older than notes) in one unnamed entry. Last
+/// first (the caller pops them).
+fn tree_parts_by_name(parts: &Path) -> Vec<ListEntry> {
+    let mut trees: std::collections::BTreeMap<Vec<u8>, (u64, u64, i64)> = Default::default();
+    let Ok(dir) = fs::read_dir(parts) else {
+        return Vec::new();
+    };
+    for e in dir.flatten() {
+        let fname = e.file_name();
+        if !fname.as_bytes().ends_with(b".part") {
+            continue;
+        }
+        let Some(m) = e.metadata().ok().filter(|m| m.is_file()) else {
+            continue;
+        };
+        let root = super::tree_notes::read(parts, fname.as_bytes()).unwrap_or_default();
+        let t = trees.entry(root.into_bytes()).or_default();
+        t.0 += 1;
+        t.1 = t.1.saturating_add(m.len());
+        t.2 = t.2.max(m.mtime());
+    }
+    let mut out: Vec<ListEntry> = trees
+        .into_iter()
+        .map(|(name, (n, bytes, newest))| ListEntry {
+            kind: EntryKind::TreeParts,
+            name,
+            size: bytes,
+            mtime: newest,
+            crc32: None,
+            held: bytes,
+            files: Some(n),
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// A partial upload, from its checkpoint record (`KEY.meta`).

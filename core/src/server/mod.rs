@@ -35,6 +35,7 @@ mod tree_auth;
 mod tree_get;
 #[cfg(feature = "s3")]
 mod tree_get_store;
+mod tree_notes;
 #[cfg(feature = "s3")]
 mod tree_s3;
 mod tree_sums;
@@ -109,6 +110,12 @@ pub struct ServerConfig {
     /// Most entries a tree session's manifest may list (files,
     /// directories and symlinks together); a longer one is refused.
     pub max_tree_entries: u64,
+    /// Largest file a tree download sends among the tree's blocks; a
+    /// larger one is fetched alone by a client that offers to (see
+    /// `docs/PROTOCOL.md`, "Tree downloads"), refused to an older one.
+    /// Never above (and by default) [`crate::tree::fetch::MAX_FILE`], the
+    /// protocol's limit; lower only to test that path with small files.
+    pub tree_get_file_limit: u64,
     /// Store uploads in this S3 bucket (and prefix) instead of `dir`
     /// (which then keeps nothing): any server node over the same bucket
     /// can resume an upload another node started.
@@ -247,6 +254,7 @@ impl ServerConfig {
             min_free: 0,
             min_rate: 1024,
             max_tree_entries: crate::tree::manifest::DEFAULT_MAX_ENTRIES,
+            tree_get_file_limit: crate::tree::fetch::MAX_FILE,
             #[cfg(feature = "s3")]
             s3: None,
             #[cfg(feature = "s3")]

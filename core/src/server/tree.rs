@@ -25,9 +25,11 @@
 //! Not for single-file uploads (`conn`), nor for S3 storage (`tree_s3`),
 //! nor for the token challenge (`tree_auth`, before anything here runs).
 
+use super::tree_notes;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -453,6 +455,31 @@ impl<'a> Session<'a> {
         let key = part_key(slot);
         let (path, size) = (slot.path.clone(), slot.size);
         let part = self.open_part(&key, offset);
+        // The tree's name beside a part that may outlive this connection,
+        // for `list` (see `tree_notes`).
+        let noted = size > tree_notes::NOTED_OVER && part.is_ok();
+        if noted && offset == 0 {
+            let root = path.components().next().unwrap_or_default();
+            tree_notes::write(&self.parts, &key, root);
+        }
+        let r = self.take_part(part, &key, idx, &path, (offset, size));
+        if noted {
+            tree_notes::forget_if_gone(&self.parts, &key);
+        }
+        r
+    }
+
+    /// The data of a file into its part (from `offset`, to `size`), then
+    /// the part checked and stored or dropped, and the verdict.
+    fn take_part(
+        &mut self,
+        part: Result<(File, crc32fast::Hasher)>,
+        key: &str,
+        idx: usize,
+        path: &RelPath,
+        (offset, size): (u64, u64),
+    ) -> Result<()> {
+        let path = path.clone();
         let got = self.take_data(part.as_ref().ok(), offset)?;
         self.done_with(idx);
         let Ok(file) = part else {
@@ -462,7 +489,7 @@ impl<'a> Session<'a> {
         };
         let crc_ok = got.crc_local == Some(got.crc_sent) && got.end == size;
         if !crc_ok {
-            let _ = rfs::unlinkat(&self.parts, key.as_str(), AtFlags::empty());
+            let _ = rfs::unlinkat(&self.parts, key, AtFlags::empty());
             self.t.failed += 1;
             let why = if got.end != size {
                 format!("{} bytes arrived for a file of {size}", got.end)
@@ -474,7 +501,7 @@ impl<'a> Session<'a> {
         if self.files[idx].stored_crc == Some(got.crc_sent) {
             // Sent by a client that cannot check (or the stored file
             // changed meanwhile): the same content, no version of it.
-            let _ = rfs::unlinkat(&self.parts, key.as_str(), AtFlags::empty());
+            let _ = rfs::unlinkat(&self.parts, key, AtFlags::empty());
             self.t.held += 1;
             return self.verdict(
                 wire::OK,
@@ -483,7 +510,7 @@ impl<'a> Session<'a> {
             );
         }
         self.files[idx].received_crc = got.crc_sent;
-        self.install(file, &key, idx)
+        self.install(file, key, idx)
     }
 
     /// Records the CRC-32 of the file just stored at `path` (see
@@ -704,6 +731,10 @@ pub(super) fn sweep_parts(dir: &std::path::Path, age: Duration, logger: &super::
         return;
     };
     for e in entries.flatten() {
+        if super::tree_notes::is_note(e.file_name().as_bytes()) {
+            super::tree_notes::sweep_orphan(&dir.join(PARTS_DIR), e.file_name().as_bytes());
+            continue;
+        }
         let old = e
             .metadata()
             .ok()

@@ -5,7 +5,10 @@
 //! served as a single-file get is: its reference (size, block CRC-32s),
 //! then the blocks asked for, each checked against the reference before it
 //! goes out (a file changed meanwhile is refused for that file, never sent
-//! as a mix of versions).
+//! as a mix of versions). A file over the limit (128 GiB, or the
+//! server's lower `tree_get_file_limit`) gets an `ALONE` verdict when the
+//! client offered to fetch such files alone (a single-file get by path,
+//! `server::get`), else the refusal older clients always had.
 //!
 //! The remote path passed the tree's own name checks ([`RelPath`]); every
 //! directory on the way and every file is opened with `O_NOFOLLOW` from the
@@ -52,11 +55,16 @@ struct Session<'a> {
     root: OwnedFd,
     /// The remote's parent ("" at the top): manifest paths start below it.
     parent: String,
-    /// The files of the page last sent, by index.
-    files: Vec<RelPath>,
+    /// The files of the page last sent, by index, with their listed sizes.
+    files: Vec<(RelPath, u64)>,
     /// One block, reused for every file (a fresh 1 MiB per small file
     /// would cost more than the file).
     block: Option<crate::sys::PageBuf>,
+    /// Files over this are not sent among the tree's blocks.
+    limit: u64,
+    /// The client fetches such files alone (its header offered
+    /// `"alone": 1`): they get an [`wire::ALONE`] verdict.
+    alone: bool,
     t: Tally,
 }
 
@@ -77,13 +85,20 @@ pub(super) fn serve(
         return Err(Error::new(ErrorKind::Protocol, format!("{}: {words}", conn.peer)).into());
     }
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
+    let big = BigFiles {
+        limit: sh.cfg.tree_get_file_limit.min(MAX_FILE),
+        alone: fetch::offers_alone(header),
+    };
     #[cfg(feature = "s3")]
     if let Some(s3) = &sh.s3 {
-        return super::tree_get_store::serve(sh, s3, conn, stream, remote);
+        return super::tree_get_store::serve(sh, s3, conn, stream, remote, big);
     }
     let shown = crate::text::printable(remote).into_owned();
     let mut s = match Session::open(sh, stream, remote) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            (s.limit, s.alone) = (big.limit, big.alone);
+            s
+        }
         Err((e, mut stream)) => {
             let _ = wire::write_frame(&mut stream, wire::FAULT, e.to_string().as_bytes());
             let _ = stream.close_write();
@@ -162,6 +177,8 @@ impl<'a> Session<'a> {
                 parent: rel.parent_str().unwrap_or("").to_owned(),
                 files: Vec::new(),
                 block: None,
+                limit: MAX_FILE,
+                alone: false,
                 t: Tally::default(),
             }),
             Err(e) => Err((e, stream)),
@@ -209,8 +226,8 @@ impl<'a> Session<'a> {
                         break;
                     }
                     self.t.entries += 1;
-                    if let EntryKind::File { .. } = entry.kind {
-                        self.files.push(entry.path);
+                    if let EntryKind::File { size, .. } = entry.kind {
+                        self.files.push((entry.path, size));
                     }
                 }
             }
@@ -242,12 +259,22 @@ impl<'a> Session<'a> {
     }
 
     fn serve_file_with(&mut self, idx: usize, all: bool, buf: &mut [u8]) -> Result<()> {
-        let Some(path) = self.files.get(idx).cloned() else {
+        let Some((path, listed)) = self.files.get(idx).cloned() else {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("a request for file {idx} of a page of {}", self.files.len()),
             ));
         };
+        // By its listed size, before it is opened: a file that grew past
+        // the limit since is caught by `compute` (at the protocol's limit)
+        // and by the client (a size other than the manifest's).
+        if listed > self.limit {
+            let big = BigFiles {
+                limit: self.limit,
+                alone: self.alone,
+            };
+            return self.io.over_limit(&path, listed, big);
+        }
         let opened = self.open_file(&path).and_then(|f| {
             let r = compute(&f, &path, buf)?;
             Ok((f, r))
@@ -365,6 +392,21 @@ impl Outbox {
         self.flush_if_full()
     }
 
+    /// The verdict on a file of `size` bytes over the limit: fetch it
+    /// alone (to a client that offered to), or the refusal an older
+    /// client has always had.
+    pub(super) fn over_limit(&mut self, path: &RelPath, size: u64, big: BigFiles) -> Result<()> {
+        if big.alone {
+            let why = format!(
+                "{size} bytes, over the {} a tree get sends among its blocks: fetch it alone",
+                big.limit
+            );
+            let p = wire::verdict(wire::ALONE, path.as_str(), &why);
+            return self.send(wire::VERDICT, &p);
+        }
+        self.verdict(path, &too_big(path, size, big.limit))
+    }
+
     /// A failed file's verdict, in words.
     pub(super) fn verdict(&mut self, path: &RelPath, why: &str) -> Result<()> {
         let p = wire::verdict(wire::FAILED, path.as_str(), why);
@@ -431,6 +473,26 @@ pub(super) fn cut(e: io::Error) -> Error {
     Error::io(ErrorKind::ConnectionLost, "the tree get was cut", e)
 }
 
+/// How a tree download treats files over its limit (the server's
+/// `tree_get_file_limit`, never over [`MAX_FILE`]).
+#[derive(Clone, Copy)]
+pub(super) struct BigFiles {
+    pub(super) limit: u64,
+    /// The client offered to fetch them alone.
+    pub(super) alone: bool,
+}
+
+/// Why a file over the limit is not sent to a client that does not fetch
+/// such files alone (the words an older server gave, at the protocol's
+/// limit).
+pub(super) fn too_big(path: &RelPath, size: u64, limit: u64) -> String {
+    if limit == MAX_FILE {
+        format!("\"{path}\" is {size} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)")
+    } else {
+        format!("\"{path}\" is {size} bytes, over the {limit} bytes this server's tree get serves; get it alone (bigtransfer get)")
+    }
+}
+
 /// The remote must be a directory or a regular file reached without a
 /// symlink on the way.
 fn check_root(root: &OwnedFd, rel: &RelPath) -> Result<()> {
@@ -468,9 +530,7 @@ fn compute(file: &File, path: &RelPath, buf: &mut [u8]) -> Result<Reference> {
     }
     let size = m.len();
     if size > MAX_FILE {
-        return Err(refused(format!(
-            "\"{path}\" is {size} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)"
-        )));
+        return Err(refused(too_big(path, size, MAX_FILE)));
     }
     if size > BLOCK {
         crate::sys::advise_sequential(file);

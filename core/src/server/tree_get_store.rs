@@ -34,7 +34,7 @@ use std::io::Write;
 
 use super::get::Stop;
 use super::get_store::{runs, send_run};
-use super::tree_get::{cut, next_ask, Ask, Outbox};
+use super::tree_get::{cut, next_ask, Ask, BigFiles, Outbox};
 use super::{ConnInfo, Failed, Shared};
 use crate::getwire::{self, TAG_REFERENCE, TAG_WANT};
 use crate::s3::finished::{self, DONE_DIR};
@@ -66,8 +66,10 @@ struct Session<'a> {
     buf: Vec<u8>,
     /// The key prefix of the remote's parent ("" or ending in `/`).
     base: String,
-    /// The files of the page last sent, by index.
-    files: Vec<RelPath>,
+    /// The files of the page last sent, by index, with their listed sizes.
+    files: Vec<(RelPath, u64)>,
+    /// Files over the limit, and whether the client fetches them alone.
+    big: BigFiles,
     t: Tally,
 }
 
@@ -79,6 +81,7 @@ pub(super) fn serve(
     conn: &ConnInfo,
     stream: Box<dyn Transport>,
     remote: &str,
+    big: BigFiles,
 ) -> std::result::Result<(), Failed> {
     let shown = crate::text::printable(remote).into_owned();
     let logger = |m: &str| (sh.logger)(m);
@@ -89,6 +92,7 @@ pub(super) fn serve(
         buf: Vec::new(),
         base: String::new(),
         files: Vec::new(),
+        big,
         t: Tally::default(),
     };
     let walk = remote_path(remote).and_then(|rel| {
@@ -431,8 +435,8 @@ impl Session<'_> {
                 return Ok(page);
             }
             self.t.entries += 1;
-            if let EntryKind::File { .. } = entry.kind {
-                self.files.push(entry.path);
+            if let EntryKind::File { size, .. } = entry.kind {
+                self.files.push((entry.path, size));
             }
         }
     }
@@ -451,20 +455,21 @@ impl Session<'_> {
 
     /// One file: its reference (or a verdict why not), then its blocks.
     fn serve_file(&mut self, idx: usize, all: bool) -> Result<()> {
-        let Some(path) = self.files.get(idx).cloned() else {
+        let Some((path, listed)) = self.files.get(idx).cloned() else {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("a request for file {idx} of a page of {}", self.files.len()),
             ));
         };
+        let limit = self.big.limit.min(MAX_FILE);
+        // Told before its reference is made (which may read it whole).
+        if listed > limit {
+            return self.io.over_limit(&path, listed, self.big);
+        }
         let key = format!("{}{}", self.base, path.as_str());
         let r = match self.s3.tree_reference(&key, BLOCK) {
-            Ok(r) if r.size > MAX_FILE => {
-                let why = format!(
-                    "\"{path}\" is {} bytes, over the {MAX_FILE} (128 GiB) a tree get serves; get it alone (bigtransfer get)",
-                    r.size
-                );
-                return self.io.verdict(&path, &why);
+            Ok(r) if r.size > limit => {
+                return self.io.over_limit(&path, r.size, self.big);
             }
             Ok(r) => r,
             Err(f) => return self.io.verdict(&path, &f.words),

@@ -31,15 +31,23 @@ pub const BLOCK: u64 = 1 << 20;
 /// make a peer allocate), and a block must fit one tree frame
 /// ([`super::wire::MAX_FRAME`], 2 MiB with its head), so neither the count
 /// nor the block can grow without a new version of the wire. A larger
-/// file is fetched alone (`bigtransfer get`), whose blocks grow with the
-/// file.
+/// file is fetched alone, by a single-file get by path whose blocks grow
+/// with the file, inside the same tree download (negotiated: [`ALONE_KEY`],
+/// [`super::wire::ALONE`]).
 pub const MAX_FILE: u64 = crate::v2::MAX_BLOCKS * BLOCK;
 
+/// The key in the tree-get header's `"bt"` object by which a client says
+/// it fetches a file over the server's limit by itself (`"alone": 1`):
+/// such a file then gets a [`super::wire::ALONE`] verdict instead of the
+/// refusal an older client gets.
+pub const ALONE_KEY: &str = "alone";
+
 /// The header asking for the tree (or file) `remote` of the server's
-/// storage directory.
+/// storage directory; it offers to fetch files over the server's limit
+/// alone ([`ALONE_KEY`]).
 pub fn encode_header(remote: &str) -> Result<Vec<u8>> {
     let json = format!(
-        "{{\"filename\": {}, \"filesize\": 0, \"crc32\": 0, \"bt\": {{\"v\": 2, \"op\": \"tree-get\", \"block\": {BLOCK}}}}}",
+        "{{\"filename\": {}, \"filesize\": 0, \"crc32\": 0, \"bt\": {{\"v\": 2, \"op\": \"tree-get\", \"block\": {BLOCK}, \"{ALONE_KEY}\": 1}}}}",
         json_string(remote)
     );
     if json.len() > crate::proto::MAX_HEADER_LEN {
@@ -64,6 +72,18 @@ pub fn requested_remote(json_bytes: &[u8]) -> Option<String> {
         Some(Value::String(s)) => Some(s.clone()),
         _ => Some(String::new()),
     }
+}
+
+/// Whether a tree-get header offers to fetch big files alone
+/// (`"alone": 1`); an older client's does not.
+pub fn offers_alone(json_bytes: &[u8]) -> bool {
+    let Ok(v) = json::parse(json_bytes) else {
+        return false;
+    };
+    matches!(
+        v.get("bt").and_then(|bt| bt.get(ALONE_KEY)),
+        Some(Value::Number(n)) if n.as_u64() == Some(1)
+    )
 }
 
 fn json_string(s: &str) -> String {
@@ -110,6 +130,9 @@ mod tests {
         assert_eq!(requested_remote(&h[4..]).as_deref(), Some("photos/\"x\" é"));
         let tree = crate::client::tree::tree_header();
         assert_eq!(requested_remote(&tree[4..]), None);
+        assert!(offers_alone(&h[4..]));
+        let old = br#"{"filename": "t", "filesize": 0, "crc32": 0, "bt": {"v": 2, "op": "tree-get", "block": 1048576}}"#;
+        assert!(!offers_alone(old));
         assert_eq!(decode_request(&encode_request(7, true)).unwrap(), (7, true));
         assert!(decode_request(&[0, 0, 0, 1, 2]).is_err());
         assert!(decode_request(&[0, 0, 1]).is_err());

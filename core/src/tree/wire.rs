@@ -76,6 +76,11 @@ pub const NOT_STORED: u8 = 2;
 /// Verdict: left out on purpose, not an error: a symlink or an empty
 /// directory on a server that stores in S3 (objects cannot be either).
 pub const SKIPPED: u8 = 3;
+/// Verdict of a tree download, only to a client whose header offered
+/// `"alone": 1` ([`crate::tree::fetch::ALONE_KEY`]): the file is over what
+/// this server serves inside a tree; the client fetches it by itself with
+/// a single-file get by path (`"path": 1`, see [`crate::getwire`]).
+pub const ALONE: u8 = 4;
 
 /// Most payload bytes in one frame (a data frame carries at most 1 MiB;
 /// a manifest page at most [`super::manifest::MAX_PAGE_BYTES`]).

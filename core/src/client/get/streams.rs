@@ -82,7 +82,8 @@ pub(super) fn pull(
         packed: Default::default(),
         fatal: Mutex::new(None),
     };
-    let dialer = dialer(up, ticket, addr)?;
+    let mut dialer = dialer(up, ticket, addr)?;
+    dialer.by_path = local.by_path;
     let base = local.held_bytes();
     let agreed = up.t.packed.agreed;
     let first = run_all(up, primary, agreed, &ctx, &dialer, base);
@@ -391,6 +392,7 @@ fn dialer(up: &Upload, ticket: Ticket, addr: std::net::SocketAddr) -> Result<Dia
         // Downloads keep per-chunk frames (`get_pack`).
         stream_codec: false,
         filename: up.filename.clone(),
+        by_path: false,
         filesize: 0,
         block: 0,
         source: None,
@@ -410,7 +412,7 @@ fn join_stream(ctx: &Ctx, d: &Dialer) -> std::result::Result<(Box<dyn Transport>
     }
     let binding = s.channel_binding();
     let j = d.ticket.join(binding.as_ref()).map_err(|e| e.to_string())?;
-    let header = getwire::encode_get_header_with(&d.filename, None, Some(&j), d.compress)
+    let header = getwire::encode_get_header_by(&d.filename, d.by_path, None, Some(&j), d.compress)
         .map_err(|e| e.to_string())?;
     let mut agreed = false;
     s.write_all(&header).map_err(|e| e.to_string())?;

@@ -221,6 +221,32 @@ impl Dest {
         Ok(())
     }
 
+    /// The mode and mtime of `path`'s parent directory now (they may be
+    /// the manifest's already), the directory made writable by its owner
+    /// so a file fetched alone can land in it after the tree's session;
+    /// [`Self::restore_parent`] puts them back.
+    pub(super) fn hold_parent(&mut self, path: &RelPath) -> Result<(u32, i64)> {
+        let dir = self.parent(path)?;
+        let st =
+            rfs::fstat(dir).map_err(storage(format!("cannot look at the directory of {path}")))?;
+        let mode = st.st_mode & 0o7777;
+        let mtime_ns = (st.st_mtime as i64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_mtime_nsec as i64);
+        if mode & 0o300 != 0o300 {
+            let _ = rfs::fchmod(dir, Mode::from_raw_mode(mode | 0o700));
+        }
+        Ok((mode, mtime_ns))
+    }
+
+    /// Puts back what [`Self::hold_parent`] saw.
+    pub(super) fn restore_parent(&mut self, path: &RelPath, (mode, mtime_ns): (u32, i64)) {
+        if let Ok(dir) = self.parent(path) {
+            let _ = rfs::fchmod(dir, Mode::from_raw_mode(mode & 0o777));
+            let _ = rfs::futimens(dir, &times(mtime_ns));
+        }
+    }
+
     /// Modes and mtimes of the directories the walk has left (deepest
     /// first), now that everything in them is in place; all of them at
     /// the end.
