@@ -223,7 +223,7 @@ for line in open(sys.argv[1]):
     rows.setdefault(tool, []).append((float(s), ok, int(b)))
 rate = lambda v: statistics.median(b * 8 / s / 1e6 for s, _, b in v)
 base = rate(rows["iperf3 (default)"]) if "iperf3 (default)" in rows else None
-print("| tool | s (median) | Mbit/s | vs iperf3 default | identical |")
+print("| tool | s (median) | Mbit/s (each run) | vs iperf3 default | identical |")
 print("|---|---:|---:|---:|---|")
 bad = False
 for tool, v in rows.items():
@@ -232,7 +232,8 @@ for tool, v in rows.items():
     bad |= 'no' in oks
     r = rate(v)
     ratio = f"{r / base:.2f}x" if base else "-"
-    print(f"| {tool} | {s:.2f} | {r:.0f} | {ratio} | {'/'.join(sorted(oks))} |")
+    each = ", ".join(f"{b * 8 / x / 1e6:.0f}" for x, _, b in v) if len(v) > 1 else ""
+    print(f"| {tool} | {s:.2f} | {r:.0f}{f' ({each})' if each else ''} | {ratio} | {'/'.join(sorted(oks))} |")
 sys.exit(1 if bad else 0)
 PY
   echo
