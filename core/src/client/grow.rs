@@ -11,14 +11,17 @@
 //!   (a stream under loss or in slow start carries less), at most 8:
 //!   4 at 100 ms with 8 MiB buffers, 6 with 4 MiB, 1 at 20 ms.
 //! - Then every measuring period (0.7 s, or 7 round trips on a longer
-//!   path; the first one, slow start, only sets the baseline of the
-//!   throughput), from the first connection's counters over that period: where
+//!   path), from the first connection's counters over that period: where
 //!   it resent 0.05 % of its bytes or more (loss, where each stream gets
 //!   less and more streams share it), two more streams while the
 //!   throughput rose by 5 % or more; where it was window-bound a fifth of
 //!   its busy time or more, one more while the throughput rose by 10 %
 //!   or more; where it was neither (the link or the CPU holds it back),
-//!   none. Two periods in a row without that rise end the growth.
+//!   none. Two periods in a row without that rise end the growth. The
+//!   first period counts as a rise (from nothing): measured in scenario
+//!   c of bench/wan.sh (100 Mbit/s, compressible), the streams this opens
+//!   spread zstd over the cores (237 Mbit/s effective with 5 streams,
+//!   224 with 1, whose ratio was lower: 2.41 against 2.51).
 //! - Never more than [`MAX_STREAMS`] (8) in all.
 //!
 //! Round trips under 1 ms never reach this: `auto` keeps one connection
@@ -126,8 +129,6 @@ pub(super) struct Grow {
     best: f64,
     /// Periods in a row whose throughput did not rise enough.
     misses: u32,
-    /// Whether the first period (the baseline) is over.
-    measured: bool,
 }
 
 impl Grow {
@@ -159,7 +160,6 @@ impl Grow {
             bytes: 0,
             best: 0.0,
             misses: 0,
-            measured: false,
         }
     }
 
@@ -189,12 +189,6 @@ impl Grow {
         let rate = bytes.saturating_sub(self.bytes) as f64 / elapsed.as_secs_f64();
         (self.since, self.bytes) = (now, bytes);
         let before = std::mem::replace(&mut self.sample, sample);
-        if !self.measured {
-            // The first period holds the streams' slow start: a rise
-            // from nothing says nothing, so it only sets the baseline.
-            (self.measured, self.best) = (true, rate);
-            return 0;
-        }
         // Without samples (another system): as where windows bind.
         let need = need(before, sample).unwrap_or(Need::Window);
         let (step, rise) = need.step();
@@ -349,8 +343,7 @@ mod tests {
 
     /// Scenario b of bench/wan.sh, virtually: 1 Gbit/s at 100 ms, 0.5 %
     /// loss, a stream carries 230 Mbit/s. `auto` opens 4 at once, two
-    /// more after the baseline period and two more after the next: 8 (the
-    /// cap) at 2.1 s, never more.
+    /// more after each period: 8 (the cap) at 1.4 s, never more.
     #[test]
     fn on_a_lossy_long_path_auto_grows_two_at_a_time_to_the_cap() {
         let t0 = Instant::now();
@@ -362,9 +355,9 @@ mod tests {
         };
         let mut g = Grow::starting(Streams::Auto, 4, Some(ms(100)), t0);
         let counts = lossy.run(&mut g, t0, 5);
-        assert_eq!(counts[6], 4, "0.7 s: the baseline only: {counts:?}");
-        assert_eq!(counts[13], 6, "1.4 s: two more: {counts:?}");
-        assert_eq!(counts[20], 8, "2.1 s: two more: {counts:?}");
+        assert_eq!(counts[5], 4, "0.6 s: still measuring: {counts:?}");
+        assert_eq!(counts[6], 6, "0.7 s: two more: {counts:?}");
+        assert_eq!(counts[13], 8, "1.4 s: two more: {counts:?}");
         assert!(counts.iter().all(|&n| n <= MAX_STREAMS));
         assert_eq!(g.max, MAX_STREAMS);
     }
@@ -383,7 +376,7 @@ mod tests {
         };
         let mut g = Grow::starting(Streams::Auto, 1, Some(ms(100)), t0);
         let counts = clean.run(&mut g, t0, 10);
-        assert_eq!(counts[6], 1, "{counts:?}");
+        assert_eq!(counts[6], 2, "0.7 s: one more: {counts:?}");
         let steps: Vec<u32> = counts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(steps.iter().all(|&d| d <= 1), "one at a time: {counts:?}");
         let last = *counts.last().unwrap();
@@ -396,8 +389,8 @@ mod tests {
 
     /// Where the link binds (no window limit, no loss: scenario c's
     /// 100 Mbit/s at 20 ms), nothing is added; on a path that drops
-    /// packets but whose link one stream fills, nothing either: the
-    /// throughput does not rise after the baseline.
+    /// packets but whose link one stream fills, two after the first
+    /// period (a rise from nothing), then the flat throughput ends it.
     #[test]
     fn a_link_bound_path_gets_no_more_streams() {
         let t0 = Instant::now();
@@ -415,19 +408,20 @@ mod tests {
         };
         let mut g = Grow::starting(Streams::Auto, 1, Some(ms(20)), t0);
         let counts = dropping.run(&mut g, t0, 5);
-        assert!(counts.iter().all(|&n| n == 1), "{counts:?}");
-        assert_eq!(g.max, 1);
+        assert_eq!(
+            counts[6], 3,
+            "the first period rose from nothing: {counts:?}"
+        );
+        assert_eq!(*counts.last().unwrap(), 3, "{counts:?}");
+        assert_eq!(g.max, 3, "two flat periods ended the growth");
     }
 
     #[test]
     fn a_long_round_trip_measures_longer() {
         let t0 = Instant::now();
         let mut g = Grow::starting(Streams::Auto, 1, Some(ms(300)), t0);
-        let s = at(2_000_000, 1_800_000, 1 << 20, 0);
+        let s = at(1_000_000, 900_000, 1 << 20, 0);
         assert_eq!(g.more(t0 + ms(2000), 1 << 20, s), 0, "7 round trips: 2.1 s");
-        assert_eq!(g.more(t0 + ms(2100), 1 << 20, s), 0, "the baseline");
-        let s = at(4_000_000, 3_600_000, 4 << 20, 0);
-        assert_eq!(g.more(t0 + ms(4100), 4 << 20, s), 0);
-        assert_eq!(g.more(t0 + ms(4200), 4 << 20, s), 1);
+        assert_eq!(g.more(t0 + ms(2100), 1 << 20, s), 1);
     }
 }
