@@ -41,13 +41,18 @@ SRC=${AUTOCOST_SRC:-$H/src-$SIZE}
 if [ "$DEST" = tmpfs ]; then D=/dev/shm/bigtransfer-autocost-dst; else D=$H/dst; fi
 rm -rf "$D"; mkdir -p "$D"
 ROWS=$H/autocost.tsv; : >"$ROWS"
+# This run's server has a new key: a known-hosts file of its own.
+rm -f "$H/known_hosts"
 
 SRV_PID='' SRV_CG='' CLI_CG=''
 cleanup() {
+  local rc=$?
+  set +e   # the server may be gone already: nothing here decides the status
   [ -n "$SRV_CG" ] && bench_cg_kill_rm "$SRV_CG"
   [ -n "$SRV_PID" ] && { kill -TERM "$SRV_PID" 2>/dev/null; wait "$SRV_PID" 2>/dev/null; }
   [ -n "$CLI_CG" ] && [ -d "$CLI_CG" ] && bench_cg_kill_rm "$CLI_CG"
   rm -rf "$D"
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -492,8 +492,9 @@ if part_on autocost; then
   say ""
   say "## Loopback cost of the defaults (bench/autocost.sh)"
   say ""
-  AC_RC=0
-  SIZE=${AUTOCOST_SIZE:-1G} ROUNDS=${AUTOCOST_ROUNDS:-9} BIGTRANSFER=$BIGTRANSFER \
+  AC_RC=0 AC_SIZE=${AUTOCOST_SIZE:-1G}
+  bt_make_file "$DATA/bench-$AC_SIZE.bin" "$(bt_bytes "$AC_SIZE")"
+  SIZE=$AC_SIZE ROUNDS=${AUTOCOST_ROUNDS:-9} BIGTRANSFER=$BIGTRANSFER AUTOCOST_SRC=$DATA/bench-$AC_SIZE.bin \
     BENCH_HOME=$BENCH_WORK/autocost bash "$ROOT/bench/autocost.sh" >"$OUT/autocost.md" 2>>"$LOGDIR/autocost.log" || AC_RC=$?
   tee -a "$SUMMARY" <"$OUT/autocost.md"
   [ "$AC_RC" = 0 ] || { FAILS=$((FAILS + 1)); warn "FAIL: autocost (rc=$AC_RC, log: $LOGDIR/autocost.log)"; }
