@@ -22,6 +22,10 @@
 #   flat       bigtransfer peak RSS for 256 MiB and SIZE (and 8 GiB with BIG=1)
 #   concurrent CLIENTS (8) bigtransfer clients x CONC_SIZE (256 MiB) at once into one
 #              server vs one client; socat+sync the same way as a reference
+#   autocost   (not in the default PARTS) bench/autocost.sh: the defaults (--streams auto
+#              --compress auto) against --streams 1 --compress off, 1 GiB (AUTOCOST_SIZE)
+#              uploads into one server, alternated for AUTOCOST_ROUNDS (9) rounds: median
+#              and best wall time, CPU per copy, ratios
 #   resume     bigtransfer client SIGKILLed at 50 % (its first attempt is rate-limited
 #              to SIZE/4 per second so the kill lands there), then resumed: MB/s of the
 #              rest vs a fresh copy; rsync --append-verify via the shared resume.sh
@@ -32,7 +36,7 @@
 #      bigtransfer = TLS 1.3 (the default), bigtransfer_plain = protocol 2 in plaintext
 #      (server --tls off), bigtransfer_legacy = --legacy)
 #      PARTS ("peers nodisk flat concurrent resume") NODISK_PEERS (override the nodisk list)
-#      BIG (0) CLIENTS (8) CONC_SIZE (256M)
+#      BIG (0) CLIENTS (8) CONC_SIZE (256M) AUTOCOST_SIZE (1G) AUTOCOST_ROUNDS (9)
 #      FLAT_SIZES ("256M $SIZE") BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-bench: data/,
 #      work/, results/) BIGTRANSFER (use this binary, skip the build) BASE_PORT (47300)
 #      BENCH_TIMEOUT (900 s per client) SHARED_BENCH (the shared harness, default
@@ -483,6 +487,18 @@ resume_bt() {
   check bigtransfer "$rrc" "$rident" "resume after kill ($label)"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$dst"
 }
+
+if part_on autocost; then
+  say ""
+  say "## Loopback cost of the defaults (bench/autocost.sh)"
+  say ""
+  AC_RC=0 AC_SIZE=${AUTOCOST_SIZE:-1G}
+  bt_make_file "$DATA/bench-$AC_SIZE.bin" "$(bt_bytes "$AC_SIZE")"
+  SIZE=$AC_SIZE ROUNDS=${AUTOCOST_ROUNDS:-9} BIGTRANSFER=$BIGTRANSFER AUTOCOST_SRC=$DATA/bench-$AC_SIZE.bin \
+    BENCH_HOME=$BENCH_WORK/autocost bash "$ROOT/bench/autocost.sh" >"$OUT/autocost.md" 2>>"$LOGDIR/autocost.log" || AC_RC=$?
+  tee -a "$SUMMARY" <"$OUT/autocost.md"
+  [ "$AC_RC" = 0 ] || { FAILS=$((FAILS + 1)); warn "FAIL: autocost (rc=$AC_RC, log: $LOGDIR/autocost.log)"; }
+fi
 
 if part_on resume; then
   one_copy resume 1 bigtransfer "$SRC"   # a fresh copy in the same conditions, for comparison

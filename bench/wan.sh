@@ -32,10 +32,12 @@
 #   SCENARIO=all RUNS=3 bench/wan.sh
 #   DELAY=25 LOSS=0.5 RATE=0 bench/wan.sh   # scenario a's rows on another link
 #   DEST=tmpfs bench/wan.sh             # receive into /dev/shm instead of the disk
+#   SCENARIO=b ONLY=auto RUNS=3 bench/wan.sh   # only the `--streams auto` row, 3 times
 #
 # Env: SCENARIO (a), SIZE (1G), DELAY ms one way, LOSS % each way, RATE Mbit/s
 # (0 = unlimited) (defaults: the scenario's), RUNS (1), IPERF_SECS (15),
-# PEER_LIMIT (240), DEST disk|tmpfs (disk), BENCH_HOME (work dir, default
+# PEER_LIMIT (240), DEST disk|tmpfs (disk), ONLY (all rows; bt: bigtransfer's
+# rows only; auto: only bigtransfer's `--streams auto` rows), BENCH_HOME (work dir, default
 # /tmp/bt-bench-wan), SHARED_BENCH.
 set -euo pipefail
 BT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +52,8 @@ case "${1:-}" in -h|--help) sed -n '2,40p' "$0"; exit 0 ;; esac
 [ "$(id -u)" = 0 ] || { echo "bench/wan.sh: needs root (ip netns)" >&2; exit 2; }
 command -v iperf3 >/dev/null || { echo "bench/wan.sh: iperf3 is missing (apt-get install iperf3, or ../shared/bench/setup.sh)" >&2; exit 2; }
 
-SCENARIO=${SCENARIO:-a} SIZE=${SIZE:-1G} RUNS=${RUNS:-1}
+SCENARIO=${SCENARIO:-a} SIZE=${SIZE:-1G} RUNS=${RUNS:-1} ONLY=${ONLY:-}
+case "$ONLY" in ''|bt|auto) ;; *) echo "bench/wan.sh: ONLY is bt or auto, not $ONLY" >&2; exit 2 ;; esac
 IPERF_SECS=${IPERF_SECS:-15} DEST=${DEST:-disk} PEER_LIMIT=${PEER_LIMIT:-240}
 # The link's settings as given (each scenario has its own defaults).
 U_DELAY=${DELAY:-} U_LOSS=${LOSS:-} U_RATE=${RATE:-}
@@ -98,8 +101,17 @@ ROWS=$H/rows.tsv; : >"$ROWS"; : >"$H/notes.txt"
 # tool, seconds, identical, bytes moved (default: the whole file)
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-$BYTES}" >>"$ROWS"; }
 
+# wanted LABEL: whether ONLY lets this row run.
+wanted() {
+  case "$ONLY" in
+    bt) [[ $1 == bigtransfer* ]] ;;
+    auto) [[ $1 == "bigtransfer --streams auto"* || $1 == "bigtransfer auto"* ]] ;;
+    *) true ;;
+  esac
+}
 run_iperf() {  # run_iperf LABEL [iperf3 args...]
   local label=$1; shift
+  wanted "$label" || return 0
   start_server 5201 iperf3 -s -1 -B "$IP_B" -p 5201
   ip netns exec "$NS_A" timeout -k 5 $((IPERF_SECS + 30)) iperf3 -c "$IP_B" -p 5201 -t "$IPERF_SECS" -J "$@" >"$H/iperf.json"
   stop_server
@@ -113,6 +125,7 @@ EOF
 }
 run_bt() {  # run_bt LABEL [client args...]
   local label=$1 t0 t1; shift
+  wanted "$label" || return 0
   rm -rf "$D"; mkdir -p "$D"
   # shellcheck disable=SC2086 # BT_SERVER_ARGS: extra words for the server
   start_server 7000 "$BT" server --port 7000 --bind "$IP_B" --dir "$D" ${BT_SERVER_ARGS:-}
@@ -134,6 +147,7 @@ print(f"- {sys.argv[2]}: streams {j.get('streams')}, congestion {j.get('congesti
 PY
 }
 run_socat() {
+  wanted socat || return 0
   command -v socat >/dev/null || { echo "socat missing: skipped" >&2; return 0; }
   local t0 t1 out
   rm -rf "$D"; mkdir -p "$D"; out=$D/socat.out
@@ -158,6 +172,7 @@ limited_row() {  # limited_row LABEL T0 T1 RC FILE_GOT
   row "$1" "$(awk -v n=$(($3 - $2)) 'BEGIN{printf "%.2f", n/1e9}')" "$ok" "$got"
 }
 run_rsync() {
+  wanted rsync || return 0
   command -v rsync >/dev/null || { echo "rsync missing: skipped" >&2; return 0; }
   local d=$H/rsync-dst cfg=$H/rsyncd.conf t0 t1 rc=0
   rm -rf "$d"; mkdir -p "$d"
@@ -181,6 +196,7 @@ ssh_setup() {
   printf 'Host wanb\n  HostName %s\n  Port 2222\n  User root\n  IdentityFile %s/client\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n' "$IP_B" "$s" "$s" >"$s/ssh_config"
 }
 run_scp() {
+  wanted scp || return 0
   command -v scp >/dev/null && [ -x /usr/sbin/sshd ] || { echo "scp or sshd missing: skipped" >&2; return 0; }
   ssh_setup
   local t0 t1 rc=0
@@ -207,7 +223,7 @@ for line in open(sys.argv[1]):
     rows.setdefault(tool, []).append((float(s), ok, int(b)))
 rate = lambda v: statistics.median(b * 8 / s / 1e6 for s, _, b in v)
 base = rate(rows["iperf3 (default)"]) if "iperf3 (default)" in rows else None
-print("| tool | s (median) | Mbit/s | vs iperf3 default | identical |")
+print("| tool | s (median) | Mbit/s (each run) | vs iperf3 default | identical |")
 print("|---|---:|---:|---:|---|")
 bad = False
 for tool, v in rows.items():
@@ -216,7 +232,8 @@ for tool, v in rows.items():
     bad |= 'no' in oks
     r = rate(v)
     ratio = f"{r / base:.2f}x" if base else "-"
-    print(f"| {tool} | {s:.2f} | {r:.0f} | {ratio} | {'/'.join(sorted(oks))} |")
+    each = ", ".join(f"{b * 8 / x / 1e6:.0f}" for x, _, b in v) if len(v) > 1 else ""
+    print(f"| {tool} | {s:.2f} | {r:.0f}{f' ({each})' if each else ''} | {ratio} | {'/'.join(sorted(oks))} |")
 sys.exit(1 if bad else 0)
 PY
   echo

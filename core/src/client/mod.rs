@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod list;
 pub use list::{list_remote, list_remote_with, Listing};
 mod get;
+mod grow;
 mod pack;
 mod peer;
 mod secure;

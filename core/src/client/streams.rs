@@ -2,9 +2,10 @@
 //! the first connection and joined ones, all pulling from one shared
 //! queue (not fixed ranges), so a slow stream never holds the tail: once
 //! the queue is empty, a block in flight too long on one stream is sent
-//! again by an idle one. `auto` starts with the first connection alone
-//! and adds a stream while the measured throughput keeps rising, up to
-//! [`MAX_STREAMS`].
+//! again by an idle one. How many streams, and when, is client/grow.rs's
+//! decision (`auto`: what the windows need for 1 Gbit/s at once, then
+//! more while the first connection is window-bound or lossy and the
+//! throughput rises), up to [`MAX_STREAMS`].
 //!
 //! Joined connections speak a small fixed exchange (header with the join,
 //! challenge when the server has a token, held list, data frames, end,
@@ -21,6 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::grow::auto_start;
+pub(super) use super::grow::Grow;
+pub(super) use super::grow::AUTO_MIN_RTT;
 use super::pack::Packing;
 use super::shell::{send_range, SendError};
 use crate::auth::Token;
@@ -36,8 +40,9 @@ use crate::v2::{self, ServerMsg};
 pub enum Streams {
     /// Exactly this many (1: one connection, as before streams existed).
     Fixed(u32),
-    /// Start with one and add streams while throughput keeps rising, up
-    /// to [`MAX_STREAMS`].
+    /// One on a round trip under 1 ms; else what the windows need for
+    /// 1 Gbit/s at once, then more while the throughput keeps rising,
+    /// up to [`MAX_STREAMS`] (client/grow.rs).
     Auto,
 }
 
@@ -83,9 +88,6 @@ impl Streams {
         }
     }
 }
-
-/// Round trips under this never get more than one stream from `auto`.
-pub const AUTO_MIN_RTT: Duration = Duration::from_millis(1);
 
 /// The kernel's round-trip estimate of a connected socket, if it says.
 pub fn rtt_of(t: &dyn Transport) -> Option<Duration> {
@@ -404,7 +406,7 @@ pub(super) fn run(
         .filter(|r| !r.is_zero())
         .or_else(|| rtt_of(primary));
     let start = auto_start(rtt, crate::sys::send_window_ceiling(primary.fd()));
-    let mut grow = Grow::starting(mode, start);
+    let mut grow = Grow::starting(mode, start, rtt, Instant::now());
     if mode == super::Streams::Auto && start > 1 {
         work.note(format!(
             "auto opened {start} streams at once: round trip {:.0} ms, where one stream's window caps it",
@@ -414,7 +416,9 @@ pub(super) fn run(
     let mut buf = vec![0u8; crate::crc::READ_BLOCK];
     let mut packer = Packer::new(dialer.compress, dialer.stream_codec);
     let r = loop {
-        while grow.wants_more_on(&work, crate::sys::tcp_sample(primary.fd())) {
+        let bytes = work.bytes.load(Ordering::Relaxed);
+        let sample = crate::sys::tcp_sample(primary.fd());
+        for _ in 0..grow.more(Instant::now(), bytes, sample) {
             joins.push(spawn_join(&work, &dialer, file));
         }
         let Some(idx) = work.take() else {
@@ -485,134 +489,6 @@ fn poisoned() -> SendError {
     SendError::Source(std::io::Error::other(
         "internal: the block queue was poisoned",
     ))
-}
-
-/// When to open another stream.
-pub(super) struct Grow {
-    max: u32,
-    auto: bool,
-    opened: u32,
-    /// Streams `auto` opens before it measures ([`auto_start`]).
-    start: u32,
-    /// The first connection's [`crate::sys::PathSample`] at the last
-    /// decision.
-    sample: Option<crate::sys::PathSample>,
-    since: Instant,
-    bytes: u64,
-    last_rate: f64,
-}
-
-/// The rate `auto` opens streams for at once: as many as it takes for
-/// the streams' windows not to cap a link of this rate (1 Gbit/s), before
-/// measuring; growth by measurement goes on from there.
-const AUTO_START_RATE: f64 = 125e6;
-
-/// The share of a send buffer that carries payload in flight (the rest is
-/// the kernel's bookkeeping): measured at 100 ms, one stream moves about
-/// 0.6 of its buffer per round trip (bigtransfer --streams 1 with an
-/// 8 MiB buffer: 410 Mbit/s; iperf3 with 4 MiB autotuned: 263 Mbit/s).
-const WINDOW_PAYLOAD: f64 = 0.6;
-
-/// Streams `auto` opens at once on a path of round trip `rtt` whose
-/// streams may each have `window` bytes in flight: where one window is
-/// what caps a stream below [`AUTO_START_RATE`] (a long path), enough
-/// streams for that rate, at most 4 (half the cap: measuring adds the
-/// rest); 1 on a short path, or where the kernel does not say.
-pub fn auto_start(rtt: Option<Duration>, window: Option<usize>) -> u32 {
-    let (Some(rtt), Some(window)) = (rtt, window) else {
-        return 1;
-    };
-    if rtt < AUTO_MIN_RTT || window == 0 {
-        return 1;
-    }
-    let per_stream = window as f64 * WINDOW_PAYLOAD / rtt.as_secs_f64();
-    (AUTO_START_RATE / per_stream).ceil().clamp(1.0, 4.0) as u32
-}
-
-/// How long `auto` measures a stream count before deciding.
-const MEASURE: Duration = Duration::from_millis(700);
-
-impl Grow {
-    pub(super) fn new(mode: super::Streams) -> Grow {
-        Grow::starting(mode, 1)
-    }
-
-    /// As [`Grow::new`], `auto` opening `start` streams before measuring.
-    pub(super) fn starting(mode: super::Streams, start: u32) -> Grow {
-        let (max, auto) = match mode {
-            super::Streams::Fixed(n) => (n.clamp(1, MAX_STREAMS), false),
-            super::Streams::Auto => (MAX_STREAMS, true),
-        };
-        Grow {
-            max,
-            auto,
-            start: start.clamp(1, MAX_STREAMS),
-            sample: None,
-            opened: 1,
-            since: Instant::now(),
-            bytes: 0,
-            last_rate: 0.0,
-        }
-    }
-
-    /// Fixed: open every stream at once. Auto: after each measuring
-    /// period, open one more while the rate rose by 10 % or more.
-    pub(super) fn wants_more(&mut self, work: &Work) -> bool {
-        self.wants_more_on(work, None)
-    }
-
-    /// [`Grow::wants_more`], where `sample` is what the kernel says of the
-    /// first connection now: `auto` then adds a stream only while the
-    /// streams are window-bound or losing packets (where another stream
-    /// adds a window, or shares the loss); a stream that the link itself
-    /// (or the CPU) holds back gains nothing from company, and each stream
-    /// compresses alone, so the ratio would even drop.
-    pub(super) fn wants_more_on(
-        &mut self,
-        work: &Work,
-        sample: Option<crate::sys::PathSample>,
-    ) -> bool {
-        if self.opened >= self.max {
-            return false;
-        }
-        if !self.auto || self.opened < self.start {
-            self.opened += 1;
-            return true;
-        }
-        let elapsed = self.since.elapsed();
-        if elapsed < MEASURE {
-            return false;
-        }
-        let total = work.bytes.load(Ordering::Relaxed);
-        let rate = (total - self.bytes) as f64 / elapsed.as_secs_f64();
-        (self.since, self.bytes) = (Instant::now(), total);
-        if rate < self.last_rate * 1.1 {
-            self.max = self.opened; // It stopped paying: no more.
-            return false;
-        }
-        self.last_rate = rate;
-        let before = std::mem::replace(&mut self.sample, sample);
-        if would_help(before, sample) == Some(false) {
-            return false;
-        }
-        self.opened += 1;
-        true
-    }
-}
-
-/// Whether, between two samples of a connection, it was window-bound a
-/// fifth of its busy time or more, or resent 0.05 % of its bytes or more;
-/// `None` when the samples do not say.
-fn would_help(
-    before: Option<crate::sys::PathSample>,
-    now: Option<crate::sys::PathSample>,
-) -> Option<bool> {
-    let (b, n) = (before.unwrap_or_default(), now?);
-    let busy = n.busy_us.checked_sub(b.busy_us).filter(|&t| t > 0)?;
-    let limited = n.window_limited_us.saturating_sub(b.window_limited_us);
-    let sent = n.bytes_sent.saturating_sub(b.bytes_sent).max(1);
-    let resent = n.bytes_retrans.saturating_sub(b.bytes_retrans);
-    Some(limited * 5 >= busy || resent * 2000 >= sent)
 }
 
 /// Sends block `idx` as a data frame.
@@ -899,70 +775,6 @@ fn read_msg(s: &mut dyn Transport, wait: Duration) -> Result<ServerMsg, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auto_opens_streams_at_once_only_where_one_window_caps_the_path() {
-        let ms = Duration::from_millis;
-        let mib = 1 << 20;
-        // 100 ms with 4 MiB: 25 MB/s a stream, five for 125 MB/s: four.
-        assert_eq!(auto_start(Some(ms(100)), Some(4 * mib)), 4);
-        // With an 8 MiB buffer (SO_SNDBUF of 4 MiB, doubled): three.
-        assert_eq!(auto_start(Some(ms(100)), Some(8 * mib)), 3);
-        // 20 ms (a 100 Mbit/s WAN of the compression scenario): one.
-        assert_eq!(auto_start(Some(ms(20)), Some(8 * mib)), 1);
-        // Loopback, unknown, tiny windows on a long path: capped.
-        assert_eq!(
-            auto_start(Some(Duration::from_micros(50)), Some(4 * mib)),
-            1
-        );
-        assert_eq!(auto_start(None, Some(4 * mib)), 1);
-        assert_eq!(auto_start(Some(ms(100)), None), 1);
-        assert_eq!(auto_start(Some(ms(300)), Some(64 << 10)), 4);
-        // Fixed counts ignore it; auto opens that many, then measures.
-        let w = Work::new(vec![0, 1, 2], None);
-        let mut g = Grow::starting(Streams::Auto, 3);
-        assert!(g.wants_more(&w) && g.wants_more(&w));
-        assert!(!g.wants_more(&w), "then it measures first");
-        let mut g = Grow::starting(Streams::Fixed(1), 4);
-        assert!(!g.wants_more(&w));
-    }
-
-    #[test]
-    fn auto_grows_only_where_streams_are_window_bound_or_lossy() {
-        use crate::sys::PathSample;
-        let at = |busy, limited, sent, resent| {
-            Some(PathSample {
-                busy_us: busy,
-                window_limited_us: limited,
-                bytes_sent: sent,
-                bytes_retrans: resent,
-                min_rtt_us: 0,
-            })
-        };
-        // Link-bound (a 100 Mbit/s path with room in the window): no.
-        assert_eq!(
-            would_help(None, at(700_000, 10_000, 8 << 20, 0)),
-            Some(false)
-        );
-        // Window-bound half the time: yes; the deltas count, not the totals.
-        assert_eq!(
-            would_help(None, at(700_000, 350_000, 8 << 20, 0)),
-            Some(true)
-        );
-        let before = at(700_000, 350_000, 8 << 20, 0);
-        assert_eq!(
-            would_help(before, at(1_400_000, 360_000, 16 << 20, 0)),
-            Some(false)
-        );
-        // Lossy (0.5 % resent): yes.
-        assert_eq!(
-            would_help(None, at(700_000, 0, 1 << 20, 5 << 10)),
-            Some(true)
-        );
-        // Nothing measured: the samples do not say.
-        assert_eq!(would_help(None, None), None);
-        assert_eq!(would_help(before, before), None);
-    }
 
     #[test]
     fn the_queue_hands_out_each_block_then_doubles_a_straggler() {

@@ -143,7 +143,8 @@ fn run_all(
     std::thread::scope(|sc| {
         let mut joins = Vec::new();
         let mut tick = |work: &Work| -> Result<()> {
-            while grow.wants_more(work) {
+            let bytes = work.bytes.load(Ordering::Relaxed);
+            for _ in 0..grow.more(std::time::Instant::now(), bytes, None) {
                 joins.push(sc.spawn(move || joined(ctx, dialer)));
             }
             let done = (base + work.bytes.load(Ordering::Relaxed)).min(total);
