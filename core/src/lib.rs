@@ -50,7 +50,6 @@ mod testdata;
 pub mod text;
 pub mod throttle;
 pub mod tls;
-mod tls_ahead;
 mod tls_stream;
 pub mod transport;
 pub mod tree;

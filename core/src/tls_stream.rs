@@ -103,7 +103,7 @@ impl Side for UnbufferedClientConnection {
 }
 
 /// What one turn of rustls' state machine came to.
-pub(crate) enum Step {
+enum Step {
     /// Plaintext copied to the reader's buffer (0: a record without any).
     Read(usize),
     /// Plaintext taken and encrypted into the send queue.
@@ -115,17 +115,6 @@ pub(crate) enum Step {
     /// The handshake is done and nothing is pending: writes may go.
     Ready,
     /// The peer sent close_notify: no more plaintext will come.
-    PeerClosed,
-}
-
-/// Why [`TlsStream::open_records`] stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Opened {
-    /// The plaintext asked for is there (more whole records may follow).
-    Full,
-    /// No whole record is left: receive more.
-    NeedInput,
-    /// The peer sent close_notify.
     PeerClosed,
 }
 
@@ -248,26 +237,7 @@ impl<C: Side> TlsStream<C> {
     /// plaintext into `dst` (rest kept), `src` encrypted when writing is
     /// possible, handshake records queued and sent.
     fn step(&mut self, dst: &mut [u8], src: &[u8]) -> io::Result<Step> {
-        let mut inb = std::mem::take(&mut self.inb);
-        let r = self.step_on(&mut inb[self.start..self.end], dst, src);
-        self.inb = inb;
-        let (step, discard) = r?;
-        self.start += discard;
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-        Ok(step)
-    }
-
-    /// [`TlsStream::step`] on received bytes held elsewhere (a read-ahead
-    /// thread's buffer): the step and how many bytes of `incoming` it used.
-    pub(crate) fn step_on(
-        &mut self,
-        incoming: &mut [u8],
-        dst: &mut [u8],
-        src: &[u8],
-    ) -> io::Result<(Step, usize)> {
-        let status = self.conn.process(incoming);
+        let status = self.conn.process(&mut self.inb[self.start..self.end]);
         let mut discard = status.discard;
         let step = match status.state.map_err(io::Error::other)? {
             ConnectionState::ReadTraffic(mut r) => match r.next_record() {
@@ -309,7 +279,11 @@ impl<C: Side> TlsStream<C> {
             ConnectionState::PeerClosed | ConnectionState::Closed => Step::PeerClosed,
             other => return Err(io::Error::other(format!("unexpected TLS state {other:?}"))),
         };
-        Ok((step, discard))
+        self.start += discard;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        Ok(step)
     }
 
     /// Receives more bytes after those not yet processed (moved to the
@@ -333,70 +307,6 @@ impl<C: Side> TlsStream<C> {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Hands the receiving side over to a read-ahead thread: the receive
-    /// buffer with the bytes not yet processed in it (`[start, end)`), the
-    /// plaintext decrypted but not yet read, and a handle of the socket to
-    /// receive on. Afterwards this stream only writes.
-    pub(crate) fn hand_over_reading(&mut self) -> (Box<[u8]>, usize, usize, Vec<u8>) {
-        let inb = std::mem::take(&mut self.inb);
-        let (start, end) = (self.start, self.end);
-        (self.start, self.end) = (0, 0);
-        let plain = self.plain.split_off(self.plain_at);
-        (self.plain, self.plain_at) = (Vec::new(), 0);
-        (inb, start, end, plain)
-    }
-
-    /// For a read-ahead thread: decrypts the whole records at the front of
-    /// `incoming`, appending their plaintext to `out` until it holds `want`
-    /// bytes, and answers what rustls has to say meanwhile (a key update).
-    /// Returns the bytes of `incoming` used and why it stopped.
-    pub(crate) fn open_records(
-        &mut self,
-        incoming: &mut [u8],
-        out: &mut Vec<u8>,
-        want: usize,
-    ) -> io::Result<(usize, Opened)> {
-        // The record's plaintext goes where `step_on` keeps what a reader's
-        // buffer cannot take: with no reader's buffer, all of it.
-        std::mem::swap(&mut self.plain, out);
-        let (mut used, mut idle) = (0, 0);
-        let r = loop {
-            if self.plain.len() >= want {
-                break Ok(Opened::Full);
-            }
-            let before = (used, self.plain.len());
-            match self.step_on(&mut incoming[used..], &mut [], &[]) {
-                Ok((Step::NeedInput | Step::Ready, d)) => {
-                    used += d;
-                    break Ok(Opened::NeedInput);
-                }
-                Ok((Step::PeerClosed, d)) => {
-                    used += d;
-                    break Ok(Opened::PeerClosed);
-                }
-                Ok((_, d)) => used += d,
-                Err(e) => {
-                    self.out.len = 0;
-                    if let Ok(Step::Again) = self.step(&mut [], &[]) {
-                        let _ = self.send_out();
-                    }
-                    break Err(e);
-                }
-            }
-            // rustls always moves on; a bound all the same.
-            idle = if (used, self.plain.len()) == before {
-                idle + 1
-            } else {
-                0
-            };
-            if idle > 64 {
-                break Err(io::Error::other("TLS record processing made no progress"));
-            }
-        };
-        std::mem::swap(&mut self.plain, out);
-        r.map(|why| (used, why))
     }
 
     /// Sends what is queued, all of it.
@@ -434,11 +344,6 @@ impl<C: Side> TlsStream<C> {
         let mut out = [0u8; 32];
         expand_label(&*expander, b"exporter", hash.hash(&[]).as_ref(), &mut out)?;
         Ok(out)
-    }
-
-    /// The socket.
-    pub fn sock(&self) -> &TcpStream {
-        &self.sock
     }
 
     /// The negotiated ALPN protocol.

@@ -34,7 +34,6 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::tls::{mismatch_of, Fingerprint, HostKeyMismatch, ALPN, EXPORTER_LABEL};
-use crate::tls_ahead::ReadAhead;
 use crate::tls_stream::TlsStream;
 use crate::{Error, ErrorKind};
 
@@ -195,9 +194,6 @@ fn send_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 enum Stream {
     Client(TlsStream<UnbufferedClientConnection>),
     Server(TlsStream<UnbufferedServerConnection>),
-    /// A server's connection once its handshake is done: receiving and
-    /// decrypting run ahead on a thread of their own.
-    ServerAhead(ReadAhead<UnbufferedServerConnection>),
 }
 
 /// Calls `$body` with the stream of either side bound to `$s` (both are
@@ -207,7 +203,6 @@ macro_rules! either {
         match $self {
             Stream::Client($s) => $body,
             Stream::Server($s) => $body,
-            Stream::ServerAhead($s) => $body,
         }
     };
 }
@@ -224,7 +219,7 @@ impl fmt::Debug for TlsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = match self.stream {
             Stream::Client(_) => "client",
-            Stream::Server(_) | Stream::ServerAhead(_) => "server",
+            Stream::Server(_) => "server",
         };
         write!(
             f,
@@ -312,19 +307,11 @@ impl TlsTransport {
     }
 
     fn finish(stream: Stream, shutdown: Shutdown) -> crate::Result<TlsTransport> {
-        let (alpn_ok, binding, spki) = match &stream {
-            Stream::Client(s) => (
-                s.alpn_protocol() == Some(ALPN),
-                s.export_binding(EXPORTER_LABEL),
-                s.peer_spki(),
-            ),
-            Stream::Server(s) => (
-                s.alpn_protocol() == Some(ALPN),
-                s.export_binding(EXPORTER_LABEL),
-                s.peer_spki(),
-            ),
-            Stream::ServerAhead(_) => (false, Err("handshake already finished".into()), None),
-        };
+        let (alpn_ok, binding, spki) = either!(&stream, s => (
+            s.alpn_protocol() == Some(ALPN),
+            s.export_binding(EXPORTER_LABEL),
+            s.peer_spki(),
+        ));
         if !alpn_ok {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -341,17 +328,9 @@ impl TlsTransport {
                 ));
             }
         }
-        let sock = either!(&stream, s => s.sock());
+        let sock = either!(&stream, s => &s.sock);
         sock.set_read_timeout(None).map_err(net_err)?;
         sock.set_write_timeout(None).map_err(net_err)?;
-        // The server reads ahead: on its side one thread would otherwise
-        // decrypt an upload and write it to disk by turns.
-        let stream = match stream {
-            Stream::Server(s) => {
-                ReadAhead::start(s).map_or_else(Stream::Server, Stream::ServerAhead)
-            }
-            other => other,
-        };
         Ok(TlsTransport {
             stream,
             binding,
@@ -379,7 +358,7 @@ impl TlsTransport {
     }
 
     fn sock(&self) -> &TcpStream {
-        either!(&self.stream, s => s.sock())
+        either!(&self.stream, s => &s.sock)
     }
 }
 
@@ -443,10 +422,7 @@ impl Transport for TlsTransport {
         self.shutdown.clone()
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match &self.stream {
-            Stream::ServerAhead(a) => a.set_read_timeout(t),
-            _ => self.sock().set_read_timeout(t),
-        }
+        self.sock().set_read_timeout(t)
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.sock().set_write_timeout(t)
@@ -962,80 +938,6 @@ mod tests {
         let r = reader.join().unwrap();
         assert!(t0.elapsed() < T, "the read did not wait for its timeout");
         assert!(!matches!(r, Ok(n) if n > 0), "{r:?}");
-    }
-
-    /// The server reads ahead on a thread of its own: a read still waits
-    /// no longer than its timeout, and a read after a timeout still gets
-    /// what comes later.
-    #[test]
-    fn a_server_read_times_out_then_still_reads() {
-        let key = ServerKey::generate().unwrap();
-        let (c, s) = tls_pair(&key, PinPolicy::TrustOnFirstUse);
-        let (mut c, mut s) = (c.unwrap(), s.unwrap());
-        let wait = Duration::from_millis(50);
-        s.set_read_timeout(Some(wait)).unwrap();
-        let t0 = Instant::now();
-        let mut b = [0u8; 8];
-        let r = s.read(&mut b);
-        let took = t0.elapsed();
-        assert!(
-            matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            "{r:?}"
-        );
-        assert!(took >= wait && took < T, "waited {took:?}");
-        c.write_all(b"later").unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        let mut got = Vec::new();
-        while got.len() < 5 {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0, "end of stream after {got:?}");
-            got.extend_from_slice(&b[..n]);
-        }
-        assert_eq!(got, b"later");
-    }
-
-    /// A client that goes away without close_notify is a cut, not an end:
-    /// the server's read fails (after everything sent before it).
-    #[test]
-    fn a_cut_without_close_notify_fails_the_server_read_after_the_data() {
-        let key = ServerKey::generate().unwrap();
-        let (c, s) = tls_pair(&key, PinPolicy::TrustOnFirstUse);
-        let (mut c, mut s) = (c.unwrap(), s.unwrap());
-        let up = pattern(700_000, 5);
-        c.write_all(&up).unwrap();
-        drop(c);
-        s.set_read_timeout(Some(T)).unwrap();
-        let mut got = Vec::new();
-        let r = s.read_to_end(&mut got);
-        assert!(
-            got == up,
-            "{} of {} bytes before the cut",
-            got.len(),
-            up.len()
-        );
-        assert!(
-            matches!(&r, Err(e) if e.kind() == io::ErrorKind::UnexpectedEof),
-            "{r:?}"
-        );
-    }
-
-    /// Dropping a server's stream stops its read-ahead thread at once, even
-    /// while the client stays connected and silent.
-    #[test]
-    fn dropping_a_server_stream_stops_its_reader_at_once() {
-        let key = ServerKey::generate().unwrap();
-        let (c, s) = tls_pair(&key, PinPolicy::TrustOnFirstUse);
-        let (mut c, s) = (c.unwrap(), s.unwrap());
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            drop(s);
-            tx.send(()).unwrap();
-        });
-        rx.recv_timeout(T).expect("the drop returned");
-        // The client sees the connection end.
-        c.set_read_timeout(Some(T)).unwrap();
-        let mut b = [0u8; 1];
-        assert!(!matches!(c.read(&mut b), Ok(n) if n > 0));
     }
 
     #[test]
