@@ -940,6 +940,60 @@ mod tests {
         assert!(!matches!(r, Ok(n) if n > 0), "{r:?}");
     }
 
+    /// A server's read waits no longer than its timeout, and a read after
+    /// a timeout still gets what comes later.
+    #[test]
+    fn a_server_read_times_out_then_still_reads() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s) = tls_pair(&key, PinPolicy::TrustOnFirstUse);
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let wait = Duration::from_millis(50);
+        s.set_read_timeout(Some(wait)).unwrap();
+        let t0 = Instant::now();
+        let mut b = [0u8; 8];
+        let r = s.read(&mut b);
+        let took = t0.elapsed();
+        assert!(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "{r:?}"
+        );
+        assert!(took >= wait && took < T, "waited {took:?}");
+        c.write_all(b"later").unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "end of stream after {got:?}");
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, b"later");
+    }
+
+    /// A client that goes away without close_notify is a cut, not an end:
+    /// the server's read fails (after everything sent before it).
+    #[test]
+    fn a_cut_without_close_notify_fails_the_server_read_after_the_data() {
+        let key = ServerKey::generate().unwrap();
+        let (c, s) = tls_pair(&key, PinPolicy::TrustOnFirstUse);
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let up = pattern(700_000, 5);
+        c.write_all(&up).unwrap();
+        drop(c);
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
+        assert!(
+            got == up,
+            "{} of {} bytes before the cut",
+            got.len(),
+            up.len()
+        );
+        assert!(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn a_relayed_token_proof_fails_on_the_other_connection() {
         use crate::auth::{nonce, Token, ANSWER_LEN, NONCE_LEN};
