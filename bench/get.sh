@@ -3,9 +3,9 @@
 # file, same server, alternated, over loopback; by default as a user runs them
 # (TLS on, --compress auto, --streams auto: one stream on loopback).
 #
-# Each round: upload SIZE random bytes (the stored file replaced), then get it back
-# into a fresh output dir; the seconds of each come from --json. Prints every round
-# and the medians with their ratio (get throughput / upload throughput).
+# Each round: upload SIZE random bytes (the stored file replaced) and get it back
+# (the previous copy replaced), in alternating order; the seconds of each come
+# from --json. Prints every round and the medians with their ratio (get throughput / upload throughput).
 #
 # Environment:
 #   SIZE=1G     file size (K/M/G binary units; 2G needs 6 GiB of /tmp for a moment)
@@ -37,13 +37,27 @@ server_pid=$!
 for _ in $(seq 100); do grep -q '^listening on' "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out" | head -1)
 secs() { grep -o '"seconds": [0-9.]*' | cut -d' ' -f2; }
+up() {
+    rm -f "$work/store/src.bin"
+    "$BIN" client --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --no-cache \
+        --compress "$COMPRESS" --json "$work/src.bin" 2>/dev/null | secs
+}
+down() {
+    rm -f "$work/out/src.bin"
+    "$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --compress "$COMPRESS" --json \
+        -o "$work/out" src.bin 2>/dev/null | secs
+}
+# Each copy follows the removal of its own previous target at once, and the
+# order alternates: in this VM, page-cache pages freed a few seconds before
+# were handed back to the host (free page reporting) and cost several times
+# more to fill again (docs/BENCHMARKS.md, "Slow minutes"). Removing both
+# targets at the start of a round gave the upload just-freed pages and the
+# get, seconds later, reported ones: 2 GiB gets measured 0.45-0.52x the
+# upload that way, with pwrite taking 6 of the get's 7.6 s under strace.
+up > /dev/null
 ups=() gets=()
 for r in $(seq "$ROUNDS"); do
-    rm -f "$work/store/src.bin" "$work/out/src.bin"
-    u=$("$BIN" client --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --no-cache \
-        --compress "$COMPRESS" --json "$work/src.bin" 2>/dev/null | secs)
-    g=$("$BIN" get --host 127.0.0.1 --port "$port" --known-hosts "$work/kh" --quiet --compress "$COMPRESS" --json \
-        -o "$work/out" src.bin 2>/dev/null | secs)
+    if [ $((r % 2)) = 1 ]; then u=$(up); g=$(down); else g=$(down); u=$(up); fi
     cmp -s "$work/src.bin" "$work/out/src.bin" || { echo "round $r: the download differs" >&2; exit 1; }
     echo "round $r ($SIZE, TLS $TLS, compress $COMPRESS): upload $u s, get $g s (load $(cut -d' ' -f1 /proc/loadavg))"
     ups+=("$u") gets+=("$g")
