@@ -90,7 +90,7 @@ pub fn encode_get_header_with(
     join: Option<&crate::session::Join>,
     compress: Compress,
 ) -> Result<Vec<u8>> {
-    header_with(remote, false, streams, join, compress)
+    encode_get_header_by(remote, false, streams, join, compress)
 }
 
 /// The key in a get header's `"bt"` object by which a client asks for a
@@ -104,19 +104,7 @@ pub const PATH_KEY: &str = "path";
 /// The header frame asking to download the file at `path` (a tree path
 /// below the storage directory) by itself, on one connection.
 pub fn encode_get_path_header(path: &str, compress: Compress) -> Result<Vec<u8>> {
-    header_with(path, true, None, None, compress)
-}
-
-/// [`encode_get_header_with`], of a stored name or (`by_path`) of a tree
-/// path (`"path": 1`).
-pub fn encode_get_header_by(
-    remote: &str,
-    by_path: bool,
-    streams: Option<u32>,
-    join: Option<&crate::session::Join>,
-    compress: Compress,
-) -> Result<Vec<u8>> {
-    header_with(remote, by_path, streams, join, compress)
+    encode_get_header_by(path, true, None, None, compress)
 }
 
 /// Whether a get header asks for its file by path (`"path": 1`).
@@ -129,7 +117,9 @@ pub fn requested_path(json_bytes: &[u8]) -> Result<bool> {
     }
 }
 
-fn header_with(
+/// [`encode_get_header_with`], of a stored name or (`by_path`) of a tree
+/// path (`"path": 1`).
+pub fn encode_get_header_by(
     remote: &str,
     by_path: bool,
     streams: Option<u32>,

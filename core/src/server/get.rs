@@ -249,46 +249,16 @@ pub(super) fn begin<'a>(
 
 /// Opens the stored file `name` for reading, under the storage directory.
 fn open(sh: &Shared, name: &SafeName) -> Result<File, Stop> {
-    let not_found = |why: &str| {
-        Stop::Fault(Fault::new(
-            FaultCode::NotFound,
-            format!("no file \"{name}\" on the server{why}"),
-        ))
-    };
-    let file = match crate::sys::open_read_at(sh.store.dir_file(), name.as_str()) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found("")),
-        // ELOOP: a symlink, which is never followed (it may lead anywhere).
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(not_found(" (a symlink there is not served)"))
-        }
-        Err(e) => {
-            return Err(Stop::Fault(Fault::new(
-                FaultCode::Storage,
-                format!("cannot open \"{name}\": {e}"),
-            )))
-        }
-    };
-    match file.metadata() {
-        Ok(m) if m.is_file() => Ok(file),
-        Ok(_) => Err(not_found(" (not a regular file)")),
-        Err(e) => Err(Stop::Fault(Fault::new(
-            FaultCode::Storage,
-            format!("cannot inspect \"{name}\": {e}"),
-        ))),
-    }
+    served(
+        crate::sys::open_read_at(sh.store.dir_file(), name.as_str()),
+        name.as_str(),
+    )
 }
 
 /// Opens the file at the tree path `path` below the storage directory,
 /// without following a symlink anywhere on the way (every directory is
 /// opened `O_NOFOLLOW` from the storage directory's descriptor).
 fn open_path(sh: &Shared, path: &str) -> Result<File, Stop> {
-    let not_found = |why: &str| {
-        Stop::Fault(Fault::new(
-            FaultCode::NotFound,
-            format!("no file \"{path}\" on the server{why}"),
-        ))
-    };
     let root = rustix::fs::open(
         &sh.cfg.dir,
         crate::tree::at::dir_flags(),
@@ -301,26 +271,42 @@ fn open_path(sh: &Shared, path: &str) -> Result<File, Stop> {
         ))
     })?;
     let (dir_rel, base) = path.rsplit_once('/').unwrap_or(("", path));
-    let dir = super::tree::open_dir(&root, dir_rel).map_err(|_| not_found(""))?;
-    let file = match crate::sys::open_read_at(&File::from(dir), base) {
+    let Ok(dir) = super::tree::open_dir(&root, dir_rel) else {
+        return Err(not_found(path, ""));
+    };
+    served(crate::sys::open_read_at(&File::from(dir), base), path)
+}
+
+fn not_found(what: &str, why: &str) -> Stop {
+    Stop::Fault(Fault::new(
+        FaultCode::NotFound,
+        format!("no file \"{what}\" on the server{why}"),
+    ))
+}
+
+/// What an open of `what` (a stored name or a tree path) comes to: a
+/// regular file, or the fault a client is told.
+fn served(opened: io::Result<File>, what: &str) -> Result<File, Stop> {
+    let file = match opened {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found("")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(what, "")),
+        // ELOOP: a symlink, which is never followed (it may lead anywhere).
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(not_found(" (a symlink there is not served)"))
+            return Err(not_found(what, " (a symlink there is not served)"))
         }
         Err(e) => {
             return Err(Stop::Fault(Fault::new(
                 FaultCode::Storage,
-                format!("cannot open \"{path}\": {e}"),
+                format!("cannot open \"{what}\": {e}"),
             )))
         }
     };
     match file.metadata() {
         Ok(m) if m.is_file() => Ok(file),
-        Ok(_) => Err(not_found(" (not a regular file)")),
+        Ok(_) => Err(not_found(what, " (not a regular file)")),
         Err(e) => Err(Stop::Fault(Fault::new(
             FaultCode::Storage,
-            format!("cannot inspect \"{path}\": {e}"),
+            format!("cannot inspect \"{what}\": {e}"),
         ))),
     }
 }
