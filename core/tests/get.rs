@@ -7,19 +7,18 @@
 //! fetched anew; the same for compressed (`P`) frames. Plaintext (`Protocol::Legacy` makes the transport plain)
 //! so the relay can see and flip the bytes.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bigtransfer_core::client::get_file;
 use bigtransfer_core::compress::{BlockCompressor, Compress};
-use bigtransfer_core::server::TlsMode;
-use bigtransfer_core::{
-    Control, Progress, Protocol, SendOptions, Server, ServerConfig, StopHandle,
-};
+use bigtransfer_core::{Control, Progress, Protocol, SendOptions};
 
 const MIB: usize = 1 << 20;
 
@@ -30,34 +29,20 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
 }
 
 struct Fixture {
-    dir: PathBuf,
-    store: PathBuf,
-    stop: StopHandle,
-    serving: Option<std::thread::JoinHandle<bigtransfer_core::Result<()>>>,
-    port: u16,
+    served: common::Served,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = common::Served;
+    fn deref(&self) -> &common::Served {
+        &self.served
+    }
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("bt-get-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = dir.join("store");
-        let mut cfg = ServerConfig::new(&store);
-        cfg.bind = Some("127.0.0.1".parse().unwrap());
-        cfg.port = 0;
-        cfg.tls = TlsMode::Off;
-        cfg.logger = Some(Arc::new(|_: &str| {}));
-        let server = Server::bind(cfg).unwrap();
-        let port = server.local_addr().unwrap().port();
-        let stop = server.stop_handle();
-        let serving = Some(std::thread::spawn(move || server.serve()));
         Fixture {
-            dir,
-            store,
-            stop,
-            serving,
-            port,
+            served: common::Served::start(&format!("get-{tag}"), |_| {}),
         }
     }
 
@@ -73,16 +58,6 @@ impl Fixture {
         // compressed ones have tests of their own below.
         o.compress = Compress::Off;
         o
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(h) = self.serving.take() {
-            let _ = h.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -6,72 +6,44 @@
 //! hostile paths (`..`, the server's own state, a symlink on the way) in
 //! words.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bigtransfer_core::compress::Compress;
-use bigtransfer_core::server::TlsMode;
+use bigtransfer_core::getwire;
 use bigtransfer_core::tree::fetch::{self, REQUEST};
 use bigtransfer_core::tree::wire;
 use bigtransfer_core::v2::{self, FaultCode, ServerMsg};
-use bigtransfer_core::{getwire, Server, ServerConfig, StopHandle};
 
 struct Fixture {
-    dir: PathBuf,
-    stop: StopHandle,
-    serving: Option<std::thread::JoinHandle<bigtransfer_core::Result<()>>>,
-    port: u16,
+    served: common::Served,
 }
 
 impl Fixture {
     /// A server whose store holds `set/big.bin` (3 MiB, over its 1 MiB
     /// tree limit) and `set/link`, a symlink to `set`.
     fn new(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("bt-alone-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let set = dir.join("store/set");
+        let served = common::Served::start(&format!("alone-{tag}"), |cfg| {
+            cfg.tree_get_file_limit = 1 << 20;
+        });
+        let set = served.store.join("set");
         std::fs::create_dir_all(&set).unwrap();
         std::fs::write(set.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
         std::os::unix::fs::symlink(".", set.join("link")).unwrap();
-        let mut cfg = ServerConfig::new(dir.join("store"));
-        cfg.bind = Some("127.0.0.1".parse().unwrap());
-        cfg.port = 0;
-        cfg.tls = TlsMode::Off;
-        cfg.tree_get_file_limit = 1 << 20;
-        cfg.logger = Some(Arc::new(|_: &str| {}));
-        let server = Server::bind(cfg).unwrap();
-        let port = server.local_addr().unwrap().port();
-        let stop = server.stop_handle();
-        let serving = Some(std::thread::spawn(move || server.serve()));
-        Fixture {
-            dir,
-            stop,
-            serving,
-            port,
-        }
+        Fixture { served }
     }
 
     fn connect(&self, header: &[u8]) -> TcpStream {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", self.served.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(header).unwrap();
         let mut magic = [0u8; 8];
         s.read_exact(&mut magic).unwrap();
         assert_eq!(magic, v2::MAGIC);
         s
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(h) = self.serving.take() {
-            let _ = h.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
