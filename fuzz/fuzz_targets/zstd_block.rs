@@ -14,8 +14,8 @@
 #![no_main]
 
 use bigtransfer_core::compress::{
-    compress_block, decompress_block, max_worthwhile_len, BlockCompressor, StreamDecoder,
-    Unpacker, PACK_CHUNK,
+    compress_block, decompress_block, max_worthwhile_len, BlockCompressor, StreamDecoder, Unpacker,
+    PACK_CHUNK,
 };
 use bigtransfer_core::ErrorKind;
 use libfuzzer_sys::fuzz_target;
@@ -45,41 +45,38 @@ fuzz_target!(|data: &[u8]| {
         for _ in 0..2 {
             let Some(p) = c.pack(data) else { continue };
             assert!(p.len() <= max_worthwhile_len(data.len()));
-            assert_eq!(unpack_stream(&p, data.len() as u64, &mut dec), Some(data.to_vec()));
+            assert_eq!(
+                unpack_stream(&p, data.len() as u64, &mut dec),
+                Some(data.to_vec())
+            );
         }
     }
 });
 
 /// The block a streamed `payload` unpacks to through `dec`, if valid.
 fn unpack_stream(payload: &[u8], len: u64, dec: &mut StreamDecoder) -> Option<Vec<u8>> {
-    let mut u = Unpacker::streaming(len);
-    let (mut out, mut pos) = (Vec::new(), 0);
-    while pos < payload.len() {
-        let n = u.want().max(1).min(payload.len() - pos);
-        match u.feed_stream(&payload[pos..pos + n], dec) {
-            Ok(Some(chunk)) => {
-                assert!(chunk.len() <= PACK_CHUNK);
-                out.extend_from_slice(&chunk);
-                assert!(out.len() as u64 <= len);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
-                return None;
-            }
-        }
-        pos += n;
-    }
-    u.is_done().then_some(out)
+    drive(payload, len, Unpacker::streaming(len), |u, b| {
+        u.feed_stream(b, dec)
+    })
 }
 
 /// The block `payload` unpacks to, if it is a whole valid one.
 fn unpack(payload: &[u8], len: u64) -> Option<Vec<u8>> {
-    let mut u = Unpacker::new(len);
+    drive(payload, len, Unpacker::new(len), |u, b| u.feed(b))
+}
+
+/// Feeds `payload` to `u` in the pieces it asks for, through `feed`,
+/// checking every chunk it gives; the block, if whole and valid.
+fn drive(
+    payload: &[u8],
+    len: u64,
+    mut u: Unpacker,
+    mut feed: impl FnMut(&mut Unpacker, &[u8]) -> bigtransfer_core::Result<Option<Vec<u8>>>,
+) -> Option<Vec<u8>> {
     let (mut out, mut pos) = (Vec::new(), 0);
     while pos < payload.len() {
         let n = u.want().max(1).min(payload.len() - pos);
-        match u.feed(&payload[pos..pos + n]) {
+        match feed(&mut u, &payload[pos..pos + n]) {
             Ok(Some(chunk)) => {
                 assert!(chunk.len() <= PACK_CHUNK);
                 out.extend_from_slice(&chunk);
