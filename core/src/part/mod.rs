@@ -98,6 +98,10 @@ pub struct DiskPart {
     unflushed: u64,
     /// The size of the page-cache writes, chosen by how fast they go.
     pieces: crate::pieces::PieceChooser,
+    /// Whether each write's range is allocated first (see
+    /// [`crate::sys::preallocation_pays`]); cleared when the filesystem
+    /// turns out not to support it.
+    preallocate: bool,
     /// The part's stamp after our last write: if it differs before our
     /// next write or at the end, something else wrote to the part.
     witness: Option<PartStamp>,
@@ -169,6 +173,7 @@ impl DiskPart {
         if let (Some(w), Ok(now)) = (self.witness, self.stamp()) {
             self.tampered |= w != now;
         }
+        self.allocate(offset, bytes.len() as u64)?;
         let started = std::time::Instant::now();
         let mut at = offset;
         for piece in bytes.chunks(self.pieces.piece()) {
@@ -184,6 +189,22 @@ impl DiskPart {
         self.witness = self.stamp().ok();
         self.ledger.wrote(offset, bytes, crc_after);
         self.after_write(at, bytes.len() as u64)
+    }
+
+    /// Allocates the range a write is about to fill, so a full disk is
+    /// found before its bytes are copied, and the filesystem skips its
+    /// page-by-page reservation. After the witness check: the allocation
+    /// changes the part's ctime, and the stamp taken after the write
+    /// covers it.
+    fn allocate(&mut self, offset: u64, len: u64) -> Result<()> {
+        if !self.preallocate || len == 0 {
+            return Ok(());
+        }
+        match crate::sys::preallocate(&self.files.part, offset, len) {
+            Ok(supported) => self.preallocate = supported,
+            Err(e) => return Err(serr("make room in", &self.files.part_path, e)),
+        }
+        Ok(())
     }
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {

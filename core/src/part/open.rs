@@ -225,6 +225,7 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
             .map_err(|e| serr("truncate", &paths.part, e))?;
     }
     let witness = part.metadata().ok().map(|m| PartStamp::of(&m));
+    let preallocate = crate::sys::preallocation_pays(&part);
     let files = Files {
         synced: part.try_clone().ok().map(Arc::new),
         part,
@@ -249,6 +250,7 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         dirty: false,
         unflushed: 0,
         pieces: crate::pieces::PieceChooser::default(),
+        preallocate,
         witness,
         tampered: false,
         done: false,

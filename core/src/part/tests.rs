@@ -311,3 +311,49 @@ fn v2_resumes_an_older_prefix_only_block_list() {
     drop(store);
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// Each write's range is allocated just before it (where that pays), never
+/// the whole part: a sparse source's holes, which are never sent, stay
+/// holes on the server, and the held bytes are exactly the ones written.
+#[test]
+fn v2_allocates_only_what_is_written() {
+    use std::os::unix::fs::MetadataExt;
+    let (d, store) = setup();
+    let block = 1u64 << 20;
+    let size = 64 * block;
+    let first: Vec<u8> = (0..block).map(|i| (i % 251) as u8).collect();
+    let last: Vec<u8> = (0..block).map(|i| (i % 241) as u8).collect();
+    let (mut p, _) = v2(&store, "sparse.bin", size, block);
+    for (idx, bytes) in [(0, &first), (63, &last)] {
+        p.begin_block(idx).unwrap();
+        p.write_at(idx * block, bytes, None).unwrap();
+        p.record_block(idx, crc32fast::hash(bytes), true).unwrap();
+    }
+    p.checkpoint().unwrap();
+    let part = fs::read_dir(&d)
+        .unwrap()
+        .chain(fs::read_dir(store.state_path()).unwrap())
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .expect("the part file")
+        .path();
+    let meta = fs::metadata(&part).unwrap();
+    assert_eq!(meta.len(), size, "the size is where the last write ended");
+    // Two written blocks, and some metadata blocks at most: never the
+    // 62 MiB between them.
+    assert!(
+        meta.blocks() * 512 <= 4 * block,
+        "{} bytes allocated for 2 MiB written",
+        meta.blocks() * 512
+    );
+    let mut got = vec![0u8; block as usize];
+    let f = fs::File::open(&part).unwrap();
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, first);
+    f.read_exact_at(&mut got, 63 * block).unwrap();
+    assert_eq!(got, last);
+    f.read_exact_at(&mut got, 10 * block).unwrap();
+    assert!(got.iter().all(|&b| b == 0), "a hole reads as zeros");
+    drop((p, f, store));
+    fs::remove_dir_all(&d).unwrap();
+}
