@@ -31,6 +31,8 @@ mkdir -p "$H"
 export BENCH_LOG=$H/harness.log BENCH_WORK=$H
 # shellcheck source=/dev/null
 . "$SHARED_BENCH/lib.sh"
+# shellcheck source=bench/vm.sh
+. "$(dirname "$0")/vm.sh"
 if [ -z "${BIGTRANSFER:-}" ]; then
   (cd "$ROOT" && cargo build --release -q -p bigtransfer-cli)
   cp "$ROOT/target/release/bigtransfer" "$H/bigtransfer"
@@ -52,10 +54,12 @@ cleanup() {
   [ -n "$SRV_PID" ] && { kill -TERM "$SRV_PID" 2>/dev/null; wait "$SRV_PID" 2>/dev/null; }
   [ -n "$CLI_CG" ] && [ -d "$CLI_CG" ] && bench_cg_kill_rm "$CLI_CG"
   rm -rf "$D"
+  bt_vm_restore
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+bt_vm_quiet $(( 3 * $(stat -c %s "$SRC") + (1 << 30) ))
 
 SRV_CG=$(bench_cg_new srv)
 ( bench_in_cg "$SRV_CG" "$BIGTRANSFER" server --port "$PORT" --bind 127.0.0.1 --dir "$D" ) >>"$H/server.log" 2>&1 </dev/null &
@@ -87,6 +91,7 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then copy "$A"; copy "$B" --streams 1 --compress off
   else copy "$B" --streams 1 --compress off; copy "$A"; fi
 done
+echo "# $BT_VM_NOTE"
 echo "# ended $(date -u +%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 - "$ROWS" "$A" "$B" <<'PY'

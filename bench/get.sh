@@ -23,12 +23,18 @@ BIN=${BIN:-target/release/bigtransfer}
 [ -x "$BIN" ] || cargo build --release -p bigtransfer-cli >&2
 work=$(mktemp -d /tmp/bt-bench-get.XXXXXX)
 server_pid=
+# shellcheck source=bench/vm.sh
+. bench/vm.sh
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
     rm -rf "$work"
+    bt_vm_restore
 }
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$work/src.bin"
+size_b=$(stat -c %s "$work/src.bin")
+bt_vm_quiet $(( 3 * size_b + (1 << 30) ))
+echo "# $BT_VM_NOTE"
 mkdir "$work/store" "$work/out"
 tls_opt=()
 [ "$TLS" = off ] && tls_opt=(--tls off)

@@ -58,7 +58,7 @@ declare -F peer_bigtransfer >/dev/null || peer_bigtransfer() {   # same as peers
 # - client: every bench_client command runs under `/usr/bin/time -f %M` (the
 #   maximum RSS of the command and of the children it waited for);
 # - server: VmHWM (/proc/PID/status, the kernel's RSS high-water mark, the same
-#   counter) of every process in the server cgroup, sampled every 50 ms by a
+#   counter) of every process in the server cgroup, sampled every 0.5 s by a
 #   background sampler and once more right before bench_stop_servers stops them
 #   (VmHWM never decreases, so for a long-lived server that reading is exact;
 #   short-lived forked children of a daemon are caught by the sampler).
@@ -83,7 +83,7 @@ bt_rss_sampler() {   # bt_rss_sampler OUTFILE CLI_CG SRV_CG  (run in background;
     bt_hwm_max "$cli"; [ "$BT_HWM" -gt "$mc" ] && mc=$BT_HWM
     bt_hwm_max "$srv"; [ "$BT_HWM" -gt "$ms" ] && ms=$BT_HWM
     [ "$stop" = 1 ] && break
-    sleep 0.05
+    sleep 0.5
   done
   printf '%s %s\n' "$mc" "$ms" >"$out"
 }
@@ -120,11 +120,14 @@ bench_client() {
   BT_KH_N=$((BT_KH_N + 1))
   local kh=${BENCH_HOME:-${TMPDIR:-/tmp}}/known_hosts.$$.$BT_KH_N
   rm -f "$kh"
+  local rc=0
   if [ -n "${BT_TIME_OUT:-}" ] && [ -x /usr/bin/time ]; then
-    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client /usr/bin/time -a -o "$BT_TIME_OUT" -f %M "$@"
+    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client /usr/bin/time -a -o "$BT_TIME_OUT" -f %M "$@" || rc=$?
   else
-    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client "$@"
+    BIGTRANSFER_KNOWN_HOSTS=$kh bt_orig_bench_client "$@" || rc=$?
   fi
+  rm -f "$kh"
+  return "$rc"
 }
 # wrap the shared bench_stop_servers: one exact VmHWM reading of the servers first
 eval "bt_orig_stop_servers() $(declare -f bench_stop_servers | tail -n +2)"

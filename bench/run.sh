@@ -82,6 +82,8 @@ export BENCH_LOG=$LOGDIR/harness.log
 USER_BIGTRANSFER=${BIGTRANSFER:-}
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+# shellcheck source=bench/vm.sh
+. "$ROOT/bench/vm.sh"
 
 SUMMARY=$OUT/summary.md
 ROWS=$OUT/results.tsv
@@ -97,6 +99,7 @@ cleanup() {
   [ -n "${BT_SAMPLER_PID:-}" ] && kill -KILL "$BT_SAMPLER_PID" 2>/dev/null
   bench_finish 2>/dev/null
   [ -n "$TMPFS_WORK" ] && rm -rf "$TMPFS_WORK"
+  bt_vm_restore
   if [ "${KEEP:-0}" != 1 ]; then
     rm -rf "$BENCH_WORK"/dst-* "$BENCH_WORK"/shared-resume "$BENCH_WORK"/sumcache*
     if [ "$SMOKE" = 1 ] && [ -z "${KEEP_SMOKE:-}" ]; then
@@ -130,6 +133,9 @@ say "- bigtransfer: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || ec
 say "- machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
 say "- storage: $(df -hT "$BENCH_WORK" | awk 'NR == 2 {print $1 " " $2 ", " $5 " free"}') (source, received copies and work files all on it)"
 say "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+# not in the smoke run: it checks that everything works, on any machine
+[ "$SMOKE" = 1 ] || bt_vm_quiet $(( 3 * SIZE_B + (1 << 30) ))
+say "- $BT_VM_NOTE"
 disk_speed() {   # dd of DD_SIZE zeros with conv=fdatasync -> MB/s
   local f=$BENCH_WORK/dd.bin r
   sync
@@ -308,6 +314,11 @@ part_on() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if part_on peers; then
   RUN_PEERS=""; for p in $PEERS; do have_peer "$p" && RUN_PEERS="$RUN_PEERS $p"; done
+  # One untimed copy first: on this VM the first copy of a run was slower
+  # whichever tool it was (its client's CPU time up to 1.7x that of the later
+  # ones), so it is not counted (section "warmup" of results.tsv).
+  first=${RUN_PEERS# }; first=${first%% *}
+  [ "$SMOKE" = 1 ] || [ -z "$first" ] || one_copy warmup 0 "$first" "$SRC"
   for run in $(seq 1 "$RUNS"); do
     for p in $(rotate "$run" $RUN_PEERS); do one_copy peers "$run" "$p" "$SRC"; done
   done
