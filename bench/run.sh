@@ -134,7 +134,7 @@ say "- machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/c
 say "- storage: $(df -hT "$BENCH_WORK" | awk 'NR == 2 {print $1 " " $2 ", " $5 " free"}') (source, received copies and work files all on it)"
 say "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # not in the smoke run: it checks that everything works, on any machine
-[ "$SMOKE" = 1 ] || bt_vm_quiet $(( 3 * SIZE_B + (1 << 30) ))
+[ "$SMOKE" = 1 ] || bt_vm_quiet
 say "- $BT_VM_NOTE"
 disk_speed() {   # dd of DD_SIZE zeros with conv=fdatasync -> MB/s
   local f=$BENCH_WORK/dd.bin r
@@ -294,17 +294,31 @@ summary() {
     W[k] = W[k] " " $5; F[k] = F[k] " " ($6 == "-" ? 0 : $6); D[k] = D[k] " " ($5 + ($6 == "-" ? 0 : $6))
     C[k] = C[k] " " $7; S[k] = S[k] " " $8; T[k] = T[k] " " ($7 + $8); KC[k] = KC[k] " " $9; KS[k] = KS[k] " " $10
     if ($11 != "yes") BAD[k] = BAD[k] " " $11 "(rc " $12 ")"; else if ($12 != 0) BAD[k] = BAD[k] " rc " $12
-    if ($13 != "-") H[k] = H[k] " " $13; if ($14 != "-") R[k] = R[k] " " $14; M[k] = M[k] " " ($16 == "" ? 0 : $16) }
+    if ($13 != "-") H[k] = H[k] " " $13; if ($14 != "-") R[k] = R[k] " " $14; M[k] = M[k] " " ($16 == "" ? 0 : $16)
+    DR[k, $2] = $5 + ($6 == "-" ? 0 : $6); if (!($2 in SEEN)) { SEEN[$2] = 1; RUNL[++nr] = $2 } }
   END {
     if (!np) exit
-    printf "| peer | runs | MB/s durable (copy+sync) | MB/s copy only | copy s | sync s | CPU s client+server | CPU s whole machine, copy+sync | peak RSS client / server MiB | durable vs %s | copy-only vs %s | machine CPU vs %s | identical |\n", ref, ref, ref
-    printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    printf "| peer | runs | MB/s durable (copy+sync) | MB/s copy only | copy s | sync s | CPU s client+server | CPU s per GB, client / server | CPU s whole machine, copy+sync | peak RSS client / server MiB | durable vs %s | copy-only vs %s | machine CPU vs %s | identical |\n", ref, ref, ref
+    printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     if (ref in N) { rd = B[ref] / (med(D[ref]) / 1e9) / 1e6; rw = B[ref] / (med(W[ref]) / 1e9) / 1e6 }
     for (i = 1; i <= np; i++) { k = O[i]; d = B[k] / (med(D[k]) / 1e9) / 1e6; w = B[k] / (med(W[k]) / 1e9) / 1e6
-      printf "| %s | %d | %.0f | %.0f | %.2f | %.2f | %.2f + %.2f = %.2f | %.2f | %.1f / %.1f | %s | %s | %s | %s |\n", k, N[k], d, w,
-        med(W[k]) / 1e9, med(F[k]) / 1e9, med(C[k]) / 1e9, med(S[k]) / 1e9, med(T[k]) / 1e9, med(M[k]) / 1e9, mx(KC[k]) / 1024, mx(KS[k]) / 1024,
+      printf "| %s | %d | %.0f | %.0f | %.2f | %.2f | %.2f + %.2f = %.2f | %.2f / %.2f | %.2f | %.1f / %.1f | %s | %s | %s | %s |\n", k, N[k], d, w,
+        med(W[k]) / 1e9, med(F[k]) / 1e9, med(C[k]) / 1e9, med(S[k]) / 1e9, med(T[k]) / 1e9, med(C[k]) / B[k], med(S[k]) / B[k],
+        med(M[k]) / 1e9, mx(KC[k]) / 1024, mx(KS[k]) / 1024,
         (ref in N) ? sprintf("%.2f", d / rd) : "-", (ref in N) ? sprintf("%.2f", w / rw) : "-",
         (ref in N && med(M[ref]) > 0) ? sprintf("%.2f", med(M[k]) / med(M[ref])) : "-", (BAD[k] == "") ? "yes" : "NO:" BAD[k] }
+    # The encrypted default against the others, within this run (the
+    # target of the TLS issue: at least 0.7x plaintext and 3x scp).
+    if ("bigtransfer" in N) {
+      line = ""; dt = B["bigtransfer"] / (med(D["bigtransfer"]) / 1e9) / 1e6
+      split("bigtransfer_plain scp rsyncd socat_b1m", vs, " ")
+      for (j = 1; j <= 4; j++) if (vs[j] in N)
+        line = line sprintf("%s %s %.2fx", (line == "" ? "" : ","), vs[j], dt / (B[vs[j]] / (med(D[vs[j]]) / 1e9) / 1e6))
+      pr = ""
+      if ("bigtransfer_plain" in N) for (j = 1; j <= nr; j++) if ((("bigtransfer", RUNL[j]) in DR) && (("bigtransfer_plain", RUNL[j]) in DR))
+        pr = pr sprintf("%s%.2f", (pr == "" ? "" : " "), DR["bigtransfer_plain", RUNL[j]] / DR["bigtransfer", RUNL[j]])
+      if (line != "") printf "\nEncrypted (bigtransfer, TLS 1.3) against:%s (durable MB/s, medians)%s\n", line, (pr == "" ? "" : "; against plaintext run by run: " pr)
+    }
     for (i = 1; i <= np; i++) { k = O[i]; if (H[k] != "")
       printf "\n%s phases (median): client CRC-32 pass before connecting %.2f s, server receive+write+fsync+verdict %.2f s (from the server log)\n", k, med(H[k]) / 1e9, (R[k] != "" ? med(R[k]) / 1e9 : 0) }
   }' "$ROWS"
