@@ -98,31 +98,13 @@ fn allow_legacy_admits_legacy_clients() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
 }
 
-fn header(name: &str) -> Vec<u8> {
-    let h = bigtransfer_core::proto::Header {
-        filename: name.into(),
-        filesize: 10,
-        crc32: 0,
-    };
-    v2::encode_header(
-        &h,
-        v2::Offer {
-            version: 2,
-            block_size: 1 << 20,
-            rev: 1,
-            source: None,
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_recorded_answer_cannot_be_replayed() {
     let t = tempfile::tempdir().unwrap();
     let good = token_file(t.path(), "good", TOKEN);
     let srv = ServerProc::start(&t.path().join("store"), &["--token-file", &good]);
     let token = Token::new(TOKEN.as_bytes().to_vec()).unwrap();
-    let frame = header("replay.bin");
+    let frame = v2_header("replay.bin");
 
     let mut s1 = TcpStream::connect(srv.addr).unwrap();
     s1.write_all(&frame).unwrap();
@@ -158,7 +140,7 @@ fn an_answer_frame_in_the_data_phase_is_a_protocol_error_in_words() {
     // frames only, and an answer frame there panicked the connection.
     let t = tempfile::tempdir().unwrap();
     let srv = ServerProc::start(&t.path().join("store"), &[]);
-    let frame = header("odd.bin");
+    let frame = v2_header("odd.bin");
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(&frame).unwrap();
     assert!(matches!(

@@ -496,8 +496,14 @@ pub fn can_unshare() -> bool {
 
 /// Reads one version-2 server frame (after the magic when `magic`).
 pub fn server_frame(s: &mut std::net::TcpStream, magic: bool) -> bigtransfer_core::v2::ServerMsg {
-    use bigtransfer_core::v2;
     s.set_read_timeout(Some(LONG)).unwrap();
+    server_frame_from(s, magic)
+}
+
+/// [`server_frame`] from any stream (a TLS connection too); the caller
+/// bounds its reads.
+pub fn server_frame_from(s: &mut impl Read, magic: bool) -> bigtransfer_core::v2::ServerMsg {
+    use bigtransfer_core::v2;
     if magic {
         let mut m = [0u8; 8];
         s.read_exact(&mut m).unwrap();
@@ -509,6 +515,27 @@ pub fn server_frame(s: &mut std::net::TcpStream, magic: bool) -> bigtransfer_cor
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).unwrap();
     v2::parse_server_msg(tag, &p).unwrap()
+}
+
+/// A protocol 2 header frame offering a 10-byte file `name` (the length
+/// prefix, then the JSON that a token answer covers: `frame[4..]`).
+pub fn v2_header(name: &str) -> Vec<u8> {
+    use bigtransfer_core::v2;
+    let h = bigtransfer_core::proto::Header {
+        filename: name.into(),
+        filesize: 10,
+        crc32: 0,
+    };
+    v2::encode_header(
+        &h,
+        v2::Offer {
+            version: 2,
+            block_size: 1 << 20,
+            rev: 1,
+            source: None,
+        },
+    )
+    .unwrap()
 }
 
 /// A server whose storage directory `store` is a tmpfs of `size` (`24M`)

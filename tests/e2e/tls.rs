@@ -383,6 +383,58 @@ fn the_token_inside_tls_right_and_wrong() {
     assert!(held_parts(&t.path().join("s")).is_empty());
 }
 
+/// An answer recorded on one TLS connection and replayed on another: the
+/// nonce and the channel binding are new there, so the server refuses it
+/// and stores nothing (the plaintext replay test is in `auth.rs`).
+#[test]
+fn a_recorded_answer_is_refused_on_another_tls_connection() {
+    use bigtransfer_core::auth::Token;
+    use bigtransfer_core::v2::{self, ServerMsg};
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    std::fs::write(&good, TOKEN).unwrap();
+    let srv = ServerProc::start(
+        &t.path().join("s"),
+        &["--token-file", good.to_str().unwrap()],
+    );
+    let token = Token::new(TOKEN.as_bytes().to_vec()).unwrap();
+    let frame = v2_header("replay.bin");
+    let open = || {
+        let sock = TcpStream::connect(srv.addr).unwrap();
+        let cfg = client_config(PinPolicy::TrustOnFirstUse).unwrap();
+        let mut c = TlsTransport::connect(sock, cfg, LONG).unwrap();
+        c.set_read_timeout(Some(LONG)).unwrap();
+        c.write_all(&frame).unwrap();
+        c.flush().unwrap();
+        let ServerMsg::BoundChallenge { nonce, proof } = server_frame_from(&mut c, true) else {
+            panic!("no bound challenge inside TLS")
+        };
+        let binding = c.channel_binding().unwrap();
+        assert!(token.check_server_proof(&nonce, &binding, &frame[4..], &proof));
+        (c, nonce, binding)
+    };
+    let (mut c1, n1, b1) = open();
+    let answer = token.client_answer(&n1, &b1, &frame[4..]);
+    c1.write_all(&v2::encode_answer(&answer)).unwrap();
+    c1.flush().unwrap();
+    assert!(
+        matches!(server_frame_from(&mut c1, false), ServerMsg::Held { .. }),
+        "the right answer on its own connection is accepted"
+    );
+    drop(c1);
+    let (mut c2, n2, b2) = open();
+    assert_ne!(n1, n2, "every connection gets a fresh nonce");
+    assert_ne!(b1, b2, "and its own channel binding");
+    c2.write_all(&v2::encode_answer(&answer)).unwrap();
+    c2.flush().unwrap();
+    match server_frame_from(&mut c2, false) {
+        ServerMsg::Error(m) => assert!(m.contains("authentication failed"), "{m}"),
+        other => panic!("replayed answer accepted: {other:?}"),
+    }
+    assert!(srv.log.wait_for("authentication failed", LONG));
+    assert!(!t.path().join("s/replay.bin").exists());
+}
+
 /// A man in the middle who terminates TLS on both sides with his own key
 /// and relays the plaintext between them. Returns his address.
 fn mitm(real: SocketAddr) -> SocketAddr {
