@@ -240,6 +240,33 @@ pub(crate) fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<bool
     }
 }
 
+/// Allocates each range of one file just before it is written, where that
+/// pays ([`preallocation_pays`]), and stops trying once the filesystem
+/// turns out not to support it. Every writer of received bytes (an
+/// upload's part, a download's) goes through one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Preallocator {
+    on: bool,
+}
+
+impl Preallocator {
+    /// For writes into `file`.
+    pub(crate) fn for_file(file: &File) -> Preallocator {
+        Preallocator {
+            on: preallocation_pays(file),
+        }
+    }
+
+    /// Call before writing `len` bytes at `offset`; an error only when the
+    /// disk (or the quota) has no room for them.
+    pub(crate) fn before_write(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if self.on && len > 0 {
+            self.on = preallocate(file, offset, len)?;
+        }
+        Ok(())
+    }
+}
+
 /// Starts writing back `[offset, offset + len)` of `file` without waiting,
 /// so that the next `fdatasync` has little left to do and the disk works
 /// while the network keeps delivering. A hint: errors are ignored (the

@@ -98,10 +98,8 @@ pub struct DiskPart {
     unflushed: u64,
     /// The size of the page-cache writes, chosen by how fast they go.
     pieces: crate::pieces::PieceChooser,
-    /// Whether each write's range is allocated first (see
-    /// [`crate::sys::preallocation_pays`]); cleared when the filesystem
-    /// turns out not to support it.
-    preallocate: bool,
+    /// Allocates each write's range first.
+    prealloc: crate::sys::Preallocator,
     /// The part's stamp after our last write: if it differs before our
     /// next write or at the end, something else wrote to the part.
     witness: Option<PartStamp>,
@@ -197,14 +195,9 @@ impl DiskPart {
     /// changes the part's ctime, and the stamp taken after the write
     /// covers it.
     fn allocate(&mut self, offset: u64, len: u64) -> Result<()> {
-        if !self.preallocate || len == 0 {
-            return Ok(());
-        }
-        match crate::sys::preallocate(&self.files.part, offset, len) {
-            Ok(supported) => self.preallocate = supported,
-            Err(e) => return Err(serr("make room in", &self.files.part_path, e)),
-        }
-        Ok(())
+        self.prealloc
+            .before_write(&self.files.part, offset, len)
+            .map_err(|e| serr("make room in", &self.files.part_path, e))
     }
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {

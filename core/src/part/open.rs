@@ -225,7 +225,7 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
             .map_err(|e| serr("truncate", &paths.part, e))?;
     }
     let witness = part.metadata().ok().map(|m| PartStamp::of(&m));
-    let preallocate = crate::sys::preallocation_pays(&part);
+    let prealloc = crate::sys::Preallocator::for_file(&part);
     let files = Files {
         synced: part.try_clone().ok().map(Arc::new),
         part,
@@ -250,7 +250,7 @@ fn assemble(store: &Store, name: &SafeName, paths: Paths, found: Found) -> Resul
         dirty: false,
         unflushed: 0,
         pieces: crate::pieces::PieceChooser::default(),
-        preallocate,
+        prealloc,
         witness,
         tampered: false,
         done: false,

@@ -45,6 +45,8 @@ struct Ctx<'a> {
     work: &'a Work,
     r: &'a Reference,
     part: &'a File,
+    /// Decided once for the part; each write's range is allocated first.
+    prealloc: crate::sys::Preallocator,
     window: usize,
     /// Blocks that arrived damaged (asked for again), and why the last did.
     damaged: AtomicU64,
@@ -76,6 +78,7 @@ pub(super) fn pull(
         work: &work,
         r: &r,
         part: &part,
+        prealloc: crate::sys::Preallocator::for_file(&part),
         window: window(primary, r.block),
         damaged: AtomicU64::new(0),
         last_damage: Mutex::new(None),
@@ -279,7 +282,10 @@ impl super::frames::Pieces for ToPart<'_, '_> {
         }
         let b = &buf[..len];
         self.crc.update(b);
-        let wrote = self.ctx.part.write_all_at(b, at);
+        let mut prealloc = self.ctx.prealloc;
+        let wrote = prealloc
+            .before_write(self.ctx.part, at, len as u64)
+            .and_then(|()| self.ctx.part.write_all_at(b, at));
         *self.buf = Some(buf);
         if let Err(e) = wrote {
             let e = Error::io(ErrorKind::Storage, "cannot write the partial download", e);

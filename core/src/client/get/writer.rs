@@ -246,7 +246,9 @@ fn write_pieces(
     b: &[u8],
     off: u64,
     pieces: &mut crate::pieces::PieceChooser,
+    prealloc: &mut crate::sys::Preallocator,
 ) -> io::Result<()> {
+    prealloc.before_write(part, off, b.len() as u64)?;
     let started = std::time::Instant::now();
     let mut at = off;
     for piece in b.chunks(pieces.piece().max(4096)) {
@@ -267,6 +269,7 @@ struct State {
     /// The failed write, to report at its block's end.
     failed: Option<io::Error>,
     pieces: crate::pieces::PieceChooser,
+    prealloc: crate::sys::Preallocator,
     /// Held bytes not yet pushed to the disk.
     lo: u64,
     hi: u64,
@@ -282,6 +285,7 @@ fn run(part: &File, jobs: &Receiver<Msg>, landed: &Sender<Back>) {
         broken: false,
         failed: None,
         pieces: crate::pieces::PieceChooser::default(),
+        prealloc: crate::sys::Preallocator::for_file(part),
         lo: u64::MAX,
         hi: 0,
     };
@@ -310,7 +314,7 @@ impl State {
             self.crc = crc32fast::Hasher::new();
         }
         self.crc.update(b);
-        if let Err(e) = write_pieces(part, b, at, &mut self.pieces) {
+        if let Err(e) = write_pieces(part, b, at, &mut self.pieces, &mut self.prealloc) {
             self.broken = true;
             self.failed = Some(e);
         }
