@@ -45,7 +45,8 @@ fn benchmarks_open_with_one_screen_for_users() {
     let b = read("docs/BENCHMARKS.md");
     let screen: String = b.lines().take(45).collect::<Vec<_>>().join("\n");
     for want in [
-        "| **bigtransfer** (protocol 2) |",
+        "| **bigtransfer** (TLS 1.3, the default) |",
+        "plaintext",
         "socat",
         "rsync",
         "scp",
