@@ -549,10 +549,46 @@ pub fn server_on_tmpfs(store: &Path, size: &str, extra: &[&str]) -> Option<(Serv
         );
         return None;
     }
+    let mount = format!("mount -t tmpfs -o size={size} tmpfs '{}'", store.display());
+    Some(server_on_mount(store, &mount, extra))
+}
+
+/// As [`server_on_tmpfs`], on an ext4 file system of `size` in an image
+/// file beside `store`, loop-mounted: the server's writes allocate their
+/// range first there, so a full disk is met by that allocation. `None`
+/// (with a message) where this process may not make and mount one (needs
+/// root, unshare, mkfs.ext4 and a loop device).
+pub fn server_on_ext4(store: &Path, size: &str, extra: &[&str]) -> Option<(ServerProc, PathBuf)> {
+    let img = store.with_extension("ext4.img");
+    let make = format!(
+        "truncate -s {size} '{img}' && mkfs.ext4 -q -F '{img}' >/dev/null 2>&1",
+        img = img.display()
+    );
+    let probe = format!("{make} && mount -o loop '{}' /mnt", img.display());
+    let can = Command::new("unshare")
+        .args(["-m", "sh", "-c", &probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        eprintln!("skipping: cannot loop-mount an ext4 image in a private mount namespace (needs root, unshare, mkfs.ext4, a loop device)");
+        return None;
+    }
+    let mount = format!(
+        "{make} && mount -o loop '{}' '{}'",
+        img.display(),
+        store.display()
+    );
+    Some(server_on_mount(store, &mount, extra))
+}
+
+/// A server on `store` after `mount` ran in a private mount namespace, and
+/// the path under which the test sees that file system.
+fn server_on_mount(store: &Path, mount: &str, extra: &[&str]) -> (ServerProc, PathBuf) {
     std::fs::create_dir_all(store).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size={size} tmpfs '{}' && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}' {}",
-        store.display(),
+        "{mount} && exec '{}' server --port 0 --bind 127.0.0.1 --dir '{}' {}",
         BIN,
         store.display(),
         extra.join(" ")
@@ -565,7 +601,7 @@ pub fn server_on_tmpfs(store: &Path, size: &str, extra: &[&str]) -> Option<(Serv
         .join(srv.child.id().to_string())
         .join("root")
         .join(store.strip_prefix("/").unwrap());
-    Some((srv, view))
+    (srv, view)
 }
 
 /// Writes `bytes` at `offset` into the one held part in `dir` behind the
