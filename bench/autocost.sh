@@ -59,7 +59,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-bt_vm_quiet $(( 3 * $(stat -c %s "$SRC") + (1 << 30) ))
+bt_vm_quiet
 
 SRV_CG=$(bench_cg_new srv)
 ( bench_in_cg "$SRV_CG" "$BIGTRANSFER" server --port "$PORT" --bind 127.0.0.1 --dir "$D" ) >>"$H/server.log" 2>&1 </dev/null &

@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 head -c "$SIZE" /dev/urandom > "$work/src.bin"
 size_b=$(stat -c %s "$work/src.bin")
-bt_vm_quiet $(( 3 * size_b + (1 << 30) ))
+bt_vm_quiet
 echo "# $BT_VM_NOTE"
 mkdir "$work/store" "$work/out"
 tls_opt=()

@@ -9,10 +9,12 @@
 # once the memory was backed again. Which copy of a benchmark lands on such
 # pages depends on what ran and was deleted before it, not on the tool, and a
 # tool that is busy on the CPU anyway (encryption) loses most. So, for the run:
-#   bt_vm_quiet BYTES  stops the reporting, where this kernel lets root set
+#   bt_vm_quiet        stops the reporting, where this kernel lets root set
 #                      page_reporting_order above the largest page order, then
-#                      writes and deletes BYTES in /dev/shm (at most what the
-#                      machine can spare), so that the copies find backed pages;
+#                      writes and deletes as much as the free memory in
+#                      /dev/shm (but 1 GiB): the page cache of the copies is
+#                      taken from free pages, any of which may have been
+#                      handed back before, so every one is touched once;
 #   bt_vm_restore      puts the order back (run it from the EXIT trap).
 # VM_REPORTING=keep leaves the machine alone. BT_VM_NOTE says what was done,
 # for the summary. Nothing happens on bare metal or without root.
@@ -21,8 +23,8 @@ BT_VM_ORDER_FILE=${BT_VM_ORDER_FILE:-/sys/module/page_reporting/parameters/page_
 BT_VM_ORDER_SAVED=""
 BT_VM_NOTE="VM free page reporting: not present"
 
-bt_vm_quiet() {   # bt_vm_quiet BYTES
-  local want=$1 avail shm n t0 t1
+bt_vm_quiet() {
+  local shm n t0 t1
   if [ "${VM_REPORTING:-pause}" = keep ]; then
     [ -e "$BT_VM_ORDER_FILE" ] && BT_VM_NOTE="VM free page reporting: left on (VM_REPORTING=keep)"
     return 0
@@ -35,10 +37,8 @@ bt_vm_quiet() {   # bt_vm_quiet BYTES
     BT_VM_NOTE="VM free page reporting: on (cannot change $BT_VM_ORDER_FILE; run as root to pause it)"
     return 0
   fi
-  avail=$(awk '/^MemAvailable:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo)
+  n=$(awk '/^MemFree:/ {printf "%.0f\n", $2 * 1024 - 1073741824}' /proc/meminfo)
   shm=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -n 1)
-  n=$want
-  [ "$n" -gt $((avail - (2 << 30))) ] && n=$((avail - (2 << 30)))
   [ -n "$shm" ] && [ "$n" -gt $((shm - (256 << 20))) ] && n=$((shm - (256 << 20)))
   if [ "$n" -gt 0 ]; then
     t0=$(date +%s%N)
