@@ -14,7 +14,8 @@
 #
 # Env: SIZE (1G) ROUNDS (9) DEST tmpfs|disk (tmpfs: /dev/shm, so that the disk's
 # noise stays out) BIGTRANSFER (binary; default: cargo build --release)
-# BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-autocost) PORT (47290) SHARED_BENCH.
+# BENCH_HOME (${TMPDIR:-/tmp}/bigtransfer-autocost) PORT (47290) SHARED_BENCH
+# VM_REPORTING (pause|keep: the VM's free page reporting, see bench/vm.sh).
 # Every copy is compared with its source; exit non-zero if one differs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

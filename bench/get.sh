@@ -13,6 +13,7 @@
 #   COMPRESS=auto   --compress of both commands (auto|off|zstd:L)
 #   TLS=on      on: the default; off: the server runs --tls off (plaintext)
 #   BIN=...     the binary [default: target/release/bigtransfer, built if missing]
+#   VM_REPORTING=pause   in a VM with free page reporting: paused for the run (bench/vm.sh); keep: left on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}

@@ -41,6 +41,8 @@
 #      work/, results/) BIGTRANSFER (use this binary, skip the build) BASE_PORT (47300)
 #      BENCH_TIMEOUT (900 s per client) SHARED_BENCH (the shared harness, default
 #      ../shared/bench or /work/shared/bench) KEEP (1: keep received copies)
+#      VM_REPORTING (pause: in a VM with free page reporting, pause it for the run and
+#      touch the free memory once, see bench/vm.sh; keep: leave it on)
 # Exit status: non-zero if a bigtransfer copy failed or differs from its source, or a
 # peer that reported success produced a copy that differs.  Missing peers are skipped.
 set -euo pipefail
