@@ -38,11 +38,16 @@ use rustix::io::Errno;
 
 use super::{ConnInfo, Failed, Shared};
 use crate::json::{self, Value};
+use crate::sys::Preallocator;
 use crate::transport::Transport;
 use crate::tree::at::{dir_flags, mtime_of, storage, times, DirCursor, Side};
 use crate::tree::wire::{self, be32, be64};
 use crate::tree::{decode_page, Accepted, EntryKind, ManifestValidator, RelPath, ValidatorConfig};
 use crate::{Error, ErrorKind, Result};
+
+/// A tree file whose first data frame is at least this big has each
+/// frame's range allocated before it is written.
+const PREALLOC_FRAME: u64 = 64 * 1024;
 
 /// Where parts of tree files are kept, in the storage directory. A
 /// manifest may not use this name at its top level.
@@ -594,12 +599,23 @@ impl Session<'_> {
         let mut at = offset;
         let mut written = offset;
         let mut write_failed = false;
+        // Decided at the file's first frame: only big files allocate each
+        // range first (see `crate::sys::Preallocator`); for a small one it
+        // would be one more system call for nothing.
+        let mut prealloc = None;
         loop {
             let tag = self.reader.read_frame(&mut self.stream, &mut self.buf)?;
             match tag {
                 wire::DATA => {
                     if let (Some(f), Some(h)) = (file, h.as_mut()) {
-                        write_failed |= f.write_all_at(&self.buf, at).is_err();
+                        let len = self.buf.len() as u64;
+                        let room = match prealloc.get_or_insert_with(|| {
+                            (len >= PREALLOC_FRAME).then(|| Preallocator::for_file(f))
+                        }) {
+                            Some(p) => p.before_write(f, at, len),
+                            None => Ok(()),
+                        };
+                        write_failed |= room.and_then(|()| f.write_all_at(&self.buf, at)).is_err();
                         h.update(&self.buf);
                     }
                     at += self.buf.len() as u64;
