@@ -42,7 +42,7 @@ bt_vm_quiet() {
   [ -n "$shm" ] && [ "$n" -gt $((shm - (256 << 20))) ] && n=$((shm - (256 << 20)))
   if [ "$n" -gt 0 ]; then
     t0=$(date +%s%N)
-    dd if=/dev/zero of=/dev/shm/bt-vm-warm.$$ bs=1M count=$((n >> 20)) status=none 2>/dev/null
+    dd if=/dev/zero of=/dev/shm/bt-vm-warm.$$ bs=1M count=$((n >> 20)) status=none 2>/dev/null || true
     rm -f /dev/shm/bt-vm-warm.$$
     t1=$(date +%s%N)
     BT_VM_NOTE="VM free page reporting: paused for the run (page_reporting_order $BT_VM_ORDER_SAVED -> 11, restored at the end); $((n >> 20)) MiB touched first, in $(( (t1 - t0) / 1000000 )) ms"
