@@ -91,6 +91,11 @@ fn disk_full(legacy: bool, fs: Fs) {
                 && err.contains("No space left on device"),
             "{err}"
         );
+        // The reason, not where in the server's storage it happened.
+        assert!(
+            !err.contains(".bigtransfer") && !err.contains(&*store.to_string_lossy()),
+            "{err}"
+        );
     }
     assert!(
         srv.log.wait_for("No space left on device", LONG),

@@ -148,6 +148,10 @@ pub struct Fault {
     pub code: FaultCode,
     /// Why, for a person.
     pub words: String,
+    /// The same for the server's log, with what a client has no business
+    /// knowing (where in the storage directory it happened); None when the
+    /// words say it all.
+    pub detail: Option<String>,
 }
 
 impl Fault {
@@ -156,7 +160,19 @@ impl Fault {
         Fault {
             code,
             words: words.into(),
+            detail: None,
         }
+    }
+
+    /// This fault, logged as `detail` instead of its words.
+    pub fn with_detail(mut self, detail: String) -> Fault {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// What the server logs.
+    pub fn logged(&self) -> &str {
+        self.detail.as_deref().unwrap_or(&self.words)
     }
 
     /// The peer broke the protocol.

@@ -36,6 +36,17 @@ pub(super) fn storage_fault(e: &Error, words: String) -> Fault {
     Fault::new(code, words)
 }
 
+/// [`storage_fault`] for an error of the held part: the client is told
+/// `what` and the operating system's reason ("No space left on device"),
+/// the log also which file of the storage directory and which operation.
+fn part_fault(e: &Error, what: String) -> Fault {
+    let reason = match e.io_error() {
+        Some(io) => io.to_string(),
+        None => e.to_string(),
+    };
+    storage_fault(e, format!("{what}: {reason}")).with_detail(format!("{what}: {e}"))
+}
+
 impl LocalPart {
     /// Bytes held for a resume (version 2: in every held block).
     pub(super) fn held_bytes(&self) -> u64 {
@@ -50,7 +61,7 @@ impl LocalPart {
     fn done<T>(&self, r: crate::Result<T>) -> Result<T, Fault> {
         r.map_err(|e| match e.kind() {
             crate::ErrorKind::InvalidInput => Fault::new(FaultCode::NameRefused, e.to_string()),
-            _ => storage_fault(&e, format!("server cannot store {}: {e}", self.part.name())),
+            _ => part_fault(&e, format!("server cannot store {}", self.part.name())),
         })
     }
 }
@@ -72,7 +83,7 @@ impl Storage for LocalStorage<'_> {
         let name = SafeName::from_wire(&id.name)
             .map_err(|e| Fault::new(FaultCode::NameRefused, format!("refused: {e}")))?;
         let (part, recovery) = DiskPart::open(self.store, &name, id.filesize, id.layout)
-            .map_err(|e| storage_fault(&e, format!("server storage error: {e}")))?;
+            .map_err(|e| part_fault(&e, "server storage error".to_string()))?;
         let held = part.held()?;
         let note = note(&name, recovery);
         Ok((LocalPart { part, note }, held))

@@ -38,7 +38,7 @@ impl Shell<'_> {
                     .take()
                     .unwrap_or(Failed::Quiet(ErrorKind::Refused)))
             }
-            Ending::Refused(f) => (ErrorKind::Refused, f.words),
+            Ending::Refused(f) => (ErrorKind::Refused, f.logged().to_string()),
             Ending::Lost(during) => (ErrorKind::ConnectionLost, self.lost(during)),
             Ending::TimedOut(t) => (ErrorKind::TimedOut, timed_out(t)),
             Ending::Download => return super::get::serve(self),
