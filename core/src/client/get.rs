@@ -96,6 +96,8 @@ pub(super) struct Local {
     pub(super) part_path: PathBuf,
     pub(super) record_path: PathBuf,
     pub(super) part: Option<File>,
+    /// Allocates each range of the part before it is written.
+    pub(super) prealloc: Option<crate::sys::Preallocator>,
     pub(super) reference: Option<Reference>,
     pub(super) held: Vec<bool>,
     /// Bytes held when the first reference was adopted.
@@ -130,6 +132,7 @@ impl Local {
             part_path,
             record_path,
             part: None,
+            prealloc: None,
             reference: None,
             held: Vec::new(),
             resumed_from: None,
@@ -172,6 +175,7 @@ impl Local {
         } else {
             write_record(&self.record_path, &r)?;
         }
+        self.prealloc = Some(crate::sys::Preallocator::for_file(&part));
         self.part = Some(part);
         let dropped = changed || (self.reference.is_some() && !same);
         self.restarted |= dropped;

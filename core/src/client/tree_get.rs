@@ -711,7 +711,11 @@ impl<'a, 'r> Session<'a, 'r> {
         }
         let zeros = fresh && data.iter().all(|&b| b == 0);
         if let (Some(f), false) = (&local.part, zeros) {
-            f.write_all_at(data, off).map_err(|e| {
+            let room = match local.prealloc.as_mut() {
+                Some(p) => p.before_write(f, off, data.len() as u64),
+                None => Ok(()),
+            };
+            room.and_then(|()| f.write_all_at(data, off)).map_err(|e| {
                 Error::io(
                     ErrorKind::Storage,
                     format!("cannot write {}", local.part_path.display()),
