@@ -583,10 +583,14 @@ fn answer(
 /// and written on a helper thread ([`writer`]) while the next arrives;
 /// whatever it wrote is held even when the connection breaks meanwhile.
 fn rounds(up: &mut Upload, stream: &mut dyn Transport, local: &mut Local) -> Result<()> {
-    let (Some(part), Some(_)) = (local.part.as_ref(), local.reference.as_ref()) else {
+    let (Some(part), Some(prealloc), Some(_)) = (
+        local.part.as_ref(),
+        local.prealloc,
+        local.reference.as_ref(),
+    ) else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
-    let mut w = writer::Writer::start(part)
+    let mut w = writer::Writer::start(part, prealloc)
         .map_err(|e| local_err(format!("cannot write {}", local.part_path.display()), e))?;
     let got = rounds_with(up, stream, local, &mut w);
     let wrote = w.finish(&mut |l| land(up, local, l));

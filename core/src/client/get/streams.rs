@@ -45,7 +45,7 @@ struct Ctx<'a> {
     work: &'a Work,
     r: &'a Reference,
     part: &'a File,
-    /// Decided once for the part; each write's range is allocated first.
+    /// The part's (see `Local`); each write's range is allocated first.
     prealloc: crate::sys::Preallocator,
     window: usize,
     /// Blocks that arrived damaged (asked for again), and why the last did.
@@ -67,7 +67,9 @@ pub(super) fn pull(
     ticket: Ticket,
     addr: std::net::SocketAddr,
 ) -> Result<()> {
-    let (Some(r), Some(part)) = (local.reference.clone(), local.part.as_ref()) else {
+    let (Some(r), Some(part), Some(prealloc)) =
+        (local.reference.clone(), local.part.as_ref(), local.prealloc)
+    else {
         return Err(Error::new(ErrorKind::Protocol, "no reference"));
     };
     let part = part
@@ -78,7 +80,7 @@ pub(super) fn pull(
         work: &work,
         r: &r,
         part: &part,
-        prealloc: crate::sys::Preallocator::for_file(&part),
+        prealloc,
         window: window(primary, r.block),
         damaged: AtomicU64::new(0),
         last_damage: Mutex::new(None),

@@ -105,14 +105,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread writing into `part` (a handle of its own).
-    pub(super) fn start(part: &File) -> io::Result<Writer> {
+    /// Starts the thread writing into `part` (a handle of its own),
+    /// allocating each range first as `prealloc` decided for it.
+    pub(super) fn start(part: &File, prealloc: crate::sys::Preallocator) -> io::Result<Writer> {
         let part = part.try_clone()?;
         let (jobs, rx) = mpsc::channel::<Msg>();
         let (tx, landed) = mpsc::channel::<Back>();
         let thread = std::thread::Builder::new()
             .name("bt-get-writer".into())
-            .spawn(move || run(&part, &rx, &tx))?;
+            .spawn(move || run(&part, prealloc, &rx, &tx))?;
         Ok(Writer {
             jobs: Some(jobs),
             landed,
@@ -278,14 +279,19 @@ struct State {
 /// The thread: writes each piece and folds its CRC-32, judges each block
 /// at its end, starts writeback now and then; after a failed write,
 /// writes nothing more.
-fn run(part: &File, jobs: &Receiver<Msg>, landed: &Sender<Back>) {
+fn run(
+    part: &File,
+    prealloc: crate::sys::Preallocator,
+    jobs: &Receiver<Msg>,
+    landed: &Sender<Back>,
+) {
     let mut st = State {
         cur: None,
         crc: crc32fast::Hasher::new(),
         broken: false,
         failed: None,
         pieces: crate::pieces::PieceChooser::default(),
-        prealloc: crate::sys::Preallocator::for_file(part),
+        prealloc,
         lo: u64::MAX,
         hi: 0,
     };
@@ -447,7 +453,7 @@ mod tests {
         let (path, part) = empty_part(dir.path());
         let (r, data, frames) = blocks();
         part.set_len(r.size).unwrap();
-        let mut w = Writer::start(&part).unwrap();
+        let mut w = Writer::start(&part, crate::sys::Preallocator::for_file(&part)).unwrap();
         let mut out = Vec::new();
         let mut land = |(i, o): Landed| {
             out.push((i, format!("{o:?}")));
@@ -476,7 +482,7 @@ mod tests {
         // failing disk would make it.
         let part = File::open(&path).unwrap();
         let (r, _, frames) = blocks();
-        let mut w = Writer::start(&part).unwrap();
+        let mut w = Writer::start(&part, crate::sys::Preallocator::for_file(&part)).unwrap();
         let mut out = Vec::new();
         let mut land = |(i, o): Landed| {
             let failed = matches!(o, Outcome::Failed(_));
@@ -537,7 +543,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, part) = empty_part(dir.path());
         part.set_len(r.size).unwrap();
-        let mut w = Writer::start(&part).unwrap();
+        let mut w = Writer::start(&part, crate::sys::Preallocator::for_file(&part)).unwrap();
         let mut out = Vec::new();
         let mut land = |(i, o): Landed| {
             out.push((i, format!("{o:?}")));
